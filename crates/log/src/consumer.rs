@@ -1,0 +1,121 @@
+//! Named consumers: a reader plus a committed offset that survives restarts.
+//!
+//! The offset lives in `consumers/NAME.offset` as decimal text, replaced atomically (write a
+//! temporary file, sync, rename, sync the directory). A consumer that crashes before committing
+//! reads some records again, so consumers must be idempotent (ARCHITECTURE.md).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::reader::LogReader;
+use crate::segments::sync_dir;
+use crate::{Error, Record, Shared};
+
+pub struct Consumer {
+    name: String,
+    path: PathBuf,
+    committed: u64,
+    reader: LogReader,
+    notify: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Consumer {
+    pub(crate) fn open(shared: Arc<Shared>, name: &str) -> Result<Self, Error> {
+        let valid = !name.is_empty()
+            && name.len() <= 100
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && !name.starts_with('.');
+        if !valid {
+            return Err(Error::InvalidConsumerName(name.to_owned()));
+        }
+        let dir = shared.opts.dir.join("consumers");
+        let path = dir.join(format!("{name}.offset"));
+        let committed = read_offset(&path)?.unwrap_or(0);
+        let notify = shared.notify.subscribe();
+        let reader = LogReader::new(shared, committed)?;
+        Ok(Self {
+            name: name.to_owned(),
+            path,
+            committed,
+            reader,
+            notify,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The offset this consumer will resume from after a restart.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// The offset of the next record [`Consumer::poll`] returns.
+    pub fn position(&self) -> u64 {
+        self.reader.position()
+    }
+
+    /// Returns up to `max` records, waiting up to `wait` for new ones when at the end.
+    pub async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, Error> {
+        let batch = self.reader.next_batch(max)?;
+        if !batch.is_empty() {
+            return Ok(batch);
+        }
+        let _ = tokio::time::timeout(wait, self.notify.changed()).await;
+        self.reader.next_batch(max)
+    }
+
+    /// Durably records that every record below `offset` is processed.
+    pub fn commit(&mut self, offset: u64) -> Result<(), Error> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = self.path.with_extension("offset.tmp");
+        let mut f = fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+        f.write_all(offset.to_string().as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(Error::io(&tmp))?;
+        fs::rename(&tmp, &self.path).map_err(Error::io(&self.path))?;
+        sync_dir(dir)?;
+        self.committed = offset;
+        Ok(())
+    }
+}
+
+fn read_offset(path: &Path) -> Result<Option<u64>, Error> {
+    match fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Corrupt {
+                path: path.to_owned(),
+                position: 0,
+                reason: format!("not an offset: {text:?}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path)(e)),
+    }
+}
+
+/// Every committed consumer offset under `dir/consumers`.
+pub(crate) fn list(dir: &Path) -> Result<Vec<(String, u64)>, Error> {
+    let dir = dir.join("consumers");
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+        let entry = entry.map_err(Error::io(&dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str().and_then(|n| n.strip_suffix(".offset")) else {
+            continue;
+        };
+        if let Some(offset) = read_offset(&entry.path())? {
+            out.push((name.to_owned(), offset));
+        }
+    }
+    out.sort();
+    Ok(out)
+}

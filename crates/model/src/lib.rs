@@ -1,0 +1,18 @@
+//! Livora's vocabulary: the types every layer shares, and nothing that does I/O.
+//!
+//! - [`TenantId`] names a workspace; every event, key and row carries one.
+//! - [`Event`] is the one normalised shape of a Segment-style message (`track`, `identify`,
+//!   `page`, `screen`, `group`, `alias`) as it is stored in the event log.
+//! - [`ingest`] turns raw Segment HTTP Tracking API bodies into [`Event`]s: validation,
+//!   `messageId` generation, clock-skew correction, future-timestamp clamping and the merge of
+//!   batch-level `context` and `integrations` into each item. Errors are [`ItemError`]s with a
+//!   machine-readable [`ItemErrorCode`].
+
+mod error;
+mod event;
+pub mod ingest;
+mod tenant;
+
+pub use error::{ItemError, ItemErrorCode};
+pub use event::{Event, EventType};
+pub use tenant::{Currency, TenantId};

@@ -1,0 +1,327 @@
+//! The SQLite implementation of [`MetadataStore`] (WAL mode, synchronous=FULL).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use livora_model::{Currency, TenantId};
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+
+use crate::keys::{self, KeyKind, NewKey};
+use crate::{ApiKey, Error, MetadataStore, NewTenant, Tenant};
+
+/// Schema changes, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tenants (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    time_zone   TEXT NOT NULL,
+    currency    TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    kind        TEXT NOT NULL CHECK (kind IN ('write', 'secret')),
+    hash        TEXT NOT NULL UNIQUE,
+    prefix      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    revoked_at  TEXT
+);
+CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+"#];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, Error> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        Self::migrate(pool).await
+    }
+
+    /// A private in-memory database, for tests.
+    pub async fn in_memory() -> Result<Self, Error> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        Self::migrate(pool).await
+    }
+
+    async fn migrate(pool: SqlitePool) -> Result<Self, Error> {
+        let mut tx = pool.begin().await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::raw_sql(&format!("PRAGMA user_version = {}", i + 1))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Self { pool })
+    }
+}
+
+fn time(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>, Error> {
+    let text: String = row.try_get(col)?;
+    DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::Corrupt(format!("{col} {text:?}: {e}")))
+}
+
+fn tenant_id(row: &SqliteRow, col: &str) -> Result<TenantId, Error> {
+    let text: String = row.try_get(col)?;
+    TenantId::parse(&text).map_err(|e| Error::Corrupt(format!("{col} {text:?}: {e}")))
+}
+
+fn tenant_from(row: &SqliteRow) -> Result<Tenant, Error> {
+    let currency: String = row.try_get("currency")?;
+    Ok(Tenant {
+        id: tenant_id(row, "id")?,
+        name: row.try_get("name")?,
+        time_zone: row.try_get("time_zone")?,
+        currency: Currency::parse(&currency).map_err(Error::Corrupt)?,
+        created_at: time(row, "created_at")?,
+    })
+}
+
+fn key_from(row: &SqliteRow) -> Result<ApiKey, Error> {
+    let kind: String = row.try_get("kind")?;
+    let revoked: Option<String> = row.try_get("revoked_at")?;
+    Ok(ApiKey {
+        id: row.try_get("id")?,
+        tenant_id: tenant_id(row, "tenant_id")?,
+        kind: KeyKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("key kind {kind:?}")))?,
+        prefix: row.try_get("prefix")?,
+        created_at: time(row, "created_at")?,
+        revoked_at: match revoked {
+            None => None,
+            Some(_) => Some(time(row, "revoked_at")?),
+        },
+    })
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn validate_time_zone(tz: &str) -> Result<(), Error> {
+    // IANA names: "UTC", "Area/Location[/Sub]", ASCII letters, digits, '_', '-', '+', '/'.
+    let ok = !tz.is_empty()
+        && tz.len() <= 64
+        && tz
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-+/".contains(&b))
+        && !tz.starts_with('/')
+        && !tz.ends_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            field: "time_zone",
+            message: format!("{tz:?} is not an IANA time zone name such as Europe/Paris"),
+        })
+    }
+}
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error> {
+        let name = new.name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(Error::Invalid {
+                field: "name",
+                message: "a tenant name must have 1 to 200 characters".into(),
+            });
+        }
+        validate_time_zone(&new.time_zone)?;
+        let tenant = Tenant {
+            id: TenantId::generate(),
+            name: name.to_owned(),
+            time_zone: new.time_zone,
+            currency: new.currency,
+            created_at: now(),
+        };
+        sqlx::query(
+            "INSERT INTO tenants (id, name, time_zone, currency, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(tenant.id.to_string())
+        .bind(&tenant.name)
+        .bind(&tenant.time_zone)
+        .bind(tenant.currency.as_str())
+        .bind(tenant.created_at.to_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(tenant)
+    }
+
+    async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, Error> {
+        sqlx::query("SELECT * FROM tenants WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(tenant_from)
+            .transpose()
+    }
+
+    async fn tenants(&self) -> Result<Vec<Tenant>, Error> {
+        sqlx::query("SELECT * FROM tenants ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(tenant_from)
+            .collect()
+    }
+
+    async fn create_key(&self, tenant: TenantId, kind: KeyKind) -> Result<NewKey, Error> {
+        if self.tenant(tenant).await?.is_none() {
+            return Err(Error::NotFound(format!("tenant {tenant}")));
+        }
+        let secret = keys::generate(kind);
+        let key = ApiKey {
+            id: format!("key_{}", uuid::Uuid::now_v7().simple()),
+            tenant_id: tenant,
+            kind,
+            prefix: keys::prefix(&secret),
+            created_at: now(),
+            revoked_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, kind, hash, prefix, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(tenant.to_string())
+        .bind(kind.as_str())
+        .bind(keys::hash(&secret))
+        .bind(&key.prefix)
+        .bind(key.created_at.to_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(NewKey { key, secret })
+    }
+
+    async fn keys(&self, tenant: TenantId) -> Result<Vec<ApiKey>, Error> {
+        sqlx::query("SELECT * FROM api_keys WHERE tenant_id = ? ORDER BY created_at, id")
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(key_from)
+            .collect()
+    }
+
+    async fn revoke_key(&self, key_id: &str) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(now().to_rfc3339())
+        .bind(key_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = ?")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(exists.is_some())
+    }
+
+    async fn find_key(&self, secret: &str) -> Result<Option<ApiKey>, Error> {
+        sqlx::query("SELECT * FROM api_keys WHERE hash = ? AND revoked_at IS NULL")
+            .bind(keys::hash(secret))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(key_from)
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_tenant(name: &str) -> NewTenant {
+        NewTenant {
+            name: name.into(),
+            time_zone: "Europe/Paris".into(),
+            currency: Currency::parse("EUR").expect("currency"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tenants_and_keys_round_trip_and_revoke() {
+        let store = SqliteStore::in_memory().await.expect("store");
+        let a = store.create_tenant(new_tenant("Acme")).await.expect("tenant");
+        let b = store.create_tenant(new_tenant("Globex")).await.expect("tenant");
+        assert_eq!(store.tenants().await.expect("list").len(), 2);
+        assert_eq!(store.tenant(a.id).await.expect("get"), Some(a.clone()));
+
+        let w = store.create_key(a.id, KeyKind::Write).await.expect("key");
+        let s = store.create_key(b.id, KeyKind::Secret).await.expect("key");
+        let found = store.find_key(&w.secret).await.expect("find").expect("found");
+        assert_eq!(found.tenant_id, a.id);
+        assert_eq!(found.kind, KeyKind::Write);
+        assert_eq!(store.keys(a.id).await.expect("keys").len(), 1, "scoped to the tenant");
+        assert!(store.find_key("lv_w_nope").await.expect("find").is_none());
+
+        assert!(store.revoke_key(&w.key.id).await.expect("revoke"));
+        assert!(store.find_key(&w.secret).await.expect("find").is_none());
+        assert!(store.revoke_key(&w.key.id).await.expect("again"), "idempotent");
+        assert!(!store.revoke_key("key_missing").await.expect("missing"));
+        assert!(store.find_key(&s.secret).await.expect("find").is_some());
+    }
+
+    #[tokio::test]
+    async fn bad_tenant_input_is_refused() {
+        let store = SqliteStore::in_memory().await.expect("store");
+        let mut t = new_tenant("  ");
+        assert!(matches!(store.create_tenant(t.clone()).await, Err(Error::Invalid { .. })));
+        t.name = "ok".into();
+        t.time_zone = "Not a zone!".into();
+        assert!(matches!(store.create_tenant(t).await, Err(Error::Invalid { .. })));
+        let missing = TenantId::generate();
+        assert!(matches!(
+            store.create_key(missing, KeyKind::Write).await,
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn file_store_persists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.db");
+        let id = {
+            let store = SqliteStore::open(&path).await.expect("open");
+            store.create_tenant(new_tenant("Acme")).await.expect("tenant").id
+        };
+        let store = SqliteStore::open(&path).await.expect("reopen");
+        assert_eq!(store.tenant(id).await.expect("get").map(|t| t.name), Some("Acme".into()));
+    }
+}

@@ -1,1 +1,197 @@
-fn main() {}
+//! The `livora` binary: `serve`, `demo`, `admin` and `bench`.
+//!
+//! Only this crate uses `anyhow`; it wires the libraries together and owns the CLI.
+
+mod admin;
+mod bench;
+mod client;
+mod config;
+mod demo;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use livora_log::EventLog;
+use livora_server::AppState;
+use livora_store::{MetadataStore, SqliteStore};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "livora",
+    version,
+    about = "Self-hostable customer-intelligence engine"
+)]
+struct Cli {
+    /// Configuration file (default: ./livora.toml when it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ServeFlags {
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (default ./livora-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeFlags),
+    /// Run the server with a demo tenant and a stream of sample e-commerce events.
+    Demo {
+        #[command(flatten)]
+        flags: ServeFlags,
+        /// Live events per second after the backfill.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Days of history to generate on first start.
+        #[arg(long, default_value_t = 30)]
+        backfill_days: u32,
+    },
+    /// Manage tenants, keys and the log offline.
+    Admin {
+        /// Data directory (default ./livora-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut config = Config::load(cli.config.as_deref(), &env)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(flags) => {
+            apply(&mut config, &flags, None);
+            init_logging(&config, "info");
+            runtime.block_on(serve(config, None))
+        }
+        Command::Demo {
+            flags,
+            rate,
+            backfill_days,
+        } => {
+            apply(&mut config, &flags, Some("./livora-demo-data"));
+            init_logging(&config, "warn,livora=info,livora_server=info");
+            let demo = demo::DemoOptions {
+                rate,
+                backfill_days,
+            };
+            runtime.block_on(serve(config, Some(demo)))
+        }
+        Command::Admin { data_dir, command } => {
+            if let Some(d) = data_dir {
+                config.data_dir = d;
+            }
+            runtime.block_on(admin::run(&config, command))
+        }
+        Command::Bench { command } => runtime.block_on(bench::run(command)),
+    }
+}
+
+fn apply(config: &mut Config, flags: &ServeFlags, default_dir: Option<&str>) {
+    if let Some(l) = flags.listen {
+        config.server.listen = l;
+    }
+    match (&flags.data_dir, default_dir) {
+        (Some(d), _) => config.data_dir = d.clone(),
+        (None, Some(d)) if config.data_dir == Config::default().data_dir => {
+            config.data_dir = PathBuf::from(d)
+        }
+        _ => {}
+    }
+}
+
+fn init_logging(config: &Config, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.server.log_format == "text" {
+        builder.init();
+    } else {
+        builder.json().with_current_span(true).init();
+    }
+}
+
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MetadataStore>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = SqliteStore::open(&config.store_path())
+        .await
+        .with_context(|| format!("cannot open {}", config.store_path().display()))?;
+    Ok(Arc::new(store))
+}
+
+async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let log_opts = config.log_options();
+    let log = tokio::task::spawn_blocking(move || EventLog::open(log_opts))
+        .await?
+        .context("cannot open the event log")?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(log, store.clone(), config.ingest.clone());
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");
+    if let Some(opts) = demo {
+        let keys = demo::prepare(store.as_ref()).await?;
+        demo::print_banner(addr, &keys);
+        // History is generated once, when the demo tenant is created.
+        let backfill_days = if keys.fresh { opts.backfill_days } else { 0 };
+        let opts = demo::DemoOptions {
+            backfill_days,
+            ..opts
+        };
+        tokio::spawn(demo::run(addr, keys.write_key.clone(), opts));
+    }
+    livora_server::serve(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -88,15 +88,11 @@ impl Consumer {
 
 fn read_offset(path: &Path) -> Result<Option<u64>, Error> {
     match fs::read_to_string(path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| Error::Corrupt {
-                path: path.to_owned(),
-                position: 0,
-                reason: format!("not an offset: {text:?}"),
-            }),
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| Error::Corrupt {
+            path: path.to_owned(),
+            position: 0,
+            reason: format!("not an offset: {text:?}"),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path)(e)),
     }

@@ -108,10 +108,10 @@ pub(crate) fn rebuild(shared: &Shared) -> Result<DedupeIndex, Error> {
     let mut index = DedupeIndex::new(window);
     let now = now_us();
     let from_us = now - window.as_micros() as i64;
-    let cutoff = SystemTime::now()
-        .checked_sub(window)
-        .unwrap_or(UNIX_EPOCH);
-    let end = shared.durable_end.load(std::sync::atomic::Ordering::Acquire);
+    let cutoff = SystemTime::now().checked_sub(window).unwrap_or(UNIX_EPOCH);
+    let end = shared
+        .durable_end
+        .load(std::sync::atomic::Ordering::Acquire);
     for (_, path) in shared.segments.snapshot() {
         let modified = std::fs::metadata(&path)
             .and_then(|m| m.modified())
@@ -142,7 +142,10 @@ mod tests {
         assert!(d.contains(k, 100));
         assert!(d.contains(k, 160));
         assert!(!d.contains(k, 161));
-        assert!(!d.contains(key(&Uuid::from_u128(2), b"m1"), 100), "tenants differ");
+        assert!(
+            !d.contains(key(&Uuid::from_u128(2), b"m1"), 100),
+            "tenants differ"
+        );
         d.sweep(200);
         assert_eq!(d.len(), 0);
     }

@@ -141,7 +141,8 @@ impl EventLog {
         std::fs::create_dir_all(&opts.dir).map_err(Error::io(&opts.dir))?;
         let lock_path = opts.dir.join("LOCK");
         let lock = std::fs::File::create(&lock_path).map_err(Error::io(&lock_path))?;
-        lock.try_lock().map_err(|_| Error::Locked(opts.dir.clone()))?;
+        lock.try_lock()
+            .map_err(|_| Error::Locked(opts.dir.clone()))?;
         let (segments, recovered) = Segments::open(&opts)?;
         let next_offset = recovered.next_offset;
         let (notify, _) = tokio::sync::watch::channel(next_offset);
@@ -174,7 +175,10 @@ impl EventLog {
 
     /// The oldest offset still stored.
     pub fn start_offset(&self) -> u64 {
-        self.shared.segments.first_base().unwrap_or(self.end_offset())
+        self.shared
+            .segments
+            .first_base()
+            .unwrap_or(self.end_offset())
     }
 
     /// `false` once a write failed; appends are refused until a restart recovers the tail.

@@ -72,7 +72,8 @@ impl Segments {
             .read(true)
             .open(&path)
             .map_err(Error::io(&path))?;
-        f.write_all(&format::header(base)).map_err(Error::io(&path))?;
+        f.write_all(&format::header(base))
+            .map_err(Error::io(&path))?;
         f.sync_all().map_err(Error::io(&path))?;
         sync_dir(&self.dir)?;
         self.files
@@ -155,7 +156,8 @@ fn recover_tail(base: u64, path: &Path, max_torn: u64) -> Result<Recovered, Erro
         tracing::warn!(segment = %path.display(), "rewriting the header of a torn new segment");
         f.set_len(0).map_err(Error::io(path))?;
         f.seek(SeekFrom::Start(0)).map_err(Error::io(path))?;
-        f.write_all(&format::header(base)).map_err(Error::io(path))?;
+        f.write_all(&format::header(base))
+            .map_err(Error::io(path))?;
         f.sync_all().map_err(Error::io(path))?;
         return Ok(Recovered {
             next_offset: base,
@@ -207,7 +209,8 @@ fn recover_tail(base: u64, path: &Path, max_torn: u64) -> Result<Recovered, Erro
         f.set_len(pos as u64).map_err(Error::io(path))?;
         f.sync_all().map_err(Error::io(path))?;
     }
-    f.seek(SeekFrom::Start(pos as u64)).map_err(Error::io(path))?;
+    f.seek(SeekFrom::Start(pos as u64))
+        .map_err(Error::io(path))?;
     Ok(Recovered {
         next_offset: next,
         active_base: base,

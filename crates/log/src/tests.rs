@@ -49,7 +49,10 @@ fn appends_are_read_back_in_order_after_reopen() {
     let log = EventLog::open(opts(dir.path())).expect("reopen");
     assert_eq!(log.end_offset(), 3);
     let got = all(&log);
-    let ids: Vec<_> = got.iter().map(|r| (r.tenant.as_u128(), r.id.as_str())).collect();
+    let ids: Vec<_> = got
+        .iter()
+        .map(|r| (r.tenant.as_u128(), r.id.as_str()))
+        .collect();
     assert_eq!(ids, vec![(1, "a"), (1, "b"), (2, "a")]);
     assert_eq!(got[1].payload, b"payload of b");
 }
@@ -58,7 +61,10 @@ fn appends_are_read_back_in_order_after_reopen() {
 fn a_second_process_cannot_open_the_same_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _log = EventLog::open(opts(dir.path())).expect("open");
-    assert!(matches!(EventLog::open(opts(dir.path())), Err(Error::Locked(_))));
+    assert!(matches!(
+        EventLog::open(opts(dir.path())),
+        Err(Error::Locked(_))
+    ));
 }
 
 #[test]
@@ -69,8 +75,14 @@ fn duplicates_are_dropped_within_a_call_across_calls_and_across_reopen() {
     let out = rt
         .block_on(log.append(vec![rec(1, "m1"), rec(1, "m1"), rec(2, "m1")]))
         .expect("append");
-    assert_eq!(out.offsets, vec![Some(0), None, Some(1)], "other tenant is not a dup");
-    let out = rt.block_on(log.append(vec![rec(1, "m1"), rec(1, "m2")])).expect("append");
+    assert_eq!(
+        out.offsets,
+        vec![Some(0), None, Some(1)],
+        "other tenant is not a dup"
+    );
+    let out = rt
+        .block_on(log.append(vec![rec(1, "m1"), rec(1, "m2")]))
+        .expect("append");
     assert_eq!(out.offsets, vec![None, Some(2)]);
     log.close();
     drop(log);
@@ -101,8 +113,14 @@ fn rolls_segments_and_reads_across_them() {
     assert!(got.iter().enumerate().all(|(i, r)| r.offset == i as u64));
 
     // A reader from the middle, and a backward scan with a cursor.
-    let mid = log.reader(123).and_then(|mut r| r.next_batch(5)).expect("read");
-    assert_eq!(mid.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![123, 124, 125, 126, 127]);
+    let mid = log
+        .reader(123)
+        .and_then(|mut r| r.next_batch(5))
+        .expect("read");
+    assert_eq!(
+        mid.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![123, 124, 125, 126, 127]
+    );
     let mut back = Vec::new();
     log.scan_backwards(Some(57), |r| {
         back.push(r.offset);
@@ -132,17 +150,22 @@ fn consumers_resume_from_their_committed_offset() {
     let log = EventLog::open(opts(dir.path())).expect("reopen");
     let mut c = log.consumer("profiles").expect("consumer");
     assert_eq!(c.committed(), 4);
-    let got = rt.block_on(c.poll(100, Duration::from_millis(1))).expect("poll");
+    let got = rt
+        .block_on(c.poll(100, Duration::from_millis(1)))
+        .expect("poll");
     assert_eq!(got.first().map(|r| r.offset), Some(4));
     assert_eq!(got.len(), 6);
-    assert_eq!(log.consumer_offsets().expect("list"), vec![("profiles".into(), 4)]);
+    assert_eq!(
+        log.consumer_offsets().expect("list"),
+        vec![("profiles".into(), 4)]
+    );
 
     // A poll at the end wakes up when new records become durable.
     let log2 = log.clone();
-    let waiter = rt.spawn(async move {
-        c.poll(100, Duration::from_secs(10)).await.map(|v| v.len())
-    });
-    rt.block_on(log2.append(vec![rec(1, "late")])).expect("append");
+    let waiter =
+        rt.spawn(async move { c.poll(100, Duration::from_secs(10)).await.map(|v| v.len()) });
+    rt.block_on(log2.append(vec![rec(1, "late")]))
+        .expect("append");
     assert_eq!(rt.block_on(waiter).expect("join").expect("poll"), 1);
 }
 
@@ -156,11 +179,16 @@ fn retention_waits_for_every_consumer() {
     o.dedupe_window = Duration::ZERO;
     let log = EventLog::open(o).expect("open");
     for i in 0..50 {
-        rt.block_on(log.append(vec![rec(1, &i.to_string())])).expect("append");
+        rt.block_on(log.append(vec![rec(1, &i.to_string())]))
+            .expect("append");
     }
     let mut c = log.consumer("slow").expect("consumer");
     c.commit(0).expect("commit");
-    assert_eq!(log.enforce_retention().expect("retention"), 0, "consumer at 0 holds all");
+    assert_eq!(
+        log.enforce_retention().expect("retention"),
+        0,
+        "consumer at 0 holds all"
+    );
     c.commit(30).expect("commit");
     let deleted = log.enforce_retention().expect("retention");
     assert!(deleted > 0);
@@ -168,7 +196,10 @@ fn retention_waits_for_every_consumer() {
     let report = log.verify().expect("verify");
     assert_eq!(report.end_offset, 50);
     // Reading from an offset that was deleted starts at the oldest kept record.
-    let first = log.reader(0).and_then(|mut r| r.next_batch(1)).expect("read");
+    let first = log
+        .reader(0)
+        .and_then(|mut r| r.next_batch(1))
+        .expect("read");
     assert_eq!(first[0].offset, log.start_offset());
 }
 
@@ -194,7 +225,8 @@ fn garbage_after_the_last_record_is_truncated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
     let log = EventLog::open(opts(dir.path())).expect("open");
-    rt.block_on(log.append(vec![rec(1, "a"), rec(1, "b")])).expect("append");
+    rt.block_on(log.append(vec![rec(1, "a"), rec(1, "b")]))
+        .expect("append");
     log.close();
     drop(log);
     let last = segment_files(dir.path()).pop().expect("segment");

@@ -76,7 +76,10 @@ pub fn parse_item(json: &str) -> Result<RawMessage, ItemError> {
     result.map_err(|e| {
         let text = e.to_string();
         if let Some(rest) = text.strip_prefix(NOT_OBJECT) {
-            ItemError::new(ItemErrorCode::NotAnObject, format!("message must be a JSON object{rest}"))
+            ItemError::new(
+                ItemErrorCode::NotAnObject,
+                format!("message must be a JSON object{rest}"),
+            )
         } else {
             ItemError::new(ItemErrorCode::InvalidField, text)
         }
@@ -99,9 +102,8 @@ impl<'de> Visitor<'de> for MessageVisitor {
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             macro_rules! field {
                 ($ty:ty) => {
-                    map.next_value::<$ty>().map_err(|e| {
-                        de::Error::custom(format_args!("field `{key}`: {e}"))
-                    })?
+                    map.next_value::<$ty>()
+                        .map_err(|e| de::Error::custom(format_args!("field `{key}`: {e}")))?
                 };
             }
             match key.as_ref() {

@@ -235,13 +235,12 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn revoke_key(&self, key_id: &str) -> Result<bool, Error> {
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-        )
-        .bind(now().to_rfc3339())
-        .bind(key_id)
-        .execute(&self.pool)
-        .await?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(now().to_rfc3339())
+                .bind(key_id)
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() > 0 {
             return Ok(true);
         }
@@ -278,22 +277,39 @@ mod tests {
     #[tokio::test]
     async fn tenants_and_keys_round_trip_and_revoke() {
         let store = SqliteStore::in_memory().await.expect("store");
-        let a = store.create_tenant(new_tenant("Acme")).await.expect("tenant");
-        let b = store.create_tenant(new_tenant("Globex")).await.expect("tenant");
+        let a = store
+            .create_tenant(new_tenant("Acme"))
+            .await
+            .expect("tenant");
+        let b = store
+            .create_tenant(new_tenant("Globex"))
+            .await
+            .expect("tenant");
         assert_eq!(store.tenants().await.expect("list").len(), 2);
         assert_eq!(store.tenant(a.id).await.expect("get"), Some(a.clone()));
 
         let w = store.create_key(a.id, KeyKind::Write).await.expect("key");
         let s = store.create_key(b.id, KeyKind::Secret).await.expect("key");
-        let found = store.find_key(&w.secret).await.expect("find").expect("found");
+        let found = store
+            .find_key(&w.secret)
+            .await
+            .expect("find")
+            .expect("found");
         assert_eq!(found.tenant_id, a.id);
         assert_eq!(found.kind, KeyKind::Write);
-        assert_eq!(store.keys(a.id).await.expect("keys").len(), 1, "scoped to the tenant");
+        assert_eq!(
+            store.keys(a.id).await.expect("keys").len(),
+            1,
+            "scoped to the tenant"
+        );
         assert!(store.find_key("lv_w_nope").await.expect("find").is_none());
 
         assert!(store.revoke_key(&w.key.id).await.expect("revoke"));
         assert!(store.find_key(&w.secret).await.expect("find").is_none());
-        assert!(store.revoke_key(&w.key.id).await.expect("again"), "idempotent");
+        assert!(
+            store.revoke_key(&w.key.id).await.expect("again"),
+            "idempotent"
+        );
         assert!(!store.revoke_key("key_missing").await.expect("missing"));
         assert!(store.find_key(&s.secret).await.expect("find").is_some());
     }
@@ -302,10 +318,16 @@ mod tests {
     async fn bad_tenant_input_is_refused() {
         let store = SqliteStore::in_memory().await.expect("store");
         let mut t = new_tenant("  ");
-        assert!(matches!(store.create_tenant(t.clone()).await, Err(Error::Invalid { .. })));
+        assert!(matches!(
+            store.create_tenant(t.clone()).await,
+            Err(Error::Invalid { .. })
+        ));
         t.name = "ok".into();
         t.time_zone = "Not a zone!".into();
-        assert!(matches!(store.create_tenant(t).await, Err(Error::Invalid { .. })));
+        assert!(matches!(
+            store.create_tenant(t).await,
+            Err(Error::Invalid { .. })
+        ));
         let missing = TenantId::generate();
         assert!(matches!(
             store.create_key(missing, KeyKind::Write).await,
@@ -319,9 +341,16 @@ mod tests {
         let path = dir.path().join("meta.db");
         let id = {
             let store = SqliteStore::open(&path).await.expect("open");
-            store.create_tenant(new_tenant("Acme")).await.expect("tenant").id
+            store
+                .create_tenant(new_tenant("Acme"))
+                .await
+                .expect("tenant")
+                .id
         };
         let store = SqliteStore::open(&path).await.expect("reopen");
-        assert_eq!(store.tenant(id).await.expect("get").map(|t| t.name), Some("Acme".into()));
+        assert_eq!(
+            store.tenant(id).await.expect("get").map(|t| t.name),
+            Some("Acme".into())
+        );
     }
 }

@@ -31,18 +31,39 @@ fn refusals_have_their_codes() {
         ("42", NotAnObject),
         (r#"{"type":"track","userId":"u"}"#, MissingEvent),
         (r#"{"type":"track","event":"","userId":"u"}"#, MissingEvent),
-        (r#"{"type":"track","event":"x","anonymousId":null}"#, MissingIdentity),
-        (r#"{"type":"track","event":"x","userId":""}"#, MissingIdentity),
+        (
+            r#"{"type":"track","event":"x","anonymousId":null}"#,
+            MissingIdentity,
+        ),
+        (
+            r#"{"type":"track","event":"x","userId":""}"#,
+            MissingIdentity,
+        ),
         (r#"{"event":"x","userId":"u"}"#, MissingType),
         (r#"{"type":"launch","userId":"u"}"#, UnknownType),
         (r#"{"type":"group","userId":"u"}"#, MissingGroupId),
         (r#"{"type":"alias","userId":"u"}"#, MissingPreviousId),
         (r#"{"type":"track","event":5,"userId":"u"}"#, InvalidField),
-        (r#"{"type":"track","event":"x","userId":{"a":1}}"#, InvalidField),
-        (r#"{"type":"track","event":"x","userId":"u","properties":[1]}"#, InvalidField),
-        (r#"{"type":"track","event":"x","userId":"u","context":"c"}"#, InvalidField),
-        (r#"{"type":"track","event":"x","userId":"u","timestamp":"yesterday"}"#, InvalidTimestamp),
-        (r#"{"type":"track","event":"x","userId":"u","timestamp":5}"#, InvalidField),
+        (
+            r#"{"type":"track","event":"x","userId":{"a":1}}"#,
+            InvalidField,
+        ),
+        (
+            r#"{"type":"track","event":"x","userId":"u","properties":[1]}"#,
+            InvalidField,
+        ),
+        (
+            r#"{"type":"track","event":"x","userId":"u","context":"c"}"#,
+            InvalidField,
+        ),
+        (
+            r#"{"type":"track","event":"x","userId":"u","timestamp":"yesterday"}"#,
+            InvalidTimestamp,
+        ),
+        (
+            r#"{"type":"track","event":"x","userId":"u","timestamp":5}"#,
+            InvalidField,
+        ),
     ];
     for (json, code) in cases {
         assert_eq!(check(json, None).err(), Some(*code), "{json}");
@@ -71,15 +92,21 @@ fn numeric_ids_become_text_and_message_id_is_generated() {
     let ev = check(r#"{"event":"x","userId":42}"#, Some(EventType::Track)).expect("valid");
     assert_eq!(ev.user_id.as_deref(), Some("42"));
     assert_eq!(ev.message_id.len(), 36);
-    let ev = check(r#"{"event":"x","userId":"u","messageId":"m-1"}"#, Some(EventType::Track))
-        .expect("valid");
+    let ev = check(
+        r#"{"event":"x","userId":"u","messageId":"m-1"}"#,
+        Some(EventType::Track),
+    )
+    .expect("valid");
     assert_eq!(ev.message_id, "m-1");
 }
 
 #[test]
 fn endpoint_type_wins_over_body_type() {
-    let ev = check(r#"{"type":"track","userId":"u","name":"Home"}"#, Some(EventType::Page))
-        .expect("valid");
+    let ev = check(
+        r#"{"type":"track","userId":"u","name":"Home"}"#,
+        Some(EventType::Page),
+    )
+    .expect("valid");
     assert_eq!(ev.kind, EventType::Page);
     assert_eq!(ev.name.as_deref(), Some("Home"));
 }
@@ -110,7 +137,10 @@ fn batch_context_is_merged_and_ip_recorded() {
 
     let m = parse_item(r#"{"type":"track","event":"x","userId":"u","context":{"ip":"1.1.1.1"}}"#)
         .expect("parse");
-    assert_eq!(normalise(m, None, &env).expect("valid").context["ip"], "1.1.1.1");
+    assert_eq!(
+        normalise(m, None, &env).expect("valid").context["ip"],
+        "1.1.1.1"
+    );
 }
 
 #[test]
@@ -122,7 +152,10 @@ fn future_timestamps_are_clamped_and_flagged() {
     .expect("valid");
     assert!(ev.timestamp_clamped);
     assert_eq!(ev.timestamp, ev.received_at);
-    assert_eq!(ev.original_timestamp.as_deref(), Some("2026-01-01T13:00:00Z"));
+    assert_eq!(
+        ev.original_timestamp.as_deref(),
+        Some("2026-01-01T13:00:00Z")
+    );
 
     let ev = check(
         r#"{"event":"x","userId":"u","timestamp":"2026-01-01T12:04:00Z"}"#,

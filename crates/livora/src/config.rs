@@ -1,0 +1,193 @@
+//! Configuration: `livora.toml`, then `LIVORA__SECTION__KEY` environment variables, then flags.
+//!
+//! The loader takes the environment as a map so tests are hermetic. Every section refuses
+//! unknown keys, so a typo is an error instead of a silently ignored setting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use livora_log::LogOptions;
+use livora_server::IngestOptions;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the log, the metadata database and (later) column segments live.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub ingest: IngestOptions,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./livora-data"),
+            server: ServerConfig::default(),
+            ingest: IngestOptions::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// `json` (default) or `text`.
+    pub log_format: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: "json".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub segment_mb: u64,
+    pub retention_hours: u64,
+    pub dedupe_window_secs: u64,
+    /// Never turn off in production: an acknowledged event could be lost in a power cut.
+    pub fsync: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_mb: 64,
+            retention_hours: 7 * 24,
+            dedupe_window_secs: 86_400,
+            fsync: true,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `file` (or `./livora.toml` if it exists), then applies `LIVORA__…` variables.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let mut table = match file {
+            Some(path) => read_table(path)?,
+            None if Path::new("livora.toml").exists() => read_table(Path::new("livora.toml"))?,
+            None => toml::Table::new(),
+        };
+        let mut vars: Vec<_> = env
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("LIVORA__")?, v)))
+            .collect();
+        vars.sort();
+        for (key, value) in vars {
+            let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+            set(&mut table, &path, scalar(value))
+                .with_context(|| format!("environment variable LIVORA__{key}"))?;
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")
+    }
+
+    pub fn log_options(&self) -> LogOptions {
+        let mut o = LogOptions::new(self.data_dir.join("log"));
+        o.segment_bytes = self.log.segment_mb.max(1) << 20;
+        o.retention = Duration::from_secs(self.log.retention_hours * 3600);
+        o.dedupe_window = Duration::from_secs(self.log.dedupe_window_secs);
+        o.fsync = self.log.fsync;
+        o
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("livora.db")
+    }
+}
+
+fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid TOML in {}", path.display()))
+}
+
+/// An environment value as TOML: numbers and booleans typed, anything else a string.
+fn scalar(text: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        Ok(mut t) => match t.remove("v") {
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)),
+            ) => v,
+            _ => toml::Value::String(text.to_owned()),
+        },
+        Err(_) => toml::Value::String(text.to_owned()),
+    }
+}
+
+fn set(table: &mut toml::Table, path: &[String], value: toml::Value) -> anyhow::Result<()> {
+    match path {
+        [] => bail!("empty key"),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set(t, rest, value),
+                _ => bail!("{first} is not a section"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("livora.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/livora\"\n[server]\nlisten = \"127.0.0.1:9000\"\n[ingest]\nmax_batch_events = 10\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&file),
+            &env(&[
+                ("LIVORA__INGEST__MAX_BATCH_EVENTS", "20"),
+                ("LIVORA__LOG__FSYNC", "false"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .expect("config");
+        assert_eq!(c.data_dir, PathBuf::from("/srv/livora"));
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.ingest.max_batch_events, 20);
+        assert!(!c.log.fsync);
+        assert_eq!(c.ingest.max_event_bytes, 32 * 1024, "defaults kept");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = Config::load(None, &env(&[("LIVORA__INGEST__MAX_BATCH_EVENT", "2")]));
+        assert!(e.is_err());
+        let e = Config::load(None, &env(&[("LIVORA__SERVER__LISTEN", "nowhere")]));
+        assert!(e.is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! API errors: one table from error code to HTTP status, and the JSON body every error has.
+//!
+//! Bodies are `{"code": "...", "message": "..."}` plus optional details; the message never
+//! carries internal error text (that is logged with the request id instead).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use livora_model::ItemErrorCode;
+use serde_json::{Map, Value, json};
+
+/// Every error code the API returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidJson,
+    InvalidGzip,
+    EmptyBody,
+    EmptyBatch,
+    InvalidItems,
+    /// A single message was refused; the code is the item's (`missing_event` …).
+    Item(ItemErrorCode),
+    InvalidQuery,
+    Unauthorized,
+    InvalidWriteKey,
+    BodyTooLarge,
+    EventTooLarge,
+    TooManyEvents,
+    UnsupportedMediaType,
+    UnsupportedEncoding,
+    NotFound,
+    MethodNotAllowed,
+    LogUnavailable,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidGzip => "invalid_gzip",
+            Self::EmptyBody => "empty_body",
+            Self::EmptyBatch => "empty_batch",
+            Self::InvalidItems => "invalid_items",
+            Self::Item(code) => code.as_str(),
+            Self::InvalidQuery => "invalid_query",
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidWriteKey => "invalid_write_key",
+            Self::BodyTooLarge => "body_too_large",
+            Self::EventTooLarge => "event_too_large",
+            Self::TooManyEvents => "too_many_events",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedEncoding => "unsupported_encoding",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::LogUnavailable => "log_unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidJson
+            | Self::InvalidGzip
+            | Self::EmptyBody
+            | Self::EmptyBatch
+            | Self::InvalidItems
+            | Self::Item(_)
+            | Self::InvalidQuery => StatusCode::BAD_REQUEST,
+            Self::Unauthorized | Self::InvalidWriteKey => StatusCode::UNAUTHORIZED,
+            Self::BodyTooLarge | Self::EventTooLarge | Self::TooManyEvents => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::UnsupportedMediaType | Self::UnsupportedEncoding => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    pub details: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// A 500 whose cause is logged, not shown.
+    pub fn internal(error: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error, "internal error");
+        Self::new(Code::Internal, "internal error; see the server log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("code".into(), json!(self.code.as_str()));
+        body.insert("message".into(), json!(self.message));
+        body.extend(self.details);
+        (self.code.status(), Json(Value::Object(body))).into_response()
+    }
+}
+
+impl From<livora_store::Error> for ApiError {
+    fn from(e: livora_store::Error) -> Self {
+        Self::internal(&e)
+    }
+}

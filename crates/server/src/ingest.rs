@@ -1,0 +1,242 @@
+//! The Segment-compatible ingestion endpoints: `/v1/{track,identify,page,screen,group,alias}`
+//! for one message, `/v1/batch` and `/v1/import` for many.
+//!
+//! A request is answered only after its events are durable in the log. In a batch, good items
+//! are kept even when others are refused (as Segment does): the answer is then 400
+//! `invalid_items` with `accepted` and, per refused item, its `index`, `code` and `message`.
+//! Limits (413) and envelope errors (400 `invalid_json`) refuse the whole request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use chrono::Utc;
+use livora_log::NewRecord;
+use livora_model::ingest::{self, Envelope, RawMessage};
+use livora_model::{Event, EventType, ItemError};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::basic_username;
+use crate::body;
+use crate::error::{ApiError, Code};
+
+/// Handler for the single-message endpoints.
+pub async fn single(
+    kind: EventType,
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        body::check_content_type(&headers)?;
+        let limit = state.ingest.max_event_bytes;
+        let bytes = body::read(&headers, body, limit).await?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            ApiError::new(Code::InvalidJson, format!("body is not valid UTF-8: {e}"))
+        })?;
+        let parsed = ingest::parse_item(text);
+        if parsed.is_err() && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+            let e = serde_json::from_str::<serde::de::IgnoredAny>(text)
+                .err()
+                .map_or_else(String::new, |e| e.to_string());
+            return Err(ApiError::new(
+                Code::InvalidJson,
+                format!("body is not valid JSON: {e}"),
+            ));
+        }
+        let body_key = parsed.as_ref().ok().and_then(|m| m.write_key.clone());
+        let key = basic_username(&headers).or(body_key);
+        let key = state.keys.write_key(key.as_deref()).await?;
+        let message = parsed.map_err(|e| ApiError::new(Code::Item(e.code), e.message))?;
+        let ip = client_ip(&state, &headers, peer);
+        let env = Envelope {
+            received_at: Utc::now(),
+            client_ip: Some(&ip),
+            future_tolerance: state.ingest.future_tolerance(),
+            sent_at: None,
+            context: None,
+            integrations: None,
+        };
+        let items = vec![Ok(message)];
+        store(&state, key.tenant_id, items, Some(kind), &env).await
+    }
+    .await;
+    finish(result, started)
+}
+
+/// Handler for `/v1/batch` and `/v1/import`.
+pub async fn batch(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        body::check_content_type(&headers)?;
+        let opts = &state.ingest;
+        let bytes = body::read(&headers, body, opts.max_batch_bytes).await?;
+        let envelope = ingest::parse_batch(&bytes).map_err(|e| {
+            ApiError::new(
+                Code::InvalidJson,
+                format!("body is not a batch object with a `batch` array: {e}"),
+            )
+        })?;
+        let key = basic_username(&headers).or_else(|| envelope.write_key.clone());
+        let key = state.keys.write_key(key.as_deref()).await?;
+        let n = envelope.batch.len();
+        if n == 0 {
+            return Err(ApiError::new(Code::EmptyBatch, "`batch` has no items"));
+        }
+        if n > opts.max_batch_events {
+            return Err(ApiError::new(
+                Code::TooManyEvents,
+                format!(
+                    "batch has {n} events; the limit is {} per batch",
+                    opts.max_batch_events
+                ),
+            )
+            .with("limit_events", opts.max_batch_events));
+        }
+        if let Some((index, raw)) = envelope
+            .batch
+            .iter()
+            .enumerate()
+            .find(|(_, raw)| raw.get().len() > opts.max_event_bytes)
+        {
+            return Err(ApiError::new(
+                Code::EventTooLarge,
+                format!(
+                    "batch item {index} has {} bytes; the limit is {} bytes per event",
+                    raw.get().len(),
+                    opts.max_event_bytes
+                ),
+            )
+            .with("index", index)
+            .with("limit_bytes", opts.max_event_bytes));
+        }
+        let items = envelope
+            .batch
+            .iter()
+            .map(|raw| ingest::parse_item(raw.get()))
+            .collect();
+        let ip = client_ip(&state, &headers, peer);
+        let env = Envelope {
+            received_at: Utc::now(),
+            client_ip: Some(&ip),
+            future_tolerance: opts.future_tolerance(),
+            sent_at: envelope.sent_at.as_deref(),
+            context: envelope.context.as_ref(),
+            integrations: envelope.integrations.as_ref(),
+        };
+        store(&state, key.tenant_id, items, None, &env).await
+    }
+    .await;
+    finish(result, started)
+}
+
+fn finish(
+    result: Result<Json<Value>, ApiError>,
+    started: Instant,
+) -> Result<Json<Value>, ApiError> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    metrics::histogram!("livora_ingest_request_seconds", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    if let Err(e) = &result
+        && e.code != Code::InvalidItems
+    {
+        metrics::counter!("livora_ingest_requests_refused_total", "code" => e.code.as_str())
+            .increment(1);
+    }
+    result
+}
+
+/// Normalises the items, appends the good ones durably, and reports the bad ones.
+async fn store(
+    state: &AppState,
+    tenant: livora_model::TenantId,
+    items: Vec<Result<RawMessage, ItemError>>,
+    kind: Option<EventType>,
+    env: &Envelope<'_>,
+) -> Result<Json<Value>, ApiError> {
+    let total = items.len();
+    let mut records = Vec::with_capacity(total);
+    let mut errors = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item.and_then(|m| ingest::normalise(m, kind, env)) {
+            Ok(event) => records.push(record(tenant, &event)?),
+            Err(e) => errors.push((index, e)),
+        }
+    }
+    for (_, e) in &errors {
+        metrics::counter!("livora_events_rejected_total", "reason" => e.code.as_str()).increment(1);
+    }
+    if !records.is_empty() {
+        let outcome = state.log.append(records).await.map_err(|e| {
+            tracing::error!(error = %e, "append to the event log failed");
+            ApiError::new(
+                Code::LogUnavailable,
+                "the event log cannot take writes right now; retry later",
+            )
+        })?;
+        metrics::counter!("livora_events_accepted_total").increment(outcome.written() as u64);
+        metrics::counter!("livora_events_duplicate_total").increment(outcome.duplicates() as u64);
+    }
+    match (kind, errors.pop()) {
+        (_, None) => Ok(Json(json!({ "success": true }))),
+        // A single-message call: the item's own code is the answer.
+        (Some(_), Some((_, e))) => Err(ApiError::new(Code::Item(e.code), e.message)),
+        (None, Some(last)) => {
+            errors.push(last);
+            Err(refused(total, errors))
+        }
+    }
+}
+
+fn refused(total: usize, errors: Vec<(usize, ItemError)>) -> ApiError {
+    let accepted = total - errors.len();
+    let list: Vec<Value> = errors
+        .iter()
+        .map(|(index, e)| json!({ "index": index, "code": e.code, "message": e.message }))
+        .collect();
+    let message = format!(
+        "{} of {total} items were refused; the other {accepted} were accepted",
+        errors.len()
+    );
+    ApiError::new(Code::InvalidItems, message)
+        .with("accepted", accepted)
+        .with("errors", list)
+}
+
+fn record(tenant: livora_model::TenantId, event: &Event) -> Result<NewRecord, ApiError> {
+    let payload = serde_json::to_vec(event).map_err(|e| ApiError::internal(&e))?;
+    Ok(NewRecord {
+        tenant: tenant.0,
+        id: event.message_id.clone(),
+        payload,
+    })
+}
+
+fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> String {
+    if state.ingest.trust_forwarded_for
+        && let Some(first) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+    {
+        return first.to_owned();
+    }
+    peer.ip().to_string()
+}

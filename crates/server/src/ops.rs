@@ -1,0 +1,80 @@
+//! Operations endpoints: `/healthz`, `/readyz`, `/metrics`, `/api/openapi.json`.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::{Value, json};
+
+use crate::AppState;
+
+/// The OpenAPI 3.1 document of every route.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let latency = [
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+        ];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("livora_log_group_requests".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+                )
+            })
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (several apps in one test process).
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let log_ok = state.log.is_healthy();
+    let serving = state.ready.load(Ordering::Acquire);
+    let status = if log_ok && serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+        "log": if log_ok { "ok" } else { "failed" },
+        "accepting": serving,
+    });
+    (status, Json(body))
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let end = state.log.end_offset();
+    metrics::gauge!("livora_log_end_offset").set(end as f64);
+    if let Ok(consumers) = state.log.consumer_offsets() {
+        for (name, committed) in consumers {
+            metrics::gauge!("livora_log_consumer_lag", "consumer" => name)
+                .set(end.saturating_sub(committed) as f64);
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}

@@ -105,9 +105,9 @@ async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     } else {
         println!(
             "ingest benchmark, median of {} runs ({} s each, {} connections, {} events/batch, ~{} bytes/event)\n\
-             \x20 durable through HTTP: {} events/s   p50 {:.2} ms   p99 {:.2} ms\n\
-             \x20 server RSS:           idle {} MB   peak {} MB\n\
-             \x20 limit (no HTTP):      {} events/s   ({:.1} batches per fsync)\n\
+             \x20 durable through HTTP: {:.0} events/s   p50 {:.2} ms   p99 {:.2} ms\n\
+             \x20 server RSS:           idle {:.0} MB   peak {:.0} MB\n\
+             \x20 limit (no HTTP):      {:.0} events/s   ({:.1} batches per fsync)\n\
              \x20 HTTP / limit:         {:.0} %",
             results.len(),
             b.seconds,

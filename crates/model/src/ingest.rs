@@ -192,13 +192,15 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
-/// A JSON object kept as its exact text.
+/// A JSON object kept as its exact text, after checking that every number in it is finite
+/// (`1e999` is valid JSON syntax but no reader can represent it).
 struct ObjectText(Box<RawValue>);
 
 impl<'de> Deserialize<'de> for ObjectText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(d)?;
         if raw.get().starts_with('{') {
+            serde_json::from_str::<Finite>(raw.get()).map_err(de::Error::custom)?;
             Ok(ObjectText(raw))
         } else {
             Err(de::Error::custom(format_args!(
@@ -206,6 +208,54 @@ impl<'de> Deserialize<'de> for ObjectText {
                 json_kind(raw.get())
             )))
         }
+    }
+}
+
+/// Walks a JSON value without building it; fails on a number that does not fit an `f64`.
+struct Finite;
+
+impl<'de> Deserialize<'de> for Finite {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Finite)
+    }
+}
+
+impl<'de> Visitor<'de> for Finite {
+    type Value = Finite;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Finite, E> {
+        Ok(Finite)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Finite, E> {
+        Ok(Finite)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Finite, E> {
+        Ok(Finite)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Finite, E> {
+        if v.is_finite() {
+            Ok(Finite)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Finite, E> {
+        Ok(Finite)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Finite, E> {
+        Ok(Finite)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Finite, A::Error> {
+        while seq.next_element::<Finite>()?.is_some() {}
+        Ok(Finite)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Finite, A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value::<Finite>()?;
+        }
+        Ok(Finite)
     }
 }
 

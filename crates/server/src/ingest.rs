@@ -41,19 +41,25 @@ pub async fn single(
         let text = std::str::from_utf8(&bytes).map_err(|e| {
             ApiError::new(Code::InvalidJson, format!("body is not valid UTF-8: {e}"))
         })?;
+        // With a Basic header the key is known before the body is judged.
+        let header_key = basic_username(&headers);
+        if header_key.is_some() {
+            state.keys.write_key(header_key.as_deref()).await?;
+        }
         let parsed = ingest::parse_item(text);
-        if parsed.is_err() && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
-            let e = serde_json::from_str::<serde::de::IgnoredAny>(text)
-                .err()
-                .map_or_else(String::new, |e| e.to_string());
+        if parsed.is_err()
+            && let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(text)
+        {
             return Err(ApiError::new(
                 Code::InvalidJson,
                 format!("body is not valid JSON: {e}"),
             ));
         }
         let body_key = parsed.as_ref().ok().and_then(|m| m.write_key.clone());
-        let key = basic_username(&headers).or(body_key);
-        let key = state.keys.write_key(key.as_deref()).await?;
+        let key = state
+            .keys
+            .write_key(header_key.or(body_key).as_deref())
+            .await?;
         let message = parsed.map_err(|e| ApiError::new(Code::Item(e.code), e.message))?;
         let ip = client_ip(&state, &headers, peer);
         let env = Envelope {
@@ -82,6 +88,10 @@ pub async fn batch(
     let result = async {
         body::check_content_type(&headers)?;
         let opts = &state.ingest;
+        let header_key = basic_username(&headers);
+        if header_key.is_some() {
+            state.keys.write_key(header_key.as_deref()).await?;
+        }
         let bytes = body::read(&headers, body, opts.max_batch_bytes).await?;
         let envelope = ingest::parse_batch(&bytes).map_err(|e| {
             ApiError::new(
@@ -89,7 +99,7 @@ pub async fn batch(
                 format!("body is not a batch object with a `batch` array: {e}"),
             )
         })?;
-        let key = basic_username(&headers).or_else(|| envelope.write_key.clone());
+        let key = header_key.or_else(|| envelope.write_key.clone());
         let key = state.keys.write_key(key.as_deref()).await?;
         let n = envelope.batch.len();
         if n == 0 {

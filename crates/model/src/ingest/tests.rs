@@ -213,3 +213,17 @@ proptest! {
         prop_assert!(!ev.timestamp_clamped);
     }
 }
+
+#[test]
+fn numbers_out_of_range_are_refused_but_big_integers_kept() {
+    let e = parse_item(r#"{"event":"x","userId":"u","properties":{"a":[{"p":1e999}]}}"#)
+        .expect_err("infinite number");
+    assert_eq!(e.code, ItemErrorCode::InvalidField);
+    assert!(e.message.contains("out of range"), "{}", e.message);
+    let ok = r#"{"event":"x","userId":"u","traits":{"p":123456789012345678901234567890123}}"#;
+    let m = parse_item(ok).expect("big integer");
+    assert_eq!(
+        m.traits.expect("traits").get(),
+        r#"{"p":123456789012345678901234567890123}"#
+    );
+}

@@ -1,0 +1,152 @@
+//! `spawn_app`: a real server on 127.0.0.1:0 over a temporary data directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use livora_log::{EventLog, LogOptions};
+use livora_model::Currency;
+use livora_server::{AppState, IngestOptions};
+use livora_store::{KeyKind, MetadataStore, NewTenant, SqliteStore};
+use serde_json::Value;
+
+pub struct TestApp {
+    pub url: String,
+    pub write_key: String,
+    pub secret_key: String,
+    pub write_key_id: String,
+    pub store: Arc<dyn MetadataStore>,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub async fn spawn_app(dir: &Path) -> TestApp {
+    spawn_app_with(
+        dir,
+        IngestOptions {
+            key_cache_ttl_secs: 0,
+            ..IngestOptions::default()
+        },
+    )
+    .await
+}
+
+/// Opens (or reopens) the app over `dir`; the first tenant there is reused, with new keys.
+pub async fn spawn_app_with(dir: &Path, ingest: IngestOptions) -> TestApp {
+    let store: Arc<dyn MetadataStore> = Arc::new(
+        SqliteStore::open(&dir.join("livora.db"))
+            .await
+            .expect("store opens"),
+    );
+    let tenant = match store.tenants().await.expect("tenants").into_iter().next() {
+        Some(t) => t,
+        None => store
+            .create_tenant(NewTenant {
+                name: "Test Shop".into(),
+                time_zone: "UTC".into(),
+                currency: Currency::parse("USD").expect("currency"),
+            })
+            .await
+            .expect("tenant"),
+    };
+    let write = store
+        .create_key(tenant.id, KeyKind::Write)
+        .await
+        .expect("key");
+    let secret = store
+        .create_key(tenant.id, KeyKind::Secret)
+        .await
+        .expect("key");
+    let log_dir = dir.join("log");
+    let log = tokio::task::spawn_blocking(move || EventLog::open(LogOptions::new(log_dir)))
+        .await
+        .expect("join")
+        .expect("log opens");
+    let state = AppState::new(log, store.clone(), ingest);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(livora_server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        url: format!("http://{addr}"),
+        write_key: write.secret,
+        secret_key: secret.secret,
+        write_key_id: write.key.id,
+        store,
+        http: reqwest::Client::new(),
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Graceful shutdown: in-flight requests finish, the log writer stops.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(10), s)
+                .await
+                .expect("server stops in time")
+                .expect("join")
+                .expect("serve ok");
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .basic_auth(&self.write_key, Some(""))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        decode(resp).await
+    }
+
+    pub async fn get_events(&self, query: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/events?{query}", self.url))
+            .bearer_auth(&self.secret_key)
+            .send()
+            .await
+            .expect("request");
+        decode(resp).await
+    }
+
+    /// Every stored event of the tenant, newest first, following cursors.
+    pub async fn all_events(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let q = if cursor.is_empty() {
+                "limit=1000".to_owned()
+            } else {
+                format!("limit=1000&cursor={cursor}")
+            };
+            let (status, page) = self.get_events(&q).await;
+            assert_eq!(status, 200, "{page}");
+            out.extend(page["events"].as_array().expect("events").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => return out,
+            }
+        }
+    }
+}
+
+pub async fn decode(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Installs the official Segment SDKs used by the SDK compatibility tests.
+#
+# Idempotent: a stamp file records the pinned versions; when it matches, this
+# script does nothing, so test commands may call it every time.
+#
+#   LIVORA_TEST_DEPS  install dir (default: <repo root>/.cache/test-deps)
+#
+# Layout:
+#   $LIVORA_TEST_DEPS/venv/                       Python venv with segment-analytics-python
+#   $LIVORA_TEST_DEPS/node/node_modules/          @segment/analytics-node
+#   $LIVORA_TEST_DEPS/stamp                       pinned versions
+set -euo pipefail
+
+PY_SDK_VERSION="2.4.0"    # PyPI: segment-analytics-python (import segment.analytics)
+NODE_SDK_VERSION="2.3.0"  # npm: @segment/analytics-node (needs node >= 20)
+
+SCRIPT_DIR="$(cd "$(dirname "$0")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+DEPS_DIR="${LIVORA_TEST_DEPS:-$REPO_ROOT/.cache/test-deps}"
+STAMP="$DEPS_DIR/stamp"
+WANT_STAMP="segment-analytics-python==$PY_SDK_VERSION @segment/analytics-node@$NODE_SDK_VERSION"
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT_STAMP" \
+      && -x "$DEPS_DIR/venv/bin/python" \
+      && -d "$DEPS_DIR/node/node_modules/@segment/analytics-node" ]]; then
+    echo "test-deps: up to date in $DEPS_DIR ($WANT_STAMP)"
+    exit 0
+fi
+
+mkdir -p "$DEPS_DIR"
+DEPS_DIR="$(cd "$DEPS_DIR" && pwd)"  # absolute, so the venv works from any cwd
+STAMP="$DEPS_DIR/stamp"
+rm -f "$STAMP"
+LOG="$DEPS_DIR/install.log"
+: > "$LOG"
+
+# Run a command with its output going to $LOG; show the log if it fails.
+quiet() {
+    if ! "$@" >>"$LOG" 2>&1; then
+        echo "test-deps: failed: $*" >&2
+        cat "$LOG" >&2
+        exit 1
+    fi
+}
+
+# --- Python ---------------------------------------------------------------
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null || { echo "test-deps: $PYTHON not found" >&2; exit 1; }
+if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+        echo "test-deps: installing python3-venv" >&2
+        quiet apt-get update -qq
+        quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    else
+        echo "test-deps: python venv/ensurepip missing; install python3-venv" >&2
+        exit 1
+    fi
+fi
+if [[ ! -x "$DEPS_DIR/venv/bin/python" ]]; then
+    rm -rf "$DEPS_DIR/venv"
+    quiet "$PYTHON" -m venv "$DEPS_DIR/venv"
+fi
+quiet "$DEPS_DIR/venv/bin/python" -m pip install --disable-pip-version-check \
+    "segment-analytics-python==$PY_SDK_VERSION"
+
+# --- Node -----------------------------------------------------------------
+command -v node >/dev/null || { echo "test-deps: node not found" >&2; exit 1; }
+command -v npm >/dev/null || { echo "test-deps: npm not found" >&2; exit 1; }
+mkdir -p "$DEPS_DIR/node"
+cat > "$DEPS_DIR/node/package.json" <<JSON
+{
+  "name": "livora-sdk-test-deps",
+  "private": true,
+  "version": "0.0.0",
+  "dependencies": {
+    "@segment/analytics-node": "$NODE_SDK_VERSION"
+  }
+}
+JSON
+quiet npm install --prefix "$DEPS_DIR/node" --no-audit --no-fund
+
+echo "$WANT_STAMP" > "$STAMP"
+echo "test-deps: installed $WANT_STAMP into $DEPS_DIR"

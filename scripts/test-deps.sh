@@ -13,7 +13,7 @@
 set -euo pipefail
 
 PY_SDK_VERSION="2.4.0"    # PyPI: segment-analytics-python (import segment.analytics)
-NODE_SDK_VERSION="2.3.0"  # npm: @segment/analytics-node (needs node >= 20)
+NODE_SDK_VERSION="3.1.0"  # npm: @segment/analytics-node (needs node >= 20)
 
 SCRIPT_DIR="$(cd "$(dirname "$0")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"

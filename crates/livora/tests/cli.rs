@@ -1,0 +1,244 @@
+//! The binary's commands: admin, configuration precedence, graceful shutdown, demo.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, admin_json, all_events, create_tenant, free_port};
+use serde_json::json;
+
+#[test]
+fn admin_creates_lists_and_revokes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "tenant",
+            "create",
+            "--name",
+            "Acme",
+            "--time-zone",
+            "Europe/Paris",
+            "--currency",
+            "EUR",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tenant_id:") && text.contains("lv_w_") && text.contains("lv_s_"),
+        "{text}"
+    );
+
+    let t = create_tenant(dir.path());
+    let tenants = admin_json(dir.path(), &["tenant", "list"]);
+    assert_eq!(tenants.as_array().map(Vec::len), Some(2));
+    assert_eq!(tenants[0]["time_zone"], "Europe/Paris");
+    let keys = admin_json(dir.path(), &["key", "list", "--tenant", &t.id]);
+    assert_eq!(keys.as_array().map(Vec::len), Some(2));
+    assert!(
+        !keys.to_string().contains(&t.write_key),
+        "secrets are never listed"
+    );
+    let extra = admin_json(
+        dir.path(),
+        &["key", "create", "--tenant", &t.id, "--kind", "write"],
+    );
+    assert!(
+        extra["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("lv_w_"))
+    );
+
+    let status = Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args(["key", "revoke", &t.write_key_id])
+        .status()
+        .expect("revoke");
+    assert!(status.success());
+    let keys = admin_json(dir.path(), &["key", "list", "--tenant", &t.id]);
+    assert!(keys[0]["revoked_at"].is_string());
+
+    for bad in [
+        vec!["tenant", "create", "--name", "X", "--currency", "euro"],
+        vec!["key", "create", "--tenant", "not-a-uuid", "--kind", "write"],
+        vec!["key", "create", "--tenant", &t.id, "--kind", "admin"],
+        vec!["key", "revoke", "key_missing"],
+    ] {
+        let out = Command::new(BIN)
+            .args(["admin", "--data-dir"])
+            .arg(dir.path())
+            .args(&bad)
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{bad:?} should fail");
+        assert!(!out.stderr.is_empty(), "{bad:?} says why");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_key_is_refused_by_a_running_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = create_tenant(dir.path());
+    let server = Server::start(dir.path());
+    let http = reqwest::Client::new();
+    let send = || {
+        http.post(format!("{}/v1/track", server.url))
+            .basic_auth(&t.write_key, Some(""))
+            .body(r#"{"event":"x","userId":"u"}"#)
+            .send()
+    };
+    assert_eq!(send().await.expect("send").status().as_u16(), 200);
+    let status = Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir.path())
+        .args(["key", "revoke", &t.write_key_id])
+        .status()
+        .expect("revoke");
+    assert!(status.success());
+    assert_eq!(send().await.expect("send").status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = create_tenant(dir.path());
+    let file = dir.path().join("livora.toml");
+    std::fs::write(
+        &file,
+        "[ingest]\nmax_batch_events = 3\nmax_event_bytes = 100\n",
+    )
+    .expect("write");
+    // The file says 3 events, the environment says 5; the flag decides the port.
+    let server = Server::start_with(
+        dir.path(),
+        &["--config", file.to_str().expect("path")],
+        &[("LIVORA__INGEST__MAX_BATCH_EVENTS", "5")],
+    );
+    let http = reqwest::Client::new();
+    let batch = |n: usize| {
+        json!({"batch": (0..n).map(|i| json!({"type":"track","event":"e","userId":format!("u{i}")})).collect::<Vec<_>>()}).to_string()
+    };
+    let post = |body: String| {
+        http.post(format!("{}/v1/batch", server.url))
+            .basic_auth(&t.write_key, Some(""))
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(batch(5)).await.expect("send").status().as_u16(), 200);
+    let resp = post(batch(6)).await.expect("send");
+    assert_eq!(resp.status().as_u16(), 413);
+    // From the file: 100 bytes per event.
+    let big = json!({"batch": [{"type":"track","event":"e","userId":"u","properties":{"s":"x".repeat(200)}}]});
+    assert_eq!(
+        post(big.to_string()).await.expect("send").status().as_u16(),
+        413
+    );
+
+    // A typo in the configuration is an error, not a silent default.
+    let out = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .env("LIVORA__INGEST__MAX_BATCH_EVENT", "5")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_batch_event"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_batches_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = create_tenant(dir.path());
+    let server = Server::start(dir.path());
+    let http = reqwest::Client::new();
+    // Many concurrent batches; SIGTERM arrives while they are in flight.
+    let mut sends = Vec::new();
+    for b in 0..40 {
+        let req = http
+            .post(format!("{}/v1/batch", server.url))
+            .basic_auth(&t.write_key, Some(""))
+            .body(json!({"batch": (0..50).map(|i| json!({"type":"track","event":"e","userId":"u","messageId":format!("b{b}-{i}")})).collect::<Vec<_>>()}).to_string());
+        sends.push(tokio::spawn(req.send()));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "exit status {status}");
+    let mut acked = 0;
+    for s in sends {
+        if let Ok(Ok(r)) = s.await
+            && r.status().as_u16() == 200
+        {
+            acked += 50;
+        }
+    }
+    let server = Server::start(dir.path());
+    let stored = all_events(&http, &server.url, &t.secret_key).await;
+    assert!(
+        stored.len() >= acked,
+        "{} stored, {acked} acknowledged",
+        stored.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_keys_and_generates_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--backfill-days",
+            "2",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let secret = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("secret key:")
+                .map(|s| s.trim().to_owned())
+        })
+        .expect("the demo prints a secret key");
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events = all_events(&http, &url, &secret).await;
+        if events.len() > 500 || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        events.len() > 500,
+        "history was generated: {}",
+        events.len()
+    );
+    for name in ["Product Viewed", "Product Added", "Order Completed"] {
+        assert!(
+            events.iter().any(|e| e["event"] == name),
+            "{name} in the demo data"
+        );
+    }
+    assert!(events.iter().any(|e| e["type"] == "identify"));
+}

@@ -1,0 +1,199 @@
+//! Helpers for tests that run the real `livora` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_livora");
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// Runs `livora admin --data-dir DIR ARGS… --json` and parses its output.
+pub fn admin_json(dir: &Path, args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .args(["admin", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run livora admin");
+    assert!(
+        out.status.success(),
+        "livora admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("admin prints JSON")
+}
+
+pub struct Tenant {
+    pub id: String,
+    pub write_key: String,
+    pub write_key_id: String,
+    pub secret_key: String,
+}
+
+pub fn create_tenant(dir: &Path) -> Tenant {
+    let v = admin_json(dir, &["tenant", "create", "--name", "Test Shop"]);
+    Tenant {
+        id: v["tenant"]["id"].as_str().expect("id").to_owned(),
+        write_key: v["write_key"]["secret"].as_str().expect("write").to_owned(),
+        write_key_id: v["write_key"]["id"].as_str().expect("write id").to_owned(),
+        secret_key: v["secret_key"]["secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned(),
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A `livora serve` child process.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[], &[])
+    }
+
+    pub fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .expect("server log");
+        let child = Command::new(BIN)
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("LIVORA__INGEST__KEY_CACHE_TTL_SECS", "0")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn livora serve");
+        let server = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        server.wait_healthy(dir);
+        server
+    }
+
+    fn wait_healthy(&self, dir: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = probe::http_ok;
+        while Instant::now() < deadline {
+            if client(&format!("{}/healthz", self.url)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        panic!("livora serve did not become healthy; its log:\n{log}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+mod probe {
+    /// A dependency-free readiness probe (plain HTTP/1.0 GET over loopback).
+    pub fn http_ok(url: &str) -> bool {
+        use std::io::{Read, Write};
+        let Some(rest) = url.strip_prefix("http://") else {
+            return false;
+        };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let Ok(mut s) = std::net::TcpStream::connect(host) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        if write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+    }
+}
+
+/// Every stored event of the tenant (newest first), following cursors.
+pub async fn all_events(http: &reqwest::Client, url: &str, secret: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut req = http
+            .get(format!("{url}/api/v1/events"))
+            .bearer_auth(secret)
+            .query(&[("limit", "1000")]);
+        if let Some(c) = &cursor {
+            req = req.query(&[("cursor", c)]);
+        }
+        let page: Value = req
+            .send()
+            .await
+            .expect("read events")
+            .json()
+            .await
+            .expect("events JSON");
+        out.extend(page["events"].as_array().expect("events").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}

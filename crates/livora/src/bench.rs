@@ -378,7 +378,8 @@ fn limit(templates: &Templates, seconds: u64, per_fsync: f64, work: &Path) -> an
     ));
     let mut file = std::fs::File::create(&path)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(threads * 4);
+    // Deep enough that parsing never waits for an fsync, as in the server.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(1024);
     let seq = AtomicU64::new(0);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let tenant = uuid::Uuid::now_v7();

@@ -21,6 +21,11 @@ use livora_store::{MetadataStore, SqliteStore};
 
 use crate::config::Config;
 
+/// mimalloc: the ingestion path allocates many small, short-lived buffers per event; measured
+/// in `livora bench ingest` (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "livora",

@@ -200,7 +200,9 @@ impl<'de> Deserialize<'de> for ObjectText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(d)?;
         if raw.get().starts_with('{') {
-            serde_json::from_str::<Finite>(raw.get()).map_err(de::Error::custom)?;
+            if may_overflow(raw.get().as_bytes()) {
+                serde_json::from_str::<Finite>(raw.get()).map_err(de::Error::custom)?;
+            }
             Ok(ObjectText(raw))
         } else {
             Err(de::Error::custom(format_args!(
@@ -209,6 +211,30 @@ impl<'de> Deserialize<'de> for ObjectText {
             )))
         }
     }
+}
+
+/// Whether the text could hold a number beyond `f64`: that needs an exponent (a digit followed
+/// by `e`/`E`) or more than 300 digits in a row. Cheap enough to run on every object, so the
+/// full walk ([`Finite`]) runs only on the rare text that might need it.
+fn may_overflow(text: &[u8]) -> bool {
+    let mut run = 0usize;
+    let mut prev_digit = false;
+    for &b in text {
+        if b.is_ascii_digit() {
+            run += 1;
+            if run > 300 {
+                return true;
+            }
+            prev_digit = true;
+        } else {
+            if prev_digit && (b | 0x20) == b'e' {
+                return true;
+            }
+            run = 0;
+            prev_digit = false;
+        }
+    }
+    false
 }
 
 /// Walks a JSON value without building it; fails on a number that does not fit an `f64`.

@@ -12,6 +12,7 @@ mod error;
 mod event;
 pub mod ingest;
 mod tenant;
+mod time;
 
 pub use error::{ItemError, ItemErrorCode};
 pub use event::{Event, EventType};

@@ -227,3 +227,24 @@ fn numbers_out_of_range_are_refused_but_big_integers_kept() {
         r#"{"p":123456789012345678901234567890123}"#
     );
 }
+
+proptest! {
+    /// The cheap pre-check never lets an infinite number through: whenever the full walk
+    /// refuses a text, the pre-check flags it.
+    #[test]
+    fn overflow_precheck_is_conservative(
+        mantissa in "[1-9][0-9]{0,4}(\\.[0-9]{1,3})?",
+        exp in proptest::option::of(-400i32..400),
+        digits in 0usize..400,
+    ) {
+        let number = match exp {
+            Some(e) => format!("{mantissa}e{e}"),
+            None => format!("{mantissa}{}", "7".repeat(digits)),
+        };
+        let text = format!(r#"{{"a":[1,{{"b":{number}}}],"s":"x"}}"#);
+        let refused = serde_json::from_str::<Finite>(&text).is_err();
+        if refused {
+            prop_assert!(may_overflow(text.as_bytes()), "{}", text);
+        }
+    }
+}

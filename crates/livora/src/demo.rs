@@ -64,11 +64,18 @@ pub async fn prepare(store: &dyn MetadataStore) -> anyhow::Result<DemoKeys> {
     })
 }
 
+/// Prints the keys. A closed stdout (`livora demo | head`) must not stop the server, so a
+/// failed write is ignored.
 pub fn print_banner(addr: SocketAddr, keys: &DemoKeys) {
-    println!(
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
         "\nLivora demo running on http://{addr}\n\n  tenant:     {}\n  write key:  {}\n  secret key: {}\n\n\
          Try:\n  curl -s 'http://{addr}/api/v1/events?limit=5' -H 'Authorization: Bearer {}'\n",
-        keys.tenant_id, keys.write_key, keys.secret_key, keys.secret_key
+        keys.tenant_id,
+        keys.write_key,
+        keys.secret_key,
+        keys.secret_key
     );
 }
 

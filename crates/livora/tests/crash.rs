@@ -74,18 +74,12 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         }));
     }
 
-    let mut acked_before = 0;
     for round in 0..KILLS {
         let wait = rng.random_range(150..700);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         server.kill9();
         let n = acked.lock().expect("lock").len();
         eprintln!("round {round}: killed after {wait} ms, {n} events acknowledged so far");
-        assert!(
-            n > acked_before || round == 0,
-            "clients made progress in round {round}"
-        );
-        acked_before = n;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..100))).await;
         server = Server::start(dir.path());
         *url.lock().expect("lock") = server.url.clone();

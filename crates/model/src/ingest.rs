@@ -200,7 +200,13 @@ impl<'de> Deserialize<'de> for ObjectText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(d)?;
         if raw.get().starts_with('{') {
-            if may_overflow(raw.get().as_bytes()) {
+            let (depth, may_overflow) = scan(raw.get().as_bytes());
+            if depth > MAX_DEPTH {
+                return Err(de::Error::custom(format_args!(
+                    "nested {depth} levels deep; the limit is {MAX_DEPTH}"
+                )));
+            }
+            if may_overflow {
                 serde_json::from_str::<Finite>(raw.get()).map_err(de::Error::custom)?;
             }
             Ok(ObjectText(raw))
@@ -213,28 +219,49 @@ impl<'de> Deserialize<'de> for ObjectText {
     }
 }
 
-/// Whether the text could hold a number beyond `f64`: that needs an exponent (a digit followed
-/// by `e`/`E`) or more than 300 digits in a row. Cheap enough to run on every object, so the
-/// full walk ([`Finite`]) runs only on the rare text that might need it.
-fn may_overflow(text: &[u8]) -> bool {
-    let mut run = 0usize;
-    let mut prev_digit = false;
+/// The deepest nesting accepted inside `properties` or `traits`: the stored event stays well
+/// under serde_json's recursion limit (128), so every reader can parse what was accepted.
+pub const MAX_DEPTH: usize = 100;
+
+/// One pass over valid JSON text (strings skipped): the deepest nesting, and whether a number
+/// could lie beyond `f64` (that needs an exponent or more than 300 digits in a row). Cheap
+/// enough to run on every object, so the full walk ([`Finite`]) runs only on the rare text that
+/// might need it.
+fn scan(text: &[u8]) -> (usize, bool) {
+    let (mut depth, mut max_depth) = (0usize, 0usize);
+    let (mut in_str, mut escaped) = (false, false);
+    let (mut run, mut prev_digit, mut may_overflow) = (0usize, false, false);
     for &b in text {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
         if b.is_ascii_digit() {
             run += 1;
-            if run > 300 {
-                return true;
-            }
+            may_overflow |= run > 300;
             prev_digit = true;
-        } else {
-            if prev_digit && (b | 0x20) == b'e' {
-                return true;
+            continue;
+        }
+        may_overflow |= prev_digit && (b | 0x20) == b'e';
+        run = 0;
+        prev_digit = false;
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
             }
-            run = 0;
-            prev_digit = false;
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
-    false
+    (max_depth, may_overflow)
 }
 
 /// Walks a JSON value without building it; fails on a number that does not fit an `f64`.

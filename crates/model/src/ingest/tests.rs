@@ -244,7 +244,27 @@ proptest! {
         let text = format!(r#"{{"a":[1,{{"b":{number}}}],"s":"x"}}"#);
         let refused = serde_json::from_str::<Finite>(&text).is_err();
         if refused {
-            prop_assert!(may_overflow(text.as_bytes()), "{}", text);
+            prop_assert!(scan(text.as_bytes()).1, "{}", text);
         }
     }
+}
+
+#[test]
+fn nesting_is_measured_outside_strings_and_limited() {
+    assert_eq!(scan(br#"{"a":"{[{[","b":[{"c":"\\\"]"}]}"#), (3, false));
+    assert!(!scan(br#"{"note":"1e999 in a string"}"#).1);
+    let ok = format!(
+        r#"{{"event":"x","userId":"u","properties":{{"a":{}1{}}}}}"#,
+        "[".repeat(MAX_DEPTH - 1),
+        "]".repeat(MAX_DEPTH - 1)
+    );
+    assert!(parse_item(&ok).is_ok());
+    let too_deep = format!(
+        r#"{{"event":"x","userId":"u","properties":{{"a":{}1{}}}}}"#,
+        "[".repeat(MAX_DEPTH),
+        "]".repeat(MAX_DEPTH)
+    );
+    let e = parse_item(&too_deep).expect_err("too deep");
+    assert_eq!(e.code, ItemErrorCode::InvalidField);
+    assert!(e.message.contains("levels deep"), "{}", e.message);
 }

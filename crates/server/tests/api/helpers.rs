@@ -16,6 +16,7 @@ pub struct TestApp {
     pub secret_key: String,
     pub write_key_id: String,
     pub store: Arc<dyn MetadataStore>,
+    pub log: EventLog,
     pub http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -63,7 +64,7 @@ pub async fn spawn_app_with(dir: &Path, ingest: IngestOptions) -> TestApp {
         .await
         .expect("join")
         .expect("log opens");
-    let state = AppState::new(log, store.clone(), ingest);
+    let state = AppState::new(log.clone(), store.clone(), ingest);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -78,6 +79,7 @@ pub async fn spawn_app_with(dir: &Path, ingest: IngestOptions) -> TestApp {
         secret_key: secret.secret,
         write_key_id: write.key.id,
         store,
+        log,
         http: reqwest::Client::new(),
         shutdown: Some(tx),
         server: Some(server),

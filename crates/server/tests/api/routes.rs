@@ -93,7 +93,11 @@ async fn operations_endpoints_report_health_and_metrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = spawn_app(dir.path()).await;
     app.post("/v1/track", r#"{"event":"x","userId":"u"}"#).await;
+    app.post("/v1/track", r#"{"event":"y","userId":"u"}"#).await;
     app.post("/v1/track", r#"{"userId":"u"}"#).await;
+    // A consumer that has processed one of the two events lags by one.
+    let mut consumer = app.log.consumer("test-consumer").expect("consumer");
+    consumer.commit(1).expect("commit");
     let (status, body) = decode(
         app.http
             .get(format!("{}/readyz", app.url))
@@ -119,6 +123,7 @@ async fn operations_endpoints_report_health_and_metrics() {
         "livora_log_fsync_seconds_bucket",
         "livora_log_bytes_written_total",
         "livora_log_end_offset",
+        "livora_log_consumer_lag{consumer=\"test-consumer\"} 1",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }

@@ -7,8 +7,8 @@
 //                     from $LIVORA_TEST_DEPS/node/node_modules; NODE_PATH does
 //                     not apply to ESM imports, hence createRequire)
 //   LIVORA_URL        base URL of the server, e.g. http://127.0.0.1:8080
-//   LIVORA_WRITE_KEY  write key (analytics-node sends it ONLY as `writeKey` in
-//                     the JSON body; it sends no Authorization header)
+//   LIVORA_WRITE_KEY  write key (analytics-node 3.x sends it as HTTP Basic auth
+//                     and as `writeKey` in the JSON body)
 //   RUN_ID            unique id for this run; all ids are derived from it
 //   LIVORA_SDK_DEBUG  optional, "1" to dump every HTTP request to stderr
 //

@@ -27,7 +27,9 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
     let url = Arc::new(Mutex::new(String::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut server = Server::start(dir.path());
+    // 1 MB segments, so segments roll (and crashes land around rolls) during the test.
+    let start = || Server::start_with(dir.path(), &[], &[("LIVORA__LOG__SEGMENT_MB", "1")]);
+    let mut server = start();
     *url.lock().expect("lock") = server.url.clone();
 
     let mut clients = Vec::new();
@@ -81,7 +83,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         let n = acked.lock().expect("lock").len();
         eprintln!("round {round}: killed after {wait} ms, {n} events acknowledged so far");
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..100))).await;
-        server = Server::start(dir.path());
+        server = start();
         *url.lock().expect("lock") = server.url.clone();
     }
     // Let the clients finish their pending batches on the last server.
@@ -99,7 +101,11 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
     let report = admin_json(dir.path(), &["log", "verify"]);
     eprintln!("log verify: {report}");
 
-    let server = Server::start(dir.path());
+    assert!(
+        report["segments"].as_u64() > Some(5),
+        "segments rolled: {report}"
+    );
+    let server = start();
     let http = reqwest::Client::new();
     let stored = all_events(&http, &server.url, &tenant.secret_key).await;
     let mut counts: HashMap<&str, usize> = HashMap::new();

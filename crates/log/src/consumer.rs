@@ -20,6 +20,7 @@ pub struct Consumer {
     committed: u64,
     reader: LogReader,
     notify: tokio::sync::watch::Receiver<u64>,
+    shared: Arc<Shared>,
 }
 
 impl Consumer {
@@ -35,16 +36,23 @@ impl Consumer {
         }
         let dir = shared.opts.dir.join("consumers");
         let path = dir.join(format!("{name}.offset"));
-        let committed = read_offset(&path)?.unwrap_or(0);
+        let stored = read_offset(&path)?;
         let notify = shared.notify.subscribe();
-        let reader = LogReader::new(shared, committed)?;
-        Ok(Self {
+        let first = shared.segments.first_base().unwrap_or(0);
+        let committed = stored.unwrap_or(first);
+        let reader = LogReader::new(shared.clone(), committed)?;
+        let mut consumer = Self {
             name: name.to_owned(),
             path,
             committed,
             reader,
             notify,
-        })
+            shared,
+        };
+        if stored.is_none() {
+            consumer.commit(committed)?;
+        }
+        Ok(consumer)
     }
 
     pub fn name(&self) -> &str {
@@ -71,8 +79,19 @@ impl Consumer {
         self.reader.next_batch(max)
     }
 
-    /// Durably records that every record below `offset` is processed.
+    /// Durably records that every record below `offset` is processed. `offset` may not pass
+    /// the durable end.
     pub fn commit(&mut self, offset: u64) -> Result<(), Error> {
+        let end = self
+            .shared
+            .durable_end
+            .load(std::sync::atomic::Ordering::Acquire);
+        if offset > end {
+            return Err(Error::Config(format!(
+                "consumer {} cannot commit offset {offset} past the end of the log ({end})",
+                self.name
+            )));
+        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("offset.tmp");
         let mut f = fs::File::create(&tmp).map_err(Error::io(&tmp))?;

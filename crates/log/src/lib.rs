@@ -55,7 +55,8 @@ pub struct LogOptions {
     /// The most bytes the writer gathers into one group commit.
     pub max_group_bytes: usize,
     /// Refuse to open (instead of truncating) when a corrupt tail is longer than this: more
-    /// than one unsynced group cannot be a torn write, so it is damage to look at.
+    /// than one unsynced group cannot be a torn write, so it is damage to look at. (A valid
+    /// record found after the damage also refuses, whatever the length.)
     pub max_torn_bytes: u64,
 }
 
@@ -68,7 +69,7 @@ impl LogOptions {
             dedupe_window: Duration::from_secs(86_400),
             fsync: true,
             max_group_bytes: 16 << 20,
-            max_torn_bytes: 64 << 20,
+            max_torn_bytes: 16 << 20,
         }
     }
 }
@@ -206,8 +207,8 @@ impl EventLog {
         reader::scan_backwards(&self.shared, before, f)
     }
 
-    /// Opens the named consumer at its committed offset (0, or the oldest stored offset, if it
-    /// never committed).
+    /// Opens the named consumer at its committed offset. A new consumer starts at the oldest
+    /// stored offset and is registered at once, so retention keeps what it has not read.
     pub fn consumer(&self, name: &str) -> Result<Consumer, Error> {
         Consumer::open(self.shared.clone(), name)
     }

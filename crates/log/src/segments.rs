@@ -191,6 +191,15 @@ fn recover_tail(base: u64, path: &Path, max_torn: u64) -> Result<Recovered, Erro
     }
     if let Some(reason) = reason {
         let cut = bytes.len() - pos;
+        if let Some(later) = later_valid_record(&bytes, pos, next) {
+            return Err(Error::Corrupt {
+                path: path.to_owned(),
+                position: pos as u64,
+                reason: format!(
+                    "{reason}, but a valid record follows at byte {later}: damage, not a torn write"
+                ),
+            });
+        }
         if cut as u64 > max_torn {
             return Err(Error::Corrupt {
                 path: path.to_owned(),
@@ -207,8 +216,10 @@ fn recover_tail(base: u64, path: &Path, max_torn: u64) -> Result<Recovered, Erro
         );
         metrics::counter!("livora_log_torn_tail_bytes_total").increment(cut as u64);
         f.set_len(pos as u64).map_err(Error::io(path))?;
-        f.sync_all().map_err(Error::io(path))?;
     }
+    // What a killed process wrote but never synced is still in the page cache: make it durable
+    // before anything (a retry answered as a duplicate) relies on it.
+    f.sync_all().map_err(Error::io(path))?;
     f.seek(SeekFrom::Start(pos as u64))
         .map_err(Error::io(path))?;
     Ok(Recovered {
@@ -217,6 +228,21 @@ fn recover_tail(base: u64, path: &Path, max_torn: u64) -> Result<Recovered, Erro
         active: f,
         active_len: pos as u64,
     })
+}
+
+/// The position of a valid record with an offset at or after `next` somewhere after `from`.
+/// A torn write leaves only garbage after the cut; a valid record there means the bytes at
+/// `from` were damaged in place.
+fn later_valid_record(bytes: &[u8], from: usize, next: u64) -> Option<usize> {
+    (from + 1
+        ..bytes
+            .len()
+            .saturating_sub(format::FRAME_LEN + format::FIXED_LEN))
+        .find(|&p| {
+            let offset = u64::from_le_bytes(bytes[p + 8..p + 16].try_into().unwrap_or_default());
+            (next..next.saturating_add(1 << 32)).contains(&offset)
+                && format::decode(&bytes[p..]).is_ok_and(|r| r.offset == offset)
+        })
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {

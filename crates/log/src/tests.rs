@@ -259,6 +259,74 @@ fn damage_larger_than_a_torn_write_refuses_to_open() {
     assert!(matches!(EventLog::open(o), Err(Error::Corrupt { .. })));
 }
 
+#[test]
+fn damage_in_place_refuses_to_open_even_when_small() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let log = EventLog::open(opts(dir.path())).expect("open");
+    rt.block_on(log.append((0..50).map(|i| rec(1, &i.to_string())).collect()))
+        .expect("append");
+    log.close();
+    drop(log);
+    let last = segment_files(dir.path()).pop().expect("segment");
+    let mut bytes = std::fs::read(&last).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01; // one bit, in an acknowledged record, with valid records after it
+    std::fs::write(&last, &bytes).expect("write");
+    let err = EventLog::open(opts(dir.path())).err().expect("refused");
+    assert!(err.to_string().contains("valid record follows"), "{err}");
+}
+
+#[test]
+fn a_crash_while_creating_a_segment_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let mut o = opts(dir.path());
+    o.segment_bytes = 600;
+    let log = EventLog::open(o.clone()).expect("open");
+    for i in 0..30 {
+        rt.block_on(log.append(vec![rec(1, &i.to_string())]))
+            .expect("append");
+    }
+    log.close();
+    drop(log);
+    // The power went out while the writer rolled: the next segment exists, its header torn.
+    let base = {
+        let log = EventLog::open(o.clone()).expect("open");
+        let end = log.end_offset();
+        log.close();
+        end
+    };
+    let torn = dir.path().join("segments").join(format::segment_name(base));
+    std::fs::write(&torn, &format::header(base)[..5]).expect("torn header");
+    let log = EventLog::open(o).expect("reopen");
+    assert_eq!(log.end_offset(), base);
+    rt.block_on(log.append(vec![rec(1, "after")]))
+        .expect("append");
+    let report = log.verify().expect("verify");
+    assert_eq!(report.records, base + 1);
+}
+
+#[test]
+fn a_new_consumer_holds_retention_and_cannot_commit_past_the_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let mut o = opts(dir.path());
+    o.segment_bytes = 512;
+    o.retention = Duration::ZERO;
+    o.dedupe_window = Duration::ZERO;
+    let log = EventLog::open(o).expect("open");
+    for i in 0..20 {
+        rt.block_on(log.append(vec![rec(1, &i.to_string())]))
+            .expect("append");
+    }
+    let mut c = log.consumer("never-committed").expect("consumer");
+    assert_eq!(log.enforce_retention().expect("retention"), 0);
+    assert!(c.commit(21).is_err(), "past the end");
+    c.commit(20).expect("at the end");
+    assert!(log.enforce_retention().expect("retention") > 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 

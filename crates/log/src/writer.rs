@@ -131,6 +131,14 @@ impl Writer {
     }
 
     fn commit(&mut self, group: &mut Vec<(Vec<NewRecord>, Reply)>) {
+        // After a failed write or sync the file's tail is unknown: never write again (a later
+        // success would acknowledge records that recovery will cut off). Restart recovers.
+        if self.shared.failed.load(Ordering::Acquire) {
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(Error::Failed));
+            }
+            return;
+        }
         let now = dedupe::now_us();
         let minute = dedupe::minute_of_us(now);
         self.index.sweep(minute);
@@ -199,10 +207,12 @@ impl Writer {
     /// Writes the buffer and, when `sync`, makes it durable.
     fn flush(&mut self, sync: bool) -> Result<(), std::io::Error> {
         if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
-            self.len += self.buf.len() as u64;
-            metrics::counter!("livora_log_bytes_written_total").increment(self.buf.len() as u64);
+            let written = self.file.write_all(&self.buf);
+            let n = self.buf.len() as u64;
             self.buf.clear();
+            written?;
+            self.len += n;
+            metrics::counter!("livora_log_bytes_written_total").increment(n);
         }
         if sync && self.shared.opts.fsync {
             let t = Instant::now();

@@ -14,7 +14,7 @@
 //! - batch-level `context` and `integrations` are merged into each item (the item's keys win);
 //!   `context.ip` is set to the client address unless the client set it.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -28,9 +28,9 @@ use crate::{Event, EventType, ItemError, ItemErrorCode};
 pub struct BatchEnvelope<'a> {
     #[serde(borrow)]
     pub batch: Vec<&'a RawValue>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limited_map")]
     pub context: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "limited_map")]
     pub integrations: Option<Map<String, Value>>,
     #[serde(default)]
     pub sent_at: Option<String>,
@@ -41,6 +41,20 @@ pub struct BatchEnvelope<'a> {
 /// Parses a batch body. Errors here concern the whole request (invalid JSON, no `batch` array).
 pub fn parse_batch(body: &[u8]) -> Result<BatchEnvelope<'_>, serde_json::Error> {
     serde_json::from_slice(body)
+}
+
+/// The `writeKey` of a message whose other fields may be invalid.
+pub fn write_key_of(json: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct KeyOnly {
+        #[serde(rename = "writeKey", default)]
+        write_key: Option<Value>,
+    }
+    let k: KeyOnly = serde_json::from_str(json).ok()?;
+    match k.write_key {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
 }
 
 /// One message as the client sent it, before normalisation.
@@ -118,8 +132,8 @@ impl<'de> Visitor<'de> for MessageVisitor {
                 "category" => m.category = field!(Option<String>),
                 "properties" => m.properties = field!(Option<ObjectText>).map(|o| o.0),
                 "traits" => m.traits = field!(Option<ObjectText>).map(|o| o.0),
-                "context" => m.context = field!(Option<Map<String, Value>>),
-                "integrations" => m.integrations = field!(Option<Map<String, Value>>),
+                "context" => m.context = field!(Option<LimitedMap>).map(|l| l.0),
+                "integrations" => m.integrations = field!(Option<LimitedMap>).map(|l| l.0),
                 "timestamp" => m.timestamp = field!(Option<String>),
                 "originalTimestamp" => m.original_timestamp = field!(Option<String>),
                 "sentAt" => m.sent_at = field!(Option<String>),
@@ -200,15 +214,7 @@ impl<'de> Deserialize<'de> for ObjectText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(d)?;
         if raw.get().starts_with('{') {
-            let (depth, may_overflow) = scan(raw.get().as_bytes());
-            if depth > MAX_DEPTH {
-                return Err(de::Error::custom(format_args!(
-                    "nested {depth} levels deep; the limit is {MAX_DEPTH}"
-                )));
-            }
-            if may_overflow {
-                serde_json::from_str::<Finite>(raw.get()).map_err(de::Error::custom)?;
-            }
+            check_readable(raw.get()).map_err(de::Error::custom)?;
             Ok(ObjectText(raw))
         } else {
             Err(de::Error::custom(format_args!(
@@ -223,18 +229,26 @@ impl<'de> Deserialize<'de> for ObjectText {
 /// under serde_json's recursion limit (128), so every reader can parse what was accepted.
 pub const MAX_DEPTH: usize = 100;
 
-/// One pass over valid JSON text (strings skipped): the deepest nesting, and whether a number
-/// could lie beyond `f64` (that needs an exponent or more than 300 digits in a row). Cheap
-/// enough to run on every object, so the full walk ([`Finite`]) runs only on the rare text that
-/// might need it.
-fn scan(text: &[u8]) -> (usize, bool) {
+/// What one pass over JSON text found.
+struct Scan {
+    depth: usize,
+    may_overflow: bool,
+    unicode_escape: bool,
+}
+
+/// One pass over valid JSON text: the deepest nesting, whether a number could lie beyond `f64`
+/// (that needs an exponent or more than 300 digits in a row), and whether a string holds a
+/// `\u` escape. Cheap enough to run on every object, so the full walk ([`Finite`]) runs only
+/// on the rare text that might need it.
+fn scan(text: &[u8]) -> Scan {
     let (mut depth, mut max_depth) = (0usize, 0usize);
-    let (mut in_str, mut escaped) = (false, false);
+    let (mut in_str, mut escaped, mut unicode_escape) = (false, false, false);
     let (mut run, mut prev_digit, mut may_overflow) = (0usize, false, false);
     for &b in text {
         if in_str {
             if escaped {
                 escaped = false;
+                unicode_escape |= b == b'u';
             } else if b == b'\\' {
                 escaped = true;
             } else if b == b'"' {
@@ -261,7 +275,11 @@ fn scan(text: &[u8]) -> (usize, bool) {
             _ => {}
         }
     }
-    (max_depth, may_overflow)
+    Scan {
+        depth: max_depth,
+        may_overflow,
+        unicode_escape,
+    }
 }
 
 /// Walks a JSON value without building it; fails on a number that does not fit an `f64`.
@@ -310,6 +328,40 @@ impl<'de> Visitor<'de> for Finite {
         }
         Ok(Finite)
     }
+}
+
+/// Refuses JSON text that a reader could not parse back: nesting deeper than [`MAX_DEPTH`],
+/// numbers beyond `f64`, and `\u` escapes that are not valid UTF-16 (a lone surrogate).
+fn check_readable(text: &str) -> Result<(), String> {
+    let s = scan(text.as_bytes());
+    if s.depth > MAX_DEPTH {
+        return Err(format!(
+            "nested {} levels deep; the limit is {MAX_DEPTH}",
+            s.depth
+        ));
+    }
+    if s.may_overflow || s.unicode_escape {
+        serde_json::from_str::<Finite>(text).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// An object checked by [`check_readable`], then decoded (for `context` and `integrations`,
+/// which ingestion edits).
+struct LimitedMap(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for LimitedMap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&RawValue>::deserialize(d)?;
+        check_readable(raw.get()).map_err(de::Error::custom)?;
+        serde_json::from_str(raw.get())
+            .map(LimitedMap)
+            .map_err(de::Error::custom)
+    }
+}
+
+fn limited_map<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Map<String, Value>>, D::Error> {
+    Ok(Option::<LimitedMap>::deserialize(d)?.map(|l| l.0))
 }
 
 fn json_kind(text: &str) -> &'static str {
@@ -402,14 +454,22 @@ pub fn normalise(
         .map(|t| parse_time("sentAt", t))
         .transpose()?;
     let received_at = env.received_at;
+    // Times outside 1970..=9999 (a Go zero time, a broken clock) are not used: the event gets
+    // receivedAt and the flag.
+    let mut clamped = timestamp.is_some_and(|t| !plausible(t));
+    let timestamp = timestamp.filter(|t| plausible(*t));
+    let sent_at = sent_at.filter(|t| plausible(*t));
     let mut corrected = match (timestamp, sent_at) {
-        (Some(ts), Some(sent)) => received_at - (sent - ts),
+        (Some(ts), Some(sent)) => received_at
+            .checked_sub_signed(sent - ts)
+            .filter(|t| plausible(*t))
+            .unwrap_or(ts),
         (Some(ts), None) => ts,
         (None, _) => received_at,
     };
-    let clamped = corrected > received_at + env.future_tolerance;
-    if clamped {
+    if corrected > received_at + env.future_tolerance {
         corrected = received_at;
+        clamped = true;
     }
 
     let mut context = merge(env.context, m.context);
@@ -449,15 +509,30 @@ pub fn normalise(
     })
 }
 
+fn plausible(t: DateTime<Utc>) -> bool {
+    (1970..=9999).contains(&t.year())
+}
+
+/// ISO-8601 as SDKs send it: RFC 3339 with an offset; without an offset (taken as UTC), with
+/// `T` or a space; or a bare date (midnight UTC).
 fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, ItemError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            ItemError::new(
-                ItemErrorCode::InvalidTimestamp,
-                format!("field `{field}`: {text:?} is not an ISO-8601 date-time ({e})"),
-            )
-        })
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        && let Some(t) = d.and_hms_opt(0, 0, 0)
+    {
+        return Ok(t.and_utc());
+    }
+    Err(ItemError::new(
+        ItemErrorCode::InvalidTimestamp,
+        format!("field `{field}`: {text:?} is not an ISO-8601 date-time"),
+    ))
 }
 
 fn merge(base: Option<&Map<String, Value>>, own: Option<Map<String, Value>>) -> Map<String, Value> {

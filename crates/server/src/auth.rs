@@ -76,8 +76,7 @@ impl KeyCache {
         let token = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|v| strip_scheme(v, "bearer"));
         let Some(token) = token else {
             return Err(ApiError::new(
                 Code::Unauthorized,
@@ -101,7 +100,7 @@ impl KeyCache {
 /// The username of an `Authorization: Basic` header (the Segment SDKs' way to send the key).
 pub fn basic_username(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ")?.trim();
+    let encoded = strip_scheme(value, "basic")?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()?;
@@ -111,6 +110,12 @@ pub fn basic_username(headers: &HeaderMap) -> Option<String> {
             .map_or(text.as_str(), |(u, _)| u)
             .to_owned(),
     )
+}
+
+/// The credentials after an auth scheme; scheme names are case-insensitive (RFC 9110).
+fn strip_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (name, rest) = value.trim().split_once(' ')?;
+    name.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 #[cfg(test)]
@@ -123,6 +128,12 @@ mod tests {
         let v = base64::engine::general_purpose::STANDARD.encode("lv_w_abc:");
         h.insert(AUTHORIZATION, format!("Basic {v}").parse().expect("header"));
         assert_eq!(basic_username(&h).as_deref(), Some("lv_w_abc"));
+        h.insert(AUTHORIZATION, format!("basic {v}").parse().expect("header"));
+        assert_eq!(
+            basic_username(&h).as_deref(),
+            Some("lv_w_abc"),
+            "scheme is case-insensitive"
+        );
         h.insert(AUTHORIZATION, "Basic !!!".parse().expect("header"));
         assert_eq!(basic_username(&h), None);
     }

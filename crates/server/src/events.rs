@@ -11,9 +11,8 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use livora_model::EventType;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, Code};
@@ -92,11 +91,18 @@ fn time(name: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError
     .transpose()
 }
 
+/// A page of events. Each event is the exact JSON text stored in the log.
+#[derive(Serialize)]
+pub struct Page {
+    events: Vec<Box<RawValue>>,
+    next_cursor: Option<String>,
+}
+
 pub async fn list(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page>, ApiError> {
     let key = state.keys.secret_key(&headers).await?;
     let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
@@ -170,8 +176,9 @@ pub async fn list(
     let next_cursor = more
         .then(|| found.last().map(|(o, _)| o.to_string()))
         .flatten();
-    let events: Vec<&RawValue> = found.iter().map(|(_, e)| e.as_ref()).collect();
-    Ok(Json(
-        json!({ "events": events, "next_cursor": next_cursor }),
-    ))
+    let events = found.into_iter().map(|(_, e)| e).collect();
+    Ok(Json(Page {
+        events,
+        next_cursor,
+    }))
 }

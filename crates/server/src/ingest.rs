@@ -25,6 +25,10 @@ use crate::auth::basic_username;
 use crate::body;
 use crate::error::{ApiError, Code};
 
+/// What normalisation may add to an event (`receivedAt`, corrected `timestamp`, a generated
+/// `messageId`, `context.ip` …) on top of the client's bytes before the per-event limit bites.
+const NORMALISATION_ALLOWANCE: usize = 1024;
+
 /// Handler for the single-message endpoints.
 pub async fn single(
     kind: EventType,
@@ -55,7 +59,11 @@ pub async fn single(
                 format!("body is not valid JSON: {e}"),
             ));
         }
-        let body_key = parsed.as_ref().ok().and_then(|m| m.write_key.clone());
+        // The body's key counts even when another field is bad (400, not 401).
+        let body_key = match &parsed {
+            Ok(m) => m.write_key.clone(),
+            Err(_) => ingest::write_key_of(text),
+        };
         let key = state
             .keys
             .write_key(header_key.or(body_key).as_deref())
@@ -182,9 +190,27 @@ async fn store(
     let total = items.len();
     let mut records = Vec::with_capacity(total);
     let mut errors = Vec::new();
+    // Batch-level context is copied into every item: check the size of what is stored, so a
+    // small request cannot make huge events.
+    let max_stored = state.ingest.max_event_bytes + NORMALISATION_ALLOWANCE;
     for (index, item) in items.into_iter().enumerate() {
         match item.and_then(|m| ingest::normalise(m, kind, env)) {
-            Ok(event) => records.push(record(tenant, &event)?),
+            Ok(event) => {
+                let r = record(tenant, &event)?;
+                if r.payload.len() > max_stored {
+                    return Err(ApiError::new(
+                        Code::EventTooLarge,
+                        format!(
+                            "item {index} is {} bytes once the batch context is merged in; the limit is {} bytes per event",
+                            r.payload.len(),
+                            state.ingest.max_event_bytes
+                        ),
+                    )
+                    .with("index", index)
+                    .with("limit_bytes", state.ingest.max_event_bytes));
+                }
+                records.push(r);
+            }
             Err(e) => errors.push((index, e)),
         }
     }

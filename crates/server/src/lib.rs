@@ -22,11 +22,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, Request};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use livora_log::EventLog;
 use livora_model::EventType;
 use livora_store::MetadataStore;
 use serde::Deserialize;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -67,7 +69,8 @@ impl Default for IngestOptions {
 
 impl IngestOptions {
     pub fn future_tolerance(&self) -> chrono::Duration {
-        chrono::Duration::seconds(self.future_tolerance_secs.min(i64::MAX as u64) as i64)
+        // Capped at 100 years: beyond that, every timestamp is "not in the future" anyway.
+        chrono::Duration::seconds(self.future_tolerance_secs.min(100 * 365 * 86_400) as i64)
     }
 }
 
@@ -166,6 +169,10 @@ pub fn app(state: Arc<AppState>) -> Router {
                 // One access-log line per request, carrying the span's request id.
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
+        // A bug must still answer in JSON (and the log has the panic message).
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(Code::Internal, "internal error; see the server log").into_response()
+        }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }

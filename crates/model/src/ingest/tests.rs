@@ -244,15 +244,19 @@ proptest! {
         let text = format!(r#"{{"a":[1,{{"b":{number}}}],"s":"x"}}"#);
         let refused = serde_json::from_str::<Finite>(&text).is_err();
         if refused {
-            prop_assert!(scan(text.as_bytes()).1, "{}", text);
+            prop_assert!(scan(text.as_bytes()).may_overflow, "{}", text);
         }
     }
 }
 
 #[test]
 fn nesting_is_measured_outside_strings_and_limited() {
-    assert_eq!(scan(br#"{"a":"{[{[","b":[{"c":"\\\"]"}]}"#), (3, false));
-    assert!(!scan(br#"{"note":"1e999 in a string"}"#).1);
+    let s = scan(br#"{"a":"{[{[","b":[{"c":"\\\"]"}]}"#);
+    assert_eq!(
+        (s.depth, s.may_overflow, s.unicode_escape),
+        (3, false, false)
+    );
+    assert!(!scan(br#"{"note":"1e999 in a string"}"#).may_overflow);
     let ok = format!(
         r#"{{"event":"x","userId":"u","properties":{{"a":{}1{}}}}}"#,
         "[".repeat(MAX_DEPTH - 1),
@@ -267,4 +271,58 @@ fn nesting_is_measured_outside_strings_and_limited() {
     let e = parse_item(&too_deep).expect_err("too deep");
     assert_eq!(e.code, ItemErrorCode::InvalidField);
     assert!(e.message.contains("levels deep"), "{}", e.message);
+}
+
+#[test]
+fn text_a_reader_cannot_parse_is_refused() {
+    // A lone surrogate is valid JSON syntax for a raw parser but not a string anyone can decode.
+    for json in [
+        r#"{"event":"x","userId":"u","properties":{"a":"\ud800"}}"#,
+        r#"{"event":"x","userId":"u","traits":{"a":["\udfff x"]}}"#,
+    ] {
+        let e = parse_item(json).expect_err("lone surrogate");
+        assert_eq!(e.code, ItemErrorCode::InvalidField, "{json}");
+    }
+    let ok = parse_item(r#"{"event":"x","userId":"u","properties":{"a":"\u00e9\ud83d\ude00"}}"#);
+    assert!(ok.is_ok(), "valid escapes and pairs pass");
+    // context and integrations have the same depth limit, in items and in the batch envelope.
+    let deep = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+    let e = parse_item(&format!(
+        r#"{{"event":"x","userId":"u","context":{{"a":{deep}}}}}"#
+    ))
+    .expect_err("deep context");
+    assert_eq!(e.code, ItemErrorCode::InvalidField);
+    let body = format!(r#"{{"batch":[],"context":{{"a":{deep}}}}}"#);
+    assert!(parse_batch(body.as_bytes()).is_err());
+}
+
+#[test]
+fn iso_dates_without_offsets_are_utc_and_implausible_times_are_not_used() {
+    for (sent, stored) in [
+        ("2025-06-01", "2025-06-01T00:00:00Z"),
+        ("2025-06-01T10:20:30", "2025-06-01T10:20:30Z"),
+        ("2025-06-01 10:20:30.5", "2025-06-01T10:20:30.500Z"),
+        ("2025-06-01T12:20:30+02:00", "2025-06-01T10:20:30Z"),
+    ] {
+        let ev = check(
+            &format!(r#"{{"event":"x","userId":"u","timestamp":"{sent}"}}"#),
+            Some(EventType::Track),
+        )
+        .expect("valid");
+        assert_eq!(crate::time::format(&ev.timestamp), stored, "{sent}");
+    }
+    // Go's zero time: not an event time; receivedAt is used and the event is flagged.
+    let ev = check(
+        r#"{"event":"x","userId":"u","timestamp":"0001-01-01T00:00:00Z"}"#,
+        Some(EventType::Track),
+    )
+    .expect("valid");
+    assert_eq!((ev.timestamp, ev.timestamp_clamped), (ev.received_at, true));
+    // An absurd sentAt is ignored instead of dragging the event thousands of years back.
+    let ev = check(
+        r#"{"event":"x","userId":"u","timestamp":"2026-01-01T11:00:00Z","sentAt":"9999-01-01T00:00:00Z"}"#,
+        Some(EventType::Track),
+    )
+    .expect("valid");
+    assert_eq!(crate::time::format(&ev.timestamp), "2026-01-01T11:00:00Z");
 }

@@ -45,10 +45,16 @@ fn case(
 fn bad_input_cases() -> Vec<Case> {
     let tiny = r#"{"type":"track","event":"e","userId":"u"}"#;
     let ten_thousand = format!(r#"{{"batch":[{}]}}"#, vec![tiny; 10_000].join(","));
+    // 101 levels inside `properties`: valid JSON, but past the 100-level limit.
     let deep = format!(
         r#"{{"event":"x","userId":"u","properties":{}1{}}}"#,
-        "{\"a\":".repeat(200),
-        "}".repeat(200)
+        "{\"a\":".repeat(101),
+        "}".repeat(101)
+    );
+    let batch_context_too_big = format!(
+        r#"{{"context":{{"pad":"{}","more":"{}"}},"batch":[{tiny}]}}"#,
+        "z".repeat(20_000),
+        "z".repeat(20_000)
     );
     let big_props = format!(
         r#"{{"event":"x","userId":"u","properties":{{"s":"{}"}}}}"#,
@@ -150,6 +156,34 @@ fn bad_input_cases() -> Vec<Case> {
             "number out of range",
             "/v1/track",
             r#"{"event":"x","userId":"u","properties":{"p":1e999}}"#,
+            400,
+            "invalid_field",
+        ),
+        case(
+            "lone surrogate",
+            "/v1/track",
+            r#"{"event":"x","userId":"u","properties":{"s":"\ud800"}}"#,
+            400,
+            "invalid_field",
+        ),
+        case(
+            "lone surrogate in batch",
+            "/v1/batch",
+            r#"{"batch":[{"type":"track","event":"x","userId":"u","traits":{"s":"\udc00"}}]}"#,
+            400,
+            "invalid_items",
+        ),
+        case(
+            "batch context makes events too large",
+            "/v1/batch",
+            batch_context_too_big,
+            413,
+            "event_too_large",
+        ),
+        case(
+            "bad field with the key in the body",
+            "/v1/track",
+            r#"{"event":5,"userId":"u","writeKey":"KEY"}"#,
             400,
             "invalid_field",
         ),
@@ -287,7 +321,9 @@ fn bad_input_cases() -> Vec<Case> {
             "wrong content type" => c.content_type = Some("application/x-www-form-urlencoded"),
             "unknown encoding" => c.encoding = Some("br"),
             "not gzip" | "gzip bomb" => c.encoding = Some("gzip"),
-            "no write key" | "unknown write key in body" => c.auth = false,
+            "no write key" | "unknown write key in body" | "bad field with the key in the body" => {
+                c.auth = false
+            }
             _ => {}
         }
     }
@@ -299,7 +335,13 @@ async fn bad_input_gets_its_documented_status_and_code_and_the_server_keeps_serv
     let dir = tempfile::tempdir().expect("tempdir");
     let app = spawn_app(dir.path()).await;
     for c in bad_input_cases() {
-        let mut req = app.http.post(format!("{}{}", app.url, c.path)).body(c.body);
+        let body = String::from_utf8(c.body.clone())
+            .map(|b| {
+                b.replace("\"KEY\"", &format!("\"{}\"", app.write_key))
+                    .into_bytes()
+            })
+            .unwrap_or(c.body);
+        let mut req = app.http.post(format!("{}{}", app.url, c.path)).body(body);
         if let Some(ct) = c.content_type {
             req = req.header("content-type", ct);
         }

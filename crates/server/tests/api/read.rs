@@ -89,3 +89,24 @@ async fn filters_and_pages_are_scoped_to_the_tenant() {
     assert_eq!(body["events"], json!([]));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn events_come_back_as_the_exact_text_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app(dir.path()).await;
+    let props = r#"{"zeta":1,"alpha":123456789012345678901234567890,"price":1.10}"#;
+    let body = format!(r#"{{"event":"Exact","userId":"u","properties":{props}}}"#);
+    assert_eq!(app.post("/v1/track", body).await.0, 200);
+    let text = app
+        .http
+        .get(format!("{}/api/v1/events", app.url))
+        .bearer_auth(&app.secret_key)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains(props), "{text}");
+    app.stop().await;
+}

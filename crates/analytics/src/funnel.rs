@@ -1,0 +1,426 @@
+//! Funnels: how many persons did step 1, then step 2, … within a window.
+//!
+//! Modes ([`Order`]):
+//! - `ordered` (default): ClickHouse `windowFunnel(window)` semantics. Steps must happen in
+//!   order; other events may come between; every step must fall within `window` of the
+//!   chain's first step (inclusive); equal timestamps count as in order. One difference: a
+//!   single event never fills two steps (ClickHouse lets one row that matches steps 1 and 2
+//!   count for both).
+//! - `strict`: the steps must be consecutive events of the person (no other event of theirs in
+//!   between), within the window.
+//! - `any`: steps in any order; a person's level is the most distinct steps that have an event
+//!   in some `[t, t + window]` where `t` is the time of one of their step events.
+//!
+//! A chain must start inside `[from, to)`; later steps may fall up to `window` after `to`.
+//! Persons are merged identities (the redirect array is applied first).
+//!
+//! The kernel is hand-written (one pass per person over events sorted by person and time)
+//! and compared with plain reference implementations in the tests.
+
+use chrono::{DateTime, Utc};
+use livora_columnar::Table;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Error;
+
+/// The most steps a funnel may have.
+pub const MAX_STEPS: usize = 32;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    #[default]
+    Ordered,
+    Strict,
+    Any,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelQuery {
+    pub steps: Vec<Step>,
+    pub window_seconds: i64,
+    #[serde(default)]
+    pub order: Order,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// The event name (`$page`, `$screen`, `$identify` … for the other call types).
+    pub event: String,
+    #[serde(default)]
+    pub filters: Vec<PropertyFilter>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropertyFilter {
+    pub property: String,
+    pub op: Op,
+    #[serde(default)]
+    pub value: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Neq,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    IsSet,
+    IsNotSet,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunnelResult {
+    pub steps: Vec<StepResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepResult {
+    pub event: String,
+    /// Persons who reached this step.
+    pub count: u64,
+    /// `count` over the first step's count (1.0 for the first step; 0 when nobody entered).
+    pub conversion_rate: f64,
+    /// `count` over the previous step's count.
+    pub step_conversion_rate: f64,
+    /// Seconds from the first step to this one, over the persons who reached it (not in `any`
+    /// mode).
+    pub median_seconds: Option<f64>,
+    pub average_seconds: Option<f64>,
+}
+
+/// A step resolved against a table's dictionaries.
+struct Matcher {
+    name: Option<u32>,
+    filters: Vec<(Option<u32>, Op, Option<Value>)>,
+}
+
+impl Matcher {
+    fn matches(&self, t: &Table, row: usize) -> bool {
+        if self.name != Some(t.name[row]) {
+            return false;
+        }
+        self.filters.iter().all(|(key, op, value)| {
+            let s = key.and_then(|k| t.str_at(k, row));
+            let n = key.and_then(|k| t.num_at(k, row));
+            let set = s.is_some() || n.is_some();
+            match op {
+                Op::IsSet => set,
+                Op::IsNotSet => !set,
+                _ => {
+                    let Some(value) = value else { return false };
+                    let ord = match (value, s, n) {
+                        (Value::String(v), Some(s), _) => Some(s.cmp(v.as_str())),
+                        (Value::Bool(v), Some(s), _) => {
+                            Some(s.cmp(if *v { "true" } else { "false" }))
+                        }
+                        (Value::Number(v), _, Some(n)) => {
+                            v.as_f64().and_then(|v| n.partial_cmp(&v))
+                        }
+                        _ => None,
+                    };
+                    match (op, ord) {
+                        (Op::Neq, None) => true,
+                        (_, None) => false,
+                        (Op::Eq, Some(o)) => o.is_eq(),
+                        (Op::Neq, Some(o)) => o.is_ne(),
+                        (Op::Gt, Some(o)) => o.is_gt(),
+                        (Op::Gte, Some(o)) => o.is_ge(),
+                        (Op::Lt, Some(o)) => o.is_lt(),
+                        (Op::Lte, Some(o)) => o.is_le(),
+                        (Op::IsSet | Op::IsNotSet, _) => unreachable!("handled above"),
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// One event of one person, as the per-person kernels see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub ts: i64,
+    /// Bit `i` set when the event matches step `i`.
+    pub mask: u64,
+}
+
+/// What a per-person kernel found: the level reached and, for each reached step, the
+/// microseconds from the chain's first step.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reached {
+    pub level: usize,
+    pub elapsed_us: Vec<i64>,
+}
+
+impl FunnelQuery {
+    fn validate(&self) -> Result<(), Error> {
+        let n = self.steps.len();
+        if !(2..=MAX_STEPS).contains(&n) {
+            return Err(Error::Invalid(format!(
+                "a funnel needs 2 to {MAX_STEPS} steps, got {n}"
+            )));
+        }
+        if self.window_seconds <= 0 {
+            return Err(Error::Invalid("`window_seconds` must be positive".into()));
+        }
+        if self.from >= self.to {
+            return Err(Error::Invalid("`from` must be before `to`".into()));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            if s.event.is_empty() {
+                return Err(Error::Invalid(format!("step {i} has no `event`")));
+            }
+            for f in &s.filters {
+                let ok = match (f.op, &f.value) {
+                    (Op::IsSet | Op::IsNotSet, None) => true,
+                    (
+                        Op::Eq | Op::Neq,
+                        Some(Value::String(_) | Value::Number(_) | Value::Bool(_)),
+                    ) => true,
+                    (
+                        Op::Gt | Op::Gte | Op::Lt | Op::Lte,
+                        Some(Value::String(_) | Value::Number(_)),
+                    ) => true,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(Error::Invalid(format!(
+                        "step {i}: a filter on `{}` with op {:?} needs {}",
+                        f.property,
+                        f.op,
+                        match f.op {
+                            Op::IsSet | Op::IsNotSet => "no `value`",
+                            Op::Eq | Op::Neq => "a string, number or boolean `value`",
+                            _ => "a string or number `value`",
+                        }
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a funnel over a tenant's table. `redirects` maps every person id to its canonical
+/// id (from [`livora_columnar::Persons::redirects`]).
+pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelResult, Error> {
+    q.validate()?;
+    let n = q.steps.len();
+    let matchers: Vec<Matcher> = q
+        .steps
+        .iter()
+        .map(|s| Matcher {
+            name: t.names.get(&s.event),
+            filters: s
+                .filters
+                .iter()
+                .map(|f| (t.keys.get(&f.property), f.op, f.value.clone()))
+                .collect(),
+        })
+        .collect();
+    let window = q.window_seconds.saturating_mul(1_000_000);
+    let from = q.from.timestamp_micros();
+    let to = q.to.timestamp_micros();
+    let scan_to = to.saturating_add(window);
+
+    // (canonical person, ts, row, mask) for every event in range. Strict mode needs the
+    // events that match no step too: they break chains.
+    let mut events: Vec<(u32, i64, u32, u64)> = Vec::new();
+    for row in 0..t.len() {
+        let ts = t.ts[row];
+        if ts < from || ts > scan_to {
+            continue;
+        }
+        let mut mask = 0u64;
+        for (i, m) in matchers.iter().enumerate() {
+            if m.matches(t, row) {
+                mask |= 1 << i;
+            }
+        }
+        if mask != 0 || q.order == Order::Strict {
+            let p = t.person[row] as usize;
+            let person = redirects.get(p).copied().unwrap_or(p as u32);
+            events.push((person, ts, row as u32, mask));
+        }
+    }
+    events.sort_unstable_by_key(|e| (e.0, e.1, e.2));
+
+    let mut counts = vec![0u64; n];
+    let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
+    let mut rows = Vec::new();
+    for group in events.chunk_by(|a, b| a.0 == b.0) {
+        rows.clear();
+        rows.extend(group.iter().map(|e| Row { ts: e.1, mask: e.3 }));
+        let reached = match q.order {
+            Order::Ordered => ordered(&rows, n, window, from, to),
+            Order::Strict => strict(&rows, n, window, from, to),
+            Order::Any => any_order(&rows, n, window, from, to),
+        };
+        for c in counts.iter_mut().take(reached.level) {
+            *c += 1;
+        }
+        for (i, us) in reached.elapsed_us.iter().enumerate() {
+            elapsed[i].push(*us);
+        }
+    }
+
+    let first = counts[0];
+    let steps = q
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let rate = |num: u64, den: u64| {
+                if den == 0 {
+                    0.0
+                } else {
+                    num as f64 / den as f64
+                }
+            };
+            let times = &mut elapsed[i];
+            let (median, average) = if q.order == Order::Any || times.is_empty() {
+                (None, None)
+            } else {
+                times.sort_unstable();
+                let len = times.len();
+                let median = if len % 2 == 1 {
+                    times[len / 2] as f64
+                } else {
+                    (times[len / 2 - 1] as f64 + times[len / 2] as f64) / 2.0
+                };
+                let sum: i128 = times.iter().map(|t| i128::from(*t)).sum();
+                (Some(median / 1e6), Some(sum as f64 / len as f64 / 1e6))
+            };
+            StepResult {
+                event: s.event.clone(),
+                count: counts[i],
+                conversion_rate: rate(counts[i], first),
+                step_conversion_rate: if i == 0 {
+                    rate(counts[0], first)
+                } else {
+                    rate(counts[i], counts[i - 1])
+                },
+                median_seconds: median,
+                average_seconds: average,
+            }
+        })
+        .collect();
+    Ok(FunnelResult { steps })
+}
+
+/// `ordered`: one pass, keeping for each step the chain (start, time) that last reached it.
+/// A later start is never worse (its deadline is later), so only the latest chain per step
+/// matters. Steps of one event are tried from the last to the first, so an event never fills
+/// two steps.
+pub fn ordered(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reached {
+    let mut reached: Vec<Option<(i64, i64)>> = vec![None; n];
+    for r in rows {
+        for i in (0..n).rev() {
+            if r.mask & (1 << i) == 0 {
+                continue;
+            }
+            if i == 0 {
+                if (from..to).contains(&r.ts) {
+                    reached[0] = Some((r.ts, r.ts));
+                }
+            } else if let Some((start, _)) = reached[i - 1]
+                && r.ts <= start.saturating_add(window)
+            {
+                reached[i] = Some((start, r.ts));
+            }
+        }
+        if reached[n - 1].is_some() {
+            break;
+        }
+    }
+    // A step is only ever reached from the one before, so the reached steps are a prefix.
+    let level = reached.iter().take_while(|r| r.is_some()).count();
+    Reached {
+        level,
+        elapsed_us: reached
+            .iter()
+            .take(level)
+            .map(|r| r.map_or(0, |(s, t)| t - s))
+            .collect(),
+    }
+}
+
+/// `strict`: from each first-step event, walk the person's following events while each one
+/// is the next step and within the window; keep the longest walk (the earliest on ties).
+pub fn strict(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reached {
+    let mut best = Reached::default();
+    for (j, r) in rows.iter().enumerate() {
+        if r.mask & 1 == 0 || !(from..to).contains(&r.ts) {
+            continue;
+        }
+        let deadline = r.ts.saturating_add(window);
+        let mut level = 1;
+        while level < n {
+            match rows.get(j + level) {
+                Some(next) if next.mask & (1 << level) != 0 && next.ts <= deadline => level += 1,
+                _ => break,
+            }
+        }
+        if level > best.level {
+            best = Reached {
+                level,
+                elapsed_us: (0..level).map(|k| rows[j + k].ts - r.ts).collect(),
+            };
+            if level == n {
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// `any`: for each step event in range, the distinct steps with an event in
+/// `[ts, ts + window]` (two pointers over the time-sorted events).
+pub fn any_order(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reached {
+    let mut best = 0usize;
+    let mut end = 0;
+    let mut counts = vec![0u32; n];
+    let mut distinct = 0usize;
+    let mut start = 0;
+    for (j, r) in rows.iter().enumerate() {
+        // Drop events before this one's time from the window.
+        while start < j && rows[start].ts < r.ts {
+            for i in 0..n {
+                if rows[start].mask & (1 << i) != 0 {
+                    counts[i] -= 1;
+                    distinct -= usize::from(counts[i] == 0);
+                }
+            }
+            start += 1;
+        }
+        let deadline = r.ts.saturating_add(window);
+        while end < rows.len() && rows[end].ts <= deadline {
+            for i in 0..n {
+                if rows[end].mask & (1 << i) != 0 {
+                    distinct += usize::from(counts[i] == 0);
+                    counts[i] += 1;
+                }
+            }
+            end += 1;
+        }
+        if r.mask != 0 && (from..to).contains(&r.ts) {
+            best = best.max(distinct);
+        }
+    }
+    Reached {
+        level: best,
+        elapsed_us: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

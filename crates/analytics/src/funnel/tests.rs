@@ -1,0 +1,253 @@
+//! Funnel kernels against plain reference implementations, and end to end over a table.
+
+use chrono::TimeZone;
+use livora_model::ingest::{Envelope, normalise, parse_item};
+use proptest::prelude::*;
+
+use super::*;
+
+/// Reference `ordered`: from every first-step event in range, take the earliest later event
+/// for each next step (greedy is optimal for subsequences), within the window.
+fn ordered_ref(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> usize {
+    let mut best = 0;
+    for (j, r) in rows.iter().enumerate() {
+        if r.mask & 1 == 0 || r.ts < from || r.ts >= to {
+            continue;
+        }
+        let (mut level, mut last) = (1, j);
+        for step in 1..n {
+            match (last + 1..rows.len())
+                .find(|&k| rows[k].mask & (1 << step) != 0 && rows[k].ts <= r.ts + window)
+            {
+                Some(k) => {
+                    level += 1;
+                    last = k;
+                }
+                None => break,
+            }
+        }
+        best = best.max(level);
+    }
+    best
+}
+
+/// Reference `strict`: the longest run of consecutive events matching steps 0, 1, 2, …
+fn strict_ref(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> usize {
+    let mut best = 0;
+    for j in 0..rows.len() {
+        for len in 1..=n.min(rows.len() - j) {
+            let run = &rows[j..j + len];
+            let ok = run[0].ts >= from
+                && run[0].ts < to
+                && run
+                    .iter()
+                    .enumerate()
+                    .all(|(k, r)| r.mask & (1 << k) != 0 && r.ts <= run[0].ts + window);
+            if ok {
+                best = best.max(len);
+            }
+        }
+    }
+    best
+}
+
+/// Reference `any`: for each step event in range, count the steps with any event in
+/// `[ts, ts + window]`.
+fn any_ref(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> usize {
+    rows.iter()
+        .filter(|r| r.mask != 0 && r.ts >= from && r.ts < to)
+        .map(|r| {
+            (0..n)
+                .filter(|&i| {
+                    rows.iter()
+                        .any(|o| o.mask & (1 << i) != 0 && o.ts >= r.ts && o.ts <= r.ts + window)
+                })
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn person_rows(n: usize) -> impl Strategy<Value = Vec<Row>> {
+    // Few distinct times, so ties are common; masks over n steps, some events match nothing.
+    proptest::collection::vec((0i64..40, 0u64..(1 << n)), 0..25).prop_map(|mut v| {
+        v.sort_by_key(|(ts, _)| *ts);
+        v.into_iter().map(|(ts, mask)| Row { ts, mask }).collect()
+    })
+}
+
+proptest! {
+    #[test]
+    fn ordered_matches_reference(rows in person_rows(4), window in 1i64..20, from in 0i64..10, span in 1i64..40) {
+        let r = ordered(&rows, 4, window, from, from + span);
+        prop_assert_eq!(r.level, ordered_ref(&rows, 4, window, from, from + span));
+        prop_assert_eq!(r.elapsed_us.len(), r.level);
+        prop_assert!(r.elapsed_us.iter().all(|e| *e >= 0 && *e <= window));
+    }
+
+    #[test]
+    fn strict_matches_reference(rows in person_rows(3), window in 1i64..20, from in 0i64..10, span in 1i64..40) {
+        prop_assert_eq!(strict(&rows, 3, window, from, from + span).level, strict_ref(&rows, 3, window, from, from + span));
+    }
+
+    #[test]
+    fn any_matches_reference(rows in person_rows(3), window in 0i64..20, from in 0i64..10, span in 1i64..40) {
+        prop_assert_eq!(any_order(&rows, 3, window, from, from + span).level, any_ref(&rows, 3, window, from, from + span));
+    }
+}
+
+#[test]
+fn equal_timestamps_count_as_in_order_but_one_event_fills_one_step() {
+    let rows = [Row { ts: 5, mask: 0b01 }, Row { ts: 5, mask: 0b10 }];
+    assert_eq!(ordered(&rows, 2, 10, 0, 100).level, 2);
+    let both = [Row { ts: 5, mask: 0b11 }];
+    assert_eq!(ordered(&both, 2, 10, 0, 100).level, 1);
+    // Window is inclusive.
+    let rows = [Row { ts: 0, mask: 0b01 }, Row { ts: 10, mask: 0b10 }];
+    assert_eq!(ordered(&rows, 2, 10, 0, 100).level, 2);
+    assert_eq!(ordered(&rows, 2, 9, 0, 100).level, 1);
+}
+
+fn event(json: &str, at: i64) -> livora_model::Event {
+    let env = Envelope {
+        received_at: Utc.timestamp_opt(at, 0).single().expect("time"),
+        client_ip: None,
+        future_tolerance: chrono::Duration::hours(1),
+        sent_at: None,
+        context: None,
+        integrations: None,
+    };
+    normalise(parse_item(json).expect("parse"), None, &env).expect("valid")
+}
+
+fn query(order: Order, steps: &[(&str, Vec<PropertyFilter>)]) -> FunnelQuery {
+    FunnelQuery {
+        steps: steps
+            .iter()
+            .map(|(e, f)| Step {
+                event: (*e).into(),
+                filters: f.clone(),
+            })
+            .collect(),
+        window_seconds: 3600,
+        order,
+        from: Utc.timestamp_opt(0, 0).single().expect("time"),
+        to: Utc.timestamp_opt(100_000, 0).single().expect("time"),
+    }
+}
+
+#[test]
+fn merged_identities_count_once_with_events_from_before_the_merge() {
+    let mut t = Table::default();
+    // An anonymous visitor views and adds to cart, then signs in and buys.
+    t.push(&event(r#"{"type":"track","event":"View","anonymousId":"a1","properties":{"category":"Shoes","price":120}}"#, 100));
+    t.push(&event(
+        r#"{"type":"track","event":"Add","anonymousId":"a1"}"#,
+        200,
+    ));
+    t.push(&event(
+        r#"{"type":"identify","userId":"u1","anonymousId":"a1"}"#,
+        250,
+    ));
+    t.push(&event(
+        r#"{"type":"track","event":"Buy","userId":"u1"}"#,
+        400,
+    ));
+    // Someone else only views, in another category.
+    t.push(&event(r#"{"type":"track","event":"View","anonymousId":"a2","properties":{"category":"Hats","price":20}}"#, 100));
+    // A third person buys far outside the window.
+    t.push(&event(
+        r#"{"type":"track","event":"View","userId":"u3"}"#,
+        1000,
+    ));
+    t.push(&event(
+        r#"{"type":"track","event":"Add","userId":"u3"}"#,
+        1100,
+    ));
+    t.push(&event(
+        r#"{"type":"track","event":"Buy","userId":"u3"}"#,
+        9000,
+    ));
+    let redirects = t.persons.redirects();
+    let q = query(
+        Order::Ordered,
+        &[("View", vec![]), ("Add", vec![]), ("Buy", vec![])],
+    );
+    let r = funnel(&t, &redirects, &q).expect("funnel");
+    let counts: Vec<u64> = r.steps.iter().map(|s| s.count).collect();
+    assert_eq!(counts, vec![3, 2, 1]);
+    assert_eq!(r.steps[2].median_seconds, Some(300.0));
+    assert_eq!(r.steps[1].average_seconds, Some(100.0));
+    assert!((r.steps[1].conversion_rate - 2.0 / 3.0).abs() < 1e-12);
+    assert!((r.steps[2].step_conversion_rate - 0.5).abs() < 1e-12);
+
+    // Property filters: only the Shoes viewer enters.
+    let shoes = vec![PropertyFilter {
+        property: "category".into(),
+        op: Op::Eq,
+        value: Some("Shoes".into()),
+    }];
+    let q = query(Order::Ordered, &[("View", shoes), ("Add", vec![])]);
+    let counts: Vec<u64> = funnel(&t, &redirects, &q)
+        .expect("funnel")
+        .steps
+        .iter()
+        .map(|s| s.count)
+        .collect();
+    assert_eq!(counts, vec![1, 1]);
+    let pricey = vec![PropertyFilter {
+        property: "price".into(),
+        op: Op::Gte,
+        value: Some(100.into()),
+    }];
+    let q = query(Order::Ordered, &[("View", pricey), ("Add", vec![])]);
+    assert_eq!(
+        funnel(&t, &redirects, &q).expect("funnel").steps[0].count,
+        1
+    );
+
+    // Strict: the identify call sits between Add and Buy for u1.
+    let q = query(
+        Order::Strict,
+        &[("View", vec![]), ("Add", vec![]), ("Buy", vec![])],
+    );
+    let counts: Vec<u64> = funnel(&t, &redirects, &q)
+        .expect("funnel")
+        .steps
+        .iter()
+        .map(|s| s.count)
+        .collect();
+    assert_eq!(counts, vec![3, 2, 0]);
+}
+
+#[test]
+fn bad_queries_say_what_is_wrong() {
+    let t = Table::default();
+    let ok = query(Order::Ordered, &[("A", vec![]), ("B", vec![])]);
+    assert!(funnel(&t, &[], &ok).is_ok());
+    let mut q = ok.clone();
+    q.steps.truncate(1);
+    assert!(funnel(&t, &[], &q).is_err_and(|e| e.to_string().contains("2 to 32 steps")));
+    let mut q = ok.clone();
+    q.window_seconds = 0;
+    assert!(funnel(&t, &[], &q).is_err_and(|e| e.to_string().contains("window")));
+    let mut q = ok.clone();
+    q.to = q.from;
+    assert!(funnel(&t, &[], &q).is_err_and(|e| e.to_string().contains("before")));
+    let mut q = ok.clone();
+    q.steps[0].filters.push(PropertyFilter {
+        property: "p".into(),
+        op: Op::Gt,
+        value: Some(true.into()),
+    });
+    assert!(funnel(&t, &[], &q).is_err_and(|e| e.to_string().contains("string or number")));
+    let thirty: Vec<_> = (0..30).map(|i| (format!("E{i}"), vec![])).collect();
+    let steps: Vec<(&str, Vec<PropertyFilter>)> = thirty
+        .iter()
+        .map(|(e, f)| (e.as_str(), f.clone()))
+        .collect();
+    assert!(
+        funnel(&t, &[], &query(Order::Ordered, &steps)).is_ok(),
+        "30 steps are fine"
+    );
+}

@@ -107,6 +107,8 @@ impl Persons {
         x
     }
 
+    /// Links the larger root under the smaller, so every parent is a smaller id (which
+    /// [`Persons::redirects`] relies on) and each root is its group's smallest id.
     fn union(&mut self, a: PersonId, b: PersonId) {
         let (ra, rb) = (self.find(a), self.find(b));
         if ra != rb {
@@ -120,11 +122,20 @@ impl Persons {
         self.find(p)
     }
 
-    /// `id -> canonical id` for every id, for queries to apply at read time.
-    pub fn redirects(&mut self) -> Vec<PersonId> {
-        (0..self.parent.len() as PersonId)
-            .map(|p| self.find(p))
-            .collect()
+    /// `id -> canonical id` for every id, for queries to apply at read time. Read-only, so
+    /// queries can share the table; one pass, since every parent is a smaller id whose root
+    /// is already known.
+    pub fn redirects(&self) -> Vec<PersonId> {
+        let mut roots: Vec<PersonId> = Vec::with_capacity(self.parent.len());
+        for (p, &parent) in self.parent.iter().enumerate() {
+            let root = if parent as usize == p {
+                parent
+            } else {
+                roots[parent as usize]
+            };
+            roots.push(root);
+        }
+        roots
     }
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 mod events;
 mod ingest;
 pub mod ops;
+mod query;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use axum::Router;
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use livora_columnar::ColumnStore;
 use livora_log::EventLog;
 use livora_model::EventType;
 use livora_store::MetadataStore;
@@ -77,6 +79,8 @@ impl IngestOptions {
 /// What every handler shares.
 pub struct AppState {
     pub log: EventLog,
+    /// The column store the query API reads; fed from the log by [`serve`].
+    pub columns: Arc<ColumnStore>,
     pub store: Arc<dyn MetadataStore>,
     pub ingest: IngestOptions,
     pub keys: KeyCache,
@@ -89,6 +93,7 @@ impl AppState {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
         Arc::new(Self {
             log,
+            columns: ColumnStore::new(),
             keys: KeyCache::new(store.clone(), ttl),
             store,
             ingest,
@@ -116,6 +121,7 @@ pub const ROUTES: &[(&str, &str, Auth)] = &[
     ("POST", "/v1/batch", Auth::WriteKey),
     ("POST", "/v1/import", Auth::WriteKey),
     ("GET", "/api/v1/events", Auth::SecretKey),
+    ("POST", "/api/v1/query", Auth::SecretKey),
     ("GET", "/healthz", Auth::None),
     ("GET", "/readyz", Auth::None),
     ("GET", "/metrics", Auth::None),
@@ -147,6 +153,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(ingestion)
         .route("/api/v1/events", get(events::list))
+        .route("/api/v1/query", post(query::run))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -185,6 +192,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let retention = tokio::spawn(retention_loop(state.log.clone()));
+    let columns = tokio::spawn(state.columns.clone().follow(state.log.clone()));
     let ready_state = state.clone();
     let router = app(state.clone());
     let result = axum::serve(
@@ -198,6 +206,7 @@ pub async fn serve(
     })
     .await;
     retention.abort();
+    columns.abort();
     let log = state.log.clone();
     let _ = tokio::task::spawn_blocking(move || log.close()).await;
     tracing::info!("event log closed");

@@ -2,5 +2,6 @@
 
 mod helpers;
 mod ingest;
+mod query;
 mod read;
 mod routes;

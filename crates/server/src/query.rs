@@ -1,0 +1,51 @@
+//! `POST /api/v1/query`: analytics queries over the column store, scoped to the key's tenant.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use livora_analytics::{Query, QueryResult};
+use livora_columnar::Table;
+use serde::Serialize;
+
+use crate::AppState;
+use crate::error::{ApiError, Code};
+
+/// Largest query body accepted.
+const MAX_QUERY_BYTES: usize = 256 * 1024;
+
+#[derive(Serialize)]
+pub struct Answer {
+    #[serde(flatten)]
+    result: QueryResult,
+    /// Every event below this log offset is included.
+    log_offset: u64,
+}
+
+pub async fn run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Answer>, ApiError> {
+    let key = state.keys.secret_key(&headers).await?;
+    if body.len() > MAX_QUERY_BYTES {
+        return Err(ApiError::new(
+            Code::BodyTooLarge,
+            format!("a query is at most {MAX_QUERY_BYTES} bytes"),
+        ));
+    }
+    let query: Query = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(Code::InvalidQuery, format!("invalid query: {e}")))?;
+    let table = state.columns.table(key.tenant_id);
+    let log_offset = state.columns.applied();
+    let result = tokio::task::spawn_blocking(move || match table {
+        Some(t) => livora_analytics::run(&livora_columnar::ColumnStore::read(&t), &query),
+        None => livora_analytics::run(&Table::default(), &query),
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e| ApiError::new(Code::InvalidQuery, e.to_string()))?;
+    Ok(Json(Answer { result, log_offset }))
+}

@@ -1,0 +1,140 @@
+//! `POST /api/v1/query` over real HTTP: funnels over live data, errors, tenant scope.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, decode, spawn_app};
+
+async fn query(app: &TestApp, body: &Value) -> (u16, Value) {
+    let resp = app
+        .http
+        .post(format!("{}/api/v1/query", app.url))
+        .bearer_auth(&app.secret_key)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    decode(resp).await
+}
+
+/// Queries until the column store has applied `events` log records.
+async fn query_when_applied(app: &TestApp, body: &Value, events: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, answer) = query(app, body).await;
+        assert_eq!(status, 200, "{answer}");
+        if answer["log_offset"].as_u64() >= Some(events) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "column store did not catch up: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn funnel_over_live_events_with_identity_merges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app(dir.path()).await;
+    let batch = json!({"batch": [
+        {"type": "track", "event": "Product Viewed", "anonymousId": "a1", "timestamp": "2026-03-01T10:00:00Z", "properties": {"category": "Shoes"}},
+        {"type": "track", "event": "Product Added", "anonymousId": "a1", "timestamp": "2026-03-01T10:05:00Z"},
+        {"type": "identify", "userId": "u1", "anonymousId": "a1", "timestamp": "2026-03-01T10:06:00Z"},
+        {"type": "track", "event": "Order Completed", "userId": "u1", "timestamp": "2026-03-01T10:10:00Z", "properties": {"total": 99.5}},
+        {"type": "track", "event": "Product Viewed", "anonymousId": "a2", "timestamp": "2026-03-01T11:00:00Z", "properties": {"category": "Hats"}},
+        {"type": "track", "event": "Product Added", "anonymousId": "a2", "timestamp": "2026-03-09T11:00:00Z"},
+    ]});
+    assert_eq!(app.post("/v1/batch", batch.to_string()).await.0, 200);
+    let funnel = json!({
+        "kind": "funnel", "from": "2026-03-01T00:00:00Z", "to": "2026-04-01T00:00:00Z",
+        "window_seconds": 7 * 86400,
+        "steps": [{"event": "Product Viewed"}, {"event": "Product Added"}, {"event": "Order Completed"}]
+    });
+    let answer = query_when_applied(&app, &funnel, 6).await;
+    assert_eq!(answer["kind"], "funnel");
+    let counts: Vec<_> = answer["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["count"].clone())
+        .collect();
+    assert_eq!(counts, vec![json!(2), json!(1), json!(1)], "{answer}");
+    assert_eq!(answer["steps"][2]["median_seconds"], json!(600.0));
+    assert_eq!(answer["steps"][1]["conversion_rate"], json!(0.5));
+
+    let mut filtered = funnel.clone();
+    filtered["steps"][0]["filters"] =
+        json!([{"property": "category", "op": "eq", "value": "Hats"}]);
+    filtered["order"] = json!("any");
+    let answer = query_when_applied(&app, &filtered, 6).await;
+    let counts: Vec<_> = answer["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["count"].clone())
+        .collect();
+    assert_eq!(
+        counts,
+        vec![json!(2), json!(1), json!(0)],
+        "any order, Hats filter: {answer}"
+    );
+
+    for (bad, needle) in [
+        (
+            json!({"kind": "funnel", "from": "2026-03-01T00:00:00Z", "to": "2026-04-01T00:00:00Z", "window_seconds": 60, "steps": []}),
+            "steps",
+        ),
+        (
+            json!({"kind": "funnel", "from": "2026-04-01T00:00:00Z", "to": "2026-03-01T00:00:00Z", "window_seconds": 60, "steps": [{"event": "a"}, {"event": "b"}]}),
+            "before",
+        ),
+        (
+            json!({"kind": "funnel", "from": "2026-03-01T00:00:00Z", "to": "2026-04-01T00:00:00Z", "window_seconds": 0, "steps": [{"event": "a"}, {"event": "b"}]}),
+            "window",
+        ),
+        (json!({"kind": "cohort"}), "unknown variant"),
+        (json!({"kind": "funnel", "colour": "red"}), "unknown field"),
+    ] {
+        let (status, body) = query(&app, &bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{bad}: {body}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.contains(needle)),
+            "{bad}: {body}"
+        );
+    }
+
+    // Another tenant sees an empty funnel.
+    let other = app
+        .store
+        .create_tenant(livora_store::NewTenant {
+            name: "Other".into(),
+            time_zone: "UTC".into(),
+            currency: livora_model::Currency::parse("EUR").expect("currency"),
+        })
+        .await
+        .expect("tenant");
+    let key = app
+        .store
+        .create_key(other.id, livora_store::KeyKind::Secret)
+        .await
+        .expect("key");
+    let resp = app
+        .http
+        .post(format!("{}/api/v1/query", app.url))
+        .bearer_auth(&key.secret)
+        .json(&funnel)
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = decode(resp).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["steps"][0]["count"], 0);
+    app.stop().await;
+}

@@ -180,18 +180,18 @@ impl FunnelQuery {
                 return Err(Error::Invalid(format!("step {i} has no `event`")));
             }
             for f in &s.filters {
-                let ok = match (f.op, &f.value) {
-                    (Op::IsSet | Op::IsNotSet, None) => true,
-                    (
-                        Op::Eq | Op::Neq,
-                        Some(Value::String(_) | Value::Number(_) | Value::Bool(_)),
-                    ) => true,
-                    (
-                        Op::Gt | Op::Gte | Op::Lt | Op::Lte,
-                        Some(Value::String(_) | Value::Number(_)),
-                    ) => true,
-                    _ => false,
-                };
+                let ok = matches!(
+                    (f.op, &f.value),
+                    (Op::IsSet | Op::IsNotSet, None)
+                        | (
+                            Op::Eq | Op::Neq,
+                            Some(Value::String(_) | Value::Number(_) | Value::Bool(_))
+                        )
+                        | (
+                            Op::Gt | Op::Gte | Op::Lt | Op::Lte,
+                            Some(Value::String(_) | Value::Number(_))
+                        )
+                );
                 if !ok {
                     return Err(Error::Invalid(format!(
                         "step {i}: a filter on `{}` with op {:?} needs {}",
@@ -394,20 +394,20 @@ pub fn any_order(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Rea
     for (j, r) in rows.iter().enumerate() {
         // Drop events before this one's time from the window.
         while start < j && rows[start].ts < r.ts {
-            for i in 0..n {
+            for (i, c) in counts.iter_mut().enumerate() {
                 if rows[start].mask & (1 << i) != 0 {
-                    counts[i] -= 1;
-                    distinct -= usize::from(counts[i] == 0);
+                    *c -= 1;
+                    distinct -= usize::from(*c == 0);
                 }
             }
             start += 1;
         }
         let deadline = r.ts.saturating_add(window);
         while end < rows.len() && rows[end].ts <= deadline {
-            for i in 0..n {
+            for (i, c) in counts.iter_mut().enumerate() {
                 if rows[end].mask & (1 << i) != 0 {
-                    distinct += usize::from(counts[i] == 0);
-                    counts[i] += 1;
+                    distinct += usize::from(*c == 0);
+                    *c += 1;
                 }
             }
             end += 1;

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use livora_log::{EventLog, Record};
-use livora_model::{Event, TenantId};
+use livora_model::TenantId;
 
 use crate::table::Table;
 
@@ -22,35 +22,30 @@ impl ColumnStore {
         Arc::new(Self::default())
     }
 
-    /// Applies records read from the log (in offset order).
+    /// Applies records read from the log (in offset order), taking each tenant's lock once
+    /// per run of its records.
     pub fn apply(&self, records: &[Record]) {
-        for r in records {
-            let tenant = TenantId(r.tenant);
-            let table = {
-                let tables = self.tables.read().unwrap_or_else(|e| e.into_inner());
-                tables.get(&tenant).cloned()
-            };
-            let table = match table {
-                Some(t) => t,
-                None => self
-                    .tables
+        for run in records.chunk_by(|a, b| a.tenant == b.tenant) {
+            let tenant = TenantId(run[0].tenant);
+            let table = self.table(tenant).unwrap_or_else(|| {
+                self.tables
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .entry(tenant)
                     .or_default()
-                    .clone(),
-            };
-            match serde_json::from_slice::<Event>(&r.payload) {
-                Ok(event) => table
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(&event),
-                Err(e) => {
-                    tracing::error!(offset = r.offset, error = %e, "undecodable event in the log")
+                    .clone()
+            });
+            let mut t = table.write().unwrap_or_else(|e| e.into_inner());
+            for r in run {
+                if let Err(e) = t.push_json(&r.payload) {
+                    tracing::error!(offset = r.offset, error = %e, "undecodable event in the log");
                 }
             }
-            self.applied
-                .store(r.offset + 1, std::sync::atomic::Ordering::Release);
+            drop(t);
+            if let Some(last) = run.last() {
+                self.applied
+                    .store(last.offset + 1, std::sync::atomic::Ordering::Release);
+            }
         }
     }
 

@@ -8,9 +8,14 @@
 //! a row past a column's end has no value for it. Page and screen names are the property
 //! `$name`.
 
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
 use livora_model::{Event, EventType};
-use serde_json::Value;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::dict::Dictionary;
 use crate::persons::{PersonId, Persons};
@@ -46,6 +51,16 @@ impl Table {
 
     /// Appends one event.
     pub fn push(&mut self, e: &Event) {
+        // Events come from the log as JSON; this path is for callers holding an `Event`.
+        if let Ok(json) = serde_json::to_vec(e) {
+            let _ = self.push_json(&json);
+        }
+    }
+
+    /// Appends one event from its stored JSON, reading only the fields the columns need
+    /// (strings borrowed, `context` skipped, nested property values skipped).
+    pub fn push_json(&mut self, json: &[u8]) -> Result<(), serde_json::Error> {
+        let e: View<'_> = serde_json::from_slice(json)?;
         if e.kind == EventType::Alias
             && let (Some(prev), Some(user)) = (e.previous_id.as_deref(), e.user_id.as_deref())
         {
@@ -56,7 +71,7 @@ impl Table {
             .resolve(e.user_id.as_deref(), e.anonymous_id.as_deref())
         else {
             self.skipped += 1;
-            return;
+            return Ok(());
         };
         let name = match e.kind {
             EventType::Track => e.event.as_deref().unwrap_or(""),
@@ -77,25 +92,21 @@ impl Table {
             self.set_str(row, "$name", n);
         }
         let props = match e.kind {
-            EventType::Identify | EventType::Group => e.traits.as_deref(),
-            _ => e.properties.as_deref(),
+            EventType::Identify | EventType::Group => e.traits,
+            _ => e.properties,
         };
-        if let Some(raw) = props
-            && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(raw.get())
-        {
-            for (k, v) in &map {
+        if let Some(raw) = props {
+            let Props(list) = serde_json::from_str(raw.get())?;
+            for (k, v) in list {
                 match v {
-                    Value::String(s) => self.set_str(row, k, s),
-                    Value::Number(n) => {
-                        if let Some(f) = n.as_f64() {
-                            self.set_num(row, k, f);
-                        }
-                    }
-                    Value::Bool(b) => self.set_str(row, k, if *b { "true" } else { "false" }),
-                    _ => {}
+                    Scalar::Str(s) => self.set_str(row, &k, &s),
+                    Scalar::Num(n) => self.set_num(row, &k, n),
+                    Scalar::Bool(b) => self.set_str(row, &k, if b { "true" } else { "false" }),
+                    Scalar::Other => {}
                 }
             }
         }
+        Ok(())
     }
 
     /// The string value of property `key` at `row`.
@@ -127,5 +138,123 @@ impl Table {
         let col = self.numbers.entry(k).or_default();
         col.resize(row, f64::NAN);
         col.push(value);
+    }
+}
+
+/// The fields of a stored event the columns need.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct View<'a> {
+    #[serde(rename = "type")]
+    kind: EventType,
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    anonymous_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    previous_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    timestamp: DateTime<Utc>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    traits: Option<&'a RawValue>,
+}
+
+/// A top-level property value: scalars are kept, objects and arrays skipped.
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Num(f64),
+    Bool(bool),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Num(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Scalar<'de>, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Scalar<'de>, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A properties object as (key, scalar) pairs, in order.
+struct Props<'a>(Vec<(Cow<'a, str>, Scalar<'a>)>);
+
+impl<'de> Deserialize<'de> for Props<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Props<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Props<'de>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    out.push((k, m.next_value::<Scalar<'de>>()?));
+                }
+                Ok(Props(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_hold_scalar_properties_by_key_and_type() {
+        let mut t = Table::default();
+        t.push_json(br#"{"type":"track","event":"Buy","userId":"u","timestamp":"2026-01-01T00:00:00Z","receivedAt":"2026-01-01T00:00:00Z","context":{"big":[1,2,3]},"properties":{"sku":"A\"1","price":9.5,"gift":true,"items":[{"a":1}],"none":null}}"#).expect("push");
+        t.push_json(br#"{"type":"page","name":"Home","anonymousId":"a","timestamp":"2026-01-01T00:00:01Z","receivedAt":"2026-01-01T00:00:01Z"}"#).expect("push");
+        assert_eq!(t.len(), 2);
+        let key = |k: &str| t.keys.get(k).expect("key");
+        assert_eq!(t.str_at(key("sku"), 0), Some("A\"1"));
+        assert_eq!(t.num_at(key("price"), 0), Some(9.5));
+        assert_eq!(t.str_at(key("gift"), 0), Some("true"));
+        assert_eq!(t.keys.get("items"), None, "nested values are not columns");
+        assert_eq!(t.str_at(key("sku"), 1), None, "padding reads as absent");
+        assert_eq!(t.str_at(key("$name"), 1), Some("Home"));
+        assert_eq!(t.names.value(t.name[1]), Some("$page"));
+        assert!(t.push_json(b"{}").is_err());
     }
 }

@@ -12,6 +12,8 @@
 //!   in some `[t, t + window]` where `t` is the time of one of their step events.
 //!
 //! A chain must start inside `[from, to)`; later steps may fall up to `window` after `to`.
+//! Events at the same time are taken in step order (as ClickHouse does), so "viewed" and
+//! "added" in the same second count as in order whichever arrived first.
 //! Persons are merged identities (the redirect array is applied first).
 //!
 //! The kernel is hand-written (one pass per person over events sorted by person and time)
@@ -252,7 +254,9 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
             events.push((person, ts, row as u32, mask));
         }
     }
-    events.sort_unstable_by_key(|e| (e.0, e.1, e.2));
+    // Ties in time go in step order (ClickHouse sorts its (time, step) pairs the same way),
+    // then in arrival order.
+    events.sort_unstable_by_key(|e| (e.0, e.1, e.3.trailing_zeros(), e.2));
 
     let mut counts = vec![0u64; n];
     let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];

@@ -25,6 +25,9 @@ use crate::client::Client;
 pub enum BenchCommand {
     /// Durable events/s through HTTP vs. the same work without HTTP.
     Ingest(IngestBench),
+    /// A 4-step funnel over generated shop data (bench/analytics.sh compares the answer and
+    /// the time with DuckDB and chDB on the same data).
+    Funnel(crate::bench_funnel::FunnelBench),
 }
 
 #[derive(clap::Args, Clone)]
@@ -47,11 +50,18 @@ pub struct IngestBench {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Run the server as an ingest-only node (`[analytics] enabled = false`): no column store
+    /// following the log.
+    #[arg(long)]
+    ingest_only: bool,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(b) => ingest(b).await,
+        BenchCommand::Funnel(b) => {
+            tokio::task::spawn_blocking(move || crate::bench_funnel::run(&b)).await?
+        }
     }
 }
 
@@ -86,6 +96,7 @@ async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     }
     let med = |f: fn(&RunResult) -> f64| median(results.iter().map(f).collect());
     let summary = json!({
+        "ingest_only": b.ingest_only,
         "runs": results.len(),
         "seconds": b.seconds,
         "connections": b.connections,
@@ -104,11 +115,16 @@ async fn ingest(b: IngestBench) -> anyhow::Result<()> {
         println!("{summary:#}");
     } else {
         println!(
-            "ingest benchmark, median of {} runs ({} s each, {} connections, {} events/batch, ~{} bytes/event)\n\
+            "ingest benchmark{}, median of {} runs ({} s each, {} connections, {} events/batch, ~{} bytes/event)\n\
              \x20 durable through HTTP: {:.0} events/s   p50 {:.2} ms   p99 {:.2} ms\n\
              \x20 server RSS:           idle {:.0} MB   peak {:.0} MB\n\
              \x20 limit (no HTTP):      {:.0} events/s   ({:.1} batches per fsync)\n\
              \x20 HTTP / limit:         {:.0} %",
+            if b.ingest_only {
+                " (ingest-only node)"
+            } else {
+                " (column store following the log)"
+            },
             results.len(),
             b.seconds,
             b.connections,
@@ -233,7 +249,10 @@ fn rss_mb(pid: u32, field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn start_server(work: &Path) -> anyhow::Result<(Server, std::net::SocketAddr, String)> {
+async fn start_server(
+    work: &Path,
+    ingest_only: bool,
+) -> anyhow::Result<(Server, std::net::SocketAddr, String)> {
     let exe = std::env::current_exe().context("cannot find the livora binary")?;
     let dir = work.join(format!("livora-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
@@ -264,6 +283,10 @@ async fn start_server(work: &Path) -> anyhow::Result<(Server, std::net::SocketAd
         .arg(&dir)
         .args(["--listen", &addr.to_string()])
         .env("RUST_LOG", "warn")
+        .env(
+            "LIVORA__ANALYTICS__ENABLED",
+            if ingest_only { "false" } else { "true" },
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -288,7 +311,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 async fn one_run(b: &IngestBench, templates: &Templates) -> anyhow::Result<RunResult> {
     let work = b.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let (mut server, addr, key) = start_server(&work).await?;
+    let (mut server, addr, key) = start_server(&work, b.ingest_only).await?;
     let pid = server.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss_mb = rss_mb(pid, "VmRSS:");

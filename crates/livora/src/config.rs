@@ -21,6 +21,20 @@ pub struct Config {
     pub server: ServerConfig,
     pub ingest: IngestOptions,
     pub log: LogConfig,
+    pub analytics: AnalyticsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyticsConfig {
+    /// Keep the column store and serve `/api/v1/query`. Turn off on ingest-only nodes.
+    pub enabled: bool,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 impl Default for Config {
@@ -30,6 +44,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             ingest: IngestOptions::default(),
             log: LogConfig::default(),
+            analytics: AnalyticsConfig::default(),
         }
     }
 }

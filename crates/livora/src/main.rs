@@ -4,6 +4,7 @@
 
 mod admin;
 mod bench;
+mod bench_funnel;
 mod client;
 mod config;
 mod demo;
@@ -162,7 +163,12 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(log, store.clone(), config.ingest.clone());
+    let state = AppState::new(
+        log,
+        store.clone(),
+        config.ingest.clone(),
+        config.analytics.enabled,
+    );
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");
     if let Some(opts) = demo {
         let keys = demo::prepare(store.as_ref()).await?;

@@ -30,6 +30,7 @@ pub enum Code {
     NotFound,
     MethodNotAllowed,
     LogUnavailable,
+    AnalyticsDisabled,
     Internal,
 }
 
@@ -53,6 +54,7 @@ impl Code {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::LogUnavailable => "log_unavailable",
+            Self::AnalyticsDisabled => "analytics_disabled",
             Self::Internal => "internal",
         }
     }
@@ -75,7 +77,7 @@ impl Code {
             }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LogUnavailable | Self::AnalyticsDisabled => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

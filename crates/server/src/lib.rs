@@ -79,8 +79,9 @@ impl IngestOptions {
 /// What every handler shares.
 pub struct AppState {
     pub log: EventLog,
-    /// The column store the query API reads; fed from the log by [`serve`].
-    pub columns: Arc<ColumnStore>,
+    /// The column store the query API reads, fed from the log by [`serve`]; `None` on an
+    /// ingest-only node (`[analytics] enabled = false`).
+    pub columns: Option<Arc<ColumnStore>>,
     pub store: Arc<dyn MetadataStore>,
     pub ingest: IngestOptions,
     pub keys: KeyCache,
@@ -89,11 +90,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(log: EventLog, store: Arc<dyn MetadataStore>, ingest: IngestOptions) -> Arc<Self> {
+    pub fn new(
+        log: EventLog,
+        store: Arc<dyn MetadataStore>,
+        ingest: IngestOptions,
+        analytics: bool,
+    ) -> Arc<Self> {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
         Arc::new(Self {
             log,
-            columns: ColumnStore::new(),
+            columns: analytics.then(ColumnStore::new),
             keys: KeyCache::new(store.clone(), ttl),
             store,
             ingest,
@@ -192,7 +198,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let retention = tokio::spawn(retention_loop(state.log.clone()));
-    let columns = tokio::spawn(state.columns.clone().follow(state.log.clone()));
+    let columns = state
+        .columns
+        .clone()
+        .map(|c| tokio::spawn(c.follow(state.log.clone())));
     let ready_state = state.clone();
     let router = app(state.clone());
     let result = axum::serve(
@@ -206,7 +215,9 @@ pub async fn serve(
     })
     .await;
     retention.abort();
-    columns.abort();
+    if let Some(c) = columns {
+        c.abort();
+    }
     let log = state.log.clone();
     let _ = tokio::task::spawn_blocking(move || log.close()).await;
     tracing::info!("event log closed");

@@ -64,8 +64,10 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let end = state.log.end_offset();
     metrics::gauge!("livora_log_end_offset").set(end as f64);
     // The column store is rebuilt from the log on start, so it keeps no committed offset.
-    metrics::gauge!("livora_log_consumer_lag", "consumer" => "columnar")
-        .set(end.saturating_sub(state.columns.applied()) as f64);
+    if let Some(columns) = &state.columns {
+        metrics::gauge!("livora_log_consumer_lag", "consumer" => "columnar")
+            .set(end.saturating_sub(columns.applied()) as f64);
+    }
     if let Ok(consumers) = state.log.consumer_offsets() {
         for (name, committed) in consumers {
             metrics::gauge!("livora_log_consumer_lag", "consumer" => name)

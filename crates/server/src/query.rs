@@ -38,8 +38,14 @@ pub async fn run(
     }
     let query: Query = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(Code::InvalidQuery, format!("invalid query: {e}")))?;
-    let table = state.columns.table(key.tenant_id);
-    let log_offset = state.columns.applied();
+    let Some(columns) = &state.columns else {
+        return Err(ApiError::new(
+            Code::AnalyticsDisabled,
+            "this node does not serve queries ([analytics] enabled = false)",
+        ));
+    };
+    let table = columns.table(key.tenant_id);
+    let log_offset = columns.applied();
     let result = tokio::task::spawn_blocking(move || match table {
         Some(t) => livora_analytics::run(&livora_columnar::ColumnStore::read(&t), &query),
         None => livora_analytics::run(&Table::default(), &query),

@@ -64,7 +64,7 @@ pub async fn spawn_app_with(dir: &Path, ingest: IngestOptions) -> TestApp {
         .await
         .expect("join")
         .expect("log opens");
-    let state = AppState::new(log.clone(), store.clone(), ingest);
+    let state = AppState::new(log.clone(), store.clone(), ingest, true);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

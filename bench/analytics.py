@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Runs Livora's funnel answer (from `livora bench funnel`) against DuckDB and chDB on the same
+CSV, checks that all three agree, and prints median latencies and Livora's speed-up.
+
+DuckDB has no windowFunnel: one ASOF LEFT JOIN per step gives the same answer (from every
+first-step event, the earliest next step at or after the previous one, within the window of
+the first step). chDB runs ClickHouse's own windowFunnel on a MergeTree table.
+"""
+import json
+import statistics
+import sys
+import time
+
+import chdb.session
+import duckdb
+
+RUNS = 5
+
+
+def timed(fn):
+    times, result = [], None
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return result, statistics.median(times)
+
+
+def levels_to_counts(rows, steps):
+    """[(level, persons)] -> persons reaching each step."""
+    by_level = {int(level): int(n) for level, n in rows}
+    return [sum(n for level, n in by_level.items() if level >= i + 1) for i in range(steps)]
+
+
+def duckdb_funnel(con, steps, window_us, lo, hi):
+    names = [s.replace("'", "''") for s in steps]
+    ctes = [f"s1 AS (SELECT person, ts AS t1 FROM e WHERE event = '{names[0]}' AND ts >= {lo} AND ts < {hi})"]
+    for i in range(2, len(steps) + 1):
+        prev_cols = ", ".join(f"s{i-1}.t{k}" for k in range(1, i))
+        ctes.append(
+            f"s{i} AS (SELECT s{i-1}.person, {prev_cols}, x.ts AS t{i} FROM s{i-1} "
+            f"ASOF LEFT JOIN (SELECT person, ts FROM e WHERE event = '{names[i-1]}') x "
+            f"ON s{i-1}.person = x.person AND x.ts >= s{i-1}.t{i-1})"
+        )
+    n = len(steps)
+    case = " ".join(
+        f"WHEN t{k} IS NOT NULL AND t{k} <= t1 + {window_us} THEN {k}" for k in range(n, 1, -1)
+    )
+    sql = (
+        "WITH " + ", ".join(ctes) +
+        f", lv AS (SELECT person, max(CASE {case} ELSE 1 END) AS level FROM s{n} GROUP BY person) "
+        "SELECT level, count(*) FROM lv GROUP BY level"
+    )
+    return con.execute(sql).fetchall()
+
+
+def main():
+    livora = json.load(open(sys.argv[1]))
+    csv = sys.argv[2]
+    steps, window_us = livora["steps"], livora["window_seconds"] * 1_000_000
+    lo, hi = livora["from_us"], livora["to_us"]
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE e AS SELECT * FROM read_csv(?, header = true, columns = "
+        "{'person': 'BIGINT', 'ts': 'BIGINT', 'event': 'VARCHAR', 'category': 'VARCHAR', 'revenue': 'DOUBLE'})",
+        [csv],
+    )
+    duck_rows, duck_ms = timed(lambda: duckdb_funnel(con, steps, window_us, lo, hi))
+    duck = levels_to_counts(duck_rows, len(steps))
+
+    sess = chdb.session.Session()
+    sess.query("CREATE DATABASE IF NOT EXISTS b")
+    sess.query(
+        "CREATE TABLE b.e (person UInt64, ts UInt64, event String, category String, revenue Nullable(Float64)) "
+        "ENGINE = MergeTree ORDER BY (person, ts)"
+    )
+    sess.query(
+        f"INSERT INTO b.e SELECT person, ts, event, category, revenue FROM file('{csv}', CSVWithNames, "
+        "'person UInt64, ts UInt64, event String, category String, revenue Nullable(Float64)')"
+    )
+    conds = ", ".join("event = '{}'".format(s.replace("'", "\\'")) for s in steps)
+    ch_sql = (
+        f"SELECT level, count() FROM (SELECT person, windowFunnel({window_us})(ts, {conds}) AS level "
+        f"FROM b.e WHERE ts >= {lo} AND ts < {hi} GROUP BY person) WHERE level > 0 GROUP BY level FORMAT JSONCompact"
+    )
+    ch_text, ch_ms = timed(lambda: sess.query(ch_sql).bytes())
+    ch = levels_to_counts(json.loads(ch_text)["data"], len(steps))
+
+    mine = livora["counts"]
+    print(f"funnel over {livora['events']:,} events, {livora['persons']:,} persons, {len(steps)} steps, 7-day window")
+    print(f"  {'engine':8} {'median ms':>10}  counts per step")
+    print(f"  {'livora':8} {livora['median_ms']:10.1f}  {mine}")
+    print(f"  {'duckdb':8} {duck_ms:10.1f}  {duck}")
+    print(f"  {'chdb':8} {ch_ms:10.1f}  {ch}")
+    best = min(duck_ms, ch_ms)
+    print(f"  livora speed-up over the faster peer: {best / livora['median_ms']:.2f}x")
+    if not (mine == duck == ch):
+        print("ANSWERS DIFFER", file=sys.stderr)
+        sys.exit(1)
+    print("  answers: identical")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Funnel benchmark: Livora vs DuckDB vs chDB (the ClickHouse engine) on the same generated data,
+# with the answers compared. Usage: bench/analytics.sh [EVENTS] (default 1000000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/livora-target}"
+EVENTS="${1:-1000000}"
+VENV=.cache/bench-venv
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q 'duckdb==1.*' 'chdb==3.*' >/dev/null
+cargo build --release -q -p livora
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+"$CARGO_TARGET_DIR/release/livora" bench funnel --events "$EVENTS" --runs 5 --csv "$WORK/events.csv" > "$WORK/livora.json"
+"$VENV/bin/python" bench/analytics.py "$WORK/livora.json" "$WORK/events.csv"

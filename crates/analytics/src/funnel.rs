@@ -101,13 +101,24 @@ pub struct StepResult {
 }
 
 /// A step resolved against a table's dictionaries.
-struct Matcher {
+pub(crate) struct Matcher {
     name: Option<u32>,
     filters: Vec<(Option<u32>, Op, Option<Value>)>,
 }
 
 impl Matcher {
-    fn matches(&self, t: &Table, row: usize) -> bool {
+    pub(crate) fn new(t: &Table, s: &Step) -> Self {
+        Matcher {
+            name: t.names.get(&s.event),
+            filters: s
+                .filters
+                .iter()
+                .map(|f| (t.keys.get(&f.property), f.op, f.value.clone()))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn matches(&self, t: &Table, row: usize) -> bool {
         if self.name != Some(t.name[row]) {
             return false;
         }
@@ -147,6 +158,42 @@ impl Matcher {
     }
 }
 
+impl Step {
+    /// Checks the step; `what` names it in messages ("step 2", "`start_event`").
+    pub(crate) fn validate(&self, what: &str) -> Result<(), Error> {
+        if self.event.is_empty() {
+            return Err(Error::Invalid(format!("{what} has no `event`")));
+        }
+        for f in &self.filters {
+            let ok = matches!(
+                (f.op, &f.value),
+                (Op::IsSet | Op::IsNotSet, None)
+                    | (
+                        Op::Eq | Op::Neq,
+                        Some(Value::String(_) | Value::Number(_) | Value::Bool(_))
+                    )
+                    | (
+                        Op::Gt | Op::Gte | Op::Lt | Op::Lte,
+                        Some(Value::String(_) | Value::Number(_))
+                    )
+            );
+            if !ok {
+                return Err(Error::Invalid(format!(
+                    "{what}: a filter on `{}` with op {:?} needs {}",
+                    f.property,
+                    f.op,
+                    match f.op {
+                        Op::IsSet | Op::IsNotSet => "no `value`",
+                        Op::Eq | Op::Neq => "a string, number or boolean `value`",
+                        _ => "a string or number `value`",
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One event of one person, as the per-person kernels see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Row {
@@ -178,35 +225,7 @@ impl FunnelQuery {
             return Err(Error::Invalid("`from` must be before `to`".into()));
         }
         for (i, s) in self.steps.iter().enumerate() {
-            if s.event.is_empty() {
-                return Err(Error::Invalid(format!("step {i} has no `event`")));
-            }
-            for f in &s.filters {
-                let ok = matches!(
-                    (f.op, &f.value),
-                    (Op::IsSet | Op::IsNotSet, None)
-                        | (
-                            Op::Eq | Op::Neq,
-                            Some(Value::String(_) | Value::Number(_) | Value::Bool(_))
-                        )
-                        | (
-                            Op::Gt | Op::Gte | Op::Lt | Op::Lte,
-                            Some(Value::String(_) | Value::Number(_))
-                        )
-                );
-                if !ok {
-                    return Err(Error::Invalid(format!(
-                        "step {i}: a filter on `{}` with op {:?} needs {}",
-                        f.property,
-                        f.op,
-                        match f.op {
-                            Op::IsSet | Op::IsNotSet => "no `value`",
-                            Op::Eq | Op::Neq => "a string, number or boolean `value`",
-                            _ => "a string or number `value`",
-                        }
-                    )));
-                }
-            }
+            s.validate(&format!("step {i}"))?;
         }
         Ok(())
     }
@@ -217,18 +236,7 @@ impl FunnelQuery {
 pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelResult, Error> {
     q.validate()?;
     let n = q.steps.len();
-    let matchers: Vec<Matcher> = q
-        .steps
-        .iter()
-        .map(|s| Matcher {
-            name: t.names.get(&s.event),
-            filters: s
-                .filters
-                .iter()
-                .map(|f| (t.keys.get(&f.property), f.op, f.value.clone()))
-                .collect(),
-        })
-        .collect();
+    let matchers: Vec<Matcher> = q.steps.iter().map(|s| Matcher::new(t, s)).collect();
     let window = q.window_seconds.saturating_mul(1_000_000);
     let from = q.from.timestamp_micros();
     let to = q.to.timestamp_micros();

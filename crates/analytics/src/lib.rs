@@ -2,6 +2,8 @@
 //!
 //! - [`funnel`]: conversion funnels with ClickHouse `windowFunnel` semantics (ordered), a
 //!   strict mode (steps are consecutive events) and an any-order mode.
+//! - [`retention`]: cohorts by first (or any) start event, return events per later period.
+//! - [`period`]: days, ISO weeks and months in a tenant's time zone, DST-correct.
 //!
 //! Queries are serde types ([`funnel::FunnelQuery`]) so the same JSON serves the HTTP API and
 //! Rust callers. Every kernel is compared with a plain reference implementation in property
@@ -9,6 +11,8 @@
 
 mod error;
 pub mod funnel;
+pub mod period;
+pub mod retention;
 
 pub use error::Error;
 use livora_columnar::Table;
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Query {
     Funnel(funnel::FunnelQuery),
+    Retention(retention::RetentionQuery),
 }
 
 /// A query's answer, tagged like the query.
@@ -26,12 +31,17 @@ pub enum Query {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum QueryResult {
     Funnel(funnel::FunnelResult),
+    Retention(retention::RetentionResult),
 }
 
-/// Runs `query` over a tenant's table, applying its identity merges.
-pub fn run(table: &Table, query: &Query) -> Result<QueryResult, Error> {
+/// Runs `query` over a tenant's table, applying its identity merges; calendar periods are in
+/// `time_zone` (the tenant's).
+pub fn run(table: &Table, query: &Query, time_zone: chrono_tz::Tz) -> Result<QueryResult, Error> {
     let redirects = table.persons.redirects();
     match query {
         Query::Funnel(q) => funnel::funnel(table, &redirects, q).map(QueryResult::Funnel),
+        Query::Retention(q) => {
+            retention::retention(table, &redirects, q, time_zone).map(QueryResult::Retention)
+        }
     }
 }

@@ -44,11 +44,17 @@ pub async fn run(
             "this node does not serve queries ([analytics] enabled = false)",
         ));
     };
+    // Calendar periods are the tenant's: its time zone comes from the store.
+    let tenant =
+        state.store.tenant(key.tenant_id).await?.ok_or_else(|| {
+            ApiError::new(Code::Unauthorized, "the key's tenant no longer exists")
+        })?;
+    let tz: chrono_tz::Tz = tenant.time_zone.parse().unwrap_or(chrono_tz::UTC);
     let table = columns.table(key.tenant_id);
     let log_offset = columns.applied();
     let result = tokio::task::spawn_blocking(move || match table {
-        Some(t) => livora_analytics::run(&livora_columnar::ColumnStore::read(&t), &query),
-        None => livora_analytics::run(&Table::default(), &query),
+        Some(t) => livora_analytics::run(&livora_columnar::ColumnStore::read(&t), &query, tz),
+        None => livora_analytics::run(&Table::default(), &query, tz),
     })
     .await
     .map_err(|e| ApiError::internal(&e))?

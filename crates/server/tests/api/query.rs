@@ -138,3 +138,43 @@ async fn funnel_over_live_events_with_identity_merges() {
     assert_eq!(body["steps"][0]["count"], 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn weekly_retention_in_the_tenant_time_zone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app(dir.path()).await;
+    // The test tenant is in UTC. Weeks start on Monday 2026-03-02.
+    let batch = json!({"batch": [
+        {"type": "track", "event": "Signed Up", "userId": "a", "timestamp": "2026-03-02T10:00:00Z"},
+        {"type": "track", "event": "Order Completed", "userId": "a", "timestamp": "2026-03-10T10:00:00Z"},
+        {"type": "track", "event": "Order Completed", "userId": "a", "timestamp": "2026-03-24T10:00:00Z"},
+        {"type": "track", "event": "Signed Up", "userId": "b", "timestamp": "2026-03-04T10:00:00Z"},
+        {"type": "track", "event": "Signed Up", "userId": "c", "timestamp": "2026-03-11T10:00:00Z"},
+        {"type": "track", "event": "Order Completed", "userId": "c", "timestamp": "2026-03-12T10:00:00Z"},
+        {"type": "track", "event": "Order Completed", "userId": "c", "timestamp": "2026-03-18T10:00:00Z"},
+    ]});
+    assert_eq!(app.post("/v1/batch", batch.to_string()).await.0, 200);
+    let q = json!({
+        "kind": "retention", "period": "week", "periods": 4, "from": "2026-03-04T00:00:00Z",
+        "start_event": {"event": "Signed Up"}, "return_event": {"event": "Order Completed"}
+    });
+    let answer = query_when_applied(&app, &q, 7).await;
+    assert_eq!(answer["kind"], "retention");
+    let cohorts = answer["cohorts"].as_array().expect("cohorts");
+    assert_eq!(cohorts.len(), 4);
+    assert_eq!(cohorts[0]["start"], "2026-03-02T00:00:00Z");
+    assert_eq!(cohorts[0]["counts"], json!([2, 1, 0, 1]), "{answer}");
+    assert_eq!(cohorts[0]["percentages"], json!([1.0, 0.5, 0.0, 0.5]));
+    assert_eq!(cohorts[1]["counts"], json!([1, 1, 0]), "{answer}");
+    assert_eq!(cohorts[3]["counts"], json!([0]));
+
+    let mut bad = q.clone();
+    bad["periods"] = json!(0);
+    let (status, body) = query(&app, &bad).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{body}"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,122 @@
+//! Calendar periods (day, ISO week, month) in a tenant's time zone, correct across DST.
+//!
+//! [`Periods`] computes the UTC instants where each local period starts, once per query, so
+//! bucketing an event is a binary search instead of a time-zone conversion.
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+/// The local date of the period containing `date`.
+pub fn period_start(period: Period, date: NaiveDate) -> NaiveDate {
+    match period {
+        Period::Day => date,
+        Period::Week => date - Duration::days(i64::from(date.weekday().num_days_from_monday())),
+        Period::Month => date.with_day(1).unwrap_or(date),
+    }
+}
+
+fn next_start(period: Period, start: NaiveDate) -> NaiveDate {
+    match period {
+        Period::Day => start + Duration::days(1),
+        Period::Week => start + Duration::days(7),
+        Period::Month => start
+            .checked_add_months(chrono::Months::new(1))
+            .unwrap_or(start + Duration::days(31)),
+    }
+}
+
+/// The UTC instant of local midnight starting `date` (the first valid local time that day,
+/// when a DST gap swallows midnight).
+fn local_midnight(tz: Tz, date: NaiveDate) -> Result<DateTime<Utc>, Error> {
+    let mut t = date
+        .and_hms_opt(0, 0, 0)
+        .ok_or_else(|| Error::Invalid(format!("no midnight on {date}")))?;
+    for _ in 0..4 {
+        if let Some(local) = tz.from_local_datetime(&t).earliest() {
+            return Ok(local.with_timezone(&Utc));
+        }
+        t += Duration::hours(1);
+    }
+    Err(Error::Invalid(format!(
+        "no valid local time on {date} in {tz}"
+    )))
+}
+
+/// `count` consecutive periods starting with the one containing `from` (in `tz`).
+#[derive(Debug, Clone)]
+pub struct Periods {
+    /// `count + 1` boundaries in µs: period `i` is `[bounds[i], bounds[i + 1])`.
+    pub bounds: Vec<i64>,
+    pub starts: Vec<DateTime<Utc>>,
+}
+
+impl Periods {
+    pub fn new(tz: Tz, period: Period, from: DateTime<Utc>, count: usize) -> Result<Self, Error> {
+        let mut date = period_start(period, from.with_timezone(&tz).date_naive());
+        let mut starts = Vec::with_capacity(count + 1);
+        for _ in 0..=count {
+            starts.push(local_midnight(tz, date)?);
+            date = next_start(period, date);
+        }
+        Ok(Self {
+            bounds: starts.iter().map(DateTime::timestamp_micros).collect(),
+            starts: starts[..count].to_vec(),
+        })
+    }
+
+    /// The period index of `ts_us`, if inside.
+    pub fn index(&self, ts_us: i64) -> Option<usize> {
+        let first = *self.bounds.first()?;
+        let last = *self.bounds.last()?;
+        if ts_us < first || ts_us >= last {
+            return None;
+        }
+        Some(self.bounds.partition_point(|b| *b <= ts_us) - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_follow_dst_in_the_tenant_zone() {
+        let tz: Tz = "Europe/Paris".parse().expect("tz");
+        let from: DateTime<Utc> = "2026-03-28T12:00:00Z".parse().expect("time");
+        let p = Periods::new(tz, Period::Day, from, 3).expect("periods");
+        // 28 March is 24 h, 29 March (clocks go forward) is 23 h.
+        let hours: Vec<i64> = p
+            .bounds
+            .windows(2)
+            .map(|w| (w[1] - w[0]) / 3_600_000_000)
+            .collect();
+        assert_eq!(hours, vec![24, 23, 24]);
+        assert_eq!(p.starts[0].to_rfc3339(), "2026-03-27T23:00:00+00:00");
+        // 23:30 UTC on 28 March is already 29 March in Paris.
+        let t: DateTime<Utc> = "2026-03-28T23:30:00Z".parse().expect("time");
+        assert_eq!(p.index(t.timestamp_micros()), Some(1));
+    }
+
+    #[test]
+    fn weeks_start_on_monday_and_months_on_the_first() {
+        let tz: Tz = "UTC".parse().expect("tz");
+        let from: DateTime<Utc> = "2026-01-15T10:00:00Z".parse().expect("time"); // a Thursday
+        let w = Periods::new(tz, Period::Week, from, 2).expect("periods");
+        assert_eq!(w.starts[0].to_rfc3339(), "2026-01-12T00:00:00+00:00");
+        let m = Periods::new(tz, Period::Month, from, 2).expect("periods");
+        assert_eq!(m.starts[1].to_rfc3339(), "2026-02-01T00:00:00+00:00");
+        assert_eq!(m.index(from.timestamp_micros()), Some(0));
+        assert_eq!(m.index(0), None);
+    }
+}

@@ -1,0 +1,187 @@
+//! Retention: of the persons who did the start event in a period, how many did the return
+//! event 1, 2, … periods later.
+//!
+//! - `cohort: first` (default): a person belongs to the period of their first start event
+//!   ever (not just in range); persons whose first start event lies before `from` are in no
+//!   cohort.
+//! - `cohort: any`: a person belongs to every period in which they did the start event.
+//!
+//! Periods are days, ISO weeks or months in the tenant's time zone ([`crate::period`]).
+//! `counts[0]` is the cohort's size; `counts[k]` is how many of them did the return event in
+//! the k-th period after their cohort's. Persons are merged identities.
+//!
+//! The kernel keeps per-person state in flat arrays indexed by canonical person id (first
+//! start time, bitsets of periods), one pass over the table, no sort.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use livora_columnar::Table;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::funnel::{Matcher, Step};
+use crate::period::{Period, Periods};
+
+/// The most periods a retention query may span.
+pub const MAX_PERIODS: usize = 370;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cohort {
+    #[default]
+    First,
+    Any,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionQuery {
+    pub start_event: Step,
+    pub return_event: Step,
+    pub period: Period,
+    /// How many periods, starting with the one containing `from`.
+    pub periods: usize,
+    pub from: DateTime<Utc>,
+    #[serde(default)]
+    pub cohort: Cohort,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetentionResult {
+    pub cohorts: Vec<CohortRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CohortRow {
+    /// Start of the cohort's period (local midnight, as UTC).
+    pub start: DateTime<Utc>,
+    pub size: u64,
+    /// `counts[k]`: persons active in the k-th period after the cohort's (`counts[0] = size`).
+    pub counts: Vec<u64>,
+    /// `counts[k] / size` (0 when the cohort is empty).
+    pub percentages: Vec<f64>,
+}
+
+impl RetentionQuery {
+    fn validate(&self) -> Result<(), Error> {
+        self.start_event.validate("`start_event`")?;
+        self.return_event.validate("`return_event`")?;
+        if !(1..=MAX_PERIODS).contains(&self.periods) {
+            return Err(Error::Invalid(format!(
+                "`periods` must be between 1 and {MAX_PERIODS}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a retention query over a tenant's table in time zone `tz`.
+pub fn retention(
+    t: &Table,
+    redirects: &[u32],
+    q: &RetentionQuery,
+    tz: Tz,
+) -> Result<RetentionResult, Error> {
+    q.validate()?;
+    let n = q.periods;
+    let periods = Periods::new(tz, q.period, q.from, n)?;
+    let start = Matcher::new(t, &q.start_event);
+    let back = Matcher::new(t, &q.return_event);
+    let persons = redirects.len().max(t.persons.len());
+    let words = n.div_ceil(64);
+    let mut first = vec![
+        i64::MAX;
+        if q.cohort == Cohort::First {
+            persons
+        } else {
+            0
+        }
+    ];
+    let mut starts = vec![
+        0u64;
+        if q.cohort == Cohort::Any {
+            persons * words
+        } else {
+            0
+        }
+    ];
+    let mut returns = vec![0u64; persons * words];
+    for row in 0..t.len() {
+        let ts = t.ts[row];
+        let is_start = start.matches(t, row);
+        let is_return = back.matches(t, row);
+        if !is_start && !is_return {
+            continue;
+        }
+        let p = t.person[row] as usize;
+        let person = redirects.get(p).map_or(p, |r| *r as usize);
+        if is_start {
+            match q.cohort {
+                Cohort::First => first[person] = first[person].min(ts),
+                Cohort::Any => {
+                    if let Some(i) = periods.index(ts) {
+                        starts[person * words + i / 64] |= 1 << (i % 64);
+                    }
+                }
+            }
+        }
+        if is_return && let Some(i) = periods.index(ts) {
+            returns[person * words + i / 64] |= 1 << (i % 64);
+        }
+    }
+    let bit = |v: &[u64], person: usize, i: usize| v[person * words + i / 64] >> (i % 64) & 1 == 1;
+    let mut counts = vec![vec![0u64; n]; n];
+    for person in 0..persons {
+        let mut add = |c: usize| {
+            counts[c][0] += 1;
+            for k in 1..n - c {
+                if bit(&returns, person, c + k) {
+                    counts[c][k] += 1;
+                }
+            }
+        };
+        match q.cohort {
+            Cohort::First => {
+                if first[person] != i64::MAX
+                    && let Some(c) = periods.index(first[person])
+                {
+                    add(c);
+                }
+            }
+            Cohort::Any => {
+                for c in 0..n {
+                    if bit(&starts, person, c) {
+                        add(c);
+                    }
+                }
+            }
+        }
+    }
+    let cohorts = counts
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut row)| {
+            row.truncate(n - c);
+            let size = row[0];
+            CohortRow {
+                start: periods.starts[c],
+                size,
+                percentages: row
+                    .iter()
+                    .map(|k| {
+                        if size == 0 {
+                            0.0
+                        } else {
+                            *k as f64 / size as f64
+                        }
+                    })
+                    .collect(),
+                counts: row,
+            }
+        })
+        .collect();
+    Ok(RetentionResult { cohorts })
+}
+
+#[cfg(test)]
+mod tests;

@@ -76,6 +76,8 @@ impl RetentionQuery {
 }
 
 /// Runs a retention query over a tenant's table in time zone `tz`.
+// The person loop indexes several flat per-person arrays at once.
+#[allow(clippy::needless_range_loop)]
 pub fn retention(
     t: &Table,
     redirects: &[u32],
@@ -133,10 +135,9 @@ pub fn retention(
     let mut counts = vec![vec![0u64; n]; n];
     for person in 0..persons {
         let mut add = |c: usize| {
-            counts[c][0] += 1;
-            for k in 1..n - c {
-                if bit(&returns, person, c + k) {
-                    counts[c][k] += 1;
+            for (k, slot) in counts[c].iter_mut().enumerate().take(n - c) {
+                if k == 0 || bit(&returns, person, c + k) {
+                    *slot += 1;
                 }
             }
         };

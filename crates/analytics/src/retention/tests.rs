@@ -62,9 +62,9 @@ fn reference(
         };
         for c in cohorts {
             counts[c][0] += 1;
-            for k in 1..q.periods - c {
+            for (k, slot) in counts[c].iter_mut().enumerate().take(q.periods - c).skip(1) {
                 if mine.iter().any(|e| e.3 && idx(e.1) == Some(c + k)) {
-                    counts[c][k] += 1;
+                    *slot += 1;
                 }
             }
         }

@@ -87,6 +87,41 @@ def main():
     ch_text, ch_ms = timed(lambda: sess.query(ch_sql).bytes())
     ch = levels_to_counts(json.loads(ch_text)["data"], len(steps))
 
+    # Retention: cohorts by the week of each person's first start event ever, returns by week.
+    r = livora["retention"]
+    r0, wk, nper = r["from_us"], r["period_us"], r["periods"]
+    start_ev, ret_ev = r["start_event"].replace("'", "''"), r["return_event"].replace("'", "''")
+    duck_ret_sql = f"""
+        WITH firsts AS (SELECT person, min(ts) AS f FROM e WHERE event = '{start_ev}' GROUP BY person),
+        cohort AS (SELECT person, CAST(floor((f - {r0}) / {wk}) AS BIGINT) AS c FROM firsts
+                   WHERE f >= {r0} AND f < {r0} + {nper} * {wk}),
+        ret AS (SELECT DISTINCT person, CAST(floor((ts - {r0}) / {wk}) AS BIGINT) AS w FROM e
+                WHERE event = '{ret_ev}' AND ts >= {r0} AND ts < {r0} + {nper} * {wk})
+        SELECT c, 0 AS k, count(*) FROM cohort GROUP BY c
+        UNION ALL
+        SELECT c, w - c AS k, count(*) FROM cohort JOIN ret USING (person) WHERE w > c GROUP BY c, k"""
+    duck_ret, duck_ret_ms = timed(lambda: con.execute(duck_ret_sql).fetchall())
+    ch_ret_sql = f"""
+        WITH firsts AS (SELECT person, min(ts) AS f FROM b.e WHERE event = '{start_ev}' GROUP BY person),
+        cohort AS (SELECT person, intDiv(f - {r0}, {wk}) AS c FROM firsts
+                   WHERE f >= {r0} AND f < {r0} + {nper} * {wk}),
+        ret AS (SELECT DISTINCT person, intDiv(ts - {r0}, {wk}) AS w FROM b.e
+                WHERE event = '{ret_ev}' AND ts >= {r0} AND ts < {r0} + {nper} * {wk})
+        SELECT c, 0 AS k, count() FROM cohort GROUP BY c
+        UNION ALL
+        SELECT c, w - c AS k, count() FROM cohort INNER JOIN ret USING (person) WHERE w > c GROUP BY c, k
+        FORMAT JSONCompact"""
+    ch_ret_text, ch_ret_ms = timed(lambda: sess.query(ch_ret_sql).bytes())
+
+    def matrix(rows):
+        m = [[0] * (nper - c) for c in range(nper)]
+        for c, k, n in rows:
+            m[int(c)][int(k)] = int(n)
+        return m
+
+    duck_m = matrix(duck_ret)
+    ch_m = matrix(json.loads(ch_ret_text)["data"])
+
     mine = livora["counts"]
     print(f"funnel over {livora['events']:,} events, {livora['persons']:,} persons, {len(steps)} steps, 7-day window")
     print(f"  {'engine':8} {'median ms':>10}  counts per step")
@@ -95,10 +130,20 @@ def main():
     print(f"  {'chdb':8} {ch_ms:10.1f}  {ch}")
     best = min(duck_ms, ch_ms)
     print(f"  livora speed-up over the faster peer: {best / livora['median_ms']:.2f}x")
-    if not (mine == duck == ch):
+    funnel_same = mine == duck == ch
+    print(f"  answers: {'identical' if funnel_same else 'DIFFERENT'}")
+
+    print(f"retention: weekly, {nper} weeks, cohort = week of first '{r['start_event']}', return = '{r['return_event']}'")
+    print(f"  {'engine':8} {'median ms':>10}  first cohort row")
+    print(f"  {'livora':8} {r['median_ms']:10.1f}  {r['matrix'][0]}")
+    print(f"  {'duckdb':8} {duck_ret_ms:10.1f}  {duck_m[0]}")
+    print(f"  {'chdb':8} {ch_ret_ms:10.1f}  {ch_m[0]}")
+    print(f"  livora speed-up over the faster peer: {min(duck_ret_ms, ch_ret_ms) / r['median_ms']:.2f}x")
+    retention_same = r["matrix"] == duck_m == ch_m
+    print(f"  answers (all {nper} cohorts): {'identical' if retention_same else 'DIFFERENT'}")
+    if not (funnel_same and retention_same):
         print("ANSWERS DIFFER", file=sys.stderr)
         sys.exit(1)
-    print("  answers: identical")
 
 
 if __name__ == "__main__":

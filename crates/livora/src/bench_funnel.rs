@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use livora_analytics::funnel::{FunnelQuery, Order, Step, funnel};
+use livora_analytics::period::Period;
+use livora_analytics::retention::{Cohort, RetentionQuery, retention};
 use livora_columnar::Table;
 use livora_model::ingest::{Envelope, normalise, parse_item};
 use rand::{Rng, SeedableRng};
@@ -93,6 +95,38 @@ pub fn run(b: &FunnelBench) -> anyhow::Result<()> {
     let counts: Vec<u64> = result
         .map(|r| r.steps.iter().map(|s| s.count).collect())
         .unwrap_or_default();
+
+    // Weekly retention, 8 weeks from the first Monday 8 weeks before the end: cohorts by first
+    // product view, returning with an order.
+    let first_monday: DateTime<Utc> = "2025-11-03T00:00:00Z".parse().context("monday")?;
+    let rq = RetentionQuery {
+        start_event: Step {
+            event: STEPS[0].into(),
+            filters: vec![],
+        },
+        return_event: Step {
+            event: STEPS[3].into(),
+            filters: vec![],
+        },
+        period: Period::Week,
+        periods: 8,
+        from: first_monday,
+        cohort: Cohort::First,
+    };
+    let mut rtimes = Vec::new();
+    let mut matrix = Vec::new();
+    for _ in 0..b.runs.max(1) {
+        let t = Instant::now();
+        let redirects = table.persons.redirects();
+        let r = retention(&table, &redirects, &rq, chrono_tz::UTC)?;
+        rtimes.push(t.elapsed().as_secs_f64() * 1000.0);
+        matrix = r
+            .cohorts
+            .iter()
+            .map(|c| c.counts.clone())
+            .collect::<Vec<_>>();
+    }
+    rtimes.sort_by(f64::total_cmp);
     let persons = redirects
         .iter()
         .enumerate()
@@ -111,6 +145,15 @@ pub fn run(b: &FunnelBench) -> anyhow::Result<()> {
             "counts": counts,
             "median_ms": times[times.len() / 2],
             "runs_ms": times,
+            "retention": {
+                "start_event": STEPS[0],
+                "return_event": STEPS[3],
+                "from_us": first_monday.timestamp_micros(),
+                "period_us": 7 * 86_400_000_000i64,
+                "periods": 8,
+                "matrix": matrix,
+                "median_ms": rtimes[rtimes.len() / 2],
+            },
         })
     );
     Ok(())

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Runs Livora's funnel answer (from `livora bench funnel`) against DuckDB and chDB on the same
-CSV, checks that all three agree, and prints median latencies and Livora's speed-up.
+"""Runs Livora's funnel and retention answers (from `livora bench analytics`) against DuckDB and
+chDB on the same CSV, checks that all three agree, and prints median latencies and Livora's
+speed-up.
 
 DuckDB has no windowFunnel: one ASOF LEFT JOIN per step gives the same answer (from every
 first-step event, the earliest next step at or after the previous one, within the window of
-the first step). chDB runs ClickHouse's own windowFunnel on a MergeTree table.
+the first step). chDB runs ClickHouse's own windowFunnel on a MergeTree table. Retention is
+the same SQL in both (cohort = week of the first start event ever; returns by week), since
+ClickHouse's `retention()` aggregate has no "first occurrence" cohort.
 """
 import json
 import statistics

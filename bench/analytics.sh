@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Funnel benchmark: Livora vs DuckDB vs chDB (the ClickHouse engine) on the same generated data,
+# Analytics benchmark (a funnel and weekly retention): Livora vs DuckDB vs chDB (the ClickHouse engine) on the same generated data,
 # with the answers compared. Usage: bench/analytics.sh [EVENTS] (default 1000000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,5 +13,5 @@ fi
 cargo build --release -q -p livora
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-"$CARGO_TARGET_DIR/release/livora" bench funnel --events "$EVENTS" --runs 5 --csv "$WORK/events.csv" > "$WORK/livora.json"
+"$CARGO_TARGET_DIR/release/livora" bench analytics --events "$EVENTS" --runs 5 --csv "$WORK/events.csv" > "$WORK/livora.json"
 "$VENV/bin/python" bench/analytics.py "$WORK/livora.json" "$WORK/events.csv"

@@ -25,9 +25,9 @@ use crate::client::Client;
 pub enum BenchCommand {
     /// Durable events/s through HTTP vs. the same work without HTTP.
     Ingest(IngestBench),
-    /// A 4-step funnel over generated shop data (bench/analytics.sh compares the answer and
-    /// the time with DuckDB and chDB on the same data).
-    Funnel(crate::bench_funnel::FunnelBench),
+    /// A funnel and a retention query over generated shop data (bench/analytics.sh compares
+    /// the answers and the times with DuckDB and chDB on the same data).
+    Analytics(crate::bench_analytics::AnalyticsBench),
 }
 
 #[derive(clap::Args, Clone)]
@@ -59,8 +59,8 @@ pub struct IngestBench {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(b) => ingest(b).await,
-        BenchCommand::Funnel(b) => {
-            tokio::task::spawn_blocking(move || crate::bench_funnel::run(&b)).await?
+        BenchCommand::Analytics(b) => {
+            tokio::task::spawn_blocking(move || crate::bench_analytics::run(&b)).await?
         }
     }
 }

@@ -4,7 +4,7 @@
 
 mod admin;
 mod bench;
-mod bench_funnel;
+mod bench_analytics;
 mod client;
 mod config;
 mod demo;

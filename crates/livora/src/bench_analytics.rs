@@ -1,7 +1,8 @@
-//! `livora bench funnel`: generated shop traffic in a column-store table, a 4-step funnel
-//! (view -> add -> checkout -> order, 7 days) timed over several runs, and the same events
-//! written as CSV (with merged person ids) for other engines. `bench/analytics.sh` runs this
-//! and the same funnel in DuckDB and chDB, and compares the answers.
+//! `livora bench analytics`: generated shop traffic in a column-store table; a 4-step funnel
+//! (view -> add -> checkout -> order, 7 days) and a weekly retention matrix (8 weeks), each
+//! timed over several runs; the same events written as CSV (with merged person ids) for other
+//! engines. `bench/analytics.sh` runs this and the same queries in DuckDB and chDB, and
+//! compares the answers.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use serde_json::json;
 use crate::demo::Shop;
 
 #[derive(clap::Args, Clone)]
-pub struct FunnelBench {
+pub struct AnalyticsBench {
     /// Events to generate (about).
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
@@ -40,7 +41,7 @@ pub const STEPS: [&str; 4] = [
 ];
 pub const WINDOW_SECONDS: i64 = 7 * 86_400;
 
-pub fn run(b: &FunnelBench) -> anyhow::Result<()> {
+pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     let end: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().context("end time")?;
     let days = 90;
     let mut shop = Shop::new(11);

@@ -242,16 +242,28 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
     let to = q.to.timestamp_micros();
     let scan_to = to.saturating_add(window);
 
-    // (canonical person, ts, row, mask) for every event in range. Strict mode needs the
-    // events that match no step too: they break chains.
-    let mut events: Vec<(u32, i64, u32, u64)> = Vec::new();
+    // Steps without filters match by event name alone: one table lookup per row.
+    let mut by_name = vec![0u64; t.names.len()];
+    let mut filtered = Vec::new();
+    for (i, (m, step)) in matchers.iter().zip(&q.steps).enumerate() {
+        match (m.name, step.filters.is_empty()) {
+            (Some(name), true) => by_name[name as usize] |= 1 << i,
+            (Some(_), false) => filtered.push((i, m)),
+            (None, _) => {}
+        }
+    }
+    // Pass 1: the mask and canonical person of every event in range, and how many events each
+    // person has. Strict mode needs the events that match no step too: they break chains.
+    let persons = redirects.len().max(t.persons.len());
+    let mut per_person = vec![0u32; persons + 1];
+    let mut events: Vec<(u32, Row)> = Vec::new();
     for row in 0..t.len() {
         let ts = t.ts[row];
         if ts < from || ts > scan_to {
             continue;
         }
-        let mut mask = 0u64;
-        for (i, m) in matchers.iter().enumerate() {
+        let mut mask = by_name[t.name[row] as usize];
+        for (i, m) in &filtered {
             if m.matches(t, row) {
                 mask |= 1 << i;
             }
@@ -259,23 +271,40 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
         if mask != 0 || q.order == Order::Strict {
             let p = t.person[row] as usize;
             let person = redirects.get(p).copied().unwrap_or(p as u32);
-            events.push((person, ts, row as u32, mask));
+            per_person[person as usize + 1] += 1;
+            events.push((person, Row { ts, mask }));
         }
     }
-    // Ties in time go in step order (ClickHouse sorts its (time, step) pairs the same way),
-    // then in arrival order.
-    events.sort_unstable_by_key(|e| (e.0, e.1, e.3.trailing_zeros(), e.2));
+    // Pass 2: group by person with a counting sort (persons are dense ids), keeping arrival
+    // order; then order each person's few events by time. Ties in time go in step order (as
+    // ClickHouse sorts its (time, step) pairs), then in arrival order.
+    for i in 1..per_person.len() {
+        per_person[i] += per_person[i - 1];
+    }
+    let mut grouped = vec![Row { ts: 0, mask: 0 }; events.len()];
+    let mut next = per_person.clone();
+    for (person, r) in &events {
+        let slot = &mut next[*person as usize];
+        grouped[*slot as usize] = *r;
+        *slot += 1;
+    }
+    drop(events);
 
     let mut counts = vec![0u64; n];
     let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
-    let mut rows = Vec::new();
-    for group in events.chunk_by(|a, b| a.0 == b.0) {
-        rows.clear();
-        rows.extend(group.iter().map(|e| Row { ts: e.1, mask: e.3 }));
+    for w in per_person.windows(2) {
+        let rows = &mut grouped[w[0] as usize..w[1] as usize];
+        if rows.is_empty() {
+            continue;
+        }
+        let key = |r: &Row| (r.ts, r.mask.trailing_zeros());
+        if !rows.is_sorted_by_key(key) {
+            rows.sort_by_key(key);
+        }
         let reached = match q.order {
-            Order::Ordered => ordered(&rows, n, window, from, to),
-            Order::Strict => strict(&rows, n, window, from, to),
-            Order::Any => any_order(&rows, n, window, from, to),
+            Order::Ordered => ordered(rows, n, window, from, to),
+            Order::Strict => strict(rows, n, window, from, to),
+            Order::Any => any_order(rows, n, window, from, to),
         };
         for c in counts.iter_mut().take(reached.level) {
             *c += 1;

@@ -251,3 +251,51 @@ fn bad_queries_say_what_is_wrong() {
         "30 steps are fine"
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The whole query (filters by name, identity merges, grouping, ordering of ties) against
+    /// a plain one: group rows by canonical person in a map, sort, run the reference kernel.
+    #[test]
+    fn whole_funnel_matches_reference(
+        raw in proptest::collection::vec((0u8..6, 0u8..4, 0i64..30, any::<bool>()), 1..50),
+        merges in proptest::collection::vec((0u8..6, 0u8..6), 0..3),
+        window in 1i64..15,
+    ) {
+        let names = ["A", "B", "C", "X"];
+        let mut t = Table::default();
+        for (a, u) in &merges {
+            t.push_json(format!(r#"{{"type":"identify","userId":"u{u}","anonymousId":"a{a}","timestamp":"2026-01-01T00:00:00Z"}}"#).as_bytes()).expect("push");
+        }
+        for (p, e, ts, anon) in &raw {
+            let who = if *anon { format!(r#""anonymousId":"a{p}""#) } else { format!(r#""userId":"u{p}""#) };
+            let time = Utc.timestamp_opt(1_767_225_600 + ts, 0).single().expect("time").to_rfc3339();
+            t.push_json(format!(r#"{{"type":"track","event":"{}",{who},"timestamp":"{time}"}}"#, names[*e as usize]).as_bytes()).expect("push");
+        }
+        let redirects = t.persons.redirects();
+        let mut q = query(Order::Ordered, &[("A", vec![]), ("B", vec![]), ("C", vec![])]);
+        q.window_seconds = window;
+        q.from = Utc.timestamp_opt(1_767_225_600, 0).single().expect("time");
+        q.to = Utc.timestamp_opt(1_767_225_600 + 20, 0).single().expect("time");
+        let got: Vec<u64> = funnel(&t, &redirects, &q).expect("funnel").steps.iter().map(|s| s.count).collect();
+
+        let mut groups: std::collections::BTreeMap<u32, Vec<(i64, u32, usize)>> = Default::default();
+        for row in 0..t.len() {
+            let name = t.names.value(t.name[row]).expect("name");
+            let step = ["A", "B", "C"].iter().position(|n| *n == name);
+            let mask = step.map_or(0u64, |s| 1 << s);
+            if mask == 0 { continue; }
+            groups.entry(redirects[t.person[row] as usize]).or_default().push((t.ts[row], mask.trailing_zeros(), row));
+        }
+        let mut expected = vec![0u64; 3];
+        let (from, to) = (q.from.timestamp_micros(), q.to.timestamp_micros());
+        for events in groups.values_mut() {
+            events.sort();
+            let rows: Vec<Row> = events.iter().map(|(ts, bit, _)| Row { ts: *ts, mask: 1 << bit }).collect();
+            let level = ordered_ref(&rows, 3, window * 1_000_000, from, to);
+            for c in expected.iter_mut().take(level) { *c += 1; }
+        }
+        prop_assert_eq!(got, expected);
+    }
+}

@@ -24,6 +24,8 @@ use livora_columnar::Table;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use rayon::prelude::*;
+
 use crate::Error;
 
 /// The most steps a funnel may have.
@@ -252,65 +254,107 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
             (None, _) => {}
         }
     }
-    // Pass 1: the mask and canonical person of every event in range, and how many events each
-    // person has. Strict mode needs the events that match no step too: they break chains.
+    // Pass 1, split across cores by row range: the mask and canonical person of every event
+    // in range. Strict mode needs the events that match no step too: they break chains.
     let persons = redirects.len().max(t.persons.len());
-    let mut per_person = vec![0u32; persons + 1];
-    let mut events: Vec<(u32, Row)> = Vec::new();
-    for row in 0..t.len() {
-        let ts = t.ts[row];
-        if ts < from || ts > scan_to {
-            continue;
-        }
-        let mut mask = by_name[t.name[row] as usize];
-        for (i, m) in &filtered {
-            if m.matches(t, row) {
-                mask |= 1 << i;
+    let chunks = crate::parallel::ranges(t.len());
+    let parts: Vec<Vec<(u32, Row)>> = chunks
+        .into_par_iter()
+        .map(|range| {
+            let mut out = Vec::new();
+            for row in range {
+                let ts = t.ts[row];
+                if ts < from || ts > scan_to {
+                    continue;
+                }
+                let mut mask = by_name[t.name[row] as usize];
+                for (i, m) in &filtered {
+                    if m.matches(t, row) {
+                        mask |= 1 << i;
+                    }
+                }
+                if mask != 0 || q.order == Order::Strict {
+                    let p = t.person[row] as usize;
+                    let person = redirects.get(p).copied().unwrap_or(p as u32);
+                    out.push((person, Row { ts, mask }));
+                }
             }
-        }
-        if mask != 0 || q.order == Order::Strict {
-            let p = t.person[row] as usize;
-            let person = redirects.get(p).copied().unwrap_or(p as u32);
-            per_person[person as usize + 1] += 1;
-            events.push((person, Row { ts, mask }));
-        }
-    }
+            out
+        })
+        .collect();
     // Pass 2: group by person with a counting sort (persons are dense ids), keeping arrival
-    // order; then order each person's few events by time. Ties in time go in step order (as
-    // ClickHouse sorts its (time, step) pairs), then in arrival order.
+    // order (the parts are in row order).
+    let mut per_person = vec![0u32; persons + 1];
+    for (person, _) in parts.iter().flatten() {
+        per_person[*person as usize + 1] += 1;
+    }
     for i in 1..per_person.len() {
         per_person[i] += per_person[i - 1];
     }
-    let mut grouped = vec![Row { ts: 0, mask: 0 }; events.len()];
+    let mut grouped = vec![Row { ts: 0, mask: 0 }; per_person[persons] as usize];
     let mut next = per_person.clone();
-    for (person, r) in &events {
+    for (person, r) in parts.iter().flatten() {
         let slot = &mut next[*person as usize];
         grouped[*slot as usize] = *r;
         *slot += 1;
     }
-    drop(events);
+    drop(parts);
 
+    // Pass 3, split across cores by person range: order each person's few events by time
+    // (ties in step order, as ClickHouse sorts its (time, step) pairs, then arrival order),
+    // run the kernel, and sum.
+    let bounds: Vec<(usize, usize)> = crate::parallel::ranges(persons)
+        .into_iter()
+        .map(|r| (r.start, r.end))
+        .collect();
+    let mut slices = Vec::with_capacity(bounds.len());
+    let mut rest: &mut [Row] = &mut grouped;
+    for (lo, hi) in &bounds {
+        let len = (per_person[*hi] - per_person[*lo]) as usize;
+        let (head, tail) = rest.split_at_mut(len);
+        slices.push((*lo, *hi, head));
+        rest = tail;
+    }
+    let partials: Vec<(Vec<u64>, Vec<Vec<i64>>)> = slices
+        .into_par_iter()
+        .map(|(lo, hi, rows)| {
+            let base = per_person[lo] as usize;
+            let mut counts = vec![0u64; n];
+            let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
+            for p in lo..hi {
+                let (a, b) = (
+                    per_person[p] as usize - base,
+                    per_person[p + 1] as usize - base,
+                );
+                let rows = &mut rows[a..b];
+                if rows.is_empty() {
+                    continue;
+                }
+                let key = |r: &Row| (r.ts, r.mask.trailing_zeros());
+                if !rows.is_sorted_by_key(key) {
+                    rows.sort_by_key(key);
+                }
+                let reached = match q.order {
+                    Order::Ordered => ordered(rows, n, window, from, to),
+                    Order::Strict => strict(rows, n, window, from, to),
+                    Order::Any => any_order(rows, n, window, from, to),
+                };
+                for c in counts.iter_mut().take(reached.level) {
+                    *c += 1;
+                }
+                for (i, us) in reached.elapsed_us.iter().enumerate() {
+                    elapsed[i].push(*us);
+                }
+            }
+            (counts, elapsed)
+        })
+        .collect();
     let mut counts = vec![0u64; n];
     let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
-    for w in per_person.windows(2) {
-        let rows = &mut grouped[w[0] as usize..w[1] as usize];
-        if rows.is_empty() {
-            continue;
-        }
-        let key = |r: &Row| (r.ts, r.mask.trailing_zeros());
-        if !rows.is_sorted_by_key(key) {
-            rows.sort_by_key(key);
-        }
-        let reached = match q.order {
-            Order::Ordered => ordered(rows, n, window, from, to),
-            Order::Strict => strict(rows, n, window, from, to),
-            Order::Any => any_order(rows, n, window, from, to),
-        };
-        for c in counts.iter_mut().take(reached.level) {
-            *c += 1;
-        }
-        for (i, us) in reached.elapsed_us.iter().enumerate() {
-            elapsed[i].push(*us);
+    for (c, e) in partials {
+        for i in 0..n {
+            counts[i] += c[i];
+            elapsed[i].extend_from_slice(&e[i]);
         }
     }
 

@@ -11,6 +11,7 @@
 
 mod error;
 pub mod funnel;
+mod parallel;
 pub mod period;
 pub mod retention;
 

@@ -18,6 +18,8 @@ use chrono_tz::Tz;
 use livora_columnar::Table;
 use serde::{Deserialize, Serialize};
 
+use rayon::prelude::*;
+
 use crate::Error;
 use crate::funnel::{Matcher, Step};
 use crate::period::{Period, Periods};
@@ -91,46 +93,48 @@ pub fn retention(
     let back = Matcher::new(t, &q.return_event);
     let persons = redirects.len().max(t.persons.len());
     let words = n.div_ceil(64);
-    let mut first = vec![
-        i64::MAX;
-        if q.cohort == Cohort::First {
-            persons
-        } else {
-            0
-        }
-    ];
-    let mut starts = vec![
-        0u64;
-        if q.cohort == Cohort::Any {
-            persons * words
-        } else {
-            0
-        }
-    ];
-    let mut returns = vec![0u64; persons * words];
-    for row in 0..t.len() {
-        let ts = t.ts[row];
-        let is_start = start.matches(t, row);
-        let is_return = back.matches(t, row);
-        if !is_start && !is_return {
-            continue;
-        }
-        let p = t.person[row] as usize;
-        let person = redirects.get(p).map_or(p, |r| *r as usize);
-        if is_start {
-            match q.cohort {
-                Cohort::First => first[person] = first[person].min(ts),
-                Cohort::Any => {
-                    if let Some(i) = periods.index(ts) {
-                        starts[person * words + i / 64] |= 1 << (i % 64);
+    let first_cohort = q.cohort == Cohort::First;
+    // One pass over the rows, split across cores; each part keeps flat per-person state,
+    // merged afterwards (minimum of first times, union of period bits).
+    let parts: Vec<State> = crate::parallel::per_core(t.len())
+        .into_par_iter()
+        .map(|range| {
+            let mut st = State::new(persons, words, first_cohort);
+            for row in range {
+                let is_start = start.matches(t, row);
+                let is_return = back.matches(t, row);
+                if !is_start && !is_return {
+                    continue;
+                }
+                let ts = t.ts[row];
+                let p = t.person[row] as usize;
+                let person = redirects.get(p).map_or(p, |r| *r as usize);
+                if is_start {
+                    if first_cohort {
+                        st.first[person] = st.first[person].min(ts);
+                    } else if let Some(i) = periods.index(ts) {
+                        st.starts[person * words + i / 64] |= 1 << (i % 64);
                     }
                 }
+                if is_return && let Some(i) = periods.index(ts) {
+                    st.returns[person * words + i / 64] |= 1 << (i % 64);
+                }
             }
-        }
-        if is_return && let Some(i) = periods.index(ts) {
-            returns[person * words + i / 64] |= 1 << (i % 64);
-        }
+            st
+        })
+        .collect();
+    let mut parts = parts.into_iter();
+    let mut st = parts
+        .next()
+        .unwrap_or_else(|| State::new(persons, words, first_cohort));
+    for other in parts {
+        st.merge(&other);
     }
+    let State {
+        first,
+        starts,
+        returns,
+    } = st;
     let bit = |v: &[u64], person: usize, i: usize| v[person * words + i / 64] >> (i % 64) & 1 == 1;
     let mut counts = vec![vec![0u64; n]; n];
     for person in 0..persons {
@@ -182,6 +186,38 @@ pub fn retention(
         })
         .collect();
     Ok(RetentionResult { cohorts })
+}
+
+/// Per-person state of one part of the scan.
+struct State {
+    /// First start event time (`i64::MAX`: none), for `cohort: first`.
+    first: Vec<i64>,
+    /// Periods with a start event, for `cohort: any`.
+    starts: Vec<u64>,
+    /// Periods with a return event.
+    returns: Vec<u64>,
+}
+
+impl State {
+    fn new(persons: usize, words: usize, first_cohort: bool) -> Self {
+        Self {
+            first: vec![i64::MAX; if first_cohort { persons } else { 0 }],
+            starts: vec![0; if first_cohort { 0 } else { persons * words }],
+            returns: vec![0; persons * words],
+        }
+    }
+
+    fn merge(&mut self, other: &State) {
+        for (a, b) in self.first.iter_mut().zip(&other.first) {
+            *a = (*a).min(*b);
+        }
+        for (a, b) in self.starts.iter_mut().zip(&other.starts) {
+            *a |= *b;
+        }
+        for (a, b) in self.returns.iter_mut().zip(&other.returns) {
+            *a |= *b;
+        }
+    }
 }
 
 #[cfg(test)]

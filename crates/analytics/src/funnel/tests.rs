@@ -280,22 +280,96 @@ proptest! {
         q.to = Utc.timestamp_opt(1_767_225_600 + 20, 0).single().expect("time");
         let got: Vec<u64> = funnel(&t, &redirects, &q).expect("funnel").steps.iter().map(|s| s.count).collect();
 
-        let mut groups: std::collections::BTreeMap<u32, Vec<(i64, u32, usize)>> = Default::default();
-        for row in 0..t.len() {
-            let name = t.names.value(t.name[row]).expect("name");
-            let step = ["A", "B", "C"].iter().position(|n| *n == name);
-            let mask = step.map_or(0u64, |s| 1 << s);
-            if mask == 0 { continue; }
-            groups.entry(redirects[t.person[row] as usize]).or_default().push((t.ts[row], mask.trailing_zeros(), row));
-        }
-        let mut expected = vec![0u64; 3];
-        let (from, to) = (q.from.timestamp_micros(), q.to.timestamp_micros());
-        for events in groups.values_mut() {
-            events.sort();
-            let rows: Vec<Row> = events.iter().map(|(ts, bit, _)| Row { ts: *ts, mask: 1 << bit }).collect();
-            let level = ordered_ref(&rows, 3, window * 1_000_000, from, to);
-            for c in expected.iter_mut().take(level) { *c += 1; }
-        }
+        let expected = whole_reference(&t, &redirects, &q);
         prop_assert_eq!(got, expected);
     }
+}
+
+/// The whole query done plainly: rows grouped by canonical person in a map, sorted by (time,
+/// step, row), the reference kernel per person.
+fn whole_reference(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Vec<u64> {
+    let names: Vec<&str> = q.steps.iter().map(|s| s.event.as_str()).collect();
+    let mut groups: std::collections::BTreeMap<u32, Vec<(i64, u32, usize)>> = Default::default();
+    for row in 0..t.len() {
+        let name = t.names.value(t.name[row]).expect("name");
+        let Some(step) = names.iter().position(|n| *n == name) else {
+            continue;
+        };
+        if t.ts[row] < q.from.timestamp_micros()
+            || t.ts[row] > q.to.timestamp_micros() + q.window_seconds * 1_000_000
+        {
+            continue;
+        }
+        groups
+            .entry(redirects[t.person[row] as usize])
+            .or_default()
+            .push((t.ts[row], step as u32, row));
+    }
+    let mut expected = vec![0u64; names.len()];
+    let (from, to) = (q.from.timestamp_micros(), q.to.timestamp_micros());
+    for events in groups.values_mut() {
+        events.sort();
+        let rows: Vec<Row> = events
+            .iter()
+            .map(|(ts, bit, _)| Row {
+                ts: *ts,
+                mask: 1 << bit,
+            })
+            .collect();
+        let level = ordered_ref(&rows, names.len(), q.window_seconds * 1_000_000, from, to);
+        for c in expected.iter_mut().take(level) {
+            *c += 1;
+        }
+    }
+    expected
+}
+
+#[test]
+fn a_table_split_across_cores_gives_the_same_answer() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let names = ["A", "B", "C", "D", "X"];
+    let mut t = Table::default();
+    for _ in 0..40_000 {
+        let p = rng.random_range(0..3_000);
+        let who = if rng.random_bool(0.5) {
+            format!(r#""anonymousId":"a{p}""#)
+        } else {
+            format!(r#""userId":"u{p}""#)
+        };
+        if rng.random_bool(0.02) {
+            t.push_json(format!(r#"{{"type":"identify","userId":"u{p}","anonymousId":"a{}","timestamp":"2026-01-01T00:00:00Z"}}"#, rng.random_range(0..3_000)).as_bytes()).expect("push");
+        }
+        let ts = 1_767_225_600 + rng.random_range(0..86_400 * 20);
+        let time = Utc
+            .timestamp_opt(ts, 0)
+            .single()
+            .expect("time")
+            .to_rfc3339();
+        let e = names[rng.random_range(0..names.len())];
+        t.push_json(
+            format!(r#"{{"type":"track","event":"{e}",{who},"timestamp":"{time}"}}"#).as_bytes(),
+        )
+        .expect("push");
+    }
+    assert!(crate::parallel::ranges(t.len()).len() > 1 || rayon::current_num_threads() == 1);
+    let redirects = t.persons.redirects();
+    let mut q = query(
+        Order::Ordered,
+        &[("A", vec![]), ("B", vec![]), ("C", vec![]), ("D", vec![])],
+    );
+    q.window_seconds = 3 * 86_400;
+    q.from = Utc.timestamp_opt(1_767_225_600, 0).single().expect("time");
+    q.to = Utc
+        .timestamp_opt(1_767_225_600 + 15 * 86_400, 0)
+        .single()
+        .expect("time");
+    let got: Vec<u64> = funnel(&t, &redirects, &q)
+        .expect("funnel")
+        .steps
+        .iter()
+        .map(|s| s.count)
+        .collect();
+    assert_eq!(got, whole_reference(&t, &redirects, &q));
+    assert!(got[3] > 0, "the data reaches the last step: {got:?}");
 }

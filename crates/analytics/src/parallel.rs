@@ -1,0 +1,41 @@
+//! Splitting work across cores: contiguous ranges, a few per core so that uneven ranges
+//! balance out. Kernels run each range on the rayon pool and merge partial results.
+
+use std::ops::Range;
+
+/// Ranges covering `0..len`: four per core, none smaller than 4,096 items (small inputs run
+/// as one range).
+pub fn ranges(len: usize) -> Vec<Range<usize>> {
+    split(len, rayon::current_num_threads().max(1) * 4)
+}
+
+/// Ranges covering `0..len`, one per core: for kernels whose partial state is as large as
+/// the number of persons.
+pub fn per_core(len: usize) -> Vec<Range<usize>> {
+    split(len, rayon::current_num_threads().max(1))
+}
+
+fn split(len: usize, pieces: usize) -> Vec<Range<usize>> {
+    let pieces = pieces.min(len.div_ceil(4_096)).max(1);
+    let size = len.div_ceil(pieces).max(1);
+    (0..pieces)
+        .map(|i| (i * size).min(len)..((i + 1) * size).min(len))
+        .filter(|r| !r.is_empty() || len == 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_everything_once() {
+        for len in [0usize, 1, 4_095, 4_096, 100_000, 1_000_003] {
+            let r = ranges(len);
+            assert!(!r.is_empty());
+            assert_eq!(r.first().map(|r| r.start), Some(0));
+            assert_eq!(r.last().map(|r| r.end), Some(len));
+            assert!(r.windows(2).all(|w| w[0].end == w[1].start), "{len}: {r:?}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! - [`funnel`]: conversion funnels with ClickHouse `windowFunnel` semantics (ordered), a
 //!   strict mode (steps are consecutive events) and an any-order mode.
 //! - [`retention`]: cohorts by first (or any) start event, return events per later period.
+//! - [`trends`]: a metric per period, broken down by a property, against the previous range.
 //! - [`period`]: days, ISO weeks and months in a tenant's time zone, DST-correct.
 //!
 //! Queries are serde types ([`funnel::FunnelQuery`]) so the same JSON serves the HTTP API and
@@ -14,6 +15,7 @@ pub mod funnel;
 mod parallel;
 pub mod period;
 pub mod retention;
+pub mod trends;
 
 pub use error::Error;
 use livora_columnar::Table;
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub enum Query {
     Funnel(funnel::FunnelQuery),
     Retention(retention::RetentionQuery),
+    Trends(trends::TrendsQuery),
 }
 
 /// A query's answer, tagged like the query.
@@ -33,6 +36,7 @@ pub enum Query {
 pub enum QueryResult {
     Funnel(funnel::FunnelResult),
     Retention(retention::RetentionResult),
+    Trends(trends::TrendsResult),
 }
 
 /// Runs `query` over a tenant's table, applying its identity merges; calendar periods are in
@@ -43,6 +47,9 @@ pub fn run(table: &Table, query: &Query, time_zone: chrono_tz::Tz) -> Result<Que
         Query::Funnel(q) => funnel::funnel(table, &redirects, q).map(QueryResult::Funnel),
         Query::Retention(q) => {
             retention::retention(table, &redirects, q, time_zone).map(QueryResult::Retention)
+        }
+        Query::Trends(q) => {
+            trends::trends(table, &redirects, q, time_zone).map(QueryResult::Trends)
         }
     }
 }

@@ -59,11 +59,27 @@ pub struct Periods {
     /// `count + 1` boundaries in µs: period `i` is `[bounds[i], bounds[i + 1])`.
     pub bounds: Vec<i64>,
     pub starts: Vec<DateTime<Utc>>,
+    tz: Tz,
+    period: Period,
+    first_date: NaiveDate,
 }
+
+/// The most periods one query may cover.
+pub const MAX_PERIODS: usize = 10_000;
 
 impl Periods {
     pub fn new(tz: Tz, period: Period, from: DateTime<Utc>, count: usize) -> Result<Self, Error> {
-        let mut date = period_start(period, from.with_timezone(&tz).date_naive());
+        let first_date = period_start(period, from.with_timezone(&tz).date_naive());
+        Self::from_date(tz, period, first_date, count)
+    }
+
+    fn from_date(
+        tz: Tz,
+        period: Period,
+        first_date: NaiveDate,
+        count: usize,
+    ) -> Result<Self, Error> {
+        let mut date = first_date;
         let mut starts = Vec::with_capacity(count + 1);
         for _ in 0..=count {
             starts.push(local_midnight(tz, date)?);
@@ -72,7 +88,59 @@ impl Periods {
         Ok(Self {
             bounds: starts.iter().map(DateTime::timestamp_micros).collect(),
             starts: starts[..count].to_vec(),
+            tz,
+            period,
+            first_date,
         })
+    }
+
+    /// The periods from the one containing `from` to the one containing the instant before
+    /// `to`.
+    pub fn covering(
+        tz: Tz,
+        period: Period,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Self, Error> {
+        if from >= to {
+            return Err(Error::Invalid("`from` must be before `to`".into()));
+        }
+        let mut date = period_start(period, from.with_timezone(&tz).date_naive());
+        let mut count = 0;
+        while local_midnight(tz, date)? < to {
+            count += 1;
+            if count > MAX_PERIODS {
+                return Err(Error::Invalid(format!(
+                    "the range holds more than {MAX_PERIODS} {period:?} periods; use a longer interval"
+                )));
+            }
+            date = next_start(period, date);
+        }
+        Self::new(tz, period, from, count)
+    }
+
+    /// The same number of periods immediately before these.
+    pub fn previous(&self) -> Result<Self, Error> {
+        let count = self.starts.len();
+        let first = match self.period {
+            Period::Day => self.first_date - Duration::days(count as i64),
+            Period::Week => self.first_date - Duration::days(7 * count as i64),
+            Period::Month => self
+                .first_date
+                .checked_sub_months(chrono::Months::new(count as u32))
+                .ok_or_else(|| {
+                    Error::Invalid("the previous range is out of the calendar".into())
+                })?,
+        };
+        Self::from_date(self.tz, self.period, first, count)
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
     }
 
     /// The period index of `ts_us`, if inside.
@@ -106,6 +174,19 @@ mod tests {
         // 23:30 UTC on 28 March is already 29 March in Paris.
         let t: DateTime<Utc> = "2026-03-28T23:30:00Z".parse().expect("time");
         assert_eq!(p.index(t.timestamp_micros()), Some(1));
+    }
+
+    #[test]
+    fn covering_and_previous_ranges() {
+        let tz: Tz = "UTC".parse().expect("tz");
+        let from: DateTime<Utc> = "2026-03-10T10:00:00Z".parse().expect("time");
+        let to: DateTime<Utc> = "2026-03-13T00:00:00Z".parse().expect("time");
+        let p = Periods::covering(tz, Period::Day, from, to).expect("periods");
+        assert_eq!(p.len(), 3, "10, 11, 12 March");
+        let prev = p.previous().expect("previous");
+        assert_eq!(prev.starts[0].to_rfc3339(), "2026-03-07T00:00:00+00:00");
+        assert_eq!(prev.bounds.last(), p.bounds.first());
+        assert!(Periods::covering(tz, Period::Day, to, from).is_err());
     }
 
     #[test]

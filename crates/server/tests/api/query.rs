@@ -178,3 +178,51 @@ async fn weekly_retention_in_the_tenant_time_zone() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn daily_revenue_by_category_with_the_previous_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app(dir.path()).await;
+    let batch = json!({"batch": [
+        {"type": "track", "event": "Order Completed", "userId": "a", "timestamp": "2026-05-01T10:00:00Z", "properties": {"category": "Shoes", "revenue": 100}},
+        {"type": "track", "event": "Order Completed", "userId": "b", "timestamp": "2026-05-01T11:00:00Z", "properties": {"category": "Hats", "revenue": 20}},
+        {"type": "track", "event": "Order Completed", "userId": "a", "timestamp": "2026-05-02T09:00:00Z", "properties": {"category": "Shoes", "revenue": 50.5}},
+        {"type": "track", "event": "Order Completed", "userId": "c", "timestamp": "2026-04-30T09:00:00Z", "properties": {"category": "Shoes", "revenue": 7}},
+    ]});
+    assert_eq!(app.post("/v1/batch", batch.to_string()).await.0, 200);
+    let q = json!({
+        "kind": "trends", "event": {"event": "Order Completed"},
+        "metric": {"kind": "sum", "property": "revenue"}, "interval": "day",
+        "from": "2026-05-01T00:00:00Z", "to": "2026-05-03T00:00:00Z",
+        "breakdown": {"property": "category"}, "compare_previous": true
+    });
+    let answer = query_when_applied(&app, &q, 4).await;
+    assert_eq!(answer["kind"], "trends");
+    assert_eq!(
+        answer["buckets"],
+        json!(["2026-05-01T00:00:00Z", "2026-05-02T00:00:00Z"])
+    );
+    assert_eq!(
+        answer["series"],
+        json!([
+            {"breakdown": "Shoes", "values": [100.0, 50.5], "total": 150.5},
+            {"breakdown": "Hats", "values": [20.0, 0.0], "total": 20.0},
+        ]),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["previous"]["buckets"],
+        json!(["2026-04-29T00:00:00Z", "2026-04-30T00:00:00Z"])
+    );
+    assert_eq!(answer["previous"]["series"][0]["values"], json!([0.0, 7.0]));
+
+    let mut bad = q.clone();
+    bad["metric"] = json!({"kind": "median"});
+    let (status, body) = query(&app, &bad).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{body}"
+    );
+    app.stop().await;
+}

@@ -125,6 +125,34 @@ def main():
     duck_m = matrix(duck_ret)
     ch_m = matrix(json.loads(ch_ret_text)["data"])
 
+    # Trends: daily revenue by category, 90 days (UTC, the bench tenant's zone).
+    tr = livora["trends"]
+    t0, days, day = tr["from_us"], tr["days"], 86_400_000_000
+    tev = tr["event"].replace("'", "''")
+    duck_tr_sql = f"""
+        SELECT category, CAST(floor((ts - {t0}) / {day}) AS BIGINT) AS d, sum(revenue) FROM e
+        WHERE event = '{tev}' AND ts >= {t0} AND ts < {t0} + {days} * {day} GROUP BY ALL"""
+    duck_tr, duck_tr_ms = timed(lambda: con.execute(duck_tr_sql).fetchall())
+    ch_tr_sql = f"""
+        SELECT category, intDiv(ts - {t0}, {day}) AS d, sum(revenue) FROM b.e
+        WHERE event = '{tev}' AND ts >= {t0} AND ts < {t0} + {days} * {day} GROUP BY category, d
+        FORMAT JSONCompact"""
+    ch_tr_text, ch_tr_ms = timed(lambda: sess.query(ch_tr_sql).bytes())
+
+    def cells(rows):
+        out = {}
+        for cat, d, total in rows:
+            if total:
+                out[(cat or "", int(d))] = float(total)
+        return out
+
+    mine_tr = {(cat, d): v for cat, vs in tr["series"].items() for d, v in enumerate(vs) if v}
+
+    def close(a, b):
+        return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(a[k])) for k in a)
+
+    duck_cells, ch_cells = cells(duck_tr), cells(json.loads(ch_tr_text)["data"])
+
     mine = livora["counts"]
     print(f"funnel over {livora['events']:,} events, {livora['persons']:,} persons, {len(steps)} steps, 7-day window")
     print(f"  {'engine':8} {'median ms':>10}  counts per step")
@@ -144,7 +172,15 @@ def main():
     print(f"  livora speed-up over the faster peer: {min(duck_ret_ms, ch_ret_ms) / r['median_ms']:.2f}x")
     retention_same = r["matrix"] == duck_m == ch_m
     print(f"  answers (all {nper} cohorts): {'identical' if retention_same else 'DIFFERENT'}")
-    if not (funnel_same and retention_same):
+    trends_same = close(mine_tr, duck_cells) and close(mine_tr, ch_cells)
+    print(f"trends: daily sum of revenue of '{tr['event']}' by category, {days} days ({len(mine_tr)} non-empty cells)")
+    print(f"  {'engine':8} {'median ms':>10}  total revenue")
+    print(f"  {'livora':8} {tr['median_ms']:10.1f}  {sum(mine_tr.values()):.2f}")
+    print(f"  {'duckdb':8} {duck_tr_ms:10.1f}  {sum(duck_cells.values()):.2f}")
+    print(f"  {'chdb':8} {ch_tr_ms:10.1f}  {sum(ch_cells.values()):.2f}")
+    print(f"  livora speed-up over the faster peer: {min(duck_tr_ms, ch_tr_ms) / tr['median_ms']:.2f}x")
+    print(f"  answers (every category and day, within 1e-6 relative): {'identical' if trends_same else 'DIFFERENT'}")
+    if not (funnel_same and retention_same and trends_same):
         print("ANSWERS DIFFER", file=sys.stderr)
         sys.exit(1)
 

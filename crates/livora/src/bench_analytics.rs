@@ -1,6 +1,6 @@
 //! `livora bench analytics`: generated shop traffic in a column-store table; a 4-step funnel
-//! (view -> add -> checkout -> order, 7 days) and a weekly retention matrix (8 weeks), each
-//! timed over several runs; the same events written as CSV (with merged person ids) for other
+//! (view -> add -> checkout -> order, 7 days), a weekly retention matrix (8 weeks) and daily
+//! revenue by category (90 days), each timed over several runs; the same events written as CSV (with merged person ids) for other
 //! engines. `bench/analytics.sh` runs this and the same queries in DuckDB and chDB, and
 //! compares the answers.
 
@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use livora_analytics::funnel::{FunnelQuery, Order, Step, funnel};
 use livora_analytics::period::Period;
 use livora_analytics::retention::{Cohort, RetentionQuery, retention};
+use livora_analytics::trends::{Breakdown, Metric, TrendsQuery, trends};
 use livora_columnar::Table;
 use livora_model::ingest::{Envelope, normalise, parse_item};
 use rand::{Rng, SeedableRng};
@@ -128,6 +129,49 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
             .collect::<Vec<_>>();
     }
     rtimes.sort_by(f64::total_cmp);
+
+    // Daily revenue by category over the last 90 days.
+    let tq = TrendsQuery {
+        event: Step {
+            event: STEPS[3].into(),
+            filters: vec![],
+        },
+        metric: Metric::Sum {
+            property: "revenue".into(),
+        },
+        interval: Period::Day,
+        from: end - chrono::Duration::days(90),
+        to: end,
+        breakdown: Some(Breakdown {
+            property: "category".into(),
+            limit: 100,
+        }),
+        compare_previous: false,
+    };
+    let mut ttimes = Vec::new();
+    let mut series = serde_json::Map::new();
+    for _ in 0..b.runs.max(1) {
+        let t = Instant::now();
+        let redirects = table.persons.redirects();
+        let r = trends(&table, &redirects, &tq, chrono_tz::UTC)?;
+        ttimes.push(t.elapsed().as_secs_f64() * 1000.0);
+        series = r
+            .series
+            .iter()
+            .map(|s| {
+                (
+                    s.breakdown.clone().unwrap_or_default(),
+                    json!(
+                        s.values
+                            .iter()
+                            .map(|v| v.unwrap_or(0.0))
+                            .collect::<Vec<_>>()
+                    ),
+                )
+            })
+            .collect();
+    }
+    ttimes.sort_by(f64::total_cmp);
     let persons = redirects
         .iter()
         .enumerate()
@@ -154,6 +198,13 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
                 "periods": 8,
                 "matrix": matrix,
                 "median_ms": rtimes[rtimes.len() / 2],
+            },
+            "trends": {
+                "event": STEPS[3],
+                "from_us": (end - chrono::Duration::days(90)).timestamp_micros(),
+                "days": 90,
+                "series": series,
+                "median_ms": ttimes[ttimes.len() / 2],
             },
         })
     );

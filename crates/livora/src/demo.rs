@@ -250,11 +250,13 @@ impl Shop {
             })
             .collect();
         let order_id = format!("o-{}-{}", person, t.timestamp_millis());
+        // The order's category is its first product's, so reports can break revenue down.
+        let category = PRODUCTS[cart[0].0].1;
         out.push(json!({
             "type": "track", "event": "Order Completed", "userId": user, "anonymousId": anon,
             "timestamp": t.to_rfc3339(),
             "properties": {"order_id": order_id, "total": total, "revenue": total,
-                "currency": "USD", "products": products}
+                "currency": "USD", "category": category, "products": products}
         }));
         out
     }

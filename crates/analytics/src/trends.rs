@@ -177,6 +177,9 @@ fn run(
         _ => None,
     };
     let breakdown_key = q.breakdown.as_ref().map(|b| t.keys.get(&b.property));
+    // The columns themselves, looked up once, not per row.
+    let breakdown_col = breakdown_key.flatten().and_then(|k| t.strings.get(&k));
+    let number_col = number_key.flatten().and_then(|k| t.numbers.get(&k));
     let unique = q.metric == Metric::UniquePersons;
     let buckets = periods.len();
     let parts: Vec<Result<Part, Error>> = crate::parallel::ranges(t.len())
@@ -184,16 +187,16 @@ fn run(
         .map(|range| {
             let mut part = Part::default();
             for row in range {
-                let Some(bucket) = periods.index(t.ts[row]) else {
-                    continue;
-                };
                 if !matcher.matches(t, row) {
                     continue;
                 }
-                let value = match breakdown_key {
-                    Some(Some(k)) => t.strings.get(&k).and_then(|c| c.get(row)).copied().filter(|v| *v != 0),
-                    _ => None,
+                let Some(bucket) = periods.index(t.ts[row]) else {
+                    continue;
                 };
+                let value = breakdown_col
+                    .and_then(|c| c.get(row))
+                    .copied()
+                    .filter(|v| *v != 0);
                 // Key 0 is "no value"; a value is its id + 1, as in the string column.
                 let key = value.unwrap_or(0);
                 let series = match part.series_of_value.get(&key) {
@@ -212,8 +215,10 @@ fn run(
                 };
                 let cell = &mut part.cells[series][bucket];
                 cell.events += 1;
-                if let Some(key) = number_key
-                    && let Some(x) = key.and_then(|k| t.num_at(k, row))
+                if let Some(x) = number_col
+                    .and_then(|c| c.get(row))
+                    .copied()
+                    .filter(|x| !x.is_nan())
                 {
                     cell.n += 1;
                     cell.sum += x;

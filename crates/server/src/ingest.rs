@@ -45,11 +45,7 @@ pub async fn single(
         let text = std::str::from_utf8(&bytes).map_err(|e| {
             ApiError::new(Code::InvalidJson, format!("body is not valid UTF-8: {e}"))
         })?;
-        // With a Basic header the key is known before the body is judged.
-        let header_key = basic_username(&headers);
-        if header_key.is_some() {
-            state.keys.write_key(header_key.as_deref()).await?;
-        }
+        let header_key = check_header_key(&state, &headers).await?;
         let parsed = ingest::parse_item(text);
         if parsed.is_err()
             && let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(text)
@@ -96,10 +92,7 @@ pub async fn batch(
     let result = async {
         body::check_content_type(&headers)?;
         let opts = &state.ingest;
-        let header_key = basic_username(&headers);
-        if header_key.is_some() {
-            state.keys.write_key(header_key.as_deref()).await?;
-        }
+        let header_key = check_header_key(&state, &headers).await?;
         let bytes = body::read(&headers, body, opts.max_batch_bytes).await?;
         let envelope = ingest::parse_batch(&bytes).map_err(|e| {
             ApiError::new(
@@ -158,6 +151,19 @@ pub async fn batch(
     }
     .await;
     finish(result, started)
+}
+
+/// The write key of a Basic header, checked before the body is judged; `None` when the key
+/// is to come from the body.
+async fn check_header_key(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<String>, ApiError> {
+    let key = basic_username(headers);
+    if key.is_some() {
+        state.keys.write_key(key.as_deref()).await?;
+    }
+    Ok(key)
 }
 
 fn finish(

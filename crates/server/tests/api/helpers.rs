@@ -125,6 +125,24 @@ impl TestApp {
         decode(resp).await
     }
 
+    /// A secret key of a second tenant, to check that nothing crosses tenants.
+    pub async fn other_tenant_secret(&self) -> String {
+        let other = self
+            .store
+            .create_tenant(NewTenant {
+                name: "Other".into(),
+                time_zone: "UTC".into(),
+                currency: Currency::parse("EUR").expect("currency"),
+            })
+            .await
+            .expect("tenant");
+        self.store
+            .create_key(other.id, KeyKind::Secret)
+            .await
+            .expect("key")
+            .secret
+    }
+
     /// Every stored event of the tenant, newest first, following cursors.
     pub async fn all_events(&self) -> Vec<Value> {
         let mut out = Vec::new();

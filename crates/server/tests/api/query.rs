@@ -111,24 +111,11 @@ async fn funnel_over_live_events_with_identity_merges() {
     }
 
     // Another tenant sees an empty funnel.
-    let other = app
-        .store
-        .create_tenant(livora_store::NewTenant {
-            name: "Other".into(),
-            time_zone: "UTC".into(),
-            currency: livora_model::Currency::parse("EUR").expect("currency"),
-        })
-        .await
-        .expect("tenant");
-    let key = app
-        .store
-        .create_key(other.id, livora_store::KeyKind::Secret)
-        .await
-        .expect("key");
+    let other_secret = app.other_tenant_secret().await;
     let resp = app
         .http
         .post(format!("{}/api/v1/query", app.url))
-        .bearer_auth(&key.secret)
+        .bearer_auth(&other_secret)
         .json(&funnel)
         .send()
         .await

@@ -64,24 +64,11 @@ async fn filters_and_pages_are_scoped_to_the_tenant() {
     }
 
     // Another tenant sees nothing of this one.
-    let other = app
-        .store
-        .create_tenant(livora_store::NewTenant {
-            name: "Other".into(),
-            time_zone: "UTC".into(),
-            currency: livora_model::Currency::parse("EUR").expect("currency"),
-        })
-        .await
-        .expect("tenant");
-    let key = app
-        .store
-        .create_key(other.id, livora_store::KeyKind::Secret)
-        .await
-        .expect("key");
+    let other_secret = app.other_tenant_secret().await;
     let resp = app
         .http
         .get(format!("{}/api/v1/events", app.url))
-        .bearer_auth(&key.secret)
+        .bearer_auth(&other_secret)
         .send()
         .await
         .expect("request");

@@ -49,6 +49,43 @@ pub struct FunnelQuery {
     pub order: Order,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+    /// Also list the persons who converted at, or dropped off at, one step.
+    #[serde(default)]
+    pub persons: Option<PersonsAt>,
+}
+
+/// Which persons to list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonsAt {
+    /// The step, from 0.
+    pub step: usize,
+    pub status: PersonStatus,
+    #[serde(default = "default_persons_limit")]
+    pub limit: usize,
+}
+
+fn default_persons_limit() -> usize {
+    100
+}
+
+/// The most persons one answer lists.
+pub const MAX_PERSONS: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersonStatus {
+    /// Reached the step.
+    Converted,
+    /// Reached the step before but not this one.
+    Dropped,
+}
+
+/// A person in an answer: the ids merged into them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PersonRef {
+    pub user_ids: Vec<String>,
+    pub anonymous_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +122,12 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FunnelResult {
     pub steps: Vec<StepResult>,
+    /// The persons asked for with `persons` (the first `limit`, in id order), and how many
+    /// there are in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persons: Option<Vec<PersonRef>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persons_total: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -229,6 +272,18 @@ impl FunnelQuery {
         for (i, s) in self.steps.iter().enumerate() {
             s.validate(&format!("step {i}"))?;
         }
+        if let Some(p) = &self.persons {
+            if p.step >= n || (p.status == PersonStatus::Dropped && p.step == 0) {
+                return Err(Error::Invalid(format!(
+                    "`persons.step` must be a step index below {n} (and at least 1 for `dropped`)"
+                )));
+            }
+            if !(1..=MAX_PERSONS).contains(&p.limit) {
+                return Err(Error::Invalid(format!(
+                    "`persons.limit` must be between 1 and {MAX_PERSONS}"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -315,12 +370,18 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
         slices.push((*lo, *hi, head));
         rest = tail;
     }
-    let partials: Vec<(Vec<u64>, Vec<Vec<i64>>)> = slices
+    // The level a listed person must have: `step + 1` or more when converted, exactly `step`
+    // when dropped.
+    let wanted = q.persons.as_ref().map(|p| (p.step, p.status));
+    // Per part: counts per step, elapsed times per step, listed persons.
+    type Partial = (Vec<u64>, Vec<Vec<i64>>, Vec<u32>);
+    let partials: Vec<Partial> = slices
         .into_par_iter()
         .map(|(lo, hi, rows)| {
             let base = per_person[lo] as usize;
             let mut counts = vec![0u64; n];
             let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
+            let mut listed = Vec::new();
             for p in lo..hi {
                 let (a, b) = (
                     per_person[p] as usize - base,
@@ -345,18 +406,33 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
                 for (i, us) in reached.elapsed_us.iter().enumerate() {
                     elapsed[i].push(*us);
                 }
+                let list = match wanted {
+                    Some((step, PersonStatus::Converted)) => reached.level > step,
+                    Some((step, PersonStatus::Dropped)) => reached.level == step,
+                    None => false,
+                };
+                if list {
+                    listed.push(p as u32);
+                }
             }
-            (counts, elapsed)
+            (counts, elapsed, listed)
         })
         .collect();
     let mut counts = vec![0u64; n];
     let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
-    for (c, e) in partials {
+    let mut listed = Vec::new();
+    for (c, e, l) in partials {
         for i in 0..n {
             counts[i] += c[i];
             elapsed[i].extend_from_slice(&e[i]);
         }
+        listed.extend(l);
     }
+    let persons_total = q.persons.as_ref().map(|_| listed.len() as u64);
+    let persons = q
+        .persons
+        .as_ref()
+        .map(|p| name_persons(t, redirects, &listed[..listed.len().min(p.limit)]));
 
     let first = counts[0];
     let steps = q
@@ -399,7 +475,37 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
             }
         })
         .collect();
-    Ok(FunnelResult { steps })
+    Ok(FunnelResult {
+        steps,
+        persons,
+        persons_total,
+    })
+}
+
+/// The user and anonymous ids merged into each canonical person of `canonical` (in order).
+fn name_persons(t: &Table, redirects: &[u32], canonical: &[u32]) -> Vec<PersonRef> {
+    let slot: hashbrown::HashMap<u32, usize> =
+        canonical.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+    let mut out = vec![
+        PersonRef {
+            user_ids: Vec::new(),
+            anonymous_ids: Vec::new(),
+        };
+        canonical.len()
+    ];
+    for (id, root) in redirects.iter().enumerate() {
+        if let Some(&i) = slot.get(root)
+            && let Some((user, key)) = t.persons.describe(id as u32)
+        {
+            let list = if user {
+                &mut out[i].user_ids
+            } else {
+                &mut out[i].anonymous_ids
+            };
+            list.push(key.to_owned());
+        }
+    }
+    out
 }
 
 /// `ordered`: one pass, keeping for each step the chain (start, time) that last reached it.

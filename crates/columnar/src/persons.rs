@@ -21,6 +21,8 @@ pub struct Persons {
     ids: HashMap<String, PersonId>,
     /// Union-find parents.
     parent: Vec<PersonId>,
+    /// `id -> key` (the reverse of `ids`), to name persons in answers.
+    keys: Vec<String>,
 }
 
 fn key(user: bool, id: &str) -> String {
@@ -50,6 +52,7 @@ impl Persons {
         }
         let id = self.parent.len() as PersonId;
         self.parent.push(id);
+        self.keys.push(k.clone());
         self.ids.insert(k, id);
         id
     }
@@ -91,6 +94,12 @@ impl Persons {
             self.union(u, p);
         }
         u
+    }
+
+    /// What `id` was created for: `(true, userId)` or `(false, anonymousId)`.
+    pub fn describe(&self, id: PersonId) -> Option<(bool, &str)> {
+        let k = self.keys.get(id as usize)?;
+        Some((k.starts_with("u:"), k.get(2..).unwrap_or("")))
     }
 
     /// Looks up an id without creating it.
@@ -160,6 +169,8 @@ mod tests {
         let x = p.resolve(Some("same"), None).expect("person");
         let y = p.resolve(None, Some("same")).expect("person");
         assert_ne!(p.canonical(x), p.canonical(y));
+        assert_eq!(p.describe(x), Some((true, "same")));
+        assert_eq!(p.describe(y), Some((false, "same")));
         assert_eq!(p.resolve(None, None), None);
     }
 

@@ -83,6 +83,7 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
         order: Order::Ordered,
         from,
         to: end + chrono::Duration::days(1),
+        persons: None,
     };
     let mut times = Vec::new();
     let mut result = None;

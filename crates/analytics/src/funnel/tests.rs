@@ -133,6 +133,7 @@ fn query(order: Order, steps: &[(&str, Vec<PropertyFilter>)]) -> FunnelQuery {
         order,
         from: Utc.timestamp_opt(0, 0).single().expect("time"),
         to: Utc.timestamp_opt(100_000, 0).single().expect("time"),
+        persons: None,
     }
 }
 
@@ -180,6 +181,45 @@ fn merged_identities_count_once_with_events_from_before_the_merge() {
     assert_eq!(r.steps[1].average_seconds, Some(100.0));
     assert!((r.steps[1].conversion_rate - 2.0 / 3.0).abs() < 1e-12);
     assert!((r.steps[2].step_conversion_rate - 0.5).abs() < 1e-12);
+
+    // Who bought (merged: the anonymous and the known id), and who dropped before adding.
+    let mut q = query(
+        Order::Ordered,
+        &[("View", vec![]), ("Add", vec![]), ("Buy", vec![])],
+    );
+    q.persons = Some(PersonsAt {
+        step: 2,
+        status: PersonStatus::Converted,
+        limit: 10,
+    });
+    let r = funnel(&t, &redirects, &q).expect("funnel");
+    assert_eq!(r.persons_total, Some(1));
+    assert_eq!(
+        r.persons,
+        Some(vec![PersonRef {
+            user_ids: vec!["u1".into()],
+            anonymous_ids: vec!["a1".into()]
+        }])
+    );
+    q.persons = Some(PersonsAt {
+        step: 1,
+        status: PersonStatus::Dropped,
+        limit: 10,
+    });
+    let r = funnel(&t, &redirects, &q).expect("funnel");
+    assert_eq!(
+        r.persons,
+        Some(vec![PersonRef {
+            user_ids: vec![],
+            anonymous_ids: vec!["a2".into()]
+        }])
+    );
+    q.persons = Some(PersonsAt {
+        step: 0,
+        status: PersonStatus::Dropped,
+        limit: 10,
+    });
+    assert!(funnel(&t, &redirects, &q).is_err());
 
     // Property filters: only the Shoes viewer enters.
     let shoes = vec![PropertyFilter {

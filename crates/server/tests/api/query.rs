@@ -65,6 +65,15 @@ async fn funnel_over_live_events_with_identity_merges() {
     assert_eq!(answer["steps"][2]["median_seconds"], json!(600.0));
     assert_eq!(answer["steps"][1]["conversion_rate"], json!(0.5));
 
+    let mut who = funnel.clone();
+    who["persons"] = json!({"step": 2, "status": "converted"});
+    let answer = query_when_applied(&app, &who, 6).await;
+    assert_eq!(answer["persons_total"], 1);
+    assert_eq!(
+        answer["persons"],
+        json!([{"user_ids": ["u1"], "anonymous_ids": ["a1"]}])
+    );
+
     let mut filtered = funnel.clone();
     filtered["steps"][0]["filters"] =
         json!([{"property": "category", "op": "eq", "value": "Hats"}]);

@@ -52,6 +52,43 @@ pub struct FunnelQuery {
     /// Also list the persons who converted at, or dropped off at, one step.
     #[serde(default)]
     pub persons: Option<PersonsAt>,
+    /// Also count per value of an event property.
+    #[serde(default)]
+    pub breakdown: Option<FunnelBreakdown>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelBreakdown {
+    pub property: String,
+    #[serde(default)]
+    pub attribution: Attribution,
+    #[serde(default = "default_breakdown_limit")]
+    pub limit: usize,
+}
+
+fn default_breakdown_limit() -> usize {
+    10
+}
+
+/// Which event of a person's chain gives their breakdown value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// The chain's first step.
+    #[default]
+    FirstTouch,
+    /// The last step the person reached.
+    LastTouch,
+}
+
+/// One breakdown value's funnel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BreakdownRow {
+    /// The value; `null` for persons whose event had none; `$other` beyond the limit.
+    pub value: Option<String>,
+    pub counts: Vec<u64>,
+    pub conversion_rates: Vec<f64>,
 }
 
 /// Which persons to list.
@@ -128,6 +165,9 @@ pub struct FunnelResult {
     pub persons: Option<Vec<PersonRef>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persons_total: Option<u64>,
+    /// Per breakdown value, ranked by persons entering (ties by value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Vec<BreakdownRow>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -245,6 +285,8 @@ pub struct Row {
     pub ts: i64,
     /// Bit `i` set when the event matches step `i`.
     pub mask: u64,
+    /// The breakdown property's value on this event (`0`: none; else value id + 1).
+    pub value: u32,
 }
 
 /// What a per-person kernel found: the level reached and, for each reached step, the
@@ -253,6 +295,10 @@ pub struct Row {
 pub struct Reached {
     pub level: usize,
     pub elapsed_us: Vec<i64>,
+    /// The breakdown values of the chain that first reached `level`: on its first step
+    /// (first touch) and on the event that reached `level` (last touch).
+    pub first_value: u32,
+    pub last_value: u32,
 }
 
 impl FunnelQuery {
@@ -271,6 +317,13 @@ impl FunnelQuery {
         }
         for (i, s) in self.steps.iter().enumerate() {
             s.validate(&format!("step {i}"))?;
+        }
+        if let Some(b) = &self.breakdown
+            && !(1..=100).contains(&b.limit)
+        {
+            return Err(Error::Invalid(
+                "`breakdown.limit` must be between 1 and 100".into(),
+            ));
         }
         if let Some(p) = &self.persons {
             if p.step >= n || (p.status == PersonStatus::Dropped && p.step == 0) {
@@ -309,6 +362,15 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
             (None, _) => {}
         }
     }
+    let breakdown_col = q
+        .breakdown
+        .as_ref()
+        .and_then(|b| t.keys.get(&b.property))
+        .and_then(|k| t.strings.get(&k));
+    let last_touch = q
+        .breakdown
+        .as_ref()
+        .is_some_and(|b| b.attribution == Attribution::LastTouch);
     // Pass 1, split across cores by row range: the mask and canonical person of every event
     // in range. Strict mode needs the events that match no step too: they break chains.
     let persons = redirects.len().max(t.persons.len());
@@ -331,7 +393,8 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
                 if mask != 0 || q.order == Order::Strict {
                     let p = t.person[row] as usize;
                     let person = redirects.get(p).copied().unwrap_or(p as u32);
-                    out.push((person, Row { ts, mask }));
+                    let value = breakdown_col.and_then(|c| c.get(row)).copied().unwrap_or(0);
+                    out.push((person, Row { ts, mask, value }));
                 }
             }
             out
@@ -346,7 +409,14 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
     for i in 1..per_person.len() {
         per_person[i] += per_person[i - 1];
     }
-    let mut grouped = vec![Row { ts: 0, mask: 0 }; per_person[persons] as usize];
+    let mut grouped = vec![
+        Row {
+            ts: 0,
+            mask: 0,
+            value: 0
+        };
+        per_person[persons] as usize
+    ];
     let mut next = per_person.clone();
     for (person, r) in parts.iter().flatten() {
         let slot = &mut next[*person as usize];
@@ -373,8 +443,14 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
     // The level a listed person must have: `step + 1` or more when converted, exactly `step`
     // when dropped.
     let wanted = q.persons.as_ref().map(|p| (p.step, p.status));
-    // Per part: counts per step, elapsed times per step, listed persons.
-    type Partial = (Vec<u64>, Vec<Vec<i64>>, Vec<u32>);
+    // Per part: counts per step, elapsed times per step, listed persons, counts per step per
+    // breakdown value.
+    type Partial = (
+        Vec<u64>,
+        Vec<Vec<i64>>,
+        Vec<u32>,
+        hashbrown::HashMap<u32, Vec<u64>>,
+    );
     let partials: Vec<Partial> = slices
         .into_par_iter()
         .map(|(lo, hi, rows)| {
@@ -382,6 +458,7 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
             let mut counts = vec![0u64; n];
             let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
             let mut listed = Vec::new();
+            let mut by_value: hashbrown::HashMap<u32, Vec<u64>> = hashbrown::HashMap::new();
             for p in lo..hi {
                 let (a, b) = (
                     per_person[p] as usize - base,
@@ -414,20 +491,42 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
                 if list {
                     listed.push(p as u32);
                 }
+                if q.breakdown.is_some() {
+                    let v = if last_touch {
+                        reached.last_value
+                    } else {
+                        reached.first_value
+                    };
+                    let row = by_value.entry(v).or_insert_with(|| vec![0; n]);
+                    for c in row.iter_mut().take(reached.level) {
+                        *c += 1;
+                    }
+                }
             }
-            (counts, elapsed, listed)
+            (counts, elapsed, listed, by_value)
         })
         .collect();
     let mut counts = vec![0u64; n];
     let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
     let mut listed = Vec::new();
-    for (c, e, l) in partials {
+    let mut by_value: hashbrown::HashMap<u32, Vec<u64>> = hashbrown::HashMap::new();
+    for (c, e, l, v) in partials {
         for i in 0..n {
             counts[i] += c[i];
             elapsed[i].extend_from_slice(&e[i]);
         }
         listed.extend(l);
+        for (value, row) in v {
+            let into = by_value.entry(value).or_insert_with(|| vec![0; n]);
+            for (a, b) in into.iter_mut().zip(row) {
+                *a += b;
+            }
+        }
     }
+    let breakdown = q
+        .breakdown
+        .as_ref()
+        .map(|b| breakdown_rows(t, by_value, b.limit, n));
     let persons_total = q.persons.as_ref().map(|_| listed.len() as u64);
     let persons = q
         .persons
@@ -479,7 +578,63 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
         steps,
         persons,
         persons_total,
+        breakdown,
     })
+}
+
+/// Ranks breakdown values by persons entering (ties: by value), keeps `limit`, folds the rest
+/// into `$other`; the no-value row comes last.
+fn breakdown_rows(
+    t: &Table,
+    by_value: hashbrown::HashMap<u32, Vec<u64>>,
+    limit: usize,
+    n: usize,
+) -> Vec<BreakdownRow> {
+    let name = |v: u32| (v != 0).then(|| t.values.value(v - 1).unwrap_or("").to_owned());
+    let mut valued: Vec<(Option<String>, Vec<u64>)> = Vec::new();
+    let mut none = None;
+    for (v, counts) in by_value {
+        if v == 0 {
+            none = Some(counts);
+        } else {
+            valued.push((name(v), counts));
+        }
+    }
+    valued.sort_by(|a, b| b.1[0].cmp(&a.1[0]).then_with(|| a.0.cmp(&b.0)));
+    let mut rows: Vec<(Option<String>, Vec<u64>)> = Vec::new();
+    let mut other = vec![0u64; n];
+    let overflow = valued.len() > limit;
+    for (i, (v, counts)) in valued.into_iter().enumerate() {
+        if i < limit {
+            rows.push((v, counts));
+        } else {
+            for (a, b) in other.iter_mut().zip(counts) {
+                *a += b;
+            }
+        }
+    }
+    if overflow {
+        rows.push((Some("$other".into()), other));
+    }
+    if let Some(counts) = none {
+        rows.push((None, counts));
+    }
+    rows.into_iter()
+        .map(|(value, counts)| BreakdownRow {
+            value,
+            conversion_rates: counts
+                .iter()
+                .map(|c| {
+                    if counts[0] == 0 {
+                        0.0
+                    } else {
+                        *c as f64 / counts[0] as f64
+                    }
+                })
+                .collect(),
+            counts,
+        })
+        .collect()
 }
 
 /// The user and anonymous ids merged into each canonical person of `canonical` (in order).
@@ -513,20 +668,26 @@ fn name_persons(t: &Table, redirects: &[u32], canonical: &[u32]) -> Vec<PersonRe
 /// matters. Steps of one event are tried from the last to the first, so an event never fills
 /// two steps.
 pub fn ordered(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reached {
-    let mut reached: Vec<Option<(i64, i64)>> = vec![None; n];
+    // Per step: (chain start, time reached, value on the chain's first step).
+    let mut reached: Vec<Option<(i64, i64, u32)>> = vec![None; n];
+    let (mut best, mut first_value, mut last_value) = (0, 0, 0);
     for r in rows {
         for i in (0..n).rev() {
             if r.mask & (1 << i) == 0 {
                 continue;
             }
-            if i == 0 {
-                if (from..to).contains(&r.ts) {
-                    reached[0] = Some((r.ts, r.ts));
+            let set = if i == 0 {
+                (from..to).contains(&r.ts).then_some((r.ts, r.ts, r.value))
+            } else {
+                reached[i - 1]
+                    .filter(|(start, _, _)| r.ts <= start.saturating_add(window))
+                    .map(|(start, _, v)| (start, r.ts, v))
+            };
+            if let Some(chain) = set {
+                reached[i] = Some(chain);
+                if i + 1 > best {
+                    (best, first_value, last_value) = (i + 1, chain.2, r.value);
                 }
-            } else if let Some((start, _)) = reached[i - 1]
-                && r.ts <= start.saturating_add(window)
-            {
-                reached[i] = Some((start, r.ts));
             }
         }
         if reached[n - 1].is_some() {
@@ -540,8 +701,10 @@ pub fn ordered(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reach
         elapsed_us: reached
             .iter()
             .take(level)
-            .map(|r| r.map_or(0, |(s, t)| t - s))
+            .map(|r| r.map_or(0, |(s, t, _)| t - s))
             .collect(),
+        first_value,
+        last_value,
     }
 }
 
@@ -565,6 +728,8 @@ pub fn strict(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reache
             best = Reached {
                 level,
                 elapsed_us: (0..level).map(|k| rows[j + k].ts - r.ts).collect(),
+                first_value: r.value,
+                last_value: rows[j + level - 1].value,
             };
             if level == n {
                 break;
@@ -575,9 +740,11 @@ pub fn strict(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reache
 }
 
 /// `any`: for each step event in range, the distinct steps with an event in
-/// `[ts, ts + window]` (two pointers over the time-sorted events).
+/// `[ts, ts + window]` (two pointers over the time-sorted events). Both attributions are the
+/// value on the event that opens the best window.
 pub fn any_order(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reached {
     let mut best = 0usize;
+    let mut value = 0u32;
     let mut end = 0;
     let mut counts = vec![0u32; n];
     let mut distinct = 0usize;
@@ -603,13 +770,16 @@ pub fn any_order(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Rea
             }
             end += 1;
         }
-        if r.mask != 0 && (from..to).contains(&r.ts) {
-            best = best.max(distinct);
+        if r.mask != 0 && (from..to).contains(&r.ts) && distinct > best {
+            best = distinct;
+            value = r.value;
         }
     }
     Reached {
         level: best,
         elapsed_us: Vec::new(),
+        first_value: value,
+        last_value: value,
     }
 }
 

@@ -84,6 +84,7 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
         from,
         to: end + chrono::Duration::days(1),
         persons: None,
+        breakdown: None,
     };
     let mut times = Vec::new();
     let mut result = None;

@@ -31,6 +31,46 @@ fn ordered_ref(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> usize
     best
 }
 
+/// Reference attribution for `ordered`: among the starts reaching the highest level, the one
+/// that reaches it at the earliest event (ties: the latest start); its first-step value and
+/// the value on the event that reached the level.
+fn ordered_ref_values(
+    rows: &[Row],
+    n: usize,
+    window: i64,
+    from: i64,
+    to: i64,
+) -> (usize, u32, u32) {
+    let mut best: Option<(usize, usize, usize)> = None; // (level, reaching row, start)
+    for (j, r) in rows.iter().enumerate() {
+        if r.mask & 1 == 0 || r.ts < from || r.ts >= to {
+            continue;
+        }
+        let (mut level, mut last) = (1, j);
+        for step in 1..n {
+            match (last + 1..rows.len())
+                .find(|&k| rows[k].mask & (1 << step) != 0 && rows[k].ts <= r.ts + window)
+            {
+                Some(k) => {
+                    level += 1;
+                    last = k;
+                }
+                None => break,
+            }
+        }
+        let better = match best {
+            None => true,
+            Some((l, at, _)) => {
+                level > l || (level == l && last < at) || (level == l && last == at)
+            }
+        };
+        if better {
+            best = Some((level, last, j));
+        }
+    }
+    best.map_or((0, 0, 0), |(l, at, j)| (l, rows[j].value, rows[at].value))
+}
+
 /// Reference `strict`: the longest run of consecutive events matching steps 0, 1, 2, …
 fn strict_ref(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> usize {
     let mut best = 0;
@@ -72,7 +112,13 @@ fn person_rows(n: usize) -> impl Strategy<Value = Vec<Row>> {
     // Few distinct times, so ties are common; masks over n steps, some events match nothing.
     proptest::collection::vec((0i64..40, 0u64..(1 << n)), 0..25).prop_map(|mut v| {
         v.sort_by_key(|(ts, _)| *ts);
-        v.into_iter().map(|(ts, mask)| Row { ts, mask }).collect()
+        v.into_iter()
+            .map(|(ts, mask)| Row {
+                ts,
+                mask,
+                value: (ts % 3) as u32,
+            })
+            .collect()
     })
 }
 
@@ -83,6 +129,16 @@ proptest! {
         prop_assert_eq!(r.level, ordered_ref(&rows, 4, window, from, from + span));
         prop_assert_eq!(r.elapsed_us.len(), r.level);
         prop_assert!(r.elapsed_us.iter().all(|e| *e >= 0 && *e <= window));
+    }
+
+    #[test]
+    fn ordered_attribution_matches_reference(rows in person_rows(3), window in 1i64..20, from in 0i64..10, span in 1i64..40) {
+        let r = ordered(&rows, 3, window, from, from + span);
+        let (level, first, last) = ordered_ref_values(&rows, 3, window, from, from + span);
+        prop_assert_eq!(r.level, level);
+        if level > 0 {
+            prop_assert_eq!((r.first_value, r.last_value), (first, last));
+        }
     }
 
     #[test]
@@ -98,12 +154,13 @@ proptest! {
 
 #[test]
 fn equal_timestamps_count_as_in_order_but_one_event_fills_one_step() {
-    let rows = [Row { ts: 5, mask: 0b01 }, Row { ts: 5, mask: 0b10 }];
+    let row = |ts, mask| Row { ts, mask, value: 0 };
+    let rows = [row(5, 0b01), row(5, 0b10)];
     assert_eq!(ordered(&rows, 2, 10, 0, 100).level, 2);
-    let both = [Row { ts: 5, mask: 0b11 }];
+    let both = [row(5, 0b11)];
     assert_eq!(ordered(&both, 2, 10, 0, 100).level, 1);
     // Window is inclusive.
-    let rows = [Row { ts: 0, mask: 0b01 }, Row { ts: 10, mask: 0b10 }];
+    let rows = [row(0, 0b01), row(10, 0b10)];
     assert_eq!(ordered(&rows, 2, 10, 0, 100).level, 2);
     assert_eq!(ordered(&rows, 2, 9, 0, 100).level, 1);
 }
@@ -134,6 +191,7 @@ fn query(order: Order, steps: &[(&str, Vec<PropertyFilter>)]) -> FunnelQuery {
         from: Utc.timestamp_opt(0, 0).single().expect("time"),
         to: Utc.timestamp_opt(100_000, 0).single().expect("time"),
         persons: None,
+        breakdown: None,
     }
 }
 
@@ -220,6 +278,51 @@ fn merged_identities_count_once_with_events_from_before_the_merge() {
         limit: 10,
     });
     assert!(funnel(&t, &redirects, &q).is_err());
+
+    // Breakdown by the category of the first step (first touch).
+    let mut q = query(
+        Order::Ordered,
+        &[("View", vec![]), ("Add", vec![]), ("Buy", vec![])],
+    );
+    q.breakdown = Some(FunnelBreakdown {
+        property: "category".into(),
+        attribution: Attribution::FirstTouch,
+        limit: 10,
+    });
+    let b = funnel(&t, &redirects, &q)
+        .expect("funnel")
+        .breakdown
+        .expect("breakdown");
+    let rows: Vec<_> = b
+        .iter()
+        .map(|r| (r.value.clone(), r.counts.clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (Some("Hats".into()), vec![1, 0, 0]),
+            (Some("Shoes".into()), vec![1, 1, 1]),
+            (None, vec![1, 1, 0])
+        ]
+    );
+    q.breakdown = Some(FunnelBreakdown {
+        property: "category".into(),
+        attribution: Attribution::LastTouch,
+        limit: 1,
+    });
+    let b = funnel(&t, &redirects, &q)
+        .expect("funnel")
+        .breakdown
+        .expect("breakdown");
+    let rows: Vec<_> = b
+        .iter()
+        .map(|r| (r.value.clone(), r.counts.clone()))
+        .collect();
+    // Last touch: u1 ended on Buy (no category), a2 on a Hats view, u3 on Add (none).
+    assert_eq!(
+        rows,
+        vec![(Some("Hats".into()), vec![1, 0, 0]), (None, vec![2, 2, 1])]
+    );
 
     // Property filters: only the Shoes viewer enters.
     let shoes = vec![PropertyFilter {
@@ -352,6 +455,7 @@ fn whole_reference(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Vec<u64> {
         let rows: Vec<Row> = events
             .iter()
             .map(|(ts, bit, _)| Row {
+                value: 0,
                 ts: *ts,
                 mask: 1 << bit,
             })

@@ -284,7 +284,7 @@ impl Step {
 pub struct Row {
     pub ts: i64,
     /// Bit `i` set when the event matches step `i`.
-    pub mask: u64,
+    pub mask: u32,
     /// The breakdown property's value on this event (`0`: none; else value id + 1).
     pub value: u32,
 }
@@ -353,7 +353,7 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
     let scan_to = to.saturating_add(window);
 
     // Steps without filters match by event name alone: one table lookup per row.
-    let mut by_name = vec![0u64; t.names.len()];
+    let mut by_name = vec![0u32; t.names.len()];
     let mut filtered = Vec::new();
     for (i, (m, step)) in matchers.iter().zip(&q.steps).enumerate() {
         match (m.name, step.filters.is_empty()) {

@@ -4,6 +4,7 @@
 //!   strict mode (steps are consecutive events) and an any-order mode.
 //! - [`retention`]: cohorts by first (or any) start event, return events per later period.
 //! - [`trends`]: a metric per period, broken down by a property, against the previous range.
+//! - [`paths`]: the most common next (or previous) events around an event, as sankey edges.
 //! - [`period`]: days, ISO weeks and months in a tenant's time zone, DST-correct.
 //!
 //! Queries are serde types ([`funnel::FunnelQuery`]) so the same JSON serves the HTTP API and
@@ -13,6 +14,7 @@
 mod error;
 pub mod funnel;
 mod parallel;
+pub mod paths;
 pub mod period;
 pub mod retention;
 pub mod trends;
@@ -28,6 +30,7 @@ pub enum Query {
     Funnel(funnel::FunnelQuery),
     Retention(retention::RetentionQuery),
     Trends(trends::TrendsQuery),
+    Paths(paths::PathsQuery),
 }
 
 /// A query's answer, tagged like the query.
@@ -37,6 +40,7 @@ pub enum QueryResult {
     Funnel(funnel::FunnelResult),
     Retention(retention::RetentionResult),
     Trends(trends::TrendsResult),
+    Paths(paths::PathsResult),
 }
 
 /// Runs `query` over a tenant's table, applying its identity merges; calendar periods are in
@@ -51,5 +55,6 @@ pub fn run(table: &Table, query: &Query, time_zone: chrono_tz::Tz) -> Result<Que
         Query::Trends(q) => {
             trends::trends(table, &redirects, q, time_zone).map(QueryResult::Trends)
         }
+        Query::Paths(q) => paths::paths(table, &redirects, q).map(QueryResult::Paths),
     }
 }

@@ -110,7 +110,7 @@ fn any_ref(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> usize {
 
 fn person_rows(n: usize) -> impl Strategy<Value = Vec<Row>> {
     // Few distinct times, so ties are common; masks over n steps, some events match nothing.
-    proptest::collection::vec((0i64..40, 0u64..(1 << n)), 0..25).prop_map(|mut v| {
+    proptest::collection::vec((0i64..40, 0u32..(1 << n)), 0..25).prop_map(|mut v| {
         v.sort_by_key(|(ts, _)| *ts);
         v.into_iter()
             .map(|(ts, mask)| Row {

@@ -222,3 +222,33 @@ async fn daily_revenue_by_category_with_the_previous_period() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn paths_after_an_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app(dir.path()).await;
+    let batch = json!({"batch": [
+        {"type": "track", "event": "Product Added", "userId": "a", "timestamp": "2026-05-01T10:00:00Z"},
+        {"type": "track", "event": "Checkout Started", "userId": "a", "timestamp": "2026-05-01T10:01:00Z"},
+        {"type": "track", "event": "Order Completed", "userId": "a", "timestamp": "2026-05-01T10:02:00Z"},
+        {"type": "track", "event": "Product Added", "userId": "b", "timestamp": "2026-05-01T11:00:00Z"},
+        {"type": "page", "name": "Home", "userId": "b", "timestamp": "2026-05-01T11:01:00Z"},
+    ]});
+    assert_eq!(app.post("/v1/batch", batch.to_string()).await.0, 200);
+    let q = json!({
+        "kind": "paths", "event": {"event": "Product Added"}, "depth": 2,
+        "from": "2026-05-01T00:00:00Z", "to": "2026-05-02T00:00:00Z"
+    });
+    let answer = query_when_applied(&app, &q, 5).await;
+    assert_eq!(answer["occurrences"], 2);
+    assert_eq!(
+        answer["edges"],
+        json!([
+            {"depth": 1, "from": "Product Added", "to": "$page", "count": 1},
+            {"depth": 1, "from": "Product Added", "to": "Checkout Started", "count": 1},
+            {"depth": 2, "from": "Checkout Started", "to": "Order Completed", "count": 1},
+        ]),
+        "{answer}"
+    );
+    app.stop().await;
+}

@@ -23,6 +23,8 @@ pub struct Persons {
     parent: Vec<PersonId>,
     /// `id -> key` (the reverse of `ids`), to name persons in answers.
     keys: Vec<String>,
+    /// Reused to build lookup keys without allocating per event.
+    scratch: String,
 }
 
 fn key(user: bool, id: &str) -> String {
@@ -46,14 +48,17 @@ impl Persons {
         self.parent.is_empty()
     }
 
-    fn intern(&mut self, k: String) -> PersonId {
-        if let Some(&id) = self.ids.get(&k) {
+    fn intern(&mut self, user: bool, raw: &str) -> PersonId {
+        self.scratch.clear();
+        self.scratch.push_str(if user { "u:" } else { "a:" });
+        self.scratch.push_str(raw);
+        if let Some(&id) = self.ids.get(self.scratch.as_str()) {
             return id;
         }
         let id = self.parent.len() as PersonId;
         self.parent.push(id);
-        self.keys.push(k.clone());
-        self.ids.insert(k, id);
+        self.keys.push(self.scratch.clone());
+        self.ids.insert(self.scratch.clone(), id);
         id
     }
 
@@ -64,8 +69,8 @@ impl Persons {
         user_id: Option<&str>,
         anonymous_id: Option<&str>,
     ) -> Option<PersonId> {
-        let user = user_id.map(|u| self.intern(key(true, u)));
-        let anon = anonymous_id.map(|a| self.intern(key(false, a)));
+        let user = user_id.map(|u| self.intern(true, u));
+        let anon = anonymous_id.map(|a| self.intern(false, a));
         match (user, anon) {
             (Some(u), Some(a)) => {
                 self.union(u, a);
@@ -79,7 +84,7 @@ impl Persons {
     /// `alias`: `previous_id` (a user id or an anonymous id) becomes the same person as
     /// `user_id`.
     pub fn alias(&mut self, previous_id: &str, user_id: &str) -> PersonId {
-        let u = self.intern(key(true, user_id));
+        let u = self.intern(true, user_id);
         // The previous id may have been seen as either kind; merge whichever exist, and
         // register it as anonymous if it was never seen.
         let mut merged = false;
@@ -90,7 +95,7 @@ impl Persons {
             }
         }
         if !merged {
-            let p = self.intern(key(false, previous_id));
+            let p = self.intern(false, previous_id);
             self.union(u, p);
         }
         u

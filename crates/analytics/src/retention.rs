@@ -25,7 +25,7 @@ use crate::funnel::{Matcher, Step};
 use crate::period::{Period, Periods};
 
 /// The most periods a retention query may span.
-pub const MAX_PERIODS: usize = 370;
+pub const MAX_RETENTION_PERIODS: usize = 370;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,9 +68,9 @@ impl RetentionQuery {
     fn validate(&self) -> Result<(), Error> {
         self.start_event.validate("`start_event`")?;
         self.return_event.validate("`return_event`")?;
-        if !(1..=MAX_PERIODS).contains(&self.periods) {
+        if !(1..=MAX_RETENTION_PERIODS).contains(&self.periods) {
             return Err(Error::Invalid(format!(
-                "`periods` must be between 1 and {MAX_PERIODS}"
+                "`periods` must be between 1 and {MAX_RETENTION_PERIODS}"
             )));
         }
         Ok(())

@@ -7,15 +7,20 @@
 //! - [`ColumnStore`] is a named consumer of the event log (`columnar`) that appends every
 //!   event to its tenant's table.
 //!
-//! This is the hot, in-memory part of the design in ARCHITECTURE.md; sealed, sorted Parquet
-//! segments come next (issue 3). Until then the store is rebuilt from the log on start.
+//!   Hot rows are sealed into immutable Parquet segments ([`storage`]), sorted by (person,
+//!   time), one file per tenant and UTC day, in the data directory or in object storage.
 
 mod dict;
+mod error;
 mod persons;
+mod segment;
+pub mod storage;
 mod store;
 mod table;
 
 pub use dict::Dictionary;
+pub use error::Error;
 pub use persons::{PersonId, Persons};
-pub use store::ColumnStore;
-pub use table::{NumColumn, StrColumn, Table};
+pub use storage::SegmentStore;
+pub use store::{CONSUMER, ColumnOptions, ColumnStore};
+pub use table::{Chunk, NumColumn, StrColumn, Table};

@@ -136,6 +136,39 @@ impl Persons {
         self.find(p)
     }
 
+    /// Every id's key (`u:<userId>` / `a:<anonymousId>`) and union-find parent, in id order:
+    /// what a sealed snapshot stores.
+    pub fn snapshot(&self) -> (&[String], &[PersonId]) {
+        (&self.keys, &self.parent)
+    }
+
+    /// Rebuilds persons from a [`Persons::snapshot`]. Refuses a snapshot whose parents are
+    /// out of range or not smaller ids (the invariant [`Persons::redirects`] relies on), or
+    /// whose keys repeat or lack the `u:`/`a:` prefix.
+    pub fn restore(keys: Vec<String>, parent: Vec<PersonId>) -> Result<Self, String> {
+        if keys.len() != parent.len() {
+            return Err(format!("{} keys but {} parents", keys.len(), parent.len()));
+        }
+        let mut ids = HashMap::with_capacity(keys.len());
+        for (i, (k, &p)) in keys.iter().zip(&parent).enumerate() {
+            if p as usize > i {
+                return Err(format!("person {i} has parent {p}, not a smaller id"));
+            }
+            if !(k.starts_with("u:") || k.starts_with("a:")) {
+                return Err(format!("person {i} has a key without a kind prefix"));
+            }
+            if ids.insert(k.clone(), i as PersonId).is_some() {
+                return Err(format!("person key {k:?} appears twice"));
+            }
+        }
+        Ok(Self {
+            ids,
+            parent,
+            keys,
+            scratch: String::new(),
+        })
+    }
+
     /// `id -> canonical id` for every id, for queries to apply at read time. Read-only, so
     /// queries can share the table; one pass, since every parent is a smaller id whose root
     /// is already known.

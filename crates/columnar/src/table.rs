@@ -9,6 +9,7 @@
 //! `$name`.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
@@ -25,7 +26,7 @@ pub type StrColumn = Vec<u32>;
 /// A number column: `NaN` = absent.
 pub type NumColumn = Vec<f64>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Table {
     pub person: Vec<PersonId>,
     pub ts: Vec<i64>,
@@ -38,6 +39,45 @@ pub struct Table {
     pub persons: Persons,
     /// Events without a person (cannot happen for validated events; counted, not stored).
     pub skipped: u64,
+    /// Rows `0..sealed` are in sealed segments (and immutable); the rest is the hot part.
+    pub sealed: usize,
+    /// The sealed rows, one chunk per segment file, with their time bounds: what queries
+    /// use to skip rows outside their range.
+    pub chunks: Vec<Chunk>,
+    /// The newest event time sealed so far (µs); `i64::MIN` before the first seal.
+    pub watermark: i64,
+    /// Events that arrived older than [`Table::watermark`]: placed in their own day's
+    /// segment at the next seal, and counted here.
+    pub late: u64,
+}
+
+/// A sealed range of rows and the time span it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub rows: Range<usize>,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self {
+            person: Vec::new(),
+            ts: Vec::new(),
+            name: Vec::new(),
+            names: Dictionary::default(),
+            keys: Dictionary::default(),
+            values: Dictionary::default(),
+            strings: HashMap::new(),
+            numbers: HashMap::new(),
+            persons: Persons::default(),
+            skipped: 0,
+            sealed: 0,
+            chunks: Vec::new(),
+            watermark: i64::MIN,
+            late: 0,
+        }
+    }
 }
 
 impl Table {
@@ -82,8 +122,12 @@ impl Table {
             EventType::Alias => "$alias",
         };
         let row = self.ts.len();
+        let ts = e.timestamp.timestamp_micros();
+        if ts < self.watermark {
+            self.late += 1;
+        }
         self.person.push(person);
-        self.ts.push(e.timestamp.timestamp_micros());
+        self.ts.push(ts);
         let name = self.names.intern(name);
         self.name.push(name);
         if let Some(n) = e.name.as_deref()
@@ -107,6 +151,89 @@ impl Table {
             }
         }
         Ok(())
+    }
+
+    /// Rows not yet sealed.
+    pub fn hot_len(&self) -> usize {
+        self.len() - self.sealed
+    }
+
+    /// The row ranges that may hold events with `from <= ts <= to`: the sealed chunks whose
+    /// time span overlaps, and the hot part. Adjacent ranges are joined.
+    pub fn ranges_within(&self, from: i64, to: i64) -> Vec<Range<usize>> {
+        let mut out: Vec<Range<usize>> = Vec::new();
+        let hot = self.sealed..self.len();
+        let overlapping = self
+            .chunks
+            .iter()
+            .filter(|c| c.max_ts >= from && c.min_ts <= to)
+            .map(|c| c.rows.clone());
+        for r in overlapping.chain(std::iter::once(hot)) {
+            if r.is_empty() {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+
+    /// Puts the hot rows in segment order: by UTC day, then person, then time (ties keep
+    /// arrival order). Returns the row range of each day, in order. Rows move only within
+    /// the hot part, so sealed rows and what queries read of them do not change.
+    pub fn order_hot(&mut self) -> Vec<Range<usize>> {
+        const DAY: i64 = 86_400_000_000;
+        let start = self.sealed;
+        let len = self.len();
+        let day = |ts: i64| ts.div_euclid(DAY);
+        let mut order: Vec<u32> = (0..(len - start) as u32).collect();
+        order.sort_by_key(|&i| {
+            let r = start + i as usize;
+            (day(self.ts[r]), self.person[r], self.ts[r])
+        });
+        if !order.iter().enumerate().all(|(i, &o)| i as u32 == o) {
+            permute(&mut self.ts, start, &order);
+            permute(&mut self.person, start, &order);
+            permute(&mut self.name, start, &order);
+            for col in self.strings.values_mut() {
+                if col.len() > start {
+                    col.resize(len, 0);
+                    permute(col, start, &order);
+                }
+            }
+            for col in self.numbers.values_mut() {
+                if col.len() > start {
+                    col.resize(len, f64::NAN);
+                    permute(col, start, &order);
+                }
+            }
+        }
+        let mut days: Vec<Range<usize>> = Vec::new();
+        for r in start..len {
+            match days.last_mut() {
+                Some(d) if day(self.ts[d.start]) == day(self.ts[r]) => d.end = r + 1,
+                _ => days.push(r..r + 1),
+            }
+        }
+        days
+    }
+
+    /// Marks the given ranges (the hot rows, as [`Table::order_hot`] returned them) sealed.
+    pub fn mark_sealed(&mut self, ranges: &[Range<usize>]) {
+        for r in ranges.iter().filter(|r| !r.is_empty()) {
+            let (min_ts, max_ts) = self.ts[r.clone()]
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+            self.watermark = self.watermark.max(max_ts);
+            self.chunks.push(Chunk {
+                rows: r.clone(),
+                min_ts,
+                max_ts,
+            });
+            self.sealed = self.sealed.max(r.end);
+        }
     }
 
     /// The string value of property `key` at `row`.
@@ -139,6 +266,12 @@ impl Table {
         col.resize(row, f64::NAN);
         col.push(value);
     }
+}
+
+/// Reorders `v[start..]` so that position `i` holds what was at `start + order[i]`.
+fn permute<T: Copy>(v: &mut [T], start: usize, order: &[u32]) {
+    let tail: Vec<T> = order.iter().map(|&o| v[start + o as usize]).collect();
+    v[start..start + tail.len()].copy_from_slice(&tail);
 }
 
 /// The fields of a stored event the columns need.

@@ -1,0 +1,19 @@
+//! The column store's errors.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("segment storage: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("sealed segment: {0}")]
+    Segment(String),
+    #[error("segment storage URL {0}")]
+    Url(String),
+    #[error("event log: {0}")]
+    Log(#[from] livora_log::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,312 @@
+//! Sealed segments as Parquet: a range of a tenant's rows, and the tenant's persons.
+//!
+//! An events file holds one UTC day of one tenant, sorted by (person, time), zstd-compressed,
+//! with Parquet's own dictionary encoding for the event name and string properties and
+//! min/max statistics per column chunk. Its columns:
+//!
+//! | column | type | |
+//! |---|---|---|
+//! | `ts` | timestamp (µs, UTC) | event time |
+//! | `person` | uint32 | dense person id within the tenant, before merges |
+//! | `user_id`, `anonymous_id` | string, nullable | the id the person was created for |
+//! | `event` | string | event name (`$page`, `$screen`, `$identify`… for other calls) |
+//! | `properties.<key>` | string or double, nullable | top-level scalar properties |
+//!
+//! A key seen both as a string and as a number gets two columns, the number one named
+//! `properties.<key>#number`. Every property column carries the field metadata
+//! `livora:key` and `livora:type` (`string` / `number`), which is what the loader reads; the
+//! names are for people and other engines (`SELECT * FROM 'x.parquet'` in DuckDB).
+//!
+//! A persons file holds every person id of the tenant at the time of the seal: `id`, `key`
+//! (`u:<userId>` or `a:<anonymousId>`) and `parent` (the identity-merge forest).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_array::builder::{Float64Builder, StringBuilder};
+use arrow_array::{
+    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use parquet::file::metadata::SortingColumn;
+
+use crate::Error;
+use crate::persons::Persons;
+use crate::table::Table;
+
+const KEY: &str = "livora:key";
+const TYPE: &str = "livora:type";
+
+fn writer_properties(sorted: bool) -> Result<WriterProperties, Error> {
+    let level = ZstdLevel::try_new(3)?;
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_created_by(format!("livora {}", env!("CARGO_PKG_VERSION")));
+    if sorted {
+        // (person, ts): columns 1 and 0.
+        b = b.set_sorting_columns(Some(vec![
+            SortingColumn {
+                column_idx: 1,
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: 0,
+                descending: false,
+                nulls_first: false,
+            },
+        ]));
+    }
+    Ok(b.build())
+}
+
+/// Encodes `rows` of `t` (already in (person, time) order) as a Parquet file.
+pub(crate) fn encode_events(t: &Table, rows: Range<usize>) -> Result<Vec<u8>, Error> {
+    let n = rows.len();
+    let mut fields = vec![
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("person", DataType::UInt32, false),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("anonymous_id", DataType::Utf8, true),
+        Field::new("event", DataType::Utf8, false),
+    ];
+    let ts = TimestampMicrosecondArray::from(t.ts[rows.clone()].to_vec()).with_timezone("UTC");
+    let person = UInt32Array::from(t.person[rows.clone()].to_vec());
+    let (mut user, mut anon) = (StringBuilder::new(), StringBuilder::new());
+    let mut event = StringBuilder::new();
+    for row in rows.clone() {
+        match t.persons.describe(t.person[row]) {
+            Some((true, id)) => {
+                user.append_value(id);
+                anon.append_null();
+            }
+            Some((false, id)) => {
+                user.append_null();
+                anon.append_value(id);
+            }
+            None => {
+                user.append_null();
+                anon.append_null();
+            }
+        }
+        event.append_value(t.names.value(t.name[row]).unwrap_or(""));
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(ts),
+        Arc::new(person),
+        Arc::new(user.finish()),
+        Arc::new(anon.finish()),
+        Arc::new(event.finish()),
+    ];
+    // Property columns with at least one value in range, in key order (stable files).
+    let present = |len: usize| len > rows.start;
+    let mut strings: Vec<(&str, &Vec<u32>)> = t
+        .strings
+        .iter()
+        .filter(|(_, c)| present(c.len()) && c[rows.start..c.len().min(rows.end)].iter().any(|v| *v != 0))
+        .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
+        .collect();
+    strings.sort_by_key(|(k, _)| *k);
+    let mut numbers: Vec<(&str, &Vec<f64>)> = t
+        .numbers
+        .iter()
+        .filter(|(_, c)| {
+            present(c.len()) && c[rows.start..c.len().min(rows.end)].iter().any(|v| !v.is_nan())
+        })
+        .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
+        .collect();
+    numbers.sort_by_key(|(k, _)| *k);
+    for (key, col) in &strings {
+        let mut b = StringBuilder::with_capacity(n, n * 8);
+        for row in rows.clone() {
+            match col.get(row).copied().unwrap_or(0) {
+                0 => b.append_null(),
+                v => b.append_option(t.values.value(v - 1)),
+            }
+        }
+        fields.push(property_field(format!("properties.{key}"), key, "string"));
+        columns.push(Arc::new(b.finish()));
+    }
+    for (key, col) in &numbers {
+        let mut b = Float64Builder::with_capacity(n);
+        for row in rows.clone() {
+            b.append_option(col.get(row).copied().filter(|v| !v.is_nan()));
+        }
+        let name = if strings.binary_search_by_key(key, |(k, _)| *k).is_ok() {
+            format!("properties.{key}#number")
+        } else {
+            format!("properties.{key}")
+        };
+        fields.push(property_field(name, key, "number"));
+        columns.push(Arc::new(b.finish()));
+    }
+    write(Schema::new(fields), columns, true)
+}
+
+fn property_field(name: String, key: &str, kind: &str) -> Field {
+    let data_type = if kind == "number" {
+        DataType::Float64
+    } else {
+        DataType::Utf8
+    };
+    Field::new(name, data_type, true).with_metadata(HashMap::from([
+        (KEY.to_owned(), key.to_owned()),
+        (TYPE.to_owned(), kind.to_owned()),
+    ]))
+}
+
+fn write(schema: Schema, columns: Vec<ArrayRef>, sorted: bool) -> Result<Vec<u8>, Error> {
+    let schema = Arc::new(schema);
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties(sorted)?))?;
+    w.write(&batch)?;
+    Ok(w.into_inner()?)
+}
+
+/// Appends the rows of an events file to `t`, whose persons must already hold every person
+/// the file names. Returns the number of rows appended.
+pub(crate) fn decode_events(bytes: Bytes, t: &mut Table) -> Result<usize, Error> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
+        .with_batch_size(64 * 1024)
+        .build()?;
+    let mut total = 0;
+    for batch in reader {
+        let batch = batch?;
+        total += append_batch(&batch, t)?;
+    }
+    Ok(total)
+}
+
+fn column<'a, A: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a A, Error> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<A>())
+        .ok_or_else(|| Error::Segment(format!("column {name:?} missing or of the wrong type")))
+}
+
+fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
+    let ts: &TimestampMicrosecondArray = column(b, "ts")?;
+    let person: &UInt32Array = column(b, "person")?;
+    let event: &StringArray = column(b, "event")?;
+    let n = b.num_rows();
+    let base = t.len();
+    let persons = t.persons.len();
+    if let Some(p) = person.values().iter().find(|p| **p as usize >= persons) {
+        return Err(Error::Segment(format!(
+            "person {p} is not in the persons snapshot ({persons} persons)"
+        )));
+    }
+    if ts.null_count() > 0 || event.null_count() > 0 {
+        return Err(Error::Segment("null ts or event".into()));
+    }
+    t.ts.extend_from_slice(ts.values());
+    t.person.extend_from_slice(person.values());
+    // Event names repeat: remember the last one instead of hashing every row.
+    let mut last: Option<(&str, u32)> = None;
+    t.name.reserve(n);
+    for name in event.iter().flatten() {
+        let id = match last {
+            Some((s, id)) if s == name => id,
+            _ => {
+                let id = t.names.intern(name);
+                last = Some((name, id));
+                id
+            }
+        };
+        t.name.push(id);
+    }
+    for (i, field) in b.schema().fields().iter().enumerate() {
+        let meta = field.metadata();
+        let (Some(key), Some(kind)) = (meta.get(KEY), meta.get(TYPE)) else {
+            continue;
+        };
+        let k = t.keys.intern(key);
+        let array = b.column(i);
+        match kind.as_str() {
+            "string" => {
+                let a = array
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| Error::Segment(format!("{key:?} is not a string column")))?;
+                let mut ids = Vec::with_capacity(n);
+                let mut last: Option<(&str, u32)> = None;
+                for v in a.iter() {
+                    ids.push(match (v, last) {
+                        (None, _) => 0,
+                        (Some(v), Some((s, id))) if s == v => id,
+                        (Some(v), _) => {
+                            let id = t.values.intern(v) + 1;
+                            last = Some((v, id));
+                            id
+                        }
+                    });
+                }
+                let col = t.strings.entry(k).or_default();
+                col.resize(base, 0);
+                col.extend_from_slice(&ids);
+            }
+            "number" => {
+                let a = array
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .ok_or_else(|| Error::Segment(format!("{key:?} is not a number column")))?;
+                let col = t.numbers.entry(k).or_default();
+                col.resize(base, f64::NAN);
+                col.extend(a.iter().map(|v| v.unwrap_or(f64::NAN)));
+            }
+            other => return Err(Error::Segment(format!("unknown column type {other:?}"))),
+        }
+    }
+    Ok(n)
+}
+
+/// Encodes every person of `p` (id order).
+pub(crate) fn encode_persons(p: &Persons) -> Result<Vec<u8>, Error> {
+    let (keys, parents) = p.snapshot();
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::UInt32, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("parent", DataType::UInt32, false),
+    ]);
+    let ids = UInt32Array::from_iter_values(0..keys.len() as u32);
+    let keys = StringArray::from_iter_values(keys.iter());
+    let parents = UInt32Array::from(parents.to_vec());
+    write(
+        schema,
+        vec![Arc::new(ids), Arc::new(keys), Arc::new(parents)],
+        false,
+    )
+}
+
+pub(crate) fn decode_persons(bytes: Bytes) -> Result<Persons, Error> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let (mut keys, mut parents) = (Vec::new(), Vec::new());
+    for batch in reader {
+        let batch = batch?;
+        let id: &UInt32Array = column(&batch, "id")?;
+        let key: &StringArray = column(&batch, "key")?;
+        let parent: &UInt32Array = column(&batch, "parent")?;
+        for (i, &id) in id.values().iter().enumerate() {
+            if id as usize != keys.len() {
+                return Err(Error::Segment(format!("persons out of order at id {id}")));
+            }
+            if key.is_null(i) {
+                return Err(Error::Segment(format!("person {id} has no key")));
+            }
+            keys.push(key.value(i).to_owned());
+            parents.push(parent.value(i));
+        }
+    }
+    Persons::restore(keys, parents).map_err(Error::Segment)
+}

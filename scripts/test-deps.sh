@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs the official Segment SDKs used by the SDK compatibility tests.
+# Installs what the tests run besides Livora: the official Segment SDKs (SDK compatibility
+# tests), DuckDB from PyPI (reads sealed Parquet segments with a reader that is not ours) and
+# s3s-fs (an S3-protocol server that checks request signatures, for the object-storage test).
 #
 # Idempotent: a stamp file records the pinned versions; when it matches, this
 # script does nothing, so test commands may call it every time.
@@ -7,23 +9,27 @@
 #   LIVORA_TEST_DEPS  install dir (default: <repo root>/.cache/test-deps)
 #
 # Layout:
-#   $LIVORA_TEST_DEPS/venv/                       Python venv with segment-analytics-python
+#   $LIVORA_TEST_DEPS/venv/                       Python venv: segment-analytics-python, duckdb
 #   $LIVORA_TEST_DEPS/node/node_modules/          @segment/analytics-node
+#   $LIVORA_TEST_DEPS/s3s/bin/s3s-fs              S3 server (cargo install, own target dir)
 #   $LIVORA_TEST_DEPS/stamp                       pinned versions
 set -euo pipefail
 
 PY_SDK_VERSION="2.4.0"    # PyPI: segment-analytics-python (import segment.analytics)
 NODE_SDK_VERSION="3.1.0"  # npm: @segment/analytics-node (needs node >= 20)
+DUCKDB_VERSION="1.5.6"    # PyPI: duckdb
+S3S_VERSION="0.14.1"      # crates.io: s3s-fs (newer versions need a newer compiler)
 
 SCRIPT_DIR="$(cd "$(dirname "$0")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 DEPS_DIR="${LIVORA_TEST_DEPS:-$REPO_ROOT/.cache/test-deps}"
 STAMP="$DEPS_DIR/stamp"
-WANT_STAMP="segment-analytics-python==$PY_SDK_VERSION @segment/analytics-node@$NODE_SDK_VERSION"
+WANT_STAMP="segment-analytics-python==$PY_SDK_VERSION duckdb==$DUCKDB_VERSION @segment/analytics-node@$NODE_SDK_VERSION s3s-fs@$S3S_VERSION"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT_STAMP" \
       && -x "$DEPS_DIR/venv/bin/python" \
-      && -d "$DEPS_DIR/node/node_modules/@segment/analytics-node" ]]; then
+      && -d "$DEPS_DIR/node/node_modules/@segment/analytics-node" \
+      && -x "$DEPS_DIR/s3s/bin/s3s-fs" ]]; then
     echo "test-deps: up to date in $DEPS_DIR ($WANT_STAMP)"
     exit 0
 fi
@@ -62,7 +68,7 @@ if [[ ! -x "$DEPS_DIR/venv/bin/python" ]]; then
     quiet "$PYTHON" -m venv "$DEPS_DIR/venv"
 fi
 quiet "$DEPS_DIR/venv/bin/python" -m pip install --disable-pip-version-check \
-    "segment-analytics-python==$PY_SDK_VERSION"
+    "segment-analytics-python==$PY_SDK_VERSION" "duckdb==$DUCKDB_VERSION"
 
 # --- Node -----------------------------------------------------------------
 command -v node >/dev/null || { echo "test-deps: node not found" >&2; exit 1; }
@@ -79,6 +85,16 @@ cat > "$DEPS_DIR/node/package.json" <<JSON
 }
 JSON
 quiet npm install --prefix "$DEPS_DIR/node" --no-audit --no-fund
+
+# --- s3s-fs ---------------------------------------------------------------
+# Its own target dir: a caller's CARGO_TARGET_DIR may be locked by the `cargo test` running us.
+if [[ ! -x "$DEPS_DIR/s3s/bin/s3s-fs" ]] || ! "$DEPS_DIR/s3s/bin/s3s-fs" --version 2>/dev/null | grep -q "$S3S_VERSION"; then
+    command -v cargo >/dev/null || { echo "test-deps: cargo not found" >&2; exit 1; }
+    echo "test-deps: building s3s-fs $S3S_VERSION (about 2-3 minutes)" >&2
+    quiet env -u CARGO_TARGET_DIR cargo install "s3s-fs@$S3S_VERSION" --locked --features binary \
+        --root "$DEPS_DIR/s3s" --target-dir "$DEPS_DIR/s3s-build"
+    rm -rf "$DEPS_DIR/s3s-build"
+fi
 
 echo "$WANT_STAMP" > "$STAMP"
 echo "test-deps: installed $WANT_STAMP into $DEPS_DIR"

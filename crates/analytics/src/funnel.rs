@@ -374,7 +374,8 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
     // Pass 1, split across cores by row range: the mask and canonical person of every event
     // in range. Strict mode needs the events that match no step too: they break chains.
     let persons = redirects.len().max(t.persons.len());
-    let chunks = crate::parallel::ranges(t.len());
+    // Sealed chunks outside [from, scan_to] are skipped by their time statistics.
+    let chunks = crate::parallel::ranges_over(&t.ranges_within(from, scan_to));
     let parts: Vec<Vec<(u32, Row)>> = chunks
         .into_par_iter()
         .map(|range| {

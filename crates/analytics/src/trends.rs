@@ -182,7 +182,11 @@ fn run(
     let number_col = number_key.flatten().and_then(|k| t.numbers.get(&k));
     let unique = q.metric == Metric::UniquePersons;
     let buckets = periods.len();
-    let parts: Vec<Result<Part, Error>> = crate::parallel::ranges(t.len())
+    let (first, last) = (
+        periods.bounds.first().copied().unwrap_or(0),
+        periods.bounds.last().copied().unwrap_or(0),
+    );
+    let parts: Vec<Result<Part, Error>> = crate::parallel::ranges_over(&t.ranges_within(first, last - 1))
         .into_par_iter()
         .map(|range| {
             let mut part = Part::default();

@@ -26,16 +26,15 @@ use std::sync::Arc;
 
 use arrow_array::builder::{Float64Builder, StringBuilder};
 use arrow_array::{
-    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt32Array,
+    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::WriterProperties;
 
 use crate::Error;
 use crate::persons::Persons;
@@ -115,7 +114,9 @@ pub(crate) fn encode_events(t: &Table, rows: Range<usize>) -> Result<Vec<u8>, Er
     let mut strings: Vec<(&str, &Vec<u32>)> = t
         .strings
         .iter()
-        .filter(|(_, c)| present(c.len()) && c[rows.start..c.len().min(rows.end)].iter().any(|v| *v != 0))
+        .filter(|(_, c)| {
+            present(c.len()) && c[rows.start..c.len().min(rows.end)].iter().any(|v| *v != 0)
+        })
         .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
         .collect();
     strings.sort_by_key(|(k, _)| *k);
@@ -123,7 +124,10 @@ pub(crate) fn encode_events(t: &Table, rows: Range<usize>) -> Result<Vec<u8>, Er
         .numbers
         .iter()
         .filter(|(_, c)| {
-            present(c.len()) && c[rows.start..c.len().min(rows.end)].iter().any(|v| !v.is_nan())
+            present(c.len())
+                && c[rows.start..c.len().min(rows.end)]
+                    .iter()
+                    .any(|v| !v.is_nan())
         })
         .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
         .collect();
@@ -309,4 +313,53 @@ pub(crate) fn decode_persons(bytes: Bytes) -> Result<Persons, Error> {
         }
     }
     Persons::restore(keys, parents).map_err(Error::Segment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_say_they_are_sorted_and_zstd_compressed() {
+        let mut t = Table::default();
+        t.push_json(br#"{"type":"track","event":"Buy","userId":"u","timestamp":"2026-01-01T00:00:00Z","properties":{"k":"v","n":1,"both":"x"}}"#).expect("push");
+        t.push_json(br#"{"type":"track","event":"Buy","anonymousId":"a","timestamp":"2026-01-01T00:00:01Z","properties":{"both":2}}"#).expect("push");
+        let bytes = Bytes::from(encode_events(&t, 0..2).expect("encode"));
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).expect("read");
+        let rg = builder.metadata().row_group(0);
+        let sorting: Vec<i32> = rg
+            .sorting_columns()
+            .expect("sorting columns")
+            .iter()
+            .map(|c| c.column_idx)
+            .collect();
+        assert_eq!(sorting, vec![1, 0], "(person, ts)");
+        assert!(
+            rg.columns()
+                .iter()
+                .all(|c| matches!(c.compression(), Compression::ZSTD(_)))
+        );
+        assert!(rg.column(0).statistics().is_some(), "min/max statistics");
+        let names: Vec<String> = builder
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert!(names.contains(&"properties.both".to_owned()));
+        assert!(names.contains(&"properties.both#number".to_owned()));
+        let mut back = Table {
+            persons: t.persons.clone(),
+            ..Table::default()
+        };
+        assert_eq!(decode_events(bytes, &mut back).expect("decode"), 2);
+        let both = back.keys.get("both").expect("key");
+        assert_eq!(back.str_at(both, 0), Some("x"));
+        assert_eq!(back.num_at(both, 1), Some(2.0));
+        assert_eq!(back.num_at(both, 0), None);
+        // A file naming a person the snapshot does not have is refused.
+        let mut empty = Table::default();
+        let bytes = Bytes::from(encode_events(&t, 0..2).expect("encode"));
+        assert!(decode_events(bytes, &mut empty).is_err());
+    }
 }

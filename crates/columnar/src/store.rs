@@ -355,11 +355,7 @@ struct Encoded {
 }
 
 /// Orders a tenant's hot rows and encodes them, one file per day, with a persons snapshot.
-fn encode_hot(
-    table: &RwLock<Table>,
-    tenant: TenantId,
-    seq: u64,
-) -> Result<Encoded, Error> {
+fn encode_hot(table: &RwLock<Table>, tenant: TenantId, seq: u64) -> Result<Encoded, Error> {
     let days = table.write().unwrap_or_else(|e| e.into_inner()).order_hot();
     let t = ColumnStore::read(table);
     let mut files = Vec::with_capacity(days.len());
@@ -410,7 +406,8 @@ async fn load_tenant(segments: &SegmentStore, tm: &TenantManifest) -> Result<Tab
                 seg.path, rows, seg.rows
             )));
         }
-        table.mark_sealed(&[start..table.len()]);
+        let loaded = start..table.len();
+        table.mark_sealed(std::slice::from_ref(&loaded));
     }
     Ok(table)
 }
@@ -422,7 +419,13 @@ mod tests {
     use proptest::prelude::*;
 
     /// One event as the tests describe it: (user, anonymous, event, time in s, props).
-    type Ev = (Option<String>, Option<String>, String, i64, Vec<(String, serde_json::Value)>);
+    type Ev = (
+        Option<String>,
+        Option<String>,
+        String,
+        i64,
+        Vec<(String, serde_json::Value)>,
+    );
 
     fn record(offset: u64, tenant: Uuid, e: &Ev) -> Record {
         let (user, anon, name, secs, props) = e;
@@ -436,7 +439,11 @@ mod tests {
         if name != "$identify" {
             v["event"] = name.clone().into();
         }
-        let bag = if name == "$identify" { "traits" } else { "properties" };
+        let bag = if name == "$identify" {
+            "traits"
+        } else {
+            "properties"
+        };
         v[bag] = serde_json::Value::Object(props.iter().cloned().collect());
         if let Some(u) = user {
             v["userId"] = u.clone().into();
@@ -512,8 +519,14 @@ mod tests {
                 "a sealed chunk is sorted by (person, time)"
             );
             let day = |r: usize| t.ts[r].div_euclid(86_400_000_000);
-            assert!(rows.clone().all(|r| day(r) == day(c.rows.start)), "one day per chunk");
-            assert!(rows.clone().all(|r| (c.min_ts..=c.max_ts).contains(&t.ts[r])));
+            assert!(
+                rows.clone().all(|r| day(r) == day(c.rows.start)),
+                "one day per chunk"
+            );
+            assert!(
+                rows.clone()
+                    .all(|r| (c.min_ts..=c.max_ts).contains(&t.ts[r]))
+            );
         }
     }
 
@@ -535,19 +548,29 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let tenant = Uuid::from_u128(7);
         let day = 86_400;
-        let store = ColumnStore::open(sealed_store(dir.path())).await.expect("open");
+        let store = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("open");
         let first = [
             ev(None, Some("anon-1"), "Viewed", 10 * day + 5),
             ev(Some("alice"), Some("anon-1"), "Signed Up", 11 * day + 1),
             ev(Some("bob"), None, "Viewed", 11 * day + 2),
             ev(Some("bob"), None, "Viewed", 10 * day + 9),
         ];
-        let records: Vec<_> = first.iter().enumerate().map(|(i, e)| record(i as u64, tenant, e)).collect();
+        let records: Vec<_> = first
+            .iter()
+            .enumerate()
+            .map(|(i, e)| record(i as u64, tenant, e))
+            .collect();
         store.apply(&records);
         assert_eq!(store.seal(None).await.expect("seal"), 4);
         let m = store.manifest();
         assert_eq!(m.offset, 4);
-        assert_eq!(m.tenants[&tenant.into()].segments.len(), 2, "one file per day");
+        assert_eq!(
+            m.tenants[&tenant].segments.len(),
+            2,
+            "one file per day"
+        );
         // A late event (day 10 < watermark day 11) and a merge of bob into alice.
         let late = ev(None, Some("anon-2"), "Viewed", 10 * day + 7);
         let mut merge = ev(Some("alice"), None, "$alias", 12 * day);
@@ -566,16 +589,22 @@ mod tests {
         let after_seal = rows(&ColumnStore::read(&table));
         assert_eq!(before, after_seal, "sealing only reorders");
         check_segment_order(&ColumnStore::read(&table));
-        let day10: Vec<_> = store.manifest().tenants[&tenant.into()]
+        let day10: Vec<_> = store.manifest().tenants[&tenant]
             .segments
             .iter()
             .filter(|s| s.path.contains("date=1970-01-11"))
             .map(|s| s.rows)
             .collect();
-        assert_eq!(day10, vec![2, 1], "the late event went to its own day's partition");
+        assert_eq!(
+            day10,
+            vec![2, 1],
+            "the late event went to its own day's partition"
+        );
 
         // A new store over the same directory: loaded from Parquet, nothing from a log.
-        let again = ColumnStore::open(sealed_store(dir.path())).await.expect("reopen");
+        let again = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("reopen");
         assert_eq!(again.applied(), 6, "resumes after the sealed offset");
         let t2 = again.table(TenantId(tenant)).expect("table");
         let t2 = ColumnStore::read(&t2);
@@ -596,15 +625,29 @@ mod tests {
     async fn a_seal_interrupted_before_its_manifest_leaves_the_old_state() {
         let dir = tempfile::tempdir().expect("tmp");
         let tenant = Uuid::from_u128(9);
-        let store = ColumnStore::open(sealed_store(dir.path())).await.expect("open");
+        let store = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("open");
         store.apply(&[record(0, tenant, &ev(Some("u"), None, "A", 100))]);
         store.seal(None).await.expect("seal");
         // Files of a seal that never wrote its manifest.
         std::fs::create_dir_all(dir.path().join("events/tenant=x/date=1970-01-01")).expect("mkdir");
-        std::fs::write(dir.path().join("events/tenant=x/date=1970-01-01/99.parquet"), b"junk").expect("write");
-        let again = ColumnStore::open(sealed_store(dir.path())).await.expect("reopen");
+        std::fs::write(
+            dir.path()
+                .join("events/tenant=x/date=1970-01-01/99.parquet"),
+            b"junk",
+        )
+        .expect("write");
+        let again = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("reopen");
         assert_eq!(again.applied(), 1);
-        assert_eq!(again.table(TenantId(tenant)).map(|t| ColumnStore::read(&t).len()), Some(1));
+        assert_eq!(
+            again
+                .table(TenantId(tenant))
+                .map(|t| ColumnStore::read(&t).len()),
+            Some(1)
+        );
         // A damaged manifest is an error, not an empty store.
         std::fs::write(dir.path().join(storage::MANIFEST), b"{").expect("write");
         assert!(ColumnStore::open(sealed_store(dir.path())).await.is_err());
@@ -612,7 +655,16 @@ mod tests {
 
     fn arb_events() -> impl Strategy<Value = Vec<(u8, u8, u8, i64, bool)>> {
         // (user or anon id, kind: 0 anon / 1 user / 2 both, event, time in hours, seal after)
-        proptest::collection::vec((0u8..12, 0u8..3, 0u8..4, 0i64..24 * 6, proptest::bool::weighted(0.1)), 1..120)
+        proptest::collection::vec(
+            (
+                0u8..12,
+                0u8..3,
+                0u8..4,
+                0i64..24 * 6,
+                proptest::bool::weighted(0.1),
+            ),
+            1..120,
+        )
     }
 
     proptest! {

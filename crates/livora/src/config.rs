@@ -3,7 +3,7 @@
 //! The loader takes the environment as a map so tests are hermetic. Every section refuses
 //! unknown keys, so a typo is an error instead of a silently ignored setting.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,11 +29,28 @@ pub struct Config {
 pub struct AnalyticsConfig {
     /// Keep the column store and serve `/api/v1/query`. Turn off on ingest-only nodes.
     pub enabled: bool,
+    /// Where sealed column segments go: `s3://bucket/prefix`, `gs://…`, `az://…`,
+    /// `file:///path`. Default: `<data_dir>/columns`.
+    pub segments_url: Option<String>,
+    /// object_store settings for `segments_url` (`aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`…). `AWS_*`, `GOOGLE_*` and `AZURE_*` environment variables are read
+    /// too; these win.
+    pub segments_options: BTreeMap<String, String>,
+    /// Seal the hot part when it holds this many events.
+    pub seal_rows: usize,
+    /// …or when its oldest event has waited this long.
+    pub seal_interval_secs: u64,
 }
 
 impl Default for AnalyticsConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            segments_url: None,
+            segments_options: BTreeMap::new(),
+            seal_rows: 1_000_000,
+            seal_interval_secs: 300,
+        }
     }
 }
 
@@ -108,6 +125,38 @@ impl Config {
         toml::Value::Table(table)
             .try_into()
             .context("invalid configuration")
+    }
+
+    /// The column store's options; `env` supplies `AWS_*` / `GOOGLE_*` / `AZURE_*` settings
+    /// for object storage.
+    pub fn column_options(
+        &self,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<livora_columnar::ColumnOptions> {
+        let a = &self.analytics;
+        let segments = match &a.segments_url {
+            None => livora_columnar::SegmentStore::local(&self.data_dir.join("columns"))
+                .context("cannot create the column segment directory")?,
+            Some(url) => {
+                let mut options: BTreeMap<String, String> = env
+                    .iter()
+                    .filter(|(k, _)| {
+                        ["AWS_", "GOOGLE_", "AZURE_"]
+                            .iter()
+                            .any(|p| k.starts_with(p))
+                    })
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect();
+                options.extend(a.segments_options.clone());
+                livora_columnar::SegmentStore::from_url(url, options)
+                    .context("invalid [analytics] segments_url")?
+            }
+        };
+        Ok(livora_columnar::ColumnOptions {
+            segments: Some(segments),
+            seal_rows: a.seal_rows.max(1),
+            seal_interval: Duration::from_secs(a.seal_interval_secs.max(1)),
+        })
     }
 
     pub fn log_options(&self) -> LogOptions {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use livora_columnar::ColumnStore;
 use livora_log::EventLog;
 use livora_server::AppState;
 use livora_store::{MetadataStore, SqliteStore};
@@ -163,12 +164,18 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(
-        log,
-        store.clone(),
-        config.ingest.clone(),
-        config.analytics.enabled,
-    );
+    let columns = if config.analytics.enabled {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let opts = config.column_options(&env)?;
+        Some(
+            ColumnStore::open(opts)
+                .await
+                .context("cannot load the sealed column segments")?,
+        )
+    } else {
+        None
+    };
+    let state = AppState::new(log, store.clone(), config.ingest.clone(), columns);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");
     if let Some(opts) = demo {
         let keys = demo::prepare(store.as_ref()).await?;

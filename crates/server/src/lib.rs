@@ -94,12 +94,12 @@ impl AppState {
         log: EventLog,
         store: Arc<dyn MetadataStore>,
         ingest: IngestOptions,
-        analytics: bool,
+        columns: Option<Arc<ColumnStore>>,
     ) -> Arc<Self> {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
         Arc::new(Self {
             log,
-            columns: analytics.then(ColumnStore::new),
+            columns,
             keys: KeyCache::new(store.clone(), ttl),
             store,
             ingest,

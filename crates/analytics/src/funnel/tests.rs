@@ -405,13 +405,19 @@ proptest! {
         raw in proptest::collection::vec((0u8..6, 0u8..4, 0i64..30, any::<bool>()), 1..50),
         merges in proptest::collection::vec((0u8..6, 0u8..6), 0..3),
         window in 1i64..15,
+        seal_at in 0usize..60,
     ) {
         let names = ["A", "B", "C", "X"];
         let mut t = Table::default();
         for (a, u) in &merges {
             t.push_json(format!(r#"{{"type":"identify","userId":"u{u}","anonymousId":"a{a}","timestamp":"2026-01-01T00:00:00Z"}}"#).as_bytes()).expect("push");
         }
-        for (p, e, ts, anon) in &raw {
+        for (i, (p, e, ts, anon)) in raw.iter().enumerate() {
+            if i == seal_at {
+                // Part sealed (reordered, skipped by time statistics), part hot.
+                let days = t.order_hot();
+                t.mark_sealed(&days);
+            }
             let who = if *anon { format!(r#""anonymousId":"a{p}""#) } else { format!(r#""userId":"u{p}""#) };
             let time = Utc.timestamp_opt(1_767_225_600 + ts, 0).single().expect("time").to_rfc3339();
             t.push_json(format!(r#"{{"type":"track","event":"{}",{who},"timestamp":"{time}"}}"#, names[*e as usize]).as_bytes()).expect("push");

@@ -76,11 +76,17 @@ proptest! {
         metric in 0usize..6,
         breakdown in any::<bool>(),
         span_days in 1i64..40,
+        sealed in any::<bool>(),
     ) {
         let tz: Tz = "America/New_York".parse().expect("tz");
         let base = 1_772_323_200i64; // 2026-03-01T00:00:00Z, around the US DST change
         let events: Vec<_> = raw.iter().map(|(p, s, c, a)| (*p, base + s, *c, *a)).collect();
-        let t = table_of(&events);
+        let mut t = table_of(&events);
+        if sealed {
+            // One chunk per UTC day: days outside the range are skipped by their statistics.
+            let days = t.order_hot();
+            t.mark_sealed(&days);
+        }
         let metric = match metric {
             0 => Metric::Count,
             1 => Metric::UniquePersons,

@@ -64,7 +64,12 @@ pub async fn spawn_app_with(dir: &Path, ingest: IngestOptions) -> TestApp {
         .await
         .expect("join")
         .expect("log opens");
-    let state = AppState::new(log.clone(), store.clone(), ingest, true);
+    let state = AppState::new(
+        log.clone(),
+        store.clone(),
+        ingest,
+        Some(livora_columnar::ColumnStore::new()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

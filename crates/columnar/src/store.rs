@@ -566,11 +566,7 @@ mod tests {
         assert_eq!(store.seal(None).await.expect("seal"), 4);
         let m = store.manifest();
         assert_eq!(m.offset, 4);
-        assert_eq!(
-            m.tenants[&tenant].segments.len(),
-            2,
-            "one file per day"
-        );
+        assert_eq!(m.tenants[&tenant].segments.len(), 2, "one file per day");
         // A late event (day 10 < watermark day 11) and a merge of bob into alice.
         let late = ev(None, Some("anon-2"), "Viewed", 10 * day + 7);
         let mut merge = ev(Some("alice"), None, "$alias", 12 * day);

@@ -11,6 +11,12 @@
 //! - `any`: steps in any order; a person's level is the most distinct steps that have an event
 //!   in some `[t, t + window]` where `t` is the time of one of their step events.
 //!
+//! Exclusion steps (`ordered` and `strict`, as in PostHog): a person whose counted chain has
+//! an exclusion event strictly between its `from_step` and its `to_step` (or, when the chain
+//! stopped before `to_step`, between `from_step` and the end of the window) is left out of
+//! every count and reported in `excluded`. The counted chain is the one the kernel keeps:
+//! for `ordered`, a step's time is the latest event of that step before the chain moved on.
+//!
 //! A chain must start inside `[from, to)`; later steps may fall up to `window` after `to`.
 //! Events at the same time are taken in step order (as ClickHouse does), so "viewed" and
 //! "added" in the same second count as in order whichever arrived first.
@@ -55,6 +61,32 @@ pub struct FunnelQuery {
     /// Also count per value of an event property.
     #[serde(default)]
     pub breakdown: Option<FunnelBreakdown>,
+    /// Persons who did one of these between two steps are left out.
+    #[serde(default)]
+    pub exclusions: Vec<Exclusion>,
+}
+
+/// An exclusion step: an event (with filters) that disqualifies a person when it happens
+/// between two steps of their chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exclusion {
+    pub event: String,
+    #[serde(default)]
+    pub filters: Vec<PropertyFilter>,
+    /// The step after which the event disqualifies (from 0).
+    pub from_step: usize,
+    /// The step before which it disqualifies.
+    pub to_step: usize,
+}
+
+impl Exclusion {
+    fn step(&self) -> Step {
+        Step {
+            event: self.event.clone(),
+            filters: self.filters.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,6 +200,9 @@ pub struct FunnelResult {
     /// Per breakdown value, ranked by persons entering (ties by value).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breakdown: Option<Vec<BreakdownRow>>,
+    /// Persons left out by exclusion steps (present when the query has some).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -299,6 +334,8 @@ pub struct Reached {
     /// (first touch) and on the event that reached `level` (last touch).
     pub first_value: u32,
     pub last_value: u32,
+    /// When the chain started (µs).
+    pub start: i64,
 }
 
 impl FunnelQuery {
@@ -317,6 +354,24 @@ impl FunnelQuery {
         }
         for (i, s) in self.steps.iter().enumerate() {
             s.validate(&format!("step {i}"))?;
+        }
+        if !self.exclusions.is_empty() && self.order == Order::Any {
+            return Err(Error::Invalid(
+                "exclusion steps need `ordered` or `strict` order".into(),
+            ));
+        }
+        if n + self.exclusions.len() > MAX_STEPS {
+            return Err(Error::Invalid(format!(
+                "steps and exclusion steps together must be at most {MAX_STEPS}"
+            )));
+        }
+        for (i, x) in self.exclusions.iter().enumerate() {
+            x.step().validate(&format!("exclusion {i}"))?;
+            if x.from_step >= x.to_step || x.to_step >= n {
+                return Err(Error::Invalid(format!(
+                    "exclusion {i}: needs `from_step` < `to_step` < {n} (the number of steps)"
+                )));
+            }
         }
         if let Some(b) = &self.breakdown
             && !(1..=100).contains(&b.limit)
@@ -346,7 +401,14 @@ impl FunnelQuery {
 pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelResult, Error> {
     q.validate()?;
     let n = q.steps.len();
-    let matchers: Vec<Matcher> = q.steps.iter().map(|s| Matcher::new(t, s)).collect();
+    // Exclusion steps take the mask bits after the steps.
+    let exclusion_steps: Vec<Step> = q.exclusions.iter().map(Exclusion::step).collect();
+    let matchers: Vec<Matcher> = q
+        .steps
+        .iter()
+        .chain(&exclusion_steps)
+        .map(|s| Matcher::new(t, s))
+        .collect();
     let window = q.window_seconds.saturating_mul(1_000_000);
     let from = q.from.timestamp_micros();
     let to = q.to.timestamp_micros();
@@ -355,7 +417,11 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
     // Steps without filters match by event name alone: one table lookup per row.
     let mut by_name = vec![0u32; t.names.len()];
     let mut filtered = Vec::new();
-    for (i, (m, step)) in matchers.iter().zip(&q.steps).enumerate() {
+    for (i, (m, step)) in matchers
+        .iter()
+        .zip(q.steps.iter().chain(&exclusion_steps))
+        .enumerate()
+    {
         match (m.name, step.filters.is_empty()) {
             (Some(name), true) => by_name[name as usize] |= 1 << i,
             (Some(_), false) => filtered.push((i, m)),
@@ -451,6 +517,7 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
         Vec<Vec<i64>>,
         Vec<u32>,
         hashbrown::HashMap<u32, Vec<u64>>,
+        u64,
     );
     let partials: Vec<Partial> = slices
         .into_par_iter()
@@ -460,6 +527,8 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
             let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
             let mut listed = Vec::new();
             let mut by_value: hashbrown::HashMap<u32, Vec<u64>> = hashbrown::HashMap::new();
+            let mut path = Vec::new();
+            let mut excluded = 0u64;
             for p in lo..hi {
                 let (a, b) = (
                     per_person[p] as usize - base,
@@ -473,10 +542,26 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
                 if !rows.is_sorted_by_key(key) {
                     rows.sort_by_key(key);
                 }
-                let reached = match q.order {
-                    Order::Ordered => ordered(rows, n, window, from, to),
-                    Order::Strict => strict(rows, n, window, from, to),
-                    Order::Any => any_order(rows, n, window, from, to),
+                let reached = if q.exclusions.is_empty() {
+                    match q.order {
+                        Order::Ordered => ordered(rows, n, window, from, to),
+                        Order::Strict => strict(rows, n, window, from, to),
+                        Order::Any => any_order(rows, n, window, from, to),
+                    }
+                } else {
+                    let reached = match q.order {
+                        Order::Strict => strict(rows, n, window, from, to),
+                        _ => ordered_impl::<true>(rows, n, window, from, to, &mut path),
+                    };
+                    if q.order == Order::Strict {
+                        path.clear();
+                        path.extend(reached.elapsed_us.iter().map(|e| e + reached.start));
+                    }
+                    if excluded_by(rows, n, &path, reached.level, window, &q.exclusions) {
+                        excluded += 1;
+                        continue;
+                    }
+                    reached
                 };
                 for c in counts.iter_mut().take(reached.level) {
                     *c += 1;
@@ -504,14 +589,16 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
                     }
                 }
             }
-            (counts, elapsed, listed, by_value)
+            (counts, elapsed, listed, by_value, excluded)
         })
         .collect();
     let mut counts = vec![0u64; n];
     let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
     let mut listed = Vec::new();
     let mut by_value: hashbrown::HashMap<u32, Vec<u64>> = hashbrown::HashMap::new();
-    for (c, e, l, v) in partials {
+    let mut excluded = 0;
+    for (c, e, l, v, x) in partials {
+        excluded += x;
         for i in 0..n {
             counts[i] += c[i];
             elapsed[i].extend_from_slice(&e[i]);
@@ -580,6 +667,7 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
         persons,
         persons_total,
         breakdown,
+        excluded: (!q.exclusions.is_empty()).then_some(excluded),
     })
 }
 
@@ -669,8 +757,26 @@ fn name_persons(t: &Table, redirects: &[u32], canonical: &[u32]) -> Vec<PersonRe
 /// matters. Steps of one event are tried from the last to the first, so an event never fills
 /// two steps.
 pub fn ordered(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reached {
+    ordered_impl::<false>(rows, n, window, from, to, &mut Vec::new())
+}
+
+/// [`ordered`]; with `PATHS`, also the time of each step of the chain that reached the
+/// final level, into `path` (for exclusion steps).
+pub(crate) fn ordered_impl<const PATHS: bool>(
+    rows: &[Row],
+    n: usize,
+    window: i64,
+    from: i64,
+    to: i64,
+    path: &mut Vec<i64>,
+) -> Reached {
     // Per step: (chain start, time reached, value on the chain's first step).
     let mut reached: Vec<Option<(i64, i64, u32)>> = vec![None; n];
+    let mut paths: Vec<[i64; MAX_STEPS]> = if PATHS {
+        vec![[0; MAX_STEPS]; n]
+    } else {
+        Vec::new()
+    };
     let (mut best, mut first_value, mut last_value) = (0, 0, 0);
     for r in rows {
         for i in (0..n).rev() {
@@ -686,6 +792,14 @@ pub fn ordered(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reach
             };
             if let Some(chain) = set {
                 reached[i] = Some(chain);
+                if PATHS {
+                    // Steps of one event go from the last to the first, so `i - 1` still
+                    // holds the chain this step extends.
+                    if i > 0 {
+                        paths[i] = paths[i - 1];
+                    }
+                    paths[i][i] = r.ts;
+                }
                 if i + 1 > best {
                     (best, first_value, last_value) = (i + 1, chain.2, r.value);
                 }
@@ -697,7 +811,18 @@ pub fn ordered(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reach
     }
     // A step is only ever reached from the one before, so the reached steps are a prefix.
     let level = reached.iter().take_while(|r| r.is_some()).count();
+    if PATHS {
+        path.clear();
+        if level > 0 {
+            path.extend_from_slice(&paths[level - 1][..level]);
+        }
+    }
     Reached {
+        start: reached
+            .get(level.wrapping_sub(1))
+            .copied()
+            .flatten()
+            .map_or(0, |c| c.0),
         level,
         elapsed_us: reached
             .iter()
@@ -731,6 +856,7 @@ pub fn strict(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Reache
                 elapsed_us: (0..level).map(|k| rows[j + k].ts - r.ts).collect(),
                 first_value: r.value,
                 last_value: rows[j + level - 1].value,
+                start: r.ts,
             };
             if level == n {
                 break;
@@ -781,7 +907,33 @@ pub fn any_order(rows: &[Row], n: usize, window: i64, from: i64, to: i64) -> Rea
         elapsed_us: Vec::new(),
         first_value: value,
         last_value: value,
+        start: 0,
     }
+}
+
+/// Whether a person's chain (`path`: its step times, `level` steps long) has an exclusion
+/// event (mask bit `n + k` for exclusion `k`) strictly inside an exclusion's interval.
+fn excluded_by(
+    rows: &[Row],
+    n: usize,
+    path: &[i64],
+    level: usize,
+    window: i64,
+    exclusions: &[Exclusion],
+) -> bool {
+    exclusions.iter().enumerate().any(|(k, x)| {
+        if level <= x.from_step {
+            return false;
+        }
+        let lo = path[x.from_step];
+        let hi = if level > x.to_step {
+            path[x.to_step]
+        } else {
+            path[0].saturating_add(window)
+        };
+        rows.iter()
+            .any(|r| r.mask & (1 << (n + k)) != 0 && lo < r.ts && r.ts < hi)
+    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,7 @@
-//! Calendar periods (day, ISO week, month) in a tenant's time zone, correct across DST.
+//! Calendar periods (hour, day, ISO week, month) in a tenant's time zone, correct across DST.
+//!
+//! Hours are consecutive 3,600-second spans starting at the local hour that holds `from`
+//! (so a 23- or 25-hour DST day has 23 or 25 of them).
 //!
 //! [`Periods`] computes the UTC instants where each local period starts, once per query, so
 //! bucketing an event is a binary search instead of a time-zone conversion.
@@ -12,6 +15,7 @@ use crate::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
+    Hour,
     Day,
     Week,
     Month,
@@ -20,7 +24,7 @@ pub enum Period {
 /// The local date of the period containing `date`.
 pub fn period_start(period: Period, date: NaiveDate) -> NaiveDate {
     match period {
-        Period::Day => date,
+        Period::Hour | Period::Day => date,
         Period::Week => date - Duration::days(i64::from(date.weekday().num_days_from_monday())),
         Period::Month => date.with_day(1).unwrap_or(date),
     }
@@ -28,7 +32,7 @@ pub fn period_start(period: Period, date: NaiveDate) -> NaiveDate {
 
 fn next_start(period: Period, start: NaiveDate) -> NaiveDate {
     match period {
-        Period::Day => start + Duration::days(1),
+        Period::Hour | Period::Day => start + Duration::days(1),
         Period::Week => start + Duration::days(7),
         Period::Month => start
             .checked_add_months(chrono::Months::new(1))
@@ -53,6 +57,16 @@ fn local_midnight(tz: Tz, date: NaiveDate) -> Result<DateTime<Utc>, Error> {
     )))
 }
 
+/// The start of the local hour holding `t` (offsets are whole quarter hours, so this is
+/// `t` truncated to the local hour and taken back to UTC).
+fn hour_floor(tz: Tz, t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Offset;
+    let offset = i64::from(t.with_timezone(&tz).offset().fix().local_minus_utc());
+    let local = t.timestamp() + offset;
+    let floored = local - local.rem_euclid(3600) - offset;
+    DateTime::from_timestamp(floored, 0).unwrap_or(t)
+}
+
 /// `count` consecutive periods starting with the one containing `from` (in `tz`).
 #[derive(Debug, Clone)]
 pub struct Periods {
@@ -69,6 +83,9 @@ pub const MAX_PERIODS: usize = 10_000;
 
 impl Periods {
     pub fn new(tz: Tz, period: Period, from: DateTime<Utc>, count: usize) -> Result<Self, Error> {
+        if period == Period::Hour {
+            return Ok(Self::hours(tz, hour_floor(tz, from), count));
+        }
         let first_date = period_start(period, from.with_timezone(&tz).date_naive());
         Self::from_date(tz, period, first_date, count)
     }
@@ -94,6 +111,19 @@ impl Periods {
         })
     }
 
+    fn hours(tz: Tz, first: DateTime<Utc>, count: usize) -> Self {
+        let starts: Vec<DateTime<Utc>> = (0..=count as i64)
+            .map(|i| first + Duration::hours(i))
+            .collect();
+        Self {
+            bounds: starts.iter().map(DateTime::timestamp_micros).collect(),
+            starts: starts[..count].to_vec(),
+            tz,
+            period: Period::Hour,
+            first_date: first.date_naive(),
+        }
+    }
+
     /// The periods from the one containing `from` to the one containing the instant before
     /// `to`.
     pub fn covering(
@@ -104,6 +134,17 @@ impl Periods {
     ) -> Result<Self, Error> {
         if from >= to {
             return Err(Error::Invalid("`from` must be before `to`".into()));
+        }
+        if period == Period::Hour {
+            let first = hour_floor(tz, from);
+            let count = (to - first).num_seconds().div_euclid(3600)
+                + i64::from((to - first).num_seconds() % 3600 != 0);
+            if count as usize > MAX_PERIODS {
+                return Err(Error::Invalid(format!(
+                    "the range holds more than {MAX_PERIODS} hours; use a longer interval"
+                )));
+            }
+            return Ok(Self::hours(tz, first, count as usize));
         }
         let mut date = period_start(period, from.with_timezone(&tz).date_naive());
         let mut count = 0;
@@ -122,8 +163,18 @@ impl Periods {
     /// The same number of periods immediately before these.
     pub fn previous(&self) -> Result<Self, Error> {
         let count = self.starts.len();
+        if self.period == Period::Hour {
+            let first = self.starts.first().copied().unwrap_or_else(|| {
+                DateTime::from_timestamp_micros(self.bounds[0]).unwrap_or_default()
+            });
+            return Ok(Self::hours(
+                self.tz,
+                first - Duration::hours(count as i64),
+                count,
+            ));
+        }
         let first = match self.period {
-            Period::Day => self.first_date - Duration::days(count as i64),
+            Period::Hour | Period::Day => self.first_date - Duration::days(count as i64),
             Period::Week => self.first_date - Duration::days(7 * count as i64),
             Period::Month => self
                 .first_date

@@ -46,10 +46,24 @@ pub struct TrendsQuery {
 pub enum Metric {
     Count,
     UniquePersons,
-    Sum { property: String },
-    Avg { property: String },
-    Min { property: String },
-    Max { property: String },
+    Sum {
+        property: String,
+    },
+    Avg {
+        property: String,
+    },
+    Min {
+        property: String,
+    },
+    Max {
+        property: String,
+    },
+    /// The `percentile` (0 to 100) of a numeric property, interpolated between the two
+    /// nearest values (DuckDB's `quantile_cont`, ClickHouse's `quantileExactInclusive`).
+    Percentile {
+        property: String,
+        percentile: f64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +135,8 @@ struct Part {
     values: Vec<Option<u32>>,
     cells: Vec<Vec<Acc>>,
     persons: Vec<(usize, u32, u32)>,
+    /// (series, bucket, value) for percentiles.
+    samples: Vec<(usize, u32, f64)>,
 }
 
 impl TrendsQuery {
@@ -138,10 +154,14 @@ impl TrendsQuery {
             | Metric::Avg { property }
             | Metric::Min { property }
             | Metric::Max { property }
+            | Metric::Percentile { property, .. }
                 if property.is_empty() =>
             {
                 Err(Error::Invalid("the metric needs a `property`".into()))
             }
+            Metric::Percentile { percentile, .. } if !(0.0..=100.0).contains(percentile) => Err(
+                Error::Invalid("`percentile` must be between 0 and 100".into()),
+            ),
             _ => Ok(()),
         }
     }
@@ -173,7 +193,8 @@ fn run(
         Metric::Sum { property }
         | Metric::Avg { property }
         | Metric::Min { property }
-        | Metric::Max { property } => Some(t.keys.get(property)),
+        | Metric::Max { property }
+        | Metric::Percentile { property, .. } => Some(t.keys.get(property)),
         _ => None,
     };
     let breakdown_key = q.breakdown.as_ref().map(|b| t.keys.get(&b.property));
@@ -181,6 +202,7 @@ fn run(
     let breakdown_col = breakdown_key.flatten().and_then(|k| t.strings.get(&k));
     let number_col = number_key.flatten().and_then(|k| t.numbers.get(&k));
     let unique = q.metric == Metric::UniquePersons;
+    let sampled = matches!(q.metric, Metric::Percentile { .. });
     let buckets = periods.len();
     let (first, last) = (
         periods.bounds.first().copied().unwrap_or(0),
@@ -228,6 +250,9 @@ fn run(
                     cell.sum += x;
                     cell.min = cell.min.min(x);
                     cell.max = cell.max.max(x);
+                    if sampled {
+                        part.samples.push((series, bucket as u32, x));
+                    }
                 }
                 if unique {
                     let p = t.person[row] as usize;
@@ -244,6 +269,7 @@ fn run(
     let mut values: Vec<Option<u32>> = Vec::new();
     let mut cells: Vec<Vec<Acc>> = Vec::new();
     let mut persons: Vec<(usize, u32, u32)> = Vec::new();
+    let mut samples: Vec<(usize, u32, f64)> = Vec::new();
     for part in parts {
         let part = part?;
         let mut map = Vec::with_capacity(part.values.len());
@@ -259,6 +285,7 @@ fn run(
             map.push(target);
         }
         persons.extend(part.persons.iter().map(|(s, b, p)| (map[*s], *b, *p)));
+        samples.extend(part.samples.iter().map(|(s, b, x)| (map[*s], *b, *x)));
     }
 
     // Rank: by event count, then value; keep the top `limit`, fold the rest into `$other`.
@@ -319,6 +346,25 @@ fn run(
             per_series[s] += 1;
         }
     }
+    // Percentiles per (series, bucket) and per series over the range.
+    let mut pct_cell = vec![vec![None; buckets]; labels.len()];
+    let mut pct_series = vec![None; labels.len()];
+    if let Metric::Percentile { percentile, .. } = q.metric {
+        let mut by_cell: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); buckets]; labels.len()];
+        for (s, b, x) in &samples {
+            if let Some(o) = out_of[*s] {
+                by_cell[o][*b as usize].push(*x);
+            }
+        }
+        for (o, row) in by_cell.iter_mut().enumerate() {
+            let mut all = Vec::new();
+            for (b, xs) in row.iter_mut().enumerate() {
+                all.extend_from_slice(xs);
+                pct_cell[o][b] = quantile(xs, percentile / 100.0);
+            }
+            pct_series[o] = quantile(&mut all, percentile / 100.0);
+        }
+    }
     let series = labels
         .into_iter()
         .enumerate()
@@ -328,8 +374,9 @@ fn run(
             for c in row {
                 all.merge(c);
             }
-            let value = |c: &Acc, unique_count: u64| -> Option<f64> {
+            let value = |c: &Acc, unique_count: u64, pct: Option<f64>| -> Option<f64> {
                 match q.metric {
+                    Metric::Percentile { .. } => pct,
                     Metric::Count => Some(c.events as f64),
                     Metric::UniquePersons => Some(unique_count as f64),
                     Metric::Sum { .. } => Some(c.sum),
@@ -343,9 +390,9 @@ fn run(
                 values: row
                     .iter()
                     .enumerate()
-                    .map(|(b, c)| value(c, per_cell[s][b]))
+                    .map(|(b, c)| value(c, per_cell[s][b], pct_cell[s][b]))
                     .collect(),
-                total: value(&all, per_series[s]),
+                total: value(&all, per_series[s], pct_series[s]),
             }
         })
         .collect();
@@ -354,6 +401,17 @@ fn run(
         series,
         previous: None,
     })
+}
+
+/// The `q` quantile (0 to 1) of `xs`, interpolated linearly between closest ranks.
+pub(crate) fn quantile(xs: &mut [f64], q: f64) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_unstable_by(f64::total_cmp);
+    let pos = q * (xs.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo as f64))
 }
 
 #[cfg(test)]

@@ -72,6 +72,7 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     }
     let from = end - chrono::Duration::days(days + 1);
     let query = FunnelQuery {
+        exclusions: Vec::new(),
         steps: STEPS
             .iter()
             .map(|e| Step {

@@ -179,6 +179,7 @@ fn event(json: &str, at: i64) -> livora_model::Event {
 
 fn query(order: Order, steps: &[(&str, Vec<PropertyFilter>)]) -> FunnelQuery {
     FunnelQuery {
+        exclusions: Vec::new(),
         steps: steps
             .iter()
             .map(|(e, f)| Step {
@@ -522,4 +523,118 @@ fn a_table_split_across_cores_gives_the_same_answer() {
         .collect();
     assert_eq!(got, whole_reference(&t, &redirects, &q));
     assert!(got[3] > 0, "the data reaches the last step: {got:?}");
+}
+
+fn track(t: &mut Table, who: &str, name: &str, secs: i64) {
+    let time = Utc
+        .timestamp_opt(secs, 0)
+        .single()
+        .expect("time")
+        .to_rfc3339();
+    t.push_json(
+        format!(r#"{{"type":"track","event":"{name}","userId":"{who}","timestamp":"{time}"}}"#)
+            .as_bytes(),
+    )
+    .expect("push");
+}
+
+fn exclusion(event: &str, from_step: usize, to_step: usize) -> Exclusion {
+    Exclusion {
+        event: event.into(),
+        filters: vec![],
+        from_step,
+        to_step,
+    }
+}
+
+#[test]
+fn exclusion_steps_leave_out_persons_with_the_event_between_two_steps() {
+    let mut t = Table::default();
+    // p1: X between A and B. p2: X between B and C. p3: stopped after A, X within the window.
+    // p4: stopped after A, X after the window. p5: X before A.
+    for (who, events) in [
+        ("p1", &[("A", 0), ("X", 5), ("B", 10), ("C", 20)][..]),
+        ("p2", &[("A", 0), ("B", 10), ("X", 15), ("C", 20)]),
+        ("p3", &[("A", 0), ("X", 30)]),
+        ("p4", &[("A", 0), ("X", 4000)]),
+        ("p5", &[("X", 0), ("A", 1), ("B", 2), ("C", 3)]),
+    ] {
+        for (name, at) in events {
+            track(&mut t, who, name, 1_000 + at);
+        }
+    }
+    let steps = [("A", vec![]), ("B", vec![]), ("C", vec![])];
+    let r = t.persons.redirects();
+    let counts = |q: &FunnelQuery| -> (Vec<u64>, Option<u64>) {
+        let res = funnel(&t, &r, q).expect("funnel");
+        (res.steps.iter().map(|s| s.count).collect(), res.excluded)
+    };
+    for order in [Order::Ordered, Order::Strict] {
+        let mut q = query(order, &steps);
+        assert_eq!(counts(&q).1, None);
+        q.exclusions = vec![exclusion("X", 0, 1)];
+        // p1 and p3 are out.
+        let (c, x) = counts(&q);
+        assert_eq!(x, Some(2), "{order:?}");
+        if order == Order::Ordered {
+            assert_eq!(c, vec![3, 2, 2]);
+        }
+        q.exclusions = vec![exclusion("X", 1, 2)];
+        // p2 is out (and p1/p3 are not: X is not between B and C for them).
+        let (c, x) = counts(&q);
+        assert_eq!(x, Some(1), "{order:?}");
+        if order == Order::Ordered {
+            assert_eq!(c, vec![4, 2, 2]);
+        }
+    }
+    let mut q = query(Order::Any, &steps);
+    q.exclusions = vec![exclusion("X", 0, 1)];
+    assert!(
+        funnel(&t, &r, &q).is_err(),
+        "no exclusions in any-order funnels"
+    );
+    let mut q = query(Order::Ordered, &steps);
+    q.exclusions = vec![exclusion("X", 1, 1)];
+    assert!(
+        funnel(&t, &r, &q).is_err(),
+        "from_step must be before to_step"
+    );
+    q.exclusions = vec![exclusion("X", 0, 3)];
+    assert!(funnel(&t, &r, &q).is_err(), "to_step must be a step");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Exclusions only remove persons: every step count drops by at most the number excluded,
+    /// the first by exactly that, and an exclusion event nobody did changes nothing.
+    #[test]
+    fn exclusions_only_remove_persons(
+        raw in proptest::collection::vec((0u8..8, 0u8..4, 0i64..40), 1..60),
+        strict_order in any::<bool>(),
+        from_step in 0usize..2,
+        window in 1i64..20,
+    ) {
+        let names = ["A", "B", "C", "X"];
+        let mut t = Table::default();
+        for (p, e, ts) in &raw {
+            track(&mut t, &format!("p{p}"), names[*e as usize], 1_000 + ts);
+        }
+        let r = t.persons.redirects();
+        let order = if strict_order { Order::Strict } else { Order::Ordered };
+        let mut q = query(order, &[("A", vec![]), ("B", vec![]), ("C", vec![])]);
+        q.window_seconds = window;
+        let plain: Vec<u64> = funnel(&t, &r, &q).expect("funnel").steps.iter().map(|s| s.count).collect();
+        q.exclusions = vec![exclusion("Nobody", from_step, 2)];
+        let none = funnel(&t, &r, &q).expect("funnel");
+        prop_assert_eq!(none.excluded, Some(0));
+        prop_assert_eq!(none.steps.iter().map(|s| s.count).collect::<Vec<_>>(), plain.clone());
+        q.exclusions = vec![exclusion("X", from_step, from_step + 1)];
+        let res = funnel(&t, &r, &q).expect("funnel");
+        let x = res.excluded.expect("excluded");
+        prop_assert_eq!(res.steps[0].count + x, plain[0]);
+        for (with, without) in res.steps.iter().zip(&plain) {
+            prop_assert!(with.count <= *without && without - with.count <= x);
+        }
+    }
 }

@@ -30,8 +30,29 @@ fn table_of(events: &[(u32, i64, u8, Option<u8>)]) -> Table {
     t
 }
 
-/// (breakdown label, bucket date) -> (events, amounts, persons).
-type Cells = BTreeMap<(Option<String>, chrono::NaiveDate), (u64, Vec<f64>, BTreeSet<u32>)>;
+/// (breakdown label, bucket) -> (events, amounts, persons).
+type Cells = BTreeMap<(Option<String>, String), (u64, Vec<f64>, BTreeSet<u32>)>;
+
+/// A bucket's name, computed plainly with chrono-tz: the local hour (with its offset, so a
+/// repeated DST hour is two buckets) or the local date the period starts on.
+fn bucket_key(interval: Period, tz: Tz, t: DateTime<Utc>) -> String {
+    let local = t.with_timezone(&tz);
+    match interval {
+        Period::Hour => local.format("%Y-%m-%dT%H%z").to_string(),
+        _ => period_start(interval, local.date_naive()).to_string(),
+    }
+}
+
+/// Linear interpolation between closest ranks, written out.
+fn percentile_ref(values: &[f64], p: f64) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let last = v.len().checked_sub(1)?;
+    let rank = p / 100.0 * last as f64;
+    let below = rank.floor() as usize;
+    let above = (below + 1).min(last);
+    Some(v[below] + (v[above] - v[below]) * (rank - below as f64))
+}
 
 /// The cells, by plain loops.
 fn reference(events: &[(u32, i64, u8, Option<u8>)], q: &TrendsQuery, tz: Tz) -> Cells {
@@ -44,19 +65,20 @@ fn reference(events: &[(u32, i64, u8, Option<u8>)], q: &TrendsQuery, tz: Tz) -> 
     );
     let mut out: BTreeMap<_, (u64, Vec<f64>, BTreeSet<u32>)> = BTreeMap::new();
     for (p, secs, cat, amount) in events {
-        let date = period_start(
-            q.interval,
-            Utc.timestamp_opt(*secs, 0)
-                .single()
-                .expect("time")
-                .with_timezone(&tz)
-                .date_naive(),
-        );
-        if date < first || date > last {
+        let t = Utc.timestamp_opt(*secs, 0).single().expect("time");
+        let date = period_start(q.interval, t.with_timezone(&tz).date_naive());
+        let outside = if q.interval == Period::Hour {
+            t < q.from || t >= q.to
+        } else {
+            date < first || date > last
+        };
+        if outside {
             continue;
         }
         let label = (q.breakdown.is_some() && *cat != 0).then(|| format!("c{cat}"));
-        let e = out.entry((label, date)).or_default();
+        let e = out
+            .entry((label, bucket_key(q.interval, tz, t)))
+            .or_default();
         e.0 += 1;
         if let Some(a) = amount {
             e.1.push(f64::from(*a));
@@ -72,8 +94,8 @@ proptest! {
     #[test]
     fn kernel_matches_reference(
         raw in proptest::collection::vec((0u32..6, 0i64..(50 * 86_400), 0u8..4, proptest::option::of(0u8..50)), 0..60),
-        interval in prop_oneof![Just(Period::Day), Just(Period::Week), Just(Period::Month)],
-        metric in 0usize..6,
+        interval in prop_oneof![Just(Period::Hour), Just(Period::Day), Just(Period::Week), Just(Period::Month)],
+        metric in 0usize..7,
         breakdown in any::<bool>(),
         span_days in 1i64..40,
         sealed in any::<bool>(),
@@ -93,6 +115,7 @@ proptest! {
             2 => Metric::Sum { property: "amount".into() },
             3 => Metric::Avg { property: "amount".into() },
             4 => Metric::Min { property: "amount".into() },
+            5 => Metric::Percentile { property: "amount".into(), percentile: 90.0 },
             _ => Metric::Max { property: "amount".into() },
         };
         let q = TrendsQuery {
@@ -109,9 +132,7 @@ proptest! {
         // Every (series, bucket) the reference saw matches; every other cell is empty.
         for s in &got.series {
             for (b, v) in s.values.iter().enumerate() {
-                let date = got.buckets[b].with_timezone(&tz).date_naive();
-                let date = period_start(interval, date);
-                let cell = expected.get(&(s.breakdown.clone(), date));
+                let cell = expected.get(&(s.breakdown.clone(), bucket_key(interval, tz, got.buckets[b])));
                 let want = match (&metric, cell) {
                     (Metric::Count, c) => Some(c.map_or(0.0, |c| c.0 as f64)),
                     (Metric::UniquePersons, c) => Some(c.map_or(0.0, |c| c.2.len() as f64)),
@@ -119,6 +140,7 @@ proptest! {
                     (Metric::Avg { .. }, c) => c.filter(|c| !c.1.is_empty()).map(|c| c.1.iter().sum::<f64>() / c.1.len() as f64),
                     (Metric::Min { .. }, c) => c.and_then(|c| c.1.iter().copied().reduce(f64::min)),
                     (Metric::Max { .. }, c) => c.and_then(|c| c.1.iter().copied().reduce(f64::max)),
+                    (Metric::Percentile { percentile, .. }, c) => c.and_then(|c| percentile_ref(&c.1, *percentile)),
                 };
                 prop_assert_eq!(*v, want, "{:?} {:?} bucket {}", metric, s.breakdown, b);
             }

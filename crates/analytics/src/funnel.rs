@@ -33,6 +33,7 @@ use serde_json::Value;
 use rayon::prelude::*;
 
 use crate::Error;
+use crate::person_props::PersonColumn;
 
 /// The most steps a funnel may have.
 pub const MAX_STEPS: usize = 32;
@@ -93,6 +94,8 @@ impl Exclusion {
 #[serde(deny_unknown_fields)]
 pub struct FunnelBreakdown {
     pub property: String,
+    #[serde(default)]
+    pub source: Source,
     #[serde(default)]
     pub attribution: Attribution,
     #[serde(default = "default_breakdown_limit")]
@@ -173,6 +176,19 @@ pub struct PropertyFilter {
     pub op: Op,
     #[serde(default)]
     pub value: Option<Value>,
+    /// `event` (default): the event's property; `person`: the person's (latest `identify`
+    /// trait).
+    #[serde(default)]
+    pub source: Source,
+}
+
+/// Whose property: the event's or the person's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    #[default]
+    Event,
+    Person,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,17 +240,40 @@ pub struct StepResult {
 pub(crate) struct Matcher {
     name: Option<u32>,
     filters: Vec<(Option<u32>, Op, Option<Value>)>,
+    /// Filters on person properties: the property per canonical person, and the filter.
+    person_filters: Vec<(PersonColumn, Op, Option<Value>)>,
+    /// Only computed when there are person filters.
+    redirects: Vec<u32>,
 }
 
 impl Matcher {
     pub(crate) fn new(t: &Table, s: &Step) -> Self {
+        let redirects = if s.filters.iter().any(|f| f.source == Source::Person) {
+            t.persons.redirects()
+        } else {
+            Vec::new()
+        };
         Matcher {
             name: t.names.get(&s.event),
             filters: s
                 .filters
                 .iter()
+                .filter(|f| f.source == Source::Event)
                 .map(|f| (t.keys.get(&f.property), f.op, f.value.clone()))
                 .collect(),
+            person_filters: s
+                .filters
+                .iter()
+                .filter(|f| f.source == Source::Person)
+                .map(|f| {
+                    (
+                        PersonColumn::build(t, &redirects, &f.property),
+                        f.op,
+                        f.value.clone(),
+                    )
+                })
+                .collect(),
+            redirects,
         }
     }
 
@@ -242,39 +281,52 @@ impl Matcher {
         if self.name != Some(t.name[row]) {
             return false;
         }
-        self.filters.iter().all(|(key, op, value)| {
+        let events = self.filters.iter().all(|(key, op, value)| {
             let s = key.and_then(|k| t.str_at(k, row));
             let n = key.and_then(|k| t.num_at(k, row));
-            let set = s.is_some() || n.is_some();
-            match op {
-                Op::IsSet => set,
-                Op::IsNotSet => !set,
-                _ => {
-                    let Some(value) = value else { return false };
-                    let ord = match (value, s, n) {
-                        (Value::String(v), Some(s), _) => Some(s.cmp(v.as_str())),
-                        (Value::Bool(v), Some(s), _) => {
-                            Some(s.cmp(if *v { "true" } else { "false" }))
-                        }
-                        (Value::Number(v), _, Some(n)) => {
-                            v.as_f64().and_then(|v| n.partial_cmp(&v))
-                        }
-                        _ => None,
-                    };
-                    match (op, ord) {
-                        (Op::Neq, None) => true,
-                        (_, None) => false,
-                        (Op::Eq, Some(o)) => o.is_eq(),
-                        (Op::Neq, Some(o)) => o.is_ne(),
-                        (Op::Gt, Some(o)) => o.is_gt(),
-                        (Op::Gte, Some(o)) => o.is_ge(),
-                        (Op::Lt, Some(o)) => o.is_lt(),
-                        (Op::Lte, Some(o)) => o.is_le(),
-                        (Op::IsSet | Op::IsNotSet, _) => unreachable!("handled above"),
-                    }
-                }
+            compare(*op, value.as_ref(), s, n)
+        });
+        events && {
+            let p = t.person[row] as usize;
+            let person = self.redirects.get(p).copied().unwrap_or(p as u32) as usize;
+            self.person_filters.iter().all(|(col, op, value)| {
+                compare(
+                    *op,
+                    value.as_ref(),
+                    col.str_at(t, person),
+                    col.num_at(person),
+                )
+            })
+        }
+    }
+}
+
+/// A property filter on a value that is a string `s`, a number `n`, or not set.
+fn compare(op: Op, value: Option<&Value>, s: Option<&str>, n: Option<f64>) -> bool {
+    let set = s.is_some() || n.is_some();
+    match op {
+        Op::IsSet => set,
+        Op::IsNotSet => !set,
+        _ => {
+            let Some(value) = value else { return false };
+            let ord = match (value, s, n) {
+                (Value::String(v), Some(s), _) => Some(s.cmp(v.as_str())),
+                (Value::Bool(v), Some(s), _) => Some(s.cmp(if *v { "true" } else { "false" })),
+                (Value::Number(v), _, Some(n)) => v.as_f64().and_then(|v| n.partial_cmp(&v)),
+                _ => None,
+            };
+            match (op, ord) {
+                (Op::Neq, None) => true,
+                (_, None) => false,
+                (Op::Eq, Some(o)) => o.is_eq(),
+                (Op::Neq, Some(o)) => o.is_ne(),
+                (Op::Gt, Some(o)) => o.is_gt(),
+                (Op::Gte, Some(o)) => o.is_ge(),
+                (Op::Lt, Some(o)) => o.is_lt(),
+                (Op::Lte, Some(o)) => o.is_le(),
+                (Op::IsSet | Op::IsNotSet, _) => unreachable!("handled above"),
             }
-        })
+        }
     }
 }
 
@@ -431,8 +483,14 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
     let breakdown_col = q
         .breakdown
         .as_ref()
+        .filter(|b| b.source == Source::Event)
         .and_then(|b| t.keys.get(&b.property))
         .and_then(|k| t.strings.get(&k));
+    let person_breakdown = q
+        .breakdown
+        .as_ref()
+        .filter(|b| b.source == Source::Person)
+        .map(|b| PersonColumn::build(t, redirects, &b.property));
     let last_touch = q
         .breakdown
         .as_ref()
@@ -460,7 +518,10 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
                 if mask != 0 || q.order == Order::Strict {
                     let p = t.person[row] as usize;
                     let person = redirects.get(p).copied().unwrap_or(p as u32);
-                    let value = breakdown_col.and_then(|c| c.get(row)).copied().unwrap_or(0);
+                    let value = match &person_breakdown {
+                        Some(col) => col.strs.get(person as usize).copied().unwrap_or(0),
+                        None => breakdown_col.and_then(|c| c.get(row)).copied().unwrap_or(0),
+                    };
                     out.push((person, Row { ts, mask, value }));
                 }
             }

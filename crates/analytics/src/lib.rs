@@ -5,17 +5,21 @@
 //! - [`retention`]: cohorts by first (or any) start event, return events per later period.
 //! - [`trends`]: a metric per period, broken down by a property, against the previous range.
 //! - [`paths`]: the most common next (or previous) events around an event, as sankey edges.
-//! - [`period`]: days, ISO weeks and months in a tenant's time zone, DST-correct.
+//! - [`activity`]: stickiness (in how many periods persons were active) and lifecycle (new,
+//!   returning, resurrecting, dormant persons per period).
+//! - [`period`]: hours, days, ISO weeks and months in a tenant's time zone, DST-correct.
 //!
 //! Queries are serde types ([`funnel::FunnelQuery`]) so the same JSON serves the HTTP API and
 //! Rust callers. Every kernel is compared with a plain reference implementation in property
 //! tests.
 
+pub mod activity;
 mod error;
 pub mod funnel;
 mod parallel;
 pub mod paths;
 pub mod period;
+mod person_props;
 pub mod retention;
 pub mod trends;
 
@@ -31,6 +35,8 @@ pub enum Query {
     Retention(retention::RetentionQuery),
     Trends(trends::TrendsQuery),
     Paths(paths::PathsQuery),
+    Stickiness(activity::StickinessQuery),
+    Lifecycle(activity::LifecycleQuery),
 }
 
 /// A query's answer, tagged like the query.
@@ -41,6 +47,8 @@ pub enum QueryResult {
     Retention(retention::RetentionResult),
     Trends(trends::TrendsResult),
     Paths(paths::PathsResult),
+    Stickiness(activity::StickinessResult),
+    Lifecycle(activity::LifecycleResult),
 }
 
 /// Runs `query` over a tenant's table, applying its identity merges; calendar periods are in
@@ -56,5 +64,11 @@ pub fn run(table: &Table, query: &Query, time_zone: chrono_tz::Tz) -> Result<Que
             trends::trends(table, &redirects, q, time_zone).map(QueryResult::Trends)
         }
         Query::Paths(q) => paths::paths(table, &redirects, q).map(QueryResult::Paths),
+        Query::Stickiness(q) => {
+            activity::stickiness(table, &redirects, q, time_zone).map(QueryResult::Stickiness)
+        }
+        Query::Lifecycle(q) => {
+            activity::lifecycle(table, &redirects, q, time_zone).map(QueryResult::Lifecycle)
+        }
     }
 }

@@ -186,6 +186,29 @@ impl Periods {
         Self::from_date(self.tz, self.period, first, count)
     }
 
+    /// These periods with one more in front (index 0 is the period just before).
+    pub fn previous_one(&self) -> Result<Self, Error> {
+        let count = self.starts.len() + 1;
+        let first_instant = DateTime::from_timestamp_micros(self.bounds[0])
+            .ok_or_else(|| Error::Invalid("the range is out of the calendar".into()))?;
+        let first = match self.period {
+            Period::Hour => {
+                return Ok(Self::hours(
+                    self.tz,
+                    first_instant - Duration::hours(1),
+                    count,
+                ));
+            }
+            Period::Day => self.first_date - Duration::days(1),
+            Period::Week => self.first_date - Duration::days(7),
+            Period::Month => self
+                .first_date
+                .checked_sub_months(chrono::Months::new(1))
+                .ok_or_else(|| Error::Invalid("the range is out of the calendar".into()))?,
+        };
+        Self::from_date(self.tz, self.period, first, count)
+    }
+
     pub fn len(&self) -> usize {
         self.starts.len()
     }

@@ -19,8 +19,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::funnel::{Matcher, Step};
+use crate::funnel::{Matcher, Source, Step};
 use crate::period::{Period, Periods};
+use crate::person_props::PersonColumn;
 
 /// The most breakdown series returned.
 pub const MAX_BREAKDOWN: usize = 100;
@@ -70,6 +71,8 @@ pub enum Metric {
 #[serde(deny_unknown_fields)]
 pub struct Breakdown {
     pub property: String,
+    #[serde(default)]
+    pub source: Source,
     #[serde(default = "default_limit")]
     pub limit: usize,
 }
@@ -197,7 +200,16 @@ fn run(
         | Metric::Percentile { property, .. } => Some(t.keys.get(property)),
         _ => None,
     };
-    let breakdown_key = q.breakdown.as_ref().map(|b| t.keys.get(&b.property));
+    let breakdown_key = q
+        .breakdown
+        .as_ref()
+        .filter(|b| b.source == Source::Event)
+        .map(|b| t.keys.get(&b.property));
+    let person_breakdown = q
+        .breakdown
+        .as_ref()
+        .filter(|b| b.source == Source::Person)
+        .map(|b| PersonColumn::build(t, redirects, &b.property));
     // The columns themselves, looked up once, not per row.
     let breakdown_col = breakdown_key.flatten().and_then(|k| t.strings.get(&k));
     let number_col = number_key.flatten().and_then(|k| t.numbers.get(&k));
@@ -219,10 +231,15 @@ fn run(
                 let Some(bucket) = periods.index(t.ts[row]) else {
                     continue;
                 };
-                let value = breakdown_col
-                    .and_then(|c| c.get(row))
-                    .copied()
-                    .filter(|v| *v != 0);
+                let value = match &person_breakdown {
+                    Some(col) => {
+                        let p = t.person[row] as usize;
+                        let c = redirects.get(p).copied().unwrap_or(p as u32) as usize;
+                        col.strs.get(c).copied()
+                    }
+                    None => breakdown_col.and_then(|c| c.get(row)).copied(),
+                }
+                .filter(|v| *v != 0);
                 // Key 0 is "no value"; a value is its id + 1, as in the string column.
                 let key = value.unwrap_or(0);
                 let series = match part.series_of_value.get(&key) {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use livora_analytics::funnel::{FunnelQuery, Order, Step, funnel};
+use livora_analytics::funnel::{FunnelQuery, Order, Source, Step, funnel};
 use livora_analytics::period::Period;
 use livora_analytics::retention::{Cohort, RetentionQuery, retention};
 use livora_analytics::trends::{Breakdown, Metric, TrendsQuery, trends};
@@ -146,6 +146,7 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
         from: end - chrono::Duration::days(90),
         to: end,
         breakdown: Some(Breakdown {
+            source: Source::Event,
             property: "category".into(),
             limit: 100,
         }),

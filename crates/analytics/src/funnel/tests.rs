@@ -286,6 +286,7 @@ fn merged_identities_count_once_with_events_from_before_the_merge() {
         &[("View", vec![]), ("Add", vec![]), ("Buy", vec![])],
     );
     q.breakdown = Some(FunnelBreakdown {
+        source: Source::Event,
         property: "category".into(),
         attribution: Attribution::FirstTouch,
         limit: 10,
@@ -307,6 +308,7 @@ fn merged_identities_count_once_with_events_from_before_the_merge() {
         ]
     );
     q.breakdown = Some(FunnelBreakdown {
+        source: Source::Event,
         property: "category".into(),
         attribution: Attribution::LastTouch,
         limit: 1,
@@ -327,6 +329,7 @@ fn merged_identities_count_once_with_events_from_before_the_merge() {
 
     // Property filters: only the Shoes viewer enters.
     let shoes = vec![PropertyFilter {
+        source: Source::Event,
         property: "category".into(),
         op: Op::Eq,
         value: Some("Shoes".into()),
@@ -340,6 +343,7 @@ fn merged_identities_count_once_with_events_from_before_the_merge() {
         .collect();
     assert_eq!(counts, vec![1, 1]);
     let pricey = vec![PropertyFilter {
+        source: Source::Event,
         property: "price".into(),
         op: Op::Gte,
         value: Some(100.into()),
@@ -380,6 +384,7 @@ fn bad_queries_say_what_is_wrong() {
     assert!(funnel(&t, &[], &q).is_err_and(|e| e.to_string().contains("before")));
     let mut q = ok.clone();
     q.steps[0].filters.push(PropertyFilter {
+        source: Source::Event,
         property: "p".into(),
         op: Op::Gt,
         value: Some(true.into()),

@@ -124,7 +124,7 @@ proptest! {
             interval,
             from: Utc.timestamp_opt(base + 5 * 86_400, 0).single().expect("time"),
             to: Utc.timestamp_opt(base + (5 + span_days) * 86_400, 0).single().expect("time"),
-            breakdown: breakdown.then(|| Breakdown { property: "category".into(), limit: 100 }),
+            breakdown: breakdown.then(|| Breakdown { property: "category".into(), limit: 100, source: Source::Event }),
             compare_previous: false,
         };
         let got = trends(&t, &t.persons.redirects(), &q, tz).expect("trends");
@@ -169,6 +169,7 @@ fn breakdown_keeps_the_top_values_and_folds_the_rest() {
         from: Utc.timestamp_opt(base, 0).single().expect("time"),
         to: Utc.timestamp_opt(base + 86_400, 0).single().expect("time"),
         breakdown: Some(Breakdown {
+            source: Source::Event,
             property: "category".into(),
             limit: 1,
         }),

@@ -7,6 +7,8 @@
 //! - [`paths`]: the most common next (or previous) events around an event, as sankey edges.
 //! - [`activity`]: stickiness (in how many periods persons were active) and lifecycle (new,
 //!   returning, resurrecting, dormant persons per period).
+//! - [`commerce`]: revenue, orders, average order value, conversion, product performance,
+//!   historic lifetime value and purchase frequency from Segment's e-commerce events.
 //! - [`period`]: hours, days, ISO weeks and months in a tenant's time zone, DST-correct.
 //!
 //! Queries are serde types ([`funnel::FunnelQuery`]) so the same JSON serves the HTTP API and
@@ -14,6 +16,7 @@
 //! tests.
 
 pub mod activity;
+pub mod commerce;
 mod error;
 pub mod funnel;
 mod parallel;
@@ -37,6 +40,7 @@ pub enum Query {
     Paths(paths::PathsQuery),
     Stickiness(activity::StickinessQuery),
     Lifecycle(activity::LifecycleQuery),
+    Commerce(commerce::CommerceQuery),
 }
 
 /// A query's answer, tagged like the query.
@@ -49,6 +53,7 @@ pub enum QueryResult {
     Paths(paths::PathsResult),
     Stickiness(activity::StickinessResult),
     Lifecycle(activity::LifecycleResult),
+    Commerce(commerce::CommerceResult),
 }
 
 /// Runs `query` over a tenant's table, applying its identity merges; calendar periods are in
@@ -69,6 +74,9 @@ pub fn run(table: &Table, query: &Query, time_zone: chrono_tz::Tz) -> Result<Que
         }
         Query::Lifecycle(q) => {
             activity::lifecycle(table, &redirects, q, time_zone).map(QueryResult::Lifecycle)
+        }
+        Query::Commerce(q) => {
+            commerce::commerce(table, &redirects, q, time_zone).map(QueryResult::Commerce)
         }
     }
 }

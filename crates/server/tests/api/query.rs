@@ -252,3 +252,120 @@ async fn paths_after_an_event() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn commerce_stickiness_lifecycle_and_person_properties_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app(dir.path()).await;
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "a", "timestamp": "2026-05-01T08:00:00Z", "traits": {"plan": "pro"}},
+        {"type": "track", "event": "Product Viewed", "userId": "a", "timestamp": "2026-05-01T09:00:00Z", "properties": {"category": "Shoes"}},
+        {"type": "track", "event": "Product Added", "userId": "a", "timestamp": "2026-05-01T09:05:00Z", "properties": {"category": "Shoes"}},
+        {"type": "track", "event": "Order Completed", "userId": "a", "timestamp": "2026-05-01T09:10:00Z", "properties": {"category": "Shoes", "revenue": 100}},
+        {"type": "track", "event": "Order Completed", "userId": "a", "timestamp": "2026-05-03T09:10:00Z", "properties": {"category": "Hats", "total": 40}},
+        {"type": "track", "event": "Order Refunded", "userId": "a", "timestamp": "2026-05-03T10:00:00Z", "properties": {"total": 40}},
+        {"type": "track", "event": "Product Viewed", "userId": "b", "timestamp": "2026-05-02T09:00:00Z", "properties": {"category": "Hats"}},
+        {"type": "track", "event": "Order Completed", "userId": "b", "timestamp": "2026-05-02T09:30:00Z", "properties": {"category": "Hats", "revenue": 20}},
+    ]});
+    assert_eq!(app.post("/v1/batch", batch.to_string()).await.0, 200);
+    let range = json!({"from": "2026-05-01T00:00:00Z", "to": "2026-05-04T00:00:00Z"});
+    let with = |extra: Value| {
+        let mut q = range.clone();
+        q.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        q
+    };
+
+    let c = query_when_applied(&app, &with(json!({"kind": "commerce"})), 8).await;
+    assert_eq!(c["kind"], "commerce", "{c}");
+    assert_eq!(c["revenue"], json!([100.0, 20.0, 40.0]), "{c}");
+    assert_eq!(c["net_revenue"], json!([100.0, 20.0, 0.0]));
+    assert_eq!(c["totals"]["orders"], 3);
+    assert_eq!(c["totals"]["customers"], 2);
+    assert_eq!(c["totals"]["conversion_rate"], 1.0);
+    assert_eq!(c["purchase_frequency"][0], json!([1, 1]));
+    assert_eq!(c["purchase_frequency"][1], json!([2, 1]));
+    assert_eq!(c["products"][0]["value"], "Shoes");
+    assert_eq!(c["products"][0]["revenue"], 100.0);
+    assert_eq!(c["lifetime_value"]["customers"], 2);
+    assert_eq!(c["lifetime_value"]["average"], 60.0);
+
+    let s = query_when_applied(
+        &app,
+        &with(
+            json!({"kind": "stickiness", "interval": "day", "event": {"event": "Order Completed"}}),
+        ),
+        8,
+    )
+    .await;
+    assert_eq!(s["persons"], json!([1, 1, 0]), "{s}");
+
+    let l = query_when_applied(
+        &app,
+        &with(
+            json!({"kind": "lifecycle", "interval": "day", "event": {"event": "Order Completed"}}),
+        ),
+        8,
+    )
+    .await;
+    assert_eq!(l["new"], json!([1, 1, 0]), "{l}");
+    assert_eq!(l["resurrecting"], json!([0, 0, 1]), "{l}");
+    assert_eq!(l["dormant"], json!([0, 1, 1]), "{l}");
+
+    // Revenue of persons on the pro plan, per hour, broken down by plan.
+    let t = query_when_applied(
+        &app,
+        &with(json!({"kind": "trends", "interval": "hour",
+            "event": {"event": "Order Completed", "filters": [{"property": "plan", "source": "person", "op": "eq", "value": "pro"}]},
+            "metric": {"kind": "percentile", "property": "revenue", "percentile": 50},
+            "breakdown": {"property": "plan", "source": "person"}})),
+        8,
+    )
+    .await;
+    assert_eq!(t["buckets"].as_array().map(Vec::len), Some(72), "{t}");
+    assert_eq!(t["series"][0]["breakdown"], "pro");
+    assert_eq!(
+        t["series"][0]["total"], 100.0,
+        "only a's order with `revenue`"
+    );
+
+    for (bad, needle) in [
+        (
+            with(json!({"kind": "commerce", "products_limit": 0})),
+            "products_limit",
+        ),
+        (
+            with(
+                json!({"kind": "trends", "interval": "hour", "event": {"event": "x"}, "metric": {"kind": "percentile", "property": "v", "percentile": 101}}),
+            ),
+            "percentile",
+        ),
+        (
+            with(json!({"kind": "stickiness", "interval": "fortnight", "event": {"event": "x"}})),
+            "unknown variant",
+        ),
+        (
+            json!({"kind": "lifecycle", "interval": "day", "event": {"event": "x"}, "from": "2026-05-04T00:00:00Z", "to": "2026-05-01T00:00:00Z"}),
+            "before",
+        ),
+        (
+            with(
+                json!({"kind": "funnel", "window_seconds": 60, "order": "any", "steps": [{"event": "a"}, {"event": "b"}], "exclusions": [{"event": "x", "from_step": 0, "to_step": 1}]}),
+            ),
+            "exclusion",
+        ),
+    ] {
+        let (status, body) = query(&app, &bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{bad}: {body}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.contains(needle)),
+            "{bad}: {body}"
+        );
+    }
+    app.stop().await;
+}

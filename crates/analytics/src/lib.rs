@@ -53,7 +53,7 @@ pub enum QueryResult {
     Paths(paths::PathsResult),
     Stickiness(activity::StickinessResult),
     Lifecycle(activity::LifecycleResult),
-    Commerce(commerce::CommerceResult),
+    Commerce(Box<commerce::CommerceResult>),
 }
 
 /// Runs `query` over a tenant's table, applying its identity merges; calendar periods are in
@@ -75,8 +75,7 @@ pub fn run(table: &Table, query: &Query, time_zone: chrono_tz::Tz) -> Result<Que
         Query::Lifecycle(q) => {
             activity::lifecycle(table, &redirects, q, time_zone).map(QueryResult::Lifecycle)
         }
-        Query::Commerce(q) => {
-            commerce::commerce(table, &redirects, q, time_zone).map(QueryResult::Commerce)
-        }
+        Query::Commerce(q) => commerce::commerce(table, &redirects, q, time_zone)
+            .map(|r| QueryResult::Commerce(Box::new(r))),
     }
 }

@@ -13,7 +13,7 @@
 mod dict;
 mod error;
 mod persons;
-mod segment;
+pub mod segment;
 pub mod storage;
 mod store;
 mod table;
@@ -21,6 +21,7 @@ mod table;
 pub use dict::Dictionary;
 pub use error::Error;
 pub use persons::{PersonId, Persons};
+pub use segment::export_parquet;
 pub use storage::SegmentStore;
 pub use store::{CONSUMER, ColumnOptions, ColumnStore};
 pub use table::{Chunk, NumColumn, StrColumn, Table};

@@ -69,7 +69,27 @@ fn writer_properties(sorted: bool) -> Result<WriterProperties, Error> {
 
 /// Encodes `rows` of `t` (already in (person, time) order) as a Parquet file.
 pub(crate) fn encode_events(t: &Table, rows: Range<usize>) -> Result<Vec<u8>, Error> {
-    let n = rows.len();
+    write_events(t, rows, Vec::new(), true)
+}
+
+/// Writes every event of `t` (in storage order) as one Parquet file with the segment schema,
+/// for other engines to read the same data (`livora demo generate --parquet`).
+pub fn export_parquet<W: std::io::Write + Send>(t: &Table, out: W) -> Result<W, Error> {
+    write_events(t, 0..t.len(), out, false)
+}
+
+/// Rows per record batch (and row group) when writing.
+const BATCH_ROWS: usize = 1 << 20;
+
+type StrCols<'a> = [(&'a str, &'a Vec<u32>)];
+type NumCols<'a> = [(&'a str, &'a Vec<f64>)];
+
+fn write_events<W: std::io::Write + Send>(
+    t: &Table,
+    rows: Range<usize>,
+    out: W,
+    sorted: bool,
+) -> Result<W, Error> {
     let mut fields = vec![
         Field::new(
             "ts",
@@ -81,6 +101,61 @@ pub(crate) fn encode_events(t: &Table, rows: Range<usize>) -> Result<Vec<u8>, Er
         Field::new("anonymous_id", DataType::Utf8, true),
         Field::new("event", DataType::Utf8, false),
     ];
+    // Property columns with at least one value in range, in key order (stable files).
+    let in_range = |len: usize| rows.start..len.min(rows.end);
+    let mut strings: Vec<(&str, &Vec<u32>)> = t
+        .strings
+        .iter()
+        .filter(|(_, c)| {
+            c.get(in_range(c.len()))
+                .is_some_and(|s| s.iter().any(|v| *v != 0))
+        })
+        .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
+        .collect();
+    strings.sort_by_key(|(k, _)| *k);
+    let mut numbers: Vec<(&str, &Vec<f64>)> = t
+        .numbers
+        .iter()
+        .filter(|(_, c)| {
+            c.get(in_range(c.len()))
+                .is_some_and(|s| s.iter().any(|v| !v.is_nan()))
+        })
+        .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
+        .collect();
+    numbers.sort_by_key(|(k, _)| *k);
+    for (key, _) in &strings {
+        fields.push(property_field(format!("properties.{key}"), key, "string"));
+    }
+    for (key, _) in &numbers {
+        let name = if strings.binary_search_by_key(key, |(k, _)| *k).is_ok() {
+            format!("properties.{key}#number")
+        } else {
+            format!("properties.{key}")
+        };
+        fields.push(property_field(name, key, "number"));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let mut w = ArrowWriter::try_new(out, schema.clone(), Some(writer_properties(sorted)?))?;
+    let mut start = rows.start;
+    loop {
+        let chunk = start..(start + BATCH_ROWS).min(rows.end);
+        let columns = batch_columns(t, chunk.clone(), &strings, &numbers);
+        w.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+        start = chunk.end;
+        if start >= rows.end {
+            break;
+        }
+    }
+    Ok(w.into_inner()?)
+}
+
+fn batch_columns(
+    t: &Table,
+    rows: Range<usize>,
+    strings: &StrCols<'_>,
+    numbers: &NumCols<'_>,
+) -> Vec<ArrayRef> {
+    let n = rows.len();
     let ts = TimestampMicrosecondArray::from(t.ts[rows.clone()].to_vec()).with_timezone("UTC");
     let person = UInt32Array::from(t.person[rows.clone()].to_vec());
     let (mut user, mut anon) = (StringBuilder::new(), StringBuilder::new());
@@ -109,30 +184,7 @@ pub(crate) fn encode_events(t: &Table, rows: Range<usize>) -> Result<Vec<u8>, Er
         Arc::new(anon.finish()),
         Arc::new(event.finish()),
     ];
-    // Property columns with at least one value in range, in key order (stable files).
-    let present = |len: usize| len > rows.start;
-    let mut strings: Vec<(&str, &Vec<u32>)> = t
-        .strings
-        .iter()
-        .filter(|(_, c)| {
-            present(c.len()) && c[rows.start..c.len().min(rows.end)].iter().any(|v| *v != 0)
-        })
-        .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
-        .collect();
-    strings.sort_by_key(|(k, _)| *k);
-    let mut numbers: Vec<(&str, &Vec<f64>)> = t
-        .numbers
-        .iter()
-        .filter(|(_, c)| {
-            present(c.len())
-                && c[rows.start..c.len().min(rows.end)]
-                    .iter()
-                    .any(|v| !v.is_nan())
-        })
-        .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
-        .collect();
-    numbers.sort_by_key(|(k, _)| *k);
-    for (key, col) in &strings {
+    for (_, col) in strings {
         let mut b = StringBuilder::with_capacity(n, n * 8);
         for row in rows.clone() {
             match col.get(row).copied().unwrap_or(0) {
@@ -140,23 +192,16 @@ pub(crate) fn encode_events(t: &Table, rows: Range<usize>) -> Result<Vec<u8>, Er
                 v => b.append_option(t.values.value(v - 1)),
             }
         }
-        fields.push(property_field(format!("properties.{key}"), key, "string"));
         columns.push(Arc::new(b.finish()));
     }
-    for (key, col) in &numbers {
+    for (_, col) in numbers {
         let mut b = Float64Builder::with_capacity(n);
         for row in rows.clone() {
             b.append_option(col.get(row).copied().filter(|v| !v.is_nan()));
         }
-        let name = if strings.binary_search_by_key(key, |(k, _)| *k).is_ok() {
-            format!("properties.{key}#number")
-        } else {
-            format!("properties.{key}")
-        };
-        fields.push(property_field(name, key, "number"));
         columns.push(Arc::new(b.finish()));
     }
-    write(Schema::new(fields), columns, true)
+    columns
 }
 
 fn property_field(name: String, key: &str, kind: &str) -> Field {

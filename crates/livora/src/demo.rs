@@ -12,7 +12,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use livora_model::Currency;
-use livora_store::{KeyKind, MetadataStore, NewTenant};
+use livora_store::{KeyKind, MetadataStore, NewTenant, Tenant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -34,26 +34,31 @@ pub struct DemoKeys {
     pub fresh: bool,
 }
 
-/// Finds or creates the demo tenant and mints a fresh key pair for this run.
-pub async fn prepare(store: &dyn MetadataStore) -> anyhow::Result<DemoKeys> {
+/// The demo tenant, created if missing (`true` when it was just created).
+pub async fn demo_tenant(store: &dyn MetadataStore) -> anyhow::Result<(Tenant, bool)> {
     let existing = store
         .tenants()
         .await?
         .into_iter()
         .find(|t| t.name == DEMO_TENANT);
-    let fresh = existing.is_none();
-    let tenant = match existing {
-        Some(t) => t,
+    Ok(match existing {
+        Some(t) => (t, false),
         None => {
-            store
+            let t = store
                 .create_tenant(NewTenant {
                     name: DEMO_TENANT.into(),
                     time_zone: "UTC".into(),
                     currency: Currency::parse("USD").map_err(anyhow::Error::msg)?,
                 })
-                .await?
+                .await?;
+            (t, true)
         }
-    };
+    })
+}
+
+/// Finds or creates the demo tenant and mints a fresh key pair for this run.
+pub async fn prepare(store: &dyn MetadataStore) -> anyhow::Result<DemoKeys> {
+    let (tenant, fresh) = demo_tenant(store).await?;
     let write = store.create_key(tenant.id, KeyKind::Write).await?;
     let secret = store.create_key(tenant.id, KeyKind::Secret).await?;
     Ok(DemoKeys {
@@ -88,16 +93,15 @@ pub async fn run(addr: SocketAddr, write_key: String, opts: DemoOptions) {
 
 async fn generate(addr: SocketAddr, write_key: &str, opts: &DemoOptions) -> anyhow::Result<()> {
     let client = Client::new(addr, write_key);
-    let mut shop = Shop::new(42);
+    let mut shop = Shop::with_population(42, 5_000);
     let now = Utc::now();
     let mut batch = Vec::new();
-    // History: sessions spread over the backfill window.
+    // History: sessions spread over the backfill window, busier at busy times.
     let sessions = opts.backfill_days as usize * 150;
+    let since = now - chrono::Duration::days(i64::from(opts.backfill_days.max(1)));
     for _ in 0..sessions {
-        let ago = shop
-            .rng
-            .random_range(3_600..i64::from(opts.backfill_days.max(1)) * 86_400 + 3_600);
-        batch.extend(shop.session(now - chrono::Duration::seconds(ago)));
+        let at = shop.seasonal_start(since, now - chrono::Duration::hours(1));
+        batch.extend(before(shop.session(at), now));
         if batch.len() >= 400 {
             send(&client, &mut batch).await?;
         }
@@ -152,9 +156,18 @@ const PRODUCTS: &[(&str, &str, f64)] = &[
 const COUNTRIES: &[&str] = &["US", "GB", "DE", "FR", "IN", "BR", "JP", "CA"];
 
 /// A deterministic generator of shop sessions.
+///
+/// Two ways to pick who visits: an open population (every session is a new visitor, or with
+/// 30 % odds a returning one), or a fixed population of `persons` where a few are regulars
+/// (a skewed draw, so repeat buyers exist) and visitors stay anonymous until they sign up
+/// or buy, then identify and are known on later visits.
 pub struct Shop {
-    rng: StdRng,
+    pub(crate) rng: StdRng,
     next_person: u64,
+    /// Fixed population size, if any.
+    population: Option<u64>,
+    /// Persons who identified (fixed population only), one bit each.
+    known: Vec<u64>,
 }
 
 impl Shop {
@@ -162,21 +175,67 @@ impl Shop {
         Self {
             rng: StdRng::seed_from_u64(seed),
             next_person: 0,
+            population: None,
+            known: Vec::new(),
+        }
+    }
+
+    /// A shop with a fixed population of `persons` (at least 1).
+    pub fn with_population(seed: u64, persons: u64) -> Self {
+        let persons = persons.max(1);
+        Self {
+            population: Some(persons),
+            known: vec![0; persons.div_ceil(64) as usize],
+            ..Self::new(seed)
+        }
+    }
+
+    fn pick_person(&mut self) -> (u64, bool) {
+        match self.population {
+            Some(n) => {
+                // u³ skews towards low ids: a small core of regulars, a long tail of
+                // one-time visitors.
+                let u: f64 = self.rng.random();
+                let p = ((u * u * u) * n as f64) as u64 % n;
+                let known = self.known[(p / 64) as usize] & (1 << (p % 64)) != 0;
+                (p, known)
+            }
+            None => {
+                let returning = self.next_person > 0 && self.rng.random_bool(0.3);
+                let person = if returning {
+                    self.rng.random_range(0..self.next_person)
+                } else {
+                    self.next_person += 1;
+                    self.next_person - 1
+                };
+                (person, returning && person % 2 == 0)
+            }
+        }
+    }
+
+    fn mark_known(&mut self, p: u64) {
+        if self.population.is_some() {
+            self.known[(p / 64) as usize] |= 1 << (p % 64);
+        }
+    }
+
+    /// A session start in `[from, to)`, more likely at busy times: evenings, weekends, and
+    /// the weeks before Christmas (Black Friday week most of all); least in early summer.
+    pub fn seasonal_start(&mut self, from: DateTime<Utc>, to: DateTime<Utc>) -> DateTime<Utc> {
+        let span = (to - from).num_seconds().max(1);
+        loop {
+            let t = from + chrono::Duration::seconds(self.rng.random_range(0..span));
+            if self.rng.random::<f64>() * MAX_SEASON_WEIGHT < season_weight(t) {
+                return t;
+            }
         }
     }
 
     /// One visit: a returning or a new visitor browsing, maybe buying.
     pub fn session(&mut self, start: DateTime<Utc>) -> Vec<Value> {
-        let returning = self.next_person > 0 && self.rng.random_bool(0.3);
-        let person = if returning {
-            self.rng.random_range(0..self.next_person)
-        } else {
-            self.next_person += 1;
-            self.next_person - 1
-        };
+        let (person, known) = self.pick_person();
         let anon = format!("anon-{person:06}");
         let user = format!("user-{person:06}");
-        let known = returning && person % 2 == 0;
         let country = COUNTRIES[(person as usize) % COUNTRIES.len()];
         let mut t = start;
         let mut out = Vec::new();
@@ -219,6 +278,20 @@ impl Shop {
             }
         }
         if cart.is_empty() || !self.rng.random_bool(0.5) {
+            // Some browsers sign up without buying.
+            if !known && self.population.is_some() && self.rng.random_bool(0.05) {
+                t += chrono::Duration::seconds(self.rng.random_range(10..120));
+                out.push(
+                    json!({"type": "track", "event": "Signed Up", "anonymousId": anon,
+                    "timestamp": t.to_rfc3339(), "properties": {"method": "email"}}),
+                );
+                out.push(json!({
+                    "type": "identify", "userId": user, "anonymousId": anon,
+                    "timestamp": t.to_rfc3339(),
+                    "traits": {"email": format!("{user}@example.com"), "country": country, "plan": "free"}
+                }));
+                self.mark_known(person);
+            }
             return out;
         }
         let total: f64 = cart
@@ -241,6 +314,7 @@ impl Shop {
                 "timestamp": t.to_rfc3339(),
                 "traits": {"email": format!("{user}@example.com"), "country": country}
             }));
+            self.mark_known(person);
         }
         let products: Vec<Value> = cart
             .iter()
@@ -258,8 +332,48 @@ impl Shop {
             "properties": {"order_id": order_id, "total": total, "revenue": total,
                 "currency": "USD", "category": category, "products": products}
         }));
+        // A few orders come back.
+        if self.population.is_some() && self.rng.random_bool(0.04) {
+            let later = t + chrono::Duration::seconds(self.rng.random_range(86_400..14 * 86_400));
+            out.push(json!({
+                "type": "track", "event": "Order Refunded", "userId": user,
+                "timestamp": later.to_rfc3339(),
+                "properties": {"order_id": order_id, "total": total, "currency": "USD", "category": category}
+            }));
+        }
         out
     }
+}
+
+/// The messages of `msgs` timed before `end` (a refund may fall after the generated range).
+pub fn before(msgs: Vec<Value>, end: DateTime<Utc>) -> impl Iterator<Item = Value> {
+    msgs.into_iter().filter(move |m| {
+        m["timestamp"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t < end)
+    })
+}
+
+/// The largest value [`season_weight`] takes.
+const MAX_SEASON_WEIGHT: f64 = 1.3 * 1.35 * 1.3 * 1.4;
+
+/// How busy the shop is at `t` (UTC): time of day × day of week × time of year.
+fn season_weight(t: DateTime<Utc>) -> f64 {
+    use chrono::{Datelike, Timelike};
+    const HOURS: [f64; 24] = [
+        0.3, 0.2, 0.15, 0.15, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0, 1.0, 1.05, 1.1, 1.05, 1.0, 1.0, 1.05,
+        1.1, 1.2, 1.3, 1.3, 1.2, 0.9, 0.5,
+    ];
+    const WEEKDAYS: [f64; 7] = [0.9, 0.95, 1.0, 1.0, 1.1, 1.35, 1.25]; // Monday first
+    let doy = f64::from(t.ordinal0());
+    // Peak in mid-December, trough in mid-June.
+    let year = 1.0 + 0.3 * (2.0 * std::f64::consts::PI * (doy - 348.0) / 365.0).cos();
+    let black_friday = (t.month() == 11 && t.day() >= 24) || (t.month() == 12 && t.day() <= 1);
+    HOURS[t.hour() as usize]
+        * WEEKDAYS[t.weekday().num_days_from_monday() as usize]
+        * year
+        * if black_friday { 1.4 } else { 1.0 }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod bench_analytics;
 mod client;
 mod config;
 mod demo;
+mod generate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,11 +54,22 @@ struct ServeFlags {
 }
 
 #[derive(Subcommand)]
+enum DemoAction {
+    /// Write realistic e-commerce traffic into a tenant's event log (server stopped), and
+    /// optionally the same events as Parquet; prints a JSON summary.
+    Generate(generate::GenerateArgs),
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the server.
     Serve(ServeFlags),
-    /// Run the server with a demo tenant and a stream of sample e-commerce events.
+    /// Run the server with a demo tenant and a stream of sample e-commerce events, or
+    /// (`demo generate`) write generated traffic into a tenant's log.
+    #[command(args_conflicts_with_subcommands = true)]
     Demo {
+        #[command(subcommand)]
+        action: Option<DemoAction>,
         #[command(flatten)]
         flags: ServeFlags,
         /// Live events per second after the backfill.
@@ -97,6 +109,21 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(config, None))
         }
         Command::Demo {
+            action: Some(DemoAction::Generate(args)),
+            ..
+        } => {
+            let flags = ServeFlags {
+                data_dir: args.data_dir.clone(),
+                listen: None,
+            };
+            apply(&mut config, &flags, Some("./livora-demo-data"));
+            init_logging(&config, "warn");
+            let summary = runtime.block_on(generate::run(&config, &args))?;
+            println!("{summary:#}");
+            Ok(())
+        }
+        Command::Demo {
+            action: None,
             flags,
             rate,
             backfill_days,

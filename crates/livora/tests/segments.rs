@@ -366,3 +366,95 @@ async fn segments_go_to_s3_and_come_back_after_a_restart() {
         "the error says what failed: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_generate_fills_a_tenant_and_writes_the_same_events_as_parquet() {
+    let deps = test_deps();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tenant = create_tenant(dir.path());
+    let parquet = dir.path().join("events.parquet");
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "generate",
+            "--events",
+            "5000",
+            "--persons",
+            "400",
+            "--days",
+            "60",
+        ])
+        .args([
+            "--end",
+            "2026-01-01T00:00:00Z",
+            "--tenant",
+            &tenant.id,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .arg("--parquet")
+        .arg(&parquet)
+        .output()
+        .expect("run livora demo generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
+    let events = summary["events"].as_u64().expect("events");
+    assert!(events >= 5000, "{summary}");
+    assert_eq!(summary["tenant"], json!(tenant.id));
+
+    // The server sees the generated orders and revenue.
+    let http = reqwest::Client::new();
+    let server = Server::start(dir.path());
+    let q = json!({"kind": "commerce", "from": summary["from"], "to": summary["to"], "interval": "month"});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let a = query(&http, &server.url, &tenant.secret_key, &q).await;
+        if a["log_offset"].as_u64() >= Some(events) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer["totals"]["orders"], summary["orders"], "{answer}");
+    let revenue = answer["totals"]["revenue"].as_f64().expect("revenue");
+    assert!((revenue - summary["revenue"].as_f64().expect("revenue")).abs() < 0.01);
+    assert!(
+        answer["totals"]["refunds"].as_f64() > Some(0.0),
+        "some orders are refunded"
+    );
+    assert!(
+        answer["purchase_frequency"][1][1].as_u64() > Some(0),
+        "repeat buyers exist"
+    );
+    drop(server);
+
+    // DuckDB reads the Parquet export: the same events, orders and revenue.
+    let script = r#"
+import duckdb, json, sys
+f = sys.argv[1]
+print(json.dumps(duckdb.sql(f"""
+  SELECT count(*), count(*) FILTER (event = 'Order Completed'),
+         round(sum("properties.revenue") FILTER (event = 'Order Completed'), 2),
+         count(DISTINCT user_id)
+  FROM '{f}'""").fetchone()))
+"#;
+    let out = Command::new(deps.join("venv/bin/python"))
+        .args(["-c", script])
+        .arg(&parquet)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).expect("duckdb JSON");
+    assert_eq!(got[0].as_u64(), Some(events));
+    assert_eq!(got[1], summary["orders"]);
+    assert_eq!(got[2].as_f64(), summary["revenue"].as_f64());
+    assert!(got[3].as_u64() > Some(10), "visitors identify: {got}");
+}

@@ -1,0 +1,170 @@
+//! `livora demo generate`: realistic e-commerce traffic written straight into a tenant's
+//! event log (the server must be stopped), and optionally the same events as Parquet.
+//!
+//! The traffic comes from [`Shop`] with a fixed population: sessions with page views,
+//! product views, cart adds, checkouts and orders (with revenue, categories and products),
+//! sign-ups, refunds, repeat buyers, and anonymous visitors who identify when they sign up
+//! or buy; session times follow the time of day, the day of week and the time of year
+//! (December and Black Friday week peak, June dips). Every message goes through the same
+//! normalisation as the HTTP API, so what is stored is what an SDK would have produced.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use livora_columnar::Table;
+use livora_log::{EventLog, NewRecord};
+use livora_model::TenantId;
+use livora_model::ingest::{Envelope, normalise, parse_item};
+use livora_store::MetadataStore;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::demo::{Shop, before};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct GenerateArgs {
+    /// Events to write (about: whole sessions are kept).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Size of the visitor population.
+    #[arg(long, default_value_t = 100_000)]
+    pub persons: u64,
+    /// Days of history, ending at `--end`.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+    /// End of the generated range (RFC 3339; default: now).
+    #[arg(long)]
+    pub end: Option<DateTime<Utc>>,
+    /// Random seed: the same seed gives the same events.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// The tenant to write into (default: the demo tenant, created if missing).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Also write the events to this Parquet file (the sealed-segment schema).
+    #[arg(long)]
+    pub parquet: Option<PathBuf>,
+    /// Only write the Parquet file, not the log.
+    #[arg(long, requires = "parquet")]
+    pub no_log: bool,
+    /// Data directory (default ./livora-demo-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    let end = args.end.unwrap_or_else(Utc::now);
+    let start = end - chrono::Duration::days(i64::from(args.days.max(1)));
+    let tenant = if args.no_log {
+        TenantId(uuid::Uuid::nil())
+    } else {
+        resolve_tenant(config, args.tenant.as_deref()).await?
+    };
+    let log = if args.no_log {
+        None
+    } else {
+        let opts = config.log_options();
+        Some(
+            tokio::task::spawn_blocking(move || EventLog::open(opts))
+                .await?
+                .context(
+                    "cannot open the event log (is the server running on this data directory?)",
+                )?,
+        )
+    };
+    let first_offset = log.as_ref().map(EventLog::end_offset);
+    let mut shop = Shop::with_population(args.seed, args.persons);
+    let mut table = args.parquet.as_ref().map(|_| Table::default());
+    let (mut events, mut sessions, mut orders, mut revenue) = (0usize, 0u64, 0u64, 0.0f64);
+    let mut records = Vec::with_capacity(20_000);
+    let mut message = 0u64;
+    while events < args.events {
+        let at = shop.seasonal_start(start, end);
+        sessions += 1;
+        for m in before(shop.session(at), end) {
+            message += 1;
+            let mut m = m;
+            m["messageId"] = json!(format!("gen-{}-{message}", args.seed));
+            let env = Envelope {
+                received_at: end,
+                client_ip: None,
+                future_tolerance: chrono::Duration::days(1),
+                sent_at: None,
+                context: None,
+                integrations: None,
+            };
+            let event = normalise(parse_item(&m.to_string())?, None, &env)
+                .map_err(|e| anyhow::anyhow!("generated an invalid message: {}", e.message))?;
+            if event.event.as_deref() == Some("Order Completed") {
+                orders += 1;
+                revenue += m["properties"]["revenue"].as_f64().unwrap_or(0.0);
+            }
+            let payload = serde_json::to_vec(&event)?;
+            if let Some(t) = table.as_mut() {
+                t.push_json(&payload)?;
+            }
+            if log.is_some() {
+                records.push(NewRecord {
+                    tenant: tenant.0,
+                    id: event.message_id.clone(),
+                    payload,
+                });
+            }
+            events += 1;
+        }
+        if records.len() >= 10_000
+            && let Some(log) = &log
+        {
+            log.append(std::mem::take(&mut records)).await?;
+        }
+    }
+    if let Some(log) = &log {
+        if !records.is_empty() {
+            log.append(std::mem::take(&mut records)).await?;
+        }
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.close()).await?;
+    }
+    let mut parquet_bytes = None;
+    if let (Some(path), Some(t)) = (&args.parquet, &table) {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let file = livora_columnar::export_parquet(t, std::io::BufWriter::new(file))?;
+        let file = file.into_inner().context("flushing the Parquet file")?;
+        file.sync_all()?;
+        parquet_bytes = Some(std::fs::metadata(path)?.len());
+    }
+    Ok(json!({
+        "tenant": tenant.0.to_string(),
+        "events": events,
+        "sessions": sessions,
+        "persons": args.persons,
+        "orders": orders,
+        "revenue": (revenue * 100.0).round() / 100.0,
+        "from": start.to_rfc3339(),
+        "to": end.to_rfc3339(),
+        "log_offsets": first_offset.map(|f| json!([f, f + events as u64])),
+        "parquet": args.parquet.as_ref().map(|p| p.display().to_string()),
+        "parquet_bytes": parquet_bytes,
+        "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    }))
+}
+
+async fn resolve_tenant(config: &Config, tenant: Option<&str>) -> anyhow::Result<TenantId> {
+    let store = crate::open_store(config).await?;
+    let store: &dyn MetadataStore = store.as_ref();
+    match tenant {
+        Some(id) => {
+            let id = TenantId::parse(id).with_context(|| format!("{id:?} is not a tenant id"))?;
+            store
+                .tenant(id)
+                .await?
+                .with_context(|| format!("no tenant {id}"))?;
+            Ok(id)
+        }
+        None => Ok(crate::demo::demo_tenant(store).await?.0.id),
+    }
+}

@@ -29,6 +29,13 @@ impl Dictionary {
         self.values.get(id as usize).map(String::as_str)
     }
 
+    /// Approximate heap bytes: each string twice (the list and the map key), plus the map's
+    /// slots.
+    pub fn heap_bytes(&self) -> usize {
+        let strings: usize = self.values.iter().map(|v| v.capacity() + 24).sum();
+        2 * strings + self.ids.capacity() * 8
+    }
+
     pub fn len(&self) -> usize {
         self.values.len()
     }

@@ -39,6 +39,12 @@ impl Persons {
         Self::default()
     }
 
+    /// Approximate heap bytes: every key twice (the list and the map), parents, map slots.
+    pub fn heap_bytes(&self) -> usize {
+        let keys: usize = self.keys.iter().map(|k| k.capacity() + 24).sum();
+        2 * keys + self.parent.capacity() * 4 + self.ids.capacity() * 4
+    }
+
     /// Number of ids handed out (merged or not).
     pub fn len(&self) -> usize {
         self.parent.len()

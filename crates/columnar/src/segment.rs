@@ -68,7 +68,7 @@ fn writer_properties(sorted: bool) -> Result<WriterProperties, Error> {
 }
 
 /// Encodes `rows` of `t` (already in (person, time) order) as a Parquet file.
-pub(crate) fn encode_events(t: &Table, rows: Range<usize>) -> Result<Vec<u8>, Error> {
+pub fn encode_events(t: &Table, rows: Range<usize>) -> Result<Vec<u8>, Error> {
     write_events(t, rows, Vec::new(), true)
 }
 
@@ -226,7 +226,7 @@ fn write(schema: Schema, columns: Vec<ArrayRef>, sorted: bool) -> Result<Vec<u8>
 
 /// Appends the rows of an events file to `t`, whose persons must already hold every person
 /// the file names. Returns the number of rows appended.
-pub(crate) fn decode_events(bytes: Bytes, t: &mut Table) -> Result<usize, Error> {
+pub fn decode_events(bytes: Bytes, t: &mut Table) -> Result<usize, Error> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
         .with_batch_size(64 * 1024)
         .build()?;
@@ -321,7 +321,7 @@ fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
 }
 
 /// Encodes every person of `p` (id order).
-pub(crate) fn encode_persons(p: &Persons) -> Result<Vec<u8>, Error> {
+pub fn encode_persons(p: &Persons) -> Result<Vec<u8>, Error> {
     let (keys, parents) = p.snapshot();
     let schema = Schema::new(vec![
         Field::new("id", DataType::UInt32, false),
@@ -338,7 +338,7 @@ pub(crate) fn encode_persons(p: &Persons) -> Result<Vec<u8>, Error> {
     )
 }
 
-pub(crate) fn decode_persons(bytes: Bytes) -> Result<Persons, Error> {
+pub fn decode_persons(bytes: Bytes) -> Result<Persons, Error> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
     let (mut keys, mut parents) = (Vec::new(), Vec::new());
     for batch in reader {

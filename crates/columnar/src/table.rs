@@ -153,6 +153,31 @@ impl Table {
         Ok(())
     }
 
+    /// Approximate heap bytes held by the columns, dictionaries and persons (capacities, not
+    /// lengths; hash-map overhead estimated): what "memory per event" is measured with.
+    pub fn heap_bytes(&self) -> usize {
+        let vec = |cap: usize, size: usize| cap * size;
+        let dict = |d: &Dictionary| d.heap_bytes();
+        vec(self.person.capacity(), 4)
+            + vec(self.ts.capacity(), 8)
+            + vec(self.name.capacity(), 4)
+            + dict(&self.names)
+            + dict(&self.keys)
+            + dict(&self.values)
+            + self
+                .strings
+                .values()
+                .map(|c| vec(c.capacity(), 4))
+                .sum::<usize>()
+            + self
+                .numbers
+                .values()
+                .map(|c| vec(c.capacity(), 8))
+                .sum::<usize>()
+            + self.persons.heap_bytes()
+            + vec(self.chunks.capacity(), std::mem::size_of::<Chunk>())
+    }
+
     /// Rows not yet sealed.
     pub fn hot_len(&self) -> usize {
         self.len() - self.sealed

@@ -74,6 +74,9 @@ struct RunResult {
     peak_rss_mb: f64,
     batches_per_fsync: f64,
     limit_eps: f64,
+    /// Ingest-to-queryable lag of probe events (full node only).
+    lag_p50_ms: f64,
+    lag_p99_ms: f64,
 }
 
 async fn ingest(b: IngestBench) -> anyhow::Result<()> {
@@ -110,6 +113,8 @@ async fn ingest(b: IngestBench) -> anyhow::Result<()> {
         "batches_per_fsync": med(|r| r.batches_per_fsync),
         "limit_events_per_s": med(|r| r.limit_eps).round(),
         "ratio_to_limit": med(|r| r.http_eps / r.limit_eps),
+        "queryable_lag_p50_ms": med(|r| r.lag_p50_ms),
+        "queryable_lag_p99_ms": med(|r| r.lag_p99_ms),
     });
     if b.json {
         println!("{summary:#}");
@@ -119,7 +124,8 @@ async fn ingest(b: IngestBench) -> anyhow::Result<()> {
              \x20 durable through HTTP: {:.0} events/s   p50 {:.2} ms   p99 {:.2} ms\n\
              \x20 server RSS:           idle {:.0} MB   peak {:.0} MB\n\
              \x20 limit (no HTTP):      {:.0} events/s   ({:.1} batches per fsync)\n\
-             \x20 HTTP / limit:         {:.0} %",
+             \x20 HTTP / limit:         {:.0} %\n\
+             \x20 ingest-to-queryable:  p50 {:.0} ms   p99 {:.0} ms (probe events under load; full node only)",
             if b.ingest_only {
                 " (ingest-only node)"
             } else {
@@ -138,6 +144,8 @@ async fn ingest(b: IngestBench) -> anyhow::Result<()> {
             summary["limit_events_per_s"].as_f64().unwrap_or(0.0),
             summary["batches_per_fsync"].as_f64().unwrap_or(0.0),
             100.0 * summary["ratio_to_limit"].as_f64().unwrap_or(0.0),
+            summary["queryable_lag_p50_ms"].as_f64().unwrap_or(0.0),
+            summary["queryable_lag_p99_ms"].as_f64().unwrap_or(0.0),
         );
     }
     Ok(())
@@ -252,7 +260,7 @@ fn rss_mb(pid: u32, field: &str) -> f64 {
 async fn start_server(
     work: &Path,
     ingest_only: bool,
-) -> anyhow::Result<(Server, std::net::SocketAddr, String)> {
+) -> anyhow::Result<(Server, std::net::SocketAddr, String, String)> {
     let exe = std::env::current_exe().context("cannot find the livora binary")?;
     let dir = work.join(format!("livora-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
@@ -272,6 +280,10 @@ async fn start_server(
     let key = created["write_key"]["secret"]
         .as_str()
         .context("no write key in admin output")?
+        .to_owned();
+    let secret = created["secret_key"]["secret"]
+        .as_str()
+        .context("no secret key in admin output")?
         .to_owned();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -295,7 +307,7 @@ async fn start_server(
     let client = Client::new(addr, &key);
     for _ in 0..100 {
         if matches!(client.get("/healthz").await, Ok((200, _))) {
-            return Ok((server, addr, key));
+            return Ok((server, addr, key, secret));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -311,7 +323,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 async fn one_run(b: &IngestBench, templates: &Templates) -> anyhow::Result<RunResult> {
     let work = b.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let (mut server, addr, key) = start_server(&work, b.ingest_only).await?;
+    let (mut server, addr, key, secret) = start_server(&work, b.ingest_only).await?;
     let pid = server.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss_mb = rss_mb(pid, "VmRSS:");
@@ -349,8 +361,26 @@ async fn one_run(b: &IngestBench, templates: &Templates) -> anyhow::Result<RunRe
     }
     tokio::time::sleep(warm_up).await;
     let measured = Instant::now();
+    let probe = (!b.ingest_only).then(|| {
+        let client = Client::new(addr, &key);
+        tokio::spawn(lag_probe(
+            client.clone(),
+            client.with_bearer(&secret),
+            stop.clone(),
+        ))
+    });
     tokio::time::sleep(Duration::from_secs(b.seconds)).await;
     stop.store(true, Ordering::Relaxed);
+    let mut lags = match probe {
+        Some(p) => p.await??,
+        None => Vec::new(),
+    };
+    lags.sort_by(f64::total_cmp);
+    let lag_at = |p: f64| {
+        lags.get(((lags.len() as f64 * p) as usize).min(lags.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
     let mut latencies = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -388,7 +418,55 @@ async fn one_run(b: &IngestBench, templates: &Templates) -> anyhow::Result<RunRe
         peak_rss_mb,
         batches_per_fsync,
         limit_eps,
+        lag_p50_ms: lag_at(0.5),
+        lag_p99_ms: lag_at(0.99),
     })
+}
+
+/// Under load, sends one probe event at a time and polls the query API until it counts it:
+/// the time from the acknowledged send to the first answer that includes it, in ms.
+async fn lag_probe(
+    ingest: Client,
+    query: Client,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut lags = Vec::new();
+    let mut sent = 0u64;
+    let day = chrono::Duration::days(1);
+    let q = json!({
+        "kind": "trends", "event": {"event": "$lag_probe"}, "metric": {"kind": "count"},
+        "interval": "day", "from": (Utc::now() - day).to_rfc3339(), "to": (Utc::now() + day).to_rfc3339()
+    })
+    .to_string();
+    while !stop.load(Ordering::Relaxed) {
+        sent += 1;
+        let body = json!({"batch": [{"type": "track", "event": "$lag_probe", "userId": "probe",
+            "messageId": format!("lag-probe-{sent}"), "timestamp": Utc::now().to_rfc3339()}]});
+        let (status, resp) = ingest
+            .post("/v1/batch", Bytes::from(body.to_string()))
+            .await?;
+        if status != 200 {
+            bail!("probe event refused: {}", String::from_utf8_lossy(&resp));
+        }
+        let acked = Instant::now();
+        loop {
+            let (status, resp) = query.post("/api/v1/query", Bytes::from(q.clone())).await?;
+            if status != 200 {
+                bail!("probe query failed: {}", String::from_utf8_lossy(&resp));
+            }
+            let answer: serde_json::Value = serde_json::from_slice(&resp)?;
+            if answer["series"][0]["total"].as_f64() >= Some(sent as f64) {
+                lags.push(acked.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(lags);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(lags)
 }
 
 /// The same work without HTTP: parse + normalise + encode on every core, one writer appending

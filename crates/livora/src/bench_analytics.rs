@@ -1,10 +1,11 @@
 //! `livora bench analytics`: generated shop traffic in a column-store table; a 4-step funnel
 //! (view -> add -> checkout -> order, 7 days), a weekly retention matrix (8 weeks) and daily
-//! revenue by category (90 days), each timed over several runs; the same events written as CSV (with merged person ids) for other
-//! engines. `bench/analytics.sh` runs this and the same queries in DuckDB and chDB, and
+//! revenue by category (90 days), each timed over several runs, on the sealed layout (rows
+//! ordered by day, person and time, as after a seal); the same events written as Parquet
+//! (with merged person ids) for other engines. It also reports the column store's memory and
+//! the bytes on disk per event (sealed Parquet segments, and the log). `bench/analytics.sh` runs this and the same queries in DuckDB and chDB, and
 //! compares the answers.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -16,7 +17,6 @@ use livora_analytics::retention::{Cohort, RetentionQuery, retention};
 use livora_analytics::trends::{Breakdown, Metric, TrendsQuery, trends};
 use livora_columnar::Table;
 use livora_model::ingest::{Envelope, normalise, parse_item};
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::demo::Shop;
@@ -29,9 +29,12 @@ pub struct AnalyticsBench {
     /// Timed runs; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Write the events as CSV (person, ts_us, event, category, revenue).
+    /// Size of the visitor population (default: a tenth of the events).
     #[arg(long)]
-    csv: Option<PathBuf>,
+    persons: Option<u64>,
+    /// Write the events as Parquet (person: merged id, ts: µs, event, category, revenue).
+    #[arg(long)]
+    parquet: Option<PathBuf>,
 }
 
 pub const STEPS: [&str; 4] = [
@@ -45,14 +48,14 @@ pub const WINDOW_SECONDS: i64 = 7 * 86_400;
 pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     let end: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().context("end time")?;
     let days = 90;
-    let mut shop = Shop::new(11);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let persons = b.persons.unwrap_or(b.events as u64 / 10).max(1);
+    let mut shop = Shop::with_population(11, persons);
     let mut table = Table::default();
     let started = Instant::now();
+    let mut log_bytes = 0usize;
     while table.len() < b.events {
-        let ago = rng.random_range(3_600..days * 86_400);
-        let at = end - chrono::Duration::seconds(ago);
-        for m in shop.session(at) {
+        let at = shop.seasonal_start(end - chrono::Duration::days(days), end);
+        for m in crate::demo::before(shop.session(at), end) {
             let env = Envelope {
                 received_at: end,
                 client_ip: None,
@@ -62,13 +65,26 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
                 integrations: None,
             };
             let event = normalise(parse_item(&m.to_string())?, None, &env)?;
-            table.push_json(&serde_json::to_vec(&event)?)?;
+            let payload = serde_json::to_vec(&event)?;
+            // A log record: 42 bytes of header, the message id, the JSON.
+            log_bytes += 42 + event.message_id.len() + payload.len();
+            table.push_json(&payload)?;
         }
     }
     let load_s = started.elapsed().as_secs_f64();
+    // Seal: the layout queries read once the hot part is sealed.
+    let sealed = Instant::now();
+    let days_ranges = table.order_hot();
+    let mut segment_bytes = 0usize;
+    for r in &days_ranges {
+        segment_bytes += livora_columnar::segment::encode_events(&table, r.clone())?.len();
+    }
+    segment_bytes += livora_columnar::segment::encode_persons(&table.persons)?.len();
+    table.mark_sealed(&days_ranges);
+    let seal_s = sealed.elapsed().as_secs_f64();
     let redirects = table.persons.redirects();
-    if let Some(path) = &b.csv {
-        write_csv(&table, &redirects, path)?;
+    if let Some(path) = &b.parquet {
+        write_parquet(&table, &redirects, path)?;
     }
     let from = end - chrono::Duration::days(days + 1);
     let query = FunnelQuery {
@@ -187,6 +203,10 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
             "events": table.len(),
             "persons": persons,
             "load_seconds": load_s,
+            "seal_seconds": seal_s,
+            "memory_bytes_per_event": table.heap_bytes() as f64 / table.len() as f64,
+            "segment_bytes_per_event": segment_bytes as f64 / table.len() as f64,
+            "log_bytes_per_event": log_bytes as f64 / table.len() as f64,
             "from_us": from.timestamp_micros(),
             "to_us": (end + chrono::Duration::days(1)).timestamp_micros(),
             "window_seconds": WINDOW_SECONDS,
@@ -215,30 +235,50 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_csv(t: &Table, redirects: &[u32], path: &PathBuf) -> anyhow::Result<()> {
+fn write_parquet(t: &Table, redirects: &[u32], path: &PathBuf) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{Float64Builder, StringBuilder};
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, UInt64Array};
+    use arrow_schema::{DataType, Field, Schema};
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("person", DataType::UInt64, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("event", DataType::Utf8, false),
+        Field::new("category", DataType::Utf8, true),
+        Field::new("revenue", DataType::Float64, true),
+    ]));
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    writeln!(w, "person,ts,event,category,revenue")?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)?;
     let category = t.keys.get("category");
     let revenue = t.keys.get("revenue");
-    for row in 0..t.len() {
-        let person = redirects[t.person[row] as usize];
-        let name = t.names.value(t.name[row]).unwrap_or("");
-        let cat = category.and_then(|k| t.str_at(k, row)).unwrap_or("");
-        let rev = revenue.and_then(|k| t.num_at(k, row));
-        // Names and categories are plain words here; quote them anyway for CSV safety.
-        write!(
-            w,
-            "{person},{},\"{}\",\"{}\",",
-            t.ts[row],
-            name.replace('"', "\"\""),
-            cat.replace('"', "\"\"")
-        )?;
-        match rev {
-            Some(r) => writeln!(w, "{r}")?,
-            None => writeln!(w)?,
+    for start in (0..t.len()).step_by(1 << 20) {
+        let rows = start..(start + (1 << 20)).min(t.len());
+        let person = UInt64Array::from_iter_values(
+            rows.clone()
+                .map(|r| u64::from(redirects[t.person[r] as usize])),
+        );
+        let ts = Int64Array::from(t.ts[rows.clone()].to_vec());
+        let (mut event, mut cat, mut rev) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            Float64Builder::new(),
+        );
+        for r in rows {
+            event.append_value(t.names.value(t.name[r]).unwrap_or(""));
+            cat.append_option(category.and_then(|k| t.str_at(k, r)));
+            rev.append_option(revenue.and_then(|k| t.num_at(k, r)));
         }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(person),
+            Arc::new(ts),
+            Arc::new(event.finish()),
+            Arc::new(cat.finish()),
+            Arc::new(rev.finish()),
+        ];
+        w.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
     }
-    w.flush()?;
+    w.close()?;
     Ok(())
 }

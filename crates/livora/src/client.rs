@@ -34,6 +34,14 @@ impl Client {
         }
     }
 
+    /// The same client sending `secret` as a Bearer token (for the read and query APIs).
+    pub fn with_bearer(&self, secret: &str) -> Self {
+        Self {
+            auth: format!("Bearer {secret}"),
+            ..self.clone()
+        }
+    }
+
     /// POSTs a JSON body; returns the status and the response body.
     pub async fn post(&self, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
         let req = Request::post(format!("{}{path}", self.base))

@@ -185,7 +185,8 @@ def main():
     print(
         f"storage: {livora['memory_bytes_per_event']:.1f} bytes/event in memory (column store), "
         f"{livora['segment_bytes_per_event']:.1f} bytes/event on disk as sealed Parquet segments, "
-        f"{livora['log_bytes_per_event']:.0f} bytes/event in the log; sealing took {livora['seal_seconds']:.2f} s"
+        f"{livora['log_bytes_per_event']:.0f} bytes/event in the log; sealing took {livora['seal_seconds']:.2f} s, "
+        f"the person-ordered projection {livora['projection_seconds']:.2f} s"
     )
     if not (funnel_same and retention_same and trends_same):
         print("ANSWERS DIFFER", file=sys.stderr)

@@ -30,8 +30,6 @@ use livora_columnar::Table;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use rayon::prelude::*;
-
 use crate::Error;
 use crate::person_props::PersonColumn;
 
@@ -278,7 +276,12 @@ impl Matcher {
     }
 
     pub(crate) fn matches(&self, t: &Table, row: usize) -> bool {
-        if self.name != Some(t.name[row]) {
+        self.matches_named(t, row, t.name[row])
+    }
+
+    /// [`Matcher::matches`] for a row whose event name the caller has read already.
+    pub(crate) fn matches_named(&self, t: &Table, row: usize, name: u32) -> bool {
+        if self.name != Some(name) {
             return false;
         }
         let events = self.filters.iter().all(|(key, op, value)| {
@@ -298,6 +301,41 @@ impl Matcher {
                 )
             })
         }
+    }
+}
+
+/// The steps a row matches, as a bit mask (bit `i`: matcher `i`): steps without filters
+/// match by event name alone, one table lookup per row.
+pub(crate) struct StepMasks<'a> {
+    by_name: Vec<u32>,
+    filtered: Vec<(u32, &'a Matcher)>,
+}
+
+impl<'a> StepMasks<'a> {
+    pub(crate) fn new(t: &Table, matchers: &'a [Matcher]) -> Self {
+        let mut by_name = vec![0u32; t.names.len()];
+        let mut filtered = Vec::new();
+        for (i, m) in matchers.iter().enumerate() {
+            match m.name {
+                Some(name) if m.filters.is_empty() && m.person_filters.is_empty() => {
+                    by_name[name as usize] |= 1 << i;
+                }
+                Some(_) => filtered.push((1 << i, m)),
+                None => {}
+            }
+        }
+        Self { by_name, filtered }
+    }
+
+    #[inline]
+    pub(crate) fn mask(&self, t: &Table, row: usize, name: u32) -> u32 {
+        let mut mask = self.by_name.get(name as usize).copied().unwrap_or(0);
+        for (bit, m) in &self.filtered {
+            if m.matches_named(t, row, name) {
+                mask |= bit;
+            }
+        }
+        mask
     }
 }
 
@@ -466,20 +504,7 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
     let to = q.to.timestamp_micros();
     let scan_to = to.saturating_add(window);
 
-    // Steps without filters match by event name alone: one table lookup per row.
-    let mut by_name = vec![0u32; t.names.len()];
-    let mut filtered = Vec::new();
-    for (i, (m, step)) in matchers
-        .iter()
-        .zip(q.steps.iter().chain(&exclusion_steps))
-        .enumerate()
-    {
-        match (m.name, step.filters.is_empty()) {
-            (Some(name), true) => by_name[name as usize] |= 1 << i,
-            (Some(_), false) => filtered.push((i, m)),
-            (None, _) => {}
-        }
-    }
+    let masks = StepMasks::new(t, &matchers);
     let breakdown_col = q
         .breakdown
         .as_ref()
@@ -495,170 +520,101 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
         .breakdown
         .as_ref()
         .is_some_and(|b| b.attribution == Attribution::LastTouch);
-    // Pass 1, split across cores by row range: the mask and canonical person of every event
-    // in range. Strict mode needs the events that match no step too: they break chains.
-    let persons = redirects.len().max(t.persons.len());
-    // Sealed chunks outside [from, scan_to] are skipped by their time statistics.
-    let chunks = crate::parallel::ranges_over(&t.ranges_within(from, scan_to));
-    let parts: Vec<Vec<(u32, Row)>> = chunks
-        .into_par_iter()
-        .map(|range| {
-            let mut out = Vec::new();
-            for row in range {
-                let ts = t.ts[row];
-                if ts < from || ts > scan_to {
-                    continue;
-                }
-                let mut mask = by_name[t.name[row] as usize];
-                for (i, m) in &filtered {
-                    if m.matches(t, row) {
-                        mask |= 1 << i;
-                    }
-                }
-                if mask != 0 || q.order == Order::Strict {
-                    let p = t.person[row] as usize;
-                    let person = redirects.get(p).copied().unwrap_or(p as u32);
-                    let value = match &person_breakdown {
-                        Some(col) => col.strs.get(person as usize).copied().unwrap_or(0),
-                        None => breakdown_col.and_then(|c| c.get(row)).copied().unwrap_or(0),
-                    };
-                    out.push((person, Row { ts, mask, value }));
-                }
-            }
-            out
-        })
-        .collect();
-    // Pass 2: group by person with a counting sort (persons are dense ids), keeping arrival
-    // order (the parts are in row order).
-    let mut per_person = vec![0u32; persons + 1];
-    for (person, _) in parts.iter().flatten() {
-        per_person[*person as usize + 1] += 1;
-    }
-    for i in 1..per_person.len() {
-        per_person[i] += per_person[i - 1];
-    }
-    let mut grouped = vec![
-        Row {
-            ts: 0,
-            mask: 0,
-            value: 0
-        };
-        per_person[persons] as usize
-    ];
-    let mut next = per_person.clone();
-    for (person, r) in parts.iter().flatten() {
-        let slot = &mut next[*person as usize];
-        grouped[*slot as usize] = *r;
-        *slot += 1;
-    }
-    drop(parts);
-
-    // Pass 3, split across cores by person range: order each person's few events by time
-    // (ties in step order, as ClickHouse sorts its (time, step) pairs, then arrival order),
-    // run the kernel, and sum.
-    let bounds: Vec<(usize, usize)> = crate::parallel::ranges(persons)
-        .into_iter()
-        .map(|r| (r.start, r.end))
-        .collect();
-    let mut slices = Vec::with_capacity(bounds.len());
-    let mut rest: &mut [Row] = &mut grouped;
-    for (lo, hi) in &bounds {
-        let len = (per_person[*hi] - per_person[*lo]) as usize;
-        let (head, tail) = rest.split_at_mut(len);
-        slices.push((*lo, *hi, head));
-        rest = tail;
-    }
     // The level a listed person must have: `step + 1` or more when converted, exactly `step`
     // when dropped.
     let wanted = q.persons.as_ref().map(|p| (p.step, p.status));
-    // Per part: counts per step, elapsed times per step, listed persons, counts per step per
-    // breakdown value.
-    type Partial = (
-        Vec<u64>,
-        Vec<Vec<i64>>,
-        Vec<u32>,
-        hashbrown::HashMap<u32, Vec<u64>>,
-        u64,
-    );
-    let partials: Vec<Partial> = slices
-        .into_par_iter()
-        .map(|(lo, hi, rows)| {
-            let base = per_person[lo] as usize;
-            let mut counts = vec![0u64; n];
-            let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
-            let mut listed = Vec::new();
-            let mut by_value: hashbrown::HashMap<u32, Vec<u64>> = hashbrown::HashMap::new();
-            let mut path = Vec::new();
-            let mut excluded = 0u64;
-            for p in lo..hi {
-                let (a, b) = (
-                    per_person[p] as usize - base,
-                    per_person[p + 1] as usize - base,
-                );
-                let rows = &mut rows[a..b];
-                if rows.is_empty() {
-                    continue;
+    // Each person's events in the scanned span (strict mode keeps the events that match no
+    // step: they break chains), in time order, through the kernel; partial sums per core.
+    let select = |row: usize, name: u32| {
+        let mask = masks.mask(t, row, name);
+        if mask == 0 {
+            return (0, 0);
+        }
+        let value = match &person_breakdown {
+            Some(col) => {
+                let p = t.person[row] as usize;
+                let person = redirects.get(p).copied().unwrap_or(p as u32);
+                col.strs.get(person as usize).copied().unwrap_or(0)
+            }
+            None => breakdown_col.and_then(|c| c.get(row)).copied().unwrap_or(0),
+        };
+        (mask, value)
+    };
+    let span = crate::grouped::Span {
+        from,
+        to: scan_to,
+        keep_unmatched: q.order == Order::Strict,
+    };
+    let partials = crate::grouped::per_person(
+        t,
+        redirects,
+        &span,
+        select,
+        || Partial::new(n),
+        |part, p, rows| {
+            let reached = if q.exclusions.is_empty() {
+                match q.order {
+                    Order::Ordered => ordered(rows, n, window, from, to),
+                    Order::Strict => strict(rows, n, window, from, to),
+                    Order::Any => any_order(rows, n, window, from, to),
                 }
-                let key = |r: &Row| (r.ts, r.mask.trailing_zeros());
-                if !rows.is_sorted_by_key(key) {
-                    rows.sort_by_key(key);
-                }
-                let reached = if q.exclusions.is_empty() {
-                    match q.order {
-                        Order::Ordered => ordered(rows, n, window, from, to),
-                        Order::Strict => strict(rows, n, window, from, to),
-                        Order::Any => any_order(rows, n, window, from, to),
-                    }
-                } else {
-                    let reached = match q.order {
-                        Order::Strict => strict(rows, n, window, from, to),
-                        _ => ordered_impl::<true>(rows, n, window, from, to, &mut path),
-                    };
-                    if q.order == Order::Strict {
-                        path.clear();
-                        path.extend(reached.elapsed_us.iter().map(|e| e + reached.start));
-                    }
-                    if excluded_by(rows, n, &path, reached.level, window, &q.exclusions) {
-                        excluded += 1;
-                        continue;
-                    }
-                    reached
+            } else {
+                let reached = match q.order {
+                    Order::Strict => strict(rows, n, window, from, to),
+                    _ => ordered_impl::<true>(rows, n, window, from, to, &mut part.path),
                 };
-                for c in counts.iter_mut().take(reached.level) {
+                if q.order == Order::Strict {
+                    part.path.clear();
+                    part.path
+                        .extend(reached.elapsed_us.iter().map(|e| e + reached.start));
+                }
+                if excluded_by(rows, n, &part.path, reached.level, window, &q.exclusions) {
+                    part.excluded += 1;
+                    return;
+                }
+                reached
+            };
+            for c in part.counts.iter_mut().take(reached.level) {
+                *c += 1;
+            }
+            for (i, us) in reached.elapsed_us.iter().enumerate() {
+                part.elapsed[i].push(*us);
+            }
+            let list = match wanted {
+                Some((step, PersonStatus::Converted)) => reached.level > step,
+                Some((step, PersonStatus::Dropped)) => reached.level == step,
+                None => false,
+            };
+            if list {
+                part.listed.push(p as u32);
+            }
+            if q.breakdown.is_some() {
+                let v = if last_touch {
+                    reached.last_value
+                } else {
+                    reached.first_value
+                };
+                let row = part.by_value.entry(v).or_insert_with(|| vec![0; n]);
+                for c in row.iter_mut().take(reached.level) {
                     *c += 1;
                 }
-                for (i, us) in reached.elapsed_us.iter().enumerate() {
-                    elapsed[i].push(*us);
-                }
-                let list = match wanted {
-                    Some((step, PersonStatus::Converted)) => reached.level > step,
-                    Some((step, PersonStatus::Dropped)) => reached.level == step,
-                    None => false,
-                };
-                if list {
-                    listed.push(p as u32);
-                }
-                if q.breakdown.is_some() {
-                    let v = if last_touch {
-                        reached.last_value
-                    } else {
-                        reached.first_value
-                    };
-                    let row = by_value.entry(v).or_insert_with(|| vec![0; n]);
-                    for c in row.iter_mut().take(reached.level) {
-                        *c += 1;
-                    }
-                }
             }
-            (counts, elapsed, listed, by_value, excluded)
-        })
-        .collect();
+        },
+    );
     let mut counts = vec![0u64; n];
     let mut elapsed: Vec<Vec<i64>> = vec![Vec::new(); n];
     let mut listed = Vec::new();
     let mut by_value: hashbrown::HashMap<u32, Vec<u64>> = hashbrown::HashMap::new();
     let mut excluded = 0;
-    for (c, e, l, v, x) in partials {
+    for Partial {
+        counts: c,
+        elapsed: e,
+        listed: l,
+        by_value: v,
+        excluded: x,
+        ..
+    } in partials
+    {
         excluded += x;
         for i in 0..n {
             counts[i] += c[i];
@@ -699,12 +655,15 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
             let (median, average) = if q.order == Order::Any || times.is_empty() {
                 (None, None)
             } else {
-                times.sort_unstable();
+                // The median by selection, not a full sort: linear in the persons.
                 let len = times.len();
+                let (below, mid, _) = times.select_nth_unstable(len / 2);
+                let mid = *mid as f64;
                 let median = if len % 2 == 1 {
-                    times[len / 2] as f64
+                    mid
                 } else {
-                    (times[len / 2 - 1] as f64 + times[len / 2] as f64) / 2.0
+                    let lower = below.iter().max().copied().unwrap_or_default() as f64;
+                    (lower + mid) / 2.0
                 };
                 let sum: i128 = times.iter().map(|t| i128::from(*t)).sum();
                 (Some(median / 1e6), Some(sum as f64 / len as f64 / 1e6))
@@ -730,6 +689,30 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
         breakdown,
         excluded: (!q.exclusions.is_empty()).then_some(excluded),
     })
+}
+
+/// One core's sums: counts per step, elapsed times per step, listed persons, counts per step
+/// per breakdown value, excluded persons (and the kernel's scratch path).
+struct Partial {
+    counts: Vec<u64>,
+    elapsed: Vec<Vec<i64>>,
+    listed: Vec<u32>,
+    by_value: hashbrown::HashMap<u32, Vec<u64>>,
+    excluded: u64,
+    path: Vec<i64>,
+}
+
+impl Partial {
+    fn new(n: usize) -> Self {
+        Self {
+            counts: vec![0; n],
+            elapsed: vec![Vec::new(); n],
+            listed: Vec::new(),
+            by_value: hashbrown::HashMap::new(),
+            excluded: 0,
+            path: Vec::new(),
+        }
+    }
 }
 
 /// Ranks breakdown values by persons entering (ties: by value), keeps `limit`, folds the rest

@@ -19,6 +19,7 @@ pub mod activity;
 pub mod commerce;
 mod error;
 pub mod funnel;
+mod grouped;
 mod parallel;
 pub mod paths;
 pub mod period;

@@ -10,18 +10,16 @@
 //! `counts[0]` is the cohort's size; `counts[k]` is how many of them did the return event in
 //! the k-th period after their cohort's. Persons are merged identities.
 //!
-//! The kernel keeps per-person state in flat arrays indexed by canonical person id (first
-//! start time, bitsets of periods), one pass over the table, no sort.
+//! The kernel visits each person's matching events in time order ([`crate::grouped`]) and
+//! adds the person to the counts matrix directly: no per-person state outlives the visit.
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use livora_columnar::Table;
 use serde::{Deserialize, Serialize};
 
-use rayon::prelude::*;
-
 use crate::Error;
-use crate::funnel::{Matcher, Step};
+use crate::funnel::{Matcher, Step, StepMasks};
 use crate::period::{Period, Periods};
 
 /// The most periods a retention query may span.
@@ -78,8 +76,6 @@ impl RetentionQuery {
 }
 
 /// Runs a retention query over a tenant's table in time zone `tz`.
-// The person loop indexes several flat per-person arrays at once.
-#[allow(clippy::needless_range_loop)]
 pub fn retention(
     t: &Table,
     redirects: &[u32],
@@ -89,76 +85,78 @@ pub fn retention(
     q.validate()?;
     let n = q.periods;
     let periods = Periods::new(tz, q.period, q.from, n)?;
-    let start = Matcher::new(t, &q.start_event);
-    let back = Matcher::new(t, &q.return_event);
-    let persons = redirects.len().max(t.persons.len());
+    let matchers = [
+        Matcher::new(t, &q.start_event),
+        Matcher::new(t, &q.return_event),
+    ];
+    let masks = StepMasks::new(t, &matchers);
     let words = n.div_ceil(64);
     let first_cohort = q.cohort == Cohort::First;
-    // One pass over the rows, split across cores; each part keeps flat per-person state,
-    // merged afterwards (minimum of first times, union of period bits).
-    let parts: Vec<State> = crate::parallel::per_core(t.len())
-        .into_par_iter()
-        .map(|range| {
-            let mut st = State::new(persons, words, first_cohort);
-            for row in range {
-                let is_start = start.matches(t, row);
-                let is_return = back.matches(t, row);
-                if !is_start && !is_return {
-                    continue;
-                }
-                let ts = t.ts[row];
-                let p = t.person[row] as usize;
-                let person = redirects.get(p).map_or(p, |r| *r as usize);
-                if is_start {
+    let last = periods.bounds.last().copied().unwrap_or(i64::MIN);
+    // Bit 0: a start event; bit 1: a return event.
+    let select = |row: usize, name: u32| (masks.mask(t, row, name), 0);
+    let span = crate::grouped::Span {
+        // A first cohort needs the first start event ever.
+        from: if first_cohort {
+            i64::MIN
+        } else {
+            periods.bounds.first().copied().unwrap_or(i64::MIN)
+        },
+        to: last.saturating_sub(1),
+        keep_unmatched: false,
+    };
+    // Per core: the matrix of counts, and one person's period bits (starts, returns).
+    let parts = crate::grouped::per_person(
+        t,
+        redirects,
+        &span,
+        select,
+        || (vec![0u64; n * n], vec![0u64; words], vec![0u64; words]),
+        |(counts, starts, returns), _, rows| {
+            starts.iter_mut().for_each(|w| *w = 0);
+            returns.iter_mut().for_each(|w| *w = 0);
+            let mut first = None;
+            for r in rows.iter() {
+                if r.mask & 1 != 0 {
                     if first_cohort {
-                        st.first[person] = st.first[person].min(ts);
-                    } else if let Some(i) = periods.index(ts) {
-                        st.starts[person * words + i / 64] |= 1 << (i % 64);
+                        first = first.or(Some(r.ts));
+                    } else if let Some(i) = periods.index(r.ts) {
+                        starts[i / 64] |= 1 << (i % 64);
                     }
                 }
-                if is_return && let Some(i) = periods.index(ts) {
-                    st.returns[person * words + i / 64] |= 1 << (i % 64);
-                }
-            }
-            st
-        })
-        .collect();
-    let mut parts = parts.into_iter();
-    let mut st = parts
-        .next()
-        .unwrap_or_else(|| State::new(persons, words, first_cohort));
-    for other in parts {
-        st.merge(&other);
-    }
-    let State {
-        first,
-        starts,
-        returns,
-    } = st;
-    let bit = |v: &[u64], person: usize, i: usize| v[person * words + i / 64] >> (i % 64) & 1 == 1;
-    let mut counts = vec![vec![0u64; n]; n];
-    for person in 0..persons {
-        let mut add = |c: usize| {
-            for (k, slot) in counts[c].iter_mut().enumerate().take(n - c) {
-                if k == 0 || bit(&returns, person, c + k) {
-                    *slot += 1;
-                }
-            }
-        };
-        match q.cohort {
-            Cohort::First => {
-                if first[person] != i64::MAX
-                    && let Some(c) = periods.index(first[person])
+                if r.mask & 2 != 0
+                    && let Some(i) = periods.index(r.ts)
                 {
+                    returns[i / 64] |= 1 << (i % 64);
+                }
+            }
+            let bit = |v: &[u64], i: usize| v[i / 64] >> (i % 64) & 1 == 1;
+            let mut add = |c: usize| {
+                for k in 0..n - c {
+                    if k == 0 || bit(returns, c + k) {
+                        counts[c * n + k] += 1;
+                    }
+                }
+            };
+            if first_cohort {
+                // Rows are in time order: the first start event is the earliest.
+                if let Some(c) = first.and_then(|ts| periods.index(ts)) {
                     add(c);
                 }
-            }
-            Cohort::Any => {
+            } else {
                 for c in 0..n {
-                    if bit(&starts, person, c) {
+                    if bit(starts, c) {
                         add(c);
                     }
                 }
+            }
+        },
+    );
+    let mut counts = vec![vec![0u64; n]; n];
+    for (part, _, _) in parts {
+        for (c, row) in counts.iter_mut().enumerate() {
+            for (k, slot) in row.iter_mut().enumerate() {
+                *slot += part[c * n + k];
             }
         }
     }
@@ -186,38 +184,6 @@ pub fn retention(
         })
         .collect();
     Ok(RetentionResult { cohorts })
-}
-
-/// Per-person state of one part of the scan.
-struct State {
-    /// First start event time (`i64::MAX`: none), for `cohort: first`.
-    first: Vec<i64>,
-    /// Periods with a start event, for `cohort: any`.
-    starts: Vec<u64>,
-    /// Periods with a return event.
-    returns: Vec<u64>,
-}
-
-impl State {
-    fn new(persons: usize, words: usize, first_cohort: bool) -> Self {
-        Self {
-            first: vec![i64::MAX; if first_cohort { persons } else { 0 }],
-            starts: vec![0; if first_cohort { 0 } else { persons * words }],
-            returns: vec![0; persons * words],
-        }
-    }
-
-    fn merge(&mut self, other: &State) {
-        for (a, b) in self.first.iter_mut().zip(&other.first) {
-            *a = (*a).min(*b);
-        }
-        for (a, b) in self.starts.iter_mut().zip(&other.starts) {
-            *a |= *b;
-        }
-        for (a, b) in self.returns.iter_mut().zip(&other.returns) {
-            *a |= *b;
-        }
-    }
 }
 
 #[cfg(test)]

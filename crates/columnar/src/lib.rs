@@ -4,12 +4,14 @@
 //!   merges (`identify`, `alias`) as a redirect array applied at query time.
 //! - [`Table`] holds a tenant's events as columns (person, time, event name, one column per
 //!   property key and type), with [`Dictionary`]-encoded strings.
+//! - [`ByPerson`] is a person-ordered projection of the sealed rows, for per-person kernels.
 //! - [`ColumnStore`] is a named consumer of the event log (`columnar`) that appends every
 //!   event to its tenant's table.
 //!
 //!   Hot rows are sealed into immutable Parquet segments ([`storage`]), sorted by (person,
 //!   time), one file per tenant and UTC day, in the data directory or in object storage.
 
+mod by_person;
 mod dict;
 mod error;
 mod persons;
@@ -18,6 +20,7 @@ pub mod storage;
 mod store;
 mod table;
 
+pub use by_person::ByPerson;
 pub use dict::Dictionary;
 pub use error::Error;
 pub use persons::{PersonId, Persons};

@@ -255,16 +255,24 @@ impl ColumnStore {
         manifest.seq = seq;
         segments.put_manifest(&manifest).await?;
         // Durable: now the rows count as sealed, and the log may let them go.
+        let mut sealed_tables = Vec::with_capacity(staged.len());
         for (table, days) in staged {
             table
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .mark_sealed(&days);
+            sealed_tables.push(table);
         }
         *lock(&self.manifest) = manifest;
         *lock(&self.hot_since) = None;
         if let Some(c) = consumer {
             c.commit(offset)?;
+        }
+        // The person-ordered projection takes in the new rows: built beside queries, swapped in.
+        for table in sealed_tables {
+            tokio::task::spawn_blocking(move || extend_by_person(&table))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
         }
         for p in old_persons {
             if let Err(e) = segments.delete(&p).await {
@@ -383,6 +391,16 @@ fn encode_hot(table: &RwLock<Table>, tenant: TenantId, seq: u64) -> Result<Encod
     })
 }
 
+/// Extends the table's person-ordered projection to its sealed rows, reading under the read
+/// lock and swapping under the write lock.
+fn extend_by_person(table: &RwLock<Table>) {
+    let extended = {
+        let t = ColumnStore::read(table);
+        t.by_person.extended(&t)
+    };
+    table.write().unwrap_or_else(|e| e.into_inner()).by_person = extended;
+}
+
 async fn load_tenant(segments: &SegmentStore, tm: &TenantManifest) -> Result<Table, Error> {
     let persons = segments.get(&tm.persons).await?;
     let mut table = Table {
@@ -409,6 +427,12 @@ async fn load_tenant(segments: &SegmentStore, tm: &TenantManifest) -> Result<Tab
         let loaded = start..table.len();
         table.mark_sealed(std::slice::from_ref(&loaded));
     }
+    let table = tokio::task::spawn_blocking(move || {
+        table.by_person = table.by_person.extended(&table);
+        table
+    })
+    .await
+    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     Ok(table)
 }
 

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::by_person::ByPerson;
 use crate::dict::Dictionary;
 use crate::persons::{PersonId, Persons};
 
@@ -49,6 +50,9 @@ pub struct Table {
     /// Events that arrived older than [`Table::watermark`]: placed in their own day's
     /// segment at the next seal, and counted here.
     pub late: u64,
+    /// The sealed rows ordered by person (see [`ByPerson`]); may cover fewer rows than are
+    /// sealed until the store extends it after a seal.
+    pub by_person: ByPerson,
 }
 
 /// A sealed range of rows and the time span it covers.
@@ -76,6 +80,7 @@ impl Default for Table {
             chunks: Vec::new(),
             watermark: i64::MIN,
             late: 0,
+            by_person: ByPerson::default(),
         }
     }
 }
@@ -176,6 +181,7 @@ impl Table {
                 .sum::<usize>()
             + self.persons.heap_bytes()
             + vec(self.chunks.capacity(), std::mem::size_of::<Chunk>())
+            + self.by_person.heap_bytes()
     }
 
     /// Rows not yet sealed.

@@ -412,6 +412,10 @@ proptest! {
         merges in proptest::collection::vec((0u8..6, 0u8..6), 0..3),
         window in 1i64..15,
         seal_at in 0usize..60,
+        project in any::<bool>(),
+        seal_end in any::<bool>(),
+        late_merges in proptest::collection::vec((0u8..6, 0u8..6), 0..3),
+        order in prop_oneof![Just(Order::Ordered), Just(Order::Strict), Just(Order::Any)],
     ) {
         let names = ["A", "B", "C", "X"];
         let mut t = Table::default();
@@ -423,13 +427,27 @@ proptest! {
                 // Part sealed (reordered, skipped by time statistics), part hot.
                 let days = t.order_hot();
                 t.mark_sealed(&days);
+                if project {
+                    // The person-ordered projection covers these rows; later rows are not in it.
+                    t.by_person = t.by_person.extended(&t);
+                }
             }
             let who = if *anon { format!(r#""anonymousId":"a{p}""#) } else { format!(r#""userId":"u{p}""#) };
             let time = Utc.timestamp_opt(1_767_225_600 + ts, 0).single().expect("time").to_rfc3339();
             t.push_json(format!(r#"{{"type":"track","event":"{}",{who},"timestamp":"{time}"}}"#, names[*e as usize]).as_bytes()).expect("push");
         }
+        if seal_end {
+            let days = t.order_hot();
+            t.mark_sealed(&days);
+            t.by_person = t.by_person.extended(&t);
+        }
+        // Merges made after the projection was built: it is by raw id, so they apply at query
+        // time like the others.
+        for (a, u) in &late_merges {
+            t.push_json(format!(r#"{{"type":"identify","userId":"u{u}","anonymousId":"a{a}","timestamp":"2026-01-01T00:00:00Z"}}"#).as_bytes()).expect("push");
+        }
         let redirects = t.persons.redirects();
-        let mut q = query(Order::Ordered, &[("A", vec![]), ("B", vec![]), ("C", vec![])]);
+        let mut q = query(order, &[("A", vec![]), ("B", vec![]), ("C", vec![])]);
         q.window_seconds = window;
         q.from = Utc.timestamp_opt(1_767_225_600, 0).single().expect("time");
         q.to = Utc.timestamp_opt(1_767_225_600 + 20, 0).single().expect("time");
@@ -447,8 +465,11 @@ fn whole_reference(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Vec<u64> {
     let mut groups: std::collections::BTreeMap<u32, Vec<(i64, u32, usize)>> = Default::default();
     for row in 0..t.len() {
         let name = t.names.value(t.name[row]).expect("name");
-        let Some(step) = names.iter().position(|n| *n == name) else {
-            continue;
+        // Strict funnels see every event: one that matches no step breaks a chain.
+        let step = match names.iter().position(|n| *n == name) {
+            Some(step) => step as u32,
+            None if q.order == Order::Strict => 32,
+            None => continue,
         };
         if t.ts[row] < q.from.timestamp_micros()
             || t.ts[row] > q.to.timestamp_micros() + q.window_seconds * 1_000_000
@@ -458,7 +479,7 @@ fn whole_reference(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Vec<u64> {
         groups
             .entry(redirects[t.person[row] as usize])
             .or_default()
-            .push((t.ts[row], step as u32, row));
+            .push((t.ts[row], step, row));
     }
     let mut expected = vec![0u64; names.len()];
     let (from, to) = (q.from.timestamp_micros(), q.to.timestamp_micros());
@@ -469,10 +490,15 @@ fn whole_reference(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Vec<u64> {
             .map(|(ts, bit, _)| Row {
                 value: 0,
                 ts: *ts,
-                mask: 1 << bit,
+                mask: 1u32.checked_shl(*bit).unwrap_or(0),
             })
             .collect();
-        let level = ordered_ref(&rows, names.len(), q.window_seconds * 1_000_000, from, to);
+        let (n, window) = (names.len(), q.window_seconds * 1_000_000);
+        let level = match q.order {
+            Order::Ordered => ordered_ref(&rows, n, window, from, to),
+            Order::Strict => strict_ref(&rows, n, window, from, to),
+            Order::Any => any_ref(&rows, n, window, from, to),
+        };
         for c in expected.iter_mut().take(level) {
             *c += 1;
         }

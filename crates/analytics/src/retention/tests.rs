@@ -75,6 +75,11 @@ fn reference(
 
 fn table_of(events: &[(u32, i64, bool, bool)]) -> Table {
     let mut t = Table::default();
+    push_events(&mut t, events);
+    t
+}
+
+fn push_events(t: &mut Table, events: &[(u32, i64, bool, bool)]) {
     for (p, ts, s, r) in events {
         let name = match (s, r) {
             (true, true) => "Both",
@@ -91,7 +96,6 @@ fn table_of(events: &[(u32, i64, bool, bool)]) -> Table {
             format!(r#"{{"type":"track","event":"{name}","userId":"p{p}","timestamp":"{time}"}}"#);
         t.push_json(json.as_bytes()).expect("push");
     }
-    t
 }
 
 fn step(event: &str) -> Step {
@@ -112,6 +116,8 @@ proptest! {
         any_cohort in any::<bool>(),
         offset_days in 0i64..10,
         paris in any::<bool>(),
+        seal_at in 0usize..70,
+        project in any::<bool>(),
     ) {
         let tz: Tz = if paris { "Europe/Paris" } else { "America/New_York" }.parse().expect("tz");
         // Around the March 2026 DST changes in both zones.
@@ -120,7 +126,14 @@ proptest! {
             .iter()
             .map(|(p, s, is_start)| (*p, base + s * 1_000_000, *is_start, !*is_start))
             .collect();
-        let t = table_of(&events);
+        // Part sealed (and maybe in the person-ordered projection), part hot.
+        let mut t = table_of(&events[..seal_at.min(events.len())]);
+        let days = t.order_hot();
+        t.mark_sealed(&days);
+        if project {
+            t.by_person = t.by_person.extended(&t);
+        }
+        push_events(&mut t, &events[seal_at.min(events.len())..]);
         let q = RetentionQuery {
             start_event: step("Start"),
             return_event: step("Return"),

@@ -279,6 +279,40 @@ impl Matcher {
         self.matches_named(t, row, t.name[row])
     }
 
+    /// The rows of `range` this step matches, in order. The name column is scanned 64 rows
+    /// at a time into a bit mask (a loop the compiler vectorises); only rows with the step's
+    /// event name are looked at further, and only when the step has filters.
+    pub(crate) fn rows<'a>(
+        &'a self,
+        t: &'a Table,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let name_only = self.filters.is_empty() && self.person_filters.is_empty();
+        let (mut next, end) = (range.start, range.end);
+        let (mut bits, mut base) = (0u64, range.start);
+        std::iter::from_fn(move || {
+            let target = self.name?;
+            loop {
+                while bits != 0 {
+                    let row = base + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if name_only || self.matches_named(t, row, target) {
+                        return Some(row);
+                    }
+                }
+                if next >= end {
+                    return None;
+                }
+                let stop = (next + 64).min(end);
+                base = next;
+                for (j, n) in t.name[next..stop].iter().enumerate() {
+                    bits |= u64::from(*n == target) << j;
+                }
+                next = stop;
+            }
+        })
+    }
+
     /// [`Matcher::matches`] for a row whose event name the caller has read already.
     pub(crate) fn matches_named(&self, t: &Table, row: usize, name: u32) -> bool {
         if self.name != Some(name) {
@@ -544,6 +578,7 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
         from,
         to: scan_to,
         keep_unmatched: q.order == Order::Strict,
+        ordered: true,
     };
     let partials = crate::grouped::per_person(
         t,

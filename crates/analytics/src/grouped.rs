@@ -30,6 +30,9 @@ pub(crate) struct Span {
     pub to: i64,
     /// Keep events that match no step (mask `0`): strict funnels need them.
     pub keep_unmatched: bool,
+    /// Give each person's events in order; when false they come in any order (for kernels
+    /// that only take minimums and sets, like retention), which saves the merge and sort.
+    pub ordered: bool,
 }
 
 /// Runs `visit(state, person, events)` for every canonical person with selected events, split
@@ -161,18 +164,14 @@ where
                     };
                     for m in std::iter::once(c).chain(merged.iter().map(|m| *m as usize)) {
                         let before = rows.len();
-                        for i in proj.entries(m) {
-                            let ts = proj.ts[i];
-                            if ts < span.from || ts > span.to {
-                                continue;
-                            }
-                            let row = proj.row[i];
-                            let (mask, value) = select(row as usize, proj.name[i]);
-                            if mask != 0 || span.keep_unmatched {
-                                rows.push(Row { ts, mask, value });
-                                ids.push(row);
-                            }
-                        }
+                        let e = proj.entries(m);
+                        gather(
+                            span,
+                            &select,
+                            (&proj.ts[e.clone()], &proj.row[e.clone()], &proj.name[e]),
+                            &mut rows,
+                            &mut ids,
+                        );
                         if rows.len() > before {
                             blocks.push((
                                 rows[before].ts,
@@ -186,7 +185,9 @@ where
                 if !own.is_empty() {
                     let before = rows.len();
                     rows.extend(own.iter().map(|(_, r)| *r));
-                    ids.extend(own.iter().map(|(id, _)| *id));
+                    if span.ordered {
+                        ids.extend(own.iter().map(|(id, _)| *id));
+                    }
                     blocks.push((rows[before].ts, rows[rows.len() - 1].ts, before..rows.len()));
                 }
                 if rows.is_empty() {
@@ -195,7 +196,7 @@ where
                 // Each source (block) is in (time, row) order; several are merged into that
                 // order (a k-way merge: a person has a few ids, one per anonymous session).
                 let disjoint = blocks.windows(2).all(|w| w[0].1 < w[1].0);
-                if blocks.len() > 1 && !disjoint {
+                if span.ordered && blocks.len() > 1 && !disjoint {
                     moved.clear();
                     heads.clear();
                     heads.extend(blocks.iter().map(|b| b.2.start));
@@ -218,7 +219,7 @@ where
                 }
                 // Then ties in time in step order: a stable sort keeps rows in order.
                 let key = |r: &Row| (r.ts, r.mask.trailing_zeros());
-                if !rows.is_sorted_by_key(key) {
+                if span.ordered && !rows.is_sorted_by_key(key) {
                     rows.sort_by_key(key);
                 }
                 visit(&mut state, c, &mut rows);
@@ -226,4 +227,31 @@ where
             state
         })
         .collect()
+}
+
+/// Appends the selected entries of one projection group to `rows` (and their row ids to
+/// `ids` when the span is ordered). Out of line so that its loop keeps its few values in
+/// registers.
+#[inline(never)]
+fn gather<S: Fn(usize, u32) -> (u32, u32)>(
+    span: &Span,
+    select: &S,
+    (ts, row, name): (&[i64], &[u32], &[u32]),
+    rows: &mut Vec<Row>,
+    ids: &mut Vec<u32>,
+) {
+    let (from, to, keep, ordered) = (span.from, span.to, span.keep_unmatched, span.ordered);
+    for ((&ts, &row), &name) in ts.iter().zip(row).zip(name) {
+        if ts < from || ts > to {
+            continue;
+        }
+        let (mask, value) = select(row as usize, name);
+        if mask != 0 || keep {
+            rows.push(Row { ts, mask, value });
+            // Row ids only order interleaved sources.
+            if ordered {
+                ids.push(row);
+            }
+        }
+    }
 }

@@ -104,6 +104,8 @@ pub fn retention(
         },
         to: last.saturating_sub(1),
         keep_unmatched: false,
+        // Only the earliest start event and the set of return periods count.
+        ordered: false,
     };
     // Per core: the matrix of counts, and one person's period bits (starts, returns).
     let parts = crate::grouped::per_person(
@@ -115,11 +117,11 @@ pub fn retention(
         |(counts, starts, returns), _, rows| {
             starts.iter_mut().for_each(|w| *w = 0);
             returns.iter_mut().for_each(|w| *w = 0);
-            let mut first = None;
+            let mut first: Option<i64> = None;
             for r in rows.iter() {
                 if r.mask & 1 != 0 {
                     if first_cohort {
-                        first = first.or(Some(r.ts));
+                        first = Some(first.map_or(r.ts, |f| f.min(r.ts)));
                     } else if let Some(i) = periods.index(r.ts) {
                         starts[i / 64] |= 1 << (i % 64);
                     }
@@ -139,7 +141,6 @@ pub fn retention(
                 }
             };
             if first_cohort {
-                // Rows are in time order: the first start event is the earliest.
                 if let Some(c) = first.and_then(|ts| periods.index(ts)) {
                     add(c);
                 }

@@ -224,10 +224,7 @@ fn run(
         .into_par_iter()
         .map(|range| {
             let mut part = Part::default();
-            for row in range {
-                if !matcher.matches(t, row) {
-                    continue;
-                }
+            for row in matcher.rows(t, range) {
                 let Some(bucket) = periods.index(t.ts[row]) else {
                     continue;
                 };

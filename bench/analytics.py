@@ -183,7 +183,8 @@ def main():
     print(f"  livora speed-up over the faster peer: {min(duck_tr_ms, ch_tr_ms) / tr['median_ms']:.2f}x")
     print(f"  answers (every category and day, within 1e-6 relative): {'identical' if trends_same else 'DIFFERENT'}")
     print(
-        f"storage: {livora['memory_bytes_per_event']:.1f} bytes/event in memory (column store), "
+        f"storage: {livora['memory_bytes_per_event']:.1f} bytes/event in memory (column store; "
+        f"the bench process's RSS is {livora.get('rss_bytes_per_event', float('nan')):.0f} bytes/event), "
         f"{livora['segment_bytes_per_event']:.1f} bytes/event on disk as sealed Parquet segments, "
         f"{livora['log_bytes_per_event']:.0f} bytes/event in the log; sealing took {livora['seal_seconds']:.2f} s, "
         f"the person-ordered projection {livora['projection_seconds']:.2f} s"

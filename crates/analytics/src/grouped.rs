@@ -19,6 +19,7 @@
 use std::ops::Range;
 
 use livora_columnar::Table;
+use livora_columnar::by_person::Run;
 use rayon::prelude::*;
 
 use crate::funnel::Row;
@@ -54,8 +55,8 @@ where
     V: Fn(&mut P, usize, &mut [Row]) + Sync,
 {
     let persons = redirects.len().max(t.persons.len());
-    let proj = &t.by_person;
-    let covered = proj.covered.min(t.sealed);
+    let runs = &t.by_person.runs;
+    let covered = t.by_person.covered().min(t.sealed);
     let in_projection = |r: &Range<usize>| r.end <= covered;
     let projected: usize = t
         .chunks
@@ -115,30 +116,14 @@ where
     }
     drop(parts);
 
-    // The projection's groups merged into another person since it was built (usually few).
-    let mut member_start = Vec::new();
-    let mut members = Vec::new();
-    if use_projection {
-        let groups = proj.start.len().saturating_sub(1).min(redirects.len());
-        let merged =
-            |g: &usize| redirects[*g] as usize != *g && proj.start[*g] != proj.start[*g + 1];
-        if (0..groups).any(|g| merged(&g)) {
-            member_start = vec![0u32; persons + 1];
-            for g in (0..groups).filter(merged) {
-                member_start[redirects[g] as usize + 1] += 1;
-            }
-            for i in 1..member_start.len() {
-                member_start[i] += member_start[i - 1];
-            }
-            members = vec![0u32; member_start[persons] as usize];
-            let mut next = member_start.clone();
-            for g in (0..groups).filter(merged) {
-                let slot = &mut next[redirects[g] as usize];
-                members[*slot as usize] = g as u32;
-                *slot += 1;
-            }
-        }
-    }
+    // Per run, its groups merged into another person since it was built (usually few).
+    let members: Vec<(Vec<u32>, Vec<u32>)> = if use_projection {
+        runs.iter()
+            .map(|run| moved_groups(run, redirects, persons))
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     crate::parallel::ranges(persons)
         .into_par_iter()
@@ -157,18 +142,18 @@ where
                 rows.clear();
                 ids.clear();
                 blocks.clear();
-                if use_projection {
+                for (run, (member_start, members)) in runs.iter().zip(&members) {
                     let merged = match (member_start.get(c), member_start.get(c + 1)) {
                         (Some(&a), Some(&b)) => &members[a as usize..b as usize],
                         _ => &[],
                     };
                     for m in std::iter::once(c).chain(merged.iter().map(|m| *m as usize)) {
                         let before = rows.len();
-                        let e = proj.entries(m);
+                        let e = run.entries(m);
                         gather(
                             span,
                             &select,
-                            (&proj.ts[e.clone()], &proj.row[e.clone()], &proj.name[e]),
+                            (&run.ts[e.clone()], &run.row[e.clone()], &run.name[e]),
                             &mut rows,
                             &mut ids,
                         );
@@ -254,4 +239,29 @@ fn gather<S: Fn(usize, u32) -> (u32, u32)>(
             }
         }
     }
+}
+
+/// The groups of `run` whose person has been merged into another since the run was built,
+/// by their canonical person now: (start per person, groups). Empty when there are none.
+fn moved_groups(run: &Run, redirects: &[u32], persons: usize) -> (Vec<u32>, Vec<u32>) {
+    let groups = run.groups().min(redirects.len());
+    let merged = |g: &usize| redirects[*g] as usize != *g && !run.entries(*g).is_empty();
+    if !(0..groups).any(|g| merged(&g)) {
+        return (Vec::new(), Vec::new());
+    }
+    let mut start = vec![0u32; persons + 1];
+    for g in (0..groups).filter(merged) {
+        start[redirects[g] as usize + 1] += 1;
+    }
+    for i in 1..start.len() {
+        start[i] += start[i - 1];
+    }
+    let mut members = vec![0u32; start[persons] as usize];
+    let mut next = start.clone();
+    for g in (0..groups).filter(merged) {
+        let slot = &mut next[redirects[g] as usize];
+        members[*slot as usize] = g as u32;
+        *slot += 1;
+    }
+    (start, members)
 }

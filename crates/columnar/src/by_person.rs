@@ -7,20 +7,31 @@
 //! built: every id merged into a person so far is in one group. Merges never split a person,
 //! so merges made after the build need no rebuild: a query gathers the groups of the ids
 //! merged into a person since. Like a ClickHouse projection, it costs memory (16 bytes per
-//! sealed event and 4 per person) and a merge at each seal ([`ByPerson::extended`], linear in
-//! the sealed rows).
+//! sealed event, and 4 per person per run), and work at each seal: a new run of the rows just
+//! sealed, merged size-tiered with the runs before ([`ByPerson::extended`]), so each row is
+//! merged O(log n) times, not at every seal.
 //!
 //! Hand-written: the per-person counting sort and merge are the hot path of sealing.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::table::Table;
 
-/// The sealed rows `0..covered`, ordered by (canonical person when built, time, row).
+/// The sealed rows `0..covered` as a few runs, each ordered by person. Each seal adds a run of
+/// its rows; a run at least half the size of the one before it is merged into it
+/// (size-tiered, as in an LSM tree), so each row is merged O(log n) times and there are
+/// O(log n) runs. Runs are shared (`Arc`): extending copies none of the old ones.
 #[derive(Debug, Default, Clone)]
 pub struct ByPerson {
-    /// Rows `0..covered` are in the projection.
-    pub covered: usize,
+    pub runs: Vec<Arc<Run>>,
+}
+
+/// One run: the rows `rows`, ordered by (person, time, row), where the person is the
+/// canonical id when the run was built.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub rows: Range<usize>,
     /// The entries of person `p` (and of the ids merged into it when this was built) are
     /// `start[p]..start[p + 1]`; persons past the end, and ids merged into another, have none.
     pub start: Vec<u32>,
@@ -30,6 +41,37 @@ pub struct ByPerson {
 }
 
 impl ByPerson {
+    /// Rows `0..covered()` are in the runs.
+    pub fn covered(&self) -> usize {
+        self.runs.last().map_or(0, |r| r.rows.end)
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.runs.iter().map(|r| r.heap_bytes()).sum()
+    }
+
+    /// This projection extended to every sealed row of `t`: a run of the rows sealed since,
+    /// then size-tiered merges. Reads `t` only, so it can run beside queries and be swapped in
+    /// afterwards.
+    pub fn extended(&self, t: &Table) -> ByPerson {
+        let mut runs = self.runs.clone();
+        let lo = self.covered().min(t.sealed);
+        if lo < t.sealed {
+            runs.push(Arc::new(Run::build(t, &[], lo..t.sealed)));
+        }
+        while let [.., before, last] = runs.as_slice() {
+            if last.len() * 2 < before.len() {
+                break;
+            }
+            let merged = Run::build(t, &[before, last], 0..0);
+            runs.truncate(runs.len() - 2);
+            runs.push(Arc::new(merged));
+        }
+        ByPerson { runs }
+    }
+}
+
+impl Run {
     /// The entries of person `p`.
     pub fn entries(&self, p: usize) -> Range<usize> {
         match (self.start.get(p), self.start.get(p + 1)) {
@@ -46,6 +88,11 @@ impl ByPerson {
         self.row.is_empty()
     }
 
+    /// Persons with a group (some empty).
+    pub fn groups(&self) -> usize {
+        self.start.len().saturating_sub(1)
+    }
+
     pub fn heap_bytes(&self) -> usize {
         self.start.capacity() * 4
             + self.row.capacity() * 4
@@ -53,35 +100,42 @@ impl ByPerson {
             + self.name.capacity() * 4
     }
 
-    /// This projection extended to every sealed row of `t` (rows `covered..t.sealed` merged
-    /// in), regrouped by the persons' current canonical ids. Reads `t` only, so it can run
-    /// beside queries and be swapped in afterwards.
-    pub fn extended(&self, t: &Table) -> ByPerson {
-        let (lo, hi) = (self.covered.min(t.sealed), t.sealed);
+    /// One run of the entries of `sources` (adjacent runs, in row order) and the table rows
+    /// `new` (after them), grouped by the persons' current canonical ids.
+    fn build(t: &Table, sources: &[&Arc<Run>], new: Range<usize>) -> Run {
         let redirects = t.persons.redirects();
-        let persons = redirects.len().max(self.start.len().saturating_sub(1)).max(
-            t.person[lo..hi]
-                .iter()
-                .map(|p| *p as usize + 1)
-                .max()
-                .unwrap_or(0),
-        );
+        let persons = sources
+            .iter()
+            .map(|s| s.groups())
+            .chain(t.person[new.clone()].iter().map(|p| *p as usize + 1))
+            .fold(redirects.len(), usize::max);
         let canon = |p: usize| redirects.get(p).map_or(p, |c| *c as usize);
         // The new rows grouped by canonical person (counting sort, row order kept).
         let (new_start, new_rows) = group(
             persons,
-            (lo..hi).map(|r| (canon(t.person[r] as usize), r as u32)),
+            new.clone().map(|r| (canon(t.person[r] as usize), r as u32)),
         );
-        // Old groups whose person has been merged into another since the last build.
-        let (moved_start, moved) = group(
-            persons,
-            (0..self.start.len().saturating_sub(1))
-                .filter(|g| canon(*g) != *g && !self.entries(*g).is_empty())
-                .map(|g| (canon(g), g as u32)),
-        );
-        let total = self.len() + new_rows.len();
-        let mut out = ByPerson {
-            covered: hi,
+        // Per source, its groups whose person has been merged into another since it was built.
+        let moved: Vec<(Vec<u32>, Vec<u32>)> = sources
+            .iter()
+            .map(|s| {
+                group(
+                    persons,
+                    (0..s.groups())
+                        .filter(|g| canon(*g) != *g && !s.entries(*g).is_empty())
+                        .map(|g| (canon(g), g as u32)),
+                )
+            })
+            .collect();
+        let rows = sources
+            .iter()
+            .map(|s| s.rows.clone())
+            .chain(std::iter::once(new).filter(|r| !r.is_empty()))
+            .reduce(|a, b| a.start.min(b.start)..a.end.max(b.end))
+            .unwrap_or(0..0);
+        let total = sources.iter().map(|s| s.len()).sum::<usize>() + new_rows.len();
+        let mut out = Run {
+            rows,
             start: Vec::with_capacity(persons + 1),
             row: Vec::with_capacity(total),
             ts: Vec::with_capacity(total),
@@ -92,20 +146,18 @@ impl ByPerson {
         for c in 0..persons {
             if canon(c) == c {
                 entries.clear();
-                let old = std::iter::once(c as u32).chain(
-                    moved[moved_start[c] as usize..moved_start[c + 1] as usize]
-                        .iter()
-                        .copied(),
-                );
-                for g in old {
-                    for i in self.entries(g as usize) {
-                        entries.push((self.ts[i], self.row[i], self.name[i]));
+                for (s, (moved_start, moved)) in sources.iter().zip(&moved) {
+                    let merged = &moved[moved_start[c] as usize..moved_start[c + 1] as usize];
+                    for g in std::iter::once(c as u32).chain(merged.iter().copied()) {
+                        for i in s.entries(g as usize) {
+                            entries.push((s.ts[i], s.row[i], s.name[i]));
+                        }
                     }
                 }
                 for &r in &new_rows[new_start[c] as usize..new_start[c + 1] as usize] {
                     entries.push((t.ts[r as usize], r, t.name[r as usize]));
                 }
-                // Old entries, then new ones (later rows): usually already in time order.
+                // Earlier runs' entries, then later rows: usually already in time order.
                 if !entries.is_sorted_by_key(|(ts, row, _)| (*ts, *row)) {
                     entries.sort_unstable_by_key(|(ts, row, _)| (*ts, *row));
                 }
@@ -193,19 +245,33 @@ mod tests {
                 let c = t.len();
                 t.sealed = c;
                 p = p.extended(&t);
-                prop_assert_eq!(p.covered, c);
+                prop_assert_eq!(p.covered(), c);
+                // Runs are adjacent and cover every sealed row once.
+                let mut next = 0;
+                let mut all = Vec::new();
+                for run in &p.runs {
+                    prop_assert_eq!(run.rows.start, next);
+                    next = run.rows.end;
+                    all.extend(run.row.iter().copied());
+                    prop_assert!(run.rows.clone().all(|r| run.row.contains(&(r as u32))));
+                }
+                all.sort_unstable();
+                prop_assert_eq!(all, (0..c as u32).collect::<Vec<_>>());
+                prop_assert!(p.runs.len() <= 2 + (c.max(1) as f64).log2() as usize);
+                // Each group: one person (as merged now), in (time, row) order, with its
+                // entries' times and names.
                 let redirects = t.persons.redirects();
                 let canon = |r: u32| redirects[t.person[r as usize] as usize];
-                let mut want: Vec<u32> = (0..c as u32).collect();
-                want.sort_by_key(|r| (canon(*r), t.ts[*r as usize], *r));
-                prop_assert_eq!(&p.row, &want);
-                for (i, r) in p.row.iter().enumerate() {
-                    prop_assert_eq!(p.ts[i], t.ts[*r as usize]);
-                    prop_assert_eq!(p.name[i], t.name[*r as usize]);
-                }
-                for person in 0..t.persons.len() {
-                    for i in p.entries(person) {
-                        prop_assert_eq!(canon(p.row[i]) as usize, person);
+                for run in &p.runs {
+                    for (g, person) in redirects.iter().enumerate().take(run.groups()) {
+                        let e = run.entries(g);
+                        for i in e.clone() {
+                            prop_assert_eq!(canon(run.row[i]), *person);
+                            prop_assert_eq!(run.ts[i], t.ts[run.row[i] as usize]);
+                            prop_assert_eq!(run.name[i], t.name[run.row[i] as usize]);
+                        }
+                        let keys: Vec<(i64, u32)> = e.map(|i| (run.ts[i], run.row[i])).collect();
+                        prop_assert!(keys.is_sorted());
                     }
                 }
             }

@@ -11,7 +11,7 @@
 //!   Hot rows are sealed into immutable Parquet segments ([`storage`]), sorted by (person,
 //!   time), one file per tenant and UTC day, in the data directory or in object storage.
 
-mod by_person;
+pub mod by_person;
 mod dict;
 mod error;
 mod persons;

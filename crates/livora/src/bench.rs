@@ -245,7 +245,7 @@ impl Drop for Server {
     }
 }
 
-fn rss_mb(pid: u32, field: &str) -> f64 {
+pub(crate) fn rss_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

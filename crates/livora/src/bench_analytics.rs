@@ -210,6 +210,9 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
             "seal_seconds": seal_s,
             "projection_seconds": projection_s,
             "memory_bytes_per_event": table.heap_bytes() as f64 / table.len() as f64,
+            // The whole process (generator leftovers included): an upper bound.
+            "rss_bytes_per_event": crate::bench::rss_mb(std::process::id(), "VmRSS:") * 1_048_576.0
+                / table.len() as f64,
             "segment_bytes_per_event": segment_bytes as f64 / table.len() as f64,
             "log_bytes_per_event": log_bytes as f64 / table.len() as f64,
             "from_us": from.timestamp_micros(),

@@ -7,9 +7,11 @@
 //!   order); over the range also visitors (persons with any event) and the conversion rate
 //!   (customers / visitors).
 //! - Product performance: views, cart adds, orders and revenue per value of a product
-//!   property (`category` by default) found on those events, ranked by revenue. An order
-//!   counts under its own top-level property: the `products` array inside an order is not
-//!   split into per-product rows.
+//!   property (`category` by default), ranked by revenue. Views and cart adds count under the
+//!   event's own property (Segment puts product fields at the top of those events). An order
+//!   with line items (its `products` array) counts under each line's value: revenue `price` ×
+//!   `quantity` (1 when absent) per line, and one order per distinct value; an order without
+//!   line items counts under its own top-level property, with its revenue.
 //! - Historic customer lifetime value: net revenue per customer over all their history up to
 //!   `to` (average, median, maximum).
 //! - Purchase frequency: how many customers placed 1, 2, … orders in the range (the last
@@ -160,6 +162,12 @@ pub fn commerce(
         .keys
         .get(&q.product_property)
         .and_then(|k| t.strings.get(&k));
+    let line_key = |k: &str| t.keys.get(k);
+    let (line_product, price_key, quantity_key) = (
+        line_key(&q.product_property),
+        line_key("price"),
+        line_key("quantity"),
+    );
     let amount = |row: usize| -> f64 {
         let get =
             |c: Option<&Vec<f64>>| c.and_then(|c| c.get(row)).copied().filter(|x| !x.is_nan());
@@ -204,9 +212,27 @@ pub fn commerce(
                     p.revenue[b] += x;
                     p.orders[b] += 1;
                     p.buyers.push((person, b as u32));
-                    let e = p.products.entry(product()).or_default();
-                    e.2 += 1;
-                    e.3 += x;
+                    let lines = t.lines.of_row(row);
+                    if lines.is_empty() {
+                        let e = p.products.entry(product()).or_default();
+                        e.2 += 1;
+                        e.3 += x;
+                    } else {
+                        let mut counted: Vec<u32> = Vec::new();
+                        for line in lines {
+                            let v = line_product.map_or(0, |k| t.lines.str_id(k, line));
+                            let price = price_key.and_then(|k| t.lines.num_at(k, line));
+                            let quantity = quantity_key
+                                .and_then(|k| t.lines.num_at(k, line))
+                                .unwrap_or(1.0);
+                            let e = p.products.entry(v).or_default();
+                            if !counted.contains(&v) {
+                                counted.push(v);
+                                e.2 += 1;
+                            }
+                            e.3 += price.unwrap_or(0.0) * quantity;
+                        }
+                    }
                 } else if is_refund {
                     p.refunds[b] += amount(row);
                 } else if name == viewed {

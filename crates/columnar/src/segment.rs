@@ -11,6 +11,7 @@
 //! | `user_id`, `anonymous_id` | string, nullable | the id the person was created for |
 //! | `event` | string | event name (`$page`, `$screen`, `$identify`… for other calls) |
 //! | `properties.<key>` | string or double, nullable | top-level scalar properties |
+//! | `properties.products` | string (JSON), nullable | the event's line items, as a JSON array of objects with their scalar fields (`livora:type` `lines`) |
 //!
 //! A key seen both as a string and as a number gets two columns, the number one named
 //! `properties.<key>#number`. Every property column carries the field metadata
@@ -134,12 +135,26 @@ fn write_events<W: std::io::Write + Send>(
         };
         fields.push(property_field(name, key, "number"));
     }
+    // Line items, when any row in range has some.
+    let first_line = t.lines.row.partition_point(|r| (*r as usize) < rows.start);
+    let lines = t
+        .lines
+        .row
+        .get(first_line)
+        .is_some_and(|r| (*r as usize) < rows.end);
+    if lines {
+        fields.push(property_field(
+            "properties.products".into(),
+            "products",
+            "lines",
+        ));
+    }
     let schema = Arc::new(Schema::new(fields));
     let mut w = ArrowWriter::try_new(out, schema.clone(), Some(writer_properties(sorted)?))?;
     let mut start = rows.start;
     loop {
         let chunk = start..(start + BATCH_ROWS).min(rows.end);
-        let columns = batch_columns(t, chunk.clone(), &strings, &numbers);
+        let columns = batch_columns(t, chunk.clone(), &strings, &numbers, lines);
         w.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
         start = chunk.end;
         if start >= rows.end {
@@ -154,6 +169,7 @@ fn batch_columns(
     rows: Range<usize>,
     strings: &StrCols<'_>,
     numbers: &NumCols<'_>,
+    lines: bool,
 ) -> Vec<ArrayRef> {
     let n = rows.len();
     let ts = TimestampMicrosecondArray::from(t.ts[rows.clone()].to_vec()).with_timezone("UTC");
@@ -198,6 +214,13 @@ fn batch_columns(
         let mut b = Float64Builder::with_capacity(n);
         for row in rows.clone() {
             b.append_option(col.get(row).copied().filter(|v| !v.is_nan()));
+        }
+        columns.push(Arc::new(b.finish()));
+    }
+    if lines {
+        let mut b = StringBuilder::new();
+        for row in rows {
+            b.append_option(t.lines_json(row));
         }
         columns.push(Arc::new(b.finish()));
     }
@@ -314,6 +337,19 @@ fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
                 col.resize(base, f64::NAN);
                 col.extend(a.iter().map(|v| v.unwrap_or(f64::NAN)));
             }
+            "lines" => {
+                let a = array
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| Error::Segment(format!("{key:?} is not a string column")))?;
+                for (i, v) in a.iter().enumerate() {
+                    if let Some(json) = v {
+                        t.push_lines_json(base + i, json).map_err(|e| {
+                            Error::Segment(format!("the line items of row {}: {e}", base + i))
+                        })?;
+                    }
+                }
+            }
             other => return Err(Error::Segment(format!("unknown column type {other:?}"))),
         }
     }
@@ -406,5 +442,39 @@ mod tests {
         let mut empty = Table::default();
         let bytes = Bytes::from(encode_events(&t, 0..2).expect("encode"));
         assert!(decode_events(bytes, &mut empty).is_err());
+    }
+
+    #[test]
+    fn line_items_go_through_a_segment() {
+        let mut t = Table::default();
+        t.push_json(
+            br#"{"type":"track","event":"Page","userId":"u","timestamp":"2026-01-01T00:00:00Z"}"#,
+        )
+        .expect("push");
+        t.push_json(br#"{"type":"track","event":"Order Completed","userId":"u","timestamp":"2026-01-01T00:00:01Z","properties":{"products":[{"sku":"A","price":2.5,"quantity":3},{"sku":"B","sale":true}]}}"#).expect("push");
+        t.push_json(
+            br#"{"type":"track","event":"Page","userId":"v","timestamp":"2026-01-01T00:00:02Z"}"#,
+        )
+        .expect("push");
+        // A file of rows without line items has no products column.
+        let plain = Bytes::from(encode_events(&t, 0..1).expect("encode"));
+        let schema = ParquetRecordBatchReaderBuilder::try_new(plain)
+            .expect("read")
+            .schema()
+            .clone();
+        assert!(schema.field_with_name("properties.products").is_err());
+        let bytes = Bytes::from(encode_events(&t, 0..3).expect("encode"));
+        let mut back = Table {
+            persons: t.persons.clone(),
+            ..Table::default()
+        };
+        assert_eq!(decode_events(bytes, &mut back).expect("decode"), 3);
+        assert_eq!(back.lines.row, vec![1, 1]);
+        assert_eq!(back.lines_json(1), t.lines_json(1));
+        assert_eq!(
+            back.lines_json(1).as_deref(),
+            Some(r#"[{"price":2.5,"quantity":3.0,"sku":"A"},{"sale":"true","sku":"B"}]"#)
+        );
+        assert_eq!(back.lines_json(0), None);
     }
 }

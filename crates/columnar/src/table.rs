@@ -7,6 +7,10 @@
 //! (`NaN` = absent), booleans as the strings `"true"`/`"false"`. Columns are padded lazily:
 //! a row past a column's end has no value for it. Page and screen names are the property
 //! `$name`.
+//!
+//! The objects of an event's `products` array (the line items of Segment's e-commerce events,
+//! such as `Order Completed`) are [`Lines`]: one line each, tied to the event's row, with their
+//! scalar fields as columns in the same dictionaries.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -15,7 +19,7 @@ use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
 use livora_model::{Event, EventType};
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::by_person::ByPerson;
@@ -53,6 +57,64 @@ pub struct Table {
     /// The sealed rows ordered by person (see [`ByPerson`]); may cover fewer rows than are
     /// sealed until the store extends it after a seal.
     pub by_person: ByPerson,
+    /// Line items of the events' `products` arrays.
+    pub lines: Lines,
+}
+
+/// Line items: the objects of events' `products` arrays, one line each, in row order (an
+/// event's lines in array order). Columns as the table's: keyed by `keys`, strings as
+/// `values` ids + 1 (`0` = absent), numbers `NaN` = absent, padded lazily.
+#[derive(Debug, Default)]
+pub struct Lines {
+    /// The event row of each line, ascending.
+    pub row: Vec<u32>,
+    pub strings: HashMap<u32, StrColumn>,
+    pub numbers: HashMap<u32, NumColumn>,
+}
+
+impl Lines {
+    pub fn len(&self) -> usize {
+        self.row.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.row.is_empty()
+    }
+
+    /// The lines of event row `row`.
+    pub fn of_row(&self, row: usize) -> Range<usize> {
+        let row = row as u32;
+        self.row.partition_point(|r| *r < row)..self.row.partition_point(|r| *r <= row)
+    }
+
+    /// The number value of field `key` on line `line`.
+    pub fn num_at(&self, key: u32, line: usize) -> Option<f64> {
+        let v = *self.numbers.get(&key)?.get(line)?;
+        (!v.is_nan()).then_some(v)
+    }
+
+    /// The string value id + 1 of field `key` on line `line` (`0`: none).
+    pub fn str_id(&self, key: u32, line: usize) -> u32 {
+        self.strings
+            .get(&key)
+            .and_then(|c| c.get(line))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.row.capacity() * 4
+            + self
+                .strings
+                .values()
+                .map(|c| c.capacity() * 4)
+                .sum::<usize>()
+            + self
+                .numbers
+                .values()
+                .map(|c| c.capacity() * 8)
+                .sum::<usize>()
+    }
 }
 
 /// A sealed range of rows and the time span it covers.
@@ -81,6 +143,7 @@ impl Default for Table {
             watermark: i64::MIN,
             late: 0,
             by_person: ByPerson::default(),
+            lines: Lines::default(),
         }
     }
 }
@@ -151,11 +214,95 @@ impl Table {
                     Scalar::Str(s) => self.set_str(row, &k, &s),
                     Scalar::Num(n) => self.set_num(row, &k, n),
                     Scalar::Bool(b) => self.set_str(row, &k, if b { "true" } else { "false" }),
-                    Scalar::Other => {}
+                    Scalar::Items(items) if k == "products" => {
+                        for item in items.into_iter().flatten() {
+                            self.push_line(row, item);
+                        }
+                    }
+                    Scalar::Items(_) | Scalar::Object(_) | Scalar::Other => {}
                 }
             }
         }
         Ok(())
+    }
+
+    /// Appends the lines of event row `row` from a JSON array of objects (as a sealed
+    /// segment stores them); entries that are not objects are skipped.
+    pub fn push_lines_json(&mut self, row: usize, json: &str) -> Result<(), serde_json::Error> {
+        let items: Vec<Option<Props<'_>>> = serde_json::from_str::<Items<'_>>(json)?.0;
+        for item in items.into_iter().flatten() {
+            self.push_line(row, item);
+        }
+        Ok(())
+    }
+
+    fn push_line(&mut self, row: usize, item: Props<'_>) {
+        let line = self.lines.row.len();
+        self.lines.row.push(row as u32);
+        for (k, v) in item.0 {
+            let key = self.keys.intern(&k);
+            match v {
+                Scalar::Str(s) => {
+                    let v = self.values.intern(&s) + 1;
+                    let col = self.lines.strings.entry(key).or_default();
+                    col.resize(line, 0);
+                    col.push(v);
+                }
+                Scalar::Bool(b) => {
+                    let v = self.values.intern(if b { "true" } else { "false" }) + 1;
+                    let col = self.lines.strings.entry(key).or_default();
+                    col.resize(line, 0);
+                    col.push(v);
+                }
+                Scalar::Num(n) => {
+                    let col = self.lines.numbers.entry(key).or_default();
+                    col.resize(line, f64::NAN);
+                    col.push(n);
+                }
+                Scalar::Items(_) | Scalar::Object(_) | Scalar::Other => {}
+            }
+        }
+    }
+
+    /// The lines of event row `row` as a JSON array of objects (what a sealed segment
+    /// stores), or `None` when it has none.
+    pub fn lines_json(&self, row: usize) -> Option<String> {
+        let lines = self.lines.of_row(row);
+        if lines.is_empty() {
+            return None;
+        }
+        let mut keys: Vec<(&str, u32, bool)> = self
+            .lines
+            .strings
+            .keys()
+            .map(|k| (*k, false))
+            .chain(self.lines.numbers.keys().map(|k| (*k, true)))
+            .filter_map(|(k, num)| Some((self.keys.value(k)?, k, num)))
+            .collect();
+        keys.sort_unstable();
+        let items: Vec<serde_json::Value> = lines
+            .map(|line| {
+                let mut obj = serde_json::Map::new();
+                for (name, k, num) in &keys {
+                    let value = if *num {
+                        self.lines
+                            .num_at(*k, line)
+                            .and_then(serde_json::Number::from_f64)
+                            .map(serde_json::Value::Number)
+                    } else {
+                        match self.lines.str_id(*k, line) {
+                            0 => None,
+                            v => self.values.value(v - 1).map(|s| s.into()),
+                        }
+                    };
+                    if let Some(v) = value {
+                        obj.insert((*name).to_owned(), v);
+                    }
+                }
+                serde_json::Value::Object(obj)
+            })
+            .collect();
+        Some(serde_json::Value::Array(items).to_string())
     }
 
     /// Approximate heap bytes held by the columns, dictionaries and persons (capacities, not
@@ -182,6 +329,7 @@ impl Table {
             + self.persons.heap_bytes()
             + vec(self.chunks.capacity(), std::mem::size_of::<Chunk>())
             + self.by_person.heap_bytes()
+            + self.lines.heap_bytes()
     }
 
     /// Rows not yet sealed.
@@ -240,6 +388,7 @@ impl Table {
                     permute(col, start, &order);
                 }
             }
+            self.move_lines(start, &order);
         }
         let mut days: Vec<Range<usize>> = Vec::new();
         for r in start..len {
@@ -249,6 +398,42 @@ impl Table {
             }
         }
         days
+    }
+
+    /// Follows the hot rows' reordering (`order`, as [`permute`] takes it) with their lines,
+    /// keeping lines in row order.
+    fn move_lines(&mut self, start: usize, order: &[u32]) {
+        let first = self.lines.row.partition_point(|r| (*r as usize) < start);
+        let total = self.lines.len();
+        if first == total {
+            return;
+        }
+        let mut new_row = vec![0u32; order.len()];
+        for (i, &o) in order.iter().enumerate() {
+            new_row[o as usize] = (start + i) as u32;
+        }
+        let rows: Vec<u32> = self.lines.row[first..]
+            .iter()
+            .map(|r| new_row[*r as usize - start])
+            .collect();
+        let mut by_row: Vec<u32> = (0..rows.len() as u32).collect();
+        by_row.sort_by_key(|i| rows[*i as usize]);
+        self.lines.row.truncate(first);
+        self.lines
+            .row
+            .extend(by_row.iter().map(|i| rows[*i as usize]));
+        for col in self.lines.strings.values_mut() {
+            if col.len() > first {
+                col.resize(total, 0);
+                permute(col, first, &by_row);
+            }
+        }
+        for col in self.lines.numbers.values_mut() {
+            if col.len() > first {
+                col.resize(total, f64::NAN);
+                permute(col, first, &by_row);
+            }
+        }
     }
 
     /// Marks the given ranges (the hot rows, as [`Table::order_hot`] returned them) sealed.
@@ -328,11 +513,15 @@ struct View<'a> {
     traits: Option<&'a RawValue>,
 }
 
-/// A top-level property value: scalars are kept, objects and arrays skipped.
+/// A top-level property value: scalars are kept, arrays kept as their objects (line items
+/// when the key is `products`), other values skipped.
 enum Scalar<'a> {
     Str(Cow<'a, str>),
     Num(f64),
     Bool(bool),
+    /// An array: its objects (`None` for elements that are not objects).
+    Items(Vec<Option<Props<'a>>>),
+    Object(Props<'a>),
     Other,
 }
 
@@ -365,13 +554,11 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
             fn visit_unit<E: de::Error>(self) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Scalar<'de>, A::Error> {
-                while s.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
+            fn visit_seq<A: de::SeqAccess<'de>>(self, s: A) -> Result<Scalar<'de>, A::Error> {
+                Ok(Scalar::Items(items(s)?))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Scalar<'de>, A::Error> {
-                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Scalar<'de>, A::Error> {
+                Ok(Scalar::Object(props(m)?))
             }
         }
         d.deserialize_any(V)
@@ -389,15 +576,60 @@ impl<'de> Deserialize<'de> for Props<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Props<'de>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
-                    out.push((k, m.next_value::<Scalar<'de>>()?));
-                }
-                Ok(Props(out))
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Props<'de>, A::Error> {
+                props(m)
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// An object's (key, value) pairs, in order.
+fn props<'de, A: MapAccess<'de>>(mut m: A) -> Result<Props<'de>, A::Error> {
+    let mut out = Vec::new();
+    while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+        out.push((k, m.next_value::<Scalar<'de>>()?));
+    }
+    Ok(Props(out))
+}
+
+/// The elements of an array: objects as [`Props`], anything else `None` (and skipped).
+fn items<'de, A: de::SeqAccess<'de>>(mut s: A) -> Result<Vec<Option<Props<'de>>>, A::Error> {
+    let mut out = Vec::new();
+    while let Some(MaybeProps(p)) = s.next_element::<MaybeProps<'de>>()? {
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// A JSON array of line items, as a sealed segment stores an event's lines.
+struct Items<'a>(Vec<Option<Props<'a>>>);
+
+impl<'de> Deserialize<'de> for Items<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Items<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, s: A) -> Result<Items<'de>, A::Error> {
+                Ok(Items(items(s)?))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// An array element: an object, or anything else (skipped).
+struct MaybeProps<'a>(Option<Props<'a>>);
+
+impl<'de> Deserialize<'de> for MaybeProps<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(MaybeProps(match Scalar::deserialize(d)? {
+            Scalar::Object(p) => Some(p),
+            _ => None,
+        }))
     }
 }
 
@@ -420,5 +652,63 @@ mod tests {
         assert_eq!(t.str_at(key("$name"), 1), Some("Home"));
         assert_eq!(t.names.value(t.name[1]), Some("$page"));
         assert!(t.push_json(b"{}").is_err());
+    }
+
+    #[test]
+    fn products_arrays_become_lines_that_follow_their_rows() {
+        let mut t = Table::default();
+        let order = |who: &str, secs: u32, products: &str| {
+            format!(
+                r#"{{"type":"track","event":"Order Completed","userId":"{who}","timestamp":"2026-01-01T00:00:{secs:02}Z","properties":{{"revenue":30,"products":{products},"tags":[{{"a":1}}]}}}}"#
+            )
+        };
+        t.push_json(order("b", 5, r#"[{"category":"Shoes","price":10,"quantity":2},7,{"category":"Tops","price":10,"gift":true}]"#).as_bytes()).expect("push");
+        t.push_json(order("a", 9, r#"[]"#).as_bytes())
+            .expect("push");
+        t.push_json(order("a", 1, r#"[{"category":"Hats","price":5.5}]"#).as_bytes())
+            .expect("push");
+        t.push_json(order("c", 3, r#""not an array""#).as_bytes())
+            .expect("push");
+        assert_eq!(t.lines.len(), 3, "objects only, from `products` only");
+        let json_before: Vec<Option<String>> = (0..t.len()).map(|r| t.lines_json(r)).collect();
+        // Sealing reorders the rows (by day, person, time): lines move with their rows.
+        let days = t.order_hot();
+        t.mark_sealed(&days);
+        assert!(t.lines.row.is_sorted());
+        let key = |k: &str| t.keys.get(k).expect("key");
+        let category = |line: usize| {
+            t.values
+                .value(t.lines.str_id(key("category"), line) - 1)
+                .map(str::to_owned)
+        };
+        let row_of = |who: &str, secs: i64| {
+            (0..t.len())
+                .find(|r| {
+                    t.persons.describe(t.person[*r]).map(|d| d.1.to_owned()) == Some(who.into())
+                        && t.ts[*r] % 60_000_000 == secs * 1_000_000
+                })
+                .expect("row")
+        };
+        let b = row_of("b", 5);
+        let lines: Vec<usize> = t.lines.of_row(b).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(category(lines[0]).as_deref(), Some("Shoes"));
+        assert_eq!(t.lines.num_at(key("quantity"), lines[0]), Some(2.0));
+        assert_eq!(category(lines[1]).as_deref(), Some("Tops"));
+        assert_eq!(t.lines.num_at(key("quantity"), lines[1]), None);
+        let a = row_of("a", 1);
+        assert_eq!(
+            t.lines.of_row(a).map(category).collect::<Vec<_>>(),
+            vec![Some("Hats".to_owned())]
+        );
+        assert!(t.lines.of_row(row_of("a", 9)).is_empty());
+        // The JSON a segment stores brings the same lines back.
+        let json = t.lines_json(b).expect("lines");
+        assert!(json_before.contains(&Some(json.clone())));
+        let mut u = Table::default();
+        u.push_json(order("b", 5, "[]").as_bytes()).expect("push");
+        u.push_lines_json(0, &json).expect("lines");
+        assert_eq!(u.lines_json(0), Some(json));
+        assert!(u.push_lines_json(0, "{").is_err());
     }
 }

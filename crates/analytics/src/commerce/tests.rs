@@ -148,3 +148,48 @@ fn revenue_falls_back_to_total_and_bad_queries_are_refused() {
     q.to = q.from;
     assert!(commerce(&t, &t.persons.redirects(), &q, Tz::UTC).is_err());
 }
+
+#[test]
+fn orders_with_line_items_count_under_each_line() {
+    let base = 1_767_225_600i64;
+    let mut t = Table::default();
+    let time = |s: i64| {
+        Utc.timestamp_opt(base + s, 0)
+            .single()
+            .expect("time")
+            .to_rfc3339()
+    };
+    // As Segment's spec sends it: the category on the products, not on the order.
+    let order = serde_json::json!({
+        "type": "track", "event": ORDERED, "userId": "p1", "timestamp": time(10),
+        "properties": {"order_id": "o1", "revenue": 45, "products": [
+            {"product_id": "s1", "category": "Shoes", "price": 10, "quantity": 2},
+            {"product_id": "s2", "category": "Shoes", "price": 5},
+            {"product_id": "t1", "category": "Tops", "price": 20},
+        ]},
+    });
+    t.push_json(order.to_string().as_bytes()).expect("push");
+    let plain = serde_json::json!({
+        "type": "track", "event": ORDERED, "userId": "p2", "timestamp": time(20),
+        "properties": {"revenue": 7, "category": "Tops"},
+    });
+    t.push_json(plain.to_string().as_bytes()).expect("push");
+    let q = CommerceQuery {
+        from: Utc.timestamp_opt(base, 0).single().expect("time"),
+        to: Utc.timestamp_opt(base + 86_400, 0).single().expect("time"),
+        interval: Period::Day,
+        product_property: "category".into(),
+        products_limit: 10,
+        frequency_max: 10,
+    };
+    let r = commerce(&t, &t.persons.redirects(), &q, Tz::UTC).expect("commerce");
+    assert_eq!(r.totals.revenue, 52.0, "the orders' own revenue");
+    let by: BTreeMap<Option<String>, (u64, f64)> = r
+        .products
+        .iter()
+        .map(|p| (p.value.clone(), (p.orders, p.revenue)))
+        .collect();
+    assert_eq!(by.get(&Some("Shoes".into())), Some(&(1, 25.0)), "{by:?}");
+    assert_eq!(by.get(&Some("Tops".into())), Some(&(2, 27.0)), "{by:?}");
+    assert_eq!(by.len(), 2, "{by:?}");
+}

@@ -423,8 +423,8 @@ async fn one_run(b: &IngestBench, templates: &Templates) -> anyhow::Result<RunRe
     })
 }
 
-/// Under load, sends one probe event at a time and polls the query API until it counts it:
-/// the time from the acknowledged send to the first answer that includes it, in ms.
+/// Under load, sends one probe event at a time and polls the query API (every 5 ms) until it
+/// counts it: the time from the acknowledged send to the first answer that includes it, in ms.
 async fn lag_probe(
     ingest: Client,
     query: Client,
@@ -451,6 +451,11 @@ async fn lag_probe(
         let acked = Instant::now();
         loop {
             let (status, resp) = query.post("/api/v1/query", Bytes::from(q.clone())).await?;
+            if status == 429 {
+                // Over the read API's rate limit: wait, as a client should.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             if status != 200 {
                 bail!("probe query failed: {}", String::from_utf8_lossy(&resp));
             }
@@ -462,7 +467,8 @@ async fn lag_probe(
             if stop.load(Ordering::Relaxed) {
                 return Ok(lags);
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // 200 polls a second at most: the read API's default rate per key.
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use livora_log::LogOptions;
-use livora_server::IngestOptions;
+use livora_server::{IngestOptions, LimitOptions};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -20,6 +20,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub server: ServerConfig,
     pub ingest: IngestOptions,
+    pub limits: LimitOptions,
     pub log: LogConfig,
     pub analytics: AnalyticsConfig,
 }
@@ -60,6 +61,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./livora-data"),
             server: ServerConfig::default(),
             ingest: IngestOptions::default(),
+            limits: LimitOptions::default(),
             log: LogConfig::default(),
             analytics: AnalyticsConfig::default(),
         }

@@ -202,7 +202,13 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
     } else {
         None
     };
-    let state = AppState::new(log, store.clone(), config.ingest.clone(), columns);
+    let state = AppState::new(
+        log,
+        store.clone(),
+        config.ingest.clone(),
+        &config.limits,
+        columns,
+    );
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");
     if let Some(opts) = demo {
         let keys = demo::prepare(store.as_ref()).await?;

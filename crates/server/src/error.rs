@@ -31,6 +31,8 @@ pub enum Code {
     MethodNotAllowed,
     LogUnavailable,
     AnalyticsDisabled,
+    RateLimited,
+    Timeout,
     Internal,
 }
 
@@ -55,6 +57,8 @@ impl Code {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::LogUnavailable => "log_unavailable",
             Self::AnalyticsDisabled => "analytics_disabled",
+            Self::RateLimited => "rate_limited",
+            Self::Timeout => "timeout",
             Self::Internal => "internal",
         }
     }
@@ -77,7 +81,10 @@ impl Code {
             }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::LogUnavailable | Self::AnalyticsDisabled => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LogUnavailable | Self::AnalyticsDisabled | Self::Timeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -269,7 +269,7 @@ fn record(tenant: livora_model::TenantId, event: &Event) -> Result<NewRecord, Ap
     })
 }
 
-fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> String {
+pub(crate) fn client_ip(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> String {
     if state.ingest.trust_forwarded_for
         && let Some(first) = headers
             .get("x-forwarded-for")

@@ -4,6 +4,7 @@
 //! - [`app`] builds the axum [`Router`]: ingestion (`/v1/*`, [`ingest`]), the read API
 //!   (`/api/v1/events`, [`events`]) and operations ([`ops`]); [`ROUTES`] lists every route
 //!   with its auth, and a test checks it against the OpenAPI document.
+//! - [`limits`]: rate limits per credential and per client address, and request timeouts.
 //! - [`serve`] runs the router until the shutdown future resolves, then lets in-flight requests
 //!   finish and stops the log writer after their events are durable.
 
@@ -12,6 +13,7 @@ mod body;
 pub mod error;
 mod events;
 mod ingest;
+pub mod limits;
 pub mod ops;
 mod query;
 
@@ -37,6 +39,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub use auth::KeyCache;
 use error::{ApiError, Code};
+pub use limits::LimitOptions;
 
 /// Ingestion settings (`[ingest]` in `livora.toml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +88,7 @@ pub struct AppState {
     pub store: Arc<dyn MetadataStore>,
     pub ingest: IngestOptions,
     pub keys: KeyCache,
+    pub limits: limits::Limits,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
 }
@@ -94,6 +98,7 @@ impl AppState {
         log: EventLog,
         store: Arc<dyn MetadataStore>,
         ingest: IngestOptions,
+        limits: &LimitOptions,
         columns: Option<Arc<ColumnStore>>,
     ) -> Arc<Self> {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
@@ -103,6 +108,7 @@ impl AppState {
             keys: KeyCache::new(store.clone(), ttl),
             store,
             ingest,
+            limits: limits::Limits::new(limits),
             ready: AtomicBool::new(true),
         })
     }
@@ -154,12 +160,22 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/alias", single!(EventType::Alias))
         .route("/v1/batch", post(ingest::batch))
         .route("/v1/import", post(ingest::batch))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), limits::Class::Ingest),
+            limits::enforce,
+        ))
         .layer(CorsLayer::permissive());
+    let api = Router::new()
+        .route("/api/v1/events", get(events::list))
+        .route("/api/v1/query", post(query::run))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), limits::Class::Api),
+            limits::enforce,
+        ));
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(ingestion)
-        .route("/api/v1/events", get(events::list))
-        .route("/api/v1/query", post(query::run))
+        .merge(api)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -197,7 +213,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let retention = tokio::spawn(retention_loop(state.log.clone()));
+    let retention = tokio::spawn(retention_loop(state.clone()));
     let columns = state
         .columns
         .clone()
@@ -224,10 +240,12 @@ pub async fn serve(
     result
 }
 
-async fn retention_loop(log: EventLog) {
+async fn retention_loop(state: Arc<AppState>) {
+    let log = state.log.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
+        state.limits.forget_idle();
         let log = log.clone();
         match tokio::task::spawn_blocking(move || log.enforce_retention()).await {
             Ok(Err(e)) => tracing::warn!(error = %e, "log retention failed"),

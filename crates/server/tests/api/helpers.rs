@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use livora_log::{EventLog, LogOptions};
 use livora_model::Currency;
-use livora_server::{AppState, IngestOptions};
+use livora_server::{AppState, IngestOptions, LimitOptions};
 use livora_store::{KeyKind, MetadataStore, NewTenant, SqliteStore};
 use serde_json::Value;
 
@@ -35,6 +35,15 @@ pub async fn spawn_app(dir: &Path) -> TestApp {
 
 /// Opens (or reopens) the app over `dir`; the first tenant there is reused, with new keys.
 pub async fn spawn_app_with(dir: &Path, ingest: IngestOptions) -> TestApp {
+    spawn_app_limited(dir, ingest, &LimitOptions::default()).await
+}
+
+/// [`spawn_app_with`], with the given rate limits.
+pub async fn spawn_app_limited(
+    dir: &Path,
+    ingest: IngestOptions,
+    limits: &LimitOptions,
+) -> TestApp {
     let store: Arc<dyn MetadataStore> = Arc::new(
         SqliteStore::open(&dir.join("livora.db"))
             .await
@@ -68,6 +77,7 @@ pub async fn spawn_app_with(dir: &Path, ingest: IngestOptions) -> TestApp {
         log.clone(),
         store.clone(),
         ingest,
+        limits,
         Some(livora_columnar::ColumnStore::new()),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

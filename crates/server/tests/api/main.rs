@@ -2,6 +2,7 @@
 
 mod helpers;
 mod ingest;
+mod limits;
 mod query;
 mod read;
 mod routes;

@@ -208,7 +208,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         config.ingest.clone(),
         &config.limits,
         columns,
-    );
+    )?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");
     if let Some(opts) = demo {
         let keys = demo::prepare(store.as_ref()).await?;

@@ -100,17 +100,17 @@ impl AppState {
         ingest: IngestOptions,
         limits: &LimitOptions,
         columns: Option<Arc<ColumnStore>>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, limits::BadOrigin> {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             log,
             columns,
             keys: KeyCache::new(store.clone(), ttl),
             store,
             ingest,
-            limits: limits::Limits::new(limits),
+            limits: limits::Limits::new(limits)?,
             ready: AtomicBool::new(true),
-        })
+        }))
     }
 }
 
@@ -142,8 +142,14 @@ pub const ROUTES: &[(&str, &str, Auth)] = &[
 
 macro_rules! single {
     ($kind:expr) => {
-        post(|s, c, h, b| ingest::single($kind, s, c, h, b))
+        post(|s, c, h, b| ingest::single($kind, s, c, h, b)).options(preflight)
     };
+}
+
+/// `OPTIONS` on a CORS route: the route's CORS layer answers browsers' preflight requests
+/// before this runs; the method must exist for the request to reach that layer.
+async fn preflight() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
 }
 
 /// The application router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
@@ -158,20 +164,21 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/screen", single!(EventType::Screen))
         .route("/v1/group", single!(EventType::Group))
         .route("/v1/alias", single!(EventType::Alias))
-        .route("/v1/batch", post(ingest::batch))
-        .route("/v1/import", post(ingest::batch))
+        .route("/v1/batch", post(ingest::batch).options(preflight))
+        .route("/v1/import", post(ingest::batch).options(preflight))
         .layer(axum::middleware::from_fn_with_state(
             (state.clone(), limits::Class::Ingest),
             limits::enforce,
         ))
         .layer(CorsLayer::permissive());
     let api = Router::new()
-        .route("/api/v1/events", get(events::list))
-        .route("/api/v1/query", post(query::run))
+        .route("/api/v1/events", get(events::list).options(preflight))
+        .route("/api/v1/query", post(query::run).options(preflight))
         .layer(axum::middleware::from_fn_with_state(
             (state.clone(), limits::Class::Api),
             limits::enforce,
-        ));
+        ))
+        .layer(state.limits.api_cors.clone());
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(ingestion)

@@ -5,6 +5,7 @@
 //! address (the peer, or the first `X-Forwarded-For` hop when `ingest.trust_forwarded_for`).
 //! Ingestion and the read APIs have their own rates. A request over either limit is answered
 //! 429 `rate_limited` with `Retry-After` (whole seconds, at least 1) before any handler runs.
+//! Browsers may call the read API only from the origins in `api_cors_origins`.
 //! A request still running after `request_timeout_secs` is answered 503 `timeout`; its
 //! handler is dropped (an ingestion batch whose events became durable meanwhile stays
 //! durable, and the client's retry is deduplicated by `messageId`).
@@ -41,6 +42,9 @@ pub struct LimitOptions {
     pub api_per_ip: u32,
     /// Longest a request may run, in seconds.
     pub request_timeout_secs: u64,
+    /// Origins (`https://app.example.com`) whose pages may call the read API from a browser.
+    /// Default: none. Ingestion is open to every origin: write keys are public by design.
+    pub api_cors_origins: Vec<String>,
 }
 
 impl Default for LimitOptions {
@@ -53,9 +57,15 @@ impl Default for LimitOptions {
             api_per_key: 200,
             api_per_ip: 400,
             request_timeout_secs: 30,
+            api_cors_origins: Vec::new(),
         }
     }
 }
+
+/// An entry of `limits.api_cors_origins` that cannot be an `Origin` header value.
+#[derive(Debug, thiserror::Error)]
+#[error("limits.api_cors_origins: {0:?} is not a valid origin")]
+pub struct BadOrigin(pub String);
 
 /// Which rates a route is under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +93,17 @@ pub struct Limits {
     ingest: Buckets,
     api: Buckets,
     timeout: Duration,
+    /// The read API's CORS policy.
+    pub api_cors: tower_http::cors::CorsLayer,
     /// Hashes credentials so that the limiter's map never holds a secret.
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl Limits {
-    pub fn new(o: &LimitOptions) -> Self {
-        Self {
+    /// The limiters for `o`; an invalid CORS origin is refused.
+    pub fn new(o: &LimitOptions) -> Result<Self, BadOrigin> {
+        Ok(Self {
+            api_cors: api_cors(o)?,
             ingest: Buckets {
                 by_key: limiter(o.ingest_per_key),
                 by_ip: limiter(o.ingest_per_ip),
@@ -100,7 +114,7 @@ impl Limits {
             },
             timeout: Duration::from_secs(o.request_timeout_secs.max(1)),
             hasher: std::collections::hash_map::RandomState::new(),
-        }
+        })
     }
 
     /// How long the caller must wait, if a limit is reached.
@@ -194,7 +208,8 @@ mod tests {
             api_per_key: 2,
             api_per_ip: 100,
             ..LimitOptions::default()
-        });
+        })
+        .expect("limits");
         let ip: IpAddr = [127, 0, 0, 1].into();
         // A burst of twice the rate, then a wait.
         for _ in 0..4 {
@@ -214,9 +229,35 @@ mod tests {
             api_per_key: 0,
             api_per_ip: 0,
             ..LimitOptions::default()
-        });
+        })
+        .expect("limits");
+        assert!(
+            Limits::new(&LimitOptions {
+                api_cors_origins: vec!["bad\norigin".into()],
+                ..LimitOptions::default()
+            })
+            .is_err()
+        );
         for _ in 0..1_000 {
             assert_eq!(off.check(Class::Api, None, ip), None);
         }
     }
+}
+
+/// The CORS layer of the read API: the configured origins only (none by default), with the
+/// `Authorization` and `Content-Type` headers.
+pub fn api_cors(o: &LimitOptions) -> Result<tower_http::cors::CorsLayer, BadOrigin> {
+    use axum::http::{Method, header};
+    let origins = o
+        .api_cors_origins
+        .iter()
+        .map(|origin| {
+            HeaderValue::from_str(origin.trim_end_matches('/'))
+                .map_err(|_| BadOrigin(origin.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(tower_http::cors::CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]))
 }

@@ -79,7 +79,8 @@ pub async fn spawn_app_limited(
         ingest,
         limits,
         Some(livora_columnar::ColumnStore::new()),
-    );
+    )
+    .expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

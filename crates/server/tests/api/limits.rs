@@ -105,3 +105,41 @@ async fn one_address_is_limited_across_keys() {
     assert_eq!(resp.status().as_u16(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_read_api_answers_browsers_from_configured_origins_only() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let limits = LimitOptions {
+        api_cors_origins: vec!["https://crm.example.com".into()],
+        ..LimitOptions::default()
+    };
+    let app = spawn_app_limited(dir.path(), IngestOptions::default(), &limits).await;
+    let preflight = |origin: &'static str, path: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", app.url))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = |r: &reqwest::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let ok = preflight("https://crm.example.com", "/api/v1/query")
+        .await
+        .expect("request");
+    assert_eq!(allowed(&ok).as_deref(), Some("https://crm.example.com"));
+    let other = preflight("https://evil.example", "/api/v1/query")
+        .await
+        .expect("request");
+    assert_eq!(allowed(&other), None, "no CORS grant to other origins");
+    // Ingestion stays open to every origin (write keys are public).
+    let ingest = preflight("https://evil.example", "/v1/track")
+        .await
+        .expect("request");
+    assert_eq!(allowed(&ingest).as_deref(), Some("*"));
+    app.stop().await;
+}

@@ -198,6 +198,24 @@ pub async fn enforce(
     }
 }
 
+/// The CORS layer of the read API: the configured origins only (none by default), with the
+/// `Authorization` and `Content-Type` headers.
+pub fn api_cors(o: &LimitOptions) -> Result<tower_http::cors::CorsLayer, BadOrigin> {
+    use axum::http::{Method, header};
+    let origins = o
+        .api_cors_origins
+        .iter()
+        .map(|origin| {
+            HeaderValue::from_str(origin.trim_end_matches('/'))
+                .map_err(|_| BadOrigin(origin.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(tower_http::cors::CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,22 +260,4 @@ mod tests {
             assert_eq!(off.check(Class::Api, None, ip), None);
         }
     }
-}
-
-/// The CORS layer of the read API: the configured origins only (none by default), with the
-/// `Authorization` and `Content-Type` headers.
-pub fn api_cors(o: &LimitOptions) -> Result<tower_http::cors::CorsLayer, BadOrigin> {
-    use axum::http::{Method, header};
-    let origins = o
-        .api_cors_origins
-        .iter()
-        .map(|origin| {
-            HeaderValue::from_str(origin.trim_end_matches('/'))
-                .map_err(|_| BadOrigin(origin.clone()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(tower_http::cors::CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]))
 }

@@ -4,6 +4,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use livora_log::EventLog;
 use livora_model::{Currency, TenantId};
+use livora_store::audit::{self, AuditLog, NewEntry};
 use livora_store::{KeyKind, NewTenant};
 use serde_json::json;
 
@@ -25,6 +26,26 @@ pub enum AdminCommand {
     Log {
         #[command(subcommand)]
         command: LogCommand,
+    },
+    /// The audit log of administrative actions (`<data_dir>/audit.jsonl`, hash chained).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; prints the entry count and the head hash (keep a copy elsewhere
+    /// to detect entries removed from the end).
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every entry, as JSON lines or (`--csv`) as CSV for auditors.
+    Export {
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -122,7 +143,66 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         });
         return Ok(());
     }
+    let audit_path = config.data_dir.join("audit.jsonl");
+    if let AdminCommand::Audit { command } = command {
+        let (head, entries) = audit::verify(&audit_path).context("the audit log is broken")?;
+        match command {
+            AuditCommand::Verify { json } => print(
+                json,
+                json!({"entries": head.entries, "head": head.hash}),
+                || format!("audit log ok: {} entries, head {}", head.entries, head.hash),
+            ),
+            AuditCommand::Export { csv: false } => {
+                for e in &entries {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            }
+            AuditCommand::Export { csv: true } => {
+                let mut w = csv::Writer::from_writer(std::io::stdout());
+                w.write_record([
+                    "seq", "at", "actor", "action", "tenant", "target", "from", "before", "after",
+                    "prev", "hash",
+                ])?;
+                let text = |v: &Option<serde_json::Value>| {
+                    v.as_ref().map(|v| v.to_string()).unwrap_or_default()
+                };
+                for e in &entries {
+                    w.write_record([
+                        e.seq.to_string(),
+                        e.at.clone(),
+                        e.what.actor.clone(),
+                        e.what.action.clone(),
+                        e.what.tenant.clone().unwrap_or_default(),
+                        e.what.target.clone().unwrap_or_default(),
+                        e.what.from.clone().unwrap_or_default(),
+                        text(&e.what.before),
+                        text(&e.what.after),
+                        e.prev.clone(),
+                        e.hash.clone(),
+                    ])?;
+                }
+                w.flush()?;
+            }
+        }
+        return Ok(());
+    }
     let store = crate::open_store(config).await?;
+    let audit = AuditLog::open(&audit_path).context("the audit log is broken")?;
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let record = |action: &str, tenant: Option<String>, target: Option<String>, after| {
+        audit.record(NewEntry {
+            actor: actor.clone(),
+            action: action.into(),
+            tenant,
+            target,
+            from: Some("cli".into()),
+            before: None,
+            after,
+        })
+    };
     match command {
         AdminCommand::Tenant {
             command:
@@ -143,6 +223,23 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                 .await?;
             let write = store.create_key(tenant.id, KeyKind::Write).await?;
             let secret = store.create_key(tenant.id, KeyKind::Secret).await?;
+            let id = tenant.id.to_string();
+            record(
+                "tenant.create",
+                Some(id.clone()),
+                Some(id.clone()),
+                Some(
+                    json!({"name": tenant.name, "time_zone": tenant.time_zone, "currency": tenant.currency}),
+                ),
+            )?;
+            for key in [&write, &secret] {
+                record(
+                    "key.create",
+                    Some(id.clone()),
+                    Some(key.key.id.clone()),
+                    Some(json!({"kind": key.key.kind.as_str()})),
+                )?;
+            }
             print(
                 json,
                 json!({ "tenant": tenant, "write_key": write, "secret_key": secret }),
@@ -180,6 +277,12 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             let kind = KeyKind::parse(&kind)
                 .with_context(|| format!("{kind:?} is not a key kind: use write or secret"))?;
             let key = store.create_key(tenant_id(&tenant)?, kind).await?;
+            record(
+                "key.create",
+                Some(tenant.clone()),
+                Some(key.key.id.clone()),
+                Some(json!({"kind": key.key.kind.as_str()})),
+            )?;
             print(json, json!(key), || {
                 format!("key_id: {}\nsecret: {}", key.key.id, key.secret)
             });
@@ -210,9 +313,15 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             if !store.revoke_key(&key_id).await? {
                 bail!("no key with id {key_id}");
             }
+            record(
+                "key.revoke",
+                None,
+                Some(key_id.clone()),
+                Some(json!({"revoked": true})),
+            )?;
             println!("revoked {key_id}");
         }
-        AdminCommand::Log { .. } => unreachable!("handled above"),
+        AdminCommand::Log { .. } | AdminCommand::Audit { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

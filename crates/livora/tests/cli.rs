@@ -81,6 +81,59 @@ fn admin_creates_lists_and_revokes() {
     }
 }
 
+/// Every administrative action above is in the hash-chained audit log, which `admin audit
+/// verify` checks and `admin audit export --csv` prints; an edit is detected.
+#[test]
+fn admin_actions_are_audited_in_a_hash_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = create_tenant(dir.path());
+    let admin = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["admin", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    assert!(admin(&["key", "revoke", &t.write_key_id]).status.success());
+    let head = admin_json(dir.path(), &["audit", "verify"]);
+    // tenant.create, two key.create, key.revoke
+    assert_eq!(head["entries"], 4, "{head}");
+    let out = admin(&["audit", "export", "--csv"]);
+    assert!(out.status.success());
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0].starts_with("seq,at,actor,action,tenant,target,from"),
+        "{csv}"
+    );
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(
+        lines[1].contains("tenant.create") && lines[1].contains(&t.id),
+        "{csv}"
+    );
+    assert!(
+        lines[4].contains("key.revoke") && lines[4].contains(&t.write_key_id),
+        "{csv}"
+    );
+    assert!(
+        !csv.contains(&t.write_key),
+        "secrets never reach the audit log"
+    );
+    // Edit the revocation into another key's: verify fails and says where.
+    let path = dir.path().join("audit.jsonl");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[3] = lines[3].replace(&t.write_key_id, "key_someone_else");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+    let out = admin(&["audit", "verify"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4") && err.contains("edited"), "{err}");
+    // A broken log takes no new entries: administrative commands refuse to run.
+    assert!(!admin(&["key", "revoke", &t.write_key_id]).status.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_key_is_refused_by_a_running_server() {
     let dir = tempfile::tempdir().expect("tempdir");

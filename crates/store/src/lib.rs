@@ -3,7 +3,9 @@
 //! [`MetadataStore`] is the seam: [`SqliteStore`] is the embedded default (WAL mode, one file in
 //! the data directory); a PostgreSQL backend will implement the same trait. API keys are random
 //! 192-bit tokens shown once at creation and stored only as SHA-256 hashes ([`keys`]).
+//! [`audit`] is the hash-chained audit log of administrative actions.
 
+pub mod audit;
 mod error;
 pub mod keys;
 mod sqlite;

@@ -19,7 +19,7 @@
 use std::ops::Range;
 
 use livora_columnar::Table;
-use livora_columnar::by_person::Run;
+use livora_columnar::by_person::Merged;
 use rayon::prelude::*;
 
 use crate::funnel::Row;
@@ -117,9 +117,9 @@ where
     drop(parts);
 
     // Per run, its groups merged into another person since it was built (usually few).
-    let members: Vec<(Vec<u32>, Vec<u32>)> = if use_projection {
+    let members: Vec<Merged> = if use_projection {
         runs.iter()
-            .map(|run| moved_groups(run, redirects, persons))
+            .map(|run| run.merged_since(redirects, persons))
             .collect()
     } else {
         Vec::new()
@@ -142,11 +142,8 @@ where
                 rows.clear();
                 ids.clear();
                 blocks.clear();
-                for (run, (member_start, members)) in runs.iter().zip(&members) {
-                    let merged = match (member_start.get(c), member_start.get(c + 1)) {
-                        (Some(&a), Some(&b)) => &members[a as usize..b as usize],
-                        _ => &[],
-                    };
+                for (run, members) in runs.iter().zip(&members) {
+                    let merged = members.merged_into(c);
                     for m in std::iter::once(c).chain(merged.iter().map(|m| *m as usize)) {
                         let before = rows.len();
                         let e = run.entries(m);
@@ -239,29 +236,4 @@ fn gather<S: Fn(usize, u32) -> (u32, u32)>(
             }
         }
     }
-}
-
-/// The groups of `run` whose person has been merged into another since the run was built,
-/// by their canonical person now: (start per person, groups). Empty when there are none.
-fn moved_groups(run: &Run, redirects: &[u32], persons: usize) -> (Vec<u32>, Vec<u32>) {
-    let groups = run.groups().min(redirects.len());
-    let merged = |g: &usize| redirects[*g] as usize != *g && !run.entries(*g).is_empty();
-    if !(0..groups).any(|g| merged(&g)) {
-        return (Vec::new(), Vec::new());
-    }
-    let mut start = vec![0u32; persons + 1];
-    for g in (0..groups).filter(merged) {
-        start[redirects[g] as usize + 1] += 1;
-    }
-    for i in 1..start.len() {
-        start[i] += start[i - 1];
-    }
-    let mut members = vec![0u32; start[persons] as usize];
-    let mut next = start.clone();
-    for g in (0..groups).filter(merged) {
-        let slot = &mut next[redirects[g] as usize];
-        members[*slot as usize] = g as u32;
-        *slot += 1;
-    }
-    (start, members)
 }

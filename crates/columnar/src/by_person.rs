@@ -100,6 +100,24 @@ impl Run {
             + self.name.capacity() * 4
     }
 
+    /// The groups of this run whose person has been merged into another since it was built
+    /// (`redirects`: every id's canonical person now), by that person.
+    pub fn merged_since(&self, redirects: &[u32], persons: usize) -> Merged {
+        let moved = |g: &usize| {
+            redirects.get(*g).is_some_and(|c| *c as usize != *g) && !self.entries(*g).is_empty()
+        };
+        if !(0..self.groups()).any(|g| moved(&g)) {
+            return Merged::default();
+        }
+        let (start, groups) = group(
+            persons,
+            (0..self.groups())
+                .filter(moved)
+                .map(|g| (redirects[g] as usize, g as u32)),
+        );
+        Merged { start, groups }
+    }
+
     /// One run of the entries of `sources` (adjacent runs, in row order) and the table rows
     /// `new` (after them), grouped by the persons' current canonical ids.
     fn build(t: &Table, sources: &[&Arc<Run>], new: Range<usize>) -> Run {
@@ -116,16 +134,9 @@ impl Run {
             new.clone().map(|r| (canon(t.person[r] as usize), r as u32)),
         );
         // Per source, its groups whose person has been merged into another since it was built.
-        let moved: Vec<(Vec<u32>, Vec<u32>)> = sources
+        let moved: Vec<Merged> = sources
             .iter()
-            .map(|s| {
-                group(
-                    persons,
-                    (0..s.groups())
-                        .filter(|g| canon(*g) != *g && !s.entries(*g).is_empty())
-                        .map(|g| (canon(g), g as u32)),
-                )
-            })
+            .map(|s| s.merged_since(&redirects, persons))
             .collect();
         let rows = sources
             .iter()
@@ -146,8 +157,8 @@ impl Run {
         for c in 0..persons {
             if canon(c) == c {
                 entries.clear();
-                for (s, (moved_start, moved)) in sources.iter().zip(&moved) {
-                    let merged = &moved[moved_start[c] as usize..moved_start[c + 1] as usize];
+                for (s, moved) in sources.iter().zip(&moved) {
+                    let merged = moved.merged_into(c);
                     for g in std::iter::once(c as u32).chain(merged.iter().copied()) {
                         for i in s.entries(g as usize) {
                             entries.push((s.ts[i], s.row[i], s.name[i]));
@@ -170,6 +181,23 @@ impl Run {
             out.start.push(out.row.len() as u32);
         }
         out
+    }
+}
+
+/// A run's groups merged into other persons since it was built ([`Run::merged_since`]).
+#[derive(Debug, Default)]
+pub struct Merged {
+    start: Vec<u32>,
+    groups: Vec<u32>,
+}
+
+impl Merged {
+    /// The groups merged into person `p` (none when nothing was merged).
+    pub fn merged_into(&self, p: usize) -> &[u32] {
+        match (self.start.get(p), self.start.get(p + 1)) {
+            (Some(&a), Some(&b)) => &self.groups[a as usize..b as usize],
+            _ => &[],
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
 use livora_model::{Event, EventType};
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::by_person::ByPerson;
@@ -244,21 +244,13 @@ impl Table {
             match v {
                 Scalar::Str(s) => {
                     let v = self.values.intern(&s) + 1;
-                    let col = self.lines.strings.entry(key).or_default();
-                    col.resize(line, 0);
-                    col.push(v);
+                    put(&mut self.lines.strings, key, line, v, 0);
                 }
                 Scalar::Bool(b) => {
                     let v = self.values.intern(if b { "true" } else { "false" }) + 1;
-                    let col = self.lines.strings.entry(key).or_default();
-                    col.resize(line, 0);
-                    col.push(v);
+                    put(&mut self.lines.strings, key, line, v, 0);
                 }
-                Scalar::Num(n) => {
-                    let col = self.lines.numbers.entry(key).or_default();
-                    col.resize(line, f64::NAN);
-                    col.push(n);
-                }
+                Scalar::Num(n) => put(&mut self.lines.numbers, key, line, n, f64::NAN),
                 Scalar::Items(_) | Scalar::Object(_) | Scalar::Other => {}
             }
         }
@@ -376,18 +368,7 @@ impl Table {
             permute(&mut self.ts, start, &order);
             permute(&mut self.person, start, &order);
             permute(&mut self.name, start, &order);
-            for col in self.strings.values_mut() {
-                if col.len() > start {
-                    col.resize(len, 0);
-                    permute(col, start, &order);
-                }
-            }
-            for col in self.numbers.values_mut() {
-                if col.len() > start {
-                    col.resize(len, f64::NAN);
-                    permute(col, start, &order);
-                }
-            }
+            permute_columns(&mut self.strings, &mut self.numbers, start, len, &order);
             self.move_lines(start, &order);
         }
         let mut days: Vec<Range<usize>> = Vec::new();
@@ -422,18 +403,14 @@ impl Table {
         self.lines
             .row
             .extend(by_row.iter().map(|i| rows[*i as usize]));
-        for col in self.lines.strings.values_mut() {
-            if col.len() > first {
-                col.resize(total, 0);
-                permute(col, first, &by_row);
-            }
-        }
-        for col in self.lines.numbers.values_mut() {
-            if col.len() > first {
-                col.resize(total, f64::NAN);
-                permute(col, first, &by_row);
-            }
-        }
+        let lines = &mut self.lines;
+        permute_columns(
+            &mut lines.strings,
+            &mut lines.numbers,
+            first,
+            total,
+            &by_row,
+        );
     }
 
     /// Marks the given ranges (the hot rows, as [`Table::order_hot`] returned them) sealed.
@@ -471,16 +448,37 @@ impl Table {
     fn set_str(&mut self, row: usize, key: &str, value: &str) {
         let k = self.keys.intern(key);
         let v = self.values.intern(value) + 1;
-        let col = self.strings.entry(k).or_default();
-        col.resize(row, 0);
-        col.push(v);
+        put(&mut self.strings, k, row, v, 0);
     }
 
     fn set_num(&mut self, row: usize, key: &str, value: f64) {
         let k = self.keys.intern(key);
-        let col = self.numbers.entry(k).or_default();
-        col.resize(row, f64::NAN);
-        col.push(value);
+        put(&mut self.numbers, k, row, value, f64::NAN);
+    }
+}
+
+/// Sets `cols[key][at] = value`, padding the column with `absent` up to `at`.
+fn put<T: Copy>(cols: &mut HashMap<u32, Vec<T>>, key: u32, at: usize, value: T, absent: T) {
+    let col = cols.entry(key).or_default();
+    col.resize(at, absent);
+    col.push(value);
+}
+
+/// Applies [`permute`] from `start` to every column that reaches past it (padded to `len`).
+fn permute_columns(
+    strings: &mut HashMap<u32, StrColumn>,
+    numbers: &mut HashMap<u32, NumColumn>,
+    start: usize,
+    len: usize,
+    order: &[u32],
+) {
+    for col in strings.values_mut().filter(|c| c.len() > start) {
+        col.resize(len, 0);
+        permute(col, start, order);
+    }
+    for col in numbers.values_mut().filter(|c| c.len() > start) {
+        col.resize(len, f64::NAN);
+        permute(col, start, order);
     }
 }
 
@@ -513,8 +511,8 @@ struct View<'a> {
     traits: Option<&'a RawValue>,
 }
 
-/// A top-level property value: scalars are kept, arrays kept as their objects (line items
-/// when the key is `products`), other values skipped.
+/// A property value: scalars are kept; the array under a `products` key is kept as its
+/// objects (line items); other arrays and objects are skipped.
 enum Scalar<'a> {
     Str(Cow<'a, str>),
     Num(f64),
@@ -525,9 +523,15 @@ enum Scalar<'a> {
     Other,
 }
 
-impl<'de> Deserialize<'de> for Scalar<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
+/// Deserialises a [`Scalar`]; arrays and objects are kept only when `0` is true (the value of
+/// a `products` key, and the elements of its array), and skipped unparsed otherwise.
+struct ScalarSeed(bool);
+
+impl<'de> de::DeserializeSeed<'de> for ScalarSeed {
+    type Value = Scalar<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar<'de>, D::Error> {
+        struct V(bool);
         impl<'de> Visitor<'de> for V {
             type Value = Scalar<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -554,14 +558,22 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
             fn visit_unit<E: de::Error>(self) -> Result<Scalar<'de>, E> {
                 Ok(Scalar::Other)
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, s: A) -> Result<Scalar<'de>, A::Error> {
-                Ok(Scalar::Items(items(s)?))
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Scalar<'de>, A::Error> {
+                if self.0 {
+                    return Ok(Scalar::Items(items(s)?));
+                }
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
             }
-            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Scalar<'de>, A::Error> {
-                Ok(Scalar::Object(props(m)?))
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Scalar<'de>, A::Error> {
+                if self.0 {
+                    return Ok(Scalar::Object(props(m)?));
+                }
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(self.0))
     }
 }
 
@@ -588,7 +600,9 @@ impl<'de> Deserialize<'de> for Props<'de> {
 fn props<'de, A: MapAccess<'de>>(mut m: A) -> Result<Props<'de>, A::Error> {
     let mut out = Vec::new();
     while let Some(k) = m.next_key::<Cow<'de, str>>()? {
-        out.push((k, m.next_value::<Scalar<'de>>()?));
+        // Only line items are parsed below the top level: other nested values are skipped.
+        let keep = k == "products";
+        out.push((k, m.next_value_seed(ScalarSeed(keep))?));
     }
     Ok(Props(out))
 }
@@ -626,10 +640,12 @@ struct MaybeProps<'a>(Option<Props<'a>>);
 
 impl<'de> Deserialize<'de> for MaybeProps<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(MaybeProps(match Scalar::deserialize(d)? {
-            Scalar::Object(p) => Some(p),
-            _ => None,
-        }))
+        Ok(MaybeProps(
+            match de::DeserializeSeed::deserialize(ScalarSeed(true), d)? {
+                Scalar::Object(p) => Some(p),
+                _ => None,
+            },
+        ))
     }
 }
 

@@ -310,7 +310,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Key {
             command: KeyCommand::Revoke { key_id },
         } => {
-            if !store.revoke_key(&key_id).await? {
+            if !store.revoke_key(None, &key_id).await? {
                 bail!("no key with id {key_id}");
             }
             record(

@@ -8,7 +8,10 @@
 //! from the end leaves a valid shorter chain: compare the head hash [`verify`] reports with
 //! a copy kept elsewhere to detect that.
 //!
-//! Appends are serialised by a lock and synced to disk before [`AuditLog::record`] returns.
+//! Appends are serialised by a lock within the process and by an exclusive file lock across
+//! processes (the server and `livora admin` may both append): an append that finds the file
+//! grown by someone else first reads the new head from its last line. Each entry is synced to
+//! disk before [`AuditLog::record`] returns.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -139,10 +142,34 @@ pub fn verify(path: &Path) -> Result<(Head, Vec<Entry>), AuditError> {
     Ok((head, entries))
 }
 
+/// The head after the last entry of the file (another process appended since we looked).
+fn last_head(path: &Path) -> Result<Head, AuditError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let count = text.lines().count() as u64;
+    let Some(last) = text.lines().last() else {
+        return Ok(Head {
+            entries: 0,
+            hash: GENESIS.to_owned(),
+        });
+    };
+    let e: Entry = serde_json::from_str(last).map_err(|e| AuditError::Broken {
+        line: count,
+        reason: format!("not an entry: {e}"),
+    })?;
+    Ok(Head {
+        entries: e.seq,
+        hash: e.hash,
+    })
+}
+
 /// An open audit log, appending to its file.
 pub struct AuditLog {
     path: PathBuf,
-    state: Mutex<(File, Head)>,
+    /// The file, the head as last seen, and the file length it was seen at.
+    state: Mutex<(File, Head, u64)>,
 }
 
 impl AuditLog {
@@ -157,16 +184,50 @@ impl AuditLog {
                 path: path.to_owned(),
                 source,
             })?;
+        let len = file
+            .metadata()
+            .map_err(|source| AuditError::Io {
+                path: path.to_owned(),
+                source,
+            })?
+            .len();
         Ok(Self {
             path: path.to_owned(),
-            state: Mutex::new((file, head)),
+            state: Mutex::new((file, head, len)),
         })
     }
 
     /// Appends an entry and syncs it to disk.
     pub fn record(&self, what: NewEntry) -> Result<Entry, AuditError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (file, head) = &mut *state;
+        let (file, head, seen_len) = &mut *state;
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        file.lock().map_err(io)?;
+        let written = self.append_locked(file, head, seen_len, what);
+        let unlocked = file.unlock().map_err(io);
+        let entry = written?;
+        unlocked?;
+        Ok(entry)
+    }
+
+    fn append_locked(
+        &self,
+        file: &mut File,
+        head: &mut Head,
+        seen_len: &mut u64,
+        what: NewEntry,
+    ) -> Result<Entry, AuditError> {
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let len = file.metadata().map_err(io)?.len();
+        if len != *seen_len {
+            *head = last_head(&self.path)?;
+        }
         let seq = head.entries + 1;
         let at = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         let hash = hash_of(seq, &at, &what, &head.hash);
@@ -179,12 +240,9 @@ impl AuditLog {
         };
         let mut line = serde_json::to_string(&entry).unwrap_or_default();
         line.push('\n');
-        let io = |source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        };
         file.write_all(line.as_bytes()).map_err(io)?;
         file.sync_data().map_err(io)?;
+        *seen_len = len + line.len() as u64;
         *head = Head {
             entries: seq,
             hash: entry.hash.clone(),
@@ -256,5 +314,12 @@ mod tests {
         assert!(AuditLog::open(&path).is_err());
         // The intact log again.
         check(&lines).expect("intact");
+        // Two handles on one file (the server and the CLI) keep one chain.
+        let a = AuditLog::open(&path).expect("a");
+        let b = AuditLog::open(&path).expect("b");
+        a.record(action(4)).expect("a");
+        b.record(action(5)).expect("b");
+        a.record(action(6)).expect("a");
+        assert_eq!(verify(&path).expect("one chain").0.entries, 7);
     }
 }

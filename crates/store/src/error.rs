@@ -11,6 +11,8 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    #[error("{0}")]
+    Conflict(String),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("stored data is corrupt: {0}")]

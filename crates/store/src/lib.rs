@@ -1,20 +1,26 @@
-//! Livora's metadata store: tenants (workspaces) and their API keys.
+//! Livora's metadata store: tenants (workspaces), their API keys, and staff accounts.
 //!
 //! [`MetadataStore`] is the seam: [`SqliteStore`] is the embedded default (WAL mode, one file in
 //! the data directory); a PostgreSQL backend will implement the same trait. API keys are random
 //! 192-bit tokens shown once at creation and stored only as SHA-256 hashes ([`keys`]).
-//! [`audit`] is the hash-chained audit log of administrative actions.
+//! [`audit`] is the hash-chained audit log of administrative actions; [`access`] the roles,
+//! key scopes and permission matrix; [`accounts`] staff users, sessions and one-time tokens.
 
+pub mod access;
+pub mod accounts;
 pub mod audit;
 mod error;
 pub mod keys;
 mod sqlite;
+mod sqlite_accounts;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use livora_model::{Currency, TenantId};
 use serde::Serialize;
 
+pub use access::{Permission, Role, Scope};
+pub use accounts::AccountStore;
 pub use error::Error;
 pub use keys::{KeyKind, NewKey};
 pub use sqlite::SqliteStore;
@@ -37,6 +43,8 @@ pub struct ApiKey {
     pub id: String,
     pub tenant_id: TenantId,
     pub kind: KeyKind,
+    /// What the key may do: `[ingest]` for a write key; `read` and/or `admin` for a secret key.
+    pub scopes: Vec<Scope>,
     /// The first characters of the key, to recognise it in a list.
     pub prefix: String,
     pub created_at: DateTime<Utc>,
@@ -57,15 +65,24 @@ pub struct NewTenant {
 /// - Every method is scoped: nothing returns rows of a tenant other than the one asked for.
 /// - [`MetadataStore::find_key`] returns only keys that are not revoked.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataStore: AccountStore {
     async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error>;
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, Error>;
     async fn tenants(&self) -> Result<Vec<Tenant>, Error>;
-    /// Creates a key; the returned [`NewKey`] holds the only copy of the secret.
-    async fn create_key(&self, tenant: TenantId, kind: KeyKind) -> Result<NewKey, Error>;
+    /// Creates a key with the default scopes of its kind (`write`: ingest; `secret`: read).
+    async fn create_key(&self, tenant: TenantId, kind: KeyKind) -> Result<NewKey, Error> {
+        let scopes = match kind {
+            KeyKind::Write => [Scope::Ingest],
+            KeyKind::Secret => [Scope::Read],
+        };
+        self.create_key_scoped(tenant, &scopes).await
+    }
+    /// Creates a key with `scopes` (ingest alone makes a write key, anything else a secret
+    /// key); the returned [`NewKey`] holds the only copy of the secret.
+    async fn create_key_scoped(&self, tenant: TenantId, scopes: &[Scope]) -> Result<NewKey, Error>;
     async fn keys(&self, tenant: TenantId) -> Result<Vec<ApiKey>, Error>;
-    /// Revokes a key by id; `Ok(false)` if no such key.
-    async fn revoke_key(&self, key_id: &str) -> Result<bool, Error>;
+    /// Revokes a key by id, within `tenant` when given; `Ok(false)` if no such key there.
+    async fn revoke_key(&self, tenant: Option<TenantId>, key_id: &str) -> Result<bool, Error>;
     /// Looks up an active key by its secret text.
     async fn find_key(&self, secret: &str) -> Result<Option<ApiKey>, Error>;
 }

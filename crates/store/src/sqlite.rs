@@ -13,11 +13,13 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
+use crate::access::{Scope, parse_scopes};
 use crate::keys::{self, KeyKind, NewKey};
 use crate::{ApiKey, Error, MetadataStore, NewTenant, Tenant};
 
 /// Schema changes, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
@@ -35,11 +37,58 @@ CREATE TABLE api_keys (
     revoked_at  TEXT
 );
 CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
-"#];
+"#,
+    r#"
+ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+UPDATE api_keys SET scopes = CASE kind WHEN 'write' THEN 'ingest' ELSE 'read' END;
+CREATE TABLE users (
+    id             TEXT PRIMARY KEY,
+    email          TEXT NOT NULL UNIQUE,
+    name           TEXT NOT NULL,
+    password_hash  TEXT,
+    created_at     TEXT NOT NULL,
+    failed_logins  INTEGER NOT NULL DEFAULT 0,
+    locked_until   TEXT
+);
+CREATE TABLE memberships (
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    role        TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (user_id, tenant_id)
+);
+CREATE INDEX memberships_tenant ON memberships(tenant_id);
+CREATE TABLE user_tokens (
+    hash        TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    purpose     TEXT NOT NULL CHECK (purpose IN ('invite', 'reset')),
+    tenant_id   TEXT REFERENCES tenants(id),
+    role        TEXT,
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT NOT NULL,
+    used_at     TEXT
+);
+CREATE TABLE sessions (
+    id          TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT NOT NULL,
+    revoked_at  TEXT
+);
+CREATE INDEX sessions_user ON sessions(user_id);
+CREATE TABLE refresh_tokens (
+    hash        TEXT PRIMARY KEY,
+    session_id  TEXT NOT NULL REFERENCES sessions(id),
+    created_at  TEXT NOT NULL,
+    used_at     TEXT
+);
+"#,
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -85,14 +134,19 @@ impl SqliteStore {
     }
 }
 
-fn time(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>, Error> {
+pub(crate) fn time(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>, Error> {
     let text: String = row.try_get(col)?;
     DateTime::parse_from_rfc3339(&text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| Error::Corrupt(format!("{col} {text:?}: {e}")))
 }
 
-fn tenant_id(row: &SqliteRow, col: &str) -> Result<TenantId, Error> {
+pub(crate) fn opt_time(row: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>, Error> {
+    let text: Option<String> = row.try_get(col)?;
+    text.map(|_| time(row, col)).transpose()
+}
+
+pub(crate) fn tenant_id(row: &SqliteRow, col: &str) -> Result<TenantId, Error> {
     let text: String = row.try_get(col)?;
     TenantId::parse(&text).map_err(|e| Error::Corrupt(format!("{col} {text:?}: {e}")))
 }
@@ -110,17 +164,15 @@ fn tenant_from(row: &SqliteRow) -> Result<Tenant, Error> {
 
 fn key_from(row: &SqliteRow) -> Result<ApiKey, Error> {
     let kind: String = row.try_get("kind")?;
-    let revoked: Option<String> = row.try_get("revoked_at")?;
+    let scopes: String = row.try_get("scopes")?;
     Ok(ApiKey {
         id: row.try_get("id")?,
         tenant_id: tenant_id(row, "tenant_id")?,
         kind: KeyKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("key kind {kind:?}")))?,
+        scopes: parse_scopes(&scopes).map_err(Error::Corrupt)?,
         prefix: row.try_get("prefix")?,
         created_at: time(row, "created_at")?,
-        revoked_at: match revoked {
-            None => None,
-            Some(_) => Some(time(row, "revoked_at")?),
-        },
+        revoked_at: opt_time(row, "revoked_at")?,
     })
 }
 
@@ -187,7 +239,20 @@ impl MetadataStore for SqliteStore {
             .collect()
     }
 
-    async fn create_key(&self, tenant: TenantId, kind: KeyKind) -> Result<NewKey, Error> {
+    async fn create_key_scoped(&self, tenant: TenantId, scopes: &[Scope]) -> Result<NewKey, Error> {
+        let mut scopes = scopes.to_vec();
+        scopes.sort();
+        scopes.dedup();
+        let kind = match scopes.as_slice() {
+            [Scope::Ingest] => KeyKind::Write,
+            s if !s.is_empty() && !s.contains(&Scope::Ingest) => KeyKind::Secret,
+            _ => {
+                return Err(Error::Invalid {
+                    field: "scopes",
+                    message: "a key has either the ingest scope alone (a write key) or read and/or admin (a secret key)".into(),
+                });
+            }
+        };
         if self.tenant(tenant).await?.is_none() {
             return Err(Error::NotFound(format!("tenant {tenant}")));
         }
@@ -196,16 +261,18 @@ impl MetadataStore for SqliteStore {
             id: format!("key_{}", uuid::Uuid::now_v7().simple()),
             tenant_id: tenant,
             kind,
+            scopes: scopes.clone(),
             prefix: keys::prefix(&secret),
             created_at: now(),
             revoked_at: None,
         };
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, kind, hash, prefix, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, tenant_id, kind, scopes, hash, prefix, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.id)
         .bind(tenant.to_string())
         .bind(kind.as_str())
+        .bind(scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","))
         .bind(keys::hash(&secret))
         .bind(&key.prefix)
         .bind(key.created_at.to_rfc3339())
@@ -224,20 +291,29 @@ impl MetadataStore for SqliteStore {
             .collect()
     }
 
-    async fn revoke_key(&self, key_id: &str) -> Result<bool, Error> {
-        let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(now().to_rfc3339())
-                .bind(key_id)
-                .execute(&self.pool)
-                .await?;
+    async fn revoke_key(&self, tenant: Option<TenantId>, key_id: &str) -> Result<bool, Error> {
+        let tenant = tenant.map(|t| t.to_string());
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL
+             AND (? IS NULL OR tenant_id = ?)",
+        )
+        .bind(now().to_rfc3339())
+        .bind(key_id)
+        .bind(&tenant)
+        .bind(&tenant)
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() > 0 {
             return Ok(true);
         }
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = ?")
-            .bind(key_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM api_keys WHERE id = ? AND (? IS NULL OR tenant_id = ?)",
+        )
+        .bind(key_id)
+        .bind(&tenant)
+        .bind(&tenant)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(exists.is_some())
     }
 
@@ -294,13 +370,18 @@ mod tests {
         );
         assert!(store.find_key("lv_w_nope").await.expect("find").is_none());
 
-        assert!(store.revoke_key(&w.key.id).await.expect("revoke"));
+        assert!(store.revoke_key(None, &w.key.id).await.expect("revoke"));
         assert!(store.find_key(&w.secret).await.expect("find").is_none());
         assert!(
-            store.revoke_key(&w.key.id).await.expect("again"),
+            store.revoke_key(None, &w.key.id).await.expect("again"),
             "idempotent"
         );
-        assert!(!store.revoke_key("key_missing").await.expect("missing"));
+        assert!(
+            !store
+                .revoke_key(None, "key_missing")
+                .await
+                .expect("missing")
+        );
         assert!(store.find_key(&s.secret).await.expect("find").is_some());
     }
 

@@ -508,7 +508,7 @@ async fn keys_are_checked_revocation_takes_effect_and_kinds_are_not_interchangea
     // Revoked: 401 (this app caches keys for 0 s).
     assert!(
         app.store
-            .revoke_key(&app.write_key_id)
+            .revoke_key(None, &app.write_key_id)
             .await
             .expect("revoke")
     );

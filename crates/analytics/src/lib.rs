@@ -44,6 +44,13 @@ pub enum Query {
     Commerce(commerce::CommerceQuery),
 }
 
+impl Query {
+    /// Whether the answer names persons (their ids): personal data, not an aggregate.
+    pub fn lists_persons(&self) -> bool {
+        matches!(self, Query::Funnel(q) if q.persons.is_some())
+    }
+}
+
 /// A query's answer, tagged like the query.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -143,7 +143,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         });
         return Ok(());
     }
-    let audit_path = config.data_dir.join("audit.jsonl");
+    let audit_path = config.audit_path();
     if let AdminCommand::Audit { command } = command {
         let (head, entries) = audit::verify(&audit_path).context("the audit log is broken")?;
         match command {
@@ -158,30 +158,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                 }
             }
             AuditCommand::Export { csv: true } => {
-                let mut w = csv::Writer::from_writer(std::io::stdout());
-                w.write_record([
-                    "seq", "at", "actor", "action", "tenant", "target", "from", "before", "after",
-                    "prev", "hash",
-                ])?;
-                let text = |v: &Option<serde_json::Value>| {
-                    v.as_ref().map(|v| v.to_string()).unwrap_or_default()
-                };
-                for e in &entries {
-                    w.write_record([
-                        e.seq.to_string(),
-                        e.at.clone(),
-                        e.what.actor.clone(),
-                        e.what.action.clone(),
-                        e.what.tenant.clone().unwrap_or_default(),
-                        e.what.target.clone().unwrap_or_default(),
-                        e.what.from.clone().unwrap_or_default(),
-                        text(&e.what.before),
-                        text(&e.what.after),
-                        e.prev.clone(),
-                        e.hash.clone(),
-                    ])?;
-                }
-                w.flush()?;
+                audit::write_csv(std::io::stdout(), &entries)?;
             }
         }
         return Ok(());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use livora_log::LogOptions;
-use livora_server::{IngestOptions, LimitOptions};
+use livora_server::{AuthOptions, IngestOptions, LimitOptions};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -21,6 +21,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub ingest: IngestOptions,
     pub limits: LimitOptions,
+    pub auth: AuthOptions,
     pub log: LogConfig,
     pub analytics: AnalyticsConfig,
 }
@@ -62,6 +63,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             ingest: IngestOptions::default(),
             limits: LimitOptions::default(),
+            auth: AuthOptions::default(),
             log: LogConfig::default(),
             analytics: AnalyticsConfig::default(),
         }
@@ -172,6 +174,43 @@ impl Config {
 
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("livora.db")
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.data_dir.join("audit.jsonl")
+    }
+
+    /// The HS256 secret of staff access tokens: `LIVORA_JWT_SECRET` (at least 32 bytes; the
+    /// same on every node), else `<data_dir>/jwt.secret`, created with 256 random bits and
+    /// mode 0600 on first use.
+    pub fn jwt_secret(&self, env: &HashMap<String, String>) -> anyhow::Result<Vec<u8>> {
+        if let Some(s) = env.get("LIVORA_JWT_SECRET") {
+            if s.len() < 32 {
+                anyhow::bail!("LIVORA_JWT_SECRET must have at least 32 bytes");
+            }
+            return Ok(s.as_bytes().to_vec());
+        }
+        let path = self.data_dir.join("jwt.secret");
+        match std::fs::read_to_string(&path) {
+            Ok(text) if text.trim().len() >= 32 => return Ok(text.trim().as_bytes().to_vec()),
+            Ok(_) => anyhow::bail!("{} holds fewer than 32 bytes", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::create_dir_all(&self.data_dir)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+        Ok(text.into_bytes())
     }
 }
 

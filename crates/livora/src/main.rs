@@ -202,12 +202,21 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
     } else {
         None
     };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let audit = livora_store::audit::AuditLog::open(&config.audit_path())
+        .context("the audit log is broken; see `livora admin audit verify`")?;
+    let security = livora_server::Security {
+        auth: config.auth.clone(),
+        jwt_secret: config.jwt_secret(&env)?,
+        audit: Arc::new(audit),
+    };
     let state = AppState::new(
         log,
         store.clone(),
         config.ingest.clone(),
         &config.limits,
         columns,
+        security,
     )?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");
     if let Some(opts) = demo {

@@ -1,5 +1,5 @@
-//! Authentication by API key: write keys (HTTP Basic username, or `writeKey` in the body) for
-//! ingestion, secret keys (`Authorization: Bearer`) for the read APIs.
+//! API key lookups: write keys (HTTP Basic username, or `writeKey` in the body) for
+//! ingestion; secret keys (`Authorization: Bearer`) are resolved by [`crate::access`].
 //!
 //! Lookups are cached for `key_cache_ttl` (default 5 s), so a revoked key stops working within
 //! that time without a database round trip on every request.
@@ -50,6 +50,19 @@ impl KeyCache {
         Ok(key)
     }
 
+    /// Any active key, by its secret text (the read APIs check its scopes).
+    pub async fn any_key(&self, secret: &str) -> Result<Option<ApiKey>, ApiError> {
+        self.lookup(secret).await
+    }
+
+    /// Forgets every cached lookup (after a revocation on this node).
+    pub fn clear(&self) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Resolves a write key for ingestion.
     pub async fn write_key(&self, secret: Option<&str>) -> Result<ApiKey, ApiError> {
         let Some(secret) = secret.filter(|s| !s.is_empty()) else {
@@ -67,31 +80,6 @@ impl KeyCache {
             None => Err(ApiError::new(
                 Code::InvalidWriteKey,
                 "unknown or revoked write key",
-            )),
-        }
-    }
-
-    /// Resolves the secret key of a read API request (`Authorization: Bearer <key>`).
-    pub async fn secret_key(&self, headers: &HeaderMap) -> Result<ApiKey, ApiError> {
-        let token = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| strip_scheme(v, "bearer"));
-        let Some(token) = token else {
-            return Err(ApiError::new(
-                Code::Unauthorized,
-                "send a secret key as `Authorization: Bearer <key>`",
-            ));
-        };
-        match self.lookup(token).await? {
-            Some(k) if k.kind == KeyKind::Secret => Ok(k),
-            Some(_) => Err(ApiError::new(
-                Code::Unauthorized,
-                "a write key cannot read data; use a secret key",
-            )),
-            None => Err(ApiError::new(
-                Code::Unauthorized,
-                "unknown or revoked secret key",
             )),
         }
     }

@@ -34,6 +34,13 @@ pub enum Code {
     RateLimited,
     Timeout,
     Internal,
+    InvalidRequest,
+    Forbidden,
+    InvalidCredentials,
+    InvalidToken,
+    AccountLocked,
+    Conflict,
+    AuditBroken,
 }
 
 impl Code {
@@ -60,6 +67,13 @@ impl Code {
             Self::RateLimited => "rate_limited",
             Self::Timeout => "timeout",
             Self::Internal => "internal",
+            Self::InvalidRequest => "invalid_request",
+            Self::Forbidden => "forbidden",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::InvalidToken => "invalid_token",
+            Self::AccountLocked => "account_locked",
+            Self::Conflict => "conflict",
+            Self::AuditBroken => "audit_broken",
         }
     }
 
@@ -71,8 +85,14 @@ impl Code {
             | Self::EmptyBatch
             | Self::InvalidItems
             | Self::Item(_)
-            | Self::InvalidQuery => StatusCode::BAD_REQUEST,
-            Self::Unauthorized | Self::InvalidWriteKey => StatusCode::UNAUTHORIZED,
+            | Self::InvalidQuery
+            | Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthorized
+            | Self::InvalidWriteKey
+            | Self::InvalidCredentials
+            | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::BodyTooLarge | Self::EventTooLarge | Self::TooManyEvents => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -84,8 +104,8 @@ impl Code {
             Self::LogUnavailable | Self::AnalyticsDisabled | Self::Timeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RateLimited | Self::AccountLocked => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal | Self::AuditBroken => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -131,6 +151,15 @@ impl IntoResponse for ApiError {
 
 impl From<livora_store::Error> for ApiError {
     fn from(e: livora_store::Error) -> Self {
-        Self::internal(&e)
+        match e {
+            livora_store::Error::Invalid { field, message } => {
+                Self::new(Code::InvalidRequest, message).with("field", field)
+            }
+            livora_store::Error::Conflict(m) => Self::new(Code::Conflict, m),
+            livora_store::Error::NotFound(m) => {
+                Self::new(Code::NotFound, format!("not found: {m}"))
+            }
+            e => Self::internal(&e),
+        }
     }
 }

@@ -6,15 +6,17 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::Uri;
 use chrono::{DateTime, Utc};
 use livora_model::EventType;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::AppState;
+use crate::access::Principal;
 use crate::error::{ApiError, Code};
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -100,10 +102,10 @@ pub struct Page {
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
+    uri: Uri,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Page>, ApiError> {
-    let key = state.keys.secret_key(&headers).await?;
     let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -135,7 +137,7 @@ pub async fn list(
         since: time("since", q.since)?,
         until: time("until", q.until)?,
     };
-    let tenant = key.tenant_id.0;
+    let tenant = principal.tenant.0;
     let log = state.log.clone();
     let scan = tokio::task::spawn_blocking(move || {
         let mut found: Vec<(u64, Box<RawValue>)> = Vec::new();
@@ -176,6 +178,14 @@ pub async fn list(
     let next_cursor = more
         .then(|| found.last().map(|(o, _)| o.to_string()))
         .flatten();
+    // Raw events are personal data: every page read is in the audit log.
+    let mut entry = crate::staff::entry(&principal, "pii.view", None);
+    entry.after = Some(serde_json::json!({
+        "route": "GET /api/v1/events",
+        "query": uri.query().unwrap_or(""),
+        "events": found.len(),
+    }));
+    state.audit(entry).await?;
     let events = found.into_iter().map(|(_, e)| e).collect();
     Ok(Json(Page {
         events,

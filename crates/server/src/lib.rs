@@ -1,13 +1,18 @@
 //! Livora's HTTP server. Only this crate knows HTTP.
 //!
-//! - [`AppState`] holds the event log, the metadata store, the key cache and the options.
-//! - [`app`] builds the axum [`Router`]: ingestion (`/v1/*`, [`ingest`]), the read API
-//!   (`/api/v1/events`, [`events`]) and operations ([`ops`]); [`ROUTES`] lists every route
-//!   with its auth, and a test checks it against the OpenAPI document.
+//! - [`AppState`] holds the event log, the metadata store, the key and session caches, the
+//!   audit log and the options.
+//! - [`app`] builds the axum [`Router`] from [`ROUTES`], where every route declares what it
+//!   needs ([`Need`]: a write key, a signed-in staff member or key with a permission, or
+//!   nothing); [`access`] resolves the caller and checks the permission before any handler
+//!   runs. Routes: ingestion (`/v1/*`, [`ingest`]), the read API (`/api/v1/events`,
+//!   `/api/v1/query`), staff accounts and tenant administration ([`staff`]) and operations
+//!   ([`ops`]).
 //! - [`limits`]: rate limits per credential and per client address, and request timeouts.
 //! - [`serve`] runs the router until the shutdown future resolves, then lets in-flight requests
 //!   finish and stops the log writer after their events are durable.
 
+pub mod access;
 mod auth;
 mod body;
 pub mod error;
@@ -16,6 +21,7 @@ mod ingest;
 pub mod limits;
 pub mod ops;
 mod query;
+pub mod staff;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,12 +37,14 @@ use livora_columnar::ColumnStore;
 use livora_log::EventLog;
 use livora_model::EventType;
 use livora_store::MetadataStore;
+use livora_store::audit::AuditLog;
 use serde::Deserialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+pub use access::{AuthOptions, Need};
 pub use auth::KeyCache;
 use error::{ApiError, Code};
 pub use limits::LimitOptions;
@@ -79,6 +87,23 @@ impl IngestOptions {
     }
 }
 
+/// The security settings a server starts with.
+pub struct Security {
+    pub auth: access::AuthOptions,
+    /// The HS256 secret of access tokens (at least 32 bytes).
+    pub jwt_secret: Vec<u8>,
+    pub audit: Arc<AuditLog>,
+}
+
+/// Why a server's state cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Origin(#[from] limits::BadOrigin),
+    #[error(transparent)]
+    Secret(#[from] access::WeakSecret),
+}
+
 /// What every handler shares.
 pub struct AppState {
     pub log: EventLog,
@@ -89,6 +114,12 @@ pub struct AppState {
     pub ingest: IngestOptions,
     pub keys: KeyCache,
     pub limits: limits::Limits,
+    /// Signs and checks staff access tokens.
+    pub jwt: access::Jwt,
+    pub auth: access::AuthOptions,
+    pub sessions: access::SessionCache,
+    /// The hash-chained audit log (shared with `livora admin`).
+    pub audit: Arc<AuditLog>,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
 }
@@ -100,11 +131,16 @@ impl AppState {
         ingest: IngestOptions,
         limits: &LimitOptions,
         columns: Option<Arc<ColumnStore>>,
-    ) -> Result<Arc<Self>, limits::BadOrigin> {
+        security: Security,
+    ) -> Result<Arc<Self>, StateError> {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
         Ok(Arc::new(Self {
             log,
             columns,
+            jwt: access::Jwt::new(&security.jwt_secret)?,
+            auth: security.auth,
+            sessions: access::SessionCache::new(ttl),
+            audit: security.audit,
             keys: KeyCache::new(store.clone(), ttl),
             store,
             ingest,
@@ -114,36 +150,94 @@ impl AppState {
     }
 }
 
-/// How a route authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Auth {
-    None,
-    WriteKey,
-    SecretKey,
-}
+use livora_store::Permission as P;
 
-/// Every route: method, path, auth. Kept in step with [`app`] and `openapi.json` by tests.
-pub const ROUTES: &[(&str, &str, Auth)] = &[
-    ("POST", "/v1/track", Auth::WriteKey),
-    ("POST", "/v1/identify", Auth::WriteKey),
-    ("POST", "/v1/page", Auth::WriteKey),
-    ("POST", "/v1/screen", Auth::WriteKey),
-    ("POST", "/v1/group", Auth::WriteKey),
-    ("POST", "/v1/alias", Auth::WriteKey),
-    ("POST", "/v1/batch", Auth::WriteKey),
-    ("POST", "/v1/import", Auth::WriteKey),
-    ("GET", "/api/v1/events", Auth::SecretKey),
-    ("POST", "/api/v1/query", Auth::SecretKey),
-    ("GET", "/healthz", Auth::None),
-    ("GET", "/readyz", Auth::None),
-    ("GET", "/metrics", Auth::None),
-    ("GET", "/api/openapi.json", Auth::None),
+/// Every route: method, path, and what it needs of the caller. [`app`] builds the router from
+/// this table (a route cannot exist without its [`Need`]); tests check it against the OpenAPI
+/// document and call every route with every kind of credential.
+pub const ROUTES: &[(&str, &str, Need)] = &[
+    ("POST", "/v1/track", Need::WriteKey),
+    ("POST", "/v1/identify", Need::WriteKey),
+    ("POST", "/v1/page", Need::WriteKey),
+    ("POST", "/v1/screen", Need::WriteKey),
+    ("POST", "/v1/group", Need::WriteKey),
+    ("POST", "/v1/alias", Need::WriteKey),
+    ("POST", "/v1/batch", Need::WriteKey),
+    ("POST", "/v1/import", Need::WriteKey),
+    ("GET", "/api/v1/events", Need::Permission(P::ViewPii)),
+    ("POST", "/api/v1/query", Need::Permission(P::ReadAnalytics)),
+    ("POST", "/api/v1/auth/login", Need::Login),
+    ("POST", "/api/v1/auth/refresh", Need::Login),
+    ("POST", "/api/v1/auth/accept-invitation", Need::Login),
+    ("POST", "/api/v1/auth/reset-password", Need::Login),
+    ("POST", "/api/v1/auth/logout", Need::Authenticated),
+    ("GET", "/api/v1/me", Need::Authenticated),
+    ("GET", "/api/v1/members", Need::Permission(P::ManageMembers)),
+    (
+        "POST",
+        "/api/v1/members",
+        Need::Permission(P::ManageMembers),
+    ),
+    (
+        "PATCH",
+        "/api/v1/members/{user_id}",
+        Need::Permission(P::ManageMembers),
+    ),
+    (
+        "DELETE",
+        "/api/v1/members/{user_id}",
+        Need::Permission(P::ManageMembers),
+    ),
+    ("GET", "/api/v1/keys", Need::Permission(P::ManageKeys)),
+    ("POST", "/api/v1/keys", Need::Permission(P::ManageKeys)),
+    (
+        "DELETE",
+        "/api/v1/keys/{key_id}",
+        Need::Permission(P::ManageKeys),
+    ),
+    ("GET", "/api/v1/audit", Need::Permission(P::ReadAudit)),
+    ("GET", "/healthz", Need::Public),
+    ("GET", "/readyz", Need::Public),
+    ("GET", "/metrics", Need::Public),
+    ("GET", "/api/openapi.json", Need::Public),
 ];
 
-macro_rules! single {
-    ($kind:expr) => {
-        post(|s, c, h, b| ingest::single($kind, s, c, h, b)).options(preflight)
-    };
+type Handler = axum::routing::MethodRouter<Arc<AppState>>;
+
+/// The handler of a route in [`ROUTES`].
+fn handler(method: &str, path: &str) -> Handler {
+    use axum::routing::{delete, patch};
+    let single = |kind: EventType| post(move |s, c, h, b| ingest::single(kind, s, c, h, b));
+    match (method, path) {
+        ("POST", "/v1/track") => single(EventType::Track),
+        ("POST", "/v1/identify") => single(EventType::Identify),
+        ("POST", "/v1/page") => single(EventType::Page),
+        ("POST", "/v1/screen") => single(EventType::Screen),
+        ("POST", "/v1/group") => single(EventType::Group),
+        ("POST", "/v1/alias") => single(EventType::Alias),
+        ("POST", "/v1/batch" | "/v1/import") => post(ingest::batch),
+        ("GET", "/api/v1/events") => get(events::list),
+        ("POST", "/api/v1/query") => post(query::run),
+        ("POST", "/api/v1/auth/login") => post(staff::login),
+        ("POST", "/api/v1/auth/refresh") => post(staff::refresh),
+        ("POST", "/api/v1/auth/accept-invitation") => post(staff::accept_invitation),
+        ("POST", "/api/v1/auth/reset-password") => post(staff::reset_password),
+        ("POST", "/api/v1/auth/logout") => post(staff::logout),
+        ("GET", "/api/v1/me") => get(staff::me),
+        ("GET", "/api/v1/members") => get(staff::members),
+        ("POST", "/api/v1/members") => post(staff::invite),
+        ("PATCH", "/api/v1/members/{user_id}") => patch(staff::set_role),
+        ("DELETE", "/api/v1/members/{user_id}") => delete(staff::remove_member),
+        ("GET", "/api/v1/keys") => get(staff::keys),
+        ("POST", "/api/v1/keys") => post(staff::create_key),
+        ("DELETE", "/api/v1/keys/{key_id}") => delete(staff::revoke_key),
+        ("GET", "/api/v1/audit") => get(staff::audit_log),
+        ("GET", "/healthz") => get(ops::healthz),
+        ("GET", "/readyz") => get(ops::readyz),
+        ("GET", "/metrics") => get(ops::metrics),
+        ("GET", "/api/openapi.json") => get(ops::openapi),
+        _ => unreachable!("ROUTES lists a route without a handler: {method} {path}"),
+    }
 }
 
 /// `OPTIONS` on a CORS route: the route's CORS layer answers browsers' preflight requests
@@ -156,37 +250,43 @@ async fn preflight() -> axum::http::StatusCode {
 pub fn app(state: Arc<AppState>) -> Router {
     ops::metrics_handle();
     // Browsers post from the customer's own site: ingestion is open to every origin (the write
-    // key is public by design). Read APIs are not.
-    let ingestion = Router::new()
-        .route("/v1/track", single!(EventType::Track))
-        .route("/v1/identify", single!(EventType::Identify))
-        .route("/v1/page", single!(EventType::Page))
-        .route("/v1/screen", single!(EventType::Screen))
-        .route("/v1/group", single!(EventType::Group))
-        .route("/v1/alias", single!(EventType::Alias))
-        .route("/v1/batch", post(ingest::batch).options(preflight))
-        .route("/v1/import", post(ingest::batch).options(preflight))
-        .layer(axum::middleware::from_fn_with_state(
-            (state.clone(), limits::Class::Ingest),
+    // key is public by design). The other APIs are open to the configured origins only.
+    let mut ingestion = Router::new();
+    let mut api = Router::new();
+    let mut login = Router::new();
+    let mut public = Router::new();
+    let mut with_options = std::collections::HashSet::new();
+    for &(method, path, need) in ROUTES {
+        let guarded = handler(method, path).route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), need),
+            access::authorize,
+        ));
+        let group = match need {
+            Need::WriteKey => &mut ingestion,
+            Need::Login => &mut login,
+            Need::Public => &mut public,
+            Need::Authenticated | Need::Permission(_) => &mut api,
+        };
+        *group = std::mem::take(group).route(path, guarded);
+        if need != Need::Public && with_options.insert(path) {
+            *group = std::mem::take(group).route(path, axum::routing::options(preflight));
+        }
+    }
+    let limited = |router: Router<Arc<AppState>>, class| {
+        router.layer(axum::middleware::from_fn_with_state(
+            (state.clone(), class),
             limits::enforce,
         ))
-        .layer(CorsLayer::permissive());
-    let api = Router::new()
-        .route("/api/v1/events", get(events::list).options(preflight))
-        .route("/api/v1/query", post(query::run).options(preflight))
-        .layer(axum::middleware::from_fn_with_state(
-            (state.clone(), limits::Class::Api),
-            limits::enforce,
-        ))
-        .layer(state.limits.api_cors.clone());
+    };
+    let ingestion = limited(ingestion, limits::Class::Ingest).layer(CorsLayer::permissive());
+    let api = limited(api, limits::Class::Api).layer(state.limits.api_cors.clone());
+    let login = limited(login, limits::Class::Login).layer(state.limits.api_cors.clone());
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(ingestion)
         .merge(api)
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/openapi.json", get(ops::openapi))
+        .merge(login)
+        .merge(public)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(Code::MethodNotAllowed, "method not allowed on this route")

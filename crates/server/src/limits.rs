@@ -40,6 +40,9 @@ pub struct LimitOptions {
     pub api_per_key: u32,
     /// Read API requests per second per client address.
     pub api_per_ip: u32,
+    /// Sign-in and token requests (`/api/v1/auth/*` but sign-out) per minute per client
+    /// address, with bursts of the same size; on top of the per-account lockout.
+    pub login_per_ip_per_minute: u32,
     /// Longest a request may run, in seconds.
     pub request_timeout_secs: u64,
     /// Origins (`https://app.example.com`) whose pages may call the read API from a browser.
@@ -56,6 +59,7 @@ impl Default for LimitOptions {
             ingest_per_ip: 10_000,
             api_per_key: 200,
             api_per_ip: 400,
+            login_per_ip_per_minute: 20,
             request_timeout_secs: 30,
             api_cors_origins: Vec::new(),
         }
@@ -72,6 +76,7 @@ pub struct BadOrigin(pub String);
 pub enum Class {
     Ingest,
     Api,
+    Login,
 }
 
 /// The buckets of one class.
@@ -92,6 +97,7 @@ fn limiter<K: Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimi
 pub struct Limits {
     ingest: Buckets,
     api: Buckets,
+    login: Buckets,
     timeout: Duration,
     /// The read API's CORS policy.
     pub api_cors: tower_http::cors::CorsLayer,
@@ -112,6 +118,11 @@ impl Limits {
                 by_key: limiter(o.api_per_key),
                 by_ip: limiter(o.api_per_ip),
             },
+            login: Buckets {
+                by_key: None,
+                by_ip: NonZeroU32::new(o.login_per_ip_per_minute)
+                    .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            },
             timeout: Duration::from_secs(o.request_timeout_secs.max(1)),
             hasher: std::collections::hash_map::RandomState::new(),
         })
@@ -122,6 +133,7 @@ impl Limits {
         let b = match class {
             Class::Ingest => &self.ingest,
             Class::Api => &self.api,
+            Class::Login => &self.login,
         };
         let clock = DefaultClock::default();
         let key = self.hasher.hash_one(credential);
@@ -136,7 +148,7 @@ impl Limits {
 
     /// Forgets buckets that are full again (idle keys and addresses), so the maps stay small.
     pub fn forget_idle(&self) {
-        for b in [&self.ingest, &self.api] {
+        for b in [&self.ingest, &self.api, &self.login] {
             if let Some(l) = &b.by_key {
                 l.retain_recent();
                 l.shrink_to_fit();
@@ -170,6 +182,7 @@ pub async fn enforce(
         metrics::counter!("livora_http_rate_limited_total", "class" => match class {
             Class::Ingest => "ingest",
             Class::Api => "api",
+            Class::Login => "login",
         })
         .increment(1);
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;

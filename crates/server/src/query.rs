@@ -1,16 +1,18 @@
-//! `POST /api/v1/query`: analytics queries over the column store, scoped to the key's tenant.
+//! `POST /api/v1/query`: analytics queries over the column store, scoped to the caller's tenant.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::Extension;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use livora_analytics::{Query, QueryResult};
 use livora_columnar::Table;
+use livora_store::Permission;
 use serde::Serialize;
 
 use crate::AppState;
+use crate::access::Principal;
 use crate::error::{ApiError, Code};
 
 /// Largest query body accepted.
@@ -26,10 +28,9 @@ pub struct Answer {
 
 pub async fn run(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> Result<Json<Answer>, ApiError> {
-    let key = state.keys.secret_key(&headers).await?;
     if body.len() > MAX_QUERY_BYTES {
         return Err(ApiError::new(
             Code::BodyTooLarge,
@@ -38,6 +39,14 @@ pub async fn run(
     }
     let query: Query = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(Code::InvalidQuery, format!("invalid query: {e}")))?;
+    // Aggregates need `analytics.read` (the route's permission); naming persons is personal
+    // data, and is audited.
+    if query.lists_persons() {
+        principal.require(Permission::ViewPii)?;
+        let mut entry = crate::staff::entry(&principal, "pii.view", None);
+        entry.after = Some(serde_json::json!({"route": "POST /api/v1/query", "persons": true}));
+        state.audit(entry).await?;
+    }
     let Some(columns) = &state.columns else {
         return Err(ApiError::new(
             Code::AnalyticsDisabled,
@@ -45,12 +54,13 @@ pub async fn run(
         ));
     };
     // Calendar periods are the tenant's: its time zone comes from the store.
-    let tenant =
-        state.store.tenant(key.tenant_id).await?.ok_or_else(|| {
-            ApiError::new(Code::Unauthorized, "the key's tenant no longer exists")
-        })?;
+    let tenant = state
+        .store
+        .tenant(principal.tenant)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "the tenant no longer exists"))?;
     let tz: chrono_tz::Tz = tenant.time_zone.parse().unwrap_or(chrono_tz::UTC);
-    let table = columns.table(key.tenant_id);
+    let table = columns.table(principal.tenant);
     let log_offset = columns.applied();
     let result = tokio::task::spawn_blocking(move || match table {
         Some(t) => livora_analytics::run(&livora_columnar::ColumnStore::read(&t), &query, tz),

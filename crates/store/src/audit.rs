@@ -165,6 +165,34 @@ fn last_head(path: &Path) -> Result<Head, AuditError> {
     })
 }
 
+/// Writes entries as CSV (one header row; `before`/`after` as JSON text), for auditors.
+pub fn write_csv(out: impl Write, entries: &[Entry]) -> Result<(), csv::Error> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record([
+        "seq", "at", "actor", "action", "tenant", "target", "from", "before", "after", "prev",
+        "hash",
+    ])?;
+    let text =
+        |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
+    for e in entries {
+        w.write_record([
+            e.seq.to_string(),
+            e.at.clone(),
+            e.what.actor.clone(),
+            e.what.action.clone(),
+            e.what.tenant.clone().unwrap_or_default(),
+            e.what.target.clone().unwrap_or_default(),
+            e.what.from.clone().unwrap_or_default(),
+            text(&e.what.before),
+            text(&e.what.after),
+            e.prev.clone(),
+            e.hash.clone(),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
 /// An open audit log, appending to its file.
 pub struct AuditLog {
     path: PathBuf,
@@ -195,6 +223,11 @@ impl AuditLog {
             path: path.to_owned(),
             state: Mutex::new((file, head, len)),
         })
+    }
+
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Appends an entry and syncs it to disk.

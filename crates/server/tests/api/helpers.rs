@@ -6,15 +6,21 @@ use std::time::Duration;
 
 use livora_log::{EventLog, LogOptions};
 use livora_model::Currency;
-use livora_server::{AppState, IngestOptions, LimitOptions};
+use livora_model::TenantId;
+use livora_server::{AppState, AuthOptions, IngestOptions, LimitOptions, Security};
 use livora_store::{KeyKind, MetadataStore, NewTenant, SqliteStore};
 use serde_json::Value;
+
+/// The access-token secret of test servers (tests forge tokens with it and with others).
+pub const TEST_JWT_SECRET: &[u8] = b"test-secret-test-secret-test-secret-0123";
 
 pub struct TestApp {
     pub url: String,
     pub write_key: String,
     pub secret_key: String,
     pub write_key_id: String,
+    pub tenant_id: TenantId,
+    pub data_dir: std::path::PathBuf,
     pub store: Arc<dyn MetadataStore>,
     pub log: EventLog,
     pub http: reqwest::Client,
@@ -43,6 +49,16 @@ pub async fn spawn_app_limited(
     dir: &Path,
     ingest: IngestOptions,
     limits: &LimitOptions,
+) -> TestApp {
+    spawn_app_full(dir, ingest, limits, AuthOptions::default()).await
+}
+
+/// [`spawn_app_limited`], with the given staff authentication settings.
+pub async fn spawn_app_full(
+    dir: &Path,
+    ingest: IngestOptions,
+    limits: &LimitOptions,
+    auth: AuthOptions,
 ) -> TestApp {
     let store: Arc<dyn MetadataStore> = Arc::new(
         SqliteStore::open(&dir.join("livora.db"))
@@ -79,6 +95,13 @@ pub async fn spawn_app_limited(
         ingest,
         limits,
         Some(livora_columnar::ColumnStore::new()),
+        Security {
+            auth,
+            jwt_secret: TEST_JWT_SECRET.to_vec(),
+            audit: Arc::new(
+                livora_store::audit::AuditLog::open(&dir.join("audit.jsonl")).expect("audit log"),
+            ),
+        },
     )
     .expect("state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -94,6 +117,8 @@ pub async fn spawn_app_limited(
         write_key: write.secret,
         secret_key: secret.secret,
         write_key_id: write.key.id,
+        tenant_id: tenant.id,
+        data_dir: dir.to_owned(),
         store,
         log,
         http: reqwest::Client::new(),

@@ -499,9 +499,9 @@ async fn keys_are_checked_revocation_takes_effect_and_kinds_are_not_interchangea
     assert_eq!(
         decode(resp).await,
         (
-            401,
+            403,
             decode_json(
-                r#"{"code":"unauthorized","message":"a write key cannot read data; use a secret key"}"#
+                r#"{"code":"forbidden","message":"this needs the `pii.view` permission","permission":"pii.view"}"#
             )
         )
     );

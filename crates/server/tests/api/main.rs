@@ -1,5 +1,6 @@
 //! End-to-end tests of the HTTP API over real sockets (`spawn_app` on port 0).
 
+mod access;
 mod helpers;
 mod ingest;
 mod limits;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use livora_server::{Auth, ROUTES};
+use livora_server::{Need, ROUTES};
 use serde_json::Value;
 
 use crate::helpers::{decode, spawn_app};
@@ -24,18 +24,20 @@ fn openapi_documents_exactly_the_routes() {
         .map(|(m, p, _)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(documented, declared);
-    // The documented security matches the declared auth.
-    for (method, path, auth) in ROUTES {
+    // The documented security and permission match the declared need.
+    for (method, path, need) in ROUTES {
         let op = &doc["paths"][path][method.to_lowercase()];
         let scheme = op["security"][0]
             .as_object()
             .and_then(|s| s.keys().next().cloned());
-        let expected = match auth {
-            Auth::None => None,
-            Auth::WriteKey => Some("writeKeyBasic".to_owned()),
-            Auth::SecretKey => Some("secretKeyBearer".to_owned()),
+        let (expected, permission) = match need {
+            Need::Public | Need::Login => (None, None),
+            Need::WriteKey => (Some("writeKeyBasic".to_owned()), Some("events.ingest")),
+            Need::Authenticated => (Some("bearer".to_owned()), None),
+            Need::Permission(p) => (Some("bearer".to_owned()), Some(p.as_str())),
         };
         assert_eq!(scheme, expected, "{method} {path}");
+        assert_eq!(op["x-permission"].as_str(), permission, "{method} {path}");
     }
 }
 
@@ -43,10 +45,12 @@ fn openapi_documents_exactly_the_routes() {
 async fn every_route_answers_and_refuses_without_credentials() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = spawn_app(dir.path()).await;
-    for (method, path, auth) in ROUTES {
+    for (method, path, need) in ROUTES {
         let url = format!("{}{path}", app.url);
         let req = match *method {
             "GET" => app.http.get(&url),
+            "PATCH" => app.http.patch(&url).body("{}"),
+            "DELETE" => app.http.delete(&url),
             _ if path.ends_with("batch") || path.ends_with("import") => app
                 .http
                 .post(&url)
@@ -59,8 +63,10 @@ async fn every_route_answers_and_refuses_without_credentials() {
         let resp = req.send().await.expect("request");
         assert!(resp.headers().contains_key("x-request-id"), "{path}");
         let (status, body) = decode(resp).await;
-        match auth {
-            Auth::None => assert_eq!(status, 200, "{path}: {body}"),
+        match need {
+            Need::Public => assert_eq!(status, 200, "{path}: {body}"),
+            // Sign-in routes answer a body they cannot use with 400 or 401.
+            Need::Login => assert!([400, 401].contains(&status), "{path}: {body}"),
             _ => assert_eq!(status, 401, "{method} {path} without a key: {body}"),
         }
     }

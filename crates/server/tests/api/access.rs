@@ -1,0 +1,752 @@
+//! Access control over real HTTP: every route × every kind of caller gets the documented
+//! answer; forged, expired and foreign tokens are refused; sessions rotate, end and lock.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use livora_model::{Currency, TenantId};
+use livora_server::{AuthOptions, IngestOptions, LimitOptions, Need, ROUTES};
+use livora_store::accounts::{self, TokenPurpose};
+use livora_store::{MetadataStore, NewTenant, Permission, Role, Scope};
+use serde_json::{Value, json};
+
+use crate::helpers::{TEST_JWT_SECRET, TestApp, decode, spawn_app_full};
+
+async fn spawn(dir: &std::path::Path, auth: AuthOptions, login_per_minute: u32) -> TestApp {
+    spawn_app_full(
+        dir,
+        IngestOptions {
+            key_cache_ttl_secs: 0,
+            ..IngestOptions::default()
+        },
+        &LimitOptions {
+            login_per_ip_per_minute: login_per_minute,
+            ..LimitOptions::default()
+        },
+        auth,
+    )
+    .await
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A user with `role` in `tenant` and a password, made directly in the store.
+async fn member(store: &dyn MetadataStore, tenant: TenantId, email: &str, role: Role) -> String {
+    let user = match store.credentials(email).await.expect("lookup") {
+        Some(c) => c.user,
+        None => store.create_user(email, "Test").await.expect("user"),
+    };
+    let hash = accounts::hash_password(PASSWORD).expect("hash");
+    store.set_password_hash(&user.id, &hash).await.expect("pw");
+    store.set_role(tenant, &user.id, role).await.expect("role");
+    user.id
+}
+
+async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("{}{path}", app.url);
+    let mut req = match method {
+        "GET" => app.http.get(&url),
+        "POST" => app.http.post(&url),
+        "PATCH" => app.http.patch(&url),
+        "DELETE" => app.http.delete(&url),
+        other => panic!("method {other}"),
+    };
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    decode(req.send().await.expect("request")).await
+}
+
+async fn login(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+    tenant: Option<TenantId>,
+) -> (u16, Value) {
+    let mut body = json!({"email": email, "password": password});
+    if let Some(t) = tenant {
+        body["tenant_id"] = json!(t.to_string());
+    }
+    send(app, "POST", "/api/v1/auth/login", None, Some(body)).await
+}
+
+async fn token(app: &TestApp, email: &str, tenant: Option<TenantId>) -> String {
+    let (status, body) = login(app, email, PASSWORD, tenant).await;
+    assert_eq!(status, 200, "{email}: {body}");
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+/// A request each route accepts from an allowed caller; `n` keeps created things distinct.
+fn sample(method: &str, path: &str, n: usize, victims: &Victims) -> (String, Option<Value>) {
+    let p = path
+        .replace("{user_id}", &victims.user_id)
+        .replace("{key_id}", &victims.key_id);
+    let body = match (method, path) {
+        ("POST", "/api/v1/query") => Some(json!({
+            "kind": "trends", "event": {"event": "Order Completed"}, "interval": "day", "metric": {"kind": "count"},
+            "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"
+        })),
+        ("POST", "/api/v1/members") => {
+            Some(json!({"email": format!("new{n}@example.com"), "role": "viewer"}))
+        }
+        ("PATCH", _) => Some(json!({"role": "viewer"})),
+        ("POST", "/api/v1/keys") => Some(json!({"scopes": ["read"]})),
+        ("POST", p) if p.starts_with("/v1/") => Some(json!({
+            "batch": [{"type": "track", "event": "x", "userId": "u"}],
+            "event": "x", "userId": "u", "groupId": "g", "previousId": "p"
+        })),
+        _ => None,
+    };
+    (p, body)
+}
+
+struct Victims {
+    user_id: String,
+    key_id: String,
+}
+
+#[tokio::test]
+async fn every_route_answers_every_caller_as_documented() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn(dir.path(), AuthOptions::default(), 10_000).await;
+    let store = app.store.clone();
+    let a = app.tenant_id;
+    let b = store
+        .create_tenant(NewTenant {
+            name: "Other".into(),
+            time_zone: "UTC".into(),
+            currency: Currency::parse("EUR").expect("eur"),
+        })
+        .await
+        .expect("tenant")
+        .id;
+    // Something of tenant A's that no caller of tenant B may see.
+    let marker = "tenant-a-marker-7f3e";
+    let (status, _) = app
+        .post(
+            "/v1/track",
+            json!({"event": marker, "userId": "ua"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let mut callers: Vec<(String, Option<String>, Option<Role>, Vec<Scope>)> = Vec::new();
+    for role in Role::ALL {
+        let email = format!("{}@a.example.com", role.as_str());
+        member(store.as_ref(), a, &email, role).await;
+        callers.push((
+            format!("role {role:?}"),
+            Some(token(&app, &email, Some(a)).await),
+            Some(role),
+            vec![],
+        ));
+    }
+    for scopes in [vec![Scope::Ingest], vec![Scope::Read], vec![Scope::Admin]] {
+        let key = store.create_key_scoped(a, &scopes).await.expect("key");
+        callers.push((format!("key {scopes:?}"), Some(key.secret), None, scopes));
+    }
+    // Tenant B's owner and admin key: authenticated, but for another tenant.
+    member(store.as_ref(), b, "owner@b.example.com", Role::Owner).await;
+    let b_owner = token(&app, "owner@b.example.com", Some(b)).await;
+    let b_key = store
+        .create_key_scoped(b, &[Scope::Read, Scope::Admin])
+        .await
+        .expect("key")
+        .secret;
+
+    let victims = Victims {
+        user_id: member(store.as_ref(), a, "victim@a.example.com", Role::Viewer).await,
+        key_id: store
+            .create_key_scoped(a, &[Scope::Read])
+            .await
+            .expect("key")
+            .key
+            .id,
+    };
+    let mut n = 0;
+    // Sign-out last: it ends the sessions the other requests use.
+    let mut routes: Vec<_> = ROUTES.to_vec();
+    routes.sort_by_key(|(_, p, _)| p.ends_with("/logout"));
+    for (method, path, need) in routes {
+        if matches!(need, Need::Public | Need::Login) {
+            continue;
+        }
+        // No credentials.
+        n += 1;
+        let (p, body) = sample(method, path, n, &victims);
+        let (status, answer) = send(&app, method, &p, None, body).await;
+        assert_eq!(status, 401, "{method} {path} without credentials: {answer}");
+        // Every role and key scope of tenant A.
+        for (who, bearer, role, scopes) in &callers {
+            n += 1;
+            let (p, body) = sample(method, path, n, &victims);
+            let (status, answer) = send(&app, method, &p, bearer.as_deref(), body).await;
+            let allowed = match need {
+                Need::WriteKey => false, // a bearer token is not a write key
+                Need::Authenticated => true,
+                Need::Permission(perm) => match role {
+                    Some(r) => r.allows(perm),
+                    None => scopes.iter().any(|s| s.allows(perm)),
+                },
+                Need::Public | Need::Login => unreachable!(),
+            };
+            let expected_denial = if need == Need::WriteKey { 401 } else { 403 };
+            if allowed {
+                let ok = (200..300).contains(&status)
+                    // The victim was deleted by an earlier allowed caller.
+                    || (status == 404 && path.contains('{'))
+                    // Keys have no session to end.
+                    || (status == 400 && path.ends_with("/logout") && role.is_none());
+                assert!(ok, "{who} on {method} {path}: {status} {answer}");
+            } else {
+                assert_eq!(
+                    status, expected_denial,
+                    "{who} on {method} {path}: {answer}"
+                );
+                if status == 403 {
+                    assert_eq!(answer["code"], "forbidden");
+                    assert!(answer["permission"].is_string());
+                }
+            }
+        }
+        // Tenant B's callers never see or change tenant A's things.
+        let b_callers = [
+            (&b_owner, Some(Role::Owner), vec![]),
+            (&b_key, None, vec![Scope::Read, Scope::Admin]),
+        ];
+        for (bearer, role, scopes) in b_callers {
+            n += 1;
+            let (p, body) = sample(method, path, n, &victims);
+            let (status, answer) = send(&app, method, &p, Some(bearer), body).await;
+            let text = answer.to_string();
+            assert!(
+                !text.contains(marker)
+                    && !text.contains("@a.example.com")
+                    && !text.contains(&a.to_string()),
+                "tenant B saw tenant A's data on {method} {path}: {text}"
+            );
+            let allowed = match need {
+                Need::Permission(perm) => match role {
+                    Some(r) => r.allows(perm),
+                    None => scopes.iter().any(|s: &Scope| s.allows(perm)),
+                },
+                _ => false,
+            };
+            if path.contains('{') && allowed {
+                assert_eq!(status, 404, "{method} {path} across tenants: {answer}");
+            }
+        }
+    }
+    // The cross-tenant attempts left A's victims alone (only A's callers touched them).
+    let members = store.members(b).await.expect("members");
+    assert!(members.iter().all(|m| m.user.id != victims.user_id));
+    app.stop().await;
+}
+
+fn forge(claims: &Value, secret: &[u8], alg: jsonwebtoken::Algorithm) -> String {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret).expect("key"),
+    )
+    .expect("sign")
+}
+
+fn b64(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test]
+async fn tampered_expired_and_foreign_tokens_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn(dir.path(), AuthOptions::default(), 10_000).await;
+    let store = app.store.clone();
+    let a = app.tenant_id;
+    member(store.as_ref(), a, "viewer@example.com", Role::Viewer).await;
+    let (_, session) = login(&app, "viewer@example.com", PASSWORD, None).await;
+    let good = session["access_token"].as_str().expect("token").to_owned();
+    let (status, me) = send(&app, "GET", "/api/v1/me", Some(&good), None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["principal"]["role"], "viewer");
+    let parts: Vec<&str> = good.split('.').collect();
+    let claims: Value = {
+        use base64::Engine;
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[1])
+                .expect("b64"),
+        )
+        .expect("claims")
+    };
+    let now = Utc::now().timestamp();
+    let other = store
+        .create_tenant(NewTenant {
+            name: "Elsewhere".into(),
+            time_zone: "UTC".into(),
+            currency: Currency::parse("USD").expect("usd"),
+        })
+        .await
+        .expect("tenant")
+        .id;
+    let mut expired = claims.clone();
+    expired["iat"] = json!(now - 7200);
+    expired["exp"] = json!(now - 3600);
+    let mut foreign = claims.clone();
+    foreign["ten"] = json!(other.to_string());
+    let mut stranger = claims.clone();
+    stranger["sub"] = json!("usr_someone_else");
+    let mut issuer = claims.clone();
+    issuer["iss"] = json!("evil");
+    let cases = [
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                parts[1]
+            ),
+        ),
+        (
+            "wrong key",
+            forge(
+                &claims,
+                b"another-secret-another-secret-0123456",
+                jsonwebtoken::Algorithm::HS256,
+            ),
+        ),
+        (
+            "other algorithm",
+            forge(&claims, TEST_JWT_SECRET, jsonwebtoken::Algorithm::HS512),
+        ),
+        (
+            "payload edited",
+            format!("{}.{}.{}", parts[0], b64(&foreign), parts[2]),
+        ),
+        (
+            "expired",
+            forge(&expired, TEST_JWT_SECRET, jsonwebtoken::Algorithm::HS256),
+        ),
+        (
+            "tenant not the user's",
+            forge(&foreign, TEST_JWT_SECRET, jsonwebtoken::Algorithm::HS256),
+        ),
+        (
+            "session not the user's",
+            forge(&stranger, TEST_JWT_SECRET, jsonwebtoken::Algorithm::HS256),
+        ),
+        (
+            "wrong issuer",
+            forge(&issuer, TEST_JWT_SECRET, jsonwebtoken::Algorithm::HS256),
+        ),
+        ("garbage", "not.a.jwt".to_owned()),
+    ];
+    for (what, token) in cases {
+        let (status, body) = send(&app, "GET", "/api/v1/me", Some(&token), None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("invalid_token")),
+            "{what}: {body}"
+        );
+    }
+    // A role change takes effect on the next request, whatever the token says.
+    let user_id = session["user"]["id"].as_str().expect("id").to_owned();
+    store
+        .set_role(a, &user_id, Role::Admin)
+        .await
+        .expect("role");
+    let (_, me) = send(&app, "GET", "/api/v1/me", Some(&good), None).await;
+    assert_eq!(me["principal"]["role"], "admin");
+    // Removal from the tenant ends the token's use.
+    store.remove_member(a, &user_id).await.expect("remove");
+    let (status, body) = send(&app, "GET", "/api/v1/me", Some(&good), None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_token")),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_rotate_refresh_tokens_end_on_logout_and_detect_reuse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn(dir.path(), AuthOptions::default(), 10_000).await;
+    let store = app.store.clone();
+    member(store.as_ref(), app.tenant_id, "ops@example.com", Role::Ops).await;
+    let (_, first) = login(&app, "ops@example.com", PASSWORD, None).await;
+    let r1 = first["refresh_token"].as_str().expect("r").to_owned();
+    let refresh = |t: &str| json!({"refresh_token": t});
+    let (status, second) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/refresh",
+        None,
+        Some(refresh(&r1)),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    let r2 = second["refresh_token"].as_str().expect("r").to_owned();
+    assert_ne!(r1, r2);
+    let access = second["access_token"].as_str().expect("a").to_owned();
+    assert_eq!(
+        send(&app, "GET", "/api/v1/me", Some(&access), None).await.0,
+        200
+    );
+    // The first token again: it was copied, so the whole session ends.
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/refresh",
+        None,
+        Some(refresh(&r1)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_token")),
+        "{body}"
+    );
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/refresh",
+        None,
+        Some(refresh(&r2)),
+    )
+    .await;
+    assert_eq!(status, 401, "the session is revoked");
+    let (status, _) = send(&app, "GET", "/api/v1/me", Some(&access), None).await;
+    assert_eq!(status, 401, "its access tokens too");
+
+    // Sign-out ends the session at once.
+    let (_, s) = login(&app, "ops@example.com", PASSWORD, None).await;
+    let access = s["access_token"].as_str().expect("a").to_owned();
+    let (status, _) = send(&app, "POST", "/api/v1/auth/logout", Some(&access), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        send(&app, "GET", "/api/v1/me", Some(&access), None).await.0,
+        401
+    );
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/refresh",
+        None,
+        Some(refresh(s["refresh_token"].as_str().expect("r"))),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let log = std::fs::read_to_string(app.data_dir.join("audit.jsonl")).expect("audit");
+    for action in ["auth.login", "auth.refresh_reused", "auth.logout"] {
+        assert!(
+            log.contains(&format!("\"action\":\"{action}\"")),
+            "{action} not audited"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_account_with_backoff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = AuthOptions {
+        lockout_after: 3,
+        lockout_base_secs: 1,
+        ..AuthOptions::default()
+    };
+    let app = spawn(dir.path(), auth, 10_000).await;
+    member(
+        app.store.as_ref(),
+        app.tenant_id,
+        "sales@example.com",
+        Role::Sales,
+    )
+    .await;
+    // An unknown account and a wrong password look the same.
+    let (status, unknown) = login(&app, "nobody@example.com", PASSWORD, None).await;
+    assert_eq!(status, 401);
+    let (_, wrong) = login(&app, "sales@example.com", "wrong password!", None).await;
+    assert_eq!(unknown, wrong);
+    for _ in 0..2 {
+        let (status, body) = login(&app, "sales@example.com", "wrong password!", None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("invalid_credentials"))
+        );
+    }
+    // Locked: even the right password is refused, with Retry-After.
+    let resp = app
+        .http
+        .post(format!("{}/api/v1/auth/login", app.url))
+        .json(&json!({"email": "sales@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("request");
+    assert!(resp.headers().contains_key("retry-after"));
+    let (status, body) = decode(resp).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("account_locked")),
+        "{body}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // One more failure after the lock doubles it.
+    let (status, _) = login(&app, "sales@example.com", "wrong password!", None).await;
+    assert_eq!(status, 401);
+    let c = app
+        .store
+        .credentials("sales@example.com")
+        .await
+        .expect("c")
+        .expect("user");
+    let lock = (c.lock.locked_until.expect("locked") - Utc::now()).num_milliseconds();
+    assert!((1000..=2100).contains(&lock), "second lock {lock} ms");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn login_attempts_are_rate_limited_per_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn(dir.path(), AuthOptions::default(), 3).await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let (status, _) = login(
+            &app,
+            &format!("n{i}@example.com"),
+            "whatever-password",
+            None,
+        )
+        .await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    // Other APIs are not under the login limit.
+    let (status, _) = app.get_events("limit=1").await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn invitations_and_password_resets_work_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn(dir.path(), AuthOptions::default(), 10_000).await;
+    let store = app.store.clone();
+    member(
+        store.as_ref(),
+        app.tenant_id,
+        "owner@example.com",
+        Role::Owner,
+    )
+    .await;
+    let owner = token(&app, "owner@example.com", None).await;
+    member(
+        store.as_ref(),
+        app.tenant_id,
+        "admin@example.com",
+        Role::Admin,
+    )
+    .await;
+    let admin = token(&app, "admin@example.com", None).await;
+    // Admins cannot make owners; owners can.
+    let invite =
+        |role: &str| json!({"email": "New.Person@Example.com", "role": role, "name": "New"});
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&admin),
+        Some(invite("owner")),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, inv) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&admin),
+        Some(invite("marketer")),
+    )
+    .await;
+    assert_eq!(status, 201, "{inv}");
+    let token_text = inv["invitation_token"].as_str().expect("token").to_owned();
+    // Not yet a member, cannot sign in.
+    assert_eq!(
+        login(&app, "new.person@example.com", PASSWORD, None)
+            .await
+            .0,
+        401
+    );
+    let accept = |pw: &str| json!({"token": token_text, "password": pw});
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(accept("short")),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    let (status, joined) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(accept(PASSWORD)),
+    )
+    .await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["role"], "marketer");
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(accept(PASSWORD)),
+    )
+    .await;
+    assert_eq!(status, 401, "an invitation works once");
+    assert_eq!(
+        login(&app, "new.person@example.com", PASSWORD, None)
+            .await
+            .0,
+        200
+    );
+
+    // The last owner can be neither demoted nor removed.
+    let (_, members) = send(&app, "GET", "/api/v1/members", Some(&owner), None).await;
+    let ids: HashMap<String, String> = members["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["email"].as_str().expect("e").to_owned(),
+                m["id"].as_str().expect("id").to_owned(),
+            )
+        })
+        .collect();
+    let owner_id = &ids["owner@example.com"];
+    let (status, _) = send(
+        &app,
+        "PATCH",
+        &format!("/api/v1/members/{owner_id}"),
+        Some(&owner),
+        Some(json!({"role": "admin"})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = send(
+        &app,
+        "DELETE",
+        &format!("/api/v1/members/{owner_id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "admins cannot remove owners");
+
+    // A reset token sets a new password once and ends the old sessions.
+    let new_id = &ids["new.person@example.com"];
+    let (_, s) = login(&app, "new.person@example.com", PASSWORD, None).await;
+    let old_access = s["access_token"].as_str().expect("a").to_owned();
+    let reset = store
+        .create_token(
+            new_id,
+            TokenPurpose::Reset,
+            None,
+            Utc::now() + chrono::Duration::hours(1),
+        )
+        .await
+        .expect("token");
+    let body = json!({"token": reset, "password": "an even better password"});
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/reset-password",
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        send(
+            &app,
+            "POST",
+            "/api/v1/auth/reset-password",
+            None,
+            Some(body)
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        send(&app, "GET", "/api/v1/me", Some(&old_access), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        login(&app, "new.person@example.com", PASSWORD, None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        login(
+            &app,
+            "new.person@example.com",
+            "an even better password",
+            None
+        )
+        .await
+        .0,
+        200
+    );
+
+    // Every administrative action is in the tenant's audit export, JSON and CSV.
+    let (status, audit) = send(&app, "GET", "/api/v1/audit", Some(&owner), None).await;
+    assert_eq!(status, 200, "{audit}");
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["action"].as_str().expect("action"))
+        .collect();
+    for a in ["member.invite", "member.join", "auth.login"] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    assert_eq!(audit["chain"]["verified"], true);
+    let csv = app
+        .http
+        .get(format!("{}/api/v1/audit?format=csv", app.url))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .expect("csv");
+    assert_eq!(csv.status(), 200);
+    let text = csv.text().await.expect("text");
+    assert!(text.starts_with("seq,at,actor,action,tenant,target,from,before,after,prev,hash"));
+    assert!(text.contains("member.invite"));
+    // Reading raw events is a recorded PII view.
+    app.get_events("limit=1").await;
+    let log = std::fs::read_to_string(app.data_dir.join("audit.jsonl")).expect("audit");
+    assert!(log.contains("\"action\":\"pii.view\""));
+    assert!(Permission::ALL.len() >= 13);
+    app.stop().await;
+}

@@ -1,11 +1,13 @@
 //! `livora admin`: tenants, keys and log checks, run against the data directory.
 
 use anyhow::{Context, bail};
+use chrono::{Duration, Utc};
 use clap::Subcommand;
 use livora_log::EventLog;
 use livora_model::{Currency, TenantId};
+use livora_store::accounts::{Membership, TokenPurpose};
 use livora_store::audit::{self, AuditLog, NewEntry};
-use livora_store::{KeyKind, NewTenant};
+use livora_store::{KeyKind, MetadataStore, NewTenant, Role};
 use serde_json::json;
 
 use crate::config::Config;
@@ -21,6 +23,11 @@ pub enum AdminCommand {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Staff users: invitations, password resets, sessions.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// The event log (the server must be stopped).
     Log {
@@ -77,9 +84,12 @@ pub enum KeyCommand {
     Create {
         #[arg(long)]
         tenant: String,
-        /// `write` (ingest only) or `secret` (read APIs).
+        /// `write` (scope ingest) or `secret` (scope read unless `--scopes` says otherwise).
         #[arg(long)]
         kind: String,
+        /// Scopes of a secret key, comma-separated: `read`, `admin` or `read,admin`.
+        #[arg(long)]
+        scopes: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -92,6 +102,44 @@ pub enum KeyCommand {
     },
     /// Revoke a key by its id.
     Revoke { key_id: String },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Invite a person into a tenant with a role (creating the account if needed); prints
+    /// the invitation token, accepted with `POST /api/v1/auth/accept-invitation`.
+    Invite {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        tenant: String,
+        /// owner, admin, analyst, marketer, sales, ops or viewer.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a password reset token, used with `POST /api/v1/auth/reset-password`.
+    Reset {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List users with their roles (of one tenant with `--tenant`).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End every session of a user.
+    RevokeSessions {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,16 +297,32 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             });
         }
         AdminCommand::Key {
-            command: KeyCommand::Create { tenant, kind, json },
+            command:
+                KeyCommand::Create {
+                    tenant,
+                    kind,
+                    scopes,
+                    json,
+                },
         } => {
             let kind = KeyKind::parse(&kind)
                 .with_context(|| format!("{kind:?} is not a key kind: use write or secret"))?;
-            let key = store.create_key(tenant_id(&tenant)?, kind).await?;
+            let scopes = match (kind, scopes) {
+                (_, None) => None,
+                (KeyKind::Write, Some(_)) => bail!("a write key has the ingest scope only"),
+                (KeyKind::Secret, Some(s)) => {
+                    Some(livora_store::access::parse_scopes(&s).map_err(anyhow::Error::msg)?)
+                }
+            };
+            let key = match scopes {
+                Some(s) => store.create_key_scoped(tenant_id(&tenant)?, &s).await?,
+                None => store.create_key(tenant_id(&tenant)?, kind).await?,
+            };
             record(
                 "key.create",
                 Some(tenant.clone()),
                 Some(key.key.id.clone()),
-                Some(json!({"kind": key.key.kind.as_str()})),
+                Some(json!({"kind": key.key.kind.as_str(), "scopes": key.key.scopes})),
             )?;
             print(json, json!(key), || {
                 format!("key_id: {}\nsecret: {}", key.key.id, key.secret)
@@ -298,7 +362,135 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             )?;
             println!("revoked {key_id}");
         }
+        AdminCommand::User { command } => user(store.as_ref(), command, &record).await?,
         AdminCommand::Log { .. } | AdminCommand::Audit { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// How the admin commands append to the audit log.
+type Record<'a> = dyn Fn(
+        &str,
+        Option<String>,
+        Option<String>,
+        Option<serde_json::Value>,
+    ) -> Result<audit::Entry, audit::AuditError>
+    + 'a;
+
+async fn user(
+    store: &dyn MetadataStore,
+    command: UserCommand,
+    record: &Record<'_>,
+) -> anyhow::Result<()> {
+    let find = |email: String| async move {
+        store
+            .credentials(&email)
+            .await?
+            .map(|c| c.user)
+            .with_context(|| format!("no user with email {email}"))
+    };
+    match command {
+        UserCommand::Invite {
+            email,
+            tenant,
+            role,
+            name,
+            json,
+        } => {
+            let tenant = tenant_id(&tenant)?;
+            if store.tenant(tenant).await?.is_none() {
+                bail!("no tenant {tenant}");
+            }
+            let role = Role::parse(&role).with_context(|| {
+                format!("{role:?} is not a role: use owner, admin, analyst, marketer, sales, ops or viewer")
+            })?;
+            let user = match store.credentials(&email).await? {
+                Some(c) => c.user,
+                None => store.create_user(&email, &name).await?,
+            };
+            let expires_at = Utc::now() + Duration::hours(72);
+            let token = store
+                .create_token(
+                    &user.id,
+                    TokenPurpose::Invite,
+                    Some(Membership {
+                        tenant_id: tenant,
+                        role,
+                    }),
+                    expires_at,
+                )
+                .await?;
+            record(
+                "member.invite",
+                Some(tenant.to_string()),
+                Some(user.id.clone()),
+                Some(json!({"email": user.email, "role": role})),
+            )?;
+            print(
+                json,
+                json!({"user": user, "role": role, "invitation_token": token, "expires_at": expires_at}),
+                || {
+                    format!(
+                        "user_id:          {}\ninvitation_token: {token}\n(valid until {expires_at}; accept with POST /api/v1/auth/accept-invitation)",
+                        user.id
+                    )
+                },
+            );
+        }
+        UserCommand::Reset { email, json } => {
+            let user = find(email).await?;
+            let expires_at = Utc::now() + Duration::hours(2);
+            let token = store
+                .create_token(&user.id, TokenPurpose::Reset, None, expires_at)
+                .await?;
+            record("auth.reset_issued", None, Some(user.id.clone()), None)?;
+            print(
+                json,
+                json!({"user_id": user.id, "reset_token": token, "expires_at": expires_at}),
+                || {
+                    format!(
+                        "reset_token: {token}\n(valid until {expires_at}; use with POST /api/v1/auth/reset-password)"
+                    )
+                },
+            );
+        }
+        UserCommand::List { tenant, json } => {
+            let tenants = match tenant {
+                Some(t) => vec![tenant_id(&t)?],
+                None => store.tenants().await?.into_iter().map(|t| t.id).collect(),
+            };
+            let mut rows = Vec::new();
+            for t in tenants {
+                for m in store.members(t).await? {
+                    rows.push(json!({"tenant_id": t, "user": m.user, "role": m.role}));
+                }
+            }
+            print(json, json!(rows), || {
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "{}  {}  {}  {}",
+                            r["tenant_id"].as_str().unwrap_or(""),
+                            r["user"]["id"].as_str().unwrap_or(""),
+                            r["user"]["email"].as_str().unwrap_or(""),
+                            r["role"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        UserCommand::RevokeSessions { email } => {
+            let user = find(email).await?;
+            let n = store.revoke_user_sessions(&user.id).await?;
+            record(
+                "auth.sessions_revoked",
+                None,
+                Some(user.id.clone()),
+                Some(json!({"sessions": n})),
+            )?;
+            println!("revoked {n} sessions of {}", user.id);
+        }
     }
     Ok(())
 }

@@ -134,6 +134,97 @@ fn admin_actions_are_audited_in_a_hash_chain() {
     assert!(!admin(&["key", "revoke", &t.write_key_id]).status.success());
 }
 
+/// The first owner of a tenant is invited from the CLI, joins over HTTP and signs in; the
+/// server and the CLI append to one audit chain; a reset token from the CLI sets a new
+/// password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_owner_is_invited_from_the_cli_and_signs_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = create_tenant(dir.path());
+    let invite = admin_json(
+        dir.path(),
+        &[
+            "user",
+            "invite",
+            "--email",
+            "Boss@Example.com",
+            "--tenant",
+            &t.id,
+            "--role",
+            "owner",
+        ],
+    );
+    let token = invite["invitation_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let server = Server::start(dir.path());
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{}{path}", server.url))
+            .json(&body)
+            .send()
+    };
+    let resp = post(
+        "/api/v1/auth/accept-invitation",
+        json!({"token": token, "password": "a long enough secret"}),
+    )
+    .await
+    .expect("accept");
+    assert_eq!(resp.status().as_u16(), 200);
+    let session: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(session["role"], "owner");
+    assert_eq!(session["tenant_id"], t.id.as_str());
+    let access = session["access_token"].as_str().expect("access");
+    let me: serde_json::Value = http
+        .get(format!("{}/api/v1/me", server.url))
+        .bearer_auth(access)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["principal"]["email"], "boss@example.com");
+    // The CLI appends while the server runs: one chain.
+    let reset = admin_json(
+        dir.path(),
+        &["user", "reset", "--email", "boss@example.com"],
+    );
+    let resp = post(
+        "/api/v1/auth/reset-password",
+        json!({"token": reset["reset_token"], "password": "another long secret"}),
+    )
+    .await
+    .expect("reset");
+    assert_eq!(resp.status().as_u16(), 204);
+    let resp = post(
+        "/api/v1/auth/login",
+        json!({"email": "boss@example.com", "password": "another long secret"}),
+    )
+    .await
+    .expect("login");
+    assert_eq!(resp.status().as_u16(), 200);
+    let users = admin_json(dir.path(), &["user", "list", "--tenant", &t.id]);
+    assert_eq!(users[0]["role"], "owner");
+    let head = admin_json(dir.path(), &["audit", "verify"]);
+    // tenant.create, 2 key.create, member.invite, member.join, auth.reset_issued,
+    // auth.password_reset, auth.login
+    assert_eq!(head["entries"], 8, "{head}");
+    let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).expect("audit");
+    assert!(!text.contains("a long enough secret") && !text.contains(&token));
+    let jwt_secret = dir.path().join("jwt.secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&jwt_secret)
+            .expect("secret")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_key_is_refused_by_a_running_server() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -109,6 +109,9 @@ fn sample(method: &str, path: &str, n: usize, victims: &Victims) -> (String, Opt
     (p, body)
 }
 
+/// A caller of the route table: name, bearer token, and its role or key scopes.
+type Caller = (String, Option<String>, Option<Role>, Vec<Scope>);
+
 struct Victims {
     user_id: String,
     key_id: String,
@@ -139,7 +142,7 @@ async fn every_route_answers_every_caller_as_documented() {
         .await;
     assert_eq!(status, 200);
 
-    let mut callers: Vec<(String, Option<String>, Option<Role>, Vec<Scope>)> = Vec::new();
+    let mut callers: Vec<Caller> = Vec::new();
     for role in Role::ALL {
         let email = format!("{}@a.example.com", role.as_str());
         member(store.as_ref(), a, &email, role).await;

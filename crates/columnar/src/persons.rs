@@ -113,6 +113,26 @@ impl Persons {
         Some((k.starts_with("u:"), k.get(2..).unwrap_or("")))
     }
 
+    /// Every identity (`u:<userId>` / `a:<anonymousId>`) merged into the person of `key`
+    /// (itself included); empty if the key was never seen. O(persons): for rare operations
+    /// (export, erasure), not queries.
+    pub fn identities(&self, key: &str) -> Vec<String> {
+        let Some(&id) = self.ids.get(key) else {
+            return Vec::new();
+        };
+        let root = |mut x: PersonId| {
+            while self.parent[x as usize] != x {
+                x = self.parent[x as usize];
+            }
+            x
+        };
+        let r = root(id);
+        (0..self.parent.len() as PersonId)
+            .filter(|&p| root(p) == r)
+            .map(|p| self.keys[p as usize].clone())
+            .collect()
+    }
+
     /// Looks up an id without creating it.
     pub fn get(&self, user: bool, id: &str) -> Option<PersonId> {
         self.ids.get(&key(user, id)).copied()
@@ -216,6 +236,11 @@ mod tests {
         assert_eq!(p.describe(x), Some((true, "same")));
         assert_eq!(p.describe(y), Some((false, "same")));
         assert_eq!(p.resolve(None, None), None);
+        let mut ids = p.identities("u:u1");
+        ids.sort();
+        assert_eq!(ids, ["a:a1", "a:a2", "u:u1"]);
+        assert_eq!(p.identities("u:same"), ["u:same"]);
+        assert!(p.identities("u:never").is_empty());
     }
 
     proptest! {

@@ -6,11 +6,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use livora_log::LogOptions;
 use livora_server::{AuthOptions, IngestOptions, LimitOptions};
+use livora_store::crypto::{self, Kms, LocalKms, PiiFields};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -22,8 +24,38 @@ pub struct Config {
     pub ingest: IngestOptions,
     pub limits: LimitOptions,
     pub auth: AuthOptions,
+    pub privacy: PrivacyConfig,
     pub log: LogConfig,
     pub analytics: AnalyticsConfig,
+}
+
+/// Encryption at rest of personal data (`[privacy]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Encrypt personal fields (email, phone, name, address, IP, `pii_traits`) before they
+    /// are written anywhere.
+    pub encryption: bool,
+    /// A file holding the 32-byte master key (base64 or hex). `LIVORA_MASTER_KEY` wins over
+    /// it. With neither, `<data_dir>/master.key` is created: crypto-shredding works, but a
+    /// leaked data directory then holds its own key; keep the master key elsewhere.
+    pub master_key_file: Option<PathBuf>,
+    /// Files of previous master keys, still accepted for unwrapping during a rotation
+    /// (`LIVORA_MASTER_KEY_PREVIOUS`, comma-separated keys, adds to them).
+    pub previous_master_key_files: Vec<PathBuf>,
+    /// Trait names that hold personal data, besides the built-in ones.
+    pub pii_traits: Vec<String>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            encryption: true,
+            master_key_file: None,
+            previous_master_key_files: Vec::new(),
+            pii_traits: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +96,7 @@ impl Default for Config {
             ingest: IngestOptions::default(),
             limits: LimitOptions::default(),
             auth: AuthOptions::default(),
+            privacy: PrivacyConfig::default(),
             log: LogConfig::default(),
             analytics: AnalyticsConfig::default(),
         }
@@ -190,28 +223,81 @@ impl Config {
             }
             return Ok(s.as_bytes().to_vec());
         }
-        let path = self.data_dir.join("jwt.secret");
-        match std::fs::read_to_string(&path) {
-            Ok(text) if text.trim().len() >= 32 => return Ok(text.trim().as_bytes().to_vec()),
-            Ok(_) => anyhow::bail!("{} holds fewer than 32 bytes", path.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        let text = secret_file(&self.data_dir.join("jwt.secret"), || {
+            let mut bytes = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        })?;
+        if text.len() < 32 {
+            bail!("the JWT secret file holds fewer than 32 bytes");
         }
-        let mut bytes = [0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::create_dir_all(&self.data_dir)?;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.sync_all()?;
         Ok(text.into_bytes())
     }
+
+    /// The master key service and personal fields, or `None` with encryption off.
+    pub fn encryption(
+        &self,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<Option<(Arc<dyn Kms>, PiiFields)>> {
+        if !self.privacy.encryption {
+            return Ok(None);
+        }
+        let decode = |text: &str, what: &str| {
+            crypto::decode_key(text).with_context(|| format!("{what}: not a 32-byte key"))
+        };
+        let current = match (env.get("LIVORA_MASTER_KEY"), &self.privacy.master_key_file) {
+            (Some(k), _) => decode(k, "LIVORA_MASTER_KEY")?,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                decode(&text, &path.display().to_string())?
+            }
+            (None, None) => {
+                let path = self.data_dir.join("master.key");
+                let text = secret_file(&path, crypto::generate_key_text)?;
+                decode(&text, &path.display().to_string())?
+            }
+        };
+        let mut previous = Vec::new();
+        for path in &self.privacy.previous_master_key_files {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            previous.push(decode(&text, &path.display().to_string())?);
+        }
+        if let Some(list) = env.get("LIVORA_MASTER_KEY_PREVIOUS") {
+            for k in list.split(',').filter(|k| !k.trim().is_empty()) {
+                previous.push(decode(k, "LIVORA_MASTER_KEY_PREVIOUS")?);
+            }
+        }
+        let kms = LocalKms::new(&current, &previous).map_err(anyhow::Error::msg)?;
+        Ok(Some((
+            Arc::new(kms),
+            PiiFields::with_traits(&self.privacy.pii_traits),
+        )))
+    }
+}
+
+/// The trimmed text of a secret file, created by `generate` with mode 0600 if missing.
+fn secret_file(path: &Path, generate: impl FnOnce() -> String) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => return Ok(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = generate();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    f.sync_all()?;
+    Ok(text)
 }
 
 fn read_table(path: &Path) -> anyhow::Result<toml::Table> {

@@ -209,6 +209,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         auth: config.auth.clone(),
         jwt_secret: config.jwt_secret(&env)?,
         audit: Arc::new(audit),
+        encryption: config.encryption(&env)?,
     };
     let state = AppState::new(
         log,

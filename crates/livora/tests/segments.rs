@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, create_tenant, free_port, repo_root};
+use common::{BIN, Server, create_tenant, free_port, repo_root, wait_sealed};
 use serde_json::{Value, json};
 
 fn test_deps() -> PathBuf {
@@ -85,27 +85,6 @@ async fn query(http: &reqwest::Client, url: &str, secret: &str, body: &Value) ->
     let v: Value = resp.json().await.expect("query JSON");
     assert_eq!(status, 200, "{v}");
     v
-}
-
-/// Waits until `manifest` (a file) says every one of `events` log records is sealed.
-fn wait_sealed(manifest: &Path, events: u64, server_log: &Path) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(bytes) = std::fs::read(manifest)
-            && let Ok(m) = serde_json::from_slice::<Value>(&bytes)
-            && m["offset"].as_u64() >= Some(events)
-        {
-            return m;
-        }
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(server_log).unwrap_or_default();
-            panic!(
-                "{} never sealed {events} events; server log:\n{log}",
-                manifest.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The answer without the fields that say when it was computed.

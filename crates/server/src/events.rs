@@ -186,7 +186,12 @@ pub async fn list(
         "events": found.len(),
     }));
     state.audit(entry).await?;
-    let events = found.into_iter().map(|(_, e)| e).collect();
+    let events = crate::privacy::reveal(
+        &state,
+        principal.tenant,
+        found.into_iter().map(|(_, e)| e).collect(),
+    )
+    .await?;
     Ok(Json(Page {
         events,
         next_cursor,

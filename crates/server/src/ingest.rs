@@ -199,26 +199,36 @@ async fn store(
     // Batch-level context is copied into every item: check the size of what is stored, so a
     // small request cannot make huge events.
     let max_stored = state.ingest.max_event_bytes + NORMALISATION_ALLOWANCE;
+    let mut events = Vec::with_capacity(total);
+    let mut indices = Vec::with_capacity(total);
     for (index, item) in items.into_iter().enumerate() {
         match item.and_then(|m| ingest::normalise(m, kind, env)) {
             Ok(event) => {
-                let r = record(tenant, &event)?;
-                if r.payload.len() > max_stored {
-                    return Err(ApiError::new(
-                        Code::EventTooLarge,
-                        format!(
-                            "item {index} is {} bytes once the batch context is merged in; the limit is {} bytes per event",
-                            r.payload.len(),
-                            state.ingest.max_event_bytes
-                        ),
-                    )
-                    .with("index", index)
-                    .with("limit_bytes", state.ingest.max_event_bytes));
-                }
-                records.push(r);
+                events.push(event);
+                indices.push(index);
             }
             Err(e) => errors.push((index, e)),
         }
+    }
+    // Personal fields are encrypted before anything is written.
+    if let Some(p) = &state.protection {
+        crate::privacy::protect(p, tenant, &mut events).await?;
+    }
+    for (index, event) in indices.into_iter().zip(events) {
+        let r = record(tenant, &event)?;
+        if r.payload.len() > max_stored {
+            return Err(ApiError::new(
+                Code::EventTooLarge,
+                format!(
+                    "item {index} is {} bytes once the batch context is merged in; the limit is {} bytes per event",
+                    r.payload.len(),
+                    state.ingest.max_event_bytes
+                ),
+            )
+            .with("index", index)
+            .with("limit_bytes", state.ingest.max_event_bytes));
+        }
+        records.push(r);
     }
     for (_, e) in &errors {
         metrics::counter!("livora_events_rejected_total", "reason" => e.code.as_str()).increment(1);

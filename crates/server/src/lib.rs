@@ -20,6 +20,7 @@ mod events;
 mod ingest;
 pub mod limits;
 pub mod ops;
+pub mod privacy;
 mod query;
 pub mod staff;
 
@@ -93,6 +94,12 @@ pub struct Security {
     /// The HS256 secret of access tokens (at least 32 bytes).
     pub jwt_secret: Vec<u8>,
     pub audit: Arc<AuditLog>,
+    /// The master key service and the personal fields to encrypt; `None` turns encryption
+    /// at rest off.
+    pub encryption: Option<(
+        Arc<dyn livora_store::crypto::Kms>,
+        livora_store::crypto::PiiFields,
+    )>,
 }
 
 /// Why a server's state cannot be built.
@@ -120,6 +127,8 @@ pub struct AppState {
     pub sessions: access::SessionCache,
     /// The hash-chained audit log (shared with `livora admin`).
     pub audit: Arc<AuditLog>,
+    /// Encryption at rest of personal fields; `None` when `[privacy] encryption = false`.
+    pub protection: Option<privacy::Protection>,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
 }
@@ -141,6 +150,12 @@ impl AppState {
             auth: security.auth,
             sessions: access::SessionCache::new(ttl),
             audit: security.audit,
+            protection: security
+                .encryption
+                .map(|(kms, fields)| privacy::Protection {
+                    keyring: livora_store::crypto::Keyring::new(store.clone(), kms),
+                    fields,
+                }),
             keys: KeyCache::new(store.clone(), ttl),
             store,
             ingest,
@@ -196,6 +211,26 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         Need::Permission(P::ManageKeys),
     ),
     ("GET", "/api/v1/audit", Need::Permission(P::ReadAudit)),
+    (
+        "GET",
+        "/api/v1/people/{id}/export",
+        Need::Permission(P::ExportData),
+    ),
+    (
+        "DELETE",
+        "/api/v1/people/{id}",
+        Need::Permission(P::ErasePerson),
+    ),
+    (
+        "GET",
+        "/api/v1/people/{id}/consents",
+        Need::Permission(P::ViewPii),
+    ),
+    (
+        "POST",
+        "/api/v1/people/{id}/consents",
+        Need::Permission(P::ManageConsent),
+    ),
     ("GET", "/healthz", Need::Public),
     ("GET", "/readyz", Need::Public),
     ("GET", "/metrics", Need::Public),
@@ -232,6 +267,10 @@ fn handler(method: &str, path: &str) -> Handler {
         ("POST", "/api/v1/keys") => post(staff::create_key),
         ("DELETE", "/api/v1/keys/{key_id}") => delete(staff::revoke_key),
         ("GET", "/api/v1/audit") => get(staff::audit_log),
+        ("GET", "/api/v1/people/{id}/export") => get(privacy::export),
+        ("DELETE", "/api/v1/people/{id}") => delete(privacy::erase),
+        ("GET", "/api/v1/people/{id}/consents") => get(privacy::consents),
+        ("POST", "/api/v1/people/{id}/consents") => post(privacy::record_consent),
         ("GET", "/healthz") => get(ops::healthz),
         ("GET", "/readyz") => get(ops::readyz),
         ("GET", "/metrics") => get(ops::metrics),

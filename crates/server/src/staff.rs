@@ -34,7 +34,10 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub String);
 
-async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+pub(crate) async fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
     crate::body::check_content_type(headers)?;
     let bytes = crate::body::read(headers, body, MAX_BODY_BYTES).await?;
     if bytes.is_empty() {

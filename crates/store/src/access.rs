@@ -74,10 +74,13 @@ pub enum Permission {
     /// Tenant settings and granting ownership.
     #[serde(rename = "tenant.manage")]
     ManageTenant,
+    /// Record a person's consent answers.
+    #[serde(rename = "consent.manage")]
+    ManageConsent,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 14] = [
         Self::Ingest,
         Self::ReadAnalytics,
         Self::ViewPii,
@@ -91,6 +94,7 @@ impl Permission {
         Self::ErasePerson,
         Self::ReadAudit,
         Self::ManageTenant,
+        Self::ManageConsent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,6 +112,7 @@ impl Permission {
             Self::ErasePerson => "person.erase",
             Self::ReadAudit => "audit.read",
             Self::ManageTenant => "tenant.manage",
+            Self::ManageConsent => "consent.manage",
         }
     }
 }
@@ -153,11 +158,16 @@ impl Role {
                     | P::EditSegments
                     | P::EditWorkflows
                     | P::EnableWorkflows
+                    | P::ManageConsent
             ),
             Self::Sales => matches!(p, P::ReadAnalytics | P::ViewPii),
             Self::Ops => matches!(
                 p,
-                P::ReadAnalytics | P::ViewPii | P::EnableWorkflows | P::ManageChannels
+                P::ReadAnalytics
+                    | P::ViewPii
+                    | P::EnableWorkflows
+                    | P::ManageChannels
+                    | P::ManageConsent
             ),
             Self::Viewer => p == P::ReadAnalytics,
         }

@@ -9,10 +9,13 @@
 pub mod access;
 pub mod accounts;
 pub mod audit;
+pub mod crypto;
 mod error;
 pub mod keys;
+pub mod privacy;
 mod sqlite;
 mod sqlite_accounts;
+mod sqlite_privacy;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -23,6 +26,7 @@ pub use access::{Permission, Role, Scope};
 pub use accounts::AccountStore;
 pub use error::Error;
 pub use keys::{KeyKind, NewKey};
+pub use privacy::{Consent, PrivacyStore};
 pub use sqlite::SqliteStore;
 
 /// A tenant (workspace).
@@ -65,7 +69,7 @@ pub struct NewTenant {
 /// - Every method is scoped: nothing returns rows of a tenant other than the one asked for.
 /// - [`MetadataStore::find_key`] returns only keys that are not revoked.
 #[async_trait]
-pub trait MetadataStore: AccountStore {
+pub trait MetadataStore: AccountStore + PrivacyStore {
     async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error>;
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, Error>;
     async fn tenants(&self) -> Result<Vec<Tenant>, Error>;

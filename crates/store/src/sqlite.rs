@@ -84,6 +84,33 @@ CREATE TABLE refresh_tokens (
     used_at     TEXT
 );
 "#,
+    r#"
+CREATE TABLE tenant_keys (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    version     INTEGER NOT NULL,
+    wrapped     BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, version)
+);
+CREATE TABLE subject_keys (
+    tenant_id   TEXT NOT NULL,
+    kid         TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    wrapped     BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, kid)
+);
+CREATE TABLE consents (
+    tenant_id    TEXT NOT NULL REFERENCES tenants(id),
+    subject      TEXT NOT NULL,
+    purpose      TEXT NOT NULL,
+    granted      INTEGER NOT NULL,
+    source       TEXT NOT NULL,
+    recorded_at  TEXT NOT NULL,
+    recorded_by  TEXT NOT NULL
+);
+CREATE INDEX consents_subject ON consents(tenant_id, subject);
+"#,
 ];
 
 #[derive(Clone)]
@@ -100,6 +127,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deleted rows are overwritten, so an erased person's keys leave no trace.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -116,6 +145,15 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         Self::migrate(pool).await
+    }
+
+    /// Moves the WAL's pages into the database and truncates the WAL, so deleted rows (zeroed
+    /// by `secure_delete`) leave no copy in the WAL file.
+    pub(crate) async fn scrub(&self) -> Result<(), Error> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn migrate(pool: SqlitePool) -> Result<Self, Error> {

@@ -197,3 +197,24 @@ pub async fn all_events(http: &reqwest::Client, url: &str, secret: &str) -> Vec<
         }
     }
 }
+
+/// Waits until `manifest` (a file) says every one of `events` log records is sealed.
+pub fn wait_sealed(manifest: &Path, events: u64, server_log: &Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(bytes) = std::fs::read(manifest)
+            && let Ok(m) = serde_json::from_slice::<Value>(&bytes)
+            && m["offset"].as_u64() >= Some(events)
+        {
+            return m;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(server_log).unwrap_or_default();
+            panic!(
+                "{} never sealed {events} events; server log:\n{log}",
+                manifest.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -14,6 +14,9 @@ use serde_json::Value;
 /// The access-token secret of test servers (tests forge tokens with it and with others).
 pub const TEST_JWT_SECRET: &[u8] = b"test-secret-test-secret-test-secret-0123";
 
+/// The master key of test servers (encryption at rest is on in every API test).
+pub const TEST_MASTER_KEY: [u8; 32] = [42; 32];
+
 pub struct TestApp {
     pub url: String,
     pub write_key: String,
@@ -101,6 +104,10 @@ pub async fn spawn_app_full(
             audit: Arc::new(
                 livora_store::audit::AuditLog::open(&dir.join("audit.jsonl")).expect("audit log"),
             ),
+            encryption: Some((
+                Arc::new(livora_store::crypto::LocalKms::new(&TEST_MASTER_KEY, &[]).expect("kms")),
+                livora_store::crypto::PiiFields::default(),
+            )),
         },
     )
     .expect("state");

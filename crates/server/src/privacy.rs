@@ -1,0 +1,294 @@
+//! Personal data: encryption of personal fields at ingestion, their decryption for callers
+//! allowed to see them, and the GDPR endpoints (`/api/v1/people/{id}/…`): export everything
+//! held about a person, erase a person (crypto-shredding), and consent records.
+//!
+//! A person is named by a `userId` (`/api/v1/people/u42`) or, with `?anonymous=true`, an
+//! `anonymousId`; every identity merged with it (identify, alias) is included.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::HeaderMap;
+use chrono::Utc;
+use livora_model::{Event, TenantId};
+use livora_store::Consent;
+use livora_store::crypto::{Keyring, PiiFields};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::access::Principal;
+use crate::error::{ApiError, Code};
+use crate::staff::entry;
+
+/// Encryption at rest, when on.
+pub struct Protection {
+    pub keyring: Keyring,
+    pub fields: PiiFields,
+}
+
+/// The key subject of an event: its `userId`, else its `anonymousId`.
+pub fn subject(e: &Event) -> Option<String> {
+    match (&e.user_id, &e.anonymous_id) {
+        (Some(u), _) => Some(format!("u:{u}")),
+        (None, Some(a)) => Some(format!("a:{a}")),
+        (None, None) => None,
+    }
+}
+
+/// Encrypts the personal fields of `events` (all of one tenant) under their subjects' keys.
+pub async fn protect(
+    p: &Protection,
+    tenant: TenantId,
+    events: &mut [Event],
+) -> Result<(), ApiError> {
+    let mut subjects: Vec<String> = events.iter().filter_map(subject).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    let keys = p.keyring.subject_keys(tenant, &subjects).await?;
+    for e in events.iter_mut() {
+        let Some(key) = subject(e).and_then(|s| keys.get(&s)) else {
+            continue;
+        };
+        if let Some(t) = &e.traits
+            && let Some(text) = p.fields.encrypt_raw(t.get(), false, key)
+        {
+            e.traits = Some(RawValue::from_string(text).map_err(|e| ApiError::internal(&e))?);
+        }
+        if let Some(t) = &e.properties
+            && let Some(text) = p.fields.encrypt_raw(t.get(), true, key)
+        {
+            e.properties = Some(RawValue::from_string(text).map_err(|e| ApiError::internal(&e))?);
+        }
+        p.fields.encrypt_context(&mut e.context, key);
+    }
+    Ok(())
+}
+
+/// Decrypts the personal fields of stored event texts (erased ones become `null`).
+pub async fn reveal(
+    state: &AppState,
+    tenant: TenantId,
+    texts: Vec<Box<RawValue>>,
+) -> Result<Vec<Box<RawValue>>, ApiError> {
+    let Some(p) = &state.protection else {
+        return Ok(texts);
+    };
+    let mut out = Vec::with_capacity(texts.len());
+    for t in texts {
+        if !t.get().contains(livora_store::crypto::PREFIX) {
+            out.push(t);
+            continue;
+        }
+        let (text, _) = p.keyring.decrypt_text(tenant, t.get()).await?;
+        out.push(RawValue::from_string(text).map_err(|e| ApiError::internal(&e))?);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PersonQuery {
+    /// The id is an `anonymousId`, not a `userId`.
+    #[serde(default)]
+    anonymous: bool,
+}
+
+/// Every identity of the person named by `id`.
+fn identities(state: &AppState, tenant: TenantId, id: &str, anonymous: bool) -> Vec<String> {
+    let key = format!("{}:{id}", if anonymous { "a" } else { "u" });
+    let merged = state
+        .columns
+        .as_ref()
+        .and_then(|c| c.table(tenant))
+        .map(|t| {
+            livora_columnar::ColumnStore::read(&t)
+                .persons
+                .identities(&key)
+        })
+        .unwrap_or_default();
+    if merged.is_empty() { vec![key] } else { merged }
+}
+
+fn query(
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<PersonQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))
+}
+
+/// The stored events of `ids` (scanning the whole log of the tenant), oldest first.
+async fn events_of(
+    state: &AppState,
+    tenant: TenantId,
+    ids: &[String],
+) -> Result<Vec<Box<RawValue>>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Who {
+        #[serde(default)]
+        user_id: Option<String>,
+        #[serde(default)]
+        anonymous_id: Option<String>,
+        #[serde(default)]
+        previous_id: Option<String>,
+    }
+    let wanted: HashSet<String> = ids.iter().cloned().collect();
+    let log = state.log.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        log.scan_backwards(None, |r| {
+            if r.tenant != tenant.0 {
+                return true;
+            }
+            let Ok(text) = std::str::from_utf8(&r.payload) else {
+                return true;
+            };
+            if let Ok(w) = serde_json::from_str::<Who>(text) {
+                let hit = w
+                    .user_id
+                    .is_some_and(|u| wanted.contains(&format!("u:{u}")))
+                    || w.anonymous_id
+                        .is_some_and(|a| wanted.contains(&format!("a:{a}")))
+                    || w.previous_id.is_some_and(|p| {
+                        wanted.contains(&format!("u:{p}")) || wanted.contains(&format!("a:{p}"))
+                    });
+                if hit && let Ok(raw) = RawValue::from_string(text.to_owned()) {
+                    found.push(raw);
+                }
+            }
+            true
+        })
+        .map(|()| found)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e| ApiError::internal(&e))?;
+    let mut found = found;
+    found.reverse();
+    Ok(found)
+}
+
+/// `GET /api/v1/people/{id}/export`: everything held about a person, as JSON.
+pub async fn export(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let ids = identities(&state, p.tenant, &id, q.anonymous);
+    let events = events_of(&state, p.tenant, &ids).await?;
+    let events = reveal(&state, p.tenant, events).await?;
+    let consents = state.store.consents(p.tenant, &ids).await?;
+    let mut e = entry(&p, "person.export", Some(id.clone()));
+    e.after =
+        Some(json!({"identities": ids.len(), "events": events.len(), "consents": consents.len()}));
+    state.audit(e).await?;
+    Ok(Json(json!({
+        "person": {"id": id, "identities": ids},
+        "events": events,
+        "consents": consents,
+        "exported_at": Utc::now(),
+        "encryption_at_rest": state.protection.is_some(),
+    })))
+}
+
+/// `DELETE /api/v1/people/{id}`: erases a person. Their subject keys are destroyed, so the
+/// personal fields of their events (in the log and in Parquet segments) can never be read
+/// again; their consent records are deleted.
+pub async fn erase(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let ids = identities(&state, p.tenant, &id, q.anonymous);
+    let keys = match &state.protection {
+        Some(pr) => pr.keyring.shred(p.tenant, &ids).await?,
+        None => 0,
+    };
+    let consents = state.store.delete_consents(p.tenant, &ids).await?;
+    let mut e = entry(&p, "person.erase", Some(id.clone()));
+    e.after = Some(
+        json!({"identities": ids.len(), "keys_destroyed": keys, "consents_deleted": consents}),
+    );
+    state.audit(e).await?;
+    let mut answer = json!({
+        "erased": id,
+        "identities": ids,
+        "keys_destroyed": keys,
+        "consents_deleted": consents,
+    });
+    if state.protection.is_none() {
+        answer["warning"] = json!(
+            "encryption at rest is off ([privacy] encryption = false): the person's events in the log keep their personal fields"
+        );
+    }
+    Ok(Json(answer))
+}
+
+/// `GET /api/v1/people/{id}/consents`: the person's consent records, oldest first, and the
+/// current answer per purpose.
+pub async fn consents(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let ids = identities(&state, p.tenant, &id, q.anonymous);
+    let records = state.store.consents(p.tenant, &ids).await?;
+    let mut current: HashMap<&str, bool> = HashMap::new();
+    for c in &records {
+        current.insert(&c.purpose, c.granted);
+    }
+    Ok(Json(json!({"records": records, "current": current})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentBody {
+    purpose: String,
+    granted: bool,
+    source: String,
+}
+
+/// `POST /api/v1/people/{id}/consents`: records a consent answer (never overwrites: the
+/// history is the proof).
+pub async fn record_consent(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    let q = query(q)?;
+    let b: ConsentBody = crate::staff::json_body(&headers, body).await?;
+    let valid = |s: &str| !s.is_empty() && s.len() <= 100;
+    if !valid(&b.purpose) || !valid(&b.source) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "`purpose` and `source` have 1 to 100 characters",
+        ));
+    }
+    let c = Consent {
+        subject: format!("{}:{id}", if q.anonymous { "a" } else { "u" }),
+        purpose: b.purpose,
+        granted: b.granted,
+        source: b.source,
+        recorded_at: Utc::now(),
+        recorded_by: p.label(),
+    };
+    state.store.add_consent(p.tenant, &c).await?;
+    let mut e = entry(&p, "consent.record", Some(id));
+    e.after = Some(json!({"purpose": c.purpose, "granted": c.granted, "source": c.source}));
+    state.audit(e).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(json!(c))))
+}

@@ -1,0 +1,707 @@
+//! Encryption at rest of personal data: envelope encryption with AES-256-GCM.
+//!
+//! Three levels of keys:
+//! - the **master key** lives outside the data directory (the environment, a file, or a cloud
+//!   KMS behind the [`Kms`] trait; [`LocalKms`] is the local implementation). It only wraps
+//!   tenant keys.
+//! - each tenant has **tenant keys** (versioned; the newest wraps new subject keys; older
+//!   versions stay to unwrap what they wrapped), stored wrapped in the metadata store.
+//! - each **subject** (a `userId` or an `anonymousId`, as `u:<id>` / `a:<id>`) has its own
+//!   random data key, stored wrapped by a tenant key. Personal fields of that subject's
+//!   events are encrypted under it. Erasing a person deletes its subjects' keys (securely:
+//!   SQLite `secure_delete` and a WAL checkpoint), which makes every copy of those fields, in
+//!   the immutable log and in Parquet segments, unreadable: crypto-shredding.
+//!
+//! An encrypted field is the JSON string `"$lv1:<kid>:<base64(nonce ‖ ciphertext)>"`, where
+//! `kid` names the subject key (a hash of tenant and subject, not the subject itself) and the
+//! plaintext is the field's JSON text. The tenant id and `kid` are the associated data, so a
+//! value moved to another tenant or subject does not decrypt.
+//!
+//! Rotation without downtime: [`LocalKms`] holds the current master key and any previous
+//! ones (each wrapped value names its master key), and `livora admin keys rotate-master`
+//! rewraps every tenant key under the current one; `rotate-tenant` adds a tenant key version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use livora_model::TenantId;
+use rand::RngCore;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, MetadataStore};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD_NO_PAD;
+
+/// The prefix of an encrypted field value.
+pub const PREFIX: &str = "$lv1:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("the master key must be 32 bytes, base64 or hex encoded")]
+    BadMasterKey,
+    #[error("no master key {0} is configured (was it rotated away too early?)")]
+    UnknownMasterKey(String),
+    #[error("decryption failed: wrong key or tampered data")]
+    Decrypt,
+    #[error("malformed wrapped key")]
+    Malformed,
+}
+
+/// What wraps tenant keys: the master key, here or in a cloud KMS.
+pub trait Kms: Send + Sync + 'static {
+    /// The id of the key that [`Kms::wrap`] uses now.
+    fn key_id(&self) -> String;
+    fn wrap(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError>;
+}
+
+/// AES-256-GCM under a 32-byte key.
+#[derive(Clone)]
+struct Key {
+    id: String,
+    cipher: Aes256Gcm,
+}
+
+impl Key {
+    fn new(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let cipher = Aes256Gcm::new_from_slice(bytes).map_err(|_| CryptoError::BadMasterKey)?;
+        let digest = Sha256::digest(bytes);
+        let id: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self { id, cipher })
+    }
+}
+
+fn seal(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    let mut out = nonce.to_vec();
+    // Encryption with a valid key and a fresh nonce cannot fail.
+    out.extend(
+        cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .unwrap_or_default(),
+    );
+    out
+}
+
+fn open(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < 12 + 16 {
+        return Err(CryptoError::Decrypt);
+    }
+    let (nonce, ct) = sealed.split_at(12);
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| CryptoError::Decrypt)
+}
+
+/// A master key held in this process (from `LIVORA_MASTER_KEY` or a key file), with the
+/// previous ones still accepted for unwrapping during a rotation.
+pub struct LocalKms {
+    current: Key,
+    previous: Vec<Key>,
+}
+
+/// Decodes a 32-byte key written as base64 or hex.
+pub fn decode_key(text: &str) -> Result<Vec<u8>, CryptoError> {
+    let t = text.trim();
+    let bytes = if t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| CryptoError::BadMasterKey)?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(t)
+            .or_else(|_| B64.decode(t))
+            .map_err(|_| CryptoError::BadMasterKey)?
+    };
+    if bytes.len() == 32 {
+        Ok(bytes)
+    } else {
+        Err(CryptoError::BadMasterKey)
+    }
+}
+
+/// A fresh random 32-byte key, base64 encoded.
+pub fn generate_key_text() -> String {
+    let mut k = [0u8; 32];
+    rand::rng().fill_bytes(&mut k);
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+impl LocalKms {
+    pub fn new(current: &[u8], previous: &[Vec<u8>]) -> Result<Self, CryptoError> {
+        Ok(Self {
+            current: Key::new(current)?,
+            previous: previous
+                .iter()
+                .map(|k| Key::new(k))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl Kms for LocalKms {
+    fn key_id(&self) -> String {
+        format!("local:{}", self.current.id)
+    }
+
+    fn wrap(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut out = self.current.id.as_bytes().to_vec();
+        out.push(b':');
+        out.extend(seal(&self.current.cipher, plaintext, aad));
+        Ok(out)
+    }
+
+    fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let colon = wrapped
+            .iter()
+            .position(|b| *b == b':')
+            .ok_or(CryptoError::Malformed)?;
+        let id = std::str::from_utf8(&wrapped[..colon]).map_err(|_| CryptoError::Malformed)?;
+        let key = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id == id)
+            .ok_or_else(|| CryptoError::UnknownMasterKey(id.to_owned()))?;
+        open(&key.cipher, &wrapped[colon + 1..], aad)
+    }
+}
+
+/// The id of a subject's key: a hash of tenant and subject (the subject is not recoverable
+/// from it without guessing).
+pub fn kid(tenant: TenantId, subject: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(tenant.0.as_bytes());
+    h.update([0]);
+    h.update(subject.as_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn tenant_aad(tenant: TenantId, version: u32) -> Vec<u8> {
+    format!("livora-tenant-key:{}:{version}", tenant.0).into_bytes()
+}
+
+fn subject_aad(tenant: TenantId, kid: &str) -> Vec<u8> {
+    format!("livora-subject-key:{}:{kid}", tenant.0).into_bytes()
+}
+
+fn field_aad(tenant: TenantId, kid: &str) -> Vec<u8> {
+    format!("livora-field:{}:{kid}", tenant.0).into_bytes()
+}
+
+/// A subject's data key, ready to use.
+#[derive(Clone)]
+pub struct SubjectKey {
+    kid: String,
+    cipher: Aes256Gcm,
+    tenant: TenantId,
+}
+
+impl SubjectKey {
+    /// Encrypts a field value into its `$lv1:` string.
+    pub fn encrypt(&self, value: &Value) -> Value {
+        let text = value.to_string();
+        let sealed = seal(
+            &self.cipher,
+            text.as_bytes(),
+            &field_aad(self.tenant, &self.kid),
+        );
+        Value::String(format!("{PREFIX}{}:{}", self.kid, B64.encode(sealed)))
+    }
+}
+
+/// Which fields hold personal data.
+#[derive(Debug, Clone)]
+pub struct PiiFields {
+    /// Keys of `traits` and `context.traits` (compared case-insensitively).
+    pub traits: Vec<String>,
+    /// Keys of `properties`.
+    pub properties: Vec<String>,
+    /// `context.ip`.
+    pub ip: bool,
+}
+
+impl Default for PiiFields {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+        Self {
+            traits: s(&[
+                "email",
+                "phone",
+                "name",
+                "firstname",
+                "lastname",
+                "first_name",
+                "last_name",
+                "address",
+                "birthday",
+            ]),
+            // `properties.name` is a product or page name in Segment's spec: not personal.
+            properties: s(&["email", "phone", "address"]),
+            ip: true,
+        }
+    }
+}
+
+impl PiiFields {
+    /// The defaults plus configured trait names.
+    pub fn with_traits(extra: &[String]) -> Self {
+        let mut f = Self::default();
+        for e in extra {
+            let e = e.to_lowercase();
+            if !f.traits.contains(&e) {
+                f.traits.push(e);
+            }
+        }
+        f
+    }
+
+    /// Whether the raw text of an object might hold one of `names` as a key (a fast
+    /// pre-check, so objects without personal fields are not parsed).
+    fn might_hold(raw: &str, names: &[String]) -> bool {
+        let lower = raw.to_ascii_lowercase();
+        names.iter().any(|n| lower.contains(&format!("\"{n}\"")))
+    }
+
+    fn encrypt_object(map: &mut Map<String, Value>, names: &[String], key: &SubjectKey) -> bool {
+        let mut changed = false;
+        for (k, v) in map.iter_mut() {
+            let hit = names.iter().any(|n| n.eq_ignore_ascii_case(k));
+            let already = v.as_str().is_some_and(|s| s.starts_with(PREFIX));
+            if hit && !v.is_null() && !already {
+                *v = key.encrypt(v);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Encrypts the personal fields of an object held as raw JSON text; `None` when it has
+    /// none (the text is kept as is). The other values keep their exact text.
+    pub fn encrypt_raw(&self, raw: &str, properties: bool, key: &SubjectKey) -> Option<String> {
+        let names = if properties {
+            &self.properties
+        } else {
+            &self.traits
+        };
+        if !Self::might_hold(raw, names) {
+            return None;
+        }
+        let mut map: std::collections::BTreeMap<String, Box<RawValue>> =
+            serde_json::from_str(raw).ok()?;
+        let mut changed = false;
+        for (k, v) in map.iter_mut() {
+            let hit = names.iter().any(|n| n.eq_ignore_ascii_case(k));
+            let text = v.get();
+            if hit && text != "null" && !text.starts_with(&format!("\"{PREFIX}")) {
+                let value: Value = serde_json::from_str(text).ok()?;
+                let sealed = key.encrypt(&value).to_string();
+                *v = RawValue::from_string(sealed).ok()?;
+                changed = true;
+            }
+        }
+        if changed {
+            serde_json::to_string(&map).ok()
+        } else {
+            None
+        }
+    }
+
+    /// Encrypts `context.ip` and `context.traits`.
+    pub fn encrypt_context(&self, context: &mut Map<String, Value>, key: &SubjectKey) {
+        if self.ip
+            && let Some(ip) = context.get_mut("ip")
+            && ip.is_string()
+            && !ip.as_str().is_some_and(|s| s.starts_with(PREFIX))
+        {
+            *ip = key.encrypt(ip);
+        }
+        if let Some(Value::Object(t)) = context.get_mut("traits") {
+            Self::encrypt_object(t, &self.traits, key);
+        }
+    }
+}
+
+/// The keys of a running node: tenant keys unwrapped once, subject keys cached (erased ones
+/// too, as absent).
+pub struct Keyring {
+    store: Arc<dyn MetadataStore>,
+    kms: Arc<dyn Kms>,
+    tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
+    subjects: RwLock<HashMap<(TenantId, String), Option<SubjectKey>>>,
+}
+
+struct TenantKeys {
+    /// version -> key
+    keys: HashMap<u32, Aes256Gcm>,
+    current: u32,
+}
+
+const MAX_CACHED_SUBJECTS: usize = 1_000_000;
+
+impl Keyring {
+    pub fn new(store: Arc<dyn MetadataStore>, kms: Arc<dyn Kms>) -> Self {
+        Self {
+            store,
+            kms,
+            tenants: RwLock::new(HashMap::new()),
+            subjects: RwLock::new(HashMap::new()),
+        }
+    }
+
+    async fn tenant_keys(&self, tenant: TenantId) -> Result<Arc<TenantKeys>, Error> {
+        if let Some(k) = self
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tenant)
+        {
+            return Ok(k.clone());
+        }
+        let mut stored = self.store.tenant_keys(tenant).await?;
+        if stored.is_empty() {
+            let mut raw = [0u8; 32];
+            rand::rng().fill_bytes(&mut raw);
+            let wrapped = self.kms.wrap(&raw, &tenant_aad(tenant, 1)).map_err(crypt)?;
+            self.store.add_tenant_key(tenant, 1, &wrapped).await?;
+            stored = self.store.tenant_keys(tenant).await?;
+        }
+        let mut keys = HashMap::new();
+        let mut current = 0;
+        for (version, wrapped) in stored {
+            let raw = self
+                .kms
+                .unwrap(&wrapped, &tenant_aad(tenant, version))
+                .map_err(crypt)?;
+            let cipher =
+                Aes256Gcm::new_from_slice(&raw).map_err(|_| crypt(CryptoError::Malformed))?;
+            keys.insert(version, cipher);
+            current = current.max(version);
+        }
+        let k = Arc::new(TenantKeys { keys, current });
+        self.tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant, k.clone());
+        Ok(k)
+    }
+
+    /// Forgets cached tenant keys (after a rotation by another process).
+    pub fn forget_tenant(&self, tenant: TenantId) {
+        self.tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&tenant);
+    }
+
+    fn unwrap_subject(
+        &self,
+        tenant: TenantId,
+        tk: &TenantKeys,
+        kid: &str,
+        version: u32,
+        wrapped: &[u8],
+    ) -> Result<SubjectKey, Error> {
+        let cipher = tk
+            .keys
+            .get(&version)
+            .ok_or_else(|| Error::Corrupt(format!("tenant key version {version} is missing")))?;
+        let raw = open(cipher, wrapped, &subject_aad(tenant, kid)).map_err(crypt)?;
+        Ok(SubjectKey {
+            kid: kid.to_owned(),
+            cipher: Aes256Gcm::new_from_slice(&raw).map_err(|_| crypt(CryptoError::Malformed))?,
+            tenant,
+        })
+    }
+
+    /// The keys of `subjects` (`u:<userId>` / `a:<anonymousId>`), created where missing.
+    pub async fn subject_keys(
+        &self,
+        tenant: TenantId,
+        subjects: &[String],
+    ) -> Result<HashMap<String, SubjectKey>, Error> {
+        let mut out = HashMap::with_capacity(subjects.len());
+        let mut missing = Vec::new();
+        {
+            let cache = self.subjects.read().unwrap_or_else(|e| e.into_inner());
+            for s in subjects {
+                let k = kid(tenant, s);
+                match cache.get(&(tenant, k.clone())) {
+                    Some(Some(key)) => {
+                        out.insert(s.clone(), key.clone());
+                    }
+                    _ => missing.push((s.clone(), k)),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let tk = self.tenant_keys(tenant).await?;
+        let current = tk
+            .keys
+            .get(&tk.current)
+            .ok_or_else(|| Error::Corrupt("no current tenant key".into()))?;
+        let mut fresh = Vec::with_capacity(missing.len());
+        for (_, k) in &missing {
+            let mut raw = [0u8; 32];
+            rand::rng().fill_bytes(&mut raw);
+            fresh.push((
+                k.clone(),
+                tk.current,
+                seal(current, &raw, &subject_aad(tenant, k)),
+            ));
+        }
+        // Insert-if-absent, then read back: a key another request or node created first wins.
+        self.store.insert_subject_keys(tenant, &fresh).await?;
+        let kids: Vec<String> = missing.iter().map(|(_, k)| k.clone()).collect();
+        let stored = self.store.subject_keys(tenant, &kids).await?;
+        let mut cache = self.subjects.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > MAX_CACHED_SUBJECTS {
+            cache.clear();
+        }
+        let by_kid: HashMap<String, (u32, Vec<u8>)> =
+            stored.into_iter().map(|(k, v, w)| (k, (v, w))).collect();
+        for (s, k) in missing {
+            let Some((version, wrapped)) = by_kid.get(&k) else {
+                return Err(Error::Corrupt(format!("subject key {k} was not stored")));
+            };
+            let key = self.unwrap_subject(tenant, &tk, &k, *version, wrapped)?;
+            cache.insert((tenant, k), Some(key.clone()));
+            out.insert(s, key);
+        }
+        Ok(out)
+    }
+
+    /// Decrypts every `"$lv1:…"` string literal in a JSON text, replacing it with the
+    /// field's JSON text; a field whose key was erased becomes `null`. Every other byte is
+    /// kept as it was (numbers keep their exact text). Returns the text and how many fields
+    /// were erased.
+    pub async fn decrypt_text(
+        &self,
+        tenant: TenantId,
+        text: &str,
+    ) -> Result<(String, usize), Error> {
+        let needle = format!("\"{PREFIX}");
+        let spans: Vec<(usize, usize)> = text
+            .match_indices(&needle)
+            .filter_map(|(start, _)| {
+                let body = start + 1;
+                text[body..].find('"').map(|len| (body, body + len))
+            })
+            .collect();
+        if spans.is_empty() {
+            return Ok((text.to_owned(), 0));
+        }
+        let mut kids: Vec<String> = spans
+            .iter()
+            .filter_map(|&(a, b)| {
+                text[a..b]
+                    .strip_prefix(PREFIX)
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(k, _)| k.to_owned())
+            })
+            .collect();
+        kids.sort();
+        kids.dedup();
+        let keys = self.existing(tenant, &kids).await?;
+        let mut out = String::with_capacity(text.len());
+        let mut erased = 0;
+        let mut at = 0;
+        for (a, b) in spans {
+            // The literal with its quotes: text[a - 1 ..= b].
+            out.push_str(&text[at..a - 1]);
+            let plain = text[a..b]
+                .strip_prefix(PREFIX)
+                .and_then(|r| r.split_once(':'))
+                .and_then(|(kid, data)| {
+                    let k = keys.get(kid)?;
+                    let sealed = B64.decode(data).ok()?;
+                    let p = open(&k.cipher, &sealed, &field_aad(tenant, kid)).ok()?;
+                    // Only a well-formed JSON value goes back into the text.
+                    serde_json::from_slice::<Value>(&p).ok()?;
+                    String::from_utf8(p).ok()
+                });
+            match plain {
+                Some(p) => out.push_str(&p),
+                None => {
+                    erased += 1;
+                    out.push_str("null");
+                }
+            }
+            at = b + 1;
+        }
+        out.push_str(&text[at..]);
+        Ok((out, erased))
+    }
+
+    /// The keys among `kids` that still exist (erased ones are cached as absent).
+    async fn existing(
+        &self,
+        tenant: TenantId,
+        kids: &[String],
+    ) -> Result<HashMap<String, SubjectKey>, Error> {
+        let mut out = HashMap::new();
+        let mut unknown = Vec::new();
+        {
+            let cache = self.subjects.read().unwrap_or_else(|e| e.into_inner());
+            for k in kids {
+                match cache.get(&(tenant, k.clone())) {
+                    Some(Some(key)) => {
+                        out.insert(k.clone(), key.clone());
+                    }
+                    Some(None) => {}
+                    None => unknown.push(k.clone()),
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(out);
+        }
+        let tk = self.tenant_keys(tenant).await?;
+        let stored = self.store.subject_keys(tenant, &unknown).await?;
+        let mut cache = self.subjects.write().unwrap_or_else(|e| e.into_inner());
+        let mut found = std::collections::HashSet::new();
+        for (k, version, wrapped) in stored {
+            let key = self.unwrap_subject(tenant, &tk, &k, version, &wrapped)?;
+            cache.insert((tenant, k.clone()), Some(key.clone()));
+            found.insert(k.clone());
+            out.insert(k, key);
+        }
+        for k in unknown {
+            if !found.contains(&k) {
+                cache.insert((tenant, k), None);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroys the keys of `subjects`: their encrypted fields become unreadable everywhere.
+    /// Returns how many keys existed.
+    pub async fn shred(&self, tenant: TenantId, subjects: &[String]) -> Result<u64, Error> {
+        let kids: Vec<String> = subjects.iter().map(|s| kid(tenant, s)).collect();
+        let n = self.store.delete_subject_keys(tenant, &kids).await?;
+        let mut cache = self.subjects.write().unwrap_or_else(|e| e.into_inner());
+        for k in kids {
+            cache.insert((tenant, k), None);
+        }
+        Ok(n)
+    }
+}
+
+fn crypt(e: CryptoError) -> Error {
+    Error::Corrupt(e.to_string())
+}
+
+/// Rewraps every tenant key under the KMS's current master key (after a master rotation;
+/// the previous master must still be configured). Returns how many keys were rewrapped.
+pub async fn rewrap_tenant_keys(store: &dyn MetadataStore, kms: &dyn Kms) -> Result<u64, Error> {
+    let mut n = 0;
+    for t in store.tenants().await? {
+        for (version, wrapped) in store.tenant_keys(t.id).await? {
+            let aad = tenant_aad(t.id, version);
+            let raw = kms.unwrap(&wrapped, &aad).map_err(crypt)?;
+            let again = kms.wrap(&raw, &aad).map_err(crypt)?;
+            store.replace_tenant_key(t.id, version, &again).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Adds a tenant key version: new subject keys are wrapped by it; older versions stay.
+pub async fn rotate_tenant_key(
+    store: &dyn MetadataStore,
+    kms: &dyn Kms,
+    tenant: TenantId,
+) -> Result<u32, Error> {
+    let next = store
+        .tenant_keys(tenant)
+        .await?
+        .iter()
+        .map(|(v, _)| *v)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let wrapped = kms.wrap(&raw, &tenant_aad(tenant, next)).map_err(crypt)?;
+    store.add_tenant_key(tenant, next, &wrapped).await?;
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_kms_wraps_and_rotates() {
+        let old = decode_key(&generate_key_text()).expect("key");
+        let new = decode_key(&generate_key_text()).expect("key");
+        let a = LocalKms::new(&old, &[]).expect("kms");
+        let wrapped = a.wrap(b"secret", b"aad").expect("wrap");
+        assert_eq!(a.unwrap(&wrapped, b"aad").expect("unwrap"), b"secret");
+        assert!(a.unwrap(&wrapped, b"other aad").is_err());
+        let b = LocalKms::new(&new, std::slice::from_ref(&old)).expect("kms");
+        assert_eq!(b.unwrap(&wrapped, b"aad").expect("previous key"), b"secret");
+        let c = LocalKms::new(&new, &[]).expect("kms");
+        assert!(matches!(
+            c.unwrap(&wrapped, b"aad"),
+            Err(CryptoError::UnknownMasterKey(_))
+        ));
+        assert!(decode_key("c2hvcnQ=").is_err());
+        assert_eq!(decode_key(&"ab".repeat(32)).expect("hex").len(), 32);
+    }
+
+    #[test]
+    fn fields_encrypt_only_when_named() {
+        let cipher = Aes256Gcm::new_from_slice(&[7u8; 32]).expect("key");
+        let key = SubjectKey {
+            kid: "k1".into(),
+            cipher,
+            tenant: TenantId(uuid::Uuid::nil()),
+        };
+        let f = PiiFields::with_traits(&["Favourite_Colour".into()]);
+        assert_eq!(f.encrypt_raw(r#"{"plan":"pro"}"#, false, &key), None);
+        let out = f
+            .encrypt_raw(
+                r#"{"Email":"ann@example.com","plan":"pro","favourite_colour":"red","name":null}"#,
+                false,
+                &key,
+            )
+            .expect("encrypted");
+        assert!(
+            !out.contains("ann@example.com") && !out.contains("red"),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""plan":"pro""#) && out.contains(r#""name":null"#),
+            "{out}"
+        );
+        // Other values keep their exact text.
+        let out = f
+            .encrypt_raw(
+                r#"{"email":"x@y.z","big":123456789012345678901234567890}"#,
+                true,
+                &key,
+            )
+            .expect("encrypted");
+        assert!(out.contains("123456789012345678901234567890"), "{out}");
+        // A product name is not personal.
+        assert_eq!(f.encrypt_raw(r#"{"name":"T-shirt"}"#, true, &key), None);
+    }
+}

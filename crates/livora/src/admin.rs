@@ -29,6 +29,11 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Encryption keys of personal data.
+    Encryption {
+        #[command(subcommand)]
+        command: EncryptionCommand,
+    },
     /// The event log (the server must be stopped).
     Log {
         #[command(subcommand)]
@@ -139,6 +144,19 @@ pub enum UserCommand {
     RevokeSessions {
         #[arg(long)]
         email: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EncryptionCommand {
+    /// Rewrap every tenant key under the current master key. Run it after pointing
+    /// `LIVORA_MASTER_KEY` (or `privacy.master_key_file`) at the new key while the old one is
+    /// still listed as previous; then the old one can be removed. Servers keep running.
+    RotateMaster,
+    /// Add a tenant key version: subject keys created from now on are wrapped by it.
+    RotateTenant {
+        #[arg(long)]
+        tenant: String,
     },
 }
 
@@ -363,6 +381,38 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             println!("revoked {key_id}");
         }
         AdminCommand::User { command } => user(store.as_ref(), command, &record).await?,
+        AdminCommand::Encryption { command } => {
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let Some((kms, _)) = config.encryption(&env)? else {
+                bail!("encryption at rest is off ([privacy] encryption = false)");
+            };
+            match command {
+                EncryptionCommand::RotateMaster => {
+                    let n = livora_store::crypto::rewrap_tenant_keys(store.as_ref(), kms.as_ref())
+                        .await?;
+                    record(
+                        "encryption.rotate_master",
+                        None,
+                        Some(kms.key_id()),
+                        Some(json!({"tenant_keys_rewrapped": n})),
+                    )?;
+                    println!("rewrapped {n} tenant keys under {}", kms.key_id());
+                }
+                EncryptionCommand::RotateTenant { tenant } => {
+                    let t = tenant_id(&tenant)?;
+                    let v =
+                        livora_store::crypto::rotate_tenant_key(store.as_ref(), kms.as_ref(), t)
+                            .await?;
+                    record(
+                        "encryption.rotate_tenant",
+                        Some(tenant.clone()),
+                        Some(format!("version {v}")),
+                        None,
+                    )?;
+                    println!("tenant {tenant} now wraps new keys with version {v}");
+                }
+            }
+        }
         AdminCommand::Log { .. } | AdminCommand::Audit { .. } => unreachable!("handled above"),
     }
     Ok(())

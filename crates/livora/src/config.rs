@@ -109,6 +109,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `json` (default) or `text`.
     pub log_format: String,
+    /// Serve HTTPS with this PEM certificate chain (and `tls_key`); plain HTTP without.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +120,8 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             log_format: "json".into(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

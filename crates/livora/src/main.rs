@@ -210,6 +210,11 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         jwt_secret: config.jwt_secret(&env)?,
         audit: Arc::new(audit),
         encryption: config.encryption(&env)?,
+        tls: match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => Some(livora_server::tls::load(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("set both server.tls_cert and server.tls_key, or neither"),
+        },
     };
     let state = AppState::new(
         log,

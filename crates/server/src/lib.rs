@@ -23,6 +23,7 @@ pub mod ops;
 pub mod privacy;
 mod query;
 pub mod staff;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -100,6 +101,8 @@ pub struct Security {
         Arc<dyn livora_store::crypto::Kms>,
         livora_store::crypto::PiiFields,
     )>,
+    /// Terminate TLS with this configuration ([`tls::load`]); `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Why a server's state cannot be built.
@@ -129,6 +132,7 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     /// Encryption at rest of personal fields; `None` when `[privacy] encryption = false`.
     pub protection: Option<privacy::Protection>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
 }
@@ -156,6 +160,7 @@ impl AppState {
                     keyring: livora_store::crypto::Keyring::new(store.clone(), kms),
                     fields,
                 }),
+            tls: security.tls,
             keys: KeyCache::new(store.clone(), ttl),
             store,
             ingest,
@@ -366,16 +371,27 @@ pub async fn serve(
         .map(|c| tokio::spawn(c.follow(state.log.clone())));
     let ready_state = state.clone();
     let router = app(state.clone());
-    let result = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let graceful = async move {
         shutdown.await;
         ready_state.ready.store(false, Ordering::Release);
         tracing::info!("shutting down: finishing in-flight requests");
-    })
-    .await;
+    };
+    let result = match state.tls.clone() {
+        None => {
+            axum::serve(listener, make_service)
+                .with_graceful_shutdown(graceful)
+                .await
+        }
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            // `tap_io` gives the TLS listener axum's `ConnectInfo<SocketAddr>`.
+            let tls = tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            axum::serve(tls, make_service)
+                .with_graceful_shutdown(graceful)
+                .await
+        }
+    };
     retention.abort();
     if let Some(c) = columns {
         c.abort();

@@ -46,12 +46,13 @@ pub async fn protect(
     tenant: TenantId,
     events: &mut [Event],
 ) -> Result<(), ApiError> {
-    let mut subjects: Vec<String> = events.iter().filter_map(subject).collect();
+    let of_event: Vec<Option<String>> = events.iter().map(subject).collect();
+    let mut subjects: Vec<String> = of_event.iter().flatten().cloned().collect();
     subjects.sort_unstable();
     subjects.dedup();
     let keys = p.keyring.subject_keys(tenant, &subjects).await?;
-    for e in events.iter_mut() {
-        let Some(key) = subject(e).and_then(|s| keys.get(&s)) else {
+    for (e, s) in events.iter_mut().zip(&of_event) {
+        let Some(key) = s.as_ref().and_then(|s| keys.get(s)) else {
             continue;
         };
         if let Some(t) = &e.traits

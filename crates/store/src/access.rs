@@ -264,4 +264,18 @@ mod tests {
         assert!(!Role::Analyst.allows(Permission::ViewPii));
         assert!(!Scope::Admin.allows(Permission::ManageMembers));
     }
+
+    /// The README prints the matrix as the code decides it.
+    #[test]
+    fn the_readme_shows_this_matrix() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("<!-- permission-matrix")
+            .and_then(|i| readme[i..].find('\n').map(|j| i + j + 1))
+            .expect("README has the matrix");
+        let end = readme
+            .find("<!-- /permission-matrix -->")
+            .expect("end marker");
+        assert_eq!(&readme[start..end], matrix_markdown());
+    }
 }

@@ -21,8 +21,9 @@
 //! ones (each wrapped value names its master key), and `livora admin keys rotate-master`
 //! rewraps every tenant key under the current one; `rotate-tenant` adds a tenant key version.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -273,8 +274,23 @@ impl PiiFields {
     /// Whether the raw text of an object might hold one of `names` as a key (a fast
     /// pre-check, so objects without personal fields are not parsed).
     fn might_hold(raw: &str, names: &[String]) -> bool {
-        let lower = raw.to_ascii_lowercase();
-        names.iter().any(|n| lower.contains(&format!("\"{n}\"")))
+        // At every quote, is a name (ASCII case-insensitive) followed by a closing quote?
+        let b = raw.as_bytes();
+        let mut from = 0;
+        while let Some(p) = b[from..].iter().position(|&c| c == b'"') {
+            let start = from + p + 1;
+            for n in names {
+                let end = start + n.len();
+                if end < b.len()
+                    && b[end] == b'"'
+                    && b[start..end].eq_ignore_ascii_case(n.as_bytes())
+                {
+                    return true;
+                }
+            }
+            from = start;
+        }
+        false
     }
 
     fn encrypt_object(map: &mut Map<String, Value>, names: &[String], key: &SubjectKey) -> bool {
@@ -338,11 +354,46 @@ impl PiiFields {
 
 /// The keys of a running node: tenant keys unwrapped once, subject keys cached (erased ones
 /// too, as absent).
+///
+/// New subject keys are written with group commit: the requests that need new keys at the
+/// same time share one transaction (one fsync), and each waits until its keys are durable
+/// before it encrypts anything with them.
 pub struct Keyring {
     store: Arc<dyn MetadataStore>,
     kms: Arc<dyn Kms>,
     tenants: RwLock<HashMap<TenantId, Arc<TenantKeys>>>,
+    /// By key id, for decryption; `None` for an erased or unknown key.
     subjects: RwLock<HashMap<(TenantId, String), Option<SubjectKey>>>,
+    /// By subject, for encryption: the key and the commit group that makes it durable (0:
+    /// durable already).
+    known: RwLock<HashMap<TenantId, Known>>,
+    pending: Mutex<Pending>,
+    /// Serialises commits; the holder commits everything pending.
+    commit_lock: tokio::sync::Mutex<()>,
+    /// Every group up to this one has been committed or has failed.
+    done: AtomicU64,
+    failed: Mutex<HashSet<u64>>,
+}
+
+/// A tenant's subject keys by subject, each with the commit group it waits for (0: none).
+type Known = HashMap<String, (SubjectKey, u64)>;
+
+/// Keys waiting for the next commit.
+#[derive(Default)]
+struct Pending {
+    /// The group new keys join now.
+    group: u64,
+    rows: Vec<NewSubjectKey>,
+}
+
+/// A subject key to store.
+#[derive(Debug, Clone)]
+pub struct NewSubjectKey {
+    pub tenant: TenantId,
+    pub subject: String,
+    pub kid: String,
+    pub version: u32,
+    pub wrapped: Vec<u8>,
 }
 
 struct TenantKeys {
@@ -360,6 +411,14 @@ impl Keyring {
             kms,
             tenants: RwLock::new(HashMap::new()),
             subjects: RwLock::new(HashMap::new()),
+            known: RwLock::new(HashMap::new()),
+            pending: Mutex::new(Pending {
+                group: 1,
+                rows: Vec::new(),
+            }),
+            commit_lock: tokio::sync::Mutex::new(()),
+            done: AtomicU64::new(0),
+            failed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -428,63 +487,173 @@ impl Keyring {
         })
     }
 
-    /// The keys of `subjects` (`u:<userId>` / `a:<anonymousId>`), created where missing.
+    /// The keys of `subjects` (`u:<userId>` / `a:<anonymousId>`), created where missing;
+    /// every key returned is durable.
     pub async fn subject_keys(
         &self,
         tenant: TenantId,
         subjects: &[String],
     ) -> Result<HashMap<String, SubjectKey>, Error> {
-        let mut out = HashMap::with_capacity(subjects.len());
+        let mut wait = 0;
         let mut missing = Vec::new();
         {
-            let cache = self.subjects.read().unwrap_or_else(|e| e.into_inner());
+            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+            let of_tenant = known.get(&tenant);
             for s in subjects {
-                let k = kid(tenant, s);
-                match cache.get(&(tenant, k.clone())) {
-                    Some(Some(key)) => {
-                        out.insert(s.clone(), key.clone());
-                    }
-                    _ => missing.push((s.clone(), k)),
+                match of_tenant.and_then(|m| m.get(s)) {
+                    Some((_, group)) => wait = wait.max(*group),
+                    None => missing.push(s.clone()),
                 }
             }
         }
-        if missing.is_empty() {
-            return Ok(out);
+        if !missing.is_empty() {
+            wait = wait.max(self.create(tenant, missing).await?);
         }
+        if wait > 0 {
+            self.commit_until(wait).await?;
+        }
+        // Read back after the commit: a conflicting key stored first has replaced ours.
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        let of_tenant = known.get(&tenant);
+        subjects
+            .iter()
+            .map(|s| {
+                of_tenant
+                    .and_then(|m| m.get(s))
+                    .map(|(k, _)| (s.clone(), k.clone()))
+                    .ok_or_else(|| Error::Corrupt(format!("no key for a subject of {tenant}")))
+            })
+            .collect()
+    }
+
+    /// Loads the stored keys of `missing` and generates the others into the pending group;
+    /// returns the group to wait for (0 if none).
+    async fn create(&self, tenant: TenantId, missing: Vec<String>) -> Result<u64, Error> {
         let tk = self.tenant_keys(tenant).await?;
+        let kids: Vec<String> = missing.iter().map(|s| kid(tenant, s)).collect();
+        let stored: HashMap<String, (u32, Vec<u8>)> = self
+            .store
+            .subject_keys(tenant, &kids)
+            .await?
+            .into_iter()
+            .map(|(k, v, w)| (k, (v, w)))
+            .collect();
         let current = tk
             .keys
             .get(&tk.current)
             .ok_or_else(|| Error::Corrupt("no current tenant key".into()))?;
-        let mut fresh = Vec::with_capacity(missing.len());
-        for (_, k) in &missing {
+        let mut wait = 0;
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if known.values().map(HashMap::len).sum::<usize>() > MAX_CACHED_SUBJECTS {
+            // Only durable keys can be forgotten: they are read again when needed.
+            for m in known.values_mut() {
+                m.retain(|_, (_, group)| *group != 0);
+            }
+        }
+        let of_tenant = known.entry(tenant).or_default();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (s, k) in missing.into_iter().zip(kids) {
+            if let Some((_, group)) = of_tenant.get(&s) {
+                // Another request got there first.
+                wait = wait.max(*group);
+                continue;
+            }
+            if let Some((version, wrapped)) = stored.get(&k) {
+                let key = self.unwrap_subject(tenant, &tk, &k, *version, wrapped)?;
+                of_tenant.insert(s, (key, 0));
+                continue;
+            }
             let mut raw = [0u8; 32];
             rand::rng().fill_bytes(&mut raw);
-            fresh.push((
-                k.clone(),
-                tk.current,
-                seal(current, &raw, &subject_aad(tenant, k)),
-            ));
-        }
-        // Insert-if-absent, then read back: a key another request or node created first wins.
-        self.store.insert_subject_keys(tenant, &fresh).await?;
-        let kids: Vec<String> = missing.iter().map(|(_, k)| k.clone()).collect();
-        let stored = self.store.subject_keys(tenant, &kids).await?;
-        let mut cache = self.subjects.write().unwrap_or_else(|e| e.into_inner());
-        if cache.len() > MAX_CACHED_SUBJECTS {
-            cache.clear();
-        }
-        let by_kid: HashMap<String, (u32, Vec<u8>)> =
-            stored.into_iter().map(|(k, v, w)| (k, (v, w))).collect();
-        for (s, k) in missing {
-            let Some((version, wrapped)) = by_kid.get(&k) else {
-                return Err(Error::Corrupt(format!("subject key {k} was not stored")));
+            let key = SubjectKey {
+                kid: k.clone(),
+                cipher: Aes256Gcm::new_from_slice(&raw)
+                    .map_err(|_| crypt(CryptoError::Malformed))?,
+                tenant,
             };
-            let key = self.unwrap_subject(tenant, &tk, &k, *version, wrapped)?;
-            cache.insert((tenant, k), Some(key.clone()));
-            out.insert(s, key);
+            pending.rows.push(NewSubjectKey {
+                tenant,
+                subject: s.clone(),
+                wrapped: seal(current, &raw, &subject_aad(tenant, &k)),
+                kid: k,
+                version: tk.current,
+            });
+            of_tenant.insert(s, (key, pending.group));
+            wait = wait.max(pending.group);
         }
-        Ok(out)
+        Ok(wait)
+    }
+
+    /// Returns once group `group` is durable: commits it (and everything pending with it)
+    /// unless another request is already doing so.
+    async fn commit_until(&self, group: u64) -> Result<(), Error> {
+        loop {
+            let _turn = self.commit_lock.lock().await;
+            if self.done.load(Ordering::Acquire) >= group {
+                let failed = self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&group);
+                return if failed {
+                    Err(Error::Corrupt("storing new encryption keys failed".into()))
+                } else {
+                    Ok(())
+                };
+            }
+            let (this, rows) = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let this = p.group;
+                p.group += 1;
+                (this, std::mem::take(&mut p.rows))
+            };
+            match self.store.insert_subject_keys(&rows).await {
+                Ok(conflicts) => {
+                    for i in conflicts {
+                        // Someone else stored a key for this subject first: use theirs.
+                        let r = &rows[i];
+                        let tk = self.tenant_keys(r.tenant).await?;
+                        let theirs = self
+                            .store
+                            .subject_keys(r.tenant, std::slice::from_ref(&r.kid))
+                            .await?;
+                        let Some((_, version, wrapped)) = theirs.into_iter().next() else {
+                            return Err(Error::Corrupt(format!("subject key {} vanished", r.kid)));
+                        };
+                        let key = self.unwrap_subject(r.tenant, &tk, &r.kid, version, &wrapped)?;
+                        self.known
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(r.tenant)
+                            .or_default()
+                            .insert(r.subject.clone(), (key, 0));
+                    }
+                    let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+                    for r in &rows {
+                        if let Some(e) =
+                            known.get_mut(&r.tenant).and_then(|m| m.get_mut(&r.subject))
+                            && e.1 == this
+                        {
+                            e.1 = 0;
+                        }
+                    }
+                }
+                Err(_) => {
+                    // Every request waiting for this group gets the error.
+                    let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+                    for r in &rows {
+                        if let Some(m) = known.get_mut(&r.tenant) {
+                            m.remove(&r.subject);
+                        }
+                    }
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(this);
+                }
+            }
+            self.done.store(this, Ordering::Release);
+        }
     }
 
     /// Decrypts every `"$lv1:…"` string literal in a JSON text, replacing it with the
@@ -595,6 +764,16 @@ impl Keyring {
     pub async fn shred(&self, tenant: TenantId, subjects: &[String]) -> Result<u64, Error> {
         let kids: Vec<String> = subjects.iter().map(|s| kid(tenant, s)).collect();
         let n = self.store.delete_subject_keys(tenant, &kids).await?;
+        if let Some(m) = self
+            .known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&tenant)
+        {
+            for s in subjects {
+                m.remove(s);
+            }
+        }
         let mut cache = self.subjects.write().unwrap_or_else(|e| e.into_inner());
         for k in kids {
             cache.insert((tenant, k), None);
@@ -665,6 +844,85 @@ mod tests {
         ));
         assert!(decode_key("c2hvcnQ=").is_err());
         assert_eq!(decode_key(&"ab".repeat(32)).expect("hex").len(), 32);
+    }
+
+    /// Concurrent requests for overlapping new subjects share commits, agree on one key per
+    /// subject, and every key they return is durable: a fresh keyring (a restart) reads it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_new_subjects_get_one_durable_key_each() {
+        let store: Arc<dyn MetadataStore> =
+            Arc::new(crate::SqliteStore::in_memory().await.expect("store"));
+        let tenant = store
+            .create_tenant(crate::NewTenant {
+                name: "t".into(),
+                time_zone: "UTC".into(),
+                currency: livora_model::Currency::parse("USD").expect("usd"),
+            })
+            .await
+            .expect("tenant")
+            .id;
+        let kms: Arc<dyn Kms> = Arc::new(LocalKms::new(&[9u8; 32], &[]).expect("kms"));
+        let ring = Arc::new(Keyring::new(store.clone(), kms.clone()));
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let ring = ring.clone();
+            tasks.push(tokio::spawn(async move {
+                let subjects: Vec<String> =
+                    (0..40).map(|i| format!("u:{}", (i * 7 + t) % 50)).collect();
+                let keys = ring.subject_keys(tenant, &subjects).await.expect("keys");
+                subjects
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.clone(),
+                            keys[s].encrypt(&Value::String(s.clone())).to_string(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut sealed = Vec::new();
+        for t in tasks {
+            sealed.extend(t.await.expect("task"));
+        }
+        assert_eq!(
+            store
+                .subject_keys(
+                    tenant,
+                    &(0..50)
+                        .map(|i| kid(tenant, &format!("u:{i}")))
+                        .collect::<Vec<_>>()
+                )
+                .await
+                .expect("rows")
+                .len(),
+            50
+        );
+        let restarted = Keyring::new(store.clone(), kms);
+        for (subject, text) in sealed {
+            let (plain, erased) = restarted
+                .decrypt_text(tenant, &text)
+                .await
+                .expect("decrypt");
+            assert_eq!((plain, erased), (format!("\"{subject}\""), 0));
+        }
+        // Erasure: the fields stop decrypting, in this keyring and after a restart.
+        let sample = ring
+            .subject_keys(tenant, &["u:1".to_owned()])
+            .await
+            .expect("key")["u:1"]
+            .encrypt(&Value::from("x"))
+            .to_string();
+        assert_eq!(ring.shred(tenant, &["u:1".into()]).await.expect("shred"), 1);
+        assert_eq!(
+            ring.decrypt_text(tenant, &sample).await.expect("d"),
+            ("null".to_owned(), 1)
+        );
+        let again = Keyring::new(
+            store,
+            Arc::new(LocalKms::new(&[9u8; 32], &[]).expect("kms")),
+        );
+        assert_eq!(again.decrypt_text(tenant, &sample).await.expect("d").1, 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use livora_model::TenantId;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::crypto::NewSubjectKey;
 
 /// A person's answer to one purpose (`email_marketing`, `sms`, `whatsapp`, `analytics` …).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,11 +52,9 @@ pub trait PrivacyStore: Send + Sync + 'static {
         tenant: TenantId,
         kids: &[String],
     ) -> Result<Vec<(String, u32, Vec<u8>)>, Error>;
-    async fn insert_subject_keys(
-        &self,
-        tenant: TenantId,
-        keys: &[(String, u32, Vec<u8>)],
-    ) -> Result<(), Error>;
+    /// Stores keys in one transaction; returns the indices of those not stored because the
+    /// subject already had a key.
+    async fn insert_subject_keys(&self, keys: &[NewSubjectKey]) -> Result<Vec<usize>, Error>;
     /// Deletes keys for good; returns how many existed.
     async fn delete_subject_keys(&self, tenant: TenantId, kids: &[String]) -> Result<u64, Error>;
     async fn add_consent(&self, tenant: TenantId, consent: &Consent) -> Result<(), Error>;

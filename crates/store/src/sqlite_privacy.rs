@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use livora_model::TenantId;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use crate::crypto::NewSubjectKey;
 use crate::privacy::{Consent, PrivacyStore};
 use crate::sqlite::time;
 use crate::{Error, SqliteStore};
@@ -84,27 +85,27 @@ impl PrivacyStore for SqliteStore {
         Ok(out)
     }
 
-    async fn insert_subject_keys(
-        &self,
-        tenant: TenantId,
-        keys: &[(String, u32, Vec<u8>)],
-    ) -> Result<(), Error> {
+    async fn insert_subject_keys(&self, keys: &[NewSubjectKey]) -> Result<Vec<usize>, Error> {
         let mut tx = self.pool.begin().await?;
         let now = chrono::Utc::now().to_rfc3339();
-        for (kid, version, wrapped) in keys {
-            sqlx::query(
+        let mut conflicts = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let done = sqlx::query(
                 "INSERT OR IGNORE INTO subject_keys (tenant_id, kid, version, wrapped, created_at) VALUES (?, ?, ?, ?, ?)",
             )
-            .bind(tenant.to_string())
-            .bind(kid)
-            .bind(i64::from(*version))
-            .bind(wrapped)
+            .bind(k.tenant.to_string())
+            .bind(&k.kid)
+            .bind(i64::from(k.version))
+            .bind(&k.wrapped)
             .bind(&now)
             .execute(&mut *tx)
             .await?;
+            if done.rows_affected() == 0 {
+                conflicts.push(i);
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(conflicts)
     }
 
     async fn delete_subject_keys(&self, tenant: TenantId, kids: &[String]) -> Result<u64, Error> {

@@ -63,6 +63,17 @@ pub async fn spawn_app_full(
     limits: &LimitOptions,
     auth: AuthOptions,
 ) -> TestApp {
+    spawn_app_inner(dir, ingest, limits, auth, None).await
+}
+
+/// [`spawn_app_full`], serving TLS with `tls` when given.
+pub async fn spawn_app_inner(
+    dir: &Path,
+    ingest: IngestOptions,
+    limits: &LimitOptions,
+    auth: AuthOptions,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> TestApp {
     let store: Arc<dyn MetadataStore> = Arc::new(
         SqliteStore::open(&dir.join("livora.db"))
             .await
@@ -108,6 +119,7 @@ pub async fn spawn_app_full(
                 Arc::new(livora_store::crypto::LocalKms::new(&TEST_MASTER_KEY, &[]).expect("kms")),
                 livora_store::crypto::PiiFields::default(),
             )),
+            tls,
         },
     )
     .expect("state");

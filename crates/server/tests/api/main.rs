@@ -7,3 +7,4 @@ mod limits;
 mod query;
 mod read;
 mod routes;
+mod tls;

@@ -10,7 +10,7 @@ SECONDS_EACH="${1:-30}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/livora-target}/fuzz"
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked --version 0.13.1
+    cargo install cargo-fuzz --locked --version 0.13.2
 fi
 corpus_root=".cache/fuzz-corpus"
 for target in ingest_parse query_parse; do

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: formatting, lints, unit, property, HTTP integration, crash and SDK tests.
+# Runs every test: formatting, lints, unit, property, HTTP integration, crash and SDK tests,
+# and a short fuzzing run.
 # Installs what the tests need (the official Segment SDKs) through scripts/test-deps.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,3 +10,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/livora-target}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# A short fuzzing run of the ingestion and query parsers (libFuzzer through cargo fuzz).
+./scripts/fuzz.sh 30

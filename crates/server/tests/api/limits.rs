@@ -143,3 +143,39 @@ async fn the_read_api_answers_browsers_from_configured_origins_only() {
     assert_eq!(allowed(&ingest).as_deref(), Some("*"));
     app.stop().await;
 }
+
+/// A request still running after `request_timeout_secs` is answered 503 `timeout` (here: a
+/// client that sends its headers, then trickles nothing of the body it announced).
+#[tokio::test]
+async fn a_request_that_runs_too_long_is_answered_503() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = LimitOptions {
+        request_timeout_secs: 1,
+        ..LimitOptions::default()
+    };
+    let app = spawn_app_limited(dir.path(), IngestOptions::default(), &limits).await;
+    let addr = app.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:", app.write_key))
+    };
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"batch\":["
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("answered before the client gave up")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"code\":\"timeout\""), "{text}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    app.stop().await;
+}

@@ -468,6 +468,7 @@ async fn user(
                         role,
                     }),
                     expires_at,
+                    None,
                 )
                 .await?;
             record(
@@ -491,7 +492,7 @@ async fn user(
             let user = find(email).await?;
             let expires_at = Utc::now() + Duration::hours(2);
             let token = store
-                .create_token(&user.id, TokenPurpose::Reset, None, expires_at)
+                .create_token(&user.id, TokenPurpose::Reset, None, expires_at, None)
                 .await?;
             record("auth.reset_issued", None, Some(user.id.clone()), None)?;
             print(

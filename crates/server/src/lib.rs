@@ -157,7 +157,7 @@ impl AppState {
             protection: security
                 .encryption
                 .map(|(kms, fields)| privacy::Protection {
-                    keyring: livora_store::crypto::Keyring::new(store.clone(), kms),
+                    keyring: Arc::new(livora_store::crypto::Keyring::new(store.clone(), kms)),
                     fields,
                 }),
             tls: security.tls,

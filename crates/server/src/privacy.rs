@@ -27,7 +27,7 @@ use crate::staff::entry;
 
 /// Encryption at rest, when on.
 pub struct Protection {
-    pub keyring: Keyring,
+    pub keyring: Arc<Keyring>,
     pub fields: PiiFields,
 }
 
@@ -229,6 +229,10 @@ pub async fn erase(
     if state.protection.is_none() {
         answer["warning"] = json!(
             "encryption at rest is off ([privacy] encryption = false): the person's events in the log keep their personal fields"
+        );
+    } else if state.columns.is_none() {
+        answer["warning"] = json!(
+            "this node does not keep identity merges ([analytics] enabled = false): only the identity named was erased; erase the person's other ids too, or erase on a node with analytics"
         );
     }
     Ok(Json(answer))

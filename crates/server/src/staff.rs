@@ -150,9 +150,9 @@ async fn tokens(
     })))
 }
 
-fn next_lock(state: &AppState, lock: &LoginLock, now: DateTime<Utc>) -> LoginLock {
+/// The lock after `failures` failed sign-ins in a row.
+fn next_lock(state: &AppState, failures: u32, now: DateTime<Utc>) -> LoginLock {
     let o = &state.auth;
-    let failures = lock.failures.saturating_add(1);
     let locked_until = (failures >= o.lockout_after.max(1)).then(|| {
         let doublings = (failures - o.lockout_after.max(1)).min(20);
         let secs = o
@@ -200,6 +200,11 @@ pub async fn login(
     {
         return Ok(locked(until, now));
     }
+    // Count the attempt before checking it, atomically: concurrent guesses all count.
+    let failures = match &creds {
+        Some(c) => state.store.bump_login_failures(&c.user.id).await?,
+        None => 0,
+    };
     let hash = creds.as_ref().and_then(|c| c.password_hash.clone());
     let password = b.password;
     let ok =
@@ -208,7 +213,7 @@ pub async fn login(
             .map_err(|e| ApiError::internal(&e))?;
     let Some(creds) = creds.filter(|_| ok) else {
         if let Some(c) = state.store.credentials(&b.email).await? {
-            let lock = next_lock(&state, &c.lock, now);
+            let lock = next_lock(&state, failures, now);
             state.store.set_login_lock(&c.user.id, &lock).await?;
             state
                 .audit(NewEntry {
@@ -225,12 +230,10 @@ pub async fn login(
         }
         return Err(bad_credentials());
     };
-    if creds.lock != LoginLock::default() {
-        state
-            .store
-            .set_login_lock(&creds.user.id, &LoginLock::default())
-            .await?;
-    }
+    state
+        .store
+        .set_login_lock(&creds.user.id, &LoginLock::default())
+        .await?;
     let memberships = state.store.memberships(&creds.user.id).await?;
     let current = pick_tenant(&memberships, b.tenant_id.as_deref())?;
     let ttl = Duration::days(state.auth.session_ttl_days.clamp(1, 3650) as i64);
@@ -333,7 +336,6 @@ pub struct LogoutBody {
 pub async fn logout(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let Actor::User { id, session, .. } = &p.actor else {
@@ -342,10 +344,20 @@ pub async fn logout(
             "API keys have no session; revoke the key instead",
         ));
     };
-    let b: LogoutBody = if headers.get("content-length").is_some_and(|v| v != "0") {
-        json_body(&headers, body).await?
-    } else {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                Code::BodyTooLarge,
+                format!("a sign-out body is at most {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
+    let b: LogoutBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         LogoutBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(Code::InvalidRequest, format!("invalid request body: {e}"))
+        })?
     };
     if b.all {
         state.store.revoke_user_sessions(id).await?;
@@ -395,23 +407,41 @@ pub async fn accept_invitation(
         return Err(ApiError::new(Code::InvalidToken, "the invitation is void"));
     };
     let new_user = !user.active;
+    let Some(pw) = b.password else {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "send the `password`: a new one for a new account, the account's own otherwise",
+        ));
+    };
     if new_user {
-        let Some(pw) = b.password else {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                "a new account needs a `password`",
-            ));
-        };
         let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&pw))
             .await
             .map_err(|e| ApiError::internal(&e))??;
         state.store.set_password_hash(&user.id, &hash).await?;
         let _ = b.name; // the name was given with the invitation; kept as is
+    } else {
+        // Invitation tokens reach the inviter (until email delivers them): whoever joins an
+        // existing account with one must prove they own it.
+        let creds = state.store.credentials(&user.email).await?;
+        let hash = creds.and_then(|c| c.password_hash);
+        let ok =
+            tokio::task::spawn_blocking(move || accounts::verify_password(hash.as_deref(), &pw))
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+        if !ok {
+            return Err(bad_credentials());
+        }
     }
-    let before = state
+    if !state
         .store
-        .set_role(grant.tenant_id, &user.id, grant.role)
-        .await?;
+        .add_member(grant.tenant_id, &user.id, grant.role)
+        .await?
+    {
+        return Err(ApiError::new(
+            Code::Conflict,
+            "you are already a member of this tenant; the invitation cannot change your role",
+        ));
+    }
     state.sessions.clear();
     state
         .audit(NewEntry {
@@ -420,7 +450,7 @@ pub async fn accept_invitation(
             tenant: Some(grant.tenant_id.to_string()),
             target: Some(user.id.clone()),
             from: Some(from),
-            before: before.map(|r| json!({"role": r})),
+            before: None,
             after: Some(json!({"role": grant.role})),
         })
         .await?;
@@ -590,6 +620,10 @@ pub async fn invite(
                 role: b.role,
             }),
             expires_at,
+            match &p.actor {
+                Actor::User { id, .. } => Some(id.as_str()),
+                Actor::Key { .. } => None,
+            },
         )
         .await?;
     let mut e = entry(&p, "member.invite", Some(user.id.clone()));
@@ -598,7 +632,8 @@ pub async fn invite(
     Ok((
         StatusCode::CREATED,
         Json(json!({
-            "user": user,
+            "user_id": user.id,
+            "email": email,
             "role": b.role,
             "invitation_token": token,
             "expires_at": expires_at,
@@ -741,11 +776,11 @@ pub async fn audit_log(
         }
     };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let path = state.audit.path().to_owned();
+    let log = state.audit.clone();
     let tenant = p.tenant.to_string();
     let after = q.after_seq.unwrap_or(0);
     let (head, entries) = tokio::task::spawn_blocking(move || {
-        livora_store::audit::verify(&path).map(|(head, all)| {
+        log.read_verified().map(|(head, all)| {
             let mine: Vec<_> = all
                 .into_iter()
                 .filter(|e| e.seq > after && e.what.tenant.as_deref() == Some(tenant.as_str()))

@@ -144,6 +144,10 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn credentials(&self, email: &str) -> Result<Option<Credentials>, Error>;
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), Error>;
     async fn set_login_lock(&self, user_id: &str, lock: &LoginLock) -> Result<(), Error>;
+    /// Counts one more failed sign-in, atomically; returns the count.
+    async fn bump_login_failures(&self, user_id: &str) -> Result<u32, Error>;
+    /// Adds a membership unless the user already has one in `tenant`; `Ok(false)` then.
+    async fn add_member(&self, tenant: TenantId, user_id: &str, role: Role) -> Result<bool, Error>;
     async fn memberships(&self, user_id: &str) -> Result<Vec<Membership>, Error>;
     async fn members(&self, tenant: TenantId) -> Result<Vec<Member>, Error>;
     /// Gives `user_id` `role` in `tenant`; returns the role it had before.
@@ -153,8 +157,8 @@ pub trait AccountStore: Send + Sync + 'static {
         user_id: &str,
         role: Role,
     ) -> Result<Option<Role>, Error>;
-    /// Removes the membership and revokes the user's sessions in that tenant; returns the
-    /// role removed.
+    /// Removes the membership, revokes the user's sessions in that tenant and the unused
+    /// invitations they sent into it; returns the role removed.
     async fn remove_member(&self, tenant: TenantId, user_id: &str) -> Result<Option<Role>, Error>;
     /// Creates a one-time token; the returned text is its only copy.
     async fn create_token(
@@ -163,6 +167,7 @@ pub trait AccountStore: Send + Sync + 'static {
         purpose: TokenPurpose,
         grant: Option<Membership>,
         expires_at: DateTime<Utc>,
+        created_by: Option<&str>,
     ) -> Result<String, Error>;
     /// Uses up a token of `purpose` that has not expired at `now`.
     async fn take_token(

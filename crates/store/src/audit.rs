@@ -230,6 +230,19 @@ impl AuditLog {
         &self.path
     }
 
+    /// [`verify`], holding the log's locks so that no append is half-written meanwhile.
+    pub fn read_verified(&self) -> Result<(Head, Vec<Entry>), AuditError> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        state.0.lock_shared().map_err(io)?;
+        let result = verify(&self.path);
+        state.0.unlock().map_err(io)?;
+        result
+    }
+
     /// Appends an entry and syncs it to disk.
     pub fn record(&self, what: NewEntry) -> Result<Entry, AuditError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -274,6 +274,10 @@ impl PiiFields {
     /// Whether the raw text of an object might hold one of `names` as a key (a fast
     /// pre-check, so objects without personal fields are not parsed).
     fn might_hold(raw: &str, names: &[String]) -> bool {
+        // An escaped key (`"em\u0061il"`) defeats the byte scan: parse such objects.
+        if raw.contains("\\u") {
+            return true;
+        }
         // At every quote, is a name (ASCII case-insensitive) followed by a closing quote?
         let b = raw.as_bytes();
         let mut from = 0;
@@ -297,8 +301,7 @@ impl PiiFields {
         let mut changed = false;
         for (k, v) in map.iter_mut() {
             let hit = names.iter().any(|n| n.eq_ignore_ascii_case(k));
-            let already = v.as_str().is_some_and(|s| s.starts_with(PREFIX));
-            if hit && !v.is_null() && !already {
+            if hit && !v.is_null() {
                 *v = key.encrypt(v);
                 changed = true;
             }
@@ -322,8 +325,10 @@ impl PiiFields {
         let mut changed = false;
         for (k, v) in map.iter_mut() {
             let hit = names.iter().any(|n| n.eq_ignore_ascii_case(k));
-            let text = v.get();
-            if hit && text != "null" && !text.starts_with(&format!("\"{PREFIX}")) {
+            // A value that merely looks encrypted is encrypted too: only our own envelopes
+            // may ever decrypt.
+            if hit && v.get() != "null" {
+                let text = v.get();
                 let value: Value = serde_json::from_str(text).ok()?;
                 let sealed = key.encrypt(&value).to_string();
                 *v = RawValue::from_string(sealed).ok()?;
@@ -342,7 +347,6 @@ impl PiiFields {
         if self.ip
             && let Some(ip) = context.get_mut("ip")
             && ip.is_string()
-            && !ip.as_str().is_some_and(|s| s.starts_with(PREFIX))
         {
             *ip = key.encrypt(ip);
         }
@@ -369,7 +373,10 @@ pub struct Keyring {
     known: RwLock<HashMap<TenantId, Known>>,
     pending: Mutex<Pending>,
     /// Serialises commits; the holder commits everything pending.
-    commit_lock: tokio::sync::Mutex<()>,
+    commit_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Held shared while keys are looked up and created, exclusively while keys are
+    /// destroyed: a key being erased is never taken back into the cache.
+    erase_lock: tokio::sync::RwLock<()>,
     /// Every group up to this one has been committed or has failed.
     done: AtomicU64,
     failed: Mutex<HashSet<u64>>,
@@ -416,7 +423,8 @@ impl Keyring {
                 group: 1,
                 rows: Vec::new(),
             }),
-            commit_lock: tokio::sync::Mutex::new(()),
+            commit_lock: Arc::new(tokio::sync::Mutex::new(())),
+            erase_lock: tokio::sync::RwLock::new(()),
             done: AtomicU64::new(0),
             failed: Mutex::new(HashSet::new()),
         }
@@ -490,7 +498,7 @@ impl Keyring {
     /// The keys of `subjects` (`u:<userId>` / `a:<anonymousId>`), created where missing;
     /// every key returned is durable.
     pub async fn subject_keys(
-        &self,
+        self: &Arc<Self>,
         tenant: TenantId,
         subjects: &[String],
     ) -> Result<HashMap<String, SubjectKey>, Error> {
@@ -529,6 +537,7 @@ impl Keyring {
     /// Loads the stored keys of `missing` and generates the others into the pending group;
     /// returns the group to wait for (0 if none).
     async fn create(&self, tenant: TenantId, missing: Vec<String>) -> Result<u64, Error> {
+        let _no_erasure = self.erase_lock.read().await;
         let tk = self.tenant_keys(tenant).await?;
         let kids: Vec<String> = missing.iter().map(|s| kid(tenant, s)).collect();
         let stored: HashMap<String, (u32, Vec<u8>)> = self
@@ -560,6 +569,10 @@ impl Keyring {
             }
             if let Some((version, wrapped)) = stored.get(&k) {
                 let key = self.unwrap_subject(tenant, &tk, &k, *version, wrapped)?;
+                self.subjects
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((tenant, k), Some(key.clone()));
                 of_tenant.insert(s, (key, 0));
                 continue;
             }
@@ -585,10 +598,12 @@ impl Keyring {
     }
 
     /// Returns once group `group` is durable: commits it (and everything pending with it)
-    /// unless another request is already doing so.
-    async fn commit_until(&self, group: u64) -> Result<(), Error> {
+    /// unless another request is already doing so. The commit runs on its own task holding
+    /// the commit lock, so a request dropped meanwhile (a timeout, a client gone) cannot leave
+    /// a group half done: the group ends committed or failed, and its waiters learn which.
+    async fn commit_until(self: &Arc<Self>, group: u64) -> Result<(), Error> {
         loop {
-            let _turn = self.commit_lock.lock().await;
+            let turn = self.commit_lock.clone().lock_owned().await;
             if self.done.load(Ordering::Acquire) >= group {
                 let failed = self
                     .failed
@@ -601,121 +616,131 @@ impl Keyring {
                     Ok(())
                 };
             }
-            let (this, rows) = {
-                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let this = p.group;
-                p.group += 1;
-                (this, std::mem::take(&mut p.rows))
-            };
-            match self.store.insert_subject_keys(&rows).await {
-                Ok(conflicts) => {
-                    for i in conflicts {
-                        // Someone else stored a key for this subject first: use theirs.
-                        let r = &rows[i];
-                        let tk = self.tenant_keys(r.tenant).await?;
-                        let theirs = self
-                            .store
-                            .subject_keys(r.tenant, std::slice::from_ref(&r.kid))
-                            .await?;
-                        let Some((_, version, wrapped)) = theirs.into_iter().next() else {
-                            return Err(Error::Corrupt(format!("subject key {} vanished", r.kid)));
-                        };
-                        let key = self.unwrap_subject(r.tenant, &tk, &r.kid, version, &wrapped)?;
-                        self.known
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .entry(r.tenant)
-                            .or_default()
-                            .insert(r.subject.clone(), (key, 0));
-                    }
-                    let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-                    for r in &rows {
-                        if let Some(e) =
-                            known.get_mut(&r.tenant).and_then(|m| m.get_mut(&r.subject))
-                            && e.1 == this
-                        {
-                            e.1 = 0;
-                        }
-                    }
-                }
-                Err(_) => {
-                    // Every request waiting for this group gets the error.
-                    let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-                    for r in &rows {
-                        if let Some(m) = known.get_mut(&r.tenant) {
-                            m.remove(&r.subject);
-                        }
-                    }
-                    self.failed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(this);
-                }
-            }
-            self.done.store(this, Ordering::Release);
+            let ring = self.clone();
+            let task = tokio::spawn(async move {
+                let _turn = turn;
+                ring.commit_pending().await;
+            });
+            // A panic in the task is a failed group too: `done` was not advanced, so the next
+            // turn of the loop commits again.
+            let _ = task.await;
         }
     }
 
-    /// Decrypts every `"$lv1:…"` string literal in a JSON text, replacing it with the
-    /// field's JSON text; a field whose key was erased becomes `null`. Every other byte is
-    /// kept as it was (numbers keep their exact text). Returns the text and how many fields
-    /// were erased.
+    /// Commits the pending group; marks it done (and failed, on any error).
+    async fn commit_pending(&self) {
+        let (this, rows) = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let this = p.group;
+            p.group += 1;
+            (this, std::mem::take(&mut p.rows))
+        };
+        let outcome = self.store_group(this, &rows).await;
+        if outcome.is_err() {
+            // Nothing of this group may be used: forget its keys; waiters get the error.
+            let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+            for r in &rows {
+                if let Some(m) = known.get_mut(&r.tenant)
+                    && m.get(&r.subject).is_some_and(|(_, g)| *g == this)
+                {
+                    m.remove(&r.subject);
+                }
+            }
+            self.failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(this);
+        }
+        self.done.store(this, Ordering::Release);
+    }
+
+    async fn store_group(&self, this: u64, rows: &[NewSubjectKey]) -> Result<(), Error> {
+        let conflicts = self.store.insert_subject_keys(rows).await?;
+        let mut theirs = Vec::new();
+        for i in conflicts {
+            // Someone else stored a key for this subject first: use theirs.
+            let r = &rows[i];
+            let tk = self.tenant_keys(r.tenant).await?;
+            let stored = self
+                .store
+                .subject_keys(r.tenant, std::slice::from_ref(&r.kid))
+                .await?;
+            let Some((_, version, wrapped)) = stored.into_iter().next() else {
+                return Err(Error::Corrupt(format!("subject key {} vanished", r.kid)));
+            };
+            theirs.push((
+                i,
+                self.unwrap_subject(r.tenant, &tk, &r.kid, version, &wrapped)?,
+            ));
+        }
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        let mut by_kid = self.subjects.write().unwrap_or_else(|e| e.into_inner());
+        for (i, key) in theirs {
+            let r = &rows[i];
+            known
+                .entry(r.tenant)
+                .or_default()
+                .insert(r.subject.clone(), (key, this));
+        }
+        for r in rows {
+            if let Some(e) = known.get_mut(&r.tenant).and_then(|m| m.get_mut(&r.subject))
+                && e.1 == this
+            {
+                e.1 = 0;
+                // Decryption sees the key at once (also after an erasure of the same subject).
+                by_kid.insert((r.tenant, r.kid.clone()), Some(e.0.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrypts the personal fields of a stored event's JSON text (the positions
+    /// [`PiiFields`] encrypts: values of `traits`, `properties`, `context.traits`, and
+    /// `context.ip`); a field whose key was erased becomes `null`. Everything else keeps its
+    /// exact text. Returns the text and how many fields were erased.
     pub async fn decrypt_text(
         &self,
         tenant: TenantId,
         text: &str,
     ) -> Result<(String, usize), Error> {
-        let needle = format!("\"{PREFIX}");
-        let spans: Vec<(usize, usize)> = text
-            .match_indices(&needle)
-            .filter_map(|(start, _)| {
-                let body = start + 1;
-                text[body..].find('"').map(|len| (body, body + len))
-            })
-            .collect();
-        if spans.is_empty() {
+        if !text.contains(PREFIX) {
             return Ok((text.to_owned(), 0));
         }
-        let mut kids: Vec<String> = spans
-            .iter()
-            .filter_map(|&(a, b)| {
-                text[a..b]
-                    .strip_prefix(PREFIX)
-                    .and_then(|r| r.split_once(':'))
-                    .map(|(k, _)| k.to_owned())
-            })
-            .collect();
+        let mut kids = Vec::new();
+        rewrite_fields(text, &mut |envelope| {
+            if let Some((kid, _)) = envelope
+                .strip_prefix(PREFIX)
+                .and_then(|r| r.split_once(':'))
+            {
+                kids.push(kid.to_owned());
+            }
+            None
+        });
+        if kids.is_empty() {
+            return Ok((text.to_owned(), 0));
+        }
         kids.sort();
         kids.dedup();
         let keys = self.existing(tenant, &kids).await?;
-        let mut out = String::with_capacity(text.len());
         let mut erased = 0;
-        let mut at = 0;
-        for (a, b) in spans {
-            // The literal with its quotes: text[a - 1 ..= b].
-            out.push_str(&text[at..a - 1]);
-            let plain = text[a..b]
+        let out = rewrite_fields(text, &mut |envelope| {
+            let plain = envelope
                 .strip_prefix(PREFIX)
                 .and_then(|r| r.split_once(':'))
                 .and_then(|(kid, data)| {
                     let k = keys.get(kid)?;
                     let sealed = B64.decode(data).ok()?;
                     let p = open(&k.cipher, &sealed, &field_aad(tenant, kid)).ok()?;
+                    let text = String::from_utf8(p).ok()?;
                     // Only a well-formed JSON value goes back into the text.
-                    serde_json::from_slice::<Value>(&p).ok()?;
-                    String::from_utf8(p).ok()
+                    RawValue::from_string(text).ok()
                 });
-            match plain {
-                Some(p) => out.push_str(&p),
-                None => {
-                    erased += 1;
-                    out.push_str("null");
-                }
-            }
-            at = b + 1;
-        }
-        out.push_str(&text[at..]);
-        Ok((out, erased))
+            Some(plain.unwrap_or_else(|| {
+                erased += 1;
+                RawValue::from_string("null".into()).unwrap_or_else(|_| unreachable_null())
+            }))
+        });
+        Ok((out.unwrap_or_else(|| text.to_owned()), erased))
     }
 
     /// The keys among `kids` that still exist (erased ones are cached as absent).
@@ -762,6 +787,7 @@ impl Keyring {
     /// Destroys the keys of `subjects`: their encrypted fields become unreadable everywhere.
     /// Returns how many keys existed.
     pub async fn shred(&self, tenant: TenantId, subjects: &[String]) -> Result<u64, Error> {
+        let _exclusive = self.erase_lock.write().await;
         let kids: Vec<String> = subjects.iter().map(|s| kid(tenant, s)).collect();
         let n = self.store.delete_subject_keys(tenant, &kids).await?;
         if let Some(m) = self
@@ -779,6 +805,81 @@ impl Keyring {
             cache.insert((tenant, k), None);
         }
         Ok(n)
+    }
+}
+
+fn unreachable_null() -> Box<RawValue> {
+    // `null` is valid JSON; this is never called.
+    serde_json::value::to_raw_value(&Value::Null).unwrap_or_default()
+}
+
+type RawMap = std::collections::BTreeMap<String, Box<RawValue>>;
+
+/// Calls `f` with every envelope string found at the positions personal fields are encrypted
+/// at, and puts back what it returns (`None`: unchanged). Returns the new text if anything
+/// changed. Values elsewhere that merely look like envelopes are left alone.
+fn rewrite_fields(text: &str, f: &mut dyn FnMut(&str) -> Option<Box<RawValue>>) -> Option<String> {
+    fn envelope(v: &RawValue) -> Option<String> {
+        if !v.get().starts_with(&format!("\"{PREFIX}")) {
+            return None;
+        }
+        serde_json::from_str::<String>(v.get()).ok()
+    }
+    fn in_object(
+        raw: &RawValue,
+        f: &mut dyn FnMut(&str) -> Option<Box<RawValue>>,
+    ) -> Option<Box<RawValue>> {
+        let mut map: RawMap = serde_json::from_str(raw.get()).ok()?;
+        let mut changed = false;
+        for v in map.values_mut() {
+            if let Some(e) = envelope(v)
+                && let Some(new) = f(&e)
+            {
+                *v = new;
+                changed = true;
+            }
+        }
+        if changed {
+            serde_json::value::to_raw_value(&map).ok()
+        } else {
+            None
+        }
+    }
+    let mut top: RawMap = serde_json::from_str(text).ok()?;
+    let mut changed = false;
+    for key in ["traits", "properties"] {
+        if let Some(v) = top.get_mut(key)
+            && let Some(new) = in_object(v, f)
+        {
+            *v = new;
+            changed = true;
+        }
+    }
+    if let Some(ctx) = top.get_mut("context") {
+        let mut c: RawMap = serde_json::from_str(ctx.get()).ok()?;
+        let mut c_changed = false;
+        if let Some(ip) = c.get_mut("ip")
+            && let Some(e) = envelope(ip)
+            && let Some(new) = f(&e)
+        {
+            *ip = new;
+            c_changed = true;
+        }
+        if let Some(t) = c.get_mut("traits")
+            && let Some(new) = in_object(t, f)
+        {
+            *t = new;
+            c_changed = true;
+        }
+        if c_changed {
+            *ctx = serde_json::value::to_raw_value(&c).ok()?;
+            changed = true;
+        }
+    }
+    if changed {
+        serde_json::to_string(&top).ok()
+    } else {
+        None
     }
 }
 
@@ -875,7 +976,10 @@ mod tests {
                     .map(|s| {
                         (
                             s.clone(),
-                            keys[s].encrypt(&Value::String(s.clone())).to_string(),
+                            format!(
+                                r#"{{"traits":{{"email":{}}},"n":1.10}}"#,
+                                keys[s].encrypt(&Value::String(s.clone()))
+                            ),
                         )
                     })
                     .collect::<Vec<_>>()
@@ -898,31 +1002,59 @@ mod tests {
                 .len(),
             50
         );
-        let restarted = Keyring::new(store.clone(), kms);
+        let restarted = Arc::new(Keyring::new(store.clone(), kms));
         for (subject, text) in sealed {
             let (plain, erased) = restarted
                 .decrypt_text(tenant, &text)
                 .await
                 .expect("decrypt");
-            assert_eq!((plain, erased), (format!("\"{subject}\""), 0));
+            assert_eq!(
+                (plain, erased),
+                (
+                    format!(r#"{{"n":1.10,"traits":{{"email":"{subject}"}}}}"#),
+                    0
+                )
+            );
         }
         // Erasure: the fields stop decrypting, in this keyring and after a restart.
-        let sample = ring
-            .subject_keys(tenant, &["u:1".to_owned()])
-            .await
-            .expect("key")["u:1"]
-            .encrypt(&Value::from("x"))
-            .to_string();
+        let sample = format!(
+            r#"{{"traits":{{"email":{}}}}}"#,
+            ring.subject_keys(tenant, &["u:1".to_owned()])
+                .await
+                .expect("key")["u:1"]
+                .encrypt(&Value::from("x"))
+        );
         assert_eq!(ring.shred(tenant, &["u:1".into()]).await.expect("shred"), 1);
         assert_eq!(
             ring.decrypt_text(tenant, &sample).await.expect("d"),
-            ("null".to_owned(), 1)
+            (r#"{"traits":{"email":null}}"#.to_owned(), 1)
         );
-        let again = Keyring::new(
+        let again = Arc::new(Keyring::new(
             store,
             Arc::new(LocalKms::new(&[9u8; 32], &[]).expect("kms")),
-        );
+        ));
         assert_eq!(again.decrypt_text(tenant, &sample).await.expect("d").1, 1);
+        // The same person sends new data after the erasure: a new key, readable at once.
+        let fresh = format!(
+            r#"{{"traits":{{"email":{}}}}}"#,
+            ring.subject_keys(tenant, &["u:1".to_owned()])
+                .await
+                .expect("key")["u:1"]
+                .encrypt(&Value::from("y"))
+        );
+        assert_eq!(
+            ring.decrypt_text(tenant, &fresh).await.expect("d").0,
+            r#"{"traits":{"email":"y"}}"#
+        );
+        // Look-alike envelopes outside personal fields, or broken ones, never break the text.
+        let odd = r#"{"event":"\"$lv1:x","properties":{"note":"$lv1:zz:AAAA"},"traits":{"email":"$lv1:nope"}}"#;
+        let (out, erased) = ring.decrypt_text(tenant, odd).await.expect("d");
+        serde_json::from_str::<Value>(&out).expect("still JSON");
+        assert!(
+            out.contains(r#""note":null"#) && out.contains(r#""email":null"#),
+            "{out}"
+        );
+        assert_eq!(erased, 2);
     }
 
     #[test]

@@ -111,6 +111,9 @@ CREATE TABLE consents (
 );
 CREATE INDEX consents_subject ON consents(tenant_id, subject);
 "#,
+    r#"
+ALTER TABLE user_tokens ADD COLUMN created_by TEXT;
+"#,
 ];
 
 #[derive(Clone)]
@@ -150,10 +153,20 @@ impl SqliteStore {
     /// Moves the WAL's pages into the database and truncates the WAL, so deleted rows (zeroed
     /// by `secure_delete`) leave no copy in the WAL file.
     pub(crate) async fn scrub(&self) -> Result<(), Error> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        // A checkpoint reports `busy` (first column 1) while a reader holds old pages: retry.
+        for _ in 0..50 {
+            let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await?;
+            let busy: i64 = row.try_get(0)?;
+            if busy == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(Error::Corrupt(
+            "the WAL could not be checkpointed: deleted keys may still be in it".into(),
+        ))
     }
 
     async fn migrate(pool: SqlitePool) -> Result<Self, Error> {

@@ -138,6 +138,30 @@ impl AccountStore for SqliteStore {
         Ok(())
     }
 
+    async fn bump_login_failures(&self, user_id: &str) -> Result<u32, Error> {
+        let n: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ? RETURNING failed_logins",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(n.unwrap_or(0).clamp(0, u32::MAX as i64) as u32)
+    }
+
+    async fn add_member(&self, tenant: TenantId, user_id: &str, role: Role) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "INSERT INTO memberships (user_id, tenant_id, role, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (user_id, tenant_id) DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(tenant.to_string())
+        .bind(role.as_str())
+        .bind(stamp(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn memberships(&self, user_id: &str) -> Result<Vec<Membership>, Error> {
         sqlx::query("SELECT * FROM memberships WHERE user_id = ? ORDER BY created_at, tenant_id")
             .bind(user_id)
@@ -218,6 +242,14 @@ impl AccountStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
+            "DELETE FROM user_tokens WHERE purpose = 'invite' AND used_at IS NULL
+             AND tenant_id = ? AND created_by = ?",
+        )
+        .bind(tenant.to_string())
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
             "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND tenant_id = ? AND revoked_at IS NULL",
         )
         .bind(stamp(Utc::now()))
@@ -235,11 +267,12 @@ impl AccountStore for SqliteStore {
         purpose: TokenPurpose,
         grant: Option<Membership>,
         expires_at: DateTime<Utc>,
+        created_by: Option<&str>,
     ) -> Result<String, Error> {
         let token = accounts::generate_token(accounts::token_tag(purpose));
         sqlx::query(
-            "INSERT INTO user_tokens (hash, user_id, purpose, tenant_id, role, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO user_tokens (hash, user_id, purpose, tenant_id, role, created_at, expires_at, created_by)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(keys::hash(&token))
         .bind(user_id)
@@ -248,6 +281,7 @@ impl AccountStore for SqliteStore {
         .bind(grant.as_ref().map(|g| g.role.as_str()))
         .bind(stamp(Utc::now()))
         .bind(stamp(expires_at))
+        .bind(created_by)
         .execute(&self.pool)
         .await?;
         Ok(token)
@@ -460,6 +494,7 @@ mod tests {
                 TokenPurpose::Invite,
                 Some(grant.clone()),
                 now + Duration::hours(1),
+                None,
             )
             .await
             .expect("token");
@@ -487,7 +522,13 @@ mod tests {
             "used once"
         );
         let late = store
-            .create_token(&u.id, TokenPurpose::Reset, None, now + Duration::hours(1))
+            .create_token(
+                &u.id,
+                TokenPurpose::Reset,
+                None,
+                now + Duration::hours(1),
+                None,
+            )
             .await
             .expect("token");
         assert_eq!(

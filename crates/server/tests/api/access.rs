@@ -678,6 +678,7 @@ async fn invitations_and_password_resets_work_once() {
             TokenPurpose::Reset,
             None,
             Utc::now() + chrono::Duration::hours(1),
+            None,
         )
         .await
         .expect("token");
@@ -756,5 +757,132 @@ async fn invitations_and_password_resets_work_once() {
     let log = std::fs::read_to_string(app.data_dir.join("audit.jsonl")).expect("audit");
     assert!(log.contains("\"action\":\"pii.view\""));
     assert!(Permission::ALL.len() >= 13);
+    app.stop().await;
+}
+
+/// An invitation token reaches the inviter, so it cannot take over an existing account: the
+/// account's own password is needed; it cannot change the role of a member; and the unused
+/// invitations of a removed member die with the membership.
+#[tokio::test]
+async fn invitations_cannot_take_over_accounts_or_outlive_their_sender() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn(dir.path(), AuthOptions::default(), 10_000).await;
+    let store = app.store.clone();
+    let a = app.tenant_id;
+    let b = store
+        .create_tenant(NewTenant {
+            name: "B".into(),
+            time_zone: "UTC".into(),
+            currency: Currency::parse("USD").expect("usd"),
+        })
+        .await
+        .expect("tenant")
+        .id;
+    member(store.as_ref(), a, "bob@corp.example", Role::Viewer).await;
+    member(store.as_ref(), b, "mallory@b.example", Role::Admin).await;
+    let mallory = token(&app, "mallory@b.example", None).await;
+    let invite = |email: &str| json!({"email": email, "role": "admin"});
+    let (status, inv) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&mallory),
+        Some(invite("bob@corp.example")),
+    )
+    .await;
+    assert_eq!(status, 201, "{inv}");
+    let t = inv["invitation_token"].as_str().expect("token").to_owned();
+    let accept = |pw: &str| json!({"token": t, "password": pw});
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(accept("mallory's own password")),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_credentials")),
+        "{body}"
+    );
+    assert_eq!(
+        login(&app, "bob@corp.example", "mallory's own password", None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        login(&app, "bob@corp.example", PASSWORD, None).await.0,
+        200,
+        "Bob's password unchanged"
+    );
+
+    // A member cannot be re-invited into a new role.
+    member(store.as_ref(), b, "owner@b.example", Role::Owner).await;
+    let owner = token(&app, "owner@b.example", None).await;
+    let (_, inv) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&owner),
+        Some(invite("carol@b.example")),
+    )
+    .await;
+    let carol_token = inv["invitation_token"].as_str().expect("token").to_owned();
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(json!({"token": carol_token, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&owner),
+        Some(invite("carol@b.example")),
+    )
+    .await;
+    assert_eq!(status, 409, "already a member");
+
+    // Mallory invites a second address of hers, is removed, then tries the invitation.
+    let (_, inv) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&mallory),
+        Some(invite("m2@b.example")),
+    )
+    .await;
+    let m2 = inv["invitation_token"].as_str().expect("token").to_owned();
+    let mallory_id = store
+        .credentials("mallory@b.example")
+        .await
+        .expect("c")
+        .expect("u")
+        .user
+        .id;
+    let (status, _) = send(
+        &app,
+        "DELETE",
+        &format!("/api/v1/members/{mallory_id}"),
+        Some(&owner),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(json!({"token": m2, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(status, 401, "a removed member's invitations are void");
     app.stop().await;
 }

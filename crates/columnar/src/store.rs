@@ -61,6 +61,10 @@ pub struct ColumnStore {
     manifest: Mutex<Manifest>,
     /// When the hot part got its first row since the last seal.
     hot_since: Mutex<Option<Instant>>,
+    /// Per-tenant retention in days ([`ColumnStore::set_retention`]).
+    retention: Mutex<HashMap<TenantId, u32>>,
+    /// A retention changed: expire at the follower's next turn.
+    expire_due: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ColumnStore {
@@ -86,7 +90,93 @@ impl ColumnStore {
             opts,
             manifest: Mutex::default(),
             hot_since: Mutex::default(),
+            retention: Mutex::default(),
+            expire_due: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Keeps `tenant`'s events for `days` (`None`: for ever). Sealed files whose newest event
+    /// is older are deleted by the follower (at once after a change, then hourly), and the
+    /// tenant's table is reloaded without them.
+    pub fn set_retention(&self, tenant: TenantId, days: Option<u32>) {
+        let mut r = lock(&self.retention);
+        let changed = match days {
+            Some(d) => r.insert(tenant, d) != Some(d),
+            None => r.remove(&tenant).is_some(),
+        };
+        if changed {
+            self.expire_due.store(true, Ordering::Release);
+        }
+    }
+
+    /// Deletes the sealed files of every tenant with a retention whose newest event is older
+    /// than it, and reloads those tenants' tables without them; returns how many files.
+    /// Runs on the follower, between seals (the manifest's only writer): hot rows are sealed
+    /// first, so the reloaded table holds every row that remains.
+    pub async fn expire(
+        &self,
+        consumer: Option<&mut Consumer>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, Error> {
+        let Some(segments) = self.opts.segments.clone() else {
+            return Ok(0);
+        };
+        let retention = lock(&self.retention).clone();
+        let cutoff = |days: u32| now.timestamp_micros() - i64::from(days) * 86_400_000_000;
+        let expired = |m: &Manifest| {
+            retention.iter().any(|(t, d)| {
+                m.tenants
+                    .get(&t.0)
+                    .is_some_and(|tm| tm.segments.iter().any(|s| s.max_ts < cutoff(*d)))
+            })
+        };
+        if !expired(&self.manifest()) {
+            return Ok(0);
+        }
+        if self.hot_rows() > 0 {
+            self.seal(consumer).await?;
+        }
+        let mut manifest = self.manifest();
+        let mut gone = Vec::new();
+        let mut reload = Vec::new();
+        for (tenant, days) in &retention {
+            if let Some(tm) = manifest.tenants.get_mut(&tenant.0) {
+                let before = tm.segments.len();
+                tm.segments.retain(|m| {
+                    let keep = m.max_ts >= cutoff(*days);
+                    if !keep {
+                        gone.push(m.path.clone());
+                    }
+                    keep
+                });
+                if tm.segments.len() != before {
+                    reload.push((*tenant, tm.clone()));
+                }
+            }
+        }
+        segments.put_manifest(&manifest).await?;
+        *lock(&self.manifest) = manifest;
+        for (tenant, tm) in reload {
+            let table = Arc::new(RwLock::new(load_tenant(&segments, &tm).await?));
+            let t2 = table.clone();
+            tokio::task::spawn_blocking(move || extend_by_person(&t2))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            self.tables
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(tenant, table);
+        }
+        for p in &gone {
+            if let Err(e) = segments.delete(p).await {
+                tracing::warn!(path = %p, error = %e, "could not delete an expired segment");
+            }
+        }
+        tracing::info!(
+            files = gone.len(),
+            "expired column segments past tenant retention"
+        );
+        Ok(gone.len())
     }
 
     /// Opens a store, loading what its segment store holds.
@@ -323,6 +413,7 @@ impl ColumnStore {
             );
         }
         let mut changes = log.subscribe();
+        let mut last_expiry = Instant::now();
         loop {
             let batch = match reader.next_batch(10_000) {
                 Ok(b) => b,
@@ -344,6 +435,15 @@ impl ColumnStore {
                 // The rows stay hot and the log keeps them; the next attempt retries.
                 tracing::error!(error = %e, "sealing column segments failed");
                 tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            if self.expire_due.swap(false, Ordering::AcqRel)
+                || last_expiry.elapsed() >= Duration::from_secs(3600)
+            {
+                last_expiry = Instant::now();
+                if let Err(e) = self.expire(consumer.as_mut(), chrono::Utc::now()).await {
+                    tracing::error!(error = %e, "expiring column segments failed");
+                    self.expire_due.store(true, Ordering::Release);
+                }
             }
         }
     }

@@ -81,6 +81,16 @@ pub enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Keep a tenant's events for this many days (older ones are removed), or for ever.
+    Retention {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, conflicts_with = "forever")]
+        days: Option<u32>,
+        /// Keep events for ever.
+        #[arg(long)]
+        forever: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -379,6 +389,33 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                 Some(json!({"revoked": true})),
             )?;
             println!("revoked {key_id}");
+        }
+        AdminCommand::Tenant {
+            command:
+                TenantCommand::Retention {
+                    tenant,
+                    days,
+                    forever,
+                },
+        } => {
+            if days.is_none() && !forever {
+                bail!("give --days N or --forever");
+            }
+            let before = store.set_retention_days(tenant_id(&tenant)?, days).await?;
+            let e = NewEntry {
+                actor: actor.clone(),
+                action: "tenant.retention".into(),
+                tenant: Some(tenant.clone()),
+                target: Some(tenant.clone()),
+                from: Some("cli".into()),
+                before: Some(json!({"retention_days": before})),
+                after: Some(json!({"retention_days": days})),
+            };
+            audit.record(e)?;
+            match days {
+                Some(d) => println!("tenant {tenant} keeps events for {d} days"),
+                None => println!("tenant {tenant} keeps events for ever"),
+            }
         }
         AdminCommand::User { command } => user(store.as_ref(), command, &record).await?,
         AdminCommand::Encryption { command } => {

@@ -134,7 +134,14 @@ pub async fn list(
         event: q.event,
         user_id: q.user_id,
         anonymous_id: q.anonymous_id,
-        since: time("since", q.since)?,
+        // Events past the tenant's retention are gone from every answer.
+        since: match (
+            time("since", q.since)?,
+            crate::retention_cutoff(&state, principal.tenant).await?,
+        ) {
+            (Some(s), Some(c)) => Some(s.max(c)),
+            (s, c) => s.or(c),
+        },
         until: time("until", q.until)?,
     };
     let tenant = principal.tenant.0;

@@ -89,6 +89,35 @@ impl IngestOptions {
     }
 }
 
+/// The oldest event time `tenant` keeps (its retention), if it has one.
+pub(crate) async fn retention_cutoff(
+    state: &AppState,
+    tenant: livora_model::TenantId,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    Ok(state
+        .store
+        .tenant(tenant)
+        .await?
+        .and_then(|t| t.retention_days)
+        .map(|d| chrono::Utc::now() - chrono::Duration::days(i64::from(d))))
+}
+
+/// Hands every tenant's retention to the column store (at start, then every minute, so a
+/// change made with `livora admin` reaches a running server).
+async fn sync_retention(state: &AppState) {
+    let Some(columns) = &state.columns else {
+        return;
+    };
+    match state.store.tenants().await {
+        Ok(tenants) => {
+            for t in tenants {
+                columns.set_retention(t.id, t.retention_days);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read tenant retention"),
+    }
+}
+
 /// The security settings a server starts with.
 pub struct Security {
     pub auth: access::AuthOptions,
@@ -216,6 +245,8 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         Need::Permission(P::ManageKeys),
     ),
     ("GET", "/api/v1/audit", Need::Permission(P::ReadAudit)),
+    ("GET", "/api/v1/tenant", Need::Authenticated),
+    ("PATCH", "/api/v1/tenant", Need::Permission(P::ManageTenant)),
     (
         "GET",
         "/api/v1/people/{id}/export",
@@ -272,6 +303,8 @@ fn handler(method: &str, path: &str) -> Handler {
         ("POST", "/api/v1/keys") => post(staff::create_key),
         ("DELETE", "/api/v1/keys/{key_id}") => delete(staff::revoke_key),
         ("GET", "/api/v1/audit") => get(staff::audit_log),
+        ("GET", "/api/v1/tenant") => get(staff::tenant),
+        ("PATCH", "/api/v1/tenant") => patch(staff::update_tenant),
         ("GET", "/api/v1/people/{id}/export") => get(privacy::export),
         ("DELETE", "/api/v1/people/{id}") => delete(privacy::erase),
         ("GET", "/api/v1/people/{id}/consents") => get(privacy::consents),
@@ -364,6 +397,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    sync_retention(&state).await;
     let retention = tokio::spawn(retention_loop(state.clone()));
     let columns = state
         .columns
@@ -408,6 +442,7 @@ async fn retention_loop(state: Arc<AppState>) {
     loop {
         tick.tick().await;
         state.limits.forget_idle();
+        sync_retention(&state).await;
         let log = log.clone();
         match tokio::task::spawn_blocking(move || log.enforce_retention()).await {
             Ok(Err(e)) => tracing::warn!(error = %e, "log retention failed"),

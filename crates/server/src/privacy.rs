@@ -137,8 +137,10 @@ async fn events_of(
         anonymous_id: Option<String>,
         #[serde(default)]
         previous_id: Option<String>,
+        timestamp: chrono::DateTime<Utc>,
     }
     let wanted: HashSet<String> = ids.iter().cloned().collect();
+    let cutoff = crate::retention_cutoff(state, tenant).await?;
     let log = state.log.clone();
     let found = tokio::task::spawn_blocking(move || {
         let mut found = Vec::new();
@@ -149,7 +151,9 @@ async fn events_of(
             let Ok(text) = std::str::from_utf8(&r.payload) else {
                 return true;
             };
-            if let Ok(w) = serde_json::from_str::<Who>(text) {
+            if let Ok(w) = serde_json::from_str::<Who>(text)
+                && cutoff.is_none_or(|c| w.timestamp >= c)
+            {
                 let hit = w
                     .user_id
                     .is_some_and(|u| wanted.contains(&format!("u:{u}")))

@@ -37,7 +37,20 @@ pub async fn run(
             format!("a query is at most {MAX_QUERY_BYTES} bytes"),
         ));
     }
-    let query: Query = serde_json::from_slice(&body)
+    let mut value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(Code::InvalidQuery, format!("invalid query: {e}")))?;
+    // Events past the tenant's retention are out of every answer (their sealed files are
+    // deleted; rows still in memory go at the next start).
+    if let Some(cutoff) = crate::retention_cutoff(&state, principal.tenant).await?
+        && let Some(from) = value.get_mut("from")
+        && from
+            .as_str()
+            .and_then(|f| chrono::DateTime::parse_from_rfc3339(f).ok())
+            .is_some_and(|f| f < cutoff)
+    {
+        *from = serde_json::Value::String(cutoff.to_rfc3339());
+    }
+    let query: Query = serde_json::from_value(value)
         .map_err(|e| ApiError::new(Code::InvalidQuery, format!("invalid query: {e}")))?;
     // Aggregates need `analytics.read` (the route's permission); naming persons is personal
     // data, and is audited.

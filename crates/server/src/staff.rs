@@ -818,3 +818,48 @@ pub async fn audit_log(
     }))
     .into_response())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tenant settings
+
+/// `GET /api/v1/tenant`: the caller's tenant and its settings.
+pub async fn tenant(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let t = state
+        .store
+        .tenant(p.tenant)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, "the tenant no longer exists"))?;
+    Ok(Json(json!(t)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantBody {
+    /// Days events are kept; `null` keeps them for ever.
+    retention_days: Option<u32>,
+}
+
+/// `PATCH /api/v1/tenant`: changes the tenant's data retention (owners only).
+pub async fn update_tenant(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let b: TenantBody = json_body(&headers, body).await?;
+    let before = state
+        .store
+        .set_retention_days(p.tenant, b.retention_days)
+        .await?;
+    if let Some(c) = &state.columns {
+        c.set_retention(p.tenant, b.retention_days);
+    }
+    let mut e = entry(&p, "tenant.retention", Some(p.tenant.to_string()));
+    e.before = Some(json!({"retention_days": before}));
+    e.after = Some(json!({"retention_days": b.retention_days}));
+    state.audit(e).await?;
+    tenant(State(state), Extension(p)).await
+}

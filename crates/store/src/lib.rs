@@ -38,6 +38,8 @@ pub struct Tenant {
     pub time_zone: String,
     pub currency: Currency,
     pub created_at: DateTime<Utc>,
+    /// Events older than this many days are removed (`None`: kept for ever).
+    pub retention_days: Option<u32>,
 }
 
 /// An API key as stored: never the secret itself.
@@ -73,6 +75,12 @@ pub trait MetadataStore: AccountStore + PrivacyStore {
     async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error>;
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, Error>;
     async fn tenants(&self) -> Result<Vec<Tenant>, Error>;
+    /// Sets the tenant's retention; returns the previous one.
+    async fn set_retention_days(
+        &self,
+        tenant: TenantId,
+        days: Option<u32>,
+    ) -> Result<Option<u32>, Error>;
     /// Creates a key with the default scopes of its kind (`write`: ingest; `secret`: read).
     async fn create_key(&self, tenant: TenantId, kind: KeyKind) -> Result<NewKey, Error> {
         let scopes = match kind {

@@ -114,6 +114,9 @@ CREATE INDEX consents_subject ON consents(tenant_id, subject);
     r#"
 ALTER TABLE user_tokens ADD COLUMN created_by TEXT;
 "#,
+    r#"
+ALTER TABLE tenants ADD COLUMN retention_days INTEGER;
+"#,
 ];
 
 #[derive(Clone)]
@@ -210,6 +213,9 @@ fn tenant_from(row: &SqliteRow) -> Result<Tenant, Error> {
         time_zone: row.try_get("time_zone")?,
         currency: Currency::parse(&currency).map_err(Error::Corrupt)?,
         created_at: time(row, "created_at")?,
+        retention_days: row
+            .try_get::<Option<i64>, _>("retention_days")?
+            .map(|d| d.clamp(1, u32::MAX as i64) as u32),
     })
 }
 
@@ -257,6 +263,7 @@ impl MetadataStore for SqliteStore {
             time_zone: new.time_zone,
             currency: new.currency,
             created_at: now(),
+            retention_days: None,
         };
         sqlx::query(
             "INSERT INTO tenants (id, name, time_zone, currency, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -279,6 +286,30 @@ impl MetadataStore for SqliteStore {
             .as_ref()
             .map(tenant_from)
             .transpose()
+    }
+
+    async fn set_retention_days(
+        &self,
+        tenant: TenantId,
+        days: Option<u32>,
+    ) -> Result<Option<u32>, Error> {
+        if days == Some(0) {
+            return Err(Error::Invalid {
+                field: "retention_days",
+                message: "retention is at least 1 day (or null: keep for ever)".into(),
+            });
+        }
+        let before = self
+            .tenant(tenant)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("tenant {tenant}")))?
+            .retention_days;
+        sqlx::query("UPDATE tenants SET retention_days = ? WHERE id = ?")
+            .bind(days.map(i64::from))
+            .bind(tenant.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(before)
     }
 
     async fn tenants(&self) -> Result<Vec<Tenant>, Error> {

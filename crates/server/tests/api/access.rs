@@ -99,6 +99,7 @@ fn sample(method: &str, path: &str, n: usize, victims: &Victims) -> (String, Opt
         ("POST", "/api/v1/members") => {
             Some(json!({"email": format!("new{n}@example.com"), "role": "viewer"}))
         }
+        ("PATCH", "/api/v1/tenant") => Some(json!({"retention_days": null})),
         ("PATCH", _) => Some(json!({"role": "viewer"})),
         ("POST", "/api/v1/keys") => Some(json!({"scopes": ["read"]})),
         ("POST", "/api/v1/people/{id}/consents") => Some(json!({

@@ -53,12 +53,15 @@ pub enum CryptoError {
     Malformed,
 }
 
-/// What wraps tenant keys: the master key, here or in a cloud KMS.
+/// What wraps tenant keys: the master key, here or in a cloud KMS (async: a cloud KMS is a
+/// network call; tenant keys are unwrapped once per process and tenant, so it is never on
+/// the hot path).
+#[async_trait::async_trait]
 pub trait Kms: Send + Sync + 'static {
     /// The id of the key that [`Kms::wrap`] uses now.
     fn key_id(&self) -> String;
-    fn wrap(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError>;
-    fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    async fn wrap(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError>;
 }
 
 /// AES-256-GCM under a 32-byte key.
@@ -153,19 +156,20 @@ impl LocalKms {
     }
 }
 
+#[async_trait::async_trait]
 impl Kms for LocalKms {
     fn key_id(&self) -> String {
         format!("local:{}", self.current.id)
     }
 
-    fn wrap(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    async fn wrap(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut out = self.current.id.as_bytes().to_vec();
         out.push(b':');
         out.extend(seal(&self.current.cipher, plaintext, aad));
         Ok(out)
     }
 
-    fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let colon = wrapped
             .iter()
             .position(|b| *b == b':')
@@ -443,7 +447,11 @@ impl Keyring {
         if stored.is_empty() {
             let mut raw = [0u8; 32];
             rand::rng().fill_bytes(&mut raw);
-            let wrapped = self.kms.wrap(&raw, &tenant_aad(tenant, 1)).map_err(crypt)?;
+            let wrapped = self
+                .kms
+                .wrap(&raw, &tenant_aad(tenant, 1))
+                .await
+                .map_err(crypt)?;
             self.store.add_tenant_key(tenant, 1, &wrapped).await?;
             stored = self.store.tenant_keys(tenant).await?;
         }
@@ -453,6 +461,7 @@ impl Keyring {
             let raw = self
                 .kms
                 .unwrap(&wrapped, &tenant_aad(tenant, version))
+                .await
                 .map_err(crypt)?;
             let cipher =
                 Aes256Gcm::new_from_slice(&raw).map_err(|_| crypt(CryptoError::Malformed))?;
@@ -894,8 +903,8 @@ pub async fn rewrap_tenant_keys(store: &dyn MetadataStore, kms: &dyn Kms) -> Res
     for t in store.tenants().await? {
         for (version, wrapped) in store.tenant_keys(t.id).await? {
             let aad = tenant_aad(t.id, version);
-            let raw = kms.unwrap(&wrapped, &aad).map_err(crypt)?;
-            let again = kms.wrap(&raw, &aad).map_err(crypt)?;
+            let raw = kms.unwrap(&wrapped, &aad).await.map_err(crypt)?;
+            let again = kms.wrap(&raw, &aad).await.map_err(crypt)?;
             store.replace_tenant_key(t.id, version, &again).await?;
             n += 1;
         }
@@ -919,7 +928,10 @@ pub async fn rotate_tenant_key(
         + 1;
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
-    let wrapped = kms.wrap(&raw, &tenant_aad(tenant, next)).map_err(crypt)?;
+    let wrapped = kms
+        .wrap(&raw, &tenant_aad(tenant, next))
+        .await
+        .map_err(crypt)?;
     store.add_tenant_key(tenant, next, &wrapped).await?;
     Ok(next)
 }
@@ -928,19 +940,22 @@ pub async fn rotate_tenant_key(
 mod tests {
     use super::*;
 
-    #[test]
-    fn local_kms_wraps_and_rotates() {
+    #[tokio::test]
+    async fn local_kms_wraps_and_rotates() {
         let old = decode_key(&generate_key_text()).expect("key");
         let new = decode_key(&generate_key_text()).expect("key");
         let a = LocalKms::new(&old, &[]).expect("kms");
-        let wrapped = a.wrap(b"secret", b"aad").expect("wrap");
-        assert_eq!(a.unwrap(&wrapped, b"aad").expect("unwrap"), b"secret");
-        assert!(a.unwrap(&wrapped, b"other aad").is_err());
+        let wrapped = a.wrap(b"secret", b"aad").await.expect("wrap");
+        assert_eq!(a.unwrap(&wrapped, b"aad").await.expect("unwrap"), b"secret");
+        assert!(a.unwrap(&wrapped, b"other aad").await.is_err());
         let b = LocalKms::new(&new, std::slice::from_ref(&old)).expect("kms");
-        assert_eq!(b.unwrap(&wrapped, b"aad").expect("previous key"), b"secret");
+        assert_eq!(
+            b.unwrap(&wrapped, b"aad").await.expect("previous key"),
+            b"secret"
+        );
         let c = LocalKms::new(&new, &[]).expect("kms");
         assert!(matches!(
-            c.unwrap(&wrapped, b"aad"),
+            c.unwrap(&wrapped, b"aad").await,
             Err(CryptoError::UnknownMasterKey(_))
         ));
         assert!(decode_key("c2hvcnQ=").is_err());

@@ -39,7 +39,7 @@ pub enum Need {
     Login,
     /// A write key, sent as HTTP Basic or in the body (ingestion checks it itself).
     WriteKey,
-    /// Any staff member or API key of a tenant.
+    /// Any staff member or secret key of a tenant (not a write key: those are public).
     Authenticated,
     /// A principal holding this permission.
     Permission(Permission),
@@ -382,6 +382,16 @@ pub async fn authorize(
         && let Err(e) = principal.require(p)
     {
         return e.into_response();
+    }
+    // A write key is public (it ships in web pages): it names no one and reads nothing.
+    if let Actor::Key { scopes, .. } = &principal.actor
+        && scopes.iter().all(|s| *s == Scope::Ingest)
+    {
+        return ApiError::new(
+            Code::Forbidden,
+            "a write key only sends events; use a secret key or sign in",
+        )
+        .into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await

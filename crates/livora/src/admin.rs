@@ -420,7 +420,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::User { command } => user(store.as_ref(), command, &record).await?,
         AdminCommand::Encryption { command } => {
             let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-            let Some((kms, _)) = config.encryption(&env)? else {
+            let Some((kms, _)) = config.encryption(&env).await? else {
                 bail!("encryption at rest is off ([privacy] encryption = false)");
             };
             match command {

@@ -45,6 +45,14 @@ pub struct PrivacyConfig {
     pub previous_master_key_files: Vec<PathBuf>,
     /// Trait names that hold personal data, besides the built-in ones.
     pub pii_traits: Vec<String>,
+    /// Where the master key lives: `local` (the settings above) or `aws` (AWS KMS; needs a
+    /// binary built with `--features aws-kms`).
+    pub kms: String,
+    /// The AWS KMS key (id, ARN or alias) with `kms = "aws"`; credentials and region come
+    /// from the usual AWS environment.
+    pub aws_kms_key_id: Option<String>,
+    /// Another KMS-compatible endpoint (a VPC endpoint, LocalStack…).
+    pub aws_kms_endpoint: Option<String>,
 }
 
 impl Default for PrivacyConfig {
@@ -54,6 +62,9 @@ impl Default for PrivacyConfig {
             master_key_file: None,
             previous_master_key_files: Vec::new(),
             pii_traits: Vec::new(),
+            kms: "local".into(),
+            aws_kms_key_id: None,
+            aws_kms_endpoint: None,
         }
     }
 }
@@ -241,12 +252,18 @@ impl Config {
     }
 
     /// The master key service and personal fields, or `None` with encryption off.
-    pub fn encryption(
+    pub async fn encryption(
         &self,
         env: &HashMap<String, String>,
     ) -> anyhow::Result<Option<(Arc<dyn Kms>, PiiFields)>> {
         if !self.privacy.encryption {
             return Ok(None);
+        }
+        let fields = PiiFields::with_traits(&self.privacy.pii_traits);
+        match self.privacy.kms.as_str() {
+            "local" => {}
+            "aws" => return Ok(Some((self.aws_kms().await?, fields))),
+            other => bail!("privacy.kms = {other:?}: use local or aws"),
         }
         let decode = |text: &str, what: &str| {
             crypto::decode_key(text).with_context(|| format!("{what}: not a 32-byte key"))
@@ -276,10 +293,26 @@ impl Config {
             }
         }
         let kms = LocalKms::new(&current, &previous).map_err(anyhow::Error::msg)?;
-        Ok(Some((
-            Arc::new(kms),
-            PiiFields::with_traits(&self.privacy.pii_traits),
-        )))
+        Ok(Some((Arc::new(kms), fields)))
+    }
+
+    #[cfg(feature = "aws-kms")]
+    async fn aws_kms(&self) -> anyhow::Result<Arc<dyn Kms>> {
+        let key = self
+            .privacy
+            .aws_kms_key_id
+            .as_deref()
+            .context("privacy.kms = \"aws\" needs privacy.aws_kms_key_id")?;
+        let kms =
+            livora_store::kms_aws::AwsKms::new(key, self.privacy.aws_kms_endpoint.as_deref()).await;
+        Ok(Arc::new(kms))
+    }
+
+    #[cfg(not(feature = "aws-kms"))]
+    async fn aws_kms(&self) -> anyhow::Result<Arc<dyn Kms>> {
+        bail!(
+            "privacy.kms = \"aws\": this binary was built without AWS KMS; build it with `cargo build --release -p livora --features aws-kms`"
+        )
     }
 }
 

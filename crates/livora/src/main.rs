@@ -209,7 +209,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         auth: config.auth.clone(),
         jwt_secret: config.jwt_secret(&env)?,
         audit: Arc::new(audit),
-        encryption: config.encryption(&env)?,
+        encryption: config.encryption(&env).await?,
         tls: match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(cert), Some(key)) => Some(livora_server::tls::load(cert, key)?),
             (None, None) => None,

@@ -51,6 +51,8 @@ pub enum CryptoError {
     Decrypt,
     #[error("malformed wrapped key")]
     Malformed,
+    #[error("the key management service refused: {0}")]
+    Kms(String),
 }
 
 /// What wraps tenant keys: the master key, here or in a cloud KMS (async: a cloud KMS is a

@@ -12,6 +12,8 @@ pub mod audit;
 pub mod crypto;
 mod error;
 pub mod keys;
+#[cfg(feature = "aws-kms")]
+pub mod kms_aws;
 pub mod privacy;
 mod sqlite;
 mod sqlite_accounts;

@@ -11,7 +11,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 # The AWS KMS master key (Cargo feature aws-kms) against a local KMS (moto, from test-deps).
-cargo clippy -p livora-store --features aws-kms --all-targets --locked -- -D warnings
-cargo test -p livora-store --features aws-kms --locked --test aws_kms
+cargo clippy -p livora --features aws-kms --all-targets --locked -- -D warnings
+cargo test -p livora --features aws-kms --locked --test aws_kms
 # A short fuzzing run of the ingestion and query parsers (libFuzzer through cargo fuzz).
 ./scripts/fuzz.sh 30

@@ -7,29 +7,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{Server, all_events, create_tenant, repo_root};
+use common::{Server, all_events, create_tenant, repo_root, test_deps};
 use serde_json::Value;
 
-fn install_sdks() -> std::path::PathBuf {
-    let root = repo_root();
-    let deps = std::env::var("LIVORA_TEST_DEPS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join(".cache/test-deps"));
-    let out = Command::new(root.join("scripts/test-deps.sh"))
-        .env("LIVORA_TEST_DEPS", &deps)
-        .output()
-        .expect("run scripts/test-deps.sh");
-    assert!(
-        out.status.success(),
-        "installing the Segment SDKs failed (needs python3 with venv, node >= 20, and access to PyPI and npm):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    deps
-}
-
 fn run_sdk(program: &str, script: &str, url: &str, key: &str, run: &str, gzip: bool) -> Vec<Value> {
-    let deps = install_sdks();
+    let deps = test_deps();
     let program = if program == "python" {
         deps.join("venv/bin/python").to_string_lossy().into_owned()
     } else {

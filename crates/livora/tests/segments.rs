@@ -7,30 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, create_tenant, free_port, repo_root, wait_sealed};
+use common::{BIN, Server, create_tenant, free_port, test_deps, wait_sealed};
 use serde_json::{Value, json};
-
-fn test_deps() -> PathBuf {
-    let root = repo_root();
-    let deps = std::env::var("LIVORA_TEST_DEPS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join(".cache/test-deps"));
-    let out = Command::new(root.join("scripts/test-deps.sh"))
-        .env("LIVORA_TEST_DEPS", &deps)
-        .output()
-        .expect("run scripts/test-deps.sh");
-    assert!(
-        out.status.success(),
-        "installing the test dependencies failed (needs python3 with venv, node >= 20, cargo, and access to PyPI, npm and crates.io):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    deps
-}
 
 /// 90 events of 10 people over three days, with a string and a number property.
 fn events() -> Vec<Value> {

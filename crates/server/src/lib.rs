@@ -98,8 +98,13 @@ pub(crate) async fn retention_cutoff(
         .store
         .tenant(tenant)
         .await?
-        .and_then(|t| t.retention_days)
-        .map(|d| chrono::Utc::now() - chrono::Duration::days(i64::from(d))))
+        .and_then(|t| cutoff_of(&t)))
+}
+
+/// The oldest event time a tenant keeps, if it has a retention.
+pub(crate) fn cutoff_of(t: &livora_store::Tenant) -> Option<chrono::DateTime<chrono::Utc>> {
+    t.retention_days
+        .map(|d| chrono::Utc::now() - chrono::Duration::days(i64::from(d)))
 }
 
 /// Hands every tenant's retention to the column store (at start, then every minute, so a

@@ -39,9 +39,15 @@ pub async fn run(
     }
     let mut value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(Code::InvalidQuery, format!("invalid query: {e}")))?;
-    // Events past the tenant's retention are out of every answer (their sealed files are
-    // deleted; rows still in memory go at the next start).
-    if let Some(cutoff) = crate::retention_cutoff(&state, principal.tenant).await?
+    // The tenant's time zone sets calendar periods; its retention, the oldest time asked.
+    let tenant = state
+        .store
+        .tenant(principal.tenant)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::Unauthorized, "the tenant no longer exists"))?;
+    // Until the column store has expired rows past the retention (at once after a change,
+    // then hourly), no query reaches back before it.
+    if let Some(cutoff) = crate::cutoff_of(&tenant)
         && let Some(from) = value.get_mut("from")
         && from
             .as_str()
@@ -66,12 +72,6 @@ pub async fn run(
             "this node does not serve queries ([analytics] enabled = false)",
         ));
     };
-    // Calendar periods are the tenant's: its time zone comes from the store.
-    let tenant = state
-        .store
-        .tenant(principal.tenant)
-        .await?
-        .ok_or_else(|| ApiError::new(Code::Unauthorized, "the tenant no longer exists"))?;
     let tz: chrono_tz::Tz = tenant.time_zone.parse().unwrap_or(chrono_tz::UTC);
     let table = columns.table(principal.tenant);
     let log_offset = columns.applied();

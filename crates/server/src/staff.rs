@@ -211,24 +211,27 @@ pub async fn login(
         tokio::task::spawn_blocking(move || accounts::verify_password(hash.as_deref(), &password))
             .await
             .map_err(|e| ApiError::internal(&e))?;
-    let Some(creds) = creds.filter(|_| ok) else {
-        if let Some(c) = state.store.credentials(&b.email).await? {
-            let lock = next_lock(&state, failures, now);
-            state.store.set_login_lock(&c.user.id, &lock).await?;
-            state
-                .audit(NewEntry {
-                    actor: format!("user:{} ({})", c.user.id, c.user.email),
-                    action: "auth.login_failed".into(),
-                    target: Some(c.user.id.clone()),
-                    from: Some(from),
-                    after: Some(
-                        json!({"failures": lock.failures, "locked_until": lock.locked_until}),
-                    ),
-                    ..NewEntry::default()
-                })
-                .await?;
+    let creds = match creds {
+        Some(c) if ok => c,
+        failed => {
+            if let Some(c) = failed {
+                let lock = next_lock(&state, failures, now);
+                state.store.set_login_lock(&c.user.id, &lock).await?;
+                state
+                    .audit(NewEntry {
+                        actor: format!("user:{} ({})", c.user.id, c.user.email),
+                        action: "auth.login_failed".into(),
+                        target: Some(c.user.id.clone()),
+                        from: Some(from),
+                        after: Some(
+                            json!({"failures": lock.failures, "locked_until": lock.locked_until}),
+                        ),
+                        ..NewEntry::default()
+                    })
+                    .await?;
+            }
+            return Err(bad_credentials());
         }
-        return Err(bad_credentials());
     };
     state
         .store

@@ -746,10 +746,10 @@ impl Keyring {
                     // Only a well-formed JSON value goes back into the text.
                     RawValue::from_string(text).ok()
                 });
-            Some(plain.unwrap_or_else(|| {
+            plain.or_else(|| {
                 erased += 1;
-                RawValue::from_string("null".into()).unwrap_or_else(|_| unreachable_null())
-            }))
+                RawValue::from_string("null".into()).ok()
+            })
         });
         Ok((out.unwrap_or_else(|| text.to_owned()), erased))
     }
@@ -817,11 +817,6 @@ impl Keyring {
         }
         Ok(n)
     }
-}
-
-fn unreachable_null() -> Box<RawValue> {
-    // `null` is valid JSON; this is never called.
-    serde_json::value::to_raw_value(&Value::Null).unwrap_or_default()
 }
 
 type RawMap = std::collections::BTreeMap<String, Box<RawValue>>;

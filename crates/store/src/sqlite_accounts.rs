@@ -30,6 +30,22 @@ fn role(row: &SqliteRow, col: &str) -> Result<Role, Error> {
     Role::parse(&text).ok_or_else(|| Error::Corrupt(format!("role {text:?}")))
 }
 
+/// The role of `user_id` in `tenant`, inside a transaction.
+async fn role_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tenant: TenantId,
+    user_id: &str,
+) -> Result<Option<Role>, Error> {
+    sqlx::query("SELECT role FROM memberships WHERE user_id = ? AND tenant_id = ?")
+        .bind(user_id)
+        .bind(tenant.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .as_ref()
+        .map(|r| role(r, "role"))
+        .transpose()
+}
+
 fn session_from(row: &SqliteRow) -> Result<Session, Error> {
     Ok(Session {
         id: row.try_get("id")?,
@@ -202,15 +218,7 @@ impl AccountStore for SqliteStore {
         new: Role,
     ) -> Result<Option<Role>, Error> {
         let mut tx = self.pool.begin().await?;
-        let before =
-            sqlx::query("SELECT role FROM memberships WHERE user_id = ? AND tenant_id = ?")
-                .bind(user_id)
-                .bind(tenant.to_string())
-                .fetch_optional(&mut *tx)
-                .await?
-                .as_ref()
-                .map(|r| role(r, "role"))
-                .transpose()?;
+        let before = role_in(&mut tx, tenant, user_id).await?;
         sqlx::query(
             "INSERT INTO memberships (user_id, tenant_id, role, created_at) VALUES (?, ?, ?, ?)
              ON CONFLICT (user_id, tenant_id) DO UPDATE SET role = excluded.role",
@@ -227,15 +235,7 @@ impl AccountStore for SqliteStore {
 
     async fn remove_member(&self, tenant: TenantId, user_id: &str) -> Result<Option<Role>, Error> {
         let mut tx = self.pool.begin().await?;
-        let before =
-            sqlx::query("SELECT role FROM memberships WHERE user_id = ? AND tenant_id = ?")
-                .bind(user_id)
-                .bind(tenant.to_string())
-                .fetch_optional(&mut *tx)
-                .await?
-                .as_ref()
-                .map(|r| role(r, "role"))
-                .transpose()?;
+        let before = role_in(&mut tx, tenant, user_id).await?;
         sqlx::query("DELETE FROM memberships WHERE user_id = ? AND tenant_id = ?")
             .bind(user_id)
             .bind(tenant.to_string())

@@ -218,3 +218,23 @@ pub fn wait_sealed(manifest: &Path, events: u64, server_log: &Path) -> Value {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Installs (idempotently) what tests run besides Livora, with `scripts/test-deps.sh`, and
+/// returns where: the Segment SDKs, DuckDB, moto and s3s-fs.
+pub fn test_deps() -> PathBuf {
+    let root = repo_root();
+    let deps = std::env::var("LIVORA_TEST_DEPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join(".cache/test-deps"));
+    let out = Command::new(root.join("scripts/test-deps.sh"))
+        .env("LIVORA_TEST_DEPS", &deps)
+        .output()
+        .expect("run scripts/test-deps.sh");
+    assert!(
+        out.status.success(),
+        "installing the test dependencies failed (needs python3 with venv, node >= 20, cargo, and access to PyPI, npm and crates.io):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    deps
+}

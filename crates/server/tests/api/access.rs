@@ -30,6 +30,19 @@ async fn spawn(dir: &std::path::Path, auth: AuthOptions, login_per_minute: u32) 
 
 const PASSWORD: &str = "correct horse battery";
 
+/// Another tenant beside the app's.
+async fn second_tenant(store: &dyn MetadataStore, name: &str) -> TenantId {
+    store
+        .create_tenant(NewTenant {
+            name: name.into(),
+            time_zone: "UTC".into(),
+            currency: Currency::parse("EUR").expect("eur"),
+        })
+        .await
+        .expect("tenant")
+        .id
+}
+
 /// A user with `role` in `tenant` and a password, made directly in the store.
 async fn member(store: &dyn MetadataStore, tenant: TenantId, email: &str, role: Role) -> String {
     let user = match store.credentials(email).await.expect("lookup") {
@@ -128,15 +141,7 @@ async fn every_route_answers_every_caller_as_documented() {
     let app = spawn(dir.path(), AuthOptions::default(), 10_000).await;
     let store = app.store.clone();
     let a = app.tenant_id;
-    let b = store
-        .create_tenant(NewTenant {
-            name: "Other".into(),
-            time_zone: "UTC".into(),
-            currency: Currency::parse("EUR").expect("eur"),
-        })
-        .await
-        .expect("tenant")
-        .id;
+    let b = second_tenant(store.as_ref(), "Other").await;
     // Something of tenant A's that no caller of tenant B may see.
     let marker = "tenant-a-marker-7f3e";
     let (status, _) = app
@@ -304,15 +309,7 @@ async fn tampered_expired_and_foreign_tokens_are_refused() {
         .expect("claims")
     };
     let now = Utc::now().timestamp();
-    let other = store
-        .create_tenant(NewTenant {
-            name: "Elsewhere".into(),
-            time_zone: "UTC".into(),
-            currency: Currency::parse("USD").expect("usd"),
-        })
-        .await
-        .expect("tenant")
-        .id;
+    let other = second_tenant(store.as_ref(), "Elsewhere").await;
     let mut expired = claims.clone();
     expired["iat"] = json!(now - 7200);
     expired["exp"] = json!(now - 3600);
@@ -775,15 +772,7 @@ async fn invitations_cannot_take_over_accounts_or_outlive_their_sender() {
     let app = spawn(dir.path(), AuthOptions::default(), 10_000).await;
     let store = app.store.clone();
     let a = app.tenant_id;
-    let b = store
-        .create_tenant(NewTenant {
-            name: "B".into(),
-            time_zone: "UTC".into(),
-            currency: Currency::parse("USD").expect("usd"),
-        })
-        .await
-        .expect("tenant")
-        .id;
+    let b = second_tenant(store.as_ref(), "B").await;
     member(store.as_ref(), a, "bob@corp.example", Role::Viewer).await;
     member(store.as_ref(), b, "mallory@b.example", Role::Admin).await;
     let mallory = token(&app, "mallory@b.example", None).await;

@@ -10,8 +10,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/livora-target}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
-# The AWS KMS master key (Cargo feature aws-kms) against a local KMS (moto, from test-deps).
-cargo clippy -p livora --features aws-kms --all-targets --locked -- -D warnings
-cargo test -p livora --features aws-kms --locked --test aws_kms
+# The master key in a cloud KMS (Cargo features aws-kms, gcp-kms, azure-kms): AWS against
+# moto's local KMS (from test-deps), GCP KMS and Azure Key Vault against local servers that
+# speak their REST protocols (tests/cloud_kms.rs).
+KMS_FEATURES=aws-kms,gcp-kms,azure-kms
+cargo clippy -p livora --features "$KMS_FEATURES" --all-targets --locked -- -D warnings
+cargo test -p livora-store --features "$KMS_FEATURES" --locked --lib kms
+cargo test -p livora --features "$KMS_FEATURES" --locked --test aws_kms --test cloud_kms
 # A short fuzzing run of the ingestion and query parsers (libFuzzer through cargo fuzz).
 ./scripts/fuzz.sh 30

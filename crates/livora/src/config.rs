@@ -45,14 +45,29 @@ pub struct PrivacyConfig {
     pub previous_master_key_files: Vec<PathBuf>,
     /// Trait names that hold personal data, besides the built-in ones.
     pub pii_traits: Vec<String>,
-    /// Where the master key lives: `local` (the settings above) or `aws` (AWS KMS; needs a
-    /// binary built with `--features aws-kms`).
+    /// Where the master key lives: `local` (the settings above), `aws` (AWS KMS), `gcp`
+    /// (Google Cloud KMS) or `azure` (Azure Key Vault / Managed HSM). A cloud KMS needs a
+    /// binary built with `--features aws-kms`, `gcp-kms` or `azure-kms`.
     pub kms: String,
     /// The AWS KMS key (id, ARN or alias) with `kms = "aws"`; credentials and region come
     /// from the usual AWS environment.
     pub aws_kms_key_id: Option<String>,
     /// Another KMS-compatible endpoint (a VPC endpoint, LocalStack…).
     pub aws_kms_endpoint: Option<String>,
+    /// The Cloud KMS key with `kms = "gcp"`:
+    /// `projects/P/locations/L/keyRings/R/cryptoKeys/K`.
+    pub gcp_kms_key: Option<String>,
+    /// Another Cloud KMS endpoint (Private Service Connect…).
+    pub gcp_kms_endpoint: Option<String>,
+    /// A service-account or authorized-user key file; without it, Application Default
+    /// Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's file, the metadata server).
+    pub gcp_credentials_file: Option<PathBuf>,
+    /// The vault with `kms = "azure"`: `https://<name>.vault.azure.net` or
+    /// `https://<name>.managedhsm.azure.net`; credentials come from `AZURE_*` variables or a
+    /// managed identity.
+    pub azure_key_vault_url: Option<String>,
+    /// The RSA key in that vault that wraps tenant keys.
+    pub azure_key_name: Option<String>,
 }
 
 impl Default for PrivacyConfig {
@@ -65,6 +80,11 @@ impl Default for PrivacyConfig {
             kms: "local".into(),
             aws_kms_key_id: None,
             aws_kms_endpoint: None,
+            gcp_kms_key: None,
+            gcp_kms_endpoint: None,
+            gcp_credentials_file: None,
+            azure_key_vault_url: None,
+            azure_key_name: None,
         }
     }
 }
@@ -262,8 +282,8 @@ impl Config {
         let fields = PiiFields::with_traits(&self.privacy.pii_traits);
         match self.privacy.kms.as_str() {
             "local" => {}
-            "aws" => return Ok(Some((self.aws_kms().await?, fields))),
-            other => bail!("privacy.kms = {other:?}: use local or aws"),
+            "aws" | "gcp" | "azure" => return Ok(Some((self.cloud_kms().await?, fields))),
+            other => bail!("privacy.kms = {other:?}: use local, aws, gcp or azure"),
         }
         let decode = |text: &str, what: &str| {
             crypto::decode_key(text).with_context(|| format!("{what}: not a 32-byte key"))
@@ -296,23 +316,53 @@ impl Config {
         Ok(Some((Arc::new(kms), fields)))
     }
 
-    #[cfg(feature = "aws-kms")]
-    async fn aws_kms(&self) -> anyhow::Result<Arc<dyn Kms>> {
-        let key = self
-            .privacy
-            .aws_kms_key_id
-            .as_deref()
-            .context("privacy.kms = \"aws\" needs privacy.aws_kms_key_id")?;
-        let kms =
-            livora_store::kms_aws::AwsKms::new(key, self.privacy.aws_kms_endpoint.as_deref()).await;
-        Ok(Arc::new(kms))
-    }
-
-    #[cfg(not(feature = "aws-kms"))]
-    async fn aws_kms(&self) -> anyhow::Result<Arc<dyn Kms>> {
-        bail!(
-            "privacy.kms = \"aws\": this binary was built without AWS KMS; build it with `cargo build --release -p livora --features aws-kms`"
-        )
+    /// The cloud KMS that `privacy.kms` names.
+    #[allow(unreachable_patterns)] // the arms after the first three, with every feature on
+    async fn cloud_kms(&self) -> anyhow::Result<Arc<dyn Kms>> {
+        let p = &self.privacy;
+        #[cfg(any(feature = "aws-kms", feature = "gcp-kms", feature = "azure-kms"))]
+        let need = |v: &Option<String>, field: &str| {
+            v.as_deref()
+                .with_context(|| format!("privacy.kms = {:?} needs privacy.{field}", p.kms))
+                .map(str::to_owned)
+        };
+        match p.kms.as_str() {
+            #[cfg(feature = "aws-kms")]
+            "aws" => {
+                let key = need(&p.aws_kms_key_id, "aws_kms_key_id")?;
+                let kms =
+                    livora_store::kms_aws::AwsKms::new(&key, p.aws_kms_endpoint.as_deref()).await;
+                Ok(Arc::new(kms))
+            }
+            #[cfg(feature = "gcp-kms")]
+            "gcp" => {
+                use livora_store::kms_gcp::{GcpCredentials, GcpKms};
+                let key = need(&p.gcp_kms_key, "gcp_kms_key")?;
+                let credentials = match &p.gcp_credentials_file {
+                    Some(path) => GcpCredentials::from_file(path)?,
+                    None => GcpCredentials::from_env()?,
+                };
+                Ok(Arc::new(GcpKms::new(
+                    &key,
+                    p.gcp_kms_endpoint.as_deref(),
+                    credentials,
+                )?))
+            }
+            #[cfg(feature = "azure-kms")]
+            "azure" => {
+                use livora_store::kms_azure::{AzureCredentials, AzureKms};
+                let vault = need(&p.azure_key_vault_url, "azure_key_vault_url")?;
+                let name = need(&p.azure_key_name, "azure_key_name")?;
+                Ok(Arc::new(AzureKms::new(
+                    &vault,
+                    &name,
+                    AzureCredentials::from_env()?,
+                )?))
+            }
+            other => bail!(
+                "privacy.kms = {other:?}: this binary was built without it; build it with `cargo build --release -p livora --features {other}-kms`"
+            ),
+        }
     }
 }
 

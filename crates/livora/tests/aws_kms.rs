@@ -9,10 +9,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, admin_json, create_tenant, test_deps};
+use common::test_deps;
 use livora_store::crypto::Kms;
 use livora_store::kms_aws::{AwsKms, aws_config, aws_sdk_kms};
-use serde_json::{Value, json};
 
 struct Moto(Child);
 
@@ -87,64 +86,11 @@ async fn the_master_key_can_live_in_aws_kms() {
         "the encryption context binds the associated data"
     );
 
-    // `livora serve` with `[privacy] kms = "aws"`: personal fields are encrypted under keys
-    // that KMS wraps, read back decrypted, also after a restart; no local master key exists.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t = create_tenant(dir.path());
     let mut env: Vec<(&str, &str)> = AWS_ENV.to_vec();
     env.extend([
         ("LIVORA__PRIVACY__KMS", "aws"),
         ("LIVORA__PRIVACY__AWS_KMS_KEY_ID", key.as_str()),
         ("LIVORA__PRIVACY__AWS_KMS_ENDPOINT", endpoint.as_str()),
     ]);
-    let http = reqwest::Client::new();
-    for round in 0..2 {
-        let server = Server::start_with(dir.path(), &[], &env);
-        if round == 0 {
-            let resp = http
-                .post(format!("{}/v1/identify", server.url))
-                .basic_auth(&t.write_key, Some(""))
-                .json(&json!({"userId": "u1", "traits": {"email": "kms.person@example.com"}}))
-                .send()
-                .await
-                .expect("identify");
-            assert_eq!(resp.status(), 200);
-        }
-        let page: Value = http
-            .get(format!("{}/api/v1/events", server.url))
-            .bearer_auth(&t.secret_key)
-            .send()
-            .await
-            .expect("events")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(
-            page["events"][0]["traits"]["email"], "kms.person@example.com",
-            "round {round}: {page}"
-        );
-        assert!(server.terminate().success());
-    }
-    assert!(!dir.path().join("master.key").exists());
-    let log = std::fs::read_dir(dir.path().join("log/segments"))
-        .expect("log segments")
-        .flatten()
-        .map(|e| std::fs::read(e.path()).expect("read"))
-        .any(|b| b.windows(22).any(|w| w == b"kms.person@example.com"));
-    assert!(!log, "the email is encrypted in the log");
-    // A rotation through KMS works from the CLI too.
-    let out = Command::new(common::BIN)
-        .args(["admin", "--data-dir"])
-        .arg(dir.path())
-        .args(["encryption", "rotate-master"])
-        .envs(env.iter().copied())
-        .output()
-        .expect("admin");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // tenant.create, 2 key.create, 2 pii.view (the reads), encryption.rotate_master
-    assert_eq!(admin_json(dir.path(), &["audit", "verify"])["entries"], 6);
+    common::cloud_kms_round_trip(&env, &|| {}).await;
 }

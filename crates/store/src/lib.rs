@@ -14,6 +14,12 @@ mod error;
 pub mod keys;
 #[cfg(feature = "aws-kms")]
 pub mod kms_aws;
+#[cfg(feature = "azure-kms")]
+pub mod kms_azure;
+#[cfg(feature = "gcp-kms")]
+pub mod kms_gcp;
+#[cfg(any(feature = "gcp-kms", feature = "azure-kms"))]
+mod kms_http;
 pub mod privacy;
 mod sqlite;
 mod sqlite_accounts;

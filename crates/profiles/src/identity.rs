@@ -1,0 +1,584 @@
+//! The identity graph: which identifiers (`anonymous_id`, `user_id`, `email`, `phone`,
+//! custom kinds) belong to the same person.
+//!
+//! Every event that carries identifiers is an *observation*. An observation's identifiers
+//! are taken in priority order (by default `user_id` > `email` > `phone` > `anonymous_id` >
+//! custom kinds): the first one known names the person, and each further identifier either
+//! joins that person (unknown so far), merges its own person into it, or is refused, when
+//! the merge would break a rule:
+//! - a per-kind **limit** of identifiers on one person (default: one `user_id`), so two
+//!   different logged-in users sharing a device never become one person;
+//! - a **split** left by an un-merge: identifiers separated by hand are never merged again.
+//!
+//! Blocked values (`null`, `undefined`, `anonymous`, `0`, `-1`, empty, all zeros…) are never
+//! identifiers at all. This is Segment Unify's model (limits and priority), with PostHog's
+//! list of values that must never merge.
+//!
+//! Every merge and refusal lands in the merge log. The graph keeps the observations that
+//! changed it, so [`IdentityGraph::unmerge`] rebuilds it without the merge (and with a split
+//! that keeps it from coming back): the graph is a pure function of the observations in
+//! order and the un-merges, which makes replaying the event log yield the same persons.
+//! When the rules never refuse anything, the persons are the connected components of the
+//! observations, whatever their order (a property test checks both).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
+
+use chrono::{DateTime, Utc};
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+
+/// A person, unique within a tenant. Ids are handed out in order and never reused; a
+/// merged-away id redirects to the person that absorbed it ([`IdentityGraph::resolve`]).
+pub type PersonId = u64;
+
+pub const USER_ID: &str = "user_id";
+pub const ANONYMOUS_ID: &str = "anonymous_id";
+pub const EMAIL: &str = "email";
+pub const PHONE: &str = "phone";
+
+/// One identifier: a kind and a normalised value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Identifier {
+    pub kind: String,
+    pub value: String,
+}
+
+impl Identifier {
+    /// The identifier, normalised for its kind (emails lower-cased, phone numbers reduced to
+    /// digits and a leading `+`), or `None` when the value is blocked.
+    pub fn new(kind: &str, value: &str, rules: &MergeRules) -> Option<Self> {
+        let trimmed = value.trim();
+        let value = match kind {
+            EMAIL => trimmed.to_lowercase(),
+            PHONE => {
+                let plus = trimmed.starts_with('+');
+                let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+                if plus { format!("+{digits}") } else { digits }
+            }
+            _ => trimmed.to_owned(),
+        };
+        if rules.blocked(&value) || (kind == PHONE && value.trim_start_matches('+').is_empty()) {
+            return None;
+        }
+        Some(Self {
+            kind: kind.to_owned(),
+            value,
+        })
+    }
+}
+
+impl std::fmt::Display for Identifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// Merge rules of one tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MergeRules {
+    /// Identifier kinds, highest priority first; unlisted kinds come after, by name.
+    pub priority: Vec<String>,
+    /// The most identifiers of a kind one person may have; kinds not listed are unlimited.
+    pub limits: BTreeMap<String, u32>,
+    /// Values that are never identifiers (compared case-insensitively), besides the empty
+    /// value and values made only of zeros and separators, which are always blocked.
+    pub blocked_values: Vec<String>,
+}
+
+impl Default for MergeRules {
+    fn default() -> Self {
+        Self {
+            priority: [USER_ID, EMAIL, PHONE, ANONYMOUS_ID]
+                .map(String::from)
+                .to_vec(),
+            limits: BTreeMap::from([(USER_ID.to_owned(), 1)]),
+            blocked_values: [
+                "null",
+                "undefined",
+                "anonymous",
+                "0",
+                "-1",
+                "none",
+                "nan",
+                "nil",
+                "guest",
+                "true",
+                "false",
+                "[object object]",
+                "distinct_id",
+                "not_authenticated",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// Why [`MergeRules`] cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RulesError {
+    #[error("merge_rules.limits.{0}: a limit must be at least 1")]
+    ZeroLimit(String),
+    #[error("merge_rules.priority: {0:?} is listed twice")]
+    DuplicatePriority(String),
+    #[error("merge_rules.{0}: identifier kinds are 1-64 letters, digits, '_' or '$'")]
+    BadKind(String),
+}
+
+fn valid_kind(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= 64
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+}
+
+impl MergeRules {
+    pub fn validate(&self) -> Result<(), RulesError> {
+        let mut seen = BTreeSet::new();
+        for (i, kind) in self.priority.iter().enumerate() {
+            if !valid_kind(kind) {
+                return Err(RulesError::BadKind(format!("priority[{i}]")));
+            }
+            if !seen.insert(kind) {
+                return Err(RulesError::DuplicatePriority(kind.clone()));
+            }
+        }
+        for (kind, limit) in &self.limits {
+            if !valid_kind(kind) {
+                return Err(RulesError::BadKind(format!("limits.{kind}")));
+            }
+            if *limit == 0 {
+                return Err(RulesError::ZeroLimit(kind.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `value` (normalised) never identifies anyone.
+    pub fn blocked(&self, value: &str) -> bool {
+        value.is_empty()
+            || value.chars().all(|c| c == '0' || c == '-' || c == '.')
+            || self
+                .blocked_values
+                .iter()
+                .any(|b| b.eq_ignore_ascii_case(value))
+    }
+
+    fn rank(&self, kind: &str) -> usize {
+        self.priority
+            .iter()
+            .position(|k| k == kind)
+            .unwrap_or(self.priority.len())
+    }
+
+    fn limit(&self, kind: &str) -> u32 {
+        self.limits.get(kind).copied().unwrap_or(u32::MAX)
+    }
+}
+
+/// What caused an observation: the call (`identify`, `alias`, `track`…) or a PostHog event
+/// name (`$identify`, `$create_alias`), and the event's message id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    pub call: String,
+    pub message_id: String,
+}
+
+/// The identifiers one event carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub identifiers: Vec<Identifier>,
+    pub at: DateTime<Utc>,
+    pub cause: Cause,
+}
+
+/// An entry of the merge log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MergeRecord {
+    /// `from` (with its identifiers, `moved`) became part of `into` (which held `kept`),
+    /// because `via` was seen with an identifier of `into`.
+    Merged {
+        id: u64,
+        into: PersonId,
+        from: PersonId,
+        kept: Vec<Identifier>,
+        moved: Vec<Identifier>,
+        via: Identifier,
+        at: DateTime<Utc>,
+        cause: Cause,
+        /// Set once the merge is undone.
+        unmerged: bool,
+    },
+    /// `identifier` was not added to (or merged into) `person`: `rule` says why.
+    Refused {
+        person: PersonId,
+        identifier: Identifier,
+        rule: String,
+        at: DateTime<Utc>,
+        cause: Cause,
+    },
+}
+
+/// A hand-made separation: no person may hold identifiers of both sides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    pub left: BTreeSet<Identifier>,
+    pub right: BTreeSet<Identifier>,
+}
+
+/// Why an un-merge cannot be done.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum UnmergeError {
+    #[error("no merge {0} in this tenant")]
+    NoSuchMerge(u64),
+    #[error("merge {0} is already undone")]
+    AlreadyUnmerged(u64),
+}
+
+/// What [`IdentityGraph::observe`] did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    /// The person the event belongs to (`None`: it carries no usable identifier).
+    pub person: Option<PersonId>,
+    /// Persons merged into `person` by this observation.
+    pub absorbed: Vec<PersonId>,
+    /// Whether a new person was created.
+    pub created: bool,
+}
+
+/// The identity graph of one tenant.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityGraph {
+    rules: MergeRules,
+    owner: HashMap<Identifier, PersonId>,
+    members: HashMap<PersonId, BTreeSet<Identifier>>,
+    redirect: HashMap<PersonId, PersonId>,
+    next: PersonId,
+    next_merge: u64,
+    log: Vec<MergeRecord>,
+    splits: Vec<Split>,
+    /// Merges undone by [`IdentityGraph::unmerge`], kept for the record.
+    undone: Vec<MergeRecord>,
+    /// Every observation with a set of identifiers not seen before, in order: replaying them
+    /// rebuilds the graph (an observation repeating an earlier set changes nothing the
+    /// first one did not).
+    history: Vec<Observation>,
+    seen_sets: hashbrown::HashSet<u64>,
+    /// The identifier each person id was created for.
+    creators: HashMap<Identifier, PersonId>,
+    /// During a rebuild: the ids of the merges being replayed, by (message id, via).
+    reuse: HashMap<(String, Identifier), u64>,
+}
+
+impl IdentityGraph {
+    pub fn new(rules: MergeRules) -> Self {
+        Self {
+            rules,
+            next: 1,
+            next_merge: 1,
+            ..Self::default()
+        }
+    }
+
+    pub fn rules(&self) -> &MergeRules {
+        &self.rules
+    }
+
+    /// The person that `id` is now (itself, or the person it was merged into).
+    pub fn resolve(&self, mut id: PersonId) -> Option<PersonId> {
+        while let Some(&next) = self.redirect.get(&id) {
+            id = next;
+        }
+        self.members.contains_key(&id).then_some(id)
+    }
+
+    /// The person holding `identifier`.
+    pub fn person_of(&self, identifier: &Identifier) -> Option<PersonId> {
+        self.owner.get(identifier).copied()
+    }
+
+    /// The identifiers of a person.
+    pub fn identifiers(&self, person: PersonId) -> Option<&BTreeSet<Identifier>> {
+        self.members.get(&person)
+    }
+
+    /// Every current person and its identifiers.
+    pub fn persons(&self) -> impl Iterator<Item = (PersonId, &BTreeSet<Identifier>)> {
+        self.members.iter().map(|(p, ids)| (*p, ids))
+    }
+
+    pub fn person_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The whole merge log, oldest first.
+    pub fn log(&self) -> &[MergeRecord] {
+        &self.log
+    }
+
+    /// The merge log entries about `person`: merges into it, refusals, and undone merges of
+    /// its identifiers.
+    pub fn history_of(&self, person: PersonId) -> Vec<&MergeRecord> {
+        let mine = |ids: &[Identifier]| ids.iter().any(|i| self.person_of(i) == Some(person));
+        self.log
+            .iter()
+            .chain(&self.undone)
+            .filter(|r| match r {
+                MergeRecord::Merged {
+                    into,
+                    unmerged: false,
+                    ..
+                } => self.resolve(*into) == Some(person),
+                MergeRecord::Merged { kept, moved, .. } => mine(kept) || mine(moved),
+                MergeRecord::Refused { person: p, .. } => self.resolve(*p) == Some(person),
+            })
+            .collect()
+    }
+
+    /// The persons as sets of identifiers, sorted: what two graphs must agree on to hold
+    /// the same persons, whatever ids they gave them.
+    pub fn partition(&self) -> Vec<Vec<Identifier>> {
+        let mut out: Vec<Vec<Identifier>> = self
+            .members
+            .values()
+            .map(|ids| ids.iter().cloned().collect())
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn count_of(&self, person: PersonId, kind: &str) -> u32 {
+        self.members.get(&person).map_or(0, |ids| {
+            ids.iter().filter(|i| i.kind == kind).count() as u32
+        })
+    }
+
+    /// Whether identifiers `a` and `b` may share a person under the splits.
+    fn split_between<'a>(
+        &self,
+        a: impl Iterator<Item = &'a Identifier> + Clone,
+        b: impl Iterator<Item = &'a Identifier> + Clone,
+    ) -> bool {
+        self.splits.iter().any(|s| {
+            let l = |i: &Identifier| s.left.contains(i);
+            let r = |i: &Identifier| s.right.contains(i);
+            (a.clone().any(l) && b.clone().any(r)) || (a.clone().any(r) && b.clone().any(l))
+        })
+    }
+
+    /// The rule that forbids joining `ids` to `person`, if any.
+    fn refusal(&self, person: PersonId, ids: &BTreeSet<Identifier>) -> Option<String> {
+        let mut kinds: BTreeMap<&str, u32> = BTreeMap::new();
+        for i in ids {
+            *kinds.entry(i.kind.as_str()).or_default() += 1;
+        }
+        for (kind, n) in kinds {
+            let limit = self.rules.limit(kind);
+            if self.count_of(person, kind) + n > limit {
+                return Some(format!("limit {kind}={limit}"));
+            }
+        }
+        let mine = self.members.get(&person)?;
+        self.split_between(mine.iter(), ids.iter())
+            .then(|| "split by an un-merge".to_owned())
+    }
+
+    /// Applies the identifiers of one event; see the module doc for the rules.
+    pub fn observe(&mut self, obs: Observation) -> Outcome {
+        let mut ids = obs.identifiers.clone();
+        ids.sort_by(|a, b| {
+            (self.rules.rank(&a.kind), &a.kind, &a.value).cmp(&(
+                self.rules.rank(&b.kind),
+                &b.kind,
+                &b.value,
+            ))
+        });
+        ids.dedup();
+        let mut out = Outcome::default();
+        if ids.len() > 1 || !ids.first().is_some_and(|i| self.owner.contains_key(i)) {
+            let set = self.seen_sets.hasher().hash_one(&ids);
+            if self.seen_sets.insert(set) {
+                self.history.push(Observation {
+                    identifiers: ids.clone(),
+                    ..obs.clone()
+                });
+            }
+        }
+        for id in ids {
+            let Some(current) = out.person else {
+                match self.owner.get(&id) {
+                    Some(&p) => out.person = Some(p),
+                    None => {
+                        // A person keeps the id it was first given, also across rebuilds.
+                        let p = match self.creators.get(&id) {
+                            Some(&p) => p,
+                            None => {
+                                self.next += 1;
+                                self.creators.insert(id.clone(), self.next - 1);
+                                self.next - 1
+                            }
+                        };
+                        self.owner.insert(id.clone(), p);
+                        self.members.insert(p, BTreeSet::from([id]));
+                        out.person = Some(p);
+                        out.created = true;
+                    }
+                }
+                continue;
+            };
+            match self.owner.get(&id).copied() {
+                Some(p) if p == current => {}
+                Some(other) => {
+                    let theirs = self.members.get(&other).cloned().unwrap_or_default();
+                    if let Some(rule) = self.refusal(current, &theirs) {
+                        self.refuse(current, id, rule, &obs);
+                    } else {
+                        // The older person survives, so ids stay stable whatever the order.
+                        let (into, from) = (current.min(other), current.max(other));
+                        self.absorb(into, from, id, &obs);
+                        out.absorbed.push(from);
+                        out.person = Some(into);
+                    }
+                }
+                None => {
+                    let one = BTreeSet::from([id.clone()]);
+                    if let Some(rule) = self.refusal(current, &one) {
+                        self.refuse(current, id, rule, &obs);
+                    } else {
+                        self.owner.insert(id.clone(), current);
+                        self.members.entry(current).or_default().insert(id);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn refuse(
+        &mut self,
+        person: PersonId,
+        identifier: Identifier,
+        rule: String,
+        obs: &Observation,
+    ) {
+        self.log.push(MergeRecord::Refused {
+            person,
+            identifier,
+            rule,
+            at: obs.at,
+            cause: obs.cause.clone(),
+        });
+    }
+
+    fn absorb(&mut self, into: PersonId, from: PersonId, via: Identifier, obs: &Observation) {
+        let moved = self.members.remove(&from).unwrap_or_default();
+        for i in &moved {
+            self.owner.insert(i.clone(), into);
+        }
+        let target = self.members.entry(into).or_default();
+        let kept: Vec<Identifier> = target.iter().cloned().collect();
+        target.extend(moved.iter().cloned());
+        self.redirect.insert(from, into);
+        // A merge that a rebuild replays keeps the id it had.
+        let id = match self.reuse.get(&(obs.cause.message_id.clone(), via.clone())) {
+            Some(&id) => id,
+            None => {
+                self.next_merge += 1;
+                self.next_merge - 1
+            }
+        };
+        self.log.push(MergeRecord::Merged {
+            id,
+            into,
+            from,
+            kept,
+            moved: moved.into_iter().collect(),
+            via,
+            at: obs.at,
+            cause: obs.cause.clone(),
+            unmerged: false,
+        });
+    }
+
+    /// Undoes merge `merge_id`: the graph is rebuilt from its observations as if the two
+    /// sides of that merge had been split from the start, and they stay apart from now on
+    /// (merges that depended on it are undone too, and merges it had prevented happen).
+    /// Returns the persons holding an identifier of either side afterwards: their events
+    /// must be attributed again.
+    pub fn unmerge(&mut self, merge_id: u64) -> Result<Vec<PersonId>, UnmergeError> {
+        if self.undone.iter().any(|r| record_id(r) == Some(merge_id)) {
+            return Err(UnmergeError::AlreadyUnmerged(merge_id));
+        }
+        let Some(MergeRecord::Merged { kept, moved, .. }) = self
+            .log
+            .iter()
+            .find(|r| record_id(r) == Some(merge_id))
+            .cloned()
+        else {
+            return Err(UnmergeError::NoSuchMerge(merge_id));
+        };
+        let split = Split {
+            left: kept.into_iter().collect(),
+            right: moved.into_iter().collect(),
+        };
+        let touched: Vec<Identifier> = split.left.union(&split.right).cloned().collect();
+        let mut splits = self.splits.clone();
+        splits.push(split);
+        self.rebuild(splits);
+        let mut persons: Vec<PersonId> = touched.iter().filter_map(|i| self.person_of(i)).collect();
+        persons.sort_unstable();
+        persons.dedup();
+        Ok(persons)
+    }
+
+    /// Merges undone by hand, oldest first.
+    pub fn undone(&self) -> &[MergeRecord] {
+        &self.undone
+    }
+
+    /// Replays the history under `splits`. Merges that happen again keep their ids; those
+    /// that no longer happen move to [`IdentityGraph::undone`].
+    fn rebuild(&mut self, splits: Vec<Split>) {
+        let mut g = IdentityGraph::new(self.rules.clone());
+        g.splits = splits;
+        g.next_merge = self.next_merge;
+        g.next = self.next;
+        g.creators = std::mem::take(&mut self.creators);
+        g.reuse = self
+            .log
+            .iter()
+            .filter_map(|r| match r {
+                MergeRecord::Merged { id, via, cause, .. } => {
+                    Some(((cause.message_id.clone(), via.clone()), *id))
+                }
+                MergeRecord::Refused { .. } => None,
+            })
+            .collect();
+        for obs in std::mem::take(&mut self.history) {
+            g.observe(obs);
+        }
+        g.reuse.clear();
+        let still: hashbrown::HashSet<u64> = g.log.iter().filter_map(record_id).collect();
+        g.undone = std::mem::take(&mut self.undone);
+        for mut r in std::mem::take(&mut self.log) {
+            if let MergeRecord::Merged { id, unmerged, .. } = &mut r
+                && !still.contains(id)
+            {
+                *unmerged = true;
+                g.undone.push(r);
+            }
+        }
+        *self = g;
+    }
+}
+
+fn record_id(r: &MergeRecord) -> Option<u64> {
+    match r {
+        MergeRecord::Merged { id, .. } => Some(*id),
+        MergeRecord::Refused { .. } => None,
+    }
+}

@@ -1,0 +1,376 @@
+//! The profiles of one tenant: the identity graph, each person's traits and computed
+//! attributes, and groups (B2B accounts), kept up to date event by event.
+//!
+//! [`Profiles::apply`] takes events in log order. Personal fields must arrive decrypted
+//! (the caller holds the keys): emails and phone numbers are identifiers, compared by value.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use hashbrown::HashMap;
+use livora_model::{Event, EventType};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::computed::{Computed, ORDER_COMPLETED, ORDER_REFUNDED};
+use crate::identity::{
+    ANONYMOUS_ID, Cause, EMAIL, Identifier, IdentityGraph, MergeRules, Observation, PHONE,
+    PersonId, USER_ID, UnmergeError,
+};
+use crate::traits::{Stamp, Traits};
+
+/// One person's profile.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Profile {
+    pub traits: Traits,
+    pub computed: Computed,
+    /// Ids of the groups (accounts) the person belongs to.
+    pub groups: BTreeSet<String>,
+}
+
+impl Profile {
+    fn merge(&mut self, other: Profile) {
+        self.traits.merge(&other.traits);
+        self.computed.merge(&other.computed);
+        self.groups.extend(other.groups);
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.traits.heap_bytes()
+            + self.computed.heap_bytes()
+            + self.groups.iter().map(|g| g.len() + 32).sum::<usize>()
+    }
+}
+
+/// A group (a B2B account): its traits and members.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Group {
+    pub traits: Traits,
+    pub members: BTreeSet<PersonId>,
+}
+
+/// What one event did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    pub person: Option<PersonId>,
+    /// Persons merged into `person` by the event (they no longer exist).
+    pub absorbed: Vec<PersonId>,
+}
+
+/// Profiles of one tenant.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    graph: IdentityGraph,
+    people: HashMap<PersonId, Profile>,
+    groups: HashMap<String, Group>,
+}
+
+fn object(raw: Option<&serde_json::value::RawValue>) -> Map<String, Value> {
+    raw.and_then(|r| serde_json::from_str::<Map<String, Value>>(r.get()).ok())
+        .unwrap_or_default()
+}
+
+/// The revenue of an order or refund: `revenue`, else `total` (as the analytics engine).
+fn revenue(props: &Map<String, Value>) -> Option<f64> {
+    let num = |v: &Value| match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    props
+        .get("revenue")
+        .and_then(num)
+        .or_else(|| props.get("total").and_then(num))
+        .filter(|r| r.is_finite())
+}
+
+/// The name computed attributes count an event under: the event name of a `track`, the
+/// call type otherwise.
+pub fn event_name(e: &Event) -> &str {
+    match (e.kind, e.event.as_deref()) {
+        (EventType::Track, Some(name)) => name,
+        (kind, _) => kind.as_str(),
+    }
+}
+
+/// The identifiers an event carries (see the crate doc for where each comes from).
+pub fn identifiers(e: &Event, rules: &MergeRules) -> Vec<Identifier> {
+    let mut out = Vec::new();
+    let mut push = |kind: &str, value: Option<&str>| {
+        if let Some(i) = value.and_then(|v| Identifier::new(kind, v, rules)) {
+            out.push(i);
+        }
+    };
+    push(USER_ID, e.user_id.as_deref());
+    push(ANONYMOUS_ID, e.anonymous_id.as_deref());
+    if e.kind == EventType::Alias {
+        push(ANONYMOUS_ID, e.previous_id.as_deref());
+    }
+    let text =
+        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+    let mut trait_maps = vec![];
+    if e.kind == EventType::Identify {
+        trait_maps.push(object(e.traits.as_deref()));
+    }
+    if let Some(Value::Object(ct)) = e.context.get("traits") {
+        trait_maps.push(ct.clone());
+    }
+    for m in &trait_maps {
+        push(EMAIL, text(m, "email").as_deref());
+        push(PHONE, text(m, "phone").as_deref());
+    }
+    if e.kind == EventType::Track {
+        let props = object(e.properties.as_deref());
+        match e.event.as_deref() {
+            Some("$identify") => {
+                push(USER_ID, text(&props, "distinct_id").as_deref());
+                push(ANONYMOUS_ID, text(&props, "$anon_distinct_id").as_deref());
+            }
+            Some("$create_alias") => push(ANONYMOUS_ID, text(&props, "alias").as_deref()),
+            _ => {}
+        }
+    }
+    // Segment's `context.externalIds`: [{"id": "...", "type": "..."}].
+    if let Some(Value::Array(ids)) = e.context.get("externalIds") {
+        for x in ids {
+            let (Some(id), Some(kind)) = (
+                x.get("id").and_then(Value::as_str),
+                x.get("type").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let kind = match kind {
+                "user_id" | "userId" => USER_ID,
+                "anonymous_id" | "anonymousId" => ANONYMOUS_ID,
+                "email" => EMAIL,
+                "phone" => PHONE,
+                other => other,
+            };
+            let valid = !kind.is_empty()
+                && kind.len() <= 64
+                && kind
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$');
+            if valid {
+                push(kind, Some(id));
+            }
+        }
+    }
+    out
+}
+
+impl Profiles {
+    pub fn new(rules: MergeRules) -> Self {
+        Self {
+            graph: IdentityGraph::new(rules),
+            people: HashMap::new(),
+            groups: HashMap::new(),
+        }
+    }
+
+    pub fn graph(&self) -> &IdentityGraph {
+        &self.graph
+    }
+
+    /// A person's profile, following merges (`id` may name a person merged away since).
+    pub fn get(&self, id: PersonId) -> Option<(PersonId, &Profile)> {
+        let p = self.graph.resolve(id)?;
+        Some((p, self.people.get(&p)?))
+    }
+
+    pub fn people(&self) -> impl Iterator<Item = (PersonId, &Profile)> {
+        self.people.iter().map(|(p, prof)| (*p, prof))
+    }
+
+    pub fn len(&self) -> usize {
+        self.people.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.people.is_empty()
+    }
+
+    pub fn group(&self, id: &str) -> Option<&Group> {
+        self.groups.get(id)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (&str, &Group)> {
+        self.groups.iter().map(|(k, g)| (k.as_str(), g))
+    }
+
+    /// Applies one event: identity first, then the person's traits, computed attributes
+    /// and groups.
+    pub fn apply(&mut self, e: &Event) -> Applied {
+        let ids = identifiers(e, self.graph.rules());
+        let cause = Cause {
+            call: match e.kind {
+                EventType::Track => e.event.clone().unwrap_or_default(),
+                kind => kind.as_str().to_owned(),
+            },
+            message_id: e.message_id.clone(),
+        };
+        let outcome = self.graph.observe(Observation {
+            identifiers: ids,
+            at: e.timestamp,
+            cause,
+        });
+        let Some(person) = outcome.person else {
+            self.apply_group_traits(e);
+            return Applied::default();
+        };
+        for gone in &outcome.absorbed {
+            if let Some(old) = self.people.remove(gone) {
+                for g in &old.groups {
+                    if let Some(group) = self.groups.get_mut(g) {
+                        group.members.remove(gone);
+                        group.members.insert(person);
+                    }
+                }
+                self.people.entry(person).or_default().merge(old);
+            }
+        }
+        self.record(person, e);
+        Applied {
+            person: Some(person),
+            absorbed: outcome.absorbed,
+        }
+    }
+
+    fn apply_group_traits(&mut self, e: &Event) {
+        if e.kind != EventType::Group {
+            return;
+        }
+        let Some(gid) = e.group_id.as_deref().filter(|g| !g.trim().is_empty()) else {
+            return;
+        };
+        let stamp = Stamp {
+            at: e.timestamp,
+            message_id: e.message_id.clone(),
+        };
+        self.groups
+            .entry(gid.to_owned())
+            .or_default()
+            .traits
+            .set_all(&object(e.traits.as_deref()), &stamp);
+    }
+
+    /// Everything an event does to its person's profile (not to the identity graph).
+    fn record(&mut self, person: PersonId, e: &Event) {
+        let stamp = Stamp {
+            at: e.timestamp,
+            message_id: e.message_id.clone(),
+        };
+        let props = object(e.properties.as_deref());
+        let name = event_name(e);
+        let amount = matches!(name, ORDER_COMPLETED | ORDER_REFUNDED)
+            .then(|| revenue(&props))
+            .flatten();
+        let profile = self.people.entry(person).or_default();
+        profile.computed.record(name, e.timestamp, amount);
+        match e.kind {
+            EventType::Identify => {
+                let traits = object(e.traits.as_deref());
+                profile.traits.set_all(&traits, &stamp);
+            }
+            EventType::Track | EventType::Page | EventType::Screen => {
+                profile.traits.apply_operators(&props, &stamp);
+            }
+            EventType::Group => {
+                if let Some(gid) = e.group_id.as_deref().filter(|g| !g.trim().is_empty()) {
+                    profile.groups.insert(gid.to_owned());
+                    self.groups
+                        .entry(gid.to_owned())
+                        .or_default()
+                        .members
+                        .insert(person);
+                }
+            }
+            EventType::Alias => {}
+        }
+        self.apply_group_traits(e);
+    }
+
+    /// The person an event belongs to in the current graph, without changing it.
+    fn attribute(&self, e: &Event) -> Option<PersonId> {
+        let mut ids = identifiers(e, self.graph.rules());
+        let rules = self.graph.rules();
+        ids.sort_by_key(|i| {
+            (
+                rules
+                    .priority
+                    .iter()
+                    .position(|k| *k == i.kind)
+                    .unwrap_or(rules.priority.len()),
+                i.kind.clone(),
+                i.value.clone(),
+            )
+        });
+        ids.iter().find_map(|i| self.graph.person_of(i))
+    }
+
+    /// Undoes merge `merge_id` (see [`IdentityGraph::unmerge`]) and recomputes the profiles
+    /// of the persons it separates from `events`: every event of the tenant, in log order
+    /// (only those that belong to the separated persons are used). Returns those persons.
+    pub fn unmerge<'a>(
+        &mut self,
+        merge_id: u64,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<Vec<PersonId>, UnmergeError> {
+        let before: HashMap<PersonId, BTreeSet<Identifier>> = self
+            .graph
+            .persons()
+            .map(|(p, ids)| (p, ids.clone()))
+            .collect();
+        let separated = self.graph.unmerge(merge_id)?;
+        // Every person whose identifiers changed starts over; persons that no longer exist
+        // go.
+        let rebuild: BTreeSet<PersonId> = self
+            .graph
+            .persons()
+            .filter(|(p, ids)| before.get(p) != Some(*ids))
+            .map(|(p, _)| p)
+            .collect();
+        let stale = before
+            .keys()
+            .copied()
+            .filter(|p| rebuild.contains(p) || self.graph.identifiers(*p).is_none());
+        for p in stale.collect::<Vec<_>>() {
+            if let Some(old) = self.people.remove(&p) {
+                for g in &old.groups {
+                    if let Some(group) = self.groups.get_mut(g) {
+                        group.members.remove(&p);
+                    }
+                }
+            }
+        }
+        for e in events {
+            if let Some(p) = self.attribute(e).filter(|p| rebuild.contains(p)) {
+                self.record(p, e);
+            }
+        }
+        Ok(separated)
+    }
+
+    /// Approximate heap bytes of the profiles (not the identity graph).
+    pub fn heap_bytes(&self) -> usize {
+        self.people.values().map(|p| p.heap_bytes() + 64).sum()
+    }
+
+    /// RFM scores of every person with an order.
+    pub fn rfm(&self) -> HashMap<PersonId, crate::computed::Rfm> {
+        let customers: Vec<(PersonId, DateTime<Utc>, u64, f64)> = self
+            .people
+            .iter()
+            .filter_map(|(p, prof)| {
+                let c = &prof.computed;
+                Some((*p, c.last_order_at?, c.orders, c.revenue - c.refunds))
+            })
+            .collect();
+        let input: Vec<_> = customers.iter().map(|c| (c.1, c.2, c.3)).collect();
+        customers
+            .iter()
+            .map(|c| c.0)
+            .zip(crate::computed::rfm_scores(&input))
+            .collect()
+    }
+}

@@ -582,3 +582,315 @@ fn record_id(r: &MergeRecord) -> Option<u64> {
         MergeRecord::Refused { .. } => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(kind: &str, value: &str) -> Identifier {
+        Identifier {
+            kind: kind.into(),
+            value: value.into(),
+        }
+    }
+
+    fn obs(ids: &[Identifier], n: u32) -> Observation {
+        Observation {
+            identifiers: ids.to_vec(),
+            at: DateTime::from_timestamp(1_700_000_000 + i64::from(n), 0).expect("time"),
+            cause: Cause {
+                call: "identify".into(),
+                message_id: format!("m{n}"),
+            },
+        }
+    }
+
+    fn graph() -> IdentityGraph {
+        IdentityGraph::new(MergeRules::default())
+    }
+
+    #[test]
+    fn blocked_and_normalised_values() {
+        let r = MergeRules::default();
+        for v in [
+            "",
+            "  ",
+            "null",
+            "UNDEFINED",
+            "0",
+            "-1",
+            "00000000-0000-0000-0000-000000000000",
+            "anonymous",
+            "0.0",
+        ] {
+            assert_eq!(Identifier::new(ANONYMOUS_ID, v, &r), None, "{v:?}");
+        }
+        assert_eq!(
+            Identifier::new(EMAIL, " Ann@Example.COM ", &r),
+            Some(id(EMAIL, "ann@example.com"))
+        );
+        assert_eq!(
+            Identifier::new(PHONE, "+1 (555) 010-9999", &r),
+            Some(id(PHONE, "+15550109999"))
+        );
+        assert_eq!(Identifier::new(PHONE, "n/a", &r), None);
+        assert_eq!(
+            Identifier::new(USER_ID, "u-7", &r),
+            Some(id(USER_ID, "u-7"))
+        );
+    }
+
+    #[test]
+    fn rules_are_validated() {
+        assert_eq!(MergeRules::default().validate(), Ok(()));
+        let mut r = MergeRules::default();
+        r.limits.insert(EMAIL.into(), 0);
+        assert_eq!(r.validate(), Err(RulesError::ZeroLimit(EMAIL.into())));
+        let mut r = MergeRules::default();
+        r.priority.push(USER_ID.into());
+        assert_eq!(
+            r.validate(),
+            Err(RulesError::DuplicatePriority(USER_ID.into()))
+        );
+        let mut r = MergeRules::default();
+        r.priority.push("a b".into());
+        assert!(matches!(r.validate(), Err(RulesError::BadKind(_))));
+    }
+
+    #[test]
+    fn identify_merges_anonymous_history_into_the_user() {
+        let mut g = graph();
+        let anon = g.observe(obs(&[id(ANONYMOUS_ID, "a1")], 1));
+        assert!(anon.created);
+        let user = g.observe(obs(&[id(USER_ID, "u1")], 2));
+        let both = g.observe(obs(&[id(USER_ID, "u1"), id(ANONYMOUS_ID, "a1")], 3));
+        // The older person survives; the other redirects to it.
+        let (a, u) = (anon.person.expect("a"), user.person.expect("u"));
+        assert_eq!(both.person, Some(a.min(u)));
+        assert_eq!(both.absorbed, vec![a.max(u)]);
+        assert_eq!(g.resolve(a), g.resolve(u));
+        assert_eq!(g.person_count(), 1);
+        let MergeRecord::Merged {
+            via, moved, kept, ..
+        } = &g.log()[0]
+        else {
+            panic!("a merge record");
+        };
+        assert_eq!(*via, id(ANONYMOUS_ID, "a1"));
+        assert_eq!(*kept, vec![id(ANONYMOUS_ID, "a1")]);
+        assert_eq!(*moved, vec![id(USER_ID, "u1")]);
+    }
+
+    #[test]
+    fn two_users_on_one_device_stay_two_persons() {
+        let mut g = graph();
+        let ann = g.observe(obs(&[id(USER_ID, "ann"), id(ANONYMOUS_ID, "device")], 1));
+        let bob = g.observe(obs(&[id(USER_ID, "bob"), id(ANONYMOUS_ID, "device")], 2));
+        assert_ne!(
+            ann.person, bob.person,
+            "the user id has priority: the event is bob's"
+        );
+        assert_eq!(g.person_count(), 2);
+        assert!(matches!(
+            &g.log()[0],
+            MergeRecord::Refused { identifier, rule, .. }
+                if *identifier == id(ANONYMOUS_ID, "device") && rule == "limit user_id=1"
+        ));
+        // An event with only the device id belongs to the first user.
+        assert_eq!(
+            g.observe(obs(&[id(ANONYMOUS_ID, "device")], 3)).person,
+            ann.person
+        );
+        // A looser limit lets them merge.
+        let mut rules = MergeRules::default();
+        rules.limits.insert(USER_ID.into(), 2);
+        let mut g = IdentityGraph::new(rules);
+        g.observe(obs(&[id(USER_ID, "ann"), id(ANONYMOUS_ID, "device")], 1));
+        g.observe(obs(&[id(USER_ID, "bob"), id(ANONYMOUS_ID, "device")], 2));
+        assert_eq!(g.person_count(), 1);
+    }
+
+    #[test]
+    fn unmerge_separates_and_keeps_apart() {
+        let mut g = graph();
+        let a = g
+            .observe(obs(&[id(ANONYMOUS_ID, "a1"), id(EMAIL, "x@y.z")], 1))
+            .person;
+        let u = g.observe(obs(&[id(USER_ID, "u1")], 2)).person;
+        g.observe(obs(&[id(USER_ID, "u1"), id(EMAIL, "x@y.z")], 3));
+        g.observe(obs(&[id(USER_ID, "u1"), id(PHONE, "+123")], 4));
+        assert_eq!(g.person_count(), 1);
+        let before_log = g.log().len();
+        assert_eq!(g.unmerge(1), Ok(vec![a.expect("a"), u.expect("u")]));
+        assert_eq!(g.unmerge(1), Err(UnmergeError::AlreadyUnmerged(1)));
+        assert_eq!(g.unmerge(9), Err(UnmergeError::NoSuchMerge(9)));
+        assert_eq!(
+            g.partition(),
+            vec![
+                vec![id(ANONYMOUS_ID, "a1"), id(EMAIL, "x@y.z")],
+                vec![id(PHONE, "+123"), id(USER_ID, "u1")],
+            ]
+        );
+        // The ids are the ones the persons had before the merge.
+        assert_eq!(g.person_of(&id(ANONYMOUS_ID, "a1")), a);
+        assert_eq!(g.person_of(&id(USER_ID, "u1")), u);
+        assert_eq!(g.undone().len(), 1);
+        assert!(g.log().len() < before_log + 1);
+        // The same link again is refused.
+        let again = g.observe(obs(&[id(USER_ID, "u1"), id(ANONYMOUS_ID, "a1")], 5));
+        assert_eq!(again.person, u);
+        assert!(matches!(
+            g.log().last(),
+            Some(MergeRecord::Refused { rule, .. }) if rule == "split by an un-merge"
+        ));
+        assert_eq!(g.person_count(), 2);
+        let history = g.history_of(a.expect("a"));
+        assert!(
+            history
+                .iter()
+                .any(|r| matches!(r, MergeRecord::Merged { unmerged: true, .. }))
+        );
+    }
+
+    /// Ground truth: `persons` people, each with at most one user id, some anonymous ids
+    /// and emails; observations link identifiers of the same person only.
+    fn conflict_free() -> impl Strategy<Value = Vec<Vec<Identifier>>> {
+        (
+            1usize..6,
+            prop::collection::vec((0usize..6, 0u8..3, 0u8..4, 0u8..3, 0u8..4), 1..40),
+        )
+            .prop_map(|(persons, links)| {
+                links
+                    .into_iter()
+                    .map(|(p, k1, v1, k2, v2)| {
+                        let p = p % persons;
+                        let one = |k: u8, v: u8| match k {
+                            0 => id(USER_ID, &format!("u{p}")),
+                            1 => id(ANONYMOUS_ID, &format!("a{p}-{v}")),
+                            _ => id(EMAIL, &format!("p{p}-{v}@x")),
+                        };
+                        vec![one(k1, v1), one(k2, v2)]
+                    })
+                    .collect()
+            })
+    }
+
+    /// The connected components of the observations.
+    fn components(observations: &[Vec<Identifier>]) -> Vec<Vec<Identifier>> {
+        let mut sets: Vec<BTreeSet<Identifier>> = Vec::new();
+        for o in observations {
+            let mut joined: BTreeSet<Identifier> = o.iter().cloned().collect();
+            sets.retain(|s| {
+                if s.iter().any(|i| joined.contains(i)) {
+                    joined.extend(s.iter().cloned());
+                    false
+                } else {
+                    true
+                }
+            });
+            sets.push(joined);
+        }
+        let mut out: Vec<Vec<Identifier>> =
+            sets.into_iter().map(|s| s.into_iter().collect()).collect();
+        out.sort();
+        out
+    }
+
+    fn build(observations: &[Vec<Identifier>], order: &[usize]) -> IdentityGraph {
+        let mut g = graph();
+        for (n, &i) in order.iter().enumerate() {
+            g.observe(obs(&observations[i], n as u32));
+        }
+        g
+    }
+
+    fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..n).collect();
+        let mut x = seed | 1;
+        for i in (1..n).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        v
+    }
+
+    /// Random observations over a few users and devices, with conflicts.
+    fn any_observations() -> impl Strategy<Value = Vec<Vec<Identifier>>> {
+        prop::collection::vec(
+            prop::collection::vec(
+                (0u8..3, 0u8..5).prop_map(|(k, v)| match k {
+                    0 => id(USER_ID, &format!("u{v}")),
+                    1 => id(ANONYMOUS_ID, &format!("a{v}")),
+                    _ => id(EMAIL, &format!("e{v}@x")),
+                }),
+                1..4,
+            ),
+            0..40,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn without_conflicts_the_order_does_not_matter(obs in conflict_free(), seed in any::<u64>()) {
+            let forward: Vec<usize> = (0..obs.len()).collect();
+            let a = build(&obs, &forward);
+            let b = build(&obs, &shuffled(obs.len(), seed));
+            prop_assert_eq!(a.partition(), components(&obs));
+            prop_assert_eq!(b.partition(), components(&obs));
+        }
+
+        #[test]
+        fn replays_agree_and_limits_always_hold(obs in any_observations()) {
+            let order: Vec<usize> = (0..obs.len()).collect();
+            let a = build(&obs, &order);
+            let b = build(&obs, &order);
+            let ids = |g: &IdentityGraph| {
+                let mut v: Vec<(PersonId, Vec<Identifier>)> =
+                    g.persons().map(|(p, s)| (p, s.iter().cloned().collect())).collect();
+                v.sort();
+                v
+            };
+            prop_assert_eq!(ids(&a), ids(&b));
+            prop_assert_eq!(a.log(), b.log());
+            for (_, set) in a.persons() {
+                prop_assert!(set.iter().filter(|i| i.kind == USER_ID).count() <= 1);
+            }
+        }
+
+        /// Two persons built from any observations, one observation that merges them, and
+        /// the un-merge of that merge: the persons are as before the merge, with their ids.
+        #[test]
+        fn unmerge_is_the_inverse_of_merge(seen in conflict_free(), left in 0usize..40, right in 0usize..40) {
+            let order: Vec<usize> = (0..seen.len()).collect();
+            let mut g = build(&seen, &order);
+            let before: Vec<(PersonId, BTreeSet<Identifier>)> = {
+                let mut v: Vec<_> = g.persons().map(|(p, s)| (p, s.clone())).collect();
+                v.sort();
+                v
+            };
+            let people: Vec<&(PersonId, BTreeSet<Identifier>)> = before.iter().collect();
+            let (l, r) = (people[left % people.len()], people[right % people.len()]);
+            let has_user = |s: &BTreeSet<Identifier>| s.iter().any(|i| i.kind == USER_ID);
+            prop_assume!(l.0 != r.0 && !(has_user(&l.1) && has_user(&r.1)));
+            // Link a non-user identifier of one with any identifier of the other (two
+            // persons with a user id each would be refused, not merged).
+            let pick = |s: &BTreeSet<Identifier>| s.iter().find(|i| i.kind != USER_ID).cloned();
+            let (Some(a), Some(b)) = (pick(&l.1), r.1.iter().next().cloned()) else {
+                return Ok(());
+            };
+            let out = g.observe(obs(&[a, b], 999));
+            prop_assert_eq!(out.absorbed.len(), 1);
+            let merge = g.log().iter().rev().find_map(|r| match r {
+                MergeRecord::Merged { id, .. } => Some(*id),
+                MergeRecord::Refused { .. } => None,
+            }).expect("a merge");
+            g.unmerge(merge).expect("unmerge");
+            let mut after: Vec<_> = g.persons().map(|(p, s)| (p, s.clone())).collect();
+            after.sort();
+            prop_assert_eq!(after, before);
+        }
+    }
+}

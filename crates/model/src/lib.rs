@@ -11,6 +11,7 @@
 mod error;
 mod event;
 pub mod ingest;
+pub mod segment;
 mod tenant;
 mod time;
 

@@ -11,9 +11,12 @@
 //! Everything here is a function of the events in log order (and of un-merges), so a
 //! consumer can rebuild it by replaying the log.
 
+pub mod behaviour;
+pub mod compare;
 pub mod computed;
 pub mod identity;
 pub mod profile;
+pub mod segments;
 pub mod traits;
 
 pub use identity::{Identifier, IdentityGraph, MergeRules, PersonId};

@@ -12,6 +12,7 @@ use livora_model::{Event, EventType};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::behaviour::{Hits, Selector};
 use crate::computed::{Computed, ORDER_COMPLETED, ORDER_REFUNDED};
 use crate::identity::{
     ANONYMOUS_ID, Cause, EMAIL, Identifier, IdentityGraph, MergeRules, Observation, PHONE,
@@ -26,6 +27,8 @@ pub struct Profile {
     pub computed: Computed,
     /// Ids of the groups (accounts) the person belongs to.
     pub groups: BTreeSet<String>,
+    /// Matching events of the behavioural conditions in use.
+    pub hits: Hits,
 }
 
 impl Profile {
@@ -33,12 +36,14 @@ impl Profile {
         self.traits.merge(&other.traits);
         self.computed.merge(&other.computed);
         self.groups.extend(other.groups);
+        self.hits.merge(&other.hits);
     }
 
     pub fn heap_bytes(&self) -> usize {
         self.traits.heap_bytes()
             + self.computed.heap_bytes()
             + self.groups.iter().map(|g| g.len() + 32).sum::<usize>()
+            + self.hits.heap_bytes()
     }
 }
 
@@ -63,6 +68,8 @@ pub struct Profiles {
     graph: IdentityGraph,
     people: HashMap<PersonId, Profile>,
     groups: HashMap<String, Group>,
+    /// What behavioural conditions select, by index (`None`: no longer used).
+    selectors: Vec<Option<Selector>>,
 }
 
 fn object(raw: Option<&serde_json::value::RawValue>) -> Map<String, Value> {
@@ -165,6 +172,63 @@ impl Profiles {
             graph: IdentityGraph::new(rules),
             people: HashMap::new(),
             groups: HashMap::new(),
+            selectors: Vec::new(),
+        }
+    }
+
+    /// The index of `selector`, added if new; `true` when it is new (its hits must then be
+    /// backfilled from past events with [`Profiles::backfill`]).
+    pub fn selector(&mut self, selector: Selector) -> (u32, bool) {
+        if let Some(i) = self
+            .selectors
+            .iter()
+            .position(|s| s.as_ref() == Some(&selector))
+        {
+            return (i as u32, false);
+        }
+        let i = match self.selectors.iter().position(Option::is_none) {
+            Some(free) => {
+                self.selectors[free] = Some(selector);
+                free
+            }
+            None => {
+                self.selectors.push(Some(selector));
+                self.selectors.len() - 1
+            }
+        };
+        (i as u32, true)
+    }
+
+    /// Drops the selectors not in `used`, and their hits.
+    pub fn retain_selectors(&mut self, used: &BTreeSet<u32>) {
+        for (i, s) in self.selectors.iter_mut().enumerate() {
+            if !used.contains(&(i as u32)) {
+                *s = None;
+            }
+        }
+        for p in self.people.values_mut() {
+            p.hits.retain(|s| used.contains(&s));
+        }
+    }
+
+    /// Records the hits of `selectors` (new ones) from past events, in log order.
+    pub fn backfill<'a>(&mut self, selectors: &[u32], events: impl IntoIterator<Item = &'a Event>) {
+        for e in events {
+            let Some(person) = self.attribute(e) else {
+                continue;
+            };
+            let props = object(e.properties.as_deref());
+            let name = event_name(e);
+            let at = e.timestamp.timestamp();
+            for &i in selectors {
+                if let Some(hit) = self
+                    .selectors
+                    .get(i as usize)
+                    .and_then(|s| s.as_ref()?.select(name, &props, at))
+                {
+                    self.people.entry(person).or_default().hits.add(i, hit);
+                }
+            }
         }
     }
 
@@ -267,6 +331,12 @@ impl Profiles {
             .flatten();
         let profile = self.people.entry(person).or_default();
         profile.computed.record(name, e.timestamp, amount);
+        let at = e.timestamp.timestamp();
+        for (i, s) in self.selectors.iter().enumerate() {
+            if let Some(hit) = s.as_ref().and_then(|s| s.select(name, &props, at)) {
+                profile.hits.add(i as u32, hit);
+            }
+        }
         match e.kind {
             EventType::Identify => {
                 let traits = object(e.traits.as_deref());
@@ -308,9 +378,9 @@ impl Profiles {
         ids.iter().find_map(|i| self.graph.person_of(i))
     }
 
-    /// Undoes merge `merge_id` (see [`IdentityGraph::unmerge`]) and recomputes the profiles
-    /// of the persons it separates from `events`: every event of the tenant, in log order
-    /// (only those that belong to the separated persons are used). Returns those persons.
+    /// Undoes merge `merge_id` (see [`IdentityGraph::unmerge`]) and recomputes, from
+    /// `events` (every event of the tenant, in log order), the profiles of the persons whose
+    /// identifiers changed. Returns those persons.
     pub fn unmerge<'a>(
         &mut self,
         merge_id: u64,
@@ -321,7 +391,7 @@ impl Profiles {
             .persons()
             .map(|(p, ids)| (p, ids.clone()))
             .collect();
-        let separated = self.graph.unmerge(merge_id)?;
+        self.graph.unmerge(merge_id)?;
         // Every person whose identifiers changed starts over; persons that no longer exist
         // go.
         let rebuild: BTreeSet<PersonId> = self
@@ -348,7 +418,7 @@ impl Profiles {
                 self.record(p, e);
             }
         }
-        Ok(separated)
+        Ok(rebuild.into_iter().collect())
     }
 
     /// Approximate heap bytes of the profiles (not the identity graph).
@@ -397,6 +467,7 @@ mod tests {
             graph: p.graph.clone(),
             people: HashMap::new(),
             groups: HashMap::new(),
+            selectors: p.selectors.clone(),
         };
         for e in events {
             if let Some(person) = fresh.attribute(e) {

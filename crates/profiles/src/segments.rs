@@ -1,0 +1,1271 @@
+//! Real-time segments and smart tags: membership kept up to date as events arrive and as
+//! time passes.
+//!
+//! Every condition is a function of a person's profile and of the time. On each event the
+//! [`Engine`] re-evaluates that person's segments and reports who entered or left. Each
+//! condition also knows the next instant at which its answer can change with no new event
+//! (a 30-day window that an order leaves, a "no order for 30 days" that turns true, a cart
+//! that becomes abandoned); the engine keeps one timer per person at the earliest of those,
+//! and [`Engine::advance`] fires them in time order, each evaluated *at its own instant*.
+//! The clock is injected (every call takes `now`), so tests never sleep, and a transition
+//! carries the exact instant at which it happened.
+//!
+//! Smart tags are segments too (flagged as tags, referred to by name); manual segments are
+//! lists of identifiers. [`Engine::recompute`] evaluates everything from scratch: the
+//! incremental membership always equals it (a property test checks this on random streams).
+
+use std::collections::{BTreeSet, HashSet};
+
+use chrono::{DateTime, Utc};
+use hashbrown::HashMap;
+use livora_model::Event;
+use livora_model::segment::{Comparison, Condition, Count, CountOp, Definition, LastOp};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::MergeRules;
+use crate::behaviour::{Hit, Selector};
+use crate::compare::{self, DAY};
+use crate::identity::{Identifier, PersonId, UnmergeError};
+use crate::profile::{Applied, Profile, Profiles};
+
+/// What a segment holds: the persons matching a condition, or a fixed list of identifiers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    Condition(Definition),
+    Manual(BTreeSet<Identifier>),
+}
+
+/// A segment (or a smart tag) as defined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// The segment id; a tag's name.
+    pub id: String,
+    pub tag: bool,
+    pub rule: Rule,
+}
+
+/// Entering or leaving a segment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub segment: String,
+    pub tag: bool,
+    pub person: PersonId,
+    pub entered: bool,
+    pub at: DateTime<Utc>,
+}
+
+impl Transition {
+    /// The event to append to the log: `Segment Entered` / `Segment Exited` (or `Tag
+    /// Added` / `Tag Removed`).
+    pub fn event_name(&self) -> &'static str {
+        match (self.tag, self.entered) {
+            (false, true) => "Segment Entered",
+            (false, false) => "Segment Exited",
+            (true, true) => "Tag Added",
+            (true, false) => "Tag Removed",
+        }
+    }
+
+    pub fn properties(&self) -> Value {
+        if self.tag {
+            json!({"tag": self.segment})
+        } else {
+            json!({"segment_id": self.segment})
+        }
+    }
+}
+
+/// Why a segment cannot be saved or removed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SegmentError {
+    #[error("{path}: no segment {id:?}")]
+    UnknownSegment { path: String, id: String },
+    #[error("{path}: no tag {name:?}")]
+    UnknownTag { path: String, name: String },
+    #[error("{path}: {id:?} would depend on itself")]
+    Cycle { path: String, id: String },
+    #[error("{0:?} is used by {1:?}")]
+    InUse(String, String),
+    #[error("no segment {0:?}")]
+    NotFound(String),
+}
+
+/// A condition compiled against the engine's selectors and segment order.
+#[derive(Debug, Clone)]
+enum Node {
+    And(Vec<Node>),
+    Or(Vec<Node>),
+    Not(Box<Node>),
+    Trait(Comparison),
+    Computed(Comparison),
+    Performed {
+        sel: u32,
+        count: Count,
+        within: Option<i64>,
+        between: Option<(i64, i64)>,
+    },
+    Last {
+        sel: u32,
+        op: LastOp,
+        secs: i64,
+    },
+    NotFollowed {
+        first: u32,
+        then: u32,
+        wait: i64,
+        lookback: i64,
+    },
+    /// Another segment, by position in the evaluation order.
+    Segment(usize),
+    Manual(HashSet<Identifier>),
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    spec: Spec,
+    node: Node,
+}
+
+/// One tenant's profiles, segments and memberships.
+pub struct Engine {
+    profiles: Profiles,
+    specs: Vec<Spec>,
+    /// In evaluation order (dependencies first).
+    compiled: Vec<Compiled>,
+    members: Vec<HashSet<PersonId>>,
+    sizes: HashMap<String, Vec<(i64, u64)>>,
+    timers: BTreeSet<(i64, PersonId)>,
+    timer_of: HashMap<PersonId, i64>,
+    /// Selectors whose hits hold every past event.
+    backfilled: BTreeSet<u32>,
+    now: i64,
+}
+
+/// The count of hits in `hits` that the window admits at `t`, and when that can change.
+fn window(
+    hits: &[Hit],
+    within: Option<i64>,
+    between: Option<(i64, i64)>,
+    t: i64,
+) -> (usize, Option<i64>) {
+    match (within, between) {
+        (Some(w), _) => {
+            let lo = hits.partition_point(|h| h.at <= t - w);
+            let hi = hits.partition_point(|h| h.at <= t);
+            let leaves = (lo < hi).then(|| hits[lo].at + w);
+            let enters = hits.get(hi).map(|h| h.at);
+            (hi - lo, min_opt(leaves, enters))
+        }
+        (None, Some((from, to))) => {
+            let lo = hits.partition_point(|h| h.at < from);
+            let hi = hits.partition_point(|h| h.at < to);
+            (hi - lo, None)
+        }
+        (None, None) => (hits.len(), None),
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn count_ok(count: Count, n: usize) -> bool {
+    let v = count.value as usize;
+    match count.op {
+        CountOp::AtLeast => n >= v,
+        CountOp::AtMost => n <= v,
+        CountOp::Exactly => n == v,
+    }
+}
+
+/// A computed attribute's value at `t` (Unix seconds), and when a comparison with `x` can
+/// change.
+fn computed(profile: &Profile, name: &str, x: &Value, t: i64) -> (Option<Value>, Option<i64>) {
+    let c = &profile.computed;
+    let now = DateTime::from_timestamp(t, 0).unwrap_or_default();
+    let secs = |d: Option<DateTime<Utc>>| d.map(|d| json!(d.timestamp()));
+    let later = |cands: &[i64]| cands.iter().copied().filter(|&c| c > t).min();
+    let xf = x.as_f64().unwrap_or(0.0);
+    let days_since = |at: Option<DateTime<Utc>>| match at {
+        None => (None, None),
+        Some(at) => {
+            let at = at.timestamp();
+            let days = (t - at).div_euclid(DAY).max(0);
+            let k = xf.floor() as i64;
+            (
+                Some(json!(days)),
+                later(&[at + k * DAY, at + (k + 1) * DAY]),
+            )
+        }
+    };
+    match name {
+        "first_seen" => (secs(c.first_seen), None),
+        "last_seen" => (secs(c.last_seen), None),
+        "first_order_at" => (secs(c.first_order_at), None),
+        "last_order_at" => (secs(c.last_order_at), None),
+        "events" => (Some(json!(c.events)), None),
+        "sessions" => (Some(json!(c.sessions())), None),
+        "orders" => (Some(json!(c.orders)), None),
+        "revenue" => (Some(json!(c.revenue - c.refunds)), None),
+        "average_order_value" => (c.average_order_value().map(|v| json!(v)), None),
+        "days_since_last_order" => days_since(c.last_order_at),
+        "days_since_last_seen" => days_since(c.last_seen),
+        "purchase_frequency" => {
+            let Some(first) = c.first_order_at.map(|f| f.timestamp()) else {
+                return (None, None);
+            };
+            let v = c.purchase_frequency(now).map(|v| json!(v));
+            let mut cands = vec![first + 30 * DAY];
+            if xf > 0.0 {
+                let cross = first as f64 + 30.0 * DAY as f64 * c.orders as f64 / xf;
+                if cross.is_finite() && cross < 1e15 {
+                    cands.extend([cross.ceil() as i64, cross.ceil() as i64 + 1]);
+                }
+            }
+            (v, later(&cands))
+        }
+        "engagement" => {
+            let Some(last) = c.last_seen.map(|l| l.timestamp()) else {
+                return (Some(json!(0.0)), None);
+            };
+            let v = c.engagement(now);
+            let mut cands = vec![(t.div_euclid(DAY) + 1) * DAY];
+            let freq = 50.0 * (1.0 + c.active_days_30(now) as f64).ln() / 31f64.ln();
+            let rest = xf - freq;
+            if rest > 0.0 && rest <= 50.0 {
+                let cross = last as f64 + 14.0 * DAY as f64 * (50.0 / rest).log2();
+                if cross.is_finite() && cross < 1e15 {
+                    cands.extend([cross.ceil() as i64, cross.ceil() as i64 + 1]);
+                }
+            }
+            (Some(json!(v)), later(&cands))
+        }
+        _ => (None, None),
+    }
+}
+
+struct Ctx<'a> {
+    profile: &'a Profile,
+    identifiers: Option<&'a BTreeSet<Identifier>>,
+    t: i64,
+    results: &'a [bool],
+}
+
+impl Node {
+    /// The answer at `ctx.t`, and the first later instant at which it can change (a
+    /// segment reference adds none: the referenced segment's own instant counts).
+    fn eval(&self, ctx: &Ctx) -> (bool, Option<i64>) {
+        let p = ctx.profile;
+        let t = ctx.t;
+        match self {
+            Node::And(list) | Node::Or(list) => {
+                let and = matches!(self, Node::And(_));
+                let mut next = None;
+                let mut acc = and;
+                for n in list {
+                    let (v, c) = n.eval(ctx);
+                    next = min_opt(next, c);
+                    acc = if and { acc && v } else { acc || v };
+                }
+                (acc, next)
+            }
+            Node::Not(n) => {
+                let (v, c) = n.eval(ctx);
+                (!v, c)
+            }
+            Node::Trait(c) => {
+                let v = p.traits.get(&c.name);
+                (
+                    compare::matches(v, c.op, &c.value, t),
+                    compare::next_change(v, c.op, &c.value, t),
+                )
+            }
+            Node::Computed(c) => {
+                let (v, change) = computed(p, &c.name, &c.value, t);
+                let own = compare::next_change(v.as_ref(), c.op, &c.value, t);
+                (
+                    compare::matches(v.as_ref(), c.op, &c.value, t),
+                    min_opt(change, own),
+                )
+            }
+            Node::Performed {
+                sel,
+                count,
+                within,
+                between,
+            } => {
+                let (n, change) = window(p.hits.of(*sel), *within, *between, t);
+                (count_ok(*count, n), change)
+            }
+            Node::Last { sel, op, secs } => match p.hits.of(*sel).last() {
+                None => (false, None),
+                Some(h) => {
+                    let within = t - h.at <= *secs;
+                    let v = match op {
+                        LastOp::WithinDays => within,
+                        LastOp::MoreThanDaysAgo => !within,
+                    };
+                    let flip = h.at + secs + 1;
+                    (v, (flip > t).then_some(flip))
+                }
+            },
+            Node::NotFollowed {
+                first,
+                then,
+                wait,
+                lookback,
+            } => {
+                let firsts = p.hits.of(*first);
+                let thens = p.hits.of(*then);
+                let start = firsts.partition_point(|h| h.at < t - lookback);
+                let mut any = false;
+                let mut next: Option<i64> = None;
+                for h in &firsts[start..] {
+                    let followed_at = thens
+                        .iter()
+                        .filter(|f| f.key == h.key && f.at >= h.at)
+                        .map(|f| f.at)
+                        .min();
+                    let followed_by_now = followed_at.is_some_and(|f| f <= t);
+                    if h.at + wait <= t && !followed_by_now {
+                        any = true;
+                    }
+                    for c in [
+                        Some(h.at + wait),
+                        Some(h.at + lookback + 1),
+                        followed_at,
+                        Some(h.at),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        if c > t {
+                            next = min_opt(next, Some(c));
+                        }
+                    }
+                }
+                (any, next)
+            }
+            Node::Segment(i) => (ctx.results.get(*i).copied().unwrap_or(false), None),
+            Node::Manual(ids) => (
+                ctx.identifiers
+                    .is_some_and(|mine| mine.iter().any(|i| ids.contains(i))),
+                None,
+            ),
+        }
+    }
+}
+
+fn day_of(t: i64) -> i64 {
+    t.div_euclid(DAY)
+}
+
+impl Engine {
+    pub fn new(rules: MergeRules) -> Self {
+        Self {
+            profiles: Profiles::new(rules),
+            specs: Vec::new(),
+            compiled: Vec::new(),
+            members: Vec::new(),
+            sizes: HashMap::new(),
+            timers: BTreeSet::new(),
+            timer_of: HashMap::new(),
+            backfilled: BTreeSet::new(),
+            now: i64::MIN,
+        }
+    }
+
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+
+    pub fn specs(&self) -> &[Spec] {
+        &self.specs
+    }
+
+    pub fn spec(&self, id: &str, tag: bool) -> Option<&Spec> {
+        self.specs.iter().find(|s| s.id == id && s.tag == tag)
+    }
+
+    fn position(&self, id: &str, tag: bool) -> Option<usize> {
+        self.compiled
+            .iter()
+            .position(|c| c.spec.id == id && c.spec.tag == tag)
+    }
+
+    /// The members of a segment (or tag).
+    pub fn members(&self, id: &str, tag: bool) -> Option<&HashSet<PersonId>> {
+        self.position(id, tag).map(|i| &self.members[i])
+    }
+
+    /// The segments and the tags a person is in.
+    pub fn memberships(&self, person: PersonId) -> (Vec<&str>, Vec<&str>) {
+        let (mut segments, mut tags) = (Vec::new(), Vec::new());
+        for (c, m) in self.compiled.iter().zip(&self.members) {
+            if m.contains(&person) {
+                if c.spec.tag {
+                    tags.push(c.spec.id.as_str());
+                } else {
+                    segments.push(c.spec.id.as_str());
+                }
+            }
+        }
+        segments.sort_unstable();
+        tags.sort_unstable();
+        (segments, tags)
+    }
+
+    /// Daily sizes of a segment: `(day start, members at the end of that day)`.
+    pub fn sizes(&self, id: &str, tag: bool) -> Vec<(DateTime<Utc>, u64)> {
+        let key = format!("{}{id}", if tag { "t:" } else { "s:" });
+        self.sizes
+            .get(&key)
+            .map(|v| {
+                v.iter()
+                    .map(|(d, n)| (DateTime::from_timestamp(d * DAY, 0).unwrap_or_default(), *n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn note_size(&mut self, i: usize, t: i64) {
+        let c = &self.compiled[i].spec;
+        let key = format!("{}{}", if c.tag { "t:" } else { "s:" }, c.id);
+        let n = self.members[i].len() as u64;
+        let list = self.sizes.entry(key).or_default();
+        let day = day_of(t);
+        match list.last_mut() {
+            Some((d, size)) if *d == day => *size = n,
+            _ => list.push((day, n)),
+        }
+    }
+
+    /// Compiles `specs` in dependency order.
+    fn compile(&mut self, specs: &[Spec]) -> Result<Vec<Compiled>, SegmentError> {
+        // Dependency order by depth-first search, refusing cycles.
+        let index: HashMap<(String, bool), usize> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.id.clone(), s.tag), i))
+            .collect();
+        let deps = |s: &Spec| -> Result<Vec<usize>, SegmentError> {
+            let Rule::Condition(def) = &s.rule else {
+                return Ok(Vec::new());
+            };
+            let (segs, tags) = def.condition.references();
+            let mut out = Vec::new();
+            for id in segs {
+                out.push(*index.get(&(id.clone(), false)).ok_or_else(|| {
+                    SegmentError::UnknownSegment {
+                        path: "condition".into(),
+                        id: id.clone(),
+                    }
+                })?);
+            }
+            for name in tags {
+                out.push(*index.get(&(name.clone(), true)).ok_or_else(|| {
+                    SegmentError::UnknownTag {
+                        path: "condition".into(),
+                        name: name.clone(),
+                    }
+                })?);
+            }
+            Ok(out)
+        };
+        let mut order = Vec::new();
+        let mut state = vec![0u8; specs.len()]; // 0 new, 1 visiting, 2 done
+        fn visit(
+            i: usize,
+            specs: &[Spec],
+            deps: &dyn Fn(&Spec) -> Result<Vec<usize>, SegmentError>,
+            state: &mut [u8],
+            order: &mut Vec<usize>,
+        ) -> Result<(), SegmentError> {
+            match state[i] {
+                2 => return Ok(()),
+                1 => {
+                    return Err(SegmentError::Cycle {
+                        path: "condition".into(),
+                        id: specs[i].id.clone(),
+                    });
+                }
+                _ => {}
+            }
+            state[i] = 1;
+            for d in deps(&specs[i])? {
+                visit(d, specs, deps, state, order)?;
+            }
+            state[i] = 2;
+            order.push(i);
+            Ok(())
+        }
+        for i in 0..specs.len() {
+            visit(i, specs, &deps, &mut state, &mut order)?;
+        }
+        let position: HashMap<(String, bool), usize> = order
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| ((specs[i].id.clone(), specs[i].tag), pos))
+            .collect();
+        let mut out = Vec::new();
+        for &i in &order {
+            let spec = specs[i].clone();
+            let node = match &spec.rule {
+                Rule::Manual(ids) => Node::Manual(ids.iter().cloned().collect()),
+                Rule::Condition(def) => self.node(&def.condition, &position),
+            };
+            out.push(Compiled { spec, node });
+        }
+        Ok(out)
+    }
+
+    fn node(&mut self, c: &Condition, position: &HashMap<(String, bool), usize>) -> Node {
+        let mut sel =
+            |event: &str, filters: &[livora_model::segment::PropertyFilter], key: Option<&str>| {
+                self.profiles
+                    .selector(Selector {
+                        event: event.to_owned(),
+                        filters: filters.to_vec(),
+                        key: key.map(str::to_owned),
+                    })
+                    .0
+            };
+        match c {
+            Condition::And(l) => Node::And(l.iter().map(|c| self.node(c, position)).collect()),
+            Condition::Or(l) => Node::Or(l.iter().map(|c| self.node(c, position)).collect()),
+            Condition::Not(c) => Node::Not(Box::new(self.node(c, position))),
+            Condition::Trait(c) => Node::Trait(c.clone()),
+            Condition::Computed(c) => Node::Computed(c.clone()),
+            Condition::Performed(p) => Node::Performed {
+                sel: sel(&p.event, &p.filters, None),
+                count: p.count,
+                within: p.within_days.map(|d| i64::from(d) * DAY),
+                between: p.between.map(|b| (b.from.timestamp(), b.to.timestamp())),
+            },
+            Condition::LastPerformed(l) => Node::Last {
+                sel: sel(&l.event, &l.filters, None),
+                op: l.op,
+                secs: i64::from(l.days) * DAY,
+            },
+            Condition::NotFollowedBy(k) => Node::NotFollowed {
+                first: sel(&k.event, &[], Some(&k.key)),
+                then: sel(&k.not_followed_by, &[], Some(&k.key)),
+                wait: i64::from(k.within_minutes) * 60,
+                lookback: i64::from(k.lookback_days) * DAY,
+            },
+            Condition::InSegment(id) => Node::Segment(position[&(id.clone(), false)]),
+            Condition::Tag(name) => Node::Segment(position[&(name.clone(), true)]),
+        }
+    }
+
+    fn selectors_of(node: &Node, out: &mut BTreeSet<u32>) {
+        match node {
+            Node::And(l) | Node::Or(l) => l.iter().for_each(|n| Self::selectors_of(n, out)),
+            Node::Not(n) => Self::selectors_of(n, out),
+            Node::Performed { sel, .. } | Node::Last { sel, .. } => {
+                out.insert(*sel);
+            }
+            Node::NotFollowed { first, then, .. } => {
+                out.extend([*first, *then]);
+            }
+            _ => {}
+        }
+    }
+
+    /// Saves (adds or replaces) a segment or tag, backfilling what its conditions need from
+    /// `events` (the tenant's events in log order), and computes its members at `now`.
+    /// Saving announces no transitions: only later changes do.
+    pub fn upsert<'a>(
+        &mut self,
+        spec: Spec,
+        events: impl IntoIterator<Item = &'a Event>,
+        now: DateTime<Utc>,
+    ) -> Result<(), SegmentError> {
+        let mut specs = self.specs.clone();
+        match specs
+            .iter_mut()
+            .find(|s| s.id == spec.id && s.tag == spec.tag)
+        {
+            Some(s) => *s = spec,
+            None => specs.push(spec),
+        }
+        self.install(specs, events, now)
+    }
+
+    /// Removes a segment or tag that nothing else refers to.
+    pub fn remove(&mut self, id: &str, tag: bool, now: DateTime<Utc>) -> Result<(), SegmentError> {
+        if self.spec(id, tag).is_none() {
+            return Err(SegmentError::NotFound(id.to_owned()));
+        }
+        for s in &self.specs {
+            if let Rule::Condition(d) = &s.rule {
+                let (segs, tags) = d.condition.references();
+                let used = if tag {
+                    tags.iter().any(|t| t == id)
+                } else {
+                    segs.iter().any(|x| x == id)
+                };
+                if used {
+                    return Err(SegmentError::InUse(id.to_owned(), s.id.clone()));
+                }
+            }
+        }
+        let specs: Vec<Spec> = self
+            .specs
+            .iter()
+            .filter(|s| !(s.id == id && s.tag == tag))
+            .cloned()
+            .collect();
+        let key = format!("{}{id}", if tag { "t:" } else { "s:" });
+        self.sizes.remove(&key);
+        self.install(specs, std::iter::empty(), now)
+    }
+
+    fn install<'a>(
+        &mut self,
+        specs: Vec<Spec>,
+        events: impl IntoIterator<Item = &'a Event>,
+        now: DateTime<Utc>,
+    ) -> Result<(), SegmentError> {
+        let t = now.timestamp().max(self.now);
+        let compiled = match self.compile(&specs) {
+            Ok(c) => c,
+            Err(e) => {
+                // Forget selectors the failed definition added.
+                self.profiles.retain_selectors(&self.backfilled);
+                return Err(e);
+            }
+        };
+        let mut used = BTreeSet::new();
+        for c in &compiled {
+            Self::selectors_of(&c.node, &mut used);
+        }
+        let fresh: Vec<u32> = used.difference(&self.backfilled).copied().collect();
+        if !fresh.is_empty() {
+            self.profiles.backfill(&fresh, events);
+        }
+        self.profiles.retain_selectors(&used);
+        self.backfilled = used;
+        self.specs = specs;
+        self.compiled = compiled;
+        self.members = self.recompute(DateTime::from_timestamp(t, 0).unwrap_or_default());
+        for i in 0..self.compiled.len() {
+            self.note_size(i, t);
+        }
+        // Timers for everyone, as conditions changed.
+        self.timers.clear();
+        self.timer_of.clear();
+        let people: Vec<PersonId> = self.profiles.people().map(|(p, _)| p).collect();
+        for p in people {
+            let (_, next) = self.evaluate(p, t);
+            self.schedule(p, next);
+        }
+        self.now = self.now.max(t);
+        Ok(())
+    }
+
+    fn schedule(&mut self, person: PersonId, next: Option<i64>) {
+        if let Some(old) = self.timer_of.remove(&person) {
+            self.timers.remove(&(old, person));
+        }
+        if let Some(n) = next {
+            self.timers.insert((n, person));
+            self.timer_of.insert(person, n);
+        }
+    }
+
+    /// Every segment's answer for `person` at `t`, in evaluation order, and the next
+    /// instant at which one can change.
+    fn evaluate(&self, person: PersonId, t: i64) -> (Vec<bool>, Option<i64>) {
+        let Some((_, profile)) = self.profiles.get(person) else {
+            return (vec![false; self.compiled.len()], None);
+        };
+        let identifiers = self.profiles.graph().identifiers(person);
+        let mut results = Vec::with_capacity(self.compiled.len());
+        let mut next = None;
+        for c in &self.compiled {
+            let ctx = Ctx {
+                profile,
+                identifiers,
+                t,
+                results: &results,
+            };
+            let (v, n) = c.node.eval(&ctx);
+            next = min_opt(next, n);
+            results.push(v);
+        }
+        (results, next)
+    }
+
+    /// Re-evaluates one person at `t`: transitions, and the person's next timer.
+    fn refresh(&mut self, person: PersonId, t: i64, out: &mut Vec<Transition>) {
+        let (results, next) = self.evaluate(person, t);
+        let at = DateTime::from_timestamp(t, 0).unwrap_or_default();
+        for (i, now_in) in results.into_iter().enumerate() {
+            let was_in = self.members[i].contains(&person);
+            if was_in == now_in {
+                continue;
+            }
+            if now_in {
+                self.members[i].insert(person);
+            } else {
+                self.members[i].remove(&person);
+            }
+            self.note_size(i, t);
+            let spec = &self.compiled[i].spec;
+            out.push(Transition {
+                segment: spec.id.clone(),
+                tag: spec.tag,
+                person,
+                entered: now_in,
+                at,
+            });
+        }
+        self.schedule(person, next);
+    }
+
+    /// Lets time pass up to `now`: every timer due fires at its own instant, in order.
+    pub fn advance(&mut self, now: DateTime<Utc>) -> Vec<Transition> {
+        let now = now.timestamp();
+        let mut out = Vec::new();
+        while let Some(&(t, person)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.remove(&(t, person));
+            self.timer_of.remove(&person);
+            self.refresh(person, t, &mut out);
+        }
+        self.now = self.now.max(now);
+        out
+    }
+
+    /// Applies one event at `now`: the timers due first, then the event's person.
+    pub fn apply(&mut self, e: &Event, now: DateTime<Utc>) -> (Applied, Vec<Transition>) {
+        let mut out = self.advance(now);
+        let applied = self.profiles.apply(e);
+        for gone in &applied.absorbed {
+            self.forget(*gone);
+        }
+        if let Some(p) = applied.person {
+            self.refresh(p, self.now, &mut out);
+        }
+        (applied, out)
+    }
+
+    /// Drops a person that no longer exists (merged away) from every segment, silently: the
+    /// person that absorbed it carries on.
+    fn forget(&mut self, person: PersonId) {
+        for i in 0..self.members.len() {
+            if self.members[i].remove(&person) {
+                self.note_size(i, self.now);
+            }
+        }
+        self.schedule(person, None);
+    }
+
+    /// Undoes merge `merge_id` (see [`Profiles::unmerge`]) and re-evaluates the persons it
+    /// separates; `events` are the tenant's events in log order.
+    pub fn unmerge<'a>(
+        &mut self,
+        merge_id: u64,
+        events: impl IntoIterator<Item = &'a Event>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Transition>, UnmergeError> {
+        let mut out = self.advance(now);
+        let rebuilt = self.profiles.unmerge(merge_id, events)?;
+        let gone: Vec<PersonId> = self
+            .timer_of
+            .keys()
+            .copied()
+            .chain(self.members.iter().flatten().copied())
+            .filter(|p| self.profiles.get(*p).is_none_or(|(q, _)| q != *p))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for p in gone {
+            self.forget(p);
+        }
+        for p in rebuilt {
+            self.refresh(p, self.now, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Every segment's members at `now`, evaluated from scratch, in evaluation order.
+    pub fn recompute(&self, now: DateTime<Utc>) -> Vec<HashSet<PersonId>> {
+        let t = now.timestamp();
+        let mut out = vec![HashSet::new(); self.compiled.len()];
+        for (p, _) in self.profiles.people() {
+            let (results, _) = self.evaluate(p, t);
+            for (i, v) in results.into_iter().enumerate() {
+                if v {
+                    out[i].insert(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// The members every segment has now, by (id, tag), to compare with [`Engine::recompute`].
+    pub fn membership(&self) -> Vec<((String, bool), HashSet<PersonId>)> {
+        self.compiled
+            .iter()
+            .zip(&self.members)
+            .map(|(c, m)| ((c.spec.id.clone(), c.spec.tag), m.clone()))
+            .collect()
+    }
+
+    /// How many persons a definition would hold at `now`, and up to `sample` of them
+    /// (smallest ids first), without saving it. Its behavioural conditions see only the
+    /// events that saved segments already track, plus `events` for the others.
+    pub fn preview<'a>(
+        &mut self,
+        spec: Spec,
+        events: impl IntoIterator<Item = &'a Event>,
+        now: DateTime<Utc>,
+        sample: usize,
+    ) -> Result<(usize, Vec<PersonId>), SegmentError> {
+        let saved = self.specs.clone();
+        let (id, tag) = (spec.id.clone(), spec.tag);
+        let mut specs = saved.clone();
+        match specs.iter_mut().find(|s| s.id == id && s.tag == tag) {
+            Some(s) => *s = spec,
+            None => specs.push(spec),
+        }
+        let compiled = match self.compile(&specs) {
+            Ok(c) => c,
+            Err(e) => {
+                self.profiles.retain_selectors(&self.backfilled);
+                return Err(e);
+            }
+        };
+        let mut used = BTreeSet::new();
+        for c in &compiled {
+            Self::selectors_of(&c.node, &mut used);
+        }
+        let fresh: Vec<u32> = used.difference(&self.backfilled).copied().collect();
+        if !fresh.is_empty() {
+            self.profiles.backfill(&fresh, events);
+        }
+        let pos = compiled
+            .iter()
+            .position(|c| c.spec.id == id && c.spec.tag == tag)
+            .unwrap_or_default();
+        let t = now.timestamp();
+        let mut hits: Vec<PersonId> = Vec::new();
+        for (p, profile) in self.profiles.people() {
+            let identifiers = self.profiles.graph().identifiers(p);
+            let mut results = Vec::with_capacity(pos + 1);
+            for c in &compiled[..=pos] {
+                let ctx = Ctx {
+                    profile,
+                    identifiers,
+                    t,
+                    results: &results,
+                };
+                results.push(c.node.eval(&ctx).0);
+            }
+            if results[pos] {
+                hits.push(p);
+            }
+        }
+        // Hits of selectors only the preview used go again.
+        self.profiles.retain_selectors(&self.backfilled);
+        hits.sort_unstable();
+        let count = hits.len();
+        hits.truncate(sample);
+        Ok((count, hits))
+    }
+
+    /// When the next timer is due, if any.
+    pub fn next_timer(&self) -> Option<DateTime<Utc>> {
+        self.timers
+            .first()
+            .and_then(|(t, _)| DateTime::from_timestamp(*t, 0))
+    }
+
+    /// Approximate heap bytes: profiles, memberships and timers.
+    pub fn heap_bytes(&self) -> usize {
+        self.profiles.heap_bytes()
+            + self
+                .members
+                .iter()
+                .map(|m| m.capacity() * 12)
+                .sum::<usize>()
+            + self.timers.len() * 40
+            + self.timer_of.capacity() * 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0: i64 = 1_700_000_000;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(T0 + secs, 0).expect("time")
+    }
+
+    fn event(v: Value, n: u32, secs: i64) -> Event {
+        let mut v = v;
+        let m = v.as_object_mut().expect("object");
+        m.insert("messageId".into(), json!(format!("m{n}")));
+        m.insert("timestamp".into(), json!(at(secs).to_rfc3339()));
+        m.insert("receivedAt".into(), json!(at(secs).to_rfc3339()));
+        serde_json::from_str(&v.to_string()).expect("an event")
+    }
+
+    fn spec(id: &str, condition: Value) -> Spec {
+        Spec {
+            id: id.into(),
+            tag: false,
+            rule: Rule::Condition(
+                Definition::parse(&json!({ "condition": condition })).expect("valid"),
+            ),
+        }
+    }
+
+    fn track(user: &str, name: &str, props: Value, n: u32, secs: i64) -> Event {
+        event(
+            json!({"type": "track", "userId": user, "event": name, "properties": props}),
+            n,
+            secs,
+        )
+    }
+
+    fn summary(ts: &[Transition]) -> Vec<(String, bool, i64)> {
+        ts.iter()
+            .map(|t| (t.segment.clone(), t.entered, t.at.timestamp() - T0))
+            .collect()
+    }
+
+    #[test]
+    fn no_order_for_30_days_turns_true_once_at_the_right_instant() {
+        let mut e = Engine::new(MergeRules::default());
+        e.upsert(
+            spec(
+                "lapsed",
+                json!({"computed": {"name": "days_since_last_order", "op": "gte", "value": 30}}),
+            ),
+            [],
+            at(0),
+        )
+        .expect("saved");
+        let (_, ts) = e.apply(
+            &track("u1", "Order Completed", json!({"revenue": 10}), 1, 0),
+            at(0),
+        );
+        assert!(ts.is_empty());
+        assert!(e.advance(at(30 * DAY - 1)).is_empty());
+        let ts = e.advance(at(30 * DAY + 5000));
+        assert_eq!(summary(&ts), [("lapsed".to_owned(), true, 30 * DAY)]);
+        assert!(e.advance(at(400 * DAY)).is_empty(), "exactly once");
+        // A new order takes the person out, at the event's arrival.
+        let (_, ts) = e.apply(
+            &track("u1", "Order Completed", json!({}), 2, 401 * DAY),
+            at(401 * DAY),
+        );
+        assert_eq!(summary(&ts), [("lapsed".to_owned(), false, 401 * DAY)]);
+    }
+
+    #[test]
+    fn abandoned_cart_enters_after_the_wait_and_leaves_on_the_order() {
+        let mut e = Engine::new(MergeRules::default());
+        let cond = json!({"not_followed_by": {"event": "Product Added", "key": "cart_id",
+            "not_followed_by": "Order Completed", "within_minutes": 60}});
+        e.upsert(spec("abandoned", cond), [], at(0)).expect("saved");
+        e.apply(
+            &track("u1", "Product Added", json!({"cart_id": "c1"}), 1, 0),
+            at(0),
+        );
+        // Another cart's order does not count.
+        e.apply(
+            &track("u1", "Order Completed", json!({"cart_id": "c0"}), 2, 100),
+            at(100),
+        );
+        assert!(e.advance(at(3599)).is_empty());
+        assert_eq!(
+            summary(&e.advance(at(3600))),
+            [("abandoned".to_owned(), true, 3600)]
+        );
+        let (_, ts) = e.apply(
+            &track("u1", "Order Completed", json!({"cart_id": "c1"}), 3, 4000),
+            at(4000),
+        );
+        assert_eq!(summary(&ts), [("abandoned".to_owned(), false, 4000)]);
+        // A cart ordered within the hour never enters.
+        e.apply(
+            &track("u2", "Product Added", json!({"cart_id": "c2"}), 4, 5000),
+            at(5000),
+        );
+        e.apply(
+            &track("u2", "Order Completed", json!({"cart_id": "c2"}), 5, 5100),
+            at(5100),
+        );
+        assert!(
+            e.advance(at(100 * DAY))
+                .iter()
+                .all(|t| t.person != 2 || t.segment != "abandoned")
+        );
+        assert_eq!(e.members("abandoned", false).map(HashSet::len), Some(0));
+    }
+
+    #[test]
+    fn windows_references_tags_and_manual_lists() {
+        let mut e = Engine::new(MergeRules::default());
+        e.upsert(
+            spec(
+                "recent-buyer",
+                json!({"performed": {"event": "Order Completed",
+                "where": [{"property": "revenue", "op": "gte", "value": 50}], "within_days": 7}}),
+            ),
+            [],
+            at(0),
+        )
+        .expect("saved");
+        e.upsert(
+            Spec {
+                id: "vip".into(),
+                tag: true,
+                rule: Rule::Condition(
+                    Definition::parse(&json!({"condition": {"and": [
+                        {"in_segment": "recent-buyer"},
+                        {"trait": {"name": "plan", "op": "equals", "value": "pro"}}
+                    ]}}))
+                    .expect("valid"),
+                ),
+            },
+            [],
+            at(0),
+        )
+        .expect("saved");
+        e.upsert(
+            spec(
+                "vip-or-listed",
+                json!({"or": [{"tag": "vip"}, {"in_segment": "listed"}]}),
+            ),
+            [],
+            at(0),
+        )
+        .expect_err("listed does not exist yet");
+        e.upsert(
+            Spec {
+                id: "listed".into(),
+                tag: false,
+                rule: Rule::Manual(BTreeSet::from([Identifier {
+                    kind: "email".into(),
+                    value: "bob@example.com".into(),
+                }])),
+            },
+            [],
+            at(0),
+        )
+        .expect("saved");
+        e.upsert(
+            spec(
+                "vip-or-listed",
+                json!({"or": [{"tag": "vip"}, {"in_segment": "listed"}]}),
+            ),
+            [],
+            at(0),
+        )
+        .expect("saved");
+        let (a, _) = e.apply(
+            &event(
+                json!({"type": "identify", "userId": "ann", "traits": {"plan": "pro"}}),
+                1,
+                0,
+            ),
+            at(0),
+        );
+        let ann = a.person.expect("ann");
+        let (_, ts) = e.apply(
+            &track("ann", "Order Completed", json!({"revenue": 20}), 2, 10),
+            at(10),
+        );
+        assert!(ts.is_empty(), "below the filter");
+        let (_, ts) = e.apply(
+            &track("ann", "Order Completed", json!({"revenue": 80}), 3, 20),
+            at(20),
+        );
+        assert_eq!(
+            summary(&ts),
+            [
+                ("recent-buyer".to_owned(), true, 20),
+                ("vip".to_owned(), true, 20),
+                ("vip-or-listed".to_owned(), true, 20)
+            ]
+        );
+        assert_eq!(ts[1].event_name(), "Tag Added");
+        assert_eq!(
+            e.memberships(ann),
+            (vec!["recent-buyer", "vip-or-listed"], vec!["vip"])
+        );
+        // The order leaves the 7-day window: everything that depended on it goes.
+        let ts = e.advance(at(30 * DAY));
+        assert_eq!(
+            summary(&ts),
+            [
+                ("recent-buyer".to_owned(), false, 7 * DAY + 20),
+                ("vip".to_owned(), false, 7 * DAY + 20),
+                ("vip-or-listed".to_owned(), false, 7 * DAY + 20)
+            ]
+        );
+        let (b, ts) = e.apply(
+            &event(json!({"type": "identify", "userId": "bob", "traits": {"email": "Bob@example.com"}}), 4, 40 * DAY),
+            at(40 * DAY),
+        );
+        assert_eq!(summary(&ts).len(), 2, "listed by email: {ts:?}");
+        assert_eq!(
+            e.memberships(b.person.expect("bob")).0,
+            vec!["listed", "vip-or-listed"]
+        );
+        // In use: cannot be removed; cycles are refused.
+        assert!(matches!(
+            e.remove("listed", false, at(40 * DAY)),
+            Err(SegmentError::InUse(..))
+        ));
+        let cyclic = spec("recent-buyer", json!({"in_segment": "vip-or-listed"}));
+        assert!(matches!(
+            e.upsert(cyclic, [], at(40 * DAY)),
+            Err(SegmentError::Cycle { .. })
+        ));
+        e.remove("vip-or-listed", false, at(40 * DAY))
+            .expect("removed");
+        e.remove("listed", false, at(40 * DAY)).expect("removed");
+        assert_eq!(e.specs().len(), 2);
+        let sizes = e.sizes("recent-buyer", false);
+        assert_eq!(sizes.first().map(|s| s.1), Some(1), "{sizes:?}");
+        assert_eq!(sizes.last().map(|s| s.1), Some(0));
+    }
+
+    #[test]
+    fn saving_backfills_from_past_events_and_preview_matches() {
+        let events: Vec<Event> = (0..6)
+            .map(|i| {
+                track(
+                    &format!("u{}", i % 3),
+                    "Viewed",
+                    json!({"n": i}),
+                    i,
+                    i64::from(i) * 60,
+                )
+            })
+            .collect();
+        let mut e = Engine::new(MergeRules::default());
+        for ev in &events {
+            e.apply(ev, at(400));
+        }
+        let s = spec(
+            "viewers",
+            json!({"performed": {"event": "Viewed", "count": {"op": "exactly", "value": 2}}}),
+        );
+        let (count, sample) = e.preview(s.clone(), &events, at(400), 2).expect("preview");
+        assert_eq!((count, sample.len()), (3, 2));
+        assert!(e.specs().is_empty(), "a preview saves nothing");
+        e.upsert(s, &events, at(400)).expect("saved");
+        assert_eq!(e.members("viewers", false).map(HashSet::len), Some(3));
+        let bad = spec("x", json!({"in_segment": "nope"}));
+        assert!(matches!(
+            e.preview(bad, &events, at(400), 1),
+            Err(SegmentError::UnknownSegment { .. })
+        ));
+    }
+
+    fn definitions() -> Vec<Spec> {
+        vec![
+            spec(
+                "buyers-7d",
+                json!({"performed": {"event": "Order Completed", "count": {"op": "at_least", "value": 2}, "within_days": 7}}),
+            ),
+            spec(
+                "at-most-1-view",
+                json!({"performed": {"event": "Viewed", "count": {"op": "at_most", "value": 1}, "within_days": 3}}),
+            ),
+            spec(
+                "lapsed",
+                json!({"computed": {"name": "days_since_last_order", "op": "gt", "value": 5}}),
+            ),
+            spec(
+                "seen-2d",
+                json!({"last_performed": {"event": "Viewed", "op": "within_days", "days": 2}}),
+            ),
+            spec(
+                "abandoned",
+                json!({"not_followed_by": {"event": "Product Added", "key": "cart",
+                "not_followed_by": "Order Completed", "within_minutes": 120, "lookback_days": 4}}),
+            ),
+            spec(
+                "pro-recent",
+                json!({"and": [{"trait": {"name": "plan", "op": "equals", "value": "pro"}},
+                {"not": {"in_segment": "lapsed"}}]}),
+            ),
+            spec(
+                "engaged",
+                json!({"computed": {"name": "engagement", "op": "gte", "value": 40}}),
+            ),
+            spec(
+                "frequent",
+                json!({"computed": {"name": "purchase_frequency", "op": "gte", "value": 1.5}}),
+            ),
+            spec(
+                "signup-recent",
+                json!({"trait": {"name": "signup", "op": "within_last_days", "value": 3}}),
+            ),
+        ]
+    }
+
+    /// Random steps: an event (some user, device, kind, cart, time near the clock) or a
+    /// jump of the clock.
+    fn steps() -> impl Strategy<Value = Vec<(u8, u8, u8, u8, u32)>> {
+        prop::collection::vec((0u8..8, 0u8..4, 0u8..3, 0u8..3, 0u32..200_000), 1..60)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn incremental_membership_equals_recomputation(steps in steps()) {
+            let mut e = Engine::new(MergeRules::default());
+            for s in definitions() {
+                e.upsert(s, [], at(0)).expect("saved");
+            }
+            let mut clock = 0i64;
+            for (n, &(kind, user, anon, cart, dt)) in steps.iter().enumerate() {
+                let n = n as u32;
+                let u = format!("u{user}");
+                let a = format!("a{anon}");
+                // Events may be late (up to a day behind the clock).
+                let when = clock - i64::from(dt % 86_400);
+                let ev = match kind {
+                    0 => Some(track(&u, "Order Completed", json!({"cart": format!("c{cart}"), "revenue": 10}), n, when)),
+                    1 => Some(event(json!({"type": "track", "anonymousId": a, "event": "Viewed"}), n, when)),
+                    2 => Some(event(json!({"type": "track", "anonymousId": a, "event": "Product Added",
+                        "properties": {"cart": format!("c{cart}")}}), n, when)),
+                    3 => Some(event(json!({"type": "identify", "userId": u, "anonymousId": a,
+                        "traits": {"plan": if cart == 0 { "pro" } else { "free" },
+                                   "signup": at(when).to_rfc3339()}}), n, when)),
+                    _ => None,
+                };
+                match ev {
+                    Some(ev) => {
+                        e.apply(&ev, at(clock));
+                    }
+                    None => {
+                        clock += i64::from(dt) * 7;
+                        e.advance(at(clock));
+                    }
+                }
+                let full = e.recompute(at(clock));
+                let inc: Vec<HashSet<PersonId>> = e.membership().into_iter().map(|(_, m)| m).collect();
+                prop_assert_eq!(inc, full, "step {}", n);
+            }
+        }
+    }
+}

@@ -21,9 +21,11 @@ pub mod kms_gcp;
 #[cfg(any(feature = "gcp-kms", feature = "azure-kms"))]
 mod kms_http;
 pub mod privacy;
+pub mod profiles;
 mod sqlite;
 mod sqlite_accounts;
 mod sqlite_privacy;
+mod sqlite_profiles;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -79,7 +81,7 @@ pub struct NewTenant {
 /// - Every method is scoped: nothing returns rows of a tenant other than the one asked for.
 /// - [`MetadataStore::find_key`] returns only keys that are not revoked.
 #[async_trait]
-pub trait MetadataStore: AccountStore + PrivacyStore {
+pub trait MetadataStore: AccountStore + PrivacyStore + profiles::ProfileStore {
     async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error>;
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, Error>;
     async fn tenants(&self) -> Result<Vec<Tenant>, Error>;

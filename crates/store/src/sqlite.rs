@@ -117,6 +117,28 @@ ALTER TABLE user_tokens ADD COLUMN created_by TEXT;
     r#"
 ALTER TABLE tenants ADD COLUMN retention_days INTEGER;
 "#,
+    r#"
+CREATE TABLE segments (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    id          TEXT NOT NULL,
+    tag         INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    rule        TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, tag, id)
+);
+CREATE TABLE unmerges (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    merge_id    INTEGER NOT NULL,
+    log_offset  INTEGER NOT NULL,
+    created_by  TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, merge_id)
+);
+"#,
 ];
 
 #[derive(Clone)]

@@ -17,6 +17,7 @@ pub mod computed;
 pub mod identity;
 pub mod profile;
 pub mod segments;
+pub mod service;
 pub mod traits;
 
 pub use identity::{Identifier, IdentityGraph, MergeRules, PersonId};

@@ -513,20 +513,26 @@ impl ProfileService {
         spec: Spec,
     ) -> Result<(), ServiceError> {
         let t = self.tenant(tenant);
-        let upto = lock(&t).applied;
-        let events = self.tenant_events(log, tenant, upto).await?;
         let now = self.now();
-        let before = lock(&t).engine.membership();
         let caught_up = self.caught_up();
-        {
-            let mut state = lock(&t);
-            // Events applied while the backfill was read: read them too.
-            if state.applied != upto {
-                drop(state);
-                return Box::pin(self.save(log, tenant, record, spec)).await;
+        let before = loop {
+            let upto = lock(&t).applied;
+            let events = self.tenant_events(log, tenant, upto).await?;
+            // Events applied while the backfill was read must be in it: read again.
+            let installed = {
+                let mut state = lock(&t);
+                if state.applied == upto {
+                    let before = state.engine.membership();
+                    state.engine.upsert(spec.clone(), &events, now)?;
+                    Some(before)
+                } else {
+                    None
+                }
+            };
+            if let Some(before) = installed {
+                break before;
             }
-            state.engine.upsert(spec, &events, now)?;
-        }
+        };
         self.store.save_segment(tenant, &record).await?;
         let after = lock(&t).engine.membership();
         if caught_up {
@@ -567,16 +573,21 @@ impl ProfileService {
         by: &str,
     ) -> Result<(), ServiceError> {
         let t = self.tenant(tenant);
-        let upto = lock(&t).applied;
-        let events = self.tenant_events(log, tenant, upto).await?;
         let now = self.now();
-        let transitions = {
-            let mut state = lock(&t);
-            if state.applied != upto {
-                drop(state);
-                return Box::pin(self.unmerge(log, tenant, merge_id, by)).await;
+        let (upto, transitions) = loop {
+            let upto = lock(&t).applied;
+            let events = self.tenant_events(log, tenant, upto).await?;
+            let done = {
+                let mut state = lock(&t);
+                if state.applied == upto {
+                    Some(state.engine.unmerge(merge_id, &events, now)?)
+                } else {
+                    None
+                }
+            };
+            if let Some(tr) = done {
+                break (upto, tr);
             }
-            state.engine.unmerge(merge_id, &events, now)?
         };
         self.store
             .add_unmerge(

@@ -41,6 +41,8 @@ pub enum Code {
     AccountLocked,
     Conflict,
     AuditBroken,
+    /// A segment definition that cannot be used; `path` names the part.
+    InvalidDefinition,
 }
 
 impl Code {
@@ -74,6 +76,7 @@ impl Code {
             Self::AccountLocked => "account_locked",
             Self::Conflict => "conflict",
             Self::AuditBroken => "audit_broken",
+            Self::InvalidDefinition => "invalid_definition",
         }
     }
 
@@ -86,7 +89,8 @@ impl Code {
             | Self::InvalidItems
             | Self::Item(_)
             | Self::InvalidQuery
-            | Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            | Self::InvalidRequest
+            | Self::InvalidDefinition => StatusCode::BAD_REQUEST,
             Self::Unauthorized
             | Self::InvalidWriteKey
             | Self::InvalidCredentials

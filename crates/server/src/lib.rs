@@ -20,8 +20,10 @@ mod events;
 mod ingest;
 pub mod limits;
 pub mod ops;
+mod people;
 pub mod privacy;
 mod query;
+mod segments;
 pub mod staff;
 pub mod tls;
 
@@ -166,6 +168,9 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     /// Encryption at rest of personal fields; `None` when `[privacy] encryption = false`.
     pub protection: Option<privacy::Protection>,
+    /// Profiles, identity and segments, fed from the log by [`serve`]; `None` on an
+    /// ingest-only node.
+    pub profiles: Option<Arc<livora_profiles::service::ProfileService>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
@@ -181,19 +186,29 @@ impl AppState {
         security: Security,
     ) -> Result<Arc<Self>, StateError> {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
+        let protection = security
+            .encryption
+            .map(|(kms, fields)| privacy::Protection {
+                keyring: Arc::new(livora_store::crypto::Keyring::new(store.clone(), kms)),
+                fields,
+            });
+        let profiles = columns.as_ref().map(|_| {
+            livora_profiles::service::ProfileService::new(
+                store.clone(),
+                protection.as_ref().map(|p| p.keyring.clone()),
+                Arc::new(livora_profiles::service::SystemClock),
+                livora_profiles::MergeRules::default(),
+            )
+        });
         Ok(Arc::new(Self {
             log,
             columns,
+            profiles,
             jwt: access::Jwt::new(&security.jwt_secret)?,
             auth: security.auth,
             sessions: access::SessionCache::new(ttl),
             audit: security.audit,
-            protection: security
-                .encryption
-                .map(|(kms, fields)| privacy::Protection {
-                    keyring: Arc::new(livora_store::crypto::Keyring::new(store.clone(), kms)),
-                    fields,
-                }),
+            protection,
             tls: security.tls,
             keys: KeyCache::new(store.clone(), ttl),
             store,
@@ -272,6 +287,70 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         "/api/v1/people/{id}/consents",
         Need::Permission(P::ManageConsent),
     ),
+    ("GET", "/api/v1/people", Need::Permission(P::ViewPii)),
+    ("GET", "/api/v1/people/{id}", Need::Permission(P::ViewPii)),
+    (
+        "GET",
+        "/api/v1/people/{id}/timeline",
+        Need::Permission(P::ViewPii),
+    ),
+    (
+        "POST",
+        "/api/v1/people/{id}/unmerge",
+        Need::Permission(P::EditPeople),
+    ),
+    (
+        "GET",
+        "/api/v1/segments",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "POST",
+        "/api/v1/segments",
+        Need::Permission(P::EditSegments),
+    ),
+    (
+        "POST",
+        "/api/v1/segments/preview",
+        Need::Permission(P::EditSegments),
+    ),
+    (
+        "GET",
+        "/api/v1/segments/{id}",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "PATCH",
+        "/api/v1/segments/{id}",
+        Need::Permission(P::EditSegments),
+    ),
+    (
+        "DELETE",
+        "/api/v1/segments/{id}",
+        Need::Permission(P::EditSegments),
+    ),
+    (
+        "GET",
+        "/api/v1/segments/{id}/members",
+        Need::Permission(P::ViewPii),
+    ),
+    (
+        "GET",
+        "/api/v1/segments/{id}/members.csv",
+        Need::Permission(P::ExportData),
+    ),
+    ("GET", "/api/v1/tags", Need::Permission(P::ReadAnalytics)),
+    ("POST", "/api/v1/tags", Need::Permission(P::EditSegments)),
+    (
+        "PATCH",
+        "/api/v1/tags/{id}",
+        Need::Permission(P::EditSegments),
+    ),
+    (
+        "DELETE",
+        "/api/v1/tags/{id}",
+        Need::Permission(P::EditSegments),
+    ),
     ("GET", "/healthz", Need::Public),
     ("GET", "/readyz", Need::Public),
     ("GET", "/metrics", Need::Public),
@@ -314,6 +393,22 @@ fn handler(method: &str, path: &str) -> Handler {
         ("DELETE", "/api/v1/people/{id}") => delete(privacy::erase),
         ("GET", "/api/v1/people/{id}/consents") => get(privacy::consents),
         ("POST", "/api/v1/people/{id}/consents") => post(privacy::record_consent),
+        ("GET", "/api/v1/people") => get(people::list),
+        ("GET", "/api/v1/people/{id}") => get(people::get_person),
+        ("GET", "/api/v1/people/{id}/timeline") => get(people::timeline),
+        ("POST", "/api/v1/people/{id}/unmerge") => post(people::unmerge),
+        ("GET", "/api/v1/segments") => get(segments::list_segments),
+        ("POST", "/api/v1/segments") => post(segments::create_segment),
+        ("POST", "/api/v1/segments/preview") => post(segments::preview),
+        ("GET", "/api/v1/segments/{id}") => get(segments::get_segment),
+        ("PATCH", "/api/v1/segments/{id}") => patch(segments::update_segment),
+        ("DELETE", "/api/v1/segments/{id}") => delete(segments::delete_segment),
+        ("GET", "/api/v1/segments/{id}/members") => get(segments::members),
+        ("GET", "/api/v1/segments/{id}/members.csv") => get(segments::members_csv),
+        ("GET", "/api/v1/tags") => get(segments::list_tags),
+        ("POST", "/api/v1/tags") => post(segments::create_tag),
+        ("PATCH", "/api/v1/tags/{id}") => patch(segments::update_tag),
+        ("DELETE", "/api/v1/tags/{id}") => delete(segments::delete_tag),
         ("GET", "/healthz") => get(ops::healthz),
         ("GET", "/readyz") => get(ops::readyz),
         ("GET", "/metrics") => get(ops::metrics),
@@ -408,6 +503,10 @@ pub async fn serve(
         .columns
         .clone()
         .map(|c| tokio::spawn(c.follow(state.log.clone())));
+    let profiles = state
+        .profiles
+        .clone()
+        .map(|p| tokio::spawn(p.follow(state.log.clone())));
     let ready_state = state.clone();
     let router = app(state.clone());
     let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -434,6 +533,9 @@ pub async fn serve(
     retention.abort();
     if let Some(c) = columns {
         c.abort();
+    }
+    if let Some(p) = profiles {
+        p.abort();
     }
     let log = state.log.clone();
     let _ = tokio::task::spawn_blocking(move || log.close()).await;

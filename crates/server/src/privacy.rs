@@ -123,7 +123,7 @@ fn query(
 }
 
 /// The stored events of `ids` (scanning the whole log of the tenant), oldest first.
-async fn events_of(
+pub(crate) async fn events_of(
     state: &AppState,
     tenant: TenantId,
     ids: &[String],

@@ -77,10 +77,13 @@ pub enum Permission {
     /// Record a person's consent answers.
     #[serde(rename = "consent.manage")]
     ManageConsent,
+    /// Correct a person's identity (un-merge).
+    #[serde(rename = "people.edit")]
+    EditPeople,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 15] = [
         Self::Ingest,
         Self::ReadAnalytics,
         Self::ViewPii,
@@ -95,6 +98,7 @@ impl Permission {
         Self::ReadAudit,
         Self::ManageTenant,
         Self::ManageConsent,
+        Self::EditPeople,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,6 +117,7 @@ impl Permission {
             Self::ReadAudit => "audit.read",
             Self::ManageTenant => "tenant.manage",
             Self::ManageConsent => "consent.manage",
+            Self::EditPeople => "people.edit",
         }
     }
 }
@@ -159,6 +164,7 @@ impl Role {
                     | P::EditWorkflows
                     | P::EnableWorkflows
                     | P::ManageConsent
+                    | P::EditPeople
             ),
             Self::Sales => matches!(p, P::ReadAnalytics | P::ViewPii),
             Self::Ops => matches!(
@@ -168,6 +174,7 @@ impl Role {
                     | P::EnableWorkflows
                     | P::ManageChannels
                     | P::ManageConsent
+                    | P::EditPeople
             ),
             Self::Viewer => p == P::ReadAnalytics,
         }

@@ -113,7 +113,18 @@ fn sample(method: &str, path: &str, n: usize, victims: &Victims) -> (String, Opt
             Some(json!({"email": format!("new{n}@example.com"), "role": "viewer"}))
         }
         ("PATCH", "/api/v1/tenant") => Some(json!({"retention_days": null})),
+        ("PATCH", "/api/v1/segments/{id}" | "/api/v1/tags/{id}") => {
+            Some(json!({"name": "renamed"}))
+        }
         ("PATCH", _) => Some(json!({"role": "viewer"})),
+        ("POST", "/api/v1/people/{id}/unmerge") => Some(json!({"merge_id": 1})),
+        ("POST", "/api/v1/segments" | "/api/v1/tags") => Some(json!({
+            "name": format!("Audience {n}"),
+            "condition": {"performed": {"event": "Order Completed"}}
+        })),
+        ("POST", "/api/v1/segments/preview") => Some(json!({
+            "condition": {"trait": {"name": "plan", "op": "exists"}}
+        })),
         ("POST", "/api/v1/keys") => Some(json!({"scopes": ["read"]})),
         ("POST", "/api/v1/people/{id}/consents") => Some(json!({
             "purpose": "email_marketing", "granted": true, "source": "test"

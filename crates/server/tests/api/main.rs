@@ -4,6 +4,7 @@ mod access;
 mod helpers;
 mod ingest;
 mod limits;
+mod profiles;
 mod query;
 mod read;
 mod routes;

@@ -1,0 +1,461 @@
+//! Customer profiles over HTTP: search and list people, one person's profile (identities,
+//! traits, computed attributes, segments, tags, merge history), their timeline grouped into
+//! sessions, and un-merge. The data comes from the profiles service
+//! ([`livora_profiles::service`]), which follows the log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use chrono::{DateTime, Utc};
+use livora_model::TenantId;
+use livora_profiles::identity::{ANONYMOUS_ID, EMAIL, Identifier, PHONE, PersonId, USER_ID};
+use livora_profiles::profile::Profile;
+use livora_profiles::segments::Engine;
+use livora_profiles::service::{ProfileService, TenantState};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::access::Principal;
+use crate::error::{ApiError, Code};
+use crate::staff::entry;
+
+pub(crate) fn service(state: &AppState) -> Result<&Arc<ProfileService>, ApiError> {
+    state.profiles.as_ref().ok_or_else(|| {
+        ApiError::new(
+            Code::AnalyticsDisabled,
+            "profiles are off on this node ([analytics] enabled = false)",
+        )
+    })
+}
+
+pub(crate) fn lock(t: &std::sync::Mutex<TenantState>) -> std::sync::MutexGuard<'_, TenantState> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(Code::InvalidRequest, message)
+}
+
+/// The identifiers of a person, grouped by kind.
+pub(crate) fn identifiers_json(engine: &Engine, person: PersonId) -> Value {
+    let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    if let Some(ids) = engine.profiles().graph().identifiers(person) {
+        for i in ids {
+            by_kind.entry(&i.kind).or_default().push(&i.value);
+        }
+    }
+    json!(by_kind)
+}
+
+/// The computed attributes of a profile at `now`.
+fn computed_json(p: &Profile, now: DateTime<Utc>) -> Value {
+    let c = &p.computed;
+    json!({
+        "first_seen": c.first_seen,
+        "last_seen": c.last_seen,
+        "events": c.events,
+        "sessions": c.sessions(),
+        "orders": c.orders,
+        "revenue": c.revenue - c.refunds,
+        "refunds": c.refunds,
+        "average_order_value": c.average_order_value(),
+        "first_order_at": c.first_order_at,
+        "last_order_at": c.last_order_at,
+        "days_since_last_order": c.days_since_last_order(now),
+        "days_since_last_seen": c.days_since_last_seen(now),
+        "purchase_frequency": c.purchase_frequency(now),
+        "engagement": (c.engagement(now) * 10.0).round() / 10.0,
+    })
+}
+
+fn summary(engine: &Engine, person: PersonId, p: &Profile, now: DateTime<Utc>) -> Value {
+    let (segments, tags) = engine.memberships(person);
+    json!({
+        "id": person,
+        "identifiers": identifiers_json(engine, person),
+        "traits": p.traits.to_json(),
+        "computed": computed_json(p, now),
+        "segments": segments,
+        "tags": tags,
+    })
+}
+
+/// Sort keys of the people list.
+const SORTS: [&str; 10] = [
+    "id",
+    "first_seen",
+    "last_seen",
+    "events",
+    "sessions",
+    "orders",
+    "revenue",
+    "average_order_value",
+    "engagement",
+    "purchase_frequency",
+];
+
+fn sort_key(p: &Profile, key: &str, now: DateTime<Utc>) -> f64 {
+    let c = &p.computed;
+    let t = |d: Option<DateTime<Utc>>| d.map_or(f64::NEG_INFINITY, |d| d.timestamp() as f64);
+    match key {
+        "first_seen" => t(c.first_seen),
+        "last_seen" => t(c.last_seen),
+        "events" => c.events as f64,
+        "sessions" => c.sessions() as f64,
+        "orders" => c.orders as f64,
+        "revenue" => c.revenue - c.refunds,
+        "average_order_value" => c.average_order_value().unwrap_or(f64::NEG_INFINITY),
+        "engagement" => c.engagement(now),
+        "purchase_frequency" => c.purchase_frequency(now).unwrap_or(f64::NEG_INFINITY),
+        _ => 0.0,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// An identifier value (exact, case-insensitive for emails), or text found in a trait.
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    sort: Option<String>,
+    #[serde(default)]
+    order: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    offset: Option<usize>,
+}
+
+fn matches_search(engine: &Engine, person: PersonId, p: &Profile, q: &str) -> bool {
+    let lower = q.to_lowercase();
+    if person.to_string() == q {
+        return true;
+    }
+    let by_id = engine
+        .profiles()
+        .graph()
+        .identifiers(person)
+        .is_some_and(|ids| ids.iter().any(|i| i.value == q || i.value == lower));
+    by_id
+        || p.traits.iter().any(|(_, v)| match v {
+            Value::String(s) => s.to_lowercase().contains(&lower),
+            Value::Number(n) => n.to_string() == q,
+            _ => false,
+        })
+}
+
+/// `GET /api/v1/people`: search and list people, sorted by a computed attribute.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let sort = q.sort.as_deref().unwrap_or("last_seen");
+    if !SORTS.contains(&sort) {
+        return Err(bad(format!("sort must be one of {}", SORTS.join(", "))).with("field", "sort"));
+    }
+    let descending = match q.order.as_deref().unwrap_or("desc") {
+        "desc" => true,
+        "asc" => false,
+        _ => return Err(bad("order must be asc or desc").with("field", "order")),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad("limit must be 1-500").with("field", "limit"));
+    }
+    let offset = q.offset.unwrap_or(0);
+    let svc = service(&state)?;
+    let now = svc.now();
+    let t = svc.tenant(principal.tenant);
+    let page = {
+        let st = lock(&t);
+        let engine = &st.engine;
+        let mut rows: Vec<(f64, PersonId, &Profile)> = engine
+            .profiles()
+            .people()
+            .filter(|(id, p)| {
+                q.q.as_deref()
+                    .is_none_or(|s| matches_search(engine, *id, p, s.trim()))
+            })
+            .map(|(id, p)| (sort_key(p, sort, now), id, p))
+            .collect();
+        rows.sort_by(|a, b| {
+            let o = if sort == "id" {
+                a.1.cmp(&b.1)
+            } else {
+                a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+            };
+            if descending { o.reverse() } else { o }
+        });
+        let total = rows.len();
+        let people: Vec<Value> = rows
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, id, p)| summary(engine, *id, p, now))
+            .collect();
+        let next = (offset + people.len() < total).then_some(offset + people.len());
+        json!({"people": people, "total": total, "next_offset": next})
+    };
+    let mut e = entry(&principal, "people.list", None);
+    e.after = Some(
+        json!({"q": q.q.is_some(), "returned": page["people"].as_array().map_or(0, Vec::len)}),
+    );
+    state.audit(e).await?;
+    Ok(Json(page))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PersonQuery {
+    /// What `{id}` is: `user_id` (default), `anonymous_id`, `email`, `phone`, another
+    /// identifier kind, or `person` (the profile's numeric id).
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The person named by `id` in the current graph.
+pub(crate) fn find(engine: &Engine, id: &str, by: Option<&str>) -> Result<PersonId, ApiError> {
+    let not_found = || ApiError::new(Code::NotFound, format!("no person {id:?}"));
+    let by = by.unwrap_or(USER_ID);
+    if by == "person" {
+        let n: PersonId = id
+            .parse()
+            .map_err(|_| bad("a person id is a number").with("field", "id"))?;
+        return engine
+            .profiles()
+            .get(n)
+            .map(|(p, _)| p)
+            .ok_or_else(not_found);
+    }
+    let rules = engine.profiles().graph().rules();
+    let kind = match by {
+        "user_id" | "userId" => USER_ID,
+        "anonymous_id" | "anonymousId" => ANONYMOUS_ID,
+        "email" => EMAIL,
+        "phone" => PHONE,
+        other => other,
+    };
+    let ident = Identifier::new(kind, id, rules).ok_or_else(not_found)?;
+    engine
+        .profiles()
+        .graph()
+        .person_of(&ident)
+        .ok_or_else(not_found)
+}
+
+fn person_json(engine: &Engine, person: PersonId, now: DateTime<Utc>) -> Option<Value> {
+    let (_, p) = engine.profiles().get(person)?;
+    let mut v = summary(engine, person, p, now);
+    let groups: Map<String, Value> = p
+        .groups
+        .iter()
+        .map(|g| {
+            let traits = engine
+                .profiles()
+                .group(g)
+                .map(|g| Value::Object(g.traits.to_json()))
+                .unwrap_or_default();
+            (g.clone(), json!({"traits": traits}))
+        })
+        .collect();
+    v["groups"] = Value::Object(groups);
+    let rfm = engine.profiles().rfm();
+    v["rfm"] = rfm.get(&person).map_or(Value::Null, |r| {
+        json!({"recency": r.recency, "frequency": r.frequency, "monetary": r.monetary, "code": r.code()})
+    });
+    v["merge_history"] = json!(engine.profiles().graph().history_of(person));
+    Some(v)
+}
+
+/// `GET /api/v1/people/{id}`: one person's whole profile.
+pub async fn get_person(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let svc = service(&state)?;
+    let t = svc.tenant(principal.tenant);
+    let v = {
+        let st = lock(&t);
+        let person = find(&st.engine, &id, q.by.as_deref())?;
+        person_json(&st.engine, person, svc.now())
+            .ok_or_else(|| ApiError::new(Code::NotFound, format!("no person {id:?}")))?
+    };
+    state
+        .audit(entry(&principal, "person.view", Some(v["id"].to_string())))
+        .await?;
+    Ok(Json(v))
+}
+
+/// `GET /api/v1/people/{id}/timeline`: the person's latest events (of every identifier),
+/// newest session first, events in a session oldest first.
+pub async fn timeline(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=2000).contains(&limit) {
+        return Err(bad("limit must be 1-2000").with("field", "limit"));
+    }
+    let svc = service(&state)?;
+    let t = svc.tenant(principal.tenant);
+    let (person, keys) = {
+        let st = lock(&t);
+        let person = find(&st.engine, &id, q.by.as_deref())?;
+        let keys: Vec<String> = st
+            .engine
+            .profiles()
+            .graph()
+            .identifiers(person)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|i| match i.kind.as_str() {
+                        USER_ID => Some(format!("u:{}", i.value)),
+                        ANONYMOUS_ID => Some(format!("a:{}", i.value)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (person, keys)
+    };
+    let texts = crate::privacy::events_of(&state, principal.tenant, &keys).await?;
+    let skip = texts.len().saturating_sub(limit);
+    let texts = crate::privacy::reveal(
+        &state,
+        principal.tenant,
+        texts.into_iter().skip(skip).collect(),
+    )
+    .await?;
+    let events: Vec<Value> = texts
+        .iter()
+        .filter_map(|t| serde_json::from_str(t.get()).ok())
+        .collect();
+    let sessions = sessions(events);
+    state
+        .audit(entry(
+            &principal,
+            "person.timeline",
+            Some(person.to_string()),
+        ))
+        .await?;
+    Ok(Json(json!({"person": person, "sessions": sessions})))
+}
+
+/// Events (oldest first) grouped into sessions (30 minutes without an event end one),
+/// newest session first.
+fn sessions(mut events: Vec<Value>) -> Vec<Value> {
+    let time = |e: &Value| {
+        e["timestamp"]
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp())
+            .unwrap_or(0)
+    };
+    events.sort_by_key(|e| time(e));
+    let mut out: Vec<(i64, i64, Vec<Value>)> = Vec::new();
+    for e in events {
+        let t = time(&e);
+        match out.last_mut() {
+            Some((_, end, list)) if t - *end <= livora_profiles::computed::SESSION_GAP_SECS => {
+                *end = t;
+                list.push(e);
+            }
+            _ => out.push((t, t, vec![e])),
+        }
+    }
+    out.into_iter()
+        .rev()
+        .map(|(start, end, events)| {
+            json!({
+                "start": DateTime::from_timestamp(start, 0),
+                "end": DateTime::from_timestamp(end, 0),
+                "events": events,
+            })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnmergeBody {
+    merge_id: u64,
+}
+
+/// `POST /api/v1/people/{id}/unmerge`: undoes one of the person's merges.
+pub async fn unmerge(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Json<UnmergeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let Json(body) = body.map_err(|e| ApiError::new(Code::InvalidJson, e.body_text()))?;
+    let svc = service(&state)?;
+    let tenant: TenantId = principal.tenant;
+    let t = svc.tenant(tenant);
+    {
+        let st = lock(&t);
+        let person = find(&st.engine, &id, q.by.as_deref())?;
+        let ours = st
+            .engine
+            .profiles()
+            .graph()
+            .history_of(person)
+            .iter()
+            .any(|r| matches!(r, livora_profiles::identity::MergeRecord::Merged { id, .. } if *id == body.merge_id));
+        if !ours {
+            return Err(ApiError::new(
+                Code::NotFound,
+                format!("person {id:?} has no merge {}", body.merge_id),
+            )
+            .with("field", "merge_id"));
+        }
+    }
+    svc.unmerge(&state.log, tenant, body.merge_id, &principal.label())
+        .await
+        .map_err(|e| match e {
+            livora_profiles::service::ServiceError::Unmerge(u) => {
+                ApiError::new(Code::Conflict, u.to_string())
+            }
+            other => ApiError::internal(&other),
+        })?;
+    let mut e = entry(&principal, "person.unmerge", Some(id.clone()));
+    e.after = Some(json!({"merge_id": body.merge_id}));
+    state.audit(e).await?;
+    // The people on both sides, as they are now.
+    let st = lock(&t);
+    let mut sides: Vec<Value> = Vec::new();
+    for r in st.engine.profiles().graph().undone() {
+        if let livora_profiles::identity::MergeRecord::Merged {
+            id, kept, moved, ..
+        } = r
+            && *id == body.merge_id
+        {
+            for side in [kept, moved] {
+                if let Some(p) = side
+                    .first()
+                    .and_then(|i| st.engine.profiles().graph().person_of(i))
+                    && let Some(v) = person_json(&st.engine, p, svc.now())
+                {
+                    sides.push(v);
+                }
+            }
+        }
+    }
+    Ok(Json(json!({"people": sides})))
+}

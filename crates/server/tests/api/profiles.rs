@@ -1,0 +1,449 @@
+//! Profiles, segments and tags over HTTP (encryption at rest on, as in production).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use livora_store::Scope;
+
+use crate::helpers::{TestApp, decode, spawn_app};
+
+async fn call(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}{path}", app.url);
+    let req = match method {
+        "GET" => app.http.get(url),
+        "POST" => app.http.post(url),
+        "PATCH" => app.http.patch(url),
+        "DELETE" => app.http.delete(url),
+        other => panic!("method {other}"),
+    };
+    let req = req.bearer_auth(&app.secret_key);
+    let req = match body {
+        Some(b) => req.json(&b),
+        None => req,
+    };
+    decode(req.send().await.expect("request")).await
+}
+
+/// Polls `path` until `done` holds of its answer (the profiles service follows the log).
+async fn eventually(app: &TestApp, path: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, v) = call(app, "GET", path, None).await;
+        if done(status, &v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never got there: {status} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The app, called with a key that reads and administers (segments, un-merges, exports).
+async fn admin_app(dir: &std::path::Path) -> TestApp {
+    let mut app = spawn_app(dir).await;
+    app.secret_key = app
+        .store
+        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
+        .await
+        .expect("key")
+        .secret;
+    app
+}
+
+async fn send(app: &TestApp, batch: Value) {
+    let (status, body) = app
+        .post("/v1/batch", json!({ "batch": batch }).to_string())
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn profiles_segments_and_tags_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = admin_app(dir.path()).await;
+    send(
+        &app,
+        json!([
+            {"type": "page", "anonymousId": "dev-1", "name": "Home", "timestamp": "2026-11-01T10:00:00Z"},
+            {"type": "identify", "userId": "ann", "anonymousId": "dev-1", "timestamp": "2026-11-01T10:05:00Z",
+             "traits": {"email": "Ann@Example.com", "plan": "pro", "name": "Ann"}},
+            {"type": "track", "userId": "ann", "event": "Order Completed", "timestamp": "2026-11-01T10:10:00Z",
+             "properties": {"revenue": 120, "currency": "USD"}},
+            {"type": "track", "userId": "ann", "event": "Order Completed", "timestamp": "2026-11-03T09:00:00Z",
+             "properties": {"revenue": 30}},
+            {"type": "identify", "userId": "bob", "timestamp": "2026-11-02T08:00:00Z",
+             "traits": {"email": "bob@example.com", "plan": "free"}},
+            {"type": "group", "userId": "bob", "groupId": "acme", "timestamp": "2026-11-02T08:01:00Z",
+             "traits": {"name": "Acme", "employees": 40}},
+        ]),
+    )
+    .await;
+    let ann = eventually(&app, "/api/v1/people/ann", |s, v| {
+        s == 200 && v["computed"]["orders"] == 2
+    })
+    .await;
+    // Identity: the anonymous history and the email joined Ann.
+    assert_eq!(ann["identifiers"]["anonymous_id"], json!(["dev-1"]));
+    assert_eq!(ann["identifiers"]["email"], json!(["ann@example.com"]));
+    assert_eq!(ann["traits"]["email"], "Ann@Example.com", "decrypted");
+    assert_eq!(ann["computed"]["revenue"], 150.0);
+    assert_eq!(ann["computed"]["average_order_value"], 75.0);
+    assert_eq!(ann["computed"]["events"], 4);
+    assert_eq!(ann["computed"]["sessions"], 2);
+    assert_eq!(ann["rfm"]["frequency"], 1, "the only customer");
+    assert!(
+        ann["merge_history"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty())
+    );
+    // By another identifier, and by profile id.
+    let id = ann["id"].as_u64().expect("id");
+    let (s, v) = call(&app, "GET", "/api/v1/people/ANN@example.com?by=email", None).await;
+    assert_eq!((s, v["id"].as_u64()), (200, Some(id)));
+    let (s, v) = call(&app, "GET", &format!("/api/v1/people/{id}?by=person"), None).await;
+    assert_eq!((s, v["id"].as_u64()), (200, Some(id)));
+    let (s, v) = call(&app, "GET", "/api/v1/people/nobody", None).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("not_found")));
+    let bob = eventually(&app, "/api/v1/people/bob", |s, v| {
+        s == 200 && v["groups"]["acme"]["traits"]["employees"] == 40
+    })
+    .await;
+    assert_eq!(bob["traits"]["plan"], "free");
+
+    // The list: search, sort, errors.
+    let (s, v) = call(&app, "GET", "/api/v1/people?sort=revenue&order=desc", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["total"], 2);
+    assert_eq!(v["people"][0]["id"].as_u64(), Some(id));
+    let (_, v) = call(&app, "GET", "/api/v1/people?q=bob%40example.com", None).await;
+    assert_eq!(v["total"], 1);
+    let (s, v) = call(&app, "GET", "/api/v1/people?sort=wealth", None).await;
+    assert_eq!(
+        (s, v["code"].as_str(), v["field"].as_str()),
+        (400, Some("invalid_request"), Some("sort"))
+    );
+    let (s, _) = call(&app, "GET", "/api/v1/people?limit=0", None).await;
+    assert_eq!(s, 400);
+
+    // Timeline: two sessions, newest first.
+    let (s, t) = call(&app, "GET", "/api/v1/people/ann/timeline", None).await;
+    assert_eq!(s, 200, "{t}");
+    let sessions = t["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 2, "{t}");
+    assert_eq!(sessions[1]["events"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        sessions[1]["events"][1]["traits"]["email"],
+        "Ann@Example.com"
+    );
+
+    // Segments: invalid definitions point at the part.
+    let (s, v) = call(&app, "POST", "/api/v1/segments", Some(json!({
+        "name": "Bad", "condition": {"and": [{"trait": {"name": "plan", "op": "equals", "value": "pro"}},
+                                              {"performed": {"event": "x", "within_days": 0}}]}
+    }))).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("invalid_definition")),
+        "{v}"
+    );
+    assert_eq!(v["path"], "condition.and[1].performed.within_days");
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/segments",
+        Some(json!({
+        "name": "Bad ref", "condition": {"in_segment": "missing"}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("invalid_definition")),
+        "{v}"
+    );
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/segments",
+        Some(json!({"name": "Neither"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    // Preview, then save.
+    let buyers = json!({"performed": {"event": "Order Completed", "where": [{"property": "revenue", "op": "gte", "value": 100}]}});
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/segments/preview",
+        Some(json!({"condition": buyers})),
+    )
+    .await;
+    assert_eq!((s, v["count"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(v["sample"], json!([id]));
+    let (s, seg) = call(
+        &app,
+        "POST",
+        "/api/v1/segments",
+        Some(json!({
+        "id": "big-buyers", "name": "Big buyers", "condition": buyers})),
+    )
+    .await;
+    assert_eq!(s, 201, "{seg}");
+    assert_eq!(seg["size"], 1);
+    assert_eq!(
+        seg["text"],
+        "performed \"Order Completed\" where revenue ≥ 100 at least 1 time"
+    );
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/api/v1/segments",
+        Some(json!({
+        "id": "big-buyers", "name": "Again", "condition": buyers})),
+    )
+    .await;
+    assert_eq!(s, 409);
+    // A tag that uses the segment, and a segment that uses the tag.
+    let (s, tag) = call(
+        &app,
+        "POST",
+        "/api/v1/tags",
+        Some(json!({
+        "name": "vip", "condition": {"and": [{"in_segment": "big-buyers"},
+            {"trait": {"name": "plan", "op": "equals", "value": "pro"}}]}})),
+    )
+    .await;
+    assert_eq!((s, tag["id"].as_str()), (201, Some("vip")), "{tag}");
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/api/v1/segments",
+        Some(json!({
+        "id": "vips", "name": "VIPs", "condition": {"tag": "vip"}})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let ann = eventually(&app, "/api/v1/people/ann", |_, v| {
+        v["tags"] == json!(["vip"])
+    })
+    .await;
+    assert_eq!(ann["segments"], json!(["big-buyers", "vips"]));
+    // Entering was announced in the log, for automations.
+    let events = app.all_events().await;
+    let entered: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "Segment Entered" && e["userId"] == "ann")
+        .collect();
+    assert_eq!(entered.len(), 2, "{entered:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "Tag Added" && e["properties"]["tag"] == "vip")
+    );
+
+    // Real time: Bob's big order makes him enter, at once.
+    send(
+        &app,
+        json!([{"type": "track", "userId": "bob", "event": "Order Completed",
+        "timestamp": "2026-11-05T12:00:00Z", "properties": {"revenue": 500}}]),
+    )
+    .await;
+    eventually(&app, "/api/v1/segments/big-buyers", |_, v| v["size"] == 2).await;
+    let (s, members) = call(
+        &app,
+        "GET",
+        "/api/v1/segments/big-buyers/members?limit=1",
+        None,
+    )
+    .await;
+    assert_eq!((s, members["total"].as_u64()), (200, Some(2)), "{members}");
+    assert_eq!(members["members"].as_array().map(Vec::len), Some(1));
+    assert_eq!(members["next_offset"], 1);
+    let resp = app
+        .http
+        .get(format!(
+            "{}/api/v1/segments/big-buyers/members.csv",
+            app.url
+        ))
+        .bearer_auth(&app.secret_key)
+        .send()
+        .await
+        .expect("csv");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/csv")
+    );
+    let csv = resp.text().await.expect("text");
+    assert!(
+        csv.starts_with("person_id,user_id,anonymous_id,email,phone\n"),
+        "{csv}"
+    );
+    assert!(csv.contains(",bob,,bob@example.com,"), "{csv}");
+    assert_eq!(csv.lines().count(), 3);
+
+    // Changes: rename; condition change makes Bob leave; in-use deletion refused.
+    let (s, v) = call(
+        &app,
+        "PATCH",
+        "/api/v1/segments/big-buyers",
+        Some(json!({"name": "Whales"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["name"].as_str(), v["size"].as_u64()),
+        (200, Some("Whales"), Some(2))
+    );
+    let (s, v) = call(
+        &app,
+        "PATCH",
+        "/api/v1/segments/big-buyers",
+        Some(json!({
+        "condition": {"trait": {"name": "plan", "op": "equals", "value": "pro"}}})),
+    )
+    .await;
+    assert_eq!((s, v["size"].as_u64()), (200, Some(1)), "{v}");
+    let (s, v) = call(
+        &app,
+        "PATCH",
+        "/api/v1/segments/big-buyers",
+        Some(json!({
+        "condition": {"trait": {"name": "plan", "op": "nope"}}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["path"].as_str()),
+        (400, Some("condition.trait.op")),
+        "{v}"
+    );
+    let (s, v) = call(&app, "DELETE", "/api/v1/segments/big-buyers", None).await;
+    assert_eq!((s, v["code"].as_str()), (409, Some("conflict")), "{v}");
+    let (s, _) = call(&app, "DELETE", "/api/v1/segments/vips", None).await;
+    assert_eq!(s, 204);
+    let (s, _) = call(&app, "DELETE", "/api/v1/segments/vips", None).await;
+    assert_eq!(s, 404);
+    let (s, v) = call(&app, "GET", "/api/v1/segments", None).await;
+    assert_eq!(
+        (s, v["segments"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{v}"
+    );
+    let (s, v) = call(&app, "GET", "/api/v1/tags", None).await;
+    assert_eq!((s, v["tags"][0]["id"].as_str()), (200, Some("vip")), "{v}");
+    let (s, v) = call(&app, "GET", "/api/v1/segments/big-buyers", None).await;
+    assert_eq!(s, 200);
+    assert!(v["sizes"].as_array().is_some_and(|s| !s.is_empty()), "{v}");
+
+    // A manual segment from a CSV of identifiers.
+    let (s, v) = call(&app, "POST", "/api/v1/segments", Some(json!({
+        "id": "press", "name": "Press list", "manual_csv": "email,user_id\nBOB@example.com,\n,nobody\n"}))).await;
+    assert_eq!((s, v["size"].as_u64()), (201, Some(1)), "{v}");
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/segments",
+        Some(json!({
+        "name": "Broken list", "manual_csv": "e mail\nx\n"})),
+    )
+    .await;
+    assert_eq!((s, v["path"].as_str()), (400, Some("manual_csv")), "{v}");
+    // The list is stored encrypted.
+    let stored = app.store.segments(app.tenant_id).await.expect("segments");
+    let press = stored.iter().find(|s| s.id == "press").expect("press");
+    assert!(!press.rule.contains("bob@example.com"), "{}", press.rule);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unmerge_splits_a_wrong_link_and_keeps_it_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = admin_app(dir.path()).await;
+    send(
+        &app,
+        json!([
+            {"type": "track", "anonymousId": "kiosk", "event": "Order Completed", "properties": {"revenue": 5}},
+            {"type": "identify", "userId": "carol", "traits": {"plan": "pro"}},
+            {"type": "track", "userId": "carol", "event": "Order Completed", "properties": {"revenue": 100}},
+            {"type": "alias", "userId": "carol", "previousId": "kiosk"},
+        ]),
+    )
+    .await;
+    let carol = eventually(&app, "/api/v1/people/carol", |s, v| {
+        s == 200 && v["computed"]["orders"] == 2
+    })
+    .await;
+    let merge = carol["merge_history"]
+        .as_array()
+        .and_then(|h| h.iter().find(|r| r["type"] == "merged"))
+        .and_then(|r| r["id"].as_u64())
+        .expect("a merge");
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/people/carol/unmerge",
+        Some(json!({"merge_id": 999})),
+    )
+    .await;
+    assert_eq!((s, v["field"].as_str()), (404, Some("merge_id")), "{v}");
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/people/carol/unmerge",
+        Some(json!({"merge": 1})),
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("invalid_json")), "{v}");
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/people/carol/unmerge",
+        Some(json!({"merge_id": merge})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["people"].as_array().map(Vec::len), Some(2), "{v}");
+    let (_, c) = call(&app, "GET", "/api/v1/people/carol", None).await;
+    assert_eq!(c["computed"]["orders"], 1, "recomputed: {c}");
+    let (_, k) = call(&app, "GET", "/api/v1/people/kiosk?by=anonymous_id", None).await;
+    assert_eq!(k["computed"]["revenue"], 5.0, "{k}");
+    // The same link again is refused by the split.
+    send(
+        &app,
+        json!([{"type": "alias", "userId": "carol", "previousId": "kiosk"},
+                      {"type": "track", "userId": "carol", "event": "Ping"}]),
+    )
+    .await;
+    let c = eventually(&app, "/api/v1/people/carol", |_, v| {
+        v["computed"]["events"] == 5
+    })
+    .await;
+    assert_eq!(c["identifiers"].get("anonymous_id"), None, "{c}");
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/people/carol/unmerge",
+        Some(json!({"merge_id": merge})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (409, Some("conflict")),
+        "already undone: {v}"
+    );
+    app.stop().await;
+
+    // After a restart, the log and the stored un-merge give the same persons.
+    let app = admin_app(dir.path()).await;
+    let c = eventually(&app, "/api/v1/people/carol", |s, v| {
+        s == 200 && v["computed"]["events"] == 5
+    })
+    .await;
+    assert_eq!(c["computed"]["orders"], 1, "{c}");
+    let (_, list) = call(&app, "GET", "/api/v1/people", None).await;
+    assert_eq!(list["total"], 2, "{list}");
+    app.stop().await;
+}

@@ -28,6 +28,9 @@ pub enum BenchCommand {
     /// A funnel and a retention query over generated shop data (bench/analytics.sh compares
     /// the answers and the times with DuckDB and chDB on the same data).
     Analytics(crate::bench_analytics::AnalyticsBench),
+    /// Profiles and 20 real-time segments: update throughput, full recompute time, memory
+    /// per profile, and the lag from append to segment change while ingesting.
+    Profiles(crate::bench_profiles::ProfilesBench),
 }
 
 #[derive(clap::Args, Clone)]
@@ -62,6 +65,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Analytics(b) => {
             tokio::task::spawn_blocking(move || crate::bench_analytics::run(&b)).await?
         }
+        BenchCommand::Profiles(b) => crate::bench_profiles::run(b).await,
     }
 }
 

@@ -307,10 +307,7 @@ impl Profiles {
         let Some(gid) = e.group_id.as_deref().filter(|g| !g.trim().is_empty()) else {
             return;
         };
-        let stamp = Stamp {
-            at: e.timestamp,
-            message_id: e.message_id.clone(),
-        };
+        let stamp = Stamp::new(e.timestamp, &e.message_id);
         self.groups
             .entry(gid.to_owned())
             .or_default()
@@ -320,10 +317,7 @@ impl Profiles {
 
     /// Everything an event does to its person's profile (not to the identity graph).
     fn record(&mut self, person: PersonId, e: &Event) {
-        let stamp = Stamp {
-            at: e.timestamp,
-            message_id: e.message_id.clone(),
-        };
+        let stamp = Stamp::new(e.timestamp, &e.message_id);
         let props = object(e.properties.as_deref());
         let name = event_name(e);
         let amount = matches!(name, ORDER_COMPLETED | ORDER_REFUNDED)

@@ -797,18 +797,51 @@ impl Engine {
     }
 
     /// Every segment's members at `now`, evaluated from scratch, in evaluation order.
+    ///
+    /// Persons are split into chunks evaluated on every core (rayon); each chunk's members
+    /// are merged at the end.
     pub fn recompute(&self, now: DateTime<Utc>) -> Vec<HashSet<PersonId>> {
+        use rayon::prelude::*;
         let t = now.timestamp();
-        let mut out = vec![HashSet::new(); self.compiled.len()];
-        for (p, _) in self.profiles.people() {
-            let (results, _) = self.evaluate(p, t);
-            for (i, v) in results.into_iter().enumerate() {
-                if v {
-                    out[i].insert(p);
+        let n = self.compiled.len();
+        let people: Vec<PersonId> = self.profiles.people().map(|(p, _)| p).collect();
+        people
+            .par_chunks(4096)
+            .map(|chunk| {
+                let mut out = vec![Vec::new(); n];
+                for &p in chunk {
+                    let (results, _) = self.evaluate(p, t);
+                    for (i, v) in results.into_iter().enumerate() {
+                        if v {
+                            out[i].push(p);
+                        }
+                    }
                 }
-            }
-        }
-        out
+                out
+            })
+            .fold(
+                || vec![HashSet::new(); n],
+                |mut acc, part| {
+                    for (set, list) in acc.iter_mut().zip(part) {
+                        set.extend(list);
+                    }
+                    acc
+                },
+            )
+            .reduce(
+                || vec![HashSet::new(); n],
+                |mut a, b| {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        if x.len() < y.len() {
+                            let small = std::mem::replace(x, y);
+                            x.extend(small);
+                        } else {
+                            x.extend(y);
+                        }
+                    }
+                    a
+                },
+            )
     }
 
     /// The members every segment has now, by (id, tag), to compare with [`Engine::recompute`].

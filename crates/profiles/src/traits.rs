@@ -13,11 +13,24 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// When a write happened, for ordering: event time, then message id.
+/// When a write happened, for ordering: event time, then a hash of the message id (so
+/// equal times still order the same way on every replay).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Stamp {
     pub at: DateTime<Utc>,
-    pub message_id: String,
+    pub tie: u64,
+}
+
+impl Stamp {
+    pub fn new(at: DateTime<Utc>, message_id: &str) -> Self {
+        // FNV-1a: stable across runs and Rust versions.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in message_id.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        Self { at, tie: h }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,7 +182,7 @@ impl Traits {
     pub fn heap_bytes(&self) -> usize {
         self.slots
             .iter()
-            .map(|(k, s)| k.len() + s.stamp.message_id.len() + 96 + value_bytes(s.value.as_ref()))
+            .map(|(k, s)| k.len() + 80 + value_bytes(s.value.as_ref()))
             .sum()
     }
 }
@@ -193,10 +206,7 @@ mod tests {
     use serde_json::json;
 
     fn stamp(t: i64, m: &str) -> Stamp {
-        Stamp {
-            at: DateTime::from_timestamp(t, 0).expect("time"),
-            message_id: m.to_owned(),
-        }
+        Stamp::new(DateTime::from_timestamp(t, 0).expect("time"), m)
     }
 
     #[test]

@@ -1,0 +1,461 @@
+//! `livora bench profiles`: the profiles engine with 20 segments of mixed kinds.
+//!
+//! 1. **Engine**: generated shop data (per profile: an `identify` with email, plan and
+//!    country, product views, a cart, and for most an order, over 90 days) applied to one
+//!    tenant's engine with the 20 segments installed: profile updates per second (one
+//!    thread, as the service runs), the time to recompute all 20 segments over every profile
+//!    from scratch, and memory per profile (the engine's own estimate and the process RSS).
+//! 2. **Lag**: a real event log and the profiles service following it, while a writer
+//!    appends events at `--rate` per second (batches of 100, each durable before the next
+//!    is due). Some events are first big orders that make their person enter a segment: the
+//!    lag is from the record's append to the service's announcement of the change.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use livora_log::{EventLog, LogOptions, NewRecord};
+use livora_model::Event;
+use livora_profiles::MergeRules;
+use livora_profiles::segments::{Engine, Rule, Spec};
+use livora_store::profiles::SegmentRecord;
+use serde_json::{Value, json};
+
+#[derive(clap::Args, Clone)]
+pub struct ProfilesBench {
+    /// Profiles in the engine phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    profiles: usize,
+    /// Runs of the engine phase; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Events per second offered in the lag phase.
+    #[arg(long, default_value_t = 250_000)]
+    rate: u64,
+    /// Measured seconds of the lag phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+const T0: i64 = 1_790_000_000;
+
+/// The 20 segments (and tags) of the benchmark: traits, computed attributes, behaviour in
+/// windows, last performed, abandoned carts, references, and combinations.
+pub fn segments() -> Vec<Spec> {
+    let def = |c: Value| {
+        Rule::Condition(
+            livora_model::segment::Definition::parse(&json!({ "condition": c }))
+                .unwrap_or_else(|e| panic!("benchmark segment: {e}")),
+        )
+    };
+    let seg = |id: &str, c: Value| Spec {
+        id: id.into(),
+        tag: false,
+        rule: def(c),
+    };
+    let tag = |id: &str, c: Value| Spec {
+        id: id.into(),
+        tag: true,
+        rule: def(c),
+    };
+    vec![
+        seg(
+            "pro",
+            json!({"trait": {"name": "plan", "op": "equals", "value": "pro"}}),
+        ),
+        seg(
+            "fr",
+            json!({"trait": {"name": "country", "op": "equals", "value": "FR"}}),
+        ),
+        seg(
+            "gmail",
+            json!({"trait": {"name": "email", "op": "contains", "value": "@gmail"}}),
+        ),
+        seg(
+            "buyers",
+            json!({"computed": {"name": "orders", "op": "gte", "value": 1}}),
+        ),
+        seg(
+            "repeat",
+            json!({"computed": {"name": "orders", "op": "gte", "value": 2}}),
+        ),
+        seg(
+            "high-value",
+            json!({"computed": {"name": "revenue", "op": "gt", "value": 200}}),
+        ),
+        seg(
+            "lapsed",
+            json!({"computed": {"name": "days_since_last_order", "op": "gt", "value": 30}}),
+        ),
+        seg(
+            "engaged",
+            json!({"computed": {"name": "engagement", "op": "gte", "value": 40}}),
+        ),
+        seg(
+            "big-order-7d",
+            json!({"performed": {"event": "Order Completed",
+            "where": [{"property": "revenue", "op": "gte", "value": 100}], "within_days": 7}}),
+        ),
+        seg(
+            "viewers-3x-30d",
+            json!({"performed": {"event": "Product Viewed",
+            "count": {"op": "at_least", "value": 3}, "within_days": 30}}),
+        ),
+        seg(
+            "one-view",
+            json!({"performed": {"event": "Product Viewed", "count": {"op": "exactly", "value": 1}}}),
+        ),
+        seg(
+            "seen-7d",
+            json!({"last_performed": {"event": "Product Viewed", "op": "within_days", "days": 7}}),
+        ),
+        seg(
+            "gone-60d",
+            json!({"last_performed": {"event": "Product Viewed", "op": "more_than_days_ago", "days": 60}}),
+        ),
+        seg(
+            "abandoned",
+            json!({"not_followed_by": {"event": "Product Added", "key": "cart_id",
+            "not_followed_by": "Order Completed", "within_minutes": 60, "lookback_days": 14}}),
+        ),
+        seg(
+            "shoes-buyers",
+            json!({"performed": {"event": "Order Completed",
+            "where": [{"property": "category", "op": "equals", "value": "shoes"}]}}),
+        ),
+        tag(
+            "vip",
+            json!({"and": [{"in_segment": "repeat"}, {"in_segment": "high-value"}]}),
+        ),
+        tag(
+            "at-risk",
+            json!({"and": [{"in_segment": "buyers"}, {"in_segment": "lapsed"}, {"not": {"in_segment": "seen-7d"}}]}),
+        ),
+        seg(
+            "pro-not-buying",
+            json!({"and": [{"in_segment": "pro"}, {"not": {"in_segment": "buyers"}}]}),
+        ),
+        seg(
+            "fr-or-gmail-vip",
+            json!({"and": [{"or": [{"in_segment": "fr"}, {"in_segment": "gmail"}]}, {"tag": "vip"}]}),
+        ),
+        seg(
+            "new-big-buyers",
+            json!({"and": [{"in_segment": "big-order-7d"}, {"computed": {"name": "orders", "op": "equals", "value": 1}}]}),
+        ),
+    ]
+}
+
+fn at(secs: i64) -> String {
+    DateTime::<Utc>::from_timestamp(T0 + secs, 0)
+        .unwrap_or_default()
+        .to_rfc3339()
+}
+
+fn event(v: Value) -> Event {
+    serde_json::from_value::<Value>(v)
+        .ok()
+        .and_then(|v| serde_json::from_str(&v.to_string()).ok())
+        .unwrap_or_else(|| panic!("benchmark event"))
+}
+
+fn pick<'a>(options: &[&'a str], i: u64) -> &'a str {
+    options[i as usize % options.len()]
+}
+
+/// The events of profile `i` (deterministic), in time order.
+fn profile_events(i: usize, now: i64) -> Vec<Event> {
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let user = format!("user-{i}");
+    let anon = format!("anon-{i}");
+    let start = now - 90 * 86_400 + rnd(80 * 86_400) as i64;
+    let mut t = start;
+    let mut out = Vec::with_capacity(6);
+    let domain = ["gmail.com", "example.com", "shop.fr"][rnd(3) as usize];
+    out.push(event(json!({"type": "identify", "userId": user, "anonymousId": anon,
+        "messageId": format!("{i}-id"), "timestamp": at(t - T0), "receivedAt": at(t - T0),
+        "traits": {"email": format!("user{i}@{domain}"), "plan": pick(&["free", "pro", "team"], rnd(3)),
+                   "country": pick(&["FR", "US", "DE", "IN"], rnd(4))}})));
+    for k in 0..(1 + rnd(4)) {
+        t += rnd(3 * 86_400) as i64;
+        out.push(event(json!({"type": "track", "userId": user, "event": "Product Viewed",
+            "messageId": format!("{i}-v{k}"), "timestamp": at(t - T0), "receivedAt": at(t - T0),
+            "properties": {"product_id": format!("p{}", rnd(500)), "category": pick(&["shoes", "bags", "hats"], rnd(3))}})));
+    }
+    t += rnd(600) as i64;
+    out.push(event(
+        json!({"type": "track", "userId": user, "event": "Product Added",
+        "messageId": format!("{i}-a"), "timestamp": at(t - T0), "receivedAt": at(t - T0),
+        "properties": {"cart_id": format!("c{i}"), "price": 20 + rnd(200)}}),
+    ));
+    for k in 0..rnd(3) {
+        t += rnd(5 * 86_400) as i64;
+        out.push(event(
+            json!({"type": "track", "userId": user, "event": "Order Completed",
+            "messageId": format!("{i}-o{k}"), "timestamp": at(t - T0), "receivedAt": at(t - T0),
+            "properties": {"cart_id": format!("c{i}"), "revenue": 10 + rnd(300),
+                           "category": pick(&["shoes", "bags", "hats"], rnd(3))}}),
+        ));
+    }
+    out
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn percentile(v: &mut [i64], p: f64) -> f64 {
+    v.sort_unstable();
+    if v.is_empty() {
+        return 0.0;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i] as f64
+}
+
+struct EngineRun {
+    events: usize,
+    updates_per_sec: f64,
+    recompute_secs: f64,
+    heap_bytes_per_profile: f64,
+    rss_bytes_per_profile: f64,
+    members: Vec<(String, usize)>,
+}
+
+fn engine_run(n: usize) -> EngineRun {
+    let now_secs = T0 + 100 * 86_400;
+    let now = DateTime::<Utc>::from_timestamp(now_secs, 0).unwrap_or_default();
+    let rss_before = crate::bench::rss_mb(std::process::id(), "VmRSS:");
+    let mut engine = Engine::new(MergeRules::default());
+    for s in segments() {
+        engine
+            .upsert(s, [], now)
+            .unwrap_or_else(|e| panic!("benchmark segment: {e}"));
+    }
+    let mut applied = 0usize;
+    let mut busy = Duration::ZERO;
+    let chunk = 20_000;
+    for start in (0..n).step_by(chunk) {
+        let events: Vec<Event> = (start..(start + chunk).min(n))
+            .flat_map(|i| profile_events(i, now_secs))
+            .collect();
+        let t = Instant::now();
+        for e in &events {
+            engine.apply(e, now);
+        }
+        busy += t.elapsed();
+        applied += events.len();
+    }
+    let t = Instant::now();
+    let members = engine.recompute(now);
+    let recompute_secs = t.elapsed().as_secs_f64();
+    let rss_after = crate::bench::rss_mb(std::process::id(), "VmRSS:");
+    let people = engine.profiles().len().max(1) as f64;
+    let names: Vec<(String, usize)> = engine
+        .membership()
+        .into_iter()
+        .zip(&members)
+        .map(|(((id, _), _), m)| (id, m.len()))
+        .collect();
+    EngineRun {
+        events: applied,
+        updates_per_sec: applied as f64 / busy.as_secs_f64().max(1e-9),
+        recompute_secs,
+        heap_bytes_per_profile: engine.heap_bytes() as f64 / people,
+        rss_bytes_per_profile: (rss_after - rss_before).max(0.0) * 1_048_576.0 / people,
+        members: names,
+    }
+}
+
+struct LagRun {
+    offered: u64,
+    appended: u64,
+    transitions: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    behind: u64,
+}
+
+async fn lag_run(b: &ProfilesBench) -> anyhow::Result<LagRun> {
+    let dir = std::env::temp_dir().join(format!("livora-bench-profiles-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let result = lag_in(b, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn lag_in(b: &ProfilesBench, dir: &std::path::Path) -> anyhow::Result<LagRun> {
+    let store: Arc<dyn livora_store::MetadataStore> =
+        Arc::new(livora_store::SqliteStore::open(&dir.join("livora.db")).await?);
+    let tenant = store
+        .create_tenant(livora_store::NewTenant {
+            name: "Bench".into(),
+            time_zone: "UTC".into(),
+            currency: livora_model::Currency::parse("USD").map_err(anyhow::Error::msg)?,
+        })
+        .await?
+        .id;
+    let log_dir = dir.join("log");
+    let log =
+        tokio::task::spawn_blocking(move || EventLog::open(LogOptions::new(log_dir))).await??;
+    let service = livora_profiles::service::ProfileService::new(
+        store.clone(),
+        None,
+        Arc::new(livora_profiles::service::SystemClock),
+        MergeRules::default(),
+    );
+    let follower = tokio::spawn(service.clone().follow(log.clone()));
+    while !service.caught_up() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for s in segments() {
+        let now = Utc::now();
+        let record = SegmentRecord {
+            id: s.id.clone(),
+            tag: s.tag,
+            name: s.id.clone(),
+            description: String::new(),
+            rule: service.stored_rule(tenant, &s.id, s.tag, &s.rule).await?,
+            created_by: "bench".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        service.save(&log, tenant, record, s).await?;
+    }
+    service.take_lags();
+    // The writer: batches of 100 at the offered rate; 1 event in 50 is a first big order.
+    let batch = 100u64;
+    let interval = Duration::from_secs_f64(batch as f64 / b.rate.max(1) as f64);
+    let deadline = Instant::now() + Duration::from_secs(b.seconds);
+    let mut next = Instant::now();
+    let mut n = 0u64;
+    let mut appended = 0u64;
+    let mut offered = 0u64;
+    while Instant::now() < deadline {
+        let now = Utc::now().to_rfc3339();
+        let records: Vec<NewRecord> = (0..batch)
+            .map(|_| {
+                n += 1;
+                let user = format!("lag-{}", n / 5);
+                let e = if n % 50 == 0 {
+                    json!({"type": "track", "userId": user, "event": "Order Completed", "messageId": format!("m{n}"),
+                        "timestamp": now, "receivedAt": now, "properties": {"revenue": 150, "cart_id": format!("c{n}")}})
+                } else {
+                    json!({"type": "track", "userId": user, "event": "Product Viewed", "messageId": format!("m{n}"),
+                        "timestamp": now, "receivedAt": now, "properties": {"product_id": format!("p{}", n % 300)}})
+                };
+                NewRecord { tenant: tenant.0, id: format!("m{n}"), payload: e.to_string().into_bytes() }
+            })
+            .collect();
+        offered += batch;
+        if let Ok(out) = log.append(records).await {
+            appended += out.written() as u64;
+        }
+        next += interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    // Let the service catch up (at most 30 s), then collect.
+    let end = log.end_offset();
+    let until = Instant::now() + Duration::from_secs(30);
+    while service.applied() < end && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let behind = end.saturating_sub(service.applied());
+    let mut lags = service.take_lags();
+    follower.abort();
+    log.close();
+    Ok(LagRun {
+        offered,
+        appended,
+        transitions: lags.len(),
+        p50_ms: percentile(&mut lags, 0.5) / 1000.0,
+        p99_ms: percentile(&mut lags, 0.99) / 1000.0,
+        behind,
+    })
+}
+
+pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for i in 0..b.runs.max(1) {
+        let n = b.profiles;
+        let r = tokio::task::spawn_blocking(move || engine_run(n)).await?;
+        eprintln!(
+            "run {}: {} events, {:.0} profile updates/s, recompute {:.3} s, {:.0} B/profile (heap estimate), {:.0} B/profile (RSS)",
+            i + 1,
+            r.events,
+            r.updates_per_sec,
+            r.recompute_secs,
+            r.heap_bytes_per_profile,
+            r.rss_bytes_per_profile
+        );
+        runs.push(r);
+    }
+    let lag = lag_run(&b).await?;
+    eprintln!(
+        "lag: offered {} events, appended {}, {} transitions, p50 {:.1} ms, p99 {:.1} ms, {} records behind at the end",
+        lag.offered, lag.appended, lag.transitions, lag.p50_ms, lag.p99_ms, lag.behind
+    );
+    let mut ups: Vec<f64> = runs.iter().map(|r| r.updates_per_sec).collect();
+    let mut rec: Vec<f64> = runs.iter().map(|r| r.recompute_secs).collect();
+    let mut heap: Vec<f64> = runs.iter().map(|r| r.heap_bytes_per_profile).collect();
+    let mut rss: Vec<f64> = runs.iter().map(|r| r.rss_bytes_per_profile).collect();
+    let out = json!({
+        "profiles": b.profiles,
+        "events": runs.first().map(|r| r.events),
+        "segments": segments().len(),
+        "profile_updates_per_sec": median(&mut ups),
+        "recompute_secs": median(&mut rec),
+        "heap_bytes_per_profile": median(&mut heap),
+        "rss_bytes_per_profile": median(&mut rss),
+        "members": runs.first().map(|r| r.members.iter().map(|(k, v)| json!({"segment": k, "members": v})).collect::<Vec<_>>()),
+        "lag": {"offered_events": lag.offered, "appended_events": lag.appended, "rate": b.rate,
+                "transitions": lag.transitions, "p50_ms": lag.p50_ms, "p99_ms": lag.p99_ms, "records_behind": lag.behind},
+    });
+    if b.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "profiles {}: {:.0} updates/s, recompute of {} segments {:.3} s, {:.0} B/profile (heap), {:.0} B/profile (RSS); lag at {} ev/s: p50 {:.1} ms, p99 {:.1} ms",
+            b.profiles,
+            out["profile_updates_per_sec"].as_f64().unwrap_or(0.0),
+            segments().len(),
+            out["recompute_secs"].as_f64().unwrap_or(0.0),
+            out["heap_bytes_per_profile"].as_f64().unwrap_or(0.0),
+            out["rss_bytes_per_profile"].as_f64().unwrap_or(0.0),
+            b.rate,
+            lag.p50_ms,
+            lag.p99_ms
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchmark_segments_are_valid_and_the_data_reaches_them() {
+        let r = engine_run(2_000);
+        assert_eq!(r.members.len(), 20);
+        for (id, n) in &r.members {
+            assert!(
+                *n > 0,
+                "segment {id} is empty: the benchmark would measure nothing"
+            );
+        }
+    }
+}

@@ -6,9 +6,11 @@
 //!    thread, as the service runs), the time to recompute all 20 segments over every profile
 //!    from scratch, and memory per profile (the engine's own estimate and the process RSS).
 //! 2. **Lag**: a real event log and the profiles service following it, while a writer
-//!    appends events at `--rate` per second (batches of 100, each durable before the next
-//!    is due). Some events are first big orders that make their person enter a segment: the
-//!    lag is from the record's append to the service's announcement of the change.
+//!    appends events at each of `--rates` per second (batches of 100, each durable before
+//!    the next is due): product views of `--background` profiles already in their segments,
+//!    and one event in 50 a new profile's first big order, which enters segments. The lag is
+//!    from the acknowledgement of the event (the append returned: durable) to the service's
+//!    announcement of the membership change it caused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,12 +31,20 @@ pub struct ProfilesBench {
     /// Runs of the engine phase; medians are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Events per second offered in the lag phase.
-    #[arg(long, default_value_t = 250_000)]
-    rate: u64,
-    /// Measured seconds of the lag phase.
+    /// Events per second offered in the lag phase, one measurement per rate.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10000,50000,100000,250000"
+    )]
+    rates: Vec<u64>,
+    /// Measured seconds of the lag phase, per rate.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Profiles already in the segments when the lag is measured (they get the background
+    /// events).
+    #[arg(long, default_value_t = 100_000)]
+    background: u64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -278,6 +288,8 @@ fn engine_run(n: usize) -> EngineRun {
 }
 
 struct LagRun {
+    rate: u64,
+    achieved: f64,
     offered: u64,
     appended: u64,
     transitions: usize,
@@ -286,16 +298,34 @@ struct LagRun {
     behind: u64,
 }
 
-async fn lag_run(b: &ProfilesBench) -> anyhow::Result<LagRun> {
+async fn lag_run(b: &ProfilesBench, rate: u64) -> anyhow::Result<LagRun> {
     let dir = std::env::temp_dir().join(format!("livora-bench-profiles-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let result = lag_in(b, &dir).await;
+    let result = lag_in(b, rate, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn lag_in(b: &ProfilesBench, dir: &std::path::Path) -> anyhow::Result<LagRun> {
+/// A background event (a product view of an existing profile) or, one in 50, a probe: the
+/// first big order of a new profile, which enters segments.
+fn lag_record(tenant: uuid::Uuid, n: u64, background: u64, now: &str) -> NewRecord {
+    let e = if n.is_multiple_of(50) {
+        json!({"type": "track", "userId": format!("probe-{n}"), "event": "Order Completed", "messageId": format!("m{n}"),
+            "timestamp": now, "receivedAt": now, "properties": {"revenue": 150, "cart_id": format!("c{n}")}})
+    } else {
+        json!({"type": "track", "userId": format!("bg-{}", n % background.max(1)), "event": "Product Viewed",
+            "messageId": format!("m{n}"), "timestamp": now, "receivedAt": now,
+            "properties": {"product_id": format!("p{}", n % 300)}})
+    };
+    NewRecord {
+        tenant,
+        id: format!("m{n}"),
+        payload: e.to_string().into_bytes(),
+    }
+}
+
+async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::Result<LagRun> {
     let store: Arc<dyn livora_store::MetadataStore> =
         Arc::new(livora_store::SqliteStore::open(&dir.join("livora.db")).await?);
     let tenant = store
@@ -333,51 +363,76 @@ async fn lag_in(b: &ProfilesBench, dir: &std::path::Path) -> anyhow::Result<LagR
         };
         service.save(&log, tenant, record, s).await?;
     }
+    // Warm-up: four views per background profile, so views no longer change memberships.
+    let now = Utc::now().to_rfc3339();
+    let mut n = 0u64;
+    let warm: Vec<NewRecord> = (0..b.background * 4)
+        .filter_map(|_| {
+            n += 1;
+            (!n.is_multiple_of(50)).then(|| lag_record(tenant.0, n, b.background, &now))
+        })
+        .collect();
+    for chunk in warm.chunks(1000) {
+        log.append(chunk.to_vec()).await?;
+    }
+    // Wait until the service has read everything, its own announcements included.
+    let mut quiet_since = Instant::now();
+    loop {
+        if service.applied() < log.end_offset() {
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     service.take_lags();
-    // The writer: batches of 100 at the offered rate; 1 event in 50 is a first big order.
+    // The writer: batches of 100 at the offered rate.
     let batch = 100u64;
-    let interval = Duration::from_secs_f64(batch as f64 / b.rate.max(1) as f64);
+    let interval = Duration::from_secs_f64(batch as f64 / rate.max(1) as f64);
     let deadline = Instant::now() + Duration::from_secs(b.seconds);
     let mut next = Instant::now();
-    let mut n = 0u64;
     let mut appended = 0u64;
     let mut offered = 0u64;
+    // When each record was acknowledged (durable), by log offset.
+    let mut acks: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
     while Instant::now() < deadline {
         let now = Utc::now().to_rfc3339();
         let records: Vec<NewRecord> = (0..batch)
             .map(|_| {
                 n += 1;
-                let user = format!("lag-{}", n / 5);
-                let e = if n % 50 == 0 {
-                    json!({"type": "track", "userId": user, "event": "Order Completed", "messageId": format!("m{n}"),
-                        "timestamp": now, "receivedAt": now, "properties": {"revenue": 150, "cart_id": format!("c{n}")}})
-                } else {
-                    json!({"type": "track", "userId": user, "event": "Product Viewed", "messageId": format!("m{n}"),
-                        "timestamp": now, "receivedAt": now, "properties": {"product_id": format!("p{}", n % 300)}})
-                };
-                NewRecord { tenant: tenant.0, id: format!("m{n}"), payload: e.to_string().into_bytes() }
+                lag_record(tenant.0, n, b.background, &now)
             })
             .collect();
         offered += batch;
         if let Ok(out) = log.append(records).await {
+            let ack = Utc::now().timestamp_micros();
             appended += out.written() as u64;
+            acks.extend(out.offsets.iter().flatten().map(|o| (*o, ack)));
         }
         next += interval;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
         }
     }
-    // Let the service catch up (at most 30 s), then collect.
+    let elapsed = b.seconds as f64;
+    // Let the service catch up (at most 60 s), then collect.
     let end = log.end_offset();
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = Instant::now() + Duration::from_secs(60);
     while service.applied() < end && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let behind = end.saturating_sub(service.applied());
-    let mut lags = service.take_lags();
+    // From the acknowledgement of the event to the announcement of the change it caused.
+    let mut lags: Vec<i64> = service
+        .take_lags()
+        .into_iter()
+        .filter_map(|(offset, at)| acks.get(&offset).map(|ack| (at - ack).max(0)))
+        .collect();
     follower.abort();
     log.close();
     Ok(LagRun {
+        rate,
+        achieved: appended as f64 / elapsed,
         offered,
         appended,
         transitions: lags.len(),
@@ -403,11 +458,15 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         );
         runs.push(r);
     }
-    let lag = lag_run(&b).await?;
-    eprintln!(
-        "lag: offered {} events, appended {}, {} transitions, p50 {:.1} ms, p99 {:.1} ms, {} records behind at the end",
-        lag.offered, lag.appended, lag.transitions, lag.p50_ms, lag.p99_ms, lag.behind
-    );
+    let mut lags = Vec::new();
+    for &rate in &b.rates {
+        let lag = lag_run(&b, rate).await?;
+        eprintln!(
+            "lag at {} ev/s offered ({:.0} appended/s): {} transitions, p50 {:.1} ms, p99 {:.1} ms, {} records behind at the end",
+            lag.rate, lag.achieved, lag.transitions, lag.p50_ms, lag.p99_ms, lag.behind
+        );
+        lags.push(lag);
+    }
     let mut ups: Vec<f64> = runs.iter().map(|r| r.updates_per_sec).collect();
     let mut rec: Vec<f64> = runs.iter().map(|r| r.recompute_secs).collect();
     let mut heap: Vec<f64> = runs.iter().map(|r| r.heap_bytes_per_profile).collect();
@@ -421,24 +480,28 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         "heap_bytes_per_profile": median(&mut heap),
         "rss_bytes_per_profile": median(&mut rss),
         "members": runs.first().map(|r| r.members.iter().map(|(k, v)| json!({"segment": k, "members": v})).collect::<Vec<_>>()),
-        "lag": {"offered_events": lag.offered, "appended_events": lag.appended, "rate": b.rate,
-                "transitions": lag.transitions, "p50_ms": lag.p50_ms, "p99_ms": lag.p99_ms, "records_behind": lag.behind},
+        "lag": lags.iter().map(|l| json!({"rate": l.rate, "appended_per_sec": l.achieved,
+            "offered_events": l.offered, "appended_events": l.appended, "transitions": l.transitions,
+            "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "records_behind": l.behind})).collect::<Vec<_>>(),
     });
     if b.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "profiles {}: {:.0} updates/s, recompute of {} segments {:.3} s, {:.0} B/profile (heap), {:.0} B/profile (RSS); lag at {} ev/s: p50 {:.1} ms, p99 {:.1} ms",
+            "profiles {}: {:.0} updates/s, recompute of {} segments {:.3} s, {:.0} B/profile (heap), {:.0} B/profile (RSS)",
             b.profiles,
             out["profile_updates_per_sec"].as_f64().unwrap_or(0.0),
             segments().len(),
             out["recompute_secs"].as_f64().unwrap_or(0.0),
             out["heap_bytes_per_profile"].as_f64().unwrap_or(0.0),
             out["rss_bytes_per_profile"].as_f64().unwrap_or(0.0),
-            b.rate,
-            lag.p50_ms,
-            lag.p99_ms
         );
+        for l in &lags {
+            println!(
+                "lag at {} ev/s: p50 {:.1} ms, p99 {:.1} ms ({} transitions)",
+                l.rate, l.p50_ms, l.p99_ms, l.transitions
+            );
+        }
     }
     Ok(())
 }

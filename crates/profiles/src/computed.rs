@@ -70,7 +70,12 @@ impl Computed {
         self.first_seen = min_time(self.first_seen, Some(at));
         self.last_seen = max_time(self.last_seen, Some(at));
         self.events += 1;
-        *self.event_counts.entry(name.to_owned()).or_default() += 1;
+        match self.event_counts.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                self.event_counts.insert(name.to_owned(), 1);
+            }
+        }
         let t = at.timestamp();
         self.add_session(t, t);
         self.add_day(t.div_euclid(86_400));

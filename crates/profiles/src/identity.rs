@@ -22,7 +22,6 @@
 //! observations, whatever their order (a property test checks both).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::BuildHasher;
 
 use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
@@ -263,11 +262,6 @@ pub struct IdentityGraph {
     splits: Vec<Split>,
     /// Merges undone by [`IdentityGraph::unmerge`], kept for the record.
     undone: Vec<MergeRecord>,
-    /// Every observation with a set of identifiers not seen before, in order: replaying them
-    /// rebuilds the graph (an observation repeating an earlier set changes nothing the
-    /// first one did not).
-    history: Vec<Observation>,
-    seen_sets: hashbrown::HashSet<u64>,
     /// The identifier each person id was created for.
     creators: HashMap<Identifier, PersonId>,
     /// During a rebuild: the ids of the merges being replayed, by (message id, via).
@@ -399,15 +393,6 @@ impl IdentityGraph {
         });
         ids.dedup();
         let mut out = Outcome::default();
-        if ids.len() > 1 || !ids.first().is_some_and(|i| self.owner.contains_key(i)) {
-            let set = self.seen_sets.hasher().hash_one(&ids);
-            if self.seen_sets.insert(set) {
-                self.history.push(Observation {
-                    identifiers: ids.clone(),
-                    ..obs.clone()
-                });
-            }
-        }
         for id in ids {
             let Some(current) = out.person else {
                 match self.owner.get(&id) {
@@ -504,12 +489,17 @@ impl IdentityGraph {
         });
     }
 
-    /// Undoes merge `merge_id`: the graph is rebuilt from its observations as if the two
-    /// sides of that merge had been split from the start, and they stay apart from now on
-    /// (merges that depended on it are undone too, and merges it had prevented happen).
-    /// Returns the persons holding an identifier of either side afterwards: their events
-    /// must be attributed again.
-    pub fn unmerge(&mut self, merge_id: u64) -> Result<Vec<PersonId>, UnmergeError> {
+    /// Undoes merge `merge_id`: the graph is rebuilt from `observations` (every observation
+    /// so far, in order: the events themselves) as if the two sides of that merge had been
+    /// split from the start, and they stay apart from now on (merges that depended on it
+    /// are undone too, and merges it had prevented happen). The graph keeps no copy of the
+    /// observations: the event log is that copy. Returns the persons holding an identifier
+    /// of either side afterwards: their events must be attributed again.
+    pub fn unmerge(
+        &mut self,
+        merge_id: u64,
+        observations: impl IntoIterator<Item = Observation>,
+    ) -> Result<Vec<PersonId>, UnmergeError> {
         if self.undone.iter().any(|r| record_id(r) == Some(merge_id)) {
             return Err(UnmergeError::AlreadyUnmerged(merge_id));
         }
@@ -528,7 +518,7 @@ impl IdentityGraph {
         let touched: Vec<Identifier> = split.left.union(&split.right).cloned().collect();
         let mut splits = self.splits.clone();
         splits.push(split);
-        self.rebuild(splits);
+        self.rebuild(splits, observations);
         let mut persons: Vec<PersonId> = touched.iter().filter_map(|i| self.person_of(i)).collect();
         persons.sort_unstable();
         persons.dedup();
@@ -540,9 +530,9 @@ impl IdentityGraph {
         &self.undone
     }
 
-    /// Replays the history under `splits`. Merges that happen again keep their ids; those
-    /// that no longer happen move to [`IdentityGraph::undone`].
-    fn rebuild(&mut self, splits: Vec<Split>) {
+    /// Replays `observations` under `splits`. Merges that happen again keep their ids;
+    /// those that no longer happen move to [`IdentityGraph::undone`].
+    fn rebuild(&mut self, splits: Vec<Split>, observations: impl IntoIterator<Item = Observation>) {
         let mut g = IdentityGraph::new(self.rules.clone());
         g.splits = splits;
         g.next_merge = self.next_merge;
@@ -558,7 +548,7 @@ impl IdentityGraph {
                 MergeRecord::Refused { .. } => None,
             })
             .collect();
-        for obs in std::mem::take(&mut self.history) {
+        for obs in observations {
             g.observe(obs);
         }
         g.reuse.clear();
@@ -714,17 +704,25 @@ mod tests {
     #[test]
     fn unmerge_separates_and_keeps_apart() {
         let mut g = graph();
-        let a = g
-            .observe(obs(&[id(ANONYMOUS_ID, "a1"), id(EMAIL, "x@y.z")], 1))
-            .person;
-        let u = g.observe(obs(&[id(USER_ID, "u1")], 2)).person;
-        g.observe(obs(&[id(USER_ID, "u1"), id(EMAIL, "x@y.z")], 3));
-        g.observe(obs(&[id(USER_ID, "u1"), id(PHONE, "+123")], 4));
+        let seen = vec![
+            obs(&[id(ANONYMOUS_ID, "a1"), id(EMAIL, "x@y.z")], 1),
+            obs(&[id(USER_ID, "u1")], 2),
+            obs(&[id(USER_ID, "u1"), id(EMAIL, "x@y.z")], 3),
+            obs(&[id(USER_ID, "u1"), id(PHONE, "+123")], 4),
+        ];
+        let outcomes: Vec<Outcome> = seen.iter().map(|o| g.observe(o.clone())).collect();
+        let (a, u) = (outcomes[0].person, outcomes[1].person);
         assert_eq!(g.person_count(), 1);
         let before_log = g.log().len();
-        assert_eq!(g.unmerge(1), Ok(vec![a.expect("a"), u.expect("u")]));
-        assert_eq!(g.unmerge(1), Err(UnmergeError::AlreadyUnmerged(1)));
-        assert_eq!(g.unmerge(9), Err(UnmergeError::NoSuchMerge(9)));
+        assert_eq!(
+            g.unmerge(1, seen.clone()),
+            Ok(vec![a.expect("a"), u.expect("u")])
+        );
+        assert_eq!(
+            g.unmerge(1, seen.clone()),
+            Err(UnmergeError::AlreadyUnmerged(1))
+        );
+        assert_eq!(g.unmerge(9, seen), Err(UnmergeError::NoSuchMerge(9)));
         assert_eq!(
             g.partition(),
             vec![
@@ -881,13 +879,15 @@ mod tests {
             let (Some(a), Some(b)) = (pick(&l.1), r.1.iter().next().cloned()) else {
                 return Ok(());
             };
-            let out = g.observe(obs(&[a, b], 999));
+            let link = obs(&[a, b], 999);
+            let out = g.observe(link.clone());
             prop_assert_eq!(out.absorbed.len(), 1);
             let merge = g.log().iter().rev().find_map(|r| match r {
                 MergeRecord::Merged { id, .. } => Some(*id),
                 MergeRecord::Refused { .. } => None,
             }).expect("a merge");
-            g.unmerge(merge).expect("unmerge");
+            let all = order.iter().enumerate().map(|(n, &i)| obs(&seen[i], n as u32)).chain([link]);
+            g.unmerge(merge, all).expect("unmerge");
             let mut after: Vec<_> = g.persons().map(|(p, s)| (p, s.clone())).collect();
             after.sort();
             prop_assert_eq!(after, before);

@@ -100,8 +100,31 @@ pub fn event_name(e: &Event) -> &str {
     }
 }
 
+fn text<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
+    m.get(k).and_then(Value::as_str)
+}
+
+/// An event's `traits` and `properties`, parsed once.
+pub struct Parsed {
+    pub traits: Map<String, Value>,
+    pub props: Map<String, Value>,
+}
+
+impl Parsed {
+    pub fn of(e: &Event) -> Self {
+        Self {
+            traits: object(e.traits.as_deref()),
+            props: object(e.properties.as_deref()),
+        }
+    }
+}
+
 /// The identifiers an event carries (see the crate doc for where each comes from).
 pub fn identifiers(e: &Event, rules: &MergeRules) -> Vec<Identifier> {
+    identifiers_in(e, &Parsed::of(e), rules)
+}
+
+fn identifiers_in(e: &Event, parsed: &Parsed, rules: &MergeRules) -> Vec<Identifier> {
     let mut out = Vec::new();
     let mut push = |kind: &str, value: Option<&str>| {
         if let Some(i) = value.and_then(|v| Identifier::new(kind, v, rules)) {
@@ -113,27 +136,22 @@ pub fn identifiers(e: &Event, rules: &MergeRules) -> Vec<Identifier> {
     if e.kind == EventType::Alias {
         push(ANONYMOUS_ID, e.previous_id.as_deref());
     }
-    let text =
-        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
-    let mut trait_maps = vec![];
     if e.kind == EventType::Identify {
-        trait_maps.push(object(e.traits.as_deref()));
+        push(EMAIL, text(&parsed.traits, "email"));
+        push(PHONE, text(&parsed.traits, "phone"));
     }
     if let Some(Value::Object(ct)) = e.context.get("traits") {
-        trait_maps.push(ct.clone());
-    }
-    for m in &trait_maps {
-        push(EMAIL, text(m, "email").as_deref());
-        push(PHONE, text(m, "phone").as_deref());
+        push(EMAIL, text(ct, "email"));
+        push(PHONE, text(ct, "phone"));
     }
     if e.kind == EventType::Track {
-        let props = object(e.properties.as_deref());
+        let props = &parsed.props;
         match e.event.as_deref() {
             Some("$identify") => {
-                push(USER_ID, text(&props, "distinct_id").as_deref());
-                push(ANONYMOUS_ID, text(&props, "$anon_distinct_id").as_deref());
+                push(USER_ID, text(props, "distinct_id"));
+                push(ANONYMOUS_ID, text(props, "$anon_distinct_id"));
             }
-            Some("$create_alias") => push(ANONYMOUS_ID, text(&props, "alias").as_deref()),
+            Some("$create_alias") => push(ANONYMOUS_ID, text(props, "alias")),
             _ => {}
         }
     }
@@ -164,6 +182,16 @@ pub fn identifiers(e: &Event, rules: &MergeRules) -> Vec<Identifier> {
         }
     }
     out
+}
+
+fn cause_of(e: &Event) -> Cause {
+    Cause {
+        call: match e.kind {
+            EventType::Track => e.event.clone().unwrap_or_default(),
+            kind => kind.as_str().to_owned(),
+        },
+        message_id: e.message_id.clone(),
+    }
 }
 
 impl Profiles {
@@ -265,21 +293,15 @@ impl Profiles {
     /// Applies one event: identity first, then the person's traits, computed attributes
     /// and groups.
     pub fn apply(&mut self, e: &Event) -> Applied {
-        let ids = identifiers(e, self.graph.rules());
-        let cause = Cause {
-            call: match e.kind {
-                EventType::Track => e.event.clone().unwrap_or_default(),
-                kind => kind.as_str().to_owned(),
-            },
-            message_id: e.message_id.clone(),
-        };
+        let parsed = Parsed::of(e);
+        let ids = identifiers_in(e, &parsed, self.graph.rules());
         let outcome = self.graph.observe(Observation {
             identifiers: ids,
             at: e.timestamp,
-            cause,
+            cause: cause_of(e),
         });
         let Some(person) = outcome.person else {
-            self.apply_group_traits(e);
+            self.apply_group_traits(e, &parsed);
             return Applied::default();
         };
         for gone in &outcome.absorbed {
@@ -293,14 +315,14 @@ impl Profiles {
                 self.people.entry(person).or_default().merge(old);
             }
         }
-        self.record(person, e);
+        self.record(person, e, &parsed);
         Applied {
             person: Some(person),
             absorbed: outcome.absorbed,
         }
     }
 
-    fn apply_group_traits(&mut self, e: &Event) {
+    fn apply_group_traits(&mut self, e: &Event, parsed: &Parsed) {
         if e.kind != EventType::Group {
             return;
         }
@@ -312,32 +334,29 @@ impl Profiles {
             .entry(gid.to_owned())
             .or_default()
             .traits
-            .set_all(&object(e.traits.as_deref()), &stamp);
+            .set_all(&parsed.traits, &stamp);
     }
 
     /// Everything an event does to its person's profile (not to the identity graph).
-    fn record(&mut self, person: PersonId, e: &Event) {
+    fn record(&mut self, person: PersonId, e: &Event, parsed: &Parsed) {
         let stamp = Stamp::new(e.timestamp, &e.message_id);
-        let props = object(e.properties.as_deref());
+        let props = &parsed.props;
         let name = event_name(e);
         let amount = matches!(name, ORDER_COMPLETED | ORDER_REFUNDED)
-            .then(|| revenue(&props))
+            .then(|| revenue(props))
             .flatten();
         let profile = self.people.entry(person).or_default();
         profile.computed.record(name, e.timestamp, amount);
         let at = e.timestamp.timestamp();
         for (i, s) in self.selectors.iter().enumerate() {
-            if let Some(hit) = s.as_ref().and_then(|s| s.select(name, &props, at)) {
+            if let Some(hit) = s.as_ref().and_then(|s| s.select(name, props, at)) {
                 profile.hits.add(i as u32, hit);
             }
         }
         match e.kind {
-            EventType::Identify => {
-                let traits = object(e.traits.as_deref());
-                profile.traits.set_all(&traits, &stamp);
-            }
+            EventType::Identify => profile.traits.set_all(&parsed.traits, &stamp),
             EventType::Track | EventType::Page | EventType::Screen => {
-                profile.traits.apply_operators(&props, &stamp);
+                profile.traits.apply_operators(props, &stamp);
             }
             EventType::Group => {
                 if let Some(gid) = e.group_id.as_deref().filter(|g| !g.trim().is_empty()) {
@@ -351,7 +370,7 @@ impl Profiles {
             }
             EventType::Alias => {}
         }
-        self.apply_group_traits(e);
+        self.apply_group_traits(e, parsed);
     }
 
     /// The person an event belongs to in the current graph, without changing it.
@@ -375,17 +394,26 @@ impl Profiles {
     /// Undoes merge `merge_id` (see [`IdentityGraph::unmerge`]) and recomputes, from
     /// `events` (every event of the tenant, in log order), the profiles of the persons whose
     /// identifiers changed. Returns those persons.
-    pub fn unmerge<'a>(
+    pub fn unmerge(
         &mut self,
         merge_id: u64,
-        events: impl IntoIterator<Item = &'a Event>,
+        events: &[Event],
     ) -> Result<Vec<PersonId>, UnmergeError> {
         let before: HashMap<PersonId, BTreeSet<Identifier>> = self
             .graph
             .persons()
             .map(|(p, ids)| (p, ids.clone()))
             .collect();
-        self.graph.unmerge(merge_id)?;
+        let rules = self.graph.rules().clone();
+        let observations: Vec<Observation> = events
+            .iter()
+            .map(|e| Observation {
+                identifiers: identifiers(e, &rules),
+                at: e.timestamp,
+                cause: cause_of(e),
+            })
+            .collect();
+        self.graph.unmerge(merge_id, observations)?;
         // Every person whose identifiers changed starts over; persons that no longer exist
         // go.
         let rebuild: BTreeSet<PersonId> = self
@@ -409,7 +437,7 @@ impl Profiles {
         }
         for e in events {
             if let Some(p) = self.attribute(e).filter(|p| rebuild.contains(p)) {
-                self.record(p, e);
+                self.record(p, e, &Parsed::of(e));
             }
         }
         Ok(rebuild.into_iter().collect())
@@ -465,7 +493,7 @@ mod tests {
         };
         for e in events {
             if let Some(person) = fresh.attribute(e) {
-                fresh.record(person, e);
+                fresh.record(person, e, &Parsed::of(e));
             }
         }
         sorted(&fresh)

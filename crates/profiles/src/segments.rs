@@ -134,7 +134,8 @@ pub struct Engine {
     /// In evaluation order (dependencies first).
     compiled: Vec<Compiled>,
     members: Vec<HashSet<PersonId>>,
-    sizes: HashMap<String, Vec<(i64, u64)>>,
+    /// Daily sizes, aligned with `compiled`.
+    sizes: Vec<Vec<(i64, u64)>>,
     timers: BTreeSet<(i64, PersonId)>,
     timer_of: HashMap<PersonId, i64>,
     /// Selectors whose hits hold every past event.
@@ -371,7 +372,7 @@ impl Engine {
             specs: Vec::new(),
             compiled: Vec::new(),
             members: Vec::new(),
-            sizes: HashMap::new(),
+            sizes: Vec::new(),
             timers: BTreeSet::new(),
             timer_of: HashMap::new(),
             backfilled: BTreeSet::new(),
@@ -421,9 +422,8 @@ impl Engine {
 
     /// Daily sizes of a segment: `(day start, members at the end of that day)`.
     pub fn sizes(&self, id: &str, tag: bool) -> Vec<(DateTime<Utc>, u64)> {
-        let key = format!("{}{id}", if tag { "t:" } else { "s:" });
-        self.sizes
-            .get(&key)
+        self.position(id, tag)
+            .and_then(|i| self.sizes.get(i))
             .map(|v| {
                 v.iter()
                     .map(|(d, n)| (DateTime::from_timestamp(d * DAY, 0).unwrap_or_default(), *n))
@@ -433,10 +433,10 @@ impl Engine {
     }
 
     fn note_size(&mut self, i: usize, t: i64) {
-        let c = &self.compiled[i].spec;
-        let key = format!("{}{}", if c.tag { "t:" } else { "s:" }, c.id);
         let n = self.members[i].len() as u64;
-        let list = self.sizes.entry(key).or_default();
+        let Some(list) = self.sizes.get_mut(i) else {
+            return;
+        };
         let day = day_of(t);
         match list.last_mut() {
             Some((d, size)) if *d == day => *size = n,
@@ -620,8 +620,6 @@ impl Engine {
             .filter(|s| !(s.id == id && s.tag == tag))
             .cloned()
             .collect();
-        let key = format!("{}{id}", if tag { "t:" } else { "s:" });
-        self.sizes.remove(&key);
         self.install(specs, std::iter::empty(), now)
     }
 
@@ -650,6 +648,20 @@ impl Engine {
         }
         self.profiles.retain_selectors(&used);
         self.backfilled = used;
+        let mut old_sizes: HashMap<(String, bool), Vec<(i64, u64)>> = self
+            .compiled
+            .iter()
+            .zip(std::mem::take(&mut self.sizes))
+            .map(|(c, v)| ((c.spec.id.clone(), c.spec.tag), v))
+            .collect();
+        self.sizes = compiled
+            .iter()
+            .map(|c| {
+                old_sizes
+                    .remove(&(c.spec.id.clone(), c.spec.tag))
+                    .unwrap_or_default()
+            })
+            .collect();
         self.specs = specs;
         self.compiled = compiled;
         self.members = self.recompute(DateTime::from_timestamp(t, 0).unwrap_or_default());
@@ -770,10 +782,10 @@ impl Engine {
 
     /// Undoes merge `merge_id` (see [`Profiles::unmerge`]) and re-evaluates the persons it
     /// separates; `events` are the tenant's events in log order.
-    pub fn unmerge<'a>(
+    pub fn unmerge(
         &mut self,
         merge_id: u64,
-        events: impl IntoIterator<Item = &'a Event>,
+        events: &[Event],
         now: DateTime<Utc>,
     ) -> Result<Vec<Transition>, UnmergeError> {
         let mut out = self.advance(now);

@@ -84,8 +84,9 @@ pub struct ProfileService {
     applied: AtomicU64,
     /// Set once the log has been read up to where it ended at start.
     caught_up: AtomicBool,
-    /// Microseconds from an event's append to the announcement of the transition it caused.
-    lags: Mutex<Vec<i64>>,
+    /// For each announced transition an event caused: the event's log offset, and when the
+    /// announcement was made (µs since the Unix epoch).
+    lags: Mutex<Vec<(u64, i64)>>,
 }
 
 fn lock(m: &Mutex<TenantState>) -> MutexGuard<'_, TenantState> {
@@ -145,8 +146,9 @@ impl ProfileService {
         self.applied.load(Ordering::Acquire)
     }
 
-    /// The lags (µs from append to announcement) recorded since the last call.
-    pub fn take_lags(&self) -> Vec<i64> {
+    /// `(log offset of the causing event, announcement time in µs)` of the transitions
+    /// announced since the last call.
+    pub fn take_lags(&self) -> Vec<(u64, i64)> {
         std::mem::take(&mut *self.lags.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -227,6 +229,7 @@ impl ProfileService {
     /// Loads the stored definitions into the engines (at start, before the log is read).
     pub async fn load(&self) -> Result<(), ServiceError> {
         let now = self.now();
+        let mut by_tenant: HashMap<TenantId, Vec<Spec>> = HashMap::new();
         for (tenant, record) in self.store.all_segments().await? {
             let mut text = self.rule_text(tenant, &record).await?;
             if let Ok(v) = serde_json::from_str::<Value>(&text)
@@ -234,24 +237,14 @@ impl ProfileService {
             {
                 text = json!({"manual": inner}).to_string();
             }
-            let spec = spec_of(&record, &text)?;
+            by_tenant
+                .entry(tenant)
+                .or_default()
+                .push(spec_of(&record, &text)?);
+        }
+        for (tenant, specs) in by_tenant {
             let t = self.tenant(tenant);
-            // Saved in dependency order is not guaranteed: retry the ones waiting for others.
-            let result = lock(&t).engine.upsert(spec.clone(), [], now);
-            if result.is_err() {
-                let mut pending = vec![spec];
-                let mut guard = lock(&t);
-                for _ in 0..100 {
-                    pending.retain(|s| guard.engine.upsert(s.clone(), [], now).is_err());
-                    if pending.is_empty() {
-                        break;
-                    }
-                }
-                drop(guard);
-                if let Some(s) = pending.first() {
-                    tracing::error!(tenant = %tenant, segment = %s.id, "a stored segment refers to a missing one");
-                }
-            }
+            install_all(&mut lock(&t).engine, specs, now);
         }
         Ok(())
     }
@@ -278,6 +271,21 @@ impl ProfileService {
         tenant: TenantId,
         upto: u64,
     ) -> Result<Vec<Event>, ServiceError> {
+        Ok(self
+            .tenant_records(log, tenant, upto)
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// [`ProfileService::tenant_events`] with each event's log offset.
+    async fn tenant_records(
+        &self,
+        log: &EventLog,
+        tenant: TenantId,
+        upto: u64,
+    ) -> Result<Vec<(u64, Event)>, ServiceError> {
         let mut reader = log.reader(0)?;
         let mut out = Vec::new();
         while reader.position() < upto {
@@ -292,15 +300,79 @@ impl ProfileService {
                 if r.tenant == tenant.0
                     && let Some(e) = self.decrypt(tenant, &r.payload).await
                 {
-                    out.push(e);
+                    out.push((r.offset, e));
                 }
             }
         }
         Ok(out)
     }
 
+    /// Rebuilds a tenant's profiles from the log (with its segments and un-merges), and
+    /// announces what changed: after an erasure, what the log no longer reveals is gone
+    /// from memory too.
+    pub async fn rebuild_tenant(
+        &self,
+        log: &EventLog,
+        tenant: TenantId,
+    ) -> Result<(), ServiceError> {
+        let t = self.tenant(tenant);
+        let now = self.now();
+        let unmerges: Vec<Unmerge> = self
+            .store
+            .unmerges()
+            .await?
+            .into_iter()
+            .filter(|u| u.tenant == tenant)
+            .collect();
+        loop {
+            let upto = lock(&t).applied;
+            let records = self.tenant_records(log, tenant, upto).await?;
+            let specs = lock(&t).engine.specs().to_vec();
+            let mut engine = Engine::new(self.rules.clone());
+            install_all(&mut engine, specs, now);
+            let mut pending = unmerges.iter().peekable();
+            let mut events: Vec<Event> = Vec::with_capacity(records.len());
+            for (offset, e) in records {
+                while let Some(u) = pending.next_if(|u| u.log_offset <= offset) {
+                    if let Err(err) = engine.unmerge(u.merge_id, &events, now) {
+                        tracing::warn!(error = %err, merge = u.merge_id, "stored un-merge does not apply");
+                    }
+                }
+                if !is_system(&e) {
+                    engine.apply(&e, now);
+                }
+                events.push(e);
+            }
+            for u in pending.filter(|u| u.log_offset <= upto) {
+                if let Err(err) = engine.unmerge(u.merge_id, &events, now) {
+                    tracing::warn!(error = %err, merge = u.merge_id, "stored un-merge does not apply");
+                }
+            }
+            let swapped = {
+                let mut state = lock(&t);
+                if state.applied == upto {
+                    let before = state.engine.membership();
+                    state.engine = engine;
+                    Some((before, state.engine.membership()))
+                } else {
+                    None
+                }
+            };
+            if let Some((before, after)) = swapped {
+                if self.caught_up() {
+                    self.announce(log, diff(tenant, &before, &after, now)).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+
     /// Applies one record (in log order).
-    async fn apply(&self, record: &Record, announce: bool) -> Vec<(TenantId, Transition, i64)> {
+    async fn apply(
+        &self,
+        record: &Record,
+        announce: bool,
+    ) -> Vec<(TenantId, Transition, Option<u64>)> {
         let tenant = TenantId(record.tenant);
         let Some(event) = self.decrypt(tenant, &record.payload).await else {
             return Vec::new();
@@ -308,9 +380,7 @@ impl ProfileService {
         let t = self.tenant(tenant);
         let mut state = lock(&t);
         state.applied = record.offset + 1;
-        if event.kind == EventType::Track
-            && SYSTEM_EVENTS.contains(&event.event.as_deref().unwrap_or_default())
-        {
+        if is_system(&event) {
             note_announcement(&mut state, &event);
             return Vec::new();
         }
@@ -321,18 +391,22 @@ impl ProfileService {
         }
         transitions
             .into_iter()
-            .map(|tr| (tenant, tr, record.appended_at_us))
+            .map(|tr| (tenant, tr, Some(record.offset)))
             .collect()
     }
 
     /// Appends announcements for `transitions` to the log.
-    pub async fn announce(&self, log: &EventLog, transitions: Vec<(TenantId, Transition, i64)>) {
+    pub async fn announce(
+        &self,
+        log: &EventLog,
+        transitions: Vec<(TenantId, Transition, Option<u64>)>,
+    ) {
         if transitions.is_empty() {
             return;
         }
         let mut records = Vec::with_capacity(transitions.len());
         let now = Utc::now();
-        for (tenant, tr, appended_us) in &transitions {
+        for (tenant, tr, cause) in &transitions {
             let t = self.tenant(*tenant);
             let mut state = lock(&t);
             let set = state
@@ -355,11 +429,11 @@ impl ProfileService {
             let Some(event) = announcement(tr, &ids, now) else {
                 continue;
             };
-            if *appended_us > 0 {
+            if let Some(offset) = cause {
                 self.lags
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(now.timestamp_micros() - appended_us);
+                    .push((*offset, now.timestamp_micros()));
             }
             records.push(NewRecord {
                 tenant: tenant.0,
@@ -388,10 +462,10 @@ impl ProfileService {
                     .cloned()
                     .unwrap_or_default();
                 for &p in members.difference(&said) {
-                    out.push((tenant, transition(&id, tag, p, true, now), 0));
+                    out.push((tenant, transition(&id, tag, p, true, now), None));
                 }
                 for &p in said.difference(&members) {
-                    out.push((tenant, transition(&id, tag, p, false, now), 0));
+                    out.push((tenant, transition(&id, tag, p, false, now), None));
                 }
                 seen.insert((id, tag));
             }
@@ -399,7 +473,7 @@ impl ProfileService {
             for ((id, tag), said) in &state.announced {
                 if !seen.contains(&(id.clone(), *tag)) {
                     for &p in said {
-                        out.push((tenant, transition(id, *tag, p, false, now), 0));
+                        out.push((tenant, transition(id, *tag, p, false, now), None));
                     }
                 }
             }
@@ -425,7 +499,8 @@ impl ProfileService {
         let mut reader = log.reader(0)?;
         let mut changes = log.subscribe();
         loop {
-            let batch = match reader.next_batch(10_000) {
+            // Small batches: their announcements go out when the batch is done.
+            let batch = match reader.next_batch(1000) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "profiles read failed");
@@ -492,12 +567,12 @@ impl ProfileService {
     }
 
     /// Fires the timers due on every tenant.
-    pub fn tick(&self) -> Vec<(TenantId, Transition, i64)> {
+    pub fn tick(&self) -> Vec<(TenantId, Transition, Option<u64>)> {
         let now = self.now();
         let mut out = Vec::new();
         for (tenant, t) in self.all_tenants() {
             for tr in lock(&t).engine.advance(now) {
-                out.push((tenant, tr, 0));
+                out.push((tenant, tr, None));
             }
         }
         out
@@ -599,7 +674,10 @@ impl ProfileService {
                 by,
             )
             .await?;
-        let out = transitions.into_iter().map(|tr| (tenant, tr, 0)).collect();
+        let out = transitions
+            .into_iter()
+            .map(|tr| (tenant, tr, None))
+            .collect();
         self.announce(log, out).await;
         Ok(())
     }
@@ -626,7 +704,7 @@ fn diff(
     before: &[((String, bool), HashSet<PersonId>)],
     after: &[((String, bool), HashSet<PersonId>)],
     at: DateTime<Utc>,
-) -> Vec<(TenantId, Transition, i64)> {
+) -> Vec<(TenantId, Transition, Option<u64>)> {
     let old: HashMap<&(String, bool), &HashSet<PersonId>> =
         before.iter().map(|(k, v)| (k, v)).collect();
     let new: HashMap<&(String, bool), &HashSet<PersonId>> =
@@ -636,16 +714,16 @@ fn diff(
     for (k, now_in) in &new {
         let was = old.get(k).copied().unwrap_or(&empty);
         for &p in now_in.difference(was) {
-            out.push((tenant, transition(&k.0, k.1, p, true, at), 0));
+            out.push((tenant, transition(&k.0, k.1, p, true, at), None));
         }
         for &p in was.difference(now_in) {
-            out.push((tenant, transition(&k.0, k.1, p, false, at), 0));
+            out.push((tenant, transition(&k.0, k.1, p, false, at), None));
         }
     }
     for (k, was) in &old {
         if !new.contains_key(k) {
             for &p in *was {
-                out.push((tenant, transition(&k.0, k.1, p, false, at), 0));
+                out.push((tenant, transition(&k.0, k.1, p, false, at), None));
             }
         }
     }
@@ -719,4 +797,24 @@ fn announcement(tr: &Transition, ids: &BTreeSet<Identifier>, now: DateTime<Utc>)
         received_at: now,
         timestamp_clamped: false,
     })
+}
+
+/// Whether an event is one of the service's own announcements.
+fn is_system(e: &Event) -> bool {
+    e.kind == EventType::Track && SYSTEM_EVENTS.contains(&e.event.as_deref().unwrap_or_default())
+}
+
+/// Installs `specs`, retrying the ones that refer to segments installed later (stored
+/// order is not dependency order).
+fn install_all(engine: &mut Engine, specs: Vec<Spec>, now: DateTime<Utc>) {
+    let mut pending = specs;
+    for _ in 0..=pending.len() {
+        pending.retain(|s| engine.upsert(s.clone(), [], now).is_err());
+        if pending.is_empty() {
+            return;
+        }
+    }
+    for s in pending {
+        tracing::error!(segment = %s.id, "a stored segment refers to a missing one");
+    }
 }

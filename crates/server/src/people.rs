@@ -251,6 +251,44 @@ pub(crate) fn find(engine: &Engine, id: &str, by: Option<&str>) -> Result<Person
         .ok_or_else(not_found)
 }
 
+/// The key subjects (`u:<userId>`, `a:<anonymousId>`) of the person holding the user id (or
+/// anonymous id) `id`, as the profiles' identity graph knows them.
+pub(crate) fn subject_keys(
+    state: &AppState,
+    tenant: TenantId,
+    id: &str,
+    anonymous: bool,
+) -> Vec<String> {
+    let Some(svc) = state.profiles.as_ref() else {
+        return Vec::new();
+    };
+    let t = svc.tenant(tenant);
+    let st = lock(&t);
+    let by = if anonymous { ANONYMOUS_ID } else { USER_ID };
+    let Ok(person) = find(&st.engine, id, Some(by)) else {
+        return Vec::new();
+    };
+    keys_of(&st.engine, person)
+}
+
+/// The `u:` / `a:` keys of a person's user and anonymous ids.
+fn keys_of(engine: &Engine, person: PersonId) -> Vec<String> {
+    engine
+        .profiles()
+        .graph()
+        .identifiers(person)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|i| match i.kind.as_str() {
+                    USER_ID => Some(format!("u:{}", i.value)),
+                    ANONYMOUS_ID => Some(format!("a:{}", i.value)),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn person_json(engine: &Engine, person: PersonId, now: DateTime<Utc>) -> Option<Value> {
     let (_, p) = engine.profiles().get(person)?;
     let mut v = summary(engine, person, p, now);
@@ -315,22 +353,7 @@ pub async fn timeline(
     let (person, keys) = {
         let st = lock(&t);
         let person = find(&st.engine, &id, q.by.as_deref())?;
-        let keys: Vec<String> = st
-            .engine
-            .profiles()
-            .graph()
-            .identifiers(person)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|i| match i.kind.as_str() {
-                        USER_ID => Some(format!("u:{}", i.value)),
-                        ANONYMOUS_ID => Some(format!("a:{}", i.value)),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        (person, keys)
+        (person, keys_of(&st.engine, person))
     };
     let texts = crate::privacy::events_of(&state, principal.tenant, &keys).await?;
     let skip = texts.len().saturating_sub(limit);

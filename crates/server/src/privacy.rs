@@ -213,12 +213,28 @@ pub async fn erase(
     q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
-    let ids = identities(&state, p.tenant, &id, q.anonymous);
+    let mut ids = identities(&state, p.tenant, &id, q.anonymous);
+    // The profiles' identity graph also links ids through emails and phones.
+    ids.extend(crate::people::subject_keys(
+        &state,
+        p.tenant,
+        &id,
+        q.anonymous,
+    ));
+    ids.sort_unstable();
+    ids.dedup();
     let keys = match &state.protection {
         Some(pr) => pr.keyring.shred(p.tenant, &ids).await?,
         None => 0,
     };
     let consents = state.store.delete_consents(p.tenant, &ids).await?;
+    // Profiles hold decrypted traits in memory: rebuild them from the log, which no longer
+    // reveals the erased fields.
+    if let Some(svc) = &state.profiles {
+        svc.rebuild_tenant(&state.log, p.tenant)
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+    }
     let mut e = entry(&p, "person.erase", Some(id.clone()));
     e.after = Some(
         json!({"identities": ids.len(), "keys_destroyed": keys, "consents_deleted": consents}),

@@ -447,3 +447,44 @@ async fn unmerge_splits_a_wrong_link_and_keeps_it_apart() {
     assert_eq!(list["total"], 2, "{list}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn erasure_clears_the_profile_in_memory_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = admin_app(dir.path()).await;
+    send(
+        &app,
+        json!([
+            {"type": "identify", "userId": "dave", "anonymousId": "d-1",
+             "traits": {"email": "dave@example.com", "plan": "pro"}},
+            {"type": "track", "anonymousId": "d-2", "event": "Viewed",
+             "context": {"traits": {"email": "dave@example.com"}}},
+        ]),
+    )
+    .await;
+    let before = eventually(&app, "/api/v1/people/dave", |s, v| {
+        s == 200 && v["computed"]["events"] == 2
+    })
+    .await;
+    assert_eq!(
+        before["identifiers"]["anonymous_id"],
+        json!(["d-1", "d-2"]),
+        "{before}"
+    );
+    let (s, v) = call(&app, "DELETE", "/api/v1/people/dave", None).await;
+    assert_eq!(s, 200, "{v}");
+    // d-2 was linked to Dave by email only: the profiles' graph knew it.
+    assert!(
+        v["identities"]
+            .as_array()
+            .is_some_and(|i| i.contains(&json!("a:d-2"))),
+        "{v}"
+    );
+    let (s, after) = call(&app, "GET", "/api/v1/people/dave", None).await;
+    assert_eq!(s, 200, "{after}");
+    // The erased value reads as null, as in the log.
+    assert!(after["traits"]["email"].is_null(), "{after}");
+    assert_eq!(after["traits"]["plan"], "pro");
+    assert_eq!(after["identifiers"].get("email"), None, "{after}");
+    app.stop().await;
+}

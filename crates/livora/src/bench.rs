@@ -57,6 +57,9 @@ pub struct IngestBench {
     /// following the log.
     #[arg(long)]
     ingest_only: bool,
+    /// A full node without profiles and segments (`[analytics] profiles = false`).
+    #[arg(long)]
+    no_profiles: bool,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -104,6 +107,7 @@ async fn ingest(b: IngestBench) -> anyhow::Result<()> {
     let med = |f: fn(&RunResult) -> f64| median(results.iter().map(f).collect());
     let summary = json!({
         "ingest_only": b.ingest_only,
+        "profiles": !b.ingest_only && !b.no_profiles,
         "runs": results.len(),
         "seconds": b.seconds,
         "connections": b.connections,
@@ -132,8 +136,10 @@ async fn ingest(b: IngestBench) -> anyhow::Result<()> {
              \x20 ingest-to-queryable:  p50 {:.0} ms   p99 {:.0} ms (probe events under load; full node only)",
             if b.ingest_only {
                 " (ingest-only node)"
+            } else if b.no_profiles {
+                " (column store following the log, profiles off)"
             } else {
-                " (column store following the log)"
+                " (column store and profiles following the log)"
             },
             results.len(),
             b.seconds,
@@ -264,6 +270,7 @@ pub(crate) fn rss_mb(pid: u32, field: &str) -> f64 {
 async fn start_server(
     work: &Path,
     ingest_only: bool,
+    profiles: bool,
 ) -> anyhow::Result<(Server, std::net::SocketAddr, String, String)> {
     let exe = std::env::current_exe().context("cannot find the livora binary")?;
     let dir = work.join(format!("livora-bench-{}", uuid::Uuid::new_v4().simple()));
@@ -303,6 +310,10 @@ async fn start_server(
             "LIVORA__ANALYTICS__ENABLED",
             if ingest_only { "false" } else { "true" },
         )
+        .env(
+            "LIVORA__ANALYTICS__PROFILES",
+            if profiles { "true" } else { "false" },
+        )
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -327,7 +338,8 @@ fn metric(text: &str, name: &str) -> f64 {
 
 async fn one_run(b: &IngestBench, templates: &Templates) -> anyhow::Result<RunResult> {
     let work = b.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let (mut server, addr, key, secret) = start_server(&work, b.ingest_only).await?;
+    let (mut server, addr, key, secret) =
+        start_server(&work, b.ingest_only, !b.no_profiles).await?;
     let pid = server.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss_mb = rss_mb(pid, "VmRSS:");

@@ -94,6 +94,8 @@ impl Default for PrivacyConfig {
 pub struct AnalyticsConfig {
     /// Keep the column store and serve `/api/v1/query`. Turn off on ingest-only nodes.
     pub enabled: bool,
+    /// Keep customer profiles and real-time segments (with `enabled`).
+    pub profiles: bool,
     /// Where sealed column segments go: `s3://bucket/prefix`, `gs://…`, `az://…`,
     /// `file:///path`. Default: `<data_dir>/columns`.
     pub segments_url: Option<String>,
@@ -111,6 +113,7 @@ impl Default for AnalyticsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            profiles: true,
             segments_url: None,
             segments_options: BTreeMap::new(),
             seal_rows: 1_000_000,

@@ -223,6 +223,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         config.ingest.clone(),
         &config.limits,
         columns,
+        config.analytics.profiles,
         security,
     )?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");

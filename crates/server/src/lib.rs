@@ -183,6 +183,7 @@ impl AppState {
         ingest: IngestOptions,
         limits: &LimitOptions,
         columns: Option<Arc<ColumnStore>>,
+        profiles: bool,
         security: Security,
     ) -> Result<Arc<Self>, StateError> {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
@@ -192,7 +193,7 @@ impl AppState {
                 keyring: Arc::new(livora_store::crypto::Keyring::new(store.clone(), kms)),
                 fields,
             });
-        let profiles = columns.as_ref().map(|_| {
+        let profiles = (profiles && columns.is_some()).then(|| {
             livora_profiles::service::ProfileService::new(
                 store.clone(),
                 protection.as_ref().map(|p| p.keyring.clone()),
@@ -506,7 +507,8 @@ pub async fn serve(
     let profiles = state
         .profiles
         .clone()
-        .map(|p| tokio::spawn(p.follow(state.log.clone())));
+        .map(|p| background_follower(p, state.log.clone()))
+        .transpose()?;
     let ready_state = state.clone();
     let router = app(state.clone());
     let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -534,13 +536,56 @@ pub async fn serve(
     if let Some(c) = columns {
         c.abort();
     }
-    if let Some(p) = profiles {
-        p.abort();
+    if let Some((stop, thread)) = profiles {
+        let _ = stop.send(());
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
     let log = state.log.clone();
     let _ = tokio::task::spawn_blocking(move || log.close()).await;
     tracing::info!("event log closed");
     result
+}
+
+/// Runs the profiles service on its own thread at a lower CPU priority (nice 10): when the
+/// cores are saturated, acknowledging durable events comes first and profiles catch up
+/// when the load drops. Stopped by sending on the returned channel.
+fn background_follower(
+    profiles: Arc<livora_profiles::service::ProfileService>,
+    log: EventLog,
+) -> std::io::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("livora-profiles".into())
+        .spawn(move || {
+            // SAFETY: setpriority takes no pointers and only changes the scheduling weight
+            // of the calling thread (on Linux, `who = 0` with PRIO_PROCESS is the calling
+            // thread); a failure leaves the priority as it was.
+            #[cfg(target_os = "linux")]
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the profiles runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = profiles.follow(log) => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+    Ok((stop, thread))
 }
 
 async fn retention_loop(state: Arc<AppState>) {

@@ -109,6 +109,7 @@ pub async fn spawn_app_inner(
         ingest,
         limits,
         Some(livora_columnar::ColumnStore::new()),
+        true,
         Security {
             auth,
             jwt_secret: TEST_JWT_SECRET.to_vec(),

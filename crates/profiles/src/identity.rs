@@ -500,9 +500,7 @@ impl IdentityGraph {
         merge_id: u64,
         observations: impl IntoIterator<Item = Observation>,
     ) -> Result<Vec<PersonId>, UnmergeError> {
-        if self.undone.iter().any(|r| record_id(r) == Some(merge_id)) {
-            return Err(UnmergeError::AlreadyUnmerged(merge_id));
-        }
+        self.can_unmerge(merge_id)?;
         let Some(MergeRecord::Merged { kept, moved, .. }) = self
             .log
             .iter()
@@ -523,6 +521,17 @@ impl IdentityGraph {
         persons.sort_unstable();
         persons.dedup();
         Ok(persons)
+    }
+
+    /// Whether merge `merge_id` exists and is not undone yet.
+    pub fn can_unmerge(&self, merge_id: u64) -> Result<(), UnmergeError> {
+        if self.undone.iter().any(|r| record_id(r) == Some(merge_id)) {
+            return Err(UnmergeError::AlreadyUnmerged(merge_id));
+        }
+        if !self.log.iter().any(|r| record_id(r) == Some(merge_id)) {
+            return Err(UnmergeError::NoSuchMerge(merge_id));
+        }
+        Ok(())
     }
 
     /// Merges undone by hand, oldest first.

@@ -152,9 +152,10 @@ fn window(
 ) -> (usize, Option<i64>) {
     match (within, between) {
         (Some(w), _) => {
-            let lo = hits.partition_point(|h| h.at <= t - w);
+            // The window is [t - w, t], as in `last_performed` and `within_last_days`.
+            let lo = hits.partition_point(|h| h.at < t - w);
             let hi = hits.partition_point(|h| h.at <= t);
-            let leaves = (lo < hi).then(|| hits[lo].at + w);
+            let leaves = (lo < hi).then(|| hits[lo].at + w + 1);
             let enters = hits.get(hi).map(|h| h.at);
             (hi - lo, min_opt(leaves, enters))
         }
@@ -196,10 +197,11 @@ fn computed(profile: &Profile, name: &str, x: &Value, t: i64) -> (Option<Value>,
         Some(at) => {
             let at = at.timestamp();
             let days = (t - at).div_euclid(DAY).max(0);
-            let k = xf.floor() as i64;
+            // A threshold beyond a century changes nothing within one.
+            let k = (xf.floor() as i64).clamp(-40_000, 40_000);
             (
                 Some(json!(days)),
-                later(&[at + k * DAY, at + (k + 1) * DAY]),
+                later(&[at.saturating_add(k * DAY), at.saturating_add((k + 1) * DAY)]),
             )
         }
     };
@@ -788,6 +790,8 @@ impl Engine {
         events: &[Event],
         now: DateTime<Utc>,
     ) -> Result<Vec<Transition>, UnmergeError> {
+        // Refused before any timer fires, so no transition is lost to the error.
+        self.profiles.graph().can_unmerge(merge_id)?;
         let mut out = self.advance(now);
         let rebuilt = self.profiles.unmerge(merge_id, events)?;
         let gone: Vec<PersonId> = self
@@ -1158,9 +1162,9 @@ mod tests {
         assert_eq!(
             summary(&ts),
             [
-                ("recent-buyer".to_owned(), false, 7 * DAY + 20),
-                ("vip".to_owned(), false, 7 * DAY + 20),
-                ("vip-or-listed".to_owned(), false, 7 * DAY + 20)
+                ("recent-buyer".to_owned(), false, 7 * DAY + 21),
+                ("vip".to_owned(), false, 7 * DAY + 21),
+                ("vip-or-listed".to_owned(), false, 7 * DAY + 21)
             ]
         );
         let (b, ts) = e.apply(

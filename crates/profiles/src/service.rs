@@ -231,16 +231,24 @@ impl ProfileService {
         let now = self.now();
         let mut by_tenant: HashMap<TenantId, Vec<Spec>> = HashMap::new();
         for (tenant, record) in self.store.all_segments().await? {
-            let mut text = self.rule_text(tenant, &record).await?;
-            if let Ok(v) = serde_json::from_str::<Value>(&text)
-                && let Some(inner) = v.pointer("/properties/manual")
-            {
-                text = json!({"manual": inner}).to_string();
+            // One unreadable definition must not stop the others (or other tenants).
+            let spec = match self.rule_text(tenant, &record).await {
+                Ok(mut text) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&text)
+                        && let Some(inner) = v.pointer("/properties/manual")
+                    {
+                        text = json!({"manual": inner}).to_string();
+                    }
+                    spec_of(&record, &text)
+                }
+                Err(e) => Err(e),
+            };
+            match spec {
+                Ok(spec) => by_tenant.entry(tenant).or_default().push(spec),
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, segment = %record.id, error = %e, "skipping a stored segment")
+                }
             }
-            by_tenant
-                .entry(tenant)
-                .or_default()
-                .push(spec_of(&record, &text)?);
         }
         for (tenant, specs) in by_tenant {
             let t = self.tenant(tenant);
@@ -264,7 +272,8 @@ impl ProfileService {
         serde_json::from_str(&text).ok()
     }
 
-    /// Every event of `tenant` before log offset `upto`, decrypted, in log order.
+    /// Every event of `tenant` before log offset `upto`, decrypted, in log order (the
+    /// service's own announcements left out: they are not behaviour).
     pub async fn tenant_events(
         &self,
         log: &EventLog,
@@ -272,21 +281,22 @@ impl ProfileService {
         upto: u64,
     ) -> Result<Vec<Event>, ServiceError> {
         Ok(self
-            .tenant_records(log, tenant, upto)
+            .tenant_records(log, tenant, 0, upto)
             .await?
             .into_iter()
             .map(|(_, e)| e)
             .collect())
     }
 
-    /// [`ProfileService::tenant_events`] with each event's log offset.
+    /// The events of `tenant` in log offsets `[from, upto)`, with their offsets.
     async fn tenant_records(
         &self,
         log: &EventLog,
         tenant: TenantId,
+        from: u64,
         upto: u64,
     ) -> Result<Vec<(u64, Event)>, ServiceError> {
-        let mut reader = log.reader(0)?;
+        let mut reader = log.reader(from)?;
         let mut out = Vec::new();
         while reader.position() < upto {
             let batch = reader.next_batch(10_000)?;
@@ -299,6 +309,7 @@ impl ProfileService {
                 }
                 if r.tenant == tenant.0
                     && let Some(e) = self.decrypt(tenant, &r.payload).await
+                    && !is_system(&e)
                 {
                     out.push((r.offset, e));
                 }
@@ -307,15 +318,37 @@ impl ProfileService {
         Ok(out)
     }
 
+    /// The tenant's events up to what has been applied to it, read while the follower goes
+    /// on: returns them with the offset they reach and runs `then` under the tenant's lock
+    /// once nothing was applied in between (what was applied meanwhile is read too).
+    async fn with_events<T>(
+        &self,
+        log: &EventLog,
+        tenant: TenantId,
+        mut then: impl FnMut(&mut TenantState, &[(u64, Event)], u64) -> T,
+    ) -> Result<T, ServiceError> {
+        let t = self.tenant(tenant);
+        let mut read_to = 0;
+        let mut records = Vec::new();
+        loop {
+            let upto = lock(&t).applied;
+            records.extend(self.tenant_records(log, tenant, read_to, upto).await?);
+            read_to = upto;
+            let mut state = lock(&t);
+            if state.applied == upto {
+                return Ok(then(&mut state, &records, upto));
+            }
+        }
+    }
+
     /// Rebuilds a tenant's profiles from the log (with its segments and un-merges), and
     /// announces what changed: after an erasure, what the log no longer reveals is gone
-    /// from memory too.
+    /// from memory too. The tenant's follower waits while the rebuild runs.
     pub async fn rebuild_tenant(
         &self,
         log: &EventLog,
         tenant: TenantId,
     ) -> Result<(), ServiceError> {
-        let t = self.tenant(tenant);
         let now = self.now();
         let unmerges: Vec<Unmerge> = self
             .store
@@ -324,47 +357,36 @@ impl ProfileService {
             .into_iter()
             .filter(|u| u.tenant == tenant)
             .collect();
-        loop {
-            let upto = lock(&t).applied;
-            let records = self.tenant_records(log, tenant, upto).await?;
-            let specs = lock(&t).engine.specs().to_vec();
-            let mut engine = Engine::new(self.rules.clone());
-            install_all(&mut engine, specs, now);
-            let mut pending = unmerges.iter().peekable();
-            let mut events: Vec<Event> = Vec::with_capacity(records.len());
-            for (offset, e) in records {
-                while let Some(u) = pending.next_if(|u| u.log_offset <= offset) {
+        let rules = self.rules.clone();
+        let (before, after) = self
+            .with_events(log, tenant, |state, records, upto| {
+                let mut engine = Engine::new(rules.clone());
+                install_all(&mut engine, state.engine.specs().to_vec(), now);
+                let mut pending = unmerges.iter().filter(|u| u.log_offset <= upto).peekable();
+                let mut events: Vec<Event> = Vec::with_capacity(records.len());
+                for (offset, e) in records {
+                    while let Some(u) = pending.next_if(|u| u.log_offset <= *offset) {
+                        if let Err(err) = engine.unmerge(u.merge_id, &events, now) {
+                            tracing::warn!(error = %err, merge = u.merge_id, "stored un-merge does not apply");
+                        }
+                    }
+                    engine.apply(e, now);
+                    events.push(e.clone());
+                }
+                for u in pending {
                     if let Err(err) = engine.unmerge(u.merge_id, &events, now) {
                         tracing::warn!(error = %err, merge = u.merge_id, "stored un-merge does not apply");
                     }
                 }
-                if !is_system(&e) {
-                    engine.apply(&e, now);
-                }
-                events.push(e);
-            }
-            for u in pending.filter(|u| u.log_offset <= upto) {
-                if let Err(err) = engine.unmerge(u.merge_id, &events, now) {
-                    tracing::warn!(error = %err, merge = u.merge_id, "stored un-merge does not apply");
-                }
-            }
-            let swapped = {
-                let mut state = lock(&t);
-                if state.applied == upto {
-                    let before = state.engine.membership();
-                    state.engine = engine;
-                    Some((before, state.engine.membership()))
-                } else {
-                    None
-                }
-            };
-            if let Some((before, after)) = swapped {
-                if self.caught_up() {
-                    self.announce(log, diff(tenant, &before, &after, now)).await;
-                }
-                return Ok(());
-            }
+                let before = state.engine.membership();
+                state.engine = engine;
+                (before, state.engine.membership())
+            })
+            .await?;
+        if self.caught_up() {
+            self.announce(log, diff(tenant, &before, &after, now)).await;
         }
+        Ok(())
     }
 
     /// Applies one record (in log order).
@@ -384,7 +406,13 @@ impl ProfileService {
             note_announcement(&mut state, &event);
             return Vec::new();
         }
-        let (_, transitions) = state.engine.apply(&event, self.now());
+        let (applied, transitions) = state.engine.apply(&event, self.now());
+        // Persons merged away no longer exist: nothing more is announced for them.
+        for gone in &applied.absorbed {
+            for set in state.announced.values_mut() {
+                set.remove(gone);
+            }
+        }
         drop(state);
         if !announce {
             return Vec::new();
@@ -587,32 +615,19 @@ impl ProfileService {
         record: SegmentRecord,
         spec: Spec,
     ) -> Result<(), ServiceError> {
-        let t = self.tenant(tenant);
         let now = self.now();
         let caught_up = self.caught_up();
-        let before = loop {
-            let upto = lock(&t).applied;
-            let events = self.tenant_events(log, tenant, upto).await?;
-            // Events applied while the backfill was read must be in it: read again.
-            let installed = {
-                let mut state = lock(&t);
-                if state.applied == upto {
-                    let before = state.engine.membership();
-                    state.engine.upsert(spec.clone(), &events, now)?;
-                    Some(before)
-                } else {
-                    None
-                }
-            };
-            if let Some(before) = installed {
-                break before;
-            }
-        };
+        let (before, after) = self
+            .with_events(log, tenant, |state, records, _| {
+                let before = state.engine.membership();
+                let events = records.iter().map(|(_, e)| e);
+                state.engine.upsert(spec.clone(), events, now)?;
+                Ok::<_, ServiceError>((before, state.engine.membership()))
+            })
+            .await??;
         self.store.save_segment(tenant, &record).await?;
-        let after = lock(&t).engine.membership();
         if caught_up {
-            let out = diff(tenant, &before, &after, now);
-            self.announce(log, out).await;
+            self.announce(log, diff(tenant, &before, &after, now)).await;
         }
         Ok(())
     }
@@ -627,14 +642,17 @@ impl ProfileService {
     ) -> Result<bool, ServiceError> {
         let t = self.tenant(tenant);
         let now = self.now();
-        let before = lock(&t).engine.membership();
-        match lock(&t).engine.remove(id, tag, now) {
-            Ok(()) => {}
-            Err(crate::segments::SegmentError::NotFound(_)) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
+        let (before, after) = {
+            let mut state = lock(&t);
+            let before = state.engine.membership();
+            match state.engine.remove(id, tag, now) {
+                Ok(()) => {}
+                Err(crate::segments::SegmentError::NotFound(_)) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+            (before, state.engine.membership())
+        };
         self.store.delete_segment(tenant, id, tag).await?;
-        let after = lock(&t).engine.membership();
         self.announce(log, diff(tenant, &before, &after, now)).await;
         Ok(true)
     }
@@ -647,23 +665,13 @@ impl ProfileService {
         merge_id: u64,
         by: &str,
     ) -> Result<(), ServiceError> {
-        let t = self.tenant(tenant);
         let now = self.now();
-        let (upto, transitions) = loop {
-            let upto = lock(&t).applied;
-            let events = self.tenant_events(log, tenant, upto).await?;
-            let done = {
-                let mut state = lock(&t);
-                if state.applied == upto {
-                    Some(state.engine.unmerge(merge_id, &events, now)?)
-                } else {
-                    None
-                }
-            };
-            if let Some(tr) = done {
-                break (upto, tr);
-            }
-        };
+        let (upto, transitions) = self
+            .with_events(log, tenant, |state, records, upto| {
+                let events: Vec<Event> = records.iter().map(|(_, e)| e.clone()).collect();
+                Ok::<_, ServiceError>((upto, state.engine.unmerge(merge_id, &events, now)?))
+            })
+            .await??;
         self.store
             .add_unmerge(
                 &Unmerge {
@@ -786,10 +794,7 @@ fn announcement(tr: &Transition, ids: &BTreeSet<Identifier>, now: DateTime<Utc>)
         previous_id: None,
         properties: Some(raw),
         traits: None,
-        context: serde_json::Map::from_iter([(
-            "library".to_owned(),
-            json!({"name": "livora-profiles"}),
-        )]),
+        context: serde_json::Map::from_iter([("library".to_owned(), json!({"name": LIBRARY}))]),
         integrations: serde_json::Map::new(),
         timestamp: tr.at,
         original_timestamp: None,
@@ -801,8 +806,18 @@ fn announcement(tr: &Transition, ids: &BTreeSet<Identifier>, now: DateTime<Utc>)
 
 /// Whether an event is one of the service's own announcements.
 fn is_system(e: &Event) -> bool {
-    e.kind == EventType::Track && SYSTEM_EVENTS.contains(&e.event.as_deref().unwrap_or_default())
+    e.kind == EventType::Track
+        && SYSTEM_EVENTS.contains(&e.event.as_deref().unwrap_or_default())
+        && e.message_id.starts_with("lv-")
+        && e.context
+            .get("library")
+            .and_then(|l| l.get("name"))
+            .and_then(Value::as_str)
+            == Some(LIBRARY)
 }
+
+/// The `context.library.name` of announcements.
+const LIBRARY: &str = "livora-profiles";
 
 /// Installs `specs`, retrying the ones that refer to segments installed later (stored
 /// order is not dependency order).

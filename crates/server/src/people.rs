@@ -355,6 +355,15 @@ pub async fn timeline(
         let person = find(&st.engine, &id, q.by.as_deref())?;
         (person, keys_of(&st.engine, person))
     };
+    // An anonymous id shared with someone else (a device two users signed in on) stays with
+    // one person: the other's events on it are theirs, by their user id.
+    let is_key = |k: String| keys.contains(&k);
+    let mine = |e: &Value| match e["userId"].as_str() {
+        Some(u) => is_key(format!("u:{}", u.trim())),
+        None => e["anonymousId"]
+            .as_str()
+            .is_some_and(|a| is_key(format!("a:{}", a.trim()))),
+    };
     let texts = crate::privacy::events_of(&state, principal.tenant, &keys).await?;
     let skip = texts.len().saturating_sub(limit);
     let texts = crate::privacy::reveal(
@@ -366,6 +375,7 @@ pub async fn timeline(
     let events: Vec<Value> = texts
         .iter()
         .filter_map(|t| serde_json::from_str(t.get()).ok())
+        .filter(|e| mine(e))
         .collect();
     let sessions = sessions(events);
     state

@@ -488,3 +488,43 @@ async fn erasure_clears_the_profile_in_memory_too() {
     assert_eq!(after["identifiers"].get("email"), None, "{after}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_shared_device_does_not_leak_into_another_timeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = admin_app(dir.path()).await;
+    send(
+        &app,
+        json!([
+            {"type": "identify", "userId": "erin", "anonymousId": "kiosk-2"},
+            {"type": "identify", "userId": "finn", "anonymousId": "kiosk-2"},
+            {"type": "track", "userId": "finn", "anonymousId": "kiosk-2", "event": "Finn Only"},
+            {"type": "track", "anonymousId": "kiosk-2", "event": "Device Only"},
+        ]),
+    )
+    .await;
+    let erin = eventually(&app, "/api/v1/people/erin", |s, v| {
+        s == 200 && v["computed"]["events"] == 2
+    })
+    .await;
+    // The user id limit kept the device with Erin; Finn stays a person of his own.
+    assert_eq!(
+        erin["identifiers"]["anonymous_id"],
+        json!(["kiosk-2"]),
+        "{erin}"
+    );
+    let (s, t) = call(&app, "GET", "/api/v1/people/erin/timeline", None).await;
+    assert_eq!(s, 200, "{t}");
+    let names: Vec<&str> = t["sessions"][0]["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            e["event"]
+                .as_str()
+                .unwrap_or(e["type"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(names, ["identify", "Device Only"], "{t}");
+    app.stop().await;
+}

@@ -587,6 +587,12 @@ impl Engine {
         events: impl IntoIterator<Item = &'a Event>,
         now: DateTime<Utc>,
     ) -> Result<(), SegmentError> {
+        let specs = self.with_spec(spec);
+        self.install(specs, events, now)
+    }
+
+    /// The saved specs, with `spec` added or in place of the one with its id.
+    fn with_spec(&self, spec: Spec) -> Vec<Spec> {
         let mut specs = self.specs.clone();
         match specs
             .iter_mut()
@@ -595,7 +601,33 @@ impl Engine {
             Some(s) => *s = spec,
             None => specs.push(spec),
         }
-        self.install(specs, events, now)
+        specs
+    }
+
+    /// Compiles `specs` and records, from `events`, the hits of the selectors they use that
+    /// no saved segment used; returns the compiled segments and every selector they use.
+    /// On an error, the selectors it added are dropped again.
+    fn prepare<'a>(
+        &mut self,
+        specs: &[Spec],
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<(Vec<Compiled>, BTreeSet<u32>), SegmentError> {
+        let compiled = match self.compile(specs) {
+            Ok(c) => c,
+            Err(e) => {
+                self.profiles.retain_selectors(&self.backfilled);
+                return Err(e);
+            }
+        };
+        let mut used = BTreeSet::new();
+        for c in &compiled {
+            Self::selectors_of(&c.node, &mut used);
+        }
+        let fresh: Vec<u32> = used.difference(&self.backfilled).copied().collect();
+        if !fresh.is_empty() {
+            self.profiles.backfill(&fresh, events);
+        }
+        Ok((compiled, used))
     }
 
     /// Removes a segment or tag that nothing else refers to.
@@ -632,22 +664,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<(), SegmentError> {
         let t = now.timestamp().max(self.now);
-        let compiled = match self.compile(&specs) {
-            Ok(c) => c,
-            Err(e) => {
-                // Forget selectors the failed definition added.
-                self.profiles.retain_selectors(&self.backfilled);
-                return Err(e);
-            }
-        };
-        let mut used = BTreeSet::new();
-        for c in &compiled {
-            Self::selectors_of(&c.node, &mut used);
-        }
-        let fresh: Vec<u32> = used.difference(&self.backfilled).copied().collect();
-        if !fresh.is_empty() {
-            self.profiles.backfill(&fresh, events);
-        }
+        let (compiled, used) = self.prepare(&specs, events)?;
         self.profiles.retain_selectors(&used);
         self.backfilled = used;
         let mut old_sizes: HashMap<(String, bool), Vec<(i64, u64)>> = self
@@ -879,28 +896,9 @@ impl Engine {
         now: DateTime<Utc>,
         sample: usize,
     ) -> Result<(usize, Vec<PersonId>), SegmentError> {
-        let saved = self.specs.clone();
         let (id, tag) = (spec.id.clone(), spec.tag);
-        let mut specs = saved.clone();
-        match specs.iter_mut().find(|s| s.id == id && s.tag == tag) {
-            Some(s) => *s = spec,
-            None => specs.push(spec),
-        }
-        let compiled = match self.compile(&specs) {
-            Ok(c) => c,
-            Err(e) => {
-                self.profiles.retain_selectors(&self.backfilled);
-                return Err(e);
-            }
-        };
-        let mut used = BTreeSet::new();
-        for c in &compiled {
-            Self::selectors_of(&c.node, &mut used);
-        }
-        let fresh: Vec<u32> = used.difference(&self.backfilled).copied().collect();
-        if !fresh.is_empty() {
-            self.profiles.backfill(&fresh, events);
-        }
+        let specs = self.with_spec(spec);
+        let (compiled, _) = self.prepare(&specs, events)?;
         let pos = compiled
             .iter()
             .position(|c| c.spec.id == id && c.spec.tag == tag)

@@ -50,24 +50,26 @@ pub struct Traits {
 
 impl Traits {
     pub fn set(&mut self, key: &str, value: Value, stamp: &Stamp) {
+        self.write(key, Some(value), stamp);
+    }
+
+    pub fn unset(&mut self, key: &str, stamp: &Stamp) {
+        self.write(key, None, stamp);
+    }
+
+    /// A `$set` (a value) or `$unset` (none): it wins over a `$set_once` and over older
+    /// writes.
+    fn write(&mut self, key: &str, value: Option<Value>, stamp: &Stamp) {
+        let slot = Slot {
+            value,
+            stamp: stamp.clone(),
+            once: false,
+        };
         match self.slots.get_mut(key) {
-            Some(slot) if !slot.once && slot.stamp > *stamp => {}
-            Some(slot) => {
-                *slot = Slot {
-                    value: Some(value),
-                    stamp: stamp.clone(),
-                    once: false,
-                }
-            }
+            Some(old) if !old.once && old.stamp > *stamp => {}
+            Some(old) => *old = slot,
             None => {
-                self.slots.insert(
-                    key.to_owned(),
-                    Slot {
-                        value: Some(value),
-                        stamp: stamp.clone(),
-                        once: false,
-                    },
-                );
+                self.slots.insert(key.to_owned(), slot);
             }
         }
     }
@@ -87,29 +89,6 @@ impl Traits {
                         value: Some(value),
                         stamp: stamp.clone(),
                         once: true,
-                    },
-                );
-            }
-        }
-    }
-
-    pub fn unset(&mut self, key: &str, stamp: &Stamp) {
-        match self.slots.get_mut(key) {
-            Some(slot) if !slot.once && slot.stamp > *stamp => {}
-            Some(slot) => {
-                *slot = Slot {
-                    value: None,
-                    stamp: stamp.clone(),
-                    once: false,
-                }
-            }
-            None => {
-                self.slots.insert(
-                    key.to_owned(),
-                    Slot {
-                        value: None,
-                        stamp: stamp.clone(),
-                        once: false,
                     },
                 );
             }

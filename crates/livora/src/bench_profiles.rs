@@ -240,6 +240,11 @@ struct EngineRun {
     heap_bytes_per_profile: f64,
     rss_bytes_per_profile: f64,
     members: Vec<(String, usize)>,
+    /// Encoding and compressing the engine (what a snapshot round does under the lock).
+    snapshot_secs: f64,
+    snapshot_bytes: usize,
+    /// Decoding it back (what a restart does).
+    restore_secs: f64,
 }
 
 fn engine_run(n: usize) -> EngineRun {
@@ -270,6 +275,22 @@ fn engine_run(n: usize) -> EngineRun {
     let members = engine.recompute(now);
     let recompute_secs = t.elapsed().as_secs_f64();
     let rss_after = crate::bench::rss_mb(std::process::id(), "VmRSS:");
+    let t = Instant::now();
+    let packed = livora_profiles::snapshot::encode(&livora_profiles::snapshot::BodyRef {
+        tenant: livora_model::TenantId::generate(),
+        applied: 0,
+        history_from: 0,
+        engine: &engine,
+        announced: &Default::default(),
+    })
+    .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let snapshot_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let back = livora_profiles::snapshot::decode(std::path::Path::new("bench"), &packed)
+        .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let restore_secs = t.elapsed().as_secs_f64();
+    assert_eq!(back.engine.profiles().len(), engine.profiles().len());
+    drop(back);
     let people = engine.profiles().len().max(1) as f64;
     let names: Vec<(String, usize)> = engine
         .membership()
@@ -284,6 +305,9 @@ fn engine_run(n: usize) -> EngineRun {
         heap_bytes_per_profile: engine.heap_bytes() as f64 / people,
         rss_bytes_per_profile: (rss_after - rss_before).max(0.0) * 1_048_576.0 / people,
         members: names,
+        snapshot_secs,
+        snapshot_bytes: packed.len(),
+        restore_secs,
     }
 }
 
@@ -344,6 +368,7 @@ async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::
         None,
         Arc::new(livora_profiles::service::SystemClock),
         MergeRules::default(),
+        None,
     );
     let follower = tokio::spawn(service.clone().follow(log.clone()));
     while !service.caught_up() {
@@ -448,13 +473,16 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         let n = b.profiles;
         let r = tokio::task::spawn_blocking(move || engine_run(n)).await?;
         eprintln!(
-            "run {}: {} events, {:.0} profile updates/s, recompute {:.3} s, {:.0} B/profile (heap estimate), {:.0} B/profile (RSS)",
+            "run {}: {} events, {:.0} profile updates/s, recompute {:.3} s, {:.0} B/profile (heap estimate), {:.0} B/profile (RSS), snapshot {:.2} s ({:.0} MB), read back {:.2} s",
             i + 1,
             r.events,
             r.updates_per_sec,
             r.recompute_secs,
             r.heap_bytes_per_profile,
-            r.rss_bytes_per_profile
+            r.rss_bytes_per_profile,
+            r.snapshot_secs,
+            r.snapshot_bytes as f64 / 1e6,
+            r.restore_secs
         );
         runs.push(r);
     }
@@ -471,7 +499,12 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
     let mut rec: Vec<f64> = runs.iter().map(|r| r.recompute_secs).collect();
     let mut heap: Vec<f64> = runs.iter().map(|r| r.heap_bytes_per_profile).collect();
     let mut rss: Vec<f64> = runs.iter().map(|r| r.rss_bytes_per_profile).collect();
+    let mut snap: Vec<f64> = runs.iter().map(|r| r.snapshot_secs).collect();
+    let mut restore: Vec<f64> = runs.iter().map(|r| r.restore_secs).collect();
     let out = json!({
+        "snapshot_secs": median(&mut snap),
+        "snapshot_bytes": runs.first().map(|r| r.snapshot_bytes),
+        "restore_secs": median(&mut restore),
         "profiles": b.profiles,
         "events": runs.first().map(|r| r.events),
         "segments": segments().len(),
@@ -495,6 +528,12 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
             out["recompute_secs"].as_f64().unwrap_or(0.0),
             out["heap_bytes_per_profile"].as_f64().unwrap_or(0.0),
             out["rss_bytes_per_profile"].as_f64().unwrap_or(0.0),
+        );
+        println!(
+            "snapshot of every profile: {:.2} s, {:.0} MB; read back {:.2} s",
+            out["snapshot_secs"].as_f64().unwrap_or(0.0),
+            out["snapshot_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            out["restore_secs"].as_f64().unwrap_or(0.0),
         );
         for l in &lags {
             println!(

@@ -96,6 +96,10 @@ pub struct AnalyticsConfig {
     pub enabled: bool,
     /// Keep customer profiles and real-time segments (with `enabled`).
     pub profiles: bool,
+    /// Seconds between snapshots of the profiles (in `<data_dir>/profiles`): a restart
+    /// reads the newest one and the log after it; the log keeps what the newest one does
+    /// not hold. 0: no snapshots (every start reads the whole log again).
+    pub profiles_snapshot_secs: u64,
     /// Where sealed column segments go: `s3://bucket/prefix`, `gs://…`, `az://…`,
     /// `file:///path`. Default: `<data_dir>/columns`.
     pub segments_url: Option<String>,
@@ -114,6 +118,7 @@ impl Default for AnalyticsConfig {
         Self {
             enabled: true,
             profiles: true,
+            profiles_snapshot_secs: 300,
             segments_url: None,
             segments_options: BTreeMap::new(),
             seal_rows: 1_000_000,
@@ -243,6 +248,22 @@ impl Config {
         o.dedupe_window = Duration::from_secs(self.log.dedupe_window_secs);
         o.fsync = self.log.fsync;
         o
+    }
+
+    /// How profiles are kept; `None` when they are off (or analytics are).
+    pub fn profiles_options(&self) -> Option<livora_profiles::snapshot::Options> {
+        (self.analytics.enabled && self.analytics.profiles).then(|| {
+            livora_profiles::snapshot::Options {
+                snapshots: (self.analytics.profiles_snapshot_secs > 0).then(|| {
+                    livora_profiles::snapshot::Snapshots {
+                        dir: self.data_dir.join("profiles"),
+                        every: std::time::Duration::from_secs(
+                            self.analytics.profiles_snapshot_secs,
+                        ),
+                    }
+                }),
+            }
+        })
     }
 
     pub fn store_path(&self) -> PathBuf {

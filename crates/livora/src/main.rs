@@ -217,13 +217,19 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
             _ => anyhow::bail!("set both server.tls_cert and server.tls_key, or neither"),
         },
     };
+    let profiles = config.profiles_options();
+    if profiles.as_ref().is_none_or(|p| p.snapshots.is_none())
+        && log.remove_consumer(livora_profiles::snapshot::CONSUMER)?
+    {
+        tracing::info!("profiles snapshots are off: the log no longer keeps records for them");
+    }
     let state = AppState::new(
         log,
         store.clone(),
         config.ingest.clone(),
         &config.limits,
         columns,
-        config.analytics.profiles,
+        profiles,
         security,
     )?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");

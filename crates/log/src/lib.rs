@@ -213,6 +213,22 @@ impl EventLog {
         Consumer::open(self.shared.clone(), name)
     }
 
+    /// Forgets a consumer (one that will not read again), so retention no longer waits for
+    /// it. Returns whether it existed.
+    pub fn remove_consumer(&self, name: &str) -> Result<bool, Error> {
+        let path = self
+            .shared
+            .opts
+            .dir
+            .join("consumers")
+            .join(format!("{name}.offset"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&path)(e)),
+        }
+    }
+
     /// Committed offsets of every consumer that ever committed, by name.
     pub fn consumer_offsets(&self) -> Result<Vec<(String, u64)>, Error> {
         consumer::list(&self.shared.opts.dir)

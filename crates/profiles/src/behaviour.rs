@@ -8,13 +8,13 @@
 use std::collections::BTreeMap;
 
 use livora_model::segment::PropertyFilter;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::compare;
 
 /// An event name, its property filters, and the property that keys it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Selector {
     pub event: String,
     pub filters: Vec<PropertyFilter>,
@@ -45,7 +45,7 @@ impl Selector {
 }
 
 /// One matching event.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Hit {
     /// Event time, Unix seconds.
     pub at: i64,
@@ -53,7 +53,7 @@ pub struct Hit {
 }
 
 /// A person's hits, per selector index.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hits(BTreeMap<u32, Vec<Hit>>);
 
 impl Hits {

@@ -35,6 +35,8 @@ pub const USER_ID: &str = "user_id";
 pub const ANONYMOUS_ID: &str = "anonymous_id";
 pub const EMAIL: &str = "email";
 pub const PHONE: &str = "phone";
+/// The value an erased identifier keeps in the merge log.
+pub const ERASED: &str = "(erased)";
 
 /// One identifier: a kind and a normalised value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -250,7 +252,7 @@ pub struct Outcome {
 }
 
 /// The identity graph of one tenant.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IdentityGraph {
     rules: MergeRules,
     owner: HashMap<Identifier, PersonId>,
@@ -265,6 +267,7 @@ pub struct IdentityGraph {
     /// The identifier each person id was created for.
     creators: HashMap<Identifier, PersonId>,
     /// During a rebuild: the ids of the merges being replayed, by (message id, via).
+    #[serde(skip)]
     reuse: HashMap<(String, Identifier), u64>,
 }
 
@@ -521,6 +524,49 @@ impl IdentityGraph {
         persons.sort_unstable();
         persons.dedup();
         Ok(persons)
+    }
+
+    /// Forgets the identifiers of `person` that `keep` refuses (after an erasure: emails,
+    /// phones and custom ids) everywhere the graph holds them: ownership, and the merge log
+    /// and splits, where their value becomes [`ERASED`]. Returns how many it forgot.
+    pub fn erase(&mut self, person: PersonId, keep: impl Fn(&Identifier) -> bool) -> usize {
+        let Some(ids) = self.members.get_mut(&person) else {
+            return 0;
+        };
+        let gone: BTreeSet<Identifier> = ids.iter().filter(|i| !keep(i)).cloned().collect();
+        ids.retain(|i| !gone.contains(i));
+        for i in &gone {
+            self.owner.remove(i);
+            self.creators.remove(i);
+        }
+        let redact = |i: &mut Identifier| {
+            if gone.contains(i) {
+                i.value = ERASED.to_owned();
+            }
+        };
+        for r in self.log.iter_mut().chain(self.undone.iter_mut()) {
+            match r {
+                MergeRecord::Merged {
+                    kept, moved, via, ..
+                } => {
+                    kept.iter_mut().chain(moved.iter_mut()).for_each(redact);
+                    redact(via);
+                }
+                MergeRecord::Refused { identifier, .. } => redact(identifier),
+            }
+        }
+        for s in &mut self.splits {
+            for side in [&mut s.left, &mut s.right] {
+                *side = std::mem::take(side)
+                    .into_iter()
+                    .map(|mut i| {
+                        redact(&mut i);
+                        i
+                    })
+                    .collect();
+            }
+        }
+        gone.len()
     }
 
     /// Whether merge `merge_id` exists and is not undone yet.

@@ -9,7 +9,7 @@
 //! types are custom kinds).
 //!
 //! Everything here is a function of the events in log order (and of un-merges), so a
-//! consumer can rebuild it by replaying the log.
+//! consumer can rebuild it by replaying the log; [`snapshot`]s spare a restart the replay.
 
 pub mod behaviour;
 pub mod compare;
@@ -18,6 +18,7 @@ pub mod identity;
 pub mod profile;
 pub mod segments;
 pub mod service;
+pub mod snapshot;
 pub mod traits;
 
 pub use identity::{Identifier, IdentityGraph, MergeRules, PersonId};

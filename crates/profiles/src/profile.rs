@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
 use livora_model::{Event, EventType};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::behaviour::{Hits, Selector};
@@ -21,7 +21,7 @@ use crate::identity::{
 use crate::traits::{Stamp, Traits};
 
 /// One person's profile.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub traits: Traits,
     pub computed: Computed,
@@ -48,7 +48,7 @@ impl Profile {
 }
 
 /// A group (a B2B account): its traits and members.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     pub traits: Traits,
     pub members: BTreeSet<PersonId>,
@@ -63,7 +63,7 @@ pub struct Applied {
 }
 
 /// Profiles of one tenant.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profiles {
     graph: IdentityGraph,
     people: HashMap<PersonId, Profile>,
@@ -441,6 +441,18 @@ impl Profiles {
             }
         }
         Ok(rebuild.into_iter().collect())
+    }
+
+    /// Forgets what is personal about `person` after an erasure, without the events: its
+    /// traits, and the identifiers other than user and anonymous ids (which the log keeps
+    /// readable). Its behaviour and computed attributes stay.
+    pub fn erase_personal(&mut self, person: PersonId) {
+        use crate::identity::{ANONYMOUS_ID, USER_ID};
+        self.graph
+            .erase(person, |i| i.kind == USER_ID || i.kind == ANONYMOUS_ID);
+        if let Some(p) = self.people.get_mut(&person) {
+            p.traits = Traits::default();
+        }
     }
 
     /// Approximate heap bytes of the profiles (not the identity graph).

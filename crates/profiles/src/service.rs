@@ -1,9 +1,14 @@
 //! The profiles service: follows the event log and keeps every tenant's [`Engine`] up to
 //! date, announces segment changes back into the log, and answers the API.
 //!
-//! - State is a function of the log: on start the whole log is read again (personal fields
-//!   decrypted with the [`Keyring`]), with the segment definitions and un-merges from the
-//!   metadata store (an un-merge is replayed at the log offset where it happened).
+//! - State is a function of the log: on start the newest [snapshot](crate::snapshot) is
+//!   read back, then the log after it (personal fields decrypted with the [`Keyring`]), with
+//!   the segment definitions and un-merges from the metadata store (an un-merge is replayed
+//!   at the log offset where it happened). Without a snapshot the whole log is read again.
+//! - Un-merging and rebuilding a tenant replay the tenant's events from the log: once
+//!   retention has deleted some of them, an un-merge is refused
+//!   ([`ServiceError::HistoryGone`]) and an erasure forgets the person's personal data in
+//!   place instead of rebuilding.
 //! - Entering or leaving a segment appends a `Segment Entered` / `Segment Exited` (`Tag
 //!   Added` / `Tag Removed`) event for the person, which automations trigger on. Message ids
 //!   are derived from the transition, so the log's dedupe drops a repeat.
@@ -16,11 +21,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
-use livora_log::{EventLog, NewRecord, Record};
+use livora_log::{Consumer, EventLog, NewRecord, Record};
 use livora_model::{Event, EventType, TenantId};
 use livora_store::MetadataStore;
 use livora_store::crypto::{Keyring, PREFIX};
@@ -30,6 +35,7 @@ use serde_json::{Value, json};
 use crate::MergeRules;
 use crate::identity::{ANONYMOUS_ID, Identifier, PersonId, USER_ID};
 use crate::segments::{Engine, Rule, Spec, Transition};
+use crate::snapshot::{self, Announced, Snapshots};
 
 /// Where the time comes from (tests inject their own).
 pub trait Clock: Send + Sync + 'static {
@@ -64,6 +70,10 @@ pub enum ServiceError {
     Unmerge(#[from] crate::identity::UnmergeError),
     #[error("stored segment {0:?} is unreadable: {1}")]
     Corrupt(String, String),
+    #[error(
+        "the event log no longer holds this tenant's events before offset {0} (retention): an un-merge replays every event, so it cannot be done exactly"
+    )]
+    HistoryGone(u64),
 }
 
 /// One tenant's engine, and what the log has announced of its memberships.
@@ -71,7 +81,11 @@ pub struct TenantState {
     pub engine: Engine,
     /// One past the last log offset applied to this tenant.
     pub applied: u64,
-    announced: HashMap<(String, bool), HashSet<PersonId>>,
+    announced: Announced,
+    /// The log offset from which every event of the tenant was applied (0: all of them).
+    history_from: u64,
+    /// Changed since its last snapshot.
+    dirty: bool,
 }
 
 pub struct ProfileService {
@@ -87,6 +101,15 @@ pub struct ProfileService {
     /// For each announced transition an event caused: the event's log offset, and when the
     /// announcement was made (µs since the Unix epoch).
     lags: Mutex<Vec<(u64, i64)>>,
+    snapshots: Option<Snapshots>,
+    /// `history_from` of tenants first seen by this process.
+    history_from: AtomicU64,
+    /// A snapshot round is wanted now (after a save, delete, un-merge or erasure).
+    snapshot_soon: AtomicBool,
+    /// Tenants read back from a snapshot, with the offset it reflects.
+    restored: Mutex<HashMap<TenantId, u64>>,
+    /// Stored segments a snapshot did not hold, installed once the log is caught up.
+    pending: Mutex<Vec<(TenantId, Spec)>>,
 }
 
 fn lock(m: &Mutex<TenantState>) -> MutexGuard<'_, TenantState> {
@@ -119,6 +142,7 @@ impl ProfileService {
         keyring: Option<Arc<Keyring>>,
         clock: Arc<dyn Clock>,
         rules: MergeRules,
+        snapshots: Option<Snapshots>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -129,11 +153,21 @@ impl ProfileService {
             applied: AtomicU64::new(0),
             caught_up: AtomicBool::new(false),
             lags: Mutex::new(Vec::new()),
+            snapshots,
+            history_from: AtomicU64::new(0),
+            snapshot_soon: AtomicBool::new(false),
+            restored: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
         })
     }
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Asks for a snapshot round as soon as the follower is between batches.
+    pub fn request_snapshot(&self) {
+        self.snapshot_soon.store(true, Ordering::Release);
     }
 
     /// Whether the log has been read up to where it ended at start.
@@ -169,6 +203,8 @@ impl ProfileService {
                     engine: Engine::new(self.rules.clone()),
                     applied: 0,
                     announced: HashMap::new(),
+                    history_from: self.history_from.load(Ordering::Acquire),
+                    dirty: true,
                 }))
             })
             .clone()
@@ -250,9 +286,255 @@ impl ProfileService {
                 }
             }
         }
-        for (tenant, specs) in by_tenant {
-            let t = self.tenant(tenant);
-            install_all(&mut lock(&t).engine, specs, now);
+        let restored = self
+            .restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (tenant, specs) in by_tenant.iter() {
+            if !restored.contains_key(tenant) {
+                let t = self.tenant(*tenant);
+                install_all(&mut lock(&t).engine, specs.clone(), now);
+            }
+        }
+        // A snapshot holds the segments as they were: those saved since are installed
+        // (with a backfill) once the log is caught up; those deleted since go now.
+        for tenant in restored.keys() {
+            let stored = by_tenant.get(tenant).cloned().unwrap_or_default();
+            let t = self.tenant(*tenant);
+            let mut state = lock(&t);
+            let held = state.engine.specs().to_vec();
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &stored {
+                if !held.contains(s) {
+                    pending.push((*tenant, s.clone()));
+                }
+            }
+            let mut gone: Vec<&Spec> = held
+                .iter()
+                .filter(|h| !stored.iter().any(|s| s.id == h.id && s.tag == h.tag))
+                .collect();
+            // One that another refers to goes after it.
+            for _ in 0..=gone.len() {
+                gone.retain(|s| state.engine.remove(&s.id, s.tag, now).is_err());
+            }
+            if !gone.is_empty() {
+                state.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the log still holds every event of `tenant` (un-merges and rebuilds replay
+    /// them).
+    pub fn history_complete(&self, log: &EventLog, tenant: TenantId) -> bool {
+        let t = self.tenant(tenant);
+        let from = lock(&t).history_from;
+        log.start_offset() <= from
+    }
+
+    /// Reads the newest snapshot round back; returns the log offset to follow from. A
+    /// round that cannot be read whole is not used (the log is read from its start).
+    async fn restore(&self, log: &EventLog) -> u64 {
+        let start = log.start_offset();
+        self.history_from.store(start, Ordering::Release);
+        let Some(s) = &self.snapshots else {
+            return start;
+        };
+        let manifest = match snapshot::read_manifest(&s.dir) {
+            Ok(Some(m)) => m,
+            Ok(None) => return start,
+            Err(e) => {
+                tracing::error!(error = %e, "profiles snapshots unreadable: reading the log from its start");
+                return start;
+            }
+        };
+        if manifest.offset > log.end_offset() {
+            tracing::error!(
+                snapshot = manifest.offset,
+                log_end = log.end_offset(),
+                "the profiles snapshots are newer than the event log (was the log replaced?): reading the log from its start"
+            );
+            return start;
+        }
+        if manifest.offset < start {
+            tracing::error!(
+                snapshot = manifest.offset,
+                log_start = start,
+                "the event log no longer holds the records right after the profiles snapshots; profiles miss them"
+            );
+        }
+        let mut bodies = Vec::with_capacity(manifest.tenants.len());
+        for &tenant in &manifest.tenants {
+            match self.read_snapshot(&s.dir, tenant).await {
+                Ok(b) if b.tenant == tenant => bodies.push(b),
+                Ok(_) => {
+                    tracing::error!(tenant = %tenant, "a profiles snapshot holds another tenant: reading the log from its start");
+                    return start;
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %tenant, error = %e, "a profiles snapshot is unreadable: reading the log from its start");
+                    return start;
+                }
+            }
+        }
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        let mut restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
+        for b in bodies {
+            restored.insert(b.tenant, b.applied);
+            tenants.insert(
+                b.tenant,
+                Arc::new(Mutex::new(TenantState {
+                    engine: b.engine,
+                    applied: b.applied,
+                    announced: b.announced,
+                    history_from: b.history_from,
+                    dirty: false,
+                })),
+            );
+        }
+        // A tenant first seen after the round has no event before it.
+        self.history_from
+            .store(manifest.offset.max(start), Ordering::Release);
+        tracing::info!(
+            tenants = restored.len(),
+            offset = manifest.offset,
+            "profiles read back from their snapshots"
+        );
+        manifest.offset.max(start)
+    }
+
+    async fn read_snapshot(
+        &self,
+        dir: &std::path::Path,
+        tenant: TenantId,
+    ) -> Result<snapshot::Body, snapshot::SnapshotError> {
+        let path = snapshot::tenant_path(dir, tenant);
+        let bytes = snapshot::read(&path)?;
+        let (body, encrypted) = snapshot::unframe(&path, &bytes)?;
+        if !encrypted {
+            return snapshot::decode(&path, body);
+        }
+        let Some(k) = &self.keyring else {
+            return Err(snapshot::SnapshotError::NeedsKey(path));
+        };
+        let plain = k.open_blob(tenant, snapshot::LABEL, body).await?;
+        snapshot::decode(&path, &plain)
+    }
+
+    /// Writes every tenant changed since its last snapshot, then the manifest, then
+    /// commits the round's offset for the log's retention. Runs between batches of the
+    /// follower, so every tenant reflects every record before the offset.
+    async fn snapshot_round(&self, consumer: &mut Consumer) -> Result<(), snapshot::SnapshotError> {
+        let Some(s) = &self.snapshots else {
+            return Ok(());
+        };
+        let offset = self.applied();
+        let started = Instant::now();
+        let mut tenants = Vec::new();
+        let mut written = 0;
+        for (tenant, t) in self.all_tenants() {
+            tenants.push(tenant);
+            let path = snapshot::tenant_path(&s.dir, tenant);
+            let packed = {
+                let mut state = lock(&t);
+                if !state.dirty && path.exists() {
+                    continue;
+                }
+                let packed = snapshot::encode(&snapshot::BodyRef {
+                    tenant,
+                    applied: offset,
+                    history_from: state.history_from,
+                    engine: &state.engine,
+                    announced: &state.announced,
+                })?;
+                state.dirty = false;
+                packed
+            };
+            let sealed = match &self.keyring {
+                Some(k) => k
+                    .seal_blob(tenant, snapshot::LABEL, &packed)
+                    .await
+                    .map(|b| snapshot::frame(&b, true)),
+                None => Ok(snapshot::frame(&packed, false)),
+            };
+            if let Err(e) = sealed
+                .map_err(snapshot::SnapshotError::from)
+                .and_then(|bytes| snapshot::write_atomic(&path, &bytes))
+            {
+                lock(&t).dirty = true;
+                return Err(e);
+            }
+            written += 1;
+        }
+        tenants.sort_unstable();
+        snapshot::write_manifest(
+            &s.dir,
+            &snapshot::Manifest {
+                offset,
+                tenants: tenants.clone(),
+            },
+        )?;
+        snapshot::remove_others(&s.dir, &tenants);
+        if let Err(e) = consumer.commit(offset) {
+            tracing::warn!(error = %e, "cannot commit the profiles snapshot offset");
+        }
+        if written > 0 {
+            tracing::info!(
+                tenants = written,
+                offset,
+                ms = started.elapsed().as_millis() as u64,
+                "profiles snapshot written"
+            );
+        }
+        Ok(())
+    }
+
+    /// Installs the stored segments that the snapshots did not hold, backfilled from the
+    /// log (retried while one refers to another still pending).
+    async fn install_pending(&self, log: &EventLog) {
+        let mut pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut left = Vec::new();
+            for (tenant, spec) in pending {
+                if let Err(e) = self.install(log, tenant, spec.clone()).await {
+                    left.push((tenant, spec, e));
+                }
+            }
+            if left.len() == before {
+                for (tenant, spec, e) in left {
+                    tracing::error!(tenant = %tenant, segment = %spec.id, error = %e, "a stored segment cannot be installed");
+                }
+                return;
+            }
+            pending = left.into_iter().map(|(t, s, _)| (t, s)).collect();
+        }
+    }
+
+    /// Installs a segment or tag in the tenant's engine, backfilled from the tenant's
+    /// events, and announces what changed once the log is caught up.
+    async fn install(
+        &self,
+        log: &EventLog,
+        tenant: TenantId,
+        spec: Spec,
+    ) -> Result<(), ServiceError> {
+        let now = self.now();
+        let caught_up = self.caught_up();
+        let (before, after) = self
+            .with_events(log, tenant, |state, records, _| {
+                let before = state.engine.membership();
+                let events = records.iter().map(|(_, e)| e);
+                state.engine.upsert(spec.clone(), events, now)?;
+                state.dirty = true;
+                Ok::<_, ServiceError>((before, state.engine.membership()))
+            })
+            .await??;
+        self.snapshot_soon.store(true, Ordering::Release);
+        if caught_up {
+            self.announce(log, diff(tenant, &before, &after, now)).await;
         }
         Ok(())
     }
@@ -380,11 +662,47 @@ impl ProfileService {
                 }
                 let before = state.engine.membership();
                 state.engine = engine;
+                state.dirty = true;
                 (before, state.engine.membership())
             })
             .await?;
+        self.snapshot_soon.store(true, Ordering::Release);
         if self.caught_up() {
             self.announce(log, diff(tenant, &before, &after, now)).await;
+        }
+        Ok(())
+    }
+
+    /// Forgets what the profiles hold of an erased person's personal data: the tenant is
+    /// rebuilt from the log (which no longer reveals it) while the log holds all of the
+    /// tenant's events; afterwards, the person's traits and identifiers other than user
+    /// and anonymous ids are dropped in place. Either way, a snapshot round follows at once.
+    pub async fn erase(
+        &self,
+        log: &EventLog,
+        tenant: TenantId,
+        person: Option<PersonId>,
+    ) -> Result<(), ServiceError> {
+        if self.history_complete(log, tenant) {
+            return self.rebuild_tenant(log, tenant).await;
+        }
+        let Some(person) = person else {
+            return Ok(());
+        };
+        let now = self.now();
+        let t = self.tenant(tenant);
+        let transitions = {
+            let mut state = lock(&t);
+            state.dirty = true;
+            state.engine.erase_personal(person, now)
+        };
+        self.snapshot_soon.store(true, Ordering::Release);
+        if self.caught_up() {
+            let out = transitions
+                .into_iter()
+                .map(|tr| (tenant, tr, None))
+                .collect();
+            self.announce(log, out).await;
         }
         Ok(())
     }
@@ -401,7 +719,12 @@ impl ProfileService {
         };
         let t = self.tenant(tenant);
         let mut state = lock(&t);
+        if record.offset < state.applied {
+            // Already in the snapshot the tenant was read back from.
+            return Vec::new();
+        }
         state.applied = record.offset + 1;
+        state.dirty = true;
         if is_system(&event) {
             note_announcement(&mut state, &event);
             return Vec::new();
@@ -518,15 +841,42 @@ impl ProfileService {
     }
 
     async fn follow_inner(self: Arc<Self>, log: EventLog) -> Result<(), ServiceError> {
+        // Registered first, so that retention keeps what the snapshots do not hold.
+        let mut consumer = match &self.snapshots {
+            Some(_) => Some(log.consumer(snapshot::CONSUMER)?),
+            None => None,
+        };
+        let from = self.restore(&log).await;
         self.load().await?;
+        let restored = self
+            .restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut unmerges: BTreeMap<u64, Vec<Unmerge>> = BTreeMap::new();
         for u in self.store.unmerges().await? {
+            // Those a snapshot holds already are not done twice.
+            if restored.get(&u.tenant).is_some_and(|&at| u.log_offset < at) {
+                continue;
+            }
             unmerges.entry(u.log_offset).or_default().push(u);
         }
         let start_end = log.end_offset();
-        let mut reader = log.reader(0)?;
+        let mut reader = log.reader(from)?;
+        self.applied.store(reader.position(), Ordering::Release);
         let mut changes = log.subscribe();
+        let mut last_round = Instant::now();
         loop {
+            if self.caught_up()
+                && let (Some(c), Some(s)) = (consumer.as_mut(), &self.snapshots)
+                && (last_round.elapsed() >= s.every || self.snapshot_soon.load(Ordering::Acquire))
+            {
+                self.snapshot_soon.store(false, Ordering::Release);
+                last_round = Instant::now();
+                if let Err(e) = self.snapshot_round(c).await {
+                    tracing::error!(error = %e, "profiles snapshot failed");
+                }
+            }
             // Small batches: their announcements go out when the batch is done.
             let batch = match reader.next_batch(1000) {
                 Ok(b) => b,
@@ -541,6 +891,7 @@ impl ProfileService {
                     self.replay_unmerges(&log, &mut unmerges, u64::MAX).await;
                     self.catch_up(&log).await;
                     self.caught_up.store(true, Ordering::Release);
+                    self.install_pending(&log).await;
                 }
                 if self.caught_up() {
                     let out = self.tick();
@@ -557,6 +908,7 @@ impl ProfileService {
                     if record.offset >= start_end {
                         self.catch_up(&log).await;
                         self.caught_up.store(true, Ordering::Release);
+                        self.install_pending(&log).await;
                     }
                 }
                 out.extend(self.apply(record, self.caught_up()).await);
@@ -578,6 +930,17 @@ impl ProfileService {
                 break;
             }
             for u in entry.remove() {
+                let t = self.tenant(u.tenant);
+                let undone = lock(&t).engine.profiles().graph().undone().iter().any(
+                    |r| matches!(r, crate::identity::MergeRecord::Merged { id, .. } if *id == u.merge_id),
+                );
+                if undone {
+                    continue;
+                }
+                if !self.history_complete(log, u.tenant) {
+                    tracing::error!(tenant = %u.tenant, merge = u.merge_id, "cannot replay an un-merge: the log no longer holds the tenant's early events");
+                    continue;
+                }
                 let events = match self.tenant_events(log, u.tenant, u.log_offset).await {
                     Ok(e) => e,
                     Err(e) => {
@@ -585,7 +948,6 @@ impl ProfileService {
                         continue;
                     }
                 };
-                let t = self.tenant(u.tenant);
                 let now = self.now();
                 if let Err(e) = lock(&t).engine.unmerge(u.merge_id, &events, now) {
                     tracing::warn!(error = %e, merge = u.merge_id, "stored un-merge does not apply");
@@ -599,7 +961,12 @@ impl ProfileService {
         let now = self.now();
         let mut out = Vec::new();
         for (tenant, t) in self.all_tenants() {
-            for tr in lock(&t).engine.advance(now) {
+            let mut state = lock(&t);
+            let fired = state.engine.advance(now);
+            if !fired.is_empty() {
+                state.dirty = true;
+            }
+            for tr in fired {
                 out.push((tenant, tr, None));
             }
         }
@@ -615,20 +982,8 @@ impl ProfileService {
         record: SegmentRecord,
         spec: Spec,
     ) -> Result<(), ServiceError> {
-        let now = self.now();
-        let caught_up = self.caught_up();
-        let (before, after) = self
-            .with_events(log, tenant, |state, records, _| {
-                let before = state.engine.membership();
-                let events = records.iter().map(|(_, e)| e);
-                state.engine.upsert(spec.clone(), events, now)?;
-                Ok::<_, ServiceError>((before, state.engine.membership()))
-            })
-            .await??;
+        self.install(log, tenant, spec).await?;
         self.store.save_segment(tenant, &record).await?;
-        if caught_up {
-            self.announce(log, diff(tenant, &before, &after, now)).await;
-        }
         Ok(())
     }
 
@@ -650,8 +1005,10 @@ impl ProfileService {
                 Err(crate::segments::SegmentError::NotFound(_)) => return Ok(false),
                 Err(e) => return Err(e.into()),
             }
+            state.dirty = true;
             (before, state.engine.membership())
         };
+        self.snapshot_soon.store(true, Ordering::Release);
         self.store.delete_segment(tenant, id, tag).await?;
         self.announce(log, diff(tenant, &before, &after, now)).await;
         Ok(true)
@@ -665,13 +1022,19 @@ impl ProfileService {
         merge_id: u64,
         by: &str,
     ) -> Result<(), ServiceError> {
+        if !self.history_complete(log, tenant) {
+            return Err(ServiceError::HistoryGone(log.start_offset()));
+        }
         let now = self.now();
         let (upto, transitions) = self
             .with_events(log, tenant, |state, records, upto| {
                 let events: Vec<Event> = records.iter().map(|(_, e)| e.clone()).collect();
-                Ok::<_, ServiceError>((upto, state.engine.unmerge(merge_id, &events, now)?))
+                let out = state.engine.unmerge(merge_id, &events, now)?;
+                state.dirty = true;
+                Ok::<_, ServiceError>((upto, out))
             })
             .await??;
+        self.snapshot_soon.store(true, Ordering::Release);
         self.store
             .add_unmerge(
                 &Unmerge {

@@ -43,6 +43,8 @@ pub enum Code {
     AuditBroken,
     /// A segment definition that cannot be used; `path` names the part.
     InvalidDefinition,
+    /// The event log no longer holds what an operation must replay.
+    HistoryUnavailable,
 }
 
 impl Code {
@@ -77,6 +79,7 @@ impl Code {
             Self::Conflict => "conflict",
             Self::AuditBroken => "audit_broken",
             Self::InvalidDefinition => "invalid_definition",
+            Self::HistoryUnavailable => "history_unavailable",
         }
     }
 
@@ -96,7 +99,7 @@ impl Code {
             | Self::InvalidCredentials
             | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::Conflict => StatusCode::CONFLICT,
+            Self::Conflict | Self::HistoryUnavailable => StatusCode::CONFLICT,
             Self::BodyTooLarge | Self::EventTooLarge | Self::TooManyEvents => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

@@ -183,7 +183,7 @@ impl AppState {
         ingest: IngestOptions,
         limits: &LimitOptions,
         columns: Option<Arc<ColumnStore>>,
-        profiles: bool,
+        profiles: Option<livora_profiles::snapshot::Options>,
         security: Security,
     ) -> Result<Arc<Self>, StateError> {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
@@ -193,12 +193,13 @@ impl AppState {
                 keyring: Arc::new(livora_store::crypto::Keyring::new(store.clone(), kms)),
                 fields,
             });
-        let profiles = (profiles && columns.is_some()).then(|| {
+        let profiles = profiles.filter(|_| columns.is_some()).map(|opts| {
             livora_profiles::service::ProfileService::new(
                 store.clone(),
                 protection.as_ref().map(|p| p.keyring.clone()),
                 Arc::new(livora_profiles::service::SystemClock),
                 livora_profiles::MergeRules::default(),
+                opts.snapshots,
             )
         });
         Ok(Arc::new(Self {

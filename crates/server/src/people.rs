@@ -251,6 +251,20 @@ pub(crate) fn find(engine: &Engine, id: &str, by: Option<&str>) -> Result<Person
         .ok_or_else(not_found)
 }
 
+/// The person holding the user id (or anonymous id) `id` in the profiles' identity graph.
+pub(crate) fn person_of(
+    state: &AppState,
+    tenant: TenantId,
+    id: &str,
+    anonymous: bool,
+) -> Option<PersonId> {
+    let svc = state.profiles.as_ref()?;
+    let t = svc.tenant(tenant);
+    let st = lock(&t);
+    let by = if anonymous { ANONYMOUS_ID } else { USER_ID };
+    find(&st.engine, id, Some(by)).ok()
+}
+
 /// The key subjects (`u:<userId>`, `a:<anonymousId>`) of the person holding the user id (or
 /// anonymous id) `id`, as the profiles' identity graph knows them.
 pub(crate) fn subject_keys(
@@ -464,6 +478,9 @@ pub async fn unmerge(
         .map_err(|e| match e {
             livora_profiles::service::ServiceError::Unmerge(u) => {
                 ApiError::new(Code::Conflict, u.to_string())
+            }
+            e @ livora_profiles::service::ServiceError::HistoryGone(_) => {
+                ApiError::new(Code::HistoryUnavailable, e.to_string())
             }
             other => ApiError::internal(&other),
         })?;

@@ -214,6 +214,7 @@ pub async fn erase(
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
     let mut ids = identities(&state, p.tenant, &id, q.anonymous);
+    let person = crate::people::person_of(&state, p.tenant, &id, q.anonymous);
     // The profiles' identity graph also links ids through emails and phones.
     ids.extend(crate::people::subject_keys(
         &state,
@@ -228,10 +229,11 @@ pub async fn erase(
         None => 0,
     };
     let consents = state.store.delete_consents(p.tenant, &ids).await?;
-    // Profiles hold decrypted traits in memory: rebuild them from the log, which no longer
-    // reveals the erased fields.
+    // Profiles hold decrypted traits in memory (and in their snapshots): rebuilt from the
+    // log, which no longer reveals the erased fields, or forgotten in place once the log
+    // no longer holds all of the tenant's events.
     if let Some(svc) = &state.profiles {
-        svc.rebuild_tenant(&state.log, p.tenant)
+        svc.erase(&state.log, p.tenant, person)
             .await
             .map_err(|e| ApiError::internal(&e))?;
     }

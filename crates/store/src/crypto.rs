@@ -206,6 +206,10 @@ fn subject_aad(tenant: TenantId, kid: &str) -> Vec<u8> {
     format!("livora-subject-key:{}:{kid}", tenant.0).into_bytes()
 }
 
+fn blob_aad(tenant: TenantId, label: &str, version: u32) -> Vec<u8> {
+    format!("livora-blob:{}:{label}:{version}", tenant.0).into_bytes()
+}
+
 fn field_aad(tenant: TenantId, kid: &str) -> Vec<u8> {
     format!("livora-field:{}:{kid}", tenant.0).into_bytes()
 }
@@ -476,6 +480,49 @@ impl Keyring {
             .unwrap_or_else(|e| e.into_inner())
             .insert(tenant, k.clone());
         Ok(k)
+    }
+
+    /// Encrypts a blob of the tenant's own (e.g. a profiles snapshot) under its current
+    /// tenant key; `label` names what it is and is authenticated with it. Erasing a subject
+    /// does not reach such a blob: whoever keeps one rewrites it after an erasure.
+    pub async fn seal_blob(
+        &self,
+        tenant: TenantId,
+        label: &str,
+        plain: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let tk = self.tenant_keys(tenant).await?;
+        let cipher = tk
+            .keys
+            .get(&tk.current)
+            .ok_or_else(|| Error::Corrupt("the current tenant key is missing".into()))?;
+        let mut out = tk.current.to_be_bytes().to_vec();
+        out.extend(seal(cipher, plain, &blob_aad(tenant, label, tk.current)));
+        Ok(out)
+    }
+
+    /// Decrypts what [`Keyring::seal_blob`] wrote for the same tenant and label.
+    pub async fn open_blob(
+        &self,
+        tenant: TenantId,
+        label: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let (version, rest) = sealed
+            .split_first_chunk::<4>()
+            .ok_or_else(|| crypt(CryptoError::Malformed))?;
+        let version = u32::from_be_bytes(*version);
+        let mut tk = self.tenant_keys(tenant).await?;
+        if !tk.keys.contains_key(&version) {
+            // Rotated by another process since the keys were cached.
+            self.forget_tenant(tenant);
+            tk = self.tenant_keys(tenant).await?;
+        }
+        let cipher = tk
+            .keys
+            .get(&version)
+            .ok_or_else(|| Error::Corrupt(format!("tenant key version {version} is missing")))?;
+        open(cipher, rest, &blob_aad(tenant, label, version)).map_err(crypt)
     }
 
     /// Forgets cached tenant keys (after a rotation by another process).

@@ -109,7 +109,12 @@ pub async fn spawn_app_inner(
         ingest,
         limits,
         Some(livora_columnar::ColumnStore::new()),
-        true,
+        Some(livora_profiles::snapshot::Options {
+            snapshots: Some(livora_profiles::snapshot::Snapshots {
+                dir: dir.join("profiles"),
+                every: Duration::from_secs(300),
+            }),
+        }),
         Security {
             auth,
             jwt_secret: TEST_JWT_SECRET.to_vec(),

@@ -1,0 +1,210 @@
+//! Snapshots of the profiles state, so that a restart reads only the log written since the
+//! last one, and the log's retention can delete what came before without losing a profile.
+//!
+//! - One file per tenant, `<dir>/<tenant>.snap`: the tenant's whole [`Engine`] (identity
+//!   graph and merge log, profiles, groups, segments, memberships, sizes, timers), what the
+//!   log has announced of its memberships, and the log offset it reflects.
+//! - A round writes every tenant that changed, then `<dir>/MANIFEST` (the round's offset and
+//!   every tenant with a file), then commits the offset for the `profiles` log consumer, so
+//!   retention keeps every record after it. Each file is replaced atomically (temporary file,
+//!   sync, rename, sync the directory); a crash mid-round leaves the previous round usable.
+//! - Format: `LVPS`, a format byte, a flags byte, then MessagePack (maps with field names, so
+//!   optional fields stay readable) compressed with zstd. With encryption at rest (flag 1)
+//!   the compressed body is sealed with AES-256-GCM under the tenant key, the tenant id and
+//!   a label authenticated with it: profiles hold decrypted traits, and they never reach the
+//!   disk in the clear.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+
+use livora_model::TenantId;
+
+use crate::identity::PersonId;
+use crate::segments::Engine;
+
+/// The log consumer whose committed offset is the newest complete round.
+pub const CONSUMER: &str = "profiles";
+
+/// What the tenant key's seal is labelled with.
+pub const LABEL: &str = "profiles-snapshot";
+
+const MAGIC: &[u8; 4] = b"LVPS";
+const FORMAT: u8 = 1;
+const ENCRYPTED: u8 = 1;
+
+/// How a node keeps profiles.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `None`: no snapshots; every start reads the whole log again.
+    pub snapshots: Option<Snapshots>,
+}
+
+/// Where and how often snapshots are written.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    pub dir: PathBuf,
+    /// The time between rounds (a round also follows soon after a segment is saved or
+    /// deleted, an un-merge, or an erasure).
+    pub every: Duration,
+}
+
+/// Memberships the log has announced, per (segment or tag id, is a tag).
+pub type Announced = HashMap<(String, bool), HashSet<PersonId>>;
+
+/// A tenant's state to write.
+#[derive(Serialize)]
+pub struct BodyRef<'a> {
+    pub tenant: TenantId,
+    pub applied: u64,
+    pub history_from: u64,
+    pub engine: &'a Engine,
+    pub announced: &'a Announced,
+}
+
+/// A tenant's state as read back.
+#[derive(Deserialize)]
+pub struct Body {
+    pub tenant: TenantId,
+    /// One past the last log offset it reflects.
+    pub applied: u64,
+    /// The log offset from which the tenant's every event was applied (0: from the start).
+    pub history_from: u64,
+    pub engine: Engine,
+    pub announced: Announced,
+}
+
+/// The newest complete round.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Manifest {
+    pub offset: u64,
+    pub tenants: Vec<TenantId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("cannot encode the profiles of tenant {0}: {1}")]
+    Encode(TenantId, String),
+    #[error("{0} is not a readable profiles snapshot: {1}")]
+    Decode(PathBuf, String),
+    #[error("{0} is encrypted, and encryption at rest is off: turn it back on to read it")]
+    NeedsKey(PathBuf),
+    #[error(transparent)]
+    Crypto(#[from] livora_store::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |e| SnapshotError::Io(path.to_owned(), e)
+}
+
+/// The file of a tenant.
+pub(crate) fn tenant_path(dir: &Path, tenant: TenantId) -> PathBuf {
+    dir.join(format!("{tenant}.snap"))
+}
+
+/// MessagePack, compressed (level 1: a snapshot is written often and read once).
+pub fn encode(body: &BodyRef<'_>) -> Result<Vec<u8>, SnapshotError> {
+    let bad = |e: String| SnapshotError::Encode(body.tenant, e);
+    let mut z = zstd::Encoder::new(Vec::new(), 1).map_err(|e| bad(e.to_string()))?;
+    rmp_serde::encode::write_named(&mut z, body).map_err(|e| bad(e.to_string()))?;
+    z.finish().map_err(|e| bad(e.to_string()))
+}
+
+pub fn decode(path: &Path, packed: &[u8]) -> Result<Body, SnapshotError> {
+    let bad = |e: String| SnapshotError::Decode(path.to_owned(), e);
+    let z = zstd::Decoder::new(packed).map_err(|e| bad(e.to_string()))?;
+    rmp_serde::decode::from_read(z).map_err(|e| bad(e.to_string()))
+}
+
+/// The file's bytes: the header, then the body (`encrypted`: already sealed).
+pub(crate) fn frame(body: &[u8], encrypted: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 6);
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT);
+    out.push(if encrypted { ENCRYPTED } else { 0 });
+    out.extend_from_slice(body);
+    out
+}
+
+/// The body of a file, and whether it is sealed.
+pub(crate) fn unframe<'a>(path: &Path, bytes: &'a [u8]) -> Result<(&'a [u8], bool), SnapshotError> {
+    match bytes {
+        [m0, m1, m2, m3, format, flags, body @ ..] if [*m0, *m1, *m2, *m3] == *MAGIC => {
+            if *format != FORMAT {
+                return Err(SnapshotError::Decode(
+                    path.to_owned(),
+                    format!("format {format} is not known to this version"),
+                ));
+            }
+            Ok((body, flags & ENCRYPTED != 0))
+        }
+        _ => Err(SnapshotError::Decode(
+            path.to_owned(),
+            "no snapshot header".into(),
+        )),
+    }
+}
+
+/// Replaces `path` with `bytes` atomically and durably.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = Vec::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut out))
+        .map_err(io(path))?;
+    Ok(out)
+}
+
+pub(crate) fn read_manifest(dir: &Path) -> Result<Option<Manifest>, SnapshotError> {
+    let path = dir.join("MANIFEST");
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| SnapshotError::Decode(path, e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SnapshotError::Io(path, e)),
+    }
+}
+
+pub(crate) fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), SnapshotError> {
+    let text = serde_json::to_vec(m).unwrap_or_default();
+    write_atomic(&dir.join("MANIFEST"), &text)
+}
+
+/// Deletes the files of tenants no longer in a round.
+pub(crate) fn remove_others(dir: &Path, keep: &[TenantId]) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".snap")) else {
+            continue;
+        };
+        if !keep.iter().any(|k| k.to_string() == id)
+            && let Err(err) = fs::remove_file(e.path())
+        {
+            tracing::warn!(error = %err, "cannot delete an old profiles snapshot");
+        }
+    }
+}

@@ -174,6 +174,12 @@ print(json.dumps({"rows": [[str(c) if c is not None else None for c in r] for r 
         "every column is zstd-compressed"
     );
 
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("profiles/MANIFEST")).expect("a profiles snapshot"),
+    )
+    .expect("manifest");
+    assert_eq!(manifest["offset"], 90, "{manifest}");
+
     // Restart: the sealed rows are loaded from Parquet, not re-read from the log.
     std::fs::write(dir.path().join("server.log"), b"").expect("truncate log");
     let server = Server::start_with(dir.path(), &[], &SEAL_FAST);
@@ -186,6 +192,22 @@ print(json.dumps({"rows": [[str(c) if c is not None else None for c in r] for r 
                 && l.contains("\"rows\":90")
                 && l.contains("\"offset\":90")),
         "the restart loaded 90 sealed rows and resumed at offset 90:\n{log}"
+    );
+    // Profiles wrote a last snapshot when the server stopped: the restart reads it back
+    // and nothing of the log again.
+    let mut log = log;
+    for _ in 0..100 {
+        if log.contains("profiles read back") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = std::fs::read_to_string(dir.path().join("server.log")).expect("log");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("profiles read back from their snapshots")
+                && l.contains("\"offset\":90")),
+        "profiles resumed from their snapshot at offset 90:\n{log}"
     );
     drop(server);
     let committed = std::fs::read_to_string(dir.path().join("log/consumers/columnar.offset"))

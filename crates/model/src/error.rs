@@ -37,6 +37,8 @@ pub enum ItemErrorCode {
     MissingIdentity,
     /// A `track` call has no `event`.
     MissingEvent,
+    /// A `track` call uses an event name Livora writes itself ([`crate::RESERVED_EVENTS`]).
+    ReservedEvent,
     /// A `group` call has no `groupId`.
     MissingGroupId,
     /// An `alias` call has no `previousId`.
@@ -54,6 +56,7 @@ impl ItemErrorCode {
             Self::UnknownType => "unknown_type",
             Self::MissingIdentity => "missing_identity",
             Self::MissingEvent => "missing_event",
+            Self::ReservedEvent => "reserved_event",
             Self::MissingGroupId => "missing_group_id",
             Self::MissingPreviousId => "missing_previous_id",
             Self::InvalidTimestamp => "invalid_timestamp",

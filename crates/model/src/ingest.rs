@@ -426,6 +426,19 @@ pub fn normalise(
                 "a track call needs an `event` name",
             ));
         }
+        EventType::Track
+            if m.event
+                .as_deref()
+                .is_some_and(|e| crate::RESERVED_EVENTS.contains(&e)) =>
+        {
+            return Err(ItemError::new(
+                ItemErrorCode::ReservedEvent,
+                format!(
+                    "the event name {:?} is reserved: Livora writes it itself when a person enters or leaves a segment or tag",
+                    m.event.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
         EventType::Group if m.group_id.is_none() => {
             return Err(ItemError::new(
                 ItemErrorCode::MissingGroupId,

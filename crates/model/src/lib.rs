@@ -16,5 +16,14 @@ mod tenant;
 mod time;
 
 pub use error::{ItemError, ItemErrorCode};
+
+/// Event names that only Livora writes (a person entering or leaving a segment or tag);
+/// the gateway refuses them from clients, so automations can trust them.
+pub const RESERVED_EVENTS: [&str; 4] = [
+    "Segment Entered",
+    "Segment Exited",
+    "Tag Added",
+    "Tag Removed",
+];
 pub use event::{Event, EventType};
 pub use tenant::{Currency, TenantId};

@@ -51,12 +51,7 @@ impl Clock for SystemClock {
 }
 
 /// Event names the service writes; they are announcements, not behaviour.
-pub const SYSTEM_EVENTS: [&str; 4] = [
-    "Segment Entered",
-    "Segment Exited",
-    "Tag Added",
-    "Tag Removed",
-];
+pub const SYSTEM_EVENTS: [&str; 4] = livora_model::RESERVED_EVENTS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -106,6 +101,8 @@ pub struct ProfileService {
     history_from: AtomicU64,
     /// A snapshot round is wanted now (after a save, delete, un-merge or erasure).
     snapshot_soon: AtomicBool,
+    /// Set by [`ProfileService::stop`]: the follower writes a last round and returns.
+    stopping: AtomicBool,
     /// Tenants read back from a snapshot, with the offset it reflects.
     restored: Mutex<HashMap<TenantId, u64>>,
     /// Stored segments a snapshot did not hold, installed once the log is caught up.
@@ -156,6 +153,7 @@ impl ProfileService {
             snapshots,
             history_from: AtomicU64::new(0),
             snapshot_soon: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             restored: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
         })
@@ -163,6 +161,12 @@ impl ProfileService {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Asks the follower to stop between batches, after a last snapshot round (when
+    /// snapshots are on and it has caught up), so that the next start reads nothing twice.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// Asks for a snapshot round as soon as the follower is between batches.
@@ -443,7 +447,7 @@ impl ProfileService {
                 }
                 let packed = snapshot::encode(&snapshot::BodyRef {
                     tenant,
-                    applied: offset,
+                    applied: offset.max(state.applied),
                     history_from: state.history_from,
                     engine: &state.engine,
                     announced: &state.announced,
@@ -867,15 +871,21 @@ impl ProfileService {
         let mut changes = log.subscribe();
         let mut last_round = Instant::now();
         loop {
+            let stopping = self.stopping.load(Ordering::Acquire);
             if self.caught_up()
                 && let (Some(c), Some(s)) = (consumer.as_mut(), &self.snapshots)
-                && (last_round.elapsed() >= s.every || self.snapshot_soon.load(Ordering::Acquire))
+                && (stopping
+                    || last_round.elapsed() >= s.every
+                    || self.snapshot_soon.load(Ordering::Acquire))
             {
                 self.snapshot_soon.store(false, Ordering::Release);
                 last_round = Instant::now();
                 if let Err(e) = self.snapshot_round(c).await {
                     tracing::error!(error = %e, "profiles snapshot failed");
                 }
+            }
+            if stopping {
+                return Ok(());
             }
             // Small batches: their announcements go out when the batch is done.
             let batch = match reader.next_batch(1000) {

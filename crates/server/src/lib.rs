@@ -580,9 +580,18 @@ fn background_follower(
                 }
             };
             runtime.block_on(async move {
+                let follow = profiles.clone().follow(log);
+                tokio::pin!(follow);
                 tokio::select! {
-                    () = profiles.follow(log) => {}
-                    _ = stopped => {}
+                    () = &mut follow => {}
+                    _ = stopped => {
+                        // Between batches, with a last snapshot: a restart then reads
+                        // nothing twice.
+                        profiles.stop();
+                        if tokio::time::timeout(Duration::from_secs(60), follow).await.is_err() {
+                            tracing::warn!("profiles did not stop within 60 s");
+                        }
+                    }
                 }
             });
         })?;

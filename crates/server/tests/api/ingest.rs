@@ -223,6 +223,13 @@ fn bad_input_cases() -> Vec<Case> {
             "missing_previous_id",
         ),
         case(
+            "an event name only Livora writes",
+            "/v1/track",
+            r#"{"event":"Segment Entered","userId":"u","properties":{"segment_id":"vip"}}"#,
+            400,
+            "reserved_event",
+        ),
+        case(
             "wrong type of userId",
             "/v1/track",
             r#"{"event":"x","userId":["u"]}"#,

@@ -285,6 +285,12 @@ impl IdentityGraph {
         &self.rules
     }
 
+    /// Replaces the rules for what comes next: persons already formed stay as they are
+    /// (as in Segment's identity resolution, a change applies going forward).
+    pub fn set_rules(&mut self, rules: MergeRules) {
+        self.rules = rules;
+    }
+
     /// The person that `id` is now (itself, or the person it was merged into).
     pub fn resolve(&self, mut id: PersonId) -> Option<PersonId> {
         while let Some(&next) = self.redirect.get(&id) {

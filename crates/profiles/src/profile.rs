@@ -260,6 +260,11 @@ impl Profiles {
         }
     }
 
+    /// See [`IdentityGraph::set_rules`].
+    pub fn set_rules(&mut self, rules: MergeRules) {
+        self.graph.set_rules(rules);
+    }
+
     pub fn graph(&self) -> &IdentityGraph {
         &self.graph
     }

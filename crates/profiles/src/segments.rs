@@ -383,6 +383,12 @@ impl Engine {
         }
     }
 
+    /// The tenant's merge rules from now on (see
+    /// [`IdentityGraph::set_rules`](crate::identity::IdentityGraph::set_rules)).
+    pub fn set_rules(&mut self, rules: MergeRules) {
+        self.profiles.set_rules(rules);
+    }
+
     pub fn profiles(&self) -> &Profiles {
         &self.profiles
     }

@@ -29,7 +29,7 @@ use livora_log::{Consumer, EventLog, NewRecord, Record};
 use livora_model::{Event, EventType, TenantId};
 use livora_store::MetadataStore;
 use livora_store::crypto::{Keyring, PREFIX};
-use livora_store::profiles::{SegmentRecord, Unmerge};
+use livora_store::profiles::{RulesChange, SegmentRecord, Unmerge};
 use serde_json::{Value, json};
 
 use crate::MergeRules;
@@ -63,6 +63,8 @@ pub enum ServiceError {
     Segment(#[from] crate::segments::SegmentError),
     #[error("{0}")]
     Unmerge(#[from] crate::identity::UnmergeError),
+    #[error("{0}")]
+    Rules(#[from] crate::identity::RulesError),
     #[error("stored segment {0:?} is unreadable: {1}")]
     Corrupt(String, String),
     #[error(
@@ -643,14 +645,26 @@ impl ProfileService {
             .into_iter()
             .filter(|u| u.tenant == tenant)
             .collect();
+        let changes: Vec<(u64, MergeRules)> = self
+            .store
+            .rules_changes()
+            .await?
+            .into_iter()
+            .filter(|c| c.tenant == tenant)
+            .filter_map(|c| Some((c.log_offset, parse_rules(&c.rules).ok()?)))
+            .collect();
         let rules = self.rules.clone();
         let (before, after) = self
             .with_events(log, tenant, |state, records, upto| {
                 let mut engine = Engine::new(rules.clone());
                 install_all(&mut engine, state.engine.specs().to_vec(), now);
                 let mut pending = unmerges.iter().filter(|u| u.log_offset <= upto).peekable();
+                let mut rule_changes = changes.iter().peekable();
                 let mut events: Vec<Event> = Vec::with_capacity(records.len());
                 for (offset, e) in records {
+                    while let Some((_, r)) = rule_changes.next_if(|(at, _)| at <= offset) {
+                        engine.set_rules(r.clone());
+                    }
                     while let Some(u) = pending.next_if(|u| u.log_offset <= *offset) {
                         if let Err(err) = engine.unmerge(u.merge_id, &events, now) {
                             tracing::warn!(error = %err, merge = u.merge_id, "stored un-merge does not apply");
@@ -658,6 +672,9 @@ impl ProfileService {
                     }
                     engine.apply(e, now);
                     events.push(e.clone());
+                }
+                for (_, r) in rule_changes {
+                    engine.set_rules(r.clone());
                 }
                 for u in pending {
                     if let Err(err) = engine.unmerge(u.merge_id, &events, now) {
@@ -865,6 +882,13 @@ impl ProfileService {
             }
             unmerges.entry(u.log_offset).or_default().push(u);
         }
+        let mut rules: BTreeMap<u64, Vec<RulesChange>> = BTreeMap::new();
+        for c in self.store.rules_changes().await? {
+            if restored.get(&c.tenant).is_some_and(|&at| c.log_offset < at) {
+                continue;
+            }
+            rules.entry(c.log_offset).or_default().push(c);
+        }
         let start_end = log.end_offset();
         let mut reader = log.reader(from)?;
         self.applied.store(reader.position(), Ordering::Release);
@@ -898,6 +922,7 @@ impl ProfileService {
             };
             if batch.is_empty() {
                 if !self.caught_up() && reader.position() >= start_end {
+                    self.replay_rules(&mut rules, u64::MAX);
                     self.replay_unmerges(&log, &mut unmerges, u64::MAX).await;
                     self.catch_up(&log).await;
                     self.caught_up.store(true, Ordering::Release);
@@ -913,6 +938,7 @@ impl ProfileService {
             let mut out = Vec::new();
             for record in &batch {
                 if !self.caught_up() {
+                    self.replay_rules(&mut rules, record.offset);
                     self.replay_unmerges(&log, &mut unmerges, record.offset)
                         .await;
                     if record.offset >= start_end {
@@ -926,6 +952,56 @@ impl ProfileService {
             }
             self.announce(&log, out).await;
         }
+    }
+
+    /// Applies the stored merge-rule changes recorded at or before `offset`.
+    fn replay_rules(&self, pending: &mut BTreeMap<u64, Vec<RulesChange>>, offset: u64) {
+        while let Some(entry) = pending.first_entry() {
+            if *entry.key() > offset {
+                break;
+            }
+            for c in entry.remove() {
+                match parse_rules(&c.rules) {
+                    Ok(r) => lock(&self.tenant(c.tenant)).engine.set_rules(r),
+                    Err(e) => {
+                        tracing::error!(tenant = %c.tenant, error = %e, "stored merge rules are unreadable")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Changes a tenant's merge rules for the events that come next, and records the
+    /// change (with the log offset it takes effect at) for replays.
+    pub async fn set_rules(
+        &self,
+        tenant: TenantId,
+        rules: MergeRules,
+        by: &str,
+    ) -> Result<(), ServiceError> {
+        rules.validate()?;
+        let t = self.tenant(tenant);
+        let (offset, before) = {
+            let mut state = lock(&t);
+            let before = state.engine.profiles().graph().rules().clone();
+            state.engine.set_rules(rules.clone());
+            state.dirty = true;
+            (state.applied, before)
+        };
+        let change = RulesChange {
+            tenant,
+            log_offset: offset,
+            rules: serde_json::to_string(&rules).unwrap_or_default(),
+            changed_by: by.to_owned(),
+            changed_at: Utc::now(),
+        };
+        if let Err(e) = self.store.add_rules_change(&change).await {
+            // Not recorded: not in force either.
+            lock(&t).engine.set_rules(before);
+            return Err(e.into());
+        }
+        self.snapshot_soon.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Applies the stored un-merges recorded at or before `offset`.
@@ -1187,6 +1263,13 @@ fn is_system(e: &Event) -> bool {
             .and_then(|l| l.get("name"))
             .and_then(Value::as_str)
             == Some(LIBRARY)
+}
+
+/// Stored merge rules, as the engine takes them.
+pub fn parse_rules(text: &str) -> Result<MergeRules, String> {
+    let rules: MergeRules = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    rules.validate().map_err(|e| e.to_string())?;
+    Ok(rules)
 }
 
 /// The `context.library.name` of announcements.

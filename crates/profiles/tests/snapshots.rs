@@ -309,3 +309,68 @@ async fn an_unreadable_snapshot_falls_back_to_the_log() {
     assert!(node.service.history_complete(&log, tenant));
     node.follower.abort();
 }
+
+/// Without snapshots, a restart reads the whole log again: a merge-rule change is replayed
+/// at the offset where it was made, so persons come out as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_rule_changes_replay_at_their_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn MetadataStore> = Arc::new(SqliteStore::in_memory().await.expect("store"));
+    let (tenant, _) = tenant_and_keyring(&store, 3).await;
+    let log = EventLog::open(log_options(dir.path())).expect("log");
+    let start = || {
+        let service = ProfileService::new(
+            store.clone(),
+            None,
+            Arc::new(SystemClock),
+            MergeRules::default(),
+            None,
+        );
+        let follower = tokio::spawn(service.clone().follow(log.clone()));
+        Node { service, follower }
+    };
+    let identify = |n, user: &str, device: &str| {
+        record(
+            tenant,
+            n,
+            json!({"type": "identify", "userId": user, "anonymousId": device}),
+        )
+    };
+    let users_of = |node: &Node, user: &str| -> usize {
+        let t = node.service.tenant(tenant);
+        let st = t.lock().expect("lock");
+        let id = Identifier::new(USER_ID, user, &MergeRules::default()).expect("id");
+        let person = st.engine.profiles().graph().person_of(&id).expect("person");
+        st.engine
+            .profiles()
+            .graph()
+            .identifiers(person)
+            .map_or(0, |ids| ids.iter().filter(|i| i.kind == USER_ID).count())
+    };
+    let node = start();
+    log.append(vec![identify(1, "u1", "dev-a"), identify(2, "u2", "dev-a")])
+        .await
+        .expect("append");
+    settle(&node, &log).await;
+    let mut rules = MergeRules::default();
+    rules.limits.insert(USER_ID.into(), 2);
+    node.service
+        .set_rules(tenant, rules, "test")
+        .await
+        .expect("rules");
+    log.append(vec![identify(3, "u3", "dev-b"), identify(4, "u4", "dev-b")])
+        .await
+        .expect("append");
+    settle(&node, &log).await;
+    assert_eq!((users_of(&node, "u1"), users_of(&node, "u3")), (1, 2));
+    node.follower.abort();
+    let _ = node.follower.await;
+    let node = start();
+    settle(&node, &log).await;
+    assert_eq!(
+        (users_of(&node, "u1"), users_of(&node, "u3")),
+        (1, 2),
+        "the same persons after reading the log again"
+    );
+    node.follower.abort();
+}

@@ -303,6 +303,16 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ),
     (
         "GET",
+        "/api/v1/identity/rules",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "PUT",
+        "/api/v1/identity/rules",
+        Need::Permission(P::ManageTenant),
+    ),
+    (
+        "GET",
         "/api/v1/segments",
         Need::Permission(P::ReadAnalytics),
     ),
@@ -363,7 +373,7 @@ type Handler = axum::routing::MethodRouter<Arc<AppState>>;
 
 /// The handler of a route in [`ROUTES`].
 fn handler(method: &str, path: &str) -> Handler {
-    use axum::routing::{delete, patch};
+    use axum::routing::{delete, patch, put};
     let single = |kind: EventType| post(move |s, c, h, b| ingest::single(kind, s, c, h, b));
     match (method, path) {
         ("POST", "/v1/track") => single(EventType::Track),
@@ -399,6 +409,8 @@ fn handler(method: &str, path: &str) -> Handler {
         ("GET", "/api/v1/people/{id}") => get(people::get_person),
         ("GET", "/api/v1/people/{id}/timeline") => get(people::timeline),
         ("POST", "/api/v1/people/{id}/unmerge") => post(people::unmerge),
+        ("GET", "/api/v1/identity/rules") => get(people::merge_rules),
+        ("PUT", "/api/v1/identity/rules") => put(people::set_merge_rules),
         ("GET", "/api/v1/segments") => get(segments::list_segments),
         ("POST", "/api/v1/segments") => post(segments::create_segment),
         ("POST", "/api/v1/segments/preview") => post(segments::preview),

@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use chrono::{DateTime, Utc};
 use livora_model::TenantId;
+use livora_profiles::MergeRules;
 use livora_profiles::identity::{ANONYMOUS_ID, EMAIL, Identifier, PHONE, PersonId, USER_ID};
 use livora_profiles::profile::Profile;
 use livora_profiles::segments::Engine;
@@ -508,4 +509,71 @@ pub async fn unmerge(
         }
     }
     Ok(Json(json!({"people": sides})))
+}
+
+/// `GET /api/v1/identity/rules`: the tenant's merge rules, and every change of them.
+pub async fn merge_rules(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let svc = service(&state)?;
+    let rules = lock(&svc.tenant(principal.tenant))
+        .engine
+        .profiles()
+        .graph()
+        .rules()
+        .clone();
+    let changes: Vec<Value> = state
+        .store
+        .rules_changes()
+        .await?
+        .into_iter()
+        .filter(|c| c.tenant == principal.tenant)
+        .map(|c| {
+            json!({
+                "log_offset": c.log_offset,
+                "rules": serde_json::from_str::<Value>(&c.rules).unwrap_or(Value::Null),
+                "changed_by": c.changed_by,
+                "changed_at": c.changed_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"rules": rules, "changes": changes})))
+}
+
+/// `PUT /api/v1/identity/rules`: replaces the tenant's merge rules. They apply to the
+/// events that come next; persons already formed stay as they are.
+pub async fn set_merge_rules(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(Code::InvalidJson, e.body_text()))?;
+    let rules: MergeRules = serde_path_to_error::deserialize(&body).map_err(|e| {
+        ApiError::new(Code::InvalidRequest, e.inner().to_string())
+            .with("path", e.path().to_string())
+    })?;
+    if let Err(e) = rules.validate() {
+        let message = e.to_string();
+        let path = message
+            .split_once(':')
+            .map(|(p, _)| p.trim_start_matches("merge_rules.").to_owned())
+            .unwrap_or_default();
+        return Err(ApiError::new(Code::InvalidRequest, message).with("path", path));
+    }
+    let svc = service(&state)?;
+    let before = lock(&svc.tenant(principal.tenant))
+        .engine
+        .profiles()
+        .graph()
+        .rules()
+        .clone();
+    svc.set_rules(principal.tenant, rules.clone(), &principal.label())
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut e = entry(&principal, "identity.rules", None);
+    e.before = Some(json!(before));
+    e.after = Some(json!(rules));
+    state.audit(e).await?;
+    Ok(Json(json!({"rules": rules})))
 }

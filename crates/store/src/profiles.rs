@@ -1,5 +1,6 @@
 //! What the profiles engine keeps in the metadata store: segment and smart-tag definitions,
-//! and un-merges (the only profile state that is not a function of the event log).
+//! un-merges and merge-rule changes (the only profile state that is not a function of the
+//! event log).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -32,7 +33,18 @@ pub struct Unmerge {
     pub log_offset: u64,
 }
 
-/// Segment definitions and un-merges.
+/// A tenant's identity merge rules from `log_offset` on (they apply to what comes after).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RulesChange {
+    pub tenant: TenantId,
+    pub log_offset: u64,
+    /// The rules as JSON text.
+    pub rules: String,
+    pub changed_by: String,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// Segment definitions, un-merges and merge-rule changes.
 #[async_trait]
 pub trait ProfileStore: Send + Sync + 'static {
     /// Adds or replaces (by tenant, tag flag and id); `created_*` of a replaced row stay.
@@ -46,4 +58,8 @@ pub trait ProfileStore: Send + Sync + 'static {
     async fn add_unmerge(&self, u: &Unmerge, created_by: &str) -> Result<(), Error>;
     /// Every un-merge, in log order.
     async fn unmerges(&self) -> Result<Vec<Unmerge>, Error>;
+    /// Records a change of a tenant's merge rules.
+    async fn add_rules_change(&self, change: &RulesChange) -> Result<(), Error>;
+    /// Every tenant's merge-rule changes, in log order (oldest first).
+    async fn rules_changes(&self) -> Result<Vec<RulesChange>, Error>;
 }

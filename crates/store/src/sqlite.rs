@@ -139,6 +139,16 @@ CREATE TABLE unmerges (
     PRIMARY KEY (tenant_id, merge_id)
 );
 "#,
+    r#"
+CREATE TABLE merge_rules (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    log_offset  INTEGER NOT NULL,
+    rules       TEXT NOT NULL,
+    changed_by  TEXT NOT NULL,
+    changed_at  TEXT NOT NULL
+);
+CREATE INDEX merge_rules_tenant ON merge_rules(tenant_id, log_offset);
+"#,
 ];
 
 #[derive(Clone)]

@@ -5,7 +5,7 @@ use livora_model::TenantId;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use crate::profiles::{ProfileStore, SegmentRecord, Unmerge};
+use crate::profiles::{ProfileStore, RulesChange, SegmentRecord, Unmerge};
 use crate::sqlite::time;
 use crate::{Error, SqliteStore};
 
@@ -111,6 +111,39 @@ impl ProfileStore for SqliteStore {
             })
             .collect()
     }
+
+    async fn add_rules_change(&self, c: &RulesChange) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO merge_rules (tenant_id, log_offset, rules, changed_by, changed_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(c.tenant.to_string())
+        .bind(i64::try_from(c.log_offset).unwrap_or(i64::MAX))
+        .bind(&c.rules)
+        .bind(&c.changed_by)
+        .bind(c.changed_at.to_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn rules_changes(&self) -> Result<Vec<RulesChange>, Error> {
+        sqlx::query("SELECT * FROM merge_rules ORDER BY log_offset, rowid")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let o: i64 = r.try_get("log_offset")?;
+                Ok(RulesChange {
+                    tenant: tenant_of(r)?,
+                    log_offset: o.max(0) as u64,
+                    rules: r.try_get("rules")?,
+                    changed_by: r.try_get("changed_by")?,
+                    changed_at: time(r, "changed_at")?,
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -163,5 +196,14 @@ mod tests {
         store.add_unmerge(&u, "user:1").await.expect("unmerge");
         store.add_unmerge(&u, "user:1").await.expect("again");
         assert_eq!(store.unmerges().await.expect("list"), vec![u]);
+        let c = RulesChange {
+            tenant: t,
+            log_offset: 7,
+            rules: r#"{"limits":{"user_id":2}}"#.into(),
+            changed_by: "user:1".into(),
+            changed_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time"),
+        };
+        store.add_rules_change(&c).await.expect("rules");
+        assert_eq!(store.rules_changes().await.expect("list"), vec![c]);
     }
 }

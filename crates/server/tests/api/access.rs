@@ -67,6 +67,7 @@ async fn send(
         "GET" => app.http.get(&url),
         "POST" => app.http.post(&url),
         "PATCH" => app.http.patch(&url),
+        "PUT" => app.http.put(&url),
         "DELETE" => app.http.delete(&url),
         other => panic!("method {other}"),
     };
@@ -118,6 +119,7 @@ fn sample(method: &str, path: &str, n: usize, victims: &Victims) -> (String, Opt
         }
         ("PATCH", _) => Some(json!({"role": "viewer"})),
         ("POST", "/api/v1/people/{id}/unmerge") => Some(json!({"merge_id": 1})),
+        ("PUT", "/api/v1/identity/rules") => Some(json!({"limits": {"user_id": 1}})),
         ("POST", "/api/v1/segments" | "/api/v1/tags") => Some(json!({
             "name": format!("Audience {n}"),
             "condition": {"performed": {"event": "Order Completed"}}

@@ -14,6 +14,7 @@ async fn call(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (
         "GET" => app.http.get(url),
         "POST" => app.http.post(url),
         "PATCH" => app.http.patch(url),
+        "PUT" => app.http.put(url),
         "DELETE" => app.http.delete(url),
         other => panic!("method {other}"),
     };
@@ -526,5 +527,125 @@ async fn a_shared_device_does_not_leak_into_another_timeline() {
         })
         .collect();
     assert_eq!(names, ["identify", "Device Only"], "{t}");
+    app.stop().await;
+}
+
+/// An owner's access token in the app's tenant.
+async fn owner_token(app: &TestApp) -> String {
+    let store = app.store.as_ref();
+    let user = store
+        .create_user("owner@shop.example", "Owner")
+        .await
+        .expect("user");
+    let hash = livora_store::accounts::hash_password("correct horse battery").expect("hash");
+    store
+        .set_password_hash(&user.id, &hash)
+        .await
+        .expect("password");
+    store
+        .set_role(app.tenant_id, &user.id, livora_store::Role::Owner)
+        .await
+        .expect("role");
+    let (status, v) = app
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": "owner@shop.example", "password": "correct horse battery"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["access_token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn merge_rules_are_per_tenant_and_apply_to_what_comes_next() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut app = admin_app(dir.path()).await;
+    // Two users on one device: by default (one user id per person) they stay two people.
+    send(
+        &app,
+        json!([
+            {"type": "identify", "userId": "u1", "anonymousId": "dev-a"},
+            {"type": "identify", "userId": "u2", "anonymousId": "dev-a"},
+        ]),
+    )
+    .await;
+    eventually(&app, "/api/v1/people/u2", |s, _| s == 200).await;
+    let (s, v) = call(&app, "GET", "/api/v1/identity/rules", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["rules"]["limits"], json!({"user_id": 1}), "{v}");
+    assert_eq!(v["changes"], json!([]));
+    // Changing them is a tenant setting: owners only.
+    let (s, v) = call(
+        &app,
+        "PUT",
+        "/api/v1/identity/rules",
+        Some(json!({"limits": {"user_id": 2}})),
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    let owner = owner_token(&app).await;
+    let admin_key = std::mem::replace(&mut app.secret_key, owner);
+    for (body, path) in [
+        (json!({"limits": {"user_id": 0}}), "limits.user_id"),
+        (json!({"priority": ["user_id", "bad kind!"]}), "priority[1]"),
+        (json!({"limits": {"user_id": "two"}}), "limits.user_id"),
+    ] {
+        let (s, v) = call(&app, "PUT", "/api/v1/identity/rules", Some(body.clone())).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert_eq!(v["code"], "invalid_request", "{v}");
+        assert_eq!(v["path"], path, "{body}: {v}");
+    }
+    let (s, v) = call(
+        &app,
+        "PUT",
+        "/api/v1/identity/rules",
+        Some(json!({"limitz": {}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    let (s, v) = call(
+        &app,
+        "PUT",
+        "/api/v1/identity/rules",
+        Some(json!({"limits": {"user_id": 2}})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["rules"]["limits"], json!({"user_id": 2}));
+    // Missing fields take the defaults.
+    assert_eq!(v["rules"]["priority"][0], "user_id", "{v}");
+    app.secret_key = admin_key;
+    send(
+        &app,
+        json!([
+            {"type": "identify", "userId": "u3", "anonymousId": "dev-b"},
+            {"type": "identify", "userId": "u4", "anonymousId": "dev-b"},
+        ]),
+    )
+    .await;
+    // Now two user ids may share a person: u4 joins u3.
+    let v = eventually(&app, "/api/v1/people/u3", |s, v| {
+        s == 200 && v["identifiers"]["user_id"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    assert_eq!(v["identifiers"]["user_id"], json!(["u3", "u4"]), "{v}");
+    // The people formed before the change stay as they were.
+    let (s, v) = call(&app, "GET", "/api/v1/people/u1", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["identifiers"]["user_id"], json!(["u1"]), "{v}");
+    let (_, v) = call(&app, "GET", "/api/v1/identity/rules", None).await;
+    let changes = v["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "{v}");
+    assert_eq!(changes[0]["rules"]["limits"], json!({"user_id": 2}));
+    assert!(
+        changes[0]["changed_by"]
+            .as_str()
+            .is_some_and(|b| b.contains("owner@shop.example")),
+        "{v}"
+    );
     app.stop().await;
 }

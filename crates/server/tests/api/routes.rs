@@ -50,6 +50,7 @@ async fn every_route_answers_and_refuses_without_credentials() {
         let req = match *method {
             "GET" => app.http.get(&url),
             "PATCH" => app.http.patch(&url).body("{}"),
+            "PUT" => app.http.put(&url).body("{}"),
             "DELETE" => app.http.delete(&url),
             _ if path.ends_with("batch") || path.ends_with("import") => app
                 .http

@@ -32,7 +32,9 @@ pub const ORDER_REFUNDED: &str = "Order Refunded";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Computed {
+    #[serde(default, with = "chrono::serde::ts_microseconds_option")]
     pub first_seen: Option<DateTime<Utc>>,
+    #[serde(default, with = "chrono::serde::ts_microseconds_option")]
     pub last_seen: Option<DateTime<Utc>>,
     pub events: u64,
     /// Events per name (`track` event names; `page`, `screen`, `identify`… for the others).
@@ -42,7 +44,9 @@ pub struct Computed {
     pub orders: u64,
     pub revenue: f64,
     pub refunds: f64,
+    #[serde(default, with = "chrono::serde::ts_microseconds_option")]
     pub first_order_at: Option<DateTime<Utc>>,
+    #[serde(default, with = "chrono::serde::ts_microseconds_option")]
     pub last_order_at: Option<DateTime<Utc>>,
     /// Days (Unix day numbers) with at least one event, the most recent 64.
     active_days: Vec<i64>,

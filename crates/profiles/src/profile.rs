@@ -60,6 +60,24 @@ pub struct Applied {
     pub person: Option<PersonId>,
     /// Persons merged into `person` by the event (they no longer exist).
     pub absorbed: Vec<PersonId>,
+    /// What the event changed of the person, so segments that read none of it can be
+    /// skipped.
+    pub touched: Touched,
+}
+
+/// What one event changed of its person's profile, besides the attributes every event
+/// changes (events, first and last seen, sessions, active days).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Touched {
+    /// A new person, or a merge: anything may have changed.
+    pub everything: bool,
+    pub traits: bool,
+    /// Orders, refunds and what derives from them.
+    pub orders: bool,
+    /// The person holds an identifier it did not hold before.
+    pub identifiers: bool,
+    /// The selectors the event matched.
+    pub hits: Vec<u32>,
 }
 
 /// Profiles of one tenant.
@@ -69,6 +87,7 @@ pub struct Profiles {
     people: HashMap<PersonId, Profile>,
     groups: HashMap<String, Group>,
     /// What behavioural conditions select, by index (`None`: no longer used).
+    #[serde(with = "crate::snapshot::as_json")]
     selectors: Vec<Option<Selector>>,
 }
 
@@ -300,6 +319,7 @@ impl Profiles {
     pub fn apply(&mut self, e: &Event) -> Applied {
         let parsed = Parsed::of(e);
         let ids = identifiers_in(e, &parsed, self.graph.rules());
+        let new_identifier = ids.iter().any(|i| self.graph.person_of(i).is_none());
         let outcome = self.graph.observe(Observation {
             identifiers: ids,
             at: e.timestamp,
@@ -320,10 +340,13 @@ impl Profiles {
                 self.people.entry(person).or_default().merge(old);
             }
         }
-        self.record(person, e, &parsed);
+        let mut touched = self.record(person, e, &parsed);
+        touched.everything = outcome.created || !outcome.absorbed.is_empty();
+        touched.identifiers = new_identifier;
         Applied {
             person: Some(person),
             absorbed: outcome.absorbed,
+            touched,
         }
     }
 
@@ -342,25 +365,36 @@ impl Profiles {
             .set_all(&parsed.traits, &stamp);
     }
 
-    /// Everything an event does to its person's profile (not to the identity graph).
-    fn record(&mut self, person: PersonId, e: &Event, parsed: &Parsed) {
+    /// Everything an event does to its person's profile (not to the identity graph), and
+    /// what of it changed.
+    fn record(&mut self, person: PersonId, e: &Event, parsed: &Parsed) -> Touched {
         let stamp = Stamp::new(e.timestamp, &e.message_id);
         let props = &parsed.props;
         let name = event_name(e);
-        let amount = matches!(name, ORDER_COMPLETED | ORDER_REFUNDED)
-            .then(|| revenue(props))
-            .flatten();
+        let order = matches!(name, ORDER_COMPLETED | ORDER_REFUNDED);
+        let amount = order.then(|| revenue(props)).flatten();
+        let mut touched = Touched {
+            orders: order,
+            ..Touched::default()
+        };
         let profile = self.people.entry(person).or_default();
         profile.computed.record(name, e.timestamp, amount);
         let at = e.timestamp.timestamp();
         for (i, s) in self.selectors.iter().enumerate() {
             if let Some(hit) = s.as_ref().and_then(|s| s.select(name, props, at)) {
                 profile.hits.add(i as u32, hit);
+                touched.hits.push(i as u32);
             }
         }
         match e.kind {
-            EventType::Identify => profile.traits.set_all(&parsed.traits, &stamp),
+            EventType::Identify => {
+                touched.traits = !parsed.traits.is_empty();
+                profile.traits.set_all(&parsed.traits, &stamp);
+            }
             EventType::Track | EventType::Page | EventType::Screen => {
+                touched.traits = ["$set", "$set_once", "$unset"]
+                    .iter()
+                    .any(|k| props.contains_key(*k));
                 profile.traits.apply_operators(props, &stamp);
             }
             EventType::Group => {
@@ -376,6 +410,7 @@ impl Profiles {
             EventType::Alias => {}
         }
         self.apply_group_traits(e, parsed);
+        touched
     }
 
     /// The person an event belongs to in the current graph, without changing it.

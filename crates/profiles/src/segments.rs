@@ -27,7 +27,7 @@ use crate::MergeRules;
 use crate::behaviour::{Hit, Selector};
 use crate::compare::{self, DAY};
 use crate::identity::{Identifier, PersonId, UnmergeError};
-use crate::profile::{Applied, Profile, Profiles};
+use crate::profile::{Applied, Profile, Profiles, Touched};
 
 /// What a segment holds: the persons matching a condition, or a fixed list of identifiers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,14 +125,79 @@ enum Node {
 struct Compiled {
     spec: Spec,
     node: Node,
+    deps: Deps,
+}
+
+/// Computed attributes that only orders and refunds change.
+const ORDER_ATTRIBUTES: [&str; 7] = [
+    "orders",
+    "revenue",
+    "average_order_value",
+    "first_order_at",
+    "last_order_at",
+    "days_since_last_order",
+    "purchase_frequency",
+];
+
+/// What a segment's answer reads, so that an event that changed none of it skips the
+/// segment (its answer, and the instants at which it can change, stay as they were).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Deps {
+    /// Something every event changes (activity attributes such as `last_seen`).
+    every_event: bool,
+    traits: bool,
+    orders: bool,
+    identifiers: bool,
+    selectors: Vec<u32>,
+    /// Segments referred to, by position in the evaluation order.
+    segments: Vec<usize>,
+}
+
+impl Deps {
+    fn of(node: &Node) -> Self {
+        let mut d = Deps::default();
+        d.add(node);
+        d.selectors.sort_unstable();
+        d.selectors.dedup();
+        d
+    }
+
+    fn add(&mut self, node: &Node) {
+        match node {
+            Node::And(l) | Node::Or(l) => l.iter().for_each(|n| self.add(n)),
+            Node::Not(n) => self.add(n),
+            Node::Trait(_) => self.traits = true,
+            Node::Computed(c) if ORDER_ATTRIBUTES.contains(&c.name.as_str()) => self.orders = true,
+            Node::Computed(_) => self.every_event = true,
+            Node::Performed { sel, .. } | Node::Last { sel, .. } => self.selectors.push(*sel),
+            Node::NotFollowed { first, then, .. } => self.selectors.extend([*first, *then]),
+            Node::Segment(i) => self.segments.push(*i),
+            Node::Manual(_) => self.identifiers = true,
+        }
+    }
+
+    /// Whether `touched` (and the segments whose answer just changed) reach this segment.
+    fn reached_by(&self, touched: &Touched, changed: &[bool]) -> bool {
+        self.every_event
+            || (self.traits && touched.traits)
+            || (self.orders && touched.orders)
+            || (self.identifiers && touched.identifiers)
+            || self.selectors.iter().any(|s| touched.hits.contains(s))
+            || self
+                .segments
+                .iter()
+                .any(|&i| changed.get(i).copied().unwrap_or(true))
+    }
 }
 
 /// One tenant's profiles, segments and memberships.
 #[derive(Serialize, Deserialize)]
 pub struct Engine {
     profiles: Profiles,
+    #[serde(with = "crate::snapshot::as_json")]
     specs: Vec<Spec>,
     /// In evaluation order (dependencies first).
+    #[serde(with = "crate::snapshot::as_json")]
     compiled: Vec<Compiled>,
     members: Vec<HashSet<PersonId>>,
     /// Daily sizes, aligned with `compiled`.
@@ -527,7 +592,8 @@ impl Engine {
                 Rule::Manual(ids) => Node::Manual(ids.iter().cloned().collect()),
                 Rule::Condition(def) => self.node(&def.condition, &position),
             };
-            out.push(Compiled { spec, node });
+            let deps = Deps::of(&node);
+            out.push(Compiled { spec, node, deps });
         }
         Ok(out)
     }
@@ -766,6 +832,66 @@ impl Engine {
         self.schedule(person, next);
     }
 
+    /// Re-evaluates at `t` only the segments that what an event `touched` reaches; the
+    /// others keep their answer. The person's timer becomes the earliest of its old one and
+    /// the instants of the segments evaluated: never later than the next change (at worst
+    /// a timer fires early, finds nothing changed, and is set again).
+    fn refresh_touched(
+        &mut self,
+        person: PersonId,
+        t: i64,
+        touched: &Touched,
+        out: &mut Vec<Transition>,
+    ) {
+        let Some((_, profile)) = self.profiles.get(person) else {
+            return self.refresh(person, t, out);
+        };
+        let identifiers = self.profiles.graph().identifiers(person);
+        let n = self.compiled.len();
+        let mut results = Vec::with_capacity(n);
+        let mut changed = Vec::with_capacity(n);
+        let mut next = self.timer_of.get(&person).copied();
+        for (i, c) in self.compiled.iter().enumerate() {
+            let was_in = self.members[i].contains(&person);
+            if !c.deps.reached_by(touched, &changed) {
+                results.push(was_in);
+                changed.push(false);
+                continue;
+            }
+            let ctx = Ctx {
+                profile,
+                identifiers,
+                t,
+                results: &results,
+            };
+            let (v, at) = c.node.eval(&ctx);
+            next = min_opt(next, at);
+            results.push(v);
+            changed.push(v != was_in);
+        }
+        let at = DateTime::from_timestamp(t, 0).unwrap_or_default();
+        for i in 0..n {
+            if !changed[i] {
+                continue;
+            }
+            if results[i] {
+                self.members[i].insert(person);
+            } else {
+                self.members[i].remove(&person);
+            }
+            self.note_size(i, t);
+            let spec = &self.compiled[i].spec;
+            out.push(Transition {
+                segment: spec.id.clone(),
+                tag: spec.tag,
+                person,
+                entered: results[i],
+                at,
+            });
+        }
+        self.schedule(person, next);
+    }
+
     /// Lets time pass up to `now`: every timer due fires at its own instant, in order.
     pub fn advance(&mut self, now: DateTime<Utc>) -> Vec<Transition> {
         let now = now.timestamp();
@@ -790,7 +916,11 @@ impl Engine {
             self.forget(*gone);
         }
         if let Some(p) = applied.person {
-            self.refresh(p, self.now, &mut out);
+            if applied.touched.everything {
+                self.refresh(p, self.now, &mut out);
+            } else {
+                self.refresh_touched(p, self.now, &applied.touched, &mut out);
+            }
         }
         (applied, out)
     }
@@ -1373,6 +1503,24 @@ mod tests {
                 "signup-recent",
                 json!({"trait": {"name": "signup", "op": "within_last_days", "value": 3}}),
             ),
+            Spec {
+                id: "list".into(),
+                tag: false,
+                rule: Rule::Manual(
+                    [
+                        (crate::identity::USER_ID, "u1"),
+                        (crate::identity::ANONYMOUS_ID, "a2"),
+                    ]
+                    .iter()
+                    .filter_map(|(k, v)| Identifier::new(k, v, &MergeRules::default()))
+                    .collect(),
+                ),
+            },
+            spec(
+                "listed-pro",
+                json!({"and": [{"in_segment": "list"},
+                {"trait": {"name": "plan", "op": "equals", "value": "pro"}}]}),
+            ),
         ]
     }
 
@@ -1405,6 +1553,8 @@ mod tests {
                     3 => Some(event(json!({"type": "identify", "userId": u, "anonymousId": a,
                         "traits": {"plan": if cart == 0 { "pro" } else { "free" },
                                    "signup": at(when).to_rfc3339()}}), n, when)),
+                    4 => Some(track(&u, "Plan Changed",
+                        json!({"$set": {"plan": if cart == 0 { "free" } else { "pro" }}}), n, when)),
                     _ => None,
                 };
                 match ev {

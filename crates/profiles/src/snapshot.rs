@@ -8,8 +8,8 @@
 //!   every tenant with a file), then commits the offset for the `profiles` log consumer, so
 //!   retention keeps every record after it. Each file is replaced atomically (temporary file,
 //!   sync, rename, sync the directory); a crash mid-round leaves the previous round usable.
-//! - Format: `LVPS`, a format byte, a flags byte, then MessagePack (maps with field names, so
-//!   optional fields stay readable) compressed with zstd. With encryption at rest (flag 1)
+//! - Format: `LVPS`, a format byte, a flags byte, then compact MessagePack (structs as
+//!   arrays; segment definitions as JSON text) compressed with zstd. With encryption at rest (flag 1)
 //!   the compressed body is sealed with AES-256-GCM under the tenant key, the tenant id and
 //!   a label authenticated with it: profiles hold decrypted traits, and they never reach the
 //!   disk in the clear.
@@ -109,18 +109,46 @@ pub(crate) fn tenant_path(dir: &Path, tenant: TenantId) -> PathBuf {
     dir.join(format!("{tenant}.snap"))
 }
 
-/// MessagePack, compressed (level 1: a snapshot is written often and read once).
+/// Small parts whose types skip fields when serialized (segment definitions, selectors),
+/// kept as JSON text inside the MessagePack: compact MessagePack (structs as arrays) cannot
+/// hold a struct that leaves a field out.
+pub(crate) mod as_json {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(v).map_err(S::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
+    }
+}
+
+/// Compact MessagePack (structs as arrays), compressed (level 1: a snapshot is written
+/// often and read once).
 pub fn encode(body: &BodyRef<'_>) -> Result<Vec<u8>, SnapshotError> {
     let bad = |e: String| SnapshotError::Encode(body.tenant, e);
-    let mut z = zstd::Encoder::new(Vec::new(), 1).map_err(|e| bad(e.to_string()))?;
-    rmp_serde::encode::write_named(&mut z, body).map_err(|e| bad(e.to_string()))?;
-    z.finish().map_err(|e| bad(e.to_string()))
+    let z = zstd::Encoder::new(Vec::new(), 1).map_err(|e| bad(e.to_string()))?;
+    // MessagePack writes a few bytes at a time: buffered, zstd sees large blocks.
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, z);
+    rmp_serde::encode::write(&mut w, body).map_err(|e| bad(e.to_string()))?;
+    w.into_inner()
+        .map_err(|e| bad(e.to_string()))?
+        .finish()
+        .map_err(|e| bad(e.to_string()))
 }
 
 pub fn decode(path: &Path, packed: &[u8]) -> Result<Body, SnapshotError> {
     let bad = |e: String| SnapshotError::Decode(path.to_owned(), e);
     let z = zstd::Decoder::new(packed).map_err(|e| bad(e.to_string()))?;
-    rmp_serde::decode::from_read(z).map_err(|e| bad(e.to_string()))
+    let r = std::io::BufReader::with_capacity(1 << 16, z);
+    rmp_serde::decode::from_read(r).map_err(|e| bad(e.to_string()))
 }
 
 /// The file's bytes: the header, then the body (`encrypted`: already sealed).

@@ -17,6 +17,8 @@ use serde_json::{Map, Value};
 /// equal times still order the same way on every replay).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Stamp {
+    /// As microseconds when stored (snapshots hold millions of them).
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub at: DateTime<Utc>,
     pub tie: u64,
 }

@@ -301,6 +301,8 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         "/api/v1/people/{id}/unmerge",
         Need::Permission(P::EditPeople),
     ),
+    ("GET", "/api/v1/groups", Need::Permission(P::ViewPii)),
+    ("GET", "/api/v1/groups/{id}", Need::Permission(P::ViewPii)),
     (
         "GET",
         "/api/v1/identity/rules",
@@ -409,6 +411,8 @@ fn handler(method: &str, path: &str) -> Handler {
         ("GET", "/api/v1/people/{id}") => get(people::get_person),
         ("GET", "/api/v1/people/{id}/timeline") => get(people::timeline),
         ("POST", "/api/v1/people/{id}/unmerge") => post(people::unmerge),
+        ("GET", "/api/v1/groups") => get(people::groups),
+        ("GET", "/api/v1/groups/{id}") => get(people::group),
         ("GET", "/api/v1/identity/rules") => get(people::merge_rules),
         ("PUT", "/api/v1/identity/rules") => put(people::set_merge_rules),
         ("GET", "/api/v1/segments") => get(segments::list_segments),

@@ -577,3 +577,114 @@ pub async fn set_merge_rules(
     state.audit(e).await?;
     Ok(Json(json!({"rules": rules})))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsQuery {
+    /// Text found in the group id or a trait value.
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    offset: Option<usize>,
+}
+
+fn page_bounds(limit: Option<usize>, offset: Option<usize>) -> Result<(usize, usize), ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad("limit must be 1-500").with("field", "limit"));
+    }
+    Ok((limit, offset.unwrap_or(0)))
+}
+
+/// `GET /api/v1/groups`: the tenant's groups (B2B accounts from `group` calls), by id, with
+/// their traits and member counts.
+pub async fn groups(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    q: Result<Query<GroupsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let (limit, offset) = page_bounds(q.limit, q.offset)?;
+    let svc = service(&state)?;
+    let t = svc.tenant(principal.tenant);
+    let st = lock(&t);
+    let needle = q.q.as_deref().map(|s| s.trim().to_lowercase());
+    let mut rows: Vec<(&str, &livora_profiles::profile::Group)> = st
+        .engine
+        .profiles()
+        .groups()
+        .filter(|(id, g)| {
+            needle.as_deref().is_none_or(|n| {
+                id.to_lowercase().contains(n)
+                    || g.traits.iter().any(|(_, v)| match v {
+                        Value::String(s) => s.to_lowercase().contains(n),
+                        other => other.to_string().contains(n),
+                    })
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    let total = rows.len();
+    let list: Vec<Value> = rows
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(id, g)| {
+            json!({"id": id, "traits": Value::Object(g.traits.to_json()), "members": g.members.len()})
+        })
+        .collect();
+    let next = (offset + list.len() < total).then_some(offset + list.len());
+    Ok(Json(
+        json!({"groups": list, "total": total, "next_offset": next}),
+    ))
+}
+
+/// `GET /api/v1/groups/{id}`: one group's traits and members (a page of them).
+pub async fn group(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<GroupsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    if q.q.is_some() {
+        return Err(bad("q is for the list of groups").with("field", "q"));
+    }
+    let (limit, offset) = page_bounds(q.limit, q.offset)?;
+    let svc = service(&state)?;
+    let now = svc.now();
+    let t = svc.tenant(principal.tenant);
+    let answer = {
+        let st = lock(&t);
+        let engine = &st.engine;
+        let g = engine
+            .profiles()
+            .group(&id)
+            .ok_or_else(|| ApiError::new(Code::NotFound, format!("no group {id:?}")))?;
+        let members: Vec<Value> = g
+            .members
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|&p| {
+                let (_, profile) = engine.profiles().get(p)?;
+                Some(summary(engine, p, profile, now))
+            })
+            .collect();
+        let total = g.members.len();
+        let next = (offset + members.len() < total).then_some(offset + members.len());
+        json!({
+            "id": id,
+            "traits": Value::Object(g.traits.to_json()),
+            "members": members,
+            "member_count": total,
+            "next_offset": next,
+        })
+    };
+    let mut e = entry(&principal, "group.view", Some(id));
+    e.after = Some(json!({"returned": answer["members"].as_array().map_or(0, Vec::len)}));
+    state.audit(e).await?;
+    Ok(Json(answer))
+}

@@ -164,6 +164,13 @@ async fn every_route_answers_every_caller_as_documented() {
         )
         .await;
     assert_eq!(status, 200);
+    let (status, _) = app
+        .post(
+            "/v1/group",
+            json!({"userId": "ua", "groupId": "ua", "traits": {"name": marker}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
 
     let mut callers: Vec<Caller> = Vec::new();
     for role in Role::ALL {

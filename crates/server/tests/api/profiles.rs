@@ -649,3 +649,59 @@ async fn merge_rules_are_per_tenant_and_apply_to_what_comes_next() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn groups_hold_account_traits_and_members() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = admin_app(dir.path()).await;
+    send(
+        &app,
+        json!([
+            {"type": "identify", "userId": "gina", "traits": {"plan": "pro"}},
+            {"type": "group", "userId": "gina", "groupId": "acme", "timestamp": "2026-11-01T10:00:00Z",
+             "traits": {"name": "Acme Corp", "industry": "Retail", "employees": 120}},
+            {"type": "group", "userId": "hal", "groupId": "acme", "timestamp": "2026-11-01T11:00:00Z",
+             "traits": {"employees": 130}},
+            {"type": "group", "userId": "ivy", "groupId": "globex", "traits": {"name": "Globex"}},
+        ]),
+    )
+    .await;
+    let v = eventually(&app, "/api/v1/groups", |s, v| {
+        s == 200 && v["total"] == 2 && v["groups"][0]["members"] == 2
+    })
+    .await;
+    assert_eq!(v["groups"][0]["id"], "acme", "{v}");
+    assert_eq!(v["groups"][1]["id"], "globex");
+    let (s, v) = call(&app, "GET", "/api/v1/groups?q=retail", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["total"], 1, "search by trait: {v}");
+    let (s, v) = call(&app, "GET", "/api/v1/groups/acme", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["traits"]["name"], "Acme Corp", "{v}");
+    assert_eq!(v["traits"]["employees"], 130, "the later write wins: {v}");
+    assert_eq!(v["member_count"], 2);
+    let mut ids: Vec<String> = v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["identifiers"]["user_id"][0].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["gina", "hal"], "{v}");
+    let (s, v) = call(&app, "GET", "/api/v1/groups/acme?limit=1&offset=1", None).await;
+    assert_eq!(
+        (s, v["members"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["next_offset"], Value::Null);
+    let (s, v) = call(&app, "GET", "/api/v1/groups/nope", None).await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("not_found")), "{v}");
+    let (s, v) = call(&app, "GET", "/api/v1/groups?limit=0", None).await;
+    assert_eq!((s, v["field"].as_str()), (400, Some("limit")), "{v}");
+    // The person shows the group too.
+    let (s, v) = call(&app, "GET", "/api/v1/people/gina", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["groups"].get("acme").is_some(), "{v}");
+    app.stop().await;
+}

@@ -239,8 +239,9 @@ impl ProfileService {
         }
     }
 
-    /// The JSON text to store for a rule: a manual list's identifiers are encrypted (under a
-    /// key of the segment's own) when encryption at rest is on.
+    /// The JSON text to store for a rule. With encryption at rest, a manual list's
+    /// identifiers and a condition (which may compare a trait with an email or a phone
+    /// number) are encrypted under a key of the segment's own.
     pub async fn stored_rule(
         &self,
         tenant: TenantId,
@@ -248,24 +249,25 @@ impl ProfileService {
         tag: bool,
         rule: &Rule,
     ) -> Result<String, ServiceError> {
-        match rule {
-            Rule::Condition(def) => Ok(serde_json::to_string(def).unwrap_or_default()),
-            Rule::Manual(ids) => {
-                let list = serde_json::to_value(ids).unwrap_or_default();
-                let Some(k) = &self.keyring else {
-                    return Ok(json!({"manual": list}).to_string());
-                };
-                // `decrypt_text` decrypts values under `properties`: keep the list there.
-                let subject = format!("s:{}{id}", if tag { "tag:" } else { "" });
-                let keys = k
-                    .subject_keys(tenant, std::slice::from_ref(&subject))
-                    .await?;
-                let key = keys.get(&subject).ok_or_else(|| {
-                    ServiceError::Corrupt(id.to_owned(), "no key for the list".into())
-                })?;
-                Ok(json!({"properties": {"manual": key.encrypt(&list)}}).to_string())
-            }
-        }
+        let (field, plain) = match rule {
+            Rule::Condition(def) => ("definition", serde_json::to_value(def).unwrap_or_default()),
+            Rule::Manual(ids) => ("manual", serde_json::to_value(ids).unwrap_or_default()),
+        };
+        let Some(k) = &self.keyring else {
+            return Ok(match rule {
+                Rule::Condition(_) => plain.to_string(),
+                Rule::Manual(_) => json!({"manual": plain}).to_string(),
+            });
+        };
+        // `decrypt_text` decrypts values under `properties`: keep the rule there.
+        let subject = format!("s:{}{id}", if tag { "tag:" } else { "" });
+        let keys = k
+            .subject_keys(tenant, std::slice::from_ref(&subject))
+            .await?;
+        let key = keys
+            .get(&subject)
+            .ok_or_else(|| ServiceError::Corrupt(id.to_owned(), "no key for the rule".into()))?;
+        Ok(json!({"properties": {field: key.encrypt(&plain)}}).to_string())
     }
 
     /// Loads the stored definitions into the engines (at start, before the log is read).
@@ -276,10 +278,12 @@ impl ProfileService {
             // One unreadable definition must not stop the others (or other tenants).
             let spec = match self.rule_text(tenant, &record).await {
                 Ok(mut text) => {
-                    if let Ok(v) = serde_json::from_str::<Value>(&text)
-                        && let Some(inner) = v.pointer("/properties/manual")
-                    {
-                        text = json!({"manual": inner}).to_string();
+                    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                        if let Some(inner) = v.pointer("/properties/manual") {
+                            text = json!({"manual": inner}).to_string();
+                        } else if let Some(inner) = v.pointer("/properties/definition") {
+                            text = inner.to_string();
+                        }
                     }
                     spec_of(&record, &text)
                 }

@@ -356,6 +356,26 @@ async fn profiles_segments_and_tags_over_http() {
     let stored = app.store.segments(app.tenant_id).await.expect("segments");
     let press = stored.iter().find(|s| s.id == "press").expect("press");
     assert!(!press.rule.contains("bob@example.com"), "{}", press.rule);
+    // So is a condition, which may compare a trait with an email.
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/segments",
+        Some(json!({
+        "id": "ceo", "name": "The CEO",
+        "condition": {"trait": {"name": "email", "op": "equals", "value": "ceo@example.com"}}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let stored = app.store.segments(app.tenant_id).await.expect("segments");
+    let ceo = stored.iter().find(|s| s.id == "ceo").expect("ceo");
+    assert!(!ceo.rule.contains("ceo@example.com"), "{}", ceo.rule);
+    let (s, v) = call(&app, "GET", "/api/v1/segments/ceo", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v.to_string().contains("ceo@example.com"),
+        "read back decrypted: {v}"
+    );
     app.stop().await;
 }
 

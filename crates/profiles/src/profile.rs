@@ -501,6 +501,37 @@ impl Profiles {
     }
 
     /// RFM scores of every person with an order.
+    /// One person's RFM scores, as [`Profiles::rfm`] gives them, in one pass without
+    /// sorting (the API asks for one person at a time, under the tenant's lock).
+    pub fn rfm_of(&self, person: PersonId) -> Option<crate::computed::Rfm> {
+        let key = |c: &crate::computed::Computed| {
+            Some((
+                c.last_order_at?.timestamp() as f64,
+                c.orders as f64,
+                c.revenue - c.refunds,
+            ))
+        };
+        let (r, f, m) = key(&self.people.get(&person)?.computed)?;
+        let (mut n, mut below) = (0usize, [0usize; 3]);
+        for p in self.people.values() {
+            let Some((pr, pf, pm)) = key(&p.computed) else {
+                continue;
+            };
+            n += 1;
+            for (b, (x, mine)) in below.iter_mut().zip([(pr, r), (pf, f), (pm, m)]) {
+                if x.total_cmp(&mine).is_lt() {
+                    *b += 1;
+                }
+            }
+        }
+        let score = |b: usize| 1 + ((b * 5) / n.max(1)).min(4) as u8;
+        Some(crate::computed::Rfm {
+            recency: score(below[0]),
+            frequency: score(below[1]),
+            monetary: score(below[2]),
+        })
+    }
+
     pub fn rfm(&self) -> HashMap<PersonId, crate::computed::Rfm> {
         let customers: Vec<(PersonId, DateTime<Utc>, u64, f64)> = self
             .people
@@ -625,6 +656,39 @@ mod tests {
             "u1, a1, a2 and the email"
         );
         assert_eq!(sorted(&p), recomputed(&p, &events));
+    }
+
+    #[test]
+    fn one_persons_rfm_equals_the_tenant_wide_scores() {
+        let mut p = Profiles::new(MergeRules::default());
+        let mut n = 0;
+        for (user, orders, revenue) in [
+            ("a", 1, 10.0),
+            ("b", 3, 10.0),
+            ("c", 2, 500.0),
+            ("d", 1, 40.0),
+            ("e", 5, 5.0),
+            ("f", 0, 0.0),
+        ] {
+            for k in 0..orders.max(1) {
+                n += 1;
+                let name = if orders == 0 {
+                    "Page Viewed"
+                } else {
+                    "Order Completed"
+                };
+                p.apply(&event(
+                    json!({"type": "track", "userId": user, "event": name,
+                        "properties": {"revenue": revenue}}),
+                    n * 3600 + k,
+                ));
+            }
+        }
+        let all = p.rfm();
+        assert_eq!(all.len(), 5, "persons without an order have no score");
+        for (id, _) in p.people() {
+            assert_eq!(p.rfm_of(id), all.get(&id).copied(), "person {id}");
+        }
     }
 
     #[test]

@@ -551,17 +551,17 @@ impl ProfileService {
 
     async fn decrypt(&self, tenant: TenantId, payload: &[u8]) -> Option<Event> {
         let text = std::str::from_utf8(payload).ok()?;
-        let text = match &self.keyring {
+        match &self.keyring {
             Some(k) if text.contains(PREFIX) => match k.decrypt_text(tenant, text).await {
-                Ok((t, _)) => t,
+                Ok((t, _)) => serde_json::from_str(&t).ok(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot decrypt an event for profiles");
-                    return None;
+                    None
                 }
             },
-            _ => text.to_owned(),
-        };
-        serde_json::from_str(&text).ok()
+            // Nothing encrypted: parsed where it lies.
+            _ => serde_json::from_str(text).ok(),
+        }
     }
 
     /// Every event of `tenant` before log offset `upto`, decrypted, in log order (the

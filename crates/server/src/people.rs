@@ -320,8 +320,7 @@ fn person_json(engine: &Engine, person: PersonId, now: DateTime<Utc>) -> Option<
         })
         .collect();
     v["groups"] = Value::Object(groups);
-    let rfm = engine.profiles().rfm();
-    v["rfm"] = rfm.get(&person).map_or(Value::Null, |r| {
+    v["rfm"] = engine.profiles().rfm_of(person).map_or(Value::Null, |r| {
         json!({"recency": r.recency, "frequency": r.frequency, "monetary": r.monetary, "code": r.code()})
     });
     v["merge_history"] = json!(engine.profiles().graph().history_of(person));

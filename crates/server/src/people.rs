@@ -185,15 +185,22 @@ pub async fn list(
             })
             .map(|(id, p)| (sort_key(p, sort, now), id, p))
             .collect();
-        rows.sort_by(|a, b| {
+        let order = |a: &(f64, PersonId, &Profile), b: &(f64, PersonId, &Profile)| {
             let o = if sort == "id" {
                 a.1.cmp(&b.1)
             } else {
                 a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
             };
             if descending { o.reverse() } else { o }
-        });
+        };
         let total = rows.len();
+        // Only the rows up to the page's end are put in order (under the tenant's lock).
+        let end = offset.saturating_add(limit);
+        if end < rows.len() {
+            rows.select_nth_unstable_by(end, order);
+            rows.truncate(end);
+        }
+        rows.sort_by(order);
         let people: Vec<Value> = rows
             .iter()
             .skip(offset)

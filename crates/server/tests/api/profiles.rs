@@ -119,6 +119,30 @@ async fn profiles_segments_and_tags_over_http() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["total"], 2);
     assert_eq!(v["people"][0]["id"].as_u64(), Some(id));
+    let all = v["people"].clone();
+    // Pages: only the page's end is put in order, the total counts every match.
+    let (_, first) = call(
+        &app,
+        "GET",
+        "/api/v1/people?sort=revenue&order=desc&limit=1",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (first["total"].as_u64(), first["next_offset"].as_u64()),
+        (Some(2), Some(1)),
+        "{first}"
+    );
+    assert_eq!(first["people"], json!([all[0]]));
+    let (_, second) = call(
+        &app,
+        "GET",
+        "/api/v1/people?sort=revenue&order=desc&limit=1&offset=1",
+        None,
+    )
+    .await;
+    assert_eq!(second["people"], json!([all[1]]), "{second}");
+    assert_eq!(second["next_offset"], Value::Null);
     let (_, v) = call(&app, "GET", "/api/v1/people?q=bob%40example.com", None).await;
     assert_eq!(v["total"], 1);
     let (s, v) = call(&app, "GET", "/api/v1/people?sort=wealth", None).await;

@@ -340,8 +340,11 @@ impl Profiles {
                 self.people.entry(person).or_default().merge(old);
             }
         }
+        // A person without a profile yet (new, or split off by an un-merge) is evaluated
+        // whole.
+        let fresh = !self.people.contains_key(&person);
         let mut touched = self.record(person, e, &parsed);
-        touched.everything = outcome.created || !outcome.absorbed.is_empty();
+        touched.everything = fresh || outcome.created || !outcome.absorbed.is_empty();
         touched.identifiers = new_identifier;
         Applied {
             person: Some(person),

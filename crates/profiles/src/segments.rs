@@ -1214,6 +1214,15 @@ mod tests {
             at(10),
         );
         e.apply(&identify("a2", "u2", "free", 3, 20), at(20));
+        // A trait set to null stays set (to null), apart from one never set.
+        e.apply(
+            &event(
+                json!({"type": "identify", "userId": "u2", "traits": {"nickname": null}}),
+                7,
+                25,
+            ),
+            at(25),
+        );
         let packed = encode(&BodyRef {
             tenant: livora_model::TenantId::generate(),
             applied: 3,

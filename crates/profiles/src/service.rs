@@ -71,6 +71,12 @@ pub enum ServiceError {
         "the event log no longer holds this tenant's events before offset {0} (retention): an un-merge replays every event, so it cannot be done exactly"
     )]
     HistoryGone(u64),
+    #[error("{0}; profiles are not started (nothing was overwritten): fix the cause and restart")]
+    SnapshotsUnusable(String),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("profiles are still reading the event log; try again in a moment")]
+    NotReady,
 }
 
 /// One tenant's engine, and what the log has announced of its memberships.
@@ -105,6 +111,8 @@ pub struct ProfileService {
     snapshot_soon: AtomicBool,
     /// Set by [`ProfileService::stop`]: the follower writes a last round and returns.
     stopping: AtomicBool,
+    /// Held while snapshot files are written.
+    writing: tokio::sync::Mutex<()>,
     /// Tenants read back from a snapshot, with the offset it reflects.
     restored: Mutex<HashMap<TenantId, u64>>,
     /// Stored segments a snapshot did not hold, installed once the log is caught up.
@@ -156,6 +164,7 @@ impl ProfileService {
             history_from: AtomicU64::new(0),
             snapshot_soon: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            writing: tokio::sync::Mutex::new(()),
             restored: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
         })
@@ -209,7 +218,12 @@ impl ProfileService {
                     engine: Engine::new(self.rules.clone()),
                     applied: 0,
                     announced: HashMap::new(),
-                    history_from: self.history_from.load(Ordering::Acquire),
+                    // First seen after catching up: every event of it is still to come.
+                    history_from: if self.caught_up() {
+                        self.applied()
+                    } else {
+                        self.history_from.load(Ordering::Acquire)
+                    },
                     dirty: true,
                 }))
             })
@@ -274,7 +288,13 @@ impl ProfileService {
     pub async fn load(&self) -> Result<(), ServiceError> {
         let now = self.now();
         let mut by_tenant: HashMap<TenantId, Vec<Spec>> = HashMap::new();
+        // What is stored, readable or not: a segment that cannot be read now is not deleted.
+        let mut stored_ids: HashMap<TenantId, HashSet<(String, bool)>> = HashMap::new();
         for (tenant, record) in self.store.all_segments().await? {
+            stored_ids
+                .entry(tenant)
+                .or_default()
+                .insert((record.id.clone(), record.tag));
             // One unreadable definition must not stop the others (or other tenants).
             let spec = match self.rule_text(tenant, &record).await {
                 Ok(mut text) => {
@@ -320,9 +340,10 @@ impl ProfileService {
                     pending.push((*tenant, s.clone()));
                 }
             }
+            let ids = stored_ids.get(tenant);
             let mut gone: Vec<&Spec> = held
                 .iter()
-                .filter(|h| !stored.iter().any(|s| s.id == h.id && s.tag == h.tag))
+                .filter(|h| ids.is_none_or(|ids| !ids.contains(&(h.id.clone(), h.tag))))
                 .collect();
             // One that another refers to goes after it.
             for _ in 0..=gone.len() {
@@ -343,29 +364,38 @@ impl ProfileService {
         log.start_offset() <= from
     }
 
-    /// Reads the newest snapshot round back; returns the log offset to follow from. A
-    /// round that cannot be read whole is not used (the log is read from its start).
-    async fn restore(&self, log: &EventLog) -> u64 {
+    /// Reads the newest snapshot round back; returns the log offset to follow from.
+    ///
+    /// A tenant whose snapshot cannot be read (after two more tries: a KMS may be briefly
+    /// out of reach) is rebuilt from the log while the log still holds everything. Once it
+    /// no longer does, the service refuses to start ([`ServiceError::SnapshotsUnusable`])
+    /// rather than rebuild from part of the history and write that over the snapshots.
+    async fn restore(&self, log: &EventLog) -> Result<u64, ServiceError> {
         let start = log.start_offset();
         self.history_from.store(start, Ordering::Release);
         let Some(s) = &self.snapshots else {
-            return start;
+            return Ok(start);
+        };
+        let whole_log = start == 0;
+        let unusable = |why: String| {
+            if whole_log {
+                tracing::error!(%why, "reading the whole event log again for profiles");
+                Ok(0)
+            } else {
+                Err(ServiceError::SnapshotsUnusable(why))
+            }
         };
         let manifest = match snapshot::read_manifest(&s.dir) {
             Ok(Some(m)) => m,
-            Ok(None) => return start,
-            Err(e) => {
-                tracing::error!(error = %e, "profiles snapshots unreadable: reading the log from its start");
-                return start;
-            }
+            Ok(None) => return Ok(start),
+            Err(e) => return unusable(format!("the profiles snapshot manifest: {e}")),
         };
         if manifest.offset > log.end_offset() {
-            tracing::error!(
-                snapshot = manifest.offset,
-                log_end = log.end_offset(),
-                "the profiles snapshots are newer than the event log (was the log replaced?): reading the log from its start"
-            );
-            return start;
+            return unusable(format!(
+                "the profiles snapshots (offset {}) are newer than the event log (end {}): was the log replaced?",
+                manifest.offset,
+                log.end_offset()
+            ));
         }
         if manifest.offset < start {
             tracing::error!(
@@ -375,19 +405,36 @@ impl ProfileService {
             );
         }
         let mut bodies = Vec::with_capacity(manifest.tenants.len());
+        let mut failed = Vec::new();
         for &tenant in &manifest.tenants {
-            match self.read_snapshot(&s.dir, tenant).await {
-                Ok(b) if b.tenant == tenant => bodies.push(b),
-                Ok(_) => {
-                    tracing::error!(tenant = %tenant, "a profiles snapshot holds another tenant: reading the log from its start");
-                    return start;
+            let mut tries = 0;
+            loop {
+                match self.read_snapshot(&s.dir, tenant).await {
+                    Ok(b) if b.tenant == tenant => bodies.push(b),
+                    Ok(_) => failed.push(format!("tenant {tenant}: the file holds another tenant")),
+                    Err(e) if tries < 2 => {
+                        tries += 1;
+                        tracing::warn!(tenant = %tenant, error = %e, "a profiles snapshot is unreadable; trying again");
+                        tokio::time::sleep(Duration::from_secs(tries)).await;
+                        continue;
+                    }
+                    Err(e) => failed.push(format!("tenant {tenant}: {e}")),
                 }
-                Err(e) => {
-                    tracing::error!(tenant = %tenant, error = %e, "a profiles snapshot is unreadable: reading the log from its start");
-                    return start;
-                }
+                break;
             }
         }
+        let from = if failed.is_empty() {
+            manifest.offset.max(start)
+        } else {
+            let why = format!("profiles snapshots unreadable ({})", failed.join("; "));
+            if !whole_log {
+                return Err(ServiceError::SnapshotsUnusable(format!(
+                    "{why}, and the event log no longer holds everything before them"
+                )));
+            }
+            tracing::error!(%why, "those tenants are rebuilt from the whole event log");
+            0
+        };
         let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
         let mut restored = self.restored.lock().unwrap_or_else(|e| e.into_inner());
         for b in bodies {
@@ -403,15 +450,14 @@ impl ProfileService {
                 })),
             );
         }
-        // A tenant first seen after the round has no event before it.
-        self.history_from
-            .store(manifest.offset.max(start), Ordering::Release);
+        // A tenant first seen from here on has no event before `from`.
+        self.history_from.store(from, Ordering::Release);
         tracing::info!(
             tenants = restored.len(),
             offset = manifest.offset,
             "profiles read back from their snapshots"
         );
-        manifest.offset.max(start)
+        Ok(from)
     }
 
     async fn read_snapshot(
@@ -439,43 +485,16 @@ impl ProfileService {
         let Some(s) = &self.snapshots else {
             return Ok(());
         };
+        let _writing = self.writing.lock().await;
         let offset = self.applied();
         let started = Instant::now();
         let mut tenants = Vec::new();
         let mut written = 0;
         for (tenant, t) in self.all_tenants() {
             tenants.push(tenant);
-            let path = snapshot::tenant_path(&s.dir, tenant);
-            let packed = {
-                let mut state = lock(&t);
-                if !state.dirty && path.exists() {
-                    continue;
-                }
-                let packed = snapshot::encode(&snapshot::BodyRef {
-                    tenant,
-                    applied: offset.max(state.applied),
-                    history_from: state.history_from,
-                    engine: &state.engine,
-                    announced: &state.announced,
-                })?;
-                state.dirty = false;
-                packed
-            };
-            let sealed = match &self.keyring {
-                Some(k) => k
-                    .seal_blob(tenant, snapshot::LABEL, &packed)
-                    .await
-                    .map(|b| snapshot::frame(&b, true)),
-                None => Ok(snapshot::frame(&packed, false)),
-            };
-            if let Err(e) = sealed
-                .map_err(snapshot::SnapshotError::from)
-                .and_then(|bytes| snapshot::write_atomic(&path, &bytes))
-            {
-                lock(&t).dirty = true;
-                return Err(e);
+            if self.write_tenant(&s.dir, tenant, &t, offset, false).await? {
+                written += 1;
             }
-            written += 1;
         }
         tenants.sort_unstable();
         snapshot::write_manifest(
@@ -497,6 +516,64 @@ impl ProfileService {
                 "profiles snapshot written"
             );
         }
+        Ok(())
+    }
+
+    /// Writes one tenant's snapshot file, when it changed since the last one (or `force`).
+    /// `floor`: every record of the tenant below it is applied. The caller holds `writing`,
+    /// so files are written in the order their states were taken.
+    async fn write_tenant(
+        &self,
+        dir: &std::path::Path,
+        tenant: TenantId,
+        t: &Arc<Mutex<TenantState>>,
+        floor: u64,
+        force: bool,
+    ) -> Result<bool, snapshot::SnapshotError> {
+        let path = snapshot::tenant_path(dir, tenant);
+        let packed = {
+            let mut state = lock(t);
+            // An un-merge or a rules change from now on is recorded after `floor`.
+            state.applied = state.applied.max(floor);
+            if !force && !state.dirty && path.exists() {
+                return Ok(false);
+            }
+            let packed = snapshot::encode(&snapshot::BodyRef {
+                tenant,
+                applied: state.applied,
+                history_from: state.history_from,
+                engine: &state.engine,
+                announced: &state.announced,
+            })?;
+            state.dirty = false;
+            packed
+        };
+        let sealed = match &self.keyring {
+            Some(k) => k
+                .seal_blob(tenant, snapshot::LABEL, &packed)
+                .await
+                .map(|b| snapshot::frame(&b, true)),
+            None => Ok(snapshot::frame(&packed, false)),
+        };
+        if let Err(e) = sealed
+            .map_err(snapshot::SnapshotError::from)
+            .and_then(|bytes| snapshot::write_atomic(&path, &bytes))
+        {
+            lock(t).dirty = true;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Writes a tenant's snapshot now (after an erasure: the old file held what was
+    /// erased, sealed under the tenant key that erasing a person does not destroy).
+    async fn write_tenant_now(&self, tenant: TenantId) -> Result<(), ServiceError> {
+        let Some(s) = &self.snapshots else {
+            return Ok(());
+        };
+        let _writing = self.writing.lock().await;
+        let t = self.tenant(tenant);
+        self.write_tenant(&s.dir, tenant, &t, 0, true).await?;
         Ok(())
     }
 
@@ -660,6 +737,10 @@ impl ProfileService {
         let rules = self.rules.clone();
         let (before, after) = self
             .with_events(log, tenant, |state, records, upto| {
+                // Checked again here: retention may have run while the events were read.
+                if log.start_offset() > state.history_from {
+                    return Err(ServiceError::HistoryGone(log.start_offset()));
+                }
                 let mut engine = Engine::new(rules.clone());
                 install_all(&mut engine, state.engine.specs().to_vec(), now);
                 let mut pending = unmerges.iter().filter(|u| u.log_offset <= upto).peekable();
@@ -688,9 +769,9 @@ impl ProfileService {
                 let before = state.engine.membership();
                 state.engine = engine;
                 state.dirty = true;
-                (before, state.engine.membership())
+                Ok((before, state.engine.membership()))
             })
-            .await?;
+            .await??;
         self.snapshot_soon.store(true, Ordering::Release);
         if self.caught_up() {
             self.announce(log, diff(tenant, &before, &after, now)).await;
@@ -708,28 +789,30 @@ impl ProfileService {
         tenant: TenantId,
         person: Option<PersonId>,
     ) -> Result<(), ServiceError> {
-        if self.history_complete(log, tenant) {
-            return self.rebuild_tenant(log, tenant).await;
+        let rebuilt = self.history_complete(log, tenant)
+            && match self.rebuild_tenant(log, tenant).await {
+                // Retention got there first.
+                Err(ServiceError::HistoryGone(_)) => false,
+                other => other.map(|()| true)?,
+            };
+        if !rebuilt && let Some(person) = person {
+            let now = self.now();
+            let t = self.tenant(tenant);
+            let transitions = {
+                let mut state = lock(&t);
+                state.dirty = true;
+                state.engine.erase_personal(person, now)
+            };
+            if self.caught_up() {
+                let out = transitions
+                    .into_iter()
+                    .map(|tr| (tenant, tr, None))
+                    .collect();
+                self.announce(log, out).await;
+            }
         }
-        let Some(person) = person else {
-            return Ok(());
-        };
-        let now = self.now();
-        let t = self.tenant(tenant);
-        let transitions = {
-            let mut state = lock(&t);
-            state.dirty = true;
-            state.engine.erase_personal(person, now)
-        };
-        self.snapshot_soon.store(true, Ordering::Release);
-        if self.caught_up() {
-            let out = transitions
-                .into_iter()
-                .map(|tr| (tenant, tr, None))
-                .collect();
-            self.announce(log, out).await;
-        }
-        Ok(())
+        // Durable before the answer: a crash must not bring the erased data back.
+        self.write_tenant_now(tenant).await
     }
 
     /// Applies one record (in log order).
@@ -871,7 +954,7 @@ impl ProfileService {
             Some(_) => Some(log.consumer(snapshot::CONSUMER)?),
             None => None,
         };
-        let from = self.restore(&log).await;
+        let from = self.restore(&log).await?;
         self.load().await?;
         let restored = self
             .restored
@@ -928,9 +1011,10 @@ impl ProfileService {
                 if !self.caught_up() && reader.position() >= start_end {
                     self.replay_rules(&mut rules, u64::MAX);
                     self.replay_unmerges(&log, &mut unmerges, u64::MAX).await;
+                    // Before the catch-up: its diff then announces their members once.
+                    self.install_pending(&log).await;
                     self.catch_up(&log).await;
                     self.caught_up.store(true, Ordering::Release);
-                    self.install_pending(&log).await;
                 }
                 if self.caught_up() {
                     let out = self.tick();
@@ -946,9 +1030,9 @@ impl ProfileService {
                     self.replay_unmerges(&log, &mut unmerges, record.offset)
                         .await;
                     if record.offset >= start_end {
+                        self.install_pending(&log).await;
                         self.catch_up(&log).await;
                         self.caught_up.store(true, Ordering::Release);
-                        self.install_pending(&log).await;
                     }
                 }
                 out.extend(self.apply(record, self.caught_up()).await);
@@ -984,6 +1068,10 @@ impl ProfileService {
         by: &str,
     ) -> Result<(), ServiceError> {
         rules.validate()?;
+        // While the log is read again, a change would be ordered among the old ones wrongly.
+        if !self.caught_up() {
+            return Err(ServiceError::NotReady);
+        }
         let t = self.tenant(tenant);
         let (offset, before) = {
             let mut state = lock(&t);
@@ -1112,12 +1200,19 @@ impl ProfileService {
         merge_id: u64,
         by: &str,
     ) -> Result<(), ServiceError> {
+        if !self.caught_up() {
+            return Err(ServiceError::NotReady);
+        }
         if !self.history_complete(log, tenant) {
             return Err(ServiceError::HistoryGone(log.start_offset()));
         }
         let now = self.now();
         let (upto, transitions) = self
             .with_events(log, tenant, |state, records, upto| {
+                // Checked again here: retention may have run while the events were read.
+                if log.start_offset() > state.history_from {
+                    return Err(ServiceError::HistoryGone(log.start_offset()));
+                }
                 let events: Vec<Event> = records.iter().map(|(_, e)| e.clone()).collect();
                 let out = state.engine.unmerge(merge_id, &events, now)?;
                 state.dirty = true;

@@ -37,11 +37,39 @@ impl Stamp {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Slot {
-    /// `None`: unset.
+    /// `None`: unset (kept apart from a value set to `null` in every format).
+    #[serde(with = "opt_value")]
     pub value: Option<Value>,
     pub stamp: Stamp,
     /// Written by `$set_once` (and not by `$set` since).
     pub once: bool,
+}
+
+/// `Option<Value>` as an enum, so that `Some(null)` does not come back as `None` from
+/// formats where both are nil (MessagePack snapshots).
+mod opt_value {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    #[derive(Serialize, Deserialize)]
+    enum Stored<T> {
+        Unset,
+        Set(T),
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Value>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => Stored::<&Value>::Unset.serialize(s),
+            Some(x) => Stored::Set(x).serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        Ok(match Stored::<Value>::deserialize(d)? {
+            Stored::Unset => None,
+            Stored::Set(v) => Some(v),
+        })
+    }
 }
 
 /// The traits of a person (or of a group).

@@ -45,6 +45,8 @@ pub enum Code {
     InvalidDefinition,
     /// The event log no longer holds what an operation must replay.
     HistoryUnavailable,
+    /// The profiles service is still reading the event log after a start.
+    NotReady,
 }
 
 impl Code {
@@ -80,6 +82,7 @@ impl Code {
             Self::AuditBroken => "audit_broken",
             Self::InvalidDefinition => "invalid_definition",
             Self::HistoryUnavailable => "history_unavailable",
+            Self::NotReady => "not_ready",
         }
     }
 
@@ -108,7 +111,7 @@ impl Code {
             }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::LogUnavailable | Self::AnalyticsDisabled | Self::Timeout => {
+            Self::LogUnavailable | Self::AnalyticsDisabled | Self::Timeout | Self::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::RateLimited | Self::AccountLocked => StatusCode::TOO_MANY_REQUESTS,

@@ -489,6 +489,9 @@ pub async fn unmerge(
             e @ livora_profiles::service::ServiceError::HistoryGone(_) => {
                 ApiError::new(Code::HistoryUnavailable, e.to_string())
             }
+            e @ livora_profiles::service::ServiceError::NotReady => {
+                ApiError::new(Code::NotReady, e.to_string())
+            }
             other => ApiError::internal(&other),
         })?;
     let mut e = entry(&principal, "person.unmerge", Some(id.clone()));
@@ -576,7 +579,12 @@ pub async fn set_merge_rules(
         .clone();
     svc.set_rules(principal.tenant, rules.clone(), &principal.label())
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| match e {
+            e @ livora_profiles::service::ServiceError::NotReady => {
+                ApiError::new(Code::NotReady, e.to_string())
+            }
+            other => ApiError::internal(&other),
+        })?;
     let mut e = entry(&principal, "identity.rules", None);
     e.before = Some(json!(before));
     e.after = Some(json!(rules));
@@ -669,18 +677,16 @@ pub async fn group(
             .profiles()
             .group(&id)
             .ok_or_else(|| ApiError::new(Code::NotFound, format!("no group {id:?}")))?;
-        let members: Vec<Value> = g
-            .members
+        let page: Vec<PersonId> = g.members.iter().skip(offset).take(limit).copied().collect();
+        let members: Vec<Value> = page
             .iter()
-            .skip(offset)
-            .take(limit)
             .filter_map(|&p| {
                 let (_, profile) = engine.profiles().get(p)?;
                 Some(summary(engine, p, profile, now))
             })
             .collect();
         let total = g.members.len();
-        let next = (offset + members.len() < total).then_some(offset + members.len());
+        let next = (offset + page.len() < total).then_some(offset + page.len());
         json!({
             "id": id,
             "traits": Value::Object(g.traits.to_json()),

@@ -785,29 +785,59 @@ impl Engine {
     /// Every segment's answer for `person` at `t`, in evaluation order, and the next
     /// instant at which one can change.
     fn evaluate(&self, person: PersonId, t: i64) -> (Vec<bool>, Option<i64>) {
+        self.evaluate_touched(person, t, None)
+    }
+
+    /// As [`Engine::evaluate`], but with `touched` (what an event changed) only the
+    /// segments it reaches are evaluated; the others keep their current answer. The next
+    /// instant is then the earliest of the person's current timer and the instants of the
+    /// segments evaluated: never later than the next change (at worst a timer fires early,
+    /// finds nothing changed, and is set again).
+    fn evaluate_touched(
+        &self,
+        person: PersonId,
+        t: i64,
+        touched: Option<&Touched>,
+    ) -> (Vec<bool>, Option<i64>) {
         let Some((_, profile)) = self.profiles.get(person) else {
             return (vec![false; self.compiled.len()], None);
         };
         let identifiers = self.profiles.graph().identifiers(person);
-        let mut results = Vec::with_capacity(self.compiled.len());
-        let mut next = None;
-        for c in &self.compiled {
+        let n = self.compiled.len();
+        let mut results = Vec::with_capacity(n);
+        let mut changed = Vec::with_capacity(n);
+        let mut next = touched.and_then(|_| self.timer_of.get(&person).copied());
+        for (i, c) in self.compiled.iter().enumerate() {
+            let was_in = self.members.get(i).is_some_and(|m| m.contains(&person));
+            if touched.is_some_and(|tc| !c.deps.reached_by(tc, &changed)) {
+                results.push(was_in);
+                changed.push(false);
+                continue;
+            }
             let ctx = Ctx {
                 profile,
                 identifiers,
                 t,
                 results: &results,
             };
-            let (v, n) = c.node.eval(&ctx);
-            next = min_opt(next, n);
+            let (v, at) = c.node.eval(&ctx);
+            next = min_opt(next, at);
             results.push(v);
+            changed.push(v != was_in);
         }
         (results, next)
     }
 
-    /// Re-evaluates one person at `t`: transitions, and the person's next timer.
-    fn refresh(&mut self, person: PersonId, t: i64, out: &mut Vec<Transition>) {
-        let (results, next) = self.evaluate(person, t);
+    /// Re-evaluates one person at `t` (with `touched`, only what an event changed):
+    /// transitions, and the person's next timer.
+    fn refresh(
+        &mut self,
+        person: PersonId,
+        t: i64,
+        touched: Option<&Touched>,
+        out: &mut Vec<Transition>,
+    ) {
+        let (results, next) = self.evaluate_touched(person, t, touched);
         let at = DateTime::from_timestamp(t, 0).unwrap_or_default();
         for (i, now_in) in results.into_iter().enumerate() {
             let was_in = self.members[i].contains(&person);
@@ -832,66 +862,6 @@ impl Engine {
         self.schedule(person, next);
     }
 
-    /// Re-evaluates at `t` only the segments that what an event `touched` reaches; the
-    /// others keep their answer. The person's timer becomes the earliest of its old one and
-    /// the instants of the segments evaluated: never later than the next change (at worst
-    /// a timer fires early, finds nothing changed, and is set again).
-    fn refresh_touched(
-        &mut self,
-        person: PersonId,
-        t: i64,
-        touched: &Touched,
-        out: &mut Vec<Transition>,
-    ) {
-        let Some((_, profile)) = self.profiles.get(person) else {
-            return self.refresh(person, t, out);
-        };
-        let identifiers = self.profiles.graph().identifiers(person);
-        let n = self.compiled.len();
-        let mut results = Vec::with_capacity(n);
-        let mut changed = Vec::with_capacity(n);
-        let mut next = self.timer_of.get(&person).copied();
-        for (i, c) in self.compiled.iter().enumerate() {
-            let was_in = self.members[i].contains(&person);
-            if !c.deps.reached_by(touched, &changed) {
-                results.push(was_in);
-                changed.push(false);
-                continue;
-            }
-            let ctx = Ctx {
-                profile,
-                identifiers,
-                t,
-                results: &results,
-            };
-            let (v, at) = c.node.eval(&ctx);
-            next = min_opt(next, at);
-            results.push(v);
-            changed.push(v != was_in);
-        }
-        let at = DateTime::from_timestamp(t, 0).unwrap_or_default();
-        for i in 0..n {
-            if !changed[i] {
-                continue;
-            }
-            if results[i] {
-                self.members[i].insert(person);
-            } else {
-                self.members[i].remove(&person);
-            }
-            self.note_size(i, t);
-            let spec = &self.compiled[i].spec;
-            out.push(Transition {
-                segment: spec.id.clone(),
-                tag: spec.tag,
-                person,
-                entered: results[i],
-                at,
-            });
-        }
-        self.schedule(person, next);
-    }
-
     /// Lets time pass up to `now`: every timer due fires at its own instant, in order.
     pub fn advance(&mut self, now: DateTime<Utc>) -> Vec<Transition> {
         let now = now.timestamp();
@@ -902,7 +872,7 @@ impl Engine {
             }
             self.timers.remove(&(t, person));
             self.timer_of.remove(&person);
-            self.refresh(person, t, &mut out);
+            self.refresh(person, t, None, &mut out);
         }
         self.now = self.now.max(now);
         out
@@ -916,11 +886,8 @@ impl Engine {
             self.forget(*gone);
         }
         if let Some(p) = applied.person {
-            if applied.touched.everything {
-                self.refresh(p, self.now, &mut out);
-            } else {
-                self.refresh_touched(p, self.now, &applied.touched, &mut out);
-            }
+            let touched = (!applied.touched.everything).then_some(&applied.touched);
+            self.refresh(p, self.now, touched, &mut out);
         }
         (applied, out)
     }
@@ -961,7 +928,7 @@ impl Engine {
             self.forget(p);
         }
         for p in rebuilt {
-            self.refresh(p, self.now, &mut out);
+            self.refresh(p, self.now, None, &mut out);
         }
         Ok(out)
     }
@@ -972,7 +939,7 @@ impl Engine {
         let mut out = self.advance(now);
         self.profiles.erase_personal(person);
         if self.profiles.get(person).is_some() {
-            self.refresh(person, self.now, &mut out);
+            self.refresh(person, self.now, None, &mut out);
         }
         out
     }

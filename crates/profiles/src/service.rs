@@ -50,9 +50,6 @@ impl Clock for SystemClock {
     }
 }
 
-/// Event names the service writes; they are announcements, not behaviour.
-pub const SYSTEM_EVENTS: [&str; 4] = livora_model::RESERVED_EVENTS;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
@@ -1355,7 +1352,7 @@ fn announcement(tr: &Transition, ids: &BTreeSet<Identifier>, now: DateTime<Utc>)
 /// Whether an event is one of the service's own announcements.
 fn is_system(e: &Event) -> bool {
     e.kind == EventType::Track
-        && SYSTEM_EVENTS.contains(&e.event.as_deref().unwrap_or_default())
+        && livora_model::RESERVED_EVENTS.contains(&e.event.as_deref().unwrap_or_default())
         && e.message_id.starts_with("lv-")
         && e.context
             .get("library")

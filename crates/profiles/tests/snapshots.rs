@@ -56,24 +56,34 @@ struct Node {
     follower: tokio::task::JoinHandle<()>,
 }
 
-fn start(
+/// A profiles service following `log`; snapshots in `snapshots/profiles` when given.
+fn start_with(
     store: &Arc<dyn MetadataStore>,
-    keyring: &Arc<Keyring>,
+    keyring: Option<&Arc<Keyring>>,
     log: &EventLog,
-    dir: &Path,
+    snapshots: Option<&Path>,
 ) -> Node {
     let service = ProfileService::new(
         store.clone(),
-        Some(keyring.clone()),
+        keyring.cloned(),
         Arc::new(SystemClock),
         MergeRules::default(),
-        Some(Snapshots {
+        snapshots.map(|dir| Snapshots {
             dir: dir.join("profiles"),
             every: Duration::from_secs(3600),
         }),
     );
     let follower = tokio::spawn(service.clone().follow(log.clone()));
     Node { service, follower }
+}
+
+fn start(
+    store: &Arc<dyn MetadataStore>,
+    keyring: &Arc<Keyring>,
+    log: &EventLog,
+    dir: &Path,
+) -> Node {
+    start_with(store, Some(keyring), log, Some(dir))
 }
 
 async fn until(what: &str, mut ok: impl FnMut() -> bool) {
@@ -327,17 +337,7 @@ async fn merge_rule_changes_replay_at_their_offset() {
     let store: Arc<dyn MetadataStore> = Arc::new(SqliteStore::in_memory().await.expect("store"));
     let (tenant, _) = tenant_and_keyring(&store, 3).await;
     let log = EventLog::open(log_options(dir.path())).expect("log");
-    let start = || {
-        let service = ProfileService::new(
-            store.clone(),
-            None,
-            Arc::new(SystemClock),
-            MergeRules::default(),
-            None,
-        );
-        let follower = tokio::spawn(service.clone().follow(log.clone()));
-        Node { service, follower }
-    };
+    let start = || start_with(&store, None, &log, None);
     let identify = |n, user: &str, device: &str| {
         record(
             tenant,
@@ -392,17 +392,7 @@ async fn encrypted_definitions_load_after_a_restart() {
     let store: Arc<dyn MetadataStore> = Arc::new(SqliteStore::in_memory().await.expect("store"));
     let (tenant, keyring) = tenant_and_keyring(&store, 5).await;
     let log = EventLog::open(log_options(dir.path())).expect("log");
-    let start = || {
-        let service = ProfileService::new(
-            store.clone(),
-            Some(keyring.clone()),
-            Arc::new(SystemClock),
-            MergeRules::default(),
-            None,
-        );
-        let follower = tokio::spawn(service.clone().follow(log.clone()));
-        Node { service, follower }
-    };
+    let start = || start_with(&store, Some(&keyring), &log, None);
     let node = start();
     settle(&node, &log).await;
     let rule = json!({"condition": {"trait": {"name": "email", "op": "equals", "value": "ceo@example.com"}}});

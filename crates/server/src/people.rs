@@ -165,11 +165,7 @@ pub async fn list(
         "asc" => false,
         _ => return Err(bad("order must be asc or desc").with("field", "order")),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(bad("limit must be 1-500").with("field", "limit"));
-    }
-    let offset = q.offset.unwrap_or(0);
+    let (limit, offset) = page_bounds(q.limit, q.offset)?;
     let svc = service(&state)?;
     let now = svc.now();
     let t = svc.tenant(principal.tenant);
@@ -259,38 +255,20 @@ pub(crate) fn find(engine: &Engine, id: &str, by: Option<&str>) -> Result<Person
         .ok_or_else(not_found)
 }
 
-/// The person holding the user id (or anonymous id) `id` in the profiles' identity graph.
-pub(crate) fn person_of(
-    state: &AppState,
-    tenant: TenantId,
-    id: &str,
-    anonymous: bool,
-) -> Option<PersonId> {
-    let svc = state.profiles.as_ref()?;
-    let t = svc.tenant(tenant);
-    let st = lock(&t);
-    let by = if anonymous { ANONYMOUS_ID } else { USER_ID };
-    find(&st.engine, id, Some(by)).ok()
-}
-
-/// The key subjects (`u:<userId>`, `a:<anonymousId>`) of the person holding the user id (or
-/// anonymous id) `id`, as the profiles' identity graph knows them.
+/// The person holding the user id (or anonymous id) `id` in the profiles' identity graph,
+/// and its key subjects (`u:<userId>`, `a:<anonymousId>`) as the graph knows them.
 pub(crate) fn subject_keys(
     state: &AppState,
     tenant: TenantId,
     id: &str,
     anonymous: bool,
-) -> Vec<String> {
-    let Some(svc) = state.profiles.as_ref() else {
-        return Vec::new();
-    };
+) -> Option<(PersonId, Vec<String>)> {
+    let svc = state.profiles.as_ref()?;
     let t = svc.tenant(tenant);
     let st = lock(&t);
     let by = if anonymous { ANONYMOUS_ID } else { USER_ID };
-    let Ok(person) = find(&st.engine, id, Some(by)) else {
-        return Vec::new();
-    };
-    keys_of(&st.engine, person)
+    let person = find(&st.engine, id, Some(by)).ok()?;
+    Some((person, keys_of(&st.engine, person)))
 }
 
 /// The `u:` / `a:` keys of a person's user and anonymous ids.

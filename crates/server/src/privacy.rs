@@ -214,14 +214,10 @@ pub async fn erase(
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
     let mut ids = identities(&state, p.tenant, &id, q.anonymous);
-    let person = crate::people::person_of(&state, p.tenant, &id, q.anonymous);
     // The profiles' identity graph also links ids through emails and phones.
-    ids.extend(crate::people::subject_keys(
-        &state,
-        p.tenant,
-        &id,
-        q.anonymous,
-    ));
+    let linked = crate::people::subject_keys(&state, p.tenant, &id, q.anonymous);
+    let person = linked.as_ref().map(|(person, _)| *person);
+    ids.extend(linked.into_iter().flat_map(|(_, keys)| keys));
     ids.sort_unstable();
     ids.dedup();
     let keys = match &state.protection {

@@ -419,7 +419,9 @@ async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::
     let mut appended = 0u64;
     let mut offered = 0u64;
     // When each record was acknowledged (durable), by log offset.
-    let mut acks: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
+    // Sized up front: a table doubling in this loop would delay the writer's next batch.
+    let mut acks: std::collections::HashMap<u64, i64> =
+        std::collections::HashMap::with_capacity((rate * b.seconds + 1000) as usize);
     while Instant::now() < deadline {
         let now = Utc::now().to_rfc3339();
         let records: Vec<NewRecord> = (0..batch)

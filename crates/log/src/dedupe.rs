@@ -2,8 +2,13 @@
 //!
 //! Keys are the first 96 bits of the XXH3-128 hash of tenant and id (a false match among 10^8
 //! live ids has a probability near 10^-13), mapped to the minute they were appended: 16 bytes
-//! an entry in a flat hash table, swept every ten minutes. An id is remembered for at least the
+//! an entry in flat hash tables, swept every ten minutes. An id is remembered for at least the
 //! window and at most ten minutes longer.
+//!
+//! The entries are spread over [`SHARDS`] tables by the key's top bits. One table of millions
+//! of entries doubles all at once, and the writer thread (every append waits for it) stalled
+//! for hundreds of milliseconds each time; a shard holds 1/256 of the entries, so its growth
+//! costs well under a millisecond.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +21,14 @@ use crate::format;
 use crate::{Error, Shared};
 
 const SWEEP_EVERY_MINUTES: u32 = 10;
+
+/// How many tables the index is spread over.
+const SHARDS: usize = 256;
+
+/// The table of `key`: its top 8 bits, which the table hash (the low 64 bits) does not use.
+fn shard_of(key: Key) -> usize {
+    (key.0[2] >> 24) as usize
+}
 
 /// A 96-bit fingerprint of (tenant, id); `[u32; 3]` keeps table entries at 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +87,8 @@ impl BuildHasher for KeyHasher {
 }
 
 pub(crate) struct DedupeIndex {
-    seen: HashMap<Key, u32, KeyHasher>,
+    /// [`SHARDS`] tables, chosen by the key's top 8 bits (the table hash uses the low 64).
+    seen: Vec<HashMap<Key, u32, KeyHasher>>,
     window_minutes: u32,
     last_sweep: u32,
 }
@@ -82,7 +96,9 @@ pub(crate) struct DedupeIndex {
 impl DedupeIndex {
     pub fn new(window: Duration) -> Self {
         Self {
-            seen: HashMap::with_hasher(KeyHasher(0)),
+            seen: (0..SHARDS)
+                .map(|_| HashMap::with_hasher(KeyHasher(0)))
+                .collect(),
             window_minutes: (window.as_secs().div_ceil(60)) as u32,
             last_sweep: 0,
         }
@@ -90,13 +106,17 @@ impl DedupeIndex {
 
     /// Whether `key` was appended within the window before `minute`.
     pub fn contains(&self, key: Key, minute: u32) -> bool {
-        self.seen
+        self.shard(key)
             .get(&key)
             .is_some_and(|m| *m + self.window_minutes >= minute)
     }
 
     pub fn insert(&mut self, key: Key, minute: u32) {
-        self.seen.insert(key, minute);
+        self.seen[shard_of(key)].insert(key, minute);
+    }
+
+    fn shard(&self, key: Key) -> &HashMap<Key, u32, KeyHasher> {
+        &self.seen[shard_of(key)]
     }
 
     /// Forgets keys older than the window, at most every ten minutes.
@@ -106,11 +126,13 @@ impl DedupeIndex {
         }
         self.last_sweep = minute;
         let window = self.window_minutes;
-        self.seen.retain(|_, m| *m + window >= minute);
+        for shard in &mut self.seen {
+            shard.retain(|_, m| *m + window >= minute);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.seen.iter().map(HashMap::len).sum()
     }
 }
 

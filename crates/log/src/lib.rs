@@ -163,10 +163,22 @@ impl EventLog {
     /// Appends records durably. Returns once they are on disk (or were dropped as duplicates).
     /// Records of one call get consecutive offsets, in order.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<AppendOutcome, Error> {
+        self.submit(records)?.await
+    }
+
+    /// Queues records for appending now, without waiting: requests are appended in the order
+    /// they were submitted (or appended), whoever waits for them. The returned future
+    /// resolves as [`EventLog::append`] does, once they are durable; dropping it does not
+    /// withdraw them.
+    pub fn submit(
+        &self,
+        records: Vec<NewRecord>,
+    ) -> Result<impl Future<Output = Result<AppendOutcome, Error>> + Send + 'static, Error> {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(Error::Failed);
         }
-        self.writer.append(records).await
+        let reply = self.writer.submit(records)?;
+        Ok(async move { reply.await.map_err(|_| Error::Closed)? })
     }
 
     /// One past the newest durable offset (the offset the next record will get).

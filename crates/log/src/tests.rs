@@ -36,6 +36,24 @@ fn all(log: &EventLog) -> Vec<Record> {
 }
 
 #[test]
+fn submitted_records_keep_their_place_before_later_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let log = EventLog::open(opts(dir.path())).expect("open");
+    // Queued before the append is even started, waited for after it.
+    let first = log.submit(vec![rec(1, "a"), rec(1, "b")]).expect("submit");
+    let second = rt.block_on(log.append(vec![rec(1, "c")])).expect("append");
+    let first = rt.block_on(first).expect("first");
+    assert_eq!(first.offsets, vec![Some(0), Some(1)]);
+    assert_eq!(second.offsets, vec![Some(2)]);
+    // A dropped answer does not withdraw what was submitted.
+    drop(log.submit(vec![rec(1, "d")]).expect("submit"));
+    rt.block_on(log.append(vec![rec(1, "e")])).expect("append");
+    let ids: Vec<_> = all(&log).into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+}
+
+#[test]
 fn appends_are_read_back_in_order_after_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();

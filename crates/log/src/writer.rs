@@ -34,7 +34,12 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    pub async fn append(&self, records: Vec<NewRecord>) -> Result<AppendOutcome, Error> {
+    /// Queues `records` now (the writer takes requests in the order they are queued) and
+    /// returns the writer's answer to wait for.
+    pub fn submit(
+        &self,
+        records: Vec<NewRecord>,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, Error>>, Error> {
         for r in &records {
             let len = format::encoded_len(&r.id, &r.payload);
             if r.id.len() > u16::MAX as usize || len - format::FRAME_LEN > format::MAX_BODY {
@@ -45,7 +50,7 @@ impl Handle {
         self.tx
             .send(Msg::Append(records, tx))
             .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        Ok(rx)
     }
 
     /// Asks the writer to stop after what is queued, and waits for it.

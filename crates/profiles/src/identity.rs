@@ -255,9 +255,9 @@ pub struct Outcome {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IdentityGraph {
     rules: MergeRules,
-    owner: HashMap<Identifier, PersonId>,
-    members: HashMap<PersonId, BTreeSet<Identifier>>,
-    redirect: HashMap<PersonId, PersonId>,
+    owner: crate::Table<Identifier, PersonId>,
+    members: crate::Table<PersonId, BTreeSet<Identifier>>,
+    redirect: crate::Table<PersonId, PersonId>,
     next: PersonId,
     next_merge: u64,
     log: Vec<MergeRecord>,
@@ -265,7 +265,7 @@ pub struct IdentityGraph {
     /// Merges undone by [`IdentityGraph::unmerge`], kept for the record.
     undone: Vec<MergeRecord>,
     /// The identifier each person id was created for.
-    creators: HashMap<Identifier, PersonId>,
+    creators: crate::Table<Identifier, PersonId>,
     /// During a rebuild: the ids of the merges being replayed, by (message id, via).
     #[serde(skip)]
     reuse: HashMap<(String, Identifier), u64>,

@@ -22,4 +22,13 @@ pub mod snapshot;
 pub mod traits;
 
 pub use identity::{Identifier, IdentityGraph, MergeRules, PersonId};
+
+/// A table that grows with the number of persons (profiles, identifiers, memberships,
+/// timers). It resizes incrementally ([`griddle`]): a plain hash table doubles all at once,
+/// and at 100,000 persons that one insert stalls the service for hundreds of milliseconds,
+/// far beyond the 50 ms a membership change may take.
+pub type Table<K, V> = griddle::HashMap<K, V>;
+
+/// A set of persons that grows with the tenant (a segment's members); see [`Table`].
+pub type PersonSet = griddle::HashSet<PersonId>;
 pub use profile::{Profile, Profiles};

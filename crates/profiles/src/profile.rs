@@ -84,7 +84,7 @@ pub struct Touched {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profiles {
     graph: IdentityGraph,
-    people: HashMap<PersonId, Profile>,
+    people: crate::Table<PersonId, Box<Profile>>,
     groups: HashMap<String, Group>,
     /// What behavioural conditions select, by index (`None`: no longer used).
     #[serde(with = "crate::snapshot::as_json")]
@@ -217,7 +217,7 @@ impl Profiles {
     pub fn new(rules: MergeRules) -> Self {
         Self {
             graph: IdentityGraph::new(rules),
-            people: HashMap::new(),
+            people: crate::Table::new(),
             groups: HashMap::new(),
             selectors: Vec::new(),
         }
@@ -295,7 +295,7 @@ impl Profiles {
     }
 
     pub fn people(&self) -> impl Iterator<Item = (PersonId, &Profile)> {
-        self.people.iter().map(|(p, prof)| (*p, prof))
+        self.people.iter().map(|(p, prof)| (*p, &**prof))
     }
 
     pub fn len(&self) -> usize {
@@ -337,7 +337,7 @@ impl Profiles {
                         group.members.insert(person);
                     }
                 }
-                self.people.entry(person).or_default().merge(old);
+                self.people.entry(person).or_default().merge(*old);
             }
         }
         // A person without a profile yet (new, or split off by an un-merge) is evaluated
@@ -573,7 +573,7 @@ mod tests {
     fn recomputed(p: &Profiles, events: &[Event]) -> Vec<(PersonId, Profile)> {
         let mut fresh = Profiles {
             graph: p.graph.clone(),
-            people: HashMap::new(),
+            people: crate::Table::new(),
             groups: HashMap::new(),
             selectors: p.selectors.clone(),
         };

@@ -23,11 +23,11 @@ use livora_model::segment::{Comparison, Condition, Count, CountOp, Definition, L
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::MergeRules;
 use crate::behaviour::{Hit, Selector};
 use crate::compare::{self, DAY};
 use crate::identity::{Identifier, PersonId, UnmergeError};
 use crate::profile::{Applied, Profile, Profiles, Touched};
+use crate::{MergeRules, PersonSet, Table};
 
 /// What a segment holds: the persons matching a condition, or a fixed list of identifiers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,11 +199,11 @@ pub struct Engine {
     /// In evaluation order (dependencies first).
     #[serde(with = "crate::snapshot::as_json")]
     compiled: Vec<Compiled>,
-    members: Vec<HashSet<PersonId>>,
+    members: Vec<PersonSet>,
     /// Daily sizes, aligned with `compiled`.
     sizes: Vec<Vec<(i64, u64)>>,
     timers: BTreeSet<(i64, PersonId)>,
-    timer_of: HashMap<PersonId, i64>,
+    timer_of: Table<PersonId, i64>,
     /// Selectors whose hits hold every past event.
     backfilled: BTreeSet<u32>,
     now: i64,
@@ -442,7 +442,7 @@ impl Engine {
             members: Vec::new(),
             sizes: Vec::new(),
             timers: BTreeSet::new(),
-            timer_of: HashMap::new(),
+            timer_of: Table::new(),
             backfilled: BTreeSet::new(),
             now: i64::MIN,
         }
@@ -473,7 +473,7 @@ impl Engine {
     }
 
     /// The members of a segment (or tag).
-    pub fn members(&self, id: &str, tag: bool) -> Option<&HashSet<PersonId>> {
+    pub fn members(&self, id: &str, tag: bool) -> Option<&PersonSet> {
         self.position(id, tag).map(|i| &self.members[i])
     }
 
@@ -948,7 +948,7 @@ impl Engine {
     ///
     /// Persons are split into chunks evaluated on every core (rayon); each chunk's members
     /// are merged at the end.
-    pub fn recompute(&self, now: DateTime<Utc>) -> Vec<HashSet<PersonId>> {
+    pub fn recompute(&self, now: DateTime<Utc>) -> Vec<PersonSet> {
         use rayon::prelude::*;
         let t = now.timestamp();
         let n = self.compiled.len();
@@ -968,7 +968,7 @@ impl Engine {
                 out
             })
             .fold(
-                || vec![HashSet::new(); n],
+                || vec![PersonSet::new(); n],
                 |mut acc, part| {
                     for (set, list) in acc.iter_mut().zip(part) {
                         set.extend(list);
@@ -977,7 +977,7 @@ impl Engine {
                 },
             )
             .reduce(
-                || vec![HashSet::new(); n],
+                || vec![PersonSet::new(); n],
                 |mut a, b| {
                     for (x, y) in a.iter_mut().zip(b) {
                         if x.len() < y.len() {
@@ -993,7 +993,7 @@ impl Engine {
     }
 
     /// The members every segment has now, by (id, tag), to compare with [`Engine::recompute`].
-    pub fn membership(&self) -> Vec<((String, bool), HashSet<PersonId>)> {
+    pub fn membership(&self) -> Vec<((String, bool), PersonSet)> {
         self.compiled
             .iter()
             .zip(&self.members)
@@ -1274,7 +1274,7 @@ mod tests {
                 .iter()
                 .all(|t| t.person != 2 || t.segment != "abandoned")
         );
-        assert_eq!(e.members("abandoned", false).map(HashSet::len), Some(0));
+        assert_eq!(e.members("abandoned", false).map(PersonSet::len), Some(0));
     }
 
     #[test]
@@ -1431,7 +1431,7 @@ mod tests {
         assert_eq!((count, sample.len()), (3, 2));
         assert!(e.specs().is_empty(), "a preview saves nothing");
         e.upsert(s, &events, at(400)).expect("saved");
-        assert_eq!(e.members("viewers", false).map(HashSet::len), Some(3));
+        assert_eq!(e.members("viewers", false).map(PersonSet::len), Some(3));
         let bad = spec("x", json!({"in_segment": "nope"}));
         assert!(matches!(
             e.preview(bad, &events, at(400), 1),
@@ -1543,7 +1543,7 @@ mod tests {
                     }
                 }
                 let full = e.recompute(at(clock));
-                let inc: Vec<HashSet<PersonId>> = e.membership().into_iter().map(|(_, m)| m).collect();
+                let inc: Vec<PersonSet> = e.membership().into_iter().map(|(_, m)| m).collect();
                 prop_assert_eq!(inc, full, "step {}", n);
             }
         }

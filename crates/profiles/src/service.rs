@@ -32,10 +32,10 @@ use livora_store::crypto::{Keyring, PREFIX};
 use livora_store::profiles::{RulesChange, SegmentRecord, Unmerge};
 use serde_json::{Value, json};
 
-use crate::MergeRules;
 use crate::identity::{ANONYMOUS_ID, Identifier, PersonId, USER_ID};
 use crate::segments::{Engine, Rule, Spec, Transition};
 use crate::snapshot::{self, Announced, Snapshots};
+use crate::{MergeRules, PersonSet};
 
 /// Where the time comes from (tests inject their own).
 pub trait Clock: Send + Sync + 'static {
@@ -857,9 +857,21 @@ impl ProfileService {
         log: &EventLog,
         transitions: Vec<(TenantId, Transition, Option<u64>)>,
     ) {
-        if transitions.is_empty() {
+        let records = self.announcements(transitions);
+        if records.is_empty() {
             return;
         }
+        if let Err(e) = log.append(records).await {
+            tracing::error!(error = %e, "cannot append segment announcements");
+        }
+    }
+
+    /// Records `transitions` as announced and returns the events that announce them, to
+    /// append in this order.
+    fn announcements(
+        &self,
+        transitions: Vec<(TenantId, Transition, Option<u64>)>,
+    ) -> Vec<NewRecord> {
         let mut records = Vec::with_capacity(transitions.len());
         let now = Utc::now();
         for (tenant, tr, cause) in &transitions {
@@ -897,9 +909,7 @@ impl ProfileService {
                 payload: serde_json::to_vec(&event).unwrap_or_default(),
             });
         }
-        if let Err(e) = log.append(records).await {
-            tracing::error!(error = %e, "cannot append segment announcements");
-        }
+        records
     }
 
     /// Announces what changed while nobody was announcing: memberships now versus what the
@@ -978,8 +988,13 @@ impl ProfileService {
         self.applied.store(reader.position(), Ordering::Release);
         let mut changes = log.subscribe();
         let mut last_round = Instant::now();
+        // The announcements of the last batch, while the log writes them.
+        let mut in_flight: Option<Appending> = None;
         loop {
             let stopping = self.stopping.load(Ordering::Acquire);
+            if stopping {
+                settle(&mut in_flight).await;
+            }
             if self.caught_up()
                 && let (Some(c), Some(s)) = (consumer.as_mut(), &self.snapshots)
                 && (stopping
@@ -988,6 +1003,8 @@ impl ProfileService {
             {
                 self.snapshot_soon.store(false, Ordering::Release);
                 last_round = Instant::now();
+                // A round records what was announced: that must be in the log first.
+                settle(&mut in_flight).await;
                 if let Err(e) = self.snapshot_round(c).await {
                     tracing::error!(error = %e, "profiles snapshot failed");
                 }
@@ -1005,6 +1022,7 @@ impl ProfileService {
                 }
             };
             if batch.is_empty() {
+                settle(&mut in_flight).await;
                 if !self.caught_up() && reader.position() >= start_end {
                     self.replay_rules(&mut rules, u64::MAX);
                     self.replay_unmerges(&log, &mut unmerges, u64::MAX).await;
@@ -1035,7 +1053,20 @@ impl ProfileService {
                 out.extend(self.apply(record, self.caught_up()).await);
                 self.applied.store(record.offset + 1, Ordering::Release);
             }
-            self.announce(&log, out).await;
+            // Queued now, in order; the next batch is applied while they are written.
+            let records = self.announcements(out);
+            let next = match records.is_empty() {
+                true => None,
+                false => match log.submit(records) {
+                    Ok(f) => Some(Box::pin(f) as Appending),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot append segment announcements");
+                        None
+                    }
+                },
+            };
+            settle(&mut in_flight).await;
+            in_flight = next;
         }
     }
 
@@ -1254,15 +1285,13 @@ fn transition(
 
 fn diff(
     tenant: TenantId,
-    before: &[((String, bool), HashSet<PersonId>)],
-    after: &[((String, bool), HashSet<PersonId>)],
+    before: &[((String, bool), PersonSet)],
+    after: &[((String, bool), PersonSet)],
     at: DateTime<Utc>,
 ) -> Vec<(TenantId, Transition, Option<u64>)> {
-    let old: HashMap<&(String, bool), &HashSet<PersonId>> =
-        before.iter().map(|(k, v)| (k, v)).collect();
-    let new: HashMap<&(String, bool), &HashSet<PersonId>> =
-        after.iter().map(|(k, v)| (k, v)).collect();
-    let empty = HashSet::new();
+    let old: HashMap<&(String, bool), &PersonSet> = before.iter().map(|(k, v)| (k, v)).collect();
+    let new: HashMap<&(String, bool), &PersonSet> = after.iter().map(|(k, v)| (k, v)).collect();
+    let empty = PersonSet::new();
     let mut out = Vec::new();
     for (k, now_in) in &new {
         let was = old.get(k).copied().unwrap_or(&empty);
@@ -1281,6 +1310,20 @@ fn diff(
         }
     }
     out
+}
+
+/// Announcements on their way into the log.
+type Appending = std::pin::Pin<
+    Box<dyn Future<Output = Result<livora_log::AppendOutcome, livora_log::Error>> + Send>,
+>;
+
+/// Waits until the announcements in flight are in the log.
+async fn settle(in_flight: &mut Option<Appending>) {
+    if let Some(f) = in_flight.take()
+        && let Err(e) = f.await
+    {
+        tracing::error!(error = %e, "cannot append segment announcements");
+    }
 }
 
 /// Keeps track of what the log announced, from an announcement read back.

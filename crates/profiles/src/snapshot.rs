@@ -14,7 +14,6 @@
 //!   a label authenticated with it: profiles hold decrypted traits, and they never reach the
 //!   disk in the clear.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +24,6 @@ use serde::{Deserialize, Serialize};
 
 use livora_model::TenantId;
 
-use crate::identity::PersonId;
 use crate::segments::Engine;
 
 /// The log consumer whose committed offset is the newest complete round.
@@ -55,7 +53,7 @@ pub struct Snapshots {
 }
 
 /// Memberships the log has announced, per (segment or tag id, is a tag).
-pub type Announced = HashMap<(String, bool), HashSet<PersonId>>;
+pub type Announced = HashMap<(String, bool), crate::PersonSet>;
 
 /// A tenant's state to write.
 #[derive(Serialize)]

@@ -418,6 +418,7 @@ async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::
     let mut next = Instant::now();
     let mut appended = 0u64;
     let mut offered = 0u64;
+    let mut in_flight = Vec::new();
     // When each record was acknowledged (durable), by log offset.
     // Sized up front: a table doubling in this loop would delay the writer's next batch.
     let mut acks: std::collections::HashMap<u64, i64> =
@@ -431,14 +432,24 @@ async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::
             })
             .collect();
         offered += batch;
-        if let Ok(out) = log.append(records).await {
-            let ack = Utc::now().timestamp_micros();
-            appended += out.written() as u64;
-            acks.extend(out.offsets.iter().flatten().map(|o| (*o, ack)));
+        // Submitted without waiting for the previous batches, as concurrent clients would:
+        // the log commits what is queued together. Each batch's acknowledgement time is
+        // taken when its append is durable.
+        if let Ok(pending) = log.submit(records) {
+            in_flight.push(tokio::spawn(async move {
+                let out = pending.await;
+                (out, Utc::now().timestamp_micros())
+            }));
         }
         next += interval;
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
+        }
+    }
+    for task in in_flight {
+        if let Ok((Ok(out), ack)) = task.await {
+            appended += out.written() as u64;
+            acks.extend(out.offsets.iter().flatten().map(|o| (*o, ack)));
         }
     }
     let elapsed = b.seconds as f64;

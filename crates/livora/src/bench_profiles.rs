@@ -35,7 +35,7 @@ pub struct ProfilesBench {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "10000,50000,100000,250000"
+        default_value = "10000,50000,100000,150000,250000"
     )]
     rates: Vec<u64>,
     /// Measured seconds of the lag phase, per rate.

@@ -805,12 +805,16 @@ impl Engine {
         let identifiers = self.profiles.graph().identifiers(person);
         let n = self.compiled.len();
         let mut results = Vec::with_capacity(n);
-        let mut changed = Vec::with_capacity(n);
+        let mut changed = Vec::with_capacity(touched.map_or(0, |_| n));
         let mut next = touched.and_then(|_| self.timer_of.get(&person).copied());
         for (i, c) in self.compiled.iter().enumerate() {
-            let was_in = self.members.get(i).is_some_and(|m| m.contains(&person));
-            if touched.is_some_and(|tc| !c.deps.reached_by(tc, &changed)) {
-                results.push(was_in);
+            // Only an event's re-evaluation compares with the current members (a whole
+            // evaluation, as in a recompute, has no use for them).
+            let was_in = || self.members.get(i).is_some_and(|m| m.contains(&person));
+            if let Some(tc) = touched
+                && !c.deps.reached_by(tc, &changed)
+            {
+                results.push(was_in());
                 changed.push(false);
                 continue;
             }
@@ -823,7 +827,9 @@ impl Engine {
             let (v, at) = c.node.eval(&ctx);
             next = min_opt(next, at);
             results.push(v);
-            changed.push(v != was_in);
+            if touched.is_some() {
+                changed.push(v != was_in());
+            }
         }
         (results, next)
     }

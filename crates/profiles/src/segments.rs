@@ -773,6 +773,9 @@ impl Engine {
     }
 
     fn schedule(&mut self, person: PersonId, next: Option<i64>) {
+        if self.timer_of.get(&person).copied() == next {
+            return;
+        }
         if let Some(old) = self.timer_of.remove(&person) {
             self.timers.remove(&(old, person));
         }
@@ -788,8 +791,9 @@ impl Engine {
         self.evaluate_touched(person, t, None)
     }
 
-    /// As [`Engine::evaluate`], but with `touched` (what an event changed) only the
-    /// segments it reaches are evaluated; the others keep their current answer. The next
+    /// As [`Engine::evaluate`], but with `touched` (what an event changed, and whether the
+    /// person is in each segment now) only the segments it reaches are evaluated; the
+    /// others keep their current answer. The next
     /// instant is then the earliest of the person's current timer and the instants of the
     /// segments evaluated: never later than the next change (at worst a timer fires early,
     /// finds nothing changed, and is set again).
@@ -797,24 +801,39 @@ impl Engine {
         &self,
         person: PersonId,
         t: i64,
-        touched: Option<&Touched>,
+        touched: Option<(&Touched, &[bool])>,
     ) -> (Vec<bool>, Option<i64>) {
+        let mut results = Vec::with_capacity(self.compiled.len());
+        let next = self.evaluate_into(person, t, touched, &mut results);
+        (results, next)
+    }
+
+    /// As [`Engine::evaluate_touched`], into `results` (cleared first): a recompute reuses
+    /// one buffer for all the persons of a chunk.
+    fn evaluate_into(
+        &self,
+        person: PersonId,
+        t: i64,
+        touched: Option<(&Touched, &[bool])>,
+        results: &mut Vec<bool>,
+    ) -> Option<i64> {
+        results.clear();
+        let n = self.compiled.len();
         let Some((_, profile)) = self.profiles.get(person) else {
-            return (vec![false; self.compiled.len()], None);
+            results.resize(n, false);
+            return None;
         };
         let identifiers = self.profiles.graph().identifiers(person);
-        let n = self.compiled.len();
-        let mut results = Vec::with_capacity(n);
         let mut changed = Vec::with_capacity(touched.map_or(0, |_| n));
         let mut next = touched.and_then(|_| self.timer_of.get(&person).copied());
         for (i, c) in self.compiled.iter().enumerate() {
             // Only an event's re-evaluation compares with the current members (a whole
             // evaluation, as in a recompute, has no use for them).
-            let was_in = || self.members.get(i).is_some_and(|m| m.contains(&person));
-            if let Some(tc) = touched
+            let was_in = touched.is_some_and(|(_, was)| was.get(i).copied().unwrap_or(false));
+            if let Some((tc, _)) = touched
                 && !c.deps.reached_by(tc, &changed)
             {
-                results.push(was_in());
+                results.push(was_in);
                 changed.push(false);
                 continue;
             }
@@ -822,16 +841,16 @@ impl Engine {
                 profile,
                 identifiers,
                 t,
-                results: &results,
+                results,
             };
             let (v, at) = c.node.eval(&ctx);
             next = min_opt(next, at);
             results.push(v);
             if touched.is_some() {
-                changed.push(v != was_in());
+                changed.push(v != was_in);
             }
         }
-        (results, next)
+        next
     }
 
     /// Re-evaluates one person at `t` (with `touched`, only what an event changed):
@@ -843,10 +862,12 @@ impl Engine {
         touched: Option<&Touched>,
         out: &mut Vec<Transition>,
     ) {
-        let (results, next) = self.evaluate_touched(person, t, touched);
+        // One look at each segment's members, for the evaluation and the transitions.
+        let was: Vec<bool> = self.members.iter().map(|m| m.contains(&person)).collect();
+        let (results, next) = self.evaluate_touched(person, t, touched.map(|tc| (tc, &was[..])));
         let at = DateTime::from_timestamp(t, 0).unwrap_or_default();
         for (i, now_in) in results.into_iter().enumerate() {
-            let was_in = self.members[i].contains(&person);
+            let was_in = was.get(i).copied().unwrap_or(false);
             if was_in == now_in {
                 continue;
             }
@@ -963,9 +984,10 @@ impl Engine {
             .par_chunks(4096)
             .map(|chunk| {
                 let mut out = vec![Vec::new(); n];
+                let mut results = Vec::with_capacity(n);
                 for &p in chunk {
-                    let (results, _) = self.evaluate(p, t);
-                    for (i, v) in results.into_iter().enumerate() {
+                    self.evaluate_into(p, t, None, &mut results);
+                    for (i, &v) in results.iter().enumerate() {
                         if v {
                             out[i].push(p);
                         }

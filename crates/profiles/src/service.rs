@@ -117,6 +117,10 @@ pub struct ProfileService {
     /// The threads that parse the follower's batches (built when first needed; `None` if
     /// they could not be started: batches are then parsed on the follower's thread).
     decoder: std::sync::OnceLock<Option<rayon::ThreadPool>>,
+    /// How many batches of announcements the follower has queued, and (below) how many of
+    /// them the log has answered: an erasure's snapshot waits until they meet.
+    submitted: AtomicU64,
+    durable: tokio::sync::watch::Sender<u64>,
 }
 
 /// The decoder's threads, at the follower's low priority (nice 10): parsing for profiles
@@ -188,6 +192,8 @@ impl ProfileService {
             restored: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
             decoder: std::sync::OnceLock::new(),
+            submitted: AtomicU64::new(0),
+            durable: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -593,9 +599,30 @@ impl ProfileService {
             return Ok(());
         };
         let _writing = self.writing.lock().await;
+        // What the tenant records as announced must be in the log: wait for the follower's
+        // queued announcements (it queues no more while `writing` is held).
+        let want = self.submitted.load(Ordering::Acquire);
+        let mut durable = self.durable.subscribe();
+        if tokio::time::timeout(Duration::from_secs(10), durable.wait_for(|d| *d >= want))
+            .await
+            .is_err()
+        {
+            tracing::warn!("segment announcements still queued; the snapshot is written anyway");
+        }
         let t = self.tenant(tenant);
         self.write_tenant(&s.dir, tenant, &t, 0, true).await?;
         Ok(())
+    }
+
+    /// Waits until the follower's announcements in flight are in the log.
+    async fn settle(&self, in_flight: &mut Option<(u64, Appending)>) {
+        if let Some((seq, f)) = in_flight.take() {
+            if let Err(e) = f.await {
+                tracing::error!(error = %e, "cannot append segment announcements");
+            }
+            // Answered, either way: nobody waits for a failed append forever.
+            self.durable.send_modify(|d| *d = (*d).max(seq));
+        }
     }
 
     /// Installs the stored segments that the snapshots did not hold, backfilled from the
@@ -1042,11 +1069,11 @@ impl ProfileService {
         let mut changes = log.subscribe();
         let mut last_round = Instant::now();
         // The announcements of the last batch, while the log writes them.
-        let mut in_flight: Option<Appending> = None;
+        let mut in_flight: Option<(u64, Appending)> = None;
         loop {
             let stopping = self.stopping.load(Ordering::Acquire);
             if stopping {
-                settle(&mut in_flight).await;
+                self.settle(&mut in_flight).await;
             }
             if self.caught_up()
                 && let (Some(c), Some(s)) = (consumer.as_mut(), &self.snapshots)
@@ -1057,7 +1084,7 @@ impl ProfileService {
                 self.snapshot_soon.store(false, Ordering::Release);
                 last_round = Instant::now();
                 // A round records what was announced: that must be in the log first.
-                settle(&mut in_flight).await;
+                self.settle(&mut in_flight).await;
                 if let Err(e) = self.snapshot_round(c).await {
                     tracing::error!(error = %e, "profiles snapshot failed");
                 }
@@ -1075,7 +1102,7 @@ impl ProfileService {
                 }
             };
             if batch.is_empty() {
-                settle(&mut in_flight).await;
+                self.settle(&mut in_flight).await;
                 if !self.caught_up() && reader.position() >= start_end {
                     self.replay_rules(&mut rules, u64::MAX);
                     self.replay_unmerges(&log, &mut unmerges, u64::MAX).await;
@@ -1108,19 +1135,18 @@ impl ProfileService {
                 self.applied.store(record.offset + 1, Ordering::Release);
             }
             // Queued now, in order; the next batch is applied while they are written.
+            self.settle(&mut in_flight).await;
+            let _writing = self.writing.lock().await;
             let records = self.announcements(out);
-            let next = match records.is_empty() {
-                true => None,
-                false => match log.submit(records) {
-                    Ok(f) => Some(Box::pin(f) as Appending),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot append segment announcements");
-                        None
+            if !records.is_empty() {
+                match log.submit(records) {
+                    Ok(f) => {
+                        let seq = self.submitted.fetch_add(1, Ordering::AcqRel) + 1;
+                        in_flight = Some((seq, Box::pin(f)));
                     }
-                },
-            };
-            settle(&mut in_flight).await;
-            in_flight = next;
+                    Err(e) => tracing::error!(error = %e, "cannot append segment announcements"),
+                }
+            }
         }
     }
 
@@ -1370,15 +1396,6 @@ fn diff(
 type Appending = std::pin::Pin<
     Box<dyn Future<Output = Result<livora_log::AppendOutcome, livora_log::Error>> + Send>,
 >;
-
-/// Waits until the announcements in flight are in the log.
-async fn settle(in_flight: &mut Option<Appending>) {
-    if let Some(f) = in_flight.take()
-        && let Err(e) = f.await
-    {
-        tracing::error!(error = %e, "cannot append segment announcements");
-    }
-}
 
 /// Keeps track of what the log announced, from an announcement read back.
 fn note_announcement(state: &mut TenantState, e: &Event) {

@@ -419,10 +419,6 @@ async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::
     let mut appended = 0u64;
     let mut offered = 0u64;
     let mut in_flight = Vec::new();
-    // When each record was acknowledged (durable), by log offset.
-    // Sized up front: a table doubling in this loop would delay the writer's next batch.
-    let mut acks: std::collections::HashMap<u64, i64> =
-        std::collections::HashMap::with_capacity((rate * b.seconds + 1000) as usize);
     while Instant::now() < deadline {
         let now = Utc::now().to_rfc3339();
         let records: Vec<NewRecord> = (0..batch)
@@ -446,6 +442,8 @@ async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::
             tokio::time::sleep(wait).await;
         }
     }
+    // When each record was acknowledged (durable), by log offset.
+    let mut acks: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
     for task in in_flight {
         if let Ok((Ok(out), ack)) = task.await {
             appended += out.written() as u64;

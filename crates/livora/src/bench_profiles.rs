@@ -245,6 +245,9 @@ struct EngineRun {
     snapshot_bytes: usize,
     /// Decoding it back (what a restart does).
     restore_secs: f64,
+    /// The full recompute again, on the engine read back (laid out in memory as after a
+    /// restart, not as built event by event).
+    recompute_restored_secs: f64,
 }
 
 fn engine_run(n: usize) -> EngineRun {
@@ -290,6 +293,13 @@ fn engine_run(n: usize) -> EngineRun {
         .unwrap_or_else(|e| panic!("snapshot: {e}"));
     let restore_secs = t.elapsed().as_secs_f64();
     assert_eq!(back.engine.profiles().len(), engine.profiles().len());
+    let t = Instant::now();
+    let again = back.engine.recompute(now);
+    let recompute_restored_secs = t.elapsed().as_secs_f64();
+    assert!(
+        again == members,
+        "the read-back engine recomputes other members"
+    );
     drop(back);
     let people = engine.profiles().len().max(1) as f64;
     let names: Vec<(String, usize)> = engine
@@ -308,6 +318,7 @@ fn engine_run(n: usize) -> EngineRun {
         snapshot_secs,
         snapshot_bytes: packed.len(),
         restore_secs,
+        recompute_restored_secs,
     }
 }
 
@@ -484,11 +495,12 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         let n = b.profiles;
         let r = tokio::task::spawn_blocking(move || engine_run(n)).await?;
         eprintln!(
-            "run {}: {} events, {:.0} profile updates/s, recompute {:.3} s, {:.0} B/profile (heap estimate), {:.0} B/profile (RSS), snapshot {:.2} s ({:.0} MB), read back {:.2} s",
+            "run {}: {} events, {:.0} profile updates/s, recompute {:.3} s ({:.3} s read back), {:.0} B/profile (heap estimate), {:.0} B/profile (RSS), snapshot {:.2} s ({:.0} MB), read back {:.2} s",
             i + 1,
             r.events,
             r.updates_per_sec,
             r.recompute_secs,
+            r.recompute_restored_secs,
             r.heap_bytes_per_profile,
             r.rss_bytes_per_profile,
             r.snapshot_secs,
@@ -508,6 +520,7 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
     }
     let mut ups: Vec<f64> = runs.iter().map(|r| r.updates_per_sec).collect();
     let mut rec: Vec<f64> = runs.iter().map(|r| r.recompute_secs).collect();
+    let mut rec_back: Vec<f64> = runs.iter().map(|r| r.recompute_restored_secs).collect();
     let mut heap: Vec<f64> = runs.iter().map(|r| r.heap_bytes_per_profile).collect();
     let mut rss: Vec<f64> = runs.iter().map(|r| r.rss_bytes_per_profile).collect();
     let mut snap: Vec<f64> = runs.iter().map(|r| r.snapshot_secs).collect();
@@ -521,6 +534,7 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         "segments": segments().len(),
         "profile_updates_per_sec": median(&mut ups),
         "recompute_secs": median(&mut rec),
+        "recompute_restored_secs": median(&mut rec_back),
         "heap_bytes_per_profile": median(&mut heap),
         "rss_bytes_per_profile": median(&mut rss),
         "members": runs.first().map(|r| r.members.iter().map(|(k, v)| json!({"segment": k, "members": v})).collect::<Vec<_>>()),
@@ -532,11 +546,12 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "profiles {}: {:.0} updates/s, recompute of {} segments {:.3} s, {:.0} B/profile (heap), {:.0} B/profile (RSS)",
+            "profiles {}: {:.0} updates/s, recompute of {} segments {:.3} s ({:.3} s read back), {:.0} B/profile (heap), {:.0} B/profile (RSS)",
             b.profiles,
             out["profile_updates_per_sec"].as_f64().unwrap_or(0.0),
             segments().len(),
             out["recompute_secs"].as_f64().unwrap_or(0.0),
+            out["recompute_restored_secs"].as_f64().unwrap_or(0.0),
             out["heap_bytes_per_profile"].as_f64().unwrap_or(0.0),
             out["rss_bytes_per_profile"].as_f64().unwrap_or(0.0),
         );

@@ -41,10 +41,20 @@ fn equals(a: &Value, b: &Value) -> bool {
 
 fn contains(v: &Value, needle: &Value) -> bool {
     match (v, needle) {
-        (Value::String(s), Value::String(n)) => s.to_lowercase().contains(&n.to_lowercase()),
+        (Value::String(s), Value::String(n)) => contains_ignoring_case(s, n),
         (Value::Array(items), n) => items.iter().any(|i| equals(i, n)),
         _ => false,
     }
+}
+
+/// Whether `haystack` contains `needle`, letter case aside. ASCII text (the usual case) is
+/// compared in place; other text is lowered first.
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    if haystack.is_ascii() && needle.is_ascii() {
+        let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+        return n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n));
+    }
+    haystack.to_lowercase().contains(&needle.to_lowercase())
 }
 
 /// Whether `v` (`None`: absent) satisfies `op value` at `now` (Unix seconds).
@@ -112,7 +122,22 @@ pub fn next_change(v: Option<&Value>, op: Op, value: &Value, now: i64) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        /// The in-place comparison agrees with lowering both strings first.
+        #[test]
+        fn contains_ignoring_case_is_lowered_contains(
+            h in "[a-zA-Z0-9 ÄäİıK]{0,12}",
+            n in "[a-zA-Z0-9 ÄäİıK]{0,3}",
+        ) {
+            prop_assert_eq!(
+                contains_ignoring_case(&h, &n),
+                h.to_lowercase().contains(&n.to_lowercase())
+            );
+        }
+    }
 
     #[test]
     fn comparisons() {

@@ -249,6 +249,8 @@ pub struct Outcome {
     pub absorbed: Vec<PersonId>,
     /// Whether a new person was created.
     pub created: bool,
+    /// Whether an identifier no person held before was seen (kept or refused).
+    pub new_identifier: bool,
 }
 
 /// The identity graph of one tenant.
@@ -391,8 +393,8 @@ impl IdentityGraph {
     }
 
     /// Applies the identifiers of one event; see the module doc for the rules.
-    pub fn observe(&mut self, obs: Observation) -> Outcome {
-        let mut ids = obs.identifiers.clone();
+    pub fn observe(&mut self, mut obs: Observation) -> Outcome {
+        let mut ids = std::mem::take(&mut obs.identifiers);
         ids.sort_by(|a, b| {
             (self.rules.rank(&a.kind), &a.kind, &a.value).cmp(&(
                 self.rules.rank(&b.kind),
@@ -407,6 +409,7 @@ impl IdentityGraph {
                 match self.owner.get(&id) {
                     Some(&p) => out.person = Some(p),
                     None => {
+                        out.new_identifier = true;
                         // A person keeps the id it was first given, also across rebuilds.
                         let p = match self.creators.get(&id) {
                             Some(&p) => p,
@@ -439,6 +442,7 @@ impl IdentityGraph {
                     }
                 }
                 None => {
+                    out.new_identifier = true;
                     let one = BTreeSet::from([id.clone()]);
                     if let Some(rule) = self.refusal(current, &one) {
                         self.refuse(current, id, rule, &obs);

@@ -84,11 +84,23 @@ pub struct Touched {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profiles {
     graph: IdentityGraph,
+    #[serde(serialize_with = "in_memory_order")]
     people: crate::Table<PersonId, Box<Profile>>,
     groups: HashMap<String, Group>,
     /// What behavioural conditions select, by index (`None`: no longer used).
     #[serde(with = "crate::snapshot::as_json")]
     selectors: Vec<Option<Selector>>,
+}
+
+/// The profiles in the order they sit in memory, not the table's (hash) order: writing a
+/// snapshot waits on memory, and profiles allocated one after another sit side by side.
+fn in_memory_order<S: serde::Serializer>(
+    people: &crate::Table<PersonId, Box<Profile>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut all: Vec<(&PersonId, &Profile)> = people.iter().map(|(p, b)| (p, &**b)).collect();
+    all.sort_unstable_by_key(|&(_, profile)| std::ptr::from_ref(profile) as usize);
+    s.collect_map(all)
 }
 
 fn object(raw: Option<&serde_json::value::RawValue>) -> Map<String, Value> {
@@ -317,16 +329,20 @@ impl Profiles {
     /// Applies one event: identity first, then the person's traits, computed attributes
     /// and groups.
     pub fn apply(&mut self, e: &Event) -> Applied {
-        let parsed = Parsed::of(e);
-        let ids = identifiers_in(e, &parsed, self.graph.rules());
-        let new_identifier = ids.iter().any(|i| self.graph.person_of(i).is_none());
+        self.apply_parsed(e, &Parsed::of(e))
+    }
+
+    /// As [`Profiles::apply`], with the event's traits and properties parsed already (the
+    /// service parses on other threads).
+    pub fn apply_parsed(&mut self, e: &Event, parsed: &Parsed) -> Applied {
+        let ids = identifiers_in(e, parsed, self.graph.rules());
         let outcome = self.graph.observe(Observation {
             identifiers: ids,
             at: e.timestamp,
             cause: cause_of(e),
         });
         let Some(person) = outcome.person else {
-            self.apply_group_traits(e, &parsed);
+            self.apply_group_traits(e, parsed);
             return Applied::default();
         };
         for gone in &outcome.absorbed {
@@ -343,9 +359,9 @@ impl Profiles {
         // A person without a profile yet (new, or split off by an un-merge) is evaluated
         // whole.
         let fresh = !self.people.contains_key(&person);
-        let mut touched = self.record(person, e, &parsed);
+        let mut touched = self.record(person, e, parsed);
         touched.everything = fresh || outcome.created || !outcome.absorbed.is_empty();
-        touched.identifiers = new_identifier;
+        touched.identifiers = outcome.new_identifier;
         Applied {
             person: Some(person),
             absorbed: outcome.absorbed,

@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 
 use crate::behaviour::{Hit, Selector};
 use crate::compare::{self, DAY};
-use crate::identity::{Identifier, PersonId, UnmergeError};
-use crate::profile::{Applied, Profile, Profiles, Touched};
+use crate::identity::{Identifier, IdentityGraph, PersonId, UnmergeError};
+use crate::profile::{Applied, Parsed, Profile, Profiles, Touched};
 use crate::{MergeRules, PersonSet, Table};
 
 /// What a segment holds: the persons matching a condition, or a fixed list of identifiers.
@@ -203,10 +203,88 @@ pub struct Engine {
     /// Daily sizes, aligned with `compiled`.
     sizes: Vec<Vec<(i64, u64)>>,
     timers: BTreeSet<(i64, PersonId)>,
-    timer_of: Table<PersonId, i64>,
+    /// Per person: its timer, and the segments it is in (a copy of `members`, so that an
+    /// event looks at one entry instead of one set per segment). A snapshot holds only the
+    /// timers (as a map to the instant); [`Engine::reindex`] rebuilds the rest.
+    #[serde(with = "timers_only")]
+    state_of: Table<PersonId, PersonState>,
     /// Selectors whose hits hold every past event.
     backfilled: BTreeSet<u32>,
     now: i64,
+}
+
+/// What the engine keeps about one person besides the profile (see `Engine::state_of`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PersonState {
+    /// Bit `i`: in `compiled[i]`.
+    bits: smallvec::SmallVec<[u64; 1]>,
+    timer: Option<i64>,
+}
+
+impl PersonState {
+    fn is_in(&self, i: usize) -> bool {
+        self.bits
+            .get(i / 64)
+            .is_some_and(|w| (w >> (i % 64)) & 1 == 1)
+    }
+
+    fn set(&mut self, i: usize, on: bool) {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.bits.len() <= word {
+            if !on {
+                return;
+            }
+            self.bits.resize(word + 1, 0);
+        }
+        if on {
+            self.bits[word] |= bit;
+        } else {
+            self.bits[word] &= !bit;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.timer.is_none() && self.bits.iter().all(|&w| w == 0)
+    }
+}
+
+/// `Engine::state_of` as snapshots hold it: each person's timer, as the person → instant
+/// map it always was.
+mod timers_only {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::PersonState;
+    use crate::{PersonId, Table};
+
+    pub fn serialize<S: Serializer>(
+        state: &Table<PersonId, PersonState>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        // Collected first: MessagePack writes a map's length before its entries.
+        let timers: Vec<(PersonId, i64)> = state
+            .iter()
+            .filter_map(|(&p, st)| st.timer.map(|t| (p, t)))
+            .collect();
+        s.collect_map(timers)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Table<PersonId, PersonState>, D::Error> {
+        let timers = Table::<PersonId, i64>::deserialize(d)?;
+        Ok(timers
+            .into_iter()
+            .map(|(p, t)| {
+                (
+                    p,
+                    PersonState {
+                        bits: Default::default(),
+                        timer: Some(t),
+                    },
+                )
+            })
+            .collect())
+    }
 }
 
 /// The count of hits in `hits` that the window admits at `t`, and when that can change.
@@ -319,7 +397,9 @@ fn computed(profile: &Profile, name: &str, x: &Value, t: i64) -> (Option<Value>,
 
 struct Ctx<'a> {
     profile: &'a Profile,
-    identifiers: Option<&'a BTreeSet<Identifier>>,
+    /// The person's identifiers, looked up only by a manual list.
+    graph: &'a IdentityGraph,
+    person: PersonId,
     t: i64,
     results: &'a [bool],
 }
@@ -421,7 +501,8 @@ impl Node {
             }
             Node::Segment(i) => (ctx.results.get(*i).copied().unwrap_or(false), None),
             Node::Manual(ids) => (
-                ctx.identifiers
+                ctx.graph
+                    .identifiers(ctx.person)
                     .is_some_and(|mine| mine.iter().any(|i| ids.contains(i))),
                 None,
             ),
@@ -442,7 +523,7 @@ impl Engine {
             members: Vec::new(),
             sizes: Vec::new(),
             timers: BTreeSet::new(),
-            timer_of: Table::new(),
+            state_of: Table::new(),
             backfilled: BTreeSet::new(),
             now: i64::MIN,
         }
@@ -760,9 +841,10 @@ impl Engine {
         for i in 0..self.compiled.len() {
             self.note_size(i, t);
         }
-        // Timers for everyone, as conditions changed.
+        // Timers for everyone, as conditions changed; memberships by their new positions.
         self.timers.clear();
-        self.timer_of.clear();
+        self.state_of.clear();
+        self.reindex();
         let people: Vec<PersonId> = self.profiles.people().map(|(p, _)| p).collect();
         for p in people {
             let (_, next) = self.evaluate(p, t);
@@ -772,16 +854,39 @@ impl Engine {
         Ok(())
     }
 
+    /// Rebuilds each person's copy of its memberships from `members` (after the segments'
+    /// order changed, or a snapshot was read back: it holds only the timers).
+    pub fn reindex(&mut self) {
+        for st in self.state_of.values_mut() {
+            st.bits.clear();
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            for &p in m {
+                self.state_of.entry(p).or_default().set(i, true);
+            }
+        }
+    }
+
     fn schedule(&mut self, person: PersonId, next: Option<i64>) {
-        if self.timer_of.get(&person).copied() == next {
+        let current = self.state_of.get(&person).and_then(|st| st.timer);
+        if current == next {
             return;
         }
-        if let Some(old) = self.timer_of.remove(&person) {
+        if let Some(old) = current {
             self.timers.remove(&(old, person));
         }
         if let Some(n) = next {
             self.timers.insert((n, person));
-            self.timer_of.insert(person, n);
+        }
+        self.update_state(person, |st| st.timer = next);
+    }
+
+    /// Changes a person's entry in `state_of`, which is kept only while it holds something.
+    fn update_state(&mut self, person: PersonId, change: impl FnOnce(&mut PersonState)) {
+        let st = self.state_of.entry(person).or_default();
+        change(st);
+        if st.is_empty() {
+            self.state_of.remove(&person);
         }
     }
 
@@ -801,7 +906,7 @@ impl Engine {
         &self,
         person: PersonId,
         t: i64,
-        touched: Option<(&Touched, &[bool])>,
+        touched: Option<(&Touched, &PersonState)>,
     ) -> (Vec<bool>, Option<i64>) {
         let mut results = Vec::with_capacity(self.compiled.len());
         let next = self.evaluate_into(person, t, touched, &mut results);
@@ -814,22 +919,34 @@ impl Engine {
         &self,
         person: PersonId,
         t: i64,
-        touched: Option<(&Touched, &[bool])>,
+        touched: Option<(&Touched, &PersonState)>,
         results: &mut Vec<bool>,
     ) -> Option<i64> {
         results.clear();
-        let n = self.compiled.len();
         let Some((_, profile)) = self.profiles.get(person) else {
-            results.resize(n, false);
+            results.resize(self.compiled.len(), false);
             return None;
         };
-        let identifiers = self.profiles.graph().identifiers(person);
+        self.evaluate_profile(person, profile, t, touched, results)
+    }
+
+    /// As [`Engine::evaluate_into`], for a profile at hand (`results` empty).
+    fn evaluate_profile(
+        &self,
+        person: PersonId,
+        profile: &Profile,
+        t: i64,
+        touched: Option<(&Touched, &PersonState)>,
+        results: &mut Vec<bool>,
+    ) -> Option<i64> {
+        let n = self.compiled.len();
+        let graph = self.profiles.graph();
         let mut changed = Vec::with_capacity(touched.map_or(0, |_| n));
-        let mut next = touched.and_then(|_| self.timer_of.get(&person).copied());
+        let mut next = touched.and_then(|(_, st)| st.timer);
         for (i, c) in self.compiled.iter().enumerate() {
             // Only an event's re-evaluation compares with the current members (a whole
             // evaluation, as in a recompute, has no use for them).
-            let was_in = touched.is_some_and(|(_, was)| was.get(i).copied().unwrap_or(false));
+            let was_in = touched.is_some_and(|(_, st)| st.is_in(i));
             if let Some((tc, _)) = touched
                 && !c.deps.reached_by(tc, &changed)
             {
@@ -839,7 +956,8 @@ impl Engine {
             }
             let ctx = Ctx {
                 profile,
-                identifiers,
+                graph,
+                person,
                 t,
                 results,
             };
@@ -862,15 +980,16 @@ impl Engine {
         touched: Option<&Touched>,
         out: &mut Vec<Transition>,
     ) {
-        // One look at each segment's members, for the evaluation and the transitions.
-        let was: Vec<bool> = self.members.iter().map(|m| m.contains(&person)).collect();
-        let (results, next) = self.evaluate_touched(person, t, touched.map(|tc| (tc, &was[..])));
+        // One look at the person's memberships, for the evaluation and the transitions.
+        let was = self.state_of.get(&person).cloned().unwrap_or_default();
+        let (results, next) = self.evaluate_touched(person, t, touched.map(|tc| (tc, &was)));
         let at = DateTime::from_timestamp(t, 0).unwrap_or_default();
+        let mut now = was.clone();
         for (i, now_in) in results.into_iter().enumerate() {
-            let was_in = was.get(i).copied().unwrap_or(false);
-            if was_in == now_in {
+            if was.is_in(i) == now_in {
                 continue;
             }
+            now.set(i, now_in);
             if now_in {
                 self.members[i].insert(person);
             } else {
@@ -886,7 +1005,23 @@ impl Engine {
                 at,
             });
         }
-        self.schedule(person, next);
+        now.timer = next;
+        if now == was {
+            return;
+        }
+        if was.timer != next {
+            if let Some(old) = was.timer {
+                self.timers.remove(&(old, person));
+            }
+            if let Some(n) = next {
+                self.timers.insert((n, person));
+            }
+        }
+        if now.is_empty() {
+            self.state_of.remove(&person);
+        } else {
+            self.state_of.insert(person, now);
+        }
     }
 
     /// Lets time pass up to `now`: every timer due fires at its own instant, in order.
@@ -898,7 +1033,7 @@ impl Engine {
                 break;
             }
             self.timers.remove(&(t, person));
-            self.timer_of.remove(&person);
+            self.update_state(person, |st| st.timer = None);
             self.refresh(person, t, None, &mut out);
         }
         self.now = self.now.max(now);
@@ -907,8 +1042,18 @@ impl Engine {
 
     /// Applies one event at `now`: the timers due first, then the event's person.
     pub fn apply(&mut self, e: &Event, now: DateTime<Utc>) -> (Applied, Vec<Transition>) {
+        self.apply_parsed(e, &Parsed::of(e), now)
+    }
+
+    /// As [`Engine::apply`], with the event's traits and properties parsed already.
+    pub fn apply_parsed(
+        &mut self,
+        e: &Event,
+        parsed: &Parsed,
+        now: DateTime<Utc>,
+    ) -> (Applied, Vec<Transition>) {
         let mut out = self.advance(now);
-        let applied = self.profiles.apply(e);
+        let applied = self.profiles.apply_parsed(e, parsed);
         for gone in &applied.absorbed {
             self.forget(*gone);
         }
@@ -927,7 +1072,11 @@ impl Engine {
                 self.note_size(i, self.now);
             }
         }
-        self.schedule(person, None);
+        if let Some(st) = self.state_of.remove(&person)
+            && let Some(t) = st.timer
+        {
+            self.timers.remove(&(t, person));
+        }
     }
 
     /// Undoes merge `merge_id` (see [`Profiles::unmerge`]) and re-evaluates the persons it
@@ -943,10 +1092,9 @@ impl Engine {
         let mut out = self.advance(now);
         let rebuilt = self.profiles.unmerge(merge_id, events)?;
         let gone: Vec<PersonId> = self
-            .timer_of
+            .state_of
             .keys()
             .copied()
-            .chain(self.members.iter().flatten().copied())
             .filter(|p| self.profiles.get(*p).is_none_or(|(q, _)| q != *p))
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -979,14 +1127,18 @@ impl Engine {
         use rayon::prelude::*;
         let t = now.timestamp();
         let n = self.compiled.len();
-        let people: Vec<PersonId> = self.profiles.people().map(|(p, _)| p).collect();
+        let mut people: Vec<(PersonId, &Profile)> = self.profiles.people().collect();
+        // In memory order, not the table's (hash) order: a recompute waits on memory, and
+        // profiles allocated one after another then sit side by side.
+        people.sort_unstable_by_key(|&(_, profile)| std::ptr::from_ref(profile) as usize);
         people
             .par_chunks(4096)
             .map(|chunk| {
                 let mut out = vec![Vec::new(); n];
                 let mut results = Vec::with_capacity(n);
-                for &p in chunk {
-                    self.evaluate_into(p, t, None, &mut results);
+                for &(p, profile) in chunk {
+                    results.clear();
+                    self.evaluate_profile(p, profile, t, None, &mut results);
                     for (i, &v) in results.iter().enumerate() {
                         if v {
                             out[i].push(p);
@@ -1049,12 +1201,12 @@ impl Engine {
         let t = now.timestamp();
         let mut hits: Vec<PersonId> = Vec::new();
         for (p, profile) in self.profiles.people() {
-            let identifiers = self.profiles.graph().identifiers(p);
             let mut results = Vec::with_capacity(pos + 1);
             for c in &compiled[..=pos] {
                 let ctx = Ctx {
                     profile,
-                    identifiers,
+                    graph: self.profiles.graph(),
+                    person: p,
                     t,
                     results: &results,
                 };
@@ -1088,7 +1240,7 @@ impl Engine {
                 .map(|m| m.capacity() * 12)
                 .sum::<usize>()
             + self.timers.len() * 40
-            + self.timer_of.capacity() * 20
+            + self.state_of.capacity() * (8 + std::mem::size_of::<PersonState>())
     }
 }
 
@@ -1098,6 +1250,35 @@ mod tests {
     use proptest::prelude::*;
 
     const T0: i64 = 1_700_000_000;
+
+    impl Engine {
+        /// Each person's state agrees with the members and the timers.
+        fn check_state(&self) {
+            for (i, m) in self.members.iter().enumerate() {
+                for p in m {
+                    assert!(
+                        self.state_of.get(p).is_some_and(|st| st.is_in(i)),
+                        "{p} in {i}"
+                    );
+                }
+            }
+            for (p, st) in self.state_of.iter() {
+                assert!(!st.is_empty(), "{p} kept empty");
+                for i in 0..self.members.len() {
+                    assert_eq!(st.is_in(i), self.members[i].contains(p), "{p} in {i}");
+                }
+                if let Some(t) = st.timer {
+                    assert!(self.timers.contains(&(t, *p)), "{p}'s timer");
+                }
+            }
+            let timed = self
+                .state_of
+                .values()
+                .filter(|st| st.timer.is_some())
+                .count();
+            assert_eq!(timed, self.timers.len(), "one timer per person");
+        }
+    }
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(T0 + secs, 0).expect("time")
@@ -1229,6 +1410,8 @@ mod tests {
         let body = decode(std::path::Path::new("test.snap"), &packed).expect("decodes");
         let mut back = body.engine;
         assert_eq!(body.applied, 3);
+        back.check_state();
+        assert_eq!(back.state_of, e.state_of);
         assert_eq!(back.membership(), e.membership());
         assert_eq!(back.next_timer(), e.next_timer());
         assert_eq!(
@@ -1573,6 +1756,7 @@ mod tests {
                 let full = e.recompute(at(clock));
                 let inc: Vec<PersonSet> = e.membership().into_iter().map(|(_, m)| m).collect();
                 prop_assert_eq!(inc, full, "step {}", n);
+                e.check_state();
             }
         }
     }

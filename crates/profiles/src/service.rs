@@ -33,6 +33,7 @@ use livora_store::profiles::{RulesChange, SegmentRecord, Unmerge};
 use serde_json::{Value, json};
 
 use crate::identity::{ANONYMOUS_ID, Identifier, PersonId, USER_ID};
+use crate::profile::Parsed;
 use crate::segments::{Engine, Rule, Spec, Transition};
 use crate::snapshot::{self, Announced, Snapshots};
 use crate::{MergeRules, PersonSet};
@@ -674,21 +675,25 @@ impl ProfileService {
         Ok(())
     }
 
-    /// The events of `batch`, in order (`None`: not an event). Parsing is about a third of
-    /// the follower's work per event, so plain records are parsed on the decoder's threads,
-    /// all cores; records with encrypted fields are decrypted one by one.
-    async fn decode(&self, batch: &[Record]) -> Vec<Option<Event>> {
+    /// The events of `batch`, in order (`None`: not an event), with their traits and
+    /// properties parsed. Parsing is about half of the follower's work per event, so plain
+    /// records are parsed on the decoder's threads, all cores; records with encrypted fields
+    /// are decrypted one by one.
+    async fn decode(&self, batch: &[Record]) -> Vec<Option<(Event, Parsed)>> {
         use rayon::prelude::*;
-        let plain = |r: &Record| -> Option<Option<Event>> {
+        let plain = |r: &Record| -> Option<Option<(Event, Parsed)>> {
             let Ok(text) = std::str::from_utf8(&r.payload) else {
                 return Some(None);
             };
             if self.keyring.is_some() && text.contains(PREFIX) {
                 return None;
             }
-            Some(serde_json::from_str(text).ok())
+            Some(serde_json::from_str(text).ok().map(with_parsed))
         };
-        let parsed: Vec<Option<Option<Event>>> = match self.decoder.get_or_init(decoder_pool) {
+        let parsed: Vec<Option<Option<(Event, Parsed)>>> = match self
+            .decoder
+            .get_or_init(decoder_pool)
+        {
             Some(pool) if batch.len() > 1 => pool.install(|| batch.par_iter().map(plain).collect()),
             _ => batch.iter().map(plain).collect(),
         };
@@ -696,7 +701,10 @@ impl ProfileService {
         for (r, p) in batch.iter().zip(parsed) {
             out.push(match p {
                 Some(e) => e,
-                None => self.decrypt(TenantId(r.tenant), &r.payload).await,
+                None => self
+                    .decrypt(TenantId(r.tenant), &r.payload)
+                    .await
+                    .map(with_parsed),
             });
         }
         out
@@ -895,11 +903,11 @@ impl ProfileService {
     fn apply(
         &self,
         record: &Record,
-        event: Option<Event>,
+        event: Option<&(Event, Parsed)>,
         announce: bool,
     ) -> Vec<(TenantId, Transition, Option<u64>)> {
         let tenant = TenantId(record.tenant);
-        let Some(event) = event else {
+        let Some((event, parsed)) = event else {
             return Vec::new();
         };
         let t = self.tenant(tenant);
@@ -910,11 +918,11 @@ impl ProfileService {
         }
         state.applied = record.offset + 1;
         state.dirty = true;
-        if is_system(&event) {
-            note_announcement(&mut state, &event);
+        if is_system(event) {
+            note_announcement(&mut state, event);
             return Vec::new();
         }
-        let (applied, transitions) = state.engine.apply(&event, self.now());
+        let (applied, transitions) = state.engine.apply_parsed(event, parsed, self.now());
         // Persons merged away no longer exist: nothing more is announced for them.
         for gone in &applied.absorbed {
             for set in state.announced.values_mut() {
@@ -947,15 +955,17 @@ impl ProfileService {
     }
 
     /// Records `transitions` as announced and returns the events that announce them, to
-    /// append in this order.
+    /// append in this order. The events are written on the decoder's threads when there
+    /// are many: the follower only records.
     fn announcements(
         &self,
         transitions: Vec<(TenantId, Transition, Option<u64>)>,
     ) -> Vec<NewRecord> {
-        let mut records = Vec::with_capacity(transitions.len());
+        use rayon::prelude::*;
         let now = Utc::now();
-        for (tenant, tr, cause) in &transitions {
-            let t = self.tenant(*tenant);
+        let mut todo = Vec::with_capacity(transitions.len());
+        for (tenant, tr, cause) in transitions {
+            let t = self.tenant(tenant);
             let mut state = lock(&t);
             let set = state
                 .announced
@@ -966,29 +976,28 @@ impl ProfileService {
             } else {
                 set.remove(&tr.person);
             }
-            let ids = state
-                .engine
-                .profiles()
-                .graph()
-                .identifiers(tr.person)
-                .cloned()
-                .unwrap_or_default();
+            let to = addressee(state.engine.profiles().graph().identifiers(tr.person), &tr);
             drop(state);
-            let Some(event) = announcement(tr, &ids, now) else {
-                continue;
-            };
-            if let Some(offset) = cause {
-                self.lags
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((*offset, now.timestamp_micros()));
-            }
-            records.push(NewRecord {
+            todo.push((tenant, tr, to, cause));
+        }
+        let build = |(tenant, tr, to, _): &(TenantId, Transition, Addressee, Option<u64>)| {
+            let event = announcement(tr, to.clone(), now);
+            NewRecord {
                 tenant: tenant.0,
                 id: event.message_id.clone(),
                 payload: serde_json::to_vec(&event).unwrap_or_default(),
-            });
-        }
+            }
+        };
+        let records: Vec<NewRecord> = match self.decoder.get_or_init(decoder_pool) {
+            Some(pool) if todo.len() > 16 => pool.install(|| todo.par_iter().map(build).collect()),
+            _ => todo.iter().map(build).collect(),
+        };
+        let mut lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
+        let at = now.timestamp_micros();
+        lags.extend(
+            todo.iter()
+                .filter_map(|(_, _, _, cause)| cause.map(|o| (o, at))),
+        );
         records
     }
 
@@ -1120,7 +1129,7 @@ impl ProfileService {
             }
             let mut out = Vec::new();
             let events = self.decode(&batch).await;
-            for (record, event) in batch.iter().zip(events) {
+            for (record, event) in batch.iter().zip(&events) {
                 if !self.caught_up() {
                     self.replay_rules(&mut rules, record.offset);
                     self.replay_unmerges(&log, &mut unmerges, record.offset)
@@ -1131,8 +1140,13 @@ impl ProfileService {
                         self.caught_up.store(true, Ordering::Release);
                     }
                 }
-                out.extend(self.apply(record, event, self.caught_up()));
+                out.extend(self.apply(record, event.as_ref(), self.caught_up()));
                 self.applied.store(record.offset + 1, Ordering::Release);
+            }
+            // Freed on the decoder's threads: a batch is many small allocations.
+            match self.decoder.get() {
+                Some(Some(pool)) => pool.spawn(move || drop(events)),
+                _ => drop(events),
             }
             // Queued now, in order; the next batch is applied while they are written.
             self.settle(&mut in_flight).await;
@@ -1421,15 +1435,34 @@ fn note_announcement(state: &mut TenantState, e: &Event) {
     }
 }
 
-/// The event announcing a transition, for the person's user id (else anonymous id).
-fn announcement(tr: &Transition, ids: &BTreeSet<Identifier>, now: DateTime<Utc>) -> Option<Event> {
-    let first = |kind: &str| ids.iter().find(|i| i.kind == kind).map(|i| i.value.clone());
-    let user_id = first(USER_ID);
-    let anonymous_id = if user_id.is_none() {
-        Some(first(ANONYMOUS_ID).unwrap_or_else(|| format!("$person:{}", tr.person)))
-    } else {
-        None
+fn with_parsed(e: Event) -> (Event, Parsed) {
+    let parsed = Parsed::of(&e);
+    (e, parsed)
+}
+
+/// Who an announcement is about: `(user_id, anonymous_id)`.
+type Addressee = (Option<String>, Option<String>);
+
+/// The person's user id, else its anonymous id (else one made of the person's id).
+fn addressee(ids: Option<&BTreeSet<Identifier>>, tr: &Transition) -> Addressee {
+    let first = |kind: &str| {
+        ids.into_iter()
+            .flatten()
+            .find(|i| i.kind == kind)
+            .map(|i| i.value.clone())
     };
+    match first(USER_ID) {
+        Some(user) => (Some(user), None),
+        None => (
+            None,
+            Some(first(ANONYMOUS_ID).unwrap_or_else(|| format!("$person:{}", tr.person))),
+        ),
+    }
+}
+
+/// The event announcing a transition, for `to` (see [`addressee`]).
+fn announcement(tr: &Transition, to: Addressee, now: DateTime<Utc>) -> Event {
+    let (user_id, anonymous_id) = to;
     let mut props = tr.properties();
     props["person_id"] = json!(tr.person);
     let message_id = format!(
@@ -1440,8 +1473,7 @@ fn announcement(tr: &Transition, ids: &BTreeSet<Identifier>, now: DateTime<Utc>)
         u8::from(tr.entered),
         tr.at.timestamp_micros()
     );
-    let raw = serde_json::value::RawValue::from_string(props.to_string()).ok()?;
-    Some(Event {
+    Event {
         kind: EventType::Track,
         message_id,
         user_id,
@@ -1451,7 +1483,8 @@ fn announcement(tr: &Transition, ids: &BTreeSet<Identifier>, now: DateTime<Utc>)
         category: None,
         group_id: None,
         previous_id: None,
-        properties: Some(raw),
+        // A `Value` always serializes: the fallback is never taken.
+        properties: serde_json::value::to_raw_value(&props).ok(),
         traits: None,
         context: serde_json::Map::from_iter([("library".to_owned(), json!({"name": LIBRARY}))]),
         integrations: serde_json::Map::new(),
@@ -1460,7 +1493,7 @@ fn announcement(tr: &Transition, ids: &BTreeSet<Identifier>, now: DateTime<Utc>)
         sent_at: None,
         received_at: now,
         timestamp_clamped: false,
-    })
+    }
 }
 
 /// Whether an event is one of the service's own announcements.

@@ -146,7 +146,9 @@ pub fn decode(path: &Path, packed: &[u8]) -> Result<Body, SnapshotError> {
     let bad = |e: String| SnapshotError::Decode(path.to_owned(), e);
     let z = zstd::Decoder::new(packed).map_err(|e| bad(e.to_string()))?;
     let r = std::io::BufReader::with_capacity(1 << 16, z);
-    rmp_serde::decode::from_read(r).map_err(|e| bad(e.to_string()))
+    let mut body: Body = rmp_serde::decode::from_read(r).map_err(|e| bad(e.to_string()))?;
+    body.engine.reindex();
+    Ok(body)
 }
 
 /// The file's bytes: the header, then the body (`encrypted`: already sealed).

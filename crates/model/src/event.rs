@@ -78,7 +78,10 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub integrations: Map<String, Value>,
     /// When the event happened, corrected for the client's clock skew.
-    #[serde(serialize_with = "crate::time::serialize")]
+    #[serde(
+        serialize_with = "crate::time::serialize",
+        deserialize_with = "crate::time::deserialize"
+    )]
     pub timestamp: DateTime<Utc>,
     /// The `timestamp` exactly as the client sent it, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,11 +89,15 @@ pub struct Event {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        serialize_with = "crate::time::serialize_option"
+        serialize_with = "crate::time::serialize_option",
+        deserialize_with = "crate::time::deserialize_option"
     )]
     pub sent_at: Option<DateTime<Utc>>,
     /// When Livora received the request.
-    #[serde(serialize_with = "crate::time::serialize")]
+    #[serde(
+        serialize_with = "crate::time::serialize",
+        deserialize_with = "crate::time::deserialize"
+    )]
     pub received_at: DateTime<Utc>,
     /// Set when the (corrected) timestamp lay further in the future than the configured
     /// tolerance and was clamped to `receivedAt`.

@@ -680,6 +680,42 @@ impl ProfileService {
     /// records are parsed on the decoder's threads, all cores; records with encrypted fields
     /// are decrypted one by one.
     async fn decode(&self, batch: &[Record]) -> Vec<Option<(Event, Parsed)>> {
+        let parsed = match self.decoder.get_or_init(decoder_pool) {
+            Some(pool) if batch.len() > 1 => pool.install(|| self.parse_plain(batch)),
+            _ => self.parse_plain(batch),
+        };
+        self.decrypt_rest(batch, parsed).await
+    }
+
+    /// Starts parsing `batch` on the decoder's threads, to be finished by
+    /// [`ProfileService::decode_ahead_done`].
+    fn decode_ahead(self: &Arc<Self>, pool: &rayon::ThreadPool, batch: Vec<Record>) -> Ahead {
+        let batch = Arc::new(batch);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (me, records) = (self.clone(), batch.clone());
+        pool.spawn(move || {
+            // The receiver is gone only when the follower stopped.
+            let _ = tx.send(me.parse_plain(&records));
+        });
+        Ahead { batch, parsed: rx }
+    }
+
+    async fn decode_ahead_done(
+        &self,
+        ahead: Ahead,
+    ) -> (Arc<Vec<Record>>, Vec<Option<(Event, Parsed)>>) {
+        let parsed = match ahead.parsed.await {
+            Ok(p) => p,
+            // The job was dropped (the pool shut down): parsed here instead.
+            Err(_) => self.parse_plain(&ahead.batch),
+        };
+        let events = self.decrypt_rest(&ahead.batch, parsed).await;
+        (ahead.batch, events)
+    }
+
+    /// Parses the records that hold nothing encrypted (`None` for the others); on all the
+    /// decoder's threads when called on one of them.
+    fn parse_plain(&self, batch: &[Record]) -> Vec<Option<Option<(Event, Parsed)>>> {
         use rayon::prelude::*;
         let plain = |r: &Record| -> Option<Option<(Event, Parsed)>> {
             let Ok(text) = std::str::from_utf8(&r.payload) else {
@@ -690,13 +726,19 @@ impl ProfileService {
             }
             Some(serde_json::from_str(text).ok().map(with_parsed))
         };
-        let parsed: Vec<Option<Option<(Event, Parsed)>>> = match self
-            .decoder
-            .get_or_init(decoder_pool)
-        {
-            Some(pool) if batch.len() > 1 => pool.install(|| batch.par_iter().map(plain).collect()),
-            _ => batch.iter().map(plain).collect(),
-        };
+        if rayon::current_thread_index().is_some() && batch.len() > 1 {
+            batch.par_iter().map(plain).collect()
+        } else {
+            batch.iter().map(plain).collect()
+        }
+    }
+
+    /// `parsed`, with the records it left out decrypted and parsed.
+    async fn decrypt_rest(
+        &self,
+        batch: &[Record],
+        parsed: Vec<Option<Option<(Event, Parsed)>>>,
+    ) -> Vec<Option<(Event, Parsed)>> {
         let mut out = Vec::with_capacity(batch.len());
         for (r, p) in batch.iter().zip(parsed) {
             out.push(match p {
@@ -1079,6 +1121,8 @@ impl ProfileService {
         let mut last_round = Instant::now();
         // The announcements of the last batch, while the log writes them.
         let mut in_flight: Option<(u64, Appending)> = None;
+        // The batch after the one being applied, while it is parsed.
+        let mut ahead: Option<Ahead> = None;
         loop {
             let stopping = self.stopping.load(Ordering::Acquire);
             if stopping {
@@ -1102,33 +1146,47 @@ impl ProfileService {
                 return Ok(());
             }
             // Small batches: their announcements go out when the batch is done.
-            let batch = match reader.next_batch(1000) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "profiles read failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+            let (batch, events) = if let Some(a) = ahead.take() {
+                self.decode_ahead_done(a).await
+            } else {
+                let batch = match reader.next_batch(BATCH) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(error = %e, "profiles read failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if !batch.is_empty() {
+                    let events = self.decode(&batch).await;
+                    (Arc::new(batch), events)
+                } else {
+                    self.settle(&mut in_flight).await;
+                    if !self.caught_up() && reader.position() >= start_end {
+                        self.replay_rules(&mut rules, u64::MAX);
+                        self.replay_unmerges(&log, &mut unmerges, u64::MAX).await;
+                        // Before the catch-up: its diff then announces their members once.
+                        self.install_pending(&log).await;
+                        self.catch_up(&log).await;
+                        self.caught_up.store(true, Ordering::Release);
+                    }
+                    if self.caught_up() {
+                        let out = self.tick();
+                        self.announce(&log, out).await;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
                     continue;
                 }
             };
-            if batch.is_empty() {
-                self.settle(&mut in_flight).await;
-                if !self.caught_up() && reader.position() >= start_end {
-                    self.replay_rules(&mut rules, u64::MAX);
-                    self.replay_unmerges(&log, &mut unmerges, u64::MAX).await;
-                    // Before the catch-up: its diff then announces their members once.
-                    self.install_pending(&log).await;
-                    self.catch_up(&log).await;
-                    self.caught_up.store(true, Ordering::Release);
-                }
-                if self.caught_up() {
-                    let out = self.tick();
-                    self.announce(&log, out).await;
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
-                continue;
+            // The next batch is parsed on the decoder's threads while this one is applied
+            // (a failed read is tried again, and reported, in the next round).
+            if let Some(pool) = self.decoder.get_or_init(decoder_pool)
+                && let Ok(next) = reader.next_batch(BATCH)
+                && !next.is_empty()
+            {
+                ahead = Some(self.decode_ahead(pool, next));
             }
             let mut out = Vec::new();
-            let events = self.decode(&batch).await;
             for (record, event) in batch.iter().zip(&events) {
                 if !self.caught_up() {
                     self.replay_rules(&mut rules, record.offset);
@@ -1145,8 +1203,8 @@ impl ProfileService {
             }
             // Freed on the decoder's threads: a batch is many small allocations.
             match self.decoder.get() {
-                Some(Some(pool)) => pool.spawn(move || drop(events)),
-                _ => drop(events),
+                Some(Some(pool)) => pool.spawn(move || drop((events, batch))),
+                _ => drop((events, batch)),
             }
             // Queued now, in order; the next batch is applied while they are written.
             self.settle(&mut in_flight).await;
@@ -1433,6 +1491,15 @@ fn note_announcement(state: &mut TenantState, e: &Event) {
     } else {
         set.remove(&person);
     }
+}
+
+/// Records the follower reads at a time.
+const BATCH: usize = 1000;
+
+/// A batch read ahead, being parsed on the decoder's threads.
+struct Ahead {
+    batch: Arc<Vec<Record>>,
+    parsed: tokio::sync::oneshot::Receiver<Vec<Option<Option<(Event, Parsed)>>>>,
 }
 
 fn with_parsed(e: Event) -> (Event, Parsed) {

@@ -679,7 +679,7 @@ impl ProfileService {
     /// properties parsed. Parsing is about half of the follower's work per event, so plain
     /// records are parsed on the decoder's threads, all cores; records with encrypted fields
     /// are decrypted one by one.
-    async fn decode(&self, batch: &[Record]) -> Vec<Option<(Event, Parsed)>> {
+    async fn decode(&self, batch: &[Record]) -> Vec<Decoded> {
         let parsed = match self.decoder.get_or_init(decoder_pool) {
             Some(pool) if batch.len() > 1 => pool.install(|| self.parse_plain(batch)),
             _ => self.parse_plain(batch),
@@ -700,10 +700,7 @@ impl ProfileService {
         Ahead { batch, parsed: rx }
     }
 
-    async fn decode_ahead_done(
-        &self,
-        ahead: Ahead,
-    ) -> (Arc<Vec<Record>>, Vec<Option<(Event, Parsed)>>) {
+    async fn decode_ahead_done(&self, ahead: Ahead) -> (Arc<Vec<Record>>, Vec<Decoded>) {
         let parsed = match ahead.parsed.await {
             Ok(p) => p,
             // The job was dropped (the pool shut down): parsed here instead.
@@ -715,9 +712,9 @@ impl ProfileService {
 
     /// Parses the records that hold nothing encrypted (`None` for the others); on all the
     /// decoder's threads when called on one of them.
-    fn parse_plain(&self, batch: &[Record]) -> Vec<Option<Option<(Event, Parsed)>>> {
+    fn parse_plain(&self, batch: &[Record]) -> Vec<Option<Decoded>> {
         use rayon::prelude::*;
-        let plain = |r: &Record| -> Option<Option<(Event, Parsed)>> {
+        let plain = |r: &Record| -> Option<Decoded> {
             let Ok(text) = std::str::from_utf8(&r.payload) else {
                 return Some(None);
             };
@@ -734,11 +731,7 @@ impl ProfileService {
     }
 
     /// `parsed`, with the records it left out decrypted and parsed.
-    async fn decrypt_rest(
-        &self,
-        batch: &[Record],
-        parsed: Vec<Option<Option<(Event, Parsed)>>>,
-    ) -> Vec<Option<(Event, Parsed)>> {
+    async fn decrypt_rest(&self, batch: &[Record], parsed: Vec<Option<Decoded>>) -> Vec<Decoded> {
         let mut out = Vec::with_capacity(batch.len());
         for (r, p) in batch.iter().zip(parsed) {
             out.push(match p {
@@ -1493,13 +1486,17 @@ fn note_announcement(state: &mut TenantState, e: &Event) {
     }
 }
 
+/// A record as the follower applies it: the event with its traits and properties parsed
+/// (`None`: not an event).
+type Decoded = Option<(Event, Parsed)>;
+
 /// Records the follower reads at a time.
 const BATCH: usize = 1000;
 
 /// A batch read ahead, being parsed on the decoder's threads.
 struct Ahead {
     batch: Arc<Vec<Record>>,
-    parsed: tokio::sync::oneshot::Receiver<Vec<Option<Option<(Event, Parsed)>>>>,
+    parsed: tokio::sync::oneshot::Receiver<Vec<Option<Decoded>>>,
 }
 
 fn with_parsed(e: Event) -> (Event, Parsed) {

@@ -13,7 +13,7 @@ mod event;
 pub mod ingest;
 pub mod segment;
 mod tenant;
-mod time;
+pub mod time;
 
 pub use error::{ItemError, ItemErrorCode};
 

@@ -13,6 +13,11 @@
 //! Smart tags are segments too (flagged as tags, referred to by name); manual segments are
 //! lists of identifiers. [`Engine::recompute`] evaluates everything from scratch: the
 //! incremental membership always equals it (a property test checks this on random streams).
+//!
+//! Memberships are held twice: per segment (the member sets, for listing and counting) and
+//! per person (one bit per segment next to the person's timer), so that an event looks at
+//! one entry instead of one set per segment. Both change together; a property test checks
+//! that they agree after every step, and a snapshot holds only the sets.
 
 use std::collections::{BTreeSet, HashSet};
 

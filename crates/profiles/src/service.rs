@@ -124,19 +124,24 @@ pub struct ProfileService {
     durable: tokio::sync::watch::Sender<u64>,
 }
 
-/// The decoder's threads, at the follower's low priority (nice 10): parsing for profiles
-/// must not take the cores from acknowledging events.
+/// The decoder's threads, at the priority of the thread that starts them: the follower
+/// starts them first thing, so they run at its priority (nice 10 in a node: parsing for
+/// profiles must not take the cores from acknowledging events, nor wait behind them while
+/// the follower waits for it).
 fn decoder_pool() -> Option<rayon::ThreadPool> {
+    // SAFETY: getpriority and setpriority take no pointers and only read or change the
+    // scheduling weight of the calling thread (on Linux, `who = 0` with PRIO_PROCESS is the
+    // calling thread); a failure leaves the priority as it was.
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
     rayon::ThreadPoolBuilder::new()
         .thread_name(|i| format!("livora-profiles-decode-{i}"))
-        .start_handler(|_| {
-            // SAFETY: setpriority takes no pointers and only changes the scheduling weight
-            // of the calling thread (on Linux, `who = 0` with PRIO_PROCESS is the calling
-            // thread); a failure leaves the priority as it was.
+        .start_handler(move |_| {
             #[cfg(target_os = "linux")]
             #[allow(unsafe_code)]
             unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
             }
         })
         .build()
@@ -1080,6 +1085,8 @@ impl ProfileService {
     }
 
     async fn follow_inner(self: Arc<Self>, log: EventLog) -> Result<(), ServiceError> {
+        // Started here, so that they run at the follower's priority.
+        self.decoder.get_or_init(decoder_pool);
         // Registered first, so that retention keeps what the snapshots do not hold.
         let mut consumer = match &self.snapshots {
             Some(_) => Some(log.consumer(snapshot::CONSUMER)?),

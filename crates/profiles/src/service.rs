@@ -122,6 +122,8 @@ pub struct ProfileService {
     /// them the log has answered: an erasure's snapshot waits until they meet.
     submitted: AtomicU64,
     durable: tokio::sync::watch::Sender<u64>,
+    /// Why the follower stopped, if it stopped on an error (it then does not start again).
+    failure: Mutex<Option<String>>,
 }
 
 /// The decoder's threads, at the priority of the thread that starts them: the follower
@@ -200,6 +202,7 @@ impl ProfileService {
             decoder: std::sync::OnceLock::new(),
             submitted: AtomicU64::new(0),
             durable: tokio::sync::watch::Sender::new(0),
+            failure: Mutex::new(None),
         })
     }
 
@@ -216,6 +219,14 @@ impl ProfileService {
     /// Asks for a snapshot round as soon as the follower is between batches.
     pub fn request_snapshot(&self) {
         self.snapshot_soon.store(true, Ordering::Release);
+    }
+
+    /// Why the follower stopped on an error (`None`: it runs, or stopped as asked).
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the log has been read up to where it ended at start.
@@ -1081,6 +1092,7 @@ impl ProfileService {
     pub async fn follow(self: Arc<Self>, log: EventLog) {
         if let Err(e) = self.clone().follow_inner(log).await {
             tracing::error!(error = %e, "profiles stopped following the log");
+            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
         }
     }
 

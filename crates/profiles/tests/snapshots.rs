@@ -295,6 +295,8 @@ async fn profiles_outlive_the_log_through_snapshots() {
         .expect("the follower stops")
         .expect("joins");
     assert!(!node.service.caught_up());
+    let why = node.service.failure().expect("the failure is kept");
+    assert!(why.contains("unreadable"), "{why}");
     assert_eq!(std::fs::read(&path).expect("file"), bytes, "left as it was");
 }
 

@@ -52,11 +52,22 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
+    let mut body = json!({
         "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
         "log": if log_ok { "ok" } else { "failed" },
         "accepting": serving,
     });
+    // Reported, not gating: events are still accepted and kept while profiles are down.
+    if let Some(p) = &state.profiles {
+        match p.failure() {
+            Some(why) => {
+                body["profiles"] = json!("failed");
+                body["profiles_error"] = json!(why);
+            }
+            None if p.caught_up() => body["profiles"] = json!("ok"),
+            None => body["profiles"] = json!("catching_up"),
+        }
+    }
     (status, Json(body))
 }
 

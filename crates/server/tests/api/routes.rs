@@ -114,6 +114,10 @@ async fn operations_endpoints_report_health_and_metrics() {
     )
     .await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+    assert!(
+        matches!(body["profiles"].as_str(), Some("ok" | "catching_up")),
+        "{body}"
+    );
     let text = app
         .http
         .get(format!("{}/metrics", app.url))

@@ -92,15 +92,18 @@ pub struct Profiles {
     selectors: Vec<Option<Selector>>,
 }
 
-/// The profiles in the order they sit in memory, not the table's (hash) order: writing a
-/// snapshot waits on memory, and profiles allocated one after another sit side by side.
+/// A snapshot writes the profiles as [`Profiles::in_memory_order`] lists them.
 fn in_memory_order<S: serde::Serializer>(
     people: &crate::Table<PersonId, Box<Profile>>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    let mut all: Vec<(&PersonId, &Profile)> = people.iter().map(|(p, b)| (p, &**b)).collect();
+    s.collect_map(by_address(people))
+}
+
+fn by_address(people: &crate::Table<PersonId, Box<Profile>>) -> Vec<(PersonId, &Profile)> {
+    let mut all: Vec<(PersonId, &Profile)> = people.iter().map(|(p, b)| (*p, &**b)).collect();
     all.sort_unstable_by_key(|&(_, profile)| std::ptr::from_ref(profile) as usize);
-    s.collect_map(all)
+    all
 }
 
 fn object(raw: Option<&serde_json::value::RawValue>) -> Map<String, Value> {
@@ -308,6 +311,13 @@ impl Profiles {
 
     pub fn people(&self) -> impl Iterator<Item = (PersonId, &Profile)> {
         self.people.iter().map(|(p, prof)| (*p, &**prof))
+    }
+
+    /// Every profile, in the order they sit in memory rather than the table's (hash) order:
+    /// a walk over all of them (a recompute, a snapshot) waits on memory, and profiles
+    /// allocated one after another sit side by side.
+    pub fn in_memory_order(&self) -> Vec<(PersonId, &Profile)> {
+        by_address(&self.people)
     }
 
     pub fn len(&self) -> usize {

@@ -873,25 +873,32 @@ impl Engine {
     }
 
     fn schedule(&mut self, person: PersonId, next: Option<i64>) {
-        let current = self.state_of.get(&person).and_then(|st| st.timer);
-        if current == next {
-            return;
-        }
-        if let Some(old) = current {
-            self.timers.remove(&(old, person));
-        }
-        if let Some(n) = next {
-            self.timers.insert((n, person));
-        }
-        self.update_state(person, |st| st.timer = next);
+        let was = self.state_of.get(&person).cloned().unwrap_or_default();
+        let now = PersonState {
+            timer: next,
+            ..was.clone()
+        };
+        self.replace_state(person, &was, now);
     }
 
-    /// Changes a person's entry in `state_of`, which is kept only while it holds something.
-    fn update_state(&mut self, person: PersonId, change: impl FnOnce(&mut PersonState)) {
-        let st = self.state_of.entry(person).or_default();
-        change(st);
-        if st.is_empty() {
+    /// Replaces a person's state `was` by `now`, moving its timer in `timers`; an empty
+    /// state is not kept.
+    fn replace_state(&mut self, person: PersonId, was: &PersonState, now: PersonState) {
+        if *was == now {
+            return;
+        }
+        if was.timer != now.timer {
+            if let Some(old) = was.timer {
+                self.timers.remove(&(old, person));
+            }
+            if let Some(n) = now.timer {
+                self.timers.insert((n, person));
+            }
+        }
+        if now.is_empty() {
             self.state_of.remove(&person);
+        } else {
+            self.state_of.insert(person, now);
         }
     }
 
@@ -914,28 +921,16 @@ impl Engine {
         touched: Option<(&Touched, &PersonState)>,
     ) -> (Vec<bool>, Option<i64>) {
         let mut results = Vec::with_capacity(self.compiled.len());
-        let next = self.evaluate_into(person, t, touched, &mut results);
+        let Some((_, profile)) = self.profiles.get(person) else {
+            results.resize(self.compiled.len(), false);
+            return (results, None);
+        };
+        let next = self.evaluate_profile(person, profile, t, touched, &mut results);
         (results, next)
     }
 
-    /// As [`Engine::evaluate_touched`], into `results` (cleared first): a recompute reuses
-    /// one buffer for all the persons of a chunk.
-    fn evaluate_into(
-        &self,
-        person: PersonId,
-        t: i64,
-        touched: Option<(&Touched, &PersonState)>,
-        results: &mut Vec<bool>,
-    ) -> Option<i64> {
-        results.clear();
-        let Some((_, profile)) = self.profiles.get(person) else {
-            results.resize(self.compiled.len(), false);
-            return None;
-        };
-        self.evaluate_profile(person, profile, t, touched, results)
-    }
-
-    /// As [`Engine::evaluate_into`], for a profile at hand (`results` empty).
+    /// As [`Engine::evaluate_touched`], for a profile at hand, into `results` (empty): a
+    /// recompute reuses one buffer for all the persons of a chunk.
     fn evaluate_profile(
         &self,
         person: PersonId,
@@ -1011,22 +1006,7 @@ impl Engine {
             });
         }
         now.timer = next;
-        if now == was {
-            return;
-        }
-        if was.timer != next {
-            if let Some(old) = was.timer {
-                self.timers.remove(&(old, person));
-            }
-            if let Some(n) = next {
-                self.timers.insert((n, person));
-            }
-        }
-        if now.is_empty() {
-            self.state_of.remove(&person);
-        } else {
-            self.state_of.insert(person, now);
-        }
+        self.replace_state(person, &was, now);
     }
 
     /// Lets time pass up to `now`: every timer due fires at its own instant, in order.
@@ -1037,8 +1017,8 @@ impl Engine {
             if t > now {
                 break;
             }
-            self.timers.remove(&(t, person));
-            self.update_state(person, |st| st.timer = None);
+            // Its timer is `t`: taken off here, so the loop moves on.
+            self.schedule(person, None);
             self.refresh(person, t, None, &mut out);
         }
         self.now = self.now.max(now);
@@ -1132,11 +1112,8 @@ impl Engine {
         use rayon::prelude::*;
         let t = now.timestamp();
         let n = self.compiled.len();
-        let mut people: Vec<(PersonId, &Profile)> = self.profiles.people().collect();
-        // In memory order, not the table's (hash) order: a recompute waits on memory, and
-        // profiles allocated one after another then sit side by side.
-        people.sort_unstable_by_key(|&(_, profile)| std::ptr::from_ref(profile) as usize);
-        people
+        self.profiles
+            .in_memory_order()
             .par_chunks(4096)
             .map(|chunk| {
                 let mut out = vec![Vec::new(); n];

@@ -115,8 +115,9 @@ pub struct ProfileService {
     restored: Mutex<HashMap<TenantId, u64>>,
     /// Stored segments a snapshot did not hold, installed once the log is caught up.
     pending: Mutex<Vec<(TenantId, Spec)>>,
-    /// The threads that parse the follower's batches (built when first needed; `None` if
-    /// they could not be started: batches are then parsed on the follower's thread).
+    /// The threads that parse the follower's batches (built when the follower starts, or
+    /// first needed; `None` if they could not be started: batches are then parsed on the
+    /// follower's thread).
     decoder: std::sync::OnceLock<Option<rayon::ThreadPool>>,
     /// How many batches of announcements the follower has queued, and (below) how many of
     /// them the log has answered: an erasure's snapshot waits until they meet.

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod segment;
 mod tenant;
 pub mod time;
+pub mod workflow;
 
 pub use error::{ItemError, ItemErrorCode};
 

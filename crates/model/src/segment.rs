@@ -222,7 +222,7 @@ pub struct DefinitionError {
 const MAX_DEPTH: usize = 16;
 const MAX_CONDITIONS: usize = 200;
 
-fn err(path: &str, message: impl Into<String>) -> DefinitionError {
+pub(crate) fn err(path: &str, message: impl Into<String>) -> DefinitionError {
     DefinitionError {
         path: path.to_owned(),
         message: message.into(),
@@ -305,14 +305,14 @@ fn check_op(path: &str, op: Op, value: &Value, time: Option<bool>) -> Result<(),
     }
 }
 
-fn check_name(path: &str, what: &str, name: &str) -> Result<(), DefinitionError> {
+pub(crate) fn check_name(path: &str, what: &str, name: &str) -> Result<(), DefinitionError> {
     if name.trim().is_empty() || name.len() > 200 {
         return Err(err(path, format!("{what} must be 1-200 characters")));
     }
     Ok(())
 }
 
-fn check_filters(path: &str, filters: &[PropertyFilter]) -> Result<(), DefinitionError> {
+pub(crate) fn check_filters(path: &str, filters: &[PropertyFilter]) -> Result<(), DefinitionError> {
     for (i, f) in filters.iter().enumerate() {
         let p = format!("{path}.where[{i}]");
         check_name(&format!("{p}.property"), "a property name", &f.property)?;
@@ -322,6 +322,11 @@ fn check_filters(path: &str, filters: &[PropertyFilter]) -> Result<(), Definitio
 }
 
 impl Condition {
+    /// Validates this condition as the part of a larger document at `path`.
+    pub fn validate_at(&self, path: &str) -> Result<(), DefinitionError> {
+        self.validate(path, 0, &mut 0)
+    }
+
     fn validate(&self, path: &str, depth: usize, n: &mut usize) -> Result<(), DefinitionError> {
         *n += 1;
         if *n > MAX_CONDITIONS {

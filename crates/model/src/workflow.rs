@@ -24,9 +24,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::segment::{
-    Condition, DefinitionError, PropertyFilter, check_filters, check_name, err,
-};
+use crate::segment::{Condition, DefinitionError, PropertyFilter, check_filters, check_name, err};
 
 /// What starts a journey.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -389,7 +387,9 @@ impl Workflow {
             Trigger::SegmentEntered(s) | Trigger::SegmentExited(s) => {
                 check_name("trigger", "a segment id", s)?
             }
-            Trigger::TagAdded(s) | Trigger::TagRemoved(s) => check_name("trigger", "a tag name", s)?,
+            Trigger::TagAdded(s) | Trigger::TagRemoved(s) => {
+                check_name("trigger", "a tag name", s)?
+            }
             Trigger::Schedule(s) => {
                 if s.cron.split_whitespace().count() != 5 {
                     return Err(err(
@@ -532,14 +532,20 @@ fn check_step_keys(path: &str, step: &Value) -> Result<(), DefinitionError> {
         } else if k != "id" && k != "next" {
             return Err(err(
                 &format!("{path}.{k}"),
-                format!("unknown field; a step has id, next and one of {}", ACTIONS.join(", ")),
+                format!(
+                    "unknown field; a step has id, next and one of {}",
+                    ACTIONS.join(", ")
+                ),
             ));
         }
     }
     if actions != 1 {
         return Err(err(
             path,
-            format!("a step has exactly one action: one of {}", ACTIONS.join(", ")),
+            format!(
+                "a step has exactly one action: one of {}",
+                ACTIONS.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -569,7 +575,11 @@ impl Step {
                 }
             }
             Action::DelayUntilTrait(t) => {
-                check_name(&format!("{p}.delay_until_trait.trait"), "a trait name", &t.name)?;
+                check_name(
+                    &format!("{p}.delay_until_trait.trait"),
+                    "a trait name",
+                    &t.name,
+                )?;
                 if t.offset_minutes.unsigned_abs() > 366 * 1440 {
                     return Err(err(
                         &format!("{p}.delay_until_trait.offset_minutes"),
@@ -588,7 +598,25 @@ impl Step {
                     return Err(err(&format!("{q}.timeout_minutes"), "1 minute to 366 days"));
                 }
             }
-            Action::Branch(b) => b.condition.validate_at(&format!("{p}.branch.if"))?,
+            Action::Branch(b) => {
+                let q = format!("{p}.branch.if");
+                b.condition.validate_at(&q)?;
+                let mut behavioural = false;
+                b.condition.walk(&mut |c| {
+                    behavioural |= matches!(
+                        c,
+                        Condition::Performed(_)
+                            | Condition::LastPerformed(_)
+                            | Condition::NotFollowedBy(_)
+                    )
+                });
+                if behavioural {
+                    return Err(err(
+                        &q,
+                        "a branch tests traits, computed attributes, segments and tags; for behaviour, define a segment and use in_segment",
+                    ));
+                }
+            }
             Action::Split(s) => {
                 if s.branches.len() < 2 {
                     return Err(err(&format!("{p}.split.branches"), "at least two branches"));
@@ -622,7 +650,10 @@ impl Step {
                 }
                 if s.channel == "whatsapp"
                     && !s.template.get("body").is_some_and(Value::is_string)
-                    && !s.template.get("template_name").is_some_and(Value::is_string)
+                    && !s
+                        .template
+                        .get("template_name")
+                        .is_some_and(Value::is_string)
                 {
                     return Err(err(
                         &format!("{p}.send.template"),
@@ -630,7 +661,11 @@ impl Step {
                     ));
                 }
                 if let Some(sub) = &s.subscription {
-                    check_name(&format!("{p}.send.subscription"), "a subscription group", sub)?;
+                    check_name(
+                        &format!("{p}.send.subscription"),
+                        "a subscription group",
+                        sub,
+                    )?;
                 }
             }
             Action::UpdateTrait(t) => {
@@ -709,6 +744,9 @@ mod tests {
         let mut v = abandoned_cart();
         v["steps"][0] = json!({"id": "b", "branch": {"if": {"trait": {"name": "plan", "op": "gt", "value": "x"}}}});
         assert_eq!(error_at(v), "steps[0].branch.if.trait.value");
+        let mut v = abandoned_cart();
+        v["steps"][0] = json!({"id": "b", "branch": {"if": {"performed": {"event": "x"}}}});
+        assert_eq!(error_at(v), "steps[0].branch.if");
         let mut v = abandoned_cart();
         v["holdout_percent"] = json!(80);
         assert_eq!(error_at(v), "holdout_percent");

@@ -1,0 +1,18 @@
+//! Livora's automation engine: workflows that react to what customers do and to the
+//! passage of time, and the journeys persons take through them.
+//!
+//! - [`runtime`]: the deterministic state machine (triggers, steps, goals, re-entry, the
+//!   holdout group), with time given from outside so tests never sleep.
+//! - [`people`]: what the runtime needs from the profiles (identifiers, traits, computed
+//!   attributes, segments, tags).
+//! - [`template`]: message templates (MiniJinja).
+//!
+//! It decides *whether* and *what* to send; `livora-channels` knows each provider's wire
+//! format.
+
+pub mod people;
+pub mod runtime;
+pub mod template;
+
+pub use people::{Directory, People, Person};
+pub use runtime::{Changes, Effect, Journey, Message, Outcome, Runtime, Version};

@@ -1,0 +1,135 @@
+//! What the runtime needs to know of a person: who they are (their identifiers, so that a
+//! journey started by an anonymous visitor follows them once they sign in), what their
+//! profile says (traits, computed attributes, segments, tags), and how to reach them.
+//!
+//! The profiles service provides it in a node ([`People`]); tests use [`Directory`].
+
+use std::collections::{BTreeSet, HashMap};
+
+use livora_model::segment::Condition;
+use livora_model::{Event, TenantId};
+use livora_profiles::compare;
+use serde_json::{Map, Value};
+
+/// A person as the runtime sees them when it decides.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Person {
+    /// Every identifier of the person as `u:<userId>` / `a:<anonymousId>`; the first one
+    /// names the person in journeys and messages (a user id when there is one).
+    pub keys: Vec<String>,
+    pub traits: Map<String, Value>,
+    /// Computed attributes by name (`orders`, `revenue`, `last_seen` …).
+    pub computed: Map<String, Value>,
+    pub segments: BTreeSet<String>,
+    pub tags: BTreeSet<String>,
+}
+
+impl Person {
+    /// The key that names the person (empty for a person with no identifier).
+    pub fn key(&self) -> &str {
+        self.keys.first().map_or("", String::as_str)
+    }
+
+    /// The person's IANA time zone (the `timezone` trait), if it is a valid one.
+    pub fn time_zone(&self) -> Option<chrono_tz::Tz> {
+        self.traits
+            .get("timezone")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// Whether a branch condition holds (traits, computed attributes, segments, tags, and
+    /// `and` / `or` / `not` of them; workflow validation refuses behavioural conditions).
+    pub fn satisfies(&self, c: &Condition, now: i64) -> bool {
+        match c {
+            Condition::And(list) => list.iter().all(|c| self.satisfies(c, now)),
+            Condition::Or(list) => list.iter().any(|c| self.satisfies(c, now)),
+            Condition::Not(c) => !self.satisfies(c, now),
+            Condition::Trait(t) => compare::matches(self.traits.get(&t.name), t.op, &t.value, now),
+            Condition::Computed(t) => {
+                compare::matches(self.computed.get(&t.name), t.op, &t.value, now)
+            }
+            Condition::InSegment(s) => self.segments.contains(s),
+            Condition::Tag(t) => self.tags.contains(t),
+            Condition::Performed(_) | Condition::LastPerformed(_) | Condition::NotFollowedBy(_) => {
+                false
+            }
+        }
+    }
+}
+
+/// Where the runtime looks persons up.
+pub trait People: Send + Sync {
+    /// The person an event is about, as the profiles see them once that event is applied.
+    fn of_event(&self, tenant: TenantId, event: &Event) -> Option<Person>;
+    /// A person by one of their keys (`u:…` / `a:…`), as they are now.
+    fn by_key(&self, tenant: TenantId, key: &str) -> Option<Person>;
+}
+
+/// The keys of an event's sender: `u:<userId>`, `a:<anonymousId>`.
+pub fn event_keys(e: &Event) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(u) = e.user_id.as_deref().filter(|s| !s.is_empty()) {
+        keys.push(format!("u:{u}"));
+    }
+    if let Some(a) = e.anonymous_id.as_deref().filter(|s| !s.is_empty()) {
+        keys.push(format!("a:{a}"));
+    }
+    keys
+}
+
+/// Persons held in memory, joined by shared keys: for tests, backtests and benchmarks.
+#[derive(Debug, Default)]
+pub struct Directory {
+    people: Vec<Person>,
+    by_key: HashMap<(TenantId, String), usize>,
+}
+
+impl Directory {
+    /// Adds or replaces the person holding any of `person.keys` (the keys are joined).
+    pub fn put(&mut self, tenant: TenantId, person: Person) {
+        let found = person
+            .keys
+            .iter()
+            .find_map(|k| self.by_key.get(&(tenant, k.clone())).copied());
+        let i = match found {
+            Some(i) => {
+                let mut keys = self.people[i].keys.clone();
+                for k in &person.keys {
+                    if !keys.contains(k) {
+                        keys.push(k.clone());
+                    }
+                }
+                keys.sort_by_key(|k| !k.starts_with("u:"));
+                self.people[i] = Person { keys, ..person };
+                i
+            }
+            None => {
+                self.people.push(person);
+                self.people.len() - 1
+            }
+        };
+        for k in self.people[i].keys.clone() {
+            self.by_key.insert((tenant, k), i);
+        }
+    }
+
+    /// Mutable access to the person with this key.
+    pub fn get_mut(&mut self, tenant: TenantId, key: &str) -> Option<&mut Person> {
+        let i = *self.by_key.get(&(tenant, key.to_owned()))?;
+        self.people.get_mut(i)
+    }
+}
+
+impl People for Directory {
+    fn of_event(&self, tenant: TenantId, event: &Event) -> Option<Person> {
+        event_keys(event)
+            .iter()
+            .find_map(|k| self.by_key(tenant, k))
+    }
+
+    fn by_key(&self, tenant: TenantId, key: &str) -> Option<Person> {
+        let i = *self.by_key.get(&(tenant, key.to_owned()))?;
+        self.people.get(i).cloned()
+    }
+}

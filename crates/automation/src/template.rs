@@ -1,0 +1,85 @@
+//! Message templates: MiniJinja over the person and the event that started the journey.
+//!
+//! The context is `traits`, `computed`, `segments`, `tags`, `person` (its key) and
+//! `event` (`event`, `properties`, `timestamp`). Undefined values render as nothing, as in
+//! Customer.io's Liquid; a syntax error is reported where the workflow is saved
+//! ([`check`]) and, should one reach the runtime, puts the message in the dead letters.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::{Map, Value, json};
+
+use crate::people::Person;
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    // Messages are not HTML pages: no auto-escaping unless the template asks for it.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.set_fuel(Some(100_000));
+    env
+}
+
+/// The values a template sees.
+pub fn context(person: &Person, trigger: &Value) -> Value {
+    json!({
+        "person": person.key(),
+        "traits": person.traits,
+        "computed": person.computed,
+        "segments": person.segments,
+        "tags": person.tags,
+        "event": trigger,
+    })
+}
+
+/// Renders one template text.
+pub fn render(text: &str, ctx: &Value) -> Result<String, String> {
+    environment()
+        .render_str(text, ctx)
+        .map_err(|e| format!("template: {e}"))
+}
+
+/// Renders every text part of a message template (other values are kept as they are).
+pub fn render_parts(parts: &Map<String, Value>, ctx: &Value) -> Result<Map<String, Value>, String> {
+    parts
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => render(s, ctx)
+                .map(|r| (k.clone(), Value::String(r)))
+                .map_err(|e| format!("{k}: {e}")),
+            other => Ok((k.clone(), other.clone())),
+        })
+        .collect()
+}
+
+/// Checks a template's syntax (when a workflow is saved).
+pub fn check(text: &str) -> Result<(), String> {
+    let env = environment();
+    env.template_from_str(text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_traits_event_properties_and_leaves_the_unknown_empty() {
+        let mut p = Person {
+            keys: vec!["u:ada".into()],
+            ..Person::default()
+        };
+        p.traits.insert("first_name".into(), json!("Ada"));
+        let ctx = context(
+            &p,
+            &json!({"event": "Product Added", "properties": {"name": "Lamp", "price": 30}}),
+        );
+        let out = render(
+            "Hi {{ traits.first_name }}, your {{ event.properties.name }} ({{ event.properties.price }}) waits{{ traits.nothing }}.",
+            &ctx,
+        );
+        assert_eq!(out.as_deref(), Ok("Hi Ada, your Lamp (30) waits."));
+        assert!(check("{{ unclosed").is_err());
+        assert!(render("{% for x in [1] %}", &ctx).is_err());
+    }
+}

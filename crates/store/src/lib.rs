@@ -4,11 +4,14 @@
 //! the data directory); a PostgreSQL backend will implement the same trait. API keys are random
 //! 192-bit tokens shown once at creation and stored only as SHA-256 hashes ([`keys`]).
 //! [`audit`] is the hash-chained audit log of administrative actions; [`access`] the roles,
-//! key scopes and permission matrix; [`accounts`] staff users, sessions and one-time tokens.
+//! key scopes and permission matrix; [`accounts`] staff users, sessions and one-time tokens;
+//! [`profiles`] segment definitions and un-merges; [`automation`] workflows, journeys and the
+//! outbox.
 
 pub mod access;
 pub mod accounts;
 pub mod audit;
+pub mod automation;
 pub mod crypto;
 mod error;
 pub mod keys;
@@ -24,6 +27,7 @@ pub mod privacy;
 pub mod profiles;
 mod sqlite;
 mod sqlite_accounts;
+mod sqlite_automation;
 mod sqlite_privacy;
 mod sqlite_profiles;
 
@@ -81,7 +85,9 @@ pub struct NewTenant {
 /// - Every method is scoped: nothing returns rows of a tenant other than the one asked for.
 /// - [`MetadataStore::find_key`] returns only keys that are not revoked.
 #[async_trait]
-pub trait MetadataStore: AccountStore + PrivacyStore + profiles::ProfileStore {
+pub trait MetadataStore:
+    AccountStore + PrivacyStore + profiles::ProfileStore + automation::AutomationStore
+{
     async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error>;
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, Error>;
     async fn tenants(&self) -> Result<Vec<Tenant>, Error>;

@@ -149,6 +149,65 @@ CREATE TABLE merge_rules (
 );
 CREATE INDEX merge_rules_tenant ON merge_rules(tenant_id, log_offset);
 "#,
+    r#"
+CREATE TABLE workflows (
+    tenant_id       TEXT NOT NULL REFERENCES tenants(id),
+    id              TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    description     TEXT NOT NULL,
+    enabled_version INTEGER,
+    latest_version  INTEGER NOT NULL,
+    created_by      TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE workflow_versions (
+    tenant_id   TEXT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    definition  TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, workflow_id, version)
+);
+CREATE TABLE journeys (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    person      TEXT NOT NULL,
+    active      INTEGER NOT NULL,
+    entered_at  INTEGER NOT NULL,
+    state       TEXT NOT NULL
+);
+CREATE INDEX journeys_active ON journeys(active);
+CREATE INDEX journeys_person ON journeys(tenant_id, person, entered_at);
+CREATE INDEX journeys_workflow ON journeys(tenant_id, workflow_id, person, entered_at);
+CREATE TABLE outbox (
+    key         TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    person      TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    category    TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    due_at      INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    reason      TEXT,
+    provider    TEXT,
+    provider_id TEXT,
+    message     TEXT NOT NULL
+);
+CREATE INDEX outbox_due ON outbox(status, due_at);
+CREATE INDEX outbox_tenant ON outbox(tenant_id, status, created_at);
+CREATE INDEX outbox_person ON outbox(tenant_id, person, updated_at);
+CREATE TABLE automation_offsets (
+    name        TEXT PRIMARY KEY,
+    log_offset  INTEGER NOT NULL
+);
+"#,
 ];
 
 #[derive(Clone)]

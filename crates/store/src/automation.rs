@@ -1,0 +1,191 @@
+//! What the automation engine keeps in the metadata store: workflows and their versions,
+//! journeys (with their timers), the outbox of messages, and the log offset all of it
+//! reflects.
+//!
+//! The store holds rows; the automation crate gives them meaning. A journey's and a
+//! message's full state is JSON text (`state`, `message`); the columns beside it are what
+//! the store is asked by (tenant, person, status, due time).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use livora_model::TenantId;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// A workflow: its name, and the version new journeys start on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// The version new journeys start on; `None`: paused (running journeys go on).
+    pub enabled_version: Option<u32>,
+    /// The newest version.
+    pub latest_version: u32,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One version of a workflow's definition (JSON text).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowVersion {
+    pub version: u32,
+    pub definition: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A journey as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JourneyRow {
+    pub id: String,
+    pub tenant: TenantId,
+    pub workflow: String,
+    pub person: String,
+    pub active: bool,
+    pub entered_at: DateTime<Utc>,
+    /// The journey itself, as JSON.
+    pub state: String,
+}
+
+/// Where a message in the outbox is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxStatus {
+    /// Waiting to be sent at `due_at` (the first try, a retry, or the end of quiet hours).
+    Pending,
+    /// Accepted by a provider.
+    Sent,
+    /// Not sent, by policy (no consent, frequency cap): final.
+    Blocked,
+    /// Given up on after retries and fail-over: in the dead letters.
+    Dead,
+}
+
+impl OutboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Blocked => "blocked",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Sent, Self::Blocked, Self::Dead]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+}
+
+/// A message in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRow {
+    /// The idempotency key (journey and step).
+    pub key: String,
+    pub tenant: TenantId,
+    pub workflow: String,
+    pub person: String,
+    pub channel: String,
+    /// `marketing` or `transactional`.
+    pub category: String,
+    pub status: OutboxStatus,
+    /// Tries made so far.
+    pub attempts: u32,
+    /// When to try (next).
+    pub due_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Why it was held, blocked or given up on; the last error of a retry.
+    pub reason: Option<String>,
+    /// The provider that accepted it, and its id for the message.
+    pub provider: Option<String>,
+    pub provider_id: Option<String>,
+    /// The message itself, as JSON.
+    pub message: String,
+}
+
+/// What one step of the runtime changed, written in one transaction.
+#[derive(Debug, Default)]
+pub struct AutomationCommit {
+    pub journeys: Vec<JourneyRow>,
+    /// New messages; one whose key is already in the outbox is ignored.
+    pub messages: Vec<OutboxRow>,
+    /// The log offset everything up to which is now reflected, by consumer name.
+    pub offset: Option<(String, u64)>,
+}
+
+/// Workflows, journeys, the outbox and the automation engine's log offset.
+///
+/// # Contract
+/// - [`AutomationStore::commit`] is atomic: journeys, new messages and the offset are
+///   written together or not at all, and a message key already present is left as it is.
+#[async_trait]
+pub trait AutomationStore: Send + Sync + 'static {
+    /// Adds a version of a workflow (creating the workflow at version 1); returns it.
+    async fn add_workflow_version(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        name: &str,
+        description: &str,
+        definition: &str,
+        by: &str,
+    ) -> Result<WorkflowRecord, Error>;
+    async fn workflow(&self, tenant: TenantId, id: &str) -> Result<Option<WorkflowRecord>, Error>;
+    async fn workflows(&self, tenant: TenantId) -> Result<Vec<WorkflowRecord>, Error>;
+    /// Every tenant's workflows (at startup).
+    async fn all_workflows(&self) -> Result<Vec<(TenantId, WorkflowRecord)>, Error>;
+    async fn workflow_versions(
+        &self,
+        tenant: TenantId,
+        id: &str,
+    ) -> Result<Vec<WorkflowVersion>, Error>;
+    /// Starts new journeys on `version` (`None`: pauses); `Ok(false)` if no such workflow.
+    async fn set_enabled_version(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        version: Option<u32>,
+    ) -> Result<bool, Error>;
+    /// Deletes a workflow, its versions and journeys (messages stay in the outbox).
+    async fn delete_workflow(&self, tenant: TenantId, id: &str) -> Result<bool, Error>;
+
+    async fn commit(&self, commit: AutomationCommit) -> Result<(), Error>;
+    /// The offset stored for a consumer name.
+    async fn automation_offset(&self, name: &str) -> Result<Option<u64>, Error>;
+    /// Every active journey, and the newest ended one of each (tenant, workflow, person).
+    async fn journeys_to_restore(&self) -> Result<Vec<JourneyRow>, Error>;
+    /// A person's journeys (by any of `persons`), newest first.
+    async fn journeys_of(
+        &self,
+        tenant: TenantId,
+        persons: &[String],
+        limit: u32,
+    ) -> Result<Vec<JourneyRow>, Error>;
+
+    /// Pending messages due by `now`, oldest first.
+    async fn due_messages(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, Error>;
+    /// Writes back messages after an attempt (status, attempts, due time, reason, provider).
+    async fn update_messages(&self, rows: &[OutboxRow]) -> Result<(), Error>;
+    async fn message(&self, tenant: TenantId, key: &str) -> Result<Option<OutboxRow>, Error>;
+    /// A tenant's messages with `status` (all when `None`), newest first.
+    async fn messages(
+        &self,
+        tenant: TenantId,
+        status: Option<OutboxStatus>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, Error>;
+    /// How many marketing messages went to `person` on `channel` (any channel when empty)
+    /// since `since` (frequency caps).
+    async fn sent_since(
+        &self,
+        tenant: TenantId,
+        person: &str,
+        channel: &str,
+        since: DateTime<Utc>,
+    ) -> Result<u32, Error>;
+}

@@ -1,0 +1,602 @@
+//! The SQLite implementation of [`AutomationStore`].
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use livora_model::TenantId;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::automation::{
+    AutomationCommit, AutomationStore, JourneyRow, OutboxRow, OutboxStatus, WorkflowRecord,
+    WorkflowVersion,
+};
+use crate::sqlite::{tenant_id, time};
+use crate::{Error, SqliteStore};
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(row: &SqliteRow, col: &str) -> Result<DateTime<Utc>, Error> {
+    let v: i64 = row.try_get(col)?;
+    DateTime::from_timestamp_micros(v).ok_or_else(|| Error::Corrupt(format!("{col} {v}")))
+}
+
+fn workflow(r: &SqliteRow) -> Result<WorkflowRecord, Error> {
+    let enabled: Option<i64> = r.try_get("enabled_version")?;
+    let latest: i64 = r.try_get("latest_version")?;
+    Ok(WorkflowRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        enabled_version: enabled.map(|v| v as u32),
+        latest_version: latest as u32,
+        created_by: r.try_get("created_by")?,
+        created_at: time(r, "created_at")?,
+        updated_at: time(r, "updated_at")?,
+    })
+}
+
+fn journey(r: &SqliteRow) -> Result<JourneyRow, Error> {
+    let active: i64 = r.try_get("active")?;
+    Ok(JourneyRow {
+        id: r.try_get("id")?,
+        tenant: tenant_id(r, "tenant_id")?,
+        workflow: r.try_get("workflow_id")?,
+        person: r.try_get("person")?,
+        active: active != 0,
+        entered_at: from_micros(r, "entered_at")?,
+        state: r.try_get("state")?,
+    })
+}
+
+fn outbox(r: &SqliteRow) -> Result<OutboxRow, Error> {
+    let status: String = r.try_get("status")?;
+    let attempts: i64 = r.try_get("attempts")?;
+    Ok(OutboxRow {
+        key: r.try_get("key")?,
+        tenant: tenant_id(r, "tenant_id")?,
+        workflow: r.try_get("workflow_id")?,
+        person: r.try_get("person")?,
+        channel: r.try_get("channel")?,
+        category: r.try_get("category")?,
+        status: OutboxStatus::parse(&status)
+            .ok_or_else(|| Error::Corrupt(format!("outbox status {status:?}")))?,
+        attempts: attempts as u32,
+        due_at: from_micros(r, "due_at")?,
+        created_at: from_micros(r, "created_at")?,
+        updated_at: from_micros(r, "updated_at")?,
+        reason: r.try_get("reason")?,
+        provider: r.try_get("provider")?,
+        provider_id: r.try_get("provider_id")?,
+        message: r.try_get("message")?,
+    })
+}
+
+#[async_trait]
+impl AutomationStore for SqliteStore {
+    async fn add_workflow_version(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        name: &str,
+        description: &str,
+        definition: &str,
+        by: &str,
+    ) -> Result<WorkflowRecord, Error> {
+        let now = Utc::now().to_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        let latest: Option<i64> = sqlx::query_scalar(
+            "SELECT latest_version FROM workflows WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(tenant.to_string())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let version = latest.unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO workflows (tenant_id, id, name, description, enabled_version, latest_version, created_by, created_at, updated_at)
+             VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?)
+             ON CONFLICT (tenant_id, id) DO UPDATE SET name = excluded.name,
+                description = excluded.description, latest_version = excluded.latest_version,
+                updated_at = excluded.updated_at",
+        )
+        .bind(tenant.to_string())
+        .bind(id)
+        .bind(name)
+        .bind(description)
+        .bind(version)
+        .bind(by)
+        .bind(&now)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO workflow_versions (tenant_id, workflow_id, version, definition, created_by, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant.to_string())
+        .bind(id)
+        .bind(version)
+        .bind(definition)
+        .bind(by)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT * FROM workflows WHERE tenant_id = ? AND id = ?")
+            .bind(tenant.to_string())
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        workflow(&row)
+    }
+
+    async fn workflow(&self, tenant: TenantId, id: &str) -> Result<Option<WorkflowRecord>, Error> {
+        sqlx::query("SELECT * FROM workflows WHERE tenant_id = ? AND id = ?")
+            .bind(tenant.to_string())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(workflow)
+            .transpose()
+    }
+
+    async fn workflows(&self, tenant: TenantId) -> Result<Vec<WorkflowRecord>, Error> {
+        sqlx::query("SELECT * FROM workflows WHERE tenant_id = ? ORDER BY id")
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(workflow)
+            .collect()
+    }
+
+    async fn all_workflows(&self) -> Result<Vec<(TenantId, WorkflowRecord)>, Error> {
+        sqlx::query("SELECT * FROM workflows ORDER BY tenant_id, id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((tenant_id(r, "tenant_id")?, workflow(r)?)))
+            .collect()
+    }
+
+    async fn workflow_versions(
+        &self,
+        tenant: TenantId,
+        id: &str,
+    ) -> Result<Vec<WorkflowVersion>, Error> {
+        sqlx::query(
+            "SELECT * FROM workflow_versions WHERE tenant_id = ? AND workflow_id = ? ORDER BY version",
+        )
+        .bind(tenant.to_string())
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let v: i64 = r.try_get("version")?;
+            Ok(WorkflowVersion {
+                version: v as u32,
+                definition: r.try_get("definition")?,
+                created_by: r.try_get("created_by")?,
+                created_at: time(r, "created_at")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn set_enabled_version(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        version: Option<u32>,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE workflows SET enabled_version = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(version.map(i64::from))
+        .bind(Utc::now().to_rfc3339())
+        .bind(tenant.to_string())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_workflow(&self, tenant: TenantId, id: &str) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["journeys", "workflow_versions"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE tenant_id = ? AND workflow_id = ?"
+            ))
+            .bind(tenant.to_string())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let done = sqlx::query("DELETE FROM workflows WHERE tenant_id = ? AND id = ?")
+            .bind(tenant.to_string())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn commit(&self, c: AutomationCommit) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for j in &c.journeys {
+            sqlx::query(
+                "INSERT INTO journeys (id, tenant_id, workflow_id, person, active, entered_at, state)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET active = excluded.active, state = excluded.state",
+            )
+            .bind(&j.id)
+            .bind(j.tenant.to_string())
+            .bind(&j.workflow)
+            .bind(&j.person)
+            .bind(i64::from(j.active))
+            .bind(micros(j.entered_at))
+            .bind(&j.state)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for m in &c.messages {
+            sqlx::query(
+                "INSERT INTO outbox (key, tenant_id, workflow_id, person, channel, category, status, attempts,
+                    due_at, created_at, updated_at, reason, provider, provider_id, message)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(&m.key)
+            .bind(m.tenant.to_string())
+            .bind(&m.workflow)
+            .bind(&m.person)
+            .bind(&m.channel)
+            .bind(&m.category)
+            .bind(m.status.as_str())
+            .bind(i64::from(m.attempts))
+            .bind(micros(m.due_at))
+            .bind(micros(m.created_at))
+            .bind(micros(m.updated_at))
+            .bind(&m.reason)
+            .bind(&m.provider)
+            .bind(&m.provider_id)
+            .bind(&m.message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((name, offset)) = &c.offset {
+            sqlx::query(
+                "INSERT INTO automation_offsets (name, log_offset) VALUES (?, ?)
+                 ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset",
+            )
+            .bind(name)
+            .bind(*offset as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn automation_offset(&self, name: &str) -> Result<Option<u64>, Error> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT log_offset FROM automation_offsets WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    async fn journeys_to_restore(&self) -> Result<Vec<JourneyRow>, Error> {
+        sqlx::query(
+            "SELECT * FROM journeys WHERE active = 1
+             UNION ALL
+             SELECT j.* FROM journeys j JOIN (
+                SELECT tenant_id, workflow_id, person, MAX(entered_at) AS at FROM journeys
+                WHERE active = 0 GROUP BY tenant_id, workflow_id, person) n
+             ON j.tenant_id = n.tenant_id AND j.workflow_id = n.workflow_id
+                AND j.person = n.person AND j.entered_at = n.at AND j.active = 0",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(journey)
+        .collect()
+    }
+
+    async fn journeys_of(
+        &self,
+        tenant: TenantId,
+        persons: &[String],
+        limit: u32,
+    ) -> Result<Vec<JourneyRow>, Error> {
+        if persons.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; persons.len()].join(", ");
+        let sql = format!(
+            "SELECT * FROM journeys WHERE tenant_id = ? AND person IN ({marks})
+             ORDER BY entered_at DESC LIMIT ?"
+        );
+        let mut q = sqlx::query(&sql).bind(tenant.to_string());
+        for p in persons {
+            q = q.bind(p);
+        }
+        q.bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(journey)
+            .collect()
+    }
+
+    async fn due_messages(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<OutboxRow>, Error> {
+        sqlx::query(
+            "SELECT * FROM outbox WHERE status = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?",
+        )
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox)
+        .collect()
+    }
+
+    async fn update_messages(&self, rows: &[OutboxRow]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for m in rows {
+            sqlx::query(
+                "UPDATE outbox SET status = ?, attempts = ?, due_at = ?, updated_at = ?, reason = ?,
+                    provider = ?, provider_id = ? WHERE key = ?",
+            )
+            .bind(m.status.as_str())
+            .bind(i64::from(m.attempts))
+            .bind(micros(m.due_at))
+            .bind(micros(m.updated_at))
+            .bind(&m.reason)
+            .bind(&m.provider)
+            .bind(&m.provider_id)
+            .bind(&m.key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn message(&self, tenant: TenantId, key: &str) -> Result<Option<OutboxRow>, Error> {
+        sqlx::query("SELECT * FROM outbox WHERE tenant_id = ? AND key = ?")
+            .bind(tenant.to_string())
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(outbox)
+            .transpose()
+    }
+
+    async fn messages(
+        &self,
+        tenant: TenantId,
+        status: Option<OutboxStatus>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, Error> {
+        sqlx::query(
+            "SELECT * FROM outbox WHERE tenant_id = ? AND (? IS NULL OR status = ?)
+             ORDER BY created_at DESC LIMIT ?",
+        )
+        .bind(tenant.to_string())
+        .bind(status.map(OutboxStatus::as_str))
+        .bind(status.map(OutboxStatus::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox)
+        .collect()
+    }
+
+    async fn sent_since(
+        &self,
+        tenant: TenantId,
+        person: &str,
+        channel: &str,
+        since: DateTime<Utc>,
+    ) -> Result<u32, Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox WHERE tenant_id = ? AND person = ? AND status = 'sent'
+                AND category = 'marketing' AND (? = '' OR channel = ?) AND updated_at >= ?",
+        )
+        .bind(tenant.to_string())
+        .bind(person)
+        .bind(channel)
+        .bind(channel)
+        .bind(micros(since))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MetadataStore, NewTenant};
+
+    async fn store_with_tenant() -> (SqliteStore, TenantId) {
+        let store = SqliteStore::in_memory().await.expect("store");
+        let t = store
+            .create_tenant(NewTenant {
+                name: "Shop".into(),
+                time_zone: "UTC".into(),
+                currency: livora_model::Currency::parse("EUR").expect("currency"),
+            })
+            .await
+            .expect("tenant");
+        (store, t.id)
+    }
+
+    fn message(tenant: TenantId, key: &str, now: DateTime<Utc>) -> OutboxRow {
+        OutboxRow {
+            key: key.into(),
+            tenant,
+            workflow: "wf".into(),
+            person: "u:ada".into(),
+            channel: "email".into(),
+            category: "marketing".into(),
+            status: OutboxStatus::Pending,
+            attempts: 0,
+            due_at: now,
+            created_at: now,
+            updated_at: now,
+            reason: None,
+            provider: None,
+            provider_id: None,
+            message: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_journeys_outbox_and_offset() {
+        let (store, t) = store_with_tenant().await;
+        let w = store
+            .add_workflow_version(t, "cart", "Cart", "", "{\"v\":1}", "ada")
+            .await
+            .expect("v1");
+        assert_eq!((w.latest_version, w.enabled_version), (1, None));
+        store
+            .add_workflow_version(t, "cart", "Cart", "", "{\"v\":2}", "ada")
+            .await
+            .expect("v2");
+        assert!(
+            store
+                .set_enabled_version(t, "cart", Some(2))
+                .await
+                .expect("enable")
+        );
+        let w = store
+            .workflow(t, "cart")
+            .await
+            .expect("read")
+            .expect("found");
+        assert_eq!((w.latest_version, w.enabled_version), (2, Some(2)));
+        assert_eq!(
+            store
+                .workflow_versions(t, "cart")
+                .await
+                .expect("versions")
+                .len(),
+            2
+        );
+
+        let now = Utc::now();
+        let row = |id: &str, active: bool, at: i64| JourneyRow {
+            id: id.into(),
+            tenant: t,
+            workflow: "cart".into(),
+            person: "u:ada".into(),
+            active,
+            entered_at: now + chrono::Duration::seconds(at),
+            state: format!("{{\"id\":\"{id}\"}}"),
+        };
+        store
+            .commit(AutomationCommit {
+                journeys: vec![
+                    row("j1", false, 0),
+                    row("j2", false, 10),
+                    row("j3", true, 20),
+                ],
+                messages: vec![message(t, "j1/send", now)],
+                offset: Some(("automation".into(), 42)),
+            })
+            .await
+            .expect("commit");
+        // The same key again changes nothing.
+        let mut again = message(t, "j1/send", now);
+        again.channel = "sms".into();
+        store
+            .commit(AutomationCommit {
+                messages: vec![again],
+                offset: Some(("automation".into(), 43)),
+                ..AutomationCommit::default()
+            })
+            .await
+            .expect("commit");
+        assert_eq!(
+            store.automation_offset("automation").await.expect("offset"),
+            Some(43)
+        );
+        let kept = store
+            .message(t, "j1/send")
+            .await
+            .expect("read")
+            .expect("found");
+        assert_eq!(kept.channel, "email");
+        let mut restore: Vec<String> = store
+            .journeys_to_restore()
+            .await
+            .expect("restore")
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        restore.sort();
+        assert_eq!(restore, ["j2", "j3"]);
+        assert_eq!(
+            store
+                .journeys_of(t, &["u:ada".into()], 10)
+                .await
+                .expect("of")
+                .len(),
+            3
+        );
+
+        let due = store.due_messages(now, 10).await.expect("due");
+        assert_eq!(due.len(), 1);
+        let mut sent = due[0].clone();
+        sent.status = OutboxStatus::Sent;
+        sent.attempts = 1;
+        sent.provider = Some("smtp".into());
+        store.update_messages(&[sent]).await.expect("update");
+        assert!(store.due_messages(now, 10).await.expect("due").is_empty());
+        let hour_ago = now - chrono::Duration::hours(1);
+        assert_eq!(
+            store
+                .sent_since(t, "u:ada", "email", hour_ago)
+                .await
+                .expect("n"),
+            1
+        );
+        assert_eq!(
+            store.sent_since(t, "u:ada", "", hour_ago).await.expect("n"),
+            1
+        );
+        assert_eq!(
+            store
+                .sent_since(t, "u:ada", "sms", hour_ago)
+                .await
+                .expect("n"),
+            0
+        );
+        assert_eq!(
+            store
+                .messages(t, Some(OutboxStatus::Sent), 10)
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
+        assert!(store.delete_workflow(t, "cart").await.expect("delete"));
+        assert!(
+            store
+                .journeys_of(t, &["u:ada".into()], 10)
+                .await
+                .expect("of")
+                .is_empty()
+        );
+    }
+}

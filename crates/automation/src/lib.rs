@@ -11,7 +11,10 @@
 //! format.
 
 pub mod people;
+pub mod policy;
+pub mod profiles;
 pub mod runtime;
+pub mod service;
 pub mod template;
 
 pub use people::{Directory, People, Person};

@@ -64,6 +64,11 @@ pub trait People: Send + Sync {
     fn of_event(&self, tenant: TenantId, event: &Event) -> Option<Person>;
     /// A person by one of their keys (`u:…` / `a:…`), as they are now.
     fn by_key(&self, tenant: TenantId, key: &str) -> Option<Person>;
+    /// Whether the persons reflect the event log up to and including `offset` (the runtime
+    /// waits for that before it reads the event at `offset`).
+    fn ready(&self, _offset: u64) -> bool {
+        true
+    }
 }
 
 /// The keys of an event's sender: `u:<userId>`, `a:<anonymousId>`.

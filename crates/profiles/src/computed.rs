@@ -183,6 +183,27 @@ impl Computed {
         self.last_order_at = max_time(self.last_order_at, other.last_order_at);
     }
 
+    /// The computed attributes at `now`, by name, as the API shows them and templates and
+    /// workflow conditions see them.
+    pub fn to_json(&self, now: DateTime<Utc>) -> serde_json::Value {
+        serde_json::json!({
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "events": self.events,
+            "sessions": self.sessions(),
+            "orders": self.orders,
+            "revenue": self.revenue - self.refunds,
+            "refunds": self.refunds,
+            "average_order_value": self.average_order_value(),
+            "first_order_at": self.first_order_at,
+            "last_order_at": self.last_order_at,
+            "days_since_last_order": self.days_since_last_order(now),
+            "days_since_last_seen": self.days_since_last_seen(now),
+            "purchase_frequency": self.purchase_frequency(now),
+            "engagement": (self.engagement(now) * 10.0).round() / 10.0,
+        })
+    }
+
     pub fn heap_bytes(&self) -> usize {
         self.event_counts
             .keys()

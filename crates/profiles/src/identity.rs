@@ -316,6 +316,35 @@ impl IdentityGraph {
         self.members.iter().map(|(p, ids)| (*p, ids))
     }
 
+    /// A person's user and anonymous ids as keys, `u:<userId>` then `a:<anonymousId>`
+    /// (the subjects of consents, journeys and messages).
+    pub fn keys(&self, person: PersonId) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .identifiers(person)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|i| match i.kind.as_str() {
+                        USER_ID => Some(format!("u:{}", i.value)),
+                        ANONYMOUS_ID => Some(format!("a:{}", i.value)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort_by_key(|k| !k.starts_with("u:"));
+        keys
+    }
+
+    /// The person a key (`u:…` / `a:…`) names.
+    pub fn person_of_key(&self, key: &str) -> Option<PersonId> {
+        let (kind, value) = match key.split_once(':')? {
+            ("u", v) => (USER_ID, v),
+            ("a", v) => (ANONYMOUS_ID, v),
+            _ => return None,
+        };
+        self.person_of(&Identifier::new(kind, value, &self.rules)?)
+    }
+
     pub fn person_count(&self) -> usize {
         self.members.len()
     }

@@ -51,34 +51,13 @@ pub(crate) fn identifiers_json(engine: &Engine, person: PersonId) -> Value {
     json!(by_kind)
 }
 
-/// The computed attributes of a profile at `now`.
-fn computed_json(p: &Profile, now: DateTime<Utc>) -> Value {
-    let c = &p.computed;
-    json!({
-        "first_seen": c.first_seen,
-        "last_seen": c.last_seen,
-        "events": c.events,
-        "sessions": c.sessions(),
-        "orders": c.orders,
-        "revenue": c.revenue - c.refunds,
-        "refunds": c.refunds,
-        "average_order_value": c.average_order_value(),
-        "first_order_at": c.first_order_at,
-        "last_order_at": c.last_order_at,
-        "days_since_last_order": c.days_since_last_order(now),
-        "days_since_last_seen": c.days_since_last_seen(now),
-        "purchase_frequency": c.purchase_frequency(now),
-        "engagement": (c.engagement(now) * 10.0).round() / 10.0,
-    })
-}
-
 fn summary(engine: &Engine, person: PersonId, p: &Profile, now: DateTime<Utc>) -> Value {
     let (segments, tags) = engine.memberships(person);
     json!({
         "id": person,
         "identifiers": identifiers_json(engine, person),
         "traits": p.traits.to_json(),
-        "computed": computed_json(p, now),
+        "computed": p.computed.to_json(now),
         "segments": segments,
         "tags": tags,
     })
@@ -268,25 +247,7 @@ pub(crate) fn subject_keys(
     let st = lock(&t);
     let by = if anonymous { ANONYMOUS_ID } else { USER_ID };
     let person = find(&st.engine, id, Some(by)).ok()?;
-    Some((person, keys_of(&st.engine, person)))
-}
-
-/// The `u:` / `a:` keys of a person's user and anonymous ids.
-fn keys_of(engine: &Engine, person: PersonId) -> Vec<String> {
-    engine
-        .profiles()
-        .graph()
-        .identifiers(person)
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|i| match i.kind.as_str() {
-                    USER_ID => Some(format!("u:{}", i.value)),
-                    ANONYMOUS_ID => Some(format!("a:{}", i.value)),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    Some((person, st.engine.profiles().graph().keys(person)))
 }
 
 fn person_json(engine: &Engine, person: PersonId, now: DateTime<Utc>) -> Option<Value> {
@@ -352,7 +313,7 @@ pub async fn timeline(
     let (person, keys) = {
         let st = lock(&t);
         let person = find(&st.engine, &id, q.by.as_deref())?;
-        (person, keys_of(&st.engine, person))
+        (person, st.engine.profiles().graph().keys(person))
     };
     // An anonymous id shared with someone else (a device two users signed in on) stays with
     // one person: the other's events on it are theirs, by their user id.

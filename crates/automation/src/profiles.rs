@@ -1,0 +1,49 @@
+//! [`People`] over the profiles service: persons as the profiles engine knows them.
+
+use livora_model::{Event, TenantId};
+use livora_profiles::PersonId;
+use livora_profiles::segments::Engine;
+use livora_profiles::service::ProfileService;
+use serde_json::Value;
+
+use crate::people::{People, Person};
+
+fn person(engine: &Engine, id: PersonId, now: chrono::DateTime<chrono::Utc>) -> Option<Person> {
+    let (id, p) = engine.profiles().get(id)?;
+    let (segments, tags) = engine.memberships(id);
+    let computed = match p.computed.to_json(now) {
+        Value::Object(m) => m,
+        _ => Default::default(),
+    };
+    let traits = p.traits.to_json();
+    Some(Person {
+        keys: engine.profiles().graph().keys(id),
+        traits,
+        computed,
+        segments: segments.into_iter().map(str::to_owned).collect(),
+        tags: tags.into_iter().map(str::to_owned).collect(),
+    })
+}
+
+impl People for ProfileService {
+    fn of_event(&self, tenant: TenantId, event: &Event) -> Option<Person> {
+        let t = self.tenant(tenant);
+        let st = t.lock().unwrap_or_else(|e| e.into_inner());
+        let graph = st.engine.profiles().graph();
+        let id = livora_profiles::profile::identifiers(event, graph.rules())
+            .iter()
+            .find_map(|i| graph.person_of(i))?;
+        person(&st.engine, id, self.now())
+    }
+
+    fn by_key(&self, tenant: TenantId, key: &str) -> Option<Person> {
+        let t = self.tenant(tenant);
+        let st = t.lock().unwrap_or_else(|e| e.into_inner());
+        let id = st.engine.profiles().graph().person_of_key(key)?;
+        person(&st.engine, id, self.now())
+    }
+
+    fn ready(&self, offset: u64) -> bool {
+        self.applied() > offset
+    }
+}

@@ -10,6 +10,7 @@
 //! It decides *whether* and *what* to send; `livora-channels` knows each provider's wire
 //! format.
 
+pub mod outbox;
 pub mod people;
 pub mod policy;
 pub mod profiles;

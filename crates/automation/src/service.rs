@@ -89,7 +89,7 @@ pub struct AutomationService {
     /// One past the last log offset applied.
     applied: AtomicU64,
     /// Wakes the sender when messages were added.
-    pub(crate) outbox_changed: tokio::sync::Notify,
+    outbox_changed: Arc<tokio::sync::Notify>,
     /// Wakes the follower (a workflow was saved, enabled or triggered).
     poke: tokio::sync::Notify,
     /// For each message an event caused: the event's log offset and when the message was
@@ -177,7 +177,7 @@ impl AutomationService {
             sink,
             runtime: Mutex::new(Runtime::new()),
             applied: AtomicU64::new(0),
-            outbox_changed: tokio::sync::Notify::new(),
+            outbox_changed: Arc::new(tokio::sync::Notify::new()),
             poke: tokio::sync::Notify::new(),
             lags: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
@@ -186,6 +186,12 @@ impl AutomationService {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Notified when messages were added to the outbox (the [`crate::outbox::Sender`]
+    /// waits on it).
+    pub fn outbox_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_changed.clone()
     }
 
     pub fn store(&self) -> &Arc<dyn MetadataStore> {

@@ -1,0 +1,270 @@
+//! The outbox sender: takes due messages from the outbox, checks the [`Policy`], and hands
+//! them to a [`Channel`]; retries with exponential backoff and jitter, fails over to the
+//! channel's secondary provider, and finally puts a message in the dead letters with why.
+//!
+//! Every provider is given the message's key as its idempotency key: a crash after a
+//! provider accepted a message but before the outbox recorded it sends it again with the
+//! same key, and the provider drops the repeat.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use livora_model::TenantId;
+use livora_profiles::service::Clock;
+use livora_store::MetadataStore;
+use livora_store::automation::{OutboxRow, OutboxStatus};
+use serde_json::{Map, Value};
+
+use crate::policy::{Decision, Policy};
+use crate::runtime::Message;
+
+/// A message as a provider gets it.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The idempotency key.
+    pub key: String,
+    pub tenant: TenantId,
+    pub person: String,
+    /// The address: email, phone number, push token or URL.
+    pub to: String,
+    /// The rendered parts (`subject`, `body`, …).
+    pub content: Map<String, Value>,
+}
+
+/// Why a provider did not take a message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SendError {
+    /// Worth trying again (a timeout, a 5xx, a 429).
+    #[error("{0}")]
+    Transient(String),
+    /// Trying again will not help (a 4xx: bad address, bad credentials).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// One provider of one channel (SMTP for email, Twilio for SMS, …).
+#[async_trait]
+pub trait Channel: Send + Sync {
+    /// The provider's name, recorded with each message it accepts.
+    fn provider(&self) -> &str;
+    /// Sends one message; `Ok` holds the provider's id for it, if it gives one.
+    async fn send(&self, m: &Outgoing) -> Result<Option<String>, SendError>;
+}
+
+/// A channel's providers: the primary, and the one to fail over to.
+#[derive(Clone)]
+pub struct Route {
+    pub primary: Arc<dyn Channel>,
+    pub secondary: Option<Arc<dyn Channel>>,
+}
+
+/// How hard to try.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Attempts on each provider before moving on.
+    pub attempts: u32,
+    /// The first backoff; each next one doubles, with ±50 % jitter.
+    pub base: chrono::Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            base: chrono::Duration::seconds(10),
+        }
+    }
+}
+
+pub struct Sender {
+    store: Arc<dyn MetadataStore>,
+    clock: Arc<dyn Clock>,
+    routes: HashMap<String, Route>,
+    policy: Policy,
+    retry: Retry,
+    /// Messages sent at once.
+    concurrency: usize,
+}
+
+/// The backoff before attempt `n + 1` (n ≥ 1), with jitter from `key`.
+fn backoff(base: chrono::Duration, n: u32, key: &str) -> chrono::Duration {
+    let exp = base * 2i32.saturating_pow(n.saturating_sub(1).min(16));
+    let jitter = (xxhash_rust::xxh3::xxh3_64(format!("{key}|{n}").as_bytes()) % 1000) as i32;
+    // 0.5 to 1.5 times the exponential step.
+    exp * (500 + jitter) / 1000
+}
+
+impl Sender {
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        clock: Arc<dyn Clock>,
+        routes: HashMap<String, Route>,
+        policy: Policy,
+        retry: Retry,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            routes,
+            policy,
+            retry,
+            concurrency: 64,
+        }
+    }
+
+    /// Sends what is due now; returns how many messages it looked at.
+    pub async fn send_due(&self) -> Result<usize, livora_store::Error> {
+        let now = self.clock.now();
+        let due = self.store.due_messages(now, 512).await?;
+        let n = due.len();
+        let mut done = Vec::with_capacity(n);
+        for chunk in due.chunks(self.concurrency) {
+            let results =
+                futures::future::join_all(chunk.iter().map(|row| self.attempt(row.clone(), now)))
+                    .await;
+            done.extend(results);
+        }
+        self.store.update_messages(&done).await?;
+        Ok(n)
+    }
+
+    async fn attempt(&self, mut row: OutboxRow, now: DateTime<Utc>) -> OutboxRow {
+        row.updated_at = now;
+        let m: Message = match serde_json::from_str(&row.message) {
+            Ok(m) => m,
+            Err(e) => return dead(row, format!("unreadable message: {e}")),
+        };
+        let Some(route) = self.routes.get(&m.channel) else {
+            return dead(row, format!("no provider is configured for {}", m.channel));
+        };
+        let Some(to) = m.to.clone() else {
+            return dead(row, format!("no {} address", m.channel));
+        };
+        if row.attempts == 0 || row.reason.as_deref().is_some_and(|r| r.starts_with("held")) {
+            match self.check(&m, now).await {
+                Ok(Decision::Send) => {}
+                Ok(Decision::Hold(until)) => {
+                    row.due_at = until;
+                    row.reason = Some(format!("held: quiet hours until {}", until.to_rfc3339()));
+                    return row;
+                }
+                Ok(Decision::Block(why)) => {
+                    row.status = OutboxStatus::Blocked;
+                    row.reason = Some(why);
+                    return row;
+                }
+                Err(e) => {
+                    row.due_at = now + self.retry.base;
+                    row.reason = Some(format!("policy check failed: {e}"));
+                    return row;
+                }
+            }
+        }
+        // Attempts 0..n go to the primary, n..2n to the secondary.
+        let on_secondary = row.attempts >= self.retry.attempts;
+        let provider = match (&route.secondary, on_secondary) {
+            (_, false) => route.primary.clone(),
+            (Some(s), true) => s.clone(),
+            (None, true) => return dead(row, "no provider left to try".into()),
+        };
+        let out = Outgoing {
+            key: row.key.clone(),
+            tenant: row.tenant,
+            person: row.person.clone(),
+            to,
+            content: m.content.clone(),
+        };
+        row.attempts += 1;
+        match provider.send(&out).await {
+            Ok(id) => {
+                row.status = OutboxStatus::Sent;
+                row.provider = Some(provider.provider().to_owned());
+                row.provider_id = id;
+                row.reason = None;
+            }
+            Err(e) => {
+                let limit = if route.secondary.is_some() {
+                    2 * self.retry.attempts
+                } else {
+                    self.retry.attempts
+                };
+                let permanent = matches!(e, SendError::Permanent(_));
+                let why = format!("{}: {e}", provider.provider());
+                if row.attempts >= limit
+                    || (permanent && (on_secondary || route.secondary.is_none()))
+                {
+                    return dead(row, why);
+                }
+                if permanent {
+                    // Straight to the secondary.
+                    row.attempts = self.retry.attempts;
+                    row.due_at = now;
+                } else {
+                    let n = if on_secondary {
+                        row.attempts - self.retry.attempts
+                    } else {
+                        row.attempts
+                    };
+                    row.due_at = now + backoff(self.retry.base, n, &row.key);
+                }
+                row.reason = Some(why);
+            }
+        }
+        row
+    }
+
+    async fn check(
+        &self,
+        m: &Message,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, livora_store::Error> {
+        if m.channel == "webhook" {
+            return Ok(Decision::Send);
+        }
+        let consents = self
+            .store
+            .consents(m.tenant, std::slice::from_ref(&m.person))
+            .await?;
+        let sent = if m.category == livora_model::workflow::Category::Marketing {
+            self.store
+                .sent_since(
+                    m.tenant,
+                    &m.person,
+                    &m.channel,
+                    now - self.policy.cap_window,
+                )
+                .await?
+        } else {
+            0
+        };
+        Ok(self.policy.decide(m, &consents, sent, now))
+    }
+
+    /// Sends for ever: whenever messages are added, and at least once a second.
+    pub async fn run(self: Arc<Self>, changed: Arc<tokio::sync::Notify>) {
+        loop {
+            let n = match self.send_due().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the outbox could not be read");
+                    0
+                }
+            };
+            if n == 0 {
+                tokio::select! {
+                    _ = changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+fn dead(mut row: OutboxRow, why: String) -> OutboxRow {
+    row.status = OutboxStatus::Dead;
+    row.reason = Some(why);
+    row
+}

@@ -59,7 +59,12 @@ pub trait Channel: Send + Sync {
 pub struct Route {
     pub primary: Arc<dyn Channel>,
     pub secondary: Option<Arc<dyn Channel>>,
+    /// At most this many messages a second through this channel (the providers' own
+    /// limits: Twilio queues, WhatsApp's per-number tiers).
+    pub per_second: Option<u32>,
 }
+
+type Limiter = governor::DefaultDirectRateLimiter;
 
 /// How hard to try.
 #[derive(Debug, Clone)]
@@ -87,6 +92,7 @@ pub struct Sender {
     retry: Retry,
     /// Messages sent at once.
     concurrency: usize,
+    limiters: HashMap<String, Limiter>,
 }
 
 /// The backoff before attempt `n + 1` (n ≥ 1), with jitter from `key`.
@@ -105,6 +111,16 @@ impl Sender {
         policy: Policy,
         retry: Retry,
     ) -> Self {
+        let limiters = routes
+            .iter()
+            .filter_map(|(ch, r)| {
+                let n = std::num::NonZeroU32::new(r.per_second?)?;
+                Some((
+                    ch.clone(),
+                    governor::RateLimiter::direct(governor::Quota::per_second(n)),
+                ))
+            })
+            .collect();
         Self {
             store,
             clock,
@@ -112,57 +128,109 @@ impl Sender {
             policy,
             retry,
             concurrency: 64,
+            limiters,
         }
     }
 
     /// Sends what is due now; returns how many messages it looked at.
+    ///
+    /// The policy is checked one message after the other (so a frequency cap counts the
+    /// messages allowed earlier in the same batch); the sending is concurrent.
     pub async fn send_due(&self) -> Result<usize, livora_store::Error> {
         let now = self.clock.now();
         let due = self.store.due_messages(now, 512).await?;
         let n = due.len();
         let mut done = Vec::with_capacity(n);
-        for chunk in due.chunks(self.concurrency) {
-            let results =
-                futures::future::join_all(chunk.iter().map(|row| self.attempt(row.clone(), now)))
-                    .await;
+        let mut ready = Vec::new();
+        let mut allowed: HashMap<(TenantId, String, String), u32> = HashMap::new();
+        for row in due {
+            match self.gate(row, now, &mut allowed).await {
+                Ok(go) => ready.push(go),
+                Err(row) => done.push(row),
+            }
+        }
+        let mut ready = ready.into_iter();
+        loop {
+            let chunk: Vec<_> = ready.by_ref().take(self.concurrency).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let results = futures::future::join_all(
+                chunk
+                    .into_iter()
+                    .map(|(row, m, to)| self.deliver(row, m, to, now)),
+            )
+            .await;
             done.extend(results);
         }
         self.store.update_messages(&done).await?;
         Ok(n)
     }
 
-    async fn attempt(&self, mut row: OutboxRow, now: DateTime<Utc>) -> OutboxRow {
+    /// Checks a message before sending: `Ok` to send it to the address, `Err` with the row
+    /// as it ends up (held, blocked, dead, or due again).
+    async fn gate(
+        &self,
+        mut row: OutboxRow,
+        now: DateTime<Utc>,
+        allowed: &mut HashMap<(TenantId, String, String), u32>,
+    ) -> Result<(OutboxRow, Message, String), OutboxRow> {
         row.updated_at = now;
         let m: Message = match serde_json::from_str(&row.message) {
             Ok(m) => m,
-            Err(e) => return dead(row, format!("unreadable message: {e}")),
+            Err(e) => return Err(dead(row, format!("unreadable message: {e}"))),
         };
+        if !self.routes.contains_key(&m.channel) {
+            let why = format!("no provider is configured for {}", m.channel);
+            return Err(dead(row, why));
+        }
+        let Some(to) = m.to.clone() else {
+            let why = format!("no {} address", m.channel);
+            return Err(dead(row, why));
+        };
+        let first =
+            row.attempts == 0 || row.reason.as_deref().is_some_and(|r| r.starts_with("held"));
+        if !first {
+            return Ok((row, m, to));
+        }
+        let counter = (m.tenant, m.person.clone(), m.channel.clone());
+        let earlier = allowed.get(&counter).copied().unwrap_or(0);
+        match self.check(&m, now, earlier).await {
+            Ok(Decision::Send) => {
+                if m.category == livora_model::workflow::Category::Marketing {
+                    *allowed.entry(counter).or_default() += 1;
+                }
+                Ok((row, m, to))
+            }
+            Ok(Decision::Hold(until)) => {
+                row.due_at = until;
+                row.reason = Some(format!("held: quiet hours until {}", until.to_rfc3339()));
+                Err(row)
+            }
+            Ok(Decision::Block(why)) => {
+                row.status = OutboxStatus::Blocked;
+                row.reason = Some(why);
+                Err(row)
+            }
+            Err(e) => {
+                row.due_at = now + self.retry.base;
+                row.reason = Some(format!("policy check failed: {e}"));
+                Err(row)
+            }
+        }
+    }
+
+    /// One attempt with the provider whose turn it is.
+    async fn deliver(
+        &self,
+        mut row: OutboxRow,
+        m: Message,
+        to: String,
+        now: DateTime<Utc>,
+    ) -> OutboxRow {
         let Some(route) = self.routes.get(&m.channel) else {
             return dead(row, format!("no provider is configured for {}", m.channel));
         };
-        let Some(to) = m.to.clone() else {
-            return dead(row, format!("no {} address", m.channel));
-        };
-        if row.attempts == 0 || row.reason.as_deref().is_some_and(|r| r.starts_with("held")) {
-            match self.check(&m, now).await {
-                Ok(Decision::Send) => {}
-                Ok(Decision::Hold(until)) => {
-                    row.due_at = until;
-                    row.reason = Some(format!("held: quiet hours until {}", until.to_rfc3339()));
-                    return row;
-                }
-                Ok(Decision::Block(why)) => {
-                    row.status = OutboxStatus::Blocked;
-                    row.reason = Some(why);
-                    return row;
-                }
-                Err(e) => {
-                    row.due_at = now + self.retry.base;
-                    row.reason = Some(format!("policy check failed: {e}"));
-                    return row;
-                }
-            }
-        }
         // Attempts 0..n go to the primary, n..2n to the secondary.
         let on_secondary = row.attempts >= self.retry.attempts;
         let provider = match (&route.secondary, on_secondary) {
@@ -170,6 +238,9 @@ impl Sender {
             (Some(s), true) => s.clone(),
             (None, true) => return dead(row, "no provider left to try".into()),
         };
+        if let Some(limiter) = self.limiters.get(&m.channel) {
+            limiter.until_ready().await;
+        }
         let out = Outgoing {
             key: row.key.clone(),
             tenant: row.tenant,
@@ -220,6 +291,7 @@ impl Sender {
         &self,
         m: &Message,
         now: DateTime<Utc>,
+        earlier: u32,
     ) -> Result<Decision, livora_store::Error> {
         if m.channel == "webhook" {
             return Ok(Decision::Send);
@@ -240,7 +312,7 @@ impl Sender {
         } else {
             0
         };
-        Ok(self.policy.decide(m, &consents, sent, now))
+        Ok(self.policy.decide(m, &consents, sent + earlier, now))
     }
 
     /// Sends for ever: whenever messages are added, and at least once a second.

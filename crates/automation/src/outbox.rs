@@ -66,6 +66,23 @@ pub struct Route {
 
 type Limiter = governor::DefaultDirectRateLimiter;
 
+/// Rate limiters by (tenant, channel), with the rate each was made for.
+type Limiters = HashMap<(TenantId, String), (u32, Arc<Limiter>)>;
+
+/// Where the sender finds a tenant's providers for a channel.
+pub trait Routes: Send + Sync {
+    fn route(&self, tenant: TenantId, channel: &str) -> Option<Route>;
+}
+
+/// The same providers for every tenant (tests, benchmarks, a single-tenant node).
+pub struct FixedRoutes(pub HashMap<String, Route>);
+
+impl Routes for FixedRoutes {
+    fn route(&self, _tenant: TenantId, channel: &str) -> Option<Route> {
+        self.0.get(channel).cloned()
+    }
+}
+
 /// How hard to try.
 #[derive(Debug, Clone)]
 pub struct Retry {
@@ -87,12 +104,13 @@ impl Default for Retry {
 pub struct Sender {
     store: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
-    routes: HashMap<String, Route>,
+    routes: Arc<dyn Routes>,
     policy: Policy,
     retry: Retry,
     /// Messages sent at once.
     concurrency: usize,
-    limiters: HashMap<String, Limiter>,
+    /// Rate limiters by (tenant, channel), made when first needed.
+    limiters: std::sync::Mutex<Limiters>,
 }
 
 /// The backoff before attempt `n + 1` (n ≥ 1), with jitter from `key`.
@@ -107,20 +125,10 @@ impl Sender {
     pub fn new(
         store: Arc<dyn MetadataStore>,
         clock: Arc<dyn Clock>,
-        routes: HashMap<String, Route>,
+        routes: Arc<dyn Routes>,
         policy: Policy,
         retry: Retry,
     ) -> Self {
-        let limiters = routes
-            .iter()
-            .filter_map(|(ch, r)| {
-                let n = std::num::NonZeroU32::new(r.per_second?)?;
-                Some((
-                    ch.clone(),
-                    governor::RateLimiter::direct(governor::Quota::per_second(n)),
-                ))
-            })
-            .collect();
         Self {
             store,
             clock,
@@ -128,7 +136,29 @@ impl Sender {
             policy,
             retry,
             concurrency: 64,
-            limiters,
+            limiters: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The rate limiter of a tenant's channel (`None`: unlimited).
+    fn limiter(
+        &self,
+        tenant: TenantId,
+        channel: &str,
+        per_second: Option<u32>,
+    ) -> Option<Arc<Limiter>> {
+        let n = std::num::NonZeroU32::new(per_second?)?;
+        let mut all = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (tenant, channel.to_owned());
+        match all.get(&key) {
+            Some((rate, l)) if *rate == n.get() => Some(l.clone()),
+            _ => {
+                let l = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                    n,
+                )));
+                all.insert(key, (n.get(), l.clone()));
+                Some(l)
+            }
         }
     }
 
@@ -180,7 +210,7 @@ impl Sender {
             Ok(m) => m,
             Err(e) => return Err(dead(row, format!("unreadable message: {e}"))),
         };
-        if !self.routes.contains_key(&m.channel) {
+        if self.routes.route(m.tenant, &m.channel).is_none() {
             let why = format!("no provider is configured for {}", m.channel);
             return Err(dead(row, why));
         }
@@ -228,7 +258,7 @@ impl Sender {
         to: String,
         now: DateTime<Utc>,
     ) -> OutboxRow {
-        let Some(route) = self.routes.get(&m.channel) else {
+        let Some(route) = self.routes.route(m.tenant, &m.channel) else {
             return dead(row, format!("no provider is configured for {}", m.channel));
         };
         // Attempts 0..n go to the primary, n..2n to the secondary.
@@ -238,7 +268,7 @@ impl Sender {
             (Some(s), true) => s.clone(),
             (None, true) => return dead(row, "no provider left to try".into()),
         };
-        if let Some(limiter) = self.limiters.get(&m.channel) {
+        if let Some(limiter) = self.limiter(m.tenant, &m.channel, route.per_second) {
             limiter.until_ready().await;
         }
         let out = Outgoing {

@@ -52,7 +52,7 @@ pub enum Outcome {
 /// A person's way through one workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Journey {
-    /// `j-<workflow>-<hash of the triggering event and person>`.
+    /// `j-<workflow>-<hash of the tenant, the triggering event and the person>`.
     pub id: String,
     pub tenant: TenantId,
     pub workflow: String,
@@ -198,6 +198,13 @@ fn same_as_trigger(same: &[String], props: &Map<String, Value>, trigger: &Value)
             (Some(a), Some(b)) => !a.is_null() && a == b,
             _ => false,
         })
+}
+
+/// The id of the journey of a tenant's `workflow` that `seed` (the triggering event and
+/// person, or an API call's idempotency key) starts.
+pub fn journey_id(tenant: TenantId, workflow: &str, seed: &str) -> String {
+    let h = xxhash_rust::xxh3::xxh3_128(format!("{}|{workflow}|{seed}", tenant.0).as_bytes());
+    format!("j-{workflow}-{h:032x}")
 }
 
 /// A number in 0..100 from a text: the holdout group and splits.
@@ -581,10 +588,7 @@ impl Runtime {
             return;
         };
         let def = v.definition.clone();
-        let id = format!(
-            "j-{workflow}-{:016x}",
-            xxhash_rust::xxh3::xxh3_64(seed.as_bytes())
-        );
+        let id = journey_id(tenant, workflow, seed);
         if self.journeys.contains_key(&id)
             || !self.may_enter(tenant, workflow, def.reentry, person, now)
         {

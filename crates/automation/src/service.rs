@@ -203,6 +203,11 @@ impl AutomationService {
         self.applied.load(Ordering::Acquire)
     }
 
+    /// Records why the service cannot run.
+    pub fn fail(&self, why: String) {
+        *lock(&self.failure) = Some(why);
+    }
+
     /// Why the follower stopped, if it did.
     pub fn failure(&self) -> Option<String> {
         lock(&self.failure).clone()
@@ -385,6 +390,11 @@ impl AutomationService {
         let Some(p) = self.people.by_key(tenant, person) else {
             return Ok(None);
         };
+        // A journey this key started before, even one that has ended, is not started again.
+        let id = crate::runtime::journey_id(tenant, workflow, seed);
+        if self.store.journey(&id).await?.is_some() {
+            return Ok(None);
+        }
         let now = self.now();
         let changes = lock(&self.runtime).trigger(
             tenant,

@@ -59,6 +59,34 @@ pub fn check(text: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Checks every template of a workflow; an error names the part (`steps[1].send.template.body`).
+pub fn check_workflow(
+    w: &livora_model::workflow::Workflow,
+) -> Result<(), livora_model::segment::DefinitionError> {
+    use livora_model::workflow::Action;
+    let fail =
+        |path: String, e: String| livora_model::segment::DefinitionError { path, message: e };
+    for (i, step) in w.steps.iter().enumerate() {
+        match &step.action {
+            Action::Send(s) => {
+                for (k, v) in &s.template {
+                    if let Some(text) = v.as_str() {
+                        check(text)
+                            .map_err(|e| fail(format!("steps[{i}].send.template.{k}"), e))?;
+                    }
+                }
+            }
+            Action::Webhook(h) => {
+                if let Some(body) = &h.body {
+                    check(body).map_err(|e| fail(format!("steps[{i}].webhook.body"), e))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 //! where the API has one). Base URLs are settings, so tests point them at local servers that
 //! check the documented request format.
 
+pub mod config;
 #[cfg(feature = "push-fcm")]
 pub mod fcm;
 #[cfg(any(

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use livora_automation::outbox::{Retry, Route, Sender};
+use livora_automation::outbox::{FixedRoutes, Retry, Route, Sender};
 use livora_automation::policy::Policy;
 use livora_automation::runtime::Message;
 use livora_automation::service::outbox_row;
@@ -100,7 +100,7 @@ fn sender(
     Sender::new(
         store,
         clock,
-        routes,
+        Arc::new(FixedRoutes(routes)),
         Policy::default(),
         Retry {
             attempts: 2,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use livora_log::LogOptions;
-use livora_server::{AuthOptions, IngestOptions, LimitOptions};
+use livora_server::{AuthOptions, AutomationOptions, IngestOptions, LimitOptions};
 use livora_store::crypto::{self, Kms, LocalKms, PiiFields};
 use serde::Deserialize;
 
@@ -27,6 +27,7 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub log: LogConfig,
     pub analytics: AnalyticsConfig,
+    pub automation: AutomationOptions,
 }
 
 /// Encryption at rest of personal data (`[privacy]`).
@@ -138,6 +139,7 @@ impl Default for Config {
             privacy: PrivacyConfig::default(),
             log: LogConfig::default(),
             analytics: AnalyticsConfig::default(),
+            automation: AutomationOptions::default(),
         }
     }
 }

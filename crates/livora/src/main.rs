@@ -249,6 +249,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         &config.limits,
         columns,
         profiles,
+        &config.automation,
         security,
     )?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");

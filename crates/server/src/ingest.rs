@@ -270,7 +270,7 @@ fn refused(total: usize, errors: Vec<(usize, ItemError)>) -> ApiError {
         .with("errors", list)
 }
 
-fn record(tenant: livora_model::TenantId, event: &Event) -> Result<NewRecord, ApiError> {
+pub(crate) fn record(tenant: livora_model::TenantId, event: &Event) -> Result<NewRecord, ApiError> {
     let payload = serde_json::to_vec(event).map_err(|e| ApiError::internal(&e))?;
     Ok(NewRecord {
         tenant: tenant.0,

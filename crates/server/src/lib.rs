@@ -26,6 +26,7 @@ mod query;
 mod segments;
 pub mod staff;
 pub mod tls;
+mod workflows;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -91,6 +92,66 @@ impl IngestOptions {
     }
 }
 
+/// Automation settings (`[automation]` in `livora.toml`): the delivery policy and retries.
+/// Channels (providers and credentials) are configured per tenant through the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutomationOptions {
+    /// Run workflows (needs profiles).
+    pub enabled: bool,
+    /// At most this many marketing messages per person and channel a day (0: no cap).
+    pub frequency_cap: u32,
+    /// Quiet hours in the person's time zone, `"21-8"` (start-end hours); `""`: none.
+    pub quiet_hours: String,
+    /// Attempts per provider before failing over (then the dead letters).
+    pub retry_attempts: u32,
+    /// The first retry's delay; each next one doubles (with jitter).
+    pub retry_base_secs: u64,
+}
+
+impl Default for AutomationOptions {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            frequency_cap: 2,
+            quiet_hours: "21-8".into(),
+            retry_attempts: 4,
+            retry_base_secs: 10,
+        }
+    }
+}
+
+impl AutomationOptions {
+    /// The policy these settings give; an error names the bad setting.
+    pub fn policy(&self) -> Result<livora_automation::policy::Policy, String> {
+        let quiet_hours = match self.quiet_hours.trim() {
+            "" => None,
+            q => {
+                let (a, b) = q.split_once('-').ok_or_else(|| {
+                    format!("automation.quiet_hours {q:?}: start-end hours, e.g. \"21-8\"")
+                })?;
+                let hour = |x: &str| x.trim().parse::<u32>().ok().filter(|h| *h < 24);
+                match (hour(a), hour(b)) {
+                    (Some(a), Some(b)) => Some((a, b)),
+                    _ => return Err(format!("automation.quiet_hours {q:?}: hours are 0-23")),
+                }
+            }
+        };
+        Ok(livora_automation::policy::Policy {
+            frequency_cap: (self.frequency_cap > 0).then_some(self.frequency_cap),
+            cap_window: chrono::Duration::days(1),
+            quiet_hours,
+        })
+    }
+
+    pub fn retry(&self) -> livora_automation::outbox::Retry {
+        livora_automation::outbox::Retry {
+            attempts: self.retry_attempts.max(1),
+            base: chrono::Duration::seconds(self.retry_base_secs.clamp(1, 86_400) as i64),
+        }
+    }
+}
+
 /// The oldest event time `tenant` keeps (its retention), if it has one.
 pub(crate) async fn retention_cutoff(
     state: &AppState,
@@ -148,6 +209,8 @@ pub enum StateError {
     Origin(#[from] limits::BadOrigin),
     #[error(transparent)]
     Secret(#[from] access::WeakSecret),
+    #[error("{0}")]
+    Automation(String),
 }
 
 /// What every handler shares.
@@ -171,12 +234,20 @@ pub struct AppState {
     /// Profiles, identity and segments, fed from the log by [`serve`]; `None` on an
     /// ingest-only node.
     pub profiles: Option<Arc<livora_profiles::service::ProfileService>>,
+    /// Workflows and journeys, fed from the log by [`serve`] once profiles are there; `None`
+    /// on an ingest-only node.
+    pub automation: Option<Arc<livora_automation::service::AutomationService>>,
+    /// Sends the outbox (started by [`serve`] with the automation service).
+    pub sender: Option<Arc<livora_automation::outbox::Sender>>,
+    /// Every tenant's channel providers (read by [`serve`] at start).
+    pub channels: Option<Arc<livora_channels::config::Directory>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         log: EventLog,
         store: Arc<dyn MetadataStore>,
@@ -184,6 +255,7 @@ impl AppState {
         limits: &LimitOptions,
         columns: Option<Arc<ColumnStore>>,
         profiles: Option<livora_profiles::snapshot::Options>,
+        automation: &AutomationOptions,
         security: Security,
     ) -> Result<Arc<Self>, StateError> {
         let ttl = Duration::from_secs(ingest.key_cache_ttl_secs);
@@ -202,10 +274,44 @@ impl AppState {
                 opts.snapshots,
             )
         });
+        let keyring = protection.as_ref().map(|p| p.keyring.clone());
+        let (automation, sender, channels) = match &profiles {
+            Some(people) if automation.enabled => {
+                let policy = automation.policy().map_err(StateError::Automation)?;
+                let sink = Arc::new(workflows::LogSink {
+                    log: log.clone(),
+                    protection: protection.as_ref().map(|p| privacy::Protection {
+                        keyring: p.keyring.clone(),
+                        fields: p.fields.clone(),
+                    }),
+                });
+                let svc = livora_automation::service::AutomationService::new(
+                    store.clone(),
+                    keyring.clone(),
+                    Arc::new(livora_profiles::service::SystemClock),
+                    people.clone(),
+                    sink,
+                );
+                let channels =
+                    livora_channels::config::Directory::new(store.clone(), keyring.clone());
+                let sender = Arc::new(livora_automation::outbox::Sender::new(
+                    store.clone(),
+                    Arc::new(livora_profiles::service::SystemClock),
+                    channels.clone(),
+                    policy,
+                    automation.retry(),
+                ));
+                (Some(svc), Some(sender), Some(channels))
+            }
+            _ => (None, None, None),
+        };
         Ok(Arc::new(Self {
             log,
             columns,
             profiles,
+            automation,
+            sender,
+            channels,
             jwt: access::Jwt::new(&security.jwt_secret)?,
             auth: security.auth,
             sessions: access::SessionCache::new(ttl),
@@ -365,6 +471,72 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         "/api/v1/tags/{id}",
         Need::Permission(P::EditSegments),
     ),
+    (
+        "GET",
+        "/api/v1/workflows",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "POST",
+        "/api/v1/workflows",
+        Need::Permission(P::EditWorkflows),
+    ),
+    (
+        "GET",
+        "/api/v1/workflows/{id}",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "PUT",
+        "/api/v1/workflows/{id}",
+        Need::Permission(P::EditWorkflows),
+    ),
+    (
+        "DELETE",
+        "/api/v1/workflows/{id}",
+        Need::Permission(P::EditWorkflows),
+    ),
+    (
+        "GET",
+        "/api/v1/workflows/{id}/versions",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "POST",
+        "/api/v1/workflows/{id}/enable",
+        Need::Permission(P::EnableWorkflows),
+    ),
+    (
+        "POST",
+        "/api/v1/workflows/{id}/pause",
+        Need::Permission(P::EnableWorkflows),
+    ),
+    (
+        "POST",
+        "/api/v1/workflows/{id}/trigger",
+        Need::Permission(P::EnableWorkflows),
+    ),
+    (
+        "GET",
+        "/api/v1/people/{id}/journeys",
+        Need::Permission(P::ViewPii),
+    ),
+    ("GET", "/api/v1/messages", Need::Permission(P::ViewPii)),
+    (
+        "GET",
+        "/api/v1/channels",
+        Need::Permission(P::ManageChannels),
+    ),
+    (
+        "PUT",
+        "/api/v1/channels/{channel}",
+        Need::Permission(P::ManageChannels),
+    ),
+    (
+        "DELETE",
+        "/api/v1/channels/{channel}",
+        Need::Permission(P::ManageChannels),
+    ),
     ("GET", "/healthz", Need::Public),
     ("GET", "/readyz", Need::Public),
     ("GET", "/metrics", Need::Public),
@@ -427,6 +599,20 @@ fn handler(method: &str, path: &str) -> Handler {
         ("POST", "/api/v1/tags") => post(segments::create_tag),
         ("PATCH", "/api/v1/tags/{id}") => patch(segments::update_tag),
         ("DELETE", "/api/v1/tags/{id}") => delete(segments::delete_tag),
+        ("GET", "/api/v1/workflows") => get(workflows::list),
+        ("POST", "/api/v1/workflows") => post(workflows::create),
+        ("GET", "/api/v1/workflows/{id}") => get(workflows::get),
+        ("PUT", "/api/v1/workflows/{id}") => put(workflows::update),
+        ("DELETE", "/api/v1/workflows/{id}") => delete(workflows::delete),
+        ("GET", "/api/v1/workflows/{id}/versions") => get(workflows::versions),
+        ("POST", "/api/v1/workflows/{id}/enable") => post(workflows::enable),
+        ("POST", "/api/v1/workflows/{id}/pause") => post(workflows::pause),
+        ("POST", "/api/v1/workflows/{id}/trigger") => post(workflows::trigger),
+        ("GET", "/api/v1/people/{id}/journeys") => get(workflows::person_journeys),
+        ("GET", "/api/v1/messages") => get(workflows::messages),
+        ("GET", "/api/v1/channels") => get(workflows::list_channels),
+        ("PUT", "/api/v1/channels/{channel}") => put(workflows::put_channel),
+        ("DELETE", "/api/v1/channels/{channel}") => delete(workflows::delete_channel),
         ("GET", "/healthz") => get(ops::healthz),
         ("GET", "/readyz") => get(ops::readyz),
         ("GET", "/metrics") => get(ops::metrics),
@@ -526,6 +712,29 @@ pub async fn serve(
         .clone()
         .map(|p| background_follower(p, state.log.clone()))
         .transpose()?;
+    let automation = state.automation.clone().map(|svc| {
+        let (log, channels, sender) = (
+            state.log.clone(),
+            state.channels.clone(),
+            state.sender.clone(),
+        );
+        tokio::spawn(async move {
+            if let Some(c) = &channels
+                && let Err(e) = c.load().await
+            {
+                tracing::error!(error = %e, "cannot read the channels");
+            }
+            if let Err(e) = svc.load().await {
+                tracing::error!(error = %e, "cannot read the workflows; automation is stopped");
+                svc.fail(e.to_string());
+                return;
+            }
+            if let Some(sender) = sender {
+                tokio::spawn(sender.run(svc.outbox_changed()));
+            }
+            svc.follow(log).await;
+        })
+    });
     let ready_state = state.clone();
     let router = app(state.clone());
     let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -550,6 +759,9 @@ pub async fn serve(
         }
     };
     retention.abort();
+    if let Some(a) = automation {
+        a.abort();
+    }
     if let Some(c) = columns {
         c.abort();
     }

@@ -108,6 +108,19 @@ pub struct OutboxRow {
     pub message: String,
 }
 
+/// A tenant's configuration of one channel (providers and their credentials), as stored:
+/// sealed with the tenant's key when encryption at rest is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelRecord {
+    /// `email`, `sms`, `whatsapp`, `push` or `webhook`.
+    pub channel: String,
+    pub config: Vec<u8>,
+    /// Whether `config` is sealed (else plain JSON).
+    pub sealed: bool,
+    pub updated_by: String,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// What one step of the runtime changed, written in one transaction.
 #[derive(Debug, Default)]
 pub struct AutomationCommit {
@@ -154,9 +167,16 @@ pub trait AutomationStore: Send + Sync + 'static {
     /// Deletes a workflow, its versions and journeys (messages stay in the outbox).
     async fn delete_workflow(&self, tenant: TenantId, id: &str) -> Result<bool, Error>;
 
+    /// Adds or replaces a tenant's channel configuration.
+    async fn put_channel(&self, tenant: TenantId, record: &ChannelRecord) -> Result<(), Error>;
+    async fn channels(&self, tenant: TenantId) -> Result<Vec<ChannelRecord>, Error>;
+    async fn all_channels(&self) -> Result<Vec<(TenantId, ChannelRecord)>, Error>;
+    async fn delete_channel(&self, tenant: TenantId, channel: &str) -> Result<bool, Error>;
+
     async fn commit(&self, commit: AutomationCommit) -> Result<(), Error>;
     /// The offset stored for a consumer name.
     async fn automation_offset(&self, name: &str) -> Result<Option<u64>, Error>;
+    async fn journey(&self, id: &str) -> Result<Option<JourneyRow>, Error>;
     /// Every active journey, and the newest ended one of each (tenant, workflow, person).
     async fn journeys_to_restore(&self) -> Result<Vec<JourneyRow>, Error>;
     /// A person's journeys (by any of `persons`), newest first.

@@ -208,6 +208,17 @@ CREATE TABLE automation_offsets (
     log_offset  INTEGER NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE channels (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    channel     TEXT NOT NULL,
+    config      BLOB NOT NULL,
+    sealed      INTEGER NOT NULL,
+    updated_by  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, channel)
+);
+"#,
 ];
 
 #[derive(Clone)]
@@ -244,6 +255,15 @@ impl SqliteStore {
         Self::migrate(pool).await
     }
 
+    /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`). A deferred one
+    /// that reads and then writes cannot wait for another writer: SQLite answers `database
+    /// is locked` at the first write instead of honouring the busy timeout.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Error> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Moves the WAL's pages into the database and truncates the WAL, so deleted rows (zeroed
     /// by `secure_delete`) leave no copy in the WAL file.
     pub(crate) async fn scrub(&self) -> Result<(), Error> {
@@ -264,7 +284,7 @@ impl SqliteStore {
     }
 
     async fn migrate(pool: SqlitePool) -> Result<Self, Error> {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&mut *tx)
             .await?;

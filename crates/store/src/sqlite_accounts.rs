@@ -217,7 +217,7 @@ impl AccountStore for SqliteStore {
         user_id: &str,
         new: Role,
     ) -> Result<Option<Role>, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = role_in(&mut tx, tenant, user_id).await?;
         sqlx::query(
             "INSERT INTO memberships (user_id, tenant_id, role, created_at) VALUES (?, ?, ?, ?)
@@ -234,7 +234,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn remove_member(&self, tenant: TenantId, user_id: &str) -> Result<Option<Role>, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = role_in(&mut tx, tenant, user_id).await?;
         sqlx::query("DELETE FROM memberships WHERE user_id = ? AND tenant_id = ?")
             .bind(user_id)
@@ -293,7 +293,7 @@ impl AccountStore for SqliteStore {
         purpose: TokenPurpose,
         now: DateTime<Utc>,
     ) -> Result<Option<OneTimeToken>, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "UPDATE user_tokens SET used_at = ? WHERE hash = ? AND purpose = ? AND used_at IS NULL
              RETURNING *",
@@ -338,7 +338,7 @@ impl AccountStore for SqliteStore {
             revoked_at: None,
         };
         let token = accounts::generate_token(accounts::REFRESH_TAG);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO sessions (id, user_id, tenant_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
         )
@@ -370,7 +370,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn refresh(&self, token: &str, now: DateTime<Utc>) -> Result<Refreshed, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Claim the token first: of two concurrent uses only one sees `used_at IS NULL`.
         let claimed: Option<String> = sqlx::query_scalar(
             "UPDATE refresh_tokens SET used_at = ? WHERE hash = ? AND used_at IS NULL

@@ -7,8 +7,8 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use crate::automation::{
-    AutomationCommit, AutomationStore, JourneyRow, OutboxRow, OutboxStatus, WorkflowRecord,
-    WorkflowVersion,
+    AutomationCommit, AutomationStore, ChannelRecord, JourneyRow, OutboxRow, OutboxStatus,
+    WorkflowRecord, WorkflowVersion,
 };
 use crate::sqlite::{tenant_id, time};
 use crate::{Error, SqliteStore};
@@ -50,6 +50,17 @@ fn journey(r: &SqliteRow) -> Result<JourneyRow, Error> {
     })
 }
 
+fn channel(r: &SqliteRow) -> Result<ChannelRecord, Error> {
+    let sealed: i64 = r.try_get("sealed")?;
+    Ok(ChannelRecord {
+        channel: r.try_get("channel")?,
+        config: r.try_get("config")?,
+        sealed: sealed != 0,
+        updated_by: r.try_get("updated_by")?,
+        updated_at: time(r, "updated_at")?,
+    })
+}
+
 fn outbox(r: &SqliteRow) -> Result<OutboxRow, Error> {
     let status: String = r.try_get("status")?;
     let attempts: i64 = r.try_get("attempts")?;
@@ -85,7 +96,7 @@ impl AutomationStore for SqliteStore {
         by: &str,
     ) -> Result<WorkflowRecord, Error> {
         let now = Utc::now().to_rfc3339();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let latest: Option<i64> = sqlx::query_scalar(
             "SELECT latest_version FROM workflows WHERE tenant_id = ? AND id = ?",
         )
@@ -206,7 +217,7 @@ impl AutomationStore for SqliteStore {
     }
 
     async fn delete_workflow(&self, tenant: TenantId, id: &str) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for table in ["journeys", "workflow_versions"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE tenant_id = ? AND workflow_id = ?"
@@ -225,8 +236,55 @@ impl AutomationStore for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn put_channel(&self, tenant: TenantId, r: &ChannelRecord) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO channels (tenant_id, channel, config, sealed, updated_by, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant_id, channel) DO UPDATE SET config = excluded.config,
+                sealed = excluded.sealed, updated_by = excluded.updated_by,
+                updated_at = excluded.updated_at",
+        )
+        .bind(tenant.to_string())
+        .bind(&r.channel)
+        .bind(&r.config)
+        .bind(i64::from(r.sealed))
+        .bind(&r.updated_by)
+        .bind(r.updated_at.to_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn channels(&self, tenant: TenantId) -> Result<Vec<ChannelRecord>, Error> {
+        sqlx::query("SELECT * FROM channels WHERE tenant_id = ? ORDER BY channel")
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(channel)
+            .collect()
+    }
+
+    async fn all_channels(&self) -> Result<Vec<(TenantId, ChannelRecord)>, Error> {
+        sqlx::query("SELECT * FROM channels ORDER BY tenant_id, channel")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((tenant_id(r, "tenant_id")?, channel(r)?)))
+            .collect()
+    }
+
+    async fn delete_channel(&self, tenant: TenantId, name: &str) -> Result<bool, Error> {
+        let done = sqlx::query("DELETE FROM channels WHERE tenant_id = ? AND channel = ?")
+            .bind(tenant.to_string())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn commit(&self, c: AutomationCommit) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for j in &c.journeys {
             sqlx::query(
                 "INSERT INTO journeys (id, tenant_id, workflow_id, person, active, entered_at, state)
@@ -291,6 +349,16 @@ impl AutomationStore for SqliteStore {
         Ok(v.map(|v| v as u64))
     }
 
+    async fn journey(&self, id: &str) -> Result<Option<JourneyRow>, Error> {
+        sqlx::query("SELECT * FROM journeys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(journey)
+            .transpose()
+    }
+
     async fn journeys_to_restore(&self) -> Result<Vec<JourneyRow>, Error> {
         sqlx::query(
             "SELECT * FROM journeys WHERE active = 1
@@ -348,7 +416,7 @@ impl AutomationStore for SqliteStore {
     }
 
     async fn update_messages(&self, rows: &[OutboxRow]) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for m in rows {
             sqlx::query(
                 "UPDATE outbox SET status = ?, attempts = ?, due_at = ?, updated_at = ?, reason = ?,

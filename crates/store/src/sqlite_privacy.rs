@@ -86,7 +86,7 @@ impl PrivacyStore for SqliteStore {
     }
 
     async fn insert_subject_keys(&self, keys: &[NewSubjectKey]) -> Result<Vec<usize>, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let now = chrono::Utc::now().to_rfc3339();
         let mut conflicts = Vec::new();
         for (i, k) in keys.iter().enumerate() {
@@ -110,7 +110,7 @@ impl PrivacyStore for SqliteStore {
 
     async fn delete_subject_keys(&self, tenant: TenantId, kids: &[String]) -> Result<u64, Error> {
         let mut n = 0;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for k in kids {
             n += sqlx::query("DELETE FROM subject_keys WHERE tenant_id = ? AND kid = ?")
                 .bind(tenant.to_string())

@@ -104,7 +104,12 @@ fn sample(method: &str, path: &str, n: usize, victims: &Victims) -> (String, Opt
     let p = path
         .replace("{user_id}", &victims.user_id)
         .replace("{key_id}", &victims.key_id)
-        .replace("{id}", "ua");
+        .replace("{id}", "ua")
+        .replace("{channel}", "webhook");
+    let workflow = json!({
+        "trigger": {"event": {"name": "Product Added"}},
+        "steps": [{"id": "hello", "send": {"channel": "email", "template": {"subject": "Hi", "body": "Hello"}}}]
+    });
     let body = match (method, path) {
         ("POST", "/api/v1/query") => Some(json!({
             "kind": "trends", "event": {"event": "Order Completed"}, "interval": "day", "metric": {"kind": "count"},
@@ -128,6 +133,16 @@ fn sample(method: &str, path: &str, n: usize, victims: &Victims) -> (String, Opt
             "condition": {"trait": {"name": "plan", "op": "exists"}}
         })),
         ("POST", "/api/v1/keys") => Some(json!({"scopes": ["read"]})),
+        ("POST", "/api/v1/workflows") => Some(json!({
+            "id": format!("wf-{n}"), "name": format!("Flow {n}"), "definition": workflow
+        })),
+        ("PUT", "/api/v1/workflows/{id}") => Some(json!({"definition": workflow})),
+        ("POST", "/api/v1/workflows/{id}/trigger") => Some(json!({
+            "user_id": "ua", "idempotency_key": format!("k{n}")
+        })),
+        ("PUT", "/api/v1/channels/{channel}") => Some(json!({
+            "provider": "webhook", "settings": {"secret": "0123456789abcdef0123"}
+        })),
         ("POST", "/api/v1/people/{id}/consents") => Some(json!({
             "purpose": "email_marketing", "granted": true, "source": "test"
         })),

@@ -115,6 +115,7 @@ pub async fn spawn_app_inner(
                 every: Duration::from_secs(300),
             }),
         }),
+        &livora_server::AutomationOptions::default(),
         Security {
             auth,
             jwt_secret: TEST_JWT_SECRET.to_vec(),

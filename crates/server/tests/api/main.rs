@@ -9,3 +9,4 @@ mod query;
 mod read;
 mod routes;
 mod tls;
+mod workflows;

@@ -1,0 +1,599 @@
+//! Workflows over HTTP: create, read, edit (each edit is a new version; running journeys
+//! finish on theirs), enable and pause, delete, trigger through the API; a person's
+//! journeys; the outbox and its dead letters.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use livora_automation::runtime::Version;
+use livora_automation::service::AutomationService;
+use livora_model::segment::DefinitionError;
+use livora_model::workflow::Workflow;
+use livora_store::automation::{OutboxRow, OutboxStatus, WorkflowRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::access::Principal;
+use crate::error::{ApiError, Code};
+use crate::staff::entry;
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(Code::InvalidRequest, message)
+}
+
+fn invalid(e: DefinitionError) -> ApiError {
+    let path = if e.path.is_empty() {
+        "definition".to_owned()
+    } else {
+        format!("definition.{}", e.path)
+    };
+    ApiError::new(Code::InvalidDefinition, e.message).with("path", path)
+}
+
+pub(crate) fn service(state: &AppState) -> Result<&Arc<AutomationService>, ApiError> {
+    state.automation.as_ref().ok_or_else(|| {
+        ApiError::new(
+            Code::AnalyticsDisabled,
+            "automation is off on this node (it needs profiles: [analytics] enabled = true)",
+        )
+    })
+}
+
+/// Ids: 1-64 letters, digits, `-` or `_`.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowBody {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    definition: Option<Value>,
+}
+
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(b: Body<T>) -> Result<T, ApiError> {
+    b.map(|Json(b)| b)
+        .map_err(|e| ApiError::new(Code::InvalidJson, e.body_text()))
+}
+
+fn parse(definition: Option<&Value>) -> Result<Workflow, ApiError> {
+    let d = definition.ok_or_else(|| bad("definition is required").with("path", "definition"))?;
+    let w = Workflow::parse(d).map_err(invalid)?;
+    livora_automation::template::check_workflow(&w).map_err(invalid)?;
+    Ok(w)
+}
+
+fn view(w: &WorkflowRecord, definition: Option<Value>) -> Value {
+    json!({
+        "id": w.id,
+        "name": w.name,
+        "description": w.description,
+        "status": if w.enabled_version.is_some() { "enabled" } else { "paused" },
+        "enabled_version": w.enabled_version,
+        "latest_version": w.latest_version,
+        "definition": definition,
+        "created_by": w.created_by,
+        "created_at": w.created_at,
+        "updated_at": w.updated_at,
+    })
+}
+
+async fn record(state: &AppState, p: &Principal, id: &str) -> Result<WorkflowRecord, ApiError> {
+    state
+        .store
+        .workflow(p.tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no workflow {id:?}")))
+}
+
+async fn latest_definition(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<Option<Value>, ApiError> {
+    let versions = state.store.workflow_versions(p.tenant, id).await?;
+    Ok(versions
+        .last()
+        .and_then(|v| serde_json::from_str(&v.definition).ok()))
+}
+
+/// `GET /api/v1/workflows`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> = state
+        .store
+        .workflows(p.tenant)
+        .await?
+        .iter()
+        .map(|w| view(w, None))
+        .collect();
+    Ok(Json(json!({ "workflows": items })))
+}
+
+/// `POST /api/v1/workflows`: version 1, paused.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    b: Body<WorkflowBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let svc = service(&state)?;
+    let b = body(b)?;
+    let name = b
+        .name
+        .clone()
+        .filter(|n| !n.trim().is_empty() && n.len() <= 200)
+        .ok_or_else(|| bad("name: 1-200 characters").with("path", "name"))?;
+    let id =
+        b.id.clone()
+            .unwrap_or_else(|| format!("wf-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]));
+    if !valid_id(&id) {
+        return Err(bad("id: 1-64 letters, digits, - or _").with("path", "id"));
+    }
+    let definition = parse(b.definition.as_ref())?;
+    if state.store.workflow(p.tenant, &id).await?.is_some() {
+        return Err(ApiError::new(Code::Conflict, format!("{id:?} exists")).with("path", "id"));
+    }
+    let text = serde_json::to_string(&definition).map_err(|e| ApiError::internal(&e))?;
+    let w = state
+        .store
+        .add_workflow_version(
+            p.tenant,
+            &id,
+            &name,
+            &b.description.unwrap_or_default(),
+            &text,
+            &p.label(),
+        )
+        .await?;
+    svc.install(
+        Version {
+            tenant: p.tenant,
+            workflow: id.clone(),
+            version: w.latest_version,
+            definition: definition.clone(),
+        },
+        None,
+    );
+    let mut e = entry(&p, "workflow.create", Some(id));
+    e.after = Some(json!({"name": w.name, "version": w.latest_version}));
+    state.audit(e).await?;
+    Ok((StatusCode::CREATED, Json(view(&w, Some(json!(definition))))))
+}
+
+/// `GET /api/v1/workflows/{id}`: with its newest definition.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let w = record(&state, &p, &id).await?;
+    let d = latest_definition(&state, &p, &id).await?;
+    Ok(Json(view(&w, d)))
+}
+
+/// `PUT /api/v1/workflows/{id}`: a new version; an enabled workflow starts new journeys on
+/// it, running journeys finish on theirs.
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    b: Body<WorkflowBody>,
+) -> Result<Json<Value>, ApiError> {
+    let svc = service(&state)?;
+    let b = body(b)?;
+    if b.id.as_ref().is_some_and(|i| *i != id) {
+        return Err(bad("id cannot change").with("path", "id"));
+    }
+    let before = record(&state, &p, &id).await?;
+    let definition = parse(b.definition.as_ref())?;
+    let name = match b.name {
+        Some(n) if n.trim().is_empty() || n.len() > 200 => {
+            return Err(bad("name: 1-200 characters").with("path", "name"));
+        }
+        Some(n) => n,
+        None => before.name.clone(),
+    };
+    let text = serde_json::to_string(&definition).map_err(|e| ApiError::internal(&e))?;
+    let mut w = state
+        .store
+        .add_workflow_version(
+            p.tenant,
+            &id,
+            &name,
+            &b.description.unwrap_or(before.description.clone()),
+            &text,
+            &p.label(),
+        )
+        .await?;
+    let live = before.enabled_version.map(|_| Some(w.latest_version));
+    if let Some(Some(v)) = live {
+        state
+            .store
+            .set_enabled_version(p.tenant, &id, Some(v))
+            .await?;
+        w.enabled_version = Some(v);
+    }
+    svc.install(
+        Version {
+            tenant: p.tenant,
+            workflow: id.clone(),
+            version: w.latest_version,
+            definition: definition.clone(),
+        },
+        live,
+    );
+    let mut e = entry(&p, "workflow.update", Some(id));
+    e.before = Some(json!({"version": before.latest_version}));
+    e.after = Some(json!({"version": w.latest_version}));
+    state.audit(e).await?;
+    Ok(Json(view(&w, Some(json!(definition)))))
+}
+
+/// `GET /api/v1/workflows/{id}/versions`.
+pub async fn versions(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    record(&state, &p, &id).await?;
+    let items: Vec<Value> = state
+        .store
+        .workflow_versions(p.tenant, &id)
+        .await?
+        .into_iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "definition": serde_json::from_str::<Value>(&v.definition).unwrap_or(Value::Null),
+                "created_by": v.created_by,
+                "created_at": v.created_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "versions": items })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EnableBody {
+    /// Default: the newest version.
+    #[serde(default)]
+    version: Option<u32>,
+}
+
+/// `POST /api/v1/workflows/{id}/enable`.
+pub async fn enable(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    b: Option<Json<EnableBody>>,
+) -> Result<Json<Value>, ApiError> {
+    let svc = service(&state)?;
+    let w = record(&state, &p, &id).await?;
+    let version = b.and_then(|Json(b)| b.version).unwrap_or(w.latest_version);
+    if version == 0 || version > w.latest_version {
+        return Err(bad(format!("version: 1-{}", w.latest_version)).with("path", "version"));
+    }
+    state
+        .store
+        .set_enabled_version(p.tenant, &id, Some(version))
+        .await?;
+    svc.set_live(p.tenant, &id, Some(version));
+    let mut e = entry(&p, "workflow.enable", Some(id.clone()));
+    e.after = Some(json!({"version": version}));
+    state.audit(e).await?;
+    let w = record(&state, &p, &id).await?;
+    Ok(Json(view(&w, None)))
+}
+
+/// `POST /api/v1/workflows/{id}/pause`: no new journeys; running ones go on.
+pub async fn pause(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let svc = service(&state)?;
+    record(&state, &p, &id).await?;
+    state.store.set_enabled_version(p.tenant, &id, None).await?;
+    svc.set_live(p.tenant, &id, None);
+    state
+        .audit(entry(&p, "workflow.pause", Some(id.clone())))
+        .await?;
+    let w = record(&state, &p, &id).await?;
+    Ok(Json(view(&w, None)))
+}
+
+/// `DELETE /api/v1/workflows/{id}`: only a paused workflow with no running journeys.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let svc = service(&state)?;
+    let w = record(&state, &p, &id).await?;
+    if w.enabled_version.is_some() {
+        return Err(ApiError::new(
+            Code::Conflict,
+            "pause the workflow before deleting it",
+        ));
+    }
+    let running = svc.with_runtime(|rt| {
+        rt.active()
+            .filter(|j| j.tenant == p.tenant && j.workflow == id)
+            .count()
+    });
+    if running > 0 {
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("{running} journeys of this workflow are still running"),
+        ));
+    }
+    state.store.delete_workflow(p.tenant, &id).await?;
+    state.audit(entry(&p, "workflow.delete", Some(id))).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBody {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    anonymous_id: Option<String>,
+    /// Available to templates as `event.properties`.
+    #[serde(default)]
+    data: Option<Value>,
+    /// Retrying a call with the same key starts nothing twice.
+    idempotency_key: String,
+}
+
+/// `POST /api/v1/workflows/{id}/trigger`: starts a journey for one person (the workflow's
+/// trigger must be `api`).
+pub async fn trigger(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    b: Body<TriggerBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let svc = service(&state)?;
+    let b = body(b)?;
+    let w = record(&state, &p, &id).await?;
+    if w.enabled_version.is_none() {
+        return Err(ApiError::new(Code::Conflict, "the workflow is paused"));
+    }
+    let key = match (&b.user_id, &b.anonymous_id) {
+        (Some(u), _) if !u.is_empty() => format!("u:{u}"),
+        (_, Some(a)) if !a.is_empty() => format!("a:{a}"),
+        _ => return Err(bad("give user_id or anonymous_id").with("path", "user_id")),
+    };
+    if b.idempotency_key.is_empty() || b.idempotency_key.len() > 200 {
+        return Err(bad("idempotency_key: 1-200 characters").with("path", "idempotency_key"));
+    }
+    let data = b.data.unwrap_or_else(|| json!({}));
+    if !data.is_object() {
+        return Err(bad("data must be an object").with("path", "data"));
+    }
+    let seed = format!("api|{}|{}", id, b.idempotency_key);
+    let started = svc
+        .trigger(p.tenant, &id, &key, data, &seed)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    match started {
+        Some(j) => Ok((StatusCode::ACCEPTED, Json(json!(j)))),
+        None => Err(ApiError::new(
+            Code::NotFound,
+            "no journey started: the person is unknown, or the re-entry rule or the idempotency key kept them out",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct JourneysQuery {
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/people/{id}/journeys`: newest first.
+pub async fn person_journeys(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<JourneysQuery>,
+) -> Result<Json<Value>, ApiError> {
+    service(&state)?;
+    let anonymous = matches!(q.by.as_deref(), Some("anonymous_id" | "anonymousId"));
+    let keys = crate::people::subject_keys(&state, p.tenant, &id, anonymous)
+        .map(|(_, k)| k)
+        .unwrap_or_else(|| vec![format!("{}:{id}", if anonymous { "a" } else { "u" })]);
+    let rows = state
+        .store
+        .journeys_of(p.tenant, &keys, q.limit.unwrap_or(100).min(1000))
+        .await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(&r.state).ok())
+        .collect();
+    Ok(Json(json!({ "journeys": items })))
+}
+
+#[derive(Deserialize)]
+pub struct MessagesQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+fn message_view(r: &OutboxRow) -> Value {
+    let m: Value = serde_json::from_str(&r.message).unwrap_or(Value::Null);
+    json!({
+        "key": r.key,
+        "workflow": r.workflow,
+        "person": r.person,
+        "channel": r.channel,
+        "category": r.category,
+        "status": r.status,
+        "attempts": r.attempts,
+        "due_at": r.due_at,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "reason": r.reason,
+        "provider": r.provider,
+        "provider_id": r.provider_id,
+        "to": m.get("to"),
+        "content": m.get("content"),
+    })
+}
+
+/// `GET /api/v1/messages?status=pending|sent|blocked|dead`: the outbox, newest first;
+/// `status=dead` is the dead-letter list, each with its reason.
+pub async fn messages(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Query(q): Query<MessagesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(OutboxStatus::parse(s).ok_or_else(|| {
+            bad("status: one of pending, sent, blocked, dead").with("path", "status")
+        })?),
+    };
+    let rows = state
+        .store
+        .messages(p.tenant, status, q.limit.unwrap_or(100).clamp(1, 1000))
+        .await?;
+    Ok(Json(
+        json!({ "messages": rows.iter().map(message_view).collect::<Vec<_>>() }),
+    ))
+}
+
+/// Appends events written by workflows (traits they set) to the log, with personal fields
+/// encrypted as ingestion does.
+pub(crate) struct LogSink {
+    pub log: livora_log::EventLog,
+    pub protection: Option<crate::privacy::Protection>,
+}
+
+#[async_trait::async_trait]
+impl livora_automation::service::EventSink for LogSink {
+    async fn append(
+        &self,
+        tenant: livora_model::TenantId,
+        mut events: Vec<livora_model::Event>,
+    ) -> Result<(), String> {
+        if let Some(p) = &self.protection {
+            crate::privacy::protect(p, tenant, &mut events)
+                .await
+                .map_err(|e| e.message)?;
+        }
+        let records = events
+            .iter()
+            .map(|e| crate::ingest::record(tenant, e).map_err(|e| e.message))
+            .collect::<Result<Vec<_>, String>>()?;
+        self.log
+            .append(records)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn channels(state: &AppState) -> Result<&Arc<livora_channels::config::Directory>, ApiError> {
+    service(state)?;
+    state
+        .channels
+        .as_ref()
+        .ok_or_else(|| ApiError::new(Code::AnalyticsDisabled, "automation is off on this node"))
+}
+
+fn valid_channel(channel: &str) -> Result<(), ApiError> {
+    if livora_model::workflow::CHANNELS.contains(&channel) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            Code::NotFound,
+            format!(
+                "no channel {channel:?}; one of {}",
+                livora_model::workflow::CHANNELS.join(", ")
+            ),
+        ))
+    }
+}
+
+/// `GET /api/v1/channels`: the tenant's channels, credentials never shown.
+pub async fn list_channels(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let dir = channels(&state)?;
+    let items: serde_json::Map<String, Value> = dir.list(p.tenant).into_iter().collect();
+    Ok(Json(json!({ "channels": items })))
+}
+
+/// `PUT /api/v1/channels/{channel}`: providers and credentials (stored sealed).
+pub async fn put_channel(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(channel): Path<String>,
+    b: Body<livora_channels::config::ChannelConfig>,
+) -> Result<Json<Value>, ApiError> {
+    let dir = channels(&state)?;
+    valid_channel(&channel)?;
+    let config = body(b)?;
+    let shown = livora_channels::config::redact(&config);
+    dir.put(p.tenant, &channel, config, &p.label())
+        .await
+        .map_err(|e| match e {
+            livora_channels::config::DirectoryError::Config(c) => {
+                ApiError::new(Code::InvalidRequest, c.to_string()).with("path", "settings")
+            }
+            other => ApiError::internal(&other),
+        })?;
+    let mut e = entry(&p, "channel.configure", Some(channel.clone()));
+    e.after = Some(shown.clone());
+    state.audit(e).await?;
+    Ok(Json(json!({ "channel": channel, "config": shown })))
+}
+
+/// `DELETE /api/v1/channels/{channel}`.
+pub async fn delete_channel(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(channel): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let dir = channels(&state)?;
+    valid_channel(&channel)?;
+    if !dir
+        .delete(p.tenant, &channel)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+    {
+        return Err(ApiError::new(
+            Code::NotFound,
+            format!("{channel} is not configured"),
+        ));
+    }
+    state
+        .audit(entry(&p, "channel.delete", Some(channel)))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -64,6 +64,9 @@ pub trait People: Send + Sync {
     fn of_event(&self, tenant: TenantId, event: &Event) -> Option<Person>;
     /// A person by one of their keys (`u:…` / `a:…`), as they are now.
     fn by_key(&self, tenant: TenantId, key: &str) -> Option<Person>;
+    /// The members of a segment (everyone with a profile when `None`): a scheduled
+    /// workflow's audience.
+    fn audience(&self, tenant: TenantId, segment: Option<&str>) -> Vec<Person>;
     /// Whether the persons reflect the event log up to and including `offset` (the runtime
     /// waits for that before it reads the event at `offset`).
     fn ready(&self, _offset: u64) -> bool {
@@ -136,5 +139,17 @@ impl People for Directory {
     fn by_key(&self, tenant: TenantId, key: &str) -> Option<Person> {
         let i = *self.by_key.get(&(tenant, key.to_owned()))?;
         self.people.get(i).cloned()
+    }
+
+    fn audience(&self, tenant: TenantId, segment: Option<&str>) -> Vec<Person> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.by_key
+            .iter()
+            .filter(|((t, _), _)| *t == tenant)
+            .filter(|(_, i)| seen.insert(**i))
+            .filter_map(|(_, i)| self.people.get(*i))
+            .filter(|p| segment.is_none_or(|s| p.segments.contains(s)))
+            .cloned()
+            .collect()
     }
 }

@@ -43,6 +43,23 @@ impl People for ProfileService {
         person(&st.engine, id, self.now())
     }
 
+    fn audience(&self, tenant: TenantId, segment: Option<&str>) -> Vec<Person> {
+        let t = self.tenant(tenant);
+        let st = t.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.now();
+        let ids: Vec<PersonId> = match segment {
+            Some(s) => st
+                .engine
+                .members(s, false)
+                .map(|m| m.iter().copied().collect())
+                .unwrap_or_default(),
+            None => st.engine.profiles().people().map(|(id, _)| id).collect(),
+        };
+        ids.into_iter()
+            .filter_map(|id| person(&st.engine, id, now))
+            .collect()
+    }
+
     fn ready(&self, offset: u64) -> bool {
         self.applied() > offset
     }

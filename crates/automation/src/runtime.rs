@@ -269,6 +269,10 @@ pub struct Runtime {
     timers: BTreeSet<(i64, String)>,
     /// Tenant time zones (UTC when absent).
     zones: HashMap<TenantId, chrono_tz::Tz>,
+    /// The next run (µs) of each live scheduled workflow; set at the first
+    /// [`Runtime::advance`] after it goes live, so a run missed while the node was down
+    /// is not made up.
+    schedules: HashMap<(TenantId, String), i64>,
 }
 
 impl Runtime {
@@ -347,11 +351,69 @@ impl Runtime {
         self.timers.len()
     }
 
-    /// When the next timer fires.
+    /// When the next timer (or scheduled run) fires.
     pub fn next_wake(&self) -> Option<DateTime<Utc>> {
-        self.timers
-            .first()
-            .and_then(|(t, _)| DateTime::from_timestamp_micros(*t))
+        let timer = self.timers.first().map(|(t, _)| *t);
+        let schedule = self.schedules.values().min().copied();
+        [timer, schedule]
+            .into_iter()
+            .flatten()
+            .min()
+            .and_then(DateTime::from_timestamp_micros)
+    }
+
+    /// Starts the journeys of every scheduled workflow due at `now` (each member of its
+    /// audience enters, with the run's time in the seed: a run never starts a person twice).
+    fn run_schedules(&mut self, now: DateTime<Utc>, people: &dyn People, changes: &mut Changes) {
+        let due = micros(now);
+        let mut live: Vec<(TenantId, String, u32)> = Vec::new();
+        for ((t, wf), v) in &self.live {
+            if let Some(version) = self.version(*t, wf, *v)
+                && matches!(version.definition.trigger, Trigger::Schedule(_))
+            {
+                live.push((*t, wf.clone(), *v));
+            }
+        }
+        self.schedules
+            .retain(|k, _| live.iter().any(|(t, w, _)| (*t, w) == (k.0, &k.1)));
+        for (tenant, wf, version) in live {
+            let Some(Trigger::Schedule(s)) = self
+                .version(tenant, &wf, version)
+                .map(|v| v.definition.trigger.clone())
+            else {
+                continue;
+            };
+            let Ok(cron) = s.parsed() else { continue };
+            let tz = self.zones.get(&tenant).copied().unwrap_or(chrono_tz::UTC);
+            let next_after = |t: DateTime<Utc>| {
+                cron.find_next_occurrence(&t.with_timezone(&tz), false)
+                    .ok()
+                    .map(|n| micros(n.with_timezone(&Utc)))
+            };
+            let key = (tenant, wf.clone());
+            let Some(&at) = self.schedules.get(&key) else {
+                if let Some(n) = next_after(now) {
+                    self.schedules.insert(key, n);
+                }
+                continue;
+            };
+            if at > due {
+                continue;
+            }
+            let run = DateTime::from_timestamp_micros(at).unwrap_or(now);
+            for person in people.audience(tenant, s.segment.as_deref()) {
+                let trigger = json!({"event": "Scheduled", "properties": {"run": run.to_rfc3339()},
+                    "timestamp": run.to_rfc3339(), "message_id": format!("cron-{at}")});
+                let seed = format!("cron|{at}|{}", person.key());
+                self.start(
+                    tenant, &wf, version, &person, trigger, &seed, people, now, changes,
+                );
+            }
+            match next_after(now) {
+                Some(n) => self.schedules.insert(key, n),
+                None => self.schedules.remove(&key),
+            };
+        }
     }
 
     /// Finds journey `id` by each of `keys` from now on.
@@ -868,6 +930,7 @@ impl Runtime {
     /// Fires every timer due at `now`: delays end, waits time out.
     pub fn advance(&mut self, now: DateTime<Utc>, people: &dyn People) -> Changes {
         let mut changes = Changes::default();
+        self.run_schedules(now, people, &mut changes);
         let due = micros(now);
         while let Some((at, id)) = self.timers.first().cloned() {
             if at > due {

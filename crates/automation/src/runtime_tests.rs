@@ -502,3 +502,46 @@ fn restored_journeys_go_on_where_they_were() {
     );
     assert_eq!(sends(&back.advance(t(3600), &dir)).len(), 1);
 }
+
+#[test]
+fn a_schedule_starts_its_audience_once_per_run_in_the_tenant_time_zone() {
+    let mut rt = runtime_with(json!({
+        "trigger": {"schedule": {"cron": "0 9 * * *", "segment": "newsletter"}},
+        "steps": [{"id": "digest", "send": {"channel": "email", "template": {"subject": "Daily", "body": "."}}}]
+    }));
+    rt.set_time_zone(tenant(), chrono_tz::Europe::Paris);
+    let mut dir = Directory::default();
+    for (n, member) in [("ann", true), ("ben", true), ("cyd", false)] {
+        let mut p = person(&[&format!("u:{n}")], json!({"email": format!("{n}@x.io")}));
+        if member {
+            p.segments.insert("newsletter".into());
+        }
+        dir.put(tenant(), p);
+    }
+    // 2026-06-03 06:00 UTC (08:00 in Paris): armed, nothing yet.
+    let morning = Utc
+        .with_ymd_and_hms(2026, 6, 3, 6, 0, 0)
+        .single()
+        .expect("time");
+    assert!(sends(&rt.advance(morning, &dir)).is_empty());
+    let nine = Utc
+        .with_ymd_and_hms(2026, 6, 3, 7, 0, 0)
+        .single()
+        .expect("time");
+    assert_eq!(rt.next_wake(), Some(nine));
+    let c = rt.advance(nine, &dir);
+    let mut to: Vec<_> = sends(&c).iter().filter_map(|m| m.to.clone()).collect();
+    to.sort();
+    assert_eq!(to, ["ann@x.io", "ben@x.io"]);
+    assert!(
+        sends(&rt.advance(nine + chrono::Duration::minutes(5), &dir)).is_empty(),
+        "once per run"
+    );
+    let next_day = nine + chrono::Duration::days(1);
+    assert_eq!(rt.next_wake(), Some(next_day));
+    assert_eq!(
+        sends(&rt.advance(next_day, &dir)).len(),
+        2,
+        "and again the next day"
+    );
+}

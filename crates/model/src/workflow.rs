@@ -68,6 +68,14 @@ pub struct Schedule {
     pub segment: Option<String>,
 }
 
+impl Schedule {
+    /// The cron expression, parsed.
+    pub fn parsed(&self) -> Result<croner::Cron, String> {
+        use std::str::FromStr;
+        croner::Cron::from_str(&self.cron).map_err(|e| format!("{:?}: {e}", self.cron))
+    }
+}
+
 /// When a person who was already in this workflow may enter it again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -145,6 +153,8 @@ pub enum Action {
 #[serde(deny_unknown_fields)]
 pub struct Delay {
     #[serde(default)]
+    pub seconds: u32,
+    #[serde(default)]
     pub minutes: u32,
     #[serde(default)]
     pub hours: u32,
@@ -154,7 +164,10 @@ pub struct Delay {
 
 impl Delay {
     pub fn seconds(&self) -> i64 {
-        i64::from(self.minutes) * 60 + i64::from(self.hours) * 3600 + i64::from(self.days) * 86_400
+        i64::from(self.seconds)
+            + i64::from(self.minutes) * 60
+            + i64::from(self.hours) * 3600
+            + i64::from(self.days) * 86_400
     }
 }
 
@@ -397,6 +410,9 @@ impl Workflow {
                         "a cron expression has five fields: minute hour day-of-month month day-of-week",
                     ));
                 }
+                if let Err(e) = s.parsed() {
+                    return Err(err("trigger.schedule.cron", e));
+                }
                 if let Some(seg) = &s.segment {
                     check_name("trigger.schedule.segment", "a segment id", seg)?;
                 }
@@ -559,7 +575,7 @@ impl Step {
                 if s <= 0 || s > 366 * 86_400 {
                     return Err(err(
                         &format!("{p}.delay"),
-                        "a delay of 1 minute to 366 days (minutes, hours and/or days)",
+                        "a delay of 1 second to 366 days (seconds, minutes, hours and/or days)",
                     ));
                 }
             }
@@ -741,6 +757,12 @@ mod tests {
         let mut v = abandoned_cart();
         v["trigger"] = json!({"schedule": {"cron": "every day"}});
         assert_eq!(error_at(v), "trigger.schedule.cron");
+        let mut v = abandoned_cart();
+        v["trigger"] = json!({"schedule": {"cron": "61 * * * *"}});
+        assert_eq!(error_at(v), "trigger.schedule.cron");
+        let mut v = abandoned_cart();
+        v["trigger"] = json!({"schedule": {"cron": "0 9 * * MON", "segment": "vip"}});
+        assert!(Workflow::parse(&v).is_ok());
         let mut v = abandoned_cart();
         v["steps"][0] = json!({"id": "b", "branch": {"if": {"trait": {"name": "plan", "op": "gt", "value": "x"}}}});
         assert_eq!(error_at(v), "steps[0].branch.if.trait.value");

@@ -168,13 +168,28 @@ impl Sender {
     /// messages allowed earlier in the same batch); the sending is concurrent.
     pub async fn send_due(&self) -> Result<usize, livora_store::Error> {
         let now = self.clock.now();
-        let due = self.store.due_messages(now, 512).await?;
+        let due = self.store.due_messages(now, 2048).await?;
         let n = due.len();
         let mut done = Vec::with_capacity(n);
+        let mut parsed = Vec::with_capacity(n);
+        for mut row in due {
+            row.updated_at = now;
+            match serde_json::from_str::<Message>(&row.message) {
+                Ok(m) => parsed.push((row, m)),
+                Err(e) => done.push(dead(row, format!("unreadable message: {e}"))),
+            }
+        }
+        let facts = match self.facts(&parsed, now).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "the delivery policy could not be checked");
+                None
+            }
+        };
         let mut ready = Vec::new();
         let mut allowed: HashMap<(TenantId, String, String), u32> = HashMap::new();
-        for row in due {
-            match self.gate(row, now, &mut allowed).await {
+        for (row, m) in parsed {
+            match self.gate(row, m, now, facts.as_ref(), &mut allowed) {
                 Ok(go) => ready.push(go),
                 Err(row) => done.push(row),
             }
@@ -197,19 +212,51 @@ impl Sender {
         Ok(n)
     }
 
+    /// What the policy needs to know of a batch's persons: their consents, and the
+    /// marketing messages they got within the cap window (one query of each per tenant).
+    async fn facts(
+        &self,
+        batch: &[(OutboxRow, Message)],
+        now: DateTime<Utc>,
+    ) -> Result<Facts, livora_store::Error> {
+        let mut persons: HashMap<TenantId, Vec<String>> = HashMap::new();
+        for (row, m) in batch {
+            if first_attempt(row) && m.channel != "webhook" {
+                persons.entry(m.tenant).or_default().push(m.person.clone());
+            }
+        }
+        let mut facts = Facts::default();
+        for (tenant, mut list) in persons {
+            list.sort();
+            list.dedup();
+            for c in self.store.consents(tenant, &list).await? {
+                facts
+                    .consents
+                    .entry((tenant, c.subject.clone()))
+                    .or_default()
+                    .push(c);
+            }
+            for (person, channel, n) in self
+                .store
+                .sent_counts(tenant, &list, now - self.policy.cap_window)
+                .await?
+            {
+                facts.sent.insert((tenant, person, channel), n);
+            }
+        }
+        Ok(facts)
+    }
+
     /// Checks a message before sending: `Ok` to send it to the address, `Err` with the row
     /// as it ends up (held, blocked, dead, or due again).
-    async fn gate(
+    fn gate(
         &self,
         mut row: OutboxRow,
+        m: Message,
         now: DateTime<Utc>,
+        facts: Option<&Facts>,
         allowed: &mut HashMap<(TenantId, String, String), u32>,
     ) -> Result<(OutboxRow, Message, String), OutboxRow> {
-        row.updated_at = now;
-        let m: Message = match serde_json::from_str(&row.message) {
-            Ok(m) => m,
-            Err(e) => return Err(dead(row, format!("unreadable message: {e}"))),
-        };
         if self.routes.route(m.tenant, &m.channel).is_none() {
             let why = format!("no provider is configured for {}", m.channel);
             return Err(dead(row, why));
@@ -218,33 +265,37 @@ impl Sender {
             let why = format!("no {} address", m.channel);
             return Err(dead(row, why));
         };
-        let first =
-            row.attempts == 0 || row.reason.as_deref().is_some_and(|r| r.starts_with("held"));
-        if !first {
+        if !first_attempt(&row) || m.channel == "webhook" {
             return Ok((row, m, to));
         }
+        let Some(facts) = facts else {
+            row.due_at = now + self.retry.base;
+            row.reason = Some("policy check failed: the store could not be read".into());
+            return Err(row);
+        };
         let counter = (m.tenant, m.person.clone(), m.channel.clone());
         let earlier = allowed.get(&counter).copied().unwrap_or(0);
-        match self.check(&m, now, earlier).await {
-            Ok(Decision::Send) => {
+        let sent = facts.sent.get(&counter).copied().unwrap_or(0);
+        let none = Vec::new();
+        let consents = facts
+            .consents
+            .get(&(m.tenant, m.person.clone()))
+            .unwrap_or(&none);
+        match self.policy.decide(&m, consents, sent + earlier, now) {
+            Decision::Send => {
                 if m.category == livora_model::workflow::Category::Marketing {
                     *allowed.entry(counter).or_default() += 1;
                 }
                 Ok((row, m, to))
             }
-            Ok(Decision::Hold(until)) => {
+            Decision::Hold(until) => {
                 row.due_at = until;
                 row.reason = Some(format!("held: quiet hours until {}", until.to_rfc3339()));
                 Err(row)
             }
-            Ok(Decision::Block(why)) => {
+            Decision::Block(why) => {
                 row.status = OutboxStatus::Blocked;
                 row.reason = Some(why);
-                Err(row)
-            }
-            Err(e) => {
-                row.due_at = now + self.retry.base;
-                row.reason = Some(format!("policy check failed: {e}"));
                 Err(row)
             }
         }
@@ -317,34 +368,6 @@ impl Sender {
         row
     }
 
-    async fn check(
-        &self,
-        m: &Message,
-        now: DateTime<Utc>,
-        earlier: u32,
-    ) -> Result<Decision, livora_store::Error> {
-        if m.channel == "webhook" {
-            return Ok(Decision::Send);
-        }
-        let consents = self
-            .store
-            .consents(m.tenant, std::slice::from_ref(&m.person))
-            .await?;
-        let sent = if m.category == livora_model::workflow::Category::Marketing {
-            self.store
-                .sent_since(
-                    m.tenant,
-                    &m.person,
-                    &m.channel,
-                    now - self.policy.cap_window,
-                )
-                .await?
-        } else {
-            0
-        };
-        Ok(self.policy.decide(m, &consents, sent + earlier, now))
-    }
-
     /// Sends for ever: whenever messages are added, and at least once a second.
     pub async fn run(self: Arc<Self>, changed: Arc<tokio::sync::Notify>) {
         loop {
@@ -363,6 +386,19 @@ impl Sender {
             }
         }
     }
+}
+
+/// What the policy knows of a batch's persons.
+#[derive(Default)]
+struct Facts {
+    consents: HashMap<(TenantId, String), Vec<livora_store::Consent>>,
+    /// Marketing messages sent within the cap window, by (tenant, person, channel).
+    sent: HashMap<(TenantId, String, String), u32>,
+}
+
+/// Whether the policy is still to be checked: a first attempt, or one held for quiet hours.
+fn first_attempt(row: &OutboxRow) -> bool {
+    row.attempts == 0 || row.reason.as_deref().is_some_and(|r| r.starts_with("held"))
 }
 
 fn dead(mut row: OutboxRow, why: String) -> OutboxRow {

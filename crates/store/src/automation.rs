@@ -199,6 +199,14 @@ pub trait AutomationStore: Send + Sync + 'static {
         status: Option<OutboxStatus>,
         limit: u32,
     ) -> Result<Vec<OutboxRow>, Error>;
+    /// How many marketing messages went to each of `persons` on each channel since `since`:
+    /// `(person, channel, count)` (frequency caps, for a whole batch at once).
+    async fn sent_counts(
+        &self,
+        tenant: TenantId,
+        persons: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, u32)>, Error>;
     /// How many marketing messages went to `person` on `channel` (any channel when empty)
     /// since `since` (frequency caps).
     async fn sent_since(

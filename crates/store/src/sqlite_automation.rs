@@ -469,6 +469,33 @@ impl AutomationStore for SqliteStore {
         .collect()
     }
 
+    async fn sent_counts(
+        &self,
+        tenant: TenantId,
+        persons: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, u32)>, Error> {
+        let mut out = Vec::new();
+        for chunk in persons.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT person, channel, COUNT(*) AS n FROM outbox
+                 WHERE tenant_id = ? AND person IN ({marks}) AND updated_at >= ?
+                    AND status = 'sent' AND category = 'marketing'
+                 GROUP BY person, channel"
+            );
+            let mut q = sqlx::query(&sql).bind(tenant.to_string());
+            for p in chunk {
+                q = q.bind(p);
+            }
+            for r in q.bind(micros(since)).fetch_all(&self.pool).await? {
+                let n: i64 = r.try_get("n")?;
+                out.push((r.try_get("person")?, r.try_get("channel")?, n as u32));
+            }
+        }
+        Ok(out)
+    }
+
     async fn sent_since(
         &self,
         tenant: TenantId,
@@ -649,6 +676,13 @@ mod tests {
                 .await
                 .expect("n"),
             0
+        );
+        assert_eq!(
+            store
+                .sent_counts(t, &["u:ada".into(), "u:bob".into()], hour_ago)
+                .await
+                .expect("n"),
+            vec![("u:ada".to_owned(), "email".to_owned(), 1)]
         );
         assert_eq!(
             store

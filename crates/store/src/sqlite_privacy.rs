@@ -143,15 +143,17 @@ impl PrivacyStore for SqliteStore {
 
     async fn consents(&self, tenant: TenantId, subjects: &[String]) -> Result<Vec<Consent>, Error> {
         let mut out = Vec::new();
-        for s in subjects {
-            for r in sqlx::query(
-                "SELECT * FROM consents WHERE tenant_id = ? AND subject = ? ORDER BY recorded_at, rowid",
-            )
-            .bind(tenant.to_string())
-            .bind(s)
-            .fetch_all(&self.pool)
-            .await?
-            {
+        // Many subjects at once (the outbox asks for a whole batch's), a few hundred a query.
+        for chunk in subjects.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT * FROM consents WHERE tenant_id = ? AND subject IN ({marks}) ORDER BY recorded_at, rowid"
+            );
+            let mut q = sqlx::query(&sql).bind(tenant.to_string());
+            for s in chunk {
+                q = q.bind(s);
+            }
+            for r in q.fetch_all(&self.pool).await? {
                 out.push(Consent {
                     subject: r.try_get("subject")?,
                     purpose: r.try_get("purpose")?,

@@ -190,8 +190,8 @@ impl Sender {
         let mut allowed: HashMap<(TenantId, String, String), u32> = HashMap::new();
         for (row, m) in parsed {
             match self.gate(row, m, now, facts.as_ref(), &mut allowed) {
-                Ok(go) => ready.push(go),
-                Err(row) => done.push(row),
+                Gate::Send(row, m, to) => ready.push((row, m, to)),
+                Gate::Done(row) => done.push(row),
             }
         }
         let mut ready = ready.into_iter();
@@ -247,8 +247,8 @@ impl Sender {
         Ok(facts)
     }
 
-    /// Checks a message before sending: `Ok` to send it to the address, `Err` with the row
-    /// as it ends up (held, blocked, dead, or due again).
+    /// Checks a message before sending: to send to the address, or done for now (held,
+    /// blocked, dead, or due again).
     fn gate(
         &self,
         mut row: OutboxRow,
@@ -256,22 +256,22 @@ impl Sender {
         now: DateTime<Utc>,
         facts: Option<&Facts>,
         allowed: &mut HashMap<(TenantId, String, String), u32>,
-    ) -> Result<(OutboxRow, Message, String), OutboxRow> {
+    ) -> Gate {
         if self.routes.route(m.tenant, &m.channel).is_none() {
             let why = format!("no provider is configured for {}", m.channel);
-            return Err(dead(row, why));
+            return Gate::Done(dead(row, why));
         }
         let Some(to) = m.to.clone() else {
             let why = format!("no {} address", m.channel);
-            return Err(dead(row, why));
+            return Gate::Done(dead(row, why));
         };
         if !first_attempt(&row) || m.channel == "webhook" {
-            return Ok((row, m, to));
+            return Gate::Send(row, m, to);
         }
         let Some(facts) = facts else {
             row.due_at = now + self.retry.base;
             row.reason = Some("policy check failed: the store could not be read".into());
-            return Err(row);
+            return Gate::Done(row);
         };
         let counter = (m.tenant, m.person.clone(), m.channel.clone());
         let earlier = allowed.get(&counter).copied().unwrap_or(0);
@@ -286,17 +286,17 @@ impl Sender {
                 if m.category == livora_model::workflow::Category::Marketing {
                     *allowed.entry(counter).or_default() += 1;
                 }
-                Ok((row, m, to))
+                Gate::Send(row, m, to)
             }
             Decision::Hold(until) => {
                 row.due_at = until;
                 row.reason = Some(format!("held: quiet hours until {}", until.to_rfc3339()));
-                Err(row)
+                Gate::Done(row)
             }
             Decision::Block(why) => {
                 row.status = OutboxStatus::Blocked;
                 row.reason = Some(why);
-                Err(row)
+                Gate::Done(row)
             }
         }
     }
@@ -386,6 +386,14 @@ impl Sender {
             }
         }
     }
+}
+
+/// What the policy says of one message of a batch.
+enum Gate {
+    /// Send it to this address.
+    Send(OutboxRow, Message, String),
+    /// Not now: the row as it ends up (held, blocked, dead, or due again).
+    Done(OutboxRow),
 }
 
 /// What the policy knows of a batch's persons.

@@ -190,7 +190,7 @@ impl Sender {
         let mut allowed: HashMap<(TenantId, String, String), u32> = HashMap::new();
         for (row, m) in parsed {
             match self.gate(row, m, now, facts.as_ref(), &mut allowed) {
-                Gate::Send(row, m, to) => ready.push((row, m, to)),
+                Gate::Send(row, m, to) => ready.push((row, *m, to)),
                 Gate::Done(row) => done.push(row),
             }
         }
@@ -266,7 +266,7 @@ impl Sender {
             return Gate::Done(dead(row, why));
         };
         if !first_attempt(&row) || m.channel == "webhook" {
-            return Gate::Send(row, m, to);
+            return Gate::Send(row, Box::new(m), to);
         }
         let Some(facts) = facts else {
             row.due_at = now + self.retry.base;
@@ -286,7 +286,7 @@ impl Sender {
                 if m.category == livora_model::workflow::Category::Marketing {
                     *allowed.entry(counter).or_default() += 1;
                 }
-                Gate::Send(row, m, to)
+                Gate::Send(row, Box::new(m), to)
             }
             Decision::Hold(until) => {
                 row.due_at = until;
@@ -391,7 +391,7 @@ impl Sender {
 /// What the policy says of one message of a batch.
 enum Gate {
     /// Send it to this address.
-    Send(OutboxRow, Message, String),
+    Send(OutboxRow, Box<Message>, String),
     /// Not now: the row as it ends up (held, blocked, dead, or due again).
     Done(OutboxRow),
 }

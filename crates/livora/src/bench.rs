@@ -31,6 +31,9 @@ pub enum BenchCommand {
     /// Profiles and 20 real-time segments: update throughput, full recompute time, memory
     /// per profile, and the lag from append to segment change while ingesting.
     Profiles(crate::bench_profiles::ProfilesBench),
+    /// Workflows: memory and firing rate of waiting timers, trigger latency from ingest to
+    /// outbox, and messages per second through the policy and the outbox.
+    Automation(crate::bench_automation::AutomationBench),
 }
 
 #[derive(clap::Args, Clone)]
@@ -69,6 +72,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || crate::bench_analytics::run(&b)).await?
         }
         BenchCommand::Profiles(b) => crate::bench_profiles::run(b).await,
+        BenchCommand::Automation(b) => crate::bench_automation::run(b).await,
     }
 }
 

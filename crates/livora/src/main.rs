@@ -5,6 +5,7 @@
 mod admin;
 mod bench;
 mod bench_analytics;
+mod bench_automation;
 mod bench_profiles;
 mod client;
 mod config;

@@ -7,9 +7,12 @@
 //! transaction, so a crash loses or repeats nothing: after a restart the journeys are read
 //! back ([`Runtime::restore`]) and the log is read on from that offset.
 //!
-//! - A journey's id is derived from the workflow and the event that started it, and a
-//!   message's idempotency key from the journey and the step; reading an event twice starts
-//!   nothing twice, and the outbox drops a message it already holds.
+//! - A journey's id is derived from the tenant, the workflow and the event that started it,
+//!   and a message's idempotency key from the journey and the step; reading an event twice
+//!   starts nothing twice, and the outbox drops a message it already holds.
+//! - A waiting journey is small (issue 6: a million waiting timers in at most 500 MB): a
+//!   128-bit id, shared workflow and person names, the triggering event's properties as
+//!   JSON text, and the positions of the steps it ran.
 //! - Workflows cannot loop (validation refuses it), so each step runs at most once per
 //!   journey and a journey's run ends after at most as many steps as the workflow has.
 //! - Editing a workflow adds a version; a journey finishes on the version it started on.
@@ -17,13 +20,15 @@
 //!   same input always gives the same branch.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
 use livora_model::workflow::{Action, Category, Reentry, Trigger, Workflow};
 use livora_model::{Event, TenantId};
 use livora_profiles::compare;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value, json};
+use smallvec::SmallVec;
 
 use crate::people::{People, Person};
 use crate::template;
@@ -49,20 +54,72 @@ pub enum Outcome {
     Event,
 }
 
+/// A journey's id: a hash of the tenant, the workflow and what started it; `j-<32 hex>` as
+/// text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JourneyId(pub u128);
+
+impl std::fmt::Display for JourneyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "j-{:032x}", self.0)
+    }
+}
+
+impl JourneyId {
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("j-")?;
+        (hex.len() == 32)
+            .then(|| u128::from_str_radix(hex, 16).ok().map(Self))
+            .flatten()
+    }
+}
+
+impl Serialize for JourneyId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for JourneyId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("journey id {text:?}")))
+    }
+}
+
+/// JSON text kept as it is, and written as JSON (not as a string).
+mod raw_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+        match RawValue::from_string(text.to_owned()) {
+            Ok(raw) => raw.serialize(s),
+            Err(_) => serde_json::Value::Null.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Box<str>, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Ok(raw.get().into())
+    }
+}
+
 /// A person's way through one workflow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Journey {
-    /// `j-<workflow>-<hash of the tenant, the triggering event and the person>`.
-    pub id: String,
+    pub id: JourneyId,
     pub tenant: TenantId,
-    pub workflow: String,
+    pub workflow: Arc<str>,
     pub version: u32,
     /// The key that names the person ([`Person::key`]) when the journey started.
-    pub person: String,
-    /// The triggering event: `{"event", "properties", "timestamp", "message_id"}`.
-    pub trigger: Value,
+    pub person: Arc<str>,
+    /// The triggering event's properties (JSON text): what `same` compares with, and
+    /// `event.properties` in templates.
+    #[serde(with = "raw_json")]
+    pub properties: Box<str>,
     /// The step it is at (`None` once ended).
-    pub step: Option<usize>,
+    pub step: Option<u16>,
     /// When its timer fires (µs since the epoch): the end of a delay or a wait's timeout.
     pub wake_at: Option<i64>,
     pub entered_at: DateTime<Utc>,
@@ -70,17 +127,21 @@ pub struct Journey {
     pub outcome: Option<Outcome>,
     /// In the holdout group: it goes through the steps but no message is sent.
     pub holdout: bool,
-    /// The ids of the steps it ran, in order.
-    pub path: Vec<String>,
-    /// The person's keys it is found by (those they had when it started, and any seen on
-    /// their events since).
-    #[serde(default)]
-    pub keys: Vec<String>,
+    /// The positions of the steps it ran, in order.
+    pub path: SmallVec<[u16; 4]>,
+    /// Other keys of the person it is found by (seen on their events since it started).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<Arc<str>>,
 }
 
 impl Journey {
     pub fn is_active(&self) -> bool {
         self.ended_at.is_none()
+    }
+
+    /// Every key it is found by.
+    fn all_keys(&self) -> impl Iterator<Item = &Arc<str>> {
+        std::iter::once(&self.person).chain(self.keys.iter())
     }
 }
 
@@ -137,14 +198,27 @@ pub struct Changes {
     /// Journeys started, moved on or ended (their state now).
     pub journeys: Vec<Journey>,
     pub effects: Vec<Effect>,
+    /// Where each journey is in `journeys`.
+    index: HashMap<JourneyId, usize>,
 }
 
 impl Changes {
     fn touch(&mut self, j: &Journey) {
-        match self.journeys.iter_mut().find(|x| x.id == j.id) {
-            Some(x) => *x = j.clone(),
-            None => self.journeys.push(j.clone()),
+        match self.index.get(&j.id) {
+            Some(&i) => self.journeys[i] = j.clone(),
+            None => {
+                self.index.insert(j.id, self.journeys.len());
+                self.journeys.push(j.clone());
+            }
         }
+    }
+
+    /// Adds what `other` changed (a journey changed by both: its later state).
+    pub fn absorb(&mut self, other: Changes) {
+        for j in &other.journeys {
+            self.touch(j);
+        }
+        self.effects.extend(other.effects);
     }
 }
 
@@ -152,32 +226,42 @@ impl Changes {
 struct Occurrence {
     name: String,
     properties: Map<String, Value>,
+    /// The properties as JSON text, as journeys keep them.
+    text: String,
     message_id: String,
-    timestamp: DateTime<Utc>,
 }
 
 impl Occurrence {
     fn of(e: &Event) -> Self {
-        let properties = e
+        let text = e
             .properties
             .as_ref()
-            .and_then(|p| serde_json::from_str(p.get()).ok())
-            .unwrap_or_default();
+            .map_or_else(|| "{}".to_owned(), |p| p.get().to_owned());
+        let properties = serde_json::from_str(&text).unwrap_or_default();
+        let text = if matches!(serde_json::from_str::<Value>(&text), Ok(Value::Object(_))) {
+            text
+        } else {
+            "{}".to_owned()
+        };
         Self {
             name: e.event.clone().unwrap_or_default(),
             properties,
+            text,
             message_id: e.message_id.clone(),
-            timestamp: e.timestamp,
         }
     }
+}
 
-    fn value(&self) -> Value {
-        json!({
-            "event": self.name,
-            "properties": self.properties,
-            "timestamp": self.timestamp.to_rfc3339(),
-            "message_id": self.message_id,
-        })
+/// The name templates see as `event.event` for a journey started by `trigger`.
+fn trigger_name(trigger: &Trigger) -> &str {
+    match trigger {
+        Trigger::Event(m) => &m.name,
+        Trigger::SegmentEntered(_) => "Segment Entered",
+        Trigger::SegmentExited(_) => "Segment Exited",
+        Trigger::TagAdded(_) => "Tag Added",
+        Trigger::TagRemoved(_) => "Tag Removed",
+        Trigger::Schedule(_) => "Scheduled",
+        Trigger::Api(_) => "API Triggered",
     }
 }
 
@@ -191,20 +275,26 @@ fn filters_match(
         .all(|f| compare::matches(props.get(&f.property), f.op, &f.value, now))
 }
 
-/// Whether `props` has the same value as the triggering event for every name in `same`.
-fn same_as_trigger(same: &[String], props: &Map<String, Value>, trigger: &Value) -> bool {
-    same.iter()
-        .all(|k| match (props.get(k), trigger["properties"].get(k)) {
-            (Some(a), Some(b)) => !a.is_null() && a == b,
-            _ => false,
-        })
+/// Whether `props` has the same value as the triggering event's for every name in `same`.
+fn same_as_trigger(same: &[String], props: &Map<String, Value>, trigger: &str) -> bool {
+    if same.is_empty() {
+        return true;
+    }
+    let Ok(trigger) = serde_json::from_str::<Map<String, Value>>(trigger) else {
+        return false;
+    };
+    same.iter().all(|k| match (props.get(k), trigger.get(k)) {
+        (Some(a), Some(b)) => !a.is_null() && a == b,
+        _ => false,
+    })
 }
 
 /// The id of the journey of a tenant's `workflow` that `seed` (the triggering event and
 /// person, or an API call's idempotency key) starts.
-pub fn journey_id(tenant: TenantId, workflow: &str, seed: &str) -> String {
-    let h = xxhash_rust::xxh3::xxh3_128(format!("{}|{workflow}|{seed}", tenant.0).as_bytes());
-    format!("j-{workflow}-{h:032x}")
+pub fn journey_id(tenant: TenantId, workflow: &str, seed: &str) -> JourneyId {
+    JourneyId(xxhash_rust::xxh3::xxh3_128(
+        format!("{}|{workflow}|{seed}", tenant.0).as_bytes(),
+    ))
 }
 
 /// A number in 0..100 from a text: the holdout group and splits.
@@ -250,29 +340,37 @@ pub fn next_local_time(
     None
 }
 
+/// A workflow version as the runtime keeps it (shared, so a journey's step needs no copy).
+struct Live {
+    version: u32,
+    workflow: Arc<str>,
+    definition: Arc<Workflow>,
+}
+
 /// Every tenant's workflows and active journeys, with their timers.
 #[derive(Default)]
 pub struct Runtime {
     /// Versions by (tenant, workflow id), oldest first.
-    versions: HashMap<(TenantId, String), Vec<Version>>,
+    versions: HashMap<(TenantId, String), Vec<Live>>,
     /// The version new journeys start on (absent: the workflow is paused).
     live: HashMap<(TenantId, String), u32>,
     /// Active journeys by id.
-    journeys: HashMap<String, Journey>,
-    /// Active journeys by (tenant, person key), for every key the person had when the
-    /// journey started or was last seen.
-    by_person: HashMap<(TenantId, String), BTreeSet<String>>,
-    /// The last journey of each (tenant, workflow, person): when it started, and whether
-    /// it is still running (re-entry rules).
-    last: HashMap<(TenantId, String, String), (DateTime<Utc>, bool)>,
-    /// (wake time in µs, journey id).
-    timers: BTreeSet<(i64, String)>,
+    journeys: HashMap<JourneyId, Journey>,
+    /// Active journeys by (tenant, person key), for every key they are found by.
+    by_person: HashMap<(TenantId, Arc<str>), SmallVec<[JourneyId; 2]>>,
+    /// When the newest ended journey of each (tenant, workflow, person) started (re-entry
+    /// rules; running journeys are found through `by_person`).
+    ended: HashMap<(TenantId, Arc<str>, Arc<str>), DateTime<Utc>>,
+    /// (wake time in µs, journey).
+    timers: BTreeSet<(i64, JourneyId)>,
     /// Tenant time zones (UTC when absent).
     zones: HashMap<TenantId, chrono_tz::Tz>,
     /// The next run (µs) of each live scheduled workflow; set at the first
     /// [`Runtime::advance`] after it goes live, so a run missed while the node was down
     /// is not made up.
     schedules: HashMap<(TenantId, String), i64>,
+    /// Person keys, shared by the journeys and indexes that name them.
+    names: HashSet<Arc<str>>,
 }
 
 impl Runtime {
@@ -284,6 +382,16 @@ impl Runtime {
         self.zones.insert(tenant, tz);
     }
 
+    /// The shared copy of a person key (made on first use).
+    fn name(&mut self, key: &str) -> Arc<str> {
+        if let Some(k) = self.names.get(key) {
+            return k.clone();
+        }
+        let k: Arc<str> = Arc::from(key);
+        self.names.insert(k.clone());
+        k
+    }
+
     /// Adds a version (versions are kept: journeys finish on the one they started on).
     pub fn add_version(&mut self, v: Version) {
         let list = self
@@ -291,7 +399,14 @@ impl Runtime {
             .entry((v.tenant, v.workflow.clone()))
             .or_default();
         list.retain(|x| x.version != v.version);
-        list.push(v);
+        let workflow = list
+            .first()
+            .map_or_else(|| Arc::from(v.workflow.as_str()), |x| x.workflow.clone());
+        list.push(Live {
+            version: v.version,
+            workflow,
+            definition: Arc::new(v.definition),
+        });
         list.sort_by_key(|x| x.version);
     }
 
@@ -304,36 +419,51 @@ impl Runtime {
         };
     }
 
-    fn version(&self, tenant: TenantId, workflow: &str, version: u32) -> Option<&Version> {
+    fn version(&self, tenant: TenantId, workflow: &str, version: u32) -> Option<&Live> {
         self.versions
             .get(&(tenant, workflow.to_owned()))?
             .iter()
             .find(|v| v.version == version)
     }
 
+    /// A version's definition.
+    pub fn definition(
+        &self,
+        tenant: TenantId,
+        workflow: &str,
+        version: u32,
+    ) -> Option<Arc<Workflow>> {
+        self.version(tenant, workflow, version)
+            .map(|v| v.definition.clone())
+    }
+
     /// Puts back journeys read from the store, active or ended (ended ones only feed the
     /// re-entry rules).
     pub fn restore(&mut self, journeys: impl IntoIterator<Item = Journey>) {
-        for j in journeys {
-            let last = (j.tenant, j.workflow.clone(), j.person.clone());
-            let newer = self
-                .last
-                .get(&last)
-                .is_none_or(|(at, _)| *at <= j.entered_at);
-            if newer {
-                self.last.insert(last, (j.entered_at, j.is_active()));
+        for mut j in journeys {
+            j.person = self.name(&j.person);
+            if let Some(w) = self
+                .version(j.tenant, &j.workflow, j.version)
+                .map(|v| v.workflow.clone())
+            {
+                j.workflow = w;
             }
-            if j.is_active() {
-                if let Some(w) = j.wake_at {
-                    self.timers.insert((w, j.id.clone()));
+            if !j.is_active() {
+                let key = (j.tenant, j.workflow.clone(), j.person.clone());
+                let newer = self.ended.get(&key).is_none_or(|at| *at <= j.entered_at);
+                if newer {
+                    self.ended.insert(key, j.entered_at);
                 }
-                let (id, tenant, mut keys) = (j.id.clone(), j.tenant, j.keys.clone());
-                if !keys.contains(&j.person) {
-                    keys.push(j.person.clone());
-                }
-                self.journeys.insert(id.clone(), j);
-                self.index(tenant, &id, &keys);
+                continue;
             }
+            if let Some(w) = j.wake_at {
+                self.timers.insert((w, j.id));
+            }
+            let keys: Vec<Arc<str>> = j.all_keys().cloned().collect();
+            for k in keys {
+                self.by_person.entry((j.tenant, k)).or_default().push(j.id);
+            }
+            self.journeys.insert(j.id, j);
         }
     }
 
@@ -342,8 +472,8 @@ impl Runtime {
         self.journeys.values()
     }
 
-    pub fn journey(&self, id: &str) -> Option<&Journey> {
-        self.journeys.get(id)
+    pub fn journey(&self, id: JourneyId) -> Option<&Journey> {
+        self.journeys.get(&id)
     }
 
     /// The number of waiting timers.
@@ -361,7 +491,6 @@ impl Runtime {
             .min()
             .and_then(DateTime::from_timestamp_micros)
     }
-
     /// Starts the journeys of every scheduled workflow due at `now` (each member of its
     /// audience enters, with the run's time in the seed: a run never starts a person twice).
     fn run_schedules(&mut self, now: DateTime<Utc>, people: &dyn People, changes: &mut Changes) {
@@ -402,12 +531,9 @@ impl Runtime {
             }
             let run = DateTime::from_timestamp_micros(at).unwrap_or(now);
             for person in people.audience(tenant, s.segment.as_deref()) {
-                let trigger = json!({"event": "Scheduled", "properties": {"run": run.to_rfc3339()},
-                    "timestamp": run.to_rfc3339(), "message_id": format!("cron-{at}")});
+                let trigger = json!({"run": run.to_rfc3339()}).to_string();
                 let seed = format!("cron|{at}|{}", person.key());
-                self.start(
-                    tenant, &wf, version, &person, trigger, &seed, people, now, changes,
-                );
+                self.start(tenant, &wf, version, &person, trigger, &seed, now, changes);
             }
             match next_after(now) {
                 Some(n) => self.schedules.insert(key, n),
@@ -417,27 +543,25 @@ impl Runtime {
     }
 
     /// Finds journey `id` by each of `keys` from now on.
-    fn index(&mut self, tenant: TenantId, id: &str, keys: &[String]) {
+    fn index(&mut self, tenant: TenantId, id: JourneyId, keys: &[String]) {
         for k in keys {
-            self.by_person
-                .entry((tenant, k.clone()))
-                .or_default()
-                .insert(id.to_owned());
-        }
-        if let Some(j) = self.journeys.get_mut(id) {
-            for k in keys {
-                if !j.keys.contains(k) {
-                    j.keys.push(k.clone());
-                }
+            let k = self.name(k);
+            let Some(j) = self.journeys.get_mut(&id) else {
+                return;
+            };
+            if *j.person == *k || j.keys.contains(&k) {
+                continue;
             }
+            j.keys.push(k.clone());
+            self.by_person.entry((tenant, k)).or_default().push(id);
         }
     }
 
     fn unindex(&mut self, j: &Journey) {
-        for k in &j.keys {
+        for k in j.all_keys() {
             let key = (j.tenant, k.clone());
             if let Some(ids) = self.by_person.get_mut(&key) {
-                ids.remove(&j.id);
+                ids.retain(|x| *x != j.id);
                 if ids.is_empty() {
                     self.by_person.remove(&key);
                 }
@@ -462,9 +586,26 @@ impl Runtime {
             return changes;
         };
         let occ = Occurrence::of(event);
-        self.advance_journeys(tenant, &person, &occ, people, now, &mut changes);
-        self.start_journeys(tenant, &person, &occ, people, now, &mut changes);
+        self.advance_journeys(tenant, &person, &occ, now, &mut changes);
+        self.start_journeys(tenant, &person, &occ, now, &mut changes);
         changes
+    }
+
+    /// The active journeys of a person, by any of their keys.
+    fn ids_of(&self, tenant: TenantId, keys: &[String]) -> Vec<JourneyId> {
+        let mut ids: Vec<JourneyId> = Vec::new();
+        for k in keys {
+            let key: Arc<str> = Arc::from(k.as_str());
+            if let Some(list) = self.by_person.get(&(tenant, key)) {
+                for id in list {
+                    if !ids.contains(id) {
+                        ids.push(*id);
+                    }
+                }
+            }
+        }
+        ids.sort();
+        ids
     }
 
     fn advance_journeys(
@@ -472,55 +613,45 @@ impl Runtime {
         tenant: TenantId,
         person: &Person,
         occ: &Occurrence,
-        people: &dyn People,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) {
-        let mut ids = BTreeSet::new();
-        for k in &person.keys {
-            if let Some(set) = self.by_person.get(&(tenant, k.clone())) {
-                ids.extend(set.iter().cloned());
-            }
-        }
         let secs = now.timestamp();
-        for id in ids {
+        for id in self.ids_of(tenant, &person.keys) {
             let Some(j) = self.journeys.get(&id) else {
                 continue;
             };
-            let j = j.clone();
+            let (workflow, version, step) = (j.workflow.clone(), j.version, j.step);
+            let properties = j.properties.clone();
             // A person seen under a new key (they signed in): find the journey by it too.
-            if person.keys.iter().any(|k| !j.keys.contains(k)) {
-                self.index(tenant, &id, &person.keys);
+            if person
+                .keys
+                .iter()
+                .any(|k| *j.person != **k && !j.keys.iter().any(|x| **x == **k))
+            {
+                self.index(tenant, id, &person.keys);
             }
-            let Some(v) = self.version(tenant, &j.workflow, j.version) else {
+            let Some(def) = self.definition(tenant, &workflow, version) else {
                 continue;
             };
-            let def = v.definition.clone();
             if let Some(goal) = &def.goal
                 && goal.event == occ.name
                 && filters_match(&goal.filters, &occ.properties, secs)
-                && same_as_trigger(&goal.same, &occ.properties, &j.trigger)
+                && same_as_trigger(&goal.same, &occ.properties, &properties)
             {
-                self.end(&id, Outcome::Goal, now, changes);
+                self.end(id, Outcome::Goal, now, changes);
                 continue;
             }
-            let Some(i) = j.step else { continue };
+            let Some(i) = step.map(usize::from) else {
+                continue;
+            };
             if let Action::WaitFor(w) = &def.steps[i].action
                 && w.event == occ.name
                 && filters_match(&w.filters, &occ.properties, secs)
-                && same_as_trigger(&w.same, &occ.properties, &j.trigger)
+                && same_as_trigger(&w.same, &occ.properties, &properties)
             {
                 let next = w.on_event.as_deref().and_then(|t| def.position(t));
-                self.move_to(
-                    &id,
-                    next,
-                    Outcome::Event,
-                    person,
-                    &def,
-                    people,
-                    now,
-                    changes,
-                );
+                self.move_to(id, next, Outcome::Event, person, &def, now, changes);
             }
         }
     }
@@ -530,7 +661,6 @@ impl Runtime {
         tenant: TenantId,
         person: &Person,
         occ: &Occurrence,
-        people: &dyn People,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) {
@@ -543,24 +673,17 @@ impl Runtime {
             let Some(v) = self.version(tenant, wf, *version) else {
                 continue;
             };
+            let is = |name: &str, key: &str, value: &str| {
+                occ.name == name && occ.properties.get(key).and_then(Value::as_str) == Some(value)
+            };
             let hit = match &v.definition.trigger {
                 Trigger::Event(m) => {
                     m.name == occ.name && filters_match(&m.filters, &occ.properties, secs)
                 }
-                Trigger::SegmentEntered(s) => {
-                    occ.name == "Segment Entered"
-                        && occ.properties.get("segment_id") == Some(&json!(s))
-                }
-                Trigger::SegmentExited(s) => {
-                    occ.name == "Segment Exited"
-                        && occ.properties.get("segment_id") == Some(&json!(s))
-                }
-                Trigger::TagAdded(s) => {
-                    occ.name == "Tag Added" && occ.properties.get("tag") == Some(&json!(s))
-                }
-                Trigger::TagRemoved(s) => {
-                    occ.name == "Tag Removed" && occ.properties.get("tag") == Some(&json!(s))
-                }
+                Trigger::SegmentEntered(s) => is("Segment Entered", "segment_id", s),
+                Trigger::SegmentExited(s) => is("Segment Exited", "segment_id", s),
+                Trigger::TagAdded(s) => is("Tag Added", "tag", s),
+                Trigger::TagRemoved(s) => is("Tag Removed", "tag", s),
                 Trigger::Schedule(_) | Trigger::Api(_) => false,
             };
             if hit {
@@ -569,16 +692,23 @@ impl Runtime {
         }
         starting.sort();
         for (wf, version) in starting {
-            let trigger = occ.value();
             let seed = format!("{}|{}", occ.message_id, person.key());
             self.start(
-                tenant, &wf, version, person, trigger, &seed, people, now, changes,
+                tenant,
+                &wf,
+                version,
+                person,
+                occ.text.clone(),
+                &seed,
+                now,
+                changes,
             );
         }
     }
 
-    /// Starts a journey of `workflow` for `person` through the API (or a schedule):
-    /// `seed` names the occurrence (the same seed never starts two journeys).
+    /// Starts a journey of `workflow` for `person` through the API: `seed` names the
+    /// occurrence (the same seed never starts two journeys); `data` (an object) is what
+    /// templates see as `event.properties`.
     #[allow(clippy::too_many_arguments)]
     pub fn trigger(
         &mut self,
@@ -587,21 +717,19 @@ impl Runtime {
         person: &Person,
         data: Value,
         seed: &str,
-        people: &dyn People,
+        _people: &dyn People,
         now: DateTime<Utc>,
     ) -> Changes {
         let mut changes = Changes::default();
         if let Some(version) = self.live.get(&(tenant, workflow.to_owned())).copied() {
-            let trigger = json!({"event": "API Triggered", "properties": data,
-                "timestamp": now.to_rfc3339(), "message_id": seed});
+            let data = if data.is_object() { data } else { json!({}) };
             self.start(
                 tenant,
                 workflow,
                 version,
                 person,
-                trigger,
+                data.to_string(),
                 seed,
-                people,
                 now,
                 &mut changes,
             );
@@ -613,22 +741,34 @@ impl Runtime {
     fn may_enter(
         &self,
         tenant: TenantId,
-        workflow: &str,
+        workflow: &Arc<str>,
         rule: Reentry,
         person: &Person,
         now: DateTime<Utc>,
     ) -> bool {
-        let last = person
+        if rule == Reentry::Always {
+            return true;
+        }
+        let running = self
+            .ids_of(tenant, &person.keys)
+            .iter()
+            .filter_map(|id| self.journeys.get(id))
+            .any(|j| j.workflow == *workflow);
+        let ended = person
             .keys
             .iter()
-            .filter_map(|k| self.last.get(&(tenant, workflow.to_owned(), k.clone())))
-            .max_by_key(|(at, _)| *at);
-        match (rule, last) {
-            (_, None) | (Reentry::Always, _) => true,
-            (Reentry::Once, Some(_)) => false,
-            (Reentry::AfterExit, Some((_, active))) => !active,
-            (Reentry::AfterDays(d), Some((at, active))) => {
-                !active && now - *at >= Duration::days(i64::from(d))
+            .filter_map(|k| {
+                self.ended
+                    .get(&(tenant, workflow.clone(), Arc::from(k.as_str())))
+            })
+            .max()
+            .copied();
+        match rule {
+            Reentry::Always => true,
+            Reentry::Once => !running && ended.is_none(),
+            Reentry::AfterExit => !running,
+            Reentry::AfterDays(d) => {
+                !running && ended.is_none_or(|at| now - at >= Duration::days(i64::from(d)))
             }
         }
     }
@@ -640,93 +780,89 @@ impl Runtime {
         workflow: &str,
         version: u32,
         person: &Person,
-        trigger: Value,
+        properties: String,
         seed: &str,
-        people: &dyn People,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) {
-        let Some(v) = self.version(tenant, workflow, version) else {
+        let Some((wf, def)) = self
+            .version(tenant, workflow, version)
+            .map(|v| (v.workflow.clone(), v.definition.clone()))
+        else {
             return;
         };
-        let def = v.definition.clone();
         let id = journey_id(tenant, workflow, seed);
-        if self.journeys.contains_key(&id)
-            || !self.may_enter(tenant, workflow, def.reentry, person, now)
+        if self.journeys.contains_key(&id) || !self.may_enter(tenant, &wf, def.reentry, person, now)
         {
             return;
         }
         let holdout = def.holdout_percent > 0
             && bucket(&format!("{workflow}|{}", person.key()), 100)
                 < u64::from(def.holdout_percent);
+        let key = self.name(person.key());
         let j = Journey {
-            id: id.clone(),
+            id,
             tenant,
-            workflow: workflow.to_owned(),
+            workflow: wf,
             version,
-            person: person.key().to_owned(),
-            trigger,
+            person: key.clone(),
+            properties: properties.into_boxed_str(),
             step: Some(0),
             wake_at: None,
             entered_at: now,
             ended_at: None,
             outcome: None,
             holdout,
-            path: Vec::new(),
+            path: SmallVec::new(),
             keys: Vec::new(),
         };
-        self.last
-            .insert((tenant, workflow.to_owned(), j.person.clone()), (now, true));
-        self.journeys.insert(id.clone(), j);
-        self.index(tenant, &id, &person.keys);
-        self.run(&id, person, &def, people, now, changes);
+        self.journeys.insert(id, j);
+        self.by_person.entry((tenant, key)).or_default().push(id);
+        self.index(tenant, id, &person.keys);
+        self.run(id, person, &def, now, changes);
     }
 
     /// Moves a journey to step `next` (`None`: ends it with `outcome`) and runs on.
     #[allow(clippy::too_many_arguments)]
     fn move_to(
         &mut self,
-        id: &str,
+        id: JourneyId,
         next: Option<usize>,
         outcome: Outcome,
         person: &Person,
         def: &Workflow,
-        people: &dyn People,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) {
-        let Some(j) = self.journeys.get_mut(id) else {
+        let Some(j) = self.journeys.get_mut(&id) else {
             return;
         };
         if let Some(w) = j.wake_at.take() {
-            self.timers.remove(&(w, id.to_owned()));
+            self.timers.remove(&(w, id));
         }
         match next {
             None => self.end(id, outcome, now, changes),
             Some(n) => {
-                j.step = Some(n);
-                self.run(id, person, def, people, now, changes);
+                j.step = u16::try_from(n).ok();
+                self.run(id, person, def, now, changes);
             }
         }
     }
 
-    fn end(&mut self, id: &str, outcome: Outcome, now: DateTime<Utc>, changes: &mut Changes) {
-        let Some(mut j) = self.journeys.remove(id) else {
+    fn end(&mut self, id: JourneyId, outcome: Outcome, now: DateTime<Utc>, changes: &mut Changes) {
+        let Some(mut j) = self.journeys.remove(&id) else {
             return;
         };
         if let Some(w) = j.wake_at.take() {
-            self.timers.remove(&(w, id.to_owned()));
+            self.timers.remove(&(w, id));
         }
         j.step = None;
         j.ended_at = Some(now);
         j.outcome = Some(outcome);
         self.unindex(&j);
-        if let Some(last) = self
-            .last
-            .get_mut(&(j.tenant, j.workflow.clone(), j.person.clone()))
-            && last.0 == j.entered_at
-        {
-            last.1 = false;
+        let key = (j.tenant, j.workflow.clone(), j.person.clone());
+        if self.ended.get(&key).is_none_or(|at| *at <= j.entered_at) {
+            self.ended.insert(key, j.entered_at);
         }
         changes.touch(&j);
     }
@@ -734,33 +870,46 @@ impl Runtime {
     /// Runs the journey's steps from where it is until it waits or ends.
     fn run(
         &mut self,
-        id: &str,
+        id: JourneyId,
         person: &Person,
         def: &Workflow,
-        _people: &dyn People,
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) {
-        let Some(tenant) = self.journeys.get(id).map(|j| j.tenant) else {
+        let Some(tenant) = self.journeys.get(&id).map(|j| j.tenant) else {
             return;
         };
         let tz = person
             .time_zone()
             .or_else(|| self.zones.get(&tenant).copied())
             .unwrap_or(chrono_tz::UTC);
+        let event_name = trigger_name(&def.trigger);
         // No loops: at most one pass over the steps.
         for _ in 0..=def.steps.len() {
-            let Some(j) = self.journeys.get_mut(id) else {
+            let Some(j) = self.journeys.get_mut(&id) else {
                 return;
             };
-            let Some(i) = j.step else { return };
-            let step = &def.steps[i];
-            j.path.push(step.id.clone());
+            let Some(i) = j.step.map(usize::from) else {
+                return;
+            };
+            let Some(step) = def.steps.get(i) else {
+                self.end(id, Outcome::Completed, now, changes);
+                return;
+            };
+            j.path.push(i as u16);
             let wait_until =
-                |at: DateTime<Utc>, j: &mut Journey, timers: &mut BTreeSet<(i64, String)>| {
+                |at: DateTime<Utc>, j: &mut Journey, timers: &mut BTreeSet<(i64, JourneyId)>| {
                     j.wake_at = Some(micros(at));
-                    timers.insert((micros(at), j.id.clone()));
+                    timers.insert((micros(at), j.id));
                 };
+            let context = |j: &Journey| {
+                let props: Value =
+                    serde_json::from_str(&j.properties).unwrap_or_else(|_| json!({}));
+                template::context(
+                    person,
+                    &json!({"event": event_name, "properties": props, "timestamp": j.entered_at.to_rfc3339()}),
+                )
+            };
             let next = match &step.action {
                 Action::Delay(d) => {
                     wait_until(now + Duration::seconds(d.seconds()), j, &mut self.timers);
@@ -828,14 +977,13 @@ impl Runtime {
                     def.go(i, target)
                 }
                 Action::Send(s) => {
-                    let key = format!("{}/{}", j.id, step.id);
                     if j.holdout {
                         changes.effects.push(Effect::HeldOut {
-                            journey: j.id.clone(),
+                            journey: j.id.to_string(),
                             step: step.id.clone(),
                         });
                     } else {
-                        let ctx = template::context(person, &j.trigger);
+                        let ctx = context(j);
                         let (content, error) = match template::render_parts(&s.template, &ctx) {
                             Ok(c) => (c, None),
                             Err(e) => (Map::new(), Some(e)),
@@ -846,13 +994,13 @@ impl Runtime {
                                 .then(|| format!("the person has no {} address", s.channel))
                         });
                         changes.effects.push(Effect::Send(Message {
-                            key,
+                            key: format!("{}/{}", j.id, step.id),
                             tenant: j.tenant,
-                            workflow: j.workflow.clone(),
+                            workflow: j.workflow.to_string(),
                             version: j.version,
-                            journey: j.id.clone(),
+                            journey: j.id.to_string(),
                             step: step.id.clone(),
-                            person: j.person.clone(),
+                            person: j.person.to_string(),
                             channel: s.channel.clone(),
                             category: s.category,
                             subscription: s.subscription.clone(),
@@ -866,33 +1014,32 @@ impl Runtime {
                     def.after(i)
                 }
                 Action::Webhook(w) => {
-                    let key = format!("{}/{}", j.id, step.id);
-                    let ctx = template::context(person, &j.trigger);
-                    let body = match &w.body {
-                        Some(t) => template::render(t, &ctx),
-                        None => Ok(ctx.to_string()),
-                    };
-                    let (content, error) = match body {
-                        Ok(b) => (
-                            Map::from_iter([("body".to_owned(), Value::String(b))]),
-                            None,
-                        ),
-                        Err(e) => (Map::new(), Some(e)),
-                    };
                     if j.holdout {
                         changes.effects.push(Effect::HeldOut {
-                            journey: j.id.clone(),
+                            journey: j.id.to_string(),
                             step: step.id.clone(),
                         });
                     } else {
+                        let ctx = context(j);
+                        let body = match &w.body {
+                            Some(t) => template::render(t, &ctx),
+                            None => Ok(ctx.to_string()),
+                        };
+                        let (content, error) = match body {
+                            Ok(b) => (
+                                Map::from_iter([("body".to_owned(), Value::String(b))]),
+                                None,
+                            ),
+                            Err(e) => (Map::new(), Some(e)),
+                        };
                         changes.effects.push(Effect::Send(Message {
-                            key,
+                            key: format!("{}/{}", j.id, step.id),
                             tenant: j.tenant,
-                            workflow: j.workflow.clone(),
+                            workflow: j.workflow.to_string(),
                             version: j.version,
-                            journey: j.id.clone(),
+                            journey: j.id.to_string(),
                             step: step.id.clone(),
-                            person: j.person.clone(),
+                            person: j.person.to_string(),
                             channel: "webhook".into(),
                             category: Category::Transactional,
                             subscription: None,
@@ -908,7 +1055,7 @@ impl Runtime {
                 Action::UpdateTrait(t) => {
                     changes.effects.push(Effect::SetTrait {
                         tenant: j.tenant,
-                        person: j.person.clone(),
+                        person: j.person.to_string(),
                         name: t.name.clone(),
                         value: t.value.clone(),
                         key: format!("{}/{}", j.id, step.id),
@@ -917,7 +1064,7 @@ impl Runtime {
                 }
                 Action::Exit(_) => None,
             };
-            match next {
+            match next.and_then(|n| u16::try_from(n).ok()) {
                 Some(n) => j.step = Some(n),
                 None => {
                     self.end(id, Outcome::Completed, now, changes);
@@ -927,16 +1074,16 @@ impl Runtime {
         }
     }
 
-    /// Fires every timer due at `now`: delays end, waits time out.
+    /// Fires every timer due at `now`: delays end, waits time out; scheduled workflows run.
     pub fn advance(&mut self, now: DateTime<Utc>, people: &dyn People) -> Changes {
         let mut changes = Changes::default();
         self.run_schedules(now, people, &mut changes);
         let due = micros(now);
-        while let Some((at, id)) = self.timers.first().cloned() {
+        while let Some(&(at, id)) = self.timers.first() {
             if at > due {
                 break;
             }
-            self.timers.remove(&(at, id.clone()));
+            self.timers.remove(&(at, id));
             let Some(j) = self.journeys.get_mut(&id) else {
                 continue;
             };
@@ -948,30 +1095,28 @@ impl Runtime {
                 j.version,
                 j.step,
             );
-            let Some(def) = self
-                .version(tenant, &workflow, version)
-                .map(|v| v.definition.clone())
-            else {
+            let Some(def) = self.definition(tenant, &workflow, version) else {
                 continue;
             };
             let person = people
                 .by_key(tenant, &person_key)
                 .unwrap_or_else(|| Person {
-                    keys: vec![person_key.clone()],
+                    keys: vec![person_key.to_string()],
                     ..Person::default()
                 });
-            let Some(i) = step else { continue };
+            let Some(i) = step.map(usize::from) else {
+                continue;
+            };
             let next = match &def.steps[i].action {
                 Action::WaitFor(w) => def.go(i, w.on_timeout.as_deref()),
                 _ => def.after(i),
             };
             self.move_to(
-                &id,
+                id,
                 next,
                 Outcome::Completed,
                 &person,
                 &def,
-                people,
                 now,
                 &mut changes,
             );
@@ -979,26 +1124,17 @@ impl Runtime {
         changes
     }
 
-    /// Every tenant, workflow and live version (for listing).
-    pub fn live_versions(&self) -> Vec<(TenantId, String, u32)> {
-        let mut out: Vec<_> = self
-            .live
-            .iter()
-            .map(|((t, w), v)| (*t, w.clone(), *v))
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// The ids of the active journeys of a person (by any of their keys).
+    /// The active journeys of a person (by any of their keys).
     pub fn journeys_of(&self, tenant: TenantId, keys: &[String]) -> Vec<&Journey> {
-        let mut seen = HashSet::new();
-        keys.iter()
-            .filter_map(|k| self.by_person.get(&(tenant, k.clone())))
-            .flatten()
-            .filter(|id| seen.insert((*id).clone()))
+        self.ids_of(tenant, keys)
+            .iter()
             .filter_map(|id| self.journeys.get(id))
             .collect()
+    }
+
+    /// Memory the runtime holds per active journey, roughly: for `/readyz` and benchmarks.
+    pub fn journey_count(&self) -> usize {
+        self.journeys.len()
     }
 }
 

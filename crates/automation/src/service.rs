@@ -104,10 +104,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn journey_row(j: &Journey) -> JourneyRow {
     JourneyRow {
-        id: j.id.clone(),
+        id: j.id.to_string(),
         tenant: j.tenant,
-        workflow: j.workflow.clone(),
-        person: j.person.clone(),
+        workflow: j.workflow.to_string(),
+        person: j.person.to_string(),
         active: j.is_active(),
         entered_at: j.entered_at,
         state: serde_json::to_string(j).unwrap_or_default(),
@@ -392,7 +392,7 @@ impl AutomationService {
         };
         // A journey this key started before, even one that has ended, is not started again.
         let id = crate::runtime::journey_id(tenant, workflow, seed);
-        if self.store.journey(&id).await?.is_some() {
+        if self.store.journey(&id.to_string()).await?.is_some() {
             return Ok(None);
         }
         let now = self.now();
@@ -438,13 +438,7 @@ impl AutomationService {
             if sends > 0 {
                 causes.push((r.offset, sends));
             }
-            for j in c.journeys {
-                match all.journeys.iter_mut().find(|x| x.id == j.id) {
-                    Some(x) => *x = j,
-                    None => all.journeys.push(j),
-                }
-            }
-            all.effects.extend(c.effects);
+            all.absorb(c);
         }
         let next = last.offset + 1;
         self.commit(all, Some(next), &causes).await?;

@@ -19,6 +19,17 @@ fn environment() -> Environment<'static> {
     env
 }
 
+/// Templates compiled once and kept, by their text (a workflow's templates are few and
+/// rendered for every person who reaches the step).
+fn compiled() -> &'static std::sync::RwLock<Environment<'static>> {
+    static ENV: std::sync::OnceLock<std::sync::RwLock<Environment<'static>>> =
+        std::sync::OnceLock::new();
+    ENV.get_or_init(|| std::sync::RwLock::new(environment()))
+}
+
+/// How many distinct templates are kept at most (then the cache starts again).
+const KEPT: usize = 10_000;
+
 /// The values a template sees.
 pub fn context(person: &Person, trigger: &Value) -> Value {
     json!({
@@ -33,9 +44,27 @@ pub fn context(person: &Person, trigger: &Value) -> Value {
 
 /// Renders one template text.
 pub fn render(text: &str, ctx: &Value) -> Result<String, String> {
-    environment()
-        .render_str(text, ctx)
-        .map_err(|e| format!("template: {e}"))
+    if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
+        return Ok(text.to_owned());
+    }
+    let name = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()));
+    let fail = |e: minijinja::Error| format!("template: {e}");
+    {
+        let env = compiled().read().unwrap_or_else(|e| e.into_inner());
+        if let Ok(t) = env.get_template(&name) {
+            return t.render(ctx).map_err(fail);
+        }
+    }
+    let mut env = compiled().write().unwrap_or_else(|e| e.into_inner());
+    if env.templates().count() >= KEPT {
+        *env = environment();
+    }
+    env.add_template_owned(name.clone(), text.to_owned())
+        .map_err(fail)?;
+    env.get_template(&name)
+        .map_err(fail)?
+        .render(ctx)
+        .map_err(fail)
 }
 
 /// Renders every text part of a message template (other values are kept as they are).

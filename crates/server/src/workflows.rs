@@ -336,7 +336,7 @@ pub async fn delete(
     }
     let running = svc.with_runtime(|rt| {
         rt.active()
-            .filter(|j| j.tenant == p.tenant && j.workflow == id)
+            .filter(|j| j.tenant == p.tenant && *j.workflow == *id)
             .count()
     });
     if running > 0 {
@@ -396,7 +396,10 @@ pub async fn trigger(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     match started {
-        Some(j) => Ok((StatusCode::ACCEPTED, Json(json!(j)))),
+        Some(j) => Ok((
+            StatusCode::ACCEPTED,
+            Json(journey_view(svc, p.tenant, json!(j))),
+        )),
         None => Err(ApiError::new(
             Code::NotFound,
             "no journey started: the person is unknown, or the re-entry rule or the idempotency key kept them out",
@@ -419,7 +422,7 @@ pub async fn person_journeys(
     Path(id): Path<String>,
     Query(q): Query<JourneysQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    service(&state)?;
+    let svc = service(&state)?;
     let anonymous = matches!(q.by.as_deref(), Some("anonymous_id" | "anonymousId"));
     let keys = crate::people::subject_keys(&state, p.tenant, &id, anonymous)
         .map(|(_, k)| k)
@@ -431,8 +434,28 @@ pub async fn person_journeys(
     let items: Vec<Value> = rows
         .iter()
         .filter_map(|r| serde_json::from_str::<Value>(&r.state).ok())
+        .map(|j| journey_view(svc, p.tenant, j))
         .collect();
     Ok(Json(json!({ "journeys": items })))
+}
+
+/// A stored journey as the API shows it: steps by their ids.
+fn journey_view(svc: &AutomationService, tenant: livora_model::TenantId, mut j: Value) -> Value {
+    let workflow = j["workflow"].as_str().unwrap_or_default().to_owned();
+    let version = j["version"].as_u64().unwrap_or(0) as u32;
+    let Some(def) = svc.with_runtime(|rt| rt.definition(tenant, &workflow, version)) else {
+        return j;
+    };
+    let id_of = |v: &Value| {
+        v.as_u64()
+            .and_then(|i| def.steps.get(i as usize))
+            .map_or(Value::Null, |s| json!(s.id))
+    };
+    if let Some(path) = j["path"].as_array() {
+        j["path"] = Value::Array(path.iter().map(id_of).collect());
+    }
+    j["step"] = id_of(&j["step"]);
+    j
 }
 
 #[derive(Deserialize)]

@@ -19,7 +19,7 @@
 //! - Splits and the holdout group are decided by hashing the journey (or person) id: the
 //!   same input always gives the same branch.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
@@ -340,6 +340,107 @@ pub fn next_local_time(
     None
 }
 
+/// Active journeys in one vector (slots are reused), found by id through a small table: a
+/// million waiting journeys then cost one `Journey` each plus a few bytes, where a hash
+/// table of journeys would hold up to twice as many slots as journeys right after it grows.
+#[derive(Default)]
+struct Slab {
+    items: Vec<Option<Journey>>,
+    free: Vec<u32>,
+    slots: hashbrown::HashMap<JourneyId, u32>,
+}
+
+impl Slab {
+    fn insert(&mut self, id: JourneyId, j: Journey) -> u32 {
+        if let Some(&s) = self.slots.get(&id) {
+            self.items[s as usize] = Some(j);
+            return s;
+        }
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.items[s as usize] = Some(j);
+                s
+            }
+            None => {
+                self.items.push(Some(j));
+                (self.items.len() - 1) as u32
+            }
+        };
+        self.slots.insert(id, s);
+        s
+    }
+
+    fn slot(&self, id: &JourneyId) -> Option<u32> {
+        self.slots.get(id).copied()
+    }
+
+    fn at(&self, slot: u32) -> Option<&Journey> {
+        self.items.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn get(&self, id: &JourneyId) -> Option<&Journey> {
+        self.at(self.slot(id)?)
+    }
+
+    fn get_mut(&mut self, id: &JourneyId) -> Option<&mut Journey> {
+        let s = self.slot(id)?;
+        self.items.get_mut(s as usize).and_then(Option::as_mut)
+    }
+
+    fn contains_key(&self, id: &JourneyId) -> bool {
+        self.slots.contains_key(id)
+    }
+
+    fn remove(&mut self, id: &JourneyId) -> Option<Journey> {
+        let s = self.slots.remove(id)?;
+        self.free.push(s);
+        self.items.get_mut(s as usize).and_then(Option::take)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Journey> {
+        self.items.iter().flatten()
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// The slots of active journeys by a hash of (tenant, person key). Two keys with the same
+/// hash share a list; lookups check each journey's own keys.
+#[derive(Default)]
+struct PersonIndex(hashbrown::HashMap<u64, SmallVec<[u32; 2]>>);
+
+fn person_hash(tenant: TenantId, key: &str) -> u64 {
+    let (hi, lo) = tenant.0.as_u64_pair();
+    xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), hi ^ lo.rotate_left(17))
+}
+
+impl PersonIndex {
+    fn add(&mut self, tenant: TenantId, key: &str, slot: u32) {
+        let list = self.0.entry(person_hash(tenant, key)).or_default();
+        if !list.contains(&slot) {
+            list.push(slot);
+        }
+    }
+
+    fn remove(&mut self, tenant: TenantId, key: &str, slot: u32) {
+        let h = person_hash(tenant, key);
+        if let Some(list) = self.0.get_mut(&h) {
+            list.retain(|s| *s != slot);
+            if list.is_empty() {
+                self.0.remove(&h);
+            }
+        }
+    }
+
+    fn get(&self, tenant: TenantId, key: &str) -> &[u32] {
+        self.0
+            .get(&person_hash(tenant, key))
+            .map_or(&[], |l| l.as_slice())
+    }
+}
+
 /// A workflow version as the runtime keeps it (shared, so a journey's step needs no copy).
 struct Live {
     version: u32,
@@ -354,10 +455,10 @@ pub struct Runtime {
     versions: HashMap<(TenantId, String), Vec<Live>>,
     /// The version new journeys start on (absent: the workflow is paused).
     live: HashMap<(TenantId, String), u32>,
-    /// Active journeys by id.
-    journeys: HashMap<JourneyId, Journey>,
+    /// Active journeys.
+    journeys: Slab,
     /// Active journeys by (tenant, person key), for every key they are found by.
-    by_person: HashMap<(TenantId, Arc<str>), SmallVec<[JourneyId; 2]>>,
+    by_person: PersonIndex,
     /// When the newest ended journey of each (tenant, workflow, person) started (re-entry
     /// rules; running journeys are found through `by_person`).
     ended: HashMap<(TenantId, Arc<str>, Arc<str>), DateTime<Utc>>,
@@ -369,8 +470,6 @@ pub struct Runtime {
     /// [`Runtime::advance`] after it goes live, so a run missed while the node was down
     /// is not made up.
     schedules: HashMap<(TenantId, String), i64>,
-    /// Person keys, shared by the journeys and indexes that name them.
-    names: HashSet<Arc<str>>,
 }
 
 impl Runtime {
@@ -380,16 +479,6 @@ impl Runtime {
 
     pub fn set_time_zone(&mut self, tenant: TenantId, tz: chrono_tz::Tz) {
         self.zones.insert(tenant, tz);
-    }
-
-    /// The shared copy of a person key (made on first use).
-    fn name(&mut self, key: &str) -> Arc<str> {
-        if let Some(k) = self.names.get(key) {
-            return k.clone();
-        }
-        let k: Arc<str> = Arc::from(key);
-        self.names.insert(k.clone());
-        k
     }
 
     /// Adds a version (versions are kept: journeys finish on the one they started on).
@@ -441,7 +530,6 @@ impl Runtime {
     /// re-entry rules).
     pub fn restore(&mut self, journeys: impl IntoIterator<Item = Journey>) {
         for mut j in journeys {
-            j.person = self.name(&j.person);
             if let Some(w) = self
                 .version(j.tenant, &j.workflow, j.version)
                 .map(|v| v.workflow.clone())
@@ -460,10 +548,11 @@ impl Runtime {
                 self.timers.insert((w, j.id));
             }
             let keys: Vec<Arc<str>> = j.all_keys().cloned().collect();
+            let tenant = j.tenant;
+            let slot = self.journeys.insert(j.id, j);
             for k in keys {
-                self.by_person.entry((j.tenant, k)).or_default().push(j.id);
+                self.by_person.add(tenant, &k, slot);
             }
-            self.journeys.insert(j.id, j);
         }
     }
 
@@ -544,28 +633,18 @@ impl Runtime {
 
     /// Finds journey `id` by each of `keys` from now on.
     fn index(&mut self, tenant: TenantId, id: JourneyId, keys: &[String]) {
+        let Some(slot) = self.journeys.slot(&id) else {
+            return;
+        };
         for k in keys {
-            let k = self.name(k);
             let Some(j) = self.journeys.get_mut(&id) else {
                 return;
             };
-            if *j.person == *k || j.keys.contains(&k) {
+            if *j.person == **k || j.keys.iter().any(|x| **x == **k) {
                 continue;
             }
-            j.keys.push(k.clone());
-            self.by_person.entry((tenant, k)).or_default().push(id);
-        }
-    }
-
-    fn unindex(&mut self, j: &Journey) {
-        for k in j.all_keys() {
-            let key = (j.tenant, k.clone());
-            if let Some(ids) = self.by_person.get_mut(&key) {
-                ids.retain(|x| *x != j.id);
-                if ids.is_empty() {
-                    self.by_person.remove(&key);
-                }
-            }
+            j.keys.push(Arc::from(k.as_str()));
+            self.by_person.add(tenant, k, slot);
         }
     }
 
@@ -595,12 +674,13 @@ impl Runtime {
     fn ids_of(&self, tenant: TenantId, keys: &[String]) -> Vec<JourneyId> {
         let mut ids: Vec<JourneyId> = Vec::new();
         for k in keys {
-            let key: Arc<str> = Arc::from(k.as_str());
-            if let Some(list) = self.by_person.get(&(tenant, key)) {
-                for id in list {
-                    if !ids.contains(id) {
-                        ids.push(*id);
-                    }
+            for &slot in self.by_person.get(tenant, k) {
+                let Some(j) = self.journeys.at(slot) else {
+                    continue;
+                };
+                let found = j.tenant == tenant && j.all_keys().any(|x| **x == **k);
+                if found && !ids.contains(&j.id) {
+                    ids.push(j.id);
                 }
             }
         }
@@ -799,7 +879,7 @@ impl Runtime {
         let holdout = def.holdout_percent > 0
             && bucket(&format!("{workflow}|{}", person.key()), 100)
                 < u64::from(def.holdout_percent);
-        let key = self.name(person.key());
+        let key: Arc<str> = Arc::from(person.key());
         let j = Journey {
             id,
             tenant,
@@ -816,8 +896,8 @@ impl Runtime {
             path: SmallVec::new(),
             keys: Vec::new(),
         };
-        self.journeys.insert(id, j);
-        self.by_person.entry((tenant, key)).or_default().push(id);
+        let slot = self.journeys.insert(id, j);
+        self.by_person.add(tenant, &key, slot);
         self.index(tenant, id, &person.keys);
         self.run(id, person, &def, now, changes);
     }
@@ -850,16 +930,21 @@ impl Runtime {
     }
 
     fn end(&mut self, id: JourneyId, outcome: Outcome, now: DateTime<Utc>, changes: &mut Changes) {
+        let Some(slot) = self.journeys.slot(&id) else {
+            return;
+        };
         let Some(mut j) = self.journeys.remove(&id) else {
             return;
         };
+        for k in j.all_keys() {
+            self.by_person.remove(j.tenant, k, slot);
+        }
         if let Some(w) = j.wake_at.take() {
             self.timers.remove(&(w, id));
         }
         j.step = None;
         j.ended_at = Some(now);
         j.outcome = Some(outcome);
-        self.unindex(&j);
         let key = (j.tenant, j.workflow.clone(), j.person.clone());
         if self.ended.get(&key).is_none_or(|at| *at <= j.entered_at) {
             self.ended.insert(key, j.entered_at);

@@ -96,6 +96,8 @@ pub struct AutomationService {
     /// committed to the outbox (µs since the Unix epoch).
     lags: Mutex<Vec<(u64, i64)>>,
     failure: Mutex<Option<String>>,
+    /// When an offset alone was last written.
+    offset_written: Mutex<std::time::Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -181,6 +183,7 @@ impl AutomationService {
             poke: tokio::sync::Notify::new(),
             lags: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
+            offset_written: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -347,8 +350,21 @@ impl AutomationService {
                 .map_err(AutomationError::Sink)?;
         }
         let any_message = !messages.is_empty();
-        if changes.journeys.is_empty() && messages.is_empty() && offset.is_none() {
-            return Ok(());
+        if changes.journeys.is_empty() && messages.is_empty() {
+            // Nothing but the offset: written at most once a second (reading those events
+            // again after a crash changes nothing), so a quiet stream does not cost an fsync
+            // per batch.
+            let due = {
+                let mut last = lock(&self.offset_written);
+                let due = offset.is_some() && last.elapsed() >= Duration::from_secs(1);
+                if due {
+                    *last = std::time::Instant::now();
+                }
+                due
+            };
+            if !due {
+                return Ok(());
+            }
         }
         self.store
             .commit(AutomationCommit {
@@ -456,8 +472,18 @@ impl AutomationService {
     async fn follow_inner(&self, log: &EventLog) -> Result<(), AutomationError> {
         let start = match self.store.automation_offset(CONSUMER).await? {
             Some(o) => o.max(log.start_offset()),
-            // A new node: workflows react to what comes from now on, not to the past.
-            None => log.end_offset(),
+            // A new node: workflows react to what comes from now on, not to the past. The
+            // place is written at once, so a restart goes on from there.
+            None => {
+                let end = log.end_offset();
+                self.store
+                    .commit(AutomationCommit {
+                        offset: Some((CONSUMER.to_owned(), end)),
+                        ..AutomationCommit::default()
+                    })
+                    .await?;
+                end
+            }
         };
         self.applied.store(start, Ordering::Release);
         let mut reader = log.reader(start)?;

@@ -285,46 +285,49 @@ impl AutomationStore for SqliteStore {
 
     async fn commit(&self, c: AutomationCommit) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
-        for j in &c.journeys {
-            sqlx::query(
-                "INSERT INTO journeys (id, tenant_id, workflow_id, person, active, entered_at, state)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (id) DO UPDATE SET active = excluded.active, state = excluded.state",
-            )
-            .bind(&j.id)
-            .bind(j.tenant.to_string())
-            .bind(&j.workflow)
-            .bind(&j.person)
-            .bind(i64::from(j.active))
-            .bind(micros(j.entered_at))
-            .bind(&j.state)
-            .execute(&mut *tx)
-            .await?;
+        // Many rows a statement: each statement costs a round trip to SQLite's thread.
+        for chunk in c.journeys.chunks(1000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO journeys (id, tenant_id, workflow_id, person, active, entered_at, state) ",
+            );
+            q.push_values(chunk, |mut b, j| {
+                b.push_bind(&j.id)
+                    .push_bind(j.tenant.to_string())
+                    .push_bind(&j.workflow)
+                    .push_bind(&j.person)
+                    .push_bind(i64::from(j.active))
+                    .push_bind(micros(j.entered_at))
+                    .push_bind(&j.state);
+            });
+            q.push(
+                " ON CONFLICT (id) DO UPDATE SET active = excluded.active, state = excluded.state",
+            );
+            q.build().execute(&mut *tx).await?;
         }
-        for m in &c.messages {
-            sqlx::query(
+        for chunk in c.messages.chunks(1000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO outbox (key, tenant_id, workflow_id, person, channel, category, status, attempts,
-                    due_at, created_at, updated_at, reason, provider, provider_id, message)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(&m.key)
-            .bind(m.tenant.to_string())
-            .bind(&m.workflow)
-            .bind(&m.person)
-            .bind(&m.channel)
-            .bind(&m.category)
-            .bind(m.status.as_str())
-            .bind(i64::from(m.attempts))
-            .bind(micros(m.due_at))
-            .bind(micros(m.created_at))
-            .bind(micros(m.updated_at))
-            .bind(&m.reason)
-            .bind(&m.provider)
-            .bind(&m.provider_id)
-            .bind(&m.message)
-            .execute(&mut *tx)
-            .await?;
+                    due_at, created_at, updated_at, reason, provider, provider_id, message) ",
+            );
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(&m.key)
+                    .push_bind(m.tenant.to_string())
+                    .push_bind(&m.workflow)
+                    .push_bind(&m.person)
+                    .push_bind(&m.channel)
+                    .push_bind(&m.category)
+                    .push_bind(m.status.as_str())
+                    .push_bind(i64::from(m.attempts))
+                    .push_bind(micros(m.due_at))
+                    .push_bind(micros(m.created_at))
+                    .push_bind(micros(m.updated_at))
+                    .push_bind(&m.reason)
+                    .push_bind(&m.provider)
+                    .push_bind(&m.provider_id)
+                    .push_bind(&m.message);
+            });
+            q.push(" ON CONFLICT (key) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
         }
         if let Some((name, offset)) = &c.offset {
             sqlx::query(
@@ -417,21 +420,27 @@ impl AutomationStore for SqliteStore {
 
     async fn update_messages(&self, rows: &[OutboxRow]) -> Result<(), Error> {
         let mut tx = self.begin_write().await?;
-        for m in rows {
-            sqlx::query(
-                "UPDATE outbox SET status = ?, attempts = ?, due_at = ?, updated_at = ?, reason = ?,
-                    provider = ?, provider_id = ? WHERE key = ?",
-            )
-            .bind(m.status.as_str())
-            .bind(i64::from(m.attempts))
-            .bind(micros(m.due_at))
-            .bind(micros(m.updated_at))
-            .bind(&m.reason)
-            .bind(&m.provider)
-            .bind(&m.provider_id)
-            .bind(&m.key)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in rows.chunks(1000) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "WITH v(key, status, attempts, due_at, updated_at, reason, provider, provider_id) AS (",
+            );
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(&m.key)
+                    .push_bind(m.status.as_str())
+                    .push_bind(i64::from(m.attempts))
+                    .push_bind(micros(m.due_at))
+                    .push_bind(micros(m.updated_at))
+                    .push_bind(&m.reason)
+                    .push_bind(&m.provider)
+                    .push_bind(&m.provider_id);
+            });
+            q.push(
+                ") UPDATE outbox SET status = v.status, attempts = v.attempts, due_at = v.due_at,
+                    updated_at = v.updated_at, reason = v.reason, provider = v.provider,
+                    provider_id = v.provider_id
+                 FROM v WHERE outbox.key = v.key",
+            );
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -1161,13 +1161,26 @@ impl Runtime {
 
     /// Fires every timer due at `now`: delays end, waits time out; scheduled workflows run.
     pub fn advance(&mut self, now: DateTime<Utc>, people: &dyn People) -> Changes {
+        self.advance_up_to(now, people, usize::MAX)
+    }
+
+    /// [`Runtime::advance`], firing at most `limit` timers (the oldest first; call again
+    /// for the rest), so that what one call decides stays a bounded batch.
+    pub fn advance_up_to(
+        &mut self,
+        now: DateTime<Utc>,
+        people: &dyn People,
+        limit: usize,
+    ) -> Changes {
         let mut changes = Changes::default();
         self.run_schedules(now, people, &mut changes);
         let due = micros(now);
+        let mut fired = 0;
         while let Some(&(at, id)) = self.timers.first() {
-            if at > due {
+            if at > due || fired >= limit {
                 break;
             }
+            fired += 1;
             self.timers.remove(&(at, id));
             let Some(j) = self.journeys.get_mut(&id) else {
                 continue;

@@ -545,3 +545,38 @@ fn a_schedule_starts_its_audience_once_per_run_in_the_tenant_time_zone() {
         "and again the next day"
     );
 }
+
+#[test]
+fn timers_fire_in_bounded_batches_oldest_first() {
+    let mut rt = runtime_with(json!({
+        "trigger": {"event": {"name": "Signed Up"}},
+        "steps": [{"id": "wait", "delay": {"minutes": 1}},
+                  {"id": "hi", "send": {"channel": "email", "template": {"subject": "Hi", "body": "."}}}]
+    }));
+    let mut dir = Directory::default();
+    for n in 0..3 {
+        dir.put(
+            tenant(),
+            person(
+                &[&format!("u:p{n}")],
+                json!({"email": format!("p{n}@x.io")}),
+            ),
+        );
+        let e = track(
+            Some(&format!("p{n}")),
+            None,
+            "Signed Up",
+            json!({}),
+            &format!("m{n}"),
+            n,
+        );
+        rt.on_event(tenant(), &e, &dir, t(n));
+    }
+    let later = t(3600);
+    let first = rt.advance_up_to(later, &dir, 2);
+    let to: Vec<_> = sends(&first).iter().filter_map(|m| m.to.clone()).collect();
+    assert_eq!(to, ["p0@x.io", "p1@x.io"]);
+    assert_eq!(rt.timer_count(), 1);
+    assert_eq!(sends(&rt.advance_up_to(later, &dir, 2)).len(), 1);
+    assert_eq!(rt.timer_count(), 0);
+}

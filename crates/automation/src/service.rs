@@ -385,11 +385,18 @@ impl AutomationService {
         Ok(())
     }
 
-    /// Fires due timers and commits what they did.
+    /// Fires due timers and commits what they did, 10,000 at a time.
     pub async fn tick(&self) -> Result<(), AutomationError> {
+        const AT_ONCE: usize = 10_000;
         let now = self.now();
-        let changes = lock(&self.runtime).advance(now, self.people.as_ref());
-        self.commit(changes, None, &[]).await
+        loop {
+            let changes = lock(&self.runtime).advance_up_to(now, self.people.as_ref(), AT_ONCE);
+            let more = changes.journeys.len() >= AT_ONCE;
+            self.commit(changes, None, &[]).await?;
+            if !more {
+                return Ok(());
+            }
+        }
     }
 
     /// Starts a journey through the API: `person` is a key (`u:…` / `a:…`); `seed` makes a

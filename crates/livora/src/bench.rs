@@ -549,7 +549,7 @@ fn limit(templates: &Templates, seconds: u64, per_fsync: f64, work: &Path) -> an
 }
 
 /// Flushes all dirty pages, so one phase's write-back does not slow the next.
-fn sync_disk() {
+pub(crate) fn sync_disk() {
     let _ = Command::new("sync").status();
 }
 

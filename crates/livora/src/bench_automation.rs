@@ -54,6 +54,10 @@ pub struct AutomationBench {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// One timer run, in this process, printed as JSON (the benchmark runs each timer run
+    /// in a fresh process, so the memory one run freed does not hide the next one's).
+    #[arg(long, hide = true)]
+    timers_only: bool,
 }
 
 fn tenant() -> TenantId {
@@ -153,33 +157,34 @@ async fn timer_run(n: usize) -> anyhow::Result<TimerRun> {
     );
     let rss_after = crate::bench::rss_mb(std::process::id(), "VmRSS:");
     let later = t0 + chrono::Duration::days(1);
-    let fired = Instant::now();
-    let changes = rt.advance(later, &people);
-    let fire_secs = fired.elapsed().as_secs_f64();
-    let messages: Vec<_> = changes
-        .effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Send(m) => Some(outbox_row(m)),
-            _ => None,
-        })
-        .collect();
-    anyhow::ensure!(
-        messages.len() == n,
-        "{} messages for {n} timers",
-        messages.len()
-    );
-    let committed = Instant::now();
-    for chunk in messages.chunks(10_000) {
+    // As the service does: 10,000 timers at a time, each batch's messages committed.
+    let (mut fire_secs, mut commit_secs, mut decided) = (0.0, 0.0, 0);
+    loop {
+        let fired = Instant::now();
+        let changes = rt.advance_up_to(later, &people, 10_000);
+        fire_secs += fired.elapsed().as_secs_f64();
+        let messages: Vec<_> = changes
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send(m) => Some(outbox_row(m)),
+                _ => None,
+            })
+            .collect();
+        if messages.is_empty() {
+            break;
+        }
+        decided += messages.len();
+        let committed = Instant::now();
         store
             .commit(AutomationCommit {
-                messages: chunk.to_vec(),
+                messages,
                 ..AutomationCommit::default()
             })
             .await?;
+        commit_secs += committed.elapsed().as_secs_f64();
     }
-    let commit_secs = committed.elapsed().as_secs_f64();
-    drop(changes);
+    anyhow::ensure!(decided == n, "{decided} messages for {n} timers");
     drop(rt);
     Ok(TimerRun {
         rss_bytes_per_timer: (rss_after - rss_before) * 1_048_576.0 / n as f64,
@@ -486,11 +491,49 @@ async fn outbox_run(n: usize, http: bool) -> anyhow::Result<f64> {
     Ok(n as f64 / secs)
 }
 
+/// One timer run in a fresh `livora bench automation --timers-only` process.
+fn timer_run_apart(n: usize) -> anyhow::Result<TimerRun> {
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "automation",
+            "--timers-only",
+            "--timers",
+            &n.to_string(),
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the timer run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Ok(TimerRun {
+        rss_bytes_per_timer: f("rss_bytes_per_timer"),
+        start_per_sec: f("start_per_sec"),
+        fire_per_sec: f("fire_per_sec"),
+        fire_and_commit_per_sec: f("fire_and_commit_per_sec"),
+    })
+}
+
 pub async fn run(b: AutomationBench) -> anyhow::Result<()> {
+    if b.timers_only {
+        let r = timer_run(b.timers).await?;
+        println!(
+            "{}",
+            json!({"rss_bytes_per_timer": r.rss_bytes_per_timer, "start_per_sec": r.start_per_sec,
+                "fire_per_sec": r.fire_per_sec, "fire_and_commit_per_sec": r.fire_and_commit_per_sec})
+        );
+        return Ok(());
+    }
     let runs = b.runs.max(1);
     let (mut mem, mut start, mut fire, mut fire_commit) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs {
-        let r = timer_run(b.timers).await?;
+        let n = b.timers;
+        let r = tokio::task::spawn_blocking(move || timer_run_apart(n)).await??;
+        crate::bench::sync_disk();
         eprintln!(
             "timers run {}: {:.0} B per waiting journey, {:.0} started/s, {:.0} fired/s, {:.0} fired and committed/s",
             i + 1,
@@ -507,6 +550,7 @@ pub async fn run(b: AutomationBench) -> anyhow::Result<()> {
     let mut lat = Vec::new();
     for i in 0..runs {
         let r = latency_run(&b).await?;
+        crate::bench::sync_disk();
         eprintln!(
             "trigger latency run {}: {} orders at {:.0} events/s appended: p50 {:.2} ms, p99 {:.2} ms",
             i + 1,
@@ -520,7 +564,9 @@ pub async fn run(b: AutomationBench) -> anyhow::Result<()> {
     let (mut inproc, mut http) = (vec![], vec![]);
     for i in 0..runs {
         let a = outbox_run(b.messages, false).await?;
+        crate::bench::sync_disk();
         let h = outbox_run(b.messages, true).await?;
+        crate::bench::sync_disk();
         eprintln!(
             "outbox run {}: {a:.0} messages/s to an in-process provider, {h:.0} messages/s to a local HTTP provider",
             i + 1

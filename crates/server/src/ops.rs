@@ -68,6 +68,19 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             None => body["profiles"] = json!("catching_up"),
         }
     }
+    // The same for workflows: a stopped automation service is reported, not gating.
+    if let Some(a) = &state.automation {
+        match a.failure() {
+            Some(why) => {
+                body["automation"] = json!("failed");
+                body["automation_error"] = json!(why);
+            }
+            None => {
+                body["automation"] = json!("ok");
+                body["waiting_journeys"] = json!(a.with_runtime(|rt| rt.timer_count()));
+            }
+        }
+    }
     (status, Json(body))
 }
 

@@ -1,3 +1,7 @@
+//! Tests of the workflow runtime: journeys through triggers, waits, goals, re-entry,
+//! branches, splits, the holdout group, versions, local times and schedules, with the time
+//! given (nothing sleeps).
+
 use chrono::{DateTime, TimeZone, Utc};
 use livora_model::workflow::Workflow;
 use livora_model::{Event, EventType, TenantId};

@@ -502,6 +502,11 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         Need::Permission(P::ReadAnalytics),
     ),
     (
+        "GET",
+        "/api/v1/workflows/{id}/metrics",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
         "POST",
         "/api/v1/workflows/{id}/enable",
         Need::Permission(P::EnableWorkflows),
@@ -605,6 +610,7 @@ fn handler(method: &str, path: &str) -> Handler {
         ("PUT", "/api/v1/workflows/{id}") => put(workflows::update),
         ("DELETE", "/api/v1/workflows/{id}") => delete(workflows::delete),
         ("GET", "/api/v1/workflows/{id}/versions") => get(workflows::versions),
+        ("GET", "/api/v1/workflows/{id}/metrics") => get(workflows::metrics),
         ("POST", "/api/v1/workflows/{id}/enable") => post(workflows::enable),
         ("POST", "/api/v1/workflows/{id}/pause") => post(workflows::pause),
         ("POST", "/api/v1/workflows/{id}/trigger") => post(workflows::trigger),

@@ -620,3 +620,74 @@ pub async fn delete_channel(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `GET /api/v1/workflows/{id}/metrics`: journeys entered, running, completed and converted
+/// (the goal reached), per step entered, waiting and messages by outcome, and the uplift of
+/// the conversion rate against the holdout group.
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let svc = service(&state)?;
+    record(&state, &p, &id).await?;
+    let c = state.store.workflow_counts(p.tenant, &id).await?;
+    // Totals, for the treated persons and the holdout group apart.
+    let mut groups = [[0u64; 4]; 2]; // [entered, running, completed, converted]
+    for (active, outcome, holdout, n) in &c.journeys {
+        let g = &mut groups[usize::from(*holdout)];
+        g[0] += n;
+        match (active, outcome.as_deref()) {
+            (true, _) => g[1] += n,
+            (false, Some("goal")) => g[3] += n,
+            _ => g[2] += n,
+        }
+    }
+    let rate = |g: &[u64; 4]| (g[0] > 0).then(|| g[3] as f64 / g[0] as f64);
+    let uplift = match (rate(&groups[0]), rate(&groups[1])) {
+        (Some(t), Some(h)) => json!(t - h),
+        _ => Value::Null,
+    };
+    let group = |g: &[u64; 4]| {
+        json!({"entered": g[0], "running": g[1], "completed": g[2], "converted": g[3],
+            "conversion_rate": rate(g)})
+    };
+    // Per step, by id (positions are per version).
+    let mut steps: std::collections::BTreeMap<String, serde_json::Map<String, Value>> =
+        std::collections::BTreeMap::new();
+    let step_id = |version: u32, pos: u32| {
+        svc.with_runtime(|rt| rt.definition(p.tenant, &id, version))
+            .and_then(|d| d.steps.get(pos as usize).map(|s| s.id.clone()))
+    };
+    let mut add = |step: String, key: &str, n: u64| {
+        let e = steps.entry(step).or_default();
+        let now = e.get(key).and_then(Value::as_u64).unwrap_or(0);
+        e.insert(key.to_owned(), json!(now + n));
+    };
+    for (v, pos, n) in &c.entered {
+        if let Some(s) = step_id(*v, *pos) {
+            add(s, "entered", *n);
+        }
+    }
+    for (v, pos, n) in &c.waiting {
+        if let Some(s) = step_id(*v, *pos) {
+            add(s, "waiting", *n);
+        }
+    }
+    for (s, status, n) in &c.messages {
+        let key = match status.as_str() {
+            "sent" => "sent",
+            "dead" => "failed",
+            "blocked" => "blocked",
+            _ => "pending",
+        };
+        add(s.clone(), key, *n);
+    }
+    Ok(Json(json!({
+        "workflow": id,
+        "journeys": group(&groups[0]),
+        "holdout": group(&groups[1]),
+        "uplift": uplift,
+        "steps": steps,
+    })))
+}

@@ -121,6 +121,19 @@ pub struct ChannelRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Counts of a workflow's journeys and messages (its measurement).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowCounts {
+    /// `(active, outcome, holdout, journeys)`; `outcome` is `None` while active.
+    pub journeys: Vec<(bool, Option<String>, bool, u64)>,
+    /// `(version, step position, journeys that ran it)`.
+    pub entered: Vec<(u32, u32, u64)>,
+    /// `(version, step position, active journeys waiting there)`.
+    pub waiting: Vec<(u32, u32, u64)>,
+    /// `(step id, outbox status, messages)`.
+    pub messages: Vec<(String, String, u64)>,
+}
+
 /// What one step of the runtime changed, written in one transaction.
 #[derive(Debug, Default)]
 pub struct AutomationCommit {
@@ -177,6 +190,12 @@ pub trait AutomationStore: Send + Sync + 'static {
     /// The offset stored for a consumer name.
     async fn automation_offset(&self, name: &str) -> Result<Option<u64>, Error>;
     async fn journey(&self, id: &str) -> Result<Option<JourneyRow>, Error>;
+    /// A workflow's journeys and messages, counted.
+    async fn workflow_counts(
+        &self,
+        tenant: TenantId,
+        workflow: &str,
+    ) -> Result<WorkflowCounts, Error>;
     /// Every active journey, and the newest ended one of each (tenant, workflow, person).
     async fn journeys_to_restore(&self) -> Result<Vec<JourneyRow>, Error>;
     /// A person's journeys (by any of `persons`), newest first.

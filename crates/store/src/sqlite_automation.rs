@@ -8,7 +8,7 @@ use sqlx::sqlite::SqliteRow;
 
 use crate::automation::{
     AutomationCommit, AutomationStore, ChannelRecord, JourneyRow, OutboxRow, OutboxStatus,
-    WorkflowRecord, WorkflowVersion,
+    WorkflowCounts, WorkflowRecord, WorkflowVersion,
 };
 use crate::sqlite::{tenant_id, time};
 use crate::{Error, SqliteStore};
@@ -360,6 +360,80 @@ impl AutomationStore for SqliteStore {
             .as_ref()
             .map(journey)
             .transpose()
+    }
+
+    async fn workflow_counts(
+        &self,
+        tenant: TenantId,
+        workflow: &str,
+    ) -> Result<WorkflowCounts, Error> {
+        let t = tenant.to_string();
+        let mut out = WorkflowCounts::default();
+        for r in sqlx::query(
+            "SELECT active, json_extract(state, '$.outcome') AS outcome,
+                    json_extract(state, '$.holdout') AS holdout, COUNT(*) AS n
+             FROM journeys WHERE tenant_id = ? AND workflow_id = ? GROUP BY 1, 2, 3",
+        )
+        .bind(&t)
+        .bind(workflow)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let (active, holdout, n): (i64, Option<i64>, i64) =
+                (r.try_get("active")?, r.try_get("holdout")?, r.try_get("n")?);
+            out.journeys.push((
+                active != 0,
+                r.try_get("outcome")?,
+                holdout == Some(1),
+                n as u64,
+            ));
+        }
+        let positions = |sql: &'static str| {
+            let t = t.clone();
+            async move {
+                let mut v = Vec::new();
+                for r in sqlx::query(sql)
+                    .bind(&t)
+                    .bind(workflow)
+                    .fetch_all(&self.pool)
+                    .await?
+                {
+                    let (version, step, n): (i64, Option<i64>, i64) =
+                        (r.try_get("version")?, r.try_get("step")?, r.try_get("n")?);
+                    if let Some(step) = step {
+                        v.push((version as u32, step as u32, n as u64));
+                    }
+                }
+                Ok::<_, Error>(v)
+            }
+        };
+        out.entered = positions(
+            "SELECT json_extract(j.state, '$.version') AS version, p.value AS step, COUNT(*) AS n
+             FROM journeys j, json_each(json_extract(j.state, '$.path')) p
+             WHERE j.tenant_id = ? AND j.workflow_id = ? GROUP BY 1, 2",
+        )
+        .await?;
+        out.waiting = positions(
+            "SELECT json_extract(state, '$.version') AS version, json_extract(state, '$.step') AS step,
+                    COUNT(*) AS n
+             FROM journeys WHERE tenant_id = ? AND workflow_id = ? AND active = 1 GROUP BY 1, 2",
+        )
+        .await?;
+        for r in sqlx::query(
+            "SELECT json_extract(message, '$.step') AS step, status, COUNT(*) AS n
+             FROM outbox WHERE tenant_id = ? AND workflow_id = ? GROUP BY 1, 2",
+        )
+        .bind(&t)
+        .bind(workflow)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let n: i64 = r.try_get("n")?;
+            let step: Option<String> = r.try_get("step")?;
+            out.messages
+                .push((step.unwrap_or_default(), r.try_get("status")?, n as u64));
+        }
+        Ok(out)
     }
 
     async fn journeys_to_restore(&self) -> Result<Vec<JourneyRow>, Error> {

@@ -234,6 +234,15 @@ async fn workflows_over_http() {
     let (_, v) = call(&app, "GET", "/api/v1/people/bob/journeys", None).await;
     assert_eq!(v["journeys"], json!([]));
 
+    // Measurement: one journey entered, completed; per step what ran and what was sent.
+    let (status, m) = call(&app, "GET", "/api/v1/workflows/welcome/metrics", None).await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["journeys"]["entered"], 1, "{m}");
+    assert_eq!(m["journeys"]["completed"], 1, "{m}");
+    assert_eq!(m["steps"]["hook"]["entered"], 1, "{m}");
+    assert_eq!(m["steps"]["hook"]["sent"], 1, "{m}");
+    assert_eq!(m["steps"]["mark"]["entered"], 1, "{m}");
+
     // Editing makes a version; the enabled workflow moves to it.
     let (status, v) = call(
         &app,

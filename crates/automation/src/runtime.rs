@@ -1230,7 +1230,7 @@ impl Runtime {
             .collect()
     }
 
-    /// Memory the runtime holds per active journey, roughly: for `/readyz` and benchmarks.
+    /// The number of active journeys.
     pub fn journey_count(&self) -> usize {
         self.journeys.len()
     }

@@ -34,6 +34,8 @@ use livora_store::automation::{AutomationCommit, AutomationStore, OutboxStatus};
 use livora_store::{MetadataStore, NewTenant, SqliteStore};
 use serde_json::{Value, json};
 
+use crate::bench_profiles::{median, percentile};
+
 #[derive(clap::Args, Clone)]
 pub struct AutomationBench {
     /// Journeys waiting on timers in the timer phase.
@@ -91,20 +93,6 @@ impl People for MadeUp {
     fn audience(&self, _tenant: TenantId, _segment: Option<&str>) -> Vec<Person> {
         Vec::new()
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn percentile(v: &mut [i64], p: f64) -> f64 {
-    v.sort_unstable();
-    if v.is_empty() {
-        return 0.0;
-    }
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i] as f64
 }
 
 fn event(v: Value) -> anyhow::Result<Event> {

@@ -219,12 +219,12 @@ fn profile_events(i: usize, now: i64) -> Vec<Event> {
     out
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn percentile(v: &mut [i64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [i64], p: f64) -> f64 {
     v.sort_unstable();
     if v.is_empty() {
         return 0.0;

@@ -60,7 +60,7 @@ fn service_error(e: ServiceError) -> ApiError {
 }
 
 /// Ids: 1-64 letters, digits, `-` or `_`.
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::access::Principal;
 use crate::error::{ApiError, Code};
+use crate::segments::valid_id;
 use crate::staff::entry;
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -40,15 +41,6 @@ pub(crate) fn service(state: &AppState) -> Result<&Arc<AutomationService>, ApiEr
             "automation is off on this node (it needs profiles: [analytics] enabled = true)",
         )
     })
-}
-
-/// Ids: 1-64 letters, digits, `-` or `_`.
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[derive(Deserialize)]

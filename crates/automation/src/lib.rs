@@ -6,6 +6,7 @@
 //! - [`people`]: what the runtime needs from the profiles (identifiers, traits, computed
 //!   attributes, segments, tags).
 //! - [`template`]: message templates (MiniJinja).
+//! - [`tracking`]: opens, clicks and unsubscribe links; addresses kept as keyed hashes.
 //!
 //! It decides *whether* and *what* to send; `livora-channels` knows each provider's wire
 //! format.
@@ -17,6 +18,7 @@ pub mod profiles;
 pub mod runtime;
 pub mod service;
 pub mod template;
+pub mod tracking;
 
 pub use people::{Directory, People, Person};
 pub use runtime::{Changes, Effect, Journey, Message, Outcome, Runtime, Version};

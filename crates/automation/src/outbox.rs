@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::policy::{Decision, Policy};
 use crate::runtime::Message;
+use crate::tracking::Tracker;
 
 /// A message as a provider gets it.
 #[derive(Debug, Clone)]
@@ -111,7 +112,13 @@ pub struct Sender {
     concurrency: usize,
     /// Rate limiters by (tenant, channel), made when first needed.
     limiters: std::sync::Mutex<Limiters>,
+    /// Adds open and click tracking and unsubscribe links; hashes addresses for their
+    /// consents (a `STOP` reply) and WhatsApp's session window.
+    tracker: Option<Arc<Tracker>>,
 }
+
+/// How long WhatsApp lets a business answer with free text after the person wrote.
+const WHATSAPP_SESSION: chrono::Duration = chrono::Duration::hours(24);
 
 /// The backoff before attempt `n + 1` (n ≥ 1), with jitter from `key`.
 fn backoff(base: chrono::Duration, n: u32, key: &str) -> chrono::Duration {
@@ -137,7 +144,21 @@ impl Sender {
             retry,
             concurrency: 64,
             limiters: std::sync::Mutex::new(HashMap::new()),
+            tracker: None,
         }
+    }
+
+    /// Tracks opens and clicks, adds unsubscribe links, and honours address-level
+    /// consents (`STOP` replies) and WhatsApp's session window.
+    pub fn with_tracker(mut self, tracker: Arc<Tracker>) -> Self {
+        self.tracker = Some(tracker);
+        self
+    }
+
+    /// The consent subject of a message's address (`p:…` / `e:…`).
+    fn address_subject(&self, m: &Message) -> Option<String> {
+        let t = self.tracker.as_ref()?;
+        t.address_subject(&m.channel, m.to.as_deref()?)
     }
 
     /// The rate limiter of a tenant's channel (`None`: unlimited).
@@ -220,12 +241,26 @@ impl Sender {
         now: DateTime<Utc>,
     ) -> Result<Facts, livora_store::Error> {
         let mut persons: HashMap<TenantId, Vec<String>> = HashMap::new();
+        let mut whatsapp: HashMap<TenantId, Vec<String>> = HashMap::new();
         for (row, m) in batch {
+            let address = self.address_subject(m);
+            if m.channel == "whatsapp"
+                && let Some(a) = &address
+            {
+                whatsapp.entry(m.tenant).or_default().push(a.clone());
+            }
             if first_attempt(row) && m.channel != "webhook" {
-                persons.entry(m.tenant).or_default().push(m.person.clone());
+                let list = persons.entry(m.tenant).or_default();
+                list.push(m.person.clone());
+                list.extend(address);
             }
         }
         let mut facts = Facts::default();
+        for (tenant, list) in whatsapp {
+            for (address, at) in self.store.last_inbound(tenant, "whatsapp", &list).await? {
+                facts.inbound.insert((tenant, address), at);
+            }
+        }
         for (tenant, mut list) in persons {
             list.sort();
             list.dedup();
@@ -252,7 +287,7 @@ impl Sender {
     fn gate(
         &self,
         mut row: OutboxRow,
-        m: Message,
+        mut m: Message,
         now: DateTime<Utc>,
         facts: Option<&Facts>,
         allowed: &mut HashMap<(TenantId, String, String), u32>,
@@ -265,6 +300,18 @@ impl Sender {
             let why = format!("no {} address", m.channel);
             return Gate::Done(dead(row, why));
         };
+        let address = self.address_subject(&m);
+        if m.channel == "whatsapp"
+            && let (Some(facts), Some(a)) = (facts, &address)
+        {
+            // Free text only inside the 24 hours after the person last wrote.
+            let open = facts
+                .inbound
+                .get(&(m.tenant, a.clone()))
+                .is_some_and(|at| now - *at < WHATSAPP_SESSION);
+            m.content
+                .insert("session_open".into(), serde_json::Value::Bool(open));
+        }
         if !first_attempt(&row) || m.channel == "webhook" {
             return Gate::Send(row, Box::new(m), to);
         }
@@ -276,12 +323,15 @@ impl Sender {
         let counter = (m.tenant, m.person.clone(), m.channel.clone());
         let earlier = allowed.get(&counter).copied().unwrap_or(0);
         let sent = facts.sent.get(&counter).copied().unwrap_or(0);
-        let none = Vec::new();
-        let consents = facts
-            .consents
-            .get(&(m.tenant, m.person.clone()))
-            .unwrap_or(&none);
-        match self.policy.decide(&m, consents, sent + earlier, now) {
+        // The person's answers and their address's (a `STOP` from the number): the newest
+        // answer for a purpose counts.
+        let mut consents: Vec<livora_store::Consent> = Vec::new();
+        for subject in std::iter::once(m.person.clone()).chain(address) {
+            if let Some(list) = facts.consents.get(&(m.tenant, subject)) {
+                consents.extend(list.iter().cloned());
+            }
+        }
+        match self.policy.decide(&m, &consents, sent + earlier, now) {
             Decision::Send => {
                 if m.category == livora_model::workflow::Category::Marketing {
                     *allowed.entry(counter).or_default() += 1;
@@ -322,12 +372,16 @@ impl Sender {
         if let Some(limiter) = self.limiter(m.tenant, &m.channel, route.per_second) {
             limiter.until_ready().await;
         }
+        let mut content = m.content.clone();
+        if let Some(t) = &self.tracker {
+            t.decorate(row.tenant, &row.key, &m.channel, &mut content);
+        }
         let out = Outgoing {
             key: row.key.clone(),
             tenant: row.tenant,
             person: row.person.clone(),
             to,
-            content: m.content.clone(),
+            content,
         };
         row.attempts += 1;
         match provider.send(&out).await {
@@ -402,6 +456,8 @@ struct Facts {
     consents: HashMap<(TenantId, String), Vec<livora_store::Consent>>,
     /// Marketing messages sent within the cap window, by (tenant, person, channel).
     sent: HashMap<(TenantId, String, String), u32>,
+    /// When each WhatsApp address (its hash) last wrote in.
+    inbound: HashMap<(TenantId, String), DateTime<Utc>>,
 }
 
 /// Whether the policy is still to be checked: a first attempt, or one held for quiet hours.

@@ -64,3 +64,19 @@ impl People for ProfileService {
         self.applied() > offset
     }
 }
+
+/// The person holding an identifier (`phone`, `email`, …) now, by its value (normalised
+/// as the identity graph does).
+pub fn by_identifier(
+    svc: &ProfileService,
+    tenant: TenantId,
+    kind: &str,
+    value: &str,
+) -> Option<Person> {
+    let t = svc.tenant(tenant);
+    let st = t.lock().unwrap_or_else(|e| e.into_inner());
+    let graph = st.engine.profiles().graph();
+    let id = livora_profiles::identity::Identifier::new(kind, value, graph.rules())?;
+    let id = graph.person_of(&id)?;
+    person(&st.engine, id, svc.now())
+}

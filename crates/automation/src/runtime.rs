@@ -52,6 +52,9 @@ pub enum Outcome {
     Goal,
     /// The awaited event came and the wait led to the end.
     Event,
+    /// It ended otherwise, and then the person reached the goal within the goal's
+    /// `within_days` of entering (a conversion the workflow gets credit for).
+    Converted,
 }
 
 /// A journey's id: a hash of the tenant, the workflow and what started it; `j-<32 hex>` as
@@ -470,6 +473,75 @@ pub struct Runtime {
     /// [`Runtime::advance`] after it goes live, so a run missed while the node was down
     /// is not made up.
     schedules: HashMap<(TenantId, String), i64>,
+    /// Ended journeys whose workflow has a goal and whose goal window is still open: a
+    /// goal event now is a conversion after the journey ([`Outcome::Converted`]).
+    converting: Converting,
+}
+
+/// Ended journeys that may still convert, found by the person's keys, dropped when their
+/// goal window closes.
+#[derive(Default)]
+struct Converting {
+    journeys: HashMap<JourneyId, Journey>,
+    by_person: HashMap<u64, SmallVec<[JourneyId; 1]>>,
+    /// (end of the goal window in µs, journey).
+    deadlines: BTreeSet<(i64, JourneyId)>,
+}
+
+impl Converting {
+    fn add(&mut self, j: Journey, deadline: i64) {
+        for k in j.all_keys() {
+            let list = self.by_person.entry(person_hash(j.tenant, k)).or_default();
+            if !list.contains(&j.id) {
+                list.push(j.id);
+            }
+        }
+        self.deadlines.insert((deadline, j.id));
+        self.journeys.insert(j.id, j);
+    }
+
+    fn remove(&mut self, id: JourneyId) -> Option<Journey> {
+        let j = self.journeys.remove(&id)?;
+        for k in j.all_keys() {
+            let h = person_hash(j.tenant, k);
+            if let Some(list) = self.by_person.get_mut(&h) {
+                list.retain(|x| *x != id);
+                if list.is_empty() {
+                    self.by_person.remove(&h);
+                }
+            }
+        }
+        Some(j)
+    }
+
+    /// The journeys found by any of `keys`.
+    fn of(&self, tenant: TenantId, keys: &[String]) -> Vec<JourneyId> {
+        let mut ids: Vec<JourneyId> = keys
+            .iter()
+            .filter_map(|k| self.by_person.get(&person_hash(tenant, k)))
+            .flatten()
+            .copied()
+            .filter(|id| {
+                self.journeys.get(id).is_some_and(|j| {
+                    j.tenant == tenant && j.all_keys().any(|x| keys.iter().any(|k| **x == **k))
+                })
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Drops the journeys whose window closed by `now` (µs).
+    fn expire(&mut self, now: i64) {
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.remove(&(at, id));
+            self.remove(id);
+        }
+    }
 }
 
 impl Runtime {
@@ -542,6 +614,7 @@ impl Runtime {
                 if newer {
                     self.ended.insert(key, j.entered_at);
                 }
+                self.watch_conversion(j);
                 continue;
             }
             if let Some(w) = j.wake_at {
@@ -665,9 +738,61 @@ impl Runtime {
             return changes;
         };
         let occ = Occurrence::of(event);
+        self.convert(tenant, &person, &occ, now, &mut changes);
         self.advance_journeys(tenant, &person, &occ, now, &mut changes);
         self.start_journeys(tenant, &person, &occ, now, &mut changes);
         changes
+    }
+
+    /// Keeps an ended journey that may still convert: its workflow has a goal, it did not
+    /// reach it, and the goal window is open.
+    fn watch_conversion(&mut self, j: Journey) {
+        if matches!(j.outcome, Some(Outcome::Goal | Outcome::Converted)) {
+            return;
+        }
+        let Some(goal) = self
+            .definition(j.tenant, &j.workflow, j.version)
+            .and_then(|d| d.goal.clone())
+        else {
+            return;
+        };
+        let deadline = micros(j.entered_at + Duration::days(i64::from(goal.within_days)));
+        if j.ended_at.is_some_and(|e| micros(e) < deadline) {
+            self.converting.add(j, deadline);
+        }
+    }
+
+    /// Ended journeys of the person whose goal this event is: converted after the end.
+    fn convert(
+        &mut self,
+        tenant: TenantId,
+        person: &Person,
+        occ: &Occurrence,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) {
+        if self.converting.journeys.is_empty() {
+            return;
+        }
+        self.converting.expire(micros(now));
+        let secs = now.timestamp();
+        for id in self.converting.of(tenant, &person.keys) {
+            let Some(j) = self.converting.journeys.get(&id) else {
+                continue;
+            };
+            let Some(def) = self.definition(tenant, &j.workflow, j.version) else {
+                continue;
+            };
+            let hit = def.goal.as_ref().is_some_and(|goal| {
+                goal.event == occ.name
+                    && filters_match(&goal.filters, &occ.properties, secs)
+                    && same_as_trigger(&goal.same, &occ.properties, &j.properties)
+            });
+            if hit && let Some(mut j) = self.converting.remove(id) {
+                j.outcome = Some(Outcome::Converted);
+                changes.touch(&j);
+            }
+        }
     }
 
     /// The active journeys of a person, by any of their keys.
@@ -950,6 +1075,7 @@ impl Runtime {
             self.ended.insert(key, j.entered_at);
         }
         changes.touch(&j);
+        self.watch_conversion(j);
     }
 
     /// Runs the journey's steps from where it is until it waits or ends.
@@ -1175,6 +1301,7 @@ impl Runtime {
         let mut changes = Changes::default();
         self.run_schedules(now, people, &mut changes);
         let due = micros(now);
+        self.converting.expire(due);
         let mut fired = 0;
         while let Some(&(at, id)) = self.timers.first() {
             if at > due || fired >= limit {

@@ -184,6 +184,78 @@ fn an_order_in_time_sends_nothing_and_ends_the_journey_as_a_goal() {
 }
 
 #[test]
+fn a_goal_after_the_journey_ended_counts_as_a_conversion_within_its_window() {
+    let mut rt = runtime_with(abandoned_cart());
+    let dir = people();
+    let add = |cart: &str, id: &str, at: i64| {
+        track(
+            Some("ada"),
+            None,
+            "Product Added",
+            json!({"cart_id": cart}),
+            id,
+            at,
+        )
+    };
+    let order = |cart: &str, id: &str, at: i64| {
+        track(
+            Some("ada"),
+            None,
+            "Order Completed",
+            json!({"cart_id": cart}),
+            id,
+            at,
+        )
+    };
+    rt.on_event(tenant(), &add("c1", "m1", 0), &dir, t(0));
+    let c = rt.advance(t(3600), &dir);
+    assert_eq!(sends(&c).len(), 1);
+    let id = c.journeys[0].id;
+    assert_eq!(c.journeys[0].outcome, Some(Outcome::Completed));
+    // Another cart's order is not this journey's conversion.
+    assert!(
+        rt.on_event(tenant(), &order("c9", "m2", 5000), &dir, t(5000))
+            .journeys
+            .is_empty()
+    );
+    // The reminder worked: the order comes two hours later.
+    let c = rt.on_event(tenant(), &order("c1", "m3", 7200), &dir, t(7200));
+    assert_eq!(c.journeys.len(), 1);
+    assert_eq!(c.journeys[0].id, id);
+    assert_eq!(c.journeys[0].outcome, Some(Outcome::Converted));
+    // Only once.
+    assert!(
+        rt.on_event(tenant(), &order("c1", "m4", 7300), &dir, t(7300))
+            .journeys
+            .is_empty()
+    );
+    // A cart whose order comes after the goal's 7 days is not converted, even after a
+    // restart that put the ended journey back.
+    rt.on_event(tenant(), &add("c2", "m5", 10_000), &dir, t(10_000));
+    let ended = rt.advance(t(13_600), &dir).journeys;
+    assert_eq!(ended.len(), 1);
+    let mut again = runtime_with(abandoned_cart());
+    again.restore(ended.clone());
+    let day = 86_400;
+    assert!(
+        again
+            .on_event(
+                tenant(),
+                &order("c2", "m6", 10_000 + 7 * day),
+                &dir,
+                t(10_000 + 7 * day)
+            )
+            .journeys
+            .is_empty()
+    );
+    // Within the window, the restored journey converts.
+    let mut third = runtime_with(abandoned_cart());
+    third.restore(ended);
+    let c = third.on_event(tenant(), &order("c2", "m7", 20_000), &dir, t(20_000));
+    assert_eq!(c.journeys[0].outcome, Some(Outcome::Converted));
+}
+
+#[test]
 fn a_journey_follows_a_visitor_who_signs_in() {
     let mut rt = runtime_with(abandoned_cart());
     let mut dir = Directory::default();

@@ -1,7 +1,8 @@
 //! Message templates: MiniJinja over the person and the event that started the journey.
 //!
-//! The context is `traits`, `computed`, `segments`, `tags`, `person` (its key) and
-//! `event` (`event`, `properties`, `timestamp`). Undefined values render as nothing, as in
+//! The context is `traits`, `computed`, `segments`, `tags`, `person` (its key),
+//! `event` (`event`, `properties`, `timestamp`) and `unsubscribe_url` (the message's own
+//! link, filled in when it is sent: [`crate::tracking`]). Undefined values render as nothing, as in
 //! Customer.io's Liquid; a syntax error is reported where the workflow is saved
 //! ([`check`]) and, should one reach the runtime, puts the message in the dead letters.
 
@@ -39,6 +40,7 @@ pub fn context(person: &Person, trigger: &Value) -> Value {
         "segments": person.segments,
         "tags": person.tags,
         "event": trigger,
+        "unsubscribe_url": crate::tracking::UNSUBSCRIBE_MARKER,
     })
 }
 

@@ -55,12 +55,14 @@ pub fn providers_of(channel: &str) -> &'static [&'static str] {
 }
 
 /// Setting names that hold credentials: stored sealed, never shown.
-const SECRETS: [&str; 5] = [
+const SECRETS: [&str; 7] = [
     "password",
     "auth_token",
     "access_token",
     "private_key",
     "secret",
+    "app_secret",
+    "verify_token",
 ];
 
 fn bad(provider: &str, message: String) -> ConfigError {
@@ -293,6 +295,23 @@ impl Directory {
             .unwrap_or_else(|e| e.into_inner())
             .insert((tenant, channel.to_owned()), (config, route));
         Ok(())
+    }
+
+    /// The settings of a tenant's providers named `provider` on `channel` (primary and
+    /// secondary): what checks the provider's callbacks.
+    pub fn settings_of(&self, tenant: TenantId, channel: &str, provider: &str) -> Vec<Value> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let Some((c, _)) = routes.get(&(tenant, channel.to_owned())) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if c.provider == provider {
+            out.push(c.settings.clone());
+        }
+        if let Some(s) = c.secondary.as_ref().filter(|s| s.provider == provider) {
+            out.push(s.settings.clone());
+        }
+        out
     }
 
     pub async fn delete(&self, tenant: TenantId, channel: &str) -> Result<bool, DirectoryError> {

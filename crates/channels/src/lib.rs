@@ -46,3 +46,15 @@ pub(crate) fn part<'a>(m: &'a Outgoing, name: &str) -> Result<&'a str, SendError
         .and_then(|v| v.as_str())
         .ok_or_else(|| SendError::Permanent(format!("the message has no {name}")))
 }
+
+/// What a reply asks for, by the carriers' standard keywords (the whole message, any
+/// case): `Some(false)` to stop, `Some(true)` to start again.
+pub fn keyword(body: &str) -> Option<bool> {
+    match body.trim().to_ascii_uppercase().as_str() {
+        "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" | "OPTOUT" | "REVOKE" => {
+            Some(false)
+        }
+        "START" | "UNSTOP" | "YES" | "OPTIN" => Some(true),
+        _ => None,
+    }
+}

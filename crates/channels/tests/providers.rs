@@ -41,6 +41,7 @@ async fn twilio_posts_the_messages_api_form_with_basic_auth() {
         auth_token: "secret".into(),
         from: Some("+15005550006".into()),
         messaging_service_sid: None,
+        status_callback: None,
     })
     .expect("settings");
     let id = t
@@ -80,6 +81,7 @@ async fn twilio_posts_the_messages_api_form_with_basic_auth() {
             auth_token: "s".into(),
             from: None,
             messaging_service_sid: None,
+            status_callback: None,
         })
         .is_err()
     );
@@ -101,6 +103,7 @@ async fn errors_that_are_worth_retrying_and_those_that_are_not() {
         auth_token: "secret".into(),
         from: None,
         messaging_service_sid: Some("MG9".into()),
+        status_callback: None,
     })
     .expect("settings");
     let m = outgoing("+1", json!({"body": "hi"}));
@@ -118,6 +121,7 @@ async fn errors_that_are_worth_retrying_and_those_that_are_not() {
         auth_token: "secret".into(),
         from: Some("+1".into()),
         messaging_service_sid: None,
+        status_callback: None,
     })
     .expect("settings");
     assert!(matches!(t.send(&m).await, Err(SendError::Transient(_))));
@@ -133,6 +137,8 @@ async fn whatsapp_sends_text_inside_the_window_and_a_template_outside() {
         api_version: "v21.0".into(),
         phone_number_id: "1065".into(),
         access_token: "EAAG".into(),
+        app_secret: None,
+        verify_token: None,
     })
     .expect("settings");
     let inside = outgoing(

@@ -243,6 +243,16 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
     {
         tracing::info!("profiles snapshots are off: the log no longer keeps records for them");
     }
+    let mut automation = config.automation.clone();
+    if automation.public_url.trim().is_empty() {
+        // Links and callbacks reach the node where it listens unless told otherwise.
+        let scheme = if security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        automation.public_url = format!("{scheme}://{addr}");
+    }
     let state = AppState::new(
         log,
         store.clone(),
@@ -250,7 +260,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         &config.limits,
         columns,
         profiles,
-        &config.automation,
+        &automation,
         security,
     )?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");

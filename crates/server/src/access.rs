@@ -35,6 +35,9 @@ use crate::error::{ApiError, Code};
 pub enum Need {
     /// Nothing (health, metrics, the OpenAPI document).
     Public,
+    /// Nothing but what signs the request, checked by the handler: tracking links and the
+    /// providers' callbacks.
+    Signed,
     /// Nothing, under the login rate limit (sign-in and token flows).
     Login,
     /// A write key, sent as HTTP Basic or in the body (ingestion checks it itself).
@@ -364,7 +367,7 @@ pub async fn authorize(
     next: Next,
 ) -> Response {
     let permission = match need {
-        Need::Public | Need::WriteKey => return next.run(req).await,
+        Need::Public | Need::Signed | Need::WriteKey => return next.run(req).await,
         Need::Login => {
             let from = client_addr(&state, &req);
             req.extensions_mut().insert(crate::staff::ClientAddr(from));

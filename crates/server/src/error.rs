@@ -47,6 +47,10 @@ pub enum Code {
     HistoryUnavailable,
     /// The profiles service is still reading the event log after a start.
     NotReady,
+    /// A tracking or unsubscribe link that was altered or not made here.
+    InvalidLink,
+    /// A provider's callback whose signature does not check.
+    InvalidSignature,
 }
 
 impl Code {
@@ -83,6 +87,8 @@ impl Code {
             Self::InvalidDefinition => "invalid_definition",
             Self::HistoryUnavailable => "history_unavailable",
             Self::NotReady => "not_ready",
+            Self::InvalidLink => "invalid_link",
+            Self::InvalidSignature => "invalid_signature",
         }
     }
 
@@ -96,12 +102,13 @@ impl Code {
             | Self::Item(_)
             | Self::InvalidQuery
             | Self::InvalidRequest
-            | Self::InvalidDefinition => StatusCode::BAD_REQUEST,
+            | Self::InvalidDefinition
+            | Self::InvalidLink => StatusCode::BAD_REQUEST,
             Self::Unauthorized
             | Self::InvalidWriteKey
             | Self::InvalidCredentials
             | Self::InvalidToken => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::InvalidSignature => StatusCode::FORBIDDEN,
             Self::Conflict | Self::HistoryUnavailable => StatusCode::CONFLICT,
             Self::BodyTooLarge | Self::EventTooLarge | Self::TooManyEvents => {
                 StatusCode::PAYLOAD_TOO_LARGE

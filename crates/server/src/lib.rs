@@ -15,6 +15,7 @@
 pub mod access;
 mod auth;
 mod body;
+mod engagement;
 pub mod error;
 mod events;
 mod ingest;
@@ -107,6 +108,10 @@ pub struct AutomationOptions {
     pub retry_attempts: u32,
     /// The first retry's delay; each next one doubles (with jitter).
     pub retry_base_secs: u64,
+    /// Where persons and providers reach this node (`https://crm.shop.example`): links in
+    /// emails (opens, clicks, unsubscribe) and providers' callbacks use it. Empty: the
+    /// listening address.
+    pub public_url: String,
 }
 
 impl Default for AutomationOptions {
@@ -117,6 +122,7 @@ impl Default for AutomationOptions {
             quiet_hours: "21-8".into(),
             retry_attempts: 4,
             retry_base_secs: 10,
+            public_url: String::new(),
         }
     }
 }
@@ -241,6 +247,11 @@ pub struct AppState {
     pub sender: Option<Arc<livora_automation::outbox::Sender>>,
     /// Every tenant's channel providers (read by [`serve`] at start).
     pub channels: Option<Arc<livora_channels::config::Directory>>,
+    /// Signs and checks tracking and unsubscribe links; hashes addresses.
+    pub tracker: Arc<livora_automation::tracking::Tracker>,
+    /// Where this node is reached from outside (`[automation] public_url`): tracking links
+    /// point there, and providers' callbacks are signed for it.
+    pub public_url: Option<String>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
@@ -275,6 +286,18 @@ impl AppState {
             )
         });
         let keyring = protection.as_ref().map(|p| p.keyring.clone());
+        let public_url = Some(
+            automation
+                .public_url
+                .trim()
+                .trim_end_matches('/')
+                .to_owned(),
+        )
+        .filter(|u| !u.is_empty());
+        let tracker = Arc::new(livora_automation::tracking::Tracker::new(
+            &security.jwt_secret,
+            public_url.clone(),
+        ));
         let (automation, sender, channels) = match &profiles {
             Some(people) if automation.enabled => {
                 let policy = automation.policy().map_err(StateError::Automation)?;
@@ -294,13 +317,16 @@ impl AppState {
                 );
                 let channels =
                     livora_channels::config::Directory::new(store.clone(), keyring.clone());
-                let sender = Arc::new(livora_automation::outbox::Sender::new(
-                    store.clone(),
-                    Arc::new(livora_profiles::service::SystemClock),
-                    channels.clone(),
-                    policy,
-                    automation.retry(),
-                ));
+                let sender = Arc::new(
+                    livora_automation::outbox::Sender::new(
+                        store.clone(),
+                        Arc::new(livora_profiles::service::SystemClock),
+                        channels.clone(),
+                        policy,
+                        automation.retry(),
+                    )
+                    .with_tracker(tracker.clone()),
+                );
                 (Some(svc), Some(sender), Some(channels))
             }
             _ => (None, None, None),
@@ -312,6 +338,8 @@ impl AppState {
             automation,
             sender,
             channels,
+            tracker,
+            public_url,
             jwt: access::Jwt::new(&security.jwt_secret)?,
             auth: security.auth,
             sessions: access::SessionCache::new(ttl),
@@ -542,6 +570,13 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         "/api/v1/channels/{channel}",
         Need::Permission(P::ManageChannels),
     ),
+    ("GET", "/t/o/{token}", Need::Signed),
+    ("GET", "/t/c/{token}", Need::Signed),
+    ("GET", "/t/u/{token}", Need::Signed),
+    ("POST", "/t/u/{token}", Need::Signed),
+    ("POST", "/hooks/twilio/{tenant}", Need::Signed),
+    ("GET", "/hooks/whatsapp/{tenant}", Need::Signed),
+    ("POST", "/hooks/whatsapp/{tenant}", Need::Signed),
     ("GET", "/healthz", Need::Public),
     ("GET", "/readyz", Need::Public),
     ("GET", "/metrics", Need::Public),
@@ -619,6 +654,13 @@ fn handler(method: &str, path: &str) -> Handler {
         ("GET", "/api/v1/channels") => get(workflows::list_channels),
         ("PUT", "/api/v1/channels/{channel}") => put(workflows::put_channel),
         ("DELETE", "/api/v1/channels/{channel}") => delete(workflows::delete_channel),
+        ("GET", "/t/o/{token}") => get(engagement::open),
+        ("GET", "/t/c/{token}") => get(engagement::click),
+        ("GET", "/t/u/{token}") => get(engagement::unsubscribe_page),
+        ("POST", "/t/u/{token}") => post(engagement::unsubscribe),
+        ("POST", "/hooks/twilio/{tenant}") => post(engagement::twilio),
+        ("GET", "/hooks/whatsapp/{tenant}") => get(engagement::whatsapp_subscribe),
+        ("POST", "/hooks/whatsapp/{tenant}") => post(engagement::whatsapp),
         ("GET", "/healthz") => get(ops::healthz),
         ("GET", "/readyz") => get(ops::readyz),
         ("GET", "/metrics") => get(ops::metrics),
@@ -642,6 +684,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let mut api = Router::new();
     let mut login = Router::new();
     let mut public = Router::new();
+    let mut signed = Router::new();
     let mut with_options = std::collections::HashSet::new();
     for &(method, path, need) in ROUTES {
         let guarded = handler(method, path).route_layer(axum::middleware::from_fn_with_state(
@@ -652,10 +695,11 @@ pub fn app(state: Arc<AppState>) -> Router {
             Need::WriteKey => &mut ingestion,
             Need::Login => &mut login,
             Need::Public => &mut public,
+            Need::Signed => &mut signed,
             Need::Authenticated | Need::Permission(_) => &mut api,
         };
         *group = std::mem::take(group).route(path, guarded);
-        if need != Need::Public && with_options.insert(path) {
+        if !matches!(need, Need::Public | Need::Signed) && with_options.insert(path) {
             *group = std::mem::take(group).route(path, axum::routing::options(preflight));
         }
     }
@@ -668,12 +712,15 @@ pub fn app(state: Arc<AppState>) -> Router {
     let ingestion = limited(ingestion, limits::Class::Ingest).layer(CorsLayer::permissive());
     let api = limited(api, limits::Class::Api).layer(state.limits.api_cors.clone());
     let login = limited(login, limits::Class::Login).layer(state.limits.api_cors.clone());
+    // Links in emails and providers' callbacks: limited by address like ingestion.
+    let signed = limited(signed, limits::Class::Ingest);
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(ingestion)
         .merge(api)
         .merge(login)
         .merge(public)
+        .merge(signed)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(Code::MethodNotAllowed, "method not allowed on this route")

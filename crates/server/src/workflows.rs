@@ -631,7 +631,7 @@ pub async fn metrics(
         g[0] += n;
         match (active, outcome.as_deref()) {
             (true, _) => g[1] += n,
-            (false, Some("goal")) => g[3] += n,
+            (false, Some("goal" | "converted")) => g[3] += n,
             _ => g[2] += n,
         }
     }
@@ -675,7 +675,15 @@ pub async fn metrics(
         };
         add(s.clone(), key, *n);
     }
+    // Delivered, undelivered, opened, clicked, unsubscribed: messages, each once.
+    let mut engagement = serde_json::Map::new();
+    for (s, kind, n) in &c.engagement {
+        add(s.clone(), kind, *n);
+        let total = engagement.get(kind).and_then(Value::as_u64).unwrap_or(0);
+        engagement.insert(kind.clone(), json!(total + n));
+    }
     Ok(Json(json!({
+        "engagement": engagement,
         "workflow": id,
         "journeys": group(&groups[0]),
         "holdout": group(&groups[1]),

@@ -132,6 +132,58 @@ pub struct WorkflowCounts {
     pub waiting: Vec<(u32, u32, u64)>,
     /// `(step id, outbox status, messages)`.
     pub messages: Vec<(String, String, u64)>,
+    /// `(step id, engagement kind, messages)`: messages delivered, opened, clicked …
+    /// at least once.
+    pub engagement: Vec<(String, String, u64)>,
+}
+
+/// What happened to a message after a provider took it, as receipts, the tracking pixel,
+/// redirect links and unsubscribe links report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engagement {
+    /// The provider reports it reached the device or mailbox.
+    Delivered,
+    /// The provider reports it could not be delivered after all.
+    Undelivered,
+    Opened,
+    Clicked,
+    Unsubscribed,
+}
+
+impl Engagement {
+    pub const ALL: [Self; 5] = [
+        Self::Delivered,
+        Self::Undelivered,
+        Self::Opened,
+        Self::Clicked,
+        Self::Unsubscribed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Undelivered => "undelivered",
+            Self::Opened => "opened",
+            Self::Clicked => "clicked",
+            Self::Unsubscribed => "unsubscribed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// One kind of engagement of one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngagementRow {
+    pub kind: Engagement,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+    pub count: u32,
+    /// The last detail given (the link clicked, the provider's error).
+    pub detail: Option<String>,
 }
 
 /// What one step of the runtime changed, written in one transaction.
@@ -226,6 +278,39 @@ pub trait AutomationStore: Send + Sync + 'static {
         persons: &[String],
         since: DateTime<Utc>,
     ) -> Result<Vec<(String, String, u32)>, Error>;
+    /// Records an engagement of a message; `Ok(true)` the first time of its kind.
+    async fn record_engagement(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        kind: Engagement,
+        at: DateTime<Utc>,
+        detail: Option<&str>,
+    ) -> Result<bool, Error>;
+    /// A message's engagements.
+    async fn engagement(&self, tenant: TenantId, key: &str) -> Result<Vec<EngagementRow>, Error>;
+    /// The message a provider knows by `provider_id` (receipts name messages that way).
+    async fn message_by_provider_id(
+        &self,
+        tenant: TenantId,
+        provider_id: &str,
+    ) -> Result<Option<OutboxRow>, Error>;
+    /// Records that a message came in from `address` (a keyed hash, never the number) on
+    /// `channel`: WhatsApp's 24-hour window opens with it.
+    async fn record_inbound(
+        &self,
+        tenant: TenantId,
+        channel: &str,
+        address: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error>;
+    /// When each of `addresses` last wrote in on `channel`.
+    async fn last_inbound(
+        &self,
+        tenant: TenantId,
+        channel: &str,
+        addresses: &[String],
+    ) -> Result<Vec<(String, DateTime<Utc>)>, Error>;
     /// How many marketing messages went to `person` on `channel` (any channel when empty)
     /// since `since` (frequency caps).
     async fn sent_since(

@@ -219,6 +219,26 @@ CREATE TABLE channels (
     PRIMARY KEY (tenant_id, channel)
 );
 "#,
+    r#"
+CREATE TABLE message_engagement (
+    key         TEXT NOT NULL,
+    tenant_id   TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    first_at    INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    detail      TEXT,
+    PRIMARY KEY (key, kind)
+);
+CREATE INDEX outbox_provider_id ON outbox(provider_id);
+CREATE TABLE inbound_contacts (
+    tenant_id   TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    last_at     INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, channel, address)
+);
+"#,
 ];
 
 #[derive(Clone)]

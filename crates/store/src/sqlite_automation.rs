@@ -7,8 +7,8 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use crate::automation::{
-    AutomationCommit, AutomationStore, ChannelRecord, JourneyRow, OutboxRow, OutboxStatus,
-    WorkflowCounts, WorkflowRecord, WorkflowVersion,
+    AutomationCommit, AutomationStore, ChannelRecord, Engagement, EngagementRow, JourneyRow,
+    OutboxRow, OutboxStatus, WorkflowCounts, WorkflowRecord, WorkflowVersion,
 };
 use crate::sqlite::{tenant_id, time};
 use crate::{Error, SqliteStore};
@@ -433,6 +433,21 @@ impl AutomationStore for SqliteStore {
             out.messages
                 .push((step.unwrap_or_default(), r.try_get("status")?, n as u64));
         }
+        for r in sqlx::query(
+            "SELECT json_extract(o.message, '$.step') AS step, e.kind AS kind, COUNT(*) AS n
+             FROM message_engagement e JOIN outbox o ON o.key = e.key
+             WHERE o.tenant_id = ? AND o.workflow_id = ? GROUP BY 1, 2",
+        )
+        .bind(&t)
+        .bind(workflow)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let n: i64 = r.try_get("n")?;
+            let step: Option<String> = r.try_get("step")?;
+            out.engagement
+                .push((step.unwrap_or_default(), r.try_get("kind")?, n as u64));
+        }
         Ok(out)
     }
 
@@ -550,6 +565,123 @@ impl AutomationStore for SqliteStore {
         .iter()
         .map(outbox)
         .collect()
+    }
+
+    async fn record_engagement(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        kind: Engagement,
+        at: DateTime<Utc>,
+        detail: Option<&str>,
+    ) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        let first: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO message_engagement (key, tenant_id, kind, first_at, last_at, count, detail)
+             VALUES (?, ?, ?, ?, ?, 1, ?)
+             ON CONFLICT (key, kind) DO UPDATE SET count = count + 1,
+                last_at = MAX(last_at, excluded.last_at),
+                first_at = MIN(first_at, excluded.first_at),
+                detail = COALESCE(excluded.detail, detail)
+             RETURNING count",
+        )
+        .bind(key)
+        .bind(tenant.to_string())
+        .bind(kind.as_str())
+        .bind(micros(at))
+        .bind(micros(at))
+        .bind(detail)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(first == Some(1))
+    }
+
+    async fn engagement(&self, tenant: TenantId, key: &str) -> Result<Vec<EngagementRow>, Error> {
+        let mut out = Vec::new();
+        for r in sqlx::query(
+            "SELECT kind, first_at, last_at, count, detail FROM message_engagement
+             WHERE tenant_id = ? AND key = ? ORDER BY first_at",
+        )
+        .bind(tenant.to_string())
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let kind: String = r.try_get("kind")?;
+            let count: i64 = r.try_get("count")?;
+            out.push(EngagementRow {
+                kind: Engagement::parse(&kind)
+                    .ok_or_else(|| Error::Corrupt(format!("engagement kind {kind:?}")))?,
+                first_at: from_micros(&r, "first_at")?,
+                last_at: from_micros(&r, "last_at")?,
+                count: count as u32,
+                detail: r.try_get("detail")?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn message_by_provider_id(
+        &self,
+        tenant: TenantId,
+        provider_id: &str,
+    ) -> Result<Option<OutboxRow>, Error> {
+        sqlx::query("SELECT * FROM outbox WHERE provider_id = ? AND tenant_id = ? LIMIT 1")
+            .bind(provider_id)
+            .bind(tenant.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(outbox)
+            .transpose()
+    }
+
+    async fn record_inbound(
+        &self,
+        tenant: TenantId,
+        channel: &str,
+        address: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO inbound_contacts (tenant_id, channel, address, last_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (tenant_id, channel, address)
+             DO UPDATE SET last_at = MAX(last_at, excluded.last_at)",
+        )
+        .bind(tenant.to_string())
+        .bind(channel)
+        .bind(address)
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn last_inbound(
+        &self,
+        tenant: TenantId,
+        channel: &str,
+        addresses: &[String],
+    ) -> Result<Vec<(String, DateTime<Utc>)>, Error> {
+        let mut out = Vec::new();
+        for chunk in addresses.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT address, last_at FROM inbound_contacts
+                 WHERE tenant_id = ? AND channel = ? AND address IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql).bind(tenant.to_string()).bind(channel);
+            for a in chunk {
+                q = q.bind(a);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push((r.try_get("address")?, from_micros(&r, "last_at")?));
+            }
+        }
+        Ok(out)
     }
 
     async fn sent_counts(
@@ -781,6 +913,109 @@ mod tests {
                 .journeys_of(t, &["u:ada".into()], 10)
                 .await
                 .expect("of")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn engagement_receipts_and_inbound_contacts() {
+        let (store, t) = store_with_tenant().await;
+        let now = Utc::now();
+        let mut m = message(t, "j1/send", now);
+        m.message = r#"{"step":"send"}"#.into();
+        store
+            .commit(AutomationCommit {
+                messages: vec![m.clone()],
+                ..AutomationCommit::default()
+            })
+            .await
+            .expect("commit");
+        m.status = OutboxStatus::Sent;
+        m.provider_id = Some("SM123".into());
+        store.update_messages(&[m]).await.expect("update");
+        let found = store
+            .message_by_provider_id(t, "SM123")
+            .await
+            .expect("by id")
+            .expect("found");
+        assert_eq!(found.key, "j1/send");
+        assert!(
+            store
+                .message_by_provider_id(t, "SM999")
+                .await
+                .expect("by id")
+                .is_none()
+        );
+        let later = now + chrono::Duration::minutes(5);
+        assert!(
+            store
+                .record_engagement(t, "j1/send", Engagement::Opened, later, None)
+                .await
+                .expect("open")
+        );
+        assert!(
+            !store
+                .record_engagement(t, "j1/send", Engagement::Opened, now, None)
+                .await
+                .expect("open again")
+        );
+        assert!(
+            store
+                .record_engagement(
+                    t,
+                    "j1/send",
+                    Engagement::Clicked,
+                    later,
+                    Some("https://a.example/")
+                )
+                .await
+                .expect("click")
+        );
+        let e = store.engagement(t, "j1/send").await.expect("engagement");
+        assert_eq!(e.len(), 2);
+        let opened = e
+            .iter()
+            .find(|x| x.kind == Engagement::Opened)
+            .expect("opened");
+        assert_eq!(
+            (opened.count, opened.first_at.timestamp_micros()),
+            (2, now.timestamp_micros())
+        );
+        let clicked = e
+            .iter()
+            .find(|x| x.kind == Engagement::Clicked)
+            .expect("clicked");
+        assert_eq!(clicked.detail.as_deref(), Some("https://a.example/"));
+        let counts = store.workflow_counts(t, "wf").await.expect("counts");
+        let mut engagement = counts.engagement.clone();
+        engagement.sort();
+        assert_eq!(
+            engagement,
+            vec![
+                ("send".to_owned(), "clicked".to_owned(), 1),
+                ("send".to_owned(), "opened".to_owned(), 1)
+            ]
+        );
+
+        store
+            .record_inbound(t, "whatsapp", "p:abc", now)
+            .await
+            .expect("inbound");
+        store
+            .record_inbound(t, "whatsapp", "p:abc", now - chrono::Duration::hours(1))
+            .await
+            .expect("older inbound");
+        let last = store
+            .last_inbound(t, "whatsapp", &["p:abc".into(), "p:def".into()])
+            .await
+            .expect("last");
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].1.timestamp_micros(), now.timestamp_micros());
+        assert!(
+            store
+                .last_inbound(t, "sms", &["p:abc".into()])
+                .await
+                .expect("last")
                 .is_empty()
         );
     }

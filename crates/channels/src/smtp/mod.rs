@@ -103,7 +103,7 @@ impl Channel for Smtp {
             m.to.parse()
                 .map_err(|e| SendError::Permanent(format!("address {:?}: {e}", m.to)))?;
         let id = message_id(&m.key);
-        let builder = Message::builder()
+        let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(subject)
@@ -112,6 +112,18 @@ impl Channel for Smtp {
                 HeaderName::new_from_ascii_str("X-Livora-Key"),
                 m.key.clone(),
             ));
+        if let Some(url) = m.content.get("list_unsubscribe").and_then(|v| v.as_str()) {
+            // RFC 2369 and RFC 8058: mail clients show an unsubscribe button that POSTs.
+            builder = builder
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                    format!("<{url}>"),
+                ))
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                    "List-Unsubscribe=One-Click".to_owned(),
+                ));
+        }
         let email = match m.content.get("html").and_then(|v| v.as_str()) {
             Some(html) => builder.multipart(MultiPart::alternative_plain_html(
                 text.to_owned(),

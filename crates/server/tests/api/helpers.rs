@@ -103,6 +103,11 @@ pub async fn spawn_app_inner(
         .await
         .expect("join")
         .expect("log opens");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let state = AppState::new(
         log.clone(),
         store.clone(),
@@ -115,7 +120,10 @@ pub async fn spawn_app_inner(
                 every: Duration::from_secs(300),
             }),
         }),
-        &livora_server::AutomationOptions::default(),
+        &livora_server::AutomationOptions {
+            public_url: format!("{scheme}://{addr}"),
+            ..livora_server::AutomationOptions::default()
+        },
         Security {
             auth,
             jwt_secret: TEST_JWT_SECRET.to_vec(),
@@ -130,10 +138,6 @@ pub async fn spawn_app_inner(
         },
     )
     .expect("state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(livora_server::serve(listener, state, async {
         let _ = rx.await;

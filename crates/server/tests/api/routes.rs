@@ -31,7 +31,7 @@ fn openapi_documents_exactly_the_routes() {
             .as_object()
             .and_then(|s| s.keys().next().cloned());
         let (expected, permission) = match need {
-            Need::Public | Need::Login => (None, None),
+            Need::Public | Need::Login | Need::Signed => (None, None),
             Need::WriteKey => (Some("writeKeyBasic".to_owned()), Some("events.ingest")),
             Need::Authenticated => (Some("bearer".to_owned()), None),
             Need::Permission(p) => (Some("bearer".to_owned()), Some(p.as_str())),
@@ -68,6 +68,11 @@ async fn every_route_answers_and_refuses_without_credentials() {
             Need::Public => assert_eq!(status, 200, "{path}: {body}"),
             // Sign-in routes answer a body they cannot use with 400 or 401.
             Need::Login => assert!([400, 401].contains(&status), "{path}: {body}"),
+            // Tracking links and callbacks are checked by what signs them.
+            Need::Signed => assert!(
+                [400, 403].contains(&status) && body["code"].is_string(),
+                "{method} {path}: {status} {body}"
+            ),
             _ => assert_eq!(status, 401, "{method} {path} without a key: {body}"),
         }
     }

@@ -327,3 +327,476 @@ async fn workflows_over_http() {
     assert_eq!(v["code"], "invalid_request");
     app.stop().await;
 }
+
+/// A plain SMTP server on 127.0.0.1 that keeps each message's data (the test's mail
+/// provider; the channel's own tests use aiosmtpd).
+async fn smtp_sink() -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(d) = data.as_mut() {
+                        if line == "." {
+                            keep.lock().expect("lock").push(std::mem::take(d));
+                            data = None;
+                            let _ = write.write_all(b"250 queued\r\n").await;
+                        } else {
+                            d.push_str(line.strip_prefix('.').unwrap_or(&line));
+                            d.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let answer: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go on\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            break;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = write.write_all(answer).await;
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+/// Undoes quoted-printable soft breaks and escapes (the HTML part of an email).
+fn unquote(text: &str) -> String {
+    let joined = text.replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = joined
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'=', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The first URL in `text` that starts with `prefix`.
+fn url_after(text: &str, prefix: &str) -> String {
+    let at = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("no {prefix} in {text}"));
+    text[at..]
+        .split(|c: char| c == '"' || c == '\'' || c.is_whitespace() || c == '<' || c == '>')
+        .next()
+        .expect("url")
+        .to_owned()
+}
+
+type Calls = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Twilio's and WhatsApp's APIs on 127.0.0.1: each call is kept (path, body) and answered
+/// with the id the real API gives.
+async fn providers() -> (String, Calls) {
+    let got: Calls = Arc::default();
+    let keep = got.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: Bytes| {
+        let keep = keep.clone();
+        async move {
+            let path = uri.path().to_owned();
+            let n = {
+                let mut g = keep.lock().expect("lock");
+                g.push((path.clone(), String::from_utf8_lossy(&body).into_owned()));
+                g.len()
+            };
+            let answer = if path.contains("/Messages.json") {
+                json!({"sid": format!("SM{n}"), "status": "queued"})
+            } else {
+                json!({"messaging_product": "whatsapp", "messages": [{"id": format!("wamid.{n}")}]})
+            };
+            (axum::http::StatusCode::CREATED, axum::Json(answer))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), got)
+}
+
+const AUTH_TOKEN: &str = "twilio-auth-token-123";
+const APP_SECRET: &str = "meta-app-secret-456";
+
+/// Signs a Twilio callback as Twilio does, and posts it.
+async fn twilio_callback(app: &TestApp, params: &[(&str, &str)], good: bool) -> (u16, String) {
+    let path = format!("/hooks/twilio/{}", app.tenant_id.0);
+    let url = format!("{}{path}", app.url);
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let token = if good { AUTH_TOKEN } else { "wrong-token" };
+    let sig = livora_channels::twilio::signature(token, &url, &owned);
+    let resp = app
+        .http
+        .post(&url)
+        .header("x-twilio-signature", sig)
+        .form(&owned)
+        .send()
+        .await
+        .expect("callback");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
+/// Signs a WhatsApp webhook call as Meta does, and posts it.
+async fn whatsapp_callback(app: &TestApp, body: &Value, secret: &str) -> (u16, Value) {
+    use hmac::Mac;
+    let raw = serde_json::to_vec(body).expect("json");
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(&raw);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    decode(
+        app.http
+            .post(format!("{}/hooks/whatsapp/{}", app.url, app.tenant_id.0))
+            .header("x-hub-signature-256", format!("sha256={hex}"))
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .expect("webhook"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn opens_clicks_unsubscribes_receipts_and_replies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut app = spawn_app(dir.path()).await;
+    app.secret_key = app
+        .store
+        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
+        .await
+        .expect("key")
+        .secret;
+    let (smtp_port, mails) = smtp_sink().await;
+    let (api, calls) = providers().await;
+    let hooks = format!("{}/hooks/twilio/{}", app.url, app.tenant_id.0);
+    for (channel, config) in [
+        (
+            "email",
+            json!({"provider": "smtp", "settings": {"host": "127.0.0.1", "port": smtp_port,
+            "security": "none", "from": "Shop <hello@shop.example>"}}),
+        ),
+        (
+            "sms",
+            json!({"provider": "twilio", "settings": {"base_url": api, "account_sid": "AC1",
+            "auth_token": AUTH_TOKEN, "from": "+15550009999", "status_callback": hooks}}),
+        ),
+        (
+            "whatsapp",
+            json!({"provider": "whatsapp-cloud", "settings": {"base_url": api,
+            "phone_number_id": "123", "access_token": "wa-token", "app_secret": APP_SECRET,
+            "verify_token": "verify-me"}}),
+        ),
+    ] {
+        let (status, v) = call(
+            &app,
+            "PUT",
+            &format!("/api/v1/channels/{channel}"),
+            Some(config),
+        )
+        .await;
+        assert_eq!(status, 200, "{channel}: {v}");
+        assert!(!v.to_string().contains(APP_SECRET) && !v.to_string().contains("verify-me"));
+    }
+    let welcome = json!({
+        "trigger": {"event": {"name": "Signed Up"}},
+        "steps": [
+            {"id": "mail", "send": {"channel": "email", "category": "transactional", "template": {
+                "subject": "Welcome {{ traits.first_name }}",
+                "body": "Hi! Leave: {{ unsubscribe_url }}",
+                "html": "<html><body><p>Hi {{ traits.first_name }}</p><a href=\"https://shop.example/new?a=1&amp;b=2\">New</a> <a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></body></html>"}}},
+            {"id": "text", "send": {"channel": "sms", "category": "transactional", "template": {"body": "Welcome!"}}}
+        ]
+    });
+    let ping = json!({
+        "trigger": {"event": {"name": "Pinged"}},
+        "steps": [
+            {"id": "text", "send": {"channel": "sms", "category": "transactional", "template": {"body": "Ping"}}},
+            {"id": "chat", "send": {"channel": "whatsapp", "category": "transactional", "template": {
+                "body": "Hi there", "template_name": "hello_world"}}}
+        ]
+    });
+    for (id, def) in [("welcome", welcome), ("ping", ping)] {
+        let (status, v) = call(
+            &app,
+            "POST",
+            "/api/v1/workflows",
+            Some(json!({"id": id, "name": id, "definition": def})),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+        call(
+            &app,
+            "POST",
+            &format!("/api/v1/workflows/{id}/enable"),
+            None,
+        )
+        .await;
+    }
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com",
+            "phone": "+1 555 010 0000", "first_name": "Ann"}},
+        {"type": "track", "userId": "ann", "event": "Signed Up"}
+    ]});
+    let (status, body) = app.post("/v1/batch", batch.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(&app, "/api/v1/messages?status=sent", |v| {
+        v["messages"].as_array().is_some_and(|m| m.len() == 2)
+    })
+    .await;
+
+    // The email as the mail server got it: links through Livora, a pixel, an unsubscribe
+    // link in the body and the one-click header.
+    let mail = mails.lock().expect("lock")[0].clone();
+    assert!(
+        mail.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{mail}"
+    );
+    let html = unquote(&mail);
+    assert!(!html.contains("https://shop.example/new"), "{html}");
+    let base = app.url.clone();
+    let click = url_after(&html, &format!("{base}/t/c/"));
+    let pixel = url_after(&html, &format!("{base}/t/o/"));
+    let unsubscribe = url_after(&html, &format!("{base}/t/u/"));
+    assert!(!html.contains("%%livora"), "the marker is replaced: {html}");
+
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = no_redirect.get(&pixel).send().await.expect("pixel");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/gif");
+    let resp = no_redirect.get(&click).send().await.expect("click");
+    assert_eq!(resp.status().as_u16(), 302);
+    assert_eq!(
+        resp.headers()["location"],
+        "https://shop.example/new?a=1&b=2"
+    );
+    // An altered token leads nowhere.
+    let mut forged = click.clone();
+    forged.pop();
+    forged.push(if click.ends_with('A') { 'B' } else { 'A' });
+    let (status, v) = decode(no_redirect.get(&forged).send().await.expect("forged")).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid_link")),
+        "{v}"
+    );
+    // Unsubscribing: a page asks, the POST acts.
+    let resp = no_redirect.get(&unsubscribe).send().await.expect("page");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        resp.text()
+            .await
+            .expect("html")
+            .contains("<form method=\"post\"")
+    );
+    let resp = no_redirect
+        .post(&unsubscribe)
+        .form(&[("List-Unsubscribe", "One-Click")])
+        .send()
+        .await
+        .expect("unsubscribe");
+    assert_eq!(resp.status().as_u16(), 200);
+    let (_, consents) = call(&app, "GET", "/api/v1/people/ann/consents", None).await;
+    assert!(
+        consents["records"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|c| c["purpose"] == "email_marketing"
+                && c["granted"] == false
+                && c["source"] == "unsubscribe_link")),
+        "{consents}"
+    );
+
+    // Twilio: a status callback signed with the wrong token is refused; the right one
+    // marks the SMS delivered.
+    let sms = calls
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(p, _)| p.contains("/Messages.json"))
+        .cloned()
+        .expect("the SMS reached Twilio");
+    assert!(sms.1.contains("StatusCallback="), "{}", sms.1);
+    let receipt = [
+        ("MessageSid", "SM1"),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", "AC1"),
+    ];
+    let (status, body) = twilio_callback(&app, &receipt, false).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("invalid_signature"), "{body}");
+    let (status, body) = twilio_callback(&app, &receipt, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<Response>"), "{body}");
+
+    // WhatsApp: the subscription check, a refused forgery, then the person writes START
+    // (an opt-in, and the 24-hour window opens).
+    let challenge = app
+        .http
+        .get(format!(
+            "{}/hooks/whatsapp/{}?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=c123",
+            app.url, app.tenant_id.0
+        ))
+        .send()
+        .await
+        .expect("check");
+    assert_eq!(challenge.status().as_u16(), 200);
+    assert_eq!(challenge.text().await.expect("body"), "c123");
+    let (status, _) = decode(
+        app.http
+            .get(format!(
+                "{}/hooks/whatsapp/{}?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=c",
+                app.url, app.tenant_id.0
+            ))
+            .send()
+            .await
+            .expect("check"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let now = chrono::Utc::now().timestamp().to_string();
+    let start = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp",
+        "messages": [{"from": "15550100000", "id": "wamid.in1", "timestamp": now,
+            "type": "text", "text": {"body": "START"}}]}}]}]});
+    let (status, _) = whatsapp_callback(&app, &start, "not-the-secret").await;
+    assert_eq!(status, 403);
+    let (status, v) = whatsapp_callback(&app, &start, APP_SECRET).await;
+    assert_eq!(status, 200, "{v}");
+
+    // SMS: the person replies STOP; the next SMS is blocked, the WhatsApp message goes as
+    // free text inside the window.
+    let stop = [
+        ("From", "+15550100000"),
+        ("To", "+15550009999"),
+        ("Body", "Stop"),
+        ("MessageSid", "SMin"),
+    ];
+    let (status, body) = twilio_callback(&app, &stop, true).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/track",
+            json!({"userId": "ann", "event": "Pinged"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let blocked = eventually(&app, "/api/v1/messages?status=blocked", |v| {
+        v["messages"].as_array().is_some_and(|m| !m.is_empty())
+    })
+    .await;
+    assert_eq!(blocked["messages"][0]["channel"], "sms", "{blocked}");
+    assert_eq!(
+        blocked["messages"][0]["reason"], "opted out of sms",
+        "{blocked}"
+    );
+    eventually(&app, "/api/v1/messages?status=sent", |v| {
+        v["messages"].as_array().is_some_and(|m| m.len() == 3)
+    })
+    .await;
+    let chat = calls
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(p, _)| p.ends_with("/123/messages"))
+        .cloned()
+        .expect("the WhatsApp message reached the API");
+    let chat: Value = serde_json::from_str(&chat.1).expect("json");
+    assert_eq!(chat["type"], "text", "inside the window: {chat}");
+    assert_eq!(chat["text"]["body"], "Hi there");
+    // WhatsApp reports it read.
+    let read = json!({"entry": [{"changes": [{"value": {"statuses": [
+        {"id": "wamid.3", "status": "read", "timestamp": now, "recipient_id": "15550100000"}]}}]}]});
+    let wamid = calls.lock().expect("lock").len();
+    let read = serde_json::from_str::<Value>(
+        &read
+            .to_string()
+            .replace("wamid.3", &format!("wamid.{wamid}")),
+    )
+    .expect("json");
+    let (status, _) = whatsapp_callback(&app, &read, APP_SECRET).await;
+    assert_eq!(status, 200);
+
+    // Measurement, per step and in all.
+    let m = eventually(&app, "/api/v1/workflows/welcome/metrics", |m| {
+        m["steps"]["mail"]["clicked"] == 1
+    })
+    .await;
+    let mail = &m["steps"]["mail"];
+    assert_eq!(
+        (
+            &mail["sent"],
+            &mail["opened"],
+            &mail["clicked"],
+            &mail["unsubscribed"]
+        ),
+        (&json!(1), &json!(1), &json!(1), &json!(1)),
+        "{m}"
+    );
+    assert_eq!(m["steps"]["text"]["delivered"], 1, "{m}");
+    assert_eq!(m["engagement"]["opened"], 1, "{m}");
+    let (_, m) = call(&app, "GET", "/api/v1/workflows/ping/metrics", None).await;
+    assert_eq!(m["steps"]["chat"]["opened"], 1, "{m}");
+    assert_eq!(m["steps"]["chat"]["delivered"], 1, "{m}");
+    assert_eq!(m["steps"]["text"]["blocked"], 1, "{m}");
+
+    // The engagement is in the person's events, for goals and segments.
+    eventually(&app, "/api/v1/people/ann/timeline", |v| {
+        let s = v.to_string();
+        [
+            "Email Opened",
+            "Email Link Clicked",
+            "Unsubscribed",
+            "Message Received",
+        ]
+        .iter()
+        .all(|e| s.contains(e))
+    })
+    .await;
+    app.stop().await;
+}

@@ -5,12 +5,14 @@
 //!   holdout group), with time given from outside so tests never sleep.
 //! - [`people`]: what the runtime needs from the profiles (identifiers, traits, computed
 //!   attributes, segments, tags).
+//! - [`backtest`]: a workflow run over past events, reporting what it would have sent.
 //! - [`template`]: message templates (MiniJinja).
 //! - [`tracking`]: opens, clicks and unsubscribe links; addresses kept as keyed hashes.
 //!
 //! It decides *whether* and *what* to send; `livora-channels` knows each provider's wire
 //! format.
 
+pub mod backtest;
 pub mod outbox;
 pub mod people;
 pub mod policy;

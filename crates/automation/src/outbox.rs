@@ -148,6 +148,11 @@ impl Sender {
         }
     }
 
+    /// The delivery policy it checks.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// Tracks opens and clicks, adds unsubscribe links, and honours address-level
     /// consents (`STOP` replies) and WhatsApp's session window.
     pub fn with_tracker(mut self, tracker: Arc<Tracker>) -> Self {

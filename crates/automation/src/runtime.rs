@@ -553,6 +553,11 @@ impl Runtime {
         self.zones.insert(tenant, tz);
     }
 
+    /// A tenant's time zone (UTC unless set).
+    pub fn time_zone(&self, tenant: TenantId) -> chrono_tz::Tz {
+        self.zones.get(&tenant).copied().unwrap_or(chrono_tz::UTC)
+    }
+
     /// Adds a version (versions are kept: journeys finish on the one they started on).
     pub fn add_version(&mut self, v: Version) {
         let list = self

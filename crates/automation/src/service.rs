@@ -12,6 +12,7 @@
 //!   [`EventSink`] (which encrypts personal fields as ingestion does), before the commit;
 //!   their message ids are the step's key, so doing it again changes nothing.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -466,6 +467,49 @@ impl AutomationService {
         let next = last.offset + 1;
         self.commit(all, Some(next), &causes).await?;
         Ok(next)
+    }
+
+    /// Runs `workflow` over the tenant's events between `from` and `to` as the log holds
+    /// them now, and reports what it would have sent ([`crate::backtest`]); sends nothing,
+    /// stores nothing. Keeps the first `limit` messages of the report.
+    pub async fn backtest(
+        &self,
+        log: &EventLog,
+        tenant: TenantId,
+        workflow: Workflow,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
+        policy: &crate::policy::Policy,
+        limit: usize,
+    ) -> Result<crate::backtest::Report, AutomationError> {
+        let zone = lock(&self.runtime).time_zone(tenant);
+        let mut run =
+            crate::backtest::Backtest::new(tenant, workflow, zone, self.people.as_ref(), from, to);
+        let end = log.end_offset();
+        let mut reader = log.reader(log.start_offset())?;
+        'read: loop {
+            let batch = reader.next_batch(BATCH)?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in &batch {
+                if r.offset >= end {
+                    break 'read;
+                }
+                if r.tenant != tenant.0 {
+                    continue;
+                }
+                if let Some(e) = self.decode(r).await {
+                    run.event(tenant, &e);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        let decided = run.finish();
+        let mut consents: HashMap<String, Vec<livora_store::Consent>> = HashMap::new();
+        for c in self.store.consents(tenant, &decided.persons()).await? {
+            consents.entry(c.subject.clone()).or_default().push(c);
+        }
+        Ok(decided.judge(policy, &consents, limit))
     }
 
     /// Follows the log from the stored offset for ever, firing timers as they come due.

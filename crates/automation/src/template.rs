@@ -13,7 +13,8 @@ use crate::people::Person;
 
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    // `traits.address.city` with no address renders as nothing too.
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
     // Messages are not HTML pages: no auto-escaping unless the template asks for it.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_fuel(Some(100_000));
@@ -134,7 +135,7 @@ mod tests {
             &json!({"event": "Product Added", "properties": {"name": "Lamp", "price": 30}}),
         );
         let out = render(
-            "Hi {{ traits.first_name }}, your {{ event.properties.name }} ({{ event.properties.price }}) waits{{ traits.nothing }}.",
+            "Hi {{ traits.first_name }}, your {{ event.properties.name }} ({{ event.properties.price }}) waits{{ traits.nothing }}{{ traits.address.city }}.",
             &ctx,
         );
         assert_eq!(out.as_deref(), Ok("Hi Ada, your Lamp (30) waits."));

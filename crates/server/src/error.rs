@@ -51,6 +51,8 @@ pub enum Code {
     InvalidLink,
     /// A provider's callback whose signature does not check.
     InvalidSignature,
+    /// A message provider refused or failed (a test send).
+    ProviderFailed,
 }
 
 impl Code {
@@ -89,6 +91,7 @@ impl Code {
             Self::NotReady => "not_ready",
             Self::InvalidLink => "invalid_link",
             Self::InvalidSignature => "invalid_signature",
+            Self::ProviderFailed => "provider_failed",
         }
     }
 
@@ -123,6 +126,7 @@ impl Code {
             }
             Self::RateLimited | Self::AccountLocked => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal | Self::AuditBroken => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ProviderFailed => StatusCode::BAD_GATEWAY,
         }
     }
 }

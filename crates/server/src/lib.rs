@@ -550,6 +550,21 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         Need::Permission(P::EnableWorkflows),
     ),
     (
+        "POST",
+        "/api/v1/workflows/{id}/backtest",
+        Need::Permission(P::EditWorkflows),
+    ),
+    (
+        "POST",
+        "/api/v1/workflows/preview",
+        Need::Permission(P::EditWorkflows),
+    ),
+    (
+        "POST",
+        "/api/v1/channels/{channel}/test",
+        Need::Permission(P::EditWorkflows),
+    ),
+    (
         "GET",
         "/api/v1/people/{id}/journeys",
         Need::Permission(P::ViewPii),
@@ -649,6 +664,9 @@ fn handler(method: &str, path: &str) -> Handler {
         ("POST", "/api/v1/workflows/{id}/enable") => post(workflows::enable),
         ("POST", "/api/v1/workflows/{id}/pause") => post(workflows::pause),
         ("POST", "/api/v1/workflows/{id}/trigger") => post(workflows::trigger),
+        ("POST", "/api/v1/workflows/{id}/backtest") => post(workflows::backtest),
+        ("POST", "/api/v1/workflows/preview") => post(workflows::preview),
+        ("POST", "/api/v1/channels/{channel}/test") => post(workflows::test_send),
         ("GET", "/api/v1/people/{id}/journeys") => get(workflows::person_journeys),
         ("GET", "/api/v1/messages") => get(workflows::messages),
         ("GET", "/api/v1/channels") => get(workflows::list_channels),

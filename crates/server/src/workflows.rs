@@ -691,3 +691,250 @@ pub async fn metrics(
         "steps": steps,
     })))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BacktestBody {
+    from: String,
+    to: String,
+    /// A saved version (default: the newest).
+    #[serde(default)]
+    version: Option<u32>,
+    /// A draft to try instead of a saved version.
+    #[serde(default)]
+    definition: Option<Value>,
+    /// Messages listed (all are counted); default 100, at most 1,000.
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn instant(text: &str, path: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| bad(format!("{path}: an RFC 3339 time ({e})")).with("path", path))
+}
+
+/// The longest range a backtest reads.
+const BACKTEST_DAYS: i64 = 366;
+
+/// `POST /api/v1/workflows/{id}/backtest`: what a version (or a draft) would have sent
+/// over a past range of events; nothing is sent.
+pub async fn backtest(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    b: Body<BacktestBody>,
+) -> Result<Json<Value>, ApiError> {
+    let svc = service(&state)?;
+    let b = body(b)?;
+    record(&state, &p, &id).await?;
+    let (from, to) = (instant(&b.from, "from")?, instant(&b.to, "to")?);
+    if to <= from {
+        return Err(bad("to must be after from").with("path", "to"));
+    }
+    if to - from > chrono::Duration::days(BACKTEST_DAYS) {
+        return Err(
+            bad(format!("a backtest covers at most {BACKTEST_DAYS} days")).with("path", "to"),
+        );
+    }
+    let limit = b.limit.unwrap_or(100);
+    if limit > 1000 {
+        return Err(bad("limit: at most 1000").with("path", "limit"));
+    }
+    let (version, workflow) = match (&b.definition, b.version) {
+        (Some(_), Some(_)) => {
+            return Err(bad("give a version or a definition, not both").with("path", "definition"));
+        }
+        (Some(d), None) => (Value::Null, parse(Some(d))?),
+        (None, v) => {
+            let versions = state.store.workflow_versions(p.tenant, &id).await?;
+            let found = match v {
+                Some(n) => versions.iter().find(|x| x.version == n),
+                None => versions.last(),
+            }
+            .ok_or_else(|| {
+                ApiError::new(Code::NotFound, "no such version").with("path", "version")
+            })?;
+            let d: Value =
+                serde_json::from_str(&found.definition).map_err(|e| ApiError::internal(&e))?;
+            (json!(found.version), parse(Some(&d))?)
+        }
+    };
+    let policy = state
+        .sender
+        .as_ref()
+        .map(|s| s.policy().clone())
+        .unwrap_or_default();
+    let report = svc
+        .backtest(&state.log, p.tenant, workflow, (from, to), &policy, limit)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut out = serde_json::to_value(&report).map_err(|e| ApiError::internal(&e))?;
+    out["workflow"] = json!(id);
+    out["version"] = version;
+    out["from"] = json!(from);
+    out["to"] = json!(to);
+    Ok(Json(out))
+}
+
+/// A person as templates see them, by user id or key (`u:…` / `a:…`).
+fn person_for(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<livora_automation::Person, ApiError> {
+    use livora_automation::People;
+    let profiles = state
+        .profiles
+        .as_ref()
+        .ok_or_else(|| ApiError::new(Code::AnalyticsDisabled, "profiles are off on this node"))?;
+    let key = if id.starts_with("u:") || id.starts_with("a:") {
+        id.to_owned()
+    } else {
+        format!("u:{id}")
+    };
+    profiles.by_key(p.tenant, &key).ok_or_else(|| {
+        ApiError::new(Code::NotFound, format!("no person {id:?}")).with("path", "person")
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewBody {
+    /// The parts to render (`subject`, `body`, `html` …) …
+    #[serde(default)]
+    template: Option<serde_json::Map<String, Value>>,
+    /// … or a saved workflow's send step (its newest version).
+    #[serde(default)]
+    workflow: Option<String>,
+    #[serde(default)]
+    step: Option<String>,
+    /// Whose data: a user id, or a key `u:…` / `a:…`.
+    person: String,
+    /// The triggering event templates see as `event` (`event`, `properties`).
+    #[serde(default)]
+    event: Option<Value>,
+}
+
+async fn template_of(
+    state: &AppState,
+    p: &Principal,
+    b: &PreviewBody,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    use livora_model::workflow::Action;
+    match (&b.template, &b.workflow, &b.step) {
+        (Some(t), None, None) => {
+            for (k, v) in t {
+                if let Some(text) = v.as_str() {
+                    livora_automation::template::check(text).map_err(|e| {
+                        ApiError::new(Code::InvalidDefinition, e)
+                            .with("path", format!("template.{k}"))
+                    })?;
+                }
+            }
+            Ok(t.clone())
+        }
+        (None, Some(w), Some(step)) => {
+            let d = latest_definition(state, p, w)
+                .await?
+                .ok_or_else(|| ApiError::new(Code::NotFound, format!("no workflow {w:?}")))?;
+            let def = Workflow::parse(&d).map_err(invalid)?;
+            def.steps
+                .iter()
+                .find(|s| &s.id == step)
+                .and_then(|s| match &s.action {
+                    Action::Send(send) => Some(send.template.clone()),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    ApiError::new(Code::NotFound, format!("no send step {step:?} in {w:?}"))
+                        .with("path", "step")
+                })
+        }
+        _ => Err(bad("give template, or workflow and step").with("path", "template")),
+    }
+}
+
+fn rendered(
+    template: &serde_json::Map<String, Value>,
+    person: &livora_automation::Person,
+    event: Option<&Value>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let mut trigger = event.cloned().unwrap_or_else(|| json!({}));
+    if let Value::Object(m) = &mut trigger {
+        m.entry("properties").or_insert_with(|| json!({}));
+    }
+    let ctx = livora_automation::template::context(person, &trigger);
+    livora_automation::template::render_parts(template, &ctx)
+        .map_err(|e| ApiError::new(Code::InvalidDefinition, e).with("path", "template"))
+}
+
+/// `POST /api/v1/workflows/preview`: a template rendered with a real person's data.
+pub async fn preview(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    b: Body<PreviewBody>,
+) -> Result<Json<Value>, ApiError> {
+    let b = body(b)?;
+    let template = template_of(&state, &p, &b).await?;
+    let person = person_for(&state, &p, &b.person)?;
+    let content = rendered(&template, &person, b.event.as_ref())?;
+    Ok(Json(json!({"person": person.key(), "content": content})))
+}
+
+#[derive(Deserialize)]
+pub struct TestSendBody {
+    /// The address to send to (an email, a phone number, a push token, a URL).
+    to: String,
+    #[serde(flatten)]
+    preview: PreviewBody,
+}
+
+/// `POST /api/v1/channels/{channel}/test`: renders a template with a person's data and
+/// sends it once to `to` through the channel's primary provider (no outbox, no policy:
+/// a check of the provider and the template).
+pub async fn test_send(
+    State(state): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(channel): Path<String>,
+    b: Body<TestSendBody>,
+) -> Result<Json<Value>, ApiError> {
+    use livora_automation::outbox::Routes;
+    valid_channel(&channel)?;
+    let dir = channels(&state)?;
+    let b = body(b)?;
+    if b.to.trim().is_empty() {
+        return Err(bad("to: the address to send to").with("path", "to"));
+    }
+    let template = template_of(&state, &p, &b.preview).await?;
+    let person = person_for(&state, &p, &b.preview.person)?;
+    let mut content = rendered(&template, &person, b.preview.event.as_ref())?;
+    // No tracking: a test is not a message of a workflow.
+    for v in content.values_mut() {
+        if let Value::String(s) = v {
+            *s = s.replace(livora_automation::tracking::UNSUBSCRIBE_MARKER, "");
+        }
+    }
+    let route = dir
+        .route(p.tenant, &channel)
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("{channel} is not configured")))?;
+    let key = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let out = livora_automation::outbox::Outgoing {
+        key: key.clone(),
+        tenant: p.tenant,
+        person: person.key().to_owned(),
+        to: b.to.trim().to_owned(),
+        content,
+    };
+    let provider = route.primary.provider().to_owned();
+    let id = route.primary.send(&out).await.map_err(|e| {
+        ApiError::new(Code::ProviderFailed, format!("{provider}: {e}"))
+            .with("provider", provider.clone())
+    })?;
+    state
+        .audit(entry(&p, "channel.test_send", Some(channel.clone())))
+        .await?;
+    Ok(Json(
+        json!({"key": key, "provider": provider, "provider_id": id}),
+    ))
+}

@@ -800,3 +800,212 @@ async fn opens_clicks_unsubscribes_receipts_and_replies() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn backtests_previews_and_test_sends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut app = spawn_app(dir.path()).await;
+    app.secret_key = app
+        .store
+        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
+        .await
+        .expect("key")
+        .secret;
+    // January's history: Ann leaves her cart, Bob orders within the hour.
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com", "first_name": "Ann"},
+            "timestamp": "2026-01-09T09:00:00Z"},
+        {"type": "identify", "userId": "bob", "traits": {"email": "bob@example.com", "first_name": "Bob"},
+            "timestamp": "2026-01-09T09:00:00Z"},
+        {"type": "track", "userId": "ann", "event": "Product Added",
+            "properties": {"cart_id": "c1", "name": "Lamp"}, "timestamp": "2026-01-10T10:00:00Z"},
+        {"type": "track", "userId": "bob", "event": "Product Added",
+            "properties": {"cart_id": "c2", "name": "Rug"}, "timestamp": "2026-01-11T10:00:00Z"},
+        {"type": "track", "userId": "bob", "event": "Order Completed",
+            "properties": {"cart_id": "c2"}, "timestamp": "2026-01-11T10:20:00Z"},
+        {"type": "track", "userId": "ann", "event": "Product Added",
+            "properties": {"cart_id": "c3"}, "timestamp": "2026-03-01T10:00:00Z"}
+    ]});
+    let (status, body) = app.post("/v1/batch", batch.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(&app, "/api/v1/people/bob", |v| {
+        v["traits"]["first_name"] == "Bob"
+    })
+    .await;
+    let cart = |minutes: u32| {
+        json!({
+            "trigger": {"event": {"name": "Product Added"}},
+            "goal": {"event": "Order Completed", "same": ["cart_id"]},
+            "steps": [
+                {"id": "wait", "wait_for": {"event": "Order Completed", "same": ["cart_id"], "timeout_minutes": minutes}},
+                {"id": "remind", "send": {"channel": "email", "template": {
+                    "subject": "{{ traits.first_name }}, your {{ event.properties.name }} is waiting", "body": "."}}}
+            ]
+        })
+    };
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/workflows",
+        Some(json!({"id": "cart", "name": "Cart", "definition": cart(60)})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+
+    // The saved version over January: one reminder, to Ann, an hour after her cart.
+    let range = json!({"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"});
+    let (status, r) = call(
+        &app,
+        "POST",
+        "/api/v1/workflows/cart/backtest",
+        Some(range.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["version"], 1, "{r}");
+    assert_eq!(r["events"], 5, "{r}"); // the identifies too
+    assert_eq!(r["journeys"]["entered"], 2, "{r}");
+    assert_eq!(r["journeys"]["converted"], 1, "{r}");
+    assert_eq!(r["message_count"], 1, "{r}");
+    let m = &r["messages"][0];
+    assert_eq!(
+        (
+            m["person"].as_str(),
+            m["step"].as_str(),
+            m["outcome"].as_str()
+        ),
+        (Some("u:ann"), Some("remind"), Some("send")),
+        "{r}"
+    );
+    assert_eq!(m["at"], "2026-01-10T11:00:00Z", "{r}");
+    assert_eq!(m["content"]["subject"], "Ann, your Lamp is waiting");
+    // A draft with a longer wait: Bob's order would still come in time.
+    let mut draft = range.clone();
+    draft["definition"] = cart(180);
+    let (status, r) = call(&app, "POST", "/api/v1/workflows/cart/backtest", Some(draft)).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["version"], Value::Null);
+    assert_eq!(r["messages"][0]["at"], "2026-01-10T13:00:00Z", "{r}");
+    // Nothing was sent or stored.
+    let (_, v) = call(&app, "GET", "/api/v1/messages", None).await;
+    assert_eq!(v["messages"], json!([]));
+    // Bad ranges and bodies name their part.
+    for (body, path) in [
+        (
+            json!({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+            "to",
+        ),
+        (
+            json!({"from": "yesterday", "to": "2026-01-01T00:00:00Z"}),
+            "from",
+        ),
+        (
+            json!({"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+            "to",
+        ),
+        (
+            json!({"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z", "version": 1, "definition": cart(5)}),
+            "definition",
+        ),
+    ] {
+        let (status, v) = call(&app, "POST", "/api/v1/workflows/cart/backtest", Some(body)).await;
+        assert_eq!((status, v["path"].as_str()), (400, Some(path)), "{v}");
+    }
+    let (status, _) = call(&app, "POST", "/api/v1/workflows/nope/backtest", Some(range)).await;
+    assert_eq!(status, 404);
+
+    // Preview with a real person's data: a template, or a saved step.
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/workflows/preview",
+        Some(json!({"template": {"subject": "Hi {{ traits.first_name }}", "body": "{{ event.properties.name }}"},
+            "person": "ann", "event": {"event": "Product Added", "properties": {"name": "Lamp"}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"], json!({"subject": "Hi Ann", "body": "Lamp"}));
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/workflows/preview",
+        Some(json!({"workflow": "cart", "step": "remind", "person": "u:bob"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"]["subject"], "Bob, your  is waiting");
+    for (body, code, status_expected) in [
+        (
+            json!({"template": {"subject": "{{ oops"}, "person": "ann"}),
+            "invalid_definition",
+            400,
+        ),
+        (
+            json!({"template": {"subject": "x"}, "person": "nobody"}),
+            "not_found",
+            404,
+        ),
+        (
+            json!({"workflow": "cart", "step": "wait", "person": "ann"}),
+            "not_found",
+            404,
+        ),
+        (json!({"person": "ann"}), "invalid_request", 400),
+    ] {
+        let (status, v) = call(&app, "POST", "/api/v1/workflows/preview", Some(body)).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (status_expected, Some(code)),
+            "{v}"
+        );
+    }
+
+    // A test send through the configured provider, once; a provider that fails says so.
+    let (hook_url, received) = receiver().await;
+    call(
+        &app,
+        "PUT",
+        "/api/v1/channels/webhook",
+        Some(json!({"provider": "webhook", "settings": {"secret": SECRET}})),
+    )
+    .await;
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/channels/webhook/test",
+        Some(json!({"to": hook_url, "template": {"body": "{\"hello\": \"{{ traits.first_name }}\"}"}, "person": "ann"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["provider"], "webhook");
+    let got = received.lock().expect("lock").clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, "{\"hello\": \"Ann\"}");
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/channels/webhook/test",
+        Some(
+            json!({"to": "http://127.0.0.1:9/closed", "template": {"body": "x"}, "person": "ann"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (502, Some("provider_failed")),
+        "{v}"
+    );
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/channels/sms/test",
+        Some(json!({"to": "+15550100000", "template": {"body": "x"}, "person": "ann"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    app.stop().await;
+}

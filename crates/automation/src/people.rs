@@ -39,7 +39,8 @@ impl Person {
     }
 
     /// Whether a branch condition holds (traits, computed attributes, segments, tags, and
-    /// `and` / `or` / `not` of them; workflow validation refuses behavioural conditions).
+    /// `and` / `or` / `not` of them). Behaviour is not known here: a branch on it reads
+    /// the segment that keeps it ([`livora_model::workflow::branch_segment`]).
     pub fn satisfies(&self, c: &Condition, now: i64) -> bool {
         match c {
             Condition::And(list) => list.iter().all(|c| self.satisfies(c, now)),

@@ -1172,7 +1172,14 @@ impl Runtime {
                     return;
                 }
                 Action::Branch(b) => {
-                    let target = if person.satisfies(&b.condition, now.timestamp()) {
+                    let holds = if livora_model::workflow::is_behavioural(&b.condition) {
+                        // Kept as a segment by the profiles engine, current with this event.
+                        let segment = livora_model::workflow::branch_segment(&j.workflow, &step.id);
+                        person.segments.contains(&segment)
+                    } else {
+                        person.satisfies(&b.condition, now.timestamp())
+                    };
+                    let target = if holds {
                         b.then.as_deref()
                     } else {
                         b.otherwise.as_deref()

@@ -344,6 +344,39 @@ fn reentry_rules() {
 }
 
 #[test]
+fn a_branch_on_behaviour_reads_the_segment_that_keeps_it() {
+    let mut rt = runtime_with(json!({
+        "trigger": {"event": {"name": "Signed Up"}},
+        "steps": [
+            {"id": "buyer", "branch": {"if": {"performed": {"event": "Order Completed", "within_days": 30}}, "else": "nudge"}},
+            {"id": "thanks", "send": {"channel": "email", "template": {"subject": "Thanks", "body": "."}}, "next": "end"},
+            {"id": "nudge", "send": {"channel": "email", "template": {"subject": "Nudge", "body": "."}}},
+            {"id": "end", "exit": {}}
+        ]
+    }));
+    let mut dir = Directory::default();
+    let mut ann = person(&["u:ann"], json!({"email": "ann@x.io"}));
+    ann.segments
+        .insert(livora_model::workflow::branch_segment("wf", "buyer"));
+    dir.put(tenant(), ann);
+    dir.put(tenant(), person(&["u:bob"], json!({"email": "bob@x.io"})));
+    let mut subjects = Vec::new();
+    for (n, user) in ["ann", "bob"].into_iter().enumerate() {
+        let e = track(
+            Some(user),
+            None,
+            "Signed Up",
+            json!({}),
+            &format!("m{n}"),
+            0,
+        );
+        let c = rt.on_event(tenant(), &e, &dir, t(0));
+        subjects.extend(sends(&c).iter().map(|m| m.content["subject"].clone()));
+    }
+    assert_eq!(subjects, [json!("Thanks"), json!("Nudge")]);
+}
+
+#[test]
 fn branches_splits_and_the_holdout_group() {
     let mut rt = runtime_with(json!({
         "trigger": {"event": {"name": "Signed Up"}},

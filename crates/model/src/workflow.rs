@@ -135,7 +135,9 @@ pub enum Action {
     DelayUntilTrait(TraitTime),
     /// Waits for an event, at most `timeout_minutes`.
     WaitFor(WaitFor),
-    /// Goes to `then` if the condition holds for the person, else to `else`.
+    /// Goes to `then` if the condition holds for the person, else to `else`. A condition on
+    /// behaviour (events) is kept as a segment, [`branch_segment`], maintained as events
+    /// arrive.
     Branch(Branch),
     /// Goes to one branch at random, by weight (the same person always gets the same one).
     Split(Split),
@@ -617,21 +619,6 @@ impl Step {
             Action::Branch(b) => {
                 let q = format!("{p}.branch.if");
                 b.condition.validate_at(&q)?;
-                let mut behavioural = false;
-                b.condition.walk(&mut |c| {
-                    behavioural |= matches!(
-                        c,
-                        Condition::Performed(_)
-                            | Condition::LastPerformed(_)
-                            | Condition::NotFollowedBy(_)
-                    )
-                });
-                if behavioural {
-                    return Err(err(
-                        &q,
-                        "a branch tests traits, computed attributes, segments and tags; for behaviour, define a segment and use in_segment",
-                    ));
-                }
             }
             Action::Split(s) => {
                 if s.branches.len() < 2 {
@@ -767,8 +754,22 @@ mod tests {
         v["steps"][0] = json!({"id": "b", "branch": {"if": {"trait": {"name": "plan", "op": "gt", "value": "x"}}}});
         assert_eq!(error_at(v), "steps[0].branch.if.trait.value");
         let mut v = abandoned_cart();
-        v["steps"][0] = json!({"id": "b", "branch": {"if": {"performed": {"event": "x"}}}});
-        assert_eq!(error_at(v), "steps[0].branch.if");
+        v["steps"][0] = json!({"id": "b", "branch": {"if": {"performed": {"event": ""}}}});
+        assert!(error_at(v).starts_with("steps[0].branch.if.performed"));
+        // Behaviour is allowed, kept as a segment.
+        let mut v = abandoned_cart();
+        v["steps"][0] = json!({"id": "b", "branch": {"if": {"and": [
+            {"trait": {"name": "plan", "op": "equals", "value": "pro"}},
+            {"performed": {"event": "Order Completed", "within_days": 30}}]}}});
+        let w = Workflow::parse(&v).expect("a behavioural branch");
+        let found = w.behavioural_branches();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "b");
+        assert_eq!(branch_segment("cart", "b"), "wf-cart-b");
+        let long = branch_segment(&"x".repeat(64), "b");
+        assert!(long.len() <= 64 && long.starts_with("wf-"));
+        assert_eq!(long, branch_segment(&"x".repeat(64), "b"));
+        assert_ne!(long, branch_segment(&"x".repeat(64), "c"));
         let mut v = abandoned_cart();
         v["holdout_percent"] = json!(80);
         assert_eq!(error_at(v), "holdout_percent");
@@ -809,5 +810,50 @@ mod tests {
         };
         assert_eq!(bad.hour_minute(), None);
         assert_eq!(bad.days(), None);
+    }
+}
+
+/// Whether a condition looks at behaviour (events performed, last performed, not
+/// followed by): such a branch is kept as a segment ([`branch_segment`]).
+pub fn is_behavioural(c: &Condition) -> bool {
+    let mut found = false;
+    c.walk(&mut |c| {
+        found |= matches!(
+            c,
+            Condition::Performed(_) | Condition::LastPerformed(_) | Condition::NotFollowedBy(_)
+        )
+    });
+    found
+}
+
+/// The segment that keeps a behavioural branch condition of a workflow's step: the
+/// profiles engine maintains it as events arrive and time passes, and the branch reads
+/// the person's membership. `wf-<workflow>-<step>`, or a hash of both when that is longer
+/// than an id may be.
+pub fn branch_segment(workflow: &str, step: &str) -> String {
+    let id = format!("wf-{workflow}-{step}");
+    if id.len() <= 64 {
+        return id;
+    }
+    // FNV-1a: stable everywhere.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in workflow.bytes().chain([b'|']).chain(step.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("wf-{h:016x}")
+}
+
+impl Workflow {
+    /// The steps that branch on behaviour: (step id, condition).
+    pub fn behavioural_branches(&self) -> Vec<(&str, &Condition)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Branch(b) if is_behavioural(&b.condition) => {
+                    Some((s.id.as_str(), &b.condition))
+                }
+                _ => None,
+            })
+            .collect()
     }
 }

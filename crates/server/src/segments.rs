@@ -637,3 +637,97 @@ pub async fn members_csv(
     )
         .into_response())
 }
+
+/// Keeps the segments of a workflow's behavioural branches
+/// ([`livora_model::workflow::branch_segment`]): made, or changed when the condition did,
+/// before the workflow version that needs them is saved.
+pub(crate) async fn keep_branch_segments(
+    state: &AppState,
+    principal: &Principal,
+    workflow: &str,
+    definition: &livora_model::workflow::Workflow,
+) -> Result<(), ApiError> {
+    let branches = definition.behavioural_branches();
+    if branches.is_empty() {
+        return Ok(());
+    }
+    let svc = service(state)?;
+    let t = svc.tenant(principal.tenant);
+    for (step, condition) in branches {
+        let id = livora_model::workflow::branch_segment(workflow, step);
+        let def = Definition::parse(&json!({ "condition": condition })).map_err(|e| {
+            ApiError::new(Code::InvalidDefinition, e.message)
+                .with("path", format!("definition.steps.{step}.branch.if"))
+        })?;
+        let rule = Rule::Condition(def);
+        let same = lock(&t)
+            .engine
+            .spec(&id, false)
+            .is_some_and(|s| s.rule == rule);
+        if same {
+            continue;
+        }
+        let now = Utc::now();
+        let created_at = record_of(state, principal.tenant, &id, false)
+            .await
+            .map_or(now, |r| r.created_at);
+        let record = SegmentRecord {
+            id: id.clone(),
+            tag: false,
+            name: format!("Workflow {workflow}: branch {step}"),
+            description: format!(
+                "Kept by workflow {workflow} for its branch {step}; deleted with the workflow."
+            ),
+            rule: svc
+                .stored_rule(principal.tenant, &id, false, &rule)
+                .await
+                .map_err(service_error)?,
+            created_by: principal.label(),
+            created_at,
+            updated_at: now,
+        };
+        let spec = Spec {
+            id: id.clone(),
+            tag: false,
+            rule,
+        };
+        svc.save(&state.log, principal.tenant, record, spec)
+            .await
+            .map_err(service_error)?;
+        state
+            .audit(entry(principal, "segment.update", Some(id)))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the branch segments of every version of a workflow (it is being deleted).
+pub(crate) async fn drop_branch_segments(
+    state: &AppState,
+    principal: &Principal,
+    workflow: &str,
+    definitions: &[livora_model::workflow::Workflow],
+) -> Result<(), ApiError> {
+    let mut ids = BTreeSet::new();
+    for d in definitions {
+        for (step, _) in d.behavioural_branches() {
+            ids.insert(livora_model::workflow::branch_segment(workflow, step));
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let svc = service(state)?;
+    for id in ids {
+        if svc
+            .delete(&state.log, principal.tenant, &id, false)
+            .await
+            .map_err(service_error)?
+        {
+            state
+                .audit(entry(principal, "segment.delete", Some(id)))
+                .await?;
+        }
+    }
+    Ok(())
+}

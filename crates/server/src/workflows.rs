@@ -142,6 +142,7 @@ pub async fn create(
     if state.store.workflow(p.tenant, &id).await?.is_some() {
         return Err(ApiError::new(Code::Conflict, format!("{id:?} exists")).with("path", "id"));
     }
+    crate::segments::keep_branch_segments(&state, &p, &id, &definition).await?;
     let text = serde_json::to_string(&definition).map_err(|e| ApiError::internal(&e))?;
     let w = state
         .store
@@ -195,6 +196,7 @@ pub async fn update(
     }
     let before = record(&state, &p, &id).await?;
     let definition = parse(b.definition.as_ref())?;
+    crate::segments::keep_branch_segments(&state, &p, &id, &definition).await?;
     let name = match b.name {
         Some(n) if n.trim().is_empty() || n.len() > 200 => {
             return Err(bad("name: 1-200 characters").with("path", "name"));
@@ -337,7 +339,16 @@ pub async fn delete(
             format!("{running} journeys of this workflow are still running"),
         ));
     }
+    let definitions: Vec<Workflow> = state
+        .store
+        .workflow_versions(p.tenant, &id)
+        .await?
+        .iter()
+        .filter_map(|v| serde_json::from_str::<Value>(&v.definition).ok())
+        .filter_map(|d| Workflow::parse(&d).ok())
+        .collect();
     state.store.delete_workflow(p.tenant, &id).await?;
+    crate::segments::drop_branch_segments(&state, &p, &id, &definitions).await?;
     state.audit(entry(&p, "workflow.delete", Some(id))).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1009,3 +1009,97 @@ async fn backtests_previews_and_test_sends() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_branch_on_behaviour_is_kept_as_a_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut app = spawn_app(dir.path()).await;
+    app.secret_key = app
+        .store
+        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
+        .await
+        .expect("key")
+        .secret;
+    let (hook_url, received) = receiver().await;
+    call(
+        &app,
+        "PUT",
+        "/api/v1/channels/webhook",
+        Some(json!({"provider": "webhook", "settings": {"secret": SECRET}})),
+    )
+    .await;
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"plan": "pro"}},
+        {"type": "identify", "userId": "bob", "traits": {"plan": "pro"}},
+        {"type": "track", "userId": "ann", "event": "Order Completed", "timestamp": yesterday}
+    ]});
+    let (status, body) = app.post("/v1/batch", batch.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(&app, "/api/v1/people/bob", |v| v["traits"]["plan"] == "pro").await;
+    let hook = |kind: &str| json!({"webhook": {"url": hook_url, "body": format!("{{\"who\": \"{{{{ person }}}}\", \"kind\": \"{kind}\"}}")}});
+    let mut thanks = hook("buyer");
+    thanks["id"] = json!("thanks");
+    thanks["next"] = json!("end");
+    let mut nudge = hook("browser");
+    nudge["id"] = json!("nudge");
+    let definition = json!({
+        "trigger": {"event": {"name": "Visited"}},
+        "steps": [
+            {"id": "buyer", "branch": {"if": {"and": [
+                {"trait": {"name": "plan", "op": "equals", "value": "pro"}},
+                {"performed": {"event": "Order Completed", "within_days": 30}}]}, "else": "nudge"}},
+            thanks, nudge,
+            {"id": "end", "exit": {}}
+        ]
+    });
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/workflows",
+        Some(json!({"id": "back", "name": "Welcome back", "definition": definition})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    // The condition is a segment the profiles engine keeps.
+    let seg = eventually(&app, "/api/v1/segments/wf-back-buyer", |v| v["size"] == 1).await;
+    assert!(
+        seg["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("workflow back")),
+        "{seg}"
+    );
+    call(&app, "POST", "/api/v1/workflows/back/enable", None).await;
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "ann", "event": "Visited"},
+        {"type": "track", "userId": "bob", "event": "Visited"}
+    ]});
+    let (status, body) = app.post("/v1/batch", batch.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.lock().expect("lock").len() < 2 {
+        assert!(Instant::now() < deadline, "the webhooks never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut got: Vec<Value> = received
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, b)| serde_json::from_str(b).expect("json"))
+        .collect();
+    got.sort_by_key(|v| v["who"].as_str().map(str::to_owned));
+    assert_eq!(
+        got,
+        [
+            json!({"who": "u:ann", "kind": "buyer"}),
+            json!({"who": "u:bob", "kind": "browser"})
+        ]
+    );
+    // Deleting the workflow deletes its segment.
+    call(&app, "POST", "/api/v1/workflows/back/pause", None).await;
+    let (status, v) = call(&app, "DELETE", "/api/v1/workflows/back", None).await;
+    assert_eq!(status, 204, "{v}");
+    let (status, _) = call(&app, "GET", "/api/v1/segments/wf-back-buyer", None).await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}

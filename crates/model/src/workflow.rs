@@ -686,6 +686,51 @@ impl Step {
     }
 }
 
+/// Whether a condition looks at behaviour (events performed, last performed, not
+/// followed by): such a branch is kept as a segment ([`branch_segment`]).
+pub fn is_behavioural(c: &Condition) -> bool {
+    let mut found = false;
+    c.walk(&mut |c| {
+        found |= matches!(
+            c,
+            Condition::Performed(_) | Condition::LastPerformed(_) | Condition::NotFollowedBy(_)
+        )
+    });
+    found
+}
+
+/// The segment that keeps a behavioural branch condition of a workflow's step: the
+/// profiles engine maintains it as events arrive and time passes, and the branch reads
+/// the person's membership. `wf-<workflow>-<step>`, or a hash of both when that is longer
+/// than an id may be.
+pub fn branch_segment(workflow: &str, step: &str) -> String {
+    let id = format!("wf-{workflow}-{step}");
+    if id.len() <= 64 {
+        return id;
+    }
+    // FNV-1a: stable everywhere.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in workflow.bytes().chain([b'|']).chain(step.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("wf-{h:016x}")
+}
+
+impl Workflow {
+    /// The steps that branch on behaviour: (step id, condition).
+    pub fn behavioural_branches(&self) -> Vec<(&str, &Condition)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Branch(b) if is_behavioural(&b.condition) => {
+                    Some((s.id.as_str(), &b.condition))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,50 +855,5 @@ mod tests {
         };
         assert_eq!(bad.hour_minute(), None);
         assert_eq!(bad.days(), None);
-    }
-}
-
-/// Whether a condition looks at behaviour (events performed, last performed, not
-/// followed by): such a branch is kept as a segment ([`branch_segment`]).
-pub fn is_behavioural(c: &Condition) -> bool {
-    let mut found = false;
-    c.walk(&mut |c| {
-        found |= matches!(
-            c,
-            Condition::Performed(_) | Condition::LastPerformed(_) | Condition::NotFollowedBy(_)
-        )
-    });
-    found
-}
-
-/// The segment that keeps a behavioural branch condition of a workflow's step: the
-/// profiles engine maintains it as events arrive and time passes, and the branch reads
-/// the person's membership. `wf-<workflow>-<step>`, or a hash of both when that is longer
-/// than an id may be.
-pub fn branch_segment(workflow: &str, step: &str) -> String {
-    let id = format!("wf-{workflow}-{step}");
-    if id.len() <= 64 {
-        return id;
-    }
-    // FNV-1a: stable everywhere.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in workflow.bytes().chain([b'|']).chain(step.bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("wf-{h:016x}")
-}
-
-impl Workflow {
-    /// The steps that branch on behaviour: (step id, condition).
-    pub fn behavioural_branches(&self) -> Vec<(&str, &Condition)> {
-        self.steps
-            .iter()
-            .filter_map(|s| match &s.action {
-                Action::Branch(b) if is_behavioural(&b.condition) => {
-                    Some((s.id.as_str(), &b.condition))
-                }
-                _ => None,
-            })
-            .collect()
     }
 }

@@ -12,9 +12,10 @@
 //!    acknowledgement of the order (its append is durable) to the commit of the receipt in
 //!    the outbox.
 //! 3. **Outbox throughput**: `--messages` marketing emails waiting in the outbox, sent
-//!    through the delivery policy (consents, frequency caps) to an in-process provider that
-//!    records idempotency keys, and again to a local HTTP provider (webhooks to 127.0.0.1):
-//!    messages per second.
+//!    through the delivery policy (consents, frequency caps, address-level consents) with
+//!    open and click tracking added (a link rewritten, a pixel, the unsubscribe link) to an
+//!    in-process provider that records idempotency keys, and again to a local HTTP provider
+//!    (webhooks to 127.0.0.1): messages per second.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -421,10 +422,17 @@ async fn outbox_run(n: usize, http: bool) -> anyhow::Result<f64> {
             category: livora_model::workflow::Category::Marketing,
             subscription: Some("newsletter".into()),
             to: Some(to.clone().unwrap_or_else(|| format!("p{i}@bench.test"))),
-            content: json!({"subject": "News", "body": format!("{{\"hello\": \"p{i}\"}}")})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
+            content: if http {
+                json!({"subject": "News", "body": format!("{{\"hello\": \"p{i}\"}}")})
+            } else {
+                // Tracked as in a real send: the link rewritten, a pixel, the unsubscribe link.
+                json!({"subject": "News", "body": "News",
+                    "html": format!("<html><body><p>News for p{i}</p><a href=\"https://shop.example/p/{i}\">See</a> \
+                        <a href=\"{}\">Unsubscribe</a></body></html>", livora_automation::tracking::UNSUBSCRIBE_MARKER)})
+            }
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
             time_zone: Some("UTC".into()),
             decided_at: now,
             error: None,
@@ -457,7 +465,11 @@ async fn outbox_run(n: usize, http: bool) -> anyhow::Result<f64> {
             ..Policy::default()
         },
         Retry::default(),
-    );
+    )
+    .with_tracker(Arc::new(livora_automation::tracking::Tracker::new(
+        b"bench-jwt-secret-0123456789abcdef0123",
+        Some("https://crm.bench.test".into()),
+    )));
     let started = Instant::now();
     let mut total = 0;
     loop {

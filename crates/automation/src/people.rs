@@ -51,7 +51,14 @@ impl Person {
                 compare::matches(self.computed.get(&t.name), t.op, &t.value, now)
             }
             Condition::InSegment(s) => self.segments.contains(s),
-            Condition::Tag(t) => self.tags.contains(t),
+            Condition::Tag(t) => {
+                self.tags.contains(t)
+                    || self
+                        .traits
+                        .get(crate::runtime::TAGS_TRAIT)
+                        .and_then(Value::as_array)
+                        .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(t)))
+            }
             Condition::Performed(_) | Condition::LastPerformed(_) | Condition::NotFollowedBy(_) => {
                 false
             }

@@ -1087,7 +1087,7 @@ impl Runtime {
     fn run(
         &mut self,
         id: JourneyId,
-        person: &Person,
+        person_in: &Person,
         def: &Workflow,
         now: DateTime<Utc>,
         changes: &mut Changes,
@@ -1095,13 +1095,16 @@ impl Runtime {
         let Some(tenant) = self.journeys.get(&id).map(|j| j.tenant) else {
             return;
         };
-        let tz = person
+        let tz = person_in
             .time_zone()
             .or_else(|| self.zones.get(&tenant).copied())
             .unwrap_or(chrono_tz::UTC);
         let event_name = trigger_name(&def.trigger);
+        // The person as this run's own tag steps left them (the profile catches up later).
+        let mut own: Option<Person> = None;
         // No loops: at most one pass over the steps.
         for _ in 0..=def.steps.len() {
+            let person: &Person = own.as_ref().unwrap_or(person_in);
             let Some(j) = self.journeys.get_mut(&id) else {
                 return;
             };
@@ -1285,6 +1288,36 @@ impl Runtime {
                     });
                     def.after(i)
                 }
+                Action::AddTag(tag) | Action::RemoveTag(tag) => {
+                    let add = matches!(step.action, Action::AddTag(_));
+                    let mut tags: Vec<Value> = person
+                        .traits
+                        .get(TAGS_TRAIT)
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    let has = tags.iter().any(|t| t.as_str() == Some(tag));
+                    if add != has {
+                        if add {
+                            tags.push(Value::String(tag.clone()));
+                        } else {
+                            tags.retain(|t| t.as_str() != Some(tag));
+                        }
+                        changes.effects.push(Effect::SetTrait {
+                            tenant: j.tenant,
+                            person: j.person.to_string(),
+                            name: TAGS_TRAIT.into(),
+                            value: Value::Array(tags.clone()),
+                            key: format!("{}/{}", j.id, step.id),
+                        });
+                        let mut now_tagged = person.clone();
+                        now_tagged
+                            .traits
+                            .insert(TAGS_TRAIT.into(), Value::Array(tags));
+                        own = Some(now_tagged);
+                    }
+                    def.after(i)
+                }
                 Action::Exit(_) => None,
             };
             match next.and_then(|n| u16::try_from(n).ok()) {
@@ -1374,6 +1407,9 @@ impl Runtime {
         self.journeys.len()
     }
 }
+
+/// The trait holding the tags workflows add (a list of names).
+pub const TAGS_TRAIT: &str = "tags";
 
 /// Where a message on `channel` goes, from the profile.
 fn address(channel: &str, person: &Person) -> Option<String> {

@@ -377,6 +377,58 @@ fn a_branch_on_behaviour_reads_the_segment_that_keeps_it() {
 }
 
 #[test]
+fn tags_are_added_and_removed_through_the_tags_trait() {
+    let mut rt = runtime_with(json!({
+        "trigger": {"event": {"name": "Order Completed"}},
+        "reentry": "always",
+        "steps": [
+            {"id": "vip", "add_tag": "vip"},
+            {"id": "fresh", "remove_tag": "new-buyer"},
+            {"id": "check", "branch": {"if": {"tag": "loyal"}, "else": "end"}},
+            {"id": "thanks", "send": {"channel": "email", "template": {"subject": "Thanks", "body": "."}}},
+            {"id": "end", "exit": {}}
+        ]
+    }));
+    let mut dir = Directory::default();
+    dir.put(
+        tenant(),
+        person(
+            &["u:ann"],
+            json!({"email": "a@x.io", "tags": ["new-buyer", "loyal"]}),
+        ),
+    );
+    dir.put(
+        tenant(),
+        person(&["u:bob"], json!({"email": "b@x.io", "tags": ["vip"]})),
+    );
+    let set = |c: &Changes| -> Vec<Value> {
+        c.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::SetTrait { name, value, .. } if name == "tags" => Some(value.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let e = track(Some("ann"), None, "Order Completed", json!({}), "m1", 0);
+    let c = rt.on_event(tenant(), &e, &dir, t(0));
+    assert_eq!(
+        set(&c),
+        [
+            json!(["new-buyer", "loyal", "vip"]),
+            json!(["loyal", "vip"])
+        ]
+    );
+    // A tag the workflow added counts in a `tag` branch like a smart tag.
+    assert_eq!(sends(&c).len(), 1);
+    // Bob has `vip` already and never had `new-buyer`: nothing to write, no `loyal` tag.
+    let e = track(Some("bob"), None, "Order Completed", json!({}), "m2", 0);
+    let c = rt.on_event(tenant(), &e, &dir, t(0));
+    assert!(set(&c).is_empty());
+    assert!(sends(&c).is_empty());
+}
+
+#[test]
 fn branches_splits_and_the_holdout_group() {
     let mut rt = runtime_with(json!({
         "trigger": {"event": {"name": "Signed Up"}},

@@ -145,6 +145,11 @@ pub enum Action {
     Send(Send),
     /// Sets a trait on the person's profile.
     UpdateTrait(SetTrait),
+    /// Adds a tag to the person: kept in their `tags` trait (a list), which branches'
+    /// `tag` conditions read beside the smart tags, and segments as a trait.
+    AddTag(String),
+    /// Removes a tag a workflow added.
+    RemoveTag(String),
     /// Calls a webhook (signed; through the outbox, like a message).
     Webhook(Webhook),
     /// Ends the journey.
@@ -528,7 +533,7 @@ impl Workflow {
 
 /// Names a step's unknown or missing action clearly (a flattened enum cannot).
 fn check_step_keys(path: &str, step: &Value) -> Result<(), DefinitionError> {
-    const ACTIONS: [&str; 10] = [
+    const ACTIONS: [&str; 12] = [
         "delay",
         "delay_until",
         "delay_until_trait",
@@ -537,6 +542,8 @@ fn check_step_keys(path: &str, step: &Value) -> Result<(), DefinitionError> {
         "split",
         "send",
         "update_trait",
+        "add_tag",
+        "remove_tag",
         "webhook",
         "exit",
     ];
@@ -674,6 +681,8 @@ impl Step {
             Action::UpdateTrait(t) => {
                 check_name(&format!("{p}.update_trait.name"), "a trait name", &t.name)?
             }
+            Action::AddTag(t) => check_name(&format!("{p}.add_tag"), "a tag name", t)?,
+            Action::RemoveTag(t) => check_name(&format!("{p}.remove_tag"), "a tag name", t)?,
             Action::Webhook(w) => {
                 let ok = w.url.starts_with("https://") || w.url.starts_with("http://");
                 if !ok || w.url.len() > 2000 {

@@ -132,7 +132,10 @@ pub(crate) mod as_json {
 /// often and read once).
 pub fn encode(body: &BodyRef<'_>) -> Result<Vec<u8>, SnapshotError> {
     let bad = |e: String| SnapshotError::Encode(body.tenant, e);
-    let z = zstd::Encoder::new(Vec::new(), 1).map_err(|e| bad(e.to_string()))?;
+    let mut z = zstd::Encoder::new(Vec::new(), 1).map_err(|e| bad(e.to_string()))?;
+    // Compressed on a worker thread while this one serializes: the state is held still
+    // (the follower waits) for the serialization alone, not for both one after the other.
+    z.multithread(1).map_err(|e| bad(e.to_string()))?;
     // MessagePack writes a few bytes at a time: buffered, zstd sees large blocks.
     let mut w = std::io::BufWriter::with_capacity(1 << 16, z);
     rmp_serde::encode::write(&mut w, body).map_err(|e| bad(e.to_string()))?;

@@ -220,20 +220,14 @@ impl Sender {
                 Gate::Done(row) => done.push(row),
             }
         }
-        let mut ready = ready.into_iter();
-        loop {
-            let chunk: Vec<_> = ready.by_ref().take(self.concurrency).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let results = futures::future::join_all(
-                chunk
-                    .into_iter()
-                    .map(|(row, m, to)| self.deliver(row, m, to, now)),
-            )
+        // `concurrency` sends in flight at all times (a slow one holds up no other).
+        use futures::StreamExt;
+        let sent: Vec<OutboxRow> = futures::stream::iter(ready)
+            .map(|(row, m, to)| self.deliver(row, m, to, now))
+            .buffer_unordered(self.concurrency)
+            .collect()
             .await;
-            done.extend(results);
-        }
+        done.extend(sent);
         self.store.update_messages(&done).await?;
         Ok(n)
     }

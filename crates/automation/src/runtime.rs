@@ -1394,6 +1394,31 @@ impl Runtime {
         changes
     }
 
+    /// Forgets a person (erasure): their active journeys stop without a trace here (no
+    /// timer, no re-entry record, no conversion watch). Returns how many were active.
+    pub fn forget(&mut self, tenant: TenantId, keys: &[String]) -> usize {
+        let ids = self.ids_of(tenant, keys);
+        for id in &ids {
+            let Some(slot) = self.journeys.slot(id) else {
+                continue;
+            };
+            if let Some(j) = self.journeys.remove(id) {
+                for k in j.all_keys() {
+                    self.by_person.remove(j.tenant, k, slot);
+                }
+                if let Some(w) = j.wake_at {
+                    self.timers.remove(&(w, *id));
+                }
+            }
+        }
+        for id in self.converting.of(tenant, keys) {
+            self.converting.remove(id);
+        }
+        self.ended
+            .retain(|(t, _, person), _| *t != tenant || !keys.iter().any(|k| **k == **person));
+        ids.len()
+    }
+
     /// The active journeys of a person (by any of their keys).
     pub fn journeys_of(&self, tenant: TenantId, keys: &[String]) -> Vec<&Journey> {
         self.ids_of(tenant, keys)

@@ -469,7 +469,19 @@ impl AutomationService {
         Ok(next)
     }
 
-    /// Runs `workflow` over the tenant's events between `from` and `to` as the log holds
+    /// Forgets persons (erasure) by their keys: their running journeys stop, and the store
+    /// keeps no journey or message that names them or says what was sent to them (pending
+    /// messages are cancelled). Returns (journeys, messages) changed in the store.
+    pub async fn erase(
+        &self,
+        tenant: TenantId,
+        keys: &[String],
+    ) -> Result<(u64, u64), AutomationError> {
+        lock(&self.runtime).forget(tenant, keys);
+        Ok(self.store.erase_automation(tenant, keys).await?)
+    }
+
+    /// Runs `workflow` over the tenant's events between `from` and `to` as the log holds    /// Runs `workflow` over the tenant's events between `from` and `to` as the log holds
     /// them now, and reports what it would have sent ([`crate::backtest`]); sends nothing,
     /// stores nothing. Keeps the first `limit` messages of the report.
     pub async fn backtest(

@@ -205,7 +205,8 @@ pub async fn export(
 
 /// `DELETE /api/v1/people/{id}`: erases a person. Their subject keys are destroyed, so the
 /// personal fields of their events (in the log and in Parquet segments) can never be read
-/// again; their consent records are deleted.
+/// again; their consent records are deleted; their journeys stop and their messages lose
+/// content and address (pending ones are cancelled).
 pub async fn erase(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -225,6 +226,15 @@ pub async fn erase(
         None => 0,
     };
     let consents = state.store.delete_consents(p.tenant, &ids).await?;
+    // Journeys stop; messages keep neither content nor address, and pending ones are
+    // cancelled: nothing is sent to an erased person.
+    let (journeys, messages) = match &state.automation {
+        Some(a) => a
+            .erase(p.tenant, &ids)
+            .await
+            .map_err(|e| ApiError::internal(&e))?,
+        None => (0, 0),
+    };
     // Profiles hold decrypted traits in memory (and in their snapshots): rebuilt from the
     // log, which no longer reveals the erased fields, or forgotten in place once the log
     // no longer holds all of the tenant's events.
@@ -234,15 +244,16 @@ pub async fn erase(
             .map_err(|e| ApiError::internal(&e))?;
     }
     let mut e = entry(&p, "person.erase", Some(id.clone()));
-    e.after = Some(
-        json!({"identities": ids.len(), "keys_destroyed": keys, "consents_deleted": consents}),
-    );
+    e.after = Some(json!({"identities": ids.len(), "keys_destroyed": keys,
+        "consents_deleted": consents, "journeys_erased": journeys, "messages_erased": messages}));
     state.audit(e).await?;
     let mut answer = json!({
         "erased": id,
         "identities": ids,
         "keys_destroyed": keys,
         "consents_deleted": consents,
+        "journeys_erased": journeys,
+        "messages_erased": messages,
     });
     if state.protection.is_none() {
         answer["warning"] = json!(

@@ -311,6 +311,15 @@ pub trait AutomationStore: Send + Sync + 'static {
         channel: &str,
         addresses: &[String],
     ) -> Result<Vec<(String, DateTime<Utc>)>, Error>;
+    /// Forgets persons (erasure): their journeys end and keep nothing that identifies them,
+    /// their messages keep neither content nor address (pending ones are cancelled), and
+    /// the links they clicked are dropped. Counts stay, under the person `erased`.
+    /// Returns the journeys and messages changed.
+    async fn erase_automation(
+        &self,
+        tenant: TenantId,
+        persons: &[String],
+    ) -> Result<(u64, u64), Error>;
     /// How many marketing messages went to `person` on `channel` (any channel when empty)
     /// since `since` (frequency caps).
     async fn sent_since(

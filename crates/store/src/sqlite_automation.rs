@@ -684,6 +684,57 @@ impl AutomationStore for SqliteStore {
         Ok(out)
     }
 
+    async fn erase_automation(
+        &self,
+        tenant: TenantId,
+        persons: &[String],
+    ) -> Result<(u64, u64), Error> {
+        let t = tenant.to_string();
+        let (mut journeys, mut messages) = (0, 0);
+        let mut tx = self.begin_write().await?;
+        for chunk in persons.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "UPDATE message_engagement SET detail = NULL WHERE tenant_id = ?
+                 AND key IN (SELECT key FROM outbox WHERE tenant_id = ? AND person IN ({marks}))"
+            );
+            let mut q = sqlx::query(&sql).bind(&t).bind(&t);
+            for p in chunk {
+                q = q.bind(p);
+            }
+            q.execute(&mut *tx).await?;
+            let sql = format!(
+                "UPDATE outbox SET person = 'erased',
+                    status = CASE status WHEN 'pending' THEN 'blocked' ELSE status END,
+                    reason = CASE status WHEN 'pending' THEN 'the person was erased' ELSE reason END,
+                    message = json_set(message, '$.person', 'erased', '$.to', NULL,
+                        '$.content', json('{{}}'), '$.time_zone', NULL)
+                 WHERE tenant_id = ? AND person IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql).bind(&t);
+            for p in chunk {
+                q = q.bind(p);
+            }
+            messages += q.execute(&mut *tx).await?.rows_affected();
+            let sql = format!(
+                "UPDATE journeys SET person = 'erased', active = 0,
+                    state = json_set(json_remove(state, '$.keys'), '$.person', 'erased',
+                        '$.properties', json('{{}}'), '$.step', NULL, '$.wake_at', NULL,
+                        '$.ended_at', COALESCE(json_extract(state, '$.ended_at'),
+                            json_extract(state, '$.entered_at')),
+                        '$.outcome', COALESCE(json_extract(state, '$.outcome'), 'completed'))
+                 WHERE tenant_id = ? AND person IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql).bind(&t);
+            for p in chunk {
+                q = q.bind(p);
+            }
+            journeys += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok((journeys, messages))
+    }
+
     async fn sent_counts(
         &self,
         tenant: TenantId,

@@ -1103,3 +1103,92 @@ async fn a_branch_on_behaviour_is_kept_as_a_segment() {
     assert_eq!(status, 404);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn erasing_a_person_stops_their_journeys_and_scrubs_their_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut app = spawn_app(dir.path()).await;
+    app.secret_key = app
+        .store
+        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
+        .await
+        .expect("key")
+        .secret;
+    let (hook_url, received) = receiver().await;
+    call(
+        &app,
+        "PUT",
+        "/api/v1/channels/webhook",
+        Some(json!({"provider": "webhook", "settings": {"secret": SECRET}})),
+    )
+    .await;
+    let definition = json!({
+        "trigger": {"event": {"name": "Signed Up"}},
+        "steps": [
+            {"id": "now", "webhook": {"url": hook_url, "body": "{\"hi\": \"{{ traits.first_name }}\"}"}},
+            {"id": "later", "delay": {"days": 1}},
+            {"id": "again", "webhook": {"url": hook_url}}
+        ]
+    });
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/workflows",
+        Some(json!({"id": "drip", "name": "Drip", "definition": definition})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    call(&app, "POST", "/api/v1/workflows/drip/enable", None).await;
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"first_name": "Ann", "email": "ann@example.com"}},
+        {"type": "track", "userId": "ann", "event": "Signed Up"}
+    ]});
+    let (status, body) = app.post("/v1/batch", batch.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(&app, "/api/v1/messages?status=sent", |v| {
+        v["messages"].as_array().is_some_and(|m| m.len() == 1)
+    })
+    .await;
+    assert_eq!(received.lock().expect("lock").len(), 1);
+    let waiting = |app: &TestApp| {
+        let url = format!("{}/readyz", app.url);
+        let http = app.http.clone();
+        async move {
+            let v: Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("readyz")
+                .json()
+                .await
+                .expect("json");
+            v["waiting_journeys"].as_u64()
+        }
+    };
+    assert_eq!(waiting(&app).await, Some(1));
+
+    let (status, v) = call(&app, "DELETE", "/api/v1/people/ann", None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["journeys_erased"].as_u64(), v["messages_erased"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    // The waiting journey is gone: no timer, nothing left under her id.
+    assert_eq!(waiting(&app).await, Some(0));
+    let (_, v) = call(&app, "GET", "/api/v1/people/ann/journeys", None).await;
+    assert_eq!(v["journeys"], json!([]), "{v}");
+    let (_, v) = call(&app, "GET", "/api/v1/messages", None).await;
+    let m = &v["messages"][0];
+    assert_eq!(
+        (m["person"].as_str(), &m["to"], &m["content"]),
+        (Some("erased"), &Value::Null, &json!({})),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("Ann"), "{v}");
+    // The workflow's counts stay.
+    let (_, m) = call(&app, "GET", "/api/v1/workflows/drip/metrics", None).await;
+    assert_eq!(m["journeys"]["entered"], 1, "{m}");
+    assert_eq!(m["steps"]["now"]["sent"], 1, "{m}");
+    app.stop().await;
+}

@@ -201,7 +201,11 @@ impl Sender {
         for mut row in due {
             row.updated_at = now;
             match serde_json::from_str::<Message>(&row.message) {
-                Ok(m) => parsed.push((row, m)),
+                Ok(m) => {
+                    // Hashed once: the policy's facts and its check both use it.
+                    let address = self.address_subject(&m);
+                    parsed.push((row, m, address));
+                }
                 Err(e) => done.push(dead(row, format!("unreadable message: {e}"))),
             }
         }
@@ -214,8 +218,8 @@ impl Sender {
         };
         let mut ready = Vec::new();
         let mut allowed: HashMap<(TenantId, String, String), u32> = HashMap::new();
-        for (row, m) in parsed {
-            match self.gate(row, m, now, facts.as_ref(), &mut allowed) {
+        for (row, m, address) in parsed {
+            match self.gate(row, m, address, now, facts.as_ref(), &mut allowed) {
                 Gate::Send(row, m, to) => ready.push((row, *m, to)),
                 Gate::Done(row) => done.push(row),
             }
@@ -236,22 +240,21 @@ impl Sender {
     /// marketing messages they got within the cap window (one query of each per tenant).
     async fn facts(
         &self,
-        batch: &[(OutboxRow, Message)],
+        batch: &[(OutboxRow, Message, Option<String>)],
         now: DateTime<Utc>,
     ) -> Result<Facts, livora_store::Error> {
         let mut persons: HashMap<TenantId, Vec<String>> = HashMap::new();
         let mut whatsapp: HashMap<TenantId, Vec<String>> = HashMap::new();
-        for (row, m) in batch {
-            let address = self.address_subject(m);
+        for (row, m, address) in batch {
             if m.channel == "whatsapp"
-                && let Some(a) = &address
+                && let Some(a) = address
             {
                 whatsapp.entry(m.tenant).or_default().push(a.clone());
             }
             if first_attempt(row) && m.channel != "webhook" {
                 let list = persons.entry(m.tenant).or_default();
                 list.push(m.person.clone());
-                list.extend(address);
+                list.extend(address.clone());
             }
         }
         let mut facts = Facts::default();
@@ -287,6 +290,7 @@ impl Sender {
         &self,
         mut row: OutboxRow,
         mut m: Message,
+        address: Option<String>,
         now: DateTime<Utc>,
         facts: Option<&Facts>,
         allowed: &mut HashMap<(TenantId, String, String), u32>,
@@ -299,7 +303,6 @@ impl Sender {
             let why = format!("no {} address", m.channel);
             return Gate::Done(dead(row, why));
         };
-        let address = self.address_subject(&m);
         if m.channel == "whatsapp"
             && let (Some(facts), Some(a)) = (facts, &address)
         {

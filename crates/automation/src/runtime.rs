@@ -278,6 +278,26 @@ fn filters_match(
         .all(|f| compare::matches(props.get(&f.property), f.op, &f.value, now))
 }
 
+/// Whether an event is the awaited one: its name, its property filters, and the same values
+/// as the triggering event for `same` (goals, waits and conversions alike).
+fn awaited(
+    (name, filters, same): (&str, &[livora_model::segment::PropertyFilter], &[String]),
+    occ: &Occurrence,
+    trigger: &str,
+    now: i64,
+) -> bool {
+    name == occ.name
+        && filters_match(filters, &occ.properties, now)
+        && same_as_trigger(same, &occ.properties, trigger)
+}
+
+/// A goal as [`awaited`] reads it.
+fn goal_parts(
+    g: &livora_model::workflow::Goal,
+) -> (&str, &[livora_model::segment::PropertyFilter], &[String]) {
+    (&g.event, &g.filters, &g.same)
+}
+
 /// Whether `props` has the same value as the triggering event's for every name in `same`.
 fn same_as_trigger(same: &[String], props: &Map<String, Value>, trigger: &str) -> bool {
     if same.is_empty() {
@@ -788,11 +808,10 @@ impl Runtime {
             let Some(def) = self.definition(tenant, &j.workflow, j.version) else {
                 continue;
             };
-            let hit = def.goal.as_ref().is_some_and(|goal| {
-                goal.event == occ.name
-                    && filters_match(&goal.filters, &occ.properties, secs)
-                    && same_as_trigger(&goal.same, &occ.properties, &j.properties)
-            });
+            let hit = def
+                .goal
+                .as_ref()
+                .is_some_and(|g| awaited(goal_parts(g), occ, &j.properties, secs));
             if hit && let Some(mut j) = self.converting.remove(id) {
                 j.outcome = Some(Outcome::Converted);
                 changes.touch(&j);
@@ -845,9 +864,7 @@ impl Runtime {
                 continue;
             };
             if let Some(goal) = &def.goal
-                && goal.event == occ.name
-                && filters_match(&goal.filters, &occ.properties, secs)
-                && same_as_trigger(&goal.same, &occ.properties, &properties)
+                && awaited(goal_parts(goal), occ, &properties, secs)
             {
                 self.end(id, Outcome::Goal, now, changes);
                 continue;
@@ -856,9 +873,7 @@ impl Runtime {
                 continue;
             };
             if let Action::WaitFor(w) = &def.steps[i].action
-                && w.event == occ.name
-                && filters_match(&w.filters, &occ.properties, secs)
-                && same_as_trigger(&w.same, &occ.properties, &properties)
+                && awaited((&w.event, &w.filters, &w.same), occ, &properties, secs)
             {
                 let next = w.on_event.as_deref().and_then(|t| def.position(t));
                 self.move_to(id, next, Outcome::Event, person, &def, now, changes);
@@ -1059,19 +1074,23 @@ impl Runtime {
         }
     }
 
-    fn end(&mut self, id: JourneyId, outcome: Outcome, now: DateTime<Utc>, changes: &mut Changes) {
-        let Some(slot) = self.journeys.slot(&id) else {
-            return;
-        };
-        let Some(mut j) = self.journeys.remove(&id) else {
-            return;
-        };
+    /// Takes an active journey out: from the journeys, the person index and the timers.
+    fn detach(&mut self, id: JourneyId) -> Option<Journey> {
+        let slot = self.journeys.slot(&id)?;
+        let mut j = self.journeys.remove(&id)?;
         for k in j.all_keys() {
             self.by_person.remove(j.tenant, k, slot);
         }
         if let Some(w) = j.wake_at.take() {
             self.timers.remove(&(w, id));
         }
+        Some(j)
+    }
+
+    fn end(&mut self, id: JourneyId, outcome: Outcome, now: DateTime<Utc>, changes: &mut Changes) {
+        let Some(mut j) = self.detach(id) else {
+            return;
+        };
         j.step = None;
         j.ended_at = Some(now);
         j.outcome = Some(outcome);
@@ -1399,17 +1418,7 @@ impl Runtime {
     pub fn forget(&mut self, tenant: TenantId, keys: &[String]) -> usize {
         let ids = self.ids_of(tenant, keys);
         for id in &ids {
-            let Some(slot) = self.journeys.slot(id) else {
-                continue;
-            };
-            if let Some(j) = self.journeys.remove(id) {
-                for k in j.all_keys() {
-                    self.by_person.remove(j.tenant, k, slot);
-                }
-                if let Some(w) = j.wake_at {
-                    self.timers.remove(&(w, *id));
-                }
-            }
+            self.detach(*id);
         }
         for id in self.converting.of(tenant, keys) {
             self.converting.remove(id);

@@ -90,18 +90,8 @@ async fn append(
             return;
         }
     };
-    let sink = crate::workflows::LogSink {
-        log: state.log.clone(),
-        protection: state
-            .protection
-            .as_ref()
-            .map(|p| crate::privacy::Protection {
-                keyring: p.keyring.clone(),
-                fields: p.fields.clone(),
-            }),
-    };
     use livora_automation::service::EventSink;
-    if let Err(e) = sink.append(tenant, vec![event]).await {
+    if let Err(e) = state.sink.append(tenant, vec![event]).await {
         // The engagement itself is recorded on the message; the event is a copy.
         tracing::warn!(error = %e, "engagement event not appended");
     }

@@ -249,6 +249,8 @@ pub struct AppState {
     pub channels: Option<Arc<livora_channels::config::Directory>>,
     /// Signs and checks tracking and unsubscribe links; hashes addresses.
     pub tracker: Arc<livora_automation::tracking::Tracker>,
+    /// Appends the events the node writes itself (workflows' traits, engagement).
+    pub sink: Arc<workflows::LogSink>,
     /// Where this node is reached from outside (`[automation] public_url`): tracking links
     /// point there, and providers' callbacks are signed for it.
     pub public_url: Option<String>,
@@ -298,22 +300,18 @@ impl AppState {
             &security.jwt_secret,
             public_url.clone(),
         ));
+        // Events the node writes itself (workflows' traits, engagement), protected as
+        // ingestion protects them.
+        let sink = Arc::new(workflows::LogSink::new(log.clone(), protection.as_ref()));
         let (automation, sender, channels) = match &profiles {
             Some(people) if automation.enabled => {
                 let policy = automation.policy().map_err(StateError::Automation)?;
-                let sink = Arc::new(workflows::LogSink {
-                    log: log.clone(),
-                    protection: protection.as_ref().map(|p| privacy::Protection {
-                        keyring: p.keyring.clone(),
-                        fields: p.fields.clone(),
-                    }),
-                });
                 let svc = livora_automation::service::AutomationService::new(
                     store.clone(),
                     keyring.clone(),
                     Arc::new(livora_profiles::service::SystemClock),
                     people.clone(),
-                    sink,
+                    sink.clone(),
                 );
                 let channels =
                     livora_channels::config::Directory::new(store.clone(), keyring.clone());
@@ -339,6 +337,7 @@ impl AppState {
             sender,
             channels,
             tracker,
+            sink,
             public_url,
             jwt: access::Jwt::new(&security.jwt_secret)?,
             auth: security.auth,

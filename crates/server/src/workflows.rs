@@ -514,9 +514,24 @@ pub async fn messages(
 
 /// Appends events written by workflows (traits they set) to the log, with personal fields
 /// encrypted as ingestion does.
-pub(crate) struct LogSink {
-    pub log: livora_log::EventLog,
-    pub protection: Option<crate::privacy::Protection>,
+pub struct LogSink {
+    log: livora_log::EventLog,
+    protection: Option<crate::privacy::Protection>,
+}
+
+impl LogSink {
+    pub(crate) fn new(
+        log: livora_log::EventLog,
+        protection: Option<&crate::privacy::Protection>,
+    ) -> Self {
+        Self {
+            log,
+            protection: protection.map(|p| crate::privacy::Protection {
+                keyring: p.keyring.clone(),
+                fields: p.fields.clone(),
+            }),
+        }
+    }
 }
 
 #[async_trait::async_trait]

@@ -419,35 +419,35 @@ impl AutomationStore for SqliteStore {
              FROM journeys WHERE tenant_id = ? AND workflow_id = ? AND active = 1 GROUP BY 1, 2",
         )
         .await?;
-        for r in sqlx::query(
-            "SELECT json_extract(message, '$.step') AS step, status, COUNT(*) AS n
+        // (step id, label, messages): by outbox status, and by engagement kind.
+        let per_step = |sql: &'static str| {
+            let t = t.clone();
+            async move {
+                let mut v = Vec::new();
+                for r in sqlx::query(sql)
+                    .bind(&t)
+                    .bind(workflow)
+                    .fetch_all(&self.pool)
+                    .await?
+                {
+                    let (step, label, n): (Option<String>, String, i64) =
+                        (r.try_get("step")?, r.try_get("label")?, r.try_get("n")?);
+                    v.push((step.unwrap_or_default(), label, n as u64));
+                }
+                Ok::<_, Error>(v)
+            }
+        };
+        out.messages = per_step(
+            "SELECT json_extract(message, '$.step') AS step, status AS label, COUNT(*) AS n
              FROM outbox WHERE tenant_id = ? AND workflow_id = ? GROUP BY 1, 2",
         )
-        .bind(&t)
-        .bind(workflow)
-        .fetch_all(&self.pool)
-        .await?
-        {
-            let n: i64 = r.try_get("n")?;
-            let step: Option<String> = r.try_get("step")?;
-            out.messages
-                .push((step.unwrap_or_default(), r.try_get("status")?, n as u64));
-        }
-        for r in sqlx::query(
-            "SELECT json_extract(o.message, '$.step') AS step, e.kind AS kind, COUNT(*) AS n
+        .await?;
+        out.engagement = per_step(
+            "SELECT json_extract(o.message, '$.step') AS step, e.kind AS label, COUNT(*) AS n
              FROM message_engagement e JOIN outbox o ON o.key = e.key
              WHERE o.tenant_id = ? AND o.workflow_id = ? GROUP BY 1, 2",
         )
-        .bind(&t)
-        .bind(workflow)
-        .fetch_all(&self.pool)
-        .await?
-        {
-            let n: i64 = r.try_get("n")?;
-            let step: Option<String> = r.try_get("step")?;
-            out.engagement
-                .push((step.unwrap_or_default(), r.try_get("kind")?, n as u64));
-        }
+        .await?;
         Ok(out)
     }
 

@@ -73,16 +73,45 @@ async fn receiver() -> (String, Received) {
 
 const SECRET: &str = "whsec_0123456789abcdef";
 
-#[tokio::test]
-async fn workflows_over_http() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut app = spawn_app(dir.path()).await;
+/// The app with a secret key that may read and administer (the tests' caller).
+async fn admin_app(dir: &std::path::Path) -> TestApp {
+    let mut app = spawn_app(dir).await;
     app.secret_key = app
         .store
         .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
         .await
         .expect("key")
         .secret;
+    app
+}
+
+/// The tenant's webhook channel, and a local receiver for its calls.
+async fn webhook_channel(app: &TestApp) -> (String, Received) {
+    let (url, received) = receiver().await;
+    let (status, v) = call(
+        app,
+        "PUT",
+        "/api/v1/channels/webhook",
+        Some(json!({"provider": "webhook", "settings": {"secret": SECRET}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    (url, received)
+}
+
+/// Waits until the receiver has had `n` calls.
+async fn hooks_arrive(received: &Received, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.lock().expect("lock").len() < n {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn workflows_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = admin_app(dir.path()).await;
     let (hook_url, received) = receiver().await;
 
     // Channels: checked, stored, never echoed.
@@ -188,11 +217,7 @@ async fn workflows_over_http() {
     assert_eq!(status, 200, "{body}");
 
     // The webhook arrives once, signed, with the idempotency key.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while received.lock().expect("lock").is_empty() {
-        assert!(Instant::now() < deadline, "the webhook never came");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hooks_arrive(&received, 1, "the webhook never came").await;
     let sent = eventually(&app, "/api/v1/messages?status=sent", |v| {
         v["messages"].as_array().is_some_and(|m| !m.is_empty())
     })
@@ -304,14 +329,7 @@ async fn workflows_over_http() {
     )
     .await;
     assert_eq!(status, 404, "the same key again");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while received.lock().expect("lock").len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the API-started webhook never came"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hooks_arrive(&received, 2, "the API-started webhook never came").await;
     let body: Value = serde_json::from_str(&received.lock().expect("lock")[1].1).expect("json");
     assert_eq!(body["event"]["properties"]["order"], "A-1", "{body}");
 
@@ -503,13 +521,7 @@ async fn whatsapp_callback(app: &TestApp, body: &Value, secret: &str) -> (u16, V
 #[tokio::test]
 async fn opens_clicks_unsubscribes_receipts_and_replies() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut app = spawn_app(dir.path()).await;
-    app.secret_key = app
-        .store
-        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
-        .await
-        .expect("key")
-        .secret;
+    let app = admin_app(dir.path()).await;
     let (smtp_port, mails) = smtp_sink().await;
     let (api, calls) = providers().await;
     let hooks = format!("{}/hooks/twilio/{}", app.url, app.tenant_id.0);
@@ -804,13 +816,7 @@ async fn opens_clicks_unsubscribes_receipts_and_replies() {
 #[tokio::test]
 async fn backtests_previews_and_test_sends() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut app = spawn_app(dir.path()).await;
-    app.secret_key = app
-        .store
-        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
-        .await
-        .expect("key")
-        .secret;
+    let app = admin_app(dir.path()).await;
     // January's history: Ann leaves her cart, Bob orders within the hour.
     let batch = json!({"batch": [
         {"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com", "first_name": "Ann"},
@@ -961,14 +967,7 @@ async fn backtests_previews_and_test_sends() {
     }
 
     // A test send through the configured provider, once; a provider that fails says so.
-    let (hook_url, received) = receiver().await;
-    call(
-        &app,
-        "PUT",
-        "/api/v1/channels/webhook",
-        Some(json!({"provider": "webhook", "settings": {"secret": SECRET}})),
-    )
-    .await;
+    let (hook_url, received) = webhook_channel(&app).await;
     let (status, v) = call(
         &app,
         "POST",
@@ -1013,21 +1012,8 @@ async fn backtests_previews_and_test_sends() {
 #[tokio::test]
 async fn a_branch_on_behaviour_is_kept_as_a_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut app = spawn_app(dir.path()).await;
-    app.secret_key = app
-        .store
-        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
-        .await
-        .expect("key")
-        .secret;
-    let (hook_url, received) = receiver().await;
-    call(
-        &app,
-        "PUT",
-        "/api/v1/channels/webhook",
-        Some(json!({"provider": "webhook", "settings": {"secret": SECRET}})),
-    )
-    .await;
+    let app = admin_app(dir.path()).await;
+    let (hook_url, received) = webhook_channel(&app).await;
     let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
     let batch = json!({"batch": [
         {"type": "identify", "userId": "ann", "traits": {"plan": "pro"}},
@@ -1076,11 +1062,7 @@ async fn a_branch_on_behaviour_is_kept_as_a_segment() {
     ]});
     let (status, body) = app.post("/v1/batch", batch.to_string()).await;
     assert_eq!(status, 200, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while received.lock().expect("lock").len() < 2 {
-        assert!(Instant::now() < deadline, "the webhooks never came");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hooks_arrive(&received, 2, "the webhooks never came").await;
     let mut got: Vec<Value> = received
         .lock()
         .expect("lock")
@@ -1107,21 +1089,8 @@ async fn a_branch_on_behaviour_is_kept_as_a_segment() {
 #[tokio::test]
 async fn erasing_a_person_stops_their_journeys_and_scrubs_their_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut app = spawn_app(dir.path()).await;
-    app.secret_key = app
-        .store
-        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
-        .await
-        .expect("key")
-        .secret;
-    let (hook_url, received) = receiver().await;
-    call(
-        &app,
-        "PUT",
-        "/api/v1/channels/webhook",
-        Some(json!({"provider": "webhook", "settings": {"secret": SECRET}})),
-    )
-    .await;
+    let app = admin_app(dir.path()).await;
+    let (hook_url, received) = webhook_channel(&app).await;
     let definition = json!({
         "trigger": {"event": {"name": "Signed Up"}},
         "steps": [

@@ -45,6 +45,10 @@ pub struct ProfilesBench {
     /// events).
     #[arg(long, default_value_t = 100_000)]
     background: u64,
+    /// Seconds between the profiles' snapshot rounds in the lag phase (0: none), so that
+    /// the lag includes them (a node's default is 300 s).
+    #[arg(long, default_value_t = 5)]
+    snapshot_secs: u64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -240,8 +244,16 @@ struct EngineRun {
     heap_bytes_per_profile: f64,
     rss_bytes_per_profile: f64,
     members: Vec<(String, usize)>,
-    /// Encoding and compressing the engine (what a snapshot round does under the lock).
+    /// Taking the frozen copy of the engine: the pause of a snapshot round (the follower
+    /// waits for this alone).
+    freeze_secs: f64,
+    /// Encoding and compressing the frozen copy (on another thread, while the engine goes
+    /// on).
     snapshot_secs: f64,
+    /// Profile updates per second on existing profiles, without a snapshot being written
+    /// and while one is (the engine then copies each profile it changes first).
+    updates_idle_per_sec: f64,
+    updates_during_snapshot_per_sec: f64,
     snapshot_bytes: usize,
     /// Decoding it back (what a restart does).
     restore_secs: f64,
@@ -275,19 +287,42 @@ fn engine_run(n: usize) -> EngineRun {
         applied += events.len();
     }
     let t = Instant::now();
-    let members = engine.recompute(now);
+    std::hint::black_box(engine.recompute(now));
     let recompute_secs = t.elapsed().as_secs_f64();
     let rss_after = crate::bench::rss_mb(std::process::id(), "VmRSS:");
+    // Existing profiles get their events again: once with no snapshot being written, once
+    // while one is.
+    let again = |engine: &mut Engine, from: usize| {
+        let events: Vec<Event> = (from..(from + n / 5).min(n))
+            .flat_map(|i| profile_events(i, now_secs))
+            .collect();
+        let t = Instant::now();
+        for e in &events {
+            engine.apply(e, now);
+        }
+        events.len() as f64 / t.elapsed().as_secs_f64().max(1e-9)
+    };
+    let updates_idle_per_sec = again(&mut engine, 0);
+    // What the snapshot must give back (the pass above changed some memberships).
+    let members = engine.recompute(now);
     let t = Instant::now();
-    let packed = livora_profiles::snapshot::encode(&livora_profiles::snapshot::BodyRef {
-        tenant: livora_model::TenantId::generate(),
-        applied: 0,
-        history_from: 0,
-        engine: &engine,
-        announced: &Default::default(),
-    })
-    .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    let snapshot_secs = t.elapsed().as_secs_f64();
+    let frozen = livora_profiles::snapshot::Frozen::new(
+        livora_model::TenantId::generate(),
+        0,
+        0,
+        &engine,
+        &Default::default(),
+    );
+    let freeze_secs = t.elapsed().as_secs_f64();
+    let writer = std::thread::spawn(move || {
+        let t = Instant::now();
+        let packed = frozen.encode().unwrap_or_else(|e| panic!("snapshot: {e}"));
+        (packed, t.elapsed().as_secs_f64())
+    });
+    let updates_during_snapshot_per_sec = again(&mut engine, n / 2);
+    let (packed, snapshot_secs) = writer
+        .join()
+        .unwrap_or_else(|_| panic!("the snapshot writer panicked"));
     let t = Instant::now();
     let back = livora_profiles::snapshot::decode(std::path::Path::new("bench"), &packed)
         .unwrap_or_else(|e| panic!("snapshot: {e}"));
@@ -315,7 +350,10 @@ fn engine_run(n: usize) -> EngineRun {
         heap_bytes_per_profile: engine.heap_bytes() as f64 / people,
         rss_bytes_per_profile: (rss_after - rss_before).max(0.0) * 1_048_576.0 / people,
         members: names,
+        freeze_secs,
         snapshot_secs,
+        updates_idle_per_sec,
+        updates_during_snapshot_per_sec,
         snapshot_bytes: packed.len(),
         restore_secs,
         recompute_restored_secs,
@@ -379,12 +417,16 @@ async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::
     let log_dir = dir.join("log");
     let log =
         tokio::task::spawn_blocking(move || EventLog::open(LogOptions::new(log_dir))).await??;
+    let snapshots = (b.snapshot_secs > 0).then(|| livora_profiles::snapshot::Snapshots {
+        dir: dir.join("snapshots"),
+        every: Duration::from_secs(b.snapshot_secs),
+    });
     let service = livora_profiles::service::ProfileService::new(
         store.clone(),
         None,
         Arc::new(livora_profiles::service::SystemClock),
         MergeRules::default(),
-        None,
+        snapshots,
     );
     let follower = tokio::spawn(service.clone().follow(log.clone()));
     while !service.caught_up() {
@@ -500,7 +542,7 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         let n = b.profiles;
         let r = tokio::task::spawn_blocking(move || engine_run(n)).await?;
         eprintln!(
-            "run {}: {} events, {:.0} profile updates/s, recompute {:.3} s ({:.3} s read back), {:.0} B/profile (heap estimate), {:.0} B/profile (RSS), snapshot {:.2} s ({:.0} MB), read back {:.2} s",
+            "run {}: {} events, {:.0} profile updates/s, recompute {:.3} s ({:.3} s read back), {:.0} B/profile (heap estimate), {:.0} B/profile (RSS), snapshot: pause {:.3} s, written in {:.2} s ({:.0} MB) while updates ran at {:.0}/s ({:.0}/s without), read back {:.2} s",
             i + 1,
             r.events,
             r.updates_per_sec,
@@ -508,8 +550,11 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
             r.recompute_restored_secs,
             r.heap_bytes_per_profile,
             r.rss_bytes_per_profile,
+            r.freeze_secs,
             r.snapshot_secs,
             r.snapshot_bytes as f64 / 1e6,
+            r.updates_during_snapshot_per_sec,
+            r.updates_idle_per_sec,
             r.restore_secs
         );
         runs.push(r);
@@ -530,8 +575,17 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
     let mut rss: Vec<f64> = runs.iter().map(|r| r.rss_bytes_per_profile).collect();
     let mut snap: Vec<f64> = runs.iter().map(|r| r.snapshot_secs).collect();
     let mut restore: Vec<f64> = runs.iter().map(|r| r.restore_secs).collect();
+    let mut freeze: Vec<f64> = runs.iter().map(|r| r.freeze_secs).collect();
+    let mut idle: Vec<f64> = runs.iter().map(|r| r.updates_idle_per_sec).collect();
+    let mut during: Vec<f64> = runs
+        .iter()
+        .map(|r| r.updates_during_snapshot_per_sec)
+        .collect();
     let out = json!({
+        "snapshot_pause_secs": median(&mut freeze),
         "snapshot_secs": median(&mut snap),
+        "updates_idle_per_sec": median(&mut idle),
+        "updates_during_snapshot_per_sec": median(&mut during),
         "snapshot_bytes": runs.first().map(|r| r.snapshot_bytes),
         "restore_secs": median(&mut restore),
         "profiles": b.profiles,
@@ -561,9 +615,14 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
             out["rss_bytes_per_profile"].as_f64().unwrap_or(0.0),
         );
         println!(
-            "snapshot of every profile: {:.2} s, {:.0} MB; read back {:.2} s",
+            "snapshot of every profile: pause {:.3} s, written in {:.2} s, {:.0} MB (updates {:.0}/s meanwhile, {:.0}/s without); read back {:.2} s",
+            out["snapshot_pause_secs"].as_f64().unwrap_or(0.0),
             out["snapshot_secs"].as_f64().unwrap_or(0.0),
             out["snapshot_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            out["updates_during_snapshot_per_sec"]
+                .as_f64()
+                .unwrap_or(0.0),
+            out["updates_idle_per_sec"].as_f64().unwrap_or(0.0),
             out["restore_secs"].as_f64().unwrap_or(0.0),
         );
         for l in &lags {

@@ -22,6 +22,7 @@
 //! observations, whatever their order (a property test checks both).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
@@ -254,23 +255,68 @@ pub struct Outcome {
 }
 
 /// The identity graph of one tenant.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// What grows with the persons is shared rather than copied by [`IdentityGraph::frozen`]
+/// (each person's identifiers, the merge log, the creators' keys), so that a snapshot takes
+/// it in milliseconds and writes it while the graph goes on changing; `owner`, the inverse
+/// of `members`, is not copied at all: a snapshot writes it from `members`.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct IdentityGraph {
     rules: MergeRules,
     owner: crate::Table<Identifier, PersonId>,
-    members: crate::Table<PersonId, BTreeSet<Identifier>>,
+    members: crate::Table<PersonId, Arc<BTreeSet<Identifier>>>,
     redirect: crate::Table<PersonId, PersonId>,
     next: PersonId,
     next_merge: u64,
-    log: Vec<MergeRecord>,
+    log: Vec<Arc<MergeRecord>>,
     splits: Vec<Split>,
     /// Merges undone by [`IdentityGraph::unmerge`], kept for the record.
     undone: Vec<MergeRecord>,
     /// The identifier each person id was created for.
-    creators: crate::Table<Identifier, PersonId>,
+    creators: crate::Table<Arc<Identifier>, PersonId>,
     /// During a rebuild: the ids of the merges being replayed, by (message id, via).
     #[serde(skip)]
     reuse: HashMap<(String, Identifier), u64>,
+    /// Set on a copy made by [`IdentityGraph::frozen`]: its `owner` is left empty.
+    #[serde(skip)]
+    frozen: bool,
+}
+
+/// Serialized as the derived form would (fields in order), except that `owner` is written
+/// from `members`, whose inverse it is: a [frozen](IdentityGraph::frozen) copy has none.
+impl Serialize for IdentityGraph {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("IdentityGraph", 10)?;
+        st.serialize_field("rules", &self.rules)?;
+        st.serialize_field("owner", &OwnerOf(&self.members))?;
+        st.serialize_field("members", &self.members)?;
+        st.serialize_field("redirect", &self.redirect)?;
+        st.serialize_field("next", &self.next)?;
+        st.serialize_field("next_merge", &self.next_merge)?;
+        st.serialize_field("log", &self.log)?;
+        st.serialize_field("splits", &self.splits)?;
+        st.serialize_field("undone", &self.undone)?;
+        st.serialize_field("creators", &self.creators)?;
+        st.end()
+    }
+}
+
+/// Identifier → person, from person → identifiers.
+struct OwnerOf<'a>(&'a crate::Table<PersonId, Arc<BTreeSet<Identifier>>>);
+
+impl Serialize for OwnerOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let n = self.0.values().map(|ids| ids.len()).sum();
+        let mut m = s.serialize_map(Some(n))?;
+        for (p, ids) in self.0.iter() {
+            for i in ids.iter() {
+                m.serialize_entry(i, p)?;
+            }
+        }
+        m.end()
+    }
 }
 
 impl IdentityGraph {
@@ -293,6 +339,27 @@ impl IdentityGraph {
         self.rules = rules;
     }
 
+    /// A copy to write as a snapshot, taken in milliseconds: the identifier sets and merge
+    /// records are shared (the graph copies one only when it changes it while the copy
+    /// lives) and the identifier index is left out. It serializes as this graph does, and
+    /// is good for nothing else.
+    pub(crate) fn frozen(&self) -> Self {
+        Self {
+            rules: self.rules.clone(),
+            owner: crate::Table::default(),
+            members: self.members.clone(),
+            redirect: self.redirect.clone(),
+            next: self.next,
+            next_merge: self.next_merge,
+            log: self.log.clone(),
+            splits: self.splits.clone(),
+            undone: self.undone.clone(),
+            creators: self.creators.clone(),
+            reuse: HashMap::new(),
+            frozen: true,
+        }
+    }
+
     /// The person that `id` is now (itself, or the person it was merged into).
     pub fn resolve(&self, mut id: PersonId) -> Option<PersonId> {
         while let Some(&next) = self.redirect.get(&id) {
@@ -303,17 +370,18 @@ impl IdentityGraph {
 
     /// The person holding `identifier`.
     pub fn person_of(&self, identifier: &Identifier) -> Option<PersonId> {
+        debug_assert!(!self.frozen, "a frozen graph has no identifier index");
         self.owner.get(identifier).copied()
     }
 
     /// The identifiers of a person.
     pub fn identifiers(&self, person: PersonId) -> Option<&BTreeSet<Identifier>> {
-        self.members.get(&person)
+        self.members.get(&person).map(|ids| &**ids)
     }
 
     /// Every current person and its identifiers.
     pub fn persons(&self) -> impl Iterator<Item = (PersonId, &BTreeSet<Identifier>)> {
-        self.members.iter().map(|(p, ids)| (*p, ids))
+        self.members.iter().map(|(p, ids)| (*p, &**ids))
     }
 
     /// A person's user and anonymous ids as keys, `u:<userId>` then `a:<anonymousId>`
@@ -350,7 +418,7 @@ impl IdentityGraph {
     }
 
     /// The whole merge log, oldest first.
-    pub fn log(&self) -> &[MergeRecord] {
+    pub fn log(&self) -> &[Arc<MergeRecord>] {
         &self.log
     }
 
@@ -360,6 +428,7 @@ impl IdentityGraph {
         let mine = |ids: &[Identifier]| ids.iter().any(|i| self.person_of(i) == Some(person));
         self.log
             .iter()
+            .map(|r| &**r)
             .chain(&self.undone)
             .filter(|r| match r {
                 MergeRecord::Merged {
@@ -444,12 +513,12 @@ impl IdentityGraph {
                             Some(&p) => p,
                             None => {
                                 self.next += 1;
-                                self.creators.insert(id.clone(), self.next - 1);
+                                self.creators.insert(Arc::new(id.clone()), self.next - 1);
                                 self.next - 1
                             }
                         };
                         self.owner.insert(id.clone(), p);
-                        self.members.insert(p, BTreeSet::from([id]));
+                        self.members.insert(p, Arc::new(BTreeSet::from([id])));
                         out.person = Some(p);
                         out.created = true;
                     }
@@ -459,7 +528,11 @@ impl IdentityGraph {
             match self.owner.get(&id).copied() {
                 Some(p) if p == current => {}
                 Some(other) => {
-                    let theirs = self.members.get(&other).cloned().unwrap_or_default();
+                    let theirs = self
+                        .members
+                        .get(&other)
+                        .map(|ids| BTreeSet::clone(ids))
+                        .unwrap_or_default();
                     if let Some(rule) = self.refusal(current, &theirs) {
                         self.refuse(current, id, rule, &obs);
                     } else {
@@ -477,7 +550,7 @@ impl IdentityGraph {
                         self.refuse(current, id, rule, &obs);
                     } else {
                         self.owner.insert(id.clone(), current);
-                        self.members.entry(current).or_default().insert(id);
+                        Arc::make_mut(self.members.entry(current).or_default()).insert(id);
                     }
                 }
             }
@@ -492,21 +565,25 @@ impl IdentityGraph {
         rule: String,
         obs: &Observation,
     ) {
-        self.log.push(MergeRecord::Refused {
+        self.log.push(Arc::new(MergeRecord::Refused {
             person,
             identifier,
             rule,
             at: obs.at,
             cause: obs.cause.clone(),
-        });
+        }));
     }
 
     fn absorb(&mut self, into: PersonId, from: PersonId, via: Identifier, obs: &Observation) {
-        let moved = self.members.remove(&from).unwrap_or_default();
+        let moved = self
+            .members
+            .remove(&from)
+            .map(Arc::unwrap_or_clone)
+            .unwrap_or_default();
         for i in &moved {
             self.owner.insert(i.clone(), into);
         }
-        let target = self.members.entry(into).or_default();
+        let target = Arc::make_mut(self.members.entry(into).or_default());
         let kept: Vec<Identifier> = target.iter().cloned().collect();
         target.extend(moved.iter().cloned());
         self.redirect.insert(from, into);
@@ -518,7 +595,7 @@ impl IdentityGraph {
                 self.next_merge - 1
             }
         };
-        self.log.push(MergeRecord::Merged {
+        self.log.push(Arc::new(MergeRecord::Merged {
             id,
             into,
             from,
@@ -528,7 +605,7 @@ impl IdentityGraph {
             at: obs.at,
             cause: obs.cause.clone(),
             unmerged: false,
-        });
+        }));
     }
 
     /// Undoes merge `merge_id`: the graph is rebuilt from `observations` (every observation
@@ -547,7 +624,7 @@ impl IdentityGraph {
             .log
             .iter()
             .find(|r| record_id(r) == Some(merge_id))
-            .cloned()
+            .map(|r| MergeRecord::clone(r))
         else {
             return Err(UnmergeError::NoSuchMerge(merge_id));
         };
@@ -573,7 +650,10 @@ impl IdentityGraph {
             return 0;
         };
         let gone: BTreeSet<Identifier> = ids.iter().filter(|i| !keep(i)).cloned().collect();
-        ids.retain(|i| !gone.contains(i));
+        if gone.is_empty() {
+            return 0;
+        }
+        Arc::make_mut(ids).retain(|i| !gone.contains(i));
         for i in &gone {
             self.owner.remove(i);
             self.creators.remove(i);
@@ -583,7 +663,19 @@ impl IdentityGraph {
                 i.value = ERASED.to_owned();
             }
         };
-        for r in self.log.iter_mut().chain(self.undone.iter_mut()) {
+        let names = |r: &MergeRecord| match r {
+            MergeRecord::Merged {
+                kept, moved, via, ..
+            } => kept
+                .iter()
+                .chain(moved)
+                .chain([via])
+                .any(|i| gone.contains(i)),
+            MergeRecord::Refused { identifier, .. } => gone.contains(identifier),
+        };
+        // Only the records that name them are copied (a snapshot may share the others).
+        let log = self.log.iter_mut().filter(|r| names(r)).map(Arc::make_mut);
+        for r in log.chain(self.undone.iter_mut()) {
             match r {
                 MergeRecord::Merged {
                     kept, moved, via, ..
@@ -635,7 +727,7 @@ impl IdentityGraph {
         g.reuse = self
             .log
             .iter()
-            .filter_map(|r| match r {
+            .filter_map(|r| match &**r {
                 MergeRecord::Merged { id, via, cause, .. } => {
                     Some(((cause.message_id.clone(), via.clone()), *id))
                 }
@@ -646,9 +738,10 @@ impl IdentityGraph {
             g.observe(obs);
         }
         g.reuse.clear();
-        let still: hashbrown::HashSet<u64> = g.log.iter().filter_map(record_id).collect();
+        let still: hashbrown::HashSet<u64> = g.log.iter().filter_map(|r| record_id(r)).collect();
         g.undone = std::mem::take(&mut self.undone);
-        for mut r in std::mem::take(&mut self.log) {
+        for r in std::mem::take(&mut self.log) {
+            let mut r = Arc::unwrap_or_clone(r);
             if let MergeRecord::Merged { id, unmerged, .. } = &mut r
                 && !still.contains(id)
             {
@@ -757,7 +850,7 @@ mod tests {
         assert_eq!(g.person_count(), 1);
         let MergeRecord::Merged {
             via, moved, kept, ..
-        } = &g.log()[0]
+        } = &*g.log()[0]
         else {
             panic!("a merge record");
         };
@@ -777,7 +870,7 @@ mod tests {
         );
         assert_eq!(g.person_count(), 2);
         assert!(matches!(
-            &g.log()[0],
+            &*g.log()[0],
             MergeRecord::Refused { identifier, rule, .. }
                 if *identifier == id(ANONYMOUS_ID, "device") && rule == "limit user_id=1"
         ));
@@ -833,7 +926,7 @@ mod tests {
         let again = g.observe(obs(&[id(USER_ID, "u1"), id(ANONYMOUS_ID, "a1")], 5));
         assert_eq!(again.person, u);
         assert!(matches!(
-            g.log().last(),
+            g.log().last().map(|r| &**r),
             Some(MergeRecord::Refused { rule, .. }) if rule == "split by an un-merge"
         ));
         assert_eq!(g.person_count(), 2);
@@ -976,7 +1069,7 @@ mod tests {
             let link = obs(&[a, b], 999);
             let out = g.observe(link.clone());
             prop_assert_eq!(out.absorbed.len(), 1);
-            let merge = g.log().iter().rev().find_map(|r| match r {
+            let merge = g.log().iter().rev().find_map(|r| match &**r {
                 MergeRecord::Merged { id, .. } => Some(*id),
                 MergeRecord::Refused { .. } => None,
             }).expect("a merge");

@@ -5,6 +5,7 @@
 //! (the caller holds the keys): emails and phone numbers are identifiers, compared by value.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
@@ -84,8 +85,9 @@ pub struct Touched {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profiles {
     graph: IdentityGraph,
+    /// Shared with a [frozen](Profiles::frozen) copy until changed.
     #[serde(serialize_with = "in_memory_order")]
-    people: crate::Table<PersonId, Box<Profile>>,
+    people: crate::Table<PersonId, Arc<Profile>>,
     groups: HashMap<String, Group>,
     /// What behavioural conditions select, by index (`None`: no longer used).
     #[serde(with = "crate::snapshot::as_json")]
@@ -94,13 +96,13 @@ pub struct Profiles {
 
 /// A snapshot writes the profiles as [`Profiles::in_memory_order`] lists them.
 fn in_memory_order<S: serde::Serializer>(
-    people: &crate::Table<PersonId, Box<Profile>>,
+    people: &crate::Table<PersonId, Arc<Profile>>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_map(by_address(people))
 }
 
-fn by_address(people: &crate::Table<PersonId, Box<Profile>>) -> Vec<(PersonId, &Profile)> {
+fn by_address(people: &crate::Table<PersonId, Arc<Profile>>) -> Vec<(PersonId, &Profile)> {
     let mut all: Vec<(PersonId, &Profile)> = people.iter().map(|(p, b)| (*p, &**b)).collect();
     all.sort_unstable_by_key(|&(_, profile)| std::ptr::from_ref(profile) as usize);
     all
@@ -269,7 +271,7 @@ impl Profiles {
             }
         }
         for p in self.people.values_mut() {
-            p.hits.retain(|s| used.contains(&s));
+            Arc::make_mut(p).hits.retain(|s| used.contains(&s));
         }
     }
 
@@ -288,7 +290,9 @@ impl Profiles {
                     .get(i as usize)
                     .and_then(|s| s.as_ref()?.select(name, &props, at))
                 {
-                    self.people.entry(person).or_default().hits.add(i, hit);
+                    Arc::make_mut(self.people.entry(person).or_default())
+                        .hits
+                        .add(i, hit);
                 }
             }
         }
@@ -297,6 +301,17 @@ impl Profiles {
     /// See [`IdentityGraph::set_rules`].
     pub fn set_rules(&mut self, rules: MergeRules) {
         self.graph.set_rules(rules);
+    }
+
+    /// A copy to write as a snapshot, taken in milliseconds (see [`IdentityGraph::frozen`]):
+    /// profiles are shared, and one is copied only when it changes while the copy lives.
+    pub(crate) fn frozen(&self) -> Self {
+        Self {
+            graph: self.graph.frozen(),
+            people: self.people.clone(),
+            groups: self.groups.clone(),
+            selectors: self.selectors.clone(),
+        }
     }
 
     pub fn graph(&self) -> &IdentityGraph {
@@ -363,7 +378,8 @@ impl Profiles {
                         group.members.insert(person);
                     }
                 }
-                self.people.entry(person).or_default().merge(*old);
+                Arc::make_mut(self.people.entry(person).or_default())
+                    .merge(Arc::unwrap_or_clone(old));
             }
         }
         // A person without a profile yet (new, or split off by an un-merge) is evaluated
@@ -406,7 +422,8 @@ impl Profiles {
             orders: order,
             ..Touched::default()
         };
-        let profile = self.people.entry(person).or_default();
+        // Copied first only if a snapshot still holds it.
+        let profile = Arc::make_mut(self.people.entry(person).or_default());
         profile.computed.record(name, e.timestamp, amount);
         let at = e.timestamp.timestamp();
         for (i, s) in self.selectors.iter().enumerate() {
@@ -520,7 +537,7 @@ impl Profiles {
         self.graph
             .erase(person, |i| i.kind == USER_ID || i.kind == ANONYMOUS_ID);
         if let Some(p) = self.people.get_mut(&person) {
-            p.traits = Traits::default();
+            Arc::make_mut(p).traits = Traits::default();
         }
     }
 
@@ -754,7 +771,7 @@ mod tests {
         assert_eq!(p.len(), 1);
         let merged = p.people().next().expect("person").1.computed.revenue;
         assert_eq!(merged, 105.0);
-        let merge = p.graph().log().iter().find_map(|r| match r {
+        let merge = p.graph().log().iter().find_map(|r| match &**r {
             crate::identity::MergeRecord::Merged { id, .. } => Some(*id),
             crate::identity::MergeRecord::Refused { .. } => None,
         });
@@ -811,7 +828,7 @@ mod tests {
                 p.apply(e);
             }
             prop_assert_eq!(sorted(&p), recomputed(&p, &events));
-            let merges: Vec<u64> = p.graph().log().iter().filter_map(|r| match r {
+            let merges: Vec<u64> = p.graph().log().iter().filter_map(|r| match &**r {
                 crate::identity::MergeRecord::Merged { id, .. } => Some(*id),
                 crate::identity::MergeRecord::Refused { .. } => None,
             }).collect();

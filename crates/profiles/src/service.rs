@@ -109,8 +109,12 @@ pub struct ProfileService {
     snapshot_soon: AtomicBool,
     /// Set by [`ProfileService::stop`]: the follower writes a last round and returns.
     stopping: AtomicBool,
-    /// Held while snapshot files are written.
+    /// Held by the follower while it queues announcements, and by an erasure's snapshot
+    /// while it waits for those queued to be in the log and takes the tenant's state.
     writing: tokio::sync::Mutex<()>,
+    /// Held from taking the states of a snapshot to the end of writing them, so that files
+    /// are written in the order their states were taken.
+    files: Arc<tokio::sync::Mutex<()>>,
     /// Tenants read back from a snapshot, with the offset it reflects.
     restored: Mutex<HashMap<TenantId, u64>>,
     /// Stored segments a snapshot did not hold, installed once the log is caught up.
@@ -150,6 +154,28 @@ fn decoder_pool() -> Option<rayon::ThreadPool> {
         .build()
         .map_err(|e| tracing::warn!(error = %e, "profiles decode threads not started"))
         .ok()
+}
+
+/// Runs `f` on a thread of its own at the lowest CPU priority (nice 19), and answers what
+/// it returns (`None` if the thread could not start or panicked). Encoding a snapshot is
+/// background work: it must not take the cores from following the log or acknowledging
+/// events (zstd's worker thread, started from it, inherits the priority).
+async fn in_background<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("livora-profiles-snapshot".into())
+        .spawn(move || {
+            // SAFETY: setpriority takes no pointers and only changes the scheduling weight
+            // of the calling thread (`who = 0`); a failure leaves the priority as it was.
+            #[cfg(target_os = "linux")]
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            }
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.await.ok()
 }
 
 fn lock(m: &Mutex<TenantState>) -> MutexGuard<'_, TenantState> {
@@ -198,6 +224,7 @@ impl ProfileService {
             snapshot_soon: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             writing: tokio::sync::Mutex::new(()),
+            files: Arc::new(tokio::sync::Mutex::new(())),
             restored: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
             decoder: std::sync::OnceLock::new(),
@@ -523,91 +550,110 @@ impl ProfileService {
         snapshot::decode(&path, &plain)
     }
 
-    /// Writes every tenant changed since its last snapshot, then the manifest, then
-    /// commits the round's offset for the log's retention. Runs between batches of the
-    /// follower, so every tenant reflects every record before the offset.
-    async fn snapshot_round(&self, consumer: &mut Consumer) -> Result<(), snapshot::SnapshotError> {
-        let Some(s) = &self.snapshots else {
-            return Ok(());
-        };
-        let _writing = self.writing.lock().await;
+    /// Takes the state of every tenant changed since its last snapshot (the part of a
+    /// round the follower waits for: milliseconds, see [`snapshot::Frozen`]) and writes it
+    /// on a task of its own: the files, then the manifest. The task answers the round's
+    /// offset, which the follower commits for the log's retention once it is done. Runs
+    /// between batches of the follower, so every tenant reflects every record before the
+    /// offset.
+    async fn start_round(self: &Arc<Self>) -> Option<Round> {
+        let s = self.snapshots.clone()?;
+        let files = self.files.clone().lock_owned().await;
         let offset = self.applied();
         let started = Instant::now();
         let mut tenants = Vec::new();
-        let mut written = 0;
+        let mut frozen = Vec::new();
         for (tenant, t) in self.all_tenants() {
             tenants.push(tenant);
-            if self.write_tenant(&s.dir, tenant, &t, offset, false).await? {
-                written += 1;
+            if let Some(f) = Self::freeze(&s.dir, tenant, &t, offset, false) {
+                frozen.push((f, t));
             }
         }
+        let held = started.elapsed();
         tenants.sort_unstable();
-        snapshot::write_manifest(
-            &s.dir,
-            &snapshot::Manifest {
-                offset,
-                tenants: tenants.clone(),
-            },
-        )?;
-        snapshot::remove_others(&s.dir, &tenants);
-        if let Err(e) = consumer.commit(offset) {
-            tracing::warn!(error = %e, "cannot commit the profiles snapshot offset");
-        }
-        if written > 0 {
-            tracing::info!(
-                tenants = written,
-                offset,
-                ms = started.elapsed().as_millis() as u64,
-                "profiles snapshot written"
-            );
-        }
-        Ok(())
+        let keyring = self.keyring.clone();
+        let task = tokio::spawn(async move {
+            let _files = files;
+            let written = frozen.len();
+            let mut frozen = frozen.into_iter();
+            while let Some((f, t)) = frozen.next() {
+                if let Err(e) = Self::write_frozen(&s.dir, keyring.clone(), f).await {
+                    // Not written: their next round writes them.
+                    lock(&t).dirty = true;
+                    frozen.for_each(|(_, t)| lock(&t).dirty = true);
+                    return Err(e);
+                }
+            }
+            snapshot::write_manifest(
+                &s.dir,
+                &snapshot::Manifest {
+                    offset,
+                    tenants: tenants.clone(),
+                },
+            )?;
+            snapshot::remove_others(&s.dir, &tenants);
+            if written > 0 {
+                tracing::info!(
+                    tenants = written,
+                    offset,
+                    held_ms = held.as_millis() as u64,
+                    ms = started.elapsed().as_millis() as u64,
+                    "profiles snapshot written"
+                );
+            }
+            Ok(offset)
+        });
+        Some(Round(task))
     }
 
-    /// Writes one tenant's snapshot file, when it changed since the last one (or `force`).
-    /// `floor`: every record of the tenant below it is applied. The caller holds `writing`,
-    /// so files are written in the order their states were taken.
-    async fn write_tenant(
-        &self,
+    /// The state of one tenant to write, when it changed since its last snapshot (or
+    /// `force`). `floor`: every record of the tenant below it is applied. The caller holds
+    /// `files` until it is written.
+    fn freeze(
         dir: &std::path::Path,
         tenant: TenantId,
         t: &Arc<Mutex<TenantState>>,
         floor: u64,
         force: bool,
-    ) -> Result<bool, snapshot::SnapshotError> {
-        let path = snapshot::tenant_path(dir, tenant);
-        let packed = {
-            let mut state = lock(t);
-            // An un-merge or a rules change from now on is recorded after `floor`.
-            state.applied = state.applied.max(floor);
-            if !force && !state.dirty && path.exists() {
-                return Ok(false);
-            }
-            let packed = snapshot::encode(&snapshot::BodyRef {
-                tenant,
-                applied: state.applied,
-                history_from: state.history_from,
-                engine: &state.engine,
-                announced: &state.announced,
-            })?;
-            state.dirty = false;
-            packed
-        };
-        let sealed = match &self.keyring {
-            Some(k) => k
-                .seal_blob(tenant, snapshot::LABEL, &packed)
-                .await
-                .map(|b| snapshot::frame(&b, true)),
-            None => Ok(snapshot::frame(&packed, false)),
-        };
-        if let Err(e) = sealed
-            .map_err(snapshot::SnapshotError::from)
-            .and_then(|bytes| snapshot::write_atomic(&path, &bytes))
-        {
-            lock(t).dirty = true;
-            return Err(e);
+    ) -> Option<snapshot::Frozen> {
+        let mut state = lock(t);
+        // An un-merge or a rules change from now on is recorded after `floor`.
+        state.applied = state.applied.max(floor);
+        if !force && !state.dirty && snapshot::tenant_path(dir, tenant).exists() {
+            return None;
         }
-        Ok(true)
+        state.dirty = false;
+        Some(snapshot::Frozen::new(
+            tenant,
+            state.applied,
+            state.history_from,
+            &state.engine,
+            &state.announced,
+        ))
+    }
+
+    /// Encodes (in the background, see [`in_background`]), seals and writes one tenant's
+    /// file.
+    async fn write_frozen(
+        dir: &std::path::Path,
+        keyring: Option<Arc<Keyring>>,
+        frozen: snapshot::Frozen,
+    ) -> Result<(), snapshot::SnapshotError> {
+        let tenant = frozen.tenant;
+        let path = snapshot::tenant_path(dir, tenant);
+        let packed = in_background(move || frozen.encode())
+            .await
+            .ok_or_else(|| {
+                snapshot::SnapshotError::Encode(tenant, "the encoding thread failed".into())
+            })??;
+        let bytes = match &keyring {
+            Some(k) => snapshot::frame(&k.seal_blob(tenant, snapshot::LABEL, &packed).await?, true),
+            None => snapshot::frame(&packed, false),
+        };
+        drop(packed);
+        tokio::task::spawn_blocking(move || snapshot::write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| snapshot::SnapshotError::Encode(tenant, e.to_string()))?
     }
 
     /// Writes a tenant's snapshot now (after an erasure: the old file held what was
@@ -616,19 +662,32 @@ impl ProfileService {
         let Some(s) = &self.snapshots else {
             return Ok(());
         };
-        let _writing = self.writing.lock().await;
-        // What the tenant records as announced must be in the log: wait for the follower's
-        // queued announcements (it queues no more while `writing` is held).
-        let want = self.submitted.load(Ordering::Acquire);
-        let mut durable = self.durable.subscribe();
-        if tokio::time::timeout(Duration::from_secs(10), durable.wait_for(|d| *d >= want))
-            .await
-            .is_err()
-        {
-            tracing::warn!("segment announcements still queued; the snapshot is written anyway");
+        // After a round in progress, so that its older state does not replace this one.
+        let _files = self.files.lock().await;
+        let frozen = {
+            let _writing = self.writing.lock().await;
+            // What the tenant records as announced must be in the log: wait for the
+            // follower's queued announcements (it queues no more while `writing` is held).
+            let want = self.submitted.load(Ordering::Acquire);
+            let mut durable = self.durable.subscribe();
+            if tokio::time::timeout(Duration::from_secs(10), durable.wait_for(|d| *d >= want))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "segment announcements still queued; the snapshot is written anyway"
+                );
+            }
+            let t = self.tenant(tenant);
+            Self::freeze(&s.dir, tenant, &t, 0, true)
+        };
+        if let Some(f) = frozen {
+            let t = self.tenant(tenant);
+            if let Err(e) = Self::write_frozen(&s.dir, self.keyring.clone(), f).await {
+                lock(&t).dirty = true;
+                return Err(e.into());
+            }
         }
-        let t = self.tenant(tenant);
-        self.write_tenant(&s.dir, tenant, &t, 0, true).await?;
         Ok(())
     }
 
@@ -1132,6 +1191,8 @@ impl ProfileService {
         self.applied.store(reader.position(), Ordering::Release);
         let mut changes = log.subscribe();
         let mut last_round = Instant::now();
+        // The snapshot round being written, if any.
+        let mut round: Option<Round> = None;
         // The announcements of the last batch, while the log writes them.
         let mut in_flight: Option<(u64, Appending)> = None;
         // The batch after the one being applied, while it is parsed.
@@ -1141,7 +1202,14 @@ impl ProfileService {
             if stopping {
                 self.settle(&mut in_flight).await;
             }
+            if let Some(c) = consumer.as_mut()
+                && (stopping || round.as_ref().is_some_and(|r| r.0.is_finished()))
+                && let Some(r) = round.take()
+            {
+                r.finish(c).await;
+            }
             if self.caught_up()
+                && round.is_none()
                 && let (Some(c), Some(s)) = (consumer.as_mut(), &self.snapshots)
                 && (stopping
                     || last_round.elapsed() >= s.every
@@ -1151,8 +1219,9 @@ impl ProfileService {
                 last_round = Instant::now();
                 // A round records what was announced: that must be in the log first.
                 self.settle(&mut in_flight).await;
-                if let Err(e) = self.snapshot_round(c).await {
-                    tracing::error!(error = %e, "profiles snapshot failed");
+                round = self.start_round().await;
+                if stopping && let Some(r) = round.take() {
+                    r.finish(c).await;
                 }
             }
             if stopping {
@@ -1509,6 +1578,24 @@ fn note_announcement(state: &mut TenantState, e: &Event) {
 /// A record as the follower applies it: the event with its traits and properties parsed
 /// (`None`: not an event).
 type Decoded = Option<(Event, Parsed)>;
+
+/// A snapshot round being written: answers its offset.
+struct Round(tokio::task::JoinHandle<Result<u64, snapshot::SnapshotError>>);
+
+impl Round {
+    /// Waits for the round; commits its offset for the log's retention.
+    async fn finish(self, consumer: &mut Consumer) {
+        match self.0.await {
+            Ok(Ok(offset)) => {
+                if let Err(e) = consumer.commit(offset) {
+                    tracing::warn!(error = %e, "cannot commit the profiles snapshot offset");
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "profiles snapshot failed"),
+            Err(e) => tracing::error!(error = %e, "profiles snapshot task failed"),
+        }
+    }
+}
 
 /// Records the follower reads at a time.
 const BATCH: usize = 1000;

@@ -1,0 +1,5 @@
+//! Livora's models, trained and run inside the process: customer lifetime value (BG/NBD and
+//! Gamma-Gamma), churn, forecasts, recommendations and sentiment.
+
+pub mod clv;
+pub mod optim;

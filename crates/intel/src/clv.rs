@@ -566,6 +566,62 @@ pub fn lifetime_value(
     value
 }
 
+/// Customers drawn from the two models (for tests and benchmarks): each is observed for a
+/// time uniform in `[0, horizon)` after their first purchase; while alive they buy at
+/// their rate, and after each repeat purchase drop out with their probability; each purchase's
+/// amount is Gamma(p, ν) with their ν.
+pub fn simulate(bg: &BgNbd, gg: &GammaGamma, n: usize, horizon: f64, seed: u64) -> Vec<Customer> {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Beta, Distribution, Exp, Gamma};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (Ok(rate), Ok(drop), Ok(nu)) = (
+        Gamma::new(bg.r, 1.0 / bg.alpha),
+        Beta::new(bg.a, bg.b),
+        Gamma::new(gg.q, 1.0 / gg.v),
+    ) else {
+        return Vec::new();
+    };
+    (0..n)
+        .map(|_| {
+            let age = rng.random::<f64>() * horizon;
+            let (lambda, p, nu) = (
+                rate.sample(&mut rng),
+                drop.sample(&mut rng),
+                nu.sample(&mut rng),
+            );
+            let (Ok(gap), Ok(amount)) = (Exp::new(lambda.max(1e-12)), Gamma::new(gg.p, 1.0 / nu))
+            else {
+                return Customer {
+                    frequency: 0,
+                    recency: 0.0,
+                    age,
+                    monetary: 0.0,
+                };
+            };
+            let (mut t, mut x, mut last, mut spent) = (0.0, 0u32, 0.0, 0.0);
+            // Alive at the first purchase; a dropout may follow each repeat purchase.
+            loop {
+                t += gap.sample(&mut rng);
+                if t >= age {
+                    break;
+                }
+                x += 1;
+                last = t;
+                spent += amount.sample(&mut rng);
+                if rng.random::<f64>() < p {
+                    break;
+                }
+            }
+            Customer {
+                frequency: x,
+                recency: last,
+                age,
+                monetary: if x > 0 { spent / f64::from(x) } else { 0.0 },
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,6 +711,34 @@ mod tests {
             let mean = cs.iter().map(|c| p.log_likelihood(c)).sum::<f64>() / cs.len() as f64;
             prop_assert!(close(-f(&cs), mean));
         }
+    }
+
+    #[test]
+    fn fits_recover_the_parameters_customers_were_drawn_with() {
+        let bg = BgNbd {
+            r: 0.5,
+            alpha: 6.0,
+            a: 0.8,
+            b: 2.5,
+        };
+        let gg = GammaGamma {
+            p: 6.0,
+            q: 4.0,
+            v: 15.0,
+        };
+        let cs = simulate(&bg, &gg, 40_000, 52.0, 7);
+        let fit = BgNbd::fit(&cs).expect("fits").model;
+        let near = |x: f64, y: f64, tol: f64| (x / y - 1.0).abs() < tol;
+        assert!(
+            near(fit.r, bg.r, 0.1) && near(fit.alpha, bg.alpha, 0.15),
+            "{fit:?}"
+        );
+        assert!(near(fit.a, bg.a, 0.25) && near(fit.b, bg.b, 0.3), "{fit:?}");
+        let g = GammaGamma::fit(&cs).expect("fits").model;
+        // The mean spend p·v/(q−1) is what the data pin down best.
+        let mean = |m: &GammaGamma| m.p * m.v / (m.q - 1.0);
+        assert!(near(mean(&g), mean(&gg), 0.05), "{g:?}");
+        assert!(near(g.p, gg.p, 0.15) && near(g.q, gg.q, 0.25), "{g:?}");
     }
 
     #[test]

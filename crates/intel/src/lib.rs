@@ -1,5 +1,6 @@
 //! Livora's models, trained and run inside the process: customer lifetime value (BG/NBD and
 //! Gamma-Gamma), churn, forecasts, recommendations and sentiment.
 
+pub mod churn;
 pub mod clv;
 pub mod optim;

@@ -3,4 +3,5 @@
 
 pub mod churn;
 pub mod clv;
+pub mod forecast;
 pub mod optim;

@@ -5,3 +5,4 @@ pub mod churn;
 pub mod clv;
 pub mod forecast;
 pub mod optim;
+pub mod sentiment;

@@ -5,4 +5,6 @@ pub mod churn;
 pub mod clv;
 pub mod forecast;
 pub mod optim;
+pub mod recommend;
+pub mod send_time;
 pub mod sentiment;

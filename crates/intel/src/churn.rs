@@ -8,6 +8,7 @@
 //! not penalised. A score's explanation is each feature's term `wⱼ·zⱼ` of the log-odds: what
 //! moved this person's risk away from an average person's.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{Objective, OptimError, minimize};
@@ -89,6 +90,8 @@ impl Objective for Loss<'_> {
     fn value(&self, w: &[f64]) -> f64 {
         let n = self.y.len() as f64;
         let nll: f64 = (0..self.y.len())
+            .into_par_iter()
+            .with_min_len(4096)
             .map(|i| {
                 let t = self.logit(w, i);
                 // −ln σ(t) for churners, −ln(1 − σ(t)) for the others.
@@ -98,24 +101,40 @@ impl Objective for Loss<'_> {
         nll / n + self.penalty(w)
     }
 
+    /// Both in one pass over the rows, on all cores.
     fn value_and_gradient(&self, w: &[f64]) -> (f64, Vec<f64>) {
         let n = self.y.len() as f64;
         let k = w.len() - 1;
-        let mut g = vec![0.0; w.len()];
-        for i in 0..self.y.len() {
-            let err = sigmoid(self.logit(w, i)) - f64::from(u8::from(self.y[i]));
-            for (gj, x) in g[..k].iter_mut().zip(&self.z[i]) {
-                *gj += err * x;
-            }
-            g[k] += err;
+        // Per row: the loss, then the gradient (features, then the intercept).
+        let sums = (0..self.y.len())
+            .into_par_iter()
+            .with_min_len(4096)
+            .fold(
+                || vec![0.0; w.len() + 1],
+                |mut acc, i| {
+                    let t = self.logit(w, i);
+                    let y = self.y[i];
+                    acc[0] += if y { softplus(-t) } else { softplus(t) };
+                    let err = sigmoid(t) - f64::from(u8::from(y));
+                    for (a, x) in acc[1..=k].iter_mut().zip(&self.z[i]) {
+                        *a += err * x;
+                    }
+                    acc[k + 1] += err;
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0.0; w.len() + 1],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        let mut g: Vec<f64> = sums[1..].iter().map(|v| v / n).collect();
+        for j in 0..k {
+            g[j] += self.l2 * w[j];
         }
-        for (j, gj) in g.iter_mut().enumerate() {
-            *gj /= n;
-            if j < k {
-                *gj += self.l2 * w[j];
-            }
-        }
-        (self.value(w), g)
+        (sums[0] / n + self.penalty(w), g)
     }
 }
 
@@ -231,6 +250,75 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     }
     let (p, q) = (pos as f64, neg as f64);
     Some((rank_sum - p * (p + 1.0) / 2.0) / (p * q))
+}
+
+/// The features [`from_purchases`] builds, in order.
+pub const PURCHASE_FEATURES: [&str; 7] = [
+    "repeat_purchases",
+    "time_since_last_purchase",
+    "time_since_first_purchase",
+    "mean_spend",
+    "p_alive",
+    "expected_purchases",
+    "purchase_trend",
+];
+
+/// A labelled set of persons for training or judging a churn model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LabelledSet<K> {
+    pub keys: Vec<K>,
+    /// One row of [`PURCHASE_FEATURES`] per person.
+    pub rows: Vec<Vec<f64>>,
+    /// No purchase in the `horizon` days after the cutoff.
+    pub churned: Vec<bool>,
+    /// BG/NBD's probability that the person is alive at the cutoff.
+    pub p_alive: Vec<f64>,
+}
+
+/// Each customer's features at `cutoff` from purchases `(customer, day, amount)` (times in
+/// units of `unit_days`): the BG/NBD summary, P(alive) and the purchases it expects in the
+/// next `horizon` days (from a BG/NBD fitted on the purchases up to the cutoff), and the
+/// trend (purchase days in the last quarter of a year before the cutoff, less those in the
+/// quarter before); labelled churned when they bought nothing in the `horizon` days after.
+pub fn from_purchases<K: Ord + Clone + std::hash::Hash>(
+    purchases: &[(K, i64, f64)],
+    cutoff: i64,
+    horizon: i64,
+    unit_days: f64,
+) -> Result<LabelledSet<K>, crate::clv::ClvError> {
+    use std::collections::{BTreeSet, HashMap};
+    let summary = crate::clv::summarize(purchases.iter().cloned(), cutoff, unit_days);
+    let customers: Vec<crate::clv::Customer> = summary.iter().map(|(_, c)| *c).collect();
+    let bg = crate::clv::BgNbd::fit(&customers)?.model;
+    let mut days: HashMap<&K, BTreeSet<i64>> = HashMap::new();
+    for (k, d, _) in purchases {
+        days.entry(k).or_default().insert(*d);
+    }
+    let count = |k: &K, from: i64, to: i64| {
+        days.get(k).map_or(0, |d| d.range(from + 1..=to).count()) as f64
+    };
+    let mut set = LabelledSet {
+        keys: Vec::new(),
+        rows: Vec::new(),
+        churned: Vec::new(),
+        p_alive: Vec::new(),
+    };
+    for (k, c) in summary {
+        let alive = bg.p_alive(&c);
+        set.rows.push(vec![
+            f64::from(c.frequency),
+            c.age - c.recency,
+            c.age,
+            c.monetary,
+            alive,
+            bg.expected_purchases(&c, horizon as f64 / unit_days),
+            count(&k, cutoff - 91, cutoff) - count(&k, cutoff - 182, cutoff - 91),
+        ]);
+        set.churned.push(count(&k, cutoff, cutoff + horizon) == 0.0);
+        set.p_alive.push(alive);
+        set.keys.push(k);
+    }
+    Ok(set)
 }
 
 #[cfg(test)]

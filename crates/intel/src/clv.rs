@@ -16,8 +16,6 @@
 //!   frequency (the log-gamma and digamma functions) is computed once per distinct
 //!   frequency, and the rest is summed on all cores.
 
-use std::collections::HashMap;
-
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use statrs::function::gamma::{digamma, ln_gamma};
@@ -121,6 +119,8 @@ struct Rows {
     tx: Vec<f64>,
     t: Vec<f64>,
     m: Vec<f64>,
+    /// ln m (0 where m is 0).
+    ln_m: Vec<f64>,
     w: Vec<f64>,
     /// Index of each row's frequency in `xs`.
     xi: Vec<u32>,
@@ -130,16 +130,26 @@ struct Rows {
 
 impl Rows {
     fn new(items: impl Iterator<Item = (u32, f64, f64, f64)>) -> Self {
-        let mut groups: HashMap<(u32, u64, u64, u64), f64> = HashMap::new();
-        for (x, tx, t, m) in items {
-            *groups
-                .entry((x, tx.to_bits(), t.to_bits(), m.to_bits()))
-                .or_default() += 1.0;
-        }
-        let mut keys: Vec<_> = groups.into_iter().collect();
-        keys.sort_unstable_by_key(|&(k, _)| k);
+        // Sorted, then equal summaries counted once (times are non-negative, so their bit
+        // patterns sort as the numbers do).
+        let mut keys: Vec<(u32, u64, u64, u64)> = items
+            .map(|(x, tx, t, m)| (x, tx.to_bits(), t.to_bits(), m.to_bits()))
+            .collect();
+        keys.par_sort_unstable();
         let mut r = Rows::default();
-        for ((x, tx, t, m), w) in keys {
+        for k in keys {
+            let (x, tx, t, m) = k;
+            if r.x.last() == Some(&x)
+                && r.tx.last().map(|v| v.to_bits()) == Some(tx)
+                && r.t.last().map(|v| v.to_bits()) == Some(t)
+                && r.m.last().map(|v| v.to_bits()) == Some(m)
+            {
+                if let Some(w) = r.w.last_mut() {
+                    *w += 1.0;
+                }
+                r.total += 1.0;
+                continue;
+            }
             if r.xs.last() != Some(&x) {
                 r.xs.push(x);
             }
@@ -147,9 +157,11 @@ impl Rows {
             r.x.push(x);
             r.tx.push(f64::from_bits(tx));
             r.t.push(f64::from_bits(t));
-            r.m.push(f64::from_bits(m));
-            r.w.push(w);
-            r.total += w;
+            let m = f64::from_bits(m);
+            r.m.push(m);
+            r.ln_m.push(if m > 0.0 { m.ln() } else { 0.0 });
+            r.w.push(1.0);
+            r.total += 1.0;
         }
         r
     }
@@ -451,19 +463,20 @@ impl GammaGammaObjective {
         }
     }
 
-    /// Per distinct frequency: lnΓ(px+q) − lnΓ(px), ψ(px+q) − ψ(px), ψ(px+q).
-    fn per_frequency(&self, g: &GammaGamma, grad: bool) -> Vec<[f64; 3]> {
+    /// Per distinct frequency: lnΓ(px+q) − lnΓ(px), ψ(px+q) − ψ(px), ψ(px+q), ln x.
+    fn per_frequency(&self, g: &GammaGamma, grad: bool) -> Vec<[f64; 4]> {
         self.rows
             .xs
             .iter()
             .map(|&x| {
                 let px = g.p * f64::from(x);
                 let lg = ln_gamma(px + g.q) - ln_gamma(px);
+                let ln_x = f64::from(x).ln();
                 if grad {
                     let d = digamma(px + g.q);
-                    [lg, d - digamma(px), d]
+                    [lg, d - digamma(px), d, ln_x]
                 } else {
-                    [lg, 0.0, 0.0]
+                    [lg, 0.0, 0.0, ln_x]
                 }
             })
             .collect()
@@ -496,7 +509,7 @@ impl Objective for GammaGammaObjective {
             let f = &per[rows.xi[i] as usize];
             let x = f64::from(rows.x[i]);
             let (m, px) = (rows.m[i], g.p * x);
-            let (ln_m, ln_x, ln_xmv) = (m.ln(), x.ln(), (x * m + g.v).ln());
+            let (ln_m, ln_x, ln_xmv) = (rows.ln_m[i], f[3], (x * m + g.v).ln());
             [
                 f[0] - lg_q + g.q * ln_v + (px - 1.0) * ln_m + px * ln_x - (px + g.q) * ln_xmv,
                 x * (f[1] + ln_m + ln_x - ln_xmv),
@@ -568,9 +581,25 @@ pub fn lifetime_value(
 
 /// Customers drawn from the two models (for tests and benchmarks): each is observed for a
 /// time uniform in `[0, horizon)` after their first purchase; while alive they buy at
-/// their rate, and after each repeat purchase drop out with their probability; each purchase's
-/// amount is Gamma(p, ν) with their ν.
+/// their rate, and after each repeat purchase drop out with their probability; each
+/// purchase's amount is Gamma(p, ν) with their ν.
 pub fn simulate(bg: &BgNbd, gg: &GammaGamma, n: usize, horizon: f64, seed: u64) -> Vec<Customer> {
+    simulate_holdout(bg, gg, n, horizon, 0.0, seed)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// As [`simulate`], and each customer's purchases in the `holdout` time after the period
+/// observed (what a churn label or a forecast is checked against).
+pub fn simulate_holdout(
+    bg: &BgNbd,
+    gg: &GammaGamma,
+    n: usize,
+    horizon: f64,
+    holdout: f64,
+    seed: u64,
+) -> Vec<(Customer, u32)> {
     use rand::{Rng, SeedableRng};
     use rand_distr::{Beta, Distribution, Exp, Gamma};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -589,35 +618,41 @@ pub fn simulate(bg: &BgNbd, gg: &GammaGamma, n: usize, horizon: f64, seed: u64) 
                 drop.sample(&mut rng),
                 nu.sample(&mut rng),
             );
+            let none = Customer {
+                frequency: 0,
+                recency: 0.0,
+                age,
+                monetary: 0.0,
+            };
             let (Ok(gap), Ok(amount)) = (Exp::new(lambda.max(1e-12)), Gamma::new(gg.p, 1.0 / nu))
             else {
-                return Customer {
-                    frequency: 0,
-                    recency: 0.0,
-                    age,
-                    monetary: 0.0,
-                };
+                return (none, 0);
             };
-            let (mut t, mut x, mut last, mut spent) = (0.0, 0u32, 0.0, 0.0);
+            let (mut t, mut x, mut last, mut spent, mut later) = (0.0, 0u32, 0.0, 0.0, 0u32);
             // Alive at the first purchase; a dropout may follow each repeat purchase.
             loop {
                 t += gap.sample(&mut rng);
-                if t >= age {
+                if t >= age + holdout {
                     break;
                 }
-                x += 1;
-                last = t;
-                spent += amount.sample(&mut rng);
+                if t >= age {
+                    later += 1;
+                } else {
+                    x += 1;
+                    last = t;
+                    spent += amount.sample(&mut rng);
+                }
                 if rng.random::<f64>() < p {
                     break;
                 }
             }
-            Customer {
+            let c = Customer {
                 frequency: x,
                 recency: last,
                 age,
                 monetary: if x > 0 { spent / f64::from(x) } else { 0.0 },
-            }
+            };
+            (c, later)
         })
         .collect()
 }

@@ -30,13 +30,35 @@ pub enum OptimError {
     NotFinite,
 }
 
-struct Problem<'a, O>(&'a O);
+/// The objective, with its last value and gradient: the line search asks for the cost
+/// and then the gradient at the same point, and one pass over the data gives both.
+struct Problem<'a, O> {
+    f: &'a O,
+    last: std::sync::Mutex<Option<Evaluated>>,
+}
+
+/// A point, the value there and the gradient there.
+type Evaluated = (Vec<f64>, f64, Vec<f64>);
+
+impl<O: Objective> Problem<'_, O> {
+    fn both(&self, x: &[f64]) -> (f64, Vec<f64>) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, v, g)) = last.as_ref()
+            && at.as_slice() == x
+        {
+            return (*v, g.clone());
+        }
+        let (v, g) = self.f.value_and_gradient(x);
+        *last = Some((x.to_vec(), v, g.clone()));
+        (v, g)
+    }
+}
 
 impl<O: Objective> CostFunction for Problem<'_, O> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, x: &Self::Param) -> Result<f64, argmin::core::Error> {
-        let v = self.0.value(x);
+        let v = self.both(x).0;
         // A step into a region where the likelihood overflows is a bad step, not an error.
         Ok(if v.is_finite() { v } else { f64::MAX })
     }
@@ -46,7 +68,7 @@ impl<O: Objective> Gradient for Problem<'_, O> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, x: &Self::Param) -> Result<Vec<f64>, argmin::core::Error> {
-        Ok(self.0.value_and_gradient(x).1)
+        Ok(self.both(x).1)
     }
 }
 
@@ -62,7 +84,11 @@ pub fn minimize<O: Objective>(f: &O, start: Vec<f64>) -> Result<Minimum, OptimEr
         .map_err(fail)?
         .with_tolerance_cost(1e-15)
         .map_err(fail)?;
-    let res = Executor::new(Problem(f), solver)
+    let problem = Problem {
+        f,
+        last: std::sync::Mutex::new(None),
+    };
+    let res = Executor::new(problem, solver)
         .configure(|state| state.param(start).max_iters(1000))
         .run()
         .map_err(fail)?;

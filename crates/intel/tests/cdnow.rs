@@ -2,7 +2,7 @@
 //! match the published ones to 4 significant digits, and the summaries built from the raw
 //! purchases match the published summaries.
 
-use livora_intel::churn::{Logistic, auc};
+use livora_intel::churn::{Logistic, PURCHASE_FEATURES, auc, from_purchases};
 use livora_intel::clv::{BgNbd, Customer, GammaGamma, summarize};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
@@ -110,74 +110,26 @@ fn purchases() -> Vec<(u32, i64, f64)> {
         .collect()
 }
 
-const FEATURES: [&str; 7] = [
-    "repeat_purchases",
-    "weeks_since_last_purchase",
-    "weeks_since_first_purchase",
-    "mean_spend",
-    "p_alive",
-    "expected_purchases_13_weeks",
-    "purchase_trend_13_weeks",
-];
-
-/// Each customer's features at `cutoff` (BG/NBD fitted on the purchases up to it), and
-/// whether they bought nothing in the `horizon` days after it.
-fn churn_rows(
-    all: &[(u32, i64, f64)],
-    cutoff: i64,
-    horizon: i64,
-) -> (Vec<Vec<f64>>, Vec<bool>, Vec<f64>) {
-    let summary = summarize(all.iter().copied(), cutoff, 7.0);
-    let customers: Vec<Customer> = summary.iter().map(|(_, c)| *c).collect();
-    let bg = BgNbd::fit(&customers).expect("fits").model;
-    let count = |id: u32, from: i64, to: i64| {
-        let mut days: Vec<i64> = all
-            .iter()
-            .filter(|(c, d, _)| *c == id && *d > from && *d <= to)
-            .map(|(_, d, _)| *d)
-            .collect();
-        days.dedup();
-        days.len() as f64
-    };
-    let mut rows = Vec::new();
-    let mut churned = Vec::new();
-    let mut p_alive = Vec::new();
-    for (id, c) in &summary {
-        let alive = bg.p_alive(c);
-        rows.push(vec![
-            f64::from(c.frequency),
-            c.age - c.recency,
-            c.age,
-            c.monetary,
-            alive,
-            bg.expected_purchases(c, 13.0),
-            count(*id, cutoff - 91, cutoff) - count(*id, cutoff - 182, cutoff - 91),
-        ]);
-        churned.push(count(*id, cutoff, cutoff + horizon) == 0.0);
-        p_alive.push(alive);
-    }
-    (rows, churned, p_alive)
-}
-
 /// Trained on the customers as they were on 1997-06-30 (churned: no purchase in the next 3
 /// months), scored on 1997-09-30 against the whole holdout (no purchase up to 1998-06-30),
 /// beside the ranking by P(alive) alone.
 #[test]
 fn churn_auc_on_the_holdout_beside_p_alive() {
     let all = purchases();
-    let (train, labels, _) = churn_rows(&all, chrono_days(1997, 6, 30), 92);
-    let names = FEATURES.iter().map(|s| s.to_string()).collect();
-    let model = Logistic::train(names, &train, &labels, 0.01).expect("trains");
+    let train = from_purchases(&all, chrono_days(1997, 6, 30), 92, 7.0).expect("features");
+    let names = PURCHASE_FEATURES.iter().map(|s| s.to_string()).collect();
+    let model = Logistic::train(names, &train.rows, &train.churned, 0.01).expect("trains");
     let calibration_end = chrono_days(1997, 9, 30);
     let holdout = chrono_days(1998, 6, 30) - calibration_end;
-    let (test, churned, p_alive) = churn_rows(&all, calibration_end, holdout);
-    let scores: Vec<f64> = test.iter().map(|x| model.score(x)).collect();
-    let ours = auc(&scores, &churned).expect("both classes");
+    let test = from_purchases(&all, calibration_end, holdout, 7.0).expect("features");
+    let (churned, p_alive) = (&test.churned, &test.p_alive);
+    let scores: Vec<f64> = test.rows.iter().map(|x| model.score(x)).collect();
+    let ours = auc(&scores, churned).expect("both classes");
     let dead: Vec<f64> = p_alive.iter().map(|p| 1.0 - p).collect();
-    let alone = auc(&dead, &churned).expect("both classes");
+    let alone = auc(&dead, churned).expect("both classes");
     // BG/NBD's own forecast as a ranking: fewer expected purchases, more risk.
-    let few: Vec<f64> = test.iter().map(|x| -x[5]).collect();
-    let expected = auc(&few, &churned).expect("both classes");
+    let few: Vec<f64> = test.rows.iter().map(|x| -x[5]).collect();
+    let expected = auc(&few, churned).expect("both classes");
     eprintln!(
         "CDNOW churn AUC: logistic {ours:.4}, P(alive) alone {alone:.4}, BG/NBD expected purchases {expected:.4} ({} of {} churned); weights {:?}",
         churned.iter().filter(|&&c| c).count(),
@@ -195,8 +147,8 @@ fn churn_auc_on_the_holdout_beside_p_alive() {
         ours > 0.75 && ours >= expected,
         "logistic {ours}, expected purchases {expected}"
     );
-    let why = model.explain(&test[0]);
-    assert_eq!(why.len(), FEATURES.len());
+    let why = model.explain(&test.rows[0]);
+    assert_eq!(why.len(), PURCHASE_FEATURES.len());
 }
 
 #[test]

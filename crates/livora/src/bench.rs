@@ -34,6 +34,9 @@ pub enum BenchCommand {
     /// Workflows: memory and firing rate of waiting timers, trigger latency from ingest to
     /// outbox, and messages per second through the policy and the outbox.
     Automation(crate::bench_automation::AutomationBench),
+    /// Models: lifetime-value fit time and scoring throughput, churn training, and every
+    /// quality measure beside its baseline (CDNOW, AirPassengers, a generated shop).
+    Intel(crate::bench_intel::IntelBench),
 }
 
 #[derive(clap::Args, Clone)]
@@ -73,6 +76,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Profiles(b) => crate::bench_profiles::run(b).await,
         BenchCommand::Automation(b) => crate::bench_automation::run(b).await,
+        BenchCommand::Intel(b) => {
+            tokio::task::spawn_blocking(move || crate::bench_intel::run(&b)).await?
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod bench_analytics;
 mod bench_automation;
+mod bench_intel;
 mod bench_profiles;
 mod client;
 mod config;

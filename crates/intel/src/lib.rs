@@ -4,6 +4,7 @@
 pub mod churn;
 pub mod clv;
 pub mod forecast;
+pub mod history;
 pub mod optim;
 pub mod recommend;
 pub mod send_time;

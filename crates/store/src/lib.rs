@@ -14,6 +14,7 @@ pub mod audit;
 pub mod automation;
 pub mod crypto;
 mod error;
+pub mod intel;
 pub mod keys;
 #[cfg(feature = "aws-kms")]
 pub mod kms_aws;
@@ -28,6 +29,7 @@ pub mod profiles;
 mod sqlite;
 mod sqlite_accounts;
 mod sqlite_automation;
+mod sqlite_intel;
 mod sqlite_privacy;
 mod sqlite_profiles;
 
@@ -86,7 +88,11 @@ pub struct NewTenant {
 /// - [`MetadataStore::find_key`] returns only keys that are not revoked.
 #[async_trait]
 pub trait MetadataStore:
-    AccountStore + PrivacyStore + profiles::ProfileStore + automation::AutomationStore
+    AccountStore
+    + PrivacyStore
+    + profiles::ProfileStore
+    + automation::AutomationStore
+    + intel::IntelStore
 {
     async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error>;
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, Error>;

@@ -239,6 +239,22 @@ CREATE TABLE inbound_contacts (
     PRIMARY KEY (tenant_id, channel, address)
 );
 "#,
+    r#"
+CREATE TABLE models (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    kind        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    trained_at  TEXT NOT NULL,
+    window_from TEXT NOT NULL,
+    window_to   TEXT NOT NULL,
+    metrics     TEXT NOT NULL,
+    features    TEXT NOT NULL,
+    params      TEXT NOT NULL,
+    active      INTEGER NOT NULL,
+    note        TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, kind, version)
+);
+"#,
 ];
 
 #[derive(Clone)]

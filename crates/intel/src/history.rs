@@ -143,15 +143,15 @@ pub fn read(t: &Table, from: i64, to: i64, tz: Tz) -> Histories {
                     }
                 }
             }
-        } else if n == viewed || n == added {
-            if let Some(p) = str_or_num(product_id, r) {
-                let a = if n == viewed {
-                    Action::View
-                } else {
-                    Action::Cart
-                };
-                h.products.push((p, a, None));
-            }
+        } else if (n == viewed || n == added)
+            && let Some(p) = str_or_num(product_id, r)
+        {
+            let a = if n == viewed {
+                Action::View
+            } else {
+                Action::Cart
+            };
+            h.products.push((p, a, None));
         }
         if engage.contains(&t.name[r]) {
             h.engagement_hours.push(local.hour() as u8);

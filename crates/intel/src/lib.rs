@@ -9,3 +9,4 @@ pub mod optim;
 pub mod recommend;
 pub mod send_time;
 pub mod sentiment;
+pub mod train;

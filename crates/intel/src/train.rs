@@ -561,6 +561,62 @@ fn train_recommender(h: &Histories, in_use: &InUse) -> Outcome<Recommender> {
     }
 }
 
+/// The tenant's engagements by hour.
+pub fn tenant_hours(h: &Histories) -> Hours {
+    Hours::of(
+        h.persons
+            .iter()
+            .flat_map(|p| p.engagement_hours.iter().copied()),
+    )
+}
+
+/// Scores every person of `h` as of local day `today` with the given models.
+pub fn score(
+    h: &Histories,
+    today: i64,
+    clv: Option<&ClvParams>,
+    churn: Option<&Logistic>,
+) -> Vec<Scores> {
+    let tenant = tenant_hours(h);
+    let today_customers: HashMap<usize, Customer> =
+        customers_at(&h.persons, today).into_iter().collect();
+    h.persons
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut s = Scores::default();
+            if let (Some(m), Some(c)) = (clv, today_customers.get(&i)) {
+                s.p_alive = Some(m.bg_nbd.p_alive(c));
+                s.expected_purchases_90d = Some(m.bg_nbd.expected_purchases(c, 90.0));
+                s.clv_12m = Some(m.value(c));
+            }
+            if let (Some(m), Some(row)) = (churn, churn_row(p, today, clv))
+                && m.features.len() == row.len()
+            {
+                s.churn_risk = Some(m.score(&row));
+                s.churn_reasons = m.explain(&row).into_iter().take(3).collect();
+            }
+            s.best_time = Some(best_hour(
+                &Hours::of(p.engagement_hours.iter().copied()),
+                &tenant,
+            ));
+            let mean = |from: i64, to: i64| {
+                let v: Vec<f64> = p
+                    .texts
+                    .iter()
+                    .filter(|(d, _)| *d > from && *d <= to)
+                    .map(|(_, t)| sentiment::score(t).compound)
+                    .collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            s.sentiment_30d = mean(today - 30, today);
+            s.sentiment_previous_30d = mean(today - 60, today - 30);
+            s.texts = p.texts.len() as u32;
+            s
+        })
+        .collect()
+}
+
 /// Trains every model on `h`, as of local day `today`, and scores every person with the
 /// models that will be in use (the new version where it is not worse, else `in_use`).
 pub fn train(h: &Histories, today: i64, in_use: &InUse) -> Trained {
@@ -599,42 +655,7 @@ pub fn train(h: &Histories, today: i64, in_use: &InUse) -> Trained {
             .clone()
             .or_else(|| churn.as_ref().map(|o| o.params.clone())),
     };
-    let today_customers: HashMap<usize, Customer> =
-        customers_at(&h.persons, today).into_iter().collect();
-    let scores = h
-        .persons
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let mut s = Scores::default();
-            if let (Some(m), Some(c)) = (&clv_use, today_customers.get(&i)) {
-                s.p_alive = Some(m.bg_nbd.p_alive(c));
-                s.expected_purchases_90d = Some(m.bg_nbd.expected_purchases(c, 90.0));
-                s.clv_12m = Some(m.value(c));
-            }
-            if let (Some(m), Some(row)) = (&churn_use, churn_row(p, today, clv_use.as_ref())) {
-                s.churn_risk = Some(m.score(&row));
-                s.churn_reasons = m.explain(&row).into_iter().take(3).collect();
-            }
-            s.best_time = Some(best_hour(
-                &Hours::of(p.engagement_hours.iter().copied()),
-                &tenant_hours,
-            ));
-            let mean = |from: i64, to: i64| {
-                let v: Vec<f64> = p
-                    .texts
-                    .iter()
-                    .filter(|(d, _)| *d > from && *d <= to)
-                    .map(|(_, t)| sentiment::score(t).compound)
-                    .collect();
-                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-            };
-            s.sentiment_30d = mean(today - 30, today);
-            s.sentiment_previous_30d = mean(today - 60, today - 30);
-            s.texts = p.texts.len() as u32;
-            s
-        })
-        .collect();
+    let scores = score(h, today, clv_use.as_ref(), churn_use.as_ref());
     Trained {
         today,
         first_day: h.days.first().map_or(today, |(d, _)| *d),

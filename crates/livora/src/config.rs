@@ -28,6 +28,37 @@ pub struct Config {
     pub log: LogConfig,
     pub analytics: AnalyticsConfig,
     pub automation: AutomationOptions,
+    pub intel: IntelConfig,
+}
+
+/// When models are trained (`[intel]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntelConfig {
+    /// Hours between trainings of every tenant's models; 0: only on demand
+    /// (`POST /api/v1/models/train`).
+    pub retrain_hours: u64,
+    /// Seconds from the start to the first training.
+    pub first_after_secs: u64,
+}
+
+impl Default for IntelConfig {
+    fn default() -> Self {
+        Self {
+            retrain_hours: 24,
+            first_after_secs: 120,
+        }
+    }
+}
+
+impl IntelConfig {
+    pub fn schedule(&self) -> livora_server::intel::Schedule {
+        livora_server::intel::Schedule {
+            every: (self.retrain_hours > 0)
+                .then(|| std::time::Duration::from_secs(self.retrain_hours * 3600)),
+            first_after: std::time::Duration::from_secs(self.first_after_secs),
+        }
+    }
 }
 
 /// Encryption at rest of personal data (`[privacy]`).
@@ -140,6 +171,7 @@ impl Default for Config {
             log: LogConfig::default(),
             analytics: AnalyticsConfig::default(),
             automation: AutomationOptions::default(),
+            intel: IntelConfig::default(),
         }
     }
 }

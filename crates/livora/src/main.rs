@@ -264,6 +264,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         &automation,
         security,
     )?;
+    state.intel.set_schedule(config.intel.schedule());
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");
     if let Some(opts) = demo {
         let keys = demo::prepare(store.as_ref()).await?;

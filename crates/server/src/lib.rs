@@ -19,6 +19,7 @@ mod engagement;
 pub mod error;
 mod events;
 mod ingest;
+pub mod intel;
 pub mod limits;
 pub mod ops;
 mod people;
@@ -255,6 +256,8 @@ pub struct AppState {
     /// point there, and providers' callbacks are signed for it.
     pub public_url: Option<String>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The tenants' models and their training schedule.
+    pub intel: intel::IntelState,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
 }
@@ -350,6 +353,7 @@ impl AppState {
             ingest,
             limits: limits::Limits::new(limits)?,
             ready: AtomicBool::new(true),
+            intel: intel::IntelState::default(),
         }))
     }
 }
@@ -423,6 +427,37 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         Need::Permission(P::ManageConsent),
     ),
     ("GET", "/api/v1/people", Need::Permission(P::ViewPii)),
+    (
+        "GET",
+        "/api/v1/people/{id}/predictions",
+        Need::Permission(P::ViewPii),
+    ),
+    (
+        "GET",
+        "/api/v1/people/{id}/recommendations",
+        Need::Permission(P::ViewPii),
+    ),
+    (
+        "GET",
+        "/api/v1/items/{id}/similar",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "GET",
+        "/api/v1/forecasts",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    ("GET", "/api/v1/models", Need::Permission(P::ReadAnalytics)),
+    (
+        "POST",
+        "/api/v1/models/train",
+        Need::Permission(P::ManageTenant),
+    ),
+    (
+        "POST",
+        "/api/v1/models/{kind}/activate",
+        Need::Permission(P::ManageTenant),
+    ),
     ("GET", "/api/v1/people/{id}", Need::Permission(P::ViewPii)),
     (
         "GET",
@@ -634,6 +669,13 @@ fn handler(method: &str, path: &str) -> Handler {
         ("GET", "/api/v1/people/{id}/consents") => get(privacy::consents),
         ("POST", "/api/v1/people/{id}/consents") => post(privacy::record_consent),
         ("GET", "/api/v1/people") => get(people::list),
+        ("GET", "/api/v1/people/{id}/predictions") => get(intel::predictions),
+        ("GET", "/api/v1/people/{id}/recommendations") => get(intel::recommendations),
+        ("GET", "/api/v1/items/{id}/similar") => get(intel::similar),
+        ("GET", "/api/v1/forecasts") => get(intel::forecasts),
+        ("GET", "/api/v1/models") => get(intel::list),
+        ("POST", "/api/v1/models/train") => post(intel::train_now),
+        ("POST", "/api/v1/models/{kind}/activate") => post(intel::activate),
         ("GET", "/api/v1/people/{id}") => get(people::get_person),
         ("GET", "/api/v1/people/{id}/timeline") => get(people::timeline),
         ("POST", "/api/v1/people/{id}/unmerge") => post(people::unmerge),
@@ -773,6 +815,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     sync_retention(&state).await;
     let retention = tokio::spawn(retention_loop(state.clone()));
+    let models = tokio::spawn(intel::schedule_loop(state.clone()));
     let columns = state
         .columns
         .clone()
@@ -829,6 +872,7 @@ pub async fn serve(
         }
     };
     retention.abort();
+    models.abort();
     if let Some(a) = automation {
         a.abort();
     }

@@ -1,0 +1,665 @@
+//! Models over HTTP, and their training schedule: each tenant's lifetime value, churn risk,
+//! forecasts, recommendations and best send times ([`livora_intel::train`]), trained from
+//! the column store on a schedule (`[intel] retrain_hours`) and on demand, every version
+//! recorded in the model registry, a new one put in use only when its holdout metric is not
+//! worse, and an older one put back on request.
+//!
+//! Scores live in memory per tenant, keyed by the persons' identities (`u:<userId>`,
+//! `a:<anonymousId>`); a restart has none until the next training (the first one runs
+//! `[intel] first_after_secs` after the start).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use chrono::{DateTime, Utc};
+use livora_intel::churn::Logistic;
+use livora_intel::history::{self, Histories};
+use livora_intel::recommend::{Action, Recommender, Weights};
+use livora_intel::train::{self, ClvParams, InUse, Outcome, Scores, SeriesForecast};
+use livora_model::TenantId;
+use livora_store::intel::ModelRecord;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::access::Principal;
+use crate::error::{ApiError, Code};
+use crate::people::{find, lock, service};
+use crate::staff::entry;
+
+/// How far back training reads.
+const WINDOW_DAYS: i64 = 730;
+
+/// What one tenant's last training left in use.
+pub struct TenantModels {
+    pub trained_at: DateTime<Utc>,
+    pub today: i64,
+    by_key: HashMap<String, usize>,
+    scores: Vec<Scores>,
+    products: Vec<Vec<(String, Action)>>,
+    recommender: Recommender,
+    forecasts: Vec<SeriesForecast>,
+    skipped: Vec<(String, String)>,
+}
+
+/// The models of every tenant, and when they are trained.
+pub struct IntelState {
+    tenants: RwLock<HashMap<TenantId, Arc<TenantModels>>>,
+    /// One training at a time (they are heavy, and versions are numbered in order).
+    training: tokio::sync::Mutex<()>,
+    schedule: RwLock<Schedule>,
+}
+
+/// `[intel]`: when models are trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Between trainings of every tenant; `None`: only on demand.
+    pub every: Option<Duration>,
+    /// From the start to the first training.
+    pub first_after: Duration,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self {
+            every: Some(Duration::from_secs(24 * 3600)),
+            first_after: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Default for IntelState {
+    fn default() -> Self {
+        Self {
+            tenants: RwLock::new(HashMap::new()),
+            training: tokio::sync::Mutex::new(()),
+            schedule: RwLock::new(Schedule::default()),
+        }
+    }
+}
+
+impl IntelState {
+    pub fn set_schedule(&self, s: Schedule) {
+        *self.schedule.write().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+
+    fn schedule(&self) -> Schedule {
+        *self.schedule.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, tenant: TenantId) -> Option<Arc<TenantModels>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tenant)
+            .cloned()
+    }
+
+    fn put(&self, tenant: TenantId, m: TenantModels) {
+        self.tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant, Arc::new(m));
+    }
+}
+
+/// Trains every tenant on the schedule.
+pub async fn schedule_loop(state: Arc<AppState>) {
+    let s = state.intel.schedule();
+    let Some(every) = s.every else {
+        return;
+    };
+    tokio::time::sleep(s.first_after).await;
+    loop {
+        match state.store.tenants().await {
+            Ok(tenants) => {
+                for t in tenants {
+                    if let Err(e) = train_tenant(&state, t.id).await {
+                        tracing::warn!(tenant = %t.id, error = %e.message, "model training failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "model training: cannot list tenants"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn day_to_time(day: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(day * 86_400, 0).unwrap_or_default()
+}
+
+/// The tenant's histories over the training window, and today's local day.
+async fn histories(state: &AppState, tenant: TenantId) -> Result<(Histories, i64), ApiError> {
+    let Some(columns) = &state.columns else {
+        return Err(ApiError::new(
+            Code::AnalyticsDisabled,
+            "models need the column store ([analytics] enabled = false on this node)",
+        ));
+    };
+    let t = state
+        .store
+        .tenant(tenant)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, "no such tenant"))?;
+    let tz: chrono_tz::Tz = t.time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let now = Utc::now();
+    let today = history::local_day(now, tz);
+    let from = (now - chrono::Duration::days(WINDOW_DAYS)).timestamp_micros();
+    let to = now.timestamp_micros() + 1;
+    let table = columns.table(tenant);
+    let h = tokio::task::spawn_blocking(move || match table {
+        Some(t) => history::read(&livora_columnar::ColumnStore::read(&t), from, to, tz),
+        None => Histories::default(),
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    Ok((h, today))
+}
+
+/// The versions in use, as the registry holds them.
+async fn in_use(state: &AppState, tenant: TenantId) -> Result<(InUse, Vec<ModelRecord>), ApiError> {
+    let all = state.store.models(tenant, None).await?;
+    let mut u = InUse::default();
+    for m in all.iter().filter(|m| m.active) {
+        let metric = |k: &str| {
+            serde_json::from_str::<Value>(&m.metrics)
+                .ok()
+                .and_then(|v| v[k].as_f64())
+        };
+        match m.kind.as_str() {
+            "clv" => u.clv = serde_json::from_str::<ClvParams>(&m.params).ok(),
+            "churn" => u.churn = serde_json::from_str::<Logistic>(&m.params).ok(),
+            "forecast" => u.forecast_mape = metric("score"),
+            "recommendations" => u.recommendations_hit_rate = metric("score"),
+            _ => {}
+        }
+    }
+    Ok((u, all))
+}
+
+/// The registry record of one outcome.
+fn record<P>(
+    kind: &str,
+    o: &Outcome<P>,
+    params: String,
+    features: Value,
+    window: (i64, i64),
+    keep_anyway: bool,
+) -> ModelRecord {
+    let kept = o.better_or_equal() || keep_anyway;
+    let note = match (o.score, o.previous_score) {
+        (Some(new), Some(old)) if o.better_or_equal() => {
+            format!("in use: holdout {new:.4} is not worse than {old:.4} (the version in use)")
+        }
+        (Some(new), Some(old)) if keep_anyway => format!(
+            "in use (rebuilt from the data at every training): holdout {new:.4}, the previous version {old:.4}"
+        ),
+        (Some(new), Some(old)) => {
+            format!("not in use: holdout {new:.4} is worse than {old:.4} (the version in use)")
+        }
+        (Some(new), None) => format!("in use: holdout {new:.4}, no version to compare with"),
+        (None, _) => "in use: no holdout to judge it on yet".to_owned(),
+    };
+    let mut metrics = o.metrics.clone();
+    metrics["score"] = json!(o.score);
+    metrics["lower_is_better"] = json!(o.lower_is_better);
+    metrics["previous_score"] = json!(o.previous_score);
+    ModelRecord {
+        kind: kind.to_owned(),
+        version: 0,
+        trained_at: Utc::now(),
+        window_from: day_to_time(window.0),
+        window_to: day_to_time(window.1),
+        metrics: metrics.to_string(),
+        features: features.to_string(),
+        params,
+        active: kept,
+        note,
+    }
+}
+
+fn model_json(m: &ModelRecord) -> Value {
+    json!({
+        "kind": m.kind,
+        "version": m.version,
+        "active": m.active,
+        "trained_at": m.trained_at,
+        "window": {"from": m.window_from, "to": m.window_to},
+        "metrics": serde_json::from_str::<Value>(&m.metrics).unwrap_or(Value::Null),
+        "features": serde_json::from_str::<Value>(&m.features).unwrap_or(Value::Null),
+        "note": m.note,
+    })
+}
+
+fn models_of(h: &Histories, today: i64, scores: Vec<Scores>, t: &train::Trained) -> TenantModels {
+    let mut by_key = HashMap::new();
+    for (i, p) in h.persons.iter().enumerate() {
+        for k in &p.keys {
+            by_key.insert(k.clone(), i);
+        }
+    }
+    TenantModels {
+        trained_at: Utc::now(),
+        today,
+        by_key,
+        scores,
+        products: h
+            .persons
+            .iter()
+            .map(|p| p.products.iter().map(|(i, a, _)| (i.clone(), *a)).collect())
+            .collect(),
+        recommender: t.recommender.params.clone(),
+        forecasts: t.forecasts.params.clone(),
+        skipped: t.skipped.clone(),
+    }
+}
+
+/// Trains every model of `tenant` now; records the versions; puts in use those not worse.
+pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, ApiError> {
+    let _one = state.intel.training.lock().await;
+    let (use_now, _) = in_use(state, tenant).await?;
+    let (h, today) = histories(state, tenant).await?;
+    let h = Arc::new(h);
+    let trained = {
+        let (h, u) = (h.clone(), use_now.clone());
+        tokio::task::spawn_blocking(move || train::train(&h, today, &u))
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+    };
+    let window = (trained.first_day, today);
+    let params = |v: &dyn erased::Json| v.json();
+    let mut records = Vec::new();
+    if let Some(o) = &trained.clv {
+        records.push(record(
+            "clv",
+            o,
+            params(&o.params),
+            json!(["frequency", "recency", "age", "monetary"]),
+            window,
+            false,
+        ));
+    }
+    if let Some(o) = &trained.churn {
+        records.push(record(
+            "churn",
+            o,
+            params(&o.params),
+            json!(train::CHURN_FEATURES),
+            window,
+            false,
+        ));
+    }
+    let f = &trained.forecasts;
+    records.push(record(
+        "forecast",
+        f,
+        params(&f.params),
+        json!(["revenue", "orders", "active_persons"]),
+        window,
+        true,
+    ));
+    let r = &trained.recommender;
+    records.push(record(
+        "recommendations",
+        r,
+        json!({"weights": Weights::default(), "note": "the similarity tables are rebuilt from the data at every training"}).to_string(),
+        json!(["views", "carts", "purchases"]),
+        window,
+        true,
+    ));
+    let s = &trained.send_time;
+    records.push(record(
+        "send_time",
+        s,
+        params(&s.params),
+        json!(["engagement_hours"]),
+        window,
+        true,
+    ));
+    let mut out = Vec::new();
+    for mut m in records {
+        m.version = state.store.add_model(tenant, &m).await?;
+        out.push(model_json(&m));
+    }
+    let models = models_of(&h, today, trained.scores.clone(), &trained);
+    state.intel.put(tenant, models);
+    Ok(json!({
+        "trained_at": Utc::now(),
+        "persons": h.persons.len(),
+        "models": out,
+        "skipped": trained.skipped.iter().map(|(k, why)| json!({"kind": k, "reason": why})).collect::<Vec<_>>(),
+    }))
+}
+
+/// Serializing any model's parameters to JSON text.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_else(|_| "null".into())
+        }
+    }
+}
+
+/// `POST /api/v1/models/train`: trains the tenant's models now.
+pub async fn train_now(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let out = train_tenant(&state, principal.tenant).await?;
+    let mut e = entry(&principal, "models.train", None);
+    e.after = Some(json!({"models": out["models"].as_array().map(|m| m.len())}));
+    state.audit(e).await?;
+    Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindQuery {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+const KINDS: [&str; 5] = ["clv", "churn", "forecast", "recommendations", "send_time"];
+
+/// `GET /api/v1/models`: every version, newest first, and what the last training skipped.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    q: Result<Query<KindQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    if let Some(k) = q.kind.as_deref()
+        && !KINDS.contains(&k)
+    {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("unknown model kind {k:?}: one of {}", KINDS.join(", ")),
+        )
+        .with("field", "kind"));
+    }
+    let all = state
+        .store
+        .models(principal.tenant, q.kind.as_deref())
+        .await?;
+    let last = state.intel.get(principal.tenant);
+    Ok(Json(json!({
+        "models": all.iter().map(model_json).collect::<Vec<_>>(),
+        "last_training": last.map(|m| json!({
+            "at": m.trained_at,
+            "skipped": m.skipped.iter().map(|(k, why)| json!({"kind": k, "reason": why})).collect::<Vec<_>>(),
+        })),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Activate {
+    version: u32,
+}
+
+/// `POST /api/v1/models/{kind}/activate`: puts a recorded version of the lifetime-value or
+/// churn model back in use (a rollback), and scores everyone with it.
+pub async fn activate(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(kind): Path<String>,
+    body: Result<Json<Activate>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    if !matches!(kind.as_str(), "clv" | "churn") {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "only clv and churn versions can be put back in use ({kind:?}: forecasts, recommendations and send times are rebuilt from the data at every training)"
+            ),
+        )
+        .with("field", "kind"));
+    }
+    let tenant = principal.tenant;
+    let _one = state.intel.training.lock().await;
+    let note = format!("put back in use by {}", principal.label());
+    if !state
+        .store
+        .activate_model(tenant, &kind, body.version, &note)
+        .await?
+    {
+        return Err(ApiError::new(
+            Code::NotFound,
+            format!("no {kind} model version {}", body.version),
+        ));
+    }
+    let (u, all) = in_use(&state, tenant).await?;
+    // Everyone scored again with the versions now in use.
+    if let Some(current) = state.intel.get(tenant) {
+        let (h, today) = histories(&state, tenant).await?;
+        let h = Arc::new(h);
+        let scores = {
+            let h = h.clone();
+            tokio::task::spawn_blocking(move || {
+                train::score(&h, today, u.clv.as_ref(), u.churn.as_ref())
+            })
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+        };
+        let mut by_key = HashMap::new();
+        for (i, p) in h.persons.iter().enumerate() {
+            for k in &p.keys {
+                by_key.insert(k.clone(), i);
+            }
+        }
+        state.intel.put(
+            tenant,
+            TenantModels {
+                trained_at: current.trained_at,
+                today,
+                by_key,
+                scores,
+                products: h
+                    .persons
+                    .iter()
+                    .map(|p| p.products.iter().map(|(i, a, _)| (i.clone(), *a)).collect())
+                    .collect(),
+                recommender: current.recommender.clone(),
+                forecasts: current.forecasts.clone(),
+                skipped: current.skipped.clone(),
+            },
+        );
+    }
+    let mut e = entry(&principal, "models.activate", Some(kind.clone()));
+    e.after = Some(json!({"version": body.version}));
+    state.audit(e).await?;
+    let now: Vec<Value> = all
+        .iter()
+        .filter(|m| m.kind == kind)
+        .map(model_json)
+        .collect();
+    Ok(Json(
+        json!({"kind": kind, "active": body.version, "versions": now}),
+    ))
+}
+
+fn not_trained() -> ApiError {
+    ApiError::new(
+        Code::NotReady,
+        "the models are not trained yet: POST /api/v1/models/train, or wait for the schedule",
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonQuery {
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The person named in the path, their identities, and the tenant's models.
+fn person_models(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    by: Option<&str>,
+) -> Result<(Arc<TenantModels>, Option<usize>, u64), ApiError> {
+    let svc = service(state)?;
+    let t = svc.tenant(principal.tenant);
+    let st = lock(&t);
+    let person = find(&st.engine, id, by)?;
+    let keys = st.engine.profiles().graph().keys(person);
+    drop(st);
+    let models = state.intel.get(principal.tenant).ok_or_else(not_trained)?;
+    let at = keys.iter().find_map(|k| models.by_key.get(k).copied());
+    Ok((models, at, person))
+}
+
+/// `GET /api/v1/people/{id}/predictions`.
+pub async fn predictions(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    let (models, at, person) = person_models(&state, &principal, &id, q.by.as_deref())?;
+    let scores = at
+        .and_then(|i| models.scores.get(i))
+        .cloned()
+        .unwrap_or_default();
+    let mut e = entry(&principal, "pii.view", Some(id.clone()));
+    e.after = Some(json!({"route": "GET /api/v1/people/{id}/predictions"}));
+    state.audit(e).await?;
+    Ok(Json(json!({
+        "person": person,
+        "trained_at": models.trained_at,
+        "clv_12m": scores.clv_12m,
+        "p_alive": scores.p_alive,
+        "expected_purchases_90d": scores.expected_purchases_90d,
+        "churn_risk": scores.churn_risk,
+        "churn_reasons": scores.churn_reasons,
+        "best_send_time": scores.best_time,
+        "sentiment": {"last_30d": scores.sentiment_30d, "previous_30d": scores.sentiment_previous_30d, "texts": scores.texts},
+    })))
+}
+
+/// `GET /api/v1/people/{id}/recommendations`.
+pub async fn recommendations(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    let limit = q.limit.unwrap_or(10).clamp(1, 100);
+    let (models, at, person) = person_models(&state, &principal, &id, q.by.as_deref())?;
+    let history: Vec<(&str, Action)> = at
+        .and_then(|i| models.products.get(i))
+        .map(|v| v.iter().map(|(i, a)| (i.as_str(), *a)).collect())
+        .unwrap_or_default();
+    let recs = models
+        .recommender
+        .recommend(&history, Weights::default(), limit);
+    Ok(Json(json!({"person": person, "items": recs})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/items/{id}/similar`: items like it, and items bought with it.
+pub async fn similar(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    let limit = q.limit.unwrap_or(10).clamp(1, 50);
+    let models = state.intel.get(principal.tenant).ok_or_else(not_trained)?;
+    let similar: Vec<Value> = models
+        .recommender
+        .similar(&id, limit)
+        .iter()
+        .map(|(item, s)| json!({"item": item, "similarity": s}))
+        .collect();
+    let together: Vec<Value> = models
+        .recommender
+        .bought_together(&id, limit)
+        .iter()
+        .map(|(item, n)| json!({"item": item, "orders": n}))
+        .collect();
+    Ok(Json(
+        json!({"item": id, "similar": similar, "bought_together": together}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastQuery {
+    #[serde(default)]
+    metric: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
+}
+
+/// `GET /api/v1/forecasts`: revenue, orders and active persons ahead, with intervals.
+pub async fn forecasts(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    q: Result<Query<ForecastQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    for (field, v, allowed) in [
+        (
+            "metric",
+            &q.metric,
+            &["revenue", "orders", "active_persons"][..],
+        ),
+        ("interval", &q.interval, &["day", "week"][..]),
+    ] {
+        if let Some(v) = v
+            && !allowed.contains(&v.as_str())
+        {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("{field} {v:?} is not one of {}", allowed.join(", ")),
+            )
+            .with("field", field));
+        }
+    }
+    let models = state.intel.get(principal.tenant).ok_or_else(not_trained)?;
+    let series: Vec<Value> = models
+        .forecasts
+        .iter()
+        .filter(|f| q.metric.as_ref().is_none_or(|m| &f.metric == m))
+        .filter(|f| q.interval.as_ref().is_none_or(|i| &f.interval == i))
+        .map(|f| {
+            json!({
+                "metric": f.metric,
+                "interval": f.interval,
+                "model": f.model,
+                "holdout_mape": f.mape,
+                "seasonal_naive_mape": f.naive_mape,
+                "level": f.forecast.level,
+                "points": f.start.iter().enumerate().map(|(i, d)| json!({
+                    "start": day_to_time(*d).date_naive(),
+                    "value": f.forecast.point[i],
+                    "lower": f.forecast.lower[i],
+                    "upper": f.forecast.upper[i],
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"trained_at": models.trained_at, "series": series}),
+    ))
+}

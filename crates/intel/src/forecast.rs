@@ -389,6 +389,28 @@ pub fn seasonal_naive(y: &[f64], period: usize, h: usize) -> Vec<f64> {
     (0..h).map(|i| last[i % last.len()]).collect()
 }
 
+/// The seasonal naive forecast with a `level` interval: the spread of the differences
+/// between a point and the one a season before, grown with the square root of the number
+/// of seasons ahead (Hyndman & Athanasopoulos, *Forecasting: Principles and Practice*, 5.5).
+pub fn seasonal_naive_forecast(y: &[f64], period: usize, h: usize, level: f64) -> Forecast {
+    let m = period.clamp(1, y.len().max(1));
+    let point = seasonal_naive(y, m, h);
+    let diffs: Vec<f64> = y.windows(m + 1).map(|w| w[m] - w[0]).collect();
+    let sd = if diffs.is_empty() {
+        0.0
+    } else {
+        (diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64).sqrt()
+    };
+    let z = normal_quantile(0.5 + level / 2.0);
+    let half = |i: usize| z * sd * ((i / m + 1) as f64).sqrt();
+    Forecast {
+        lower: point.iter().enumerate().map(|(i, v)| v - half(i)).collect(),
+        upper: point.iter().enumerate().map(|(i, v)| v + half(i)).collect(),
+        point,
+        level,
+    }
+}
+
 /// Mean absolute percentage error, in percent, over the points whose actual value is not
 /// zero (`None` if there is none).
 pub fn mape(actual: &[f64], predicted: &[f64]) -> Option<f64> {
@@ -513,6 +535,11 @@ mod tests {
             Err(ForecastError::NotPositive) | Err(ForecastError::TooShort(..))
         ));
         assert_eq!(seasonal_naive(&[1.0, 2.0, 3.0], 2, 3), [2.0, 3.0, 2.0]);
+        let f = seasonal_naive_forecast(&[1.0, 2.0, 4.0, 2.0, 3.0, 5.0], 3, 4, 0.95);
+        assert_eq!(f.point, [2.0, 3.0, 5.0, 2.0]);
+        // Every difference a season apart is 1: the half-width is z, then z·√2.
+        assert!((f.upper[0] - f.point[0] - 1.959_964).abs() < 1e-5);
+        assert!((f.upper[3] - f.point[3] - 1.959_964 * 2f64.sqrt()).abs() < 1e-5);
         assert_eq!(mape(&[0.0], &[1.0]), None);
     }
 }

@@ -451,12 +451,12 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     (
         "POST",
         "/api/v1/models/train",
-        Need::Permission(P::ManageTenant),
+        Need::Permission(P::ManageModels),
     ),
     (
         "POST",
         "/api/v1/models/{kind}/activate",
-        Need::Permission(P::ManageTenant),
+        Need::Permission(P::ManageModels),
     ),
     ("GET", "/api/v1/people/{id}", Need::Permission(P::ViewPii)),
     (

@@ -80,10 +80,13 @@ pub enum Permission {
     /// Correct a person's identity (un-merge).
     #[serde(rename = "people.edit")]
     EditPeople,
+    /// Train models now and put an older version back in use.
+    #[serde(rename = "models.manage")]
+    ManageModels,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 15] = [
+    pub const ALL: [Permission; 16] = [
         Self::Ingest,
         Self::ReadAnalytics,
         Self::ViewPii,
@@ -99,6 +102,7 @@ impl Permission {
         Self::ManageTenant,
         Self::ManageConsent,
         Self::EditPeople,
+        Self::ManageModels,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +122,7 @@ impl Permission {
             Self::ManageTenant => "tenant.manage",
             Self::ManageConsent => "consent.manage",
             Self::EditPeople => "people.edit",
+            Self::ManageModels => "models.manage",
         }
     }
 }
@@ -155,7 +160,7 @@ impl Role {
         match self {
             Self::Owner => p != P::Ingest,
             Self::Admin => !matches!(p, P::Ingest | P::ManageTenant),
-            Self::Analyst => matches!(p, P::ReadAnalytics | P::EditSegments),
+            Self::Analyst => matches!(p, P::ReadAnalytics | P::EditSegments | P::ManageModels),
             Self::Marketer => matches!(
                 p,
                 P::ReadAnalytics

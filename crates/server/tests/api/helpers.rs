@@ -8,7 +8,7 @@ use livora_log::{EventLog, LogOptions};
 use livora_model::Currency;
 use livora_model::TenantId;
 use livora_server::{AppState, AuthOptions, IngestOptions, LimitOptions, Security};
-use livora_store::{KeyKind, MetadataStore, NewTenant, SqliteStore};
+use livora_store::{KeyKind, MetadataStore, NewTenant, Scope, SqliteStore};
 use serde_json::Value;
 
 /// The access-token secret of test servers (tests forge tokens with it and with others).
@@ -240,4 +240,35 @@ pub async fn decode(resp: reqwest::Response) -> (u16, Value) {
     let text = resp.text().await.expect("body");
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, value)
+}
+
+/// Calls the API with the app's secret key.
+pub async fn call(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}{path}", app.url);
+    let req = match method {
+        "GET" => app.http.get(url),
+        "POST" => app.http.post(url),
+        "PATCH" => app.http.patch(url),
+        "PUT" => app.http.put(url),
+        "DELETE" => app.http.delete(url),
+        other => panic!("method {other}"),
+    };
+    let req = req.bearer_auth(&app.secret_key);
+    let req = match body {
+        Some(b) => req.json(&b),
+        None => req,
+    };
+    decode(req.send().await.expect("request")).await
+}
+
+/// The app, called with a key that reads and administers (segments, un-merges, exports).
+pub async fn admin_app(dir: &std::path::Path) -> TestApp {
+    let mut app = spawn_app(dir).await;
+    app.secret_key = app
+        .store
+        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
+        .await
+        .expect("key")
+        .secret;
+    app
 }

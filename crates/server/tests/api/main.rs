@@ -3,6 +3,7 @@
 mod access;
 mod helpers;
 mod ingest;
+mod intel;
 mod limits;
 mod profiles;
 mod query;

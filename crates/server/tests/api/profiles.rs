@@ -4,27 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use livora_store::Scope;
-
-use crate::helpers::{TestApp, decode, spawn_app};
-
-async fn call(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("{}{path}", app.url);
-    let req = match method {
-        "GET" => app.http.get(url),
-        "POST" => app.http.post(url),
-        "PATCH" => app.http.patch(url),
-        "PUT" => app.http.put(url),
-        "DELETE" => app.http.delete(url),
-        other => panic!("method {other}"),
-    };
-    let req = req.bearer_auth(&app.secret_key);
-    let req = match body {
-        Some(b) => req.json(&b),
-        None => req,
-    };
-    decode(req.send().await.expect("request")).await
-}
+use crate::helpers::{TestApp, admin_app, call};
 
 /// Polls `path` until `done` holds of its answer (the profiles service follows the log).
 async fn eventually(app: &TestApp, path: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
@@ -40,18 +20,6 @@ async fn eventually(app: &TestApp, path: &str, done: impl Fn(u16, &Value) -> boo
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The app, called with a key that reads and administers (segments, un-merges, exports).
-async fn admin_app(dir: &std::path::Path) -> TestApp {
-    let mut app = spawn_app(dir).await;
-    app.secret_key = app
-        .store
-        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
-        .await
-        .expect("key")
-        .secret;
-    app
 }
 
 async fn send(app: &TestApp, batch: Value) {

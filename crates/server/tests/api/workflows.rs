@@ -10,26 +10,7 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use livora_store::Scope;
-
-use crate::helpers::{TestApp, decode, spawn_app};
-
-async fn call(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = format!("{}{path}", app.url);
-    let req = match method {
-        "GET" => app.http.get(url),
-        "POST" => app.http.post(url),
-        "PUT" => app.http.put(url),
-        "DELETE" => app.http.delete(url),
-        other => panic!("method {other}"),
-    };
-    let req = req.bearer_auth(&app.secret_key);
-    let req = match body {
-        Some(b) => req.json(&b),
-        None => req,
-    };
-    decode(req.send().await.expect("request")).await
-}
+use crate::helpers::{TestApp, admin_app, call, decode};
 
 async fn eventually(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -74,17 +55,6 @@ async fn receiver() -> (String, Received) {
 const SECRET: &str = "whsec_0123456789abcdef";
 
 /// The app with a secret key that may read and administer (the tests' caller).
-async fn admin_app(dir: &std::path::Path) -> TestApp {
-    let mut app = spawn_app(dir).await;
-    app.secret_key = app
-        .store
-        .create_key_scoped(app.tenant_id, &[Scope::Read, Scope::Admin])
-        .await
-        .expect("key")
-        .secret;
-    app
-}
-
 /// The tenant's webhook channel, and a local receiver for its calls.
 async fn webhook_channel(app: &TestApp) -> (String, Received) {
     let (url, received) = receiver().await;

@@ -1,0 +1,245 @@
+//! Models over HTTP: a shop's events ingested, the models trained on demand, every person's
+//! predictions, recommendations, similar items and forecasts read back; versions recorded,
+//! a new one judged against the one in use, and an older one put back.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, admin_app, call};
+
+/// 240 persons over 150 days up to yesterday: every third is a regular (active a third of
+/// the days, opens emails at 9); the others stop after a while.
+fn shop() -> Vec<Value> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let today = Utc::now().date_naive();
+    let mut events = Vec::new();
+    for i in 0..240u32 {
+        let regular = i % 3 == 0;
+        let start = rng.random_range(0..60i64);
+        let stop = if regular {
+            150
+        } else {
+            start + rng.random_range(10..90)
+        };
+        for d in start..stop.min(150) {
+            if rng.random::<f64>() > if regular { 0.35 } else { 0.15 } {
+                continue;
+            }
+            let day = today - chrono::Days::new((150 - d) as u64);
+            let at = |h: u32| format!("{day}T{h:02}:{:02}:00Z", i % 60);
+            let product = format!("sku-{}", (i % 8) * 4 + rng.random_range(0..4));
+            let n = events.len();
+            events.push(json!({"type": "track", "event": "Product Viewed", "userId": format!("p{i}"),
+                "properties": {"product_id": product}, "timestamp": at(12), "messageId": format!("m{n}")}));
+            if rng.random::<f64>() < 0.3 {
+                events.push(json!({"type": "track", "event": "Order Completed", "userId": format!("p{i}"),
+                    "properties": {"revenue": 20 + (i % 5) * 10, "order_id": format!("o{n}"),
+                        "products": [{"product_id": product}, {"product_id": format!("sku-{}", (i % 8) * 4)}]},
+                    "timestamp": at(13), "messageId": format!("m{n}b")}));
+            }
+            if rng.random::<f64>() < 0.3 {
+                events.push(
+                    json!({"type": "track", "event": "Email Opened", "userId": format!("p{i}"),
+                    "timestamp": at(if regular { 9 } else { 20 }), "messageId": format!("m{n}c")}),
+                );
+            }
+        }
+    }
+    events
+}
+
+async fn train(app: &TestApp) -> Value {
+    let (status, v) = call(app, "POST", "/api/v1/models/train", Some(json!({}))).await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+fn kinds(v: &Value) -> Vec<(String, u64, bool)> {
+    let mut k: Vec<(String, u64, bool)> = v["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| {
+            (
+                m["kind"].as_str().unwrap_or("").to_owned(),
+                m["version"].as_u64().unwrap_or(0),
+                m["active"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn trains_scores_recommends_forecasts_and_rolls_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let app = admin_app(dir.path()).await;
+    // Nothing is trained yet.
+    let (status, v) = call(&app, "GET", "/api/v1/forecasts", None).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (503, Some("not_ready")),
+        "{v}"
+    );
+    let events = shop();
+    let persons: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|e| e["userId"].as_str()).collect();
+    for chunk in events.chunks(500) {
+        let (status, v) = app
+            .post("/v1/batch", json!({ "batch": chunk }).to_string())
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    // Trained once the column store holds every person.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let v = train(&app).await;
+        if v["persons"] == persons.len() {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the column store never held them: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ks: Vec<String> = kinds(&first).into_iter().map(|(k, _, _)| k).collect();
+    assert_eq!(
+        ks,
+        ["churn", "clv", "forecast", "recommendations", "send_time"],
+        "{first}"
+    );
+    assert_eq!(first["skipped"], json!([]), "{first}");
+
+    // A regular and someone who stopped long ago.
+    let (status, regular) = call(&app, "GET", "/api/v1/people/p0/predictions", None).await;
+    assert_eq!(status, 200, "{regular}");
+    let lapsed = (1..240)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("p{i}"))
+        .next()
+        .expect("one");
+    let (_, other) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/people/{lapsed}/predictions"),
+        None,
+    )
+    .await;
+    let risk = |v: &Value| v["churn_risk"].as_f64().expect("a churn risk");
+    assert!(risk(&regular) < risk(&other), "{regular} {other}");
+    assert_eq!(regular["churn_reasons"].as_array().map(Vec::len), Some(3));
+    assert!(
+        regular["clv_12m"].as_f64().expect("a value") > 0.0,
+        "{regular}"
+    );
+    assert_eq!(regular["best_send_time"]["hour"], 9, "{regular}");
+    let (status, v) = call(&app, "GET", "/api/v1/people/nobody/predictions", None).await;
+    assert_eq!(status, 404, "{v}");
+
+    // Recommendations and similar items.
+    let (status, recs) = call(
+        &app,
+        "GET",
+        "/api/v1/people/p0/recommendations?limit=5",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{recs}");
+    let items = recs["items"].as_array().expect("items");
+    assert!(!items.is_empty() && items.len() <= 5, "{recs}");
+    let (status, sim) = call(&app, "GET", "/api/v1/items/sku-0/similar", None).await;
+    assert_eq!(status, 200, "{sim}");
+    assert!(
+        !sim["similar"].as_array().expect("similar").is_empty(),
+        "{sim}"
+    );
+    assert!(
+        !sim["bought_together"]
+            .as_array()
+            .expect("together")
+            .is_empty(),
+        "{sim}"
+    );
+
+    // Forecasts with intervals.
+    let (status, f) = call(
+        &app,
+        "GET",
+        "/api/v1/forecasts?metric=revenue&interval=day",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{f}");
+    let series = f["series"].as_array().expect("series");
+    assert_eq!(series.len(), 1, "{f}");
+    let points = series[0]["points"].as_array().expect("points");
+    assert_eq!(points.len(), 30);
+    for p in points {
+        let (lo, v, hi) = (
+            p["lower"].as_f64(),
+            p["value"].as_f64(),
+            p["upper"].as_f64(),
+        );
+        assert!(lo <= v && v <= hi, "{p}");
+    }
+    let (status, v) = call(&app, "GET", "/api/v1/forecasts?metric=profit", None).await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("metric")), "{v}");
+    let (status, v) = call(&app, "GET", "/api/v1/models?kind=magic", None).await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("kind")), "{v}");
+
+    // A second training is judged against the version in use, on the same holdout.
+    let second = train(&app).await;
+    let churn = second["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .find(|m| m["kind"] == "churn")
+        .expect("churn")
+        .clone();
+    let version = churn["version"].as_u64().expect("version");
+    assert!(version >= 2, "{churn}");
+    assert!(churn["metrics"]["previous_score"].is_number(), "{churn}");
+    assert!(
+        churn["note"]
+            .as_str()
+            .expect("note")
+            .contains("version in use"),
+        "{churn}"
+    );
+    // Put the first version back.
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/models/churn/activate",
+        Some(json!({"version": 1})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, listed) = call(&app, "GET", "/api/v1/models?kind=churn", None).await;
+    let active: Vec<(String, u64, bool)> = kinds(&listed).into_iter().filter(|k| k.2).collect();
+    assert_eq!(active, [("churn".to_owned(), 1, true)], "{listed}");
+    let (_, again) = call(&app, "GET", "/api/v1/people/p0/predictions", None).await;
+    assert!(again["churn_risk"].is_number(), "{again}");
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/models/churn/activate",
+        Some(json!({"version": 99})),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/models/forecast/activate",
+        Some(json!({"version": 1})),
+    )
+    .await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("kind")), "{v}");
+    app.stop().await;
+}

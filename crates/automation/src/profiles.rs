@@ -11,10 +11,14 @@ use crate::people::{People, Person};
 fn person(engine: &Engine, id: PersonId, now: chrono::DateTime<chrono::Utc>) -> Option<Person> {
     let (id, p) = engine.profiles().get(id)?;
     let (segments, tags) = engine.memberships(id);
-    let computed = match p.computed.to_json(now) {
+    let mut computed = match p.computed.to_json(now) {
         Value::Object(m) => m,
         _ => Default::default(),
     };
+    // The models' predictions read as computed attributes (`best_hour`, `churn_risk`…).
+    for (k, v) in &p.predictions {
+        computed.insert(k.clone(), serde_json::json!(v));
+    }
     let traits = p.traits.to_json();
     Some(Person {
         keys: engine.profiles().graph().keys(id),

@@ -3,7 +3,8 @@
 //! the hours they engaged with messages, the products they viewed, carted and bought, and
 //! the texts they wrote; and the tenant's daily revenue, orders and active persons.
 //!
-//! Days and hours are in the tenant's time zone. Purchases are `Order Completed` events
+//! Segment and tag changes (the events Livora writes itself) are not activity. Days and
+//! hours are in the tenant's time zone. Purchases are `Order Completed` events
 //! (their `revenue`, else `total`, as the analytics engine reads them); a refund is not
 //! subtracted. Products are the `product_id` of `Product Viewed` / `Product Added` /
 //! `Order Completed` and of the `products` lines of `Order Completed`.
@@ -77,6 +78,11 @@ pub fn read(t: &Table, from: i64, to: i64, tz: Tz) -> Histories {
         name(PRODUCT_ADDED),
     );
     let engage: Vec<u32> = ENGAGEMENTS.iter().filter_map(|n| name(n)).collect();
+    // What Livora itself writes (segment and tag changes) is not the person's doing.
+    let system: Vec<u32> = livora_model::RESERVED_EVENTS
+        .iter()
+        .filter_map(|n| name(n))
+        .collect();
     let key = |k: &str| t.keys.get(k);
     let (revenue, total, product_id, order_id, text) = (
         key("revenue"),
@@ -97,7 +103,7 @@ pub fn read(t: &Table, from: i64, to: i64, tz: Tz) -> Histories {
         .ranges_within(from, to)
         .into_iter()
         .flatten()
-        .filter(|&r| t.ts[r] >= from && t.ts[r] < to)
+        .filter(|&r| t.ts[r] >= from && t.ts[r] < to && !system.contains(&t.name[r]))
         .collect();
     // In time order, so that purchases and products are too.
     rows.sort_by_key(|&r| (t.ts[r], r));
@@ -237,6 +243,8 @@ mod tests {
                 "timestamp": at(3, 12), "messageId": "3"}),
             json!({"type": "track", "event": "Email Opened", "userId": "ann",
                 "timestamp": at(4, 20), "messageId": "4"}),
+            json!({"type": "track", "event": "Segment Entered", "userId": "ann",
+                "properties": {"segment_id": "vip"}, "timestamp": at(5, 9), "messageId": "lv-9"}),
             json!({"type": "track", "event": "Message Received", "userId": "bob",
                 "properties": {"text": "where is my order?"}, "timestamp": at(5, 8),
                 "messageId": "5"}),

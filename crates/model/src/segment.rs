@@ -20,9 +20,21 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The models' predictions a condition may test like computed attributes (written to the
+/// profiles at every training): 12-month value, churn risk (0-1), P(alive), purchases
+/// expected in 90 days, best send hour (0-23, local), mean sentiment of the last 30 days.
+pub const PREDICTIONS: [&str; 6] = [
+    "clv_12m",
+    "churn_risk",
+    "p_alive",
+    "expected_purchases_90d",
+    "best_hour",
+    "sentiment_30d",
+];
+
 /// Computed attributes a condition may test, and whether each is a time (compared with
-/// `before` / `after` / `within_last_days`) or a number.
-pub const COMPUTED: [(&str, bool); 13] = [
+/// `before` / `after` / `within_last_days`) or a number; the [`PREDICTIONS`] last.
+pub const COMPUTED: [(&str, bool); 19] = [
     ("first_seen", true),
     ("last_seen", true),
     ("events", false),
@@ -36,6 +48,12 @@ pub const COMPUTED: [(&str, bool); 13] = [
     ("engagement", false),
     ("first_order_at", true),
     ("last_order_at", true),
+    ("clv_12m", false),
+    ("churn_risk", false),
+    ("p_alive", false),
+    ("expected_purchases_90d", false),
+    ("best_hour", false),
+    ("sentiment_30d", false),
 ];
 
 /// A comparison of a value (a trait, a computed attribute, an event property).

@@ -30,6 +30,10 @@ pub struct Profile {
     pub groups: BTreeSet<String>,
     /// Matching events of the behavioural conditions in use.
     pub hits: Hits,
+    /// The models' latest predictions ([`livora_model::segment::PREDICTIONS`]), set by
+    /// training rather than by events; last, so that older snapshots read as none.
+    #[serde(default)]
+    pub predictions: std::collections::BTreeMap<String, f64>,
 }
 
 impl Profile {
@@ -38,6 +42,10 @@ impl Profile {
         self.computed.merge(&other.computed);
         self.groups.extend(other.groups);
         self.hits.merge(&other.hits);
+        // The next training predicts for the merged person; until then, keep what is known.
+        for (k, v) in other.predictions {
+            self.predictions.entry(k).or_insert(v);
+        }
     }
 
     pub fn heap_bytes(&self) -> usize {
@@ -45,6 +53,7 @@ impl Profile {
             + self.computed.heap_bytes()
             + self.groups.iter().map(|g| g.len() + 32).sum::<usize>()
             + self.hits.heap_bytes()
+            + self.predictions.keys().map(|k| k.len() + 40).sum::<usize>()
     }
 }
 
@@ -527,6 +536,22 @@ impl Profiles {
             }
         }
         Ok(rebuild.into_iter().collect())
+    }
+
+    /// Replaces a person's predictions; `false` if the person is unknown or they are the
+    /// same.
+    pub fn set_predictions(
+        &mut self,
+        person: PersonId,
+        values: std::collections::BTreeMap<String, f64>,
+    ) -> bool {
+        match self.people.get_mut(&person) {
+            Some(p) if p.predictions != values => {
+                Arc::make_mut(p).predictions = values;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Forgets what is personal about `person` after an erasure, without the events: its

@@ -19,7 +19,7 @@
 //! one entry instead of one set per segment. Both change together; a property test checks
 //! that they agree after every step, and a snapshot holds only the sets.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
@@ -173,6 +173,8 @@ impl Deps {
             Node::Not(n) => self.add(n),
             Node::Trait(_) => self.traits = true,
             Node::Computed(c) if ORDER_ATTRIBUTES.contains(&c.name.as_str()) => self.orders = true,
+            // Predictions change only when training sets them, which re-evaluates the person.
+            Node::Computed(c) if livora_model::segment::PREDICTIONS.contains(&c.name.as_str()) => {}
             Node::Computed(_) => self.every_event = true,
             Node::Performed { sel, .. } | Node::Last { sel, .. } => self.selectors.push(*sel),
             Node::NotFollowed { first, then, .. } => self.selectors.extend([*first, *then]),
@@ -379,6 +381,9 @@ fn computed(profile: &Profile, name: &str, x: &Value, t: i64) -> (Option<Value>,
                 }
             }
             (v, later(&cands))
+        }
+        p if livora_model::segment::PREDICTIONS.contains(&p) => {
+            (profile.predictions.get(p).map(|v| json!(v)), None)
         }
         "engagement" => {
             let Some(last) = c.last_seen.map(|l| l.timestamp()) else {
@@ -1067,6 +1072,25 @@ impl Engine {
         (applied, out)
     }
 
+    /// Sets persons' predictions (`PREDICTIONS` names) and re-evaluates those whose
+    /// predictions changed.
+    pub fn set_predictions(
+        &mut self,
+        updates: impl IntoIterator<Item = (PersonId, BTreeMap<String, f64>)>,
+        now: DateTime<Utc>,
+    ) -> Vec<Transition> {
+        let mut out = self.advance(now);
+        for (person, values) in updates {
+            let Some((p, _)) = self.profiles.get(person) else {
+                continue;
+            };
+            if self.profiles.set_predictions(p, values) {
+                self.refresh(p, self.now, None, &mut out);
+            }
+        }
+        out
+    }
+
     /// Drops a person that no longer exists (merged away) from every segment, silently: the
     /// person that absorbed it carries on.
     fn forget(&mut self, person: PersonId) {
@@ -1315,6 +1339,47 @@ mod tests {
         ts.iter()
             .map(|t| (t.segment.clone(), t.entered, t.at.timestamp() - T0))
             .collect()
+    }
+
+    #[test]
+    fn predictions_move_persons_between_segments_and_survive_a_snapshot() {
+        let mut e = Engine::new(MergeRules::default());
+        e.upsert(
+            spec(
+                "at-risk",
+                json!({"computed": {"name": "churn_risk", "op": "gt", "value": 0.5}}),
+            ),
+            [],
+            at(0),
+        )
+        .expect("saved");
+        e.apply(&track("u1", "Product Viewed", json!({}), 1, 0), at(0));
+        let p = e.profiles().people().next().expect("a person").0;
+        let risky = BTreeMap::from([("churn_risk".to_owned(), 0.8)]);
+        let ts = e.set_predictions([(p, risky.clone())], at(10));
+        assert_eq!(summary(&ts), [("at-risk".to_owned(), true, 10)]);
+        // The same again changes nothing; an event does not re-evaluate it either.
+        assert!(e.set_predictions([(p, risky)], at(11)).is_empty());
+        let (_, ts) = e.apply(&track("u1", "Product Viewed", json!({}), 2, 12), at(12));
+        assert!(ts.is_empty());
+        let packed = crate::snapshot::encode(&crate::snapshot::BodyRef {
+            tenant: livora_model::TenantId::generate(),
+            applied: 0,
+            history_from: 0,
+            engine: &e,
+            announced: &HashMap::new(),
+        })
+        .expect("encodes");
+        let back = crate::snapshot::decode(std::path::Path::new("p.snap"), &packed)
+            .expect("decodes")
+            .engine;
+        let (_, prof) = back.profiles().get(p).expect("the person");
+        assert_eq!(prof.predictions.get("churn_risk"), Some(&0.8));
+        let ts = e.set_predictions(
+            [(p, BTreeMap::from([("churn_risk".to_owned(), 0.1)]))],
+            at(20),
+        );
+        assert_eq!(summary(&ts), [("at-risk".to_owned(), false, 20)]);
     }
 
     #[test]

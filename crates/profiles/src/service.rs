@@ -1010,6 +1010,42 @@ impl ProfileService {
         self.write_tenant_now(tenant).await
     }
 
+    /// Sets the models' predictions of the persons holding each set of keys (`u:…`,
+    /// `a:…`), and announces the segment changes that follow. Returns how many persons
+    /// were found.
+    pub async fn set_predictions(
+        &self,
+        log: &EventLog,
+        tenant: TenantId,
+        updates: Vec<(Vec<String>, BTreeMap<String, f64>)>,
+    ) -> usize {
+        let now = self.now();
+        let t = self.tenant(tenant);
+        let (found, transitions) = {
+            let mut state = lock(&t);
+            let graph = state.engine.profiles().graph();
+            let resolved: Vec<(PersonId, BTreeMap<String, f64>)> = updates
+                .into_iter()
+                .filter_map(|(keys, v)| {
+                    keys.iter()
+                        .find_map(|k| graph.person_of_key(k))
+                        .map(|p| (p, v))
+                })
+                .collect();
+            let found = resolved.len();
+            state.dirty = true;
+            (found, state.engine.set_predictions(resolved, now))
+        };
+        if self.caught_up() {
+            let out = transitions
+                .into_iter()
+                .map(|tr| (tenant, tr, None))
+                .collect();
+            self.announce(log, out).await;
+        }
+        found
+    }
+
     /// Applies one record (in log order), decoded as `event`.
     fn apply(
         &self,

@@ -5,10 +5,13 @@
 //! worse, and an older one put back on request.
 //!
 //! Scores live in memory per tenant, keyed by the persons' identities (`u:<userId>`,
-//! `a:<anonymousId>`); a restart has none until the next training (the first one runs
+//! `a:<anonymousId>`), and are written to the profiles as predictions (`clv_12m`,
+//! `churn_risk`, `p_alive`, `expected_purchases_90d`, `best_hour`, `sentiment_30d`), which
+//! segments test like computed attributes, workflows read and profile snapshots keep. The
+//! in-memory scores are empty after a restart until the next training (the first runs
 //! `[intel] first_after_secs` after the start).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -258,6 +261,40 @@ fn models_of(h: &Histories, today: i64, scores: Vec<Scores>, t: &train::Trained)
     }
 }
 
+/// The scores as profile predictions ([`livora_model::segment::PREDICTIONS`]), per person's
+/// identities.
+fn predictions_of(h: &Histories, scores: &[Scores]) -> Vec<(Vec<String>, BTreeMap<String, f64>)> {
+    h.persons
+        .iter()
+        .zip(scores)
+        .map(|(p, s)| {
+            let values = [
+                ("clv_12m", s.clv_12m),
+                ("churn_risk", s.churn_risk),
+                ("p_alive", s.p_alive),
+                ("expected_purchases_90d", s.expected_purchases_90d),
+                ("best_hour", s.best_time.map(|b| f64::from(b.hour))),
+                ("sentiment_30d", s.sentiment_30d),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v.filter(|v| v.is_finite())?)))
+            .collect();
+            (p.keys.clone(), values)
+        })
+        .collect()
+}
+
+/// Writes the scores to the profiles, where segments, workflows and the people API read
+/// them.
+async fn write_predictions(state: &AppState, tenant: TenantId, h: &Histories, scores: &[Scores]) {
+    if let Some(svc) = &state.profiles {
+        let found = svc
+            .set_predictions(&state.log, tenant, predictions_of(h, scores))
+            .await;
+        tracing::info!(tenant = %tenant, persons = found, "predictions written to the profiles");
+    }
+}
+
 /// Trains every model of `tenant` now; records the versions; puts in use those not worse.
 pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, ApiError> {
     let _one = state.intel.training.lock().await;
@@ -325,6 +362,7 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
         m.version = state.store.add_model(tenant, &m).await?;
         out.push(model_json(&m));
     }
+    write_predictions(state, tenant, &h, &trained.scores).await;
     let models = models_of(&h, today, trained.scores.clone(), &trained);
     state.intel.put(tenant, models);
     Ok(json!({
@@ -448,6 +486,7 @@ pub async fn activate(
             .await
             .map_err(|e| ApiError::internal(&e))?
         };
+        write_predictions(&state, tenant, &h, &scores).await;
         let mut by_key = HashMap::new();
         for (i, p) in h.persons.iter().enumerate() {
             for k in &p.keys {

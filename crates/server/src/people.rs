@@ -58,6 +58,7 @@ fn summary(engine: &Engine, person: PersonId, p: &Profile, now: DateTime<Utc>) -
         "identifiers": identifiers_json(engine, person),
         "traits": p.traits.to_json(),
         "computed": p.computed.to_json(now),
+        "predictions": p.predictions,
         "segments": segments,
         "tags": tags,
     })

@@ -141,6 +141,35 @@ async fn trains_scores_recommends_forecasts_and_rolls_back() {
     let (status, v) = call(&app, "GET", "/api/v1/people/nobody/predictions", None).await;
     assert_eq!(status, 404, "{v}");
 
+    // The predictions are on the profile, and segments test them.
+    let (status, profile) = call(&app, "GET", &format!("/api/v1/people/{lapsed}"), None).await;
+    assert_eq!(status, 200, "{profile}");
+    assert_eq!(
+        profile["predictions"]["churn_risk"], other["churn_risk"],
+        "{profile}"
+    );
+    let (status, seg) = call(
+        &app,
+        "POST",
+        "/api/v1/segments",
+        Some(json!({"name": "At risk", "condition": {"computed": {"name": "churn_risk", "op": "gt", "value": 0.5}}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{seg}");
+    let id = seg["id"].as_str().expect("an id").to_owned();
+    let (status, members) =
+        call(&app, "GET", &format!("/api/v1/segments/{id}/members"), None).await;
+    assert_eq!(status, 200, "{members}");
+    let risky = (0..240)
+        .map(|i| format!("p{i}"))
+        .filter(|p| persons.contains(p.as_str()))
+        .count();
+    assert!(risky > 0, "{members}");
+    assert!(
+        members.to_string().contains(&lapsed) == (risk(&other) > 0.5),
+        "{members}"
+    );
+
     // Recommendations and similar items.
     let (status, recs) = call(
         &app,

@@ -1154,10 +1154,20 @@ impl Runtime {
                     changes.touch(j);
                     return;
                 }
-                Action::DelayUntil(t) => {
+                Action::DelayUntil(t) | Action::DelayUntilBestHour(t) => {
                     let days = t.days().unwrap_or_default();
-                    match t
-                        .hour_minute()
+                    // The person's best hour, where the models have one.
+                    let best = match &step.action {
+                        Action::DelayUntilBestHour(_) => person
+                            .computed
+                            .get("best_hour")
+                            .and_then(serde_json::Value::as_f64)
+                            .filter(|h| (0.0..24.0).contains(h))
+                            .map(|h| (h as u32, 0)),
+                        _ => None,
+                    };
+                    match best
+                        .or_else(|| t.hour_minute())
                         .and_then(|hm| next_local_time(now, tz, hm, &days))
                     {
                         Some(at) => {

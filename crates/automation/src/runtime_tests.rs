@@ -586,6 +586,53 @@ fn delays_until_a_local_time_and_a_trait() {
 }
 
 #[test]
+fn delays_until_the_persons_best_hour_or_the_fallback() {
+    let mut rt = runtime_with(json!({
+        "trigger": {"event": {"name": "Signed Up"}},
+        "steps": [
+            {"id": "best", "delay_until_best_hour": {"time": "10:00"}},
+            {"id": "tell", "send": {"channel": "sms", "template": {"body": "Hello"}}}
+        ]
+    }));
+    let mut dir = Directory::default();
+    let mut owl = person(&["u:owl"], json!({"phone": "+15550000001"}));
+    owl.computed.insert("best_hour".into(), json!(21.0));
+    dir.put(tenant(), owl);
+    dir.put(
+        tenant(),
+        person(&["u:new"], json!({"phone": "+15550000002"})),
+    );
+    let now = Utc
+        .with_ymd_and_hms(2026, 6, 3, 12, 0, 0)
+        .single()
+        .expect("time");
+    rt.on_event(
+        tenant(),
+        &track(Some("owl"), None, "Signed Up", json!({}), "m1", 0),
+        &dir,
+        now,
+    );
+    rt.on_event(
+        tenant(),
+        &track(Some("new"), None, "Signed Up", json!({}), "m2", 0),
+        &dir,
+        now,
+    );
+    // The tenant's zone is UTC here: 21:00 today for the owl, 10:00 tomorrow for the other.
+    let at = |d, h| {
+        Utc.with_ymd_and_hms(2026, 6, d, h, 0, 0)
+            .single()
+            .expect("time")
+    };
+    assert_eq!(rt.next_wake(), Some(at(3, 21)));
+    let c = rt.advance(at(3, 21), &dir);
+    assert_eq!(sends(&c)[0].to.as_deref(), Some("+15550000001"));
+    assert_eq!(rt.next_wake(), Some(at(4, 10)));
+    let c = rt.advance(at(4, 10), &dir);
+    assert_eq!(sends(&c)[0].to.as_deref(), Some("+15550000002"));
+}
+
+#[test]
 fn segment_triggers_and_a_missing_address() {
     let mut rt = runtime_with(json!({
         "trigger": {"segment_entered": "at-risk"},

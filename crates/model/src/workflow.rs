@@ -131,6 +131,10 @@ pub enum Action {
     /// Waits until a local time of day (on given weekdays) in the person's time zone (the
     /// `timezone` trait, else the tenant's).
     DelayUntil(LocalTime),
+    /// Waits until the person's best hour to receive messages (their `best_hour`
+    /// prediction, from their own engagement and the tenant's, in their time zone) on the
+    /// given weekdays; `time` is used for persons without one.
+    DelayUntilBestHour(LocalTime),
     /// Waits until the time held in a trait, plus an offset (negative: before it).
     DelayUntilTrait(TraitTime),
     /// Waits for an event, at most `timeout_minutes`.
@@ -533,9 +537,10 @@ impl Workflow {
 
 /// Names a step's unknown or missing action clearly (a flattened enum cannot).
 fn check_step_keys(path: &str, step: &Value) -> Result<(), DefinitionError> {
-    const ACTIONS: [&str; 12] = [
+    const ACTIONS: [&str; 13] = [
         "delay",
         "delay_until",
+        "delay_until_best_hour",
         "delay_until_trait",
         "wait_for",
         "branch",
@@ -588,13 +593,17 @@ impl Step {
                     ));
                 }
             }
-            Action::DelayUntil(t) => {
+            Action::DelayUntil(t) | Action::DelayUntilBestHour(t) => {
+                let name = match &self.action {
+                    Action::DelayUntil(_) => "delay_until",
+                    _ => "delay_until_best_hour",
+                };
                 if t.hour_minute().is_none() {
-                    return Err(err(&format!("{p}.delay_until.time"), "a time as HH:MM"));
+                    return Err(err(&format!("{p}.{name}.time"), "a time as HH:MM"));
                 }
                 if t.days().is_none() {
                     return Err(err(
-                        &format!("{p}.delay_until.weekdays"),
+                        &format!("{p}.{name}.weekdays"),
                         "weekdays are mon, tue, wed, thu, fri, sat, sun",
                     ));
                 }

@@ -9,6 +9,8 @@
 //! on the message (the workflow's metrics count it) and, the first time, appended to the
 //! event log as an event of the person (`Email Opened`, `Email Link Clicked`,
 //! `Unsubscribed`, `Message Received`), so goals, segments and other workflows can use it.
+//! A received message carries its sentiment (`sentiment`, VADER's compound score, and
+//! `sentiment_label`: `positive`, `neutral` or `negative`).
 
 use std::sync::Arc;
 
@@ -394,7 +396,13 @@ async fn received(
             person,
             "Message Received",
             id,
-            json!({"channel": channel, "text": text}),
+            // Scored as it arrives, so a workflow can start on a negative message
+            // (`where: sentiment_label equals negative`).
+            {
+                let s = livora_intel::sentiment::score(text);
+                json!({"channel": channel, "text": text, "sentiment": s.compound,
+                    "sentiment_label": s.label()})
+            },
             at,
         )
         .await;

@@ -775,6 +775,8 @@ async fn opens_clicks_unsubscribes_receipts_and_replies() {
             "Email Link Clicked",
             "Unsubscribed",
             "Message Received",
+            // Scored as it arrived.
+            "sentiment_label",
         ]
         .iter()
         .all(|e| s.contains(e))

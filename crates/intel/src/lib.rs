@@ -3,6 +3,7 @@
 
 pub mod churn;
 pub mod clv;
+pub mod export;
 pub mod forecast;
 pub mod history;
 pub mod optim;

@@ -281,7 +281,7 @@ fn count_in(days: &[i64], from: i64, to: i64) -> f64 {
 
 /// One person's churn features at `cutoff` (`None`: not yet seen by then), with the
 /// lifetime-value model fitted at that cutoff.
-fn churn_row(p: &PersonHistory, cutoff: i64, clv: Option<&ClvParams>) -> Option<Vec<f64>> {
+pub fn churn_row(p: &PersonHistory, cutoff: i64, clv: Option<&ClvParams>) -> Option<Vec<f64>> {
     let first = *p.active_days.first()?;
     if first > cutoff {
         return None;

@@ -702,3 +702,52 @@ pub async fn forecasts(
         json!({"trained_at": models.trained_at, "series": series}),
     ))
 }
+
+/// `GET /api/v1/models/features`: every person's churn features as of today and their
+/// latest scores, as Parquet (for outside tools). Recorded in the audit log.
+pub async fn features(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let tenant = principal.tenant;
+    let (u, _) = in_use(&state, tenant).await?;
+    let (h, today) = histories(&state, tenant).await?;
+    // The latest scores, found by identity (persons may have come since the training).
+    let scores: Vec<Scores> = match state.intel.get(tenant) {
+        Some(m) => h
+            .persons
+            .iter()
+            .map(|p| {
+                p.keys
+                    .iter()
+                    .find_map(|k| m.by_key.get(k))
+                    .and_then(|&i| m.scores.get(i).cloned())
+                    .unwrap_or_default()
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let persons = h.persons.len();
+    let bytes = tokio::task::spawn_blocking(move || {
+        livora_intel::export::features_parquet(&h, today, u.clv.as_ref(), &scores)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e| ApiError::internal(&e))?;
+    let mut e = entry(&principal, "data.export", None);
+    e.after = Some(json!({"route": "GET /api/v1/models/features", "persons": persons}));
+    state.audit(e).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/vnd.apache.parquet"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"features.parquet\"",
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}

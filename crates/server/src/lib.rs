@@ -449,6 +449,11 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ),
     ("GET", "/api/v1/models", Need::Permission(P::ReadAnalytics)),
     (
+        "GET",
+        "/api/v1/models/features",
+        Need::Permission(P::ExportData),
+    ),
+    (
         "POST",
         "/api/v1/models/train",
         Need::Permission(P::ManageModels),
@@ -674,6 +679,7 @@ fn handler(method: &str, path: &str) -> Handler {
         ("GET", "/api/v1/items/{id}/similar") => get(intel::similar),
         ("GET", "/api/v1/forecasts") => get(intel::forecasts),
         ("GET", "/api/v1/models") => get(intel::list),
+        ("GET", "/api/v1/models/features") => get(intel::features),
         ("POST", "/api/v1/models/train") => post(intel::train_now),
         ("POST", "/api/v1/models/{kind}/activate") => post(intel::activate),
         ("GET", "/api/v1/people/{id}") => get(people::get_person),

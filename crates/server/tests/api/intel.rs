@@ -170,6 +170,18 @@ async fn trains_scores_recommends_forecasts_and_rolls_back() {
         "{members}"
     );
 
+    // Features and scores for outside tools.
+    let resp = app
+        .http
+        .get(format!("{}/api/v1/models/features", app.url))
+        .bearer_auth(&app.secret_key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.bytes().await.expect("body");
+    assert_eq!(&bytes[..4], b"PAR1");
+
     // Recommendations and similar items.
     let (status, recs) = call(
         &app,

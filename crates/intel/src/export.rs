@@ -79,6 +79,7 @@ mod tests {
                 },
             ],
             days: Vec::new(),
+            categories: Default::default(),
         };
         let bytes = features_parquet(&h, 10, None, &[]).expect("writes");
         let r = SerializedFileReader::new(bytes::Bytes::from(bytes)).expect("reads");

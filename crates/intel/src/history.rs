@@ -53,6 +53,10 @@ pub struct Histories {
     pub persons: Vec<PersonHistory>,
     /// Per local day in the window, ascending: revenue, orders, active persons.
     pub days: Vec<(i64, DailyTotals)>,
+    /// Per product category (the `category` of an order's lines, `price` × `quantity`
+    /// each, one order per distinct category; else the order's own `category` and
+    /// revenue, as the commerce report counts them): revenue and orders per day.
+    pub categories: BTreeMap<String, BTreeMap<i64, DailyTotals>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -91,6 +95,8 @@ pub fn read(t: &Table, from: i64, to: i64, tz: Tz) -> Histories {
         key("order_id"),
         key("text"),
     );
+    let (category, price, quantity) = (key("category"), key("price"), key("quantity"));
+    let mut categories: BTreeMap<String, BTreeMap<i64, DailyTotals>> = BTreeMap::new();
     let str_or_num = |k: Option<u32>, row: usize| -> Option<String> {
         let k = k?;
         t.str_at(k, row)
@@ -132,6 +138,42 @@ pub fn read(t: &Table, from: i64, to: i64, tz: Tz) -> Histories {
             h.purchases.push((day, amount));
             d.0.revenue += amount;
             d.0.orders += 1.0;
+            let lines = t.lines.of_row(r);
+            if lines.is_empty() {
+                if let Some(c) = category.and_then(|k| t.str_at(k, r)) {
+                    let d = categories
+                        .entry(c.to_owned())
+                        .or_default()
+                        .entry(day)
+                        .or_default();
+                    d.revenue += amount;
+                    d.orders += 1.0;
+                }
+            } else if let Some(k) = category {
+                let mut seen: Vec<u32> = Vec::new();
+                for line in lines {
+                    let id = t.lines.str_id(k, line);
+                    let Some(c) = id.checked_sub(1).and_then(|v| t.values.value(v)) else {
+                        continue;
+                    };
+                    let each = price.and_then(|p| t.lines.num_at(p, line)).unwrap_or(0.0);
+                    let n = quantity
+                        .and_then(|q| t.lines.num_at(q, line))
+                        .unwrap_or(1.0);
+                    let d = categories
+                        .entry(c.to_owned())
+                        .or_default()
+                        .entry(day)
+                        .or_default();
+                    if each.is_finite() && n.is_finite() {
+                        d.revenue += each * n;
+                    }
+                    if !seen.contains(&id) {
+                        seen.push(id);
+                        d.orders += 1.0;
+                    }
+                }
+            }
             let oid = str_or_num(order_id, r);
             if let Some(p) = str_or_num(product_id, r) {
                 h.products.push((p, Action::Purchase, oid.clone()));
@@ -208,6 +250,7 @@ pub fn read(t: &Table, from: i64, to: i64, tz: Tz) -> Histories {
     Histories {
         persons,
         days: series,
+        categories,
     }
 }
 
@@ -239,7 +282,8 @@ mod tests {
                 "messageId": "2"}),
             json!({"type": "track", "event": "Order Completed", "userId": "ann",
                 "properties": {"revenue": 40, "order_id": "o1",
-                    "products": [{"product_id": "tent"}, {"product_id": 7}]},
+                    "products": [{"product_id": "tent", "category": "camping", "price": 30, "quantity": 1},
+                        {"product_id": 7, "category": "camping", "price": 5, "quantity": 2}]},
                 "timestamp": at(3, 12), "messageId": "3"}),
             json!({"type": "track", "event": "Email Opened", "userId": "ann",
                 "timestamp": at(4, 20), "messageId": "4"}),
@@ -284,6 +328,8 @@ mod tests {
             [(d(5), "where is my order?".to_owned())]
         );
         assert_eq!(h.days.len(), 5);
+        let camping = &h.categories["camping"][&d(3)];
+        assert_eq!((camping.revenue, camping.orders), (40.0, 1.0));
         assert_eq!(h.days[2].1.revenue, 40.0);
         assert_eq!(h.days[1].1.active_persons, 0.0);
         assert_eq!(

@@ -12,7 +12,8 @@
 //! - **Forecasts**: daily revenue, orders and active persons by Holt-Winters (weekly
 //!   seasonality); weekly ones (yearly seasonality with two years of data). Holdout: the
 //!   last 28 days (8 weeks) forecast from what came before; MAPE beside the seasonal naive
-//!   forecast, which is used instead where it did better.
+//!   forecast, which is used instead where it did better. Daily revenue and orders also
+//!   for each of the ten product categories with the most revenue.
 //! - **Recommendations**: item-to-item, judged by hit rate at 10 on each buyer's last
 //!   purchase held out (higher is better), beside the most popular items.
 //! - **Send time**: each person's best hour, from their engagements and the tenant's.
@@ -110,6 +111,9 @@ impl<P> Outcome<P> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesForecast {
     pub metric: String,
+    /// The product category (`None`: the whole tenant).
+    #[serde(default)]
+    pub category: Option<String>,
     /// `day` or `week`.
     pub interval: String,
     /// The first day (days since 1970-01-01) of each forecast point.
@@ -452,6 +456,7 @@ fn forecast_series(metric: &str, c: &Cadence, start_day: i64, y: &[f64]) -> Opti
     };
     Some(SeriesForecast {
         metric: metric.to_owned(),
+        category: None,
         interval: interval.to_owned(),
         start: (0..horizon as i64).map(|i| next + i * step).collect(),
         forecast,
@@ -516,9 +521,39 @@ fn train_forecasts(h: &Histories, in_use: &InUse) -> Outcome<Vec<SeriesForecast>
             out.push(f);
         }
     }
+    // The ten categories with the most revenue, daily.
+    let last = days.last().map_or(first, |(d, _)| *d);
+    let mut ranked: Vec<(&String, f64)> = h
+        .categories
+        .iter()
+        .map(|(c, by_day)| (c, by_day.values().map(|t| t.revenue).sum::<f64>()))
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    for (c, _) in ranked.into_iter().take(10) {
+        let by_day = &h.categories[c];
+        let Some(&start) = by_day.keys().next() else {
+            continue;
+        };
+        for (name, pick) in &metrics[..2] {
+            let y: Vec<f64> = (start..=last)
+                .map(|d| by_day.get(&d).map_or(0.0, pick))
+                .collect();
+            let day = Cadence {
+                interval: "day",
+                step: 1,
+                period: 7,
+                holdout: 28,
+                horizon: 30,
+            };
+            if let Some(mut f) = forecast_series(name, &day, start, &y) {
+                f.category = Some(c.clone());
+                out.push(f);
+            }
+        }
+    }
     let daily_mapes: Vec<f64> = out
         .iter()
-        .filter(|f| f.interval == "day")
+        .filter(|f| f.interval == "day" && f.category.is_none())
         .filter_map(|f| f.mape)
         .collect();
     let score = (!daily_mapes.is_empty())
@@ -527,7 +562,7 @@ fn train_forecasts(h: &Histories, in_use: &InUse) -> Outcome<Vec<SeriesForecast>
         metrics: json!({
             "days": days.len(),
             "mean_daily_mape": score,
-            "series": out.iter().map(|f| json!({"metric": f.metric, "interval": f.interval,
+            "series": out.iter().map(|f| json!({"metric": f.metric, "category": f.category, "interval": f.interval,
                 "model": f.model, "mape": f.mape, "seasonal_naive_mape": f.naive_mape})).collect::<Vec<_>>(),
         }),
         params: out,
@@ -743,7 +778,11 @@ mod tests {
         let days = (0..200)
             .map(|d| (d, totals.get(&d).copied().unwrap_or_default()))
             .collect();
-        Histories { persons, days }
+        Histories {
+            persons,
+            days,
+            categories: Default::default(),
+        }
     }
 
     #[test]

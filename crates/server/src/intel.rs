@@ -646,6 +646,9 @@ pub async fn similar(
 pub struct ForecastQuery {
     #[serde(default)]
     metric: Option<String>,
+    /// A product category (without: the whole tenant).
+    #[serde(default)]
+    category: Option<String>,
     #[serde(default)]
     interval: Option<String>,
 }
@@ -679,11 +682,13 @@ pub async fn forecasts(
     let series: Vec<Value> = models
         .forecasts
         .iter()
+        .filter(|f| f.category == q.category)
         .filter(|f| q.metric.as_ref().is_none_or(|m| &f.metric == m))
         .filter(|f| q.interval.as_ref().is_none_or(|i| &f.interval == i))
         .map(|f| {
             json!({
                 "metric": f.metric,
+                "category": f.category,
                 "interval": f.interval,
                 "model": f.model,
                 "holdout_mape": f.mape,

@@ -37,7 +37,10 @@ fn shop() -> Vec<Value> {
             if rng.random::<f64>() < 0.3 {
                 events.push(json!({"type": "track", "event": "Order Completed", "userId": format!("p{i}"),
                     "properties": {"revenue": 20 + (i % 5) * 10, "order_id": format!("o{n}"),
-                        "products": [{"product_id": product}, {"product_id": format!("sku-{}", (i % 8) * 4)}]},
+                        "products": [
+                            {"product_id": product, "category": format!("cat-{}", i % 3), "price": 15, "quantity": 1},
+                            {"product_id": format!("sku-{}", (i % 8) * 4), "category": format!("cat-{}", i % 3), "price": 5, "quantity": 1}
+                        ]},
                     "timestamp": at(13), "messageId": format!("m{n}b")}));
             }
             if rng.random::<f64>() < 0.3 {
@@ -228,6 +231,16 @@ async fn trains_scores_recommends_forecasts_and_rolls_back() {
         );
         assert!(lo <= v && v <= hi, "{p}");
     }
+    let (status, f) = call(
+        &app,
+        "GET",
+        "/api/v1/forecasts?category=cat-1&metric=orders",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{f}");
+    assert_eq!(f["series"][0]["category"], "cat-1", "{f}");
+    assert_eq!(f["series"].as_array().map(Vec::len), Some(1), "{f}");
     let (status, v) = call(&app, "GET", "/api/v1/forecasts?metric=profit", None).await;
     assert_eq!((status, v["field"].as_str()), (400, Some("metric")), "{v}");
     let (status, v) = call(&app, "GET", "/api/v1/models?kind=magic", None).await;

@@ -300,6 +300,15 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
     let _one = state.intel.training.lock().await;
     let (use_now, _) = in_use(state, tenant).await?;
     let (h, today) = histories(state, tenant).await?;
+    if h.persons.is_empty() {
+        // Nothing to learn from: no version is recorded.
+        return Ok(json!({
+            "trained_at": Utc::now(),
+            "persons": 0,
+            "models": [],
+            "skipped": [{"kind": "all", "reason": format!("no events in the last {WINDOW_DAYS} days")}],
+        }));
+    }
     let h = Arc::new(h);
     let trained = {
         let (h, u) = (h.clone(), use_now.clone());

@@ -370,13 +370,9 @@ mod tests {
             let y: Vec<bool> = rows.iter().map(|(_, y)| *y).collect();
             let loss = Loss { z: &z, y: &y, l2 };
             let (_, g) = loss.value_and_gradient(&w);
-            for j in 0..w.len() {
-                let h = 1e-6;
-                let (mut up, mut down) = (w.clone(), w.clone());
-                up[j] += h;
-                down[j] -= h;
-                let fd = (loss.value(&up) - loss.value(&down)) / (2.0 * h);
-                prop_assert!((fd - g[j]).abs() < 1e-6 * (1.0 + fd.abs()), "{} {}", fd, g[j]);
+            let numeric = crate::optim::numeric_gradient(&loss, &w);
+            for (fd, g) in numeric.iter().zip(&g) {
+                prop_assert!((fd - g).abs() < 1e-6 * (1.0 + fd.abs()), "{} {}", fd, g);
             }
         }
     }

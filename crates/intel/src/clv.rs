@@ -676,16 +676,15 @@ mod tests {
         )
     }
 
-    fn finite_difference(f: &dyn Objective, x: &[f64]) -> Vec<f64> {
-        (0..x.len())
-            .map(|i| {
-                let h = 1e-6;
-                let (mut up, mut down) = (x.to_vec(), x.to_vec());
-                up[i] += h;
-                down[i] -= h;
-                (f.value(&up) - f.value(&down)) / (2.0 * h)
-            })
-            .collect()
+    /// The analytic gradient (and value) of `f` at `x` agree with central differences.
+    fn gradient_agrees(f: &dyn Objective, x: &[f64]) -> Result<(), TestCaseError> {
+        let (v, g) = f.value_and_gradient(x);
+        prop_assert!(close(v, f.value(x)));
+        let fd = crate::optim::numeric_gradient(f, x);
+        for (a, b) in g.iter().zip(&fd) {
+            prop_assert!(close(*a, *b), "analytic {g:?} numeric {fd:?}");
+        }
+        Ok(())
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -701,12 +700,7 @@ mod tests {
             let f = BgNbdObjective {
                 rows: Rows::new(cs.iter().map(|c| (c.frequency, c.recency, c.age, 0.0))),
             };
-            let (v, g) = f.value_and_gradient(&x);
-            prop_assert!(close(v, f.value(&x)));
-            let fd = finite_difference(&f, &x);
-            for (a, b) in g.iter().zip(&fd) {
-                prop_assert!(close(*a, *b), "analytic {g:?} numeric {fd:?}");
-            }
+            gradient_agrees(&f, &x)?;
         }
 
         #[test]
@@ -720,13 +714,7 @@ mod tests {
                     .map(|c| (c.frequency, 0.0, 0.0, c.monetary)),
             );
             prop_assume!(!rows.x.is_empty());
-            let f = GammaGammaObjective { rows };
-            let (v, g) = f.value_and_gradient(&x);
-            prop_assert!(close(v, f.value(&x)));
-            let fd = finite_difference(&f, &x);
-            for (a, b) in g.iter().zip(&fd) {
-                prop_assert!(close(*a, *b), "analytic {g:?} numeric {fd:?}");
-            }
+            gradient_agrees(&GammaGammaObjective { rows }, &x)?;
         }
 
         #[test]

@@ -216,17 +216,7 @@ impl Objective for Sse<'_> {
     }
 
     fn value_and_gradient(&self, x: &[f64]) -> (f64, Vec<f64>) {
-        let v = self.value(x);
-        let g = (0..x.len())
-            .map(|i| {
-                let h = 1e-6 * (1.0 + x[i].abs());
-                let (mut up, mut down) = (x.to_vec(), x.to_vec());
-                up[i] += h;
-                down[i] -= h;
-                (self.value(&up) - self.value(&down)) / (2.0 * h)
-            })
-            .collect();
-        (v, g)
+        (self.value(x), crate::optim::numeric_gradient(self, x))
     }
 }
 

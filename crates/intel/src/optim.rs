@@ -72,6 +72,20 @@ impl<O: Objective> Gradient for Problem<'_, O> {
     }
 }
 
+/// The gradient of `f` at `x` by central differences (step 10⁻⁶ · (1 + |xᵢ|)): for
+/// objectives of a handful of parameters, and to check analytic gradients in tests.
+pub fn numeric_gradient<O: Objective + ?Sized>(f: &O, x: &[f64]) -> Vec<f64> {
+    (0..x.len())
+        .map(|i| {
+            let h = 1e-6 * (1.0 + x[i].abs());
+            let (mut up, mut down) = (x.to_vec(), x.to_vec());
+            up[i] += h;
+            down[i] -= h;
+            (f.value(&up) - f.value(&down)) / (2.0 * h)
+        })
+        .collect()
+}
+
 /// Minimises `f` from `start`; stops when the gradient's norm is below `1e-9` or the value
 /// no longer changes (relative `1e-15`).
 pub fn minimize<O: Objective>(f: &O, start: Vec<f64>) -> Result<Minimum, OptimError> {

@@ -413,6 +413,15 @@ struct Cadence {
     horizon: usize,
 }
 
+/// Days, a weekly season, the last 4 weeks held out, 30 days ahead.
+const DAILY: Cadence = Cadence {
+    interval: "day",
+    step: 1,
+    period: 7,
+    holdout: 28,
+    horizon: 30,
+};
+
 fn forecast_series(metric: &str, c: &Cadence, start_day: i64, y: &[f64]) -> Option<SeriesForecast> {
     let Cadence {
         interval,
@@ -487,14 +496,7 @@ fn train_forecasts(h: &Histories, in_use: &InUse) -> Outcome<Vec<SeriesForecast>
     ];
     for (name, pick) in metrics {
         let daily: Vec<f64> = days.iter().map(|(_, t)| pick(t)).collect();
-        let day = Cadence {
-            interval: "day",
-            step: 1,
-            period: 7,
-            holdout: 28,
-            horizon: 30,
-        };
-        if let Some(f) = forecast_series(name, &day, first, &daily) {
+        if let Some(f) = forecast_series(name, &DAILY, first, &daily) {
             out.push(f);
         }
         // Whole weeks from the first Monday.
@@ -538,14 +540,7 @@ fn train_forecasts(h: &Histories, in_use: &InUse) -> Outcome<Vec<SeriesForecast>
             let y: Vec<f64> = (start..=last)
                 .map(|d| by_day.get(&d).map_or(0.0, pick))
                 .collect();
-            let day = Cadence {
-                interval: "day",
-                step: 1,
-                period: 7,
-                holdout: 28,
-                horizon: 30,
-            };
-            if let Some(mut f) = forecast_series(name, &day, start, &y) {
+            if let Some(mut f) = forecast_series(name, &DAILY, start, &y) {
                 f.category = Some(c.clone());
                 out.push(f);
             }

@@ -143,6 +143,7 @@ pub fn run(b: &IntelBench) -> anyhow::Result<()> {
                 c.monetary,
                 p,
                 bg.expected_purchases(c, 90.0),
+                // The draws have no purchase dates to take a trend from.
                 0.0,
             ]);
             y.push(*later == 0);

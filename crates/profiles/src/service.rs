@@ -998,13 +998,7 @@ impl ProfileService {
                 state.dirty = true;
                 state.engine.erase_personal(person, now)
             };
-            if self.caught_up() {
-                let out = transitions
-                    .into_iter()
-                    .map(|tr| (tenant, tr, None))
-                    .collect();
-                self.announce(log, out).await;
-            }
+            self.announce_outside(log, tenant, transitions).await;
         }
         // Durable before the answer: a crash must not bring the erased data back.
         self.write_tenant_now(tenant).await
@@ -1036,13 +1030,7 @@ impl ProfileService {
             state.dirty = true;
             (found, state.engine.set_predictions(resolved, now))
         };
-        if self.caught_up() {
-            let out = transitions
-                .into_iter()
-                .map(|tr| (tenant, tr, None))
-                .collect();
-            self.announce(log, out).await;
-        }
+        self.announce_outside(log, tenant, transitions).await;
         found
     }
 
@@ -1084,6 +1072,24 @@ impl ProfileService {
             .into_iter()
             .map(|tr| (tenant, tr, Some(record.offset)))
             .collect()
+    }
+
+    /// Announces transitions that no log record caused (an erasure, new predictions), once
+    /// the log has been read up to where it ended at start (before, the catch-up's diff
+    /// announces them).
+    async fn announce_outside(
+        &self,
+        log: &EventLog,
+        tenant: TenantId,
+        transitions: Vec<Transition>,
+    ) {
+        if self.caught_up() {
+            let out = transitions
+                .into_iter()
+                .map(|tr| (tenant, tr, None))
+                .collect();
+            self.announce(log, out).await;
+        }
     }
 
     /// Appends announcements for `transitions` to the log.

@@ -38,11 +38,17 @@ const WINDOW_DAYS: i64 = 730;
 
 /// What one tenant's last training left in use.
 pub struct TenantModels {
-    pub trained_at: DateTime<Utc>,
-    pub today: i64,
+    /// Per identity, the person's index in `scores` and `products`.
     by_key: HashMap<String, usize>,
     scores: Vec<Scores>,
     products: Vec<Vec<(String, Action)>>,
+    /// What scoring again with another version (a rollback) leaves as it was.
+    built: Arc<Built>,
+}
+
+/// The part of a training that does not depend on the versions scoring persons.
+struct Built {
+    trained_at: DateTime<Utc>,
     recommender: Recommender,
     forecasts: Vec<SeriesForecast>,
     skipped: Vec<(String, String)>,
@@ -238,7 +244,7 @@ fn model_json(m: &ModelRecord) -> Value {
     })
 }
 
-fn models_of(h: &Histories, today: i64, scores: Vec<Scores>, t: &train::Trained) -> TenantModels {
+fn models_of(h: &Histories, scores: Vec<Scores>, built: Arc<Built>) -> TenantModels {
     let mut by_key = HashMap::new();
     for (i, p) in h.persons.iter().enumerate() {
         for k in &p.keys {
@@ -246,8 +252,6 @@ fn models_of(h: &Histories, today: i64, scores: Vec<Scores>, t: &train::Trained)
         }
     }
     TenantModels {
-        trained_at: Utc::now(),
-        today,
         by_key,
         scores,
         products: h
@@ -255,10 +259,13 @@ fn models_of(h: &Histories, today: i64, scores: Vec<Scores>, t: &train::Trained)
             .iter()
             .map(|p| p.products.iter().map(|(i, a, _)| (i.clone(), *a)).collect())
             .collect(),
-        recommender: t.recommender.params.clone(),
-        forecasts: t.forecasts.params.clone(),
-        skipped: t.skipped.clone(),
+        built,
     }
+}
+
+/// A model's parameters as JSON text.
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
 /// The scores as profile predictions ([`livora_model::segment::PREDICTIONS`]), per person's
@@ -317,13 +324,12 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
             .map_err(|e| ApiError::internal(&e))?
     };
     let window = (trained.first_day, today);
-    let params = |v: &dyn erased::Json| v.json();
     let mut records = Vec::new();
     if let Some(o) = &trained.clv {
         records.push(record(
             "clv",
             o,
-            params(&o.params),
+            json_text(&o.params),
             json!(["frequency", "recency", "age", "monetary"]),
             window,
             false,
@@ -333,7 +339,7 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
         records.push(record(
             "churn",
             o,
-            params(&o.params),
+            json_text(&o.params),
             json!(train::CHURN_FEATURES),
             window,
             false,
@@ -343,7 +349,7 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
     records.push(record(
         "forecast",
         f,
-        params(&f.params),
+        json_text(&f.params),
         json!(["revenue", "orders", "active_persons"]),
         window,
         true,
@@ -361,7 +367,7 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
     records.push(record(
         "send_time",
         s,
-        params(&s.params),
+        json_text(&s.params),
         json!(["engagement_hours"]),
         window,
         true,
@@ -372,7 +378,13 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
         out.push(model_json(&m));
     }
     write_predictions(state, tenant, &h, &trained.scores).await;
-    let models = models_of(&h, today, trained.scores.clone(), &trained);
+    let built = Arc::new(Built {
+        trained_at: Utc::now(),
+        recommender: trained.recommender.params.clone(),
+        forecasts: trained.forecasts.params.clone(),
+        skipped: trained.skipped.clone(),
+    });
+    let models = models_of(&h, trained.scores.clone(), built);
     state.intel.put(tenant, models);
     Ok(json!({
         "trained_at": Utc::now(),
@@ -380,18 +392,6 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
         "models": out,
         "skipped": trained.skipped.iter().map(|(k, why)| json!({"kind": k, "reason": why})).collect::<Vec<_>>(),
     }))
-}
-
-/// Serializing any model's parameters to JSON text.
-mod erased {
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_else(|_| "null".into())
-        }
-    }
 }
 
 /// `POST /api/v1/models/train`: trains the tenant's models now.
@@ -439,8 +439,8 @@ pub async fn list(
     Ok(Json(json!({
         "models": all.iter().map(model_json).collect::<Vec<_>>(),
         "last_training": last.map(|m| json!({
-            "at": m.trained_at,
-            "skipped": m.skipped.iter().map(|(k, why)| json!({"kind": k, "reason": why})).collect::<Vec<_>>(),
+            "at": m.built.trained_at,
+            "skipped": m.built.skipped.iter().map(|(k, why)| json!({"kind": k, "reason": why})).collect::<Vec<_>>(),
         })),
     })))
 }
@@ -496,29 +496,9 @@ pub async fn activate(
             .map_err(|e| ApiError::internal(&e))?
         };
         write_predictions(&state, tenant, &h, &scores).await;
-        let mut by_key = HashMap::new();
-        for (i, p) in h.persons.iter().enumerate() {
-            for k in &p.keys {
-                by_key.insert(k.clone(), i);
-            }
-        }
-        state.intel.put(
-            tenant,
-            TenantModels {
-                trained_at: current.trained_at,
-                today,
-                by_key,
-                scores,
-                products: h
-                    .persons
-                    .iter()
-                    .map(|p| p.products.iter().map(|(i, a, _)| (i.clone(), *a)).collect())
-                    .collect(),
-                recommender: current.recommender.clone(),
-                forecasts: current.forecasts.clone(),
-                skipped: current.skipped.clone(),
-            },
-        );
+        state
+            .intel
+            .put(tenant, models_of(&h, scores, current.built.clone()));
     }
     let mut e = entry(&principal, "models.activate", Some(kind.clone()));
     e.after = Some(json!({"version": body.version}));
@@ -585,7 +565,7 @@ pub async fn predictions(
     state.audit(e).await?;
     Ok(Json(json!({
         "person": person,
-        "trained_at": models.trained_at,
+        "trained_at": models.built.trained_at,
         "clv_12m": scores.clv_12m,
         "p_alive": scores.p_alive,
         "expected_purchases_90d": scores.expected_purchases_90d,
@@ -611,6 +591,7 @@ pub async fn recommendations(
         .map(|v| v.iter().map(|(i, a)| (i.as_str(), *a)).collect())
         .unwrap_or_default();
     let recs = models
+        .built
         .recommender
         .recommend(&history, Weights::default(), limit);
     Ok(Json(json!({"person": person, "items": recs})))
@@ -634,12 +615,14 @@ pub async fn similar(
     let limit = q.limit.unwrap_or(10).clamp(1, 50);
     let models = state.intel.get(principal.tenant).ok_or_else(not_trained)?;
     let similar: Vec<Value> = models
+        .built
         .recommender
         .similar(&id, limit)
         .iter()
         .map(|(item, s)| json!({"item": item, "similarity": s}))
         .collect();
     let together: Vec<Value> = models
+        .built
         .recommender
         .bought_together(&id, limit)
         .iter()
@@ -689,6 +672,7 @@ pub async fn forecasts(
     }
     let models = state.intel.get(principal.tenant).ok_or_else(not_trained)?;
     let series: Vec<Value> = models
+        .built
         .forecasts
         .iter()
         .filter(|f| f.category == q.category)
@@ -713,7 +697,7 @@ pub async fn forecasts(
         })
         .collect();
     Ok(Json(
-        json!({"trained_at": models.trained_at, "series": series}),
+        json!({"trained_at": models.built.trained_at, "series": series}),
     ))
 }
 

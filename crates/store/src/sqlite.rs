@@ -291,6 +291,21 @@ impl SqliteStore {
         Self::migrate(pool).await
     }
 
+    /// An in-memory database with one tenant (`Shop`, UTC, EUR), for tests.
+    #[cfg(test)]
+    pub(crate) async fn with_tenant() -> (Self, TenantId) {
+        let store = Self::in_memory().await.expect("store");
+        let t = store
+            .create_tenant(NewTenant {
+                name: "Shop".into(),
+                time_zone: "UTC".into(),
+                currency: Currency::parse("EUR").expect("currency"),
+            })
+            .await
+            .expect("tenant");
+        (store, t.id)
+    }
+
     /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`). A deferred one
     /// that reads and then writes cannot wait for another writer: SQLite answers `database
     /// is locked` at the first write instead of honouring the busy timeout.

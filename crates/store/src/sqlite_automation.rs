@@ -787,20 +787,6 @@ impl AutomationStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MetadataStore, NewTenant};
-
-    async fn store_with_tenant() -> (SqliteStore, TenantId) {
-        let store = SqliteStore::in_memory().await.expect("store");
-        let t = store
-            .create_tenant(NewTenant {
-                name: "Shop".into(),
-                time_zone: "UTC".into(),
-                currency: livora_model::Currency::parse("EUR").expect("currency"),
-            })
-            .await
-            .expect("tenant");
-        (store, t.id)
-    }
 
     fn message(tenant: TenantId, key: &str, now: DateTime<Utc>) -> OutboxRow {
         OutboxRow {
@@ -824,7 +810,7 @@ mod tests {
 
     #[tokio::test]
     async fn versions_journeys_outbox_and_offset() {
-        let (store, t) = store_with_tenant().await;
+        let (store, t) = SqliteStore::with_tenant().await;
         let w = store
             .add_workflow_version(t, "cart", "Cart", "", "{\"v\":1}", "ada")
             .await
@@ -970,7 +956,7 @@ mod tests {
 
     #[tokio::test]
     async fn engagement_receipts_and_inbound_contacts() {
-        let (store, t) = store_with_tenant().await;
+        let (store, t) = SqliteStore::with_tenant().await;
         let now = Utc::now();
         let mut m = message(t, "j1/send", now);
         m.message = r#"{"step":"send"}"#.into();

@@ -127,21 +127,11 @@ impl IntelStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MetadataStore, NewTenant};
     use chrono::Utc;
 
     #[tokio::test]
     async fn versions_one_in_use_and_rollback() {
-        let store = SqliteStore::in_memory().await.expect("store");
-        let t = store
-            .create_tenant(NewTenant {
-                name: "Shop".into(),
-                time_zone: "UTC".into(),
-                currency: livora_model::Currency::parse("EUR").expect("currency"),
-            })
-            .await
-            .expect("tenant")
-            .id;
+        let (store, t) = SqliteStore::with_tenant().await;
         let now = Utc::now();
         let m = |active| ModelRecord {
             kind: "churn".into(),

@@ -22,6 +22,51 @@ pub struct Person {
     pub computed: Map<String, Value>,
     pub segments: BTreeSet<String>,
     pub tags: BTreeSet<String>,
+    /// What the models recommend to the person, asked only when a message is rendered.
+    pub suggestions: Suggestions,
+}
+
+/// The models' recommendations for one person, computed when asked (a message being
+/// rendered), not for every event that looks the person up.
+pub trait Suggest: Send + Sync {
+    /// The `limit` items most worth showing the person, best first, each as
+    /// `{"item", "score", "reason"}`.
+    fn recommendations(&self, limit: usize) -> Vec<Value>;
+}
+
+/// A person's [`Suggest`], when the node has trained models.
+#[derive(Clone, Default)]
+pub struct Suggestions(Option<std::sync::Arc<dyn Suggest>>);
+
+impl Suggestions {
+    pub fn new(s: std::sync::Arc<dyn Suggest>) -> Self {
+        Self(Some(s))
+    }
+
+    /// The recommendations (none without models).
+    pub fn recommendations(&self, limit: usize) -> Vec<Value> {
+        self.0
+            .as_ref()
+            .map(|s| s.recommendations(limit))
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Suggestions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Suggestions(models)"
+        } else {
+            "Suggestions(none)"
+        })
+    }
+}
+
+/// Persons are compared by what they are; where the suggestions come from does not count.
+impl PartialEq for Suggestions {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Person {

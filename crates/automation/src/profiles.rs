@@ -26,6 +26,7 @@ fn person(engine: &Engine, id: PersonId, now: chrono::DateTime<chrono::Utc>) -> 
         computed,
         segments: segments.into_iter().map(str::to_owned).collect(),
         tags: tags.into_iter().map(str::to_owned).collect(),
+        suggestions: Default::default(),
     })
 }
 

@@ -2,7 +2,9 @@
 //!
 //! The context is `traits`, `computed`, `segments`, `tags`, `person` (its key),
 //! `event` (`event`, `properties`, `timestamp`) and `unsubscribe_url` (the message's own
-//! link, filled in when it is sent: [`crate::tracking`]). Undefined values render as nothing, as in
+//! link, filled in when it is sent: [`crate::tracking`]) and `recommendations` (the models'
+//! [`RECOMMENDED`] best items for the person, each `item`, `score` and `reason`, for
+//! cross-selling: `{% for r in recommendations %}{{ r.item }}{% endfor %}`). Undefined values render as nothing, as in
 //! Customer.io's Liquid; a syntax error is reported where the workflow is saved
 //! ([`check`]) and, should one reach the runtime, puts the message in the dead letters.
 
@@ -32,9 +34,13 @@ fn compiled() -> &'static std::sync::RwLock<Environment<'static>> {
 /// How many distinct templates are kept at most (then the cache starts again).
 const KEPT: usize = 10_000;
 
+/// How many recommendations a template sees.
+pub const RECOMMENDED: usize = 10;
+
 /// The values a template sees.
 pub fn context(person: &Person, trigger: &Value) -> Value {
     json!({
+        "recommendations": person.suggestions.recommendations(RECOMMENDED),
         "person": person.key(),
         "traits": person.traits,
         "computed": person.computed,
@@ -141,5 +147,44 @@ mod tests {
         assert_eq!(out.as_deref(), Ok("Hi Ada, your Lamp (30) waits."));
         assert!(check("{{ unclosed").is_err());
         assert!(render("{% for x in [1] %}", &ctx).is_err());
+    }
+
+    struct Shelf(Vec<&'static str>);
+
+    impl crate::people::Suggest for Shelf {
+        fn recommendations(&self, limit: usize) -> Vec<Value> {
+            self.0
+                .iter()
+                .take(limit)
+                .map(|i| json!({"item": i, "score": 0.5, "reason": "similar"}))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn recommendations_render_for_cross_selling_and_are_empty_without_models() {
+        let text = "{% for r in recommendations %}{{ r.item }};{% else %}none{% endfor %}";
+        let mut p = Person {
+            keys: vec!["u:ada".into()],
+            ..Person::default()
+        };
+        assert_eq!(
+            render(text, &context(&p, &json!({}))).as_deref(),
+            Ok("none")
+        );
+        let many: Vec<&'static str> = vec!["lamp"; RECOMMENDED + 5];
+        p.suggestions = crate::people::Suggestions::new(std::sync::Arc::new(Shelf(many)));
+        let out = render(text, &context(&p, &json!({}))).unwrap_or_default();
+        assert_eq!(out, "lamp;".repeat(RECOMMENDED));
+        p.suggestions =
+            crate::people::Suggestions::new(std::sync::Arc::new(Shelf(vec!["lamp", "shade"])));
+        assert_eq!(
+            render(
+                "{{ recommendations[0].item }} and {{ recommendations[1].item }}",
+                &context(&p, &json!({}))
+            )
+            .as_deref(),
+            Ok("lamp and shade")
+        );
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use chrono::{DateTime, Utc};
+use livora_automation::people::{People, Person, Suggest, Suggestions};
 use livora_intel::churn::Logistic;
 use livora_intel::history::{self, Histories};
 use livora_intel::recommend::{Action, Recommender, Weights};
@@ -112,6 +113,70 @@ impl IntelState {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(tenant, Arc::new(m));
+    }
+}
+
+/// The persons of the profiles, with what the models recommend them: workflows' messages
+/// render `recommendations` from it (cross-selling).
+pub struct WithModels {
+    pub profiles: Arc<livora_profiles::service::ProfileService>,
+    pub intel: Arc<IntelState>,
+}
+
+/// One person's recommendations, computed when a message asks for them.
+struct Shelf {
+    models: Arc<TenantModels>,
+    at: Option<usize>,
+}
+
+impl Suggest for Shelf {
+    fn recommendations(&self, limit: usize) -> Vec<Value> {
+        let history: Vec<(&str, Action)> = self
+            .at
+            .and_then(|i| self.models.products.get(i))
+            .map(|v| v.iter().map(|(i, a)| (i.as_str(), *a)).collect())
+            .unwrap_or_default();
+        self.models
+            .built
+            .recommender
+            .recommend(&history, Weights::default(), limit)
+            .into_iter()
+            .map(|r| json!(r))
+            .collect()
+    }
+}
+
+impl WithModels {
+    fn with_shelf(&self, tenant: TenantId, mut p: Person) -> Person {
+        if let Some(models) = self.intel.get(tenant) {
+            let at = p.keys.iter().find_map(|k| models.by_key.get(k).copied());
+            p.suggestions = Suggestions::new(Arc::new(Shelf { models, at }));
+        }
+        p
+    }
+}
+
+impl People for WithModels {
+    fn of_event(&self, tenant: TenantId, event: &livora_model::Event) -> Option<Person> {
+        let p = self.profiles.of_event(tenant, event)?;
+        Some(self.with_shelf(tenant, p))
+    }
+
+    fn by_key(&self, tenant: TenantId, key: &str) -> Option<Person> {
+        let p = self.profiles.by_key(tenant, key)?;
+        Some(self.with_shelf(tenant, p))
+    }
+
+    fn audience(&self, tenant: TenantId, segment: Option<&str>) -> Vec<Person> {
+        let people = self.profiles.audience(tenant, segment);
+        people
+            .into_iter()
+            .map(|p| self.with_shelf(tenant, p))
+            .collect()
+    }
+
+    fn ready(&self, offset: u64) -> bool {
+        self.profiles.ready(offset)
     }
 }
 

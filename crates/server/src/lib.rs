@@ -257,7 +257,7 @@ pub struct AppState {
     pub public_url: Option<String>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The tenants' models and their training schedule.
-    pub intel: intel::IntelState,
+    pub intel: Arc<intel::IntelState>,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
 }
@@ -306,6 +306,7 @@ impl AppState {
         // Events the node writes itself (workflows' traits, engagement), protected as
         // ingestion protects them.
         let sink = Arc::new(workflows::LogSink::new(log.clone(), protection.as_ref()));
+        let intel = Arc::new(intel::IntelState::default());
         let (automation, sender, channels) = match &profiles {
             Some(people) if automation.enabled => {
                 let policy = automation.policy().map_err(StateError::Automation)?;
@@ -313,7 +314,10 @@ impl AppState {
                     store.clone(),
                     keyring.clone(),
                     Arc::new(livora_profiles::service::SystemClock),
-                    people.clone(),
+                    Arc::new(intel::WithModels {
+                        profiles: people.clone(),
+                        intel: intel.clone(),
+                    }),
                     sink.clone(),
                 );
                 let channels =
@@ -353,7 +357,7 @@ impl AppState {
             ingest,
             limits: limits::Limits::new(limits)?,
             ready: AtomicBool::new(true),
-            intel: intel::IntelState::default(),
+            intel,
         }))
     }
 }

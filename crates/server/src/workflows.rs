@@ -803,7 +803,8 @@ pub async fn backtest(
     Ok(Json(out))
 }
 
-/// A person as templates see them, by user id or key (`u:…` / `a:…`).
+/// A person as templates see them (with the models' recommendations), by user id or key
+/// (`u:…` / `a:…`).
 fn person_for(
     state: &AppState,
     p: &Principal,
@@ -819,7 +820,11 @@ fn person_for(
     } else {
         format!("u:{id}")
     };
-    profiles.by_key(p.tenant, &key).ok_or_else(|| {
+    let people = crate::intel::WithModels {
+        profiles: profiles.clone(),
+        intel: state.intel.clone(),
+    };
+    people.by_key(p.tenant, &key).ok_or_else(|| {
         ApiError::new(Code::NotFound, format!("no person {id:?}")).with("path", "person")
     })
 }

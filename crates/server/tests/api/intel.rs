@@ -196,6 +196,21 @@ async fn trains_scores_recommends_forecasts_and_rolls_back() {
     assert_eq!(status, 200, "{recs}");
     let items = recs["items"].as_array().expect("items");
     assert!(!items.is_empty() && items.len() <= 5, "{recs}");
+    // The same recommendations in a message template (cross-selling).
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/workflows/preview",
+        Some(json!({"person": "p0", "template": {
+            "body": "{% for r in recommendations[:5] %}{{ r.item }} {% endfor %}"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let listed: String = items
+        .iter()
+        .map(|r| format!("{} ", r["item"].as_str().expect("an item")))
+        .collect();
+    assert_eq!(v["content"]["body"].as_str(), Some(listed.as_str()), "{v}");
     let (status, sim) = call(&app, "GET", "/api/v1/items/sku-0/similar", None).await;
     assert_eq!(status, 200, "{sim}");
     assert!(

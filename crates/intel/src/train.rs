@@ -148,6 +148,8 @@ pub struct InUse {
     pub churn: Option<Logistic>,
     pub forecast_mape: Option<f64>,
     pub recommendations_hit_rate: Option<f64>,
+    /// The tenant's own sentiment classifier, trained from its labelled examples.
+    pub sentiment: Option<crate::sentiment::Classifier>,
 }
 
 fn customers_at(persons: &[PersonHistory], cutoff: i64) -> Vec<(usize, Customer)> {
@@ -567,6 +569,23 @@ fn train_forecasts(h: &Histories, in_use: &InUse) -> Outcome<Vec<SeriesForecast>
     }
 }
 
+/// The item similarities of every person's views, carts and purchases.
+pub fn recommender(h: &Histories, w: Weights) -> Recommender {
+    Recommender::train(
+        h.persons.iter().flat_map(|p| {
+            p.products
+                .iter()
+                .map(move |(item, action, order)| Interaction {
+                    person: p.keys.first().map_or("", String::as_str),
+                    item,
+                    action: *action,
+                    order: order.as_deref(),
+                })
+        }),
+        w,
+    )
+}
+
 fn train_recommender(h: &Histories, in_use: &InUse) -> Outcome<Recommender> {
     let w = Weights::default();
     let events: Vec<(String, String, Action)> = h
@@ -581,21 +600,8 @@ fn train_recommender(h: &Histories, in_use: &InUse) -> Outcome<Recommender> {
         .collect();
     let ((hr, ndcg), (hr_pop, ndcg_pop)) = recommend::evaluate(&events, 10);
     let judged = events.iter().any(|(_, _, a)| *a == Action::Purchase);
-    let model = Recommender::train(
-        h.persons.iter().flat_map(|p| {
-            p.products
-                .iter()
-                .map(move |(item, action, order)| Interaction {
-                    person: p.keys.first().map_or("", String::as_str),
-                    item,
-                    action: *action,
-                    order: order.as_deref(),
-                })
-        }),
-        w,
-    );
     Outcome {
-        params: model,
+        params: recommender(h, w),
         metrics: json!({"hit_rate_10": hr, "ndcg_10": ndcg, "popular_hit_rate_10": hr_pop,
             "popular_ndcg_10": ndcg_pop, "interactions": events.len()}),
         score: judged.then_some(hr),
@@ -613,12 +619,14 @@ pub fn tenant_hours(h: &Histories) -> Hours {
     )
 }
 
-/// Scores every person of `h` as of local day `today` with the given models.
+/// Scores every person of `h` as of local day `today` with the given models (texts by the
+/// tenant's sentiment classifier where it has one, else by the rules).
 pub fn score(
     h: &Histories,
     today: i64,
     clv: Option<&ClvParams>,
     churn: Option<&Logistic>,
+    texts: Option<&crate::sentiment::Classifier>,
 ) -> Vec<Scores> {
     let tenant = tenant_hours(h);
     let today_customers: HashMap<usize, Customer> =
@@ -648,7 +656,7 @@ pub fn score(
                     .texts
                     .iter()
                     .filter(|(d, _)| *d > from && *d <= to)
-                    .map(|(_, t)| sentiment::score(t).compound)
+                    .map(|(_, t)| sentiment::judge(t, texts).0)
                     .collect();
                 (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
             };
@@ -698,7 +706,13 @@ pub fn train(h: &Histories, today: i64, in_use: &InUse) -> Trained {
             .clone()
             .or_else(|| churn.as_ref().map(|o| o.params.clone())),
     };
-    let scores = score(h, today, clv_use.as_ref(), churn_use.as_ref());
+    let scores = score(
+        h,
+        today,
+        clv_use.as_ref(),
+        churn_use.as_ref(),
+        in_use.sentiment.as_ref(),
+    );
     Trained {
         today,
         first_day: h.days.first().map_or(today, |(d, _)| *d),

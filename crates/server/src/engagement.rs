@@ -9,8 +9,9 @@
 //! on the message (the workflow's metrics count it) and, the first time, appended to the
 //! event log as an event of the person (`Email Opened`, `Email Link Clicked`,
 //! `Unsubscribed`, `Message Received`), so goals, segments and other workflows can use it.
-//! A received message carries its sentiment (`sentiment`, VADER's compound score, and
-//! `sentiment_label`: `positive`, `neutral` or `negative`).
+//! A received message carries its sentiment (`sentiment` in [−1, 1] and `sentiment_label`:
+//! `positive`, `neutral` or `negative`), by the tenant's own classifier where one is in
+//! use, else by the VADER-style rules.
 
 use std::sync::Arc;
 
@@ -399,9 +400,9 @@ async fn received(
             // Scored as it arrives, so a workflow can start on a negative message
             // (`where: sentiment_label equals negative`).
             {
-                let s = livora_intel::sentiment::score(text);
-                json!({"channel": channel, "text": text, "sentiment": s.compound,
-                    "sentiment_label": s.label()})
+                let (polarity, label) = state.intel.judge(tenant, text);
+                json!({"channel": channel, "text": text, "sentiment": polarity,
+                    "sentiment_label": label})
             },
             at,
         )

@@ -203,7 +203,8 @@ async fn store(
     let mut indices = Vec::with_capacity(total);
     for (index, item) in items.into_iter().enumerate() {
         match item.and_then(|m| ingest::normalise(m, kind, env)) {
-            Ok(event) => {
+            Ok(mut event) => {
+                state.intel.label_text(tenant, &mut event);
                 events.push(event);
                 indices.push(index);
             }

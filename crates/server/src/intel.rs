@@ -7,9 +7,14 @@
 //! Scores live in memory per tenant, keyed by the persons' identities (`u:<userId>`,
 //! `a:<anonymousId>`), and are written to the profiles as predictions (`clv_12m`,
 //! `churn_risk`, `p_alive`, `expected_purchases_90d`, `best_hour`, `sentiment_30d`), which
-//! segments test like computed attributes, workflows read and profile snapshots keep. The
-//! in-memory scores are empty after a restart until the next training (the first runs
-//! `[intel] first_after_secs` after the start).
+//! segments test like computed attributes, workflows read and profile snapshots keep. After
+//! a restart the in-memory scores, recommendations and forecasts are rebuilt with the
+//! versions in use once the column store has caught up (no training, no new version); the
+//! first training runs `[intel] first_after_secs` after the start.
+//!
+//! A tenant may upload labelled texts (`PUT /api/v1/models/sentiment/examples`); the naive
+//! Bayes classifier trained from them, when cross-validation finds it not worse than the
+//! rules, scores the persons' texts and labels texts as they arrive.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -22,6 +27,7 @@ use livora_automation::people::{People, Person, Suggest, Suggestions};
 use livora_intel::churn::Logistic;
 use livora_intel::history::{self, Histories};
 use livora_intel::recommend::{Action, Recommender, Weights};
+use livora_intel::sentiment::{self, Classifier};
 use livora_intel::train::{self, ClvParams, InUse, Outcome, Scores, SeriesForecast};
 use livora_model::TenantId;
 use livora_store::intel::ModelRecord;
@@ -61,6 +67,9 @@ pub struct IntelState {
     /// One training at a time (they are heavy, and versions are numbered in order).
     training: tokio::sync::Mutex<()>,
     schedule: RwLock<Schedule>,
+    /// Per tenant, its own sentiment classifier when one is in use (ingestion and inbound
+    /// messages label texts with it).
+    classifiers: RwLock<HashMap<TenantId, Arc<Classifier>>>,
 }
 
 /// `[intel]`: when models are trained.
@@ -87,6 +96,7 @@ impl Default for IntelState {
             tenants: RwLock::new(HashMap::new()),
             training: tokio::sync::Mutex::new(()),
             schedule: RwLock::new(Schedule::default()),
+            classifiers: RwLock::new(HashMap::new()),
         }
     }
 }
@@ -106,6 +116,56 @@ impl IntelState {
             .unwrap_or_else(|e| e.into_inner())
             .get(&tenant)
             .cloned()
+    }
+
+    /// The tenant's sentiment classifier, when it has one in use.
+    pub fn classifier(&self, tenant: TenantId) -> Option<Arc<Classifier>> {
+        self.classifiers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tenant)
+            .cloned()
+    }
+
+    /// A text's polarity and label, by the tenant's classifier or else by the rules.
+    pub fn judge(&self, tenant: TenantId, text: &str) -> (f64, &'static str) {
+        sentiment::judge(text, self.classifier(tenant).as_deref())
+    }
+
+    /// Scores an event's `text` property as it arrives (a support ticket, a review, a
+    /// chat message), so that a workflow can start on a negative one: `sentiment` in
+    /// [−1, 1] and `sentiment_label` are added to its properties unless it has its own.
+    pub fn label_text(&self, tenant: TenantId, event: &mut livora_model::Event) {
+        let Some(raw) = event.properties.as_deref() else {
+            return;
+        };
+        if !raw.get().contains("\"text\"") {
+            return;
+        }
+        let Ok(mut props) = serde_json::from_str::<serde_json::Map<String, Value>>(raw.get())
+        else {
+            return;
+        };
+        let Some(text) = props.get("text").and_then(Value::as_str) else {
+            return;
+        };
+        if props.contains_key("sentiment") || props.contains_key("sentiment_label") {
+            return;
+        }
+        let (polarity, label) = self.judge(tenant, text);
+        props.insert("sentiment".into(), json!(polarity));
+        props.insert("sentiment_label".into(), json!(label));
+        if let Ok(v) = serde_json::value::to_raw_value(&props) {
+            event.properties = Some(v);
+        }
+    }
+
+    fn set_classifier(&self, tenant: TenantId, c: Option<Classifier>) {
+        let mut all = self.classifiers.write().unwrap_or_else(|e| e.into_inner());
+        match c {
+            Some(c) => all.insert(tenant, Arc::new(c)),
+            None => all.remove(&tenant),
+        };
     }
 
     fn put(&self, tenant: TenantId, m: TenantModels) {
@@ -182,6 +242,7 @@ impl People for WithModels {
 
 /// Trains every tenant on the schedule.
 pub async fn schedule_loop(state: Arc<AppState>) {
+    restore_all(&state).await;
     let s = state.intel.schedule();
     let Some(every) = s.every else {
         return;
@@ -200,6 +261,82 @@ pub async fn schedule_loop(state: Arc<AppState>) {
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// After a start: each trained tenant's scores, recommendations and forecasts rebuilt with
+/// the versions in use, once the column store has read the log as it was at the start.
+/// Nothing is trained and no version is recorded.
+async fn restore_all(state: &AppState) {
+    let Some(columns) = &state.columns else {
+        return;
+    };
+    let end = state.log.end_offset();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while columns.applied() < end && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tenants = match state.store.tenants().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "models: cannot list tenants to restore");
+            return;
+        }
+    };
+    for t in tenants {
+        match restore_tenant(state, t.id).await {
+            Ok(true) => tracing::info!(tenant = %t.id, "models restored"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(tenant = %t.id, error = %e.message, "models could not be restored");
+            }
+        }
+    }
+}
+
+/// One tenant's [`restore_all`]; `false` when it has never been trained.
+async fn restore_tenant(state: &AppState, tenant: TenantId) -> Result<bool, ApiError> {
+    let _one = state.intel.training.lock().await;
+    let (u, all) = in_use(state, tenant).await?;
+    let Some(last) = all.iter().map(|m| m.trained_at).max() else {
+        return Ok(false);
+    };
+    if state.intel.get(tenant).is_some() {
+        // Trained since the start.
+        return Ok(false);
+    }
+    let forecasts: Vec<SeriesForecast> = all
+        .iter()
+        .find(|m| m.kind == "forecast" && m.active)
+        .and_then(|m| serde_json::from_str(&m.params).ok())
+        .unwrap_or_default();
+    let (h, today) = histories(state, tenant).await?;
+    if h.persons.is_empty() {
+        return Ok(false);
+    }
+    let h = Arc::new(h);
+    let (scores, recommender) = {
+        let h = h.clone();
+        tokio::task::spawn_blocking(move || {
+            let scores = train::score(
+                &h,
+                today,
+                u.clv.as_ref(),
+                u.churn.as_ref(),
+                u.sentiment.as_ref(),
+            );
+            (scores, train::recommender(&h, Weights::default()))
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+    };
+    let built = Arc::new(Built {
+        trained_at: last,
+        recommender,
+        forecasts,
+        skipped: Vec::new(),
+    });
+    state.intel.put(tenant, models_of(&h, scores, built));
+    Ok(true)
 }
 
 fn day_to_time(day: i64) -> DateTime<Utc> {
@@ -249,9 +386,11 @@ async fn in_use(state: &AppState, tenant: TenantId) -> Result<(InUse, Vec<ModelR
             "churn" => u.churn = serde_json::from_str::<Logistic>(&m.params).ok(),
             "forecast" => u.forecast_mape = metric("score"),
             "recommendations" => u.recommendations_hit_rate = metric("score"),
+            "sentiment" => u.sentiment = serde_json::from_str::<Classifier>(&m.params).ok(),
             _ => {}
         }
     }
+    state.intel.set_classifier(tenant, u.sentiment.clone());
     Ok((u, all))
 }
 
@@ -478,7 +617,14 @@ pub struct KindQuery {
     kind: Option<String>,
 }
 
-const KINDS: [&str; 5] = ["clv", "churn", "forecast", "recommendations", "send_time"];
+const KINDS: [&str; 6] = [
+    "clv",
+    "churn",
+    "forecast",
+    "recommendations",
+    "send_time",
+    "sentiment",
+];
 
 /// `GET /api/v1/models`: every version, newest first, and what the last training skipped.
 pub async fn list(
@@ -525,11 +671,11 @@ pub async fn activate(
     body: Result<Json<Activate>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
-    if !matches!(kind.as_str(), "clv" | "churn") {
+    if !matches!(kind.as_str(), "clv" | "churn" | "sentiment") {
         return Err(ApiError::new(
             Code::InvalidRequest,
             format!(
-                "only clv and churn versions can be put back in use ({kind:?}: forecasts, recommendations and send times are rebuilt from the data at every training)"
+                "only clv, churn and sentiment versions can be put back in use ({kind:?}: forecasts, recommendations and send times are rebuilt from the data at every training)"
             ),
         )
         .with("field", "kind"));
@@ -548,23 +694,7 @@ pub async fn activate(
         ));
     }
     let (u, all) = in_use(&state, tenant).await?;
-    // Everyone scored again with the versions now in use.
-    if let Some(current) = state.intel.get(tenant) {
-        let (h, today) = histories(&state, tenant).await?;
-        let h = Arc::new(h);
-        let scores = {
-            let h = h.clone();
-            tokio::task::spawn_blocking(move || {
-                train::score(&h, today, u.clv.as_ref(), u.churn.as_ref())
-            })
-            .await
-            .map_err(|e| ApiError::internal(&e))?
-        };
-        write_predictions(&state, tenant, &h, &scores).await;
-        state
-            .intel
-            .put(tenant, models_of(&h, scores, current.built.clone()));
-    }
+    rescore(&state, tenant, u).await?;
     let mut e = entry(&principal, "models.activate", Some(kind.clone()));
     e.after = Some(json!({"version": body.version}));
     state.audit(e).await?;
@@ -576,6 +706,158 @@ pub async fn activate(
     Ok(Json(
         json!({"kind": kind, "active": body.version, "versions": now}),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Example {
+    text: String,
+    label: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Examples {
+    examples: Vec<Example>,
+}
+
+/// Fewest and most examples a classifier is trained from, and the longest text.
+const EXAMPLES: (usize, usize) = (10, 50_000);
+const EXAMPLE_CHARS: usize = 5_000;
+/// Folds of the cross-validation that judges a classifier.
+const FOLDS: usize = 5;
+
+/// `PUT /api/v1/models/sentiment/examples`: the tenant's own labelled texts. A classifier
+/// is trained from them and judged by cross-validation beside the rules on the same texts;
+/// it is put in use (scores, and the labels of texts that arrive) only if it is not worse.
+pub async fn sentiment_examples(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    body: Result<Json<Examples>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    let n = body.examples.len();
+    if !(EXAMPLES.0..=EXAMPLES.1).contains(&n) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "{n} examples: give between {} and {}",
+                EXAMPLES.0, EXAMPLES.1
+            ),
+        )
+        .with("field", "examples"));
+    }
+    let mut examples = Vec::with_capacity(n);
+    for (i, e) in body.examples.into_iter().enumerate() {
+        if !sentiment::LABELS.contains(&e.label.as_str()) {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!(
+                    "examples[{i}].label {:?}: one of {}",
+                    e.label,
+                    sentiment::LABELS.join(", ")
+                ),
+            )
+            .with("field", format!("examples[{i}].label")));
+        }
+        let chars = e.text.chars().count();
+        if e.text.trim().is_empty() || chars > EXAMPLE_CHARS {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("examples[{i}].text: give 1 to {EXAMPLE_CHARS} characters ({chars})"),
+            )
+            .with("field", format!("examples[{i}].text")));
+        }
+        examples.push((e.text, e.label));
+    }
+    let tenant = principal.tenant;
+    let _one = state.intel.training.lock().await;
+    let (judged, classifier) = tokio::task::spawn_blocking(move || {
+        let judged = sentiment::cross_validate(&examples, FOLDS);
+        let c = Classifier::train(examples.iter().map(|(t, l)| (t.as_str(), l.as_str())));
+        (judged, c)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    let (Some(judged), Some(classifier)) = (judged, classifier) else {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "the examples need at least two labels",
+        )
+        .with("field", "examples"));
+    };
+    let kept = judged.accuracy >= judged.rules_accuracy;
+    let note = if kept {
+        format!(
+            "in use: cross-validated accuracy {:.4} is not worse than the rules' {:.4} on the same examples",
+            judged.accuracy, judged.rules_accuracy
+        )
+    } else {
+        format!(
+            "not in use: cross-validated accuracy {:.4} is worse than the rules' {:.4} on the same examples",
+            judged.accuracy, judged.rules_accuracy
+        )
+    };
+    let now = Utc::now();
+    let mut m = ModelRecord {
+        kind: "sentiment".into(),
+        version: 0,
+        trained_at: now,
+        window_from: now,
+        window_to: now,
+        metrics: json!({
+            "score": judged.accuracy,
+            "lower_is_better": false,
+            "previous_score": judged.rules_accuracy,
+            "accuracy": judged.accuracy,
+            "rules_accuracy": judged.rules_accuracy,
+            "examples": judged.examples,
+            "folds": judged.folds,
+        })
+        .to_string(),
+        features: json!(["words"]).to_string(),
+        params: json_text(&classifier),
+        active: kept,
+        note,
+    };
+    m.version = state.store.add_model(tenant, &m).await?;
+    if kept {
+        let (u, _) = in_use(&state, tenant).await?;
+        rescore(&state, tenant, u).await?;
+    }
+    let mut e = entry(&principal, "models.sentiment_examples", None);
+    e.after = Some(json!({"version": m.version, "examples": n, "active": kept}));
+    state.audit(e).await?;
+    Ok(Json(model_json(&m)))
+}
+
+/// Everyone scored again with the versions now in use (after a rollback, or a new
+/// sentiment classifier), where the tenant has been trained.
+async fn rescore(state: &AppState, tenant: TenantId, u: InUse) -> Result<(), ApiError> {
+    let Some(current) = state.intel.get(tenant) else {
+        return Ok(());
+    };
+    let (h, today) = histories(state, tenant).await?;
+    let h = Arc::new(h);
+    let scores = {
+        let h = h.clone();
+        tokio::task::spawn_blocking(move || {
+            train::score(
+                &h,
+                today,
+                u.clv.as_ref(),
+                u.churn.as_ref(),
+                u.sentiment.as_ref(),
+            )
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+    };
+    write_predictions(state, tenant, &h, &scores).await;
+    state
+        .intel
+        .put(tenant, models_of(&h, scores, current.built.clone()));
+    Ok(())
 }
 
 fn not_trained() -> ApiError {

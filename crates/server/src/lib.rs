@@ -467,6 +467,11 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         "/api/v1/models/{kind}/activate",
         Need::Permission(P::ManageModels),
     ),
+    (
+        "PUT",
+        "/api/v1/models/sentiment/examples",
+        Need::Permission(P::ManageModels),
+    ),
     ("GET", "/api/v1/people/{id}", Need::Permission(P::ViewPii)),
     (
         "GET",
@@ -686,6 +691,7 @@ fn handler(method: &str, path: &str) -> Handler {
         ("GET", "/api/v1/models/features") => get(intel::features),
         ("POST", "/api/v1/models/train") => post(intel::train_now),
         ("POST", "/api/v1/models/{kind}/activate") => post(intel::activate),
+        ("PUT", "/api/v1/models/sentiment/examples") => put(intel::sentiment_examples),
         ("GET", "/api/v1/people/{id}") => get(people::get_person),
         ("GET", "/api/v1/people/{id}/timeline") => get(people::timeline),
         ("POST", "/api/v1/people/{id}/unmerge") => post(people::unmerge),

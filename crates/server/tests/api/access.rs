@@ -127,6 +127,9 @@ fn sample(method: &str, path: &str, n: usize, victims: &Victims) -> (String, Opt
         ("POST", "/api/v1/people/{id}/unmerge") => Some(json!({"merge_id": 1})),
         ("POST", "/api/v1/models/train") => Some(json!({})),
         ("POST", "/api/v1/models/{kind}/activate") => Some(json!({"version": 1})),
+        ("PUT", "/api/v1/models/sentiment/examples") => Some(json!({"examples": (0..10)
+            .map(|i| json!({"text": format!("text {i}"), "label": if i % 2 == 0 { "positive" } else { "negative" }}))
+            .collect::<Vec<_>>()})),
         ("PUT", "/api/v1/identity/rules") => Some(json!({"limits": {"user_id": 1}})),
         ("POST", "/api/v1/segments" | "/api/v1/tags") => Some(json!({
             "name": format!("Audience {n}"),

@@ -310,5 +310,207 @@ async fn trains_scores_recommends_forecasts_and_rolls_back() {
     )
     .await;
     assert_eq!((status, v["field"].as_str()), (400, Some("kind")), "{v}");
+    let (_, before) = call(&app, "GET", "/api/v1/models", None).await;
+    let (_, forecast) = call(&app, "GET", "/api/v1/forecasts?metric=orders", None).await;
+    app.stop().await;
+
+    // After a restart, the versions in use serve again once the column store has caught
+    // up, without a training (no new version).
+    let app = admin_app(dir.path()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let back = loop {
+        let (status, v) = call(
+            &app,
+            "GET",
+            "/api/v1/people/p0/recommendations?limit=5",
+            None,
+        )
+        .await;
+        if status == 200 {
+            break v;
+        }
+        // The profiles catch up too.
+        assert!(v["code"] == "not_ready" || v["code"] == "not_found", "{v}");
+        assert!(Instant::now() < deadline, "never restored: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(back["items"], recs["items"], "{back}");
+    let (_, after) = call(&app, "GET", "/api/v1/models", None).await;
+    assert_eq!(after["models"], before["models"]);
+    let (_, f) = call(&app, "GET", "/api/v1/forecasts?metric=orders", None).await;
+    assert_eq!(f["series"], forecast["series"]);
+    let (_, again_after) = call(&app, "GET", "/api/v1/people/p0/predictions", None).await;
+    assert_eq!(
+        again_after["churn_risk"], again["churn_risk"],
+        "{again_after}"
+    );
+    app.stop().await;
+}
+
+fn ticket(user: &str, text: &str, n: usize) -> Value {
+    json!({"type": "track", "event": "Ticket Created", "userId": user,
+        "properties": {"text": text}, "messageId": format!("t{n}")})
+}
+
+/// A tenant's labelled texts train its own classifier, judged against the rules by
+/// cross-validation; texts that arrive are labelled by it, so a workflow can start on a
+/// negative one; an event's own sentiment is kept.
+#[tokio::test]
+async fn a_tenants_examples_label_the_texts_that_arrive() {
+    let dir = tempfile::tempdir().expect("dir");
+    let app = admin_app(dir.path()).await;
+    let put = |body: Value| call(&app, "PUT", "/api/v1/models/sentiment/examples", Some(body));
+    let late = [
+        "still waiting for my parcel",
+        "parcel has no tracking number",
+        "order still not shipped",
+        "waiting two weeks for the order",
+        "no tracking and no reply",
+        "where is my order",
+        "the parcel is still not here",
+        "my order was not shipped yet",
+    ];
+    let fine = [
+        "arrived a day early",
+        "the parcel came today",
+        "colours exactly as pictured",
+        "will order again",
+        "arrived early and well packed",
+        "the order came today",
+        "exactly as pictured",
+        "packed well and came early",
+    ];
+    let mut examples: Vec<Value> = Vec::new();
+    for (a, b) in late.iter().zip(fine) {
+        examples.push(json!({"text": a, "label": "negative"}));
+        examples.push(json!({"text": b, "label": "positive"}));
+    }
+    // Bad input names its part; nothing is recorded.
+    let mut wrong = examples.clone();
+    wrong[3]["label"] = json!("angry");
+    let (status, v) = put(json!({ "examples": wrong })).await;
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("examples[3].label")),
+        "{v}"
+    );
+    let (status, v) = put(json!({"examples": examples[..4]})).await;
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("examples")),
+        "{v}"
+    );
+    let one: Vec<Value> = examples
+        .iter()
+        .filter(|e| e["label"] == "negative")
+        .cloned()
+        .collect();
+    let twice = [one.clone(), one].concat();
+    let (status, v) = put(json!({ "examples": twice })).await;
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("examples")),
+        "{v}"
+    );
+    let (status, v) = put(json!({"examples": "no"})).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    let (_, v) = call(&app, "GET", "/api/v1/models?kind=sentiment", None).await;
+    assert_eq!(v["models"], json!([]), "{v}");
+
+    // Without a classifier the rules judge: "still waiting" is neutral to them.
+    let (status, v) = app
+        .post(
+            "/v1/batch",
+            json!({"batch": [ticket("ann", "still waiting on the parcel", 1)]}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // A workflow for unhappy customers.
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/workflows",
+        Some(json!({"id": "care", "name": "Care",
+        "definition": {
+            "trigger": {"event": {"name": "Ticket Created",
+                "where": [{"property": "sentiment_label", "op": "equals", "value": "negative"}]}},
+            "steps": [{"id": "flag", "update_trait": {"name": "needs_care", "value": true}}]
+        }})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call(&app, "POST", "/api/v1/workflows/care/enable", None).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, model) = put(json!({ "examples": examples })).await;
+    assert_eq!(status, 200, "{model}");
+    assert_eq!(
+        (model["kind"].as_str(), model["active"].as_bool()),
+        (Some("sentiment"), Some(true)),
+        "{model}"
+    );
+    let m = &model["metrics"];
+    assert!(
+        m["accuracy"].as_f64() > m["rules_accuracy"].as_f64(),
+        "{model}"
+    );
+    assert_eq!(m["examples"], 16);
+    let (status, v) = app
+        .post("/v1/batch", json!({"batch": [
+            ticket("bob", "still waiting on the parcel", 2),
+            {"type": "track", "event": "Ticket Created", "userId": "cat", "messageId": "t3",
+                "properties": {"text": "still waiting on the parcel", "sentiment_label": "positive"}}
+        ]}).to_string())
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = app.all_events().await;
+        if events.len() == 3 {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let label = |user: &str| {
+        events
+            .iter()
+            .find(|e| e["userId"] == user)
+            .map(|e| {
+                (
+                    e["properties"]["sentiment_label"].clone(),
+                    e["properties"]["sentiment"].clone(),
+                )
+            })
+            .expect("the event")
+    };
+    assert_eq!(label("ann").0, "neutral");
+    assert_eq!(label("bob").0, "negative");
+    assert!(label("bob").1.as_f64() < Some(0.0));
+    // The sender's own judgement is kept.
+    assert_eq!(label("cat"), (json!("positive"), Value::Null));
+    // Only the negative ticket started the workflow.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = call(&app, "GET", "/api/v1/people/bob/journeys", None).await;
+        if v["journeys"][0]["outcome"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for other in ["ann", "cat"] {
+        let (_, v) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/people/{other}/journeys"),
+            None,
+        )
+        .await;
+        assert_eq!(v["journeys"], json!([]), "{other}: {v}");
+    }
     app.stop().await;
 }

@@ -11,7 +11,7 @@
 #   LIVORA_TEST_DEPS  install dir (default: <repo root>/.cache/test-deps)
 #
 # Layout:
-#   $LIVORA_TEST_DEPS/venv/                       Python venv: segment-analytics-python, duckdb, moto, aiosmtpd
+#   $LIVORA_TEST_DEPS/venv/                       Python venv: segment-analytics-python, duckdb, moto, aiosmtpd, statsmodels
 #   $LIVORA_TEST_DEPS/node/node_modules/          @segment/analytics-node
 #   $LIVORA_TEST_DEPS/s3s/bin/s3s-fs              S3 server (cargo install, own target dir)
 #   $LIVORA_TEST_DEPS/stamp                       pinned versions
@@ -23,12 +23,16 @@ DUCKDB_VERSION="1.5.6"    # PyPI: duckdb
 S3S_VERSION="0.14.1"      # crates.io: s3s-fs (newer versions need a newer compiler)
 MOTO_VERSION="5.1.0"      # PyPI: moto[server] (a local AWS KMS for the aws-kms feature's test)
 AIOSMTPD_VERSION="1.4.6"  # PyPI: aiosmtpd (a local SMTP server for the email channel's test)
+# PyPI: statsmodels, Holt-Winters beside ours (crates/intel/tests/airpassengers.rs), with the
+# numpy/scipy/pandas it works with (statsmodels 0.14 does not import under pandas 3).
+STATSMODELS_VERSION="0.14.5"
+STATSMODELS_STACK="numpy==2.2.6 scipy==1.15.3 pandas==2.2.3"
 
 SCRIPT_DIR="$(cd "$(dirname "$0")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 DEPS_DIR="${LIVORA_TEST_DEPS:-$REPO_ROOT/.cache/test-deps}"
 STAMP="$DEPS_DIR/stamp"
-WANT_STAMP="segment-analytics-python==$PY_SDK_VERSION duckdb==$DUCKDB_VERSION moto==$MOTO_VERSION aiosmtpd==$AIOSMTPD_VERSION @segment/analytics-node@$NODE_SDK_VERSION s3s-fs@$S3S_VERSION"
+WANT_STAMP="segment-analytics-python==$PY_SDK_VERSION duckdb==$DUCKDB_VERSION moto==$MOTO_VERSION aiosmtpd==$AIOSMTPD_VERSION statsmodels==$STATSMODELS_VERSION $STATSMODELS_STACK @segment/analytics-node@$NODE_SDK_VERSION s3s-fs@$S3S_VERSION"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT_STAMP" \
       && -x "$DEPS_DIR/venv/bin/python" \
@@ -73,7 +77,8 @@ if [[ ! -x "$DEPS_DIR/venv/bin/python" ]]; then
 fi
 quiet "$DEPS_DIR/venv/bin/python" -m pip install --disable-pip-version-check \
     "segment-analytics-python==$PY_SDK_VERSION" "duckdb==$DUCKDB_VERSION" \
-    "moto[server]==$MOTO_VERSION" "aiosmtpd==$AIOSMTPD_VERSION"
+    "moto[server]==$MOTO_VERSION" "aiosmtpd==$AIOSMTPD_VERSION" \
+    "statsmodels==$STATSMODELS_VERSION" $STATSMODELS_STACK
 
 # --- Node -----------------------------------------------------------------
 command -v node >/dev/null || { echo "test-deps: node not found" >&2; exit 1; }

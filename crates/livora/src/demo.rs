@@ -32,6 +32,80 @@ pub struct DemoKeys {
     pub secret_key: String,
     /// The tenant was just created: history should be generated.
     pub fresh: bool,
+    /// Staff accounts to sign in to the dashboard with.
+    pub accounts: Vec<DemoAccount>,
+}
+
+/// A dashboard sign-in of the demo.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DemoAccount {
+    pub email: String,
+    pub password: String,
+    pub role: livora_store::Role,
+}
+
+/// The demo's staff: an owner, and a viewer (who sees no personal data and no settings).
+const ACCOUNTS: [(&str, &str, livora_store::Role); 2] = [
+    ("owner@demo.livora.test", "Demo Owner", livora_store::Role::Owner),
+    ("viewer@demo.livora.test", "Demo Viewer", livora_store::Role::Viewer),
+];
+
+/// Where the demo's passwords are kept (made once, at random, readable by the owner only).
+pub const ACCOUNTS_FILE: &str = "demo-accounts.json";
+
+/// The demo's staff accounts, created (with random passwords kept in `data_dir`) if missing.
+async fn accounts(
+    store: &dyn MetadataStore,
+    tenant: livora_model::TenantId,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Vec<DemoAccount>> {
+    let path = data_dir.join(ACCOUNTS_FILE);
+    let mut kept: Vec<DemoAccount> = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is not valid", path.display()))?,
+        Err(_) => Vec::new(),
+    };
+    let mut changed = false;
+    for (email, name, role) in ACCOUNTS {
+        let has_password = store
+            .credentials(email)
+            .await?
+            .is_some_and(|c| c.password_hash.is_some());
+        if has_password && kept.iter().any(|a| a.email == email) {
+            continue;
+        }
+        let password: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(16)
+            .map(char::from)
+            .collect();
+        let user = match store.credentials(email).await? {
+            Some(c) => c.user,
+            None => store.create_user(email, name).await?,
+        };
+        let hash = {
+            let pw = password.clone();
+            tokio::task::spawn_blocking(move || livora_store::accounts::hash_password(&pw)).await??
+        };
+        store.set_password_hash(&user.id, &hash).await?;
+        store.add_member(tenant, &user.id, role).await?;
+        kept.retain(|a| a.email != email);
+        kept.push(DemoAccount {
+            email: email.to_owned(),
+            password,
+            role,
+        });
+        changed = true;
+    }
+    if changed {
+        std::fs::create_dir_all(data_dir)?;
+        std::fs::write(&path, serde_json::to_vec_pretty(&kept)?)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(kept)
 }
 
 /// The demo tenant, created if missing (`true` when it was just created).
@@ -57,8 +131,12 @@ pub async fn demo_tenant(store: &dyn MetadataStore) -> anyhow::Result<(Tenant, b
 }
 
 /// Finds or creates the demo tenant and mints a fresh key pair for this run.
-pub async fn prepare(store: &dyn MetadataStore) -> anyhow::Result<DemoKeys> {
+pub async fn prepare(
+    store: &dyn MetadataStore,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<DemoKeys> {
     let (tenant, fresh) = demo_tenant(store).await?;
+    let accounts = accounts(store, tenant.id, data_dir).await?;
     let write = store.create_key(tenant.id, KeyKind::Write).await?;
     let secret = store.create_key(tenant.id, KeyKind::Secret).await?;
     Ok(DemoKeys {
@@ -66,6 +144,7 @@ pub async fn prepare(store: &dyn MetadataStore) -> anyhow::Result<DemoKeys> {
         write_key: write.secret,
         secret_key: secret.secret,
         fresh,
+        accounts,
     })
 }
 
@@ -73,9 +152,14 @@ pub async fn prepare(store: &dyn MetadataStore) -> anyhow::Result<DemoKeys> {
 /// failed write is ignored.
 pub fn print_banner(addr: SocketAddr, keys: &DemoKeys) {
     use std::io::Write;
+    let sign_ins: String = keys
+        .accounts
+        .iter()
+        .map(|a| format!("  {:<8} {}  /  {}\n", a.role.as_str(), a.email, a.password))
+        .collect();
     let _ = writeln!(
         std::io::stdout(),
-        "\nLivora demo running on http://{addr}\n\n  tenant:     {}\n  write key:  {}\n  secret key: {}\n\n\
+        "\nLivora demo running on http://{addr}\n\n  dashboard:  http://{addr}/  (sign in below)\n{sign_ins}\n  tenant:     {}\n  write key:  {}\n  secret key: {}\n\n\
          Try:\n  curl -s 'http://{addr}/api/v1/events?limit=5' -H 'Authorization: Bearer {}'\n",
         keys.tenant_id,
         keys.write_key,

@@ -267,7 +267,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
     state.intel.set_schedule(config.intel.schedule());
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");
     if let Some(opts) = demo {
-        let keys = demo::prepare(store.as_ref()).await?;
+        let keys = demo::prepare(store.as_ref(), &config.data_dir).await?;
         demo::print_banner(addr, &keys);
         // History is generated once, when the demo tenant is created.
         let backfill_days = if keys.fresh { opts.backfill_days } else { 0 };

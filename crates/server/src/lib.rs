@@ -19,7 +19,9 @@ mod engagement;
 pub mod error;
 mod events;
 mod ingest;
+pub mod dashboard;
 pub mod intel;
+pub mod live;
 pub mod limits;
 pub mod ops;
 mod people;
@@ -260,6 +262,9 @@ pub struct AppState {
     pub intel: Arc<intel::IntelState>,
     /// Cleared when shutdown begins, so `/readyz` turns away new traffic.
     pub ready: AtomicBool,
+    /// Set when shutdown begins: streams that would not end by themselves (the live feed)
+    /// end then, so the graceful shutdown does not wait for them.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -357,6 +362,7 @@ impl AppState {
             ingest,
             limits: limits::Limits::new(limits)?,
             ready: AtomicBool::new(true),
+            closing: tokio::sync::watch::Sender::new(false),
             intel,
         }))
     }
@@ -377,6 +383,11 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", "/v1/batch", Need::WriteKey),
     ("POST", "/v1/import", Need::WriteKey),
     ("GET", "/api/v1/events", Need::Permission(P::ViewPii)),
+    (
+        "GET",
+        "/api/v1/events/live",
+        Need::Permission(P::ReadAnalytics),
+    ),
     ("POST", "/api/v1/query", Need::Permission(P::ReadAnalytics)),
     ("POST", "/api/v1/auth/login", Need::Login),
     ("POST", "/api/v1/auth/refresh", Need::Login),
@@ -661,6 +672,7 @@ fn handler(method: &str, path: &str) -> Handler {
         ("POST", "/v1/alias") => single(EventType::Alias),
         ("POST", "/v1/batch" | "/v1/import") => post(ingest::batch),
         ("GET", "/api/v1/events") => get(events::list),
+        ("GET", "/api/v1/events/live") => get(live::live),
         ("POST", "/api/v1/query") => post(query::run),
         ("POST", "/api/v1/auth/login") => post(staff::login),
         ("POST", "/api/v1/auth/refresh") => post(staff::refresh),
@@ -796,7 +808,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(login)
         .merge(public)
         .merge(signed)
-        .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
+        .fallback(dashboard::fallback)
         .method_not_allowed_fallback(|| async {
             ApiError::new(Code::MethodNotAllowed, "method not allowed on this route")
         })
@@ -870,6 +882,7 @@ pub async fn serve(
     let graceful = async move {
         shutdown.await;
         ready_state.ready.store(false, Ordering::Release);
+        ready_state.closing.send_replace(true);
         tracing::info!("shutting down: finishing in-flight requests");
     };
     let result = match state.tls.clone() {

@@ -77,7 +77,17 @@ async fn send(
     if let Some(b) = body {
         req = req.json(&b);
     }
-    decode(req.send().await.expect("request")).await
+    let resp = req.send().await.expect("request");
+    // A stream that does not end (the live feed): its status and type are the answer.
+    if resp.status().is_success()
+        && resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|t| t == "text/event-stream")
+    {
+        return (resp.status().as_u16(), Value::Null);
+    }
+    decode(resp).await
 }
 
 async fn login(

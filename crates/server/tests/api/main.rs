@@ -1,6 +1,7 @@
 //! End-to-end tests of the HTTP API over real sockets (`spawn_app` on port 0).
 
 mod access;
+mod dashboard;
 mod helpers;
 mod ingest;
 mod intel;

@@ -78,7 +78,7 @@ async fn every_route_answers_and_refuses_without_credentials() {
     }
     let (status, body) = decode(
         app.http
-            .get(format!("{}/nope", app.url))
+            .get(format!("{}/api/v1/nope", app.url))
             .send()
             .await
             .expect("request"),

@@ -1,0 +1,1 @@
+import{i as s,u as l,a as i,b as n,c as t,d as $,e,f as r,g as o,h as c,j as d,k as f,l as m}from"./echarts-CitoxXem.js";l([i,n,t,$,e,r,o,c,d,f,m]);const u=a=>s(a,void 0,{renderer:"canvas"});export{u as init};

@@ -1,0 +1,246 @@
+// End-to-end tests of the dashboard in Chromium, against a running `livora demo`
+// (scripts/e2e.sh starts it). Each check prints a line; the first failure stops the run
+// with a non-zero exit. Screenshots of every page are written to --out.
+//
+//   node e2e/run.mjs --url http://127.0.0.1:PORT --data-dir DIR --chromium /usr/bin/chromium --out DIR [--bench]
+import { mkdirSync, readFileSync, existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { gzipSync } from "node:zlib";
+import { chromium } from "playwright-core";
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => {
+    if (a.startsWith("--")) acc.push([a.slice(2), all[i + 1]?.startsWith("--") ? true : (all[i + 1] ?? true)]);
+    return acc;
+  }, []),
+);
+const URL_ = args.url;
+const OUT = args.out ?? "e2e-artifacts";
+mkdirSync(OUT, { recursive: true });
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function check(ok, what) {
+  if (!ok) throw new Error(`FAILED: ${what}`);
+  console.log(`ok - ${what}`);
+}
+
+async function eventually(f, what, ms = 60_000) {
+  const end = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      const v = await f();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out: ${what}${last ? ` (${last.message})` : ""}`);
+    await sleep(250);
+  }
+}
+
+async function api(path, { token, method = "GET", body } = {}) {
+  const r = await fetch(URL_ + path, {
+    method,
+    headers: { ...(token ? { Authorization: `Bearer ${token}` } : {}), "content-type": "application/json" },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await r.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: r.status, json, text };
+}
+
+// --- the server and its demo data --------------------------------------------------------
+const accounts = await eventually(() => {
+  const p = join(args["data-dir"], "demo-accounts.json");
+  return existsSync(p) && JSON.parse(readFileSync(p, "utf8"));
+}, "the demo's accounts");
+const owner = accounts.find((a) => a.role === "owner");
+const viewer = accounts.find((a) => a.role === "viewer");
+await eventually(async () => (await api("/readyz")).status === 200, "the server is ready");
+const ownerToken = (await api("/api/v1/auth/login", { method: "POST", body: { email: owner.email, password: owner.password } })).json.access_token;
+check(typeof ownerToken === "string", "the owner signs in through the API");
+const banner = readFileSync(join(args["data-dir"], "demo.out"), "utf8");
+const writeKey = /write key:\s+(\S+)/.exec(banner)?.[1];
+check(!!writeKey, "the demo printed a write key");
+// The backfill is in once the order count stops moving.
+const ordersNow = async () => {
+  const to = new Date(Date.now() + 86_400_000).toISOString();
+  const r = await api("/api/v1/query", { token: ownerToken, method: "POST", body: { kind: "commerce", from: "2000-01-01T00:00:00Z", to } });
+  return r.json?.totals?.orders ?? 0;
+};
+let before = -1;
+await eventually(async () => {
+  const n = await ordersNow();
+  const settled = n > 0 && n === before;
+  before = n;
+  if (!settled) await sleep(1500);
+  return settled;
+}, "the demo's history is loaded", 240_000);
+console.log(`# demo data: ${before} orders`);
+
+const browser = await chromium.launch({
+  executablePath: args.chromium,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+
+async function signIn(context, who) {
+  const page = await context.newPage();
+  await page.goto(URL_ + "/");
+  await page.getByLabel("Email").fill(who.email);
+  await page.getByLabel("Password").fill(who.password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("navigation", { name: "Pages" }).waitFor();
+  return page;
+}
+
+const fmt = new Intl.NumberFormat("en-US", { maximumFractionDigits: 1 });
+
+if (args.bench) {
+  await bench();
+} else {
+  try {
+    await run();
+  } finally {
+    await browser.close();
+  }
+}
+
+async function run() {
+  // --- the owner ---------------------------------------------------------------------------
+  const context = await browser.newContext({ locale: "en-US", viewport: { width: 1366, height: 900 } });
+  const page = await signIn(context, owner);
+  check(true, "the owner signs in on the login page");
+  await page.getByTestId("kpi-Orders").waitFor();
+  const to = new Date(Math.ceil(Date.now() / 86_400_000) * 86_400_000);
+  const from = new Date(to.getTime() - 30 * 86_400_000);
+  const c = await api("/api/v1/query", { token: ownerToken, method: "POST", body: { kind: "commerce", from: from.toISOString(), to: to.toISOString(), interval: "day" } });
+  check((await page.getByTestId("kpi-Orders").textContent()) === fmt.format(c.json.totals.orders), `the overview shows the API's ${c.json.totals.orders} orders`);
+  // The live feed: an event sent now shows up.
+  await page.getByText("● live").waitFor();
+  const sent = await fetch(URL_ + "/v1/track", {
+    method: "POST",
+    headers: { Authorization: "Basic " + Buffer.from(writeKey + ":").toString("base64"), "content-type": "application/json" },
+    body: JSON.stringify({ userId: "e2e-live", event: "E2E Live Check" }),
+  });
+  check(sent.status === 200, "an event is sent with the write key");
+  await page.getByText("E2E Live Check").waitFor({ timeout: 15_000 });
+  check(true, "the live feed shows it");
+  await page.screenshot({ path: join(OUT, "overview.png"), fullPage: true });
+
+  // Funnels: the numbers on screen are the query API's for the same query.
+  await page.getByRole("link", { name: "Funnels" }).click();
+  const asked = page.waitForRequest((r) => r.url().endsWith("/api/v1/query") && r.method() === "POST");
+  await page.getByRole("button", { name: "Calculate" }).click();
+  const body = JSON.parse((await asked).postData());
+  await page.getByTestId("step-4-count").waitFor();
+  const answer = await api("/api/v1/query", { token: ownerToken, method: "POST", body });
+  check(answer.status === 200, "the same funnel through the API");
+  for (const [i, s] of answer.json.steps.entries()) {
+    const shown = await page.getByTestId(`step-${i + 1}-count`).textContent();
+    check(shown === fmt.format(s.count), `step ${i + 1} (${s.event}): ${shown} on screen, ${s.count} from the API`);
+  }
+  check(answer.json.steps[0].count > answer.json.steps[1].count, "some persons dropped after step 1");
+  await page.screenshot({ path: join(OUT, "funnels.png"), fullPage: true });
+  // Who dropped before step 2, and one of their profiles.
+  await page.getByTestId("step-2").getByRole("button").click();
+  const dropped = page.getByRole("region", { name: "Dropped persons" });
+  await dropped.getByRole("link").first().waitFor();
+  const name = await dropped.getByRole("link").first().textContent();
+  await dropped.getByRole("link").first().click();
+  await page.getByRole("heading", { level: 2, name: "Identities" }).waitFor();
+  check((await page.content()).includes(name), `the dropped person ${name}'s profile opens`);
+  await page.getByRole("heading", { name: "Timeline" }).waitFor();
+  await page.screenshot({ path: join(OUT, "person.png"), fullPage: true });
+
+  // Models trained, the profile shows predictions.
+  const trained = await api("/api/v1/models/train", { token: ownerToken, method: "POST", body: {} });
+  check(trained.status === 200, "the models train");
+  await page.reload();
+  await page.getByTestId("churn-risk").waitFor();
+  check(/%/.test(await page.getByTestId("churn-risk").textContent()), "the profile shows a churn risk");
+  await page.screenshot({ path: join(OUT, "person-predictions.png"), fullPage: true });
+
+  await page.getByRole("link", { name: "People" }).click();
+  await page.getByRole("table", { name: "People" }).waitFor();
+  await page.screenshot({ path: join(OUT, "people.png"), fullPage: true });
+  await page.getByRole("link", { name: "Settings" }).click();
+  await page.getByRole("table", { name: "Members" }).waitFor();
+  check((await page.getByRole("table", { name: "Members" }).textContent()).includes(viewer.email), "settings list the members");
+  await page.screenshot({ path: join(OUT, "settings.png"), fullPage: true });
+  // A tablet's width: the navigation moves on top, nothing overflows sideways.
+  await page.setViewportSize({ width: 800, height: 1000 });
+  await page.getByRole("link", { name: "Overview" }).click();
+  await page.getByTestId("kpi-Orders").waitFor();
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `no sideways scrolling at tablet width (${overflow}px)`);
+  await page.screenshot({ path: join(OUT, "overview-tablet.png"), fullPage: true });
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("button", { name: "Sign in" }).waitFor();
+  check(true, "signing out returns to the login page");
+  await context.close();
+
+  // --- a viewer: no personal data, no settings ----------------------------------------------
+  const vc = await browser.newContext({ locale: "en-US", viewport: { width: 1366, height: 900 } });
+  const v = await signIn(vc, viewer);
+  const nav = await v.getByRole("navigation", { name: "Pages" }).textContent();
+  check(nav.includes("Overview") && nav.includes("Funnels"), "the viewer sees the analytics pages");
+  check(!nav.includes("People") && !nav.includes("Settings"), "the viewer's navigation has no People or Settings");
+  await v.getByRole("link", { name: "Funnels" }).click();
+  await v.getByRole("button", { name: "Calculate" }).click();
+  await v.getByTestId("step-2-count").waitFor();
+  check((await v.getByTestId("step-2").getByRole("button").count()) === 0, "the viewer cannot list who dropped");
+  await v.goto(URL_ + "/settings");
+  await v.getByText("Your role does not open this page.").waitFor();
+  check(true, "the viewer cannot open settings");
+  await v.goto(URL_ + `/people/${encodeURIComponent("u:" + name)}`);
+  await v.getByText("Your role does not open this page.").waitFor();
+  check(true, "the viewer cannot open a profile");
+  const denied = await api("/api/v1/people?limit=1", {
+    token: (await api("/api/v1/auth/login", { method: "POST", body: { email: viewer.email, password: viewer.password } })).json.access_token,
+  });
+  check(denied.status === 403, "the API refuses the viewer personal data too");
+  await v.screenshot({ path: join(OUT, "viewer-settings.png"), fullPage: true });
+  await vc.close();
+  console.log(`# screenshots in ${OUT}`);
+}
+
+// --- first load: time to interactive and bundle size ----------------------------------------
+async function bench() {
+  const runs = Number(args.runs ?? 7);
+  const times = [];
+  for (let i = 0; i < runs; i++) {
+    const context = await browser.newContext({ locale: "en-US" });
+    const page = await signIn(context, owner);
+    // Cold: a new context has no cache; sign-in kept the session in sessionStorage.
+    const t0 = Date.now();
+    await page.reload();
+    await page.getByTestId("kpi-Orders").waitFor();
+    await page.locator("canvas").first().waitFor();
+    times.push(Date.now() - t0);
+    await context.close();
+  }
+  await browser.close();
+  times.sort((a, b) => a - b);
+  const dir = new URL("../../crates/server/dashboard/", import.meta.url).pathname;
+  const html = readFileSync(join(dir, "index.html"), "utf8");
+  const first = [...html.matchAll(/(?:src|href)="\/(assets\/[^"]+)"/g)].map((m) => m[1]);
+  const echarts = readdirSync(join(dir, "assets")).filter((f) => /^echarts-.*\.js$/.test(f)).map((f) => `assets/${f}`);
+  const gz = (files) => files.reduce((n, f) => n + gzipSync(readFileSync(join(dir, f)), { level: 9 }).length, 0);
+  const all = readdirSync(join(dir, "assets")).map((f) => `assets/${f}`);
+  console.log(JSON.stringify({
+    runs,
+    overview_interactive_ms: { median: times[Math.floor(runs / 2)], min: times[0], max: times[runs - 1] },
+    first_load_gzip_bytes: gz(first),
+    overview_with_charts_gzip_bytes: gz([...new Set([...first, ...echarts])]),
+    all_assets_gzip_bytes: gz(all),
+  }, null, 2));
+}

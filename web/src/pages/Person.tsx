@@ -1,0 +1,194 @@
+// A person: identities, traits, computed attributes, predictions (value, churn risk and
+// why, best send time, recommendations), segments, tags, and their events by session.
+import { useParams } from "react-router-dom";
+import { api, call, type Schemas } from "../api/client";
+import { useSession } from "../auth";
+import { Empty, Loaded, Loading, useLoad } from "../components/States";
+import { count, dateTime, money, percent } from "../format";
+import { lookup } from "./person-id";
+
+interface Predictions {
+  clv_12m?: number | null;
+  churn_risk?: number | null;
+  churn_reasons?: { feature?: string; contribution?: number }[];
+  p_alive?: number | null;
+  best_send_time?: { hour?: number; source?: string } | null;
+}
+interface Recs {
+  items?: { item: string; score: number; reason: string }[];
+}
+interface Timeline {
+  sessions?: { start?: string; end?: string; events?: Schemas["Event"][] }[];
+}
+
+function Attributes({ values, money: moneyKeys = [] }: { values: Record<string, unknown>; money?: string[] }) {
+  const s = useSession();
+  const entries = Object.entries(values).filter(([, v]) => v !== null && v !== undefined);
+  if (entries.length === 0) return <Empty>None.</Empty>;
+  return (
+    <dl className="attrs">
+      {entries.map(([k, v]) => (
+        <div key={k}>
+          <dt>{k}</dt>
+          <dd>
+            {moneyKeys.includes(k) && typeof v === "number"
+              ? money(v, s.locale)
+              : typeof v === "string" && /^\d{4}-\d\d-\d\dT/.test(v)
+                ? dateTime(v, s.locale)
+                : typeof v === "object"
+                  ? JSON.stringify(v)
+                  : String(v)}
+          </dd>
+        </div>
+      ))}
+    </dl>
+  );
+}
+
+export default function Person() {
+  const s = useSession();
+  const key = decodeURIComponent(useParams().id ?? "");
+  const { id, by } = lookup(key);
+  const params = { params: { path: { id }, query: by ? { by } : {} } };
+  const [person, reload] = useLoad(
+    () => call(() => api.GET("/api/v1/people/{id}", params as never)) as Promise<Schemas["Person"]>,
+    [key],
+  );
+  const [predictions] = useLoad(
+    () => call(() => api.GET("/api/v1/people/{id}/predictions", params as never)) as Promise<Predictions>,
+    [key],
+  );
+  const [recs] = useLoad(
+    () =>
+      call(() =>
+        api.GET("/api/v1/people/{id}/recommendations", {
+          params: { path: { id }, query: { ...(by ? { by } : {}), limit: 5 } },
+        } as never),
+      ) as Promise<Recs>,
+    [key],
+  );
+  const [timeline] = useLoad(
+    () =>
+      call(() =>
+        api.GET("/api/v1/people/{id}/timeline", {
+          params: { path: { id }, query: { ...(by ? { by } : {}), limit: 200 } },
+        } as never),
+      ) as Promise<Timeline>,
+    [key],
+  );
+  return (
+    <Loaded load={person} reload={reload}>
+      {(p) => {
+        const traits = (p.traits ?? {}) as Record<string, unknown>;
+        return (
+          <section aria-labelledby="person-title">
+            <h1 id="person-title">{String(traits.name ?? traits.email ?? key.slice(2))}</h1>
+            <div className="grid2">
+              <div className="card">
+                <h2>Identities</h2>
+                <Attributes
+                  values={Object.fromEntries(
+                    Object.entries(p.identifiers ?? {}).map(([k, v]) => [k, (v as string[]).join(", ")]),
+                  )}
+                />
+                <h2>Traits</h2>
+                <Attributes values={traits} />
+              </div>
+              <div className="card" aria-label="Predictions">
+                <h2>Predictions</h2>
+                {predictions.state === "loading" && <Loading />}
+                {predictions.state === "error" && (
+                  <p className="hint">No predictions yet: the models train a few minutes after the start, then daily.</p>
+                )}
+                {predictions.state === "done" && (
+                  <dl className="attrs">
+                    <div>
+                      <dt>Lifetime value, next 12 months</dt>
+                      <dd>{money(predictions.data.clv_12m, s.locale)}</dd>
+                    </div>
+                    <div>
+                      <dt>Churn risk</dt>
+                      <dd data-testid="churn-risk">
+                        {percent(predictions.data.churn_risk)}
+                        {(predictions.data.churn_reasons ?? []).length > 0 && (
+                          <ul className="reasons">
+                            {(predictions.data.churn_reasons ?? []).map((r, i) => (
+                              <li key={i}>
+                                {r.feature} ({(r.contribution ?? 0) >= 0 ? "raises" : "lowers"} it)
+                              </li>
+                            ))}
+                          </ul>
+                        )}
+                      </dd>
+                    </div>
+                    <div>
+                      <dt>Still a customer (P(alive))</dt>
+                      <dd>{percent(predictions.data.p_alive)}</dd>
+                    </div>
+                    <div>
+                      <dt>Best send time</dt>
+                      <dd>
+                        {predictions.data.best_send_time?.hour != null
+                          ? `${String(predictions.data.best_send_time.hour).padStart(2, "0")}:00`
+                          : "—"}
+                      </dd>
+                    </div>
+                  </dl>
+                )}
+                <h2>Recommended</h2>
+                {recs.state === "done" && (recs.data.items ?? []).length > 0 ? (
+                  <ol>
+                    {(recs.data.items ?? []).map((r) => (
+                      <li key={r.item}>
+                        {r.item} <span className="hint">({r.reason})</span>
+                      </li>
+                    ))}
+                  </ol>
+                ) : (
+                  <Empty>Nothing yet.</Empty>
+                )}
+              </div>
+              <div className="card">
+                <h2>Computed</h2>
+                <Attributes
+                  values={(p.computed ?? {}) as Record<string, unknown>}
+                  money={["revenue", "refunds", "average_order_value"]}
+                />
+                <h2>Segments</h2>
+                <p>{(p.segments ?? []).join(", ") || "None."}</p>
+                <h2>Tags</h2>
+                <p>{(p.tags ?? []).join(", ") || "None."}</p>
+              </div>
+            </div>
+            <div className="card">
+              <h2>Timeline</h2>
+              {timeline.state === "loading" && <Loading />}
+              {timeline.state === "done" &&
+                ((timeline.data.sessions ?? []).length === 0 ? (
+                  <Empty>No events.</Empty>
+                ) : (
+                  (timeline.data.sessions ?? []).map((session, i) => (
+                    <details key={i} open={i === 0} className="session">
+                      <summary>
+                        Session {dateTime(session.start, s.locale)} · {count(session.events?.length ?? 0)} events
+                      </summary>
+                      <ul>
+                        {(session.events ?? []).map((e, j) => {
+                          const ev = e as { type?: string; event?: string; timestamp?: string };
+                          return (
+                            <li key={j}>
+                              <time>{dateTime(ev.timestamp, s.locale)}</time> {ev.event ?? `$${ev.type}`}
+                            </li>
+                          );
+                        })}
+                      </ul>
+                    </details>
+                  ))
+                ))}
+            </div>
+          </section>
+        );
+      }}
+    </Loaded>
+  );
+}

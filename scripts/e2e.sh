@@ -28,7 +28,7 @@ BIN="$CARGO_TARGET_DIR/debug/livora"
 DATA="$(mktemp -d)"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 # No live traffic: the numbers on screen and the API's answers must be of the same data.
-"$BIN" demo --listen "127.0.0.1:$PORT" --data-dir "$DATA" --backfill-days 14 --rate 0 \
+"$BIN" demo --listen "127.0.0.1:$PORT" --data-dir "$DATA" --backfill-days 90 --rate 0 \
     >"$DATA/demo.out" 2>"$DATA/demo.err" &
 PID=$!
 stop() {

@@ -46,8 +46,16 @@ pub struct DemoAccount {
 
 /// The demo's staff: an owner, and a viewer (who sees no personal data and no settings).
 const ACCOUNTS: [(&str, &str, livora_store::Role); 2] = [
-    ("owner@demo.livora.test", "Demo Owner", livora_store::Role::Owner),
-    ("viewer@demo.livora.test", "Demo Viewer", livora_store::Role::Viewer),
+    (
+        "owner@demo.livora.test",
+        "Demo Owner",
+        livora_store::Role::Owner,
+    ),
+    (
+        "viewer@demo.livora.test",
+        "Demo Viewer",
+        livora_store::Role::Viewer,
+    ),
 ];
 
 /// Where the demo's passwords are kept (made once, at random, readable by the owner only).
@@ -61,7 +69,8 @@ async fn accounts(
 ) -> anyhow::Result<Vec<DemoAccount>> {
     let path = data_dir.join(ACCOUNTS_FILE);
     let mut kept: Vec<DemoAccount> = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is not valid", path.display()))?,
+        Ok(b) => serde_json::from_slice(&b)
+            .with_context(|| format!("{} is not valid", path.display()))?,
         Err(_) => Vec::new(),
     };
     let mut changed = false;
@@ -84,7 +93,8 @@ async fn accounts(
         };
         let hash = {
             let pw = password.clone();
-            tokio::task::spawn_blocking(move || livora_store::accounts::hash_password(&pw)).await??
+            tokio::task::spawn_blocking(move || livora_store::accounts::hash_password(&pw))
+                .await??
         };
         store.set_password_hash(&user.id, &hash).await?;
         store.add_member(tenant, &user.id, role).await?;

@@ -78,8 +78,9 @@ enum Command {
         /// Live events per second after the backfill.
         #[arg(long, default_value_t = 20)]
         rate: u32,
-        /// Days of history to generate on first start.
-        #[arg(long, default_value_t = 30)]
+        /// Days of history to generate on first start (90: enough for every model, whose
+        /// churn holdout looks 60 days back).
+        #[arg(long, default_value_t = 90)]
         backfill_days: u32,
     },
     /// Manage tenants, keys and the log offline.
@@ -264,7 +265,12 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         &automation,
         security,
     )?;
-    state.intel.set_schedule(config.intel.schedule());
+    let mut schedule = config.intel.schedule();
+    if demo.is_some() {
+        // The demo's history is in within seconds: its models need not wait two minutes.
+        schedule.first_after = schedule.first_after.min(std::time::Duration::from_secs(30));
+    }
+    state.intel.set_schedule(schedule);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "livora listening");
     if let Some(opts) = demo {
         let keys = demo::prepare(store.as_ref(), &config.data_dir).await?;

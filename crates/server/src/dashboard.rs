@@ -66,10 +66,7 @@ pub async fn fallback(method: Method, uri: Uri) -> Response {
     let api = API_PREFIXES.iter().any(|p| path.starts_with(p));
     if !api && (method == Method::GET || method == Method::HEAD) {
         let file = path.trim_start_matches('/');
-        if let Some(r) = file
-            .strip_prefix("assets/")
-            .and_then(|_| asset(file, true))
-        {
+        if let Some(r) = file.strip_prefix("assets/").and_then(|_| asset(file, true)) {
             return r;
         }
         if !file.starts_with("assets/")

@@ -15,14 +15,14 @@
 pub mod access;
 mod auth;
 mod body;
+pub mod dashboard;
 mod engagement;
 pub mod error;
 mod events;
 mod ingest;
-pub mod dashboard;
 pub mod intel;
-pub mod live;
 pub mod limits;
+pub mod live;
 pub mod ops;
 mod people;
 pub mod privacy;

@@ -101,6 +101,12 @@ function revenueChart(c: Commerce, f: Forecast | null, l: Locale): EChartsOption
   };
 }
 
+function RevenueChart({ now, forecast, locale }: { now: Commerce; forecast: Forecast | null; locale: Locale }) {
+  // Drawn again only when its data changes (not at every render of the page).
+  const option = useMemo(() => revenueChart(now, forecast, locale), [now, forecast, locale]);
+  return <Chart label="Daily revenue over the last 30 days and its forecast" option={option} />;
+}
+
 export function Overview() {
   const s = useSession();
   const r = useMemo(() => ranges(new Date()), []);
@@ -159,13 +165,10 @@ export function Overview() {
                     start, then daily).
                   </p>
                 )}
-                <Chart
-                  label="Daily revenue over the last 30 days and its forecast"
-                  option={revenueChart(
-                    now,
-                    forecast.state === "done" ? forecast.data : null,
-                    s.locale,
-                  )}
+                <RevenueChart
+                  now={now}
+                  forecast={forecast.state === "done" ? forecast.data : null}
+                  locale={s.locale}
                 />
               </div>
             </>

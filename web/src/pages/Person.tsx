@@ -10,7 +10,7 @@ import { lookup } from "./person-id";
 interface Predictions {
   clv_12m?: number | null;
   churn_risk?: number | null;
-  churn_reasons?: { feature?: string; contribution?: number }[];
+  churn_reasons?: { feature?: string; value?: number; effect?: number }[];
   p_alive?: number | null;
   best_send_time?: { hour?: number; source?: string } | null;
 }
@@ -19,6 +19,26 @@ interface Recs {
 }
 interface Timeline {
   sessions?: { start?: string; end?: string; events?: Schemas["Event"][] }[];
+}
+
+/// A churn feature's name as a sentence part.
+const FEATURES: Record<string, string> = {
+  days_since_last_active: "days since last active",
+  active_days_30: "active days in the last 30",
+  active_days_trend: "change in active days",
+  tenure_days: "days since first seen",
+  orders: "orders",
+  revenue: "revenue",
+  days_since_last_order: "days since last order",
+  p_alive: "P(alive)",
+  expected_purchases_30: "purchases expected in 30 days",
+  engagements_30: "message engagements in the last 30 days",
+  messages_sent_30: "messages sent in the last 30 days",
+  sentiment_30: "sentiment of their messages",
+};
+
+function feature(name?: string): string {
+  return name ? (FEATURES[name] ?? name.replace(/_/g, " ")) : "";
 }
 
 function Attributes({ values, money: moneyKeys = [] }: { values: Record<string, unknown>; money?: string[] }) {
@@ -111,10 +131,10 @@ export default function Person() {
                       <dd data-testid="churn-risk">
                         {percent(predictions.data.churn_risk)}
                         {(predictions.data.churn_reasons ?? []).length > 0 && (
-                          <ul className="reasons">
+                          <ul className="reasons" aria-label="Why">
                             {(predictions.data.churn_reasons ?? []).map((r, i) => (
                               <li key={i}>
-                                {r.feature} ({(r.contribution ?? 0) >= 0 ? "raises" : "lowers"} it)
+                                {feature(r.feature)}: {count(r.value)} ({(r.effect ?? 0) >= 0 ? "raises" : "lowers"} it)
                               </li>
                             ))}
                           </ul>
@@ -136,17 +156,20 @@ export default function Person() {
                   </dl>
                 )}
                 <h2>Recommended</h2>
-                {recs.state === "done" && (recs.data.items ?? []).length > 0 ? (
-                  <ol>
-                    {(recs.data.items ?? []).map((r) => (
-                      <li key={r.item}>
-                        {r.item} <span className="hint">({r.reason})</span>
-                      </li>
-                    ))}
-                  </ol>
-                ) : (
-                  <Empty>Nothing yet.</Empty>
-                )}
+                {recs.state === "loading" && <Loading />}
+                {recs.state === "error" && <p className="hint">No recommendations until the models are trained.</p>}
+                {recs.state === "done" &&
+                  ((recs.data.items ?? []).length > 0 ? (
+                    <ol aria-label="Recommended items">
+                      {(recs.data.items ?? []).map((r) => (
+                        <li key={r.item}>
+                          {r.item} <span className="hint">({r.reason === "similar" ? "like what they chose" : "popular"})</span>
+                        </li>
+                      ))}
+                    </ol>
+                  ) : (
+                    <Empty>Nothing to recommend yet.</Empty>
+                  ))}
               </div>
               <div className="card">
                 <h2>Computed</h2>

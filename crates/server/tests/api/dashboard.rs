@@ -50,7 +50,11 @@ async fn serves_the_dashboard_and_leaves_api_paths_to_the_api() {
     // What is not there is a JSON 404, for assets and API paths alike.
     for path in ["/assets/nothing.js", "/api/v1/nothing", "/v1/nothing"] {
         let (status, v) = decode(get(path).await.expect("request")).await;
-        assert_eq!((status, v["code"].as_str()), (404, Some("not_found")), "{path}");
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
     }
     let (status, v) = decode(
         app.http
@@ -128,7 +132,9 @@ async fn the_live_feed_streams_the_tenants_events_without_personal_data() {
             .await
             .expect("the events arrive in time")
             .expect("the stream reads");
-        text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream stays open")));
+        text.push_str(&String::from_utf8_lossy(
+            &chunk.expect("the stream stays open"),
+        ));
     }
     let messages: Vec<serde_json::Value> = text
         .lines()
@@ -137,7 +143,10 @@ async fn the_live_feed_streams_the_tenants_events_without_personal_data() {
         .collect();
     assert_eq!(messages[0]["event"], "Order Completed", "{text}");
     assert_eq!(messages[1]["type"], "identify", "{text}");
-    assert!(!text.contains("Before") && !text.contains("Elsewhere"), "{text}");
+    assert!(
+        !text.contains("Before") && !text.contains("Elsewhere"),
+        "{text}"
+    );
     // What a reader of analytics may see: no identities, traits or properties.
     assert!(!text.contains("ann"), "{text}");
     // Without credentials: refused.

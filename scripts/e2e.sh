@@ -23,8 +23,11 @@ fi
 (cd web && { [[ -f node_modules/.package-lock.json && node_modules/.package-lock.json -nt package-lock.json ]] \
     || npm ci --no-audit --no-fund --loglevel=error; })
 
-cargo build -p livora --locked --quiet
-BIN="$CARGO_TARGET_DIR/debug/livora"
+# LIVORA_BIN: a binary already built (bench/dashboard.sh passes the release build).
+if [[ -z "${LIVORA_BIN:-}" ]]; then
+    cargo build -p livora --locked --quiet
+fi
+BIN="${LIVORA_BIN:-$CARGO_TARGET_DIR/debug/livora}"
 DATA="$(mktemp -d)"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 # No live traffic: the numbers on screen and the API's answers must be of the same data.

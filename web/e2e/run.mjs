@@ -199,6 +199,73 @@ async function run() {
   await sleep(1500); // the chart's drawing animation
   check((await page.getByText("The forecast appears once").count()) === 0, "the overview shows the revenue forecast");
   await page.screenshot({ path: join(OUT, "overview-forecast.png"), fullPage: true });
+  // Segments: the live count is the API's, and a saved segment is listed with its size.
+  await page.getByRole("link", { name: "Segments" }).click();
+  await page.getByLabel("Name").fill("E2E loyal buyers");
+  await page.getByLabel("Rule 1 operator").selectOption("gte");
+  await page.getByLabel("Rule 1 value").fill("3");
+  const loyal = { computed: { name: "orders", op: "gte", value: 3 } };
+  const expected = (await api("/api/v1/segments/preview", { token: ownerToken, method: "POST", body: { condition: loyal } })).json.count;
+  await eventually(async () => (await page.getByTestId("live-count").textContent()).includes(`${fmt.format(expected)} people`), "the live count");
+  check(true, `the live count shows the API's ${expected} people`);
+  await page.getByRole("button", { name: "Add rule" }).click();
+  await page.getByLabel("Rule 2 kind").selectOption("performed");
+  await page.getByLabel("Rule 2 days").fill("7");
+  const both = { and: [loyal, { performed: { event: "Order Completed", count: { op: "at_least", value: 1 }, within_days: 7 } }] };
+  const fewer = (await api("/api/v1/segments/preview", { token: ownerToken, method: "POST", body: { condition: both } })).json.count;
+  await eventually(async () => (await page.getByTestId("live-count").textContent()).includes(`${fmt.format(fewer)} people`), "the live count of two rules");
+  check(fewer <= expected, `a second rule narrows it to ${fewer}`);
+  await page.getByRole("button", { name: "Save segment" }).click();
+  await page.getByRole("status").filter({ hasText: "Saved" }).waitFor();
+  const row = page.getByRole("table", { name: "Segments" }).getByRole("row", { name: /E2E loyal buyers/ });
+  await row.waitFor();
+  check(true, "the saved segment is listed");
+  await page.screenshot({ path: join(OUT, "segments.png"), fullPage: true });
+  // Workflows: an abandoned-cart workflow built on the canvas, saved and enabled.
+  await page.getByRole("link", { name: "Workflows" }).click();
+  await page.getByRole("button", { name: "New workflow" }).click();
+  await page.getByLabel("Workflow name").fill("E2E abandoned cart");
+  await page.getByLabel("Trigger event").fill("Product Added");
+  await page.getByLabel("Goal event").fill("Order Completed");
+  await page.getByRole("button", { name: "+ Wait for event" }).click();
+  await page.getByLabel("Name", { exact: true }).fill("Order Completed");
+  await page.getByLabel("Minutes").fill("60");
+  await page.getByRole("button", { name: "+ Send email" }).click();
+  await page.getByLabel("Subject").fill("{{ traits.first_name }}, your cart is waiting");
+  await page.getByTestId("node-send-1").waitFor();
+  // Drag the email node aside on the canvas.
+  const box = await page.getByTestId("node-send-1").boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width / 2 + 150, box.y + box.height / 2 + 40, { steps: 8 });
+  await page.mouse.up();
+  const moved = await page.getByTestId("node-send-1").boundingBox();
+  check(Math.abs(moved.x - box.x - 150) < 20, `a node is dragged on the canvas (${JSON.stringify(box)} → ${JSON.stringify(moved)})`);
+  check((await page.locator(".react-flow__edge").count()) === 2, "the canvas connects trigger → wait → email");
+  await page.getByRole("button", { name: "Save version" }).click();
+  await page.getByRole("status").filter({ hasText: "Saved version 1." }).waitFor();
+  await page.getByRole("button", { name: "Enable" }).click();
+  await page.getByRole("status").filter({ hasText: "Enabled version 1." }).waitFor();
+  const listed = await api("/api/v1/workflows", { token: ownerToken });
+  const made = listed.json.workflows.find((w) => w.name === "E2E abandoned cart");
+  check(made?.status === "enabled", "the API has the workflow enabled");
+  const full = (await api(`/api/v1/workflows/${made.id}`, { token: ownerToken })).json;
+  made.definition = full.definition;
+  const steps = made.definition.steps;
+  check(
+    steps.length === 2 && steps[0].wait_for?.event === "Order Completed" && steps[0].wait_for?.timeout_minutes === 60 &&
+      steps[1].send?.template?.subject === "{{ traits.first_name }}, your cart is waiting" &&
+      made.definition.trigger.event.name === "Product Added" && made.definition.goal.event === "Order Completed",
+    "its definition is what the canvas built",
+  );
+  await page.getByRole("button", { name: "Backtest 30 days" }).click();
+  await page.getByRole("region", { name: "Backtest" }).waitFor();
+  check(/would have entered/.test(await page.getByRole("region", { name: "Backtest" }).textContent()), "the backtest reports what it would have done");
+  await page.screenshot({ path: join(OUT, "workflows.png"), fullPage: true });
+  await page.getByRole("link", { name: "Campaigns" }).click();
+  await page.getByRole("table", { name: "Campaigns" }).or(page.getByText("No workflows yet.")).waitFor();
+  check(true, "the campaigns page shows its workflows (or that there are none)");
+  await page.screenshot({ path: join(OUT, "campaigns.png"), fullPage: true });
   await page.getByRole("link", { name: "People" }).click();
   await page.getByRole("table", { name: "People" }).waitFor();
   await page.screenshot({ path: join(OUT, "people.png"), fullPage: true });
@@ -228,6 +295,9 @@ async function run() {
   await v.getByRole("button", { name: "Calculate" }).click();
   await v.getByTestId("step-2-count").waitFor();
   check((await v.getByTestId("step-2").getByRole("button").count()) === 0, "the viewer cannot list who dropped");
+  await v.getByRole("link", { name: "Segments" }).click();
+  await v.getByRole("table", { name: "Segments" }).waitFor();
+  check((await v.getByRole("form", { name: "New segment" }).count()) === 0, "the viewer sees segments but cannot build one");
   await v.goto(URL_ + "/settings");
   await v.getByText("Your role does not open this page.").waitFor();
   check(true, "the viewer cannot open settings");

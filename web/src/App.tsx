@@ -11,6 +11,9 @@ const Retention = lazy(() => import("./pages/Insights").then((m) => ({ default: 
 const Trends = lazy(() => import("./pages/Insights").then((m) => ({ default: m.Trends })));
 const Paths = lazy(() => import("./pages/Insights").then((m) => ({ default: m.PathsPage })));
 const People = lazy(() => import("./pages/People"));
+const Segments = lazy(() => import("./pages/Segments"));
+const Campaigns = lazy(() => import("./pages/Campaigns"));
+const Workflows = lazy(() => import("./pages/Workflows"));
 const Person = lazy(() => import("./pages/Person"));
 const Settings = lazy(() => import("./pages/Settings"));
 
@@ -22,6 +25,9 @@ export const PAGES: { path: string; label: string; needs: string }[] = [
   { path: "/trends", label: "Trends", needs: "analytics.read" },
   { path: "/paths", label: "Paths", needs: "analytics.read" },
   { path: "/people", label: "People", needs: "pii.view" },
+  { path: "/segments", label: "Segments", needs: "analytics.read" },
+  { path: "/workflows", label: "Workflows", needs: "analytics.read" },
+  { path: "/campaigns", label: "Campaigns", needs: "analytics.read" },
   { path: "/settings", label: "Settings", needs: "members.manage" },
 ];
 
@@ -82,6 +88,9 @@ export function App() {
             <Route path="/paths" element={guard("analytics.read", <Paths />)} />
             <Route path="/people" element={guard("pii.view", <People />)} />
             <Route path="/people/:id" element={guard("pii.view", <Person />)} />
+            <Route path="/segments" element={guard("analytics.read", <Segments />)} />
+            <Route path="/workflows" element={guard("analytics.read", <Workflows />)} />
+            <Route path="/campaigns" element={guard("analytics.read", <Campaigns />)} />
             <Route path="/settings" element={guard("members.manage", <Settings />)} />
             <Route path="*" element={<Navigate to="/" replace />} />
           </Routes>

@@ -352,15 +352,27 @@ async fn demo_prints_keys_and_generates_events() {
         .spawn()
         .expect("spawn demo");
     let stdout = child.stdout.take().expect("stdout");
-    let secret = BufReader::new(stdout)
+    let banner: Vec<String> = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
+        .take_while(|l| !l.trim().starts_with("Try:"))
+        .collect();
+    let secret = banner
+        .iter()
         .find_map(|l| {
             l.trim()
                 .strip_prefix("secret key:")
                 .map(|s| s.trim().to_owned())
         })
         .expect("the demo prints a secret key");
+    // The dashboard's sign-ins: an owner's email and password.
+    let owner: Vec<&str> = banner
+        .iter()
+        .find(|l| l.trim().starts_with("owner "))
+        .expect("the demo prints the owner's sign-in")
+        .split_whitespace()
+        .collect();
+    let (email, password) = (owner[1], owner[3]);
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -371,8 +383,26 @@ async fn demo_prints_keys_and_generates_events() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let login = http
+        .post(format!("{url}/api/v1/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("request");
+    let signed_in = login.status();
+    let page = http.get(format!("{url}/")).send().await.expect("request");
+    let dashboard = page.text().await.expect("body");
     let _ = child.kill();
     let _ = child.wait();
+    assert_eq!(signed_in, 200, "the owner signs in");
+    assert!(
+        dashboard.contains(r#"<div id="root">"#),
+        "the dashboard is served at /"
+    );
+    assert!(
+        dir.path().join("demo-accounts.json").exists(),
+        "the passwords are kept"
+    );
     assert!(
         events.len() > 500,
         "history was generated: {}",

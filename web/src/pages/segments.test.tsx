@@ -1,0 +1,32 @@
+import { condition, type Rule } from "./Segments";
+
+const rule = (r: Partial<Rule>): Rule => ({ kind: "computed", name: "orders", op: "gte", value: "3", times: 1, days: 30, ...r });
+
+test("builder rules become the API's condition", () => {
+  expect(condition([rule({})], "and")).toEqual({ computed: { name: "orders", op: "gte", value: 3 } });
+  expect(
+    condition(
+      [
+        rule({ kind: "trait", name: "country", op: "equals", value: "US" }),
+        rule({ kind: "performed", name: "Order Completed", times: 2, days: 14 }),
+        rule({ kind: "not_performed", name: "Order Refunded", days: 90 }),
+        rule({ kind: "trait", name: "email", op: "exists" }),
+      ],
+      "or",
+    ),
+  ).toEqual({
+    or: [
+      { trait: { name: "country", op: "equals", value: "US" } },
+      { performed: { event: "Order Completed", count: { op: "at_least", value: 2 }, within_days: 14 } },
+      { not: { performed: { event: "Order Refunded", count: { op: "at_least", value: 1 }, within_days: 90 } } },
+      { trait: { name: "email", op: "exists" } },
+    ],
+  });
+});
+
+import { messageTotals } from "./Campaigns";
+
+test("a campaign's messages are summed over its steps", () => {
+  expect(messageTotals({ steps: { a: { sent: 3, failed: 1 }, b: { sent: 2, blocked: 4 } } })).toEqual({ sent: 5, blocked: 4, failed: 1 });
+  expect(messageTotals({})).toEqual({ sent: 0, blocked: 0, failed: 0 });
+});

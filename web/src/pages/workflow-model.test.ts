@@ -1,0 +1,30 @@
+import { definition, edges, fromDefinition, newStep, type Draft } from "./workflow-model";
+
+test("a canvas draft becomes the API's definition, and reads back the same", () => {
+  const wait = { ...newStep("wait_for", []), minutes: 45 };
+  const mail = newStep("send", [wait.id]);
+  const d: Draft = { id: "cart", name: "Cart", trigger: "Product Added", goal: "Order Completed", steps: [wait, mail] };
+  const def = definition(d);
+  expect(def).toEqual({
+    trigger: { event: { name: "Product Added" } },
+    goal: { event: "Order Completed", within_days: 7 },
+    steps: [
+      { id: "wait_for-1", wait_for: { event: "Order Completed", timeout_minutes: 45 } },
+      { id: "send-1", send: { channel: "email", template: { subject: mail.subject, body: mail.body } } },
+    ],
+  });
+  const back = fromDefinition("cart", "Cart", def);
+  expect(definition(back)).toEqual(def);
+});
+
+test("arrows follow the order unless a step says next; exit ends", () => {
+  const a = newStep("delay", []);
+  const b = newStep("exit", [a.id]);
+  const c = newStep("add_tag", [a.id, b.id]);
+  const d: Draft = { id: "", name: "", trigger: "x", goal: "", steps: [{ ...a, next: c.id }, b, c] };
+  expect(edges(d)).toEqual([
+    { source: "trigger", target: a.id },
+    { source: a.id, target: c.id },
+  ]);
+  expect(newStep("delay", ["delay-1", "delay-2"]).id).toBe("delay-3");
+});

@@ -1,0 +1,121 @@
+// The workflow a canvas edits, and the API's definition it becomes (see
+// crates/model/src/workflow.rs): a trigger event, steps in order unless one says `next`,
+// a goal.
+
+export type StepKind = "delay" | "wait_for" | "send" | "update_trait" | "add_tag" | "exit";
+
+export interface Step {
+  id: string;
+  kind: StepKind;
+  /// delay: minutes; wait_for: timeout minutes.
+  minutes: number;
+  /// wait_for: the event; update_trait: the trait; add_tag: the tag.
+  name: string;
+  /// update_trait: the value.
+  value: string;
+  /// send: the channel and the template's subject and body.
+  channel: string;
+  subject: string;
+  body: string;
+  /// Where to go after this step (the next in order when empty).
+  next?: string;
+}
+
+export interface Draft {
+  id: string;
+  name: string;
+  trigger: string;
+  goal: string;
+  steps: Step[];
+}
+
+export const LABELS: Record<StepKind, string> = {
+  delay: "Delay",
+  wait_for: "Wait for event",
+  send: "Send email",
+  update_trait: "Update trait",
+  add_tag: "Add tag",
+  exit: "Exit",
+};
+
+export function newStep(kind: StepKind, taken: string[]): Step {
+  let n = 1;
+  while (taken.includes(`${kind}-${n}`)) n++;
+  return {
+    id: `${kind}-${n}`,
+    kind,
+    minutes: kind === "delay" ? 60 : 60,
+    name: kind === "wait_for" ? "Order Completed" : kind === "add_tag" ? "engaged" : kind === "update_trait" ? "contacted" : "",
+    value: "true",
+    channel: "email",
+    subject: "{{ traits.first_name }}, you left something behind",
+    body: "Your cart is waiting.",
+  };
+}
+
+function action(s: Step): Record<string, unknown> {
+  switch (s.kind) {
+    case "delay":
+      return { delay: { minutes: s.minutes } };
+    case "wait_for":
+      return { wait_for: { event: s.name, timeout_minutes: s.minutes } };
+    case "send":
+      return { send: { channel: s.channel, template: { subject: s.subject, body: s.body } } };
+    case "update_trait":
+      return { update_trait: { name: s.name, value: s.value === "true" ? true : s.value === "false" ? false : s.value } };
+    case "add_tag":
+      return { add_tag: s.name };
+    case "exit":
+      return { exit: {} };
+  }
+}
+
+export function definition(d: Draft): Record<string, unknown> {
+  return {
+    trigger: { event: { name: d.trigger } },
+    ...(d.goal.trim() ? { goal: { event: d.goal.trim(), within_days: 7 } } : {}),
+    steps: d.steps.map((s) => ({ id: s.id, ...action(s), ...(s.next ? { next: s.next } : {}) })),
+  };
+}
+
+/// A saved definition read back into a draft (the actions the canvas edits; others are
+/// shown as they are and kept).
+export function fromDefinition(id: string, name: string, def: Record<string, unknown>): Draft {
+  const trigger = (def.trigger as { event?: { name?: string } } | undefined)?.event?.name ?? "";
+  const goal = (def.goal as { event?: string } | undefined)?.event ?? "";
+  const steps = ((def.steps as Record<string, unknown>[]) ?? []).map((raw) => {
+    const base = newStep("exit", []);
+    const s: Step = { ...base, id: String(raw.id), next: raw.next as string | undefined };
+    if (raw.delay) {
+      const d = raw.delay as { minutes?: number; hours?: number; days?: number };
+      return { ...s, kind: "delay" as const, minutes: (d.minutes ?? 0) + 60 * (d.hours ?? 0) + 1440 * (d.days ?? 0) };
+    }
+    if (raw.wait_for) {
+      const w = raw.wait_for as { event?: string; timeout_minutes?: number };
+      return { ...s, kind: "wait_for" as const, name: w.event ?? "", minutes: w.timeout_minutes ?? 60 };
+    }
+    if (raw.send) {
+      const m = raw.send as { channel?: string; template?: { subject?: string; body?: string } };
+      return { ...s, kind: "send" as const, channel: m.channel ?? "email", subject: m.template?.subject ?? "", body: m.template?.body ?? "" };
+    }
+    if (raw.update_trait) {
+      const u = raw.update_trait as { name?: string; value?: unknown };
+      return { ...s, kind: "update_trait" as const, name: u.name ?? "", value: String(u.value ?? "") };
+    }
+    if (typeof raw.add_tag === "string") return { ...s, kind: "add_tag" as const, name: raw.add_tag };
+    return s;
+  });
+  return { id, name, trigger, goal, steps };
+}
+
+/// The canvas's arrows: trigger → first step, then each step to its `next`, or the one after.
+export function edges(d: Draft): { source: string; target: string }[] {
+  const out: { source: string; target: string }[] = [];
+  if (d.steps[0]) out.push({ source: "trigger", target: d.steps[0].id });
+  d.steps.forEach((s, i) => {
+    if (s.kind === "exit") return;
+    const to = s.next ?? d.steps[i + 1]?.id;
+    if (to) out.push({ source: s.id, target: to });
+  });
+  return out;
+}

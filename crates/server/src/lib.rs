@@ -16,6 +16,7 @@ pub mod access;
 mod auth;
 mod body;
 pub mod dashboard;
+pub mod dashboards;
 mod engagement;
 pub mod error;
 mod events;
@@ -385,6 +386,26 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/api/v1/events", Need::Permission(P::ViewPii)),
     (
         "GET",
+        "/api/v1/dashboards",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "POST",
+        "/api/v1/dashboards",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "PUT",
+        "/api/v1/dashboards/{id}",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "DELETE",
+        "/api/v1/dashboards/{id}",
+        Need::Permission(P::ReadAnalytics),
+    ),
+    (
+        "GET",
         "/api/v1/events/live",
         Need::Permission(P::ReadAnalytics),
     ),
@@ -673,6 +694,10 @@ fn handler(method: &str, path: &str) -> Handler {
         ("POST", "/v1/batch" | "/v1/import") => post(ingest::batch),
         ("GET", "/api/v1/events") => get(events::list),
         ("GET", "/api/v1/events/live") => get(live::live),
+        ("GET", "/api/v1/dashboards") => get(dashboards::list),
+        ("POST", "/api/v1/dashboards") => post(dashboards::create),
+        ("PUT", "/api/v1/dashboards/{id}") => put(dashboards::update),
+        ("DELETE", "/api/v1/dashboards/{id}") => delete(dashboards::delete),
         ("POST", "/api/v1/query") => post(query::run),
         ("POST", "/api/v1/auth/login") => post(staff::login),
         ("POST", "/api/v1/auth/refresh") => post(staff::refresh),

@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod audit;
 pub mod automation;
 pub mod crypto;
+pub mod dashboards;
 mod error;
 pub mod intel;
 pub mod keys;
@@ -29,6 +30,7 @@ pub mod profiles;
 mod sqlite;
 mod sqlite_accounts;
 mod sqlite_automation;
+mod sqlite_dashboards;
 mod sqlite_intel;
 mod sqlite_privacy;
 mod sqlite_profiles;
@@ -93,6 +95,7 @@ pub trait MetadataStore:
     + profiles::ProfileStore
     + automation::AutomationStore
     + intel::IntelStore
+    + dashboards::DashboardStore
 {
     async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, Error>;
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, Error>;

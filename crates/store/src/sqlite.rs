@@ -255,6 +255,19 @@ CREATE TABLE models (
     PRIMARY KEY (tenant_id, kind, version)
 );
 "#,
+    r#"
+CREATE TABLE dashboards (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    id          TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    shared      INTEGER NOT NULL,
+    widgets     TEXT NOT NULL,
+    layout      TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+"#,
 ];
 
 #[derive(Clone)]

@@ -136,6 +136,8 @@ fn sample(method: &str, path: &str, n: usize, victims: &Victims) -> (String, Opt
         ("PATCH", _) => Some(json!({"role": "viewer"})),
         ("POST", "/api/v1/people/{id}/unmerge") => Some(json!({"merge_id": 1})),
         ("POST", "/api/v1/models/train") => Some(json!({})),
+        ("POST", "/api/v1/dashboards") => Some(json!({"name": "Board", "widgets": []})),
+        ("PUT", "/api/v1/dashboards/{id}") => Some(json!({"name": "Board"})),
         ("POST", "/api/v1/models/{kind}/activate") => Some(json!({"version": 1})),
         ("PUT", "/api/v1/models/sentiment/examples") => Some(json!({"examples": (0..10)
             .map(|i| json!({"text": format!("text {i}"), "label": if i % 2 == 0 { "positive" } else { "negative" }}))

@@ -171,3 +171,139 @@ async fn the_live_feed_streams_the_tenants_events_without_personal_data() {
     .expect("the stream ends");
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
 }
+
+/// Custom dashboards: kept per owner, shared within the tenant, changed only by their
+/// owner, checked on the way in.
+#[tokio::test]
+async fn dashboards_are_saved_shared_and_changed_only_by_their_owner() {
+    use crate::helpers::call;
+    let dir = tempfile::tempdir().expect("dir");
+    let app = admin_app(dir.path()).await;
+    let widget = json!({"id": "rev", "title": "Revenue", "kind": "trends",
+        "query": {"kind": "trends", "event": {"event": "Order Completed"}, "interval": "day"}});
+    let (status, d) = call(&app, "POST", "/api/v1/dashboards", Some(json!({
+        "name": "Morning", "widgets": [widget], "layout": [{"i": "rev", "x": 0, "y": 0, "w": 6, "h": 4}]
+    }))).await;
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_str().expect("an id").to_owned();
+    assert_eq!(
+        (d["mine"].as_bool(), d["shared"].as_bool()),
+        (Some(true), Some(false))
+    );
+    // Moved on the grid, and read back so.
+    let moved = json!([{"i": "rev", "x": 6, "y": 2, "w": 6, "h": 4}]);
+    let (status, v) = call(
+        &app,
+        "PUT",
+        &format!("/api/v1/dashboards/{id}"),
+        Some(json!({"layout": moved})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, list) = call(&app, "GET", "/api/v1/dashboards", None).await;
+    assert_eq!(list["dashboards"][0]["layout"], moved, "{list}");
+    assert_eq!(list["dashboards"][0]["widgets"][0]["title"], "Revenue");
+    // Bad input names its part and changes nothing.
+    for (body, field) in [
+        (
+            json!({"widgets": [{"id": "x", "title": "X", "kind": "pie", "query": {}}]}),
+            "widgets[0].kind",
+        ),
+        (
+            json!({"widgets": [{"id": "x", "title": "X", "kind": "kpi"}]}),
+            "widgets[0].query",
+        ),
+        (
+            json!({"layout": [{"i": "rev", "x": -1, "y": 0, "w": 6, "h": 4}]}),
+            "layout[0]",
+        ),
+        (json!({"name": " "}), "name"),
+    ] {
+        let (status, v) = call(&app, "PUT", &format!("/api/v1/dashboards/{id}"), Some(body)).await;
+        assert_eq!((status, v["field"].as_str()), (400, Some(field)), "{v}");
+    }
+    let (status, v) = call(
+        &app,
+        "PUT",
+        &format!("/api/v1/dashboards/{id}"),
+        Some(json!({"colour": "red"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let (_, again) = call(&app, "GET", "/api/v1/dashboards", None).await;
+    assert_eq!(again["dashboards"][0]["layout"], moved);
+    // Another caller of the tenant: sees it once shared, cannot change or delete it.
+    let other = app
+        .store
+        .create_key_scoped(app.tenant_id, &[livora_store::Scope::Read])
+        .await
+        .expect("key")
+        .secret;
+    let as_other = |method: &str, path: String, body: Option<serde_json::Value>| {
+        let mut r = app
+            .http
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", app.url),
+            )
+            .bearer_auth(&other);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send()
+    };
+    let (_, theirs) = decode(
+        as_other("GET", "/api/v1/dashboards".into(), None)
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(theirs["dashboards"], json!([]));
+    let (status, _) = decode(
+        as_other(
+            "PUT",
+            format!("/api/v1/dashboards/{id}"),
+            Some(json!({"name": "Mine"})),
+        )
+        .await
+        .expect("request"),
+    )
+    .await;
+    assert_eq!(status, 404, "a private dashboard is not there for others");
+    call(
+        &app,
+        "PUT",
+        &format!("/api/v1/dashboards/{id}"),
+        Some(json!({"shared": true})),
+    )
+    .await;
+    let (_, theirs) = decode(
+        as_other("GET", "/api/v1/dashboards".into(), None)
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(
+        (
+            theirs["dashboards"][0]["id"].as_str(),
+            theirs["dashboards"][0]["mine"].as_bool()
+        ),
+        (Some(id.as_str()), Some(false))
+    );
+    let (status, v) = decode(
+        as_other("DELETE", format!("/api/v1/dashboards/{id}"), None)
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let (status, _) = call(&app, "DELETE", &format!("/api/v1/dashboards/{id}"), None).await;
+    assert_eq!(status, 204);
+    let (_, list) = call(&app, "GET", "/api/v1/dashboards", None).await;
+    assert_eq!(list["dashboards"], json!([]));
+    app.stop().await;
+}

@@ -262,6 +262,38 @@ async function run() {
   await page.getByRole("region", { name: "Backtest" }).waitFor();
   check(/would have entered/.test(await page.getByRole("region", { name: "Backtest" }).textContent()), "the backtest reports what it would have done");
   await page.screenshot({ path: join(OUT, "workflows.png"), fullPage: true });
+  // A custom dashboard: rearranged, and still so after a reload.
+  await page.getByRole("link", { name: "Dashboards" }).click();
+  await page.getByText("No dashboards yet").waitFor();
+  await page.getByRole("button", { name: "New dashboard" }).click();
+  for (const id of ["orders", "revenue", "checkout", "retention"]) await page.getByTestId(`widget-${id}`).waitFor();
+  await page.getByTestId("widget-revenue").locator("canvas").waitFor();
+  check(true, "a new dashboard shows its four widgets");
+  const before = await page.getByTestId("widget-orders").boundingBox();
+  const handle = await page.getByTestId("widget-orders").getByRole("heading").boundingBox();
+  const saved = page.waitForResponse((r) => r.url().includes("/api/v1/dashboards/") && r.request().method() === "PUT");
+  await page.mouse.move(handle.x + 20, handle.y + handle.height / 2);
+  await page.mouse.down();
+  // Down below the others: the orders widget moves to the bottom of the grid.
+  await page.mouse.move(handle.x + 40, handle.y + 700, { steps: 20 });
+  await page.mouse.up();
+  check((await saved).status() === 200, "the new layout is saved");
+  await sleep(800); // the grid's move transition
+  // Where it is on the page (the drag may have scrolled it).
+  const at = () =>
+    page.getByTestId("widget-orders").evaluate((el) => {
+      const r = el.getBoundingClientRect();
+      return { x: Math.round(r.left + window.scrollX), y: Math.round(r.top + window.scrollY) };
+    });
+  const after = await at();
+  check(after.y > before.y + 200, `the widget moved (${Math.round(before.y)} → ${Math.round(after.y)})`);
+  await page.reload();
+  await page.getByTestId("widget-orders").waitFor();
+  await page.getByTestId("widget-revenue").locator("canvas").waitFor();
+  await sleep(500);
+  const reloaded = await at();
+  check(Math.abs(reloaded.y - after.y) < 5 && Math.abs(reloaded.x - after.x) < 5, `after a reload the dashboard is as it was left (${JSON.stringify(after)} → ${JSON.stringify(reloaded)})`);
+  await page.screenshot({ path: join(OUT, "dashboards.png"), fullPage: true });
   await page.getByRole("link", { name: "Campaigns" }).click();
   await page.getByRole("table", { name: "Campaigns" }).or(page.getByText("No workflows yet.")).waitFor();
   check(true, "the campaigns page shows its workflows (or that there are none)");

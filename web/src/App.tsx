@@ -14,12 +14,14 @@ const People = lazy(() => import("./pages/People"));
 const Segments = lazy(() => import("./pages/Segments"));
 const Campaigns = lazy(() => import("./pages/Campaigns"));
 const Workflows = lazy(() => import("./pages/Workflows"));
+const Dashboards = lazy(() => import("./pages/Dashboards"));
 const Person = lazy(() => import("./pages/Person"));
 const Settings = lazy(() => import("./pages/Settings"));
 
 /// Pages, and the permission each needs.
 export const PAGES: { path: string; label: string; needs: string }[] = [
   { path: "/", label: "Overview", needs: "analytics.read" },
+  { path: "/dashboards", label: "Dashboards", needs: "analytics.read" },
   { path: "/funnels", label: "Funnels", needs: "analytics.read" },
   { path: "/retention", label: "Retention", needs: "analytics.read" },
   { path: "/trends", label: "Trends", needs: "analytics.read" },
@@ -82,6 +84,7 @@ export function App() {
         <Suspense fallback={<Loading />}>
           <Routes>
             <Route path="/" element={guard("analytics.read", <Overview />)} />
+            <Route path="/dashboards" element={guard("analytics.read", <Dashboards />)} />
             <Route path="/funnels" element={guard("analytics.read", <Funnels />)} />
             <Route path="/retention" element={guard("analytics.read", <Retention />)} />
             <Route path="/trends" element={guard("analytics.read", <Trends />)} />

@@ -242,6 +242,54 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/dashboards": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List dashboards
+         * @description The caller's dashboards and those shared in the tenant, the latest change first.
+         */
+        get: operations["listDashboards"];
+        put?: never;
+        /**
+         * Create a dashboard
+         * @description A new dashboard owned by the caller (`name` required).
+         */
+        post: operations["createDashboard"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/dashboards/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Change a dashboard
+         * @description Its name, sharing, widgets or layout (what is given). Only its owner changes it: 403 on another's shared dashboard, 404 on one the caller cannot see.
+         */
+        put: operations["updateDashboard"];
+        post?: never;
+        /**
+         * Delete a dashboard
+         * @description Only its owner deletes it.
+         */
+        delete: operations["deleteDashboard"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -2381,6 +2429,32 @@ export interface components {
             /** @description Rate limit of the channel. */
             per_second?: number;
         };
+        /** @description A custom dashboard: widgets and their places on a 12-column grid. */
+        Dashboard: {
+            id?: string;
+            name?: string;
+            /** @description Every member of the tenant sees it; only its owner changes it. */
+            shared?: boolean;
+            mine?: boolean;
+            widgets?: {
+                id: string;
+                title: string;
+                /** @enum {string} */
+                kind: "kpi" | "trends" | "funnel" | "retention";
+                /** @description The query it charts (`POST /api/v1/query`; its range is moved to now when shown). */
+                query: Record<string, never>;
+            }[];
+            layout?: {
+                /** @description A widget id. */
+                i: string;
+                x: number;
+                y: number;
+                w: number;
+                h: number;
+            }[];
+            /** Format: date-time */
+            updated_at?: string;
+        };
     };
     responses: {
         /** @description Over a rate limit (`[limits]`: per credential and per client address; ingestion and the read API have separate rates, with bursts of twice the rate). Nothing was done; retry after `Retry-After` seconds. Code `rate_limited`. */
@@ -3944,6 +4018,218 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    listDashboards: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The list. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        dashboards?: components["schemas"]["Dashboard"][];
+                    };
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    createDashboard: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "name": "Morning",
+                 *       "widgets": [
+                 *         {
+                 *           "id": "rev",
+                 *           "title": "Revenue",
+                 *           "kind": "trends",
+                 *           "query": {
+                 *             "kind": "trends",
+                 *             "event": {
+                 *               "event": "Order Completed"
+                 *             },
+                 *             "metric": {
+                 *               "kind": "sum",
+                 *               "property": "revenue"
+                 *             },
+                 *             "interval": "day",
+                 *             "from": "2026-11-01T00:00:00Z",
+                 *             "to": "2026-12-01T00:00:00Z"
+                 *           }
+                 *         }
+                 *       ],
+                 *       "layout": [
+                 *         {
+                 *           "i": "rev",
+                 *           "x": 0,
+                 *           "y": 0,
+                 *           "w": 6,
+                 *           "h": 4
+                 *         }
+                 *       ]
+                 *     }
+                 */
+                "application/json": {
+                    name: string;
+                    shared?: boolean;
+                    widgets?: {
+                        id: string;
+                        title: string;
+                        /** @enum {string} */
+                        kind: "kpi" | "trends" | "funnel" | "retention";
+                        /** @description The query it charts (`POST /api/v1/query`; its range is moved to now when shown). */
+                        query: Record<string, never>;
+                    }[];
+                    layout?: {
+                        /** @description A widget id. */
+                        i: string;
+                        x: number;
+                        y: number;
+                        w: number;
+                        h: number;
+                    }[];
+                };
+            };
+        };
+        responses: {
+            /** @description Created. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Dashboard"];
+                };
+            };
+            /** @description `invalid_request` with the `field` (`widgets[2].kind`, `layout[0]`, `name`), or `invalid_json` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    updateDashboard: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    name?: string;
+                    shared?: boolean;
+                    widgets?: {
+                        id: string;
+                        title: string;
+                        /** @enum {string} */
+                        kind: "kpi" | "trends" | "funnel" | "retention";
+                        /** @description The query it charts (`POST /api/v1/query`; its range is moved to now when shown). */
+                        query: Record<string, never>;
+                    }[];
+                    layout?: {
+                        /** @description A widget id. */
+                        i: string;
+                        x: number;
+                        y: number;
+                        w: number;
+                        h: number;
+                    }[];
+                };
+            };
+        };
+        responses: {
+            /** @description The dashboard. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Dashboard"];
+                };
+            };
+            /** @description `invalid_request` with the `field` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    deleteDashboard: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             429: components["responses"]["RateLimited"];
         };
     };

@@ -56,7 +56,8 @@ export function retentionHeatmap(r: Retention, l: Locale): EChartsOption {
   const periods = Math.max(0, ...r.cohorts.map((c) => c.percentages.length));
   const data: [number, number, number][] = [];
   r.cohorts.forEach((c, y) =>
-    c.percentages.forEach((p, x) => data.push([x, y, Math.round(p * 10) / 10])),
+    // The API's shares are fractions of the cohort: shown as percentages.
+    c.percentages.forEach((p, x) => data.push([x, y, Math.round(p * 1000) / 10])),
   );
   return {
     tooltip: { position: "top" },

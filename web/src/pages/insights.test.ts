@@ -8,8 +8,8 @@ test("a retention answer becomes a heat map of cohorts by periods later", () => 
       kind: "retention",
       log_offset: 1,
       cohorts: [
-        { start: "2026-03-02T00:00:00Z", size: 10, counts: [10, 4], percentages: [100, 40] },
-        { start: "2026-03-09T00:00:00Z", size: 5, counts: [5], percentages: [100] },
+        { start: "2026-03-02T00:00:00Z", size: 10, counts: [10, 4], percentages: [1, 0.4] },
+        { start: "2026-03-09T00:00:00Z", size: 5, counts: [5], percentages: [1] },
       ],
     },
     l,

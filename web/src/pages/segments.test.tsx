@@ -30,3 +30,20 @@ test("a campaign's messages are summed over its steps", () => {
   expect(messageTotals({ steps: { a: { sent: 3, failed: 1 }, b: { sent: 2, blocked: 4 } } })).toEqual({ sent: 5, blocked: 4, failed: 1 });
   expect(messageTotals({})).toEqual({ sent: 0, blocked: 0, failed: 0 });
 });
+
+import { STARTER, ranged } from "./Dashboards";
+
+test("a widget's query is charted over its last days, up to the end of today", () => {
+  const now = new Date("2026-03-10T15:00:00Z");
+  const [kpi, , , retention] = STARTER.widgets;
+  expect(ranged(kpi, now)).toEqual({
+    kind: "commerce",
+    interval: "day",
+    from: "2026-02-09T00:00:00.000Z",
+    to: "2026-03-11T00:00:00.000Z",
+  });
+  // Retention counts periods from `from`.
+  expect(ranged(retention, now)).toMatchObject({ from: "2026-01-14T00:00:00.000Z" });
+  expect(ranged(retention, now)).not.toHaveProperty("to");
+  expect(STARTER.layout.map((l) => l.i)).toEqual(STARTER.widgets.map((w) => w.id));
+});

@@ -8,7 +8,7 @@ import { api, call, type Schemas } from "../api/client";
 import { useAuth, useSession } from "../auth";
 import { Empty, ErrorState, Loaded, useLoad } from "../components/States";
 import { count } from "../format";
-import { LABELS, definition, edges, fromDefinition, newStep, type Draft, type Step, type StepKind } from "./workflow-model";
+import { LABELS, definition, edges, fromDefinition, newStep, unsupported, type Draft, type Step, type StepKind } from "./workflow-model";
 
 interface Metrics {
   journeys?: { entered?: number; converted?: number };
@@ -219,7 +219,9 @@ export default function Workflows() {
   const [backtest, setBacktest] = useState<Record<string, unknown> | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [status, setStatus] = useState<string | null>(null);
-  const editable = can("workflows.edit");
+  // Parts of a saved workflow the canvas cannot edit yet: it is shown read only.
+  const [foreign, setForeign] = useState<string[]>([]);
+  const editable = can("workflows.edit") && foreign.length === 0;
 
   useEffect(() => {
     if (!saved?.id) return setMetrics(null);
@@ -240,6 +242,7 @@ export default function Workflows() {
     setSaved(w);
     setBacktest(null);
     setStatus(null);
+    setForeign(unsupported((w.definition ?? {}) as Record<string, unknown>));
     setDraft(fromDefinition(String(w.id), String(w.name ?? w.id), (w.definition ?? {}) as Record<string, unknown>));
     setSelected("trigger");
   }
@@ -314,6 +317,7 @@ export default function Workflows() {
                 setMetrics(null);
                 setBacktest(null);
                 setStatus(null);
+                setForeign([]);
                 setDraft({ ...EMPTY });
                 setSelected("trigger");
               }}
@@ -383,6 +387,11 @@ export default function Workflows() {
               </button>
             )}
           </div>
+          {foreign.length > 0 && (
+            <p className="hint" role="note">
+              Read only here: the canvas cannot edit {foreign.join("; ")} yet (change them through the API).
+            </p>
+          )}
           {status && <p role="status">{status}</p>}
           {error != null && <ErrorState error={error} />}
           {editable && (

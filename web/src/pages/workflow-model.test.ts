@@ -1,4 +1,4 @@
-import { definition, edges, fromDefinition, newStep, type Draft } from "./workflow-model";
+import { definition, edges, fromDefinition, newStep, unsupported, type Draft } from "./workflow-model";
 
 test("a canvas draft becomes the API's definition, and reads back the same", () => {
   const wait = { ...newStep("wait_for", []), minutes: 45 };
@@ -27,4 +27,16 @@ test("arrows follow the order unless a step says next; exit ends", () => {
     { source: a.id, target: c.id },
   ]);
   expect(newStep("delay", ["delay-1", "delay-2"]).id).toBe("delay-3");
+});
+
+test("a definition with what the canvas cannot edit is named, so it opens read only", () => {
+  const d: Draft = { id: "", name: "", trigger: "x", goal: "y", steps: [newStep("wait_for", []), newStep("send", ["wait_for-1"])] };
+  expect(unsupported(definition(d))).toEqual([]);
+  expect(
+    unsupported({
+      trigger: { segment_entered: "vip" },
+      reentry: "once",
+      steps: [{ id: "b", branch: { if: {}, then: "x" } }, { id: "w", wait_for: { event: "e", same: ["cart_id"] } }],
+    }),
+  ).toEqual(["reentry", "a trigger other than an event", "step b (branch)", "step w's wait options"]);
 });

@@ -119,3 +119,33 @@ export function edges(d: Draft): { source: string; target: string }[] {
   });
   return out;
 }
+
+const ACTIONS = ["delay", "wait_for", "send", "update_trait", "add_tag", "exit"];
+
+/// What in a saved definition the canvas cannot edit yet (so it opens read only, and saving
+/// cannot drop it): `[]` when everything is editable.
+export function unsupported(def: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const k of Object.keys(def)) {
+    if (!["trigger", "goal", "steps"].includes(k)) out.push(k);
+  }
+  const trigger = def.trigger as Record<string, unknown> | undefined;
+  const event = trigger?.event as Record<string, unknown> | undefined;
+  if (!event || Object.keys(trigger ?? {}).length !== 1) out.push("a trigger other than an event");
+  else if (Object.keys(event).some((k) => k !== "name")) out.push("trigger filters");
+  const goal = def.goal as Record<string, unknown> | undefined;
+  if (goal && Object.keys(goal).some((k) => k !== "event" && k !== "within_days")) out.push("goal filters");
+  for (const raw of (def.steps as Record<string, unknown>[]) ?? []) {
+    const keys = Object.keys(raw).filter((k) => k !== "id" && k !== "next");
+    const known = keys.length === 1 && ACTIONS.includes(keys[0]);
+    if (!known) out.push(`step ${String(raw.id)} (${keys.join(", ")})`);
+    const a = raw[keys[0]];
+    if (keys[0] === "wait_for" && a && Object.keys(a).some((k) => k !== "event" && k !== "timeout_minutes")) {
+      out.push(`step ${String(raw.id)}'s wait options`);
+    }
+    if (keys[0] === "send" && a && Object.keys(a).some((k) => k !== "channel" && k !== "template")) {
+      out.push(`step ${String(raw.id)}'s send options`);
+    }
+  }
+  return out;
+}

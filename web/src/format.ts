@@ -57,3 +57,11 @@ export function change(current: number, previous: number): number | null {
   if (!Number.isFinite(previous) || previous === 0) return null;
   return (current - previous) / Math.abs(previous);
 }
+
+/// A day in milliseconds.
+export const DAY = 86_400_000;
+
+/// The end of the current UTC day: where the dashboard's "last N days" ranges stop.
+export function endOfToday(now = new Date()): Date {
+  return new Date(Math.ceil(now.getTime() / DAY) * DAY);
+}

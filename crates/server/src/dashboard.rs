@@ -55,11 +55,6 @@ fn asset(path: &str, immutable: bool) -> Option<Response> {
     Some(r)
 }
 
-/// Whether the binary holds a built dashboard.
-pub fn built() -> bool {
-    Assets::get("index.html").is_some()
-}
-
 /// The router's fallback: the dashboard for pages and assets, `not_found` for the rest.
 pub async fn fallback(method: Method, uri: Uri) -> Response {
     let path = uri.path();

@@ -8,11 +8,10 @@ import { api, call, query, type FunnelResult, type Schemas } from "../api/client
 import { useSession } from "../auth";
 import { Chart } from "../components/Chart";
 import { Empty, ErrorState, Loaded, Loading, useLoad } from "../components/States";
-import { count, money, percent, type Locale } from "../format";
+import { DAY, count, endOfToday, money, percent, type Locale } from "../format";
 import { retentionHeatmap, trendsChart } from "./Insights";
 
 const Grid = WidthProvider(GridLayout);
-const DAY = 86_400_000;
 
 export interface Widget {
   id: string;
@@ -34,7 +33,7 @@ interface Board {
 
 /// The widget's query over its last `days` (retention: that many periods back).
 export function ranged(w: Widget, now = new Date()): Record<string, unknown> {
-  const to = new Date(Math.ceil(now.getTime() / DAY) * DAY);
+  const to = endOfToday(now);
   const days = w.days ?? 30;
   const from = new Date(to.getTime() - days * DAY);
   if (w.kind === "retention") return { ...w.query, from: from.toISOString() };

@@ -8,7 +8,7 @@ import { query, type FunnelResult } from "../api/client";
 import { useAuth, useSession } from "../auth";
 import { Chart } from "../components/Chart";
 import { ErrorState, Loading } from "../components/States";
-import { count, percent } from "../format";
+import { DAY, count, endOfToday, percent } from "../format";
 
 const WINDOWS = [
   { label: "1 hour", seconds: 3600 },
@@ -18,7 +18,6 @@ const WINDOWS = [
   { label: "30 days", seconds: 2_592_000 },
 ];
 const RANGES = [7, 30, 90];
-const DAY = 86_400_000;
 
 export interface FunnelForm {
   steps: string[];
@@ -30,7 +29,7 @@ export interface FunnelForm {
 
 /// The query a form asks (`to`: the end of today, UTC).
 export function funnelQuery(f: FunnelForm, now: Date): Record<string, unknown> {
-  const to = new Date(Math.ceil(now.getTime() / DAY) * DAY);
+  const to = endOfToday(now);
   const from = new Date(to.getTime() - f.days * DAY);
   return {
     kind: "funnel",

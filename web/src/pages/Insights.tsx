@@ -7,13 +7,7 @@ import { query, type Schemas } from "../api/client";
 import { useSession } from "../auth";
 import { Chart } from "../components/Chart";
 import { Empty, ErrorState, Loading } from "../components/States";
-import { count, day, type Locale } from "../format";
-
-const DAY = 86_400_000;
-
-function endOfToday(now = new Date()) {
-  return new Date(Math.ceil(now.getTime() / DAY) * DAY);
-}
+import { DAY, count, day, endOfToday, type Locale } from "../format";
 
 /// Runs a query when its form is submitted: the answer, or its loading and error states.
 function useQuery<R>() {

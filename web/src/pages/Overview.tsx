@@ -5,20 +5,18 @@ import type { EChartsOption } from "echarts";
 import { api, call, query, type Schemas } from "../api/client";
 import { useSession } from "../auth";
 import { Chart } from "../components/Chart";
-import { Empty, ErrorState, Loaded, Loading, useLoad } from "../components/States";
+import { Empty, Loaded, Loading, useLoad } from "../components/States";
 import { LiveFeed } from "../components/LiveFeed";
-import { change, count, day, money, percent, type Locale } from "../format";
+import { DAY, change, count, day, endOfToday, money, percent, type Locale } from "../format";
 
 type Commerce = Schemas["CommerceResult"];
 interface Forecast {
   series?: { points?: { start?: string; value?: number; lower?: number; upper?: number }[] }[];
 }
 
-const DAY = 86_400_000;
-
 /// Whole days: the last 30 up to today's end, and the 30 before.
 export function ranges(now: Date) {
-  const end = new Date(Math.ceil(now.getTime() / DAY) * DAY);
+  const end = endOfToday(now);
   const start = new Date(end.getTime() - 30 * DAY);
   const before = new Date(start.getTime() - 30 * DAY);
   return { current: [start, end], previous: [before, start] } as const;
@@ -183,4 +181,3 @@ export function Overview() {
   );
 }
 
-export { ErrorState };

@@ -7,7 +7,7 @@ import "@xyflow/react/dist/style.css";
 import { api, call, type Schemas } from "../api/client";
 import { useAuth, useSession } from "../auth";
 import { Empty, ErrorState, Loaded, useLoad } from "../components/States";
-import { count } from "../format";
+import { DAY, count, endOfToday } from "../format";
 import { LABELS, definition, edges, fromDefinition, newStep, unsupported, type Draft, type Step, type StepKind } from "./workflow-model";
 
 interface Metrics {
@@ -16,7 +16,6 @@ interface Metrics {
 }
 
 const KINDS: StepKind[] = ["wait_for", "delay", "send", "update_trait", "add_tag", "exit"];
-const DAY = 86_400_000;
 
 function Panel({ draft, selected, set }: { draft: Draft; selected: string | null; set: (d: Draft) => void }) {
   if (selected === "trigger") {
@@ -282,7 +281,7 @@ export default function Workflows() {
   async function runBacktest() {
     if (!saved?.id || !draft) return;
     setError(null);
-    const to = new Date(Math.ceil(Date.now() / DAY) * DAY);
+    const to = endOfToday();
     try {
       const r = await call(() =>
         api.POST("/api/v1/workflows/{id}/backtest", {

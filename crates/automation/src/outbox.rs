@@ -258,6 +258,17 @@ impl Sender {
             }
         }
         let mut facts = Facts::default();
+        for tenant in persons.keys() {
+            // A tenant's own policy, else the node's.
+            if let Some(own) = self
+                .store
+                .tenant(*tenant)
+                .await?
+                .and_then(|t| t.delivery_policy)
+            {
+                facts.policies.insert(*tenant, Policy::from(&own));
+            }
+        }
         for (tenant, list) in whatsapp {
             for (address, at) in self.store.last_inbound(tenant, "whatsapp", &list).await? {
                 facts.inbound.insert((tenant, address), at);
@@ -333,7 +344,8 @@ impl Sender {
                 consents.extend(list.iter().cloned());
             }
         }
-        match self.policy.decide(&m, &consents, sent + earlier, now) {
+        let policy = facts.policies.get(&m.tenant).unwrap_or(&self.policy);
+        match policy.decide(&m, &consents, sent + earlier, now) {
             Decision::Send => {
                 if m.category == livora_model::workflow::Category::Marketing {
                     *allowed.entry(counter).or_default() += 1;
@@ -460,6 +472,8 @@ struct Facts {
     sent: HashMap<(TenantId, String, String), u32>,
     /// When each WhatsApp address (its hash) last wrote in.
     inbound: HashMap<(TenantId, String), DateTime<Utc>>,
+    /// Tenants' own policies (the others have the node's).
+    policies: HashMap<TenantId, Policy>,
 }
 
 /// Whether the policy is still to be checked: a first attempt, or one held for quiet hours.

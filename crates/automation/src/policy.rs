@@ -23,6 +23,9 @@ pub struct Policy {
     /// Quiet hours (local start hour, end hour), e.g. (21, 8): marketing messages decided
     /// then are held until the end.
     pub quiet_hours: Option<(u32, u32)>,
+    /// Channels whose marketing messages need the person's opt-in (`<channel>` or
+    /// `<channel>_marketing` granted); elsewhere marketing goes until the person says no.
+    pub opt_in: Vec<String>,
 }
 
 impl Default for Policy {
@@ -31,6 +34,19 @@ impl Default for Policy {
             frequency_cap: Some(2),
             cap_window: Duration::days(1),
             quiet_hours: Some((21, 8)),
+            opt_in: Vec::new(),
+        }
+    }
+}
+
+impl From<&livora_store::DeliveryPolicy> for Policy {
+    /// A tenant's own policy (the cap still counts a day).
+    fn from(p: &livora_store::DeliveryPolicy) -> Self {
+        Self {
+            frequency_cap: p.frequency_cap,
+            cap_window: Duration::days(1),
+            quiet_hours: p.quiet_hours.map(|q| (q.start, q.end)),
+            opt_in: p.opt_in.clone(),
         }
     }
 }
@@ -88,6 +104,17 @@ pub fn quiet_until(
 }
 
 impl Policy {
+    /// The policy in a tenant's terms (to show the node's as a tenant's default).
+    pub fn as_delivery(&self) -> livora_store::DeliveryPolicy {
+        livora_store::DeliveryPolicy {
+            frequency_cap: self.frequency_cap,
+            quiet_hours: self
+                .quiet_hours
+                .map(|(start, end)| livora_store::QuietHours { start, end }),
+            opt_in: self.opt_in.clone(),
+        }
+    }
+
     /// Decides for `m` at `now`, given the person's consents and how many marketing
     /// messages they got on the channel within the cap window.
     pub fn decide(
@@ -110,8 +137,15 @@ impl Policy {
         if m.category == Category::Transactional {
             return Decision::Send;
         }
-        if answer(consents, &format!("{ch}_marketing")) == Some(false) {
+        let marketing = answer(consents, &format!("{ch}_marketing"));
+        if marketing == Some(false) {
             return Decision::Block(format!("unsubscribed from {ch} marketing"));
+        }
+        if self.opt_in.iter().any(|c| c == ch)
+            && marketing != Some(true)
+            && answer(consents, ch) != Some(true)
+        {
+            return Decision::Block(format!("no {ch} marketing opt-in"));
         }
         if let Some(group) = &m.subscription
             && answer(consents, &format!("subscription:{group}")) == Some(false)
@@ -218,6 +252,43 @@ mod tests {
         assert!(
             matches!(p.decide(&sms, &stop, 0, noon), Decision::Block(_)),
             "STOP opts out"
+        );
+    }
+
+    #[test]
+    fn opt_in_channels_need_a_yes_before_marketing() {
+        let p = Policy {
+            opt_in: vec!["email".into()],
+            ..Policy::default()
+        };
+        let noon = at(10, 0);
+        let mk = message("email", Category::Marketing);
+        assert_eq!(
+            p.decide(&mk, &[], 0, noon),
+            Decision::Block("no email marketing opt-in".into())
+        );
+        for yes in ["email", "email_marketing"] {
+            assert_eq!(
+                p.decide(&mk, &[consent(yes, true, 1)], 0, noon),
+                Decision::Send,
+                "{yes} granted"
+            );
+        }
+        let withdrawn = [
+            consent("email", true, 1),
+            consent("email_marketing", false, 2),
+        ];
+        assert!(matches!(
+            p.decide(&mk, &withdrawn, 0, noon),
+            Decision::Block(_)
+        ));
+        let tx = message("email", Category::Transactional);
+        assert_eq!(p.decide(&tx, &[], 0, noon), Decision::Send, "receipts go");
+        let sms = message("sms", Category::Marketing);
+        assert_eq!(
+            p.decide(&sms, &[], 0, noon),
+            Decision::Send,
+            "not an opt-in channel"
         );
     }
 

@@ -151,6 +151,7 @@ impl AutomationOptions {
             frequency_cap: (self.frequency_cap > 0).then_some(self.frequency_cap),
             cap_window: chrono::Duration::days(1),
             quiet_hours,
+            opt_in: Vec::new(),
         })
     }
 

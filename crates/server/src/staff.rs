@@ -18,7 +18,7 @@ use chrono::{DateTime, Duration, Utc};
 use livora_model::TenantId;
 use livora_store::accounts::{self, LoginLock, Membership, Refreshed, Session, TokenPurpose, User};
 use livora_store::audit::NewEntry;
-use livora_store::{Permission, Role, Scope};
+use livora_store::{DeliveryPolicy, Permission, Role, Scope};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -825,7 +825,8 @@ pub async fn audit_log(
 // ---------------------------------------------------------------------------------------------
 // Tenant settings
 
-/// `GET /api/v1/tenant`: the caller's tenant and its settings.
+/// `GET /api/v1/tenant`: the caller's tenant and its settings, with the node's delivery
+/// policy (what a tenant without its own has).
 pub async fn tenant(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -835,17 +836,70 @@ pub async fn tenant(
         .tenant(p.tenant)
         .await?
         .ok_or_else(|| ApiError::new(Code::NotFound, "the tenant no longer exists"))?;
-    Ok(Json(json!(t)))
+    let mut out = json!(t);
+    out["node_delivery_policy"] = json!(state.sender.as_ref().map(|s| s.policy().as_delivery()));
+    Ok(Json(out))
+}
+
+/// `Some(value)` when the field is present, `null` included (`Some(None)`): tells "leave as
+/// it is" (absent) from "clear it" (null).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantBody {
     /// Days events are kept; `null` keeps them for ever.
-    retention_days: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    retention_days: Option<Option<u32>>,
+    /// The tenant's delivery policy; `null`: the node's.
+    #[serde(default, deserialize_with = "present")]
+    delivery_policy: Option<Option<DeliveryPolicy>>,
 }
 
-/// `PATCH /api/v1/tenant`: changes the tenant's data retention (owners only).
+/// Channels a tenant may ask an opt-in for (WhatsApp always needs one; webhooks never).
+const OPT_IN_CHANNELS: [&str; 3] = ["email", "sms", "push"];
+
+fn check_policy(p: &DeliveryPolicy) -> Result<(), ApiError> {
+    if let Some(cap) = p.frequency_cap
+        && !(1..=1000).contains(&cap)
+    {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "frequency_cap: 1 to 1000 a day, or null (no cap)",
+        )
+        .with("field", "delivery_policy.frequency_cap"));
+    }
+    if let Some(q) = p.quiet_hours
+        && (q.start > 23 || q.end > 23 || q.start == q.end)
+    {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "quiet_hours: start and end are different hours 0-23, or null (none)",
+        )
+        .with("field", "delivery_policy.quiet_hours"));
+    }
+    if let Some(c) = p
+        .opt_in
+        .iter()
+        .find(|c| !OPT_IN_CHANNELS.contains(&c.as_str()))
+    {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("opt_in: {c:?} is not one of email, sms, push"),
+        )
+        .with("field", "delivery_policy.opt_in"));
+    }
+    Ok(())
+}
+
+/// `PATCH /api/v1/tenant`: changes the tenant's data retention and/or its delivery policy
+/// (owners only); a field left out stays as it is.
 pub async fn update_tenant(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -853,16 +907,34 @@ pub async fn update_tenant(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let b: TenantBody = json_body(&headers, body).await?;
-    let before = state
-        .store
-        .set_retention_days(p.tenant, b.retention_days)
-        .await?;
-    if let Some(c) = &state.columns {
-        c.set_retention(p.tenant, b.retention_days);
+    if b.retention_days.is_none() && b.delivery_policy.is_none() {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            "nothing to change: send retention_days and/or delivery_policy",
+        ));
     }
-    let mut e = entry(&p, "tenant.retention", Some(p.tenant.to_string()));
-    e.before = Some(json!({"retention_days": before}));
-    e.after = Some(json!({"retention_days": b.retention_days}));
-    state.audit(e).await?;
+    if let Some(Some(policy)) = &b.delivery_policy {
+        check_policy(policy)?;
+    }
+    if let Some(days) = b.retention_days {
+        let before = state.store.set_retention_days(p.tenant, days).await?;
+        if let Some(c) = &state.columns {
+            c.set_retention(p.tenant, days);
+        }
+        let mut e = entry(&p, "tenant.retention", Some(p.tenant.to_string()));
+        e.before = Some(json!({"retention_days": before}));
+        e.after = Some(json!({"retention_days": days}));
+        state.audit(e).await?;
+    }
+    if let Some(policy) = b.delivery_policy {
+        let before = state
+            .store
+            .set_delivery_policy(p.tenant, policy.clone())
+            .await?;
+        let mut e = entry(&p, "tenant.delivery_policy", Some(p.tenant.to_string()));
+        e.before = Some(json!({"delivery_policy": before}));
+        e.after = Some(json!({"delivery_policy": policy}));
+        state.audit(e).await?;
+    }
     tenant(State(state), Extension(p)).await
 }

@@ -786,11 +786,20 @@ pub async fn backtest(
             (json!(found.version), parse(Some(&d))?)
         }
     };
-    let policy = state
-        .sender
-        .as_ref()
-        .map(|s| s.policy().clone())
-        .unwrap_or_default();
+    // The tenant's own policy, else the node's.
+    let policy = match state
+        .store
+        .tenant(p.tenant)
+        .await?
+        .and_then(|t| t.delivery_policy)
+    {
+        Some(own) => livora_automation::policy::Policy::from(&own),
+        None => state
+            .sender
+            .as_ref()
+            .map(|s| s.policy().clone())
+            .unwrap_or_default(),
+    };
     let report = svc
         .backtest(&state.log, p.tenant, workflow, (from, to), &policy, limit)
         .await

@@ -38,7 +38,7 @@ mod sqlite_profiles;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use livora_model::{Currency, TenantId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use access::{Permission, Role, Scope};
 pub use accounts::AccountStore;
@@ -58,6 +58,31 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
     /// Events older than this many days are removed (`None`: kept for ever).
     pub retention_days: Option<u32>,
+    /// The tenant's own delivery policy (`None`: the node's, from `[automation]`).
+    pub delivery_policy: Option<DeliveryPolicy>,
+}
+
+/// A tenant's delivery policy: what the outbox checks before sending a marketing message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryPolicy {
+    /// At most this many marketing messages per person and channel a day (`None`: no cap).
+    pub frequency_cap: Option<u32>,
+    /// Quiet hours in the person's time zone (`None`: none).
+    pub quiet_hours: Option<QuietHours>,
+    /// Channels (`email`, `sms`, `push`) whose marketing messages need the person's opt-in
+    /// (GDPR-style); elsewhere marketing is allowed until the person says no. WhatsApp always
+    /// needs one.
+    #[serde(default)]
+    pub opt_in: Vec<String>,
+}
+
+/// Quiet hours, local start hour and end hour (`21`, `8`: from 21:00 to 08:00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    pub start: u32,
+    pub end: u32,
 }
 
 /// An API key as stored: never the secret itself.
@@ -106,6 +131,12 @@ pub trait MetadataStore:
         tenant: TenantId,
         days: Option<u32>,
     ) -> Result<Option<u32>, Error>;
+    /// Sets the tenant's delivery policy (`None`: the node's); returns the previous one.
+    async fn set_delivery_policy(
+        &self,
+        tenant: TenantId,
+        policy: Option<DeliveryPolicy>,
+    ) -> Result<Option<DeliveryPolicy>, Error>;
     /// Creates a key with the default scopes of its kind (`write`: ingest; `secret`: read).
     async fn create_key(&self, tenant: TenantId, kind: KeyKind) -> Result<NewKey, Error> {
         let scopes = match kind {

@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 
 use crate::access::{Scope, parse_scopes};
 use crate::keys::{self, KeyKind, NewKey};
-use crate::{ApiKey, Error, MetadataStore, NewTenant, Tenant};
+use crate::{ApiKey, DeliveryPolicy, Error, MetadataStore, NewTenant, Tenant};
 
 /// Schema changes, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -268,6 +268,9 @@ CREATE TABLE dashboards (
     PRIMARY KEY (tenant_id, id)
 );
 "#,
+    r#"
+ALTER TABLE tenants ADD COLUMN delivery_policy TEXT;
+"#,
 ];
 
 #[derive(Clone)]
@@ -391,6 +394,13 @@ fn tenant_from(row: &SqliteRow) -> Result<Tenant, Error> {
         retention_days: row
             .try_get::<Option<i64>, _>("retention_days")?
             .map(|d| d.clamp(1, u32::MAX as i64) as u32),
+        delivery_policy: row
+            .try_get::<Option<String>, _>("delivery_policy")?
+            .map(|j| {
+                serde_json::from_str(&j)
+                    .map_err(|e| Error::Corrupt(format!("delivery_policy {j:?}: {e}")))
+            })
+            .transpose()?,
     })
 }
 
@@ -439,6 +449,7 @@ impl MetadataStore for SqliteStore {
             currency: new.currency,
             created_at: now(),
             retention_days: None,
+            delivery_policy: None,
         };
         sqlx::query(
             "INSERT INTO tenants (id, name, time_zone, currency, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -481,6 +492,29 @@ impl MetadataStore for SqliteStore {
             .retention_days;
         sqlx::query("UPDATE tenants SET retention_days = ? WHERE id = ?")
             .bind(days.map(i64::from))
+            .bind(tenant.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(before)
+    }
+
+    async fn set_delivery_policy(
+        &self,
+        tenant: TenantId,
+        policy: Option<DeliveryPolicy>,
+    ) -> Result<Option<DeliveryPolicy>, Error> {
+        let before = self
+            .tenant(tenant)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("tenant {tenant}")))?
+            .delivery_policy;
+        let json = policy
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("delivery_policy: {e}")))?;
+        sqlx::query("UPDATE tenants SET delivery_policy = ? WHERE id = ?")
+            .bind(json)
             .bind(tenant.to_string())
             .execute(&self.pool)
             .await?;

@@ -9,7 +9,7 @@ use livora_model::Currency;
 use livora_model::TenantId;
 use livora_server::{AppState, AuthOptions, IngestOptions, LimitOptions, Security};
 use livora_store::{KeyKind, MetadataStore, NewTenant, Scope, SqliteStore};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The access-token secret of test servers (tests forge tokens with it and with others).
 pub const TEST_JWT_SECRET: &[u8] = b"test-secret-test-secret-test-secret-0123";
@@ -271,4 +271,30 @@ pub async fn admin_app(dir: &std::path::Path) -> TestApp {
         .expect("key")
         .secret;
     app
+}
+
+/// An owner's access token in the app's tenant.
+pub async fn owner_token(app: &TestApp) -> String {
+    let store = app.store.as_ref();
+    let user = store
+        .create_user("owner@shop.example", "Owner")
+        .await
+        .expect("user");
+    let hash = livora_store::accounts::hash_password("correct horse battery").expect("hash");
+    store
+        .set_password_hash(&user.id, &hash)
+        .await
+        .expect("password");
+    store
+        .set_role(app.tenant_id, &user.id, livora_store::Role::Owner)
+        .await
+        .expect("role");
+    let (status, v) = app
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": "owner@shop.example", "password": "correct horse battery"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["access_token"].as_str().expect("token").to_owned()
 }

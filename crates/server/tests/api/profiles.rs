@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, admin_app, call};
+use crate::helpers::{TestApp, admin_app, call, owner_token};
 
 /// Polls `path` until `done` holds of its answer (the profiles service follows the log).
 async fn eventually(app: &TestApp, path: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
@@ -540,32 +540,6 @@ async fn a_shared_device_does_not_leak_into_another_timeline() {
         .collect();
     assert_eq!(names, ["identify", "Device Only"], "{t}");
     app.stop().await;
-}
-
-/// An owner's access token in the app's tenant.
-async fn owner_token(app: &TestApp) -> String {
-    let store = app.store.as_ref();
-    let user = store
-        .create_user("owner@shop.example", "Owner")
-        .await
-        .expect("user");
-    let hash = livora_store::accounts::hash_password("correct horse battery").expect("hash");
-    store
-        .set_password_hash(&user.id, &hash)
-        .await
-        .expect("password");
-    store
-        .set_role(app.tenant_id, &user.id, livora_store::Role::Owner)
-        .await
-        .expect("role");
-    let (status, v) = app
-        .post(
-            "/api/v1/auth/login",
-            json!({"email": "owner@shop.example", "password": "correct horse battery"}).to_string(),
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
-    v["access_token"].as_str().expect("token").to_owned()
 }
 
 #[tokio::test]

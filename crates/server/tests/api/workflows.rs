@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, admin_app, call, decode};
+use crate::helpers::{TestApp, admin_app, call, decode, owner_token};
 
 async fn eventually(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1132,4 +1132,141 @@ async fn erasing_a_person_stops_their_journeys_and_scrubs_their_messages() {
     assert_eq!(m["journeys"]["entered"], 1, "{m}");
     assert_eq!(m["steps"]["now"]["sent"], 1, "{m}");
     app.stop().await;
+}
+
+/// A tenant's own delivery policy: set and cleared through `PATCH /api/v1/tenant`, checked
+/// by the outbox (email marketing only to persons who opted in) and refused when wrong.
+#[tokio::test]
+async fn a_tenants_delivery_policy_asks_for_an_opt_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut app = admin_app(dir.path()).await;
+    app.secret_key = owner_token(&app).await;
+    let (smtp_port, mails) = smtp_sink().await;
+    let (status, v) = call(
+        &app,
+        "PUT",
+        "/api/v1/channels/email",
+        Some(
+            json!({"provider": "smtp", "settings": {"host": "127.0.0.1", "port": smtp_port,
+            "security": "none", "from": "Shop <hello@shop.example>"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+
+    let (status, t) = call(&app, "GET", "/api/v1/tenant", None).await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["delivery_policy"], Value::Null, "{t}");
+    assert!(t["node_delivery_policy"].is_object(), "{t}");
+    for (bad, field) in [
+        (
+            json!({"frequency_cap": 0, "quiet_hours": null}),
+            "delivery_policy.frequency_cap",
+        ),
+        (
+            json!({"frequency_cap": null, "quiet_hours": {"start": 8, "end": 8}}),
+            "delivery_policy.quiet_hours",
+        ),
+        (
+            json!({"frequency_cap": null, "quiet_hours": null, "opt_in": ["fax"]}),
+            "delivery_policy.opt_in",
+        ),
+    ] {
+        let (status, v) = call(
+            &app,
+            "PATCH",
+            "/api/v1/tenant",
+            Some(json!({"delivery_policy": bad})),
+        )
+        .await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["field"], field, "{v}");
+    }
+    let (status, v) = call(&app, "PATCH", "/api/v1/tenant", Some(json!({}))).await;
+    assert_eq!(status, 400, "nothing to change: {v}");
+    let (_, t) = call(&app, "GET", "/api/v1/tenant", None).await;
+    assert_eq!(
+        t["delivery_policy"],
+        Value::Null,
+        "refused changes change nothing: {t}"
+    );
+
+    let policy = json!({"frequency_cap": 5, "quiet_hours": null, "opt_in": ["email"]});
+    let (status, t) = call(
+        &app,
+        "PATCH",
+        "/api/v1/tenant",
+        Some(json!({"delivery_policy": policy})),
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["delivery_policy"], policy, "{t}");
+    assert_eq!(
+        t["retention_days"],
+        Value::Null,
+        "a field left out stays as it was: {t}"
+    );
+
+    let promo = json!({
+        "trigger": {"event": {"name": "Browsed"}},
+        "steps": [{"id": "mail", "send": {"channel": "email", "category": "marketing",
+            "template": {"subject": "Sale", "body": "20% off"}}}]
+    });
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/workflows",
+        Some(json!({"id": "promo", "name": "Promo", "definition": promo})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    call(&app, "POST", "/api/v1/workflows/promo/enable", None).await;
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/people/bob/consents",
+        Some(json!({"purpose": "email_marketing", "granted": true, "source": "signup form"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com"}},
+        {"type": "identify", "userId": "bob", "traits": {"email": "bob@example.com"}},
+        {"type": "track", "userId": "ann", "event": "Browsed"},
+        {"type": "track", "userId": "bob", "event": "Browsed"}
+    ]});
+    let (status, body) = app.post("/v1/batch", batch.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let blocked = eventually(&app, "/api/v1/messages?status=blocked", |v| {
+        v["messages"].as_array().is_some_and(|m| !m.is_empty())
+    })
+    .await;
+    assert_eq!(
+        blocked["messages"][0]["reason"], "no email marketing opt-in",
+        "{blocked}"
+    );
+    eventually(&app, "/api/v1/messages?status=sent", |v| {
+        v["messages"].as_array().is_some_and(|m| m.len() == 1)
+    })
+    .await;
+    let mail = mails.lock().expect("lock").concat();
+    assert!(
+        mail.contains("bob@example.com") && !mail.contains("ann@example.com"),
+        "{mail}"
+    );
+
+    let (status, t) = call(
+        &app,
+        "PATCH",
+        "/api/v1/tenant",
+        Some(json!({"delivery_policy": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["delivery_policy"], Value::Null, "back to the node's: {t}");
+    let (_, audit) = call(&app, "GET", "/api/v1/audit", None).await;
+    assert!(
+        audit.to_string().contains("tenant.delivery_policy"),
+        "{audit}"
+    );
 }

@@ -322,6 +322,36 @@ async function run() {
   await keyRow.getByRole("alertdialog", { name: "Confirm revoking" }).getByRole("button", { name: "Revoke" }).click();
   await keyRow.getByText("revoked").waitFor();
   check((await api("/api/v1/segments", { token: newKey })).status === 401, "revoked after confirming, it no longer works");
+  // A channel configured (its secret never shown again), the delivery policy changed.
+  const channelForm = page.locator(`form[aria-label="Configure a channel"]`);
+  await channelForm.getByLabel("Channel").selectOption("webhook");
+  await channelForm.getByLabel("Signing secret").fill("e2e-signing-secret-0123456789");
+  await channelForm.getByRole("button", { name: "Save webhook" }).click();
+  await page.getByTestId("channel-webhook").waitFor();
+  const channels = (await api("/api/v1/channels", { token: ownerToken })).json.channels;
+  check(channels.webhook?.provider === "webhook", "a webhook channel is configured from settings");
+  check(!(await page.content()).includes("e2e-signing-secret"), "its secret is not shown again");
+  const policyForm = page.locator(`form[aria-label="Delivery policy"]`);
+  await policyForm.getByLabel("Use the server's defaults").uncheck();
+  await policyForm.getByLabel("Frequency cap").fill("3");
+  await policyForm.getByRole("group", { name: "Marketing needs an opt-in on" }).getByLabel("email").check();
+  await policyForm.getByRole("button", { name: "Save policy" }).click();
+  await policyForm.getByText("Saved.").waitFor();
+  const policy = (await api("/api/v1/tenant", { token: ownerToken })).json.delivery_policy;
+  check(policy?.frequency_cap === 3 && policy.opt_in.includes("email"), `the tenant's delivery policy is saved (${JSON.stringify(policy)})`);
+  // A person's data: exported to a file, then erased after typing their id.
+  await page.getByLabel("User id").fill(name);
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export" }).click()]);
+  const exported = JSON.parse(readFileSync(await download.path(), "utf8"));
+  check(exported.events.length > 0 && exported.person.id === name, `${name}'s data is exported (${exported.events.length} events)`);
+  await page.getByRole("button", { name: "Erase…" }).click();
+  const confirmErase = page.getByRole("alertdialog", { name: "Confirm erasing" });
+  check(await confirmErase.getByRole("button", { name: "Erase for good" }).isDisabled(), "erasing waits for the id to be typed");
+  await confirmErase.getByLabel("Type the id to confirm").fill(name);
+  await confirmErase.getByRole("button", { name: "Erase for good" }).click();
+  await page.getByTestId("erased").waitFor();
+  const audit = (await api("/api/v1/audit?limit=50", { token: ownerToken })).json.entries;
+  check(audit.some((e) => e.action === "person.erase" && e.target === name), `${name} is erased after confirming`);
   await page.screenshot({ path: join(OUT, "settings.png"), fullPage: true });
   // A tablet's width: the navigation moves on top, nothing overflows sideways.
   await page.setViewportSize({ width: 800, height: 1000 });

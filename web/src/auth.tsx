@@ -10,6 +10,8 @@ export interface Session {
   tokens: Tokens;
   tenant: Schemas["Tenant"];
   permissions: string[];
+  /// The signed-in staff user (absent for an API key).
+  userId?: string;
   locale: Locale;
 }
 
@@ -34,12 +36,13 @@ async function open(tokens: Tokens): Promise<Session> {
     call(() => api.GET("/api/v1/tenant")),
   ]);
   if (tokens.refresh_token) sessionStorage.setItem(KEY, tokens.refresh_token);
-  const m = me as { permissions?: string[] };
+  const m = me as { permissions?: string[]; principal?: { user_id?: string } };
   const t = tenant as Schemas["Tenant"];
   return {
     tokens,
     tenant: t,
     permissions: m.permissions ?? [],
+    userId: m.principal?.user_id,
     locale: {
       currency: (t as { currency?: string }).currency ?? "USD",
       timeZone: (t as { time_zone?: string }).time_zone ?? "UTC",

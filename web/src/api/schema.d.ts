@@ -728,8 +728,8 @@ export interface paths {
         options?: never;
         head?: never;
         /**
-         * Change the data retention
-         * @description Owners only. `retention_days`: events older than this many days are removed. Raw-event answers (`/api/v1/events`, exports) leave them out at once. The column store deletes the sealed files of days that lie wholly past the retention and reloads the tenant's table without them: within a second after a change, then hourly. A day's file goes once its newest event is past the retention. The raw log keeps events for `log.retention_hours` (7 days by default) whatever the tenant's retention. Recorded in the audit log.
+         * Change the data retention or the delivery policy
+         * @description Owners only. A field left out stays as it is; at least one is needed. `retention_days`: events older than this many days are removed. Raw-event answers (`/api/v1/events`, exports) leave them out at once. The column store deletes the sealed files of days that lie wholly past the retention and reloads the tenant's table without them: within a second after a change, then hourly. A day's file goes once its newest event is past the retention. The raw log keeps events for `log.retention_hours` (7 days by default) whatever the tenant's retention. `delivery_policy`: the tenant's frequency cap, quiet hours and opt-in channels, checked by the outbox and by backtests from the next message on; null returns to the node's. Each change is recorded in the audit log.
          */
         patch: operations["updateTenant"];
         trace?: never;
@@ -2272,6 +2272,10 @@ export interface components {
             created_at?: string;
             /** @description Events older than this many days are removed; null keeps them for ever. */
             retention_days?: number | null;
+            /** @description The tenant's own delivery policy; null: the node's (`[automation]` in livora.toml). */
+            delivery_policy?: components["schemas"]["DeliveryPolicy"] | null;
+            /** @description The node's delivery policy (null when automation is off). */
+            node_delivery_policy?: components["schemas"]["DeliveryPolicy"] | null;
         };
         /** @description A profile: identifiers by kind, traits (last write wins by event time; `$set`, `$set_once`, `$unset`), computed attributes, segments and tags. */
         Person: {
@@ -2454,6 +2458,18 @@ export interface components {
             }[];
             /** Format: date-time */
             updated_at?: string;
+        };
+        /** @description What the outbox checks before sending a marketing message (transactional messages skip caps, quiet hours and opt-ins; an opt-out always counts). */
+        DeliveryPolicy: {
+            /** @description At most this many marketing messages per person and channel a day; null: no cap. */
+            frequency_cap: number | null;
+            /** @description Marketing messages decided between these local hours (the person's time zone) are held until the end; null: none. */
+            quiet_hours: {
+                start: number;
+                end: number;
+            } | null;
+            /** @description Channels whose marketing messages need the person's opt-in (`<channel>` or `<channel>_marketing` granted). WhatsApp always needs one. */
+            opt_in?: ("email" | "sms" | "push")[];
         };
     };
     responses: {
@@ -5222,11 +5238,22 @@ export interface operations {
             content: {
                 /**
                  * @example {
-                 *       "retention_days": 395
+                 *       "retention_days": 395,
+                 *       "delivery_policy": {
+                 *         "frequency_cap": 3,
+                 *         "quiet_hours": {
+                 *           "start": 21,
+                 *           "end": 8
+                 *         },
+                 *         "opt_in": [
+                 *           "email"
+                 *         ]
+                 *       }
                  *     }
                  */
                 "application/json": {
-                    retention_days: number | null;
+                    retention_days?: number | null;
+                    delivery_policy?: components["schemas"]["DeliveryPolicy"] | null;
                 };
             };
         };

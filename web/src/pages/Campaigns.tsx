@@ -1,7 +1,9 @@
 // Messages and campaigns: per workflow, journeys, conversion and its uplift over the
-// holdout group, and what its messages did (delivered, opened, clicked, unsubscribed).
+// holdout group, and what its messages did (delivered, opened, clicked, unsubscribed);
+// the dead letters.
 import { api, call, type Schemas } from "../api/client";
-import { useSession } from "../auth";
+import { useAuth, useSession } from "../auth";
+import { DeadLetters } from "../components/DeadLetters";
 import { Empty, Loaded, useLoad } from "../components/States";
 import { count, percent } from "../format";
 
@@ -22,6 +24,7 @@ export function messageTotals(m: Metrics) {
 
 export default function Campaigns() {
   const s = useSession();
+  const { can } = useAuth();
   const [load, reload] = useLoad(async () => {
     const list = (await call(() => api.GET("/api/v1/workflows"))) as { workflows?: Schemas["Workflow"][] };
     const workflows = list.workflows ?? [];
@@ -85,6 +88,7 @@ export default function Campaigns() {
           }
         </Loaded>
       </div>
+      {can("pii.view") && <DeadLetters />}
     </section>
   );
 }

@@ -1,10 +1,12 @@
-// Settings: members and roles (invite, change a role), API keys (create, shown once;
-// revoke after confirming), and the audit log.
+// Settings: members and roles (invite, change a role, remove after confirming), API keys
+// (create, shown once; revoke after confirming), channels, the delivery policy and
+// retention, a person's data export and erasure, and the audit log.
 import { useState } from "react";
 import { api, call } from "../api/client";
 import { useAuth, useSession } from "../auth";
 import { Empty, ErrorState, Loaded, useLoad } from "../components/States";
 import { dateTime } from "../format";
+import { Channels, PersonData, Policies } from "./SettingsData";
 
 interface Member {
   user_id?: string;
@@ -40,7 +42,18 @@ function Members() {
   const [email, setEmail] = useState("");
   const [role, setRole] = useState("viewer");
   const [invited, setInvited] = useState<string | null>(null);
+  const [confirm, setConfirm] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
+  async function remove(userId: string) {
+    setError(null);
+    setConfirm(null);
+    try {
+      await call(() => api.DELETE("/api/v1/members/{user_id}", { params: { path: { user_id: userId } } }));
+      reload();
+    } catch (e) {
+      setError(e);
+    }
+  }
   async function invite() {
     setError(null);
     try {
@@ -107,6 +120,7 @@ function Members() {
                   <th>Email</th>
                   <th>Name</th>
                   <th>Role</th>
+                  <th />
                 </tr>
               </thead>
               <tbody>
@@ -124,6 +138,25 @@ function Members() {
                           <option key={r}>{r}</option>
                         ))}
                       </select>
+                    </td>
+                    <td>
+                      {x.user_id === s.userId ? (
+                        "you"
+                      ) : confirm === x.user_id ? (
+                        <span role="alertdialog" aria-label="Confirm removing">
+                          Remove {x.email}? Their sessions end now.{" "}
+                          <button type="button" className="danger" onClick={() => void remove(String(x.user_id))}>
+                            Remove
+                          </button>{" "}
+                          <button type="button" onClick={() => setConfirm(null)}>
+                            Keep
+                          </button>
+                        </span>
+                      ) : (
+                        <button type="button" aria-label={`Remove ${x.email}`} onClick={() => setConfirm(x.user_id ?? null)}>
+                          Remove…
+                        </button>
+                      )}
                     </td>
                   </tr>
                 ))}
@@ -255,6 +288,11 @@ export default function Settings() {
       <h1 id="settings-title">Settings</h1>
       <Members />
       {can("keys.manage") && <Keys />}
+      {can("channels.manage") && <Channels />}
+      {can("tenant.manage") && <Policies />}
+      {(can("data.export") || can("person.erase")) && (
+        <PersonData canExport={can("data.export")} canErase={can("person.erase")} />
+      )}
       {can("audit.read") && (
         <div className="card">
           <h2>Audit log</h2>

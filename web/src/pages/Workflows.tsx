@@ -7,8 +7,9 @@ import "@xyflow/react/dist/style.css";
 import { api, call, type Schemas } from "../api/client";
 import { useAuth, useSession } from "../auth";
 import { Empty, ErrorState, Loaded, useLoad } from "../components/States";
-import { DAY, count, endOfToday } from "../format";
-import { LABELS, definition, edges, fromDefinition, newStep, unsupported, type Draft, type Step, type StepKind } from "./workflow-model";
+import { DeadLetters } from "../components/DeadLetters";
+import { DAY, count, dateTime, endOfToday } from "../format";
+import { LABELS, definition, edges, fromDefinition, lineDiff, newStep, unsupported, type Draft, type Step, type StepKind } from "./workflow-model";
 
 interface Metrics {
   journeys?: { entered?: number; converted?: number };
@@ -409,7 +410,7 @@ export default function Workflows() {
           {metrics && (
             <p className="hint" data-testid="journey-counts">
               {count(metrics.journeys?.entered ?? 0)} journeys entered, {count(metrics.journeys?.converted ?? 0)} converted.
-              {Object.values(metrics.steps ?? {}).some((x) => (x.failed ?? 0) > 0) && " Some messages failed: see Campaigns and the dead letters (GET /api/v1/messages?status=failed)."}
+              {Object.values(metrics.steps ?? {}).some((x) => (x.failed ?? 0) > 0) && " Some messages failed: see the dead letters below."}
             </p>
           )}
           {backtest && (
@@ -421,8 +422,96 @@ export default function Workflows() {
               </p>
             </section>
           )}
+          {saved?.id && (
+            <Versions
+              key={`${saved.id}/${saved.latest_version}`}
+              id={saved.id}
+              live={saved.enabled_version ?? null}
+              restore={
+                editable
+                  ? (v, d) => {
+                      setDraft(fromDefinition(String(saved.id), draft.name, d));
+                      setForeign(unsupported(d));
+                      setStatus(`Version ${v} is in the editor: save it to make it the newest version.`);
+                    }
+                  : undefined
+              }
+            />
+          )}
         </div>
       )}
+      {saved?.id && can("pii.view") && <DeadLetters workflow={saved.id} />}
+    </section>
+  );
+}
+
+interface Version {
+  version?: number;
+  definition?: Record<string, unknown>;
+  created_by?: string;
+  created_at?: string;
+}
+
+/// A workflow's versions, newest first, each with what changed from the one before.
+function Versions({
+  id,
+  live,
+  restore,
+}: {
+  id: string;
+  live: number | null;
+  restore?: (version: number, d: Record<string, unknown>) => void;
+}) {
+  const s = useSession();
+  const [load, reload] = useLoad(
+    () =>
+      call(() => api.GET("/api/v1/workflows/{id}/versions", { params: { path: { id } } })) as Promise<{
+        versions?: Version[];
+      }>,
+    [id],
+  );
+  const [shown, setShown] = useState<number | null>(null);
+  return (
+    <section aria-label="Versions" className="versions">
+      <h2>Versions</h2>
+      <Loaded load={load} reload={reload}>
+        {(l) => {
+          const all = l.versions ?? [];
+          const text = (v?: Version) => (v ? JSON.stringify(v.definition ?? {}, null, 2) : "");
+          return (
+            <ol reversed>
+              {[...all].reverse().map((v) => {
+                const i = all.indexOf(v);
+                return (
+                  <li key={v.version} data-testid={`version-${v.version}`}>
+                    <strong>v{v.version}</strong>
+                    {v.version === live && <span className="badge">live</span>} {dateTime(v.created_at, s.locale)} by{" "}
+                    {v.created_by}{" "}
+                    <button type="button" onClick={() => setShown(shown === v.version ? null : (v.version ?? null))}>
+                      {shown === v.version ? "Hide changes" : i === 0 ? "Show" : `Changes from v${all[i - 1].version}`}
+                    </button>{" "}
+                    {restore && i < all.length - 1 && (
+                      <button type="button" onClick={() => restore(Number(v.version), v.definition ?? {})}>
+                        Restore
+                      </button>
+                    )}
+                    {shown === v.version && (
+                      <pre className="diff" aria-label={`Changes in v${v.version}`}>
+                        {lineDiff(text(all[i - 1]), text(v)).map((d, k) => (
+                          <span key={k} className={d.op === "+" ? "add" : d.op === "-" ? "del" : undefined}>
+                            {d.op} {d.text}
+                            {"\n"}
+                          </span>
+                        ))}
+                      </pre>
+                    )}
+                  </li>
+                );
+              })}
+            </ol>
+          );
+        }}
+      </Loaded>
     </section>
   );
 }

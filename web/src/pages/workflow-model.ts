@@ -149,3 +149,37 @@ export function unsupported(def: Record<string, unknown>): string[] {
   }
   return out;
 }
+
+/// One line of a diff: kept (" "), removed ("-") or added ("+").
+export interface DiffLine {
+  op: " " | "-" | "+";
+  text: string;
+}
+
+/// The lines that changed from `a` to `b` (a longest-common-subsequence diff; workflow
+/// definitions are a few hundred lines at most).
+export function lineDiff(a: string, b: string): DiffLine[] {
+  const x = a.split("\n");
+  const y = b.split("\n");
+  // lcs[i][j]: the longest common subsequence of x[i..] and y[j..].
+  const lcs = Array.from({ length: x.length + 1 }, () => new Array<number>(y.length + 1).fill(0));
+  for (let i = x.length - 1; i >= 0; i--) {
+    for (let j = y.length - 1; j >= 0; j--) {
+      lcs[i][j] = x[i] === y[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  const out: DiffLine[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < x.length || j < y.length) {
+    if (i < x.length && j < y.length && x[i] === y[j]) {
+      out.push({ op: " ", text: x[i++] });
+      j++;
+    } else if (j < y.length && (i === x.length || lcs[i][j + 1] >= lcs[i + 1][j])) {
+      out.push({ op: "+", text: y[j++] });
+    } else {
+      out.push({ op: "-", text: x[i++] });
+    }
+  }
+  return out;
+}

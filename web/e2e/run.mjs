@@ -261,6 +261,20 @@ async function run() {
   await page.getByRole("button", { name: "Backtest 30 days" }).click();
   await page.getByRole("region", { name: "Backtest" }).waitFor();
   check(/would have entered/.test(await page.getByRole("region", { name: "Backtest" }).textContent()), "the backtest reports what it would have done");
+  // A second version, and what changed from the first.
+  await page.getByLabel("Subject").fill("Your cart misses you");
+  await page.getByRole("button", { name: "Save version" }).click();
+  await page.getByRole("status").filter({ hasText: "Saved version 2." }).waitFor();
+  const versions = page.getByRole("region", { name: "Versions" });
+  await versions.getByTestId("version-2").getByRole("button", { name: "Changes from v1" }).click();
+  const diff = await versions.getByLabel("Changes in v2").textContent();
+  check(
+    diff.includes('+   "subject": "Your cart misses you"') || /\+\s+"subject": "Your cart misses you"/.test(diff),
+    "the versions list shows what v2 changed",
+  );
+  check(/-\s+"subject": "\{\{ traits.first_name \}\}, your cart is waiting"/.test(diff), "and what it replaced");
+  await page.getByRole("region", { name: "Dead letters" }).waitFor();
+  check(true, "the workflow shows its dead letters (or that there are none)");
   await page.screenshot({ path: join(OUT, "workflows.png"), fullPage: true });
   // A custom dashboard: rearranged, and still so after a reload.
   await page.getByRole("link", { name: "Dashboards" }).click();
@@ -336,7 +350,7 @@ async function run() {
   await policyForm.getByLabel("Frequency cap").fill("3");
   await policyForm.getByRole("group", { name: "Marketing needs an opt-in on" }).getByLabel("email").check();
   await policyForm.getByRole("button", { name: "Save policy" }).click();
-  await policyForm.getByText("Saved.").waitFor();
+  await page.getByRole("status").filter({ hasText: "Saved." }).waitFor();
   const policy = (await api("/api/v1/tenant", { token: ownerToken })).json.delivery_policy;
   check(policy?.frequency_cap === 3 && policy.opt_in.includes("email"), `the tenant's delivery policy is saved (${JSON.stringify(policy)})`);
   // A person's data: exported to a file, then erased after typing their id.

@@ -288,25 +288,37 @@ export function Policies() {
     () => call(() => api.GET("/api/v1/tenant")) as Promise<Tenant>,
     [s.tokens.tenant_id],
   );
+  // Kept here: the editor is made again from the tenant as saved.
+  const [done, setDone] = useState(false);
   return (
     <div className="card">
       <h2>Delivery policy and retention</h2>
       <Loaded load={tenant} reload={reload}>
-        {(t) => <PolicyEditor key={JSON.stringify(t)} tenant={t} saved={reload} />}
+        {(t) => (
+          <PolicyEditor
+            key={JSON.stringify(t)}
+            tenant={t}
+            saving={() => setDone(false)}
+            saved={() => {
+              setDone(true);
+              reload();
+            }}
+          />
+        )}
       </Loaded>
+      {done && <p role="status">Saved.</p>}
     </div>
   );
 }
 
-function PolicyEditor({ tenant, saved }: { tenant: Tenant; saved: () => void }) {
+function PolicyEditor({ tenant, saving, saved }: { tenant: Tenant; saving: () => void; saved: () => void }) {
   const [form, setForm] = useState(() => formOf(tenant.delivery_policy, tenant.node_delivery_policy));
   const [retention, setRetention] = useState(tenant.retention_days == null ? "" : String(tenant.retention_days));
   const [error, setError] = useState<unknown>(null);
-  const [done, setDone] = useState(false);
   const set = (f: Partial<PolicyForm>) => setForm({ ...form, ...f });
   async function save() {
     setError(null);
-    setDone(false);
+    saving();
     try {
       await call(() =>
         api.PATCH("/api/v1/tenant", {
@@ -316,7 +328,6 @@ function PolicyEditor({ tenant, saved }: { tenant: Tenant; saved: () => void }) 
           } as never,
         }),
       );
-      setDone(true);
       saved();
     } catch (e) {
       setError(e);
@@ -400,7 +411,6 @@ function PolicyEditor({ tenant, saved }: { tenant: Tenant; saved: () => void }) 
         </label>
         <button type="submit">Save policy</button>
       </div>
-      {done && <p role="status">Saved.</p>}
       {error != null && <ErrorState error={error} />}
     </form>
   );

@@ -230,7 +230,7 @@ async function run() {
   await page.getByRole("button", { name: "+ Wait for event" }).click();
   await page.getByLabel("Name", { exact: true }).fill("Order Completed");
   await page.getByLabel("Minutes").fill("60");
-  await page.getByRole("button", { name: "+ Send email" }).click();
+  await page.getByRole("button", { name: "+ Send message" }).click();
   await page.getByLabel("Subject").fill("{{ traits.first_name }}, your cart is waiting");
   await page.getByTestId("node-send-1").waitFor();
   // Drag the email node aside on the canvas.
@@ -241,7 +241,8 @@ async function run() {
   await page.mouse.up();
   const moved = await page.getByTestId("node-send-1").boundingBox();
   check(Math.abs(moved.x - box.x - 150) < 20, `a node is dragged on the canvas (${JSON.stringify(box)} → ${JSON.stringify(moved)})`);
-  check((await page.locator(".react-flow__edge").count()) === 2, "the canvas connects trigger → wait → email");
+  // trigger → wait, and both of the wait's exits (it happened, it timed out) → email.
+  check((await page.locator(".react-flow__edge").count()) === 3, "the canvas connects trigger → wait → email");
   await page.getByRole("button", { name: "Save version" }).click();
   await page.getByRole("status").filter({ hasText: "Saved version 1." }).waitFor();
   await page.getByRole("button", { name: "Enable" }).click();
@@ -273,6 +274,70 @@ async function run() {
     "the versions list shows what v2 changed",
   );
   check(/-\s+"subject": "\{\{ traits.first_name \}\}, your cart is waiting"/.test(diff), "and what it replaced");
+  // A branch on the canvas: tagged VIPs get a tag, the others leave; its "no" exit is
+  // dragged onto the exit node.
+  await page.getByRole("button", { name: "+ Branch" }).click();
+  const condition = page.getByRole("group", { name: "Condition" });
+  await condition.getByLabel("Rule 1 kind").selectOption("tag");
+  await condition.getByLabel("Rule 1 tag").fill("vip");
+  await page.getByRole("button", { name: "+ Add tag" }).click();
+  await page.getByLabel("Name", { exact: true }).fill("vip-cart");
+  await page.getByRole("button", { name: "+ Exit" }).click();
+  await page.getByTestId("node-exit-1").waitFor();
+  await sleep(500); // the canvas fits its new view
+  const noExit = await page.locator('.react-flow__node[data-id="branch-1"] .react-flow__handle[data-handleid="else"]').boundingBox();
+  const exitIn = await page.locator('.react-flow__node[data-id="exit-1"] .react-flow__handle.target').boundingBox();
+  await page.mouse.move(noExit.x + noExit.width / 2, noExit.y + noExit.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(exitIn.x + exitIn.width / 2, exitIn.y + exitIn.height / 2, { steps: 10 });
+  await page.mouse.up();
+  await page.locator('.react-flow__edge[data-id="branch-1:else->exit-1"]').waitFor();
+  check(true, "the branch's no exit is connected to the exit on the canvas");
+  await page.getByRole("button", { name: "Save version" }).click();
+  await page.getByRole("status").filter({ hasText: "Saved version 3." }).waitFor();
+  const v3 = (await api(`/api/v1/workflows/${made.id}`, { token: ownerToken })).json.definition.steps;
+  const branch = v3.find((x) => x.id === "branch-1")?.branch;
+  check(
+    branch?.if?.tag === "vip" && branch.else === "exit-1" && !branch.then && v3.find((x) => x.id === "add_tag-1")?.add_tag === "vip-cart",
+    `the API has the branch the canvas built (${JSON.stringify(branch)})`,
+  );
+  // A definition made through the API with every kind of step opens editable, and saving it
+  // from the canvas changes nothing.
+  const rich = {
+    trigger: { event: { name: "Product Added", where: [{ property: "price", op: "gt", value: 10 }] } },
+    reentry: { after_days: 14 },
+    goal: { event: "Order Completed", same: ["cart_id"], within_days: 3 },
+    holdout_percent: 10,
+    steps: [
+      { id: "d", delay: { minutes: 90 } },
+      { id: "u", delay_until: { time: "09:30", weekdays: ["mon", "fri"] } },
+      { id: "bh", delay_until_best_hour: { time: "10:00" } },
+      { id: "w", wait_for: { event: "Order Completed", same: ["cart_id"], timeout_minutes: 60, on_event: "x", on_timeout: "b" } },
+      { id: "b", branch: { if: { or: [{ computed: { name: "orders", op: "gte", value: 2 } }, { tag: "vip" }] }, then: "s", else: "sp" } },
+      { id: "sp", split: { branches: [{ weight: 70, next: "t" }, { weight: 30 }] } },
+      { id: "s", send: { channel: "email", template: { subject: "Hi {{ traits.first_name }}", body: "Come back", html: "<p>Come back</p>" }, category: "marketing" } },
+      { id: "t", update_trait: { name: "contacted", value: true } },
+      { id: "rt", remove_tag: "cold" },
+      { id: "x", exit: {} },
+    ],
+  };
+  const created = await api("/api/v1/workflows", { token: ownerToken, method: "POST", body: { id: "e2e-rich", name: "E2E every step", definition: rich } });
+  check(created.status === 201 || created.status === 200, `a workflow with every kind of step is made through the API (${created.status} ${JSON.stringify(created.json).slice(0, 200)})`);
+  await page.reload(); // the list shows what the API made since
+  await page.getByRole("table", { name: "Workflows" }).getByRole("row", { name: /E2E every step/ }).getByRole("button", { name: "Open" }).click();
+  await page.getByTestId("node-sp").waitFor();
+  check((await page.getByRole("note").filter({ hasText: "Read only" }).count()) === 0, "it opens editable on the canvas");
+  await eventually(async () => (await page.locator(".react-flow__edge").count()) === 13, "an arrow for each exit", 10_000);
+  check(true, "with an arrow for each exit (13)");
+  await page.getByTestId("node-b").click();
+  check((await page.getByRole("group", { name: "Condition" }).getByLabel("Rule 2 tag").inputValue()) === "vip", "the branch's condition is in the side panel");
+  await page.getByRole("button", { name: "Save version" }).click();
+  await page.getByRole("status").filter({ hasText: "Saved version 2." }).waitFor();
+  const richVersions = (await api("/api/v1/workflows/e2e-rich/versions", { token: ownerToken })).json.versions;
+  check(
+    JSON.stringify(richVersions[1].definition) === JSON.stringify(richVersions[0].definition),
+    "saved from the canvas, it is the same definition",
+  );
   await page.getByRole("region", { name: "Dead letters" }).waitFor();
   check(true, "the workflow shows its dead letters (or that there are none)");
   await page.screenshot({ path: join(OUT, "workflows.png"), fullPage: true });
@@ -307,6 +372,18 @@ async function run() {
   await sleep(500);
   const reloaded = await at();
   check(Math.abs(reloaded.y - after.y) < 5 && Math.abs(reloaded.x - after.x) < 5, `after a reload the dashboard is as it was left (${JSON.stringify(after)} → ${JSON.stringify(reloaded)})`);
+  // An insight added to that dashboard from its own page, then drawn there.
+  await page.getByRole("link", { name: "Trends" }).click();
+  await page.getByRole("button", { name: "Calculate" }).click();
+  await page.getByRole("img", { name: "Order Completed by day" }).locator("canvas").waitFor();
+  await page.getByRole("button", { name: "Add to My dashboard" }).click();
+  await page.getByRole("status").filter({ hasText: "Added to My dashboard" }).waitFor();
+  const boards = (await api("/api/v1/dashboards", { token: ownerToken })).json.dashboards;
+  const trend = boards[0].widgets.find((w) => w.kind === "trends" && w.id.startsWith("trends-"));
+  check(trend?.query.event.event === "Order Completed" && trend.days === 30 && !("from" in trend.query), `a trend is added to the dashboard from its page (${JSON.stringify(trend)})`);
+  await page.getByRole("navigation", { name: "Pages" }).getByRole("link", { name: "Dashboards" }).click();
+  await page.getByTestId(`widget-${trend.id}`).locator("canvas").waitFor();
+  check(true, "and the dashboard draws it");
   await page.screenshot({ path: join(OUT, "dashboards.png"), fullPage: true });
   await page.getByRole("link", { name: "Campaigns" }).click();
   await page.getByRole("table", { name: "Campaigns" }).or(page.getByText("No workflows yet.")).waitFor();
@@ -354,11 +431,15 @@ async function run() {
   const policy = (await api("/api/v1/tenant", { token: ownerToken })).json.delivery_policy;
   check(policy?.frequency_cap === 3 && policy.opt_in.includes("email"), `the tenant's delivery policy is saved (${JSON.stringify(policy)})`);
   // A person's data: exported to a file, then erased after typing their id.
-  await page.getByLabel("User id").fill(name);
-  const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export" }).click()]);
+  // The dropped person may be known only by an anonymous id (the profile's URL says which).
+  const personData = page.getByRole("region", { name: "A person's data" });
+  const anonymousId = decodeURIComponent(droppedUrl).includes("/people/a:");
+  await personData.getByLabel("Id is").selectOption(anonymousId ? "anonymous" : "user");
+  await personData.getByLabel("Id", { exact: true }).fill(name);
+  const [download] = await Promise.all([page.waitForEvent("download"), personData.getByRole("button", { name: "Export" }).click()]);
   const exported = JSON.parse(readFileSync(await download.path(), "utf8"));
   check(exported.events.length > 0 && exported.person.id === name, `${name}'s data is exported (${exported.events.length} events)`);
-  await page.getByRole("button", { name: "Erase…" }).click();
+  await personData.getByRole("button", { name: "Erase…" }).click();
   const confirmErase = page.getByRole("alertdialog", { name: "Confirm erasing" });
   check(await confirmErase.getByRole("button", { name: "Erase for good" }).isDisabled(), "erasing waits for the id to be typed");
   await confirmErase.getByLabel("Type the id to confirm").fill(name);

@@ -3,6 +3,7 @@
 import { useCallback, useMemo, useState } from "react";
 import type { FormEvent } from "react";
 import { Link } from "react-router-dom";
+import { AddToDashboard, widgetOf } from "../components/AddToDashboard";
 import type { EChartsOption } from "echarts";
 import { query, type FunnelResult } from "../api/client";
 import { useAuth, useSession } from "../auth";
@@ -202,6 +203,17 @@ export default function Funnels() {
       {busy && !result && <Loading what="Calculating" />}
       {result && option && (
         <div className="card">
+          <AddToDashboard
+            widget={() =>
+              asked &&
+              widgetOf(
+                "funnel",
+                `Funnel: ${form.steps.join(" → ")}`,
+                asked,
+                form.days,
+              )
+            }
+          />
           <Chart
             label="Persons reaching each step"
             option={option}

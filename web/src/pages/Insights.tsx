@@ -5,6 +5,7 @@ import type { FormEvent, ReactNode } from "react";
 import type { EChartsOption } from "echarts";
 import { query, type Schemas } from "../api/client";
 import { useSession } from "../auth";
+import { AddToDashboard, widgetOf } from "../components/AddToDashboard";
 import { Chart } from "../components/Chart";
 import { Empty, ErrorState, Loading } from "../components/States";
 import { DAY, count, day, endOfToday, type Locale } from "../format";
@@ -123,6 +124,18 @@ export function Retention() {
         </button>
       </form>
       <div className="card">
+        {state.data && state.data.cohorts.length > 0 && (
+          <AddToDashboard
+            widget={() =>
+              widgetOf(
+                "retention",
+                `Retention: ${form.start} → ${form.back} by ${form.period}`,
+                body(),
+                (new Date(endOfToday()).getTime() - new Date(String(body().from)).getTime()) / DAY,
+              )
+            }
+          />
+        )}
         <Shown state={state} retry={() => void run(body())}>
           {(r) =>
             r.cohorts.length === 0 ? (
@@ -283,6 +296,11 @@ export function Trends() {
         </button>
       </form>
       <div className="card">
+        {state.data && (
+          <AddToDashboard
+            widget={() => widgetOf("trends", `${form.event} (${form.metric}) by ${form.interval}`, body(), form.days)}
+          />
+        )}
         <Shown state={state} retry={() => void run(body())}>
           {(r) => (
             <>

@@ -440,6 +440,7 @@ function download(name: string, data: unknown) {
 export function PersonData({ canExport, canErase }: { canExport: boolean; canErase: boolean }) {
   const s = useSession();
   const [id, setId] = useState("");
+  const [anonymous, setAnonymous] = useState(false);
   const [typed, setTyped] = useState("");
   const [confirming, setConfirming] = useState(false);
   const [busy, setBusy] = useState(false);
@@ -447,12 +448,17 @@ export function PersonData({ canExport, canErase }: { canExport: boolean; canEra
   const [exported, setExported] = useState<number | null>(null);
   const [error, setError] = useState<unknown>(null);
   const person = id.trim();
+  function reset() {
+    setConfirming(false);
+    setErased(null);
+    setExported(null);
+  }
   async function exportIt() {
     setError(null);
     setBusy(true);
     try {
       const data = (await call(() =>
-        api.GET("/api/v1/people/{id}/export", { params: { path: { id: person } } }),
+        api.GET("/api/v1/people/{id}/export", { params: { path: { id: person }, query: { anonymous } } }),
       )) as { events?: unknown[] };
       download(`livora-export-${person.replace(/[^\w.-]+/g, "_")}.json`, data);
       setExported(data.events?.length ?? 0);
@@ -466,7 +472,7 @@ export function PersonData({ canExport, canErase }: { canExport: boolean; canEra
     setError(null);
     setBusy(true);
     try {
-      setErased((await call(() => api.DELETE("/api/v1/people/{id}", { params: { path: { id: person } } }))) as Erased);
+      setErased((await call(() => api.DELETE("/api/v1/people/{id}", { params: { path: { id: person }, query: { anonymous } } }))) as Erased);
       setConfirming(false);
       setTyped("");
     } catch (e) {
@@ -476,19 +482,30 @@ export function PersonData({ canExport, canErase }: { canExport: boolean; canEra
     }
   }
   return (
-    <div className="card">
+    <section className="card" aria-label="A person's data">
       <h2>A person's data</h2>
       <p className="muted">Export everything held about a person (GDPR art. 15 and 20), or erase it for good (art. 17).</p>
       <div className="row">
+        <label>
+          Id is
+          <select
+            value={anonymous ? "anonymous" : "user"}
+            onChange={(e) => {
+              setAnonymous(e.target.value === "anonymous");
+              reset();
+            }}
+          >
+            <option value="user">a user id</option>
+            <option value="anonymous">an anonymous id</option>
+          </select>
+        </label>
         <label className="grow">
-          User id
+          Id
           <input
             value={id}
             onChange={(e) => {
               setId(e.target.value);
-              setConfirming(false);
-              setErased(null);
-              setExported(null);
+              reset();
             }}
           />
         </label>
@@ -533,6 +550,6 @@ export function PersonData({ canExport, canErase }: { canExport: boolean; canEra
         </p>
       )}
       {error != null && <ErrorState error={error} />}
-    </div>
+    </section>
   );
 }

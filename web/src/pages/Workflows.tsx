@@ -1,118 +1,361 @@
 // Workflows: the visual builder on a canvas (React Flow: add nodes from the palette, drag
 // them, connect them, edit each in the side panel), save as a new version, enable or pause,
 // per-node counts, a backtest over the last 30 days, and failed messages.
-import { useCallback, useEffect, useMemo, useState } from "react";
-import { Background, Controls, ReactFlow, type Connection, type Edge, type Node, type NodeChange, applyNodeChanges } from "@xyflow/react";
+import { type ReactNode, useCallback, useEffect, useMemo, useState } from "react";
+import {
+  Background,
+  Controls,
+  Handle,
+  Position,
+  ReactFlow,
+  applyNodeChanges,
+  type Connection,
+  type Edge,
+  type Node,
+  type NodeChange,
+  type NodeProps,
+} from "@xyflow/react";
 import "@xyflow/react/dist/style.css";
 import { api, call, type Schemas } from "../api/client";
 import { useAuth, useSession } from "../auth";
 import { Empty, ErrorState, Loaded, useLoad } from "../components/States";
 import { DeadLetters } from "../components/DeadLetters";
 import { DAY, count, dateTime, endOfToday } from "../format";
-import { LABELS, definition, edges, fromDefinition, lineDiff, newStep, unsupported, type Draft, type Step, type StepKind } from "./workflow-model";
+import { RuleList } from "../components/Rules";
+import {
+  LABELS,
+  TRIGGERS,
+  WEEKDAYS,
+  connect,
+  definition,
+  edges,
+  fromDefinition,
+  kept,
+  lineDiff,
+  newDraft,
+  newStep,
+  outputs,
+  placed,
+  removeStep,
+  unsupported,
+  type Category,
+  type Draft,
+  type Reentry,
+  type Step,
+  type StepKind,
+  type TriggerKind,
+} from "./workflow-model";
 
 interface Metrics {
   journeys?: { entered?: number; converted?: number };
   steps?: Record<string, { entered?: number; waiting?: number; sent?: number; failed?: number }>;
 }
 
-const KINDS: StepKind[] = ["wait_for", "delay", "send", "update_trait", "add_tag", "exit"];
+const KINDS: StepKind[] = [
+  "wait_for",
+  "delay",
+  "delay_until",
+  "delay_until_best_hour",
+  "delay_until_trait",
+  "branch",
+  "split",
+  "send",
+  "webhook",
+  "update_trait",
+  "add_tag",
+  "remove_tag",
+  "exit",
+];
+
+/// A note on what the panel keeps as saved without editing it.
+function Kept({ parts }: { parts: string[] }) {
+  return parts.length > 0 ? <p className="hint">Also kept as saved (edit through the API): {parts.join(", ")}.</p> : null;
+}
+
+/// A select of where an exit goes.
+function GoTo({ label, value, steps, self, set }: { label: string; value?: string; steps: Step[]; self: string; set: (v?: string) => void }) {
+  return (
+    <label>
+      {label}
+      <select aria-label={label} value={value ?? ""} onChange={(e) => set(e.target.value || undefined)}>
+        <option value="">the default</option>
+        {steps
+          .filter((s) => s.id !== self)
+          .map((s) => (
+            <option key={s.id} value={s.id}>
+              {s.id}
+            </option>
+          ))}
+      </select>
+    </label>
+  );
+}
+
+function TriggerPanel({ draft, set }: { draft: Draft; set: (d: Draft) => void }) {
+  const k = draft.triggerKind;
+  return (
+    <div className="panel" aria-label="Node settings">
+      <h2>Trigger</h2>
+      <label>
+        Start when
+        <select aria-label="Trigger kind" value={k} onChange={(e) => set({ ...draft, triggerKind: e.target.value as TriggerKind, trigger: "", triggerExtra: {} })}>
+          {(Object.keys(TRIGGERS) as TriggerKind[]).map((t) => (
+            <option key={t} value={t}>
+              {TRIGGERS[t]}
+            </option>
+          ))}
+        </select>
+      </label>
+      {k === "schedule" && (
+        <label>
+          Cron (minute hour day month weekday, tenant's time zone)
+          <input aria-label="Cron" value={draft.cron} onChange={(e) => set({ ...draft, cron: e.target.value })} />
+        </label>
+      )}
+      {k !== "api" && (
+        <label>
+          {k === "event" ? "When a person does" : k === "schedule" ? "Members of the segment (everyone when empty)" : k.startsWith("tag") ? "Tag" : "Segment id"}
+          <input aria-label={k === "event" ? "Trigger event" : "Trigger target"} value={draft.trigger} onChange={(e) => set({ ...draft, trigger: e.target.value })} />
+        </label>
+      )}
+      <Kept parts={Object.keys(draft.triggerExtra).map((x) => (x === "where" ? "trigger property filters" : x))} />
+      <label>
+        Goal (ends the journey, counts a conversion)
+        <input aria-label="Goal event" value={draft.goal} onChange={(e) => set({ ...draft, goal: e.target.value })} />
+      </label>
+      {draft.goal.trim() && (
+        <label>
+          Counted within (days)
+          <input type="number" min={1} aria-label="Goal days" value={draft.goalDays} onChange={(e) => set({ ...draft, goalDays: Number(e.target.value) })} />
+        </label>
+      )}
+      <Kept parts={kept(draft.goalExtra).map((x) => `goal ${x}`)} />
+      <label>
+        A person may enter again
+        <select aria-label="Re-entry" value={draft.reentry} onChange={(e) => set({ ...draft, reentry: e.target.value as Reentry })}>
+          <option value="after_exit">once their journey has ended</option>
+          <option value="after_days">some days after entering</option>
+          <option value="always">every time (one journey per trigger)</option>
+          <option value="once">never</option>
+        </select>
+      </label>
+      {draft.reentry === "after_days" && (
+        <label>
+          Days
+          <input type="number" min={1} aria-label="Re-entry days" value={draft.reentryDays} onChange={(e) => set({ ...draft, reentryDays: Number(e.target.value) })} />
+        </label>
+      )}
+      <label>
+        Holdout (% kept out of every message, to measure uplift)
+        <input type="number" min={0} max={50} aria-label="Holdout percent" value={draft.holdout} onChange={(e) => set({ ...draft, holdout: Number(e.target.value) })} />
+      </label>
+    </div>
+  );
+}
 
 function Panel({ draft, selected, set }: { draft: Draft; selected: string | null; set: (d: Draft) => void }) {
-  if (selected === "trigger") {
-    return (
-      <div className="panel" aria-label="Node settings">
-        <h2>Trigger</h2>
-        <label>
-          When a person does
-          <input aria-label="Trigger event" value={draft.trigger} onChange={(e) => set({ ...draft, trigger: e.target.value })} />
-        </label>
-        <label>
-          Goal (ends the journey, counts a conversion)
-          <input aria-label="Goal event" value={draft.goal} onChange={(e) => set({ ...draft, goal: e.target.value })} />
-        </label>
-      </div>
-    );
-  }
+  if (selected === "trigger") return <TriggerPanel draft={draft} set={set} />;
   const step = draft.steps.find((s) => s.id === selected);
   if (!step) return <div className="panel hint">Select a node to edit it.</div>;
   const put = (s: Partial<Step>) => set({ ...draft, steps: draft.steps.map((x) => (x.id === step.id ? { ...x, ...s } : x)) });
+  const k = step.kind;
+  const outs = outputs(step);
   return (
     <div className="panel" aria-label="Node settings">
-      <h2>{LABELS[step.kind]}</h2>
+      <h2>{LABELS[k]}</h2>
       <p className="hint">Step {step.id}</p>
-      {(step.kind === "delay" || step.kind === "wait_for") && (
+      {(k === "delay" || k === "wait_for" || k === "delay_until_trait") && (
         <label>
-          {step.kind === "delay" ? "Wait (minutes)" : "Give up after (minutes)"}
+          {k === "delay" ? "Wait (minutes)" : k === "wait_for" ? "Give up after (minutes)" : "Offset (minutes, negative: before)"}
           <input
             type="number"
-            min={1}
+            min={k === "delay_until_trait" ? undefined : 1}
             aria-label="Minutes"
             value={step.minutes}
             onChange={(e) => put({ minutes: Number(e.target.value) })}
           />
         </label>
       )}
-      {(step.kind === "wait_for" || step.kind === "update_trait" || step.kind === "add_tag") && (
+      {(k === "wait_for" || k === "update_trait" || k === "add_tag" || k === "remove_tag" || k === "delay_until_trait") && (
         <label>
-          {step.kind === "wait_for" ? "Event" : step.kind === "add_tag" ? "Tag" : "Trait"}
+          {k === "wait_for" ? "Event" : k === "add_tag" || k === "remove_tag" ? "Tag" : "Trait"}
           <input aria-label="Name" value={step.name} onChange={(e) => put({ name: e.target.value })} />
         </label>
       )}
-      {step.kind === "update_trait" && (
+      {k === "update_trait" && (
         <label>
-          Value
+          Value (JSON or text)
           <input aria-label="Value" value={step.value} onChange={(e) => put({ value: e.target.value })} />
         </label>
       )}
-      {step.kind === "send" && (
+      {(k === "delay_until" || k === "delay_until_best_hour") && (
+        <>
+          <label>
+            {k === "delay_until" ? "Time of day (their time zone)" : "Time for persons without a best hour"}
+            <input type="time" aria-label="Time" value={step.time} onChange={(e) => put({ time: e.target.value })} />
+          </label>
+          <fieldset className="weekdays">
+            <legend>On (every day when none)</legend>
+            {WEEKDAYS.map((w) => (
+              <label key={w}>
+                <input
+                  type="checkbox"
+                  checked={step.weekdays.includes(w)}
+                  onChange={(e) => put({ weekdays: e.target.checked ? WEEKDAYS.filter((x) => x === w || step.weekdays.includes(x)) : step.weekdays.filter((x) => x !== w) })}
+                />
+                {w}
+              </label>
+            ))}
+          </fieldset>
+        </>
+      )}
+      {k === "branch" && (
+        <div className="branch-rules" role="group" aria-label="Condition">
+          <RuleList rules={step.rules} match={step.match} set={(rules, match) => put({ rules, match })} />
+        </div>
+      )}
+      {k === "split" && (
+        <div role="group" aria-label="Variants">
+          {step.weights.map((w, i) => (
+            <div className="row" key={i}>
+              <label className="grow">
+                Variant {String.fromCharCode(65 + i)} weight
+                <input
+                  type="number"
+                  min={1}
+                  aria-label={`Variant ${String.fromCharCode(65 + i)} weight`}
+                  value={w}
+                  onChange={(e) => put({ weights: step.weights.map((x, j) => (j === i ? Number(e.target.value) : x)) })}
+                />
+              </label>
+              {step.weights.length > 2 && (
+                <button
+                  type="button"
+                  aria-label={`Remove variant ${String.fromCharCode(65 + i)}`}
+                  onClick={() =>
+                    put({
+                      weights: step.weights.filter((_, j) => j !== i),
+                      // The exits after it move up by one.
+                      exits: Object.fromEntries(step.weights.filter((_, j) => j !== i).map((_, j) => [String(j), step.exits[String(j < i ? j : j + 1)]])),
+                    })
+                  }
+                >
+                  ✕
+                </button>
+              )}
+            </div>
+          ))}
+          {step.weights.length < 26 && (
+            <button type="button" onClick={() => put({ weights: [...step.weights, 50] })}>
+              Add a variant
+            </button>
+          )}
+        </div>
+      )}
+      {k === "send" && (
         <>
           <label>
             Channel
             <select aria-label="Channel" value={step.channel} onChange={(e) => put({ channel: e.target.value })}>
-              {["email", "sms", "whatsapp", "push"].map((c) => (
+              {["email", "sms", "whatsapp", "push", "webhook"].map((c) => (
                 <option key={c}>{c}</option>
               ))}
             </select>
           </label>
-          <label>
-            Subject
-            <input aria-label="Subject" value={step.subject} onChange={(e) => put({ subject: e.target.value })} />
-          </label>
+          {(step.channel === "email" || step.channel === "push") && (
+            <label>
+              {step.channel === "push" ? "Title" : "Subject"}
+              <input aria-label="Subject" value={step.subject} onChange={(e) => put({ subject: e.target.value })} />
+            </label>
+          )}
           <label>
             Body
             <textarea aria-label="Body" rows={4} value={step.body} onChange={(e) => put({ body: e.target.value })} />
           </label>
+          <label>
+            Kind of message
+            <select aria-label="Category" value={step.category} onChange={(e) => put({ category: e.target.value as Category })}>
+              <option value="marketing">marketing (caps, quiet hours, consent)</option>
+              <option value="transactional">transactional (only an opt-out stops it)</option>
+            </select>
+          </label>
+          <label>
+            Subscription group (optional)
+            <input aria-label="Subscription" value={step.subscription} onChange={(e) => put({ subscription: e.target.value })} />
+          </label>
         </>
       )}
-      <label>
-        Then go to
-        <select aria-label="Then go to" value={step.next ?? ""} onChange={(e) => put({ next: e.target.value || undefined })}>
-          <option value="">the next step</option>
-          {draft.steps
-            .filter((s) => s.id !== step.id)
-            .map((s) => (
-              <option key={s.id} value={s.id}>
-                {s.id}
-              </option>
-            ))}
-        </select>
-      </label>
-      <button
-        type="button"
-        onClick={() =>
-          set({
-            ...draft,
-            steps: draft.steps
+      {k === "webhook" && (
+        <>
+          <label>
+            URL
+            <input type="url" aria-label="URL" value={step.url} onChange={(e) => put({ url: e.target.value })} />
+          </label>
+          <label>
+            Body template (empty: the person and the event)
+            <textarea aria-label="Body" rows={4} value={step.body} onChange={(e) => put({ body: e.target.value })} />
+          </label>
+        </>
+      )}
+      <Kept parts={kept(step.extra)} />
+      {outs.length > 1 &&
+        outs.map((o) => (
+          <GoTo
+            key={o.handle}
+            label={k === "branch" ? `If ${o.label}, go to` : k === "wait_for" ? `If it ${o.label === "did it" ? "happens" : "times out"}, go to` : `Variant ${o.label} goes to`}
+            value={step.exits[o.handle]}
+            steps={draft.steps}
+            self={step.id}
+            set={(v) => set(connect(draft, step.id, o.handle, v))}
+          />
+        ))}
+      {k !== "exit" && (
+        <label>
+          {outs.length > 1 ? "By default, go to" : "Then go to"}
+          <select aria-label="Then go to" value={step.next ?? ""} onChange={(e) => put({ next: e.target.value || undefined })}>
+            <option value="">the next step</option>
+            {draft.steps
               .filter((s) => s.id !== step.id)
-              .map((s) => (s.next === step.id ? { ...s, next: undefined } : s)),
-          })
-        }
-      >
+              .map((s) => (
+                <option key={s.id} value={s.id}>
+                  {s.id}
+                </option>
+              ))}
+          </select>
+        </label>
+      )}
+      <button type="button" onClick={() => set(removeStep(draft, step.id))}>
         Remove this step
       </button>
     </div>
   );
+}
+
+/// What a node says under its title.
+function detail(s: Step): string {
+  switch (s.kind) {
+    case "send":
+      return `${s.channel}: ${s.subject || s.body}`;
+    case "delay":
+      return `${s.minutes} min`;
+    case "wait_for":
+      return `${s.name}, up to ${s.minutes} min`;
+    case "delay_until":
+    case "delay_until_best_hour":
+      return `${s.time}${s.weekdays.length ? ` on ${s.weekdays.join(", ")}` : ""}`;
+    case "delay_until_trait":
+      return `${s.name}${s.minutes ? ` ${s.minutes > 0 ? "+" : ""}${s.minutes} min` : ""}`;
+    case "branch":
+      return `${s.rules.length} rule${s.rules.length === 1 ? "" : "s"}`;
+    case "split":
+      return `${s.weights.length} variants`;
+    case "webhook":
+      return s.url || "(no URL)";
+    case "update_trait":
+      return `${s.name} = ${s.value}`;
+    default:
+      return s.name;
+  }
 }
 
 function label(id: string, title: string, detail: string, m?: { entered?: number; waiting?: number; sent?: number; failed?: number }) {
@@ -131,32 +374,51 @@ function label(id: string, title: string, detail: string, m?: { entered?: number
   );
 }
 
-function Canvas({ draft, setDraft, metrics, selected, select }: { draft: Draft; setDraft: (d: Draft) => void; metrics: Metrics | null; selected: string | null; select: (id: string) => void }) {
+type StepData = { label: ReactNode; outs: { handle: string; label: string }[] };
+
+/// A step on the canvas: one handle in, one handle out per exit (labelled when several).
+function StepNode({ data }: NodeProps<Node<StepData>>) {
+  return (
+    <>
+      <Handle type="target" position={Position.Top} />
+      {data.label}
+      {data.outs.length > 1 && (
+        <div className="node-outs">
+          {data.outs.map((o) => (
+            <span key={o.handle}>{o.label}</span>
+          ))}
+        </div>
+      )}
+      {data.outs.map((o, i) => (
+        <Handle key={o.handle} id={o.handle} type="source" position={Position.Bottom} style={{ left: `${((2 * i + 1) * 100) / (2 * data.outs.length)}%` }} />
+      ))}
+    </>
+  );
+}
+
+const NODE_TYPES = { step: StepNode };
+
+function Canvas({ draft, setDraft, metrics, selected, select, editable }: { draft: Draft; setDraft: (d: Draft) => void; metrics: Metrics | null; selected: string | null; select: (id: string) => void; editable: boolean }) {
   // What React Flow measured and where nodes were dragged (kept across renders: a node
   // React Flow has not measured stays hidden).
   const [layout, setLayout] = useState<Record<string, Pick<Node, "position" | "measured">>>({});
   const positions = Object.fromEntries(Object.entries(layout).map(([k, v]) => [k, v.position]));
+  const auto = useMemo(() => placed(draft), [draft]);
   const nodes: Node[] = useMemo(
     () => [
       {
         id: "trigger",
-        position: positions.trigger ?? { x: 200, y: 0 },
-        data: { label: label("trigger", "Trigger", draft.trigger || "(no event)") },
+        position: positions.trigger ?? auto.trigger,
+        data: { label: label("trigger", "Trigger", `${TRIGGERS[draft.triggerKind]}${draft.trigger ? `: ${draft.trigger}` : ""}`) },
         selected: selected === "trigger",
         type: "input",
         measured: layout.trigger?.measured,
       },
-      ...draft.steps.map((s, i) => ({
+      ...draft.steps.map((s) => ({
         id: s.id,
-        position: positions[s.id] ?? { x: 200, y: 110 * (i + 1) },
-        data: {
-          label: label(
-            s.id,
-            LABELS[s.kind],
-            s.kind === "send" ? `${s.channel}: ${s.subject}` : s.kind === "delay" ? `${s.minutes} min` : s.kind === "wait_for" ? `${s.name}, up to ${s.minutes} min` : s.name,
-            metrics?.steps?.[s.id],
-          ),
-        },
+        type: "step",
+        position: positions[s.id] ?? auto[s.id],
+        data: { label: label(s.id, LABELS[s.kind], detail(s), metrics?.steps?.[s.id]), outs: outputs(s) },
         selected: selected === s.id,
         measured: layout[s.id]?.measured,
       })),
@@ -165,7 +427,13 @@ function Canvas({ draft, setDraft, metrics, selected, select }: { draft: Draft; 
     [draft, layout, metrics, selected],
   );
   const arrows: Edge[] = useMemo(
-    () => edges(draft).map((e) => ({ id: `${e.source}->${e.target}`, ...e, animated: true })),
+    () =>
+      edges(draft).map((e) => ({
+        id: `${e.source}:${e.sourceHandle ?? ""}->${e.target}`,
+        ...e,
+        animated: true,
+        ...(e.label ? { labelBgPadding: [4, 2] as [number, number], labelStyle: { fontSize: 11 } } : {}),
+      })),
     [draft],
   );
   const onNodesChange = useCallback(
@@ -177,10 +445,10 @@ function Canvas({ draft, setDraft, metrics, selected, select }: { draft: Draft; 
   );
   const onConnect = useCallback(
     (c: Connection) => {
-      if (!c.source || !c.target || c.source === "trigger" || c.target === "trigger") return;
-      setDraft({ ...draft, steps: draft.steps.map((s) => (s.id === c.source ? { ...s, next: c.target } : s)) });
+      if (!editable || !c.source || !c.target || c.source === "trigger" || c.target === "trigger" || c.source === c.target) return;
+      setDraft(connect(draft, c.source, c.sourceHandle, c.target));
     },
-    [draft, setDraft],
+    [draft, setDraft, editable],
   );
   return (
     <div className="canvas" aria-label="Workflow canvas">
@@ -190,6 +458,8 @@ function Canvas({ draft, setDraft, metrics, selected, select }: { draft: Draft; 
         fitViewOptions={{ maxZoom: 1, padding: 0.2 }}
         nodes={nodes}
         edges={arrows}
+        nodeTypes={NODE_TYPES}
+        nodesConnectable={editable}
         onNodesChange={onNodesChange}
         onConnect={onConnect}
         onNodeClick={(_, n) => select(n.id)}
@@ -203,7 +473,6 @@ function Canvas({ draft, setDraft, metrics, selected, select }: { draft: Draft; 
   );
 }
 
-const EMPTY: Draft = { id: "", name: "", trigger: "Product Added", goal: "Order Completed", steps: [] };
 
 export default function Workflows() {
   const s = useSession();
@@ -318,7 +587,7 @@ export default function Workflows() {
                 setBacktest(null);
                 setStatus(null);
                 setForeign([]);
-                setDraft({ ...EMPTY });
+                setDraft(newDraft());
                 setSelected("trigger");
               }}
             >
@@ -404,7 +673,7 @@ export default function Workflows() {
             </div>
           )}
           <div className="builder-area">
-            <Canvas draft={draft} setDraft={setDraft} metrics={metrics} selected={selected} select={setSelected} />
+            <Canvas draft={draft} setDraft={setDraft} metrics={metrics} selected={selected} select={setSelected} editable={editable} />
             {editable ? <Panel draft={draft} selected={selected} set={setDraft} /> : <div className="panel hint">Read only.</div>}
           </div>
           {metrics && (

@@ -64,3 +64,15 @@ test("paths become a sankey with one node per event and depth (no cycles)", () =
   ]);
   expect(s.data.map((d) => d.name).sort()).toEqual(["Checkout Started · 1", "Product Added", "Product Added · 2"]);
 });
+
+test("an insight becomes a widget without its range, placed below the dashboard's widgets", async () => {
+  const { below, widgetOf } = await import("../components/AddToDashboard");
+  const w = widgetOf("funnel", "Checkout", { kind: "funnel", from: "a", to: "b", steps: [{ event: "X" }] }, 14, "f1");
+  expect(w).toEqual({ id: "f1", title: "Checkout", kind: "funnel", query: { kind: "funnel", steps: [{ event: "X" }] }, days: 14 });
+  const layout = [
+    { i: "a", x: 0, y: 0, w: 6, h: 5 },
+    { i: "b", x: 6, y: 2, w: 6, h: 7 },
+  ];
+  expect(below(layout, "f1").at(-1)).toEqual({ i: "f1", x: 0, y: 9, w: 6, h: 5 });
+  expect(below([], "f1")).toEqual([{ i: "f1", x: 0, y: 0, w: 6, h: 5 }]);
+});

@@ -1,4 +1,4 @@
-import { condition, type Rule } from "./Segments";
+import { condition, rulesOf, type Rule } from "../components/Rules";
 
 const rule = (r: Partial<Rule>): Rule => ({ kind: "computed", name: "orders", op: "gte", value: "3", times: 1, days: 30, ...r });
 
@@ -22,6 +22,30 @@ test("builder rules become the API's condition", () => {
       { trait: { name: "email", op: "exists" } },
     ],
   });
+});
+
+test("a condition of rules reads back as the same rules; one they cannot show gives null", () => {
+  const rules = [
+    rule({ kind: "trait", name: "country", op: "equals", value: "US" }),
+    rule({ kind: "performed", name: "Order Completed", times: 2, days: 14 }),
+    rule({ kind: "not_performed", name: "Order Refunded", days: 90 }),
+    rule({ kind: "trait", name: "email", op: "exists", value: "" }),
+    rule({ kind: "tag", name: "vip" }),
+    rule({ kind: "in_segment", name: "seg-1" }),
+  ];
+  for (const match of ["and", "or"] as const) {
+    const c = condition(rules, match);
+    const back = rulesOf(c);
+    expect(back?.match).toBe(match);
+    expect(condition(back?.rules ?? [], match)).toEqual(c);
+  }
+  expect(rulesOf(condition([rule({})], "and"))?.rules).toEqual([{ ...rule({}), times: 1, days: 30 }]);
+  // Nesting, filters, other counts and texts that read as numbers are not rules.
+  expect(rulesOf({ and: [{ or: [{ tag: "a" }, { tag: "b" }] }, { tag: "c" }] })).toBeNull();
+  expect(rulesOf({ performed: { event: "x", where: [{ property: "p", op: "exists" }], count: { op: "at_least", value: 1 }, within_days: 3 } })).toBeNull();
+  expect(rulesOf({ performed: { event: "x", count: { op: "at_most", value: 1 }, within_days: 3 } })).toBeNull();
+  expect(rulesOf({ trait: { name: "zip", op: "equals", value: "007" } })).toBeNull();
+  expect(rulesOf({ not_followed_by: { event: "a" } })).toBeNull();
 });
 
 import { messageTotals } from "./Campaigns";

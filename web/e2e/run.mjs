@@ -150,6 +150,13 @@ async function run() {
     check(shown === fmt.format(s.count), `step ${i + 1} (${s.event}): ${shown} on screen, ${s.count} from the API`);
   }
   check(answer.json.steps[0].count > answer.json.steps[1].count, "some persons dropped after step 1");
+  // The step inputs suggest the tenant's event names (as the API lists them).
+  const defs = (await api("/api/v1/events/definitions?days=90", { token: ownerToken })).json;
+  const offered = await page.locator("#livora-event-names option").evaluateAll((os) => os.map((o) => o.value));
+  check(
+    offered.includes("Order Completed") && offered.includes("Product Viewed") && offered.every((n) => defs.events.some((e) => e.name === n)),
+    `the step inputs suggest the tenant's event names (${offered.slice(0, 4).join(", ")}, …)`,
+  );
   await page.screenshot({ path: join(OUT, "funnels.png"), fullPage: true });
   // Who dropped before step 2, and one of their profiles.
   await page.getByTestId("step-2").getByRole("button").click();
@@ -198,6 +205,17 @@ async function run() {
   await page.getByRole("img", { name: "Daily revenue over the last 30 days and its forecast" }).locator("canvas").waitFor();
   await sleep(1500); // the chart's drawing animation
   check((await page.getByText("The forecast appears once").count()) === 0, "the overview shows the revenue forecast");
+  // Who is at risk of churning: the API's figure (a scheduled training may land meanwhile:
+  // then the page is read again).
+  let atRisk = null;
+  await eventually(async () => {
+    await page.waitForFunction(() => document.querySelector('[data-testid="kpi-At risk"]')?.textContent !== "…");
+    const risk = (await api("/api/v1/predictions/summary", { token: ownerToken })).json.churn;
+    if ((await page.getByTestId("kpi-At risk").textContent()) === fmt.format(risk.at_risk)) return (atRisk = risk), true;
+    await page.reload();
+    return false;
+  }, "the churn figure is the API's", 30_000);
+  check(atRisk.scored > 0, `the overview shows the API's ${atRisk.at_risk} of ${atRisk.scored} persons at risk of churning`);
   await page.screenshot({ path: join(OUT, "overview-forecast.png"), fullPage: true });
   // Segments: the live count is the API's, and a saved segment is listed with its size.
   await page.getByRole("link", { name: "Segments" }).click();

@@ -3,6 +3,7 @@ import { lazy, Suspense } from "react";
 import { NavLink, Navigate, Route, Routes } from "react-router-dom";
 import { useAuth } from "./auth";
 import { Loading } from "./components/States";
+import { Suggestions } from "./components/Suggestions";
 import { Login } from "./pages/Login";
 import { Overview } from "./pages/Overview";
 
@@ -81,6 +82,7 @@ export function App() {
         ))}
       </nav>
       <main className="page">
+        <Suggestions />
         <Suspense fallback={<Loading />}>
           <Routes>
             <Route path="/" element={guard("analytics.read", <Overview />)} />

@@ -27,4 +27,4 @@ pub use persons::{PersonId, Persons};
 pub use segment::export_parquet;
 pub use storage::SegmentStore;
 pub use store::{CONSUMER, ColumnOptions, ColumnStore};
-pub use table::{Chunk, Lines, NumColumn, StrColumn, Table};
+pub use table::{Chunk, Lines, NameUse, NumColumn, StrColumn, Table};

@@ -61,6 +61,15 @@ pub struct Table {
     pub lines: Lines,
 }
 
+/// How much an event name is used (see [`Table::names_within`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameUse {
+    pub name: String,
+    pub count: u64,
+    /// The newest event's time (µs since the epoch).
+    pub last_ts: i64,
+}
+
 /// Line items: the objects of events' `products` arrays, one line each, in row order (an
 /// event's lines in array order). Columns as the table's: keyed by `keys`, strings as
 /// `values` ids + 1 (`0` = absent), numbers `NaN` = absent, padded lazily.
@@ -429,6 +438,53 @@ impl Table {
         }
     }
 
+    /// The event names used by events with `from <= ts <= to` (µs), most used first (ties
+    /// by name): what the dashboard suggests where an event is named.
+    pub fn names_within(&self, from: i64, to: i64) -> Vec<NameUse> {
+        // (count, newest time) by name id.
+        let mut uses = vec![(0u64, i64::MIN); self.names.len()];
+        for r in self.ranges_within(from, to) {
+            for row in r {
+                let ts = self.ts[row];
+                if ts < from || ts > to {
+                    continue;
+                }
+                if let Some(u) = uses.get_mut(self.name[row] as usize) {
+                    u.0 += 1;
+                    u.1 = u.1.max(ts);
+                }
+            }
+        }
+        let mut out: Vec<NameUse> = uses
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (count, _))| *count > 0)
+            .filter_map(|(id, (count, last_ts))| {
+                Some(NameUse {
+                    name: self.names.value(id as u32)?.to_owned(),
+                    count,
+                    last_ts,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+        out
+    }
+
+    /// The scalar property keys the columns hold (event properties and `identify` traits),
+    /// with whether each has held text (booleans count as text) and numbers; sorted by key.
+    pub fn property_keys(&self) -> Vec<(&str, bool, bool)> {
+        let mut out: Vec<(&str, bool, bool)> = (0..self.keys.len() as u32)
+            .filter_map(|k| {
+                let text = self.strings.contains_key(&k);
+                let number = self.numbers.contains_key(&k);
+                Some((self.keys.value(k)?, text, number)).filter(|_| text || number)
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// The string value of property `key` at `row`.
     pub fn str_at(&self, key: u32, row: usize) -> Option<&str> {
         let v = *self.strings.get(&key)?.get(row)?;
@@ -668,6 +724,55 @@ mod tests {
         assert_eq!(t.str_at(key("$name"), 1), Some("Home"));
         assert_eq!(t.names.value(t.name[1]), Some("$page"));
         assert!(t.push_json(b"{}").is_err());
+    }
+
+    #[test]
+    fn event_names_are_counted_within_a_time_range_sealed_or_hot() {
+        let mut t = Table::default();
+        let ev = |name: &str, day: u32, secs: u32| {
+            format!(
+                r#"{{"type":"track","event":"{name}","userId":"u{secs}","timestamp":"2026-01-{day:02}T00:00:{secs:02}Z","properties":{{"plan":"pro","price":3}}}}"#
+            )
+        };
+        for (name, day, secs) in [
+            ("View", 1, 1),
+            ("Buy", 1, 2),
+            ("View", 2, 3),
+            ("View", 3, 4),
+            ("Buy", 3, 5),
+            ("Old", 1, 0),
+        ] {
+            t.push_json(ev(name, day, secs).as_bytes()).expect("push");
+        }
+        // Days 1 and 2 sealed, day 3 hot.
+        let days = t.order_hot();
+        t.mark_sealed(&days[..2]);
+        t.push_json(ev("Hot", 3, 7).as_bytes()).expect("push");
+        let us = |day: u32, secs: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 1, day)
+                .and_then(|d| d.and_hms_opt(0, 0, secs))
+                .map(|d| d.and_utc().timestamp_micros())
+                .expect("date")
+        };
+        let used = t.names_within(us(1, 2), us(3, 7));
+        let got: Vec<(&str, u64, i64)> = used
+            .iter()
+            .map(|u| (u.name.as_str(), u.count, u.last_ts))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Buy", 2, us(3, 5)),
+                ("View", 2, us(3, 4)),
+                ("Hot", 1, us(3, 7))
+            ],
+            "most used first, ties by name; `Old` and the first `View` fall before the range"
+        );
+        assert!(t.names_within(us(4, 0), us(5, 0)).is_empty());
+        assert_eq!(
+            t.property_keys(),
+            vec![("plan", true, false), ("price", false, true)]
+        );
     }
 
     #[test]

@@ -81,6 +81,57 @@ pub struct Scores {
     pub texts: u32,
 }
 
+/// How churn risk spreads over the scored persons: what the overview shows of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RiskSummary {
+    /// Persons with a churn risk.
+    pub scored: usize,
+    /// The risk at or above which a person counts as at risk.
+    pub threshold: f64,
+    /// Of the scored, those at risk.
+    pub at_risk: usize,
+    /// The mean risk of the scored (`None` when none is).
+    pub mean_risk: Option<f64>,
+    /// The 12-month value predicted for the persons at risk: what keeping them is worth.
+    pub value_at_risk: f64,
+    /// The 12-month value predicted for everyone with one.
+    pub value_total: f64,
+    /// Persons by risk in tenths: `bands[i]` counts risks in `[i/10, (i+1)/10)`, the last
+    /// one including 1.
+    pub bands: [usize; 10],
+}
+
+/// The churn risk of `scores`, summed up with `threshold` as the line for "at risk".
+pub fn risk_summary(scores: &[Scores], threshold: f64) -> RiskSummary {
+    let mut out = RiskSummary {
+        scored: 0,
+        threshold,
+        at_risk: 0,
+        mean_risk: None,
+        value_at_risk: 0.0,
+        value_total: 0.0,
+        bands: [0; 10],
+    };
+    let mut sum = 0.0;
+    for s in scores {
+        let value = s.clv_12m.filter(|v| v.is_finite()).unwrap_or(0.0);
+        out.value_total += value;
+        let Some(risk) = s.churn_risk.filter(|r| r.is_finite()) else {
+            continue;
+        };
+        out.scored += 1;
+        sum += risk;
+        // Risks are probabilities; one just outside [0, 1] falls in the end bands.
+        out.bands[((risk * 10.0).floor().max(0.0) as usize).min(9)] += 1;
+        if risk >= threshold {
+            out.at_risk += 1;
+            out.value_at_risk += value;
+        }
+    }
+    out.mean_risk = (out.scored > 0).then(|| sum / out.scored as f64);
+    out
+}
+
 /// One model kind's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome<P> {
@@ -729,6 +780,42 @@ pub fn train(h: &Histories, today: i64, in_use: &InUse) -> Trained {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn risk_summary_counts_the_persons_at_risk_and_their_value() {
+        let score = |risk: Option<f64>, clv: Option<f64>| Scores {
+            churn_risk: risk,
+            clv_12m: clv,
+            ..Scores::default()
+        };
+        let scores = [
+            score(Some(0.05), Some(100.0)),
+            score(Some(0.5), Some(40.0)),
+            score(Some(0.93), None),
+            score(Some(1.0), Some(10.0)),
+            score(None, Some(7.0)),
+            score(Some(f64::NAN), Some(1.0)),
+        ];
+        let s = risk_summary(&scores, 0.5);
+        assert_eq!((s.scored, s.at_risk), (4, 3));
+        assert_eq!(s.value_at_risk, 50.0);
+        assert_eq!(s.value_total, 158.0);
+        assert_eq!(s.mean_risk, Some((0.05 + 0.5 + 0.93 + 1.0) / 4.0));
+        assert_eq!(s.bands, [1, 0, 0, 0, 0, 1, 0, 0, 0, 2]);
+        // The bands always hold every scored person (a reference count per band).
+        for t in [0.0, 0.3, 0.99] {
+            let s = risk_summary(&scores, t);
+            assert_eq!(s.bands.iter().sum::<usize>(), s.scored);
+            let reference = scores
+                .iter()
+                .filter_map(|x| x.churn_risk.filter(|r| r.is_finite()))
+                .filter(|r| *r >= t)
+                .count();
+            assert_eq!(s.at_risk, reference);
+        }
+        let none = risk_summary(&[], 0.5);
+        assert_eq!((none.scored, none.mean_risk), (0, None));
+    }
     use crate::history::DailyTotals;
 
     /// A shop of `n` persons over 200 days: regulars keep coming and buying; others stop

@@ -1096,3 +1096,37 @@ pub async fn features(
     )
         .into_response())
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryQuery {
+    #[serde(default = "half")]
+    threshold: f64,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+/// `GET /api/v1/predictions/summary`: how churn risk spreads over the tenant's persons, how
+/// many are at risk and the 12-month value they hold, from the last training. Aggregates
+/// only, so `analytics.read` is enough.
+pub async fn summary(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    q: Result<Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    if !(q.threshold > 0.0 && q.threshold <= 1.0) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("threshold {} is not in (0, 1]", q.threshold),
+        )
+        .with("field", "threshold"));
+    }
+    let models = state.intel.get(principal.tenant).ok_or_else(not_trained)?;
+    let churn = livora_intel::train::risk_summary(&models.scores, q.threshold);
+    Ok(Json(
+        json!({"trained_at": models.built.trained_at, "churn": churn}),
+    ))
+}

@@ -1,15 +1,19 @@
-//! `POST /api/v1/query`: analytics queries over the column store, scoped to the caller's tenant.
+//! `POST /api/v1/query`: analytics queries over the column store, scoped to the caller's tenant;
+//! `GET /api/v1/events/definitions`: the event names and property keys it holds.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::Extension;
-use axum::extract::State;
-use livora_analytics::{Query, QueryResult};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use chrono::{DateTime, Utc};
+use livora_analytics::QueryResult;
 use livora_columnar::Table;
 use livora_store::Permission;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::AppState;
 use crate::access::Principal;
@@ -56,7 +60,7 @@ pub async fn run(
     {
         *from = serde_json::Value::String(cutoff.to_rfc3339());
     }
-    let query: Query = serde_json::from_value(value)
+    let query: livora_analytics::Query = serde_json::from_value(value)
         .map_err(|e| ApiError::new(Code::InvalidQuery, format!("invalid query: {e}")))?;
     // Aggregates need `analytics.read` (the route's permission); naming persons is personal
     // data, and is audited.
@@ -83,4 +87,74 @@ pub async fn run(
     .map_err(|e| ApiError::internal(&e))?
     .map_err(|e| ApiError::new(Code::InvalidQuery, e.to_string()))?;
     Ok(Json(Answer { result, log_offset }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionsQuery {
+    #[serde(default = "default_days")]
+    days: u32,
+}
+
+fn default_days() -> u32 {
+    30
+}
+
+/// `GET /api/v1/events/definitions`: the event names used in the last `days` days, most
+/// used first with their counts and newest time, and the property keys the columns hold
+/// with their types: what the dashboard suggests wherever an event or a property is named.
+/// Names and keys only, no values, so `analytics.read` is enough.
+pub async fn definitions(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    q: Result<Query<DefinitionsQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    if !(1..=3660).contains(&q.days) {
+        return Err(
+            ApiError::new(Code::InvalidRequest, "days: from 1 to 3660").with("path", "days")
+        );
+    }
+    let Some(columns) = &state.columns else {
+        return Err(ApiError::new(
+            Code::AnalyticsDisabled,
+            "this node does not serve queries ([analytics] enabled = false)",
+        ));
+    };
+    let from = (Utc::now() - chrono::Duration::days(i64::from(q.days))).timestamp_micros();
+    let table = columns.table(principal.tenant);
+    let (events, properties) = tokio::task::spawn_blocking(move || {
+        let Some(t) = table else {
+            return (Vec::new(), Vec::new());
+        };
+        let t = livora_columnar::ColumnStore::read(&t);
+        let events: Vec<_> = t
+            .names_within(from, i64::MAX)
+            .into_iter()
+            .map(|u| {
+                json!({
+                    "name": u.name,
+                    "count": u.count,
+                    "last_seen": DateTime::from_timestamp_micros(u.last_ts),
+                })
+            })
+            .collect();
+        let properties: Vec<_> = t
+            .property_keys()
+            .into_iter()
+            .map(|(name, text, number)| {
+                let types: Vec<&str> = [(text, "string"), (number, "number")]
+                    .into_iter()
+                    .filter_map(|(has, ty)| has.then_some(ty))
+                    .collect();
+                json!({"name": name, "types": types})
+            })
+            .collect();
+        (events, properties)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(
+        json!({"days": q.days, "events": events, "properties": properties}),
+    ))
 }

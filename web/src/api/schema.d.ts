@@ -242,6 +242,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/events/definitions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The event names and property keys in use
+         * @description The event names used in the last `days` days, most used first (ties by name), with how many events and the newest one's time, and every scalar property key the column store holds (event properties and `identify` traits) with the types it has held (`string`, which includes booleans, and `number`), sorted by key. Names and keys only, no values. Page and screen views are `$page` and `$screen`; `identify`, `group` and `alias` calls `$identify`, `$group` and `$alias`. The dashboard suggests these wherever an event or a property is named.
+         */
+        get: operations["eventDefinitions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/dashboards": {
         parameters: {
             query?: never;
@@ -1494,6 +1514,26 @@ export interface paths {
          * @description Holt-Winters forecasts (form chosen by AICc) of the daily series (30 days ahead, weekly seasonality) and the weekly ones (12 weeks ahead; yearly seasonality with two years of data), with 95 % prediction intervals, and each model's MAPE on the last 28 days (8 weeks) held out beside the seasonal naive forecast's. With `category`, that product category's daily revenue and orders.
          */
         get: operations["forecasts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/predictions/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Churn risk across the tenant
+         * @description From the last training: how many persons have a churn risk, how many are at or above `threshold`, their mean risk, the 12-month value predicted for the persons at risk and for everyone, and the persons by risk in tenths (`bands[i]` counts risks in [i/10, (i+1)/10), the last including 1). Aggregates only, no persons named. 503 `not_ready` before the first training. The overview's churn figure.
+         */
+        get: operations["predictionsSummary"];
         put?: never;
         post?: never;
         delete?: never;
@@ -4032,6 +4072,45 @@ export interface operations {
                     "text/event-stream": string;
                 };
             };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    eventDefinitions: {
+        parameters: {
+            query?: {
+                /** @description How far back event names are counted. */
+                days?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        days: number;
+                        events: {
+                            name: string;
+                            count: number;
+                            /** Format: date-time */
+                            last_seen: string;
+                        }[];
+                        properties: {
+                            name: string;
+                            types: ("string" | "number")[];
+                        }[];
+                    };
+                };
+            };
+            400: components["responses"]["InvalidRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             429: components["responses"]["RateLimited"];
@@ -7490,6 +7569,54 @@ export interface operations {
                                 upper?: number;
                             }[];
                         }[];
+                    };
+                };
+            };
+            400: components["responses"]["InvalidRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+            /** @description `not_ready`: the models are not trained yet (`POST /api/v1/models/train`, or wait for the schedule). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    predictionsSummary: {
+        parameters: {
+            query?: {
+                /** @description The churn risk at or above which a person counts as at risk. */
+                threshold?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        trained_at: string;
+                        churn: {
+                            scored: number;
+                            threshold: number;
+                            at_risk: number;
+                            mean_risk: number | null;
+                            value_at_risk: number;
+                            value_total: number;
+                            bands: number[];
+                        };
                     };
                 };
             };

@@ -1,6 +1,7 @@
 // Rules about a person, as the segment builder and workflow branches edit them, and the
 // API's condition they become (see crates/model/src/segment.rs). `rulesOf` reads a
 // condition back; one it cannot show as rules (nesting, property filters) gives `null`.
+import { EVENT_LIST, PROPERTY_LIST } from "./Suggestions";
 
 export type RuleKind = "trait" | "computed" | "performed" | "not_performed" | "tag" | "in_segment";
 
@@ -138,6 +139,7 @@ export function RuleRow({ rule, set, remove, n }: { rule: Rule; set: (r: Rule) =
         </select>
       ) : (
         <input
+          list={event ? EVENT_LIST : rule.kind === "trait" ? PROPERTY_LIST : undefined}
           aria-label={`Rule ${n} ${event ? "event" : rule.kind === "tag" ? "tag" : rule.kind === "in_segment" ? "segment id" : "trait"}`}
           value={rule.name}
           onChange={(e) => set({ ...rule, name: e.target.value })}
@@ -194,36 +196,42 @@ export function RuleRow({ rule, set, remove, n }: { rule: Rule; set: (r: Rule) =
   );
 }
 
+/// The all/any choice of a list of rules.
+export function MatchSelect({ match, set }: { match: Match; set: (m: Match) => void }) {
+  return (
+    <label>
+      People who match
+      <select value={match} onChange={(e) => set(e.target.value as Match)}>
+        <option value="and">all of</option>
+        <option value="or">any of</option>
+      </select>
+    </label>
+  );
+}
+
+/// The rules, each editable and (while there are two or more) removable.
+export function RuleItems({ rules, set }: { rules: Rule[]; set: (rules: Rule[]) => void }) {
+  return (
+    <ol className="rules">
+      {rules.map((r, i) => (
+        <RuleRow
+          key={i}
+          n={i + 1}
+          rule={r}
+          set={(x) => set(rules.map((y, j) => (j === i ? x : y)))}
+          remove={rules.length > 1 ? () => set(rules.filter((_, j) => j !== i)) : undefined}
+        />
+      ))}
+    </ol>
+  );
+}
+
 /// A list of rules with its all/any choice and an "Add rule" button.
-export function RuleList({
-  rules,
-  match,
-  set,
-}: {
-  rules: Rule[];
-  match: Match;
-  set: (rules: Rule[], match: Match) => void;
-}) {
+export function RuleList({ rules, match, set }: { rules: Rule[]; match: Match; set: (rules: Rule[], match: Match) => void }) {
   return (
     <>
-      <label>
-        People who match
-        <select value={match} onChange={(e) => set(rules, e.target.value as Match)}>
-          <option value="and">all of</option>
-          <option value="or">any of</option>
-        </select>
-      </label>
-      <ol className="rules">
-        {rules.map((r, i) => (
-          <RuleRow
-            key={i}
-            n={i + 1}
-            rule={r}
-            set={(x) => set(rules.map((y, j) => (j === i ? x : y)), match)}
-            remove={rules.length > 1 ? () => set(rules.filter((_, j) => j !== i), match) : undefined}
-          />
-        ))}
-      </ol>
+      <MatchSelect match={match} set={(m) => set(rules, m)} />
+      <RuleItems rules={rules} set={(r) => set(r, match)} />
       <button type="button" onClick={() => set([...rules, blank()], match)}>
         Add rule
       </button>

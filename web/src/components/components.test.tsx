@@ -1,7 +1,8 @@
+import { suggested } from "./Suggestions";
 import { render, screen } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { ApiError } from "../api/client";
-import { Kpi } from "../pages/Overview";
+import { ChurnKpi, Kpi } from "../pages/Overview";
 import { parseSse } from "./LiveFeed";
 import { Empty, ErrorState, Loaded, Loading } from "./States";
 
@@ -42,4 +43,25 @@ test("server-sent events are split at blank lines, across chunks", () => {
   const [second, left] = parseSse(rest + ':2}\n\n: keep-alive\n\n');
   expect(second).toEqual(['{"b":2}']);
   expect(left).toBe("");
+});
+
+test("suggestions leave out internal calls and keys, in the API's order", () => {
+  expect(
+    suggested({
+      events: [{ name: "Product Viewed" }, { name: "$identify" }, { name: "$page" }, { name: "$alias" }, { name: "Order Completed" }],
+      properties: [{ name: "$name" }, { name: "category" }, { name: "revenue" }],
+    }),
+  ).toEqual({ events: ["Product Viewed", "$page", "Order Completed"], properties: ["category", "revenue"] });
+  expect(suggested({})).toEqual({ events: [], properties: [] });
+});
+
+test("the churn figure shows who is at risk, their share and value, or when it comes", () => {
+  const locale = { locale: "en-US", currency: "USD", timeZone: "UTC" };
+  const churn = { scored: 400, at_risk: 50, value_at_risk: 1234.5, threshold: 0.5 };
+  const { unmount } = render(<ChurnKpi load={{ state: "done", data: { churn } }} locale={locale} />);
+  expect(screen.getByTestId("kpi-At risk")).toHaveTextContent("50");
+  expect(screen.getByRole("group", { name: "At risk of churning" })).toHaveTextContent("12.5% of 400 scored · $1,235 of value a year");
+  unmount();
+  render(<ChurnKpi load={{ state: "error", error: new Error("not_ready") }} locale={locale} />);
+  expect(screen.getByRole("group", { name: "At risk of churning" })).toHaveTextContent("after the models' first training");
 });

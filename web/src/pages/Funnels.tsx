@@ -8,6 +8,7 @@ import type { EChartsOption } from "echarts";
 import { query, type FunnelResult } from "../api/client";
 import { useAuth, useSession } from "../auth";
 import { Chart } from "../components/Chart";
+import { EVENT_LIST, PROPERTY_LIST } from "../components/Suggestions";
 import { ErrorState, Loading } from "../components/States";
 import { DAY, count, endOfToday, percent } from "../format";
 
@@ -125,6 +126,7 @@ export default function Funnels() {
             {form.steps.map((step, i) => (
               <li key={i}>
                 <input
+                  list={EVENT_LIST}
                   aria-label={`Step ${i + 1} event`}
                   value={step}
                   onChange={(e) => setStep(i, e.target.value)}
@@ -189,6 +191,7 @@ export default function Funnels() {
           <label>
             Breakdown by
             <input
+              list={PROPERTY_LIST}
               placeholder="property, e.g. category"
               value={form.breakdown}
               onChange={(e) => setForm({ ...form, breakdown: e.target.value })}

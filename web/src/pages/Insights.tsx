@@ -8,6 +8,7 @@ import { useSession } from "../auth";
 import { AddToDashboard, widgetOf } from "../components/AddToDashboard";
 import { Chart } from "../components/Chart";
 import { Empty, ErrorState, Loading } from "../components/States";
+import { EVENT_LIST, PROPERTY_LIST } from "../components/Suggestions";
 import { DAY, count, day, endOfToday, type Locale } from "../format";
 
 /// Runs a query when its form is submitted: the answer, or its loading and error states.
@@ -95,11 +96,11 @@ export function Retention() {
       <form className="card row" onSubmit={submit} aria-label="Retention query">
         <label>
           Cohort by first
-          <input value={form.start} onChange={(e) => setForm({ ...form, start: e.target.value })} required />
+          <input list={EVENT_LIST} value={form.start} onChange={(e) => setForm({ ...form, start: e.target.value })} required />
         </label>
         <label>
           Came back to
-          <input value={form.back} onChange={(e) => setForm({ ...form, back: e.target.value })} required />
+          <input list={EVENT_LIST} value={form.back} onChange={(e) => setForm({ ...form, back: e.target.value })} required />
         </label>
         <label>
           Period
@@ -229,7 +230,7 @@ export function Trends() {
       >
         <label>
           Event
-          <input value={form.event} onChange={(e) => setForm({ ...form, event: e.target.value })} required />
+          <input list={EVENT_LIST} value={form.event} onChange={(e) => setForm({ ...form, event: e.target.value })} required />
         </label>
         <label>
           Measure
@@ -243,7 +244,7 @@ export function Trends() {
         {(form.metric === "sum" || form.metric === "avg") && (
           <label>
             Property
-            <input value={form.property} onChange={(e) => setForm({ ...form, property: e.target.value })} />
+            <input list={PROPERTY_LIST} value={form.property} onChange={(e) => setForm({ ...form, property: e.target.value })} />
           </label>
         )}
         <label>
@@ -268,6 +269,7 @@ export function Trends() {
         <label>
           Breakdown by
           <input
+            list={PROPERTY_LIST}
             placeholder="property"
             value={form.breakdown}
             onChange={(e) => setForm({ ...form, breakdown: e.target.value })}
@@ -391,7 +393,7 @@ export function PathsPage() {
       >
         <label>
           Around
-          <input value={form.event} onChange={(e) => setForm({ ...form, event: e.target.value })} required />
+          <input list={EVENT_LIST} value={form.event} onChange={(e) => setForm({ ...form, event: e.target.value })} required />
         </label>
         <label>
           Direction

@@ -1,11 +1,12 @@
 // The morning page: revenue, orders, conversion, visitors over the last 30 days against
-// the 30 before, the revenue trend with its forecast and interval, and events as they arrive.
+// the 30 before, who is at risk of churning, the revenue trend with its forecast and
+// interval, and events as they arrive.
 import { useMemo } from "react";
 import type { EChartsOption } from "echarts";
 import { api, call, query, type Schemas } from "../api/client";
 import { useSession } from "../auth";
 import { Chart } from "../components/Chart";
-import { Empty, Loaded, Loading, useLoad } from "../components/States";
+import { Empty, Loaded, Loading, useLoad, type Load } from "../components/States";
 import { LiveFeed } from "../components/LiveFeed";
 import { DAY, change, count, day, endOfToday, money, percent, type Locale } from "../format";
 
@@ -50,6 +51,31 @@ export function Kpi({
       </div>
       <div className={`kpi-delta ${dir}`}>
         {delta == null ? "no earlier data" : `${delta >= 0 ? "▲" : "▼"} ${percent(Math.abs(delta))} vs previous 30 days`}
+      </div>
+    </div>
+  );
+}
+
+interface RiskSummary {
+  churn?: { scored: number; at_risk: number; value_at_risk: number; threshold: number };
+}
+
+/// The churn figure: persons at risk (from the last training), their share and the value
+/// they hold.
+export function ChurnKpi({ load, locale }: { load: Load<RiskSummary>; locale: Locale }) {
+  const c = load.state === "done" ? load.data.churn : undefined;
+  return (
+    <div className="kpi" role="group" aria-label="At risk of churning">
+      <div className="kpi-label">At risk of churning</div>
+      <div className="kpi-value" data-testid="kpi-At risk">
+        {load.state === "loading" ? "…" : c ? count(c.at_risk) : "—"}
+      </div>
+      <div className="kpi-delta">
+        {load.state === "loading"
+          ? "Loading"
+          : c && c.scored > 0
+            ? `${percent(c.at_risk / c.scored)} of ${count(c.scored)} scored · ${money(c.value_at_risk, locale)} of value a year`
+            : "after the models' first training"}
       </div>
     </div>
   );
@@ -123,6 +149,10 @@ export function Overview() {
       ) as Promise<Forecast>,
     [s.tokens.tenant_id],
   );
+  const [risk] = useLoad(
+    () => call(() => api.GET("/api/v1/predictions/summary")) as Promise<RiskSummary>,
+    [s.tokens.tenant_id],
+  );
   return (
     <section aria-labelledby="overview-title">
       <h1 id="overview-title">Overview</h1>
@@ -153,6 +183,7 @@ export function Overview() {
                   value={count(now.totals.visitors)}
                   delta={change(now.totals.visitors, before.totals.visitors)}
                 />
+                <ChurnKpi load={risk} locale={s.locale} />
               </div>
               <div className="card">
                 <h2>Revenue, and the next 30 days</h2>

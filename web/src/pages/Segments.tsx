@@ -7,7 +7,7 @@ import { useAuth, useSession } from "../auth";
 import { Chart } from "../components/Chart";
 import { Empty, ErrorState, Loaded, useLoad } from "../components/States";
 import { count, day } from "../format";
-import { RuleRow, blank, condition, type Rule } from "../components/Rules";
+import { MatchSelect, RuleItems, blank, condition, type Match, type Rule } from "../components/Rules";
 
 interface Preview {
   count?: number;
@@ -52,7 +52,7 @@ export default function Segments() {
   const s = useSession();
   const { can } = useAuth();
   const [name, setName] = useState("");
-  const [match, setMatch] = useState<"and" | "or">("and");
+  const [match, setMatch] = useState<Match>("and");
   const [rules, setRules] = useState<Rule[]>([blank()]);
   const [preview, setPreview] = useState<Preview | null>(null);
   const [previewError, setPreviewError] = useState<unknown>(null);
@@ -114,25 +114,9 @@ export default function Segments() {
               Name
               <input value={name} onChange={(e) => setName(e.target.value)} required placeholder="e.g. Loyal buyers" />
             </label>
-            <label>
-              People who match
-              <select value={match} onChange={(e) => setMatch(e.target.value as "and" | "or")}>
-                <option value="and">all of</option>
-                <option value="or">any of</option>
-              </select>
-            </label>
+            <MatchSelect match={match} set={setMatch} />
           </div>
-          <ol className="rules">
-            {rules.map((r, i) => (
-              <RuleRow
-                key={i}
-                n={i + 1}
-                rule={r}
-                set={(x) => setRules(rules.map((y, j) => (j === i ? x : y)))}
-                remove={rules.length > 1 ? () => setRules(rules.filter((_, j) => j !== i)) : undefined}
-              />
-            ))}
-          </ol>
+          <RuleItems rules={rules} set={setRules} />
           <div className="row">
             <button type="button" onClick={() => setRules([...rules, blank()])}>
               Add rule

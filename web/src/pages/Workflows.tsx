@@ -22,6 +22,7 @@ import { Empty, ErrorState, Loaded, useLoad } from "../components/States";
 import { DeadLetters } from "../components/DeadLetters";
 import { DAY, count, dateTime, endOfToday } from "../format";
 import { RuleList } from "../components/Rules";
+import { EVENT_LIST, PROPERTY_LIST } from "../components/Suggestions";
 import {
   LABELS,
   TRIGGERS,
@@ -72,13 +73,29 @@ function Kept({ parts }: { parts: string[] }) {
   return parts.length > 0 ? <p className="hint">Also kept as saved (edit through the API): {parts.join(", ")}.</p> : null;
 }
 
-/// A select of where an exit goes.
-function GoTo({ label, value, steps, self, set }: { label: string; value?: string; steps: Step[]; self: string; set: (v?: string) => void }) {
+/// A select of where an exit goes (`none`: what the empty choice means).
+function GoTo({
+  label,
+  name = label,
+  none = "the default",
+  value,
+  steps,
+  self,
+  set,
+}: {
+  label: string;
+  name?: string;
+  none?: string;
+  value?: string;
+  steps: Step[];
+  self: string;
+  set: (v?: string) => void;
+}) {
   return (
     <label>
       {label}
-      <select aria-label={label} value={value ?? ""} onChange={(e) => set(e.target.value || undefined)}>
-        <option value="">the default</option>
+      <select aria-label={name} value={value ?? ""} onChange={(e) => set(e.target.value || undefined)}>
+        <option value="">{none}</option>
         {steps
           .filter((s) => s.id !== self)
           .map((s) => (
@@ -115,13 +132,13 @@ function TriggerPanel({ draft, set }: { draft: Draft; set: (d: Draft) => void })
       {k !== "api" && (
         <label>
           {k === "event" ? "When a person does" : k === "schedule" ? "Members of the segment (everyone when empty)" : k.startsWith("tag") ? "Tag" : "Segment id"}
-          <input aria-label={k === "event" ? "Trigger event" : "Trigger target"} value={draft.trigger} onChange={(e) => set({ ...draft, trigger: e.target.value })} />
+          <input list={k === "event" ? EVENT_LIST : undefined} aria-label={k === "event" ? "Trigger event" : "Trigger target"} value={draft.trigger} onChange={(e) => set({ ...draft, trigger: e.target.value })} />
         </label>
       )}
       <Kept parts={Object.keys(draft.triggerExtra).map((x) => (x === "where" ? "trigger property filters" : x))} />
       <label>
         Goal (ends the journey, counts a conversion)
-        <input aria-label="Goal event" value={draft.goal} onChange={(e) => set({ ...draft, goal: e.target.value })} />
+        <input list={EVENT_LIST} aria-label="Goal event" value={draft.goal} onChange={(e) => set({ ...draft, goal: e.target.value })} />
       </label>
       {draft.goal.trim() && (
         <label>
@@ -179,7 +196,7 @@ function Panel({ draft, selected, set }: { draft: Draft; selected: string | null
       {(k === "wait_for" || k === "update_trait" || k === "add_tag" || k === "remove_tag" || k === "delay_until_trait") && (
         <label>
           {k === "wait_for" ? "Event" : k === "add_tag" || k === "remove_tag" ? "Tag" : "Trait"}
-          <input aria-label="Name" value={step.name} onChange={(e) => put({ name: e.target.value })} />
+          <input list={k === "wait_for" ? EVENT_LIST : k === "update_trait" || k === "delay_until_trait" ? PROPERTY_LIST : undefined} aria-label="Name" value={step.name} onChange={(e) => put({ name: e.target.value })} />
         </label>
       )}
       {k === "update_trait" && (
@@ -310,19 +327,15 @@ function Panel({ draft, selected, set }: { draft: Draft; selected: string | null
           />
         ))}
       {k !== "exit" && (
-        <label>
-          {outs.length > 1 ? "By default, go to" : "Then go to"}
-          <select aria-label="Then go to" value={step.next ?? ""} onChange={(e) => put({ next: e.target.value || undefined })}>
-            <option value="">the next step</option>
-            {draft.steps
-              .filter((s) => s.id !== step.id)
-              .map((s) => (
-                <option key={s.id} value={s.id}>
-                  {s.id}
-                </option>
-              ))}
-          </select>
-        </label>
+        <GoTo
+          label={outs.length > 1 ? "By default, go to" : "Then go to"}
+          name="Then go to"
+          none="the next step"
+          value={step.next}
+          steps={draft.steps}
+          self={step.id}
+          set={(next) => put({ next })}
+        />
       )}
       <button type="button" onClick={() => set(removeStep(draft, step.id))}>
         Remove this step

@@ -261,6 +261,62 @@ async fn trains_scores_recommends_forecasts_and_rolls_back() {
     let (status, v) = call(&app, "GET", "/api/v1/models?kind=magic", None).await;
     assert_eq!((status, v["field"].as_str()), (400, Some("kind")), "{v}");
 
+    // The churn summary the overview shows agrees with every person's own prediction.
+    let (status, summary) = call(&app, "GET", "/api/v1/predictions/summary", None).await;
+    assert_eq!(status, 200, "{summary}");
+    let mut risks = Vec::new();
+    for p in &persons {
+        let (_, v) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/people/{p}/predictions"),
+            None,
+        )
+        .await;
+        risks.extend(v["churn_risk"].as_f64());
+    }
+    let churn = &summary["churn"];
+    assert_eq!(churn["scored"], risks.len(), "{summary}");
+    assert_eq!(
+        churn["at_risk"],
+        risks.iter().filter(|r| **r >= 0.5).count(),
+        "{summary}"
+    );
+    assert_eq!(churn["threshold"], 0.5);
+    let mean = risks.iter().sum::<f64>() / risks.len() as f64;
+    assert!(
+        churn["mean_risk"]
+            .as_f64()
+            .is_some_and(|m| (m - mean).abs() < 1e-9),
+        "{summary}"
+    );
+    let (_, strict) = call(
+        &app,
+        "GET",
+        "/api/v1/predictions/summary?threshold=0.9",
+        None,
+    )
+    .await;
+    assert_eq!(
+        strict["churn"]["at_risk"],
+        risks.iter().filter(|r| **r >= 0.9).count(),
+        "{strict}"
+    );
+    for bad in ["threshold=0", "threshold=1.5", "threshold=high", "limit=3"] {
+        let (status, v) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/predictions/summary?{bad}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {v}"
+        );
+    }
+
     // A second training is judged against the version in use, on the same holdout.
     let second = train(&app).await;
     let churn = second["models"]

@@ -1,10 +1,11 @@
-//! `POST /api/v1/query` over real HTTP: funnels over live data, errors, tenant scope.
+//! `POST /api/v1/query` over real HTTP: funnels over live data, errors, tenant scope; the
+//! event names and property keys in use (`GET /api/v1/events/definitions`).
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, decode, spawn_app};
+use crate::helpers::{TestApp, call, decode, spawn_app};
 
 async fn query(app: &TestApp, body: &Value) -> (u16, Value) {
     let resp = app
@@ -367,5 +368,99 @@ async fn commerce_stickiness_lifecycle_and_person_properties_over_http() {
             "{bad}: {body}"
         );
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_event_names_in_use_most_used_first_with_the_property_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app(dir.path()).await;
+    let ago = |days: i64| (chrono::Utc::now() - chrono::Duration::days(days)).to_rfc3339();
+    let batch = json!({"batch": [
+        {"type": "track", "event": "Product Viewed", "userId": "a", "timestamp": ago(1), "properties": {"category": "Shoes", "price": 30}},
+        {"type": "track", "event": "Product Viewed", "userId": "b", "timestamp": ago(2), "properties": {"category": "Hats"}},
+        {"type": "track", "event": "Order Completed", "userId": "a", "timestamp": ago(3), "properties": {"revenue": 30, "gift": true}},
+        {"type": "page", "name": "Home", "anonymousId": "x", "timestamp": ago(4)},
+        {"type": "identify", "userId": "a", "timestamp": ago(5), "traits": {"plan": "pro"}},
+        {"type": "track", "event": "Signed Up", "userId": "a", "timestamp": ago(60)},
+    ]});
+    assert_eq!(app.post("/v1/batch", batch.to_string()).await.0, 200);
+    // The column store follows the log: until it has the six events.
+    let q = json!({"kind": "trends", "event": {"event": "Signed Up"}, "metric": {"kind": "count"},
+        "interval": "day", "from": ago(90), "to": ago(0)});
+    query_when_applied(&app, &q, 6).await;
+    let (status, body) = call(&app, "GET", "/api/v1/events/definitions", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["days"], 30);
+    let names: Vec<(&str, u64)> = body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or(""),
+                e["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("Product Viewed", 2),
+            ("$identify", 1),
+            ("$page", 1),
+            ("Order Completed", 1)
+        ],
+        "the last 30 days, most used first, ties by name: {body}"
+    );
+    assert!(
+        body["events"][0]["last_seen"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&ago(1)[..10])),
+        "{body}"
+    );
+    let types = |key: &str| {
+        body["properties"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == key))
+            .map(|p| p["types"].clone())
+    };
+    assert_eq!(types("category"), Some(json!(["string"])));
+    assert_eq!(types("price"), Some(json!(["number"])));
+    assert_eq!(types("gift"), Some(json!(["string"])), "booleans are text");
+    assert_eq!(types("plan"), Some(json!(["string"])), "traits too");
+    // Further back, the older event too.
+    let (_, all) = call(&app, "GET", "/api/v1/events/definitions?days=90", None).await;
+    assert!(
+        all["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["name"] == "Signed Up")),
+        "{all}"
+    );
+    for bad in ["days=0", "days=9999", "days=soon", "since=3"] {
+        let (status, body) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/events/definitions?{bad}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {body}"
+        );
+    }
+    // Another tenant's names are not listed.
+    let other = app.other_tenant_secret().await;
+    let resp = app
+        .http
+        .get(format!("{}/api/v1/events/definitions", app.url))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = decode(resp).await;
+    assert_eq!((status, body["events"].clone()), (200, json!([])), "{body}");
     app.stop().await;
 }

@@ -478,12 +478,12 @@ async function run() {
   check(true, "signing out returns to the login page");
   await context.close();
 
-  // --- a viewer: no personal data, no settings ----------------------------------------------
+  // --- a viewer: personal data masked, no settings -------------------------------------------
   const vc = await browser.newContext({ locale: "en-US", viewport: { width: 1366, height: 900 } });
   const v = await signIn(vc, viewer);
   const nav = await v.getByRole("navigation", { name: "Pages" }).textContent();
   check(nav.includes("Overview") && nav.includes("Funnels"), "the viewer sees the analytics pages");
-  check(!nav.includes("People") && !nav.includes("Settings"), "the viewer's navigation has no People or Settings");
+  check(nav.includes("People") && !nav.includes("Settings"), "the viewer's navigation has People (masked) but no Settings");
   await v.getByRole("link", { name: "Funnels" }).click();
   await v.getByRole("button", { name: "Calculate" }).click();
   await v.getByTestId("step-2-count").waitFor();
@@ -494,13 +494,27 @@ async function run() {
   await v.goto(URL_ + "/settings");
   await v.getByText("Your role does not open this page.").waitFor();
   check(true, "the viewer cannot open settings");
-  await v.goto(URL_ + `/people/${encodeURIComponent("u:" + name)}`);
-  await v.getByText("Your role does not open this page.").waitFor();
-  check(true, "the viewer cannot open a profile");
-  const denied = await api("/api/v1/people?limit=1", {
-    token: (await api("/api/v1/auth/login", { method: "POST", body: { email: viewer.email, password: viewer.password } })).json.access_token,
-  });
-  check(denied.status === 403, "the API refuses the viewer personal data too");
+  // People, masked: the owner's list of the same people shows what the viewer must not see.
+  const viewerToken = (await api("/api/v1/auth/login", { method: "POST", body: { email: viewer.email, password: viewer.password } })).json.access_token;
+  const clear = (await api("/api/v1/people?limit=50", { token: ownerToken })).json.people;
+  const secrets = clear.flatMap((p) => [p.traits?.email, p.traits?.name, ...(p.identifiers?.user_id ?? [])]).filter((x) => typeof x === "string" && x.length > 3);
+  await v.getByRole("navigation", { name: "Pages" }).getByRole("link", { name: "People" }).click();
+  await v.getByRole("table", { name: "People" }).waitFor();
+  const peopleText = await v.getByRole("table", { name: "People" }).textContent();
+  check(secrets.length > 0 && secrets.every((x) => !peopleText.includes(x)) && peopleText.includes("•••"), `the viewer sees people masked (none of ${secrets.length} emails, names and ids)`);
+  check((await v.getByRole("search").getByRole("searchbox").count()) === 0, "and cannot search them");
+  await v.getByRole("table", { name: "People" }).getByRole("link").first().click();
+  await v.getByRole("heading", { level: 2, name: "Identities" }).waitFor();
+  await v.getByText("Events are personal data").waitFor();
+  const profile = await v.locator("main").textContent();
+  check(secrets.every((x) => !profile.includes(x)) && profile.includes("•••"), "a masked profile opens, without its events");
+  await v.screenshot({ path: join(OUT, "viewer-person.png"), fullPage: true });
+  const masked = await api("/api/v1/people?limit=5", { token: viewerToken });
+  check(masked.status === 200 && masked.json.people.every((p) => p.masked) && secrets.every((x) => !JSON.stringify(masked.json).includes(x)), "the API masks them for the viewer too");
+  const search = await api(`/api/v1/people?q=${encodeURIComponent(secrets[0])}`, { token: viewerToken });
+  const byId = await api(`/api/v1/people/${encodeURIComponent(clear[0].identifiers?.user_id?.[0] ?? "x")}`, { token: viewerToken });
+  const events = await api(`/api/v1/people/${clear[0].id}/timeline?by=person`, { token: viewerToken });
+  check(search.status === 403 && byId.status === 403 && events.status === 403, "and refuses searching, lookups by identifier and events");
   await v.screenshot({ path: join(OUT, "viewer-settings.png"), fullPage: true });
   await vc.close();
   console.log(`# screenshots in ${OUT}`);

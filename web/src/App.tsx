@@ -27,7 +27,8 @@ export const PAGES: { path: string; label: string; needs: string }[] = [
   { path: "/retention", label: "Retention", needs: "analytics.read" },
   { path: "/trends", label: "Trends", needs: "analytics.read" },
   { path: "/paths", label: "Paths", needs: "analytics.read" },
-  { path: "/people", label: "People", needs: "pii.view" },
+  // Masked for roles without personal data (the API masks it).
+  { path: "/people", label: "People", needs: "analytics.read" },
   { path: "/segments", label: "Segments", needs: "analytics.read" },
   { path: "/workflows", label: "Workflows", needs: "analytics.read" },
   { path: "/campaigns", label: "Campaigns", needs: "analytics.read" },
@@ -91,8 +92,8 @@ export function App() {
             <Route path="/retention" element={guard("analytics.read", <Retention />)} />
             <Route path="/trends" element={guard("analytics.read", <Trends />)} />
             <Route path="/paths" element={guard("analytics.read", <Paths />)} />
-            <Route path="/people" element={guard("pii.view", <People />)} />
-            <Route path="/people/:id" element={guard("pii.view", <Person />)} />
+            <Route path="/people" element={guard("analytics.read", <People />)} />
+            <Route path="/people/:id" element={guard("analytics.read", <Person />)} />
             <Route path="/segments" element={guard("analytics.read", <Segments />)} />
             <Route path="/workflows" element={guard("analytics.read", <Workflows />)} />
             <Route path="/campaigns" element={guard("analytics.read", <Campaigns />)} />

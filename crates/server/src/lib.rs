@@ -24,6 +24,7 @@ mod ingest;
 pub mod intel;
 pub mod limits;
 pub mod live;
+mod mask;
 pub mod ops;
 mod people;
 pub mod privacy;
@@ -468,7 +469,8 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         "/api/v1/people/{id}/consents",
         Need::Permission(P::ManageConsent),
     ),
-    ("GET", "/api/v1/people", Need::Permission(P::ViewPii)),
+    // Masked without `pii.view` (see `people`).
+    ("GET", "/api/v1/people", Need::Permission(P::ReadAnalytics)),
     (
         "GET",
         "/api/v1/people/{id}/predictions",
@@ -515,7 +517,11 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         "/api/v1/models/sentiment/examples",
         Need::Permission(P::ManageModels),
     ),
-    ("GET", "/api/v1/people/{id}", Need::Permission(P::ViewPii)),
+    (
+        "GET",
+        "/api/v1/people/{id}",
+        Need::Permission(P::ReadAnalytics),
+    ),
     (
         "GET",
         "/api/v1/people/{id}/timeline",

@@ -1,7 +1,9 @@
 //! Customer profiles over HTTP: search and list people, one person's profile (identities,
 //! traits, computed attributes, segments, tags, merge history), their timeline grouped into
 //! sessions, and un-merge. The data comes from the profiles service
-//! ([`livora_profiles::service`]), which follows the log.
+//! ([`livora_profiles::service`]), which follows the log. Staff who may read analytics but
+//! not personal data get the list and profiles with identifiers and personal traits masked
+//! ([`crate::mask`]), find a profile only by its number, and cannot search.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,12 +53,40 @@ pub(crate) fn identifiers_json(engine: &Engine, person: PersonId) -> Value {
     json!(by_kind)
 }
 
-fn summary(engine: &Engine, person: PersonId, p: &Profile, now: DateTime<Utc>) -> Value {
+/// The personal trait keys to mask for `principal`, or `None` when it may see them.
+fn masking(state: &AppState, principal: &Principal) -> Option<Vec<String>> {
+    if principal.allows(livora_store::Permission::ViewPii) {
+        return None;
+    }
+    Some(
+        state
+            .protection
+            .as_ref()
+            .map(|p| p.fields.traits.clone())
+            .unwrap_or_else(|| livora_store::crypto::PiiFields::default().traits),
+    )
+}
+
+fn summary(
+    engine: &Engine,
+    person: PersonId,
+    p: &Profile,
+    now: DateTime<Utc>,
+    mask: Option<&[String]>,
+) -> Value {
     let (segments, tags) = engine.memberships(person);
+    let (identifiers, traits) = match mask {
+        None => (identifiers_json(engine, person), p.traits.to_json()),
+        Some(personal) => (
+            crate::mask::identifiers(identifiers_json(engine, person)),
+            crate::mask::traits(p.traits.to_json(), personal),
+        ),
+    };
     json!({
         "id": person,
-        "identifiers": identifiers_json(engine, person),
-        "traits": p.traits.to_json(),
+        "masked": mask.is_some(),
+        "identifiers": identifiers,
+        "traits": traits,
         "computed": p.computed.to_json(now),
         "predictions": p.predictions,
         "segments": segments,
@@ -146,6 +176,15 @@ pub async fn list(
         _ => return Err(bad("order must be asc or desc").with("field", "order")),
     };
     let (limit, offset) = page_bounds(q.limit, q.offset)?;
+    let mask = masking(&state, &principal);
+    if mask.is_some() && q.q.is_some() {
+        // A search by email or name would tell who is a customer.
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "searching people needs the pii.view permission: without it the list is masked",
+        )
+        .with("field", "q"));
+    }
     let svc = service(&state)?;
     let now = svc.now();
     let t = svc.tenant(principal.tenant);
@@ -181,14 +220,14 @@ pub async fn list(
             .iter()
             .skip(offset)
             .take(limit)
-            .map(|(_, id, p)| summary(engine, *id, p, now))
+            .map(|(_, id, p)| summary(engine, *id, p, now, mask.as_deref()))
             .collect();
         let next = (offset + people.len() < total).then_some(offset + people.len());
         json!({"people": people, "total": total, "next_offset": next})
     };
     let mut e = entry(&principal, "people.list", None);
     e.after = Some(
-        json!({"q": q.q.is_some(), "returned": page["people"].as_array().map_or(0, Vec::len)}),
+        json!({"q": q.q.is_some(), "returned": page["people"].as_array().map_or(0, Vec::len), "masked": mask.is_some()}),
     );
     state.audit(e).await?;
     Ok(Json(page))
@@ -251,9 +290,14 @@ pub(crate) fn subject_keys(
     Some((person, st.engine.profiles().graph().keys(person)))
 }
 
-fn person_json(engine: &Engine, person: PersonId, now: DateTime<Utc>) -> Option<Value> {
+fn person_json(
+    engine: &Engine,
+    person: PersonId,
+    now: DateTime<Utc>,
+    mask: Option<&[String]>,
+) -> Option<Value> {
     let (_, p) = engine.profiles().get(person)?;
-    let mut v = summary(engine, person, p, now);
+    let mut v = summary(engine, person, p, now, mask);
     let groups: Map<String, Value> = p
         .groups
         .iter()
@@ -261,7 +305,13 @@ fn person_json(engine: &Engine, person: PersonId, now: DateTime<Utc>) -> Option<
             let traits = engine
                 .profiles()
                 .group(g)
-                .map(|g| Value::Object(g.traits.to_json()))
+                .map(|g| {
+                    let t = g.traits.to_json();
+                    Value::Object(match mask {
+                        Some(personal) => crate::mask::traits(t, personal),
+                        None => t,
+                    })
+                })
                 .unwrap_or_default();
             (g.clone(), json!({"traits": traits}))
         })
@@ -270,7 +320,11 @@ fn person_json(engine: &Engine, person: PersonId, now: DateTime<Utc>) -> Option<
     v["rfm"] = engine.profiles().rfm_of(person).map_or(Value::Null, |r| {
         json!({"recency": r.recency, "frequency": r.frequency, "monetary": r.monetary, "code": r.code()})
     });
-    v["merge_history"] = json!(engine.profiles().graph().history_of(person));
+    // Merges name the identifiers they joined.
+    v["merge_history"] = match mask {
+        None => json!(engine.profiles().graph().history_of(person)),
+        Some(_) => json!([]),
+    };
     Some(v)
 }
 
@@ -282,17 +336,26 @@ pub async fn get_person(
     q: Result<Query<PersonQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let mask = masking(&state, &principal);
+    if mask.is_some() && q.by.as_deref() != Some("person") {
+        // Looking a person up by an email or a user id would tell who is a customer.
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "without the pii.view permission a person is found by the profile's number (by=person)",
+        )
+        .with("field", "by"));
+    }
     let svc = service(&state)?;
     let t = svc.tenant(principal.tenant);
     let v = {
         let st = lock(&t);
         let person = find(&st.engine, &id, q.by.as_deref())?;
-        person_json(&st.engine, person, svc.now())
+        person_json(&st.engine, person, svc.now(), mask.as_deref())
             .ok_or_else(|| ApiError::new(Code::NotFound, format!("no person {id:?}")))?
     };
-    state
-        .audit(entry(&principal, "person.view", Some(v["id"].to_string())))
-        .await?;
+    let mut e = entry(&principal, "person.view", Some(v["id"].to_string()));
+    e.after = Some(json!({"masked": mask.is_some()}));
+    state.audit(e).await?;
     Ok(Json(v))
 }
 
@@ -450,7 +513,7 @@ pub async fn unmerge(
                 if let Some(p) = side
                     .first()
                     .and_then(|i| st.engine.profiles().graph().person_of(i))
-                    && let Some(v) = person_json(&st.engine, p, svc.now())
+                    && let Some(v) = person_json(&st.engine, p, svc.now(), None)
                 {
                     sides.push(v);
                 }
@@ -622,7 +685,7 @@ pub async fn group(
             .iter()
             .filter_map(|&p| {
                 let (_, profile) = engine.profiles().get(p)?;
-                Some(summary(engine, p, profile, now))
+                Some(summary(engine, p, profile, now, None))
             })
             .collect();
         let total = g.members.len();

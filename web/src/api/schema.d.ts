@@ -691,7 +691,7 @@ export interface paths {
         };
         /**
          * A person's profile
-         * @description Identifiers, traits, computed attributes, RFM scores (quintiles within the tenant), segments, tags, groups with their traits, and the merge history (merges, refusals by the merge rules, undone merges). Recorded in the audit log.
+         * @description Identifiers, traits, computed attributes, RFM scores (quintiles within the tenant), segments, tags, groups with their traits, and the merge history (merges, refusals by the merge rules, undone merges). Recorded in the audit log. Callers without `pii.view` (`analytics.read` is enough) get every identifier and the personal traits (those `[privacy]` encrypts: email, phone, names, address, birthday by default) masked, such as `j•••@e•••.com`, and `masked: true`; they find a person only by the profile's number (`by=person`; another `by`: 403 `forbidden`), and the merge history is left out.
          */
         get: operations["getPerson"];
         put?: never;
@@ -763,7 +763,7 @@ export interface paths {
         };
         /**
          * Search and list people
-         * @description Every profile of the tenant, filtered by `q` (an identifier value, a profile id, or text in a trait) and sorted by a computed attribute. Recorded in the audit log.
+         * @description Every profile of the tenant, filtered by `q` (an identifier value, a profile id, or text in a trait) and sorted by a computed attribute. Recorded in the audit log. Callers without `pii.view` (`analytics.read` is enough) get every identifier and the personal traits (those `[privacy]` encrypts: email, phone, names, address, birthday by default) masked, such as `j•••@e•••.com`, and `masked: true`; they cannot search (`q`: 403 `forbidden`).
          */
         get: operations["listPeople"];
         put?: never;

@@ -1,8 +1,9 @@
-// People: search by identifier or trait, sorted by a computed attribute.
+// People: search by identifier or trait, sorted by a computed attribute. A role without
+// personal data sees the list masked (the API masks it) and cannot search.
 import { useState } from "react";
 import { Link } from "react-router-dom";
 import { api, call, type Schemas } from "../api/client";
-import { useSession } from "../auth";
+import { useAuth, useSession } from "../auth";
 import { Empty, Loaded, useLoad } from "../components/States";
 import { count, dateTime, money } from "../format";
 import { personKey } from "./person-id";
@@ -12,6 +13,7 @@ const SORTS = ["last_seen", "revenue", "orders", "engagement"] as const;
 
 export default function People() {
   const s = useSession();
+  const masked = !useAuth().can("pii.view");
   const [q, setQ] = useState("");
   const [search, setSearch] = useState("");
   const [sort, setSort] = useState<(typeof SORTS)[number]>("last_seen");
@@ -35,15 +37,21 @@ export default function People() {
           setSearch(q.trim());
         }}
       >
-        <label className="grow">
-          <span className="visually-hidden">Search people</span>
-          <input
-            type="search"
-            placeholder="Email, user id, name…"
-            value={q}
-            onChange={(e) => setQ(e.target.value)}
-          />
-        </label>
+        {masked ? (
+          <p className="grow hint" role="note">
+            Personal data is masked for your role, and searching by it is off.
+          </p>
+        ) : (
+          <label className="grow">
+            <span className="visually-hidden">Search people</span>
+            <input
+              type="search"
+              placeholder="Email, user id, name…"
+              value={q}
+              onChange={(e) => setQ(e.target.value)}
+            />
+          </label>
+        )}
         <label>
           Sort by
           <select value={sort} onChange={(e) => setSort(e.target.value as typeof sort)}>
@@ -54,7 +62,7 @@ export default function People() {
             ))}
           </select>
         </label>
-        <button type="submit">Search</button>
+        {!masked && <button type="submit">Search</button>}
       </form>
       <Loaded load={load} reload={reload}>
         {(page) =>
@@ -73,7 +81,8 @@ export default function People() {
               </thead>
               <tbody>
                 {(page.people ?? []).map((p) => {
-                  const key = personKey((p.identifiers ?? {}) as Record<string, string[]>);
+                  // Masked, a person is found by the profile's number.
+                  const key = masked ? `p:${p.id}` : personKey((p.identifiers ?? {}) as Record<string, string[]>);
                   const c = (p.computed ?? {}) as Record<string, unknown>;
                   const t = (p.traits ?? {}) as Record<string, unknown>;
                   return (
@@ -81,7 +90,7 @@ export default function People() {
                       <td>
                         {key ? (
                           <Link to={`/people/${encodeURIComponent(key)}`}>
-                            {String(t.name ?? key.slice(2))}
+                            {String(t.name ?? (masked ? `Person ${p.id}` : key.slice(2)))}
                           </Link>
                         ) : (
                           p.id

@@ -1,8 +1,10 @@
 // A person: identities, traits, computed attributes, predictions (value, churn risk and
-// why, best send time, recommendations), segments, tags, and their events by session.
+// why, best send time, recommendations), segments, tags, and their events by session. A
+// role without personal data sees the profile masked (by the API), its predictions without
+// reasons, and neither recommendations nor events.
 import { useParams } from "react-router-dom";
 import { api, call, type Schemas } from "../api/client";
-import { useSession } from "../auth";
+import { useAuth, useSession } from "../auth";
 import { Empty, Loaded, Loading, useLoad } from "../components/States";
 import { count, dateTime, money, percent } from "../format";
 import { lookup } from "./person-id";
@@ -65,8 +67,33 @@ function Attributes({ values, money: moneyKeys = [] }: { values: Record<string, 
   );
 }
 
+/// The predictions kept on the profile (no reasons): what a masked role sees.
+function ProfilePredictions({ values }: { values: Record<string, number> }) {
+  const s = useSession();
+  if (values.churn_risk == null && values.clv_12m == null) {
+    return <p className="hint">No predictions yet: the models train a few minutes after the start, then daily.</p>;
+  }
+  return (
+    <dl className="attrs">
+      <div>
+        <dt>Lifetime value, next 12 months</dt>
+        <dd>{money(values.clv_12m, s.locale)}</dd>
+      </div>
+      <div>
+        <dt>Churn risk</dt>
+        <dd data-testid="churn-risk">{percent(values.churn_risk)}</dd>
+      </div>
+      <div>
+        <dt>Still a customer (P(alive))</dt>
+        <dd>{percent(values.p_alive)}</dd>
+      </div>
+    </dl>
+  );
+}
+
 export default function Person() {
   const s = useSession();
+  const masked = !useAuth().can("pii.view");
   const key = decodeURIComponent(useParams().id ?? "");
   const { id, by } = lookup(key);
   const params = { params: { path: { id }, query: by ? { by } : {} } };
@@ -74,27 +101,33 @@ export default function Person() {
     () => call(() => api.GET("/api/v1/people/{id}", params as never)) as Promise<Schemas["Person"]>,
     [key],
   );
+  // What a masked role may not read is not asked for.
+  const unless = <T,>(f: () => Promise<T>) => (masked ? () => Promise.resolve(null) : f);
   const [predictions] = useLoad(
-    () => call(() => api.GET("/api/v1/people/{id}/predictions", params as never)) as Promise<Predictions>,
-    [key],
+    unless(() => call(() => api.GET("/api/v1/people/{id}/predictions", params as never)) as Promise<Predictions>),
+    [key, masked],
   );
   const [recs] = useLoad(
-    () =>
-      call(() =>
-        api.GET("/api/v1/people/{id}/recommendations", {
-          params: { path: { id }, query: { ...(by ? { by } : {}), limit: 5 } },
-        } as never),
-      ) as Promise<Recs>,
-    [key],
+    unless(
+      () =>
+        call(() =>
+          api.GET("/api/v1/people/{id}/recommendations", {
+            params: { path: { id }, query: { ...(by ? { by } : {}), limit: 5 } },
+          } as never),
+        ) as Promise<Recs>,
+    ),
+    [key, masked],
   );
   const [timeline] = useLoad(
-    () =>
-      call(() =>
-        api.GET("/api/v1/people/{id}/timeline", {
-          params: { path: { id }, query: { ...(by ? { by } : {}), limit: 200 } },
-        } as never),
-      ) as Promise<Timeline>,
-    [key],
+    unless(
+      () =>
+        call(() =>
+          api.GET("/api/v1/people/{id}/timeline", {
+            params: { path: { id }, query: { ...(by ? { by } : {}), limit: 200 } },
+          } as never),
+        ) as Promise<Timeline>,
+    ),
+    [key, masked],
   );
   return (
     <Loaded load={person} reload={reload}>
@@ -102,7 +135,12 @@ export default function Person() {
         const traits = (p.traits ?? {}) as Record<string, unknown>;
         return (
           <section aria-labelledby="person-title">
-            <h1 id="person-title">{String(traits.name ?? traits.email ?? key.slice(2))}</h1>
+            <h1 id="person-title">{String(traits.name ?? traits.email ?? (by === "person" ? `Person ${id}` : id))}</h1>
+            {masked && (
+              <p className="hint" role="note">
+                Personal data is masked for your role: identifiers and personal traits show only their first letters.
+              </p>
+            )}
             <div className="grid2">
               <div className="card">
                 <h2>Identities</h2>
@@ -116,11 +154,12 @@ export default function Person() {
               </div>
               <div className="card" aria-label="Predictions">
                 <h2>Predictions</h2>
+                {masked && <ProfilePredictions values={(p.predictions ?? {}) as Record<string, number>} />}
                 {predictions.state === "loading" && <Loading />}
                 {predictions.state === "error" && (
                   <p className="hint">No predictions yet: the models train a few minutes after the start, then daily.</p>
                 )}
-                {predictions.state === "done" && (
+                {predictions.state === "done" && predictions.data && (
                   <dl className="attrs">
                     <div>
                       <dt>Lifetime value, next 12 months</dt>
@@ -155,10 +194,11 @@ export default function Person() {
                     </div>
                   </dl>
                 )}
-                <h2>Recommended</h2>
+                {!masked && <h2>Recommended</h2>}
                 {recs.state === "loading" && <Loading />}
                 {recs.state === "error" && <p className="hint">No recommendations until the models are trained.</p>}
                 {recs.state === "done" &&
+                  recs.data &&
                   ((recs.data.items ?? []).length > 0 ? (
                     <ol aria-label="Recommended items">
                       {(recs.data.items ?? []).map((r) => (
@@ -185,8 +225,10 @@ export default function Person() {
             </div>
             <div className="card">
               <h2>Timeline</h2>
+              {masked && <p className="hint">Events are personal data: your role does not see them.</p>}
               {timeline.state === "loading" && <Loading />}
               {timeline.state === "done" &&
+                timeline.data &&
                 ((timeline.data.sessions ?? []).length === 0 ? (
                   <Empty>No events.</Empty>
                 ) : (

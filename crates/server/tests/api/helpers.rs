@@ -275,24 +275,26 @@ pub async fn admin_app(dir: &std::path::Path) -> TestApp {
 
 /// An owner's access token in the app's tenant.
 pub async fn owner_token(app: &TestApp) -> String {
+    staff_token(app, "owner@shop.example", livora_store::Role::Owner).await
+}
+
+/// The access token of a new staff member of the app's tenant with `role`.
+pub async fn staff_token(app: &TestApp, email: &str, role: livora_store::Role) -> String {
     let store = app.store.as_ref();
-    let user = store
-        .create_user("owner@shop.example", "Owner")
-        .await
-        .expect("user");
+    let user = store.create_user(email, "Staff").await.expect("user");
     let hash = livora_store::accounts::hash_password("correct horse battery").expect("hash");
     store
         .set_password_hash(&user.id, &hash)
         .await
         .expect("password");
     store
-        .set_role(app.tenant_id, &user.id, livora_store::Role::Owner)
+        .set_role(app.tenant_id, &user.id, role)
         .await
         .expect("role");
     let (status, v) = app
         .post(
             "/api/v1/auth/login",
-            json!({"email": "owner@shop.example", "password": "correct horse battery"}).to_string(),
+            json!({"email": email, "password": "correct horse battery"}).to_string(),
         )
         .await;
     assert_eq!(status, 200, "{v}");

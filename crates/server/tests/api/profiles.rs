@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, admin_app, call, owner_token};
+use crate::helpers::{TestApp, admin_app, call, owner_token, staff_token};
 
 /// Polls `path` until `done` holds of its answer (the profiles service follows the log).
 async fn eventually(app: &TestApp, path: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
@@ -120,6 +120,71 @@ async fn profiles_segments_and_tags_over_http() {
     );
     let (s, _) = call(&app, "GET", "/api/v1/people?limit=0", None).await;
     assert_eq!(s, 400);
+
+    // A viewer (no `pii.view`): the same list and profile, identifiers and personal traits
+    // masked; no search, no lookup by an identifier, no merge history.
+    let viewer = staff_token(&app, "viewer@shop.example", livora_store::Role::Viewer).await;
+    let as_viewer = |path: String| {
+        let (http, url, viewer) = (
+            app.http.clone(),
+            format!("{}{path}", app.url),
+            viewer.clone(),
+        );
+        async move {
+            let resp = http
+                .get(url)
+                .bearer_auth(viewer)
+                .send()
+                .await
+                .expect("request");
+            crate::helpers::decode(resp).await
+        }
+    };
+    let (s, masked) = as_viewer("/api/v1/people?sort=revenue&order=desc".into()).await;
+    assert_eq!(s, 200, "{masked}");
+    assert_eq!(masked["total"], 2);
+    let m = &masked["people"][0];
+    assert_eq!(
+        (m["id"].as_u64(), &m["masked"]),
+        (Some(id), &json!(true)),
+        "{m}"
+    );
+    assert_eq!(m["identifiers"]["email"], json!(["a•••@e•••.com"]), "{m}");
+    assert_eq!(m["identifiers"]["user_id"], json!(["a•••"]), "{m}");
+    assert_eq!(m["traits"]["email"], "A•••@E•••.com");
+    assert_eq!(m["traits"]["name"], "A•••");
+    assert_eq!(m["traits"]["plan"], "pro", "not personal: kept");
+    assert_eq!(
+        (&m["computed"]["orders"], &m["computed"]["revenue"]),
+        (&json!(2), &json!(150.0)),
+        "computed attributes are kept"
+    );
+    let text = masked.to_string();
+    assert!(
+        !text.contains("ann") && !text.contains("Ann") && !text.contains("bob@"),
+        "{text}"
+    );
+    let (s, v) = as_viewer(format!("/api/v1/people/{id}?by=person")).await;
+    assert_eq!(
+        (s, v["traits"]["email"].as_str()),
+        (200, Some("A•••@E•••.com")),
+        "{v}"
+    );
+    assert_eq!(v["merge_history"], json!([]));
+    assert!(!v.to_string().contains("dev-1"), "{v}");
+    for path in [
+        "/api/v1/people?q=bob%40example.com",
+        "/api/v1/people/ann",
+        "/api/v1/people/ann@example.com?by=email",
+        "/api/v1/people/ann/timeline",
+    ] {
+        let (s, v) = as_viewer(path.into()).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (403, Some("forbidden")),
+            "{path}: {v}"
+        );
+    }
 
     // Timeline: two sessions, newest first.
     let (s, t) = call(&app, "GET", "/api/v1/people/ann/timeline", None).await;

@@ -1,1 +1,0 @@
-function r(n){const t=n.user_id?.[0];if(t)return`u:${t}`;const u=n.anonymous_id?.[0];return u?`a:${u}`:null}function s(n){return n.startsWith("a:")?{id:n.slice(2),by:"anonymous_id"}:n.startsWith("u:")?{id:n.slice(2)}:{id:n}}export{s as l,r as p};

@@ -1,0 +1,1 @@
+function s(t){const n=t.user_id?.[0];if(n)return`u:${n}`;const r=t.anonymous_id?.[0];return r?`a:${r}`:null}function i(t){return t.startsWith("a:")?{id:t.slice(2),by:"anonymous_id"}:t.startsWith("p:")?{id:t.slice(2),by:"person"}:t.startsWith("u:")?{id:t.slice(2)}:{id:t}}export{i as l,s as p};

@@ -64,8 +64,10 @@ async fn start(
     (svc, follower)
 }
 
+/// Polls `f` for up to 20 s: generous, since a loaded machine (a build's writeback makes
+/// the log's fsyncs slow) once took more than the 4 s this used to allow.
 async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..400 {
+    for _ in 0..2000 {
         if f().await {
             return;
         }

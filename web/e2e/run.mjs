@@ -102,6 +102,81 @@ async function signIn(context, who) {
   return page;
 }
 
+/// Text whose contrast with what is behind it is below WCAG AA (4.5:1; 3:1 for large text).
+/// Charts (canvas, SVG) and disabled controls are left out.
+function lowContrast(page) {
+  return page.evaluate(() => {
+    const rgba = (c) => {
+      const m = c.match(/rgba?\(([^)]+)\)/);
+      if (!m) return null;
+      const [r, g, b, a = 1] = m[1].split(/[\s,/]+/).filter(Boolean).map(Number);
+      return [r, g, b, a];
+    };
+    const lum = (c) => {
+      const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+      return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+    };
+    const behind = (el) => {
+      for (let e = el; e; e = e.parentElement) {
+        const c = rgba(getComputedStyle(e).backgroundColor);
+        if (c && c[3] > 0.5) return c;
+      }
+      return [255, 255, 255, 1];
+    };
+    const out = [];
+    const seen = new Set();
+    const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      const el = n.parentElement;
+      if (!el || seen.has(el) || !n.textContent.trim()) continue;
+      seen.add(el);
+      if (el.closest("svg, canvas, button:disabled, [aria-hidden=true]")) continue;
+      const s = getComputedStyle(el);
+      const box = el.getBoundingClientRect();
+      if (s.visibility === "hidden" || box.width === 0 || box.height === 0) continue;
+      const fg = rgba(s.color);
+      if (!fg) continue;
+      const bg = behind(el);
+      const seen_ = fg.slice(0, 3).map((v, i) => v * fg[3] + bg[i] * (1 - fg[3]));
+      const [a, b] = [lum(seen_), lum(bg)];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      const size = parseFloat(s.fontSize);
+      const large = size >= 24 || (Number(s.fontWeight) >= 700 && size >= 18.66);
+      if (ratio < (large ? 3 : 4.5)) out.push(`${el.tagName.toLowerCase()}.${el.className} "${n.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}:1`);
+    }
+    return out;
+  });
+}
+
+/// What every screenshot's page failed of the contrast audit.
+const contrast = [];
+async function shoot(page, file) {
+  await page.screenshot({ path: join(OUT, file), fullPage: true });
+  contrast.push(...(await lowContrast(page)).map((x) => `${file}: ${x}`));
+}
+
+/// The focused element, as Tab left it.
+const focused = (page) =>
+  page.evaluate(() => {
+    const e = document.activeElement;
+    return {
+      tag: e?.tagName ?? "",
+      text: (e?.textContent ?? "").trim(),
+      label: (e?.labels?.[0]?.textContent ?? e?.getAttribute("aria-label") ?? "").trim(),
+      outline: e ? getComputedStyle(e).outlineStyle : "none",
+    };
+  });
+
+/// Presses Tab until `ok` holds of the focused element.
+async function tabTo(page, ok, what) {
+  for (let i = 0; i < 80; i++) {
+    await page.keyboard.press("Tab");
+    const f = await focused(page);
+    if (ok(f)) return f;
+  }
+  throw new Error(`FAILED: Tab never reached ${what}`);
+}
+
 const fmt = new Intl.NumberFormat("en-US", { maximumFractionDigits: 1 });
 
 if (args.bench) {
@@ -135,7 +210,7 @@ async function run() {
   await page.getByText("E2E Live Check").waitFor({ timeout: 15_000 });
   check(true, "the live feed shows it");
   await sleep(1500); // the chart's drawing animation
-  await page.screenshot({ path: join(OUT, "overview.png"), fullPage: true });
+  await shoot(page, "overview.png");
 
   // Funnels: the numbers on screen are the query API's for the same query.
   await page.getByRole("link", { name: "Funnels" }).click();
@@ -157,7 +232,7 @@ async function run() {
     offered.includes("Order Completed") && offered.includes("Product Viewed") && offered.every((n) => defs.events.some((e) => e.name === n)),
     `the step inputs suggest the tenant's event names (${offered.slice(0, 4).join(", ")}, …)`,
   );
-  await page.screenshot({ path: join(OUT, "funnels.png"), fullPage: true });
+  await shoot(page, "funnels.png");
   // Who dropped before step 2, and one of their profiles.
   await page.getByTestId("step-2").getByRole("button").click();
   const dropped = page.getByRole("region", { name: "Dropped persons" });
@@ -168,7 +243,7 @@ async function run() {
   const droppedUrl = page.url();
   check((await page.content()).includes(name), `the dropped person ${name}'s profile opens`);
   await page.getByRole("heading", { name: "Timeline" }).waitFor();
-  await page.screenshot({ path: join(OUT, "person.png"), fullPage: true });
+  await shoot(page, "person.png");
 
   // Models trained, the profile shows predictions.
   const trained = await api("/api/v1/models/train", { token: ownerToken, method: "POST", body: {} });
@@ -187,7 +262,7 @@ async function run() {
   await page.goto(droppedUrl);
   await page.getByRole("list", { name: "Recommended items" }).getByRole("listitem").first().waitFor();
   check(true, "the dropped person's profile recommends items");
-  await page.screenshot({ path: join(OUT, "person-predictions.png"), fullPage: true });
+  await shoot(page, "person-predictions.png");
   for (const [link, ready, shot] of [
     ["Retention", "Retention by cohort", "retention.png"],
     ["Trends", "Order Completed by day", "trends.png"],
@@ -197,7 +272,7 @@ async function run() {
     await page.getByRole("button", { name: "Calculate" }).click();
     await page.getByRole("img", { name: ready }).locator("canvas").waitFor();
     check(true, `${link} draws its chart`);
-    await page.screenshot({ path: join(OUT, shot), fullPage: true });
+    await shoot(page, shot);
   }
 
   await page.getByRole("link", { name: "Overview" }).click();
@@ -216,7 +291,7 @@ async function run() {
     return false;
   }, "the churn figure is the API's", 30_000);
   check(atRisk.scored > 0, `the overview shows the API's ${atRisk.at_risk} of ${atRisk.scored} persons at risk of churning`);
-  await page.screenshot({ path: join(OUT, "overview-forecast.png"), fullPage: true });
+  await shoot(page, "overview-forecast.png");
   // Segments: the live count is the API's, and a saved segment is listed with its size.
   await page.getByRole("link", { name: "Segments" }).click();
   await page.getByLabel("Name").fill("E2E loyal buyers");
@@ -238,7 +313,7 @@ async function run() {
   const row = page.getByRole("table", { name: "Segments" }).getByRole("row", { name: /E2E loyal buyers/ });
   await row.waitFor();
   check(true, "the saved segment is listed");
-  await page.screenshot({ path: join(OUT, "segments.png"), fullPage: true });
+  await shoot(page, "segments.png");
   // Workflows: an abandoned-cart workflow built on the canvas, saved and enabled.
   await page.getByRole("link", { name: "Workflows" }).click();
   await page.getByRole("button", { name: "New workflow" }).click();
@@ -358,7 +433,7 @@ async function run() {
   );
   await page.getByRole("region", { name: "Dead letters" }).waitFor();
   check(true, "the workflow shows its dead letters (or that there are none)");
-  await page.screenshot({ path: join(OUT, "workflows.png"), fullPage: true });
+  await shoot(page, "workflows.png");
   // A custom dashboard: rearranged, and still so after a reload.
   await page.getByRole("link", { name: "Dashboards" }).click();
   await page.getByText("No dashboards yet").waitFor();
@@ -402,14 +477,14 @@ async function run() {
   await page.getByRole("navigation", { name: "Pages" }).getByRole("link", { name: "Dashboards" }).click();
   await page.getByTestId(`widget-${trend.id}`).locator("canvas").waitFor();
   check(true, "and the dashboard draws it");
-  await page.screenshot({ path: join(OUT, "dashboards.png"), fullPage: true });
+  await shoot(page, "dashboards.png");
   await page.getByRole("link", { name: "Campaigns" }).click();
   await page.getByRole("table", { name: "Campaigns" }).or(page.getByText("No workflows yet.")).waitFor();
   check(true, "the campaigns page shows its workflows (or that there are none)");
-  await page.screenshot({ path: join(OUT, "campaigns.png"), fullPage: true });
+  await shoot(page, "campaigns.png");
   await page.getByRole("link", { name: "People" }).click();
   await page.getByRole("table", { name: "People" }).waitFor();
-  await page.screenshot({ path: join(OUT, "people.png"), fullPage: true });
+  await shoot(page, "people.png");
   await page.getByRole("link", { name: "Settings" }).click();
   await page.getByRole("table", { name: "Members" }).waitFor();
   check((await page.getByRole("table", { name: "Members" }).textContent()).includes(viewer.email), "settings list the members");
@@ -465,14 +540,14 @@ async function run() {
   await page.getByTestId("erased").waitFor();
   const audit = (await api("/api/v1/audit?limit=50", { token: ownerToken })).json.entries;
   check(audit.some((e) => e.action === "person.erase" && e.target === name), `${name} is erased after confirming`);
-  await page.screenshot({ path: join(OUT, "settings.png"), fullPage: true });
+  await shoot(page, "settings.png");
   // A tablet's width: the navigation moves on top, nothing overflows sideways.
   await page.setViewportSize({ width: 800, height: 1000 });
   await page.getByRole("link", { name: "Overview" }).click();
   await page.getByTestId("kpi-Orders").waitFor();
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overflow <= 0, `no sideways scrolling at tablet width (${overflow}px)`);
-  await page.screenshot({ path: join(OUT, "overview-tablet.png"), fullPage: true });
+  await shoot(page, "overview-tablet.png");
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByRole("button", { name: "Sign in" }).waitFor();
   check(true, "signing out returns to the login page");
@@ -480,13 +555,28 @@ async function run() {
 
   // --- a viewer: personal data masked, no settings -------------------------------------------
   const vc = await browser.newContext({ locale: "en-US", viewport: { width: 1366, height: 900 } });
-  const v = await signIn(vc, viewer);
+  // The viewer works with the keyboard alone: sign in, open a page, run a funnel.
+  const v = await vc.newPage();
+  await v.goto(URL_ + "/");
+  await v.getByLabel("Email").waitFor();
+  await tabTo(v, (f) => f.tag === "INPUT" && f.label.startsWith("Email"), "the email field");
+  await v.keyboard.type(viewer.email);
+  await v.keyboard.press("Tab");
+  await v.keyboard.type(viewer.password);
+  await v.keyboard.press("Enter");
+  await v.getByRole("navigation", { name: "Pages" }).waitFor();
+  check(true, "the viewer signs in with the keyboard alone");
   const nav = await v.getByRole("navigation", { name: "Pages" }).textContent();
   check(nav.includes("Overview") && nav.includes("Funnels"), "the viewer sees the analytics pages");
   check(nav.includes("People") && !nav.includes("Settings"), "the viewer's navigation has People (masked) but no Settings");
-  await v.getByRole("link", { name: "Funnels" }).click();
-  await v.getByRole("button", { name: "Calculate" }).click();
+  const link = await tabTo(v, (f) => f.tag === "A" && f.text === "Funnels", "the Funnels link");
+  check(link.outline !== "none", `the focused link shows it (${link.outline} outline)`);
+  await v.keyboard.press("Enter");
+  await v.getByRole("heading", { level: 1, name: "Funnels" }).waitFor();
+  await tabTo(v, (f) => f.tag === "BUTTON" && f.text === "Calculate", "the Calculate button");
+  await v.keyboard.press("Enter");
   await v.getByTestId("step-2-count").waitFor();
+  check(true, "and runs a funnel with Tab and Enter");
   check((await v.getByTestId("step-2").getByRole("button").count()) === 0, "the viewer cannot list who dropped");
   await v.getByRole("link", { name: "Segments" }).click();
   await v.getByRole("table", { name: "Segments" }).waitFor();
@@ -508,15 +598,16 @@ async function run() {
   await v.getByText("Events are personal data").waitFor();
   const profile = await v.locator("main").textContent();
   check(secrets.every((x) => !profile.includes(x)) && profile.includes("•••"), "a masked profile opens, without its events");
-  await v.screenshot({ path: join(OUT, "viewer-person.png"), fullPage: true });
+  await shoot(v, "viewer-person.png");
   const masked = await api("/api/v1/people?limit=5", { token: viewerToken });
   check(masked.status === 200 && masked.json.people.every((p) => p.masked) && secrets.every((x) => !JSON.stringify(masked.json).includes(x)), "the API masks them for the viewer too");
   const search = await api(`/api/v1/people?q=${encodeURIComponent(secrets[0])}`, { token: viewerToken });
   const byId = await api(`/api/v1/people/${encodeURIComponent(clear[0].identifiers?.user_id?.[0] ?? "x")}`, { token: viewerToken });
   const events = await api(`/api/v1/people/${clear[0].id}/timeline?by=person`, { token: viewerToken });
   check(search.status === 403 && byId.status === 403 && events.status === 403, "and refuses searching, lookups by identifier and events");
-  await v.screenshot({ path: join(OUT, "viewer-settings.png"), fullPage: true });
+  await shoot(v, "viewer-settings.png");
   await vc.close();
+  check(contrast.length === 0, `every page's text meets WCAG AA contrast${contrast.length ? `: ${contrast.slice(0, 12).join("; ")}` : ""}`);
   console.log(`# screenshots in ${OUT}`);
 }
 

@@ -687,6 +687,11 @@ pub async fn metrics(
             add(s, "entered", *n);
         }
     }
+    for (v, pos, n) in &c.converted {
+        if let Some(s) = step_id(*v, *pos) {
+            add(s, "converted", *n);
+        }
+    }
     for (v, pos, n) in &c.waiting {
         if let Some(s) = step_id(*v, *pos) {
             add(s, "waiting", *n);

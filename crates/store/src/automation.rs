@@ -128,6 +128,8 @@ pub struct WorkflowCounts {
     pub journeys: Vec<(bool, Option<String>, bool, u64)>,
     /// `(version, step position, journeys that ran it)`.
     pub entered: Vec<(u32, u32, u64)>,
+    /// `(version, step position, journeys that ran it and converted)`.
+    pub converted: Vec<(u32, u32, u64)>,
     /// `(version, step position, active journeys waiting there)`.
     pub waiting: Vec<(u32, u32, u64)>,
     /// `(step id, outbox status, messages)`.

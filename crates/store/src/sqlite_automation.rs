@@ -413,6 +413,14 @@ impl AutomationStore for SqliteStore {
              WHERE j.tenant_id = ? AND j.workflow_id = ? GROUP BY 1, 2",
         )
         .await?;
+        // Ended on the goal, or reached it later within its days.
+        out.converted = positions(
+            "SELECT json_extract(j.state, '$.version') AS version, p.value AS step, COUNT(*) AS n
+             FROM journeys j, json_each(json_extract(j.state, '$.path')) p
+             WHERE j.tenant_id = ? AND j.workflow_id = ?
+               AND json_extract(j.state, '$.outcome') IN ('goal', 'converted') GROUP BY 1, 2",
+        )
+        .await?;
         out.waiting = positions(
             "SELECT json_extract(state, '$.version') AS version, json_extract(state, '$.step') AS step,
                     COUNT(*) AS n
@@ -951,6 +959,47 @@ mod tests {
                 .await
                 .expect("of")
                 .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn steps_count_the_journeys_that_ran_them_and_converted() {
+        let (store, t) = SqliteStore::with_tenant().await;
+        let now = Utc::now();
+        let row = |id: &str, path: &str, outcome: &str| JourneyRow {
+            id: id.into(),
+            tenant: t,
+            workflow: "cart".into(),
+            person: format!("u:{id}"),
+            active: false,
+            entered_at: now,
+            state: format!(r#"{{"id":"{id}","version":1,"path":{path},"outcome":"{outcome}"}}"#),
+        };
+        store
+            .commit(AutomationCommit {
+                journeys: vec![
+                    row("a", "[0, 1]", "goal"),
+                    row("b", "[0, 1, 2]", "completed"),
+                    row("c", "[0]", "converted"),
+                    row("d", "[0, 2]", "exited"),
+                ],
+                ..AutomationCommit::default()
+            })
+            .await
+            .expect("commit");
+        let counts = store.workflow_counts(t, "cart").await.expect("counts");
+        let sorted = |mut v: Vec<(u32, u32, u64)>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(counts.entered),
+            vec![(1, 0, 4), (1, 1, 2), (1, 2, 2)]
+        );
+        assert_eq!(
+            sorted(counts.converted),
+            vec![(1, 0, 2), (1, 1, 1)],
+            "a and c converted (on the goal, and later)"
         );
     }
 

@@ -1263,7 +1263,7 @@ export interface paths {
         };
         /**
          * A workflow's measurement
-         * @description Journeys entered, running, completed and converted (ended on the goal), for treated persons and for the holdout group, the uplift (difference of their conversion rates), and per step: journeys that entered it, journeys waiting there, and its messages pending, sent, blocked and failed (dead letters). `engagement` and each step count messages delivered, undelivered (provider receipts), opened (the pixel, a click, or WhatsApp's read receipt), clicked and unsubscribed, each message once. A journey that ended before its goal and then reached it within the goal's `within_days` counts as converted (outcome `converted`).
+         * @description Journeys entered, running, completed and converted (ended on the goal), for treated persons and for the holdout group, the uplift (difference of their conversion rates), and per step: journeys that entered it, those of them that converted, journeys waiting there, and its messages pending, sent, blocked and failed (dead letters). `engagement` and each step count messages delivered, undelivered (provider receipts), opened (the pixel, a click, or WhatsApp's read receipt), clicked and unsubscribed, each message once. A journey that ended before its goal and then reached it within the goal's `within_days` counts as converted (outcome `converted`).
          */
         get: operations["workflowMetrics"];
         put?: never;
@@ -6776,6 +6776,8 @@ export interface operations {
                         steps?: {
                             [key: string]: {
                                 entered?: number;
+                                /** @description Journeys that ran the step and converted (ended on the goal, or reached it within its days). */
+                                converted?: number;
                                 waiting?: number;
                                 pending?: number;
                                 sent?: number;

@@ -49,7 +49,7 @@ import {
 
 interface Metrics {
   journeys?: { entered?: number; converted?: number };
-  steps?: Record<string, { entered?: number; waiting?: number; sent?: number; failed?: number }>;
+  steps?: Record<string, { entered?: number; waiting?: number; sent?: number; converted?: number; failed?: number }>;
 }
 
 const KINDS: StepKind[] = [
@@ -371,7 +371,12 @@ function detail(s: Step): string {
   }
 }
 
-function label(id: string, title: string, detail: string, m?: { entered?: number; waiting?: number; sent?: number; failed?: number }) {
+function label(
+  id: string,
+  title: string,
+  detail: string,
+  m?: { entered?: number; waiting?: number; sent?: number; converted?: number; failed?: number },
+) {
   return (
     <div className="node" data-testid={`node-${id}`}>
       <strong>{title}</strong>
@@ -380,6 +385,7 @@ function label(id: string, title: string, detail: string, m?: { entered?: number
         <div className="node-counts">
           {count(m.entered ?? 0)} entered · {count(m.waiting ?? 0)} waiting
           {m.sent != null && m.sent > 0 ? ` · ${count(m.sent)} sent` : ""}
+          {` · ${count(m.converted ?? 0)} converted`}
           {m.failed ? ` · ${count(m.failed)} failed` : ""}
         </div>
       )}

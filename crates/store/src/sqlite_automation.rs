@@ -407,20 +407,34 @@ impl AutomationStore for SqliteStore {
                 Ok::<_, Error>(v)
             }
         };
-        out.entered = positions(
-            "SELECT json_extract(j.state, '$.version') AS version, p.value AS step, COUNT(*) AS n
+        // Per step of the paths, in one scan: journeys that ran it, and of them those that
+        // converted (ended on the goal, or reached it later within its days).
+        for r in sqlx::query(
+            "SELECT json_extract(j.state, '$.version') AS version, p.value AS step, COUNT(*) AS n,
+                    COUNT(CASE WHEN json_extract(j.state, '$.outcome') IN ('goal', 'converted') THEN 1 END)
+                        AS converted
              FROM journeys j, json_each(json_extract(j.state, '$.path')) p
              WHERE j.tenant_id = ? AND j.workflow_id = ? GROUP BY 1, 2",
         )
-        .await?;
-        // Ended on the goal, or reached it later within its days.
-        out.converted = positions(
-            "SELECT json_extract(j.state, '$.version') AS version, p.value AS step, COUNT(*) AS n
-             FROM journeys j, json_each(json_extract(j.state, '$.path')) p
-             WHERE j.tenant_id = ? AND j.workflow_id = ?
-               AND json_extract(j.state, '$.outcome') IN ('goal', 'converted') GROUP BY 1, 2",
-        )
-        .await?;
+        .bind(&t)
+        .bind(workflow)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let (version, step, n, converted): (i64, Option<i64>, i64, i64) = (
+                r.try_get("version")?,
+                r.try_get("step")?,
+                r.try_get("n")?,
+                r.try_get("converted")?,
+            );
+            if let Some(step) = step {
+                out.entered.push((version as u32, step as u32, n as u64));
+                if converted > 0 {
+                    out.converted
+                        .push((version as u32, step as u32, converted as u64));
+                }
+            }
+        }
         out.waiting = positions(
             "SELECT json_extract(state, '$.version') AS version, json_extract(state, '$.step') AS step,
                     COUNT(*) AS n

@@ -2320,6 +2320,8 @@ export interface components {
         /** @description A profile: identifiers by kind, traits (last write wins by event time; `$set`, `$set_once`, `$unset`), computed attributes, segments and tags. */
         Person: {
             id?: number;
+            /** @description True when the caller lacks `pii.view`: every identifier and the personal traits are masked (`j•••@e•••.com`). */
+            masked?: boolean;
             identifiers?: {
                 [key: string]: string[];
             };

@@ -3,6 +3,7 @@ import { render, screen } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { ApiError } from "../api/client";
 import { ChurnKpi, Kpi } from "../pages/Overview";
+import { fromProfile } from "../pages/Person";
 import { parseSse } from "./LiveFeed";
 import { Empty, ErrorState, Loaded, Loading } from "./States";
 
@@ -64,4 +65,14 @@ test("the churn figure shows who is at risk, their share and value, or when it c
   unmount();
   render(<ChurnKpi load={{ state: "error", error: new Error("not_ready") }} locale={locale} />);
   expect(screen.getByRole("group", { name: "At risk of churning" })).toHaveTextContent("after the models' first training");
+});
+
+test("a masked profile's predictions come from the profile, without reasons", () => {
+  expect(fromProfile({})).toBeNull();
+  expect(fromProfile({ churn_risk: 0.4, clv_12m: 120, p_alive: 0.7, best_hour: 9 })).toEqual({
+    clv_12m: 120,
+    churn_risk: 0.4,
+    p_alive: 0.7,
+    best_send_time: { hour: 9, source: "profile" },
+  });
 });

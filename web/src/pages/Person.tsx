@@ -5,7 +5,7 @@
 import { useParams } from "react-router-dom";
 import { api, call, type Schemas } from "../api/client";
 import { useAuth, useSession } from "../auth";
-import { Empty, Loaded, Loading, useLoad } from "../components/States";
+import { Empty, Loaded, Loading, useLoad, type Load } from "../components/States";
 import { count, dateTime, money, percent } from "../format";
 import { lookup } from "./person-id";
 
@@ -67,28 +67,16 @@ function Attributes({ values, money: moneyKeys = [] }: { values: Record<string, 
   );
 }
 
-/// The predictions kept on the profile (no reasons): what a masked role sees.
-function ProfilePredictions({ values }: { values: Record<string, number> }) {
-  const s = useSession();
-  if (values.churn_risk == null && values.clv_12m == null) {
-    return <p className="hint">No predictions yet: the models train a few minutes after the start, then daily.</p>;
-  }
-  return (
-    <dl className="attrs">
-      <div>
-        <dt>Lifetime value, next 12 months</dt>
-        <dd>{money(values.clv_12m, s.locale)}</dd>
-      </div>
-      <div>
-        <dt>Churn risk</dt>
-        <dd data-testid="churn-risk">{percent(values.churn_risk)}</dd>
-      </div>
-      <div>
-        <dt>Still a customer (P(alive))</dt>
-        <dd>{percent(values.p_alive)}</dd>
-      </div>
-    </dl>
-  );
+/// The predictions kept on the profile (no reasons): what a masked role sees; `null`
+/// before the first training.
+export function fromProfile(values: Record<string, number | undefined>): Predictions | null {
+  if (values.churn_risk == null && values.clv_12m == null) return null;
+  return {
+    clv_12m: values.clv_12m,
+    churn_risk: values.churn_risk,
+    p_alive: values.p_alive,
+    best_send_time: values.best_hour == null ? null : { hour: values.best_hour, source: "profile" },
+  };
 }
 
 export default function Person() {
@@ -133,6 +121,10 @@ export default function Person() {
     <Loaded load={person} reload={reload}>
       {(p) => {
         const traits = (p.traits ?? {}) as Record<string, unknown>;
+        // A masked role reads the predictions the profile keeps.
+        const shown: Load<Predictions | null> = masked
+          ? { state: "done", data: fromProfile((p.predictions ?? {}) as Record<string, number>) }
+          : predictions;
         return (
           <section aria-labelledby="person-title">
             <h1 id="person-title">{String(traits.name ?? traits.email ?? (by === "person" ? `Person ${id}` : id))}</h1>
@@ -154,24 +146,23 @@ export default function Person() {
               </div>
               <div className="card" aria-label="Predictions">
                 <h2>Predictions</h2>
-                {masked && <ProfilePredictions values={(p.predictions ?? {}) as Record<string, number>} />}
-                {predictions.state === "loading" && <Loading />}
-                {predictions.state === "error" && (
+                {shown.state === "loading" && <Loading />}
+                {(shown.state === "error" || (shown.state === "done" && !shown.data)) && (
                   <p className="hint">No predictions yet: the models train a few minutes after the start, then daily.</p>
                 )}
-                {predictions.state === "done" && predictions.data && (
+                {shown.state === "done" && shown.data && (
                   <dl className="attrs">
                     <div>
                       <dt>Lifetime value, next 12 months</dt>
-                      <dd>{money(predictions.data.clv_12m, s.locale)}</dd>
+                      <dd>{money(shown.data.clv_12m, s.locale)}</dd>
                     </div>
                     <div>
                       <dt>Churn risk</dt>
                       <dd data-testid="churn-risk">
-                        {percent(predictions.data.churn_risk)}
-                        {(predictions.data.churn_reasons ?? []).length > 0 && (
+                        {percent(shown.data.churn_risk)}
+                        {(shown.data.churn_reasons ?? []).length > 0 && (
                           <ul className="reasons" aria-label="Why">
-                            {(predictions.data.churn_reasons ?? []).map((r, i) => (
+                            {(shown.data.churn_reasons ?? []).map((r, i) => (
                               <li key={i}>
                                 {feature(r.feature)}: {count(r.value)} ({(r.effect ?? 0) >= 0 ? "raises" : "lowers"} it)
                               </li>
@@ -182,13 +173,13 @@ export default function Person() {
                     </div>
                     <div>
                       <dt>Still a customer (P(alive))</dt>
-                      <dd>{percent(predictions.data.p_alive)}</dd>
+                      <dd>{percent(shown.data.p_alive)}</dd>
                     </div>
                     <div>
                       <dt>Best send time</dt>
                       <dd>
-                        {predictions.data.best_send_time?.hour != null
-                          ? `${String(predictions.data.best_send_time.hour).padStart(2, "0")}:00`
+                        {shown.data.best_send_time?.hour != null
+                          ? `${String(shown.data.best_send_time.hour).padStart(2, "0")}:00`
                           : "—"}
                       </dd>
                     </div>

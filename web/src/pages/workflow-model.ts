@@ -470,9 +470,6 @@ export function unsupported(def: Record<string, unknown>): string[] {
     }
     const a = raw[keys[0]];
     if (keys[0] === "branch" && isObj(a) && rulesOf(a.if) === null) out.push(`step ${String(raw.id)}'s condition`);
-    if (keys[0] === "update_trait" && isObj(a) && Object.keys(a).some((k) => k !== "name" && k !== "value")) {
-      out.push(`step ${String(raw.id)}'s options`);
-    }
   }
   return out;
 }

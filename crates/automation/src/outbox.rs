@@ -227,7 +227,7 @@ impl Sender {
         // `concurrency` sends in flight at all times (a slow one holds up no other).
         use futures::StreamExt;
         let sent: Vec<OutboxRow> = futures::stream::iter(ready)
-            .map(|(row, m, to)| self.deliver(row, m, to, now))
+            .map(|(row, m, to)| self.deliver(row, m, to))
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -366,13 +366,7 @@ impl Sender {
     }
 
     /// One attempt with the provider whose turn it is.
-    async fn deliver(
-        &self,
-        mut row: OutboxRow,
-        m: Message,
-        to: String,
-        now: DateTime<Utc>,
-    ) -> OutboxRow {
+    async fn deliver(&self, mut row: OutboxRow, m: Message, to: String) -> OutboxRow {
         let Some(route) = self.routes.route(m.tenant, &m.channel) else {
             return dead(row, format!("no provider is configured for {}", m.channel));
         };
@@ -398,7 +392,12 @@ impl Sender {
             content,
         };
         row.attempts += 1;
-        match provider.send(&out).await {
+        let answer = provider.send(&out).await;
+        // The backoff counts from the answer (a timeout can take many seconds), not from
+        // when the batch started.
+        let now = self.clock.now();
+        row.updated_at = now;
+        match answer {
             Ok(id) => {
                 row.status = OutboxStatus::Sent;
                 row.provider = Some(provider.provider().to_owned());

@@ -347,3 +347,71 @@ async fn policy_blocks_holds_and_caps_before_any_provider_is_called() {
     assert_eq!(e.reason.as_deref(), Some("opted out of email"));
     assert_eq!(provider.seen().len(), 3);
 }
+
+/// A sender on the real clock (for the tests that measure time as it passes).
+fn real_sender(store: Arc<SqliteStore>, routes: HashMap<String, Route>, retry: Retry) -> Sender {
+    let store: Arc<dyn MetadataStore> = store;
+    Sender::new(
+        store,
+        Arc::new(livora_profiles::service::SystemClock),
+        Arc::new(FixedRoutes(routes)),
+        Policy::default(),
+        retry,
+    )
+}
+
+fn webhook_route(base: &str) -> HashMap<String, Route> {
+    HashMap::from([(
+        "webhook".to_owned(),
+        Route {
+            primary: Arc::new(Redirect(Webhook::new(b"k"), base.to_owned())),
+            secondary: None,
+            per_second: None,
+        },
+    )])
+}
+
+#[tokio::test]
+async fn the_backoff_counts_from_the_failure_not_from_the_batch_start() {
+    let (store, tenant, _) = setup().await;
+    // A receiver that answers 500 only after 2 s (as a timeout would).
+    let provider = Provider::default();
+    provider.answer_after(
+        500,
+        r#"{"error": "slow and down"}"#,
+        std::time::Duration::from_secs(2),
+    );
+    let url = provider.start().await;
+    let s = real_sender(
+        store.clone(),
+        webhook_route(&url),
+        Retry {
+            attempts: 3,
+            base: Duration::seconds(2),
+        },
+    );
+    put(
+        &store,
+        &[message(tenant, "slow/hook", "webhook", "/slow", Utc::now())],
+    )
+    .await;
+    s.send_due().await.expect("send");
+    let failed_at = Utc::now();
+    let row = store
+        .message(tenant, "slow/hook")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!((row.status, row.attempts), (OutboxStatus::Pending, 1));
+    // The first backoff is 2 s ± 50 %: at least 1 s after the failure, which came 2 s
+    // after the send started.
+    let after_failure = row.due_at - failed_at;
+    assert!(
+        after_failure >= Duration::milliseconds(900),
+        "retry due {after_failure} after the failure"
+    );
+    assert!(
+        row.updated_at >= failed_at - Duration::milliseconds(500),
+        "updated at the failure"
+    );
+}

@@ -5,18 +5,26 @@
 //! Every provider is given the message's key as its idempotency key: a crash after a
 //! provider accepted a message but before the outbox recorded it sends it again with the
 //! same key, and the provider drops the repeat.
+//!
+//! Each message is sent on its own: an attempt is recorded before the provider is called
+//! (so a call cut short by a crash still counts, and `attempts` is the number of calls
+//! made), and the message's outcome is written as soon as its own call returns. Calls run
+//! concurrently under a node-wide limit and a limit per destination (a tenant's webhook
+//! host, or a tenant's channel), each bounded by a timeout, so one hung endpoint holds up
+//! neither the other messages nor more than its own share of the sending slots.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use livora_model::TenantId;
 use livora_profiles::service::Clock;
 use livora_store::MetadataStore;
-use livora_store::automation::{OutboxRow, OutboxStatus};
+use livora_store::automation::{AttemptError, OutboxRow, OutboxStatus};
 use serde_json::{Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::policy::{Decision, Policy};
 use crate::runtime::Message;
@@ -102,14 +110,54 @@ impl Default for Retry {
     }
 }
 
+/// How many provider calls run at once, and how long one may take.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Calls in flight at once on the node, over all tenants.
+    pub in_flight: usize,
+    /// Calls in flight at once to one destination: a tenant's webhook host, or a tenant's
+    /// other channel (its provider account).
+    pub per_destination: usize,
+    /// How long one call may take before it counts as a failed attempt (retried).
+    pub send_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            in_flight: 64,
+            per_destination: 16,
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What an attempt cut short by a stop of the node (a crash, a kill) is recorded as, until
+/// its call returns.
+const INTERRUPTED: &str = "no answer recorded: the node stopped during the call";
+
+/// A destination: tenant, channel, and the webhook host (empty for other channels).
+type Destination = (TenantId, String, String);
+
 pub struct Sender {
     store: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
     routes: Arc<dyn Routes>,
     policy: Policy,
     retry: Retry,
-    /// Messages sent at once.
-    concurrency: usize,
+    limits: Limits,
+    /// The node's sending slots.
+    slots: Arc<Semaphore>,
+    /// Each destination's slots, made when first needed.
+    destinations: std::sync::Mutex<HashMap<Destination, Arc<Semaphore>>>,
+    /// Keys of the messages being sent (not to be picked up again meanwhile).
+    in_flight: std::sync::Mutex<HashSet<String>>,
+    /// Rows whose call returned, waiting to be written (several at once under load).
+    finished: std::sync::Mutex<Vec<OutboxRow>>,
+    /// One writer of finished rows at a time.
+    writer: tokio::sync::Mutex<()>,
+    /// Wakes [`Sender::run`] when a call returned (a slot is free).
+    freed: tokio::sync::Notify,
     /// Rate limiters by (tenant, channel), made when first needed.
     limiters: std::sync::Mutex<Limiters>,
     /// Adds open and click tracking and unsubscribe links; hashes addresses for their
@@ -142,10 +190,41 @@ impl Sender {
             routes,
             policy,
             retry,
-            concurrency: 64,
+            slots: Arc::new(Semaphore::new(Limits::default().in_flight)),
+            limits: Limits::default(),
+            destinations: std::sync::Mutex::new(HashMap::new()),
+            in_flight: std::sync::Mutex::new(HashSet::new()),
+            finished: std::sync::Mutex::new(Vec::new()),
+            writer: tokio::sync::Mutex::new(()),
+            freed: tokio::sync::Notify::new(),
             limiters: std::sync::Mutex::new(HashMap::new()),
             tracker: None,
         }
+    }
+
+    /// How many calls run at once, and how long one may take.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        let limits = Limits {
+            in_flight: limits.in_flight.max(1),
+            per_destination: limits.per_destination.max(1),
+            send_timeout: limits.send_timeout.max(Duration::from_millis(1)),
+        };
+        self.slots = Arc::new(Semaphore::new(limits.in_flight));
+        self.limits = limits;
+        self
+    }
+
+    /// The node-wide and the destination's slot for one call, if both are free now.
+    fn take_slot(&self, destination: &Destination) -> Option<Vec<OwnedSemaphorePermit>> {
+        let own = {
+            let mut all = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+            all.entry(destination.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_destination)))
+                .clone()
+        };
+        let own = own.try_acquire_owned().ok()?;
+        let node = self.slots.clone().try_acquire_owned().ok()?;
+        Some(vec![node, own])
     }
 
     /// The delivery policy it checks.
@@ -188,25 +267,66 @@ impl Sender {
         }
     }
 
-    /// Sends what is due now; returns how many messages it looked at.
+    /// Sends what is due now and waits for those calls; returns how many messages it
+    /// looked at. Each message is written as soon as its own call returns.
     ///
     /// The policy is checked one message after the other (so a frequency cap counts the
-    /// messages allowed earlier in the same batch); the sending is concurrent.
-    pub async fn send_due(&self) -> Result<usize, livora_store::Error> {
+    /// messages allowed earlier in the same batch); the sending is concurrent, as many at
+    /// once as [`Limits`] allow (the others wait for the next round).
+    pub async fn send_due(self: &Arc<Self>) -> Result<usize, livora_store::Error> {
+        let (n, calls) = self.dispatch().await?;
+        futures::future::join_all(calls).await;
+        Ok(n)
+    }
+
+    /// Takes what is due and has a free slot: checks the policy, writes what is decided
+    /// without a call (held, blocked, dead, deferred) and the attempts about to be made, and
+    /// returns the calls to run (each writes its own outcome) and how many messages it
+    /// looked at.
+    async fn dispatch(
+        self: &Arc<Self>,
+    ) -> Result<(usize, Vec<futures::future::BoxFuture<'static, ()>>), livora_store::Error> {
+        const PAGE: u32 = 2048;
         let now = self.clock.now();
-        let due = self.store.due_messages(now, 2048).await?;
-        let n = due.len();
-        let mut done = Vec::with_capacity(n);
-        let mut parsed = Vec::with_capacity(n);
+        let due = self.store.due_messages(now, PAGE).await?;
+        let full = due.len() >= PAGE as usize;
+        let busy: HashSet<String> = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut done = Vec::new();
+        let mut parsed = Vec::new();
+        let mut waiting = Vec::new();
+        let mut slots: HashMap<String, Vec<OwnedSemaphorePermit>> = HashMap::new();
+        let mut n = 0;
         for mut row in due {
+            if busy.contains(&row.key) {
+                continue;
+            }
+            n += 1;
             row.updated_at = now;
             match serde_json::from_str::<Message>(&row.message) {
                 Ok(m) => {
-                    // Hashed once: the policy's facts and its check both use it.
-                    let address = self.address_subject(&m);
-                    parsed.push((row, m, address));
+                    match self.take_slot(&destination(&m)) {
+                        Some(permits) => {
+                            slots.insert(row.key.clone(), permits);
+                            // Hashed once: the policy's facts and its check both use it.
+                            let address = self.address_subject(&m);
+                            parsed.push((row, m, address));
+                        }
+                        None => waiting.push(row),
+                    }
                 }
                 Err(e) => done.push(dead(row, format!("unreadable message: {e}"))),
+            }
+        }
+        if full {
+            // A full page whose destinations are busy would hide the messages behind it
+            // from every round: those wait a second at the back.
+            for mut row in waiting {
+                row.due_at = now + chrono::Duration::seconds(1);
+                done.push(row);
             }
         }
         let facts = match self.facts(&parsed, now).await {
@@ -220,20 +340,33 @@ impl Sender {
         let mut allowed: HashMap<(TenantId, String, String), u32> = HashMap::new();
         for (row, m, address) in parsed {
             match self.gate(row, m, address, now, facts.as_ref(), &mut allowed) {
-                Gate::Send(row, m, to) => ready.push((row, *m, to)),
+                Gate::Send(row, m, to) => match self.prepare(row, *m, to, now) {
+                    Ok(call) => ready.push(call),
+                    Err(row) => done.push(*row),
+                },
                 Gate::Done(row) => done.push(row),
             }
         }
-        // `concurrency` sends in flight at all times (a slow one holds up no other).
-        use futures::StreamExt;
-        let sent: Vec<OutboxRow> = futures::stream::iter(ready)
-            .map(|(row, m, to)| self.deliver(row, m, to))
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        done.extend(sent);
-        self.store.update_messages(&done).await?;
-        Ok(n)
+        // The attempts are recorded before any call: a kill during a call leaves it
+        // counted (and marked as cut short), and the message is sent again on restart.
+        let mut write = done;
+        write.extend(ready.iter().map(|c| c.row.clone()));
+        self.store.update_messages(&write).await?;
+        let mut calls = Vec::with_capacity(ready.len());
+        {
+            let mut flying = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for call in ready {
+                let Some(permits) = slots.remove(&call.row.key) else {
+                    continue;
+                };
+                flying.insert(call.row.key.clone());
+                let me = self.clone();
+                calls.push(
+                    Box::pin(me.call(call, permits)) as futures::future::BoxFuture<'static, ()>
+                );
+            }
+        }
+        Ok((n, calls))
     }
 
     /// What the policy needs to know of a batch's persons: their consents, and the
@@ -365,19 +498,129 @@ impl Sender {
         }
     }
 
-    /// One attempt with the provider whose turn it is.
-    async fn deliver(&self, mut row: OutboxRow, m: Message, to: String) -> OutboxRow {
+    /// The attempt to make with the provider whose turn it is (the row with the attempt
+    /// recorded), or the row as it ends up when there is none to make.
+    fn prepare(
+        &self,
+        mut row: OutboxRow,
+        m: Message,
+        to: String,
+        now: DateTime<Utc>,
+    ) -> Result<Call, Box<OutboxRow>> {
         let Some(route) = self.routes.route(m.tenant, &m.channel) else {
-            return dead(row, format!("no provider is configured for {}", m.channel));
+            let why = format!("no provider is configured for {}", m.channel);
+            return Err(Box::new(dead(row, why)));
         };
-        // Attempts 0..n go to the primary, n..2n to the secondary.
-        let on_secondary = row.attempts >= self.retry.attempts;
-        let provider = match (&route.secondary, on_secondary) {
-            (_, false) => route.primary.clone(),
-            (Some(s), true) => s.clone(),
-            (None, true) => return dead(row, "no provider left to try".into()),
+        let turn = self.turn(&row, route.secondary.is_some());
+        let provider = match (&route.secondary, turn) {
+            (_, Turn::Primary) => route.primary.clone(),
+            (Some(s), Turn::Secondary) => s.clone(),
+            (None, Turn::Secondary) | (_, Turn::Done) => {
+                let why = row
+                    .errors
+                    .last()
+                    .map(|e| format!("{}: {}", e.provider, e.error))
+                    .unwrap_or_else(|| "no provider left to try".into());
+                return Err(Box::new(dead(row, why)));
+            }
         };
-        if let Some(limiter) = self.limiter(m.tenant, &m.channel, route.per_second) {
+        row.attempts += 1;
+        if row.reason.as_deref().is_some_and(|r| r.starts_with("held")) {
+            row.reason = None;
+        }
+        row.errors.push(AttemptError {
+            attempt: row.attempts,
+            at: now,
+            provider: provider.provider().to_owned(),
+            secondary: turn == Turn::Secondary,
+            permanent: false,
+            error: INTERRUPTED.into(),
+        });
+        Ok(Call {
+            row,
+            message: m,
+            to,
+            provider,
+            secondary: turn == Turn::Secondary,
+            has_secondary: route.secondary.is_some(),
+            per_second: route.per_second,
+        })
+    }
+
+    /// Whose turn it is, by the attempts that failed: the primary's `retry.attempts`, then
+    /// (after those, or at once after a permanent failure) the secondary's.
+    fn turn(&self, row: &OutboxRow, has_secondary: bool) -> Turn {
+        let limit = self.retry.attempts as usize;
+        let (mut primary, mut secondary) = (0, 0);
+        let (mut primary_permanent, mut secondary_permanent) = (false, false);
+        for e in &row.errors {
+            if e.secondary {
+                secondary += 1;
+                secondary_permanent |= e.permanent;
+            } else {
+                primary += 1;
+                primary_permanent |= e.permanent;
+            }
+        }
+        // Rows from before errors were kept: their attempts were the primary's.
+        if row.errors.is_empty() {
+            primary = row.attempts as usize;
+        }
+        if primary < limit && !primary_permanent {
+            Turn::Primary
+        } else if has_secondary && secondary < limit && !secondary_permanent {
+            Turn::Secondary
+        } else {
+            Turn::Done
+        }
+    }
+
+    /// Makes one call (holding its slots) and writes its outcome at once.
+    async fn call(self: Arc<Self>, c: Call, permits: Vec<OwnedSemaphorePermit>) {
+        let key = c.row.key.clone();
+        metrics::gauge!("livora_outbox_in_flight_messages").increment(1.0);
+        let row = self.attempt(c).await;
+        metrics::gauge!("livora_outbox_in_flight_messages").decrement(1.0);
+        drop(permits);
+        self.record(row).await;
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.freed.notify_one();
+    }
+
+    /// Writes finished rows: this one, and any others that finished meanwhile (one
+    /// transaction for all of them under load).
+    async fn record(&self, row: OutboxRow) {
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(row);
+        let _writer = self.writer.lock().await;
+        let rows = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
+        if rows.is_empty() {
+            // Written by the call that held the writer before.
+            return;
+        }
+        if let Err(e) = self.store.update_messages(&rows).await {
+            // The attempts stay recorded (marked as cut short): the messages are sent again.
+            tracing::warn!(error = %e, messages = rows.len(), "the outbox could not record sends");
+        }
+    }
+
+    /// The call itself, and the row as it ends up.
+    async fn attempt(&self, c: Call) -> OutboxRow {
+        let Call {
+            mut row,
+            message: m,
+            to,
+            provider,
+            secondary,
+            has_secondary,
+            per_second,
+        } = c;
+        if let Some(limiter) = self.limiter(m.tenant, &m.channel, per_second) {
             limiter.until_ready().await;
         }
         let mut content = m.content.clone();
@@ -391,43 +634,66 @@ impl Sender {
             to,
             content,
         };
-        row.attempts += 1;
-        let answer = provider.send(&out).await;
+        let channel = m.channel.clone();
+        metrics::counter!("livora_outbox_attempts_total", "channel" => channel.clone())
+            .increment(1);
+        let started = Instant::now();
+        let answer = match tokio::time::timeout(self.limits.send_timeout, provider.send(&out)).await
+        {
+            Ok(a) => a,
+            Err(_) => Err(SendError::Transient(format!(
+                "no answer within {} s",
+                self.limits.send_timeout.as_secs_f64()
+            ))),
+        };
+        metrics::histogram!("livora_outbox_send_duration_seconds", "channel" => channel.clone())
+            .record(started.elapsed().as_secs_f64());
         // The backoff counts from the answer (a timeout can take many seconds), not from
         // when the batch started.
         let now = self.clock.now();
         row.updated_at = now;
+        // The attempt recorded as cut short is replaced by what happened.
+        if row
+            .errors
+            .last()
+            .is_some_and(|e| e.attempt == row.attempts && e.error == INTERRUPTED)
+        {
+            row.errors.pop();
+        }
         match answer {
             Ok(id) => {
+                metrics::counter!("livora_outbox_sent_total", "channel" => channel).increment(1);
                 row.status = OutboxStatus::Sent;
                 row.provider = Some(provider.provider().to_owned());
                 row.provider_id = id;
                 row.reason = None;
             }
             Err(e) => {
-                let limit = if route.secondary.is_some() {
-                    2 * self.retry.attempts
-                } else {
-                    self.retry.attempts
-                };
                 let permanent = matches!(e, SendError::Permanent(_));
+                metrics::counter!("livora_outbox_failed_total", "channel" => channel,
+                    "kind" => if permanent { "permanent" } else { "transient" })
+                .increment(1);
                 let why = format!("{}: {e}", provider.provider());
-                if row.attempts >= limit
-                    || (permanent && (on_secondary || route.secondary.is_none()))
-                {
-                    return dead(row, why);
-                }
-                if permanent {
-                    // Straight to the secondary.
-                    row.attempts = self.retry.attempts;
-                    row.due_at = now;
-                } else {
-                    let n = if on_secondary {
-                        row.attempts - self.retry.attempts
-                    } else {
-                        row.attempts
-                    };
-                    row.due_at = now + backoff(self.retry.base, n, &row.key);
+                row.errors.push(AttemptError {
+                    attempt: row.attempts,
+                    at: now,
+                    provider: provider.provider().to_owned(),
+                    secondary,
+                    permanent,
+                    error: e.to_string(),
+                });
+                match self.turn(&row, has_secondary) {
+                    Turn::Done => return dead(row, why),
+                    // Straight to the secondary after a permanent failure.
+                    Turn::Secondary if !secondary => row.due_at = now,
+                    turn => {
+                        let n = row
+                            .errors
+                            .iter()
+                            .filter(|e| e.secondary == (turn == Turn::Secondary))
+                            .count() as u32;
+                        row.due_at = now + backoff(self.retry.base, n.max(1), &row.key);
+                    }
                 }
                 row.reason = Some(why);
             }
@@ -435,24 +701,118 @@ impl Sender {
         row
     }
 
-    /// Sends for ever: whenever messages are added, and at least once a second.
+    /// Sends for ever: whenever messages are added or a call returns, and at least once a
+    /// second. Calls run on their own: a slow one holds up no other.
     pub async fn run(self: Arc<Self>, changed: Arc<tokio::sync::Notify>) {
+        let mut calls = tokio::task::JoinSet::new();
         loop {
-            let n = match self.send_due().await {
-                Ok(n) => n,
+            let started = match self.dispatch().await {
+                Ok((_, list)) => {
+                    let n = list.len();
+                    for c in list {
+                        calls.spawn(c);
+                    }
+                    n
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "the outbox could not be read");
                     0
                 }
             };
-            if n == 0 {
+            while calls.try_join_next().is_some() {}
+            if started == 0 {
                 tokio::select! {
                     _ = changed.notified() => {}
+                    _ = self.freed.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         }
     }
+}
+
+/// One attempt about to be made.
+struct Call {
+    /// The row with the attempt recorded.
+    row: OutboxRow,
+    message: Message,
+    to: String,
+    provider: Arc<dyn Channel>,
+    secondary: bool,
+    has_secondary: bool,
+    per_second: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Primary,
+    Secondary,
+    Done,
+}
+
+/// Where a message goes, for the per-destination limit: webhooks by their URL's host (one
+/// slow receiver is one destination), other channels by the tenant's provider account.
+fn destination(m: &Message) -> Destination {
+    let host = match (m.channel.as_str(), m.to.as_deref()) {
+        ("webhook", Some(to)) => url::Url::parse(to)
+            .ok()
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
+            })
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    (m.tenant, m.channel.clone(), host)
+}
+
+/// Describes the outbox's metrics (their `# HELP` lines); call once the recorder is set.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "livora_outbox_attempts_total",
+        "Calls made to message providers, by channel (each retry is one)"
+    );
+    describe_counter!(
+        "livora_outbox_sent_total",
+        "Messages a provider accepted, by channel"
+    );
+    describe_counter!(
+        "livora_outbox_failed_total",
+        "Calls to message providers that failed, by channel and kind (transient: retried)"
+    );
+    describe_counter!(
+        "livora_outbox_dead_total",
+        "Messages given up on (moved to the dead letters), by channel"
+    );
+    describe_gauge!(
+        "livora_outbox_in_flight_messages",
+        "Calls to message providers under way"
+    );
+    describe_gauge!(
+        "livora_outbox_messages",
+        "Messages in the outbox, by status (pending, sent, blocked, dead)"
+    );
+    describe_histogram!(
+        "livora_outbox_send_duration_seconds",
+        Unit::Seconds,
+        "How long one call to a message provider took, by channel"
+    );
+}
+
+/// Sets the outbox's gauges of messages by status from the store.
+pub async fn observe(store: &dyn MetadataStore) -> Result<(), livora_store::Error> {
+    let counts: HashMap<OutboxStatus, u64> = store.outbox_counts().await?.into_iter().collect();
+    for status in [
+        OutboxStatus::Pending,
+        OutboxStatus::Sent,
+        OutboxStatus::Blocked,
+        OutboxStatus::Dead,
+    ] {
+        metrics::gauge!("livora_outbox_messages", "status" => status.as_str())
+            .set(counts.get(&status).copied().unwrap_or(0) as f64);
+    }
+    Ok(())
 }
 
 /// What the policy says of one message of a batch.
@@ -480,7 +840,18 @@ fn first_attempt(row: &OutboxRow) -> bool {
     row.attempts == 0 || row.reason.as_deref().is_some_and(|r| r.starts_with("held"))
 }
 
+/// Gives up on a message: the dead letters, logged at warn level with why.
 fn dead(mut row: OutboxRow, why: String) -> OutboxRow {
+    tracing::warn!(
+        tenant = %row.tenant,
+        key = %row.key,
+        workflow = %row.workflow,
+        channel = %row.channel,
+        attempts = row.attempts,
+        error = %why,
+        "a message went to the dead letters"
+    );
+    metrics::counter!("livora_outbox_dead_total", "channel" => row.channel.clone()).increment(1);
     row.status = OutboxStatus::Dead;
     row.reason = Some(why);
     row

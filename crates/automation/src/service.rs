@@ -142,6 +142,7 @@ pub fn outbox_row(m: &Message) -> OutboxRow {
         provider: None,
         provider_id: None,
         message: serde_json::to_string(m).unwrap_or_default(),
+        errors: Vec::new(),
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use livora_automation::outbox::{FixedRoutes, Retry, Route, Sender};
+use livora_automation::outbox::{FixedRoutes, Limits, Retry, Route, Sender};
 use livora_automation::policy::Policy;
 use livora_automation::runtime::Message;
 use livora_automation::service::outbox_row;
@@ -95,9 +95,9 @@ fn sender(
     store: Arc<SqliteStore>,
     clock: Arc<ManualClock>,
     routes: HashMap<String, Route>,
-) -> Sender {
+) -> Arc<Sender> {
     let store: Arc<dyn MetadataStore> = store;
-    Sender::new(
+    Arc::new(Sender::new(
         store,
         clock,
         Arc::new(FixedRoutes(routes)),
@@ -106,7 +106,7 @@ fn sender(
             attempts: 2,
             base: Duration::seconds(10),
         },
-    )
+    ))
 }
 
 #[tokio::test]
@@ -364,7 +364,10 @@ fn webhook_route(base: &str) -> HashMap<String, Route> {
     HashMap::from([(
         "webhook".to_owned(),
         Route {
-            primary: Arc::new(Redirect(Webhook::new(b"k"), base.to_owned())),
+            primary: Arc::new(Redirect(
+                Webhook::new(b"k"),
+                base.to_owned(),
+            )),
             secondary: None,
             per_second: None,
         },
@@ -382,14 +385,14 @@ async fn the_backoff_counts_from_the_failure_not_from_the_batch_start() {
         std::time::Duration::from_secs(2),
     );
     let url = provider.start().await;
-    let s = real_sender(
+    let s = Arc::new(real_sender(
         store.clone(),
         webhook_route(&url),
         Retry {
             attempts: 3,
             base: Duration::seconds(2),
         },
-    );
+    ));
     put(
         &store,
         &[message(tenant, "slow/hook", "webhook", "/slow", Utc::now())],
@@ -414,4 +417,311 @@ async fn the_backoff_counts_from_the_failure_not_from_the_batch_start() {
         row.updated_at >= failed_at - Duration::milliseconds(500),
         "updated at the failure"
     );
+}
+
+/// Polls `check` every 20 ms for up to `within`; true as soon as it holds.
+async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn plain_webhook_route() -> HashMap<String, Route> {
+    HashMap::from([(
+        "webhook".to_owned(),
+        Route {
+            primary: Arc::new(Webhook::new(b"k")),
+            secondary: None,
+            per_second: None,
+        },
+    )])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_call_holds_up_no_other_message_and_one_destination_takes_few_slots() {
+    let (store, tenant, _) = setup().await;
+    // One receiver hangs for 20 s; another answers at once.
+    let hung = Provider::default();
+    hung.answer_after(200, "{}", std::time::Duration::from_secs(20));
+    let hung_url = hung.start().await;
+    let healthy = Provider::default();
+    let healthy_url = healthy.start().await;
+    let s = Arc::new(
+        real_sender(
+            store.clone(),
+            plain_webhook_route(),
+            Retry {
+                attempts: 3,
+                base: Duration::seconds(10),
+            },
+        )
+        .with_limits(Limits {
+            in_flight: 4,
+            per_destination: 2,
+            send_timeout: std::time::Duration::from_secs(30),
+        }),
+    );
+    let hooks: Vec<Message> = (0..3)
+        .map(|i| {
+            message(
+                tenant,
+                &format!("hang{i}/hook"),
+                "webhook",
+                &format!("{hung_url}/hang"),
+                Utc::now(),
+            )
+        })
+        .collect();
+    put(&store, &hooks).await;
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let running = tokio::spawn(s.clone().run(changed.clone()));
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            hung.seen().len() >= 2
+        })
+        .await,
+        "the hung receiver was called"
+    );
+    // Each hanging message's attempt is recorded before its call returns.
+    let flying = store
+        .list_messages(tenant, &Default::default(), 10)
+        .await
+        .expect("list");
+    assert_eq!(
+        flying.iter().filter(|r| r.attempts == 1).count(),
+        2,
+        "{flying:?}"
+    );
+
+    // A healthy message, due now, goes out (and is marked sent) within a second while the
+    // others hang.
+    let started = std::time::Instant::now();
+    put(
+        &store,
+        &[message(
+            tenant,
+            "fine/hook",
+            "webhook",
+            &format!("{healthy_url}/ok"),
+            Utc::now(),
+        )],
+    )
+    .await;
+    changed.notify_one();
+    let sent = eventually(std::time::Duration::from_secs(5), || {
+        let store = store.clone();
+        async move {
+            store
+                .message(tenant, "fine/hook")
+                .await
+                .expect("read")
+                .is_some_and(|r| r.status == OutboxStatus::Sent)
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(sent, "the healthy message was not sent");
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "a healthy message waited {took:?} behind a hung call"
+    );
+    assert_eq!(healthy.seen().len(), 1);
+    // The hung destination holds two slots, not all four: the third message waits.
+    assert_eq!(hung.seen().len(), 2, "at most 2 calls to one destination");
+    running.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_is_marked_when_its_own_call_returns() {
+    let (store, tenant, _) = setup().await;
+    let slow = Provider::default();
+    slow.answer_after(200, "{}", std::time::Duration::from_secs(3));
+    let slow_url = slow.start().await;
+    let fast = Provider::default();
+    let fast_url = fast.start().await;
+    let s = Arc::new(real_sender(
+        store.clone(),
+        plain_webhook_route(),
+        Retry::default(),
+    ));
+    put(
+        &store,
+        &[
+            message(
+                tenant,
+                "slow/hook",
+                "webhook",
+                &format!("{slow_url}/s"),
+                Utc::now(),
+            ),
+            message(
+                tenant,
+                "fast/hook",
+                "webhook",
+                &format!("{fast_url}/f"),
+                Utc::now(),
+            ),
+        ],
+    )
+    .await;
+    let batch = tokio::spawn({
+        let s = s.clone();
+        async move { s.send_due().await }
+    });
+    // The fast one is sent and recorded while the slow one's call still runs.
+    let marked = eventually(std::time::Duration::from_secs(2), || {
+        let store = store.clone();
+        async move {
+            store
+                .message(tenant, "fast/hook")
+                .await
+                .expect("read")
+                .is_some_and(|r| r.status == OutboxStatus::Sent)
+        }
+    })
+    .await;
+    assert!(
+        marked,
+        "the fast message was not marked before the batch ended"
+    );
+    let slow_row = store
+        .message(tenant, "slow/hook")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        (slow_row.status, slow_row.attempts),
+        (OutboxStatus::Pending, 1),
+        "the attempt is recorded before the call"
+    );
+    // Until its call returns it reads as cut short: a kill now leaves it counted.
+    assert_eq!(slow_row.errors.len(), 1);
+    assert!(slow_row.errors[0].error.contains("node stopped"));
+    assert!(!batch.is_finished());
+    batch.await.expect("join").expect("send");
+    let slow_row = store
+        .message(tenant, "slow/hook")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        (slow_row.status, slow_row.attempts, slow_row.errors.len()),
+        (OutboxStatus::Sent, 1, 0)
+    );
+}
+
+/// Keeps what the `tracing` events of a test say.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn attempts_equal_calls_and_a_dead_letter_keeps_every_error_and_is_logged() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (store, tenant, clock) = setup().await;
+    // The primary refuses for good (a 4xx); the secondary fails twice.
+    let primary = Provider::default();
+    primary.answer(400, r#"{"error": "bad request"}"#);
+    let secondary = Provider::default();
+    secondary.answer(503, r#"{"error": "down"}"#);
+    secondary.answer(500, r#"{"error": "still down"}"#);
+    let (p_url, s_url) = (primary.start().await, secondary.start().await);
+    let routes = HashMap::from([(
+        "webhook".to_owned(),
+        Route {
+            primary: Arc::new(Redirect(Webhook::new(b"k"), p_url)),
+            secondary: Some(Arc::new(Redirect(
+                Webhook::new(b"k"),
+                s_url,
+            ))),
+            per_second: None,
+        },
+    )]);
+    let s = sender(store.clone(), clock.clone(), routes);
+    put(
+        &store,
+        &[message(tenant, "d/hook", "webhook", "/x", noon())],
+    )
+    .await;
+    for _ in 0..6 {
+        s.send_due().await.expect("send");
+        clock.set(clock.now() + Duration::minutes(10));
+    }
+    let row = store
+        .message(tenant, "d/hook")
+        .await
+        .expect("read")
+        .expect("row");
+    let calls = primary.seen().len() + secondary.seen().len();
+    assert_eq!(row.status, OutboxStatus::Dead);
+    assert_eq!(
+        calls, 3,
+        "one call to the primary (refused for good), two to the secondary"
+    );
+    assert_eq!(row.attempts as usize, calls, "attempts are the calls made");
+    let errors: Vec<(u32, bool, bool, bool)> = row
+        .errors
+        .iter()
+        .map(|e| {
+            (
+                e.attempt,
+                e.secondary,
+                e.permanent,
+                e.error.contains("HTTP"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (1, false, true, true),
+            (2, true, false, true),
+            (3, true, false, true)
+        ],
+        "{:?}",
+        row.errors
+    );
+    assert!(row.errors[0].error.contains("400") && row.errors[1].error.contains("503"));
+    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8");
+    let line = text
+        .lines()
+        .find(|l| l.contains("dead letters"))
+        .unwrap_or_else(|| panic!("no dead letter log line in:\n{text}"));
+    assert!(line.contains("WARN"), "{line}");
+    for part in [
+        "key=d/hook",
+        "channel=webhook",
+        &format!("tenant={tenant}"),
+        "HTTP 500",
+    ] {
+        assert!(line.contains(part), "{part:?} missing in {line}");
+    }
 }

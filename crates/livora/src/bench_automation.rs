@@ -456,20 +456,22 @@ async fn outbox_run(n: usize, http: bool) -> anyhow::Result<f64> {
         },
     )]);
     let dyn_store: Arc<dyn MetadataStore> = store.clone();
-    let sender = Sender::new(
-        dyn_store,
-        Arc::new(livora_profiles::service::SystemClock),
-        Arc::new(FixedRoutes(routes)),
-        Policy {
-            quiet_hours: None,
-            ..Policy::default()
-        },
-        Retry::default(),
-    )
-    .with_tracker(Arc::new(livora_automation::tracking::Tracker::new(
-        b"bench-jwt-secret-0123456789abcdef0123",
-        Some("https://crm.bench.test".into()),
-    )));
+    let sender = Arc::new(
+        Sender::new(
+            dyn_store,
+            Arc::new(livora_profiles::service::SystemClock),
+            Arc::new(FixedRoutes(routes)),
+            Policy {
+                quiet_hours: None,
+                ..Policy::default()
+            },
+            Retry::default(),
+        )
+        .with_tracker(Arc::new(livora_automation::tracking::Tracker::new(
+            b"bench-jwt-secret-0123456789abcdef0123",
+            Some("https://crm.bench.test".into()),
+        ))),
+    );
     let started = Instant::now();
     let mut total = 0;
     loop {

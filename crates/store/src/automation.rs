@@ -51,7 +51,7 @@ pub struct JourneyRow {
 }
 
 /// Where a message in the outbox is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutboxStatus {
     /// Waiting to be sent at `due_at` (the first try, a retry, or the end of quiet hours).
@@ -106,6 +106,36 @@ pub struct OutboxRow {
     pub provider_id: Option<String>,
     /// The message itself, as JSON.
     pub message: String,
+    /// Every attempt that did not get through, oldest first (a dead letter keeps them all).
+    pub errors: Vec<AttemptError>,
+}
+
+/// One attempt of a message that did not get through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// Which attempt (1 for the first call to a provider).
+    pub attempt: u32,
+    /// When it ended (or, for one cut short by a stop of the node, when it started).
+    pub at: DateTime<Utc>,
+    /// The provider called.
+    pub provider: String,
+    /// Whether it was the channel's secondary provider.
+    #[serde(default)]
+    pub secondary: bool,
+    /// Whether trying the same provider again could not help (a 4xx, a bad address).
+    #[serde(default)]
+    pub permanent: bool,
+    pub error: String,
+}
+
+/// Which of a tenant's messages to list (newest first).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MessageQuery {
+    pub status: Option<OutboxStatus>,
+    pub workflow: Option<String>,
+    /// Only messages after this one in the listing's order (`created_at`, `key`): the
+    /// cursor of the page before.
+    pub after: Option<(DateTime<Utc>, String)>,
 }
 
 /// A tenant's configuration of one channel (providers and their credentials), as stored:
@@ -272,7 +302,17 @@ pub trait AutomationStore: Send + Sync + 'static {
         status: Option<OutboxStatus>,
         limit: u32,
     ) -> Result<Vec<OutboxRow>, Error>;
-    /// How many marketing messages went to each of `persons` on each channel since `since`:
+    /// A page of a tenant's messages, newest first (then by key, descending).
+    async fn list_messages(
+        &self,
+        tenant: TenantId,
+        query: &MessageQuery,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, Error>;
+    /// How many messages of every tenant are in each status (the outbox's gauges).
+    async fn outbox_counts(&self) -> Result<Vec<(OutboxStatus, u64)>, Error>;
+    /// How many marketing messages went to each of `persons` on each channel since `since`
+    /// (sent, or being sent: attempted and still pending):
     /// `(person, channel, count)` (frequency caps, for a whole batch at once).
     async fn sent_counts(
         &self,

@@ -271,6 +271,11 @@ CREATE TABLE dashboards (
     r#"
 ALTER TABLE tenants ADD COLUMN delivery_policy TEXT;
 "#,
+    // Every failed attempt of a message (JSON list), not only the last one's reason.
+    r#"
+ALTER TABLE outbox ADD COLUMN errors TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX outbox_workflow ON outbox(tenant_id, workflow_id, created_at);
+"#,
 ];
 
 #[derive(Clone)]

@@ -7,8 +7,9 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use crate::automation::{
-    AutomationCommit, AutomationStore, ChannelRecord, Engagement, EngagementRow, JourneyRow,
-    OutboxRow, OutboxStatus, WorkflowCounts, WorkflowRecord, WorkflowVersion,
+    AttemptError, AutomationCommit, AutomationStore, ChannelRecord, Engagement, EngagementRow,
+    JourneyRow, MessageQuery, OutboxRow, OutboxStatus, WorkflowCounts, WorkflowRecord,
+    WorkflowVersion,
 };
 use crate::sqlite::{tenant_id, time};
 use crate::{Error, SqliteStore};
@@ -81,7 +82,18 @@ fn outbox(r: &SqliteRow) -> Result<OutboxRow, Error> {
         provider: r.try_get("provider")?,
         provider_id: r.try_get("provider_id")?,
         message: r.try_get("message")?,
+        errors: errors_of(r)?,
     })
+}
+
+/// A message's attempt errors (a JSON list).
+fn errors_of(r: &SqliteRow) -> Result<Vec<AttemptError>, Error> {
+    let text: String = r.try_get("errors")?;
+    serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("outbox errors: {e}")))
+}
+
+fn errors_json(errors: &[AttemptError]) -> String {
+    serde_json::to_string(errors).unwrap_or_else(|_| "[]".into())
 }
 
 #[async_trait]
@@ -307,7 +319,7 @@ impl AutomationStore for SqliteStore {
         for chunk in c.messages.chunks(1000) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO outbox (key, tenant_id, workflow_id, person, channel, category, status, attempts,
-                    due_at, created_at, updated_at, reason, provider, provider_id, message) ",
+                    due_at, created_at, updated_at, reason, provider, provider_id, message, errors) ",
             );
             q.push_values(chunk, |mut b, m| {
                 b.push_bind(&m.key)
@@ -324,7 +336,8 @@ impl AutomationStore for SqliteStore {
                     .push_bind(&m.reason)
                     .push_bind(&m.provider)
                     .push_bind(&m.provider_id)
-                    .push_bind(&m.message);
+                    .push_bind(&m.message)
+                    .push_bind(errors_json(&m.errors));
             });
             q.push(" ON CONFLICT (key) DO NOTHING");
             q.build().execute(&mut *tx).await?;
@@ -533,7 +546,7 @@ impl AutomationStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         for chunk in rows.chunks(1000) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "WITH v(key, status, attempts, due_at, updated_at, reason, provider, provider_id) AS (",
+                "WITH v(key, status, attempts, due_at, updated_at, reason, provider, provider_id, errors) AS (",
             );
             q.push_values(chunk, |mut b, m| {
                 b.push_bind(&m.key)
@@ -543,12 +556,13 @@ impl AutomationStore for SqliteStore {
                     .push_bind(micros(m.updated_at))
                     .push_bind(&m.reason)
                     .push_bind(&m.provider)
-                    .push_bind(&m.provider_id);
+                    .push_bind(&m.provider_id)
+                    .push_bind(errors_json(&m.errors));
             });
             q.push(
                 ") UPDATE outbox SET status = v.status, attempts = v.attempts, due_at = v.due_at,
                     updated_at = v.updated_at, reason = v.reason, provider = v.provider,
-                    provider_id = v.provider_id
+                    provider_id = v.provider_id, errors = v.errors
                  FROM v WHERE outbox.key = v.key",
             );
             q.build().execute(&mut *tx).await?;
@@ -587,6 +601,55 @@ impl AutomationStore for SqliteStore {
         .iter()
         .map(outbox)
         .collect()
+    }
+
+    async fn list_messages(
+        &self,
+        tenant: TenantId,
+        q: &MessageQuery,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, Error> {
+        let status = q.status.map(OutboxStatus::as_str);
+        let (after_at, after_key) = match &q.after {
+            Some((at, key)) => (Some(micros(*at)), Some(key.as_str())),
+            None => (None, None),
+        };
+        sqlx::query(
+            "SELECT * FROM outbox WHERE tenant_id = ? AND (? IS NULL OR status = ?)
+                AND (? IS NULL OR workflow_id = ?)
+                AND (? IS NULL OR created_at < ? OR (created_at = ? AND key < ?))
+             ORDER BY created_at DESC, key DESC LIMIT ?",
+        )
+        .bind(tenant.to_string())
+        .bind(status)
+        .bind(status)
+        .bind(q.workflow.as_deref())
+        .bind(q.workflow.as_deref())
+        .bind(after_at)
+        .bind(after_at)
+        .bind(after_at)
+        .bind(after_key)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(outbox)
+        .collect()
+    }
+
+    async fn outbox_counts(&self) -> Result<Vec<(OutboxStatus, u64)>, Error> {
+        let mut out = Vec::new();
+        for r in sqlx::query("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let status: String = r.try_get("status")?;
+            let n: i64 = r.try_get("n")?;
+            let status = OutboxStatus::parse(&status)
+                .ok_or_else(|| Error::Corrupt(format!("outbox status {status:?}")))?;
+            out.push((status, n.max(0) as u64));
+        }
+        Ok(out)
     }
 
     async fn record_engagement(
@@ -769,7 +832,8 @@ impl AutomationStore for SqliteStore {
             let sql = format!(
                 "SELECT person, channel, COUNT(*) AS n FROM outbox
                  WHERE tenant_id = ? AND person IN ({marks}) AND updated_at >= ?
-                    AND status = 'sent' AND category = 'marketing'
+                    AND (status = 'sent' OR (status = 'pending' AND attempts > 0))
+                    AND category = 'marketing'
                  GROUP BY person, channel"
             );
             let mut q = sqlx::query(&sql).bind(tenant.to_string());
@@ -827,7 +891,86 @@ mod tests {
             provider: None,
             provider_id: None,
             message: "{}".into(),
+            errors: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn messages_page_by_cursor_filter_by_workflow_and_keep_every_error() {
+        let (store, t) = SqliteStore::with_tenant().await;
+        let now = Utc::now();
+        let mut rows = Vec::new();
+        for i in 0..5 {
+            let mut m = message(t, &format!("k{i}"), now + chrono::Duration::seconds(i));
+            m.workflow = if i % 2 == 0 { "even" } else { "odd" }.into();
+            rows.push(m);
+        }
+        // Two with the same creation time: the key breaks the tie.
+        let mut twin = message(t, "k5", now + chrono::Duration::seconds(4));
+        twin.workflow = "even".into();
+        rows.push(twin);
+        store
+            .commit(AutomationCommit {
+                messages: rows.clone(),
+                ..AutomationCommit::default()
+            })
+            .await
+            .expect("commit");
+        // Pages of two, newest first, each after the last of the page before.
+        let mut seen = Vec::new();
+        let mut q = MessageQuery::default();
+        loop {
+            let page = store.list_messages(t, &q, 2).await.expect("page");
+            if page.is_empty() {
+                break;
+            }
+            let last = page.last().expect("last");
+            q.after = Some((last.created_at, last.key.clone()));
+            seen.extend(page.into_iter().map(|r| r.key));
+        }
+        assert_eq!(seen, ["k5", "k4", "k3", "k2", "k1", "k0"]);
+        let even = store
+            .list_messages(
+                t,
+                &MessageQuery {
+                    workflow: Some("even".into()),
+                    ..MessageQuery::default()
+                },
+                10,
+            )
+            .await
+            .expect("even");
+        let keys: Vec<_> = even.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["k5", "k4", "k2", "k0"]);
+
+        // A dead letter keeps the error of each attempt.
+        let mut dead = rows[0].clone();
+        dead.status = OutboxStatus::Dead;
+        dead.attempts = 2;
+        dead.errors = (1..=2)
+            .map(|n| AttemptError {
+                attempt: n,
+                at: now,
+                provider: "webhook".into(),
+                secondary: false,
+                permanent: false,
+                error: format!("HTTP 50{n}"),
+            })
+            .collect();
+        store
+            .update_messages(&[dead.clone()])
+            .await
+            .expect("update");
+        let back = store.message(t, "k0").await.expect("read").expect("row");
+        assert_eq!(back.errors, dead.errors);
+        let counts: std::collections::HashMap<_, _> = store
+            .outbox_counts()
+            .await
+            .expect("counts")
+            .into_iter()
+            .collect();
+        assert_eq!(counts.get(&OutboxStatus::Dead), Some(&1));
+        assert_eq!(counts.get(&OutboxStatus::Pending), Some(&5));
     }
 
     #[tokio::test]

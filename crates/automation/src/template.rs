@@ -7,11 +7,321 @@
 //! cross-selling: `{% for r in recommendations %}{{ r.item }}{% endfor %}`). Undefined values render as nothing, as in
 //! Customer.io's Liquid; a syntax error is reported where the workflow is saved
 //! ([`check`]) and, should one reach the runtime, puts the message in the dead letters.
+//!
+//! # Limits
+//!
+//! Fuel bounds the steps of one render, not its memory: `{% set a = "x" * 100000000 %}`
+//! then `{% set b = a ~ a %}` doubles a 100 MB string with a handful of steps. So every
+//! operation that can make a value larger is checked *before* it allocates: `+`, `*` and `~`
+//! are compiled into guarded calls ([`guard`]), every filter refuses inputs over
+//! [`MAX_VALUE`] (and `replace`, `join`, `indent`, `format`, `batch`, `slice` the result they
+//! would build), and everything a render emits (text, `{{ }}`, captured blocks and macro
+//! calls alike) counts against [`MAX_OUTPUT`]. Over a limit the render stops with
+//! [`RenderError::TooLarge`]. One operation may briefly hold a small multiple of
+//! [`MAX_VALUE`] (`tojson` of a string of quotes) before its result is refused.
 
-use minijinja::{Environment, UndefinedBehavior};
+use std::cell::Cell;
+
+use minijinja::machinery::{Instruction, Instructions};
+use minijinja::value::{Rest, Value as JValue, ValueKind};
+use minijinja::{Environment, ErrorKind, State, UndefinedBehavior};
 use serde_json::{Map, Value, json};
 
 use crate::people::Person;
+
+/// At most this many bytes one render may emit: the text, every `{{ }}`, and what captured
+/// blocks and macro calls produce.
+pub const MAX_OUTPUT: usize = 1 << 20;
+
+/// At most this many bytes in one value a template computes (a string, or everything a
+/// list or map holds, each element counted as often as it appears).
+pub const MAX_VALUE: usize = 1 << 20;
+
+/// Why a template did not render.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// A syntax error, an unknown filter, a type error, out of fuel.
+    #[error("template: {0}")]
+    Invalid(String),
+    /// A value or the output would pass [`MAX_VALUE`] or [`MAX_OUTPUT`].
+    #[error("template: {0}")]
+    TooLarge(String),
+}
+
+impl From<RenderError> for String {
+    fn from(e: RenderError) -> Self {
+        e.to_string()
+    }
+}
+
+thread_local! {
+    /// Bytes emitted by the render running on this thread (renders are synchronous).
+    static EMITTED: Cell<usize> = const { Cell::new(0) };
+    /// Set when a limit stopped the render running on this thread.
+    static OVER: Cell<bool> = const { Cell::new(false) };
+}
+
+fn too_large(what: String) -> minijinja::Error {
+    OVER.with(|o| o.set(true));
+    minijinja::Error::new(ErrorKind::InvalidOperation, what)
+}
+
+/// The bytes `v` holds, counted until `limit` is passed (then any number above it).
+fn size(v: &JValue, limit: usize) -> usize {
+    match v.kind() {
+        ValueKind::String => v.as_str().map_or(0, str::len),
+        ValueKind::Bytes => v.as_bytes().map_or(0, <[u8]>::len),
+        ValueKind::Seq | ValueKind::Map | ValueKind::Iterable => {
+            let Ok(items) = v.try_iter() else { return 8 };
+            let map = v.kind() == ValueKind::Map;
+            let mut n = 0usize;
+            for item in items {
+                n = n.saturating_add(8 + size(&item, limit));
+                if map && let Ok(value) = v.get_item(&item) {
+                    n = n.saturating_add(size(&value, limit));
+                }
+                if n > limit {
+                    break;
+                }
+            }
+            n
+        }
+        _ => 8,
+    }
+}
+
+/// At most how many bytes `v` prints as (strings in a list or map are quoted and escaped,
+/// at most six bytes for one).
+fn printed(v: &JValue, limit: usize) -> usize {
+    fn inner(v: &JValue, limit: usize, nested: bool) -> usize {
+        match v.kind() {
+            ValueKind::String => {
+                let n = v.as_str().map_or(0, str::len);
+                if nested { n.saturating_mul(6) + 2 } else { n }
+            }
+            ValueKind::Bytes => v.as_bytes().map_or(0, <[u8]>::len).saturating_mul(4) + 3,
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable => {
+                let Ok(items) = v.try_iter() else { return 32 };
+                let map = v.kind() == ValueKind::Map;
+                let mut n = 2usize;
+                for item in items {
+                    n = n.saturating_add(4 + inner(&item, limit, true));
+                    if map && let Ok(value) = v.get_item(&item) {
+                        n = n.saturating_add(inner(&value, limit, true));
+                    }
+                    if n > limit {
+                        break;
+                    }
+                }
+                n
+            }
+            _ => 32,
+        }
+    }
+    inner(v, limit, false)
+}
+
+fn check_value(what: &str, n: usize) -> Result<(), minijinja::Error> {
+    if n > MAX_VALUE {
+        Err(too_large(format!(
+            "{what} would hold more than {MAX_VALUE} bytes, the most a template value may"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// The guarded operators: `+`, `*` and `~` compile into calls of these (names a template
+/// cannot write, so it cannot shadow them), which check the size of the result before
+/// building it.
+mod guard {
+    use super::*;
+
+    pub const ADD: &str = "$lv_add";
+    pub const MUL: &str = "$lv_mul";
+    pub const CONCAT: &str = "$lv_concat";
+
+    /// The plain operator, on values already checked.
+    fn apply(op: &'static str, a: JValue, b: JValue) -> Result<JValue, minijinja::Error> {
+        static PLAIN: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+        let env = PLAIN.get_or_init(Environment::new);
+        env.compile_expression(op)?
+            .eval(minijinja::context! { a => a, b => b })
+    }
+
+    fn sized(v: &JValue) -> bool {
+        matches!(
+            v.kind(),
+            ValueKind::String | ValueKind::Seq | ValueKind::Iterable | ValueKind::Bytes
+        )
+    }
+
+    pub fn add(a: JValue, b: JValue) -> Result<JValue, minijinja::Error> {
+        if sized(&a) && sized(&b) {
+            let n = size(&a, MAX_VALUE + 1).saturating_add(size(&b, MAX_VALUE + 1));
+            check_value("a + b", n)?;
+        }
+        apply("a + b", a, b)
+    }
+
+    pub fn mul(a: JValue, b: JValue) -> Result<JValue, minijinja::Error> {
+        let (s, n) = if sized(&a) { (&a, &b) } else { (&b, &a) };
+        if sized(s)
+            && let Some(times) = n.as_usize()
+        {
+            check_value("a * b", size(s, MAX_VALUE + 1).saturating_mul(times))?;
+        }
+        apply("a * b", a, b)
+    }
+
+    pub fn concat(a: JValue, b: JValue) -> Result<JValue, minijinja::Error> {
+        let n = printed(&a, MAX_VALUE + 1).saturating_add(printed(&b, MAX_VALUE + 1));
+        check_value("a ~ b", n)?;
+        Ok(JValue::from(format!("{a}{b}")))
+    }
+}
+
+/// What a filter would build, checked before it runs (its inputs are checked for all).
+fn filter_precheck(name: &str, args: &[JValue]) -> Result<(), minijinja::Error> {
+    let arg = |i: usize| args.get(i).filter(|v| !v.is_kwargs());
+    let text_len = |i: usize| arg(i).and_then(|v| v.as_str()).map_or(0, str::len);
+    let big = |i: usize| MAX_VALUE + 1 + i;
+    match name {
+        "replace" => {
+            let s = arg(0).and_then(|v| v.as_str()).unwrap_or("");
+            let from = arg(1).and_then(|v| v.as_str()).unwrap_or("");
+            let to = text_len(2);
+            let hits = if from.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(from).count()
+            };
+            let n = s.len().saturating_add(hits.saturating_mul(to));
+            check_value("replace", n)
+        }
+        "join" => {
+            let sep = text_len(1);
+            let mut n = 0usize;
+            if let Some(Ok(items)) = arg(0).map(JValue::try_iter) {
+                for item in items {
+                    n = n.saturating_add(sep + printed(&item, big(0)));
+                    if n > MAX_VALUE {
+                        break;
+                    }
+                }
+            }
+            check_value("join", n)
+        }
+        "indent" => {
+            let s = arg(0).and_then(|v| v.as_str()).unwrap_or("");
+            let width = match arg(1) {
+                Some(w) if w.kind() == ValueKind::String => text_len(1),
+                Some(w) => w.as_usize().unwrap_or(0),
+                None => 4,
+            };
+            let lines = s.lines().count() + 1;
+            check_value(
+                "indent",
+                s.len().saturating_add(lines.saturating_mul(width)),
+            )
+        }
+        "format" => {
+            let fmt = arg(0).and_then(|v| v.as_str()).unwrap_or("");
+            // Widths and precisions (`%10000000s`) pad the result.
+            let widths: usize = fmt
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|d| {
+                    d.parse::<usize>()
+                        .ok()
+                        .or((!d.is_empty()).then_some(usize::MAX))
+                })
+                .fold(0, usize::saturating_add);
+            let values = args[1.min(args.len())..]
+                .iter()
+                .map(|v| printed(v, big(0)))
+                .fold(0, usize::saturating_add);
+            check_value(
+                "format",
+                fmt.len().saturating_add(widths).saturating_add(values),
+            )
+        }
+        "batch" | "slice" => {
+            let count = arg(1).and_then(JValue::as_usize).unwrap_or(0);
+            check_value(name, count.saturating_mul(16))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Every built-in filter, wrapped: inputs over [`MAX_VALUE`] are refused, what some
+/// filters would build is checked first ([`filter_precheck`]), and results over the limit
+/// are not kept.
+fn guard_filters(env: &mut Environment<'static>) {
+    use minijinja::filters as f;
+    let builtin: [(&'static str, JValue); 47] = [
+        ("safe", JValue::from_function(f::safe)),
+        ("escape", JValue::from_function(f::escape)),
+        ("e", JValue::from_function(f::escape)),
+        ("lower", JValue::from_function(f::lower)),
+        ("upper", JValue::from_function(f::upper)),
+        ("title", JValue::from_function(f::title)),
+        ("capitalize", JValue::from_function(f::capitalize)),
+        ("replace", JValue::from_function(f::replace)),
+        ("length", JValue::from_function(f::length)),
+        ("count", JValue::from_function(f::length)),
+        ("dictsort", JValue::from_function(f::dictsort)),
+        ("items", JValue::from_function(f::items)),
+        ("reverse", JValue::from_function(f::reverse)),
+        ("trim", JValue::from_function(f::trim)),
+        ("join", JValue::from_function(f::join)),
+        ("split", JValue::from_function(f::split)),
+        ("lines", JValue::from_function(f::lines)),
+        ("default", JValue::from_function(f::default)),
+        ("d", JValue::from_function(f::default)),
+        ("round", JValue::from_function(f::round)),
+        ("abs", JValue::from_function(f::abs)),
+        ("int", JValue::from_function(f::int)),
+        ("float", JValue::from_function(f::float)),
+        ("attr", JValue::from_function(f::attr)),
+        ("first", JValue::from_function(f::first)),
+        ("last", JValue::from_function(f::last)),
+        ("min", JValue::from_function(f::min)),
+        ("max", JValue::from_function(f::max)),
+        ("sort", JValue::from_function(f::sort)),
+        ("list", JValue::from_function(f::list)),
+        ("string", JValue::from_function(f::string)),
+        ("bool", JValue::from_function(f::bool)),
+        ("batch", JValue::from_function(f::batch)),
+        ("slice", JValue::from_function(f::slice)),
+        ("sum", JValue::from_function(f::sum)),
+        ("indent", JValue::from_function(f::indent)),
+        ("select", JValue::from_function(f::select)),
+        ("reject", JValue::from_function(f::reject)),
+        ("selectattr", JValue::from_function(f::selectattr)),
+        ("rejectattr", JValue::from_function(f::rejectattr)),
+        ("map", JValue::from_function(f::map)),
+        ("groupby", JValue::from_function(f::groupby)),
+        ("unique", JValue::from_function(f::unique)),
+        ("chain", JValue::from_function(f::chain)),
+        ("zip", JValue::from_function(f::zip)),
+        ("pprint", JValue::from_function(f::pprint)),
+        ("format", JValue::from_function(f::format)),
+    ];
+    for (name, original) in builtin {
+        env.add_filter(
+            name,
+            move |state: &State, args: Rest<JValue>| -> Result<JValue, minijinja::Error> {
+                for a in args.iter() {
+                    check_value(name, size(a, MAX_VALUE + 1))?;
+                }
+                filter_precheck(name, &args)?;
+                let out = original.call(state, &args)?;
+                check_value(name, size(&out, MAX_VALUE + 1))?;
+                Ok(out)
+            },
+        );
+    }
+}
 
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
@@ -20,7 +330,72 @@ fn environment() -> Environment<'static> {
     // Messages are not HTML pages: no auto-escaping unless the template asks for it.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_fuel(Some(100_000));
+    guard_filters(&mut env);
+    env.add_function(guard::ADD, guard::add);
+    env.add_function(guard::MUL, guard::mul);
+    env.add_function(guard::CONCAT, guard::concat);
+    // It prints the whole state.
+    env.remove_global("debug");
+    env.set_formatter(|out, state, value| {
+        let n = printed(value, MAX_OUTPUT + 1);
+        let total = EMITTED.with(Cell::get).saturating_add(n);
+        if total > MAX_OUTPUT {
+            return Err(too_large(format!(
+                "the output would pass {MAX_OUTPUT} bytes, the most one render may emit"
+            )));
+        }
+        EMITTED.with(|e| e.set(total));
+        minijinja::escape_formatter(out, state, value)
+    });
     env
+}
+
+/// `instrs` with `+`, `*` and `~` calling their guards, and raw text emitted through the
+/// formatter (which counts it); jumps follow the instructions they pointed at.
+fn guarded<'s>(instrs: &Instructions<'s>) -> Instructions<'s> {
+    let len = instrs.len() as u32;
+    // Where each instruction lands (raw text takes two).
+    let mut at = Vec::with_capacity(instrs.len() + 1);
+    let mut next = 0u32;
+    for i in 0..len {
+        at.push(next);
+        next += match instrs.get(i) {
+            Some(Instruction::EmitRaw(_)) => 2,
+            _ => 1,
+        };
+    }
+    at.push(next);
+    let to = |t: &u32| at.get(*t as usize).copied().unwrap_or(next);
+    let mut out = Instructions::new(instrs.name(), instrs.source());
+    for i in 0..len {
+        let Some(ins) = instrs.get(i) else { continue };
+        let mapped = match ins {
+            Instruction::Add => vec![Instruction::CallFunction(guard::ADD, Some(2))],
+            Instruction::Mul => vec![Instruction::CallFunction(guard::MUL, Some(2))],
+            Instruction::StringConcat => vec![Instruction::CallFunction(guard::CONCAT, Some(2))],
+            Instruction::EmitRaw(text) => vec![
+                Instruction::LoadConst(JValue::from_safe_string((*text).to_owned())),
+                Instruction::Emit,
+            ],
+            Instruction::Jump(t) => vec![Instruction::Jump(to(t))],
+            Instruction::JumpIfFalse(t) => vec![Instruction::JumpIfFalse(to(t))],
+            Instruction::JumpIfFalseOrPop(t) => vec![Instruction::JumpIfFalseOrPop(to(t))],
+            Instruction::JumpIfTrueOrPop(t) => vec![Instruction::JumpIfTrueOrPop(to(t))],
+            Instruction::Iterate(t) => vec![Instruction::Iterate(to(t))],
+            Instruction::BuildMacro(name, t, flags) => {
+                vec![Instruction::BuildMacro(name, to(t), *flags)]
+            }
+            other => vec![other.clone()],
+        };
+        for m in mapped {
+            match (instrs.get_span(i), instrs.get_line(i)) {
+                (Some(span), _) => out.add_with_span(m, span),
+                (None, Some(line)) => out.add_with_line(m, u16::try_from(line).unwrap_or(u16::MAX)),
+                (None, None) => out.add(m),
+            };
+        }
+    }
+    out
 }
 
 /// Templates compiled once and kept, by their text (a workflow's templates are few and
@@ -51,17 +426,54 @@ pub fn context(person: &Person, trigger: &Value) -> Value {
     })
 }
 
+/// Runs a compiled template with its operators guarded and its output counted.
+fn run(env: &Environment<'_>, name: &str, ctx: &Value) -> Result<String, RenderError> {
+    let fail = |e: minijinja::Error| {
+        if OVER.with(Cell::get) {
+            RenderError::TooLarge(e.to_string())
+        } else {
+            RenderError::Invalid(e.to_string())
+        }
+    };
+    let t = env.get_template(name).map_err(fail)?;
+    let compiled = minijinja::machinery::get_compiled_template(&t);
+    let instructions = guarded(&compiled.instructions);
+    let blocks = compiled
+        .blocks
+        .iter()
+        .map(|(k, v)| (*k, guarded(v)))
+        .collect();
+    EMITTED.with(|e| e.set(0));
+    OVER.with(|o| o.set(false));
+    let mut text = String::new();
+    let result = minijinja::machinery::Vm::new(env).eval(
+        &instructions,
+        JValue::from_serialize(ctx),
+        &blocks,
+        &mut minijinja::machinery::make_string_output(&mut text),
+        minijinja::AutoEscape::None,
+    );
+    let result = result.map(|_| ()).map_err(fail);
+    EMITTED.with(|e| e.set(0));
+    OVER.with(|o| o.set(false));
+    result.map(|()| text)
+}
+
 /// Renders one template text.
 pub fn render(text: &str, ctx: &Value) -> Result<String, String> {
+    render_checked(text, ctx).map_err(String::from)
+}
+
+/// Renders one template text; an error says whether a limit stopped it.
+pub fn render_checked(text: &str, ctx: &Value) -> Result<String, RenderError> {
     if !text.contains("{{") && !text.contains("{%") && !text.contains("{#") {
         return Ok(text.to_owned());
     }
     let name = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()));
-    let fail = |e: minijinja::Error| format!("template: {e}");
     {
         let env = compiled().read().unwrap_or_else(|e| e.into_inner());
-        if let Ok(t) = env.get_template(&name) {
-            return t.render(ctx).map_err(fail);
+        if env.get_template(&name).is_ok() {
+            return run(&env, &name, ctx);
         }
     }
     let mut env = compiled().write().unwrap_or_else(|e| e.into_inner());
@@ -69,21 +481,26 @@ pub fn render(text: &str, ctx: &Value) -> Result<String, String> {
         *env = environment();
     }
     env.add_template_owned(name.clone(), text.to_owned())
-        .map_err(fail)?;
-    env.get_template(&name)
-        .map_err(fail)?
-        .render(ctx)
-        .map_err(fail)
+        .map_err(|e| RenderError::Invalid(e.to_string()))?;
+    run(&env, &name, ctx)
 }
 
 /// Renders every text part of a message template (other values are kept as they are).
 pub fn render_parts(parts: &Map<String, Value>, ctx: &Value) -> Result<Map<String, Value>, String> {
+    render_parts_checked(parts, ctx).map_err(|(k, e)| format!("{k}: {e}"))
+}
+
+/// [`render_parts`], the error naming the part.
+pub fn render_parts_checked(
+    parts: &Map<String, Value>,
+    ctx: &Value,
+) -> Result<Map<String, Value>, (String, RenderError)> {
     parts
         .iter()
         .map(|(k, v)| match v {
-            Value::String(s) => render(s, ctx)
+            Value::String(s) => render_checked(s, ctx)
                 .map(|r| (k.clone(), Value::String(r)))
-                .map_err(|e| format!("{k}: {e}")),
+                .map_err(|e| (k.clone(), e)),
             other => Ok((k.clone(), other.clone())),
         })
         .collect()
@@ -147,6 +564,74 @@ mod tests {
         assert_eq!(out.as_deref(), Ok("Hi Ada, your Lamp (30) waits."));
         assert!(check("{{ unclosed").is_err());
         assert!(render("{% for x in [1] %}", &ctx).is_err());
+    }
+
+    fn too_large(text: &str) -> bool {
+        matches!(
+            render_checked(text, &context(&Person::default(), &json!({}))),
+            Err(RenderError::TooLarge(_))
+        )
+    }
+
+    #[test]
+    fn a_render_cannot_build_values_or_output_over_the_limits() {
+        // The issue's template: 100 MB, then doubled, refused before it is built.
+        assert!(too_large(
+            r#"{% set a = "x" * 100000000 %}{% set b = a ~ a %}{% set c = b ~ b %}{{ c|length }}"#
+        ));
+        // Doubling by steps under the value limit each, until it is passed.
+        let doubling = r#"{% set ns = namespace(s="x" * 1000) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}"#;
+        assert!(too_large(doubling));
+        assert!(too_large(
+            r#"{% set ns = namespace(s="xx") %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}"#
+        ));
+        assert!(too_large(r#"{% set l = ["x" * 1000] * 2000 %}"#));
+        // Filters that would build large results.
+        assert!(too_large(r#"{{ ("x" * 1000)|replace("x", "y" * 10000) }}"#));
+        assert!(too_large(r#"{{ ([("x" * 100000)] * 20)|join("") }}"#));
+        assert!(too_large(
+            r#"{% set a = "x" * 100000 %}{{ [a,a,a,a,a,a,a,a,a,a,a,a]|join(",") }}"#
+        ));
+        assert!(too_large(r#"{{ "%999999999s"|format("x") }}"#));
+        assert!(too_large(r#"{{ ("x\n" * 1000)|indent(100000) }}"#));
+        // Output: text, values and captures all count.
+        let text = "0123456789".repeat(30);
+        assert!(too_large(&format!(
+            "{{% for i in range(5000) %}}{text}{{% endfor %}}"
+        )));
+        assert!(too_large(
+            r#"{% set a = "x" * 100000 %}{% for i in range(20) %}{{ a }}{% endfor %}"#
+        ));
+        assert!(too_large(
+            r#"{% set a = "x" * 100000 %}{% for i in range(20) %}{% set b %}{{ a }}{% endset %}{% endfor %}"#
+        ));
+        // Under the limits, as before.
+        let ctx = context(&Person::default(), &json!({"properties": {"n": 3}}));
+        assert_eq!(
+            render(
+                r#"{% set a = "ab" * 3 %}{{ a ~ "!" }} {{ event.properties.n * 2 + 1 }} {{ [1, 2] + [3] }} {{ "x,y"|replace(",", ";") }} {% for i in range(2) %}{{ i }}{% endfor %}"#,
+                &ctx
+            )
+            .as_deref(),
+            Ok("ababab! 7 [1, 2, 3] x;y 01")
+        );
+        assert_eq!(
+            render(r#"{% if 1 %}a{% else %}b{% endif %}{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(2) }}"#, &ctx)
+                .as_deref(),
+            Ok("a<2>")
+        );
+        // Other errors stay what they were; fuel still ends endless work.
+        assert!(matches!(
+            render_checked("{{ 1 + [] }}", &ctx),
+            Err(RenderError::Invalid(_))
+        ));
+        assert!(matches!(
+            render_checked(
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                &ctx
+            ),
+            Err(RenderError::Invalid(_))
+        ));
     }
 
     struct Shelf(Vec<&'static str>);

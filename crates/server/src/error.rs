@@ -53,6 +53,8 @@ pub enum Code {
     InvalidSignature,
     /// A message provider refused or failed (a test send).
     ProviderFailed,
+    /// A template would build a value or an output over the render limits.
+    TemplateTooLarge,
 }
 
 impl Code {
@@ -92,6 +94,7 @@ impl Code {
             Self::InvalidLink => "invalid_link",
             Self::InvalidSignature => "invalid_signature",
             Self::ProviderFailed => "provider_failed",
+            Self::TemplateTooLarge => "template_too_large",
         }
     }
 
@@ -106,6 +109,7 @@ impl Code {
             | Self::InvalidQuery
             | Self::InvalidRequest
             | Self::InvalidDefinition
+            | Self::TemplateTooLarge
             | Self::InvalidLink => StatusCode::BAD_REQUEST,
             Self::Unauthorized
             | Self::InvalidWriteKey

@@ -85,23 +85,73 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    describe_consumer_metrics();
     let end = state.log.end_offset();
     metrics::gauge!("livora_log_end_offset").set(end as f64);
-    // The column store is rebuilt from the log on start, so it keeps no committed offset.
+    // What each consumer in this process has applied (what queries, profiles and journeys
+    // see), and what it has committed (where it resumes after a restart): the column store
+    // commits when it seals and profiles when they snapshot, so committed trails applied by
+    // minutes on a caught-up node. Lag is counted from applied.
+    let mut applied: Vec<(&'static str, u64)> = Vec::new();
     if let Some(columns) = &state.columns {
-        metrics::gauge!("livora_log_consumer_lag", "consumer" => "columnar")
-            .set(end.saturating_sub(columns.applied()) as f64);
+        applied.push((livora_columnar::CONSUMER, columns.applied()));
     }
-    if let Ok(consumers) = state.log.consumer_offsets() {
-        for (name, committed) in consumers {
-            metrics::gauge!("livora_log_consumer_lag", "consumer" => name)
-                .set(end.saturating_sub(committed) as f64);
+    if let Some(p) = &state.profiles {
+        applied.push((livora_profiles::snapshot::CONSUMER, p.applied()));
+    }
+    if let Some(a) = &state.automation {
+        applied.push((livora_automation::service::CONSUMER, a.applied()));
+    }
+    let mut committed: Vec<(String, u64)> = state.log.consumer_offsets().unwrap_or_default();
+    if state.automation.is_some()
+        && let Ok(Some(at)) = state
+            .store
+            .automation_offset(livora_automation::service::CONSUMER)
+            .await
+    {
+        committed.push((livora_automation::service::CONSUMER.to_owned(), at));
+    }
+    for (name, at) in &applied {
+        metrics::gauge!("livora_consumer_applied_offset", "consumer" => *name).set(*at as f64);
+        metrics::gauge!("livora_consumer_lag_events", "consumer" => *name)
+            .set(end.saturating_sub(*at) as f64);
+    }
+    for (name, at) in committed {
+        // A consumer outside this process is known only by what it committed.
+        if !applied.iter().any(|(n, _)| *n == name) {
+            metrics::gauge!("livora_consumer_lag_events", "consumer" => name.clone())
+                .set(end.saturating_sub(at) as f64);
         }
+        metrics::gauge!("livora_consumer_committed_offset", "consumer" => name).set(at as f64);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics_handle().render(),
     )
+}
+
+/// The `# HELP` lines of the log consumers' gauges (once per process).
+fn describe_consumer_metrics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        metrics_handle();
+        metrics::describe_gauge!(
+            "livora_log_end_offset",
+            "one past the last offset written to the event log"
+        );
+        metrics::describe_gauge!(
+            "livora_consumer_applied_offset",
+            "one past the last log offset a consumer in this process has applied (what its queries, profiles or journeys reflect)"
+        );
+        metrics::describe_gauge!(
+            "livora_consumer_committed_offset",
+            "the log offset a consumer resumes from after a restart (the column store commits when it seals, profiles when they snapshot)"
+        );
+        metrics::describe_gauge!(
+            "livora_consumer_lag_events",
+            "log records a consumer has not applied yet (end offset minus applied offset; minus committed offset for a consumer outside this process): alert on this"
+        );
+    });
 }
 
 pub async fn openapi() -> impl IntoResponse {

@@ -910,8 +910,13 @@ fn rendered(
         m.entry("properties").or_insert_with(|| json!({}));
     }
     let ctx = livora_automation::template::context(person, &trigger);
-    livora_automation::template::render_parts(template, &ctx)
-        .map_err(|e| ApiError::new(Code::InvalidDefinition, e).with("path", "template"))
+    livora_automation::template::render_parts_checked(template, &ctx).map_err(|(part, e)| {
+        let code = match e {
+            livora_automation::template::RenderError::TooLarge(_) => Code::TemplateTooLarge,
+            livora_automation::template::RenderError::Invalid(_) => Code::InvalidDefinition,
+        };
+        ApiError::new(code, format!("{part}: {e}")).with("path", format!("template.{part}"))
+    })
 }
 
 /// `POST /api/v1/workflows/preview`: a template rendered with a real person's data.

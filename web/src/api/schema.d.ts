@@ -359,7 +359,7 @@ export interface paths {
         };
         /**
          * Prometheus metrics
-         * @description Metrics in the Prometheus text exposition format (`text/plain; version=0.0.4`), e.g. `livora_ingest_request_seconds`, `livora_ingest_requests_refused_total`, `livora_events_accepted_total`, `livora_events_duplicate_total`, `livora_events_rejected_total`, `livora_log_end_offset`, `livora_log_consumer_lag` and the `livora_log_*` writer metrics. No authentication.
+         * @description Metrics in the Prometheus text exposition format (`text/plain; version=0.0.4`), e.g. `livora_ingest_request_seconds`, `livora_ingest_requests_refused_total`, `livora_events_accepted_total`, `livora_events_duplicate_total`, `livora_events_rejected_total`, `livora_log_end_offset`, `livora_consumer_applied_offset`, `livora_consumer_committed_offset`, `livora_consumer_lag_events` (per `consumer`; alert on the lag, counted from the applied offset) and the `livora_log_*` writer metrics. No authentication.
          */
         get: operations["metrics"];
         put?: never;

@@ -139,9 +139,81 @@ async fn operations_endpoints_report_health_and_metrics() {
         "livora_log_fsync_seconds_bucket",
         "livora_log_bytes_written_total",
         "livora_log_end_offset",
-        "livora_log_consumer_lag{consumer=\"test-consumer\"} 1",
+        "livora_consumer_lag_events{consumer=\"test-consumer\"} 1",
+        "livora_consumer_committed_offset{consumer=\"test-consumer\"} 1",
+        "# HELP livora_consumer_lag_events",
     ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
+    app.stop().await;
+}
+
+/// The value of the gauge `name{consumer="…"}` in a metrics text.
+fn gauge(text: &str, name: &str, consumer: &str) -> Option<u64> {
+    let prefix = format!("{name}{{consumer=\"{consumer}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[tokio::test]
+async fn consumer_lag_counts_from_what_is_applied_not_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn_app(dir.path()).await;
+    for i in 0..20 {
+        let (status, body) = app
+            .post(
+                "/v1/track",
+                format!(r#"{{"event":"e{i}","userId":"u{i}"}}"#),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let end = app.log.end_offset();
+    // Wait until the column store and profiles have applied the whole log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = app
+            .http
+            .get(format!("{}/metrics", app.url))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("text");
+        let applied = |c| gauge(&text, "livora_consumer_applied_offset", c);
+        if applied("columnar") >= Some(end) && applied("profiles") >= Some(end) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumers did not catch up to {end}:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // Caught up: no lag, although profiles commit only at their next snapshot (every
+    // 300 s here), so the committed offset still trails.
+    for consumer in ["columnar", "profiles"] {
+        assert_eq!(
+            gauge(&text, "livora_consumer_lag_events", consumer),
+            Some(0),
+            "{consumer}:\n{text}"
+        );
+    }
+    let committed = gauge(&text, "livora_consumer_committed_offset", "profiles");
+    assert!(
+        committed.is_some_and(|c| c < end),
+        "{committed:?} of {end}:\n{text}"
+    );
+    for help in [
+        "# HELP livora_consumer_applied_offset",
+        "# HELP livora_consumer_committed_offset",
+        "# HELP livora_consumer_lag_events",
+    ] {
+        assert!(text.contains(help), "metrics lack {help}:\n{text}");
+    }
+    assert!(!text.contains("livora_log_consumer_lag"), "{text}");
     app.stop().await;
 }

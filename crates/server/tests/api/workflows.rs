@@ -929,6 +929,12 @@ async fn backtests_previews_and_test_sends() {
             404,
         ),
         (json!({"person": "ann"}), "invalid_request", 400),
+        // A render may not build values or output over its limits (issue 22: 1.3 GB).
+        (
+            json!({"template": {"body": "{% set a = \"x\" * 100000000 %}{% set b = a ~ a %}{% set c = b ~ b %}{{ c|length }}"}, "person": "ann"}),
+            "template_too_large",
+            400,
+        ),
     ] {
         let (status, v) = call(&app, "POST", "/api/v1/workflows/preview", Some(body)).await;
         assert_eq!(

@@ -19,6 +19,7 @@ use livora_store::crypto::Keyring;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::egress::Egress;
 use crate::{Channel, ConfigError};
 
 /// One provider and its settings.
@@ -83,23 +84,34 @@ fn settings<T: serde::de::DeserializeOwned>(provider: &str, v: &Value) -> Result
     serde_json::from_value(v.clone()).map_err(|e| bad(provider, format!("settings: {e}")))
 }
 
-/// Builds a provider from its configuration.
-pub fn build(p: &ProviderConfig) -> Result<Arc<dyn Channel>, ConfigError> {
+/// Builds a provider from its configuration; it connects only where `egress` allows.
+pub fn build(p: &ProviderConfig, egress: &Arc<Egress>) -> Result<Arc<dyn Channel>, ConfigError> {
     let s = &p.settings;
+    #[cfg(not(any(
+        feature = "sms-twilio",
+        feature = "whatsapp-cloud",
+        feature = "push-fcm",
+        feature = "webhook"
+    )))]
+    let _ = egress;
     match p.provider.as_str() {
         #[cfg(feature = "email-smtp")]
         "smtp" => Ok(Arc::new(crate::smtp::Smtp::new(settings("smtp", s)?)?)),
         #[cfg(feature = "sms-twilio")]
-        "twilio" => Ok(Arc::new(crate::twilio::Twilio::new(settings(
-            "twilio", s,
-        )?)?)),
+        "twilio" => Ok(Arc::new(crate::twilio::Twilio::new(
+            settings("twilio", s)?,
+            egress.clone(),
+        )?)),
         #[cfg(feature = "whatsapp-cloud")]
-        "whatsapp-cloud" => Ok(Arc::new(crate::whatsapp::WhatsApp::new(settings(
-            "whatsapp-cloud",
-            s,
-        )?)?)),
+        "whatsapp-cloud" => Ok(Arc::new(crate::whatsapp::WhatsApp::new(
+            settings("whatsapp-cloud", s)?,
+            egress.clone(),
+        )?)),
         #[cfg(feature = "push-fcm")]
-        "fcm" => Ok(Arc::new(crate::fcm::Fcm::new(settings("fcm", s)?)?)),
+        "fcm" => Ok(Arc::new(crate::fcm::Fcm::new(
+            settings("fcm", s)?,
+            egress.clone(),
+        )?)),
         #[cfg(feature = "webhook")]
         "webhook" => {
             let secret = s["secret"]
@@ -111,7 +123,12 @@ pub fn build(p: &ProviderConfig) -> Result<Arc<dyn Channel>, ConfigError> {
                         "settings.secret: the signing secret, at least 16 characters".into(),
                     )
                 })?;
-            Ok(Arc::new(crate::webhook::Webhook::new(secret.as_bytes())))
+            let hook = crate::webhook::Webhook::with_egress(secret.as_bytes(), egress.clone());
+            match s.get("url") {
+                None | Some(Value::Null) => Ok(Arc::new(hook)),
+                Some(Value::String(url)) => Ok(Arc::new(hook.to_url(url)?)),
+                Some(_) => Err(bad("webhook", "settings.url: a URL".into())),
+            }
         }
         other => Err(bad(
             other,
@@ -122,7 +139,7 @@ pub fn build(p: &ProviderConfig) -> Result<Arc<dyn Channel>, ConfigError> {
 
 impl ChannelConfig {
     /// Checks that the providers fit `channel` and can be built; returns the route.
-    pub fn route(&self, channel: &str) -> Result<Route, ConfigError> {
+    pub fn route(&self, channel: &str, egress: &Arc<Egress>) -> Result<Route, ConfigError> {
         let allowed = providers_of(channel);
         let check = |p: &str| {
             if allowed.contains(&p) {
@@ -138,14 +155,17 @@ impl ChannelConfig {
             }
         };
         check(&self.provider)?;
-        let primary = build(&ProviderConfig {
-            provider: self.provider.clone(),
-            settings: self.settings.clone(),
-        })?;
+        let primary = build(
+            &ProviderConfig {
+                provider: self.provider.clone(),
+                settings: self.settings.clone(),
+            },
+            egress,
+        )?;
         let secondary = match &self.secondary {
             Some(s) => {
                 check(&s.provider)?;
-                Some(build(s)?)
+                Some(build(s, egress)?)
             }
             None => None,
         };
@@ -205,6 +225,7 @@ pub enum DirectoryError {
 pub struct Directory {
     store: Arc<dyn MetadataStore>,
     keyring: Option<Arc<Keyring>>,
+    egress: Arc<Egress>,
     routes: RwLock<HashMap<(TenantId, String), (ChannelConfig, Route)>>,
 }
 
@@ -213,10 +234,16 @@ fn label(channel: &str) -> String {
 }
 
 impl Directory {
-    pub fn new(store: Arc<dyn MetadataStore>, keyring: Option<Arc<Keyring>>) -> Arc<Self> {
+    /// The directory; its providers connect only where `egress` allows.
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        keyring: Option<Arc<Keyring>>,
+        egress: Arc<Egress>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             keyring,
+            egress,
             routes: RwLock::new(HashMap::new()),
         })
     }
@@ -245,7 +272,7 @@ impl Directory {
         for (tenant, r) in self.store.all_channels().await? {
             let built = match self.open(tenant, &r).await {
                 Ok(c) => c
-                    .route(&r.channel)
+                    .route(&r.channel, &self.egress)
                     .map(|route| (c, route))
                     .map_err(DirectoryError::from),
                 Err(e) => Err(e),
@@ -271,7 +298,7 @@ impl Directory {
         config: ChannelConfig,
         by: &str,
     ) -> Result<(), DirectoryError> {
-        let route = config.route(channel)?;
+        let route = config.route(channel, &self.egress)?;
         let plain = serde_json::to_vec(&config)
             .map_err(|e| DirectoryError::Corrupt(channel.into(), e.to_string()))?;
         let (bytes, sealed) = match &self.keyring {
@@ -358,14 +385,78 @@ mod tests {
             "per_second": 10
         }))
         .expect("config");
-        assert!(c.route("sms").is_ok());
-        assert!(c.route("email").is_err());
+        let open = Arc::new(Egress::default());
+        assert!(c.route("sms", &open).is_ok());
+        assert!(c.route("email", &open).is_err());
         let shown = redact(&c).to_string();
         assert!(!shown.contains("t0ps3cret"), "{shown}");
         assert!(shown.contains("(set)") && shown.contains("AC1"));
         let weak: ChannelConfig =
             serde_json::from_value(json!({"provider": "webhook", "settings": {"secret": "short"}}))
                 .expect("config");
-        assert!(weak.route("webhook").is_err());
+        assert!(weak.route("webhook", &open).is_err());
+    }
+
+    #[test]
+    fn provider_endpoints_are_their_documented_hosts_unless_the_allowlist_names_one() {
+        let twilio = |base: &str| -> ChannelConfig {
+            serde_json::from_value(json!({
+                "provider": "twilio",
+                "settings": {"base_url": base, "account_sid": "AC1", "auth_token": "t", "from": "+1"}
+            }))
+            .expect("config")
+        };
+        let open = Arc::new(Egress::default());
+        for refused in [
+            "http://127.0.0.1:8080",
+            "http://169.254.169.254/latest/meta-data",
+            "https://attacker.example",
+            "http://api.twilio.com",
+            "https://api.twilio.com.attacker.example",
+        ] {
+            let e = twilio(refused).route("sms", &open).err();
+            assert!(
+                e.is_some_and(|e| e.message.contains("base_url")),
+                "{refused}"
+            );
+        }
+        for fine in [
+            "https://api.twilio.com",
+            "https://api.dublin.ie1.twilio.com",
+        ] {
+            assert!(twilio(fine).route("sms", &open).is_ok(), "{fine}");
+        }
+        let internal = Arc::new(Egress::allowing(["127.0.0.1", "relay.internal"]).expect("list"));
+        assert!(
+            twilio("http://127.0.0.1:8080")
+                .route("sms", &internal)
+                .is_ok()
+        );
+        assert!(
+            twilio("http://relay.internal")
+                .route("sms", &internal)
+                .is_ok()
+        );
+        assert!(twilio("http://127.0.0.2").route("sms", &internal).is_err());
+        let whatsapp: ChannelConfig = serde_json::from_value(json!({"provider": "whatsapp-cloud",
+            "settings": {"base_url": "http://10.0.0.1", "phone_number_id": "1", "access_token": "t"}}))
+        .expect("config");
+        assert!(whatsapp.route("whatsapp", &open).is_err());
+        // A webhook's own URL (a failover target) is checked the same way.
+        let hook = |url: &str| -> ChannelConfig {
+            serde_json::from_value(json!({"provider": "webhook",
+                "settings": {"secret": "0123456789abcdef", "url": url}}))
+            .expect("config")
+        };
+        assert!(
+            hook("http://169.254.169.254/")
+                .route("webhook", &open)
+                .is_err()
+        );
+        assert!(
+            hook("https://backup.example/hook")
+                .route("webhook", &open)
+                .is_ok()
+        );
     }
 }

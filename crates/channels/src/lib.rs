@@ -7,10 +7,13 @@
 //! format and how to tell a failure worth retrying (timeouts, 429, 5xx) from one that is not
 //! (other 4xx); it does not decide *whether* to send (that is the automation engine's
 //! delivery policy). Every provider gets the message's key as its idempotency key (a header
-//! where the API has one). Base URLs are settings, so tests point them at local servers that
-//! check the documented request format.
+//! where the API has one). Every HTTP call goes through [`egress`]: no connection to a
+//! loopback, private or metadata address unless the allowlist names it, no redirects, and a
+//! failed answer's body reported as a short snippet. Base URLs are settings limited to the
+//! providers' documented hosts, so tests point them at local servers they allow.
 
 pub mod config;
+pub mod egress;
 #[cfg(feature = "push-fcm")]
 pub mod fcm;
 #[cfg(any(
@@ -19,7 +22,7 @@ pub mod fcm;
     feature = "push-fcm",
     feature = "webhook"
 ))]
-mod http;
+pub mod http;
 #[cfg(feature = "email-smtp")]
 pub mod smtp;
 #[cfg(feature = "sms-twilio")]

@@ -124,8 +124,14 @@ async fn a_failing_provider_leads_to_retry_fail_over_and_a_dead_letter() {
     let routes = HashMap::from([(
         "webhook".to_owned(),
         Route {
-            primary: Arc::new(Redirect(Webhook::new(b"k"), p_url.clone())),
-            secondary: Some(Arc::new(Redirect(Webhook::new(b"k"), s_url.clone()))),
+            primary: Arc::new(Redirect(
+                Webhook::with_egress(b"k", local::egress()),
+                p_url.clone(),
+            )),
+            secondary: Some(Arc::new(Redirect(
+                Webhook::with_egress(b"k", local::egress()),
+                s_url.clone(),
+            ))),
             per_second: None,
         },
     )]);
@@ -243,7 +249,7 @@ async fn policy_blocks_holds_and_caps_before_any_provider_is_called() {
     let routes = HashMap::from([(
         "email".to_owned(),
         Route {
-            primary: Arc::new(Redirect(Webhook::new(b"k"), url)),
+            primary: Arc::new(Redirect(Webhook::with_egress(b"k", local::egress()), url)),
             secondary: None,
             per_second: Some(1000),
         },
@@ -365,7 +371,7 @@ fn webhook_route(base: &str) -> HashMap<String, Route> {
         "webhook".to_owned(),
         Route {
             primary: Arc::new(Redirect(
-                Webhook::new(b"k"),
+                Webhook::with_egress(b"k", local::egress()),
                 base.to_owned(),
             )),
             secondary: None,
@@ -441,7 +447,7 @@ fn plain_webhook_route() -> HashMap<String, Route> {
     HashMap::from([(
         "webhook".to_owned(),
         Route {
-            primary: Arc::new(Webhook::new(b"k")),
+            primary: Arc::new(Webhook::with_egress(b"k", local::egress())),
             secondary: None,
             per_second: None,
         },
@@ -657,9 +663,9 @@ async fn attempts_equal_calls_and_a_dead_letter_keeps_every_error_and_is_logged(
     let routes = HashMap::from([(
         "webhook".to_owned(),
         Route {
-            primary: Arc::new(Redirect(Webhook::new(b"k"), p_url)),
+            primary: Arc::new(Redirect(Webhook::with_egress(b"k", local::egress()), p_url)),
             secondary: Some(Arc::new(Redirect(
-                Webhook::new(b"k"),
+                Webhook::with_egress(b"k", local::egress()),
                 s_url,
             ))),
             per_second: None,

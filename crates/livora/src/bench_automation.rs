@@ -401,8 +401,13 @@ async fn outbox_run(n: usize, http: bool) -> anyhow::Result<f64> {
         (
             "webhook",
             Some(url),
-            Arc::new(livora_channels::webhook::Webhook::new(
+            // The local receiver is internal: allowed explicitly.
+            Arc::new(livora_channels::webhook::Webhook::with_egress(
                 b"bench-secret-0123456789",
+                Arc::new(
+                    livora_channels::egress::Egress::allowing(["127.0.0.1"])
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                ),
             )),
         )
     } else {
@@ -467,6 +472,12 @@ async fn outbox_run(n: usize, http: bool) -> anyhow::Result<f64> {
             },
             Retry::default(),
         )
+        // One destination here: as many calls to it as the node allows.
+        .with_limits(livora_automation::outbox::Limits {
+            in_flight: 64,
+            per_destination: 64,
+            ..livora_automation::outbox::Limits::default()
+        })
         .with_tracker(Arc::new(livora_automation::tracking::Tracker::new(
             b"bench-jwt-secret-0123456789abcdef0123",
             Some("https://crm.bench.test".into()),

@@ -117,6 +117,11 @@ pub struct AutomationOptions {
     /// emails (opens, clicks, unsubscribe) and providers' callbacks use it. Empty: the
     /// listening address.
     pub public_url: String,
+    /// Internal targets webhooks and providers may call: CIDRs (`10.0.0.0/8`), addresses
+    /// (`127.0.0.1`) or host names (`hooks.internal`). Empty (the default): only public
+    /// addresses; loopback, private, link-local (cloud metadata), carrier-grade NAT and
+    /// unique-local ones are refused, checked on the resolved address.
+    pub egress_allow: Vec<String>,
 }
 
 impl Default for AutomationOptions {
@@ -128,6 +133,7 @@ impl Default for AutomationOptions {
             retry_attempts: 4,
             retry_base_secs: 10,
             public_url: String::new(),
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -328,8 +334,13 @@ impl AppState {
                     }),
                     sink.clone(),
                 );
-                let channels =
-                    livora_channels::config::Directory::new(store.clone(), keyring.clone());
+                let egress = livora_channels::egress::Egress::allowing(&automation.egress_allow)
+                    .map_err(|e| StateError::Automation(format!("automation.{e}")))?;
+                let channels = livora_channels::config::Directory::new(
+                    store.clone(),
+                    keyring.clone(),
+                    Arc::new(egress),
+                );
                 let sender = Arc::new(
                     livora_automation::outbox::Sender::new(
                         store.clone(),

@@ -11,19 +11,23 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::http::{answer, client, unreachable};
+use std::sync::Arc;
+
+use crate::egress::Egress;
+use crate::http::{answer, client, endpoint, unreachable};
 use crate::{Channel, ConfigError, Outgoing, SendError, part};
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct FcmSettings {
-    /// Default `https://fcm.googleapis.com`.
+    /// Default `https://fcm.googleapis.com` (the only documented host; another needs
+    /// `[automation] egress_allow` to name it).
     #[serde(default = "default_base")]
     pub base_url: String,
     pub project_id: String,
     /// From the service-account key file.
     pub client_email: String,
     pub private_key: String,
-    /// Default `https://oauth2.googleapis.com/token`.
+    /// Default `https://oauth2.googleapis.com/token` (likewise).
     #[serde(default = "default_token_uri")]
     pub token_uri: String,
 }
@@ -44,7 +48,25 @@ pub struct Fcm {
 }
 
 impl Fcm {
-    pub fn new(settings: FcmSettings) -> Result<Self, ConfigError> {
+    pub fn new(settings: FcmSettings, egress: Arc<Egress>) -> Result<Self, ConfigError> {
+        let bad = |message: String| ConfigError {
+            provider: "fcm",
+            message,
+        };
+        endpoint(
+            &egress,
+            "base_url",
+            &settings.base_url,
+            &["fcm.googleapis.com"],
+        )
+        .map_err(bad)?;
+        endpoint(
+            &egress,
+            "token_uri",
+            &settings.token_uri,
+            &["oauth2.googleapis.com"],
+        )
+        .map_err(bad)?;
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(settings.private_key.as_bytes())
             .map_err(|e| ConfigError {
                 provider: "fcm",
@@ -53,7 +75,7 @@ impl Fcm {
         Ok(Self {
             settings,
             key,
-            client: client(),
+            client: client(&egress),
             token: Mutex::new(None),
         })
     }

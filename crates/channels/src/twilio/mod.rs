@@ -5,14 +5,18 @@
 //! Twilio calls back (`status_callback`, and the number's incoming-message webhook) with a
 //! form signed in `X-Twilio-Signature`: [`verify`] checks it, [`inbound`] reads it.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
-use crate::http::{answer, client, unreachable};
+use crate::egress::Egress;
+use crate::http::{answer, client, endpoint, unreachable};
 use crate::{Channel, ConfigError, Outgoing, SendError, part};
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct TwilioSettings {
-    /// Default `https://api.twilio.com`.
+    /// Default `https://api.twilio.com`; `https://` a Twilio host (`api.dublin.ie1.twilio.com`)
+    /// or a host `[automation] egress_allow` names.
     #[serde(default = "default_base")]
     pub base_url: String,
     pub account_sid: String,
@@ -37,8 +41,11 @@ pub struct Twilio {
     client: reqwest::Client,
 }
 
+/// Where Twilio's API may be (`base_url`).
+pub const DOCUMENTED_HOSTS: [&str; 2] = ["api.twilio.com", ".twilio.com"];
+
 impl Twilio {
-    pub fn new(settings: TwilioSettings) -> Result<Self, ConfigError> {
+    pub fn new(settings: TwilioSettings, egress: Arc<Egress>) -> Result<Self, ConfigError> {
         let bad = |m: &str| ConfigError {
             provider: "twilio",
             message: m.into(),
@@ -49,9 +56,11 @@ impl Twilio {
         if settings.from.is_none() && settings.messaging_service_sid.is_none() {
             return Err(bad("from or messaging_service_sid is required"));
         }
+        endpoint(&egress, "base_url", &settings.base_url, &DOCUMENTED_HOSTS)
+            .map_err(|m| bad(&m))?;
         Ok(Self {
             settings,
-            client: client(),
+            client: client(&egress),
         })
     }
 }

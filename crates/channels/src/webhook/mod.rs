@@ -3,17 +3,28 @@
 //!
 //! Headers: `X-Livora-Signature: t=<unix seconds>,v1=<hex digest>` (a receiver recomputes
 //! the digest and rejects old timestamps, against replays) and `Idempotency-Key: <key>`.
+//!
+//! A webhook provider with its own `url` setting posts there instead of the step's URL:
+//! as a channel's secondary provider it is the failover target when the step's URL is down.
+//! The provider's id recorded for a delivered message is the origin it was delivered to
+//! (`https://backup.example`; the path is left out, it may hold a token).
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::http::{answer, client, unreachable};
-use crate::{Channel, Outgoing, SendError, part};
+use std::sync::Arc;
+
+use crate::egress::Egress;
+use crate::http::{answer, client, target, unreachable};
+use crate::{Channel, ConfigError, Outgoing, SendError, part};
 
 pub struct Webhook {
     secret: Vec<u8>,
     client: reqwest::Client,
+    egress: Arc<Egress>,
+    /// Where every message goes (instead of the step's URL), when set.
+    url: Option<String>,
 }
 
 /// The signature header's value for `body` sent at `timestamp`.
@@ -56,11 +67,29 @@ pub fn verify(secret: &[u8], header: &str, body: &str, now: i64, tolerance_secs:
 }
 
 impl Webhook {
+    /// A webhook that may call public addresses only.
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_egress(secret, Arc::new(Egress::default()))
+    }
+
+    /// A webhook that may also call what `egress` allows.
+    pub fn with_egress(secret: &[u8], egress: Arc<Egress>) -> Self {
         Self {
             secret: secret.to_vec(),
-            client: client(),
+            client: client(&egress),
+            egress,
+            url: None,
         }
+    }
+
+    /// Posts every message to `url` instead of the step's URL (a failover target).
+    pub fn to_url(mut self, url: &str) -> Result<Self, ConfigError> {
+        target(&self.egress, url).map_err(|e| ConfigError {
+            provider: "webhook",
+            message: format!("settings.url: {e}"),
+        })?;
+        self.url = Some(url.to_owned());
+        Ok(self)
     }
 }
 
@@ -72,10 +101,12 @@ impl Channel for Webhook {
 
     async fn send(&self, m: &Outgoing) -> Result<Option<String>, SendError> {
         let body = part(m, "body")?;
+        let url = target(&self.egress, self.url.as_deref().unwrap_or(&m.to))?;
+        let origin = url.origin().ascii_serialization();
         let now = chrono::Utc::now().timestamp();
         let resp = self
             .client
-            .post(&m.to)
+            .post(url)
             .header("content-type", "application/json")
             .header("idempotency-key", &m.key)
             .header("x-livora-signature", signature(&self.secret, now, body))
@@ -83,6 +114,6 @@ impl Channel for Webhook {
             .send()
             .await
             .map_err(unreachable)?;
-        answer(resp).await.map(|_| None)
+        answer(resp).await.map(|_| Some(origin))
     }
 }

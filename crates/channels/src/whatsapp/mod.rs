@@ -11,12 +11,16 @@
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use crate::http::{answer, client, unreachable};
+use std::sync::Arc;
+
+use crate::egress::Egress;
+use crate::http::{answer, client, endpoint, unreachable};
 use crate::{Channel, ConfigError, Outgoing, SendError};
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct WhatsAppSettings {
-    /// Default `https://graph.facebook.com`.
+    /// Default `https://graph.facebook.com` (the only documented host; another needs
+    /// `[automation] egress_allow` to name it).
     #[serde(default = "default_base")]
     pub base_url: String,
     /// Default `v21.0`.
@@ -45,17 +49,26 @@ pub struct WhatsApp {
     client: reqwest::Client,
 }
 
+/// Where the Cloud API may be (`base_url`).
+pub const DOCUMENTED_HOSTS: [&str; 1] = ["graph.facebook.com"];
+
 impl WhatsApp {
-    pub fn new(settings: WhatsAppSettings) -> Result<Self, ConfigError> {
+    pub fn new(settings: WhatsAppSettings, egress: Arc<Egress>) -> Result<Self, ConfigError> {
         if settings.phone_number_id.is_empty() || settings.access_token.is_empty() {
             return Err(ConfigError {
                 provider: "whatsapp",
                 message: "phone_number_id and access_token are required".into(),
             });
         }
+        endpoint(&egress, "base_url", &settings.base_url, &DOCUMENTED_HOSTS).map_err(|m| {
+            ConfigError {
+                provider: "whatsapp",
+                message: m,
+            }
+        })?;
         Ok(Self {
             settings,
-            client: client(),
+            client: client(&egress),
         })
     }
 }

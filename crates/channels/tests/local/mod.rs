@@ -10,6 +10,13 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
+use livora_channels::egress::Egress;
+
+/// The egress policy for tests: local receivers are internal, so they are allowed
+/// explicitly, as `[automation] egress_allow = ["127.0.0.1"]` would.
+pub fn egress() -> Arc<Egress> {
+    Arc::new(Egress::allowing(["127.0.0.1"]).expect("allowlist"))
+}
 
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -31,6 +38,8 @@ pub struct Answer {
     pub status: u16,
     pub body: String,
     pub delay: Duration,
+    /// A `Location` header (a redirect).
+    pub location: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -50,6 +59,17 @@ impl Provider {
             status,
             body: body.into(),
             delay,
+            location: None,
+        });
+    }
+
+    /// Answers `status` with a `Location: location` header.
+    pub fn redirect(&self, status: u16, location: &str) {
+        self.answers.lock().expect("lock").push(Answer {
+            status,
+            body: String::new(),
+            delay: Duration::ZERO,
+            location: Some(location.into()),
         });
     }
 
@@ -82,11 +102,20 @@ impl Provider {
                         status: 200,
                         body: "{}".into(),
                         delay: Duration::ZERO,
+                        location: None,
                     });
                     tokio::time::sleep(a.delay).await;
+                    let mut headers = HeaderMap::new();
+                    headers.insert(
+                        "content-type",
+                        axum::http::HeaderValue::from_static("application/json"),
+                    );
+                    if let Some(l) = a.location.as_deref().and_then(|l| l.parse().ok()) {
+                        headers.insert("location", l);
+                    }
                     (
                         StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                        [("content-type", "application/json")],
+                        headers,
                         a.body,
                     )
                         .into_response()

@@ -122,6 +122,8 @@ pub async fn spawn_app_inner(
         }),
         &livora_server::AutomationOptions {
             public_url: format!("{scheme}://{addr}"),
+            // The tests' receivers and fake providers listen on loopback: allowed explicitly.
+            egress_allow: vec!["127.0.0.1".into()],
             ..livora_server::AutomationOptions::default()
         },
         Security {

@@ -972,6 +972,25 @@ async fn backtests_previews_and_test_sends() {
         (502, Some("provider_failed")),
         "{v}"
     );
+    // Internal addresses the allowlist does not name are refused (SSRF), before any call.
+    for to in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+        "http://127.0.0.2:9/",
+    ] {
+        let (status, v) = call(
+            &app,
+            "POST",
+            "/api/v1/channels/webhook/test",
+            Some(json!({"to": to, "template": {"body": "x"}, "person": "ann"})),
+        )
+        .await;
+        assert_eq!(status, 502, "{v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains("refused")),
+            "{to}: {v}"
+        );
+    }
     let (status, v) = call(
         &app,
         "POST",

@@ -1,6 +1,8 @@
 //! The models' features and scores as Parquet, for outside tools: one row per person, their
 //! canonical identity, the churn features as of today ([`train::CHURN_FEATURES`]) and the
-//! latest scores (empty where a model has none).
+//! latest scores, named `score_<prediction>` (empty where a model has none). The prefix
+//! keeps every column name unique: `p_alive` is both a churn feature and a score, and
+//! pandas and pyarrow refuse a file with two columns of one name.
 
 use std::sync::Arc;
 
@@ -37,11 +39,13 @@ pub fn features_parquet(
     }
     type Pick = fn(&Scores) -> Option<f64>;
     let picks: [(&str, Pick); 5] = [
-        ("clv_12m", |s| s.clv_12m),
-        ("churn_risk", |s| s.churn_risk),
-        ("p_alive", |s| s.p_alive),
-        ("expected_purchases_90d", |s| s.expected_purchases_90d),
-        ("best_hour", |s| s.best_time.map(|b| f64::from(b.hour))),
+        ("score_clv_12m", |s| s.clv_12m),
+        ("score_churn_risk", |s| s.churn_risk),
+        ("score_p_alive", |s| s.p_alive),
+        ("score_expected_purchases_90d", |s| s.expected_purchases_90d),
+        ("score_best_hour", |s| {
+            s.best_time.map(|b| f64::from(b.hour))
+        }),
     ];
     for (name, pick) in picks {
         fields.push(Field::new(name, DataType::Float64, true));
@@ -89,5 +93,32 @@ mod tests {
             meta.file_metadata().schema_descr().num_columns(),
             1 + train::CHURN_FEATURES.len() + 5
         );
+    }
+
+    #[test]
+    fn column_names_are_unique() {
+        let h = Histories {
+            persons: vec![PersonHistory {
+                keys: vec!["u:ann".into()],
+                active_days: vec![1, 5, 9],
+                purchases: vec![(5, 20.0)],
+                ..Default::default()
+            }],
+            days: Vec::new(),
+            categories: Default::default(),
+        };
+        let scores = [Scores {
+            p_alive: Some(0.5),
+            ..Scores::default()
+        }];
+        let bytes = features_parquet(&h, 10, None, &scores).expect("writes");
+        let r = SerializedFileReader::new(bytes::Bytes::from(bytes)).expect("reads");
+        let schema = r.metadata().file_metadata().schema_descr();
+        let names: Vec<String> = (0..schema.num_columns())
+            .map(|i| schema.column(i).name().to_owned())
+            .collect();
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert!(names.iter().any(|n| n == "p_alive") && names.iter().any(|n| n == "score_p_alive"));
     }
 }

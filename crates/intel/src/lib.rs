@@ -3,11 +3,15 @@
 
 pub mod churn;
 pub mod clv;
+pub mod error;
 pub mod export;
 pub mod forecast;
 pub mod history;
+pub mod jobs;
 pub mod optim;
 pub mod recommend;
 pub mod send_time;
 pub mod sentiment;
 pub mod train;
+
+pub use error::Error;

@@ -2,8 +2,10 @@
 //! time-based holdout, and scoring every person.
 //!
 //! - **Lifetime value**: BG/NBD and Gamma-Gamma on the purchases (times in days). Holdout:
-//!   fitted on the purchases up to 90 days ago, the purchases each buyer makes in the last
-//!   90 days predicted; the metric is the mean absolute error per buyer (lower is better).
+//!   fitted on the purchases up to the horizon ago ([`Options::horizon_days`], 90 days by
+//!   default), the purchases each buyer makes in the horizon predicted; the metric is the
+//!   mean absolute error per buyer (lower is better). Each person's expected purchases are
+//!   predicted over the same horizon.
 //! - **Churn**: the logistic model on [`CHURN_FEATURES`], a person labelled churned when
 //!   they are not active in the 30 days after the cutoff. Trained with the cutoff 60 days
 //!   ago, judged by its AUC with the cutoff 30 days ago (higher is better); the model kept
@@ -53,8 +55,52 @@ pub const CHURN_FEATURES: [&str; 12] = [
 
 /// Days a churn label looks ahead.
 pub const CHURN_DAYS: i64 = 30;
-/// Days the lifetime-value holdout holds out.
-pub const CLV_HOLDOUT_DAYS: i64 = 90;
+/// The shortest and longest training window, in days.
+pub const WINDOW_DAYS: (u32, u32) = (60, 3650);
+/// The shortest and longest prediction horizon, in days.
+pub const HORIZON_DAYS: (u32, u32) = (7, 365);
+
+/// How much history a training reads and how far ahead it predicts, both in days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    /// Days of events read, up to today (730 by default).
+    pub window_days: u32,
+    /// Days ahead that purchases are predicted (`expected_purchases`), and the days the
+    /// lifetime-value holdout holds out (90 by default).
+    pub horizon_days: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            window_days: 730,
+            horizon_days: 90,
+        }
+    }
+}
+
+impl Options {
+    /// Checks both against [`WINDOW_DAYS`] and [`HORIZON_DAYS`], and that the horizon is at
+    /// most half the window (the lifetime-value model is fitted on what comes before it).
+    pub fn new(window_days: u32, horizon_days: u32) -> Result<Self, crate::Error> {
+        if !(WINDOW_DAYS.0..=WINDOW_DAYS.1).contains(&window_days) {
+            return Err(crate::Error::WindowDays(window_days));
+        }
+        if !(HORIZON_DAYS.0..=HORIZON_DAYS.1).contains(&horizon_days) {
+            return Err(crate::Error::HorizonDays(horizon_days));
+        }
+        if u64::from(horizon_days) * 2 > u64::from(window_days) {
+            return Err(crate::Error::HorizonTooLong {
+                horizon: horizon_days,
+                window: window_days,
+            });
+        }
+        Ok(Self {
+            window_days,
+            horizon_days,
+        })
+    }
+}
 
 /// Lifetime-value parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +116,9 @@ pub struct ClvParams {
 pub struct Scores {
     pub p_alive: Option<f64>,
     pub expected_purchases_90d: Option<f64>,
+    /// Purchases expected over the training's [`Options::horizon_days`].
+    #[serde(default)]
+    pub expected_purchases: Option<f64>,
     pub clv_12m: Option<f64>,
     pub churn_risk: Option<f64>,
     /// The features that moved the risk most, the strongest first (at most 3).
@@ -284,8 +333,13 @@ fn clv_holdout_error(
     errs / calibration.len().max(1) as f64
 }
 
-fn train_clv(h: &Histories, today: i64, in_use: &InUse) -> Result<Outcome<ClvParams>, String> {
-    let cutoff = today - CLV_HOLDOUT_DAYS;
+fn train_clv(
+    h: &Histories,
+    today: i64,
+    in_use: &InUse,
+    horizon_days: u32,
+) -> Result<Outcome<ClvParams>, String> {
+    let cutoff = today - i64::from(horizon_days);
     let calibration = customers_at(&h.persons, cutoff);
     let all = customers_at(&h.persons, today);
     let repeat = all.iter().filter(|(_, c)| c.frequency > 0).count();
@@ -313,7 +367,7 @@ fn train_clv(h: &Histories, today: i64, in_use: &InUse) -> Result<Outcome<ClvPar
     };
     Ok(Outcome {
         metrics: json!({
-            "holdout_days": CLV_HOLDOUT_DAYS,
+            "holdout_days": horizon_days,
             "holdout_buyers": holdout,
             "purchases_mae": score,
             "in_use_purchases_mae": previous,
@@ -671,13 +725,15 @@ pub fn tenant_hours(h: &Histories) -> Hours {
 }
 
 /// Scores every person of `h` as of local day `today` with the given models (texts by the
-/// tenant's sentiment classifier where it has one, else by the rules).
+/// tenant's sentiment classifier where it has one, else by the rules); expected purchases
+/// over `horizon_days`.
 pub fn score(
     h: &Histories,
     today: i64,
     clv: Option<&ClvParams>,
     churn: Option<&Logistic>,
     texts: Option<&crate::sentiment::Classifier>,
+    horizon_days: u32,
 ) -> Vec<Scores> {
     let tenant = tenant_hours(h);
     let today_customers: HashMap<usize, Customer> =
@@ -690,6 +746,8 @@ pub fn score(
             if let (Some(m), Some(c)) = (clv, today_customers.get(&i)) {
                 s.p_alive = Some(m.bg_nbd.p_alive(c));
                 s.expected_purchases_90d = Some(m.bg_nbd.expected_purchases(c, 90.0));
+                s.expected_purchases =
+                    Some(m.bg_nbd.expected_purchases(c, f64::from(horizon_days)));
                 s.clv_12m = Some(m.value(c));
             }
             if let (Some(m), Some(row)) = (churn, churn_row(p, today, clv))
@@ -721,9 +779,10 @@ pub fn score(
 
 /// Trains every model on `h`, as of local day `today`, and scores every person with the
 /// models that will be in use (the new version where it is not worse, else `in_use`).
-pub fn train(h: &Histories, today: i64, in_use: &InUse) -> Trained {
+/// `h` is expected to hold `opts.window_days` of history (the caller reads it).
+pub fn train(h: &Histories, today: i64, in_use: &InUse, opts: &Options) -> Trained {
     let mut skipped = Vec::new();
-    let clv = train_clv(h, today, in_use)
+    let clv = train_clv(h, today, in_use, opts.horizon_days)
         .map_err(|e| skipped.push(("clv".to_owned(), e)))
         .ok();
     let churn = train_churn(h, today, in_use)
@@ -763,6 +822,7 @@ pub fn train(h: &Histories, today: i64, in_use: &InUse) -> Trained {
         clv_use.as_ref(),
         churn_use.as_ref(),
         in_use.sentiment.as_ref(),
+        opts.horizon_days,
     );
     Trained {
         today,
@@ -884,7 +944,7 @@ mod tests {
     #[test]
     fn trains_every_model_and_scores_everyone() {
         let h = shop(600);
-        let t = train(&h, 199, &InUse::default());
+        let t = train(&h, 199, &InUse::default(), &Options::default());
         assert!(t.skipped.is_empty(), "{:?}", t.skipped);
         let churn = t.churn.as_ref().expect("churn");
         let auc = churn.score.expect("an AUC");
@@ -921,19 +981,56 @@ mod tests {
                 clv: t.clv.as_ref().map(|c| c.params.clone()),
                 ..Default::default()
             },
+            &Options::default(),
         );
         assert!(again.churn.expect("churn").previous_score.is_some());
     }
 
     #[test]
     fn too_little_data_is_said_not_guessed() {
-        let t = train(&shop(5), 199, &InUse::default());
+        let t = train(&shop(5), 199, &InUse::default(), &Options::default());
         let kinds: Vec<&str> = t.skipped.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(kinds, ["clv", "churn"]);
         assert!(
             t.scores
                 .iter()
                 .all(|s| s.churn_risk.is_none() && s.clv_12m.is_none())
+        );
+    }
+
+    #[test]
+    fn the_horizon_sets_the_holdout_and_the_expected_purchases() {
+        let h = shop(600);
+        let short = Options::new(200, 30).expect("valid");
+        let t = train(&h, 199, &InUse::default(), &short);
+        let clv = t.clv.as_ref().expect("clv");
+        assert_eq!(clv.metrics["holdout_days"], 30);
+        let long = train(&h, 199, &InUse::default(), &Options::default());
+        assert_eq!(long.clv.as_ref().expect("clv").metrics["holdout_days"], 90);
+        // Fewer purchases are expected in 30 days than in 90, for everyone with a value.
+        let (mut compared, mut fewer) = (0, 0);
+        for (a, b) in t.scores.iter().zip(&long.scores) {
+            if let (Some(a), Some(b)) = (a.expected_purchases, b.expected_purchases) {
+                compared += 1;
+                fewer += usize::from(a < b || (a == 0.0 && b == 0.0));
+            }
+        }
+        assert!(compared > 0 && fewer == compared, "{fewer} of {compared}");
+    }
+
+    #[test]
+    fn options_out_of_range_are_refused() {
+        assert_eq!(Options::new(730, 90), Ok(Options::default()));
+        assert_eq!(Options::new(59, 7), Err(crate::Error::WindowDays(59)));
+        assert_eq!(Options::new(3651, 90), Err(crate::Error::WindowDays(3651)));
+        assert_eq!(Options::new(730, 6), Err(crate::Error::HorizonDays(6)));
+        assert_eq!(Options::new(730, 366), Err(crate::Error::HorizonDays(366)));
+        assert_eq!(
+            Options::new(100, 60),
+            Err(crate::Error::HorizonTooLong {
+                horizon: 60,
+                window: 100
+            })
         );
     }
 }

@@ -40,6 +40,11 @@ pub struct IntelConfig {
     pub retrain_hours: u64,
     /// Seconds from the start to the first training.
     pub first_after_secs: u64,
+    /// Days of events a training reads, up to today (60 to 3650).
+    pub window_days: u32,
+    /// Days ahead a training predicts purchases and holds out to judge lifetime value
+    /// (7 to 365, at most half of `window_days`).
+    pub horizon_days: u32,
 }
 
 impl Default for IntelConfig {
@@ -47,17 +52,23 @@ impl Default for IntelConfig {
         Self {
             retrain_hours: 24,
             first_after_secs: 120,
+            window_days: 730,
+            horizon_days: 90,
         }
     }
 }
 
 impl IntelConfig {
-    pub fn schedule(&self) -> livora_server::intel::Schedule {
-        livora_server::intel::Schedule {
+    /// The schedule and default options of trainings; out-of-range days are refused.
+    pub fn schedule(&self) -> anyhow::Result<livora_server::intel::Schedule> {
+        let options = livora_intel::train::Options::new(self.window_days, self.horizon_days)
+            .map_err(|e| anyhow::anyhow!("[intel] {e}"))?;
+        Ok(livora_server::intel::Schedule {
             every: (self.retrain_hours > 0)
                 .then(|| std::time::Duration::from_secs(self.retrain_hours * 3600)),
             first_after: std::time::Duration::from_secs(self.first_after_secs),
-        }
+            options,
+        })
     }
 }
 
@@ -494,6 +505,27 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn intel_window_and_horizon_are_settings_in_days() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("LIVORA__INTEL__WINDOW_DAYS", "365"),
+                ("LIVORA__INTEL__HORIZON_DAYS", "30"),
+            ]),
+        )
+        .expect("loads");
+        let s = c.intel.schedule().expect("valid");
+        assert_eq!((s.options.window_days, s.options.horizon_days), (365, 30));
+        let d = Config::load(None, &env(&[])).expect("loads");
+        let s = d.intel.schedule().expect("valid");
+        assert_eq!((s.options.window_days, s.options.horizon_days), (730, 90));
+        let bad =
+            Config::load(None, &env(&[("LIVORA__INTEL__HORIZON_DAYS", "400")])).expect("loads");
+        let e = bad.intel.schedule().expect_err("refused").to_string();
+        assert!(e.contains("horizon_days 400"), "{e}");
     }
 
     #[test]

@@ -265,7 +265,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         &automation,
         security,
     )?;
-    let mut schedule = config.intel.schedule();
+    let mut schedule = config.intel.schedule()?;
     if demo.is_some() {
         // The demo's history is in within seconds: its models need not wait two minutes.
         schedule.first_after = schedule.first_after.min(std::time::Duration::from_secs(30));

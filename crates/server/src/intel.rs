@@ -12,6 +12,11 @@
 //! versions in use once the column store has caught up (no training, no new version); the
 //! first training runs `[intel] first_after_secs` after the start.
 //!
+//! A training asked for (`POST /api/v1/models/train`) or due on the schedule is a job
+//! ([`livora_intel::jobs`]): queued per tenant, one running per tenant, tenants independent.
+//! It trains as of the log's end when it was asked for: it first waits for the column store
+//! to reach that offset, so what a client ingested just before is in it.
+//!
 //! A tenant may upload labelled texts (`PUT /api/v1/models/sentiment/examples`); the naive
 //! Bayes classifier trained from them, when cross-validation finds it not worse than the
 //! rules, scores the persons' texts and labels texts as they arrive.
@@ -26,6 +31,7 @@ use chrono::{DateTime, Utc};
 use livora_automation::people::{People, Person, Suggest, Suggestions};
 use livora_intel::churn::Logistic;
 use livora_intel::history::{self, Histories};
+use livora_intel::jobs::{Job, Jobs};
 use livora_intel::recommend::{Action, Recommender, Weights};
 use livora_intel::sentiment::{self, Classifier};
 use livora_intel::train::{self, ClvParams, InUse, Outcome, Scores, SeriesForecast};
@@ -40,8 +46,8 @@ use crate::error::{ApiError, Code};
 use crate::people::{find, lock, service};
 use crate::staff::entry;
 
-/// How far back training reads.
-const WINDOW_DAYS: i64 = 730;
+/// How long a training waits for the column store to reach its offset.
+const AS_OF_WAIT: Duration = Duration::from_secs(600);
 
 /// What one tenant's last training left in use.
 pub struct TenantModels {
@@ -56,6 +62,8 @@ pub struct TenantModels {
 /// The part of a training that does not depend on the versions scoring persons.
 struct Built {
     trained_at: DateTime<Utc>,
+    /// The window and horizon it was trained with.
+    options: train::Options,
     recommender: Recommender,
     forecasts: Vec<SeriesForecast>,
     skipped: Vec<(String, String)>,
@@ -64,8 +72,11 @@ struct Built {
 /// The models of every tenant, and when they are trained.
 pub struct IntelState {
     tenants: RwLock<HashMap<TenantId, Arc<TenantModels>>>,
-    /// One training at a time (they are heavy, and versions are numbered in order).
-    training: tokio::sync::Mutex<()>,
+    /// Per tenant, one training, rollback or restore at a time (versions are numbered in
+    /// order); tenants do not wait for each other.
+    training: std::sync::Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Trainings asked for and due, queued per tenant.
+    jobs: Arc<Jobs<TenantId>>,
     schedule: RwLock<Schedule>,
     /// Per tenant, its own sentiment classifier when one is in use (ingestion and inbound
     /// messages label texts with it).
@@ -79,6 +90,9 @@ pub struct Schedule {
     pub every: Option<Duration>,
     /// From the start to the first training.
     pub first_after: Duration,
+    /// The window and horizon of trainings that do not name theirs (`[intel] window_days`,
+    /// `horizon_days`).
+    pub options: train::Options,
 }
 
 impl Default for Schedule {
@@ -86,6 +100,7 @@ impl Default for Schedule {
         Self {
             every: Some(Duration::from_secs(24 * 3600)),
             first_after: Duration::from_secs(120),
+            options: train::Options::default(),
         }
     }
 }
@@ -94,7 +109,8 @@ impl Default for IntelState {
     fn default() -> Self {
         Self {
             tenants: RwLock::new(HashMap::new()),
-            training: tokio::sync::Mutex::new(()),
+            training: std::sync::Mutex::new(HashMap::new()),
+            jobs: Arc::default(),
             schedule: RwLock::new(Schedule::default()),
             classifiers: RwLock::new(HashMap::new()),
         }
@@ -108,6 +124,23 @@ impl IntelState {
 
     fn schedule(&self) -> Schedule {
         *self.schedule.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tenant's training lock.
+    async fn lock_tenant(&self, tenant: TenantId) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .training
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant)
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    /// A training job of the tenant.
+    pub fn job(&self, tenant: TenantId, id: &str) -> Option<Job> {
+        self.jobs.get(&tenant, id)
     }
 
     fn get(&self, tenant: TenantId) -> Option<Arc<TenantModels>> {
@@ -251,9 +284,23 @@ pub async fn schedule_loop(state: Arc<AppState>) {
     loop {
         match state.store.tenants().await {
             Ok(tenants) => {
-                for t in tenants {
-                    if let Err(e) = train_tenant(&state, t.id).await {
-                        tracing::warn!(tenant = %t.id, error = %e.message, "model training failed");
+                let jobs: Vec<(TenantId, Result<Job, ApiError>)> = tenants
+                    .iter()
+                    .map(|t| (t.id, submit_training(&state, t.id, None, "schedule".into())))
+                    .collect();
+                for (tenant, job) in jobs {
+                    let done = match job {
+                        Ok(job) => state.intel.jobs.wait(&tenant, &job.id).await,
+                        Err(e) => {
+                            tracing::warn!(tenant = %tenant, error = %e.message, "model training not queued");
+                            continue;
+                        }
+                    };
+                    if let Some(Job {
+                        error: Some(why), ..
+                    }) = done
+                    {
+                        tracing::warn!(tenant = %tenant, error = %why, "model training failed");
                     }
                 }
             }
@@ -295,7 +342,8 @@ async fn restore_all(state: &AppState) {
 
 /// One tenant's [`restore_all`]; `false` when it has never been trained.
 async fn restore_tenant(state: &AppState, tenant: TenantId) -> Result<bool, ApiError> {
-    let _one = state.intel.training.lock().await;
+    let _one = state.intel.lock_tenant(tenant).await;
+    let options = state.intel.schedule().options;
     let (u, all) = in_use(state, tenant).await?;
     let Some(last) = all.iter().map(|m| m.trained_at).max() else {
         return Ok(false);
@@ -309,7 +357,7 @@ async fn restore_tenant(state: &AppState, tenant: TenantId) -> Result<bool, ApiE
         .find(|m| m.kind == "forecast" && m.active)
         .and_then(|m| serde_json::from_str(&m.params).ok())
         .unwrap_or_default();
-    let (h, today) = histories(state, tenant).await?;
+    let (h, today) = histories(state, tenant, options.window_days).await?;
     if h.persons.is_empty() {
         return Ok(false);
     }
@@ -323,6 +371,7 @@ async fn restore_tenant(state: &AppState, tenant: TenantId) -> Result<bool, ApiE
                 u.clv.as_ref(),
                 u.churn.as_ref(),
                 u.sentiment.as_ref(),
+                options.horizon_days,
             );
             (scores, train::recommender(&h, Weights::default()))
         })
@@ -331,6 +380,7 @@ async fn restore_tenant(state: &AppState, tenant: TenantId) -> Result<bool, ApiE
     };
     let built = Arc::new(Built {
         trained_at: last,
+        options,
         recommender,
         forecasts,
         skipped: Vec::new(),
@@ -343,8 +393,12 @@ fn day_to_time(day: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(day * 86_400, 0).unwrap_or_default()
 }
 
-/// The tenant's histories over the training window, and today's local day.
-async fn histories(state: &AppState, tenant: TenantId) -> Result<(Histories, i64), ApiError> {
+/// The tenant's histories over the last `window_days`, and today's local day.
+async fn histories(
+    state: &AppState,
+    tenant: TenantId,
+    window_days: u32,
+) -> Result<(Histories, i64), ApiError> {
     let Some(columns) = &state.columns else {
         return Err(ApiError::new(
             Code::AnalyticsDisabled,
@@ -359,7 +413,7 @@ async fn histories(state: &AppState, tenant: TenantId) -> Result<(Histories, i64
     let tz: chrono_tz::Tz = t.time_zone.parse().unwrap_or(chrono_tz::UTC);
     let now = Utc::now();
     let today = history::local_day(now, tz);
-    let from = (now - chrono::Duration::days(WINDOW_DAYS)).timestamp_micros();
+    let from = (now - chrono::Duration::days(i64::from(window_days))).timestamp_micros();
     let to = now.timestamp_micros() + 1;
     let table = columns.table(tenant);
     let h = tokio::task::spawn_blocking(move || match table {
@@ -506,24 +560,77 @@ async fn write_predictions(state: &AppState, tenant: TenantId, h: &Histories, sc
     }
 }
 
-/// Trains every model of `tenant` now; records the versions; puts in use those not worse.
-pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, ApiError> {
-    let _one = state.intel.training.lock().await;
+/// Queues a training of `tenant` as of the log's end now, with `options` (else the
+/// configured ones); the job trains once the tenant's earlier ones are done.
+pub fn submit_training(
+    state: &Arc<AppState>,
+    tenant: TenantId,
+    options: Option<train::Options>,
+    requested_by: String,
+) -> Result<Job, ApiError> {
+    let options = options.unwrap_or(state.intel.schedule().options);
+    let as_of = state.log.end_offset();
+    let work = {
+        let state = state.clone();
+        Box::pin(async move {
+            train_tenant(&state, tenant, options, as_of)
+                .await
+                .map_err(|e| e.message)
+        })
+    };
+    state
+        .intel
+        .jobs
+        .submit(tenant, as_of, options, requested_by, work)
+        .map_err(|e| match e {
+            livora_intel::Error::QueueFull(_) => ApiError::new(Code::RateLimited, e.to_string()),
+            other => ApiError::new(Code::InvalidRequest, other.to_string()),
+        })
+}
+
+/// Trains every model of `tenant` on the events below log offset `as_of` and after (once
+/// the column store has reached it); records the versions; puts in use those not worse.
+pub async fn train_tenant(
+    state: &AppState,
+    tenant: TenantId,
+    options: train::Options,
+    as_of: u64,
+) -> Result<Value, ApiError> {
+    if let Some(columns) = &state.columns {
+        let deadline = tokio::time::Instant::now() + AS_OF_WAIT;
+        while columns.applied() < as_of {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    Code::Timeout,
+                    format!(
+                        "the column store has not reached log offset {as_of} in {} s (it is at {})",
+                        AS_OF_WAIT.as_secs(),
+                        columns.applied()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _one = state.intel.lock_tenant(tenant).await;
     let (use_now, _) = in_use(state, tenant).await?;
-    let (h, today) = histories(state, tenant).await?;
+    let (h, today) = histories(state, tenant, options.window_days).await?;
     if h.persons.is_empty() {
         // Nothing to learn from: no version is recorded.
         return Ok(json!({
             "trained_at": Utc::now(),
+            "as_of_offset": as_of,
+            "window_days": options.window_days,
+            "horizon_days": options.horizon_days,
             "persons": 0,
             "models": [],
-            "skipped": [{"kind": "all", "reason": format!("no events in the last {WINDOW_DAYS} days")}],
+            "skipped": [{"kind": "all", "reason": format!("no events in the last {} days", options.window_days)}],
         }));
     }
     let h = Arc::new(h);
     let trained = {
         let (h, u) = (h.clone(), use_now.clone());
-        tokio::task::spawn_blocking(move || train::train(&h, today, &u))
+        tokio::task::spawn_blocking(move || train::train(&h, today, &u, &options))
             .await
             .map_err(|e| ApiError::internal(&e))?
     };
@@ -584,6 +691,7 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
     write_predictions(state, tenant, &h, &trained.scores).await;
     let built = Arc::new(Built {
         trained_at: Utc::now(),
+        options,
         recommender: trained.recommender.params.clone(),
         forecasts: trained.forecasts.params.clone(),
         skipped: trained.skipped.clone(),
@@ -592,22 +700,77 @@ pub async fn train_tenant(state: &AppState, tenant: TenantId) -> Result<Value, A
     state.intel.put(tenant, models);
     Ok(json!({
         "trained_at": Utc::now(),
+        "as_of_offset": as_of,
+        "window_days": options.window_days,
+        "horizon_days": options.horizon_days,
         "persons": h.persons.len(),
         "models": out,
         "skipped": trained.skipped.iter().map(|(k, why)| json!({"kind": k, "reason": why})).collect::<Vec<_>>(),
     }))
 }
 
-/// `POST /api/v1/models/train`: trains the tenant's models now.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    /// Days of events read (default `[intel] window_days`).
+    #[serde(default)]
+    window_days: Option<u32>,
+    /// Days ahead purchases are predicted (default `[intel] horizon_days`).
+    #[serde(default)]
+    horizon_days: Option<u32>,
+}
+
+/// `POST /api/v1/models/train`: queues a training of the tenant's models as of now;
+/// answers 202 with the job (`GET /api/v1/models/train/{job_id}` follows it).
 pub async fn train_now(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
-    let out = train_tenant(&state, principal.tenant).await?;
-    let mut e = entry(&principal, "models.train", None);
-    e.after = Some(json!({"models": out["models"].as_array().map(|m| m.len())}));
+    body: axum::body::Bytes,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    // No body, or `{}`: the configured window and horizon.
+    let req: TrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TrainRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(Code::InvalidRequest, format!("invalid body: {e}")))?
+    };
+    let defaults = state.intel.schedule().options;
+    let options = train::Options::new(
+        req.window_days.unwrap_or(defaults.window_days),
+        req.horizon_days.unwrap_or(defaults.horizon_days),
+    )
+    .map_err(|e| {
+        let field = match e {
+            livora_intel::Error::WindowDays(_) => "window_days",
+            _ => "horizon_days",
+        };
+        ApiError::new(Code::InvalidRequest, e.to_string()).with("field", field)
+    })?;
+    let job = submit_training(&state, principal.tenant, Some(options), principal.label())?;
+    let mut e = entry(&principal, "models.train", Some(job.id.clone()));
+    e.after = Some(
+        json!({"as_of_offset": job.as_of_offset, "window_days": options.window_days, "horizon_days": options.horizon_days}),
+    );
     state.audit(e).await?;
-    Ok(Json(out))
+    let location = format!("/api/v1/models/train/{}", job.id);
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, location)],
+        Json(json!(job)),
+    ))
+}
+
+/// `GET /api/v1/models/train/{job_id}`: a training job of the tenant.
+pub async fn train_job(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .intel
+        .job(principal.tenant, &id)
+        .map(|j| Json(json!(j)))
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no training job {id:?}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -681,7 +844,7 @@ pub async fn activate(
         .with("field", "kind"));
     }
     let tenant = principal.tenant;
-    let _one = state.intel.training.lock().await;
+    let _one = state.intel.lock_tenant(tenant).await;
     let note = format!("put back in use by {}", principal.label());
     if !state
         .store
@@ -722,8 +885,11 @@ pub struct Examples {
 }
 
 /// Fewest and most examples a classifier is trained from, and the longest text.
-const EXAMPLES: (usize, usize) = (10, 50_000);
-const EXAMPLE_CHARS: usize = 5_000;
+const EXAMPLES: (usize, usize) = (10, 10_000);
+const EXAMPLE_CHARS: usize = 1_000;
+/// The largest body of `PUT /api/v1/models/sentiment/examples`: the most examples, each of
+/// the longest text in 4-byte UTF-8 characters, with 64 bytes of JSON around each.
+pub const EXAMPLES_BODY_BYTES: usize = EXAMPLES.1 * (EXAMPLE_CHARS * 4 + 64) + 1024;
 /// Folds of the cross-validation that judges a classifier.
 const FOLDS: usize = 5;
 
@@ -735,7 +901,19 @@ pub async fn sentiment_examples(
     Extension(principal): Extension<Principal>,
     body: Result<Json<Examples>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    let Json(body) = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                Code::BodyTooLarge,
+                format!(
+                    "the body is over {EXAMPLES_BODY_BYTES} bytes: give at most {} examples of at most {EXAMPLE_CHARS} characters",
+                    EXAMPLES.1
+                ),
+            )
+        } else {
+            ApiError::new(Code::InvalidRequest, e.body_text())
+        }
+    })?;
     let n = body.examples.len();
     if !(EXAMPLES.0..=EXAMPLES.1).contains(&n) {
         return Err(ApiError::new(
@@ -771,7 +949,7 @@ pub async fn sentiment_examples(
         examples.push((e.text, e.label));
     }
     let tenant = principal.tenant;
-    let _one = state.intel.training.lock().await;
+    let _one = state.intel.lock_tenant(tenant).await;
     let (judged, classifier) = tokio::task::spawn_blocking(move || {
         let judged = sentiment::cross_validate(&examples, FOLDS);
         let c = Classifier::train(examples.iter().map(|(t, l)| (t.as_str(), l.as_str())));
@@ -837,7 +1015,8 @@ async fn rescore(state: &AppState, tenant: TenantId, u: InUse) -> Result<(), Api
     let Some(current) = state.intel.get(tenant) else {
         return Ok(());
     };
-    let (h, today) = histories(state, tenant).await?;
+    let options = current.built.options;
+    let (h, today) = histories(state, tenant, options.window_days).await?;
     let h = Arc::new(h);
     let scores = {
         let h = h.clone();
@@ -848,6 +1027,7 @@ async fn rescore(state: &AppState, tenant: TenantId, u: InUse) -> Result<(), Api
                 u.clv.as_ref(),
                 u.churn.as_ref(),
                 u.sentiment.as_ref(),
+                options.horizon_days,
             )
         })
         .await
@@ -916,6 +1096,8 @@ pub async fn predictions(
         "clv_12m": scores.clv_12m,
         "p_alive": scores.p_alive,
         "expected_purchases_90d": scores.expected_purchases_90d,
+        "expected_purchases": scores.expected_purchases,
+        "horizon_days": models.built.options.horizon_days,
         "churn_risk": scores.churn_risk,
         "churn_reasons": scores.churn_reasons,
         "best_send_time": scores.best_time,
@@ -1058,7 +1240,12 @@ pub async fn features(
     use axum::response::IntoResponse;
     let tenant = principal.tenant;
     let (u, _) = in_use(&state, tenant).await?;
-    let (h, today) = histories(&state, tenant).await?;
+    let window = state
+        .intel
+        .get(tenant)
+        .map_or(state.intel.schedule().options, |m| m.built.options)
+        .window_days;
+    let (h, today) = histories(&state, tenant, window).await?;
     // The latest scores, found by identity (persons may have come since the training).
     let scores: Vec<Scores> = match state.intel.get(tenant) {
         Some(m) => h

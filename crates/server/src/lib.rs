@@ -519,6 +519,11 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         Need::Permission(P::ManageModels),
     ),
     (
+        "GET",
+        "/api/v1/models/train/{job_id}",
+        Need::Permission(P::ManageModels),
+    ),
+    (
         "POST",
         "/api/v1/models/{kind}/activate",
         Need::Permission(P::ManageModels),
@@ -757,8 +762,11 @@ fn handler(method: &str, path: &str) -> Handler {
         ("GET", "/api/v1/models") => get(intel::list),
         ("GET", "/api/v1/models/features") => get(intel::features),
         ("POST", "/api/v1/models/train") => post(intel::train_now),
+        ("GET", "/api/v1/models/train/{job_id}") => get(intel::train_job),
         ("POST", "/api/v1/models/{kind}/activate") => post(intel::activate),
-        ("PUT", "/api/v1/models/sentiment/examples") => put(intel::sentiment_examples),
+        ("PUT", "/api/v1/models/sentiment/examples") => put(intel::sentiment_examples).layer(
+            axum::extract::DefaultBodyLimit::max(intel::EXAMPLES_BODY_BYTES),
+        ),
         ("GET", "/api/v1/people/{id}") => get(people::get_person),
         ("GET", "/api/v1/people/{id}/timeline") => get(people::timeline),
         ("POST", "/api/v1/people/{id}/unmerge") => post(people::unmerge),

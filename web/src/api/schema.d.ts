@@ -1572,10 +1572,30 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Train the models now
-         * @description Trains every model from the tenant's events of the last two years (as the schedule does, `[intel] retrain_hours`), records each version, puts a new one in use only when its holdout metric is not worse than the version in use on the same holdout, and scores every person. Recorded in the audit log.
+         * Queue a training of the models
+         * @description Queues a training of every model from the tenant's events (as the schedule does, `[intel] retrain_hours`) and answers at once with the job (`202`, `Location: /api/v1/models/train/{job_id}`). The job trains as of the request: it waits for the column store to reach the event log's end at the time of the request (`as_of_offset`), so events acknowledged before it are included. One training runs at a time per tenant; others wait in order (at most 10 waiting, then `429 rate_limited`); tenants do not wait for each other. It records each version, puts a new one in use only when its holdout metric is not worse than the version in use on the same holdout, and scores every person. Recorded in the audit log.
          */
         post: operations["trainModels"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models/train/{job_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A training job
+         * @description Where a training asked for with `POST /api/v1/models/train` (or due on the schedule) is: `queued`, `running`, `succeeded` with its `result`, or `failed` with its `error`.
+         */
+        get: operations["trainingJob"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -1611,7 +1631,7 @@ export interface paths {
         };
         /**
          * Features and scores as Parquet
-         * @description One row per person: their canonical identity (`person`: `u:<userId>` or `a:<anonymousId>`), the churn model's features as of today (`days_since_last_active`, `active_days_30`, `active_days_trend`, `tenure_days`, `orders`, `revenue`, `days_since_last_order`, `p_alive`, `expected_purchases_30`, `engagements_30`, `messages_sent_30`, `sentiment_30`) and the latest scores (`clv_12m`, `churn_risk`, `p_alive`, `expected_purchases_90d`, `best_hour`; empty before the first training). For outside tools. Recorded in the audit log.
+         * @description One row per person: their canonical identity (`person`: `u:<userId>` or `a:<anonymousId>`), the churn model's features as of today (`days_since_last_active`, `active_days_30`, `active_days_trend`, `tenure_days`, `orders`, `revenue`, `days_since_last_order`, `p_alive`, `expected_purchases_30`, `engagements_30`, `messages_sent_30`, `sentiment_30`) and the latest scores, prefixed `score_` so that every column name is unique (`score_clv_12m`, `score_churn_risk`, `score_p_alive`, `score_expected_purchases_90d`, `score_best_hour`; empty before the first training). For outside tools. Recorded in the audit log.
          */
         get: operations["modelFeatures"];
         put?: never;
@@ -1632,7 +1652,7 @@ export interface paths {
         get?: never;
         /**
          * Train the tenant's sentiment classifier from labelled texts
-         * @description Replaces the tenant's labelled examples with these and trains a naive Bayes classifier from them. It is judged by 5-fold cross-validation beside the VADER-style rules on the same examples, recorded as a `sentiment` version, and put in use only if its accuracy is not worse. In use, it scores the persons' texts (`sentiment_30d`) and labels texts as they arrive (`sentiment`, `sentiment_label` on events with a `text` property and on inbound messages). Recorded in the audit log.
+         * @description Replaces the tenant's labelled examples with these and trains a naive Bayes classifier from them. It is judged by 5-fold cross-validation beside the VADER-style rules on the same examples, recorded as a `sentiment` version, and put in use only if its accuracy is not worse. In use, it scores the persons' texts (`sentiment_30d`) and labels texts as they arrive (`sentiment`, `sentiment_label` on events with a `text` property and on inbound messages). Recorded in the audit log. At most 10,000 examples of at most 1,000 characters each; the body may be up to 40,641,024 bytes (every example at its longest in 4-byte UTF-8), and a larger one is refused with `413 body_too_large`.
          */
         put: operations["putSentimentExamples"];
         post?: never;
@@ -1802,6 +1822,8 @@ export interface components {
             accepted?: number;
             /** @description With `invalid_items`: one entry per refused item. */
             errors?: components["schemas"]["ItemError"][];
+            /** @description With `provider_failed`: the provider called (its answer in `message`: at most 200 characters of its body, control characters removed). */
+            provider?: string;
         };
         ItemError: {
             /** @description Position of the item in `batch` (0-based). */
@@ -2458,6 +2480,7 @@ export interface components {
             /** @description Why it was held, blocked or given up on. */
             reason?: string | null;
             provider?: string | null;
+            /** @description The provider's id for the message; for a webhook, the origin it was delivered to (`https://backup.example`: the primary's, or a secondary's own `url`). */
             provider_id?: string | null;
             to?: string | null;
             content?: Record<string, never> | null;
@@ -2465,7 +2488,7 @@ export interface components {
         ChannelConfig: {
             /** @enum {string} */
             provider: "smtp" | "twilio" | "whatsapp-cloud" | "fcm" | "webhook";
-            /** @description smtp: host, port, security (none|starttls|tls), username, password, from. twilio: account_sid, auth_token, from or messaging_service_sid, base_url, status_callback (`{public_url}/hooks/twilio/{tenant}` for delivery receipts). whatsapp-cloud: phone_number_id, access_token, api_version, base_url, app_secret and verify_token (to accept Meta's webhook at `/hooks/whatsapp/{tenant}`). fcm: project_id, client_email, private_key, token_uri, base_url. webhook: secret. Credentials (password, auth_token, access_token, private_key, secret, app_secret, verify_token) are stored sealed and never shown. */
+            /** @description smtp: host, port, security (none|starttls|tls), username, password, from. twilio: account_sid, auth_token, from or messaging_service_sid, base_url, status_callback (`{public_url}/hooks/twilio/{tenant}` for delivery receipts). whatsapp-cloud: phone_number_id, access_token, api_version, base_url, app_secret and verify_token (to accept Meta's webhook at `/hooks/whatsapp/{tenant}`). fcm: project_id, client_email, private_key, token_uri, base_url. webhook: secret, url (post every message there instead of the step's URL: a secondary's failover target). base_url and token_uri must be the provider's documented https host (api.twilio.com or *.twilio.com, graph.facebook.com, fcm.googleapis.com, oauth2.googleapis.com) unless `[automation] egress_allow` names the host; internal addresses are refused unless allowed there. Credentials (password, auth_token, access_token, private_key, secret, app_secret, verify_token) are stored sealed and never shown. */
             settings: Record<string, never>;
             /** @description The provider to fail over to. */
             secondary?: {
@@ -2512,6 +2535,66 @@ export interface components {
             } | null;
             /** @description Channels whose marketing messages need the person's opt-in (`<channel>` or `<channel>_marketing` granted). WhatsApp always needs one. */
             opt_in?: ("email" | "sms" | "push")[];
+        };
+        /** @description What a training did: the versions it recorded and why each is or is not in use, and what it skipped. */
+        TrainingResult: {
+            /** Format: date-time */
+            trained_at?: string;
+            /** @description Every event below this log offset was in the column store it read. */
+            as_of_offset?: number;
+            /** @description Days of events read, up to today. */
+            window_days?: number;
+            /** @description Days ahead purchases were predicted, and held out to judge lifetime value. */
+            horizon_days?: number;
+            persons?: number;
+            models?: {
+                /** @enum {string} */
+                kind?: "clv" | "churn" | "forecast" | "recommendations" | "send_time" | "sentiment";
+                version?: number;
+                active?: boolean;
+                /** Format: date-time */
+                trained_at?: string;
+                window?: {
+                    from?: string;
+                    to?: string;
+                };
+                /** @description The holdout metrics (`score`, with `lower_is_better` and the version in use's `previous_score` on the same holdout) and what else training measured. */
+                metrics?: Record<string, never>;
+                features?: string[];
+                /** @description Why it is, or is not, in use. */
+                note?: string;
+            }[];
+            skipped?: {
+                kind?: string;
+                reason?: string;
+            }[];
+        };
+        /** @description A training of the tenant's models: queued (behind the tenant's earlier one), running, or finished. Jobs live in the node's memory: a restart forgets them (their versions stay in the registry); each tenant keeps its last 100. */
+        TrainingJob: {
+            /** @description The job's id (`GET /api/v1/models/train/{job_id}`). */
+            id: string;
+            /** @enum {string} */
+            state: "queued" | "running" | "succeeded" | "failed";
+            /** @description The event log's end when it was asked for: it waits for the column store to reach this offset, so every event acknowledged before the request is trained on. */
+            as_of_offset: number;
+            options: {
+                /** @description Days of events read, up to today. */
+                window_days: number;
+                /** @description Days ahead purchases are predicted. */
+                horizon_days: number;
+            };
+            /** @description Who asked: the staff member, the API key, or `schedule`. */
+            requested_by: string;
+            /** Format: date-time */
+            requested_at: string;
+            /** Format: date-time */
+            started_at: string | null;
+            /** Format: date-time */
+            finished_at: string | null;
+            /** @description What a succeeded job trained. */
+            result: components["schemas"]["TrainingResult"] | null;
+            /** @description Why a failed job failed. */
+            error: string | null;
         };
     };
     responses: {
@@ -7258,7 +7341,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description `invalid_request`: neither a template nor a workflow and step. `invalid_definition` (with `path`): a template syntax error. */
+            /** @description `invalid_request`: neither a template nor a workflow and step. `invalid_definition` (with `path`): a template syntax error. `template_too_large` (with `path`): the render would build a value over 1 MiB or emit more than 1 MiB. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -7323,7 +7406,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description `invalid_request` / `invalid_definition`: as for the preview, or no `to`. */
+            /** @description `invalid_request` / `invalid_definition` / `template_too_large`: as for the preview, or no `to`. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -7383,6 +7466,10 @@ export interface operations {
                         clv_12m?: number | null;
                         p_alive?: number | null;
                         expected_purchases_90d?: number | null;
+                        /** @description Purchases expected in the next `horizon_days` days. */
+                        expected_purchases?: number | null;
+                        /** @description The horizon of `expected_purchases`, in days (the training's, `[intel] horizon_days` by default). */
+                        horizon_days?: number;
                         churn_risk?: number | null;
                         churn_reasons?: {
                             feature?: string;
@@ -7691,11 +7778,44 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody: {
+        requestBody?: {
             content: {
-                "application/json": Record<string, never>;
+                "application/json": {
+                    /** @description Days of events read, up to today (default `[intel] window_days`, 730). */
+                    window_days?: number;
+                    /** @description Days ahead purchases are predicted (`expected_purchases`), and the days the lifetime-value holdout holds out (default `[intel] horizon_days`, 90). At most half of `window_days`. */
+                    horizon_days?: number;
+                };
             };
         };
+        responses: {
+            /** @description Queued. */
+            202: {
+                headers: {
+                    /** @description The job's status route. */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TrainingJob"];
+                };
+            };
+            400: components["responses"]["InvalidRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
+        };
+    };
+    trainingJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
         responses: {
             /** @description OK. */
             200: {
@@ -7703,39 +7823,13 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        trained_at?: string;
-                        persons?: number;
-                        models?: {
-                            /** @enum {string} */
-                            kind?: "clv" | "churn" | "forecast" | "recommendations" | "send_time" | "sentiment";
-                            version?: number;
-                            active?: boolean;
-                            /** Format: date-time */
-                            trained_at?: string;
-                            window?: {
-                                from?: string;
-                                to?: string;
-                            };
-                            /** @description The holdout metrics (`score`, with `lower_is_better` and the version in use's `previous_score` on the same holdout) and what else training measured. */
-                            metrics?: Record<string, never>;
-                            features?: string[];
-                            /** @description Why it is, or is not, in use. */
-                            note?: string;
-                        }[];
-                        skipped?: {
-                            kind?: string;
-                            reason?: string;
-                        }[];
-                    };
+                    "application/json": components["schemas"]["TrainingJob"];
                 };
             };
-            400: components["responses"]["InvalidRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
-            429: components["responses"]["RateLimited"];
-            /** @description `analytics_disabled`: this node has no column store. */
-            503: {
+            /** @description `not_found`: no such job for this tenant (or it was forgotten: a restart, or more than 100 newer). */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7743,6 +7837,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            429: components["responses"]["RateLimited"];
         };
     };
     activateModel: {
@@ -7885,6 +7980,15 @@ export interface operations {
             400: components["responses"]["InvalidRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            /** @description `body_too_large`: the body is larger than the most examples at their longest. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             429: components["responses"]["RateLimited"];
         };
     };

@@ -54,10 +54,33 @@ fn shop() -> Vec<Value> {
     events
 }
 
+/// Asks for a training (202 and a job), then follows the job until it has finished.
+async fn train_job(app: &TestApp, body: Value) -> Value {
+    let (status, job) = call(app, "POST", "/api/v1/models/train", Some(body)).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().expect("a job id").to_owned();
+    wait_job(app, &id).await
+}
+
+/// Polls a training job until it has succeeded or failed.
+async fn wait_job(app: &TestApp, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, job) = call(app, "GET", &format!("/api/v1/models/train/{id}"), None).await;
+        assert_eq!(status, 200, "{job}");
+        if matches!(job["state"].as_str(), Some("succeeded" | "failed")) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "the job never finished: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A training's result (it must succeed).
 async fn train(app: &TestApp) -> Value {
-    let (status, v) = call(app, "POST", "/api/v1/models/train", Some(json!({}))).await;
-    assert_eq!(status, 200, "{v}");
-    v
+    let job = train_job(app, json!({})).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    job["result"].clone()
 }
 
 fn kinds(v: &Value) -> Vec<(String, u64, bool)> {
@@ -574,5 +597,202 @@ async fn a_tenants_examples_label_the_texts_that_arrive() {
         .await;
         assert_eq!(v["journeys"], json!([]), "{other}: {v}");
     }
+    app.stop().await;
+}
+
+/// Training is a job: 202 at once with its id, a status route, one running per tenant
+/// (a second waits), and as of the log when asked for: what was ingested just before is in.
+#[tokio::test]
+async fn training_is_a_job_queued_per_tenant_as_of_the_request() {
+    let dir = tempfile::tempdir().expect("dir");
+    let app = admin_app(dir.path()).await;
+    let events = shop();
+    let persons: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|e| e["userId"].as_str()).collect();
+    for chunk in events.chunks(500) {
+        let (status, v) = app
+            .post("/v1/batch", json!({ "batch": chunk }).to_string())
+            .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    // Asked for right after the last ingest, twice at once.
+    let end = app.log.end_offset();
+    let asked = Instant::now();
+    let (first, second) = tokio::join!(
+        call(&app, "POST", "/api/v1/models/train", Some(json!({}))),
+        call(
+            &app,
+            "POST",
+            "/api/v1/models/train",
+            Some(json!({"window_days": 365, "horizon_days": 30}))
+        ),
+    );
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    for (status, job) in [&first, &second] {
+        assert_eq!(*status, 202, "{job}");
+        assert!(
+            matches!(job["state"].as_str(), Some("queued" | "running")),
+            "{job}"
+        );
+        assert!(
+            job["as_of_offset"].as_u64().expect("offset") >= end,
+            "{job}"
+        );
+    }
+    let (a, b) = (
+        first.1["id"].as_str().expect("id"),
+        second.1["id"].as_str().expect("id"),
+    );
+    assert_ne!(a, b);
+    let (a, b) = (wait_job(&app, a).await, wait_job(&app, b).await);
+    for job in [&a, &b] {
+        assert_eq!(job["state"], "succeeded", "{job}");
+        // Every person ingested before the request is in it, without waiting first.
+        assert_eq!(job["result"]["persons"], persons.len(), "{job}");
+    }
+    // One at a time for the tenant: whichever started second started after the other ended.
+    let at = |j: &Value, k: &str| {
+        chrono::DateTime::parse_from_rfc3339(j[k].as_str().expect("a time")).expect("rfc 3339")
+    };
+    let (early, late) = if at(&a, "started_at") <= at(&b, "started_at") {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(
+        at(late, "started_at") >= at(early, "finished_at"),
+        "{a} {b}"
+    );
+    // Each was trained with what it asked for.
+    let clv_holdout = |j: &Value| {
+        j["result"]["models"]
+            .as_array()
+            .expect("models")
+            .iter()
+            .find(|m| m["kind"] == "clv")
+            .map(|m| m["metrics"]["holdout_days"].clone())
+    };
+    assert_eq!(
+        (
+            b["result"]["window_days"].clone(),
+            b["result"]["horizon_days"].clone()
+        ),
+        (json!(365), json!(30)),
+        "{b}"
+    );
+    assert_eq!(clv_holdout(&b), Some(json!(30)), "{b}");
+    assert_eq!(
+        (a["result"]["window_days"].clone(), clv_holdout(&a)),
+        (json!(730), Some(json!(90))),
+        "{a}"
+    );
+    // A job of another id, or another tenant's, is not found.
+    let (status, v) = call(&app, "GET", "/api/v1/models/train/nope", None).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let other = app
+        .store
+        .create_tenant(livora_store::NewTenant {
+            name: "Other".into(),
+            time_zone: "UTC".into(),
+            currency: livora_model::Currency::parse("EUR").expect("currency"),
+        })
+        .await
+        .expect("tenant");
+    let other = app
+        .store
+        .create_key_scoped(other.id, &[livora_store::Scope::Admin])
+        .await
+        .expect("key")
+        .secret;
+    let resp = app
+        .http
+        .get(format!(
+            "{}/api/v1/models/train/{}",
+            app.url,
+            a["id"].as_str().expect("id")
+        ))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("request");
+    let (status, v) = crate::helpers::decode(resp).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    // Bad options are refused and name their field.
+    for (body, field) in [
+        (json!({"window_days": 10}), "window_days"),
+        (json!({"horizon_days": 0}), "horizon_days"),
+        (
+            json!({"window_days": 100, "horizon_days": 90}),
+            "horizon_days",
+        ),
+    ] {
+        let (status, v) = call(&app, "POST", "/api/v1/models/train", Some(body.clone())).await;
+        assert_eq!(
+            (status, v["code"].as_str(), v["field"].as_str()),
+            (400, Some("invalid_request"), Some(field)),
+            "{body}: {v}"
+        );
+    }
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/models/train",
+        Some(json!({"days": 3})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+    app.stop().await;
+}
+
+/// The most examples of the longest text fit in the body the route takes; one more
+/// example is refused by count, not by size.
+#[tokio::test]
+async fn sentiment_examples_at_the_limit_are_taken() {
+    let dir = tempfile::tempdir().expect("dir");
+    let app = admin_app(dir.path()).await;
+    let text = |i: usize, good: bool| {
+        let word = if good { "lovely " } else { "broken " };
+        let mut t = format!("{i} ");
+        while t.len() + word.len() <= 1_000 {
+            t.push_str(word);
+        }
+        t
+    };
+    let mut examples: Vec<Value> = (0..10_000)
+        .map(|i| {
+            let good = i % 2 == 0;
+            json!({"text": text(i, good), "label": if good { "positive" } else { "negative" }})
+        })
+        .collect();
+    let body = json!({ "examples": examples });
+    assert!(body.to_string().len() > 2 * 1024 * 1024);
+    let (status, v) = call(&app, "PUT", "/api/v1/models/sentiment/examples", Some(body)).await;
+    assert_eq!(status, 200, "{v}");
+    examples.push(json!({"text": "one more", "label": "neutral"}));
+    let (status, v) = call(
+        &app,
+        "PUT",
+        "/api/v1/models/sentiment/examples",
+        Some(json!({ "examples": examples })),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str(), v["field"].as_str()),
+        (400, Some("invalid_request"), Some("examples")),
+        "{v}"
+    );
     app.stop().await;
 }

@@ -330,6 +330,29 @@ pub(crate) fn check_name(path: &str, what: &str, name: &str) -> Result<(), Defin
     Ok(())
 }
 
+/// A value a condition compares: a trait of the person, or a property of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueRef<'a> {
+    Trait(&'a str),
+    Property(&'a str),
+}
+
+/// [`Condition::visit_values`] for the `where` filters at `path` (`….where[0].property`).
+pub(crate) fn visit_filters(
+    path: &str,
+    filters: &[PropertyFilter],
+    f: &mut dyn FnMut(&str, ValueRef<'_>),
+) {
+    for (i, p) in filters.iter().enumerate() {
+        if !matches!(p.op, Op::Exists | Op::NotExists) {
+            f(
+                &format!("{path}.where[{i}].property"),
+                ValueRef::Property(&p.property),
+            );
+        }
+    }
+}
+
 pub(crate) fn check_filters(path: &str, filters: &[PropertyFilter]) -> Result<(), DefinitionError> {
     for (i, f) in filters.iter().enumerate() {
         let p = format!("{path}.where[{i}]");
@@ -454,6 +477,36 @@ impl Condition {
         match self {
             Condition::And(list) | Condition::Or(list) => list.iter().for_each(|c| c.walk(f)),
             Condition::Not(c) => c.walk(f),
+            _ => {}
+        }
+    }
+
+    /// Calls `f` with every value this condition compares (a trait, or an event property
+    /// in a `where` filter) and the JSON path that names it (`condition.and[1].trait.name`,
+    /// `path` being this condition's own). `exists` / `not_exists` tests are left out: they
+    /// read whether a value is there, not what it is.
+    pub fn visit_values(&self, path: &str, f: &mut dyn FnMut(&str, ValueRef<'_>)) {
+        match self {
+            Condition::And(list) | Condition::Or(list) => {
+                let key = if matches!(self, Condition::And(_)) {
+                    "and"
+                } else {
+                    "or"
+                };
+                for (i, c) in list.iter().enumerate() {
+                    c.visit_values(&format!("{path}.{key}[{i}]"), f);
+                }
+            }
+            Condition::Not(c) => c.visit_values(&format!("{path}.not"), f),
+            Condition::Trait(c) if !matches!(c.op, Op::Exists | Op::NotExists) => {
+                f(&format!("{path}.trait.name"), ValueRef::Trait(&c.name));
+            }
+            Condition::Performed(p) => {
+                visit_filters(&format!("{path}.performed"), &p.filters, f);
+            }
+            Condition::LastPerformed(l) => {
+                visit_filters(&format!("{path}.last_performed"), &l.filters, f);
+            }
             _ => {}
         }
     }
@@ -585,6 +638,46 @@ impl Condition {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn values_compared_are_found_at_any_depth_with_their_paths() {
+        let d = Definition::parse(&json!({"condition": {"or": [
+            {"trait": {"name": "plan", "op": "equals", "value": "pro"}},
+            {"not": {"and": [
+                {"trait": {"name": "email", "op": "exists"}},
+                {"trait": {"name": "Email", "op": "contains", "value": "a"}},
+            ]}},
+            {"performed": {"event": "Order Completed", "where": [
+                {"property": "coupon", "op": "exists"},
+                {"property": "email", "op": "equals", "value": "x@y.z"},
+            ]}},
+            {"last_performed": {"event": "Login", "op": "within_days", "days": 3,
+                "where": [{"property": "phone", "op": "contains", "value": "+33"}]}},
+            {"computed": {"name": "orders", "op": "gt", "value": 1}},
+        ]}}))
+        .expect("valid");
+        let mut seen = Vec::new();
+        d.condition.visit_values("condition", &mut |path, v| {
+            seen.push((path.to_owned(), format!("{v:?}")));
+        });
+        let expected = [
+            ("condition.or[0].trait.name", r#"Trait("plan")"#),
+            ("condition.or[1].not.and[1].trait.name", r#"Trait("Email")"#),
+            (
+                "condition.or[2].performed.where[1].property",
+                r#"Property("email")"#,
+            ),
+            (
+                "condition.or[3].last_performed.where[0].property",
+                r#"Property("phone")"#,
+            ),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect();
+        assert_eq!(seen, expected);
+    }
 
     #[test]
     fn a_definition_reads_and_renders() {

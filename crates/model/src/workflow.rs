@@ -24,7 +24,10 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::segment::{Condition, DefinitionError, PropertyFilter, check_filters, check_name, err};
+use crate::segment::{
+    Condition, DefinitionError, PropertyFilter, ValueRef, check_filters, check_name, err,
+    visit_filters,
+};
 
 /// What starts a journey.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -735,6 +738,27 @@ pub fn branch_segment(workflow: &str, step: &str) -> String {
 }
 
 impl Workflow {
+    /// Calls `f` with every trait and event property the workflow compares (its trigger's,
+    /// goal's and waits' `where` filters, its branches' conditions) and the JSON path that
+    /// names it (`steps[2].branch.if.trait.name`), as [`Condition::visit_values`].
+    pub fn visit_values(&self, f: &mut dyn FnMut(&str, ValueRef<'_>)) {
+        if let Trigger::Event(e) = &self.trigger {
+            visit_filters("trigger.event", &e.filters, f);
+        }
+        if let Some(g) = &self.goal {
+            visit_filters("goal", &g.filters, f);
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            match &s.action {
+                Action::Branch(b) => b
+                    .condition
+                    .visit_values(&format!("steps[{i}].branch.if"), f),
+                Action::WaitFor(w) => visit_filters(&format!("steps[{i}].wait_for"), &w.filters, f),
+                _ => {}
+            }
+        }
+    }
+
     /// The steps that branch on behaviour: (step id, condition).
     pub fn behavioural_branches(&self) -> Vec<(&str, &Condition)> {
         self.steps
@@ -775,6 +799,33 @@ mod tests {
         assert_eq!(w.after(1), None);
         let back = Workflow::parse(&serde_json::to_value(&w).expect("json")).expect("again");
         assert_eq!(back, w);
+    }
+
+    #[test]
+    fn values_compared_by_filters_and_branches_are_found() {
+        let mut v = abandoned_cart();
+        v["trigger"]["event"]["where"] =
+            json!([{"property": "email", "op": "contains", "value": "@"}]);
+        v["goal"]["where"] = json!([{"property": "coupon", "op": "exists"}]);
+        v["steps"][0]["wait_for"]["where"] =
+            json!([{"property": "phone", "op": "equals", "value": "1"}]);
+        v["steps"].as_array_mut().expect("steps").push(
+            json!({"id": "b", "branch": {"if": {"and": [
+                {"tag": "vip"},
+                {"trait": {"name": "name", "op": "contains", "value": "A"}},
+            ]}}}),
+        );
+        let w = Workflow::parse(&v).expect("valid");
+        let mut seen = Vec::new();
+        w.visit_values(&mut |path, v| seen.push(format!("{path} {v:?}")));
+        assert_eq!(
+            seen,
+            [
+                r#"trigger.event.where[0].property Property("email")"#,
+                r#"steps[0].wait_for.where[0].property Property("phone")"#,
+                r#"steps[2].branch.if.and[1].trait.name Trait("name")"#,
+            ]
+        );
     }
 
     fn error_at(v: Value) -> String {

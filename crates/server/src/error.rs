@@ -56,6 +56,9 @@ pub enum Code {
     /// A template would build a value or an output over the render limits.
     TemplateTooLarge,
 }
+    /// A condition compares personal data (a trait or property `[privacy]` protects)
+    /// without the `pii.view` permission; `path` and `field` name it.
+    PiiCondition,
 
 impl Code {
     pub fn as_str(self) -> &'static str {
@@ -98,6 +101,7 @@ impl Code {
         }
     }
 
+            Self::PiiCondition => "pii_condition",
     pub fn status(self) -> StatusCode {
         match self {
             Self::InvalidJson
@@ -115,7 +119,7 @@ impl Code {
             | Self::InvalidWriteKey
             | Self::InvalidCredentials
             | Self::InvalidToken => StatusCode::UNAUTHORIZED,
-            Self::Forbidden | Self::InvalidSignature => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::InvalidSignature | Self::PiiCondition => StatusCode::FORBIDDEN,
             Self::Conflict | Self::HistoryUnavailable => StatusCode::CONFLICT,
             Self::BodyTooLarge | Self::EventTooLarge | Self::TooManyEvents => {
                 StatusCode::PAYLOAD_TOO_LARGE

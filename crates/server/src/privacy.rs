@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
 use chrono::Utc;
+use livora_model::segment::ValueRef;
 use livora_model::{Event, TenantId};
 use livora_store::Consent;
 use livora_store::crypto::{Keyring, PiiFields};
@@ -68,6 +69,73 @@ pub async fn protect(
         p.fields.encrypt_context(&mut e.context, key);
     }
     Ok(())
+}
+
+/// The personal fields of this node: the configured ones with encryption on, else the
+/// built-in ones.
+pub(crate) fn personal_fields(state: &AppState) -> std::borrow::Cow<'_, PiiFields> {
+    match &state.protection {
+        Some(p) => std::borrow::Cow::Borrowed(&p.fields),
+        None => std::borrow::Cow::Owned(PiiFields::default()),
+    }
+}
+
+/// Refuses, unless `p` holds `pii.view`, a definition that compares personal data: the
+/// traits and event properties `[privacy]` protects. Counts over `email contains "a"`,
+/// `"ab"`, … would otherwise rebuild the values one character at a time, in a preview, a
+/// saved segment's size or a workflow's branch. `visit` walks the definition as
+/// [`Condition::visit_values`](livora_model::segment::Condition::visit_values) does; `root`
+/// prefixes the paths it gives (`condition`, `definition`).
+pub(crate) fn guard_values(
+    state: &AppState,
+    p: &Principal,
+    root: &str,
+    visit: impl FnOnce(&mut dyn FnMut(&str, ValueRef<'_>)),
+) -> Result<(), ApiError> {
+    if p.allows(livora_store::Permission::ViewPii) {
+        return Ok(());
+    }
+    check_values(&personal_fields(state), root, visit)
+}
+
+/// [`guard_values`] for a caller without `pii.view`: the first personal value compared,
+/// as a `pii_condition` error.
+fn check_values(
+    fields: &PiiFields,
+    root: &str,
+    visit: impl FnOnce(&mut dyn FnMut(&str, ValueRef<'_>)),
+) -> Result<(), ApiError> {
+    let mut first: Option<(String, String, &'static str)> = None;
+    visit(&mut |path, v| {
+        let (name, names, kind) = match v {
+            ValueRef::Trait(n) => (n, &fields.traits, "trait"),
+            ValueRef::Property(n) => (n, &fields.properties, "event property"),
+        };
+        if first.is_none() && names.iter().any(|x| x.eq_ignore_ascii_case(name)) {
+            first = Some((path.to_owned(), name.to_owned(), kind));
+        }
+    });
+    match first {
+        None => Ok(()),
+        Some((path, name, kind)) => {
+            let path = if path.is_empty() {
+                root.to_owned()
+            } else if path.starts_with(root) {
+                path
+            } else {
+                format!("{root}.{path}")
+            };
+            Err(ApiError::new(
+                Code::PiiCondition,
+                format!(
+                    "{path}: comparing the personal {kind} {name:?} needs the pii.view permission (exists and not_exists need none)"
+                ),
+            )
+            .with("path", path)
+            .with("field", name)
+            .with("permission", "pii.view"))
+        }
+    }
 }
 
 /// Decrypts the personal fields of stored event texts (erased ones become `null`).
@@ -325,4 +393,52 @@ pub async fn record_consent(
     e.after = Some(json!({"purpose": c.purpose, "granted": c.granted, "source": c.source}));
     state.audit(e).await?;
     Ok((axum::http::StatusCode::CREATED, Json(json!(c))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workflows compare personal data in branches and filters too: found, with the path,
+    /// wherever it is; `exists` and non-personal traits pass.
+    #[test]
+    fn personal_values_in_workflow_branches_and_filters_are_refused() {
+        let fields = PiiFields::default();
+        let check = |v: Value| {
+            let w = livora_model::workflow::Workflow::parse(&v).expect("valid");
+            check_values(&fields, "definition", |f| w.visit_values(f))
+        };
+        let send = json!({"id": "s", "send": {"channel": "email",
+            "template": {"subject": "Hi", "body": "Hi"}}});
+        let branch = |cond: Value| {
+            json!({"trigger": {"event": {"name": "Signed Up"}}, "steps": [
+                {"id": "b", "branch": {"if": {"not": {"or": [{"tag": "vip"}, cond]}}}},
+                send.clone(),
+            ]})
+        };
+        let e = check(branch(
+            json!({"trait": {"name": "Email", "op": "contains", "value": "a"}}),
+        ))
+        .expect_err("refused");
+        assert_eq!(e.code, Code::PiiCondition);
+        assert_eq!(
+            e.details["path"],
+            "definition.steps[0].branch.if.not.or[1].trait.name"
+        );
+        assert_eq!(e.details["field"], "Email");
+        assert!(e.message.contains("\"Email\""), "{}", e.message);
+        check(branch(json!({"trait": {"name": "email", "op": "exists"}}))).expect("exists");
+        check(branch(
+            json!({"trait": {"name": "plan", "op": "equals", "value": "pro"}}),
+        ))
+        .expect("not personal");
+        let e = check(json!({"trigger": {"event": {"name": "Signed Up",
+            "where": [{"property": "phone", "op": "contains", "value": "+33"}]}},
+            "steps": [send]}))
+        .expect_err("refused");
+        assert_eq!(
+            e.details["path"],
+            "definition.trigger.event.where[0].property"
+        );
+    }
 }

@@ -155,11 +155,29 @@ fn parse_csv(
     Ok(out)
 }
 
-fn rule_of(body: &SegmentBody, rules: &livora_profiles::MergeRules) -> Result<Rule, ApiError> {
+/// The rule of a segment body. A caller without `pii.view` may not compare personal data
+/// ([`crate::privacy::guard_values`]) nor list people by their identifiers.
+fn rule_of(
+    state: &AppState,
+    p: &Principal,
+    body: &SegmentBody,
+    rules: &livora_profiles::MergeRules,
+) -> Result<Rule, ApiError> {
     match (&body.condition, &body.manual_csv) {
-        (Some(c), None) => Ok(Rule::Condition(
-            Definition::parse(&json!({"condition": c})).map_err(invalid)?,
-        )),
+        (Some(c), None) => {
+            let def = Definition::parse(&json!({"condition": c})).map_err(invalid)?;
+            crate::privacy::guard_values(state, p, "condition", |f| {
+                def.condition.visit_values("condition", f)
+            })?;
+            Ok(Rule::Condition(def))
+        }
+        (None, Some(_)) if !p.allows(livora_store::Permission::ViewPii) => Err(ApiError::new(
+            Code::PiiCondition,
+            "manual_csv: a list of identifiers (emails, phones, ids) needs the pii.view permission",
+        )
+        .with("path", "manual_csv")
+        .with("field", "identifiers")
+        .with("permission", "pii.view")),
         (None, Some(text)) => Ok(Rule::Manual(parse_csv(text, rules)?)),
         _ => Err(bad("give either condition or manual_csv").with("path", "condition")),
     }
@@ -258,7 +276,7 @@ async fn create(
     }
     let t = svc.tenant(principal.tenant);
     let rules = lock(&t).engine.profiles().graph().rules().clone();
-    let rule = rule_of(&body, &rules)?;
+    let rule = rule_of(&state, &principal, &body, &rules)?;
     if lock(&t).engine.spec(&id, tag).is_some() {
         return Err(ApiError::new(Code::Conflict, format!("{id:?} exists")).with("path", "id"));
     }
@@ -315,7 +333,7 @@ async fn update(
     let t = svc.tenant(principal.tenant);
     let rules = lock(&t).engine.profiles().graph().rules().clone();
     let spec = if body.condition.is_some() || body.manual_csv.is_some() {
-        let rule = rule_of(&body, &rules)?;
+        let rule = rule_of(&state, &principal, &body, &rules)?;
         record.rule = svc
             .stored_rule(principal.tenant, &id, tag, &rule)
             .await
@@ -508,6 +526,9 @@ pub async fn preview(
 ) -> Result<Json<Value>, ApiError> {
     let Json(b) = b.map_err(|e| ApiError::new(Code::InvalidJson, e.body_text()))?;
     let def = Definition::parse(&json!({"condition": b.condition})).map_err(invalid)?;
+    crate::privacy::guard_values(&state, &p, "condition", |f| {
+        def.condition.visit_values("condition", f)
+    })?;
     let sample = b.sample.unwrap_or(10).min(100);
     let svc = service(&state)?;
     let t = svc.tenant(p.tenant);

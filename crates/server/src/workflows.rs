@@ -63,10 +63,17 @@ fn body<T>(b: Body<T>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(Code::InvalidJson, e.body_text()))
 }
 
-fn parse(definition: Option<&Value>) -> Result<Workflow, ApiError> {
+/// A workflow definition, checked; a caller without `pii.view` may not compare personal
+/// data in it ([`crate::privacy::guard_values`]).
+fn parse(
+    state: &AppState,
+    p: &Principal,
+    definition: Option<&Value>,
+) -> Result<Workflow, ApiError> {
     let d = definition.ok_or_else(|| bad("definition is required").with("path", "definition"))?;
     let w = Workflow::parse(d).map_err(invalid)?;
     livora_automation::template::check_workflow(&w).map_err(invalid)?;
+    crate::privacy::guard_values(state, p, "definition", |f| w.visit_values(f))?;
     Ok(w)
 }
 
@@ -138,7 +145,7 @@ pub async fn create(
     if !valid_id(&id) {
         return Err(bad("id: 1-64 letters, digits, - or _").with("path", "id"));
     }
-    let definition = parse(b.definition.as_ref())?;
+    let definition = parse(&state, &p, b.definition.as_ref())?;
     if state.store.workflow(p.tenant, &id).await?.is_some() {
         return Err(ApiError::new(Code::Conflict, format!("{id:?} exists")).with("path", "id"));
     }
@@ -195,7 +202,7 @@ pub async fn update(
         return Err(bad("id cannot change").with("path", "id"));
     }
     let before = record(&state, &p, &id).await?;
-    let definition = parse(b.definition.as_ref())?;
+    let definition = parse(&state, &p, b.definition.as_ref())?;
     crate::segments::keep_branch_segments(&state, &p, &id, &definition).await?;
     let name = match b.name {
         Some(n) if n.trim().is_empty() || n.len() > 200 => {
@@ -776,7 +783,7 @@ pub async fn backtest(
         (Some(_), Some(_)) => {
             return Err(bad("give a version or a definition, not both").with("path", "definition"));
         }
-        (Some(d), None) => (Value::Null, parse(Some(d))?),
+        (Some(d), None) => (Value::Null, parse(&state, &p, Some(d))?),
         (None, v) => {
             let versions = state.store.workflow_versions(p.tenant, &id).await?;
             let found = match v {
@@ -788,7 +795,7 @@ pub async fn backtest(
             })?;
             let d: Value =
                 serde_json::from_str(&found.definition).map_err(|e| ApiError::internal(&e))?;
-            (json!(found.version), parse(Some(&d))?)
+            (json!(found.version), parse(&state, &p, Some(&d))?)
         }
     };
     // The tenant's own policy, else the node's.
@@ -874,6 +881,8 @@ async fn template_of(
                     livora_automation::template::check(text).map_err(|e| {
                         ApiError::new(Code::InvalidDefinition, e)
                             .with("path", format!("template.{k}"))
+    // A real person's data, for templates to render.
+    p.require(livora_store::Permission::ViewPii)?;
                     })?;
                 }
             }

@@ -6,6 +6,7 @@ mod helpers;
 mod ingest;
 mod intel;
 mod limits;
+mod personal;
 mod profiles;
 mod query;
 mod read;

@@ -55,10 +55,10 @@ pub enum Code {
     ProviderFailed,
     /// A template would build a value or an output over the render limits.
     TemplateTooLarge,
-}
     /// A condition compares personal data (a trait or property `[privacy]` protects)
     /// without the `pii.view` permission; `path` and `field` name it.
     PiiCondition,
+}
 
 impl Code {
     pub fn as_str(self) -> &'static str {
@@ -98,10 +98,10 @@ impl Code {
             Self::InvalidSignature => "invalid_signature",
             Self::ProviderFailed => "provider_failed",
             Self::TemplateTooLarge => "template_too_large",
+            Self::PiiCondition => "pii_condition",
         }
     }
 
-            Self::PiiCondition => "pii_condition",
     pub fn status(self) -> StatusCode {
         match self {
             Self::InvalidJson

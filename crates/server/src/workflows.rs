@@ -832,6 +832,8 @@ fn person_for(
     id: &str,
 ) -> Result<livora_automation::Person, ApiError> {
     use livora_automation::People;
+    // A real person's data, for templates to render.
+    p.require(livora_store::Permission::ViewPii)?;
     let profiles = state
         .profiles
         .as_ref()
@@ -881,8 +883,6 @@ async fn template_of(
                     livora_automation::template::check(text).map_err(|e| {
                         ApiError::new(Code::InvalidDefinition, e)
                             .with("path", format!("template.{k}"))
-    // A real person's data, for templates to render.
-    p.require(livora_store::Permission::ViewPii)?;
                     })?;
                 }
             }

@@ -53,15 +53,22 @@ pub enum AutomationError {
 /// ingestion).
 #[async_trait]
 pub trait EventSink: Send + Sync {
+    /// Appends `events`, Livora's own: their ids are put in its namespace
+    /// ([`livora_model::internal_id`]), which clients cannot write, so none can be
+    /// suppressed by a client that sent a predicted id first.
     async fn append(&self, tenant: TenantId, events: Vec<Event>) -> Result<(), String>;
 }
 
-/// Appends events to the log as they are (no encryption at rest).
+/// Appends events to the log as they are (no encryption at rest), their ids in Livora's
+/// own namespace ([`livora_model::internal_id`]).
 pub struct PlainSink(pub EventLog);
 
 #[async_trait]
 impl EventSink for PlainSink {
-    async fn append(&self, tenant: TenantId, events: Vec<Event>) -> Result<(), String> {
+    async fn append(&self, tenant: TenantId, mut events: Vec<Event>) -> Result<(), String> {
+        for e in &mut events {
+            e.message_id = livora_model::internal_id(&e.message_id);
+        }
         let records = events
             .iter()
             .map(|e| {

@@ -39,6 +39,9 @@ pub enum ItemErrorCode {
     MissingEvent,
     /// A `track` call uses an event name Livora writes itself ([`crate::RESERVED_EVENTS`]).
     ReservedEvent,
+    /// A `messageId` in the namespace of the ids Livora gives its own events
+    /// ([`crate::INTERNAL_ID_PREFIX`]).
+    ReservedMessageId,
     /// A `group` call has no `groupId`.
     MissingGroupId,
     /// An `alias` call has no `previousId`.
@@ -57,6 +60,7 @@ impl ItemErrorCode {
             Self::MissingIdentity => "missing_identity",
             Self::MissingEvent => "missing_event",
             Self::ReservedEvent => "reserved_event",
+            Self::ReservedMessageId => "reserved_message_id",
             Self::MissingGroupId => "missing_group_id",
             Self::MissingPreviousId => "missing_previous_id",
             Self::InvalidTimestamp => "invalid_timestamp",

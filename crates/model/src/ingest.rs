@@ -419,6 +419,18 @@ pub fn normalise(
             "a message needs a `userId` or an `anonymousId`",
         ));
     }
+    if m.message_id
+        .as_deref()
+        .is_some_and(|id| id.starts_with(crate::INTERNAL_ID_PREFIX))
+    {
+        return Err(ItemError::new(
+            ItemErrorCode::ReservedMessageId,
+            format!(
+                "a messageId starting with {:?} is reserved: Livora gives such ids to the events it writes itself",
+                crate::INTERNAL_ID_PREFIX
+            ),
+        ));
+    }
     match kind {
         EventType::Track if m.event.as_deref().is_none_or(str::is_empty) => {
             return Err(ItemError::new(

@@ -26,5 +26,21 @@ pub const RESERVED_EVENTS: [&str; 4] = [
     "Tag Added",
     "Tag Removed",
 ];
+
+/// The start of every `messageId` Livora gives the events it writes itself (segment and tag
+/// announcements, workflow traits, engagement). The gateway refuses it from clients, so a
+/// client that predicts such an id cannot make Livora's own event a duplicate (the log
+/// deduplicates by id) and suppress it.
+pub const INTERNAL_ID_PREFIX: &str = "lv-";
+
+/// `id` in Livora's own namespace ([`INTERNAL_ID_PREFIX`]): unchanged if it is already.
+pub fn internal_id(id: &str) -> String {
+    if id.starts_with(INTERNAL_ID_PREFIX) {
+        id.to_owned()
+    } else {
+        format!("{INTERNAL_ID_PREFIX}{id}")
+    }
+}
+
 pub use event::{Event, EventType};
 pub use tenant::{Currency, TenantId};

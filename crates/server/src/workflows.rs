@@ -548,6 +548,9 @@ impl livora_automation::service::EventSink for LogSink {
         tenant: livora_model::TenantId,
         mut events: Vec<livora_model::Event>,
     ) -> Result<(), String> {
+        for e in &mut events {
+            e.message_id = livora_model::internal_id(&e.message_id);
+        }
         if let Some(p) = &self.protection {
             crate::privacy::protect(p, tenant, &mut events)
                 .await

@@ -29,6 +29,14 @@ fn refusals_have_their_codes() {
     let cases: &[(&str, ItemErrorCode)] = &[
         ("[1]", NotAnObject),
         ("42", NotAnObject),
+        (
+            r#"{"type":"track","event":"x","userId":"u","messageId":"lv-seg-vip-3-1-1733500000000000"}"#,
+            ReservedMessageId,
+        ),
+        (
+            r#"{"type":"identify","userId":"u","messageId":"lv-"}"#,
+            ReservedMessageId,
+        ),
         (r#"{"type":"track","userId":"u"}"#, MissingEvent),
         (r#"{"type":"track","event":"","userId":"u"}"#, MissingEvent),
         (

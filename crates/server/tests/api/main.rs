@@ -5,6 +5,7 @@ mod dashboard;
 mod helpers;
 mod ingest;
 mod intel;
+mod internal_ids;
 mod limits;
 mod personal;
 mod profiles;

@@ -37,6 +37,9 @@ pub enum Code {
     InvalidRequest,
     Forbidden,
     InvalidCredentials,
+    /// A new password that is too easy to guess (common, breached, or the account's own
+    /// email or name); the message says why.
+    WeakPassword,
     InvalidToken,
     AccountLocked,
     Conflict,
@@ -87,6 +90,7 @@ impl Code {
             Self::InvalidRequest => "invalid_request",
             Self::Forbidden => "forbidden",
             Self::InvalidCredentials => "invalid_credentials",
+            Self::WeakPassword => "weak_password",
             Self::InvalidToken => "invalid_token",
             Self::AccountLocked => "account_locked",
             Self::Conflict => "conflict",
@@ -112,6 +116,7 @@ impl Code {
             | Self::Item(_)
             | Self::InvalidQuery
             | Self::InvalidRequest
+            | Self::WeakPassword
             | Self::InvalidDefinition
             | Self::TemplateTooLarge
             | Self::InvalidLink => StatusCode::BAD_REQUEST,
@@ -183,6 +188,9 @@ impl From<livora_store::Error> for ApiError {
         match e {
             livora_store::Error::Invalid { field, message } => {
                 Self::new(Code::InvalidRequest, message).with("field", field)
+            }
+            livora_store::Error::WeakPassword(m) => {
+                Self::new(Code::WeakPassword, m).with("field", "password")
             }
             livora_store::Error::Conflict(m) => Self::new(Code::Conflict, m),
             livora_store::Error::NotFound(m) => {

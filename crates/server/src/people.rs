@@ -465,7 +465,7 @@ pub async fn unmerge(
     let svc = service(&state)?;
     let tenant: TenantId = principal.tenant;
     let t = svc.tenant(tenant);
-    {
+    let person = {
         let st = lock(&t);
         let person = find(&st.engine, &id, q.by.as_deref())?;
         let ours = st
@@ -482,7 +482,8 @@ pub async fn unmerge(
             )
             .with("field", "merge_id"));
         }
-    }
+        person
+    };
     svc.unmerge(&state.log, tenant, body.merge_id, &principal.label())
         .await
         .map_err(|e| match e {
@@ -497,7 +498,8 @@ pub async fn unmerge(
             }
             other => ApiError::internal(&other),
         })?;
-    let mut e = entry(&principal, "person.unmerge", Some(id.clone()));
+    // The profile's number, as `person.view` records it: not the identifier looked up by.
+    let mut e = entry(&principal, "person.unmerge", Some(person.to_string()));
     e.after = Some(json!({"merge_id": body.merge_id}));
     state.audit(e).await?;
     // The people on both sides, as they are now.

@@ -168,6 +168,11 @@ pub struct PersonQuery {
 }
 
 /// Every identity of the person named by `id`.
+/// The key subject a person's path id names (`u:<userId>`, or `a:<anonymousId>`).
+fn subject_of(id: &str, anonymous: bool) -> String {
+    format!("{}:{id}", if anonymous { "a" } else { "u" })
+}
+
 fn identities(state: &AppState, tenant: TenantId, id: &str, anonymous: bool) -> Vec<String> {
     let key = format!("{}:{id}", if anonymous { "a" } else { "u" });
     let merged = state
@@ -258,7 +263,9 @@ pub async fn export(
     let events = events_of(&state, p.tenant, &ids).await?;
     let events = reveal(&state, p.tenant, events).await?;
     let consents = state.store.consents(p.tenant, &ids).await?;
-    let mut e = entry(&p, "person.export", Some(id.clone()));
+    let target =
+        crate::staff::person_target(&state, p.tenant, &subject_of(&id, q.anonymous)).await?;
+    let mut e = entry(&p, "person.export", Some(target));
     e.after =
         Some(json!({"identities": ids.len(), "events": events.len(), "consents": consents.len()}));
     state.audit(e).await?;
@@ -289,6 +296,9 @@ pub async fn erase(
     ids.extend(linked.into_iter().flat_map(|(_, keys)| keys));
     ids.sort_unstable();
     ids.dedup();
+    // Sealed before the keys go: the entry of the erasure itself is unreadable after it.
+    let target =
+        crate::staff::person_target(&state, p.tenant, &subject_of(&id, q.anonymous)).await?;
     let keys = match &state.protection {
         Some(pr) => pr.keyring.shred(p.tenant, &ids).await?,
         None => 0,
@@ -311,7 +321,7 @@ pub async fn erase(
             .await
             .map_err(|e| ApiError::internal(&e))?;
     }
-    let mut e = entry(&p, "person.erase", Some(id.clone()));
+    let mut e = entry(&p, "person.erase", Some(target));
     e.after = Some(json!({"identities": ids.len(), "keys_destroyed": keys,
         "consents_deleted": consents, "journeys_erased": journeys, "messages_erased": messages}));
     state.audit(e).await?;
@@ -389,7 +399,8 @@ pub async fn record_consent(
         recorded_by: p.label(),
     };
     state.store.add_consent(p.tenant, &c).await?;
-    let mut e = entry(&p, "consent.record", Some(id));
+    let target = crate::staff::person_target(&state, p.tenant, &c.subject).await?;
+    let mut e = entry(&p, "consent.record", Some(target));
     e.after = Some(json!({"purpose": c.purpose, "granted": c.granted, "source": c.source}));
     state.audit(e).await?;
     Ok((axum::http::StatusCode::CREATED, Json(json!(c))))

@@ -613,7 +613,8 @@ pub async fn members(
 }
 
 /// `GET /api/v1/segments/{id}/members.csv`: every member, one row per person: profile id,
-/// then the user ids, anonymous ids, emails and phones (several joined with `|`).
+/// then the user ids, anonymous ids, emails and phones (several joined with `|`). A cell a
+/// spreadsheet would read as a formula starts with `'` (CSV injection).
 pub async fn members_csv(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -637,7 +638,7 @@ pub async fn members_csv(
                             .collect()
                     })
                     .unwrap_or_default();
-                row.push(vals.join("|"));
+                row.push(livora_store::csv_cell::neutralise(&vals.join("|")).into_owned());
             }
             let _ = w.write_record(&row);
         }

@@ -79,6 +79,24 @@ pub fn entry(p: &Principal, action: &str, target: Option<String>) -> NewEntry {
     }
 }
 
+/// How the audit log names a person (`subject`: `u:<userId>` or `a:<anonymousId>`): sealed
+/// under the person's own key (a `$lv1:` envelope), so that erasing the person leaves nothing
+/// readable in the log; `GET /api/v1/audit` opens it for callers with `pii.view` until then.
+/// With encryption at rest off, the id of the subject's key (a SHA-256 of tenant and subject).
+pub(crate) async fn person_target(
+    state: &AppState,
+    tenant: TenantId,
+    subject: &str,
+) -> Result<String, ApiError> {
+    match &state.protection {
+        Some(p) => Ok(p.keyring.seal_for_subject(tenant, subject, subject).await?),
+        None => Ok(format!(
+            "subject:{}",
+            livora_store::crypto::kid(tenant, subject)
+        )),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sign-in and tokens
 
@@ -193,28 +211,38 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let b: LoginBody = json_body(&headers, body).await?;
     let now = Utc::now();
-    let creds = state.store.credentials(&b.email).await?;
-    if let Some(c) = &creds
-        && let Some(until) = c.lock.locked_until
-        && until > now
-    {
-        return Ok(locked(until, now));
-    }
-    // Count the attempt before checking it, atomically: concurrent guesses all count.
-    let failures = match &creds {
-        Some(c) => state.store.bump_login_failures(&c.user.id).await?,
-        None => 0,
-    };
-    let hash = creds.as_ref().and_then(|c| c.password_hash.clone());
+    // An address may have several accounts (see `livora_store::accounts::AccountStore`): the
+    // password says which. Locked accounts are not tried.
+    let (open, locked_ones): (Vec<_>, Vec<_>) = state
+        .store
+        .accounts(&b.email)
+        .await?
+        .into_iter()
+        .filter(|c| c.password_hash.is_some())
+        .partition(|c| c.lock.locked_until.is_none_or(|until| until <= now));
+    let hashes: Vec<String> = open
+        .iter()
+        .filter_map(|c| c.password_hash.clone())
+        .collect();
     let password = b.password;
-    let ok =
-        tokio::task::spawn_blocking(move || accounts::verify_password(hash.as_deref(), &password))
-            .await
-            .map_err(|e| ApiError::internal(&e))?;
-    let creds = match creds {
-        Some(c) if ok => c,
-        failed => {
-            if let Some(c) = failed {
+    let matched = tokio::task::spawn_blocking(move || {
+        if hashes.is_empty() {
+            // The same work as a wrong password.
+            accounts::verify_password(None, &password);
+            return None;
+        }
+        hashes
+            .iter()
+            .position(|h| accounts::verify_password(Some(h), &password))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    let creds = match matched.and_then(|i| open.get(i)) {
+        Some(c) => c.clone(),
+        None => {
+            // Each failure counts atomically, so concurrent guesses all count.
+            for c in &open {
+                let failures = state.store.bump_login_failures(&c.user.id).await?;
                 let lock = next_lock(&state, failures, now);
                 state.store.set_login_lock(&c.user.id, &lock).await?;
                 state
@@ -222,13 +250,16 @@ pub async fn login(
                         actor: format!("user:{} ({})", c.user.id, c.user.email),
                         action: "auth.login_failed".into(),
                         target: Some(c.user.id.clone()),
-                        from: Some(from),
+                        from: Some(from.clone()),
                         after: Some(
                             json!({"failures": lock.failures, "locked_until": lock.locked_until}),
                         ),
                         ..NewEntry::default()
                     })
                     .await?;
+            }
+            if let Some(until) = locked_ones.iter().filter_map(|c| c.lock.locked_until).min() {
+                return Ok(locked(until, now));
             }
             return Err(bad_credentials());
         }
@@ -383,7 +414,12 @@ pub struct AcceptBody {
     name: Option<String>,
 }
 
-/// Accepts an invitation: joins the tenant; a new user also sets a password and is signed in.
+/// Accepts an invitation. The token is shown to whoever invited (it is passed on until email
+/// delivers it), so it proves nothing about the address and never opens an account by
+/// itself: with the password of an existing account of the invited address, that account
+/// joins the tenant; with any other password, the invitation's own new account gets it as its
+/// first password (so a second account of that address, holding this membership only) and is
+/// signed in. No password is ever changed here.
 pub async fn accept_invitation(
     State(state): State<Arc<AppState>>,
     Extension(ClientAddr(from)): Extension<ClientAddr>,
@@ -392,48 +428,92 @@ pub async fn accept_invitation(
 ) -> Result<Response, ApiError> {
     let b: AcceptBody = json_body(&headers, body).await?;
     let now = Utc::now();
-    // Check the password before using up the token, so a weak one can be retried.
-    if let Some(pw) = &b.password {
-        accounts::check_password_policy(pw)?;
-    }
+    let void = || ApiError::new(Code::InvalidToken, "unknown, used or expired invitation");
+    // Checks come before the token is used up, so that a weak password can be retried.
     let Some(t) = state
         .store
-        .take_token(&b.token, TokenPurpose::Invite, now)
+        .peek_token(&b.token, TokenPurpose::Invite, now)
         .await?
     else {
-        return Err(ApiError::new(
-            Code::InvalidToken,
-            "unknown, used or expired invitation",
-        ));
+        return Err(void());
     };
-    let (Some(grant), Some(user)) = (t.grant, state.store.user(&t.user_id).await?) else {
+    let (Some(grant), Some(invited)) = (t.grant, state.store.user(&t.user_id).await?) else {
         return Err(ApiError::new(Code::InvalidToken, "the invitation is void"));
     };
-    let new_user = !user.active;
     let Some(pw) = b.password else {
         return Err(ApiError::new(
             Code::InvalidRequest,
-            "send the `password`: a new one for a new account, the account's own otherwise",
+            "send the `password`: an existing account's own to join with it, a new one otherwise",
         ));
     };
+    let existing: Vec<_> = state
+        .store
+        .accounts(&invited.email)
+        .await?
+        .into_iter()
+        .filter(|c| c.password_hash.is_some())
+        .collect();
+    // Trying a password here is trying it against those accounts: locks apply.
+    if let Some(until) = existing
+        .iter()
+        .filter_map(|c| c.lock.locked_until)
+        .filter(|until| *until > now)
+        .min()
+    {
+        return Ok(locked(until, now));
+    }
+    let existing: Vec<(User, String)> = existing
+        .into_iter()
+        .filter_map(|c| c.password_hash.map(|h| (c.user, h)))
+        .collect();
+    let hashes: Vec<String> = existing.iter().map(|(_, h)| h.clone()).collect();
+    let given = pw.clone();
+    let matched = tokio::task::spawn_blocking(move || {
+        hashes
+            .iter()
+            .position(|h| accounts::verify_password(Some(h), &given))
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
+    let user = match matched.and_then(|i| existing.get(i)) {
+        Some((user, _)) => user.clone(),
+        // An invitation made before accounts were per invitation may name an existing
+        // account: only its own password joins it.
+        None if invited.active => return Err(bad_credentials()),
+        None => {
+            if let Err(weak) =
+                accounts::check_password_policy(&pw, &[&invited.email, &invited.name])
+            {
+                // The token stays usable, so this refusal counts as a failed sign-in of the
+                // address's accounts: their password cannot be guessed here for free.
+                for (u, _) in &existing {
+                    let failures = state.store.bump_login_failures(&u.id).await?;
+                    let lock = next_lock(&state, failures, now);
+                    state.store.set_login_lock(&u.id, &lock).await?;
+                }
+                return Err(weak.into());
+            }
+            invited.clone()
+        }
+    };
+    let new_user = user.id == invited.id && !invited.active;
+    if state
+        .store
+        .take_token(&b.token, TokenPurpose::Invite, now)
+        .await?
+        .is_none()
+    {
+        return Err(void());
+    }
     if new_user {
         let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&pw))
             .await
             .map_err(|e| ApiError::internal(&e))??;
         state.store.set_password_hash(&user.id, &hash).await?;
         let _ = b.name; // the name was given with the invitation; kept as is
-    } else {
-        // Invitation tokens reach the inviter (until email delivers them): whoever joins an
-        // existing account with one must prove they own it.
-        let creds = state.store.credentials(&user.email).await?;
-        let hash = creds.and_then(|c| c.password_hash);
-        let ok =
-            tokio::task::spawn_blocking(move || accounts::verify_password(hash.as_deref(), &pw))
-                .await
-                .map_err(|e| ApiError::internal(&e))?;
-        if !ok {
-            return Err(bad_credentials());
-        }
+    } else if user.id != invited.id {
+        // The invitation's own account was not needed.
+        state.store.discard_unclaimed_user(&invited.id).await?;
     }
     if !state
         .store
@@ -490,16 +570,24 @@ pub async fn reset_password(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let b: ResetBody = json_body(&headers, body).await?;
-    accounts::check_password_policy(&b.password)?;
+    let void = || ApiError::new(Code::InvalidToken, "unknown, used or expired reset token");
+    let now = Utc::now();
+    // The policy is checked before the token is used up, so a weak password can be retried.
     let Some(t) = state
         .store
-        .take_token(&b.token, TokenPurpose::Reset, Utc::now())
+        .peek_token(&b.token, TokenPurpose::Reset, now)
         .await?
     else {
-        return Err(ApiError::new(
-            Code::InvalidToken,
-            "unknown, used or expired reset token",
-        ));
+        return Err(void());
+    };
+    let user = state.store.user(&t.user_id).await?.ok_or_else(void)?;
+    accounts::check_password_policy(&b.password, &[&user.email, &user.name])?;
+    let Some(t) = state
+        .store
+        .take_token(&b.token, TokenPurpose::Reset, now)
+        .await?
+    else {
+        return Err(void());
     };
     let pw = b.password;
     let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&pw))
@@ -584,8 +672,9 @@ async fn keep_an_owner(state: &AppState, tenant: TenantId, user_id: &str) -> Res
     Ok(())
 }
 
-/// `POST /api/v1/members`: invites a person (creating the account if needed). The answer holds
-/// the invitation token, to pass on to the person until the email channel delivers it.
+/// `POST /api/v1/members`: invites a person. The answer holds the invitation token, to pass on
+/// to the person until the email channel delivers it, and the id of the invitation's own
+/// account (which the person's existing account replaces if they join with it).
 pub async fn invite(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -595,22 +684,21 @@ pub async fn invite(
     let b: InviteBody = json_body(&headers, body).await?;
     check_owner_change(&p, None, Some(b.role))?;
     let email = accounts::normalize_email(&b.email)?;
-    let user = match state.store.credentials(&email).await? {
-        Some(c) => c.user,
-        None => state.store.create_user(&email, &b.name).await?,
-    };
     if state
         .store
         .members(p.tenant)
         .await?
         .iter()
-        .any(|m| m.user.id == user.id)
+        .any(|m| m.user.email == email)
     {
         return Err(ApiError::new(
             Code::Conflict,
             format!("{email} is already a member; change their role instead"),
         ));
     }
+    // Each invitation has its own account, given a password only if the invitation is not
+    // accepted by an existing account of the address (see `accept_invitation`).
+    let user = state.store.create_invited_user(&email, &b.name).await?;
     let expires_at =
         Utc::now() + Duration::hours(state.auth.invitation_ttl_hours.clamp(1, 24 * 365) as i64);
     let token = state
@@ -801,6 +889,21 @@ pub async fn audit_log(
             "the audit log's hash chain is broken; run `livora admin audit verify`",
         )
     })?;
+    // Persons named in entries are sealed under their own keys: shown to `pii.view` while
+    // the person is not erased.
+    let mut entries = entries;
+    if let Some(pr) = &state.protection
+        && p.allows(Permission::ViewPii)
+    {
+        for e in &mut entries {
+            if let Some(target) = &e.what.target
+                && target.starts_with(livora_store::crypto::PREFIX)
+                && let Some(plain) = pr.keyring.open_for_subject(p.tenant, target).await?
+            {
+                e.what.target = Some(plain);
+            }
+        }
+    }
     let mut e = entry(&p, "audit.export", None);
     e.after = Some(json!({"entries": entries.len(), "format": if csv { "csv" } else { "json" }}));
     state.audit(e).await?;

@@ -131,17 +131,38 @@ pub enum Refreshed {
 
 /// Staff accounts and sessions.
 ///
+/// # Accounts and addresses
+/// Nobody here proves they control an email address (invitation tokens are shown to the
+/// inviter, who passes them on), so an address does not name one account: each invitation to
+/// an address makes its own account, without a password, and accepting it either joins an
+/// existing account of that address (whose password the acceptor must give) or gives the
+/// invitation's own account its first password. So a tenant that invites an address and
+/// accepts the invitation itself makes an account that holds that tenant's membership and
+/// nothing else, and can neither set the password of, nor block, the account that another
+/// tenant's invitation leads the real person to. Signing in tries the password against every
+/// active account of the address (at most [`MAX_ACCOUNTS_PER_EMAIL`]).
+///
 /// # Contract
-/// - Emails are compared lower-cased; one user per email.
+/// - Emails are compared lower-cased; [`AccountStore::create_user`] makes the first account
+///   of an address, [`AccountStore::create_invited_user`] one more.
 /// - [`AccountStore::take_token`] succeeds at most once per token and never after it expires.
 /// - [`AccountStore::refresh`] is atomic: two concurrent uses of one token yield one rotation
 ///   and one [`Refreshed::Reused`].
 #[async_trait]
 pub trait AccountStore: Send + Sync + 'static {
-    /// Creates a user without a password; `Error::Conflict` if the email is taken.
+    /// Creates a user without a password; `Error::Conflict` if the email has an account.
     async fn create_user(&self, email: &str, name: &str) -> Result<User, Error>;
+    /// Creates a user without a password for one invitation, whether or not the email has
+    /// accounts already; `Error::Conflict` past [`MAX_ACCOUNTS_PER_EMAIL`].
+    async fn create_invited_user(&self, email: &str, name: &str) -> Result<User, Error>;
+    /// Removes a user that never got a password, with its tokens (an invitation's account,
+    /// once its invitation joined an existing account instead); `Ok(false)` if it has one.
+    async fn discard_unclaimed_user(&self, id: &str) -> Result<bool, Error>;
     async fn user(&self, id: &str) -> Result<Option<User>, Error>;
+    /// The account of `email` that signs in: the oldest with a password, else the oldest.
     async fn credentials(&self, email: &str) -> Result<Option<Credentials>, Error>;
+    /// Every account of `email`, oldest first.
+    async fn accounts(&self, email: &str) -> Result<Vec<Credentials>, Error>;
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), Error>;
     async fn set_login_lock(&self, user_id: &str, lock: &LoginLock) -> Result<(), Error>;
     /// Counts one more failed sign-in, atomically; returns the count.
@@ -169,6 +190,13 @@ pub trait AccountStore: Send + Sync + 'static {
         expires_at: DateTime<Utc>,
         created_by: Option<&str>,
     ) -> Result<String, Error>;
+    /// A token of `purpose` that is unused and has not expired at `now`, without using it.
+    async fn peek_token(
+        &self,
+        token: &str,
+        purpose: TokenPurpose,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OneTimeToken>, Error>;
     /// Uses up a token of `purpose` that has not expired at `now`.
     async fn take_token(
         &self,
@@ -194,13 +222,29 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn revoke_user_sessions(&self, user_id: &str) -> Result<u64, Error>;
 }
 
+/// Most accounts one email may have (each further invitation to it is refused): sign-in
+/// checks the password against each, so their number bounds its cost.
+pub const MAX_ACCOUNTS_PER_EMAIL: i64 = 8;
+
 /// Shortest password accepted (NIST SP 800-63B asks for at least 8).
 pub const MIN_PASSWORD_CHARS: usize = 10;
 /// Longest password accepted: hashing cost must stay bounded.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// The lowest zxcvbn score accepted: 3 is "safely unguessable: moderate protection from an
+/// offline slow-hash scenario" (about 10^10 guesses), which argon2id storage is.
+pub const MIN_PASSWORD_SCORE: zxcvbn::Score = zxcvbn::Score::Three;
+/// How much of a password the strength estimator reads: its matching grows faster than
+/// linearly with length, and 100 characters already score far above the minimum unless they
+/// repeat themselves.
+const SCORED_CHARS: usize = 100;
 
-/// Checks a new password against the policy.
-pub fn check_password_policy(password: &str) -> Result<(), Error> {
+/// Checks a new password against the policy: 10 characters to 1024 bytes, and not easy to
+/// guess. Guessability is zxcvbn's estimate (Dropbox's: dictionaries of common and breached
+/// passwords, names and words, keyboard walks, repeats, sequences, dates, l33t spellings),
+/// counting `user_inputs` (the account's email, its parts and its name) as known to an
+/// attacker; a score below [`MIN_PASSWORD_SCORE`] is refused with [`Error::WeakPassword`],
+/// whose message carries zxcvbn's reason and advice. `password12` is refused.
+pub fn check_password_policy(password: &str, user_inputs: &[&str]) -> Result<(), Error> {
     let invalid = |message: String| Error::Invalid {
         field: "password",
         message,
@@ -215,7 +259,43 @@ pub fn check_password_policy(password: &str) -> Result<(), Error> {
             "a password has at most {MAX_PASSWORD_BYTES} bytes"
         )));
     }
-    Ok(())
+    let scored: String = password.chars().take(SCORED_CHARS).collect();
+    // The email's local part and domain words count as known, as the whole address does
+    // (lower-cased: zxcvbn matches the lower-cased password against them).
+    let mut inputs: Vec<String> = Vec::new();
+    for input in user_inputs {
+        let input = input.to_lowercase();
+        inputs.extend(
+            input
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.chars().count() >= 3)
+                .map(str::to_owned),
+        );
+        inputs.push(input);
+    }
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let estimate = zxcvbn::zxcvbn(&scored, &inputs);
+    if estimate.score() >= MIN_PASSWORD_SCORE {
+        return Ok(());
+    }
+    let mut message = String::from("this password is too easy to guess");
+    if let Some(feedback) = estimate.feedback() {
+        if let Some(warning) = feedback.warning() {
+            message.push_str(&format!(" ({})", warning.to_string().to_lowercase()));
+        }
+        let advice: Vec<String> = feedback
+            .suggestions()
+            .iter()
+            .map(|s| s.to_string().trim_end_matches('.').to_lowercase())
+            .collect();
+        if !advice.is_empty() {
+            message.push_str(&format!(": {}", advice.join("; ")));
+        }
+    }
+    message.push_str("; a few uncommon words together make a strong one");
+    Err(Error::WeakPassword(
+        message.trim_end_matches('.').to_owned(),
+    ))
 }
 
 /// The argon2id PHC string of `password` under a fresh random salt. CPU-heavy (~20 ms):
@@ -297,9 +377,63 @@ mod tests {
             hash_password("correct horse battery").expect("hash"),
             "salted"
         );
-        assert!(check_password_policy("short").is_err());
-        assert!(check_password_policy(&"x".repeat(2000)).is_err());
-        assert!(check_password_policy("long enough!").is_ok());
+    }
+
+    #[test]
+    fn common_breached_and_personal_passwords_are_refused() {
+        assert!(matches!(
+            check_password_policy("short", &[]),
+            Err(Error::Invalid { .. })
+        ));
+        assert!(matches!(
+            check_password_policy(&"x".repeat(2000), &[]),
+            Err(Error::Invalid { .. })
+        ));
+        for weak in [
+            "password12",
+            "password123",
+            "Password1!",
+            "qwertyuiop",
+            "1234567890",
+            "iloveyou12",
+            "aaaaaaaaaaaa",
+            "letmein2024",
+        ] {
+            let err = check_password_policy(weak, &[]).expect_err(weak);
+            let Error::WeakPassword(message) = err else {
+                panic!("{weak}: {err}");
+            };
+            assert!(
+                message.starts_with("this password is too easy to guess"),
+                "{message}"
+            );
+            assert!(!message.ends_with('.'), "{message}");
+        }
+        // The account's own email and name count as known.
+        let me = ["newhire@livora-shop.test", "Mirabelle Quist"];
+        for personal in ["newhire@livora-shop.test", "mirabellequist"] {
+            assert!(
+                check_password_policy(personal, &[]).is_ok(),
+                "{personal}: strong for a stranger"
+            );
+            assert!(
+                matches!(
+                    check_password_policy(personal, &me),
+                    Err(Error::WeakPassword(_))
+                ),
+                "{personal}"
+            );
+        }
+        // A long passphrase and a random string pass; a very long one is read in part only.
+        for strong in [
+            "correct horse battery staple",
+            "vQ7#t9Lm!2xR",
+            "tangerine submarine oboe lantern",
+        ] {
+            check_password_policy(strong, &me).expect(strong);
+        }
+        let long = "tangerine submarine oboe lantern ".repeat(30);
+        check_password_policy(&long, &me).expect("long");
     }
 
     #[test]

@@ -842,6 +842,50 @@ impl Keyring {
         Ok(out)
     }
 
+    /// `text` encrypted under the key of `subject` (`u:<userId>` / `a:<anonymousId>`, made if
+    /// missing), as a `$lv1:` envelope: how the audit log names a person, so that erasing
+    /// the person (destroying the key) leaves nothing readable there.
+    pub async fn seal_for_subject(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        subject: &str,
+        text: &str,
+    ) -> Result<String, Error> {
+        let keys = self.subject_keys(tenant, &[subject.to_owned()]).await?;
+        let key = keys
+            .get(subject)
+            .ok_or_else(|| Error::Corrupt(format!("no key for a subject of {tenant}")))?;
+        match key.encrypt(&Value::String(text.to_owned())) {
+            Value::String(envelope) => Ok(envelope),
+            _ => Err(Error::Corrupt("an envelope is a string".into())),
+        }
+    }
+
+    /// The text [`Keyring::seal_for_subject`] sealed into `envelope`; `None` once the
+    /// subject's key is destroyed (or for anything that is not such an envelope).
+    pub async fn open_for_subject(
+        &self,
+        tenant: TenantId,
+        envelope: &str,
+    ) -> Result<Option<String>, Error> {
+        let Some((kid, data)) = envelope
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split_once(':'))
+        else {
+            return Ok(None);
+        };
+        let keys = self.existing(tenant, &[kid.to_owned()]).await?;
+        let Some(key) = keys.get(kid) else {
+            return Ok(None);
+        };
+        let plain = B64
+            .decode(data)
+            .ok()
+            .and_then(|sealed| open(&key.cipher, &sealed, &field_aad(tenant, kid)).ok())
+            .and_then(|p| serde_json::from_slice::<Value>(&p).ok());
+        Ok(plain.and_then(|v| v.as_str().map(str::to_owned)))
+    }
+
     /// Destroys the keys of `subjects`: their encrypted fields become unreadable everywhere.
     /// Returns how many keys existed.
     pub async fn shred(&self, tenant: TenantId, subjects: &[String]) -> Result<u64, Error> {
@@ -940,6 +984,74 @@ fn crypt(e: CryptoError) -> Error {
     Error::Corrupt(e.to_string())
 }
 
+/// The associated data of the wrapped audit key.
+const AUDIT_KEY_AAD: &[u8] = b"livora-audit-key:1";
+
+/// The key of the audit log's chain ([`crate::audit::AuditKey`]): 256 random bits kept at
+/// `path` (`<data_dir>/audit.key`) wrapped by the master key or KMS, as base64, made (mode
+/// 0600) when missing. Returns it and whether it was just made. Whoever can write the data
+/// directory but has no master key can neither read it nor make a valid replacement.
+pub async fn audit_key(
+    kms: &dyn Kms,
+    path: &std::path::Path,
+) -> Result<(crate::audit::AuditKey, bool), Error> {
+    let raw = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let wrapped = B64
+                .decode(text.trim())
+                .map_err(|_| Error::Corrupt(format!("{} is not base64", path.display())))?;
+            let raw = kms.unwrap(&wrapped, AUDIT_KEY_AAD).await.map_err(crypt)?;
+            let raw: [u8; 32] = raw
+                .try_into()
+                .map_err(|_| Error::Corrupt(format!("{} is not a 256-bit key", path.display())))?;
+            return Ok((crate::audit::AuditKey::from_bytes(raw), false));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = [0u8; 32];
+            rand::rng().fill_bytes(&mut raw);
+            raw
+        }
+        Err(e) => return Err(Error::Corrupt(format!("{}: {e}", path.display()))),
+    };
+    let wrapped = kms.wrap(&raw, AUDIT_KEY_AAD).await.map_err(crypt)?;
+    write_new_secret(path, &B64.encode(wrapped))?;
+    Ok((crate::audit::AuditKey::from_bytes(raw), true))
+}
+
+/// Rewraps the audit key at `path` under the KMS's current master key (after a master
+/// rotation); `Ok(false)` if there is none.
+pub async fn rewrap_audit_key(kms: &dyn Kms, path: &std::path::Path) -> Result<bool, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::Corrupt(format!("{}: {e}", path.display()))),
+    };
+    let wrapped = B64
+        .decode(text.trim())
+        .map_err(|_| Error::Corrupt(format!("{} is not base64", path.display())))?;
+    let raw = kms.unwrap(&wrapped, AUDIT_KEY_AAD).await.map_err(crypt)?;
+    let again = kms.wrap(&raw, AUDIT_KEY_AAD).await.map_err(crypt)?;
+    let tmp = path.with_extension("key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    write_new_secret(&tmp, &B64.encode(again))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+    Ok(true)
+}
+
+/// Writes a new file readable by its owner only, synced; refuses to overwrite one.
+fn write_new_secret(path: &std::path::Path, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let io = |e: std::io::Error| Error::Corrupt(format!("{}: {e}", path.display()));
+    let mut f = opts.open(path).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(())
+}
+
 /// Rewraps every tenant key under the KMS's current master key (after a master rotation;
 /// the previous master must still be configured). Returns how many keys were rewrapped.
 pub async fn rewrap_tenant_keys(store: &dyn MetadataStore, kms: &dyn Kms) -> Result<u64, Error> {
@@ -983,6 +1095,78 @@ pub async fn rotate_tenant_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// Audit targets sealed for a person read back until the person is erased, then never;
+    /// the audit key is wrapped by the KMS, read back, and rewrapped.
+    #[tokio::test]
+    async fn sealed_audit_targets_die_with_the_subject_and_the_audit_key_is_wrapped() {
+        let store: Arc<dyn MetadataStore> =
+            Arc::new(crate::SqliteStore::in_memory().await.expect("store"));
+        let tenant = store
+            .create_tenant(crate::NewTenant {
+                name: "t".into(),
+                time_zone: "UTC".into(),
+                currency: livora_model::Currency::parse("USD").expect("usd"),
+            })
+            .await
+            .expect("tenant")
+            .id;
+        let kms: Arc<dyn Kms> = Arc::new(LocalKms::new(&[9u8; 32], &[]).expect("kms"));
+        let ring = Arc::new(Keyring::new(store.clone(), kms.clone()));
+        let subject = "u:ann@example.com";
+        let sealed = ring
+            .seal_for_subject(tenant, subject, subject)
+            .await
+            .expect("seal");
+        assert!(
+            sealed.starts_with(PREFIX) && !sealed.contains("ann"),
+            "{sealed}"
+        );
+        let fresh = Keyring::new(store.clone(), kms.clone());
+        assert_eq!(
+            fresh.open_for_subject(tenant, &sealed).await.expect("open"),
+            Some(subject.to_owned())
+        );
+        assert_eq!(
+            fresh
+                .open_for_subject(tenant, "plain text")
+                .await
+                .expect("open"),
+            None
+        );
+        ring.shred(tenant, &[subject.to_owned()])
+            .await
+            .expect("shred");
+        let after = Keyring::new(store.clone(), kms.clone());
+        assert_eq!(
+            after.open_for_subject(tenant, &sealed).await.expect("open"),
+            None
+        );
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit.key");
+        let (_, made) = audit_key(kms.as_ref(), &path).await.expect("made");
+        assert!(made);
+        let text = std::fs::read_to_string(&path).expect("file");
+        let (_, made) = audit_key(kms.as_ref(), &path).await.expect("read");
+        assert!(!made);
+        let other: Arc<dyn Kms> = Arc::new(LocalKms::new(&[1u8; 32], &[]).expect("kms"));
+        assert!(
+            audit_key(other.as_ref(), &path).await.is_err(),
+            "needs the master key"
+        );
+        let rotated: Arc<dyn Kms> =
+            Arc::new(LocalKms::new(&[1u8; 32], &[vec![9u8; 32]]).expect("kms"));
+        assert!(
+            rewrap_audit_key(rotated.as_ref(), &path)
+                .await
+                .expect("rewrap")
+        );
+        assert_ne!(std::fs::read_to_string(&path).expect("file"), text);
+        assert!(
+            audit_key(other.as_ref(), &path).await.is_ok(),
+            "under the new master"
+        );
+    }
 
     #[tokio::test]
     async fn local_kms_wraps_and_rotates() {

@@ -11,6 +11,10 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    /// A new password that is too easy to guess (common, breached, or made of the account's
+    /// own email or name); the message says why.
+    #[error("weak password: {0}")]
+    WeakPassword(String),
     #[error("{0}")]
     Conflict(String),
     #[error("not found: {0}")]

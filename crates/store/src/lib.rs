@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod audit;
 pub mod automation;
 pub mod crypto;
+pub mod csv_cell;
 pub mod dashboards;
 mod error;
 pub mod intel;

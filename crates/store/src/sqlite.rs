@@ -271,6 +271,25 @@ CREATE TABLE dashboards (
     r#"
 ALTER TABLE tenants ADD COLUMN delivery_policy TEXT;
 "#,
+    // Several accounts may share an email (each invitation to an address with no account
+    // of its own makes one: see `accounts`), so `email` loses its UNIQUE constraint. SQLite
+    // cannot drop a constraint: the table is rebuilt (foreign keys are off during migrations).
+    r#"
+CREATE TABLE users_v2 (
+    id             TEXT PRIMARY KEY,
+    email          TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    password_hash  TEXT,
+    created_at     TEXT NOT NULL,
+    failed_logins  INTEGER NOT NULL DEFAULT 0,
+    locked_until   TEXT
+);
+INSERT INTO users_v2 (id, email, name, password_hash, created_at, failed_logins, locked_until)
+    SELECT id, email, name, password_hash, created_at, failed_logins, locked_until FROM users;
+DROP TABLE users;
+ALTER TABLE users_v2 RENAME TO users;
+CREATE INDEX users_email ON users(email);
+"#,
     // Every failed attempt of a message (JSON list), not only the last one's reason.
     r#"
 ALTER TABLE outbox ADD COLUMN errors TEXT NOT NULL DEFAULT '[]';
@@ -355,8 +374,16 @@ impl SqliteStore {
         ))
     }
 
+    /// Runs the migrations not run yet, in one transaction, with foreign keys off (so a
+    /// migration can rebuild a table others refer to, as SQLite's `ALTER TABLE` guide does);
+    /// `PRAGMA foreign_key_check` must find nothing before the commit.
     async fn migrate(pool: SqlitePool) -> Result<Self, Error> {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        use sqlx::Connection;
+        let mut conn = pool.acquire().await?;
+        sqlx::raw_sql("PRAGMA foreign_keys = OFF")
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&mut *tx)
             .await?;
@@ -366,7 +393,20 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        let broken = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&mut *tx)
+            .await?;
+        if !broken.is_empty() {
+            return Err(Error::Corrupt(format!(
+                "{} rows break a foreign key after the migrations",
+                broken.len()
+            )));
+        }
         tx.commit().await?;
+        sqlx::raw_sql("PRAGMA foreign_keys = ON")
+            .execute(&mut *conn)
+            .await?;
+        drop(conn);
         Ok(Self { pool })
     }
 }
@@ -634,6 +674,67 @@ mod tests {
             time_zone: "Europe/Paris".into(),
             currency: Currency::parse("EUR").expect("currency"),
         }
+    }
+
+    /// The migration that lets an email have several accounts rebuilds `users` under the
+    /// tables that refer to it: their rows stay, and foreign keys are on again afterwards.
+    #[tokio::test]
+    async fn rebuilding_users_keeps_memberships_and_sessions() {
+        use crate::AccountStore;
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")
+            .expect("url")
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .expect("pool");
+        let rebuild = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("users_v2"))
+            .expect("the migration");
+        for sql in &MIGRATIONS[..rebuild] {
+            sqlx::raw_sql(sql).execute(&pool).await.expect("old schema");
+        }
+        sqlx::raw_sql(&format!(
+            "PRAGMA user_version = {rebuild};
+             INSERT INTO tenants (id, name, time_zone, currency, created_at)
+                 VALUES ('00000000-0000-0000-0000-000000000001', 'T', 'UTC', 'EUR', '2026-01-01T00:00:00Z');
+             INSERT INTO users (id, email, name, password_hash, created_at)
+                 VALUES ('usr_1', 'ann@example.com', 'Ann', 'h', '2026-01-01T00:00:00Z');
+             INSERT INTO memberships (user_id, tenant_id, role, created_at)
+                 VALUES ('usr_1', '00000000-0000-0000-0000-000000000001', 'owner', '2026-01-01T00:00:00Z');"
+        ))
+        .execute(&pool)
+        .await
+        .expect("old rows");
+        let store = SqliteStore::migrate(pool).await.expect("migrates");
+        let ann = store
+            .credentials("ann@example.com")
+            .await
+            .expect("c")
+            .expect("kept");
+        assert_eq!(ann.password_hash.as_deref(), Some("h"));
+        assert_eq!(store.memberships("usr_1").await.expect("m").len(), 1);
+        store
+            .create_invited_user("ann@example.com", "Ann")
+            .await
+            .expect("a second account of the address");
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&store.pool)
+            .await
+            .expect("pragma");
+        assert_eq!(fk, 1, "foreign keys are on again");
+        assert!(
+            sqlx::raw_sql(
+                "INSERT INTO memberships (user_id, tenant_id, role, created_at)
+                 VALUES ('usr_nobody', '00000000-0000-0000-0000-000000000001', 'owner', 'x')"
+            )
+            .execute(&store.pool)
+            .await
+            .is_err(),
+            "and enforced"
+        );
     }
 
     #[tokio::test]

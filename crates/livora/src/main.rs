@@ -226,13 +226,14 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         None
     };
     let env: HashMap<String, String> = std::env::vars().collect();
-    let audit = livora_store::audit::AuditLog::open(&config.audit_path())
-        .context("the audit log is broken; see `livora admin audit verify`")?;
+    let encryption = config.encryption(&env).await?;
+    let audit =
+        admin::open_audit_log(&config, encryption.as_ref().map(|(kms, _)| kms.as_ref())).await?;
     let security = livora_server::Security {
         auth: config.auth.clone(),
         jwt_secret: config.jwt_secret(&env)?,
         audit: Arc::new(audit),
-        encryption: config.encryption(&env).await?,
+        encryption,
         tls: match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(cert), Some(key)) => Some(livora_server::tls::load(cert, key)?),
             (None, None) => None,

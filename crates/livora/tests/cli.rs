@@ -134,6 +134,112 @@ fn admin_actions_are_audited_in_a_hash_chain() {
     assert!(!admin(&["key", "revoke", &t.write_key_id]).status.success());
 }
 
+/// Recomputes the audit chain from line `from` (0-based) on, as whoever can write the file
+/// but has no key would after editing that line: SHA-256 of `prev`, a newline and the entry
+/// without its `hash`, the scheme of unkeyed entries.
+fn rehash_from(lines: &mut [String], from: usize) {
+    use sha2::{Digest, Sha256};
+    let field = |line: &str, name: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(line).expect("entry");
+        v[name].as_str().expect("field").to_owned()
+    };
+    let mut prev = if from == 0 {
+        "0".repeat(64)
+    } else {
+        field(&lines[from - 1], "hash")
+    };
+    for line in lines.iter_mut().skip(from) {
+        let old_prev = field(line, "prev");
+        let with_prev = line.replace(
+            &format!("\"prev\":\"{old_prev}\""),
+            &format!("\"prev\":\"{prev}\""),
+        );
+        let cut = with_prev.rfind(",\"hash\":").expect("hash last");
+        let body = format!("{}}}", &with_prev[..cut]);
+        let mut h = Sha256::new();
+        h.update(prev.as_bytes());
+        h.update(b"\n");
+        h.update(body.as_bytes());
+        let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        *line = format!("{},\"hash\":\"{hash}\"}}", &with_prev[..cut]);
+        prev = hash;
+    }
+}
+
+/// Issue 22: the audit chain is keyed (HMAC under a key wrapped by the master key), so an
+/// edit with every later hash recomputed is found; `verify --head` finds entries cut from the
+/// end, which leave a valid shorter chain.
+#[test]
+fn a_keyed_audit_chain_finds_recomputed_edits_and_cut_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = create_tenant(dir.path());
+    let admin = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["admin", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    assert!(admin(&["key", "revoke", &t.write_key_id]).status.success());
+    let head = admin_json(dir.path(), &["audit", "verify"]);
+    assert_eq!(
+        (head["entries"].as_u64(), head["keyed"].as_bool()),
+        (Some(4), Some(true)),
+        "{head}"
+    );
+    let exported = format!(
+        "{}:{}",
+        head["entries"],
+        head["head"].as_str().expect("head")
+    );
+    assert!(dir.path().join("audit.key").exists());
+    let path = dir.path().join("audit.jsonl");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let out = admin(&["audit", "verify", "--head", &exported]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The revocation edited into another key's, every later hash recomputed.
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[3] = lines[3].replace(&t.write_key_id, "key_someone_else");
+    rehash_from(&mut lines, 3);
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+    let out = admin(&["audit", "verify"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("line 4"),
+        "a recomputed edit: {err}"
+    );
+    // The same with the format version dropped (rewritten as unkeyed entries).
+    let mut lines: Vec<String> = text.lines().map(|l| l.replace(",\"v\":2", "")).collect();
+    lines[3] = lines[3].replace(&t.write_key_id, "key_someone_else");
+    rehash_from(&mut lines, 0);
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+    assert!(!admin(&["audit", "verify"]).status.success(), "a downgrade");
+
+    // The last entry cut: a valid chain by itself, but not the exported head's.
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&path, lines[..3].join("\n") + "\n").expect("write");
+    let out = admin(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = admin(&["audit", "verify", "--head", &exported]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("removed from the end"),
+        "{err}"
+    );
+    let out = admin(&["audit", "verify", "--head", "4:nothex"]);
+    assert!(!out.status.success());
+}
+
 /// The first owner of a tenant is invited from the CLI, joins over HTTP and signs in; the
 /// server and the CLI append to one audit chain; a reset token from the CLI sets a new
 /// password.

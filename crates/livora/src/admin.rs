@@ -3,14 +3,34 @@
 use anyhow::{Context, bail};
 use chrono::{Duration, Utc};
 use clap::Subcommand;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use livora_log::EventLog;
 use livora_model::{Currency, TenantId};
+use livora_store::access::Scope;
 use livora_store::accounts::{Membership, TokenPurpose};
 use livora_store::audit::{self, AuditLog, NewEntry};
 use livora_store::{KeyKind, MetadataStore, NewTenant, Role};
 use serde_json::json;
 
 use crate::config::Config;
+
+/// `--kind`: the key kinds, listed by `--help` and checked by clap.
+fn key_kind() -> impl TypedValueParser<Value = KeyKind> {
+    PossibleValuesParser::new([KeyKind::Write.as_str(), KeyKind::Secret.as_str()])
+        .try_map(|s| KeyKind::parse(&s).ok_or("not a key kind"))
+}
+
+/// `--role`: every staff role.
+fn role() -> impl TypedValueParser<Value = Role> {
+    PossibleValuesParser::new(Role::ALL.map(Role::as_str))
+        .try_map(|s| Role::parse(&s).ok_or("not a role"))
+}
+
+/// `--scopes`: every key scope.
+fn scope() -> impl TypedValueParser<Value = Scope> {
+    PossibleValuesParser::new(Scope::ALL.map(Scope::as_str))
+        .try_map(|s| Scope::parse(&s).ok_or("not a scope"))
+}
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -62,6 +82,7 @@ pub enum AuditCommand {
     },
     /// Print every entry, as JSON lines or (`--csv`) as CSV for auditors.
     Export {
+        /// CSV for auditors instead of JSON lines.
         #[arg(long)]
         csv: bool,
     },
@@ -71,6 +92,7 @@ pub enum AuditCommand {
 pub enum TenantCommand {
     /// Create a tenant with a write key and a secret key.
     Create {
+        /// The tenant's display name.
         #[arg(long)]
         name: String,
         /// IANA time zone for calendar periods.
@@ -79,18 +101,22 @@ pub enum TenantCommand {
         /// ISO 4217 currency code.
         #[arg(long, default_value = "USD")]
         currency: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List tenants.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Keep a tenant's events for this many days (older ones are removed), or for ever.
     Retention {
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
+        /// Days to keep events (older ones are removed).
         #[arg(long, conflicts_with = "forever")]
         days: Option<u32>,
         /// Keep events for ever.
@@ -103,26 +129,33 @@ pub enum TenantCommand {
 pub enum KeyCommand {
     /// Create a key; its secret is printed once.
     Create {
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
         /// `write` (scope ingest) or `secret` (scope read unless `--scopes` says otherwise).
-        #[arg(long)]
-        kind: String,
-        /// Scopes of a secret key, comma-separated: `read`, `admin` or `read,admin`.
-        #[arg(long)]
-        scopes: Option<String>,
+        #[arg(long, value_parser = key_kind())]
+        kind: KeyKind,
+        /// Scopes of a secret key, comma-separated, e.g. `read,admin`.
+        #[arg(long, value_delimiter = ',', value_parser = scope())]
+        scopes: Option<Vec<Scope>>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List a tenant's keys (never their secrets).
     List {
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a key by its id.
-    Revoke { key_id: String },
+    Revoke {
+        /// The key's id (`livora admin key list`), not its secret.
+        key_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,34 +163,43 @@ pub enum UserCommand {
     /// Invite a person into a tenant with a role (creating the account if needed); prints
     /// the invitation token, accepted with `POST /api/v1/auth/accept-invitation`.
     Invite {
+        /// The staff member's email address.
         #[arg(long)]
         email: String,
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
-        /// owner, admin, analyst, marketer, sales, ops or viewer.
-        #[arg(long)]
-        role: String,
+        /// The member's role in the tenant.
+        #[arg(long, value_parser = role())]
+        role: Role,
+        /// The person's name, used when the account is new.
         #[arg(long, default_value = "")]
         name: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Print a password reset token, used with `POST /api/v1/auth/reset-password`.
     Reset {
+        /// The staff member's email address.
         #[arg(long)]
         email: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List users with their roles (of one tenant with `--tenant`).
     List {
+        /// Only the members of this tenant (its id).
         #[arg(long)]
         tenant: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// End every session of a user.
     RevokeSessions {
+        /// The staff member's email address.
         #[arg(long)]
         email: String,
     },
@@ -171,6 +213,7 @@ pub enum EncryptionCommand {
     RotateMaster,
     /// Add a tenant key version: subject keys created from now on are wrapped by it.
     RotateTenant {
+        /// The tenant's id.
         #[arg(long)]
         tenant: String,
     },
@@ -180,6 +223,7 @@ pub enum EncryptionCommand {
 pub enum LogCommand {
     /// Read every record, checking checksums and offsets.
     Verify {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -384,13 +428,13 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                     json,
                 },
         } => {
-            let kind = KeyKind::parse(&kind)
-                .with_context(|| format!("{kind:?} is not a key kind: use write or secret"))?;
             let scopes = match (kind, scopes) {
                 (_, None) => None,
                 (KeyKind::Write, Some(_)) => bail!("a write key has the ingest scope only"),
-                (KeyKind::Secret, Some(s)) => {
-                    Some(livora_store::access::parse_scopes(&s).map_err(anyhow::Error::msg)?)
+                (KeyKind::Secret, Some(mut s)) => {
+                    s.sort();
+                    s.dedup();
+                    Some(s)
                 }
             };
             let key = match scopes {
@@ -544,9 +588,6 @@ async fn user(
             if store.tenant(tenant).await?.is_none() {
                 bail!("no tenant {tenant}");
             }
-            let role = Role::parse(&role).with_context(|| {
-                format!("{role:?} is not a role: use owner, admin, analyst, marketer, sales, ops or viewer")
-            })?;
             // The invitation's own account: accepted with the password of an existing account
             // of the address, that account joins instead (see `AccountStore`).
             let user = store.create_invited_user(&email, &name).await?;

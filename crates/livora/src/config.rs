@@ -244,14 +244,41 @@ impl Config {
             .filter_map(|(k, v)| Some((k.strip_prefix("LIVORA__")?, v)))
             .collect();
         vars.sort();
+        let mut from_env = Vec::new();
         for (key, value) in vars {
             let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
             set(&mut table, &path, scalar(value))
                 .with_context(|| format!("environment variable LIVORA__{key}"))?;
+            from_env.push((path, value.as_str()));
         }
-        toml::Value::Table(table)
-            .try_into()
-            .context("invalid configuration")
+        // A list from the environment is a TOML/JSON array (`["a","b"]`, see `scalar`) or
+        // comma-separated (`a,b`): a variable whose text lands where a list is expected is
+        // split at commas and the configuration read again.
+        loop {
+            let value = toml::Value::Table(table.clone());
+            let error = match serde_path_to_error::deserialize::<_, Self>(value) {
+                Ok(config) => return Ok(config),
+                Err(e) => e,
+            };
+            let at = error.path().to_string();
+            let wants_list = error.inner().to_string().contains("expected a sequence");
+            match from_env.iter().position(|(p, _)| p.join(".") == at) {
+                Some(i) if wants_list => {
+                    let (path, text) = from_env.swap_remove(i);
+                    let items = text
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect();
+                    set(&mut table, &path, toml::Value::Array(items))?;
+                }
+                _ => {
+                    return Err(anyhow::Error::new(error.into_inner())
+                        .context(format!("invalid configuration at {at}")));
+                }
+            }
+        }
     }
 
     /// The column store's options; `env` supplies `AWS_*` / `GOOGLE_*` / `AZURE_*` settings
@@ -464,12 +491,16 @@ fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
     toml::from_str(&text).with_context(|| format!("invalid TOML in {}", path.display()))
 }
 
-/// An environment value as TOML: numbers and booleans typed, anything else a string.
+/// An environment value as TOML: numbers, booleans and arrays (`["a", "b"]`, TOML or JSON)
+/// typed, anything else a string.
 fn scalar(text: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {text}")) {
         Ok(mut t) => match t.remove("v") {
             Some(
-                v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)),
+                v @ (toml::Value::Integer(_)
+                | toml::Value::Float(_)
+                | toml::Value::Boolean(_)
+                | toml::Value::Array(_)),
             ) => v,
             _ => toml::Value::String(text.to_owned()),
         },
@@ -551,6 +582,51 @@ mod tests {
         assert_eq!(c.ingest.max_batch_events, 20);
         assert!(!c.log.fsync);
         assert_eq!(c.ingest.max_event_bytes, 32 * 1024, "defaults kept");
+    }
+
+    #[test]
+    fn lists_come_from_the_environment_as_arrays_or_comma_separated() {
+        let c = Config::load(
+            None,
+            &env(&[
+                (
+                    "LIVORA__LIMITS__API_CORS_ORIGINS",
+                    r#"["https://a.example", "https://b.example"]"#,
+                ),
+                ("LIVORA__PRIVACY__PII_TRAITS", "tax_id, passport ,"),
+                (
+                    "LIVORA__PRIVACY__PREVIOUS_MASTER_KEY_FILES",
+                    "/k/one,/k/two",
+                ),
+                ("LIVORA__INGEST__MAX_BATCH_EVENTS", "20"),
+            ]),
+        )
+        .expect("config");
+        assert_eq!(
+            c.limits.api_cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(c.privacy.pii_traits, ["tax_id", "passport"]);
+        assert_eq!(
+            c.privacy.previous_master_key_files,
+            [PathBuf::from("/k/one"), PathBuf::from("/k/two")]
+        );
+        assert_eq!(c.ingest.max_batch_events, 20);
+        // One item, and an empty list.
+        let c = Config::load(
+            None,
+            &env(&[
+                ("LIVORA__LIMITS__API_CORS_ORIGINS", "https://a.example"),
+                ("LIVORA__PRIVACY__PII_TRAITS", "[]"),
+            ]),
+        )
+        .expect("config");
+        assert_eq!(c.limits.api_cors_origins, ["https://a.example"]);
+        assert!(c.privacy.pii_traits.is_empty());
+        // A list where one value is expected is still an error, naming the setting.
+        let e = Config::load(None, &env(&[("LIVORA__SERVER__LISTEN", "[1, 2]")]))
+            .expect_err("not a list");
+        assert!(format!("{e:#}").contains("server.listen"), "{e:#}");
     }
 
     #[test]

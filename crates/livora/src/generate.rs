@@ -49,9 +49,6 @@ pub struct GenerateArgs {
     /// Only write the Parquet file, not the log.
     #[arg(long, requires = "parquet")]
     pub no_log: bool,
-    /// Data directory (default ./livora-demo-data).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
 }
 
 pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_json::Value> {

@@ -42,6 +42,10 @@ struct Cli {
     /// Configuration file (default: ./livora.toml when it exists).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Data directory: the log, the database, column segments (default ./livora-data;
+    /// ./livora-demo-data for `demo`). Accepted before or after the subcommand.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,9 +55,6 @@ struct ServeFlags {
     /// Address to listen on, e.g. 127.0.0.1:8080.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Data directory (default ./livora-data).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -85,9 +86,6 @@ enum Command {
     },
     /// Manage tenants, keys and the log offline.
     Admin {
-        /// Data directory (default ./livora-data).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
@@ -121,13 +119,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
     let mut config = Config::load(cli.config.as_deref(), &env)?;
+    let data_dir = cli.data_dir;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(flags) => {
-            apply(&mut config, &flags, None);
+            apply(&mut config, &flags, data_dir, None);
             init_logging(&config, "info");
             runtime.block_on(serve(config, None))
         }
@@ -135,11 +134,8 @@ fn main() -> anyhow::Result<()> {
             action: Some(DemoAction::Generate(args)),
             ..
         } => {
-            let flags = ServeFlags {
-                data_dir: args.data_dir.clone(),
-                listen: None,
-            };
-            apply(&mut config, &flags, Some("./livora-demo-data"));
+            let flags = ServeFlags { listen: None };
+            apply(&mut config, &flags, data_dir, Some("./livora-demo-data"));
             init_logging(&config, "warn");
             let summary = runtime.block_on(generate::run(&config, &args))?;
             println!("{summary:#}");
@@ -151,7 +147,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             backfill_days,
         } => {
-            apply(&mut config, &flags, Some("./livora-demo-data"));
+            apply(&mut config, &flags, data_dir, Some("./livora-demo-data"));
             init_logging(&config, "warn,livora=info,livora_server=info");
             let demo = demo::DemoOptions {
                 rate,
@@ -159,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(serve(config, Some(demo)))
         }
-        Command::Admin { data_dir, command } => {
+        Command::Admin { command } => {
             if let Some(d) = data_dir {
                 config.data_dir = d;
             }
@@ -169,12 +165,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn apply(config: &mut Config, flags: &ServeFlags, default_dir: Option<&str>) {
+fn apply(
+    config: &mut Config,
+    flags: &ServeFlags,
+    data_dir: Option<PathBuf>,
+    default_dir: Option<&str>,
+) {
     if let Some(l) = flags.listen {
         config.server.listen = l;
     }
-    match (&flags.data_dir, default_dir) {
-        (Some(d), _) => config.data_dir = d.clone(),
+    match (data_dir, default_dir) {
+        (Some(d), _) => config.data_dir = d,
         (None, Some(d)) if config.data_dir == Config::default().data_dir => {
             config.data_dir = PathBuf::from(d)
         }
@@ -308,4 +309,40 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument and subcommand below `cmd` that `--help` shows without a description.
+    fn undescribed(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} --{}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                out.push(name.clone());
+            }
+            undescribed(sub, &name, out);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_subcommand_has_help() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        undescribed(&cmd, "livora", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
+    }
 }

@@ -83,6 +83,115 @@ fn admin_creates_lists_and_revokes() {
 
 /// Every administrative action above is in the hash-chained audit log, which `admin audit
 /// verify` checks and `admin audit export --csv` prints; an edit is detected.
+/// Runs `livora ARGS…`.
+fn livora(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run livora")
+}
+
+#[test]
+fn data_dir_is_accepted_anywhere_on_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let create = |args: &[&str]| {
+        let out = livora(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    create(&["--data-dir", d, "admin", "tenant", "create", "--name", "A"]);
+    create(&["admin", "--data-dir", d, "tenant", "create", "--name", "B"]);
+    create(&["admin", "tenant", "create", "--name", "C", "--data-dir", d]);
+    let out = livora(&["admin", "tenant", "list", "--json", "--data-dir", d]);
+    let tenants: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let names: Vec<_> = tenants
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["A", "B", "C"],
+        "all three in the one data directory"
+    );
+    // `serve --help` and `demo generate --help` know it too.
+    for args in [["serve", "--help"], ["demo", "--help"]] {
+        let help = String::from_utf8_lossy(&livora(&args).stdout).into_owned();
+        assert!(help.contains("--data-dir"), "{args:?}: {help}");
+    }
+}
+
+#[test]
+fn fixed_choices_are_listed_and_checked() {
+    let help = String::from_utf8_lossy(&livora(&["admin", "user", "invite", "--help"]).stdout)
+        .into_owned();
+    assert!(
+        help.contains("owner, admin, analyst, marketer, sales, ops, viewer"),
+        "{help}"
+    );
+    let help =
+        String::from_utf8_lossy(&livora(&["admin", "key", "create", "--help"]).stdout).into_owned();
+    assert!(help.contains("[possible values: write, secret]"), "{help}");
+    assert!(
+        help.contains("[possible values: ingest, read, admin]"),
+        "{help}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let t = create_tenant(dir.path());
+    for (bad, listed) in [
+        (
+            vec![
+                "user", "invite", "--email", "a@x.test", "--tenant", &t.id, "--role", "god",
+            ],
+            "owner, admin, analyst, marketer, sales, ops, viewer",
+        ),
+        (
+            vec!["key", "create", "--tenant", &t.id, "--kind", "root"],
+            "write, secret",
+        ),
+        (
+            vec![
+                "key", "create", "--tenant", &t.id, "--kind", "secret", "--scopes", "read,all",
+            ],
+            "ingest, read, admin",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["admin", "--data-dir", d])
+            .args(&bad)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?} is a usage error: {err}"
+        );
+        assert!(
+            err.contains("invalid value") && err.contains(listed),
+            "{bad:?}: {err}"
+        );
+    }
+    let key = admin_json(
+        dir.path(),
+        &[
+            "key",
+            "create",
+            "--tenant",
+            &t.id,
+            "--kind",
+            "secret",
+            "--scopes",
+            "admin,read,read",
+        ],
+    );
+    assert_eq!(key["scopes"], json!(["read", "admin"]));
+}
+
 #[test]
 fn admin_actions_are_audited_in_a_hash_chain() {
     let dir = tempfile::tempdir().expect("tempdir");

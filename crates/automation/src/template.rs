@@ -350,6 +350,110 @@ fn environment() -> Environment<'static> {
     env
 }
 
+/// At most this many bytes of constants a template may fold when it is compiled (the
+/// compiler computes `"x" * 1000` once, before any guard runs).
+const MAX_CONSTANTS: usize = 4 * MAX_VALUE;
+
+/// Checks what compiling `text` would compute ahead (constant folding: `"x" * 100000000`
+/// is built by the compiler, not at render time): every constant expression is evaluated
+/// here through the guards first, and all of them together may hold [`MAX_CONSTANTS`].
+fn check_constants(text: &str) -> Result<(), RenderError> {
+    let ast =
+        minijinja::machinery::parse(text, "<template>", Default::default(), Default::default())
+            .map_err(|e| RenderError::Invalid(e.to_string()))?;
+    let tree = serde_json::to_value(&ast).map_err(|e| RenderError::Invalid(e.to_string()))?;
+    let mut total = 0usize;
+    let result = constant(&tree, &mut total);
+    OVER.with(|o| o.set(false));
+    result
+        .map(|_| ())
+        .map_err(|e| RenderError::TooLarge(e.to_string()))
+}
+
+/// The value of the expression `node` if it is a constant the compiler folds (walking
+/// every node under it either way); its size is added to `total`.
+fn constant(node: &Value, total: &mut usize) -> Result<Option<JValue>, minijinja::Error> {
+    let kind = node.get("expr").and_then(Value::as_str);
+    let inner = node.get("inner").and_then(|i| i.get(0));
+    let Some((kind, inner)) = kind.zip(inner) else {
+        // A statement or a part of one: look inside.
+        match node {
+            Value::Object(m) => {
+                for v in m.values() {
+                    constant(v, total)?;
+                }
+            }
+            Value::Array(a) => {
+                for v in a {
+                    constant(v, total)?;
+                }
+            }
+            _ => {}
+        }
+        return Ok(None);
+    };
+    let field = |name: &str| inner.get(name).unwrap_or(&Value::Null);
+    fn all(list: &Value, total: &mut usize) -> Result<Option<Vec<JValue>>, minijinja::Error> {
+        let mut out = Some(Vec::new());
+        for item in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+            match (constant(item, total)?, &mut out) {
+                (Some(v), Some(o)) => o.push(v),
+                _ => out = None,
+            }
+        }
+        Ok(out)
+    }
+    let value = match kind {
+        "Const" => return Ok(Some(JValue::from_serialize(field("value")))),
+        "List" => all(field("items"), total)?.map(JValue::from),
+        "Map" => {
+            let keys = all(field("keys"), total)?;
+            let values = all(field("values"), total)?;
+            keys.zip(values)
+                .map(|(k, v)| JValue::from_iter(k.into_iter().zip(v)))
+        }
+        "UnaryOp" => constant(field("expr"), total)?.map(|_| JValue::from(0)),
+        "BinOp" => {
+            let left = constant(field("left"), total)?;
+            let right = constant(field("right"), total)?;
+            match (left, right, field("op").as_str()) {
+                // Refused over the limit (the compiler would build it); another error means
+                // the compiler does not fold it either.
+                (Some(a), Some(b), Some("Add")) => guarded_fold(guard::add(a, b))?,
+                (Some(a), Some(b), Some("Mul")) => guarded_fold(guard::mul(a, b))?,
+                (Some(a), Some(b), Some("Concat")) => guarded_fold(guard::concat(a, b))?,
+                // Numbers, comparisons, membership: nothing grows.
+                (Some(_), Some(_), Some(_)) => Some(JValue::from(0)),
+                _ => None,
+            }
+        }
+        _ => {
+            for v in inner.as_object().into_iter().flat_map(|m| m.values()) {
+                constant(v, total)?;
+            }
+            None
+        }
+    };
+    if let Some(v) = &value {
+        *total = total.saturating_add(size(v, MAX_CONSTANTS + 1));
+        if *total > MAX_CONSTANTS {
+            return Err(too_large(format!(
+                "its constants would hold more than {MAX_CONSTANTS} bytes"
+            )));
+        }
+    }
+    Ok(value)
+}
+
+/// A folded constant, `None` when the operation fails for another reason than a limit.
+fn guarded_fold(r: Result<JValue, minijinja::Error>) -> Result<Option<JValue>, minijinja::Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if OVER.with(Cell::get) => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
 /// `instrs` with `+`, `*` and `~` calling their guards, and raw text emitted through the
 /// formatter (which counts it); jumps follow the instructions they pointed at.
 fn guarded<'s>(instrs: &Instructions<'s>) -> Instructions<'s> {
@@ -476,6 +580,7 @@ pub fn render_checked(text: &str, ctx: &Value) -> Result<String, RenderError> {
             return run(&env, &name, ctx);
         }
     }
+    check_constants(text)?;
     let mut env = compiled().write().unwrap_or_else(|e| e.into_inner());
     if env.templates().count() >= KEPT {
         *env = environment();
@@ -508,6 +613,7 @@ pub fn render_parts_checked(
 
 /// Checks a template's syntax (when a workflow is saved).
 pub fn check(text: &str) -> Result<(), String> {
+    check_constants(text).map_err(String::from)?;
     let env = environment();
     env.template_from_str(text)
         .map(|_| ())
@@ -571,6 +677,45 @@ mod tests {
             render_checked(text, &context(&Person::default(), &json!({}))),
             Err(RenderError::TooLarge(_))
         )
+    }
+
+    /// The most memory this process has held so far (Linux), in KiB.
+    fn peak_kib() -> Option<u64> {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    #[test]
+    fn constants_the_compiler_would_fold_are_checked_before_it_builds_them() {
+        let before = peak_kib();
+        // The issue's template: folded at compile time, it held 200 MB before any render.
+        assert!(too_large(
+            r#"{% set a = "x" * 100000000 %}{% set b = a ~ a %}{{ b|length }}"#
+        ));
+        assert!(too_large(r#"{{ ("x" * 1000000) ~ ("x" * 1000000) }}"#));
+        let many = r#"{{ "x" * 900000 }}"#.repeat(10);
+        assert!(too_large(&many));
+        assert!(check(r#"{% set a = "x" * 100000000 %}"#).is_err());
+        if let (Some(a), Some(b)) = (before, peak_kib()) {
+            assert!(b < a + 64 * 1024, "peak grew from {a} to {b} KiB");
+        }
+        // Small constants fold as before.
+        let ctx = context(&Person::default(), &json!({}));
+        assert_eq!(
+            render(
+                r#"{{ "ab" * 2 ~ "!" }}{{ [1] + [2] }}{{ -(1 + 2) }}{{ {"a": 1}.a }}"#,
+                &ctx
+            )
+            .as_deref(),
+            Ok("abab![1, 2]-31")
+        );
     }
 
     #[test]

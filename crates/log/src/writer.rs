@@ -217,7 +217,7 @@ impl Writer {
             self.buf.clear();
             written?;
             self.len += n;
-            metrics::counter!("livora_log_bytes_written_total").increment(n);
+            metrics::counter!("livora_log_written_bytes_total").increment(n);
         }
         if sync && self.shared.opts.fsync {
             let t = Instant::now();

@@ -243,7 +243,6 @@ async fn store(
             )
         })?;
         metrics::counter!("livora_events_accepted_total").increment(outcome.written() as u64);
-        metrics::counter!("livora_events_duplicate_total").increment(outcome.duplicates() as u64);
     }
     match (kind, errors.pop()) {
         (_, None) => Ok(Json(json!({ "success": true }))),

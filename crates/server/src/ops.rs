@@ -36,8 +36,79 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Another recorder may already be installed (several apps in one test process).
         let _ = metrics::set_global_recorder(recorder);
+        describe_metrics();
+        livora_automation::outbox::describe_metrics();
         handle
     })
+}
+
+/// The `# HELP` line of every metric the layers below record (they know no recorder).
+/// Names follow Prometheus conventions: base units (`_seconds`, `_bytes`), counters end in
+/// `_total`, and one thing is counted once (log writes and duplicates by the log, events by
+/// the gateway that accepted or refused them).
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        "livora_events_accepted_total",
+        "events accepted by the ingestion API and durable in the log (duplicates excluded)"
+    );
+    describe_counter!(
+        "livora_events_rejected_total",
+        "events refused by the ingestion API, by reason (one per refused item)"
+    );
+    describe_counter!(
+        "livora_ingest_requests_refused_total",
+        "ingestion requests refused as a whole, by error code (requests with refused items are counted per item in livora_events_rejected_total)"
+    );
+    describe_histogram!(
+        "livora_ingest_request_seconds",
+        Unit::Seconds,
+        "time to answer an ingestion request, by outcome"
+    );
+    describe_counter!(
+        "livora_http_rate_limited_total",
+        "requests refused by a rate limit, by class (ingest, api, login)"
+    );
+    describe_counter!(
+        "livora_log_records_written_total",
+        "records written to the event log by every writer (ingestion, imports, internal events)"
+    );
+    describe_counter!(
+        "livora_log_duplicates_total",
+        "records the event log dropped as duplicates of a message id it already holds"
+    );
+    describe_counter!(
+        "livora_log_written_bytes_total",
+        Unit::Bytes,
+        "bytes written to event log segments"
+    );
+    describe_counter!(
+        "livora_log_torn_tail_bytes_total",
+        Unit::Bytes,
+        "bytes of an incomplete last record cut from a log segment on open (after a crash)"
+    );
+    describe_histogram!(
+        "livora_log_commit_seconds",
+        Unit::Seconds,
+        "time to write and sync one group commit of the event log"
+    );
+    describe_histogram!(
+        "livora_log_fsync_seconds",
+        Unit::Seconds,
+        "time of one fsync of the event log"
+    );
+    describe_histogram!(
+        "livora_log_group_requests",
+        "append requests served by one group commit of the event log"
+    );
+    describe_counter!(
+        "livora_columnar_sealed_rows_total",
+        "rows the column store sealed into segments"
+    );
+    describe_counter!(
+        "livora_columnar_late_events_total",
+        "events older than what the column store had already sealed, placed in their own day's partition"
+    );
 }
 
 pub async fn healthz() -> Json<Value> {

@@ -26,7 +26,8 @@ pub struct TestApp {
     pub data_dir: std::path::PathBuf,
     pub store: Arc<dyn MetadataStore>,
     pub log: EventLog,
-    pub http: reqwest::Client,
+    /// Every response it returns has been checked against the OpenAPI document.
+    pub http: crate::contract::Http,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -153,7 +154,7 @@ pub async fn spawn_app_inner(
         data_dir: dir.to_owned(),
         store,
         log,
-        http: reqwest::Client::new(),
+        http: crate::contract::client(reqwest::Client::new()),
         shutdown: Some(tx),
         server: Some(server),
     }

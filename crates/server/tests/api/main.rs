@@ -1,12 +1,14 @@
 //! End-to-end tests of the HTTP API over real sockets (`spawn_app` on port 0).
 
 mod access;
+mod contract;
 mod dashboard;
 mod helpers;
 mod ingest;
 mod intel;
 mod internal_ids;
 mod limits;
+mod metrics;
 mod personal;
 mod profiles;
 mod query;

@@ -137,7 +137,7 @@ async fn operations_endpoints_report_health_and_metrics() {
         "livora_events_rejected_total{reason=\"missing_event\"}",
         "livora_ingest_request_seconds_bucket",
         "livora_log_fsync_seconds_bucket",
-        "livora_log_bytes_written_total",
+        "livora_log_written_bytes_total",
         "livora_log_end_offset",
         "livora_consumer_lag_events{consumer=\"test-consumer\"} 1",
         "livora_consumer_committed_offset{consumer=\"test-consumer\"} 1",

@@ -585,10 +585,12 @@ async fn opens_clicks_unsubscribes_receipts_and_replies() {
     let unsubscribe = url_after(&html, &format!("{base}/t/u/"));
     assert!(!html.contains("%%livora"), "the marker is replaced: {html}");
 
-    let no_redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let no_redirect = crate::contract::client(
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+    );
     let resp = no_redirect.get(&pixel).send().await.expect("pixel");
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["content-type"], "image/gif");

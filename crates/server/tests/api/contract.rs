@@ -1,0 +1,497 @@
+//! The API contract, checked on every response a test receives.
+//!
+//! [`Contract`] reads the OpenAPI 3.1 document (`crates/server/src/openapi.json`, whose schemas
+//! are JSON Schema 2020-12) and checks one response against the operation's documented
+//! response for (method, path template, status): the status must be documented, the media
+//! type too, and a JSON body must match the schema (with `$ref`s into `components` resolved
+//! and formats such as `date-time` checked) by the `jsonschema` crate.
+//!
+//! [`client`] wraps a `reqwest::Client` so that every response it returns has passed that
+//! check: a response that breaks the contract panics in the test that received it, naming
+//! the method, path, status and every validation error. Tests get their HTTP client from
+//! here (`TestApp::http`, [`client`]) and never build a bare one (see `no_unchecked_clients`).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use reqwest::ResponseBuilderExt;
+use serde_json::Value;
+
+/// The HTTP client of API tests: a `reqwest::Client` whose responses are checked.
+pub type Http = reqwest_middleware::ClientWithMiddleware;
+
+/// Methods that the document describes (others, such as CORS preflights, are not checked).
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+/// A parsed OpenAPI document with its compiled response schemas.
+pub struct Contract {
+    doc: Value,
+    /// (method, path template split into segments, path template).
+    operations: Vec<(String, Vec<String>, String)>,
+    validators: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
+}
+
+impl Contract {
+    /// Reads a document; `Err` says why it cannot be used.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        if doc["openapi"]
+            .as_str()
+            .is_none_or(|v| !v.starts_with("3.1"))
+        {
+            // 3.0 schemas are not JSON Schema (`nullable`), and would need translating.
+            return Err(format!("expected OpenAPI 3.1, found {}", doc["openapi"]));
+        }
+        let mut operations = Vec::new();
+        for (path, item) in doc["paths"].as_object().ok_or("no paths")? {
+            for method in METHODS {
+                if item.get(method).is_some() {
+                    let segments = path.split('/').map(str::to_owned).collect();
+                    operations.push((method.to_owned(), segments, path.clone()));
+                }
+            }
+        }
+        Ok(Self {
+            doc,
+            operations,
+            validators: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The server's own document.
+    pub fn livora() -> &'static Contract {
+        static CONTRACT: OnceLock<Contract> = OnceLock::new();
+        CONTRACT.get_or_init(|| {
+            Contract::parse(livora_server::ops::OPENAPI).expect("the OpenAPI document is usable")
+        })
+    }
+
+    /// The documented path template that `path` (no query) is an instance of, for `method`.
+    /// Literal segments win over parameters (`/segments/preview` over `/segments/{id}`).
+    pub fn template(&self, method: &str, path: &str) -> Option<&str> {
+        let method = method.to_ascii_lowercase();
+        let parts: Vec<&str> = path.split('/').collect();
+        self.operations
+            .iter()
+            .filter(|(m, segs, _)| *m == method && segs.len() == parts.len())
+            .filter_map(|(_, segs, template)| {
+                let mut literal = 0;
+                for (seg, part) in segs.iter().zip(&parts) {
+                    if seg.starts_with('{') && seg.ends_with('}') {
+                        if part.is_empty() {
+                            return None;
+                        }
+                    } else if seg == part {
+                        literal += 1;
+                    } else {
+                        return None;
+                    }
+                }
+                Some((literal, template.as_str()))
+            })
+            .max_by_key(|(literal, _)| *literal)
+            .map(|(_, t)| t)
+    }
+
+    /// Checks one response. `Ok` for methods and paths the document does not describe (the
+    /// routes test keeps the document's paths equal to the router's).
+    pub fn check(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let method = method.to_ascii_lowercase();
+        if !METHODS.contains(&method.as_str()) {
+            return Ok(());
+        }
+        let Some(template) = self.template(&method, path) else {
+            return Ok(());
+        };
+        let fail = |why: String| {
+            let shown = String::from_utf8_lossy(&body[..body.len().min(600)]).into_owned();
+            Err(format!(
+                "{} {path} (documented as {template}) answered {status}: {why}\n  body: {shown}",
+                method.to_uppercase()
+            ))
+        };
+        let op = format!("/paths/{}/{method}", escape(template));
+        let responses = &self.doc.pointer(&op).expect("operation")["responses"];
+        let code = status.to_string();
+        let range = format!("{}XX", status / 100);
+        let Some(key) = [code.as_str(), range.as_str(), "default"]
+            .into_iter()
+            .find(|k| responses.get(k).is_some())
+        else {
+            let documented: Vec<&String> = responses
+                .as_object()
+                .map(|r| r.keys().collect())
+                .unwrap_or_default();
+            return fail(format!(
+                "status {status} is not documented (documented: {documented:?})"
+            ));
+        };
+        let mut pointer = format!("{op}/responses/{key}");
+        // A response may be a `$ref` to `#/components/responses/…`.
+        for _ in 0..8 {
+            match self.doc.pointer(&pointer).and_then(|r| r["$ref"].as_str()) {
+                Some(target) => pointer = target.trim_start_matches('#').to_owned(),
+                None => break,
+            }
+        }
+        let Some(response) = self.doc.pointer(&pointer) else {
+            return fail(format!(
+                "the document's response {pointer} does not resolve"
+            ));
+        };
+        let essence = content_type
+            .and_then(|c| c.split(';').next())
+            .map(|c| c.trim().to_ascii_lowercase());
+        let content = response["content"].as_object();
+        if body.is_empty() {
+            return match content {
+                Some(c) if !c.is_empty() && status != 204 && status != 304 => fail(format!(
+                    "empty body, documented: {:?}",
+                    c.keys().collect::<Vec<_>>()
+                )),
+                _ => Ok(()),
+            };
+        }
+        let Some(content) = content.filter(|c| !c.is_empty()) else {
+            return fail(format!(
+                "a body ({}) where the document has none",
+                essence.as_deref().unwrap_or("no content-type")
+            ));
+        };
+        let Some(essence) = essence else {
+            return fail("a body without a content-type".to_owned());
+        };
+        let wildcard = format!("{}/*", essence.split('/').next().unwrap_or_default());
+        let Some(media) = [essence.as_str(), wildcard.as_str(), "*/*"]
+            .into_iter()
+            .find(|m| content.contains_key(*m))
+        else {
+            return fail(format!(
+                "content-type {essence} is not documented (documented: {:?})",
+                content.keys().collect::<Vec<_>>()
+            ));
+        };
+        let is_json = essence == "application/json" || essence.ends_with("+json");
+        if !is_json || content[media].get("schema").is_none() {
+            return Ok(());
+        }
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return fail(format!("the body is not JSON: {e}")),
+        };
+        let schema = format!("{pointer}/content/{}/schema", escape(media));
+        let validator = self.validator(&schema)?;
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .take(20)
+            .map(|e| format!("- at {:?}: {e}", e.instance_path().as_str()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            fail(format!(
+                "the body does not match {schema}:\n    {}",
+                errors.join("\n    ")
+            ))
+        }
+    }
+
+    /// The compiled schema at `pointer` in the document (cached).
+    fn validator(&self, pointer: &str) -> Result<Arc<jsonschema::Validator>, String> {
+        let mut cache = self.validators.lock().expect("validators");
+        if let Some(v) = cache.get(pointer) {
+            return Ok(v.clone());
+        }
+        // The whole document is the schema's resource, so `#/components/schemas/…` resolves;
+        // its other members (paths, info, …) are unknown keywords, which 2020-12 ignores.
+        let mut root = self.doc.clone();
+        root["$schema"] = Value::from("https://json-schema.org/draft/2020-12/schema");
+        // A URI fragment: path templates' braces are percent-encoded.
+        let fragment = pointer
+            .replace('%', "%25")
+            .replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace(' ', "%20");
+        root["$ref"] = Value::from(format!("#{fragment}"));
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&root)
+            .map_err(|e| format!("the document's schema {pointer} does not compile: {e}"))?;
+        let validator = Arc::new(validator);
+        cache.insert(pointer.to_owned(), validator.clone());
+        Ok(validator)
+    }
+}
+
+/// A JSON pointer token.
+fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// Reads every JSON response through [`Contract::check`]; other bodies (event streams,
+/// exports) keep streaming and only their status and media type are checked.
+struct Checked;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for Checked {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let method = req.method().as_str().to_owned();
+        let path = req.url().path().to_owned();
+        let resp = next.run(req, extensions).await?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let json = content_type.as_deref().is_some_and(|c| {
+            let c = c.split(';').next().unwrap_or_default().trim();
+            c == "application/json" || c.ends_with("+json")
+        });
+        if !json {
+            // A non-empty body is assumed; its schema (if any) is not JSON.
+            let probe: &[u8] = if content_type.is_some() { b" " } else { b"" };
+            let len = resp.content_length();
+            let probe = if len == Some(0) { b"" } else { probe };
+            if let Err(why) =
+                Contract::livora().check(&method, &path, status, content_type.as_deref(), probe)
+            {
+                panic!("response breaks the OpenAPI document: {why}");
+            }
+            return Ok(resp);
+        }
+        let url = resp.url().clone();
+        let version = resp.version();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await?;
+        if let Err(why) =
+            Contract::livora().check(&method, &path, status, content_type.as_deref(), &body)
+        {
+            panic!("response breaks the OpenAPI document: {why}");
+        }
+        let mut rebuilt = http::Response::builder()
+            .status(status)
+            .version(version)
+            .url(url);
+        if let Some(h) = rebuilt.headers_mut() {
+            *h = headers;
+        }
+        let rebuilt = rebuilt.body(body).expect("response rebuilds");
+        Ok(reqwest::Response::from(rebuilt))
+    }
+}
+
+/// `client`, with every response checked against the OpenAPI document.
+pub fn client(client: reqwest::Client) -> Http {
+    reqwest_middleware::ClientBuilder::new(client)
+        .with(Checked)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(schema: Value) -> Contract {
+        let doc = serde_json::json!({
+            "openapi": "3.1.0",
+            "paths": {
+                "/things/{id}": {"get": {"responses": {
+                    "200": {"description": "a thing", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Thing"}}}},
+                    "404": {"$ref": "#/components/responses/NotFound"}
+                }}},
+                "/things/special": {"get": {"responses": {"204": {"description": "none"}}}}
+            },
+            "components": {
+                "schemas": {
+                    "Thing": schema,
+                    "Error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
+                },
+                "responses": {"NotFound": {"description": "no", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}
+            }
+        });
+        Contract::parse(&doc.to_string()).expect("usable")
+    }
+
+    fn thing() -> Value {
+        serde_json::json!({"type": "object", "required": ["id", "at"], "properties": {
+            "id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+            "note": {"type": ["string", "null"]}
+        }})
+    }
+
+    const JSON: Option<&str> = Some("application/json");
+
+    #[test]
+    fn matching_responses_pass() {
+        let c = doc(thing());
+        let ok = br#"{"id": 1, "at": "2026-01-02T03:04:05Z", "note": null}"#;
+        assert_eq!(c.check("GET", "/things/7", 200, JSON, ok), Ok(()));
+        let err = br#"{"code": "not_found", "message": "no such thing"}"#;
+        assert_eq!(c.check("GET", "/things/7", 404, JSON, err), Ok(()));
+        assert_eq!(c.check("GET", "/things/special", 204, None, b""), Ok(()));
+        assert_eq!(
+            c.template("GET", "/things/special"),
+            Some("/things/special")
+        );
+        assert_eq!(c.template("GET", "/things/x"), Some("/things/{id}"));
+        // Undescribed paths and methods are the routes test's business.
+        assert_eq!(c.check("GET", "/elsewhere", 500, JSON, b"{}"), Ok(()));
+        assert_eq!(c.check("OPTIONS", "/things/7", 200, None, b""), Ok(()));
+    }
+
+    #[test]
+    fn a_wrong_schema_fails_with_path_status_and_errors() {
+        // The document says `id` is a string; the server sends a number.
+        let mut wrong = thing();
+        wrong["properties"]["id"] = serde_json::json!({"type": "string"});
+        let c = doc(wrong);
+        let body = br#"{"id": 1, "at": "yesterday"}"#;
+        let why = c
+            .check("GET", "/things/7", 200, JSON, body)
+            .expect_err("mismatch");
+        assert!(
+            why.contains("GET /things/7 (documented as /things/{id}) answered 200"),
+            "{why}"
+        );
+        assert!(why.contains("\"/id\""), "{why}");
+        assert!(why.contains("\"/at\""), "the format is checked: {why}");
+        // A nullable field is declared with a type list in 3.1, never `nullable`.
+        let c = doc(thing());
+        let why = c
+            .check("GET", "/things/7", 200, JSON, br#"{"id": 1}"#)
+            .expect_err("missing field");
+        assert!(why.contains("\"at\" is a required property"), "{why}");
+    }
+
+    #[test]
+    fn undocumented_statuses_and_media_types_fail() {
+        let c = doc(thing());
+        let why = c
+            .check("GET", "/things/7", 500, JSON, b"{}")
+            .expect_err("undocumented");
+        assert!(why.contains("status 500 is not documented"), "{why}");
+        let why = c
+            .check("GET", "/things/7", 200, Some("text/html"), b"<p>")
+            .expect_err("media type");
+        assert!(
+            why.contains("content-type text/html is not documented"),
+            "{why}"
+        );
+        let why = c
+            .check("GET", "/things/special", 204, JSON, b"{}")
+            .expect_err("body");
+        assert!(why.contains("where the document has none"), "{why}");
+        let why = c
+            .check("GET", "/things/7", 404, JSON, b"{\"code\": 1}")
+            .expect_err("error body");
+        assert!(
+            why.contains("#/components") || why.contains("responses/NotFound"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_documented_error_codes_are_the_code_table() {
+        // `Code::as_str` in error.rs is the one table of codes.
+        let source = include_str!("../../src/error.rs");
+        let start = source.find("pub fn as_str").expect("as_str");
+        let end = source[start..].find("\n    }\n").expect("end of as_str") + start;
+        let table: std::collections::BTreeSet<&str> = source[start..end]
+            .split("=> \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        let doc = &Contract::livora().doc;
+        let documented: std::collections::BTreeSet<&str> = doc
+            .pointer("/components/schemas/Error/properties/code/anyOf/0/enum")
+            .and_then(Value::as_array)
+            .expect("the Error schema's codes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(table.len() > 20, "{table:?}");
+        assert_eq!(documented, table);
+    }
+
+    #[test]
+    fn no_unchecked_clients() {
+        // Every HTTP client of these tests is wrapped by `client`, so no response escapes
+        // the check: a bare `reqwest::Client` must be built inside `contract::client(…)`.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api");
+        let mut bare = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("tests/api") {
+            let path = entry.expect("entry").path();
+            if path.ends_with("contract.rs") || path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            for (at, _) in text.match_indices("reqwest::Client::") {
+                let mut start = at.saturating_sub(120);
+                while !text.is_char_boundary(start) {
+                    start -= 1;
+                }
+                let before = &text[start..at];
+                if !before.contains("contract::client(") {
+                    let line = text[..at].lines().count();
+                    bare.push(format!("{}:{line}", path.display()));
+                }
+            }
+        }
+        assert!(
+            bare.is_empty(),
+            "wrap these clients in contract::client: {bare:?}"
+        );
+    }
+
+    #[test]
+    fn openapi_3_0_is_refused() {
+        let why = Contract::parse(r#"{"openapi": "3.0.3", "paths": {}}"#)
+            .err()
+            .expect("refused");
+        assert!(why.contains("3.1"), "{why}");
+    }
+
+    #[test]
+    fn the_livora_document_compiles_every_response_schema() {
+        let c = Contract::livora();
+        let mut n = 0;
+        for (path, item) in c.doc["paths"].as_object().expect("paths") {
+            for method in METHODS {
+                let Some(op) = item.get(method) else { continue };
+                for (status, _) in op["responses"].as_object().expect("responses") {
+                    let mut pointer =
+                        format!("/paths/{}/{method}/responses/{status}", escape(path));
+                    while let Some(t) = c.doc.pointer(&pointer).and_then(|r| r["$ref"].as_str()) {
+                        pointer = t.trim_start_matches('#').to_owned();
+                    }
+                    let response = c.doc.pointer(&pointer).expect("response resolves");
+                    if response
+                        .pointer("/content/application~1json/schema")
+                        .is_some()
+                    {
+                        c.validator(&format!("{pointer}/content/application~1json/schema"))
+                            .expect("compiles");
+                        n += 1;
+                    }
+                }
+            }
+        }
+        assert!(n > 100, "{n} schemas");
+    }
+}

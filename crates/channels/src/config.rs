@@ -88,6 +88,7 @@ fn settings<T: serde::de::DeserializeOwned>(provider: &str, v: &Value) -> Result
 pub fn build(p: &ProviderConfig, egress: &Arc<Egress>) -> Result<Arc<dyn Channel>, ConfigError> {
     let s = &p.settings;
     #[cfg(not(any(
+        feature = "email-smtp",
         feature = "sms-twilio",
         feature = "whatsapp-cloud",
         feature = "push-fcm",
@@ -96,7 +97,10 @@ pub fn build(p: &ProviderConfig, egress: &Arc<Egress>) -> Result<Arc<dyn Channel
     let _ = egress;
     match p.provider.as_str() {
         #[cfg(feature = "email-smtp")]
-        "smtp" => Ok(Arc::new(crate::smtp::Smtp::new(settings("smtp", s)?)?)),
+        "smtp" => Ok(Arc::new(crate::smtp::Smtp::new(
+            settings("smtp", s)?,
+            egress.clone(),
+        )?)),
         #[cfg(feature = "sms-twilio")]
         "twilio" => Ok(Arc::new(crate::twilio::Twilio::new(
             settings("twilio", s)?,

@@ -98,14 +98,19 @@ async fn email_reaches_a_real_smtp_server_with_its_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let maildir = dir.path().join("mail");
     let server = start_smtp(&maildir);
-    let smtp = Smtp::new(SmtpSettings {
-        host: "127.0.0.1".into(),
-        port: server.port,
-        security: "none".into(),
-        username: None,
-        password: None,
-        from: "Shop <hello@shop.test>".into(),
-    })
+    let smtp = Smtp::new(
+        SmtpSettings {
+            host: "127.0.0.1".into(),
+            port: server.port,
+            security: "none".into(),
+            username: None,
+            password: None,
+            from: "Shop <hello@shop.test>".into(),
+        },
+        std::sync::Arc::new(
+            livora_channels::egress::Egress::allowing(["127.0.0.1"]).expect("list"),
+        ),
+    )
     .expect("settings");
     let m = Outgoing {
         key: "j-cart-00ab/remind".into(),
@@ -153,4 +158,36 @@ async fn email_reaches_a_real_smtp_server_with_its_key() {
     drop(server);
     // Nobody listening any more: worth retrying.
     assert!(matches!(smtp.send(&m).await, Err(SendError::Transient(_))));
+}
+
+#[tokio::test]
+async fn smtp_hosts_that_are_internal_are_refused_unless_allowed() {
+    let settings = |host: &str| SmtpSettings {
+        host: host.into(),
+        port: 2525,
+        security: "none".into(),
+        username: None,
+        password: None,
+        from: "Shop <hello@shop.test>".into(),
+    };
+    let open = std::sync::Arc::new(livora_channels::egress::Egress::default());
+    for host in ["127.0.0.1", "169.254.169.254", "10.0.0.1", "[::1]"] {
+        assert!(Smtp::new(settings(host), open.clone()).is_err(), "{host}");
+    }
+    // A name is checked where it resolves, at each send, before connecting.
+    let smtp = Smtp::new(settings("localhost"), open).expect("settings");
+    let m = Outgoing {
+        key: "k".into(),
+        tenant: TenantId(uuid::Uuid::nil()),
+        person: "u:ada".into(),
+        to: "ada@example.test".into(),
+        content: json!({"subject": "s", "body": "b"})
+            .as_object()
+            .cloned()
+            .expect("object"),
+    };
+    match smtp.send(&m).await {
+        Err(SendError::Permanent(why)) => assert!(why.contains("refused"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }

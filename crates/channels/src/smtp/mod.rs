@@ -7,8 +7,13 @@ use async_trait::async_trait;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::egress::Egress;
 use crate::{Channel, ConfigError, Outgoing, SendError, part};
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -36,12 +41,18 @@ fn default_security() -> String {
 }
 
 pub struct Smtp {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    host: String,
+    port: u16,
+    security: String,
+    credentials: Option<Credentials>,
     from: Mailbox,
+    egress: Arc<Egress>,
 }
 
 impl Smtp {
-    pub fn new(s: SmtpSettings) -> Result<Self, ConfigError> {
+    /// A provider that connects only where `egress` allows (the host is resolved at each
+    /// send, and the connection made to an allowed address it resolved to).
+    pub fn new(s: SmtpSettings, egress: Arc<Egress>) -> Result<Self, ConfigError> {
         let bad = |m: String| ConfigError {
             provider: "smtp",
             message: m,
@@ -50,28 +61,70 @@ impl Smtp {
             .from
             .parse()
             .map_err(|e| bad(format!("from {:?}: {e}", s.from)))?;
-        let builder = match s.security.as_str() {
-            "none" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
-            "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)
-                .map_err(|e| bad(e.to_string()))?,
-            "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host)
-                .map_err(|e| bad(e.to_string()))?,
-            other => {
-                return Err(bad(format!(
-                    "security {other:?}: one of none, starttls, tls"
-                )));
-            }
-        };
-        let mut builder = builder
-            .port(s.port)
-            .timeout(Some(std::time::Duration::from_secs(15)));
-        if let (Some(u), Some(p)) = (s.username, s.password) {
-            builder = builder.credentials(Credentials::new(u, p));
+        if !matches!(s.security.as_str(), "none" | "starttls" | "tls") {
+            return Err(bad(format!(
+                "security {:?}: one of none, starttls, tls",
+                s.security
+            )));
+        }
+        if s.host.trim().is_empty() {
+            return Err(bad("host is required".into()));
+        }
+        if let Ok(ip) = s.host.trim_matches(['[', ']']).parse::<IpAddr>()
+            && !egress.allows_ip(ip)
+        {
+            return Err(bad(format!(
+                "host {ip} is not a public address (allow it in [automation] egress_allow)"
+            )));
         }
         Ok(Self {
-            transport: builder.build(),
+            host: s.host,
+            port: s.port,
+            security: s.security,
+            credentials: s
+                .username
+                .zip(s.password)
+                .map(|(u, p)| Credentials::new(u, p)),
             from,
+            egress,
         })
+    }
+
+    /// A transport to an allowed address the host resolves to now (so the address checked
+    /// is the one connected to), TLS checked against the host's name.
+    async fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, SendError> {
+        let host = self.host.trim_matches(['[', ']']);
+        let listed = self.egress.lists_host(host);
+        let found: Vec<IpAddr> = tokio::net::lookup_host((host, self.port))
+            .await
+            .map_err(|e| SendError::Transient(format!("resolving {host}: {e}")))?
+            .map(|a| a.ip())
+            .collect();
+        let ip = found
+            .into_iter()
+            .find(|ip| listed || self.egress.allows_ip(*ip))
+            .ok_or_else(|| {
+                SendError::Permanent(format!(
+                    "refused: {host} is not a public address (allow it in [automation] egress_allow)"
+                ))
+            })?;
+        let tls = |host: &str| {
+            TlsParameters::new(host.to_owned())
+                .map_err(|e| SendError::Permanent(format!("tls for {host}: {e}")))
+        };
+        let tls = match self.security.as_str() {
+            "tls" => Tls::Wrapper(tls(host)?),
+            "starttls" => Tls::Required(tls(host)?),
+            _ => Tls::None,
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(ip.to_string())
+            .port(self.port)
+            .tls(tls)
+            .timeout(Some(std::time::Duration::from_secs(15)));
+        if let Some(c) = &self.credentials {
+            builder = builder.credentials(c.clone());
+        }
+        Ok(builder.build())
     }
 }
 
@@ -132,7 +185,7 @@ impl Channel for Smtp {
             None => builder.body(text.to_owned()),
         }
         .map_err(|e| SendError::Permanent(format!("building the email: {e}")))?;
-        match self.transport.send(email).await {
+        match self.transport().await?.send(email).await {
             Ok(_) => Ok(Some(id)),
             Err(e) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),
             Err(e) => Err(SendError::Transient(e.to_string())),

@@ -36,6 +36,9 @@ pub struct Contract {
 impl Contract {
     /// Reads a document; `Err` says why it cannot be used.
     pub fn parse(text: &str) -> Result<Self, String> {
+        let mut keys = serde_json::Deserializer::from_str(text);
+        serde::de::DeserializeSeed::deserialize(NoDuplicateKeys, &mut keys)
+            .map_err(|e| format!("not usable JSON: {e}"))?;
         let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         if doc["openapi"]
             .as_str()
@@ -230,6 +233,60 @@ impl Contract {
         let validator = Arc::new(validator);
         cache.insert(pointer.to_owned(), validator.clone());
         Ok(validator)
+    }
+}
+
+/// Reads JSON and fails on an object holding a key twice: `serde_json` keeps the last one
+/// silently, while openapi-typescript (the dashboard's types) refuses the document.
+struct NoDuplicateKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(NoDuplicateKeys)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} twice in one object"
+                )));
+            }
+            map.next_value_seed(NoDuplicateKeys)?;
+        }
+        Ok(())
     }
 }
 
@@ -457,6 +514,16 @@ mod tests {
             bare.is_empty(),
             "wrap these clients in contract::client: {bare:?}"
         );
+    }
+
+    #[test]
+    fn a_key_twice_in_one_object_is_refused() {
+        let why = Contract::parse(
+            r#"{"openapi": "3.1.0", "paths": {}, "components": {"schemas": {"E": {"properties": {"a": {}, "b": {}, "a": {}}}}}}"#,
+        )
+        .err()
+        .expect("refused");
+        assert!(why.contains("the key \"a\" twice"), "{why}");
     }
 
     #[test]

@@ -590,7 +590,7 @@ async fn user(
             }
             // The invitation's own account: accepted with the password of an existing account
             // of the address, that account joins instead (see `AccountStore`).
-            let user = store.create_invited_user(&email, &name).await?;
+            let user = store.create_invited_user(&email, &name, tenant).await?;
             let expires_at = Utc::now() + Duration::hours(72);
             let token = store
                 .create_token(

@@ -477,8 +477,8 @@ pub async fn accept_invitation(
     .map_err(|e| ApiError::internal(&e))?;
     let user = match matched.and_then(|i| existing.get(i)) {
         Some((user, _)) => user.clone(),
-        // An invitation made before accounts were per invitation may name an existing
-        // account: only its own password joins it.
+        // The inviting tenant's account of the address has its password already (a second
+        // invitation from the same tenant): only that password joins it.
         None if invited.active => return Err(bad_credentials()),
         None => {
             if let Err(weak) =
@@ -696,9 +696,13 @@ pub async fn invite(
             format!("{email} is already a member; change their role instead"),
         ));
     }
-    // Each invitation has its own account, given a password only if the invitation is not
-    // accepted by an existing account of the address (see `accept_invitation`).
-    let user = state.store.create_invited_user(&email, &b.name).await?;
+    // The tenant's own account of the address (made without a password if it has none), given
+    // a password only if the invitation is not accepted by another account of the address
+    // (see `accept_invitation`).
+    let user = state
+        .store
+        .create_invited_user(&email, &b.name, p.tenant)
+        .await?;
     let expires_at =
         Utc::now() + Duration::hours(state.auth.invitation_ttl_hours.clamp(1, 24 * 365) as i64);
     let token = state

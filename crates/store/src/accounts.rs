@@ -56,6 +56,8 @@ pub struct Credentials {
     /// `None` until an invitation is accepted.
     pub password_hash: Option<String>,
     pub lock: LoginLock,
+    /// The tenant whose invitation made the account (`None`: made otherwise).
+    pub origin_tenant: Option<TenantId>,
 }
 
 /// Consecutive failed logins and the lockout they caused.
@@ -133,18 +135,20 @@ pub enum Refreshed {
 ///
 /// # Accounts and addresses
 /// Nobody here proves they control an email address (invitation tokens are shown to the
-/// inviter, who passes them on), so an address does not name one account: each invitation to
-/// an address makes its own account, without a password, and accepting it either joins an
-/// existing account of that address (whose password the acceptor must give) or gives the
-/// invitation's own account its first password. So a tenant that invites an address and
+/// inviter, who passes them on), so an address does not name one account: an inviting tenant
+/// has its own account of the address (its origin), without a password until an invitation
+/// is accepted, and accepting either joins an existing account of that address (whose
+/// password the acceptor must give) or gives the invitation's own account its first password
+/// (once per origin: [`Credentials::origin_tenant`]). So a tenant that invites an address and
 /// accepts the invitation itself makes an account that holds that tenant's membership and
 /// nothing else, and can neither set the password of, nor block, the account that another
-/// tenant's invitation leads the real person to. Signing in tries the password against every
-/// active account of the address (at most [`MAX_ACCOUNTS_PER_EMAIL`]).
+/// tenant's invitation leads the real person to. An address has at most one account per
+/// tenant that invited it (tenants are made by the operator), and signing in tries the
+/// password against each.
 ///
 /// # Contract
 /// - Emails are compared lower-cased; [`AccountStore::create_user`] makes the first account
-///   of an address, [`AccountStore::create_invited_user`] one more.
+///   of an address, [`AccountStore::create_invited_user`] the inviting tenant's.
 /// - [`AccountStore::take_token`] succeeds at most once per token and never after it expires.
 /// - [`AccountStore::refresh`] is atomic: two concurrent uses of one token yield one rotation
 ///   and one [`Refreshed::Reused`].
@@ -152,9 +156,14 @@ pub enum Refreshed {
 pub trait AccountStore: Send + Sync + 'static {
     /// Creates a user without a password; `Error::Conflict` if the email has an account.
     async fn create_user(&self, email: &str, name: &str) -> Result<User, Error>;
-    /// Creates a user without a password for one invitation, whether or not the email has
-    /// accounts already; `Error::Conflict` past [`MAX_ACCOUNTS_PER_EMAIL`].
-    async fn create_invited_user(&self, email: &str, name: &str) -> Result<User, Error>;
+    /// The account of `email` whose origin is `origin` (the inviting tenant), made without a
+    /// password if there is none, whether or not the email has other accounts.
+    async fn create_invited_user(
+        &self,
+        email: &str,
+        name: &str,
+        origin: TenantId,
+    ) -> Result<User, Error>;
     /// Removes a user that never got a password, with its tokens (an invitation's account,
     /// once its invitation joined an existing account instead); `Ok(false)` if it has one.
     async fn discard_unclaimed_user(&self, id: &str) -> Result<bool, Error>;
@@ -221,10 +230,6 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Revokes every session of a user; returns how many were live.
     async fn revoke_user_sessions(&self, user_id: &str) -> Result<u64, Error>;
 }
-
-/// Most accounts one email may have (each further invitation to it is refused): sign-in
-/// checks the password against each, so their number bounds its cost.
-pub const MAX_ACCOUNTS_PER_EMAIL: i64 = 8;
 
 /// Shortest password accepted (NIST SP 800-63B asks for at least 8).
 pub const MIN_PASSWORD_CHARS: usize = 10;

@@ -271,8 +271,8 @@ CREATE TABLE dashboards (
     r#"
 ALTER TABLE tenants ADD COLUMN delivery_policy TEXT;
 "#,
-    // Several accounts may share an email (each invitation to an address with no account
-    // of its own makes one: see `accounts`), so `email` loses its UNIQUE constraint. SQLite
+    // Several accounts may share an email (an invitation's own account, one per inviting
+    // tenant, `origin_tenant`: see `accounts`), so `email` loses its UNIQUE constraint. SQLite
     // cannot drop a constraint: the table is rebuilt (foreign keys are off during migrations).
     r#"
 CREATE TABLE users_v2 (
@@ -282,7 +282,8 @@ CREATE TABLE users_v2 (
     password_hash  TEXT,
     created_at     TEXT NOT NULL,
     failed_logins  INTEGER NOT NULL DEFAULT 0,
-    locked_until   TEXT
+    locked_until   TEXT,
+    origin_tenant  TEXT
 );
 INSERT INTO users_v2 (id, email, name, password_hash, created_at, failed_logins, locked_until)
     SELECT id, email, name, password_hash, created_at, failed_logins, locked_until FROM users;
@@ -717,7 +718,11 @@ mod tests {
         assert_eq!(ann.password_hash.as_deref(), Some("h"));
         assert_eq!(store.memberships("usr_1").await.expect("m").len(), 1);
         store
-            .create_invited_user("ann@example.com", "Ann")
+            .create_invited_user(
+                "ann@example.com",
+                "Ann",
+                TenantId::parse("00000000-0000-0000-0000-000000000001").expect("id"),
+            )
             .await
             .expect("a second account of the address");
         let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")

@@ -79,7 +79,12 @@ fn stamp(t: DateTime<Utc>) -> String {
 
 fn credentials_from(row: &SqliteRow) -> Result<Credentials, Error> {
     let failures: i64 = row.try_get("failed_logins")?;
+    let origin: Option<String> = row.try_get("origin_tenant")?;
     Ok(Credentials {
+        origin_tenant: match origin {
+            Some(_) => Some(tenant_id(row, "origin_tenant")?),
+            None => None,
+        },
         user: user_from(row)?,
         password_hash: row.try_get("password_hash")?,
         lock: LoginLock {
@@ -89,13 +94,14 @@ fn credentials_from(row: &SqliteRow) -> Result<Credentials, Error> {
     })
 }
 
-/// A new user row, unless the email already has `at_most` accounts (checked and inserted in
-/// one statement).
+/// A new user row made by `origin`'s invitation (or otherwise), unless the email already has an
+/// account of that origin, or any account for `origin: None` (checked and inserted in one
+/// statement).
 async fn insert_user(
     store: &SqliteStore,
     email: &str,
     name: &str,
-    at_most: i64,
+    origin: Option<TenantId>,
 ) -> Result<Option<User>, Error> {
     let email = accounts::normalize_email(email)?;
     let name = name.trim();
@@ -112,16 +118,20 @@ async fn insert_user(
         created_at: Utc::now(),
         active: false,
     };
+    let origin = origin.map(|t| t.to_string());
     let done = sqlx::query(
-        "INSERT INTO users (id, email, name, created_at)
-         SELECT ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM users WHERE email = ?) < ?",
+        "INSERT INTO users (id, email, name, created_at, origin_tenant)
+         SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM users WHERE email = ?
+             AND (? IS NULL OR origin_tenant = ?))",
     )
     .bind(&user.id)
     .bind(&user.email)
     .bind(&user.name)
     .bind(stamp(user.created_at))
+    .bind(&origin)
     .bind(&user.email)
-    .bind(at_most)
+    .bind(&origin)
+    .bind(&origin)
     .execute(&store.pool)
     .await?;
     Ok((done.rows_affected() > 0).then_some(user))
@@ -130,21 +140,26 @@ async fn insert_user(
 #[async_trait]
 impl AccountStore for SqliteStore {
     async fn create_user(&self, email: &str, name: &str) -> Result<User, Error> {
-        insert_user(self, email, name, 1)
+        insert_user(self, email, name, None)
             .await?
             .ok_or_else(|| Error::Conflict(format!("a user with email {} exists", email.trim())))
     }
 
-    async fn create_invited_user(&self, email: &str, name: &str) -> Result<User, Error> {
-        insert_user(self, email, name, accounts::MAX_ACCOUNTS_PER_EMAIL)
+    async fn create_invited_user(
+        &self,
+        email: &str,
+        name: &str,
+        origin: TenantId,
+    ) -> Result<User, Error> {
+        if let Some(user) = insert_user(self, email, name, Some(origin)).await? {
+            return Ok(user);
+        }
+        self.accounts(email)
             .await?
-            .ok_or_else(|| {
-                Error::Conflict(format!(
-                    "{} has {} accounts or pending invitations already; remove unused ones first",
-                    email.trim(),
-                    accounts::MAX_ACCOUNTS_PER_EMAIL
-                ))
-            })
+            .into_iter()
+            .find(|c| c.origin_tenant == Some(origin))
+            .map(|c| c.user)
+            .ok_or_else(|| Error::Conflict(format!("the account of {} vanished", email.trim())))
     }
 
     async fn discard_unclaimed_user(&self, id: &str) -> Result<bool, Error> {
@@ -648,16 +663,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_address_may_have_an_account_per_invitation() {
+    async fn an_address_has_an_account_per_inviting_tenant() {
         let (store, t) = setup().await;
+        let u = store
+            .create_tenant(NewTenant {
+                name: "Other".into(),
+                time_zone: "UTC".into(),
+                currency: Currency::parse("EUR").expect("eur"),
+            })
+            .await
+            .expect("tenant")
+            .id;
         let first = store
-            .create_invited_user("New@X.test", "New")
+            .create_invited_user("New@X.test", "New", t)
             .await
             .expect("first");
-        let second = store
-            .create_invited_user("new@x.test", "New")
+        let again = store
+            .create_invited_user("new@x.test", "New", t)
             .await
-            .expect("another invitation, another account");
+            .expect("the same tenant's");
+        assert_eq!(first.id, again.id, "one account per inviting tenant");
+        let second = store
+            .create_invited_user("new@x.test", "New", u)
+            .await
+            .expect("another tenant's invitation, another account");
         assert_ne!(first.id, second.id);
         assert!(matches!(
             store.create_user("new@x.test", "New").await,
@@ -671,6 +700,10 @@ mod tests {
         assert_eq!(
             all.iter().map(|c| c.user.id.as_str()).collect::<Vec<_>>(),
             [first.id.as_str(), second.id.as_str()]
+        );
+        assert_eq!(
+            all.iter().map(|c| c.origin_tenant).collect::<Vec<_>>(),
+            [Some(t), Some(u)]
         );
         let signs_in = store
             .credentials("new@x.test")
@@ -730,17 +763,21 @@ mod tests {
                 .expect("peek"),
             None
         );
-        // The number of accounts of one address is bounded.
-        for _ in 1..accounts::MAX_ACCOUNTS_PER_EMAIL {
+        // Invited again, the tenant's account is made anew; the other tenant's stays.
+        let anew = store
+            .create_invited_user("new@x.test", "New", t)
+            .await
+            .expect("anew");
+        assert_ne!(anew.id, first.id);
+        assert_eq!(
             store
-                .create_invited_user("new@x.test", "New")
+                .create_invited_user("new@x.test", "New", u)
                 .await
-                .expect("within the bound");
-        }
-        assert!(matches!(
-            store.create_invited_user("new@x.test", "New").await,
-            Err(Error::Conflict(_))
-        ));
+                .expect("kept")
+                .id,
+            second.id
+        );
+        assert_eq!(store.accounts("new@x.test").await.expect("a").len(), 2);
     }
 
     #[tokio::test]

@@ -1005,6 +1005,23 @@ async fn an_invitation_elsewhere_cannot_claim_the_address() {
     )
     .await;
     assert_eq!(status, 201, "{inv_a}");
+    // Inviting over and over makes no more accounts (one per inviting tenant), so it cannot
+    // crowd the address out of other tenants' invitations.
+    for _ in 0..10 {
+        let (status, again) = send(
+            &app,
+            "POST",
+            "/api/v1/members",
+            Some(&owner_a),
+            Some(json!({"email": "newhire@x.test", "role": "viewer"})),
+        )
+        .await;
+        assert_eq!(
+            (status, &again["user_id"]),
+            (201, &inv_a["user_id"]),
+            "{again}"
+        );
+    }
     let accept = |inv: &Value, pw: &str| json!({"token": inv["invitation_token"], "password": pw});
     const ATTACKER: &str = "attacker chosen passphrase 77";
     const REAL: &str = "real person's own passphrase";

@@ -359,7 +359,7 @@ export interface paths {
         };
         /**
          * Prometheus metrics
-         * @description Metrics in the Prometheus text exposition format (`text/plain; version=0.0.4`), e.g. `livora_ingest_request_seconds`, `livora_ingest_requests_refused_total`, `livora_events_accepted_total`, `livora_events_duplicate_total`, `livora_events_rejected_total`, `livora_log_end_offset`, `livora_consumer_applied_offset`, `livora_consumer_committed_offset`, `livora_consumer_lag_events` (per `consumer`; alert on the lag, counted from the applied offset) and the `livora_log_*` writer metrics. No authentication.
+         * @description Metrics in the Prometheus text exposition format (`text/plain; version=0.0.4`), e.g. `livora_ingest_request_seconds`, `livora_ingest_requests_refused_total`, `livora_events_accepted_total`, `livora_events_rejected_total`, `livora_log_end_offset`, `livora_consumer_applied_offset`, `livora_consumer_committed_offset`, `livora_consumer_lag_events` (per `consumer`; alert on the lag, counted from the applied offset) and the `livora_log_*` writer metrics (`livora_log_duplicates_total`, `livora_log_written_bytes_total`…). Every family has `# HELP` and `# TYPE`. No authentication.
          */
         get: operations["metrics"];
         put?: never;
@@ -481,7 +481,7 @@ export interface paths {
         put?: never;
         /**
          * Accept an invitation
-         * @description Joins the tenant with the invited role. A new account sets its `password` (at least 10 characters) and is signed in. An existing account must send its own `password` (the token reaches the inviter until email delivers it, so it alone proves nothing); it is then added to the tenant and signs in as usual. A member cannot be re-invited into another role (409).
+         * @description Joins the tenant with the invited role. The token reaches the inviter until email delivers it, so it proves nothing about the address and never opens or changes an account: with the `password` of an existing account of the invited address, that account joins (answer `joined`, then sign in as usual); with any other password, the invitation's own new account takes it as its first password and is signed in (`Tokens`). That new account holds this tenant only, so an inviter who accepts their own invitation can neither set the password of, nor block, the account another tenant's invitation leads the real person to; sign-in tries the password against each account of the address. A new password has at least 10 characters and a zxcvbn strength score of at least 3, counting the address and name as known (400 `weak_password`, the token stays usable). A member cannot be re-invited into another role (409). While an account of the address is locked after failed sign-ins, 429 `account_locked`.
          */
         post: operations["acceptInvitation"];
         delete?: never;
@@ -501,7 +501,7 @@ export interface paths {
         put?: never;
         /**
          * Set a new password
-         * @description With a reset token (`livora admin user reset`), sets the password and ends every session of the user.
+         * @description With a reset token (`livora admin user reset`), sets the password and ends every session of the user. The password has at least 10 characters and a zxcvbn strength score of at least 3, counting the account's email and name as known: a common, breached or personal one is refused with 400 `weak_password` (the token stays usable).
          */
         post: operations["resetPassword"];
         delete?: never;
@@ -651,7 +651,7 @@ export interface paths {
         };
         /**
          * Export the audit log
-         * @description The tenant's entries of the hash-chained audit log, after checking the whole chain (500 `audit_broken` if it does not hold). Each export is itself recorded.
+         * @description The tenant's entries of the hash-chained audit log (HMAC-SHA256 under the audit key), after checking the whole chain (500 `audit_broken` if it does not hold). Each export is itself recorded. An entry about a person names them sealed under their own key (`$lv1:…`): shown as `u:<userId>` / `a:<anonymousId>` to callers with `pii.view` until the person is erased, sealed after. In `format=csv`, a cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return gets a `'` in front (CSV injection).
          */
         get: operations["auditLog"];
         put?: never;
@@ -963,7 +963,7 @@ export interface paths {
         };
         /**
          * Export a segment's members as CSV
-         * @description One row per member: person_id, user_id, anonymous_id, email, phone (several values joined with `|`). Recorded in the audit log.
+         * @description One row per member: person_id, user_id, anonymous_id, email, phone (several values joined with `|`). A cell that a spreadsheet would read as a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage return: ids come from the public write key) gets a `'` in front. Recorded in the audit log.
          */
         get: operations["exportSegmentMembers"];
         put?: never;
@@ -1809,8 +1809,8 @@ export interface components {
         };
         /** @description Every error response. `code` is machine-readable; `message` is for people and never carries internal error text. */
         Error: {
-            /** @description Error code. HTTP status by code: 400 `invalid_json`, `invalid_gzip`, `empty_body`, `empty_batch`, `invalid_items`, `invalid_query` and the item codes of a refused single message; 401 `unauthorized`, `invalid_write_key`; 413 `body_too_large`, `event_too_large`, `too_many_events`; 415 `unsupported_media_type`, `unsupported_encoding`; 404 `not_found`; 405 `method_not_allowed`; 503 `log_unavailable`; 500 `internal`. */
-            code: ("invalid_json" | "invalid_gzip" | "empty_body" | "empty_batch" | "invalid_items" | "invalid_query" | "unauthorized" | "invalid_write_key" | "body_too_large" | "event_too_large" | "too_many_events" | "unsupported_media_type" | "unsupported_encoding" | "not_found" | "method_not_allowed" | "log_unavailable" | "internal") | components["schemas"]["ItemErrorCode"];
+            /** @description Error code. HTTP status by code: 400 `invalid_json`, `invalid_gzip`, `empty_body`, `empty_batch`, `invalid_items`, `invalid_query`, `invalid_request`, `weak_password`, `invalid_definition`, `template_too_large`, `invalid_link` and the item codes of a refused single message; 401 `unauthorized`, `invalid_write_key`, `invalid_credentials`, `invalid_token`; 403 `forbidden`, `invalid_signature`, `pii_condition` (a condition compares personal data without `pii.view`); 404 `not_found`; 405 `method_not_allowed`; 409 `conflict`, `history_unavailable`; 413 `body_too_large`, `event_too_large`, `too_many_events`; 415 `unsupported_media_type`, `unsupported_encoding`; 429 `rate_limited`, `account_locked`; 500 `internal`, `audit_broken`; 502 `provider_failed`; 503 `log_unavailable`, `analytics_disabled`, `timeout`, `not_ready`. */
+            code: ("invalid_json" | "invalid_gzip" | "empty_body" | "empty_batch" | "invalid_items" | "invalid_query" | "unauthorized" | "invalid_write_key" | "body_too_large" | "event_too_large" | "too_many_events" | "unsupported_media_type" | "unsupported_encoding" | "not_found" | "method_not_allowed" | "log_unavailable" | "internal" | "weak_password" | "template_too_large" | "pii_condition" | "analytics_disabled" | "rate_limited" | "timeout" | "invalid_request" | "forbidden" | "invalid_credentials" | "invalid_token" | "account_locked" | "conflict" | "audit_broken" | "invalid_definition" | "history_unavailable" | "not_ready" | "invalid_link" | "invalid_signature" | "provider_failed") | components["schemas"]["ItemErrorCode"];
             message: string;
             /** @description With `body_too_large` and `event_too_large`: the byte limit. */
             limit_bytes?: number;
@@ -1822,6 +1822,14 @@ export interface components {
             accepted?: number;
             /** @description With `invalid_items`: one entry per refused item. */
             errors?: components["schemas"]["ItemError"][];
+            /** @description With `invalid_definition`, `invalid_request` and `pii_condition`: where in the body, as a JSON path (`condition.and[1].trait.name`). */
+            path?: string;
+            /** @description With `pii_condition` (and some `invalid_request` and `forbidden` answers): the trait, property or field concerned. */
+            field?: string;
+            /** @description With `rate_limited` and `account_locked`: seconds to wait before trying again (also the `Retry-After` header). */
+            retry_after_seconds?: number;
+            /** @description With `forbidden` and `pii_condition`: the permission the call lacks (`pii.view`). */
+            permission?: string;
             /** @description With `provider_failed`: the provider called (its answer in `message`: at most 200 characters of its body, control characters removed). */
             provider?: string;
         };
@@ -1841,12 +1849,13 @@ export interface components {
          *     - `missing_identity`: neither `userId` nor `anonymousId` is set
          *     - `missing_event`: a `track` call has no (or an empty) `event`
          *     - `reserved_event`: a `track` call uses an event name Livora writes itself (`Segment Entered`, `Segment Exited`, `Tag Added`, `Tag Removed`)
+         *     - `reserved_message_id`: the `messageId` starts with `lv-`, the prefix of the ids Livora gives the events it writes itself (so a client cannot make them duplicates)
          *     - `missing_group_id`: a `group` call has no `groupId`
          *     - `missing_previous_id`: an `alias` call has no `previousId`
          *     - `invalid_timestamp`: `timestamp`, `originalTimestamp` or `sentAt` is not an ISO-8601 (RFC 3339) date-time
          * @enum {string}
          */
-        ItemErrorCode: "not_an_object" | "invalid_field" | "missing_type" | "unknown_type" | "missing_identity" | "missing_event" | "reserved_event" | "missing_group_id" | "missing_previous_id" | "invalid_timestamp";
+        ItemErrorCode: "not_an_object" | "invalid_field" | "missing_type" | "unknown_type" | "missing_identity" | "missing_event" | "reserved_event" | "reserved_message_id" | "missing_group_id" | "missing_previous_id" | "invalid_timestamp";
         Readiness: {
             /** @enum {string} */
             status: "ready" | "not_ready";
@@ -2430,7 +2439,8 @@ export interface components {
             status?: "enabled" | "paused";
             enabled_version?: number | null;
             latest_version?: number;
-            definition?: components["schemas"]["WorkflowDefinition"];
+            /** @description The latest version's definition; `null` in lists and in the answers of enable and pause. */
+            definition?: components["schemas"]["WorkflowDefinition"] | null;
             created_by?: string;
             /** Format: date-time */
             created_at?: string;
@@ -2640,7 +2650,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description Authenticated, but the role or key scopes lack the route's permission (`x-permission`). Code `forbidden`, with `permission`. */
+        /** @description Authenticated, but the role or key scopes lack the route's permission (`x-permission`). Code `forbidden`, with `permission`. Routes that take a condition (segments, tags, their previews, workflows and backtests) also answer `pii_condition` to a caller without `pii.view` whose condition, filter or branch compares a personal trait or event property (those `[privacy]` protects; `exists` / `not_exists` excepted), or who lists identifiers (`manual_csv`); `path` and `field` name it, `permission` is `pii.view`. */
         Forbidden: {
             headers: {
                 [name: string]: unknown;
@@ -2735,6 +2745,7 @@ export interface operations {
              *     - `missing_identity`: neither `userId` nor `anonymousId` is set
              *     - `missing_event`: a `track` call has no (or an empty) `event`
              *     - `reserved_event`: a `track` call uses an event name Livora writes itself (`Segment Entered`, `Segment Exited`, `Tag Added`, `Tag Removed`)
+             *     - `reserved_message_id`: the `messageId` starts with `lv-`, the prefix of the ids Livora gives the events it writes itself (so a client cannot make them duplicates)
              *     - `invalid_timestamp`: `timestamp`, `originalTimestamp` or `sentAt` is not an ISO-8601 (RFC 3339) date-time
              */
             400: {
@@ -3740,6 +3751,7 @@ export interface operations {
              *     - `missing_identity`: neither `userId` nor `anonymousId` is set
              *     - `missing_event`: a `track` call has no (or an empty) `event`
              *     - `reserved_event`: a `track` call uses an event name Livora writes itself (`Segment Entered`, `Segment Exited`, `Tag Added`, `Tag Removed`)
+             *     - `reserved_message_id`: the `messageId` starts with `lv-`, the prefix of the ids Livora gives the events it writes itself (so a client cannot make them duplicates)
              *     - `missing_group_id`: a `group` call has no `groupId`
              *     - `missing_previous_id`: an `alias` call has no `previousId`
              *     - `invalid_timestamp`: `timestamp`, `originalTimestamp` or `sentAt` is not an ISO-8601 (RFC 3339) date-time
@@ -3938,6 +3950,7 @@ export interface operations {
              *     - `missing_identity`: neither `userId` nor `anonymousId` is set
              *     - `missing_event`: a `track` call has no (or an empty) `event`
              *     - `reserved_event`: a `track` call uses an event name Livora writes itself (`Segment Entered`, `Segment Exited`, `Tag Added`, `Tag Removed`)
+             *     - `reserved_message_id`: the `messageId` starts with `lv-`, the prefix of the ids Livora gives the events it writes itself (so a client cannot make them duplicates)
              *     - `missing_group_id`: a `group` call has no `groupId`
              *     - `missing_previous_id`: an `alias` call has no `previousId`
              *     - `invalid_timestamp`: `timestamp`, `originalTimestamp` or `sentAt` is not an ISO-8601 (RFC 3339) date-time
@@ -4734,8 +4747,8 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Tokens"] | {
-                        joined?: string;
-                        role?: components["schemas"]["Role"];
+                        joined: string;
+                        role: components["schemas"]["Role"];
                     };
                 };
             };
@@ -5000,12 +5013,17 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Changed. */
+            /** @description Changed: the member and their new role. */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": {
+                        user_id: string;
+                        role: components["schemas"]["Role"];
+                    };
+                };
             };
             400: components["responses"]["InvalidRequest"];
             401: components["responses"]["Unauthorized"];

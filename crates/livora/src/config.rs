@@ -76,8 +76,9 @@ impl IntelConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
-    /// Encrypt personal fields (email, phone, name, address, IP, `pii_traits`) before they
-    /// are written anywhere.
+    /// Encrypt personal fields (email, phone, name, address, IP, nested ones such as
+    /// `properties.customer.email`, `pii_traits`, `pii_paths`) before they are written
+    /// anywhere.
     pub encryption: bool,
     /// A file holding the 32-byte master key (base64 or hex). `LIVORA_MASTER_KEY` wins over
     /// it. With neither, `<data_dir>/master.key` is created: crypto-shredding works, but a
@@ -86,8 +87,14 @@ pub struct PrivacyConfig {
     /// Files of previous master keys, still accepted for unwrapping during a rotation
     /// (`LIVORA_MASTER_KEY_PREVIOUS`, comma-separated keys, adds to them).
     pub previous_master_key_files: Vec<PathBuf>,
-    /// Trait names that hold personal data, besides the built-in ones.
+    /// Trait names that hold personal data, besides the built-in ones (`traits.<name>` and
+    /// `context.traits.<name>`).
     pub pii_traits: Vec<String>,
+    /// Dot paths from an event's root that hold personal data, besides the built-in ones:
+    /// `properties.customer.tax_id`, `context.traits.passport`, `traits.company.ceo`. A path
+    /// under `traits` also covers `context.traits`; arrays on the way are entered (each
+    /// element); names compare case-insensitively; what a path names is encrypted whole.
+    pub pii_paths: Vec<String>,
     /// Where the master key lives: `local` (the settings above), `aws` (AWS KMS), `gcp`
     /// (Google Cloud KMS) or `azure` (Azure Key Vault / Managed HSM). A cloud KMS needs a
     /// binary built with `--features aws-kms`, `gcp-kms` or `azure-kms`.
@@ -120,6 +127,7 @@ impl Default for PrivacyConfig {
             master_key_file: None,
             previous_master_key_files: Vec::new(),
             pii_traits: Vec::new(),
+            pii_paths: Vec::new(),
             kms: "local".into(),
             aws_kms_key_id: None,
             aws_kms_endpoint: None,
@@ -372,10 +380,11 @@ impl Config {
         &self,
         env: &HashMap<String, String>,
     ) -> anyhow::Result<Option<(Arc<dyn Kms>, PiiFields)>> {
+        // Checked with encryption off too: a wrong path is an error, not a silent gap.
+        let fields = PiiFields::new(&self.privacy.pii_traits, &self.privacy.pii_paths)?;
         if !self.privacy.encryption {
             return Ok(None);
         }
-        let fields = PiiFields::with_traits(&self.privacy.pii_traits);
         match self.privacy.kms.as_str() {
             "local" => {}
             "aws" | "gcp" | "azure" => return Ok(Some((self.cloud_kms().await?, fields))),
@@ -557,6 +566,36 @@ mod tests {
             Config::load(None, &env(&[("LIVORA__INTEL__HORIZON_DAYS", "400")])).expect("loads");
         let e = bad.intel.schedule().expect_err("refused").to_string();
         assert!(e.contains("horizon_days 400"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn pii_paths_name_nested_fields_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("livora.toml");
+        std::fs::write(
+            &file,
+            "[privacy]\npii_paths = [\"properties.shipping.recipient\", \"context.device.advertisingId\"]\n",
+        )
+        .expect("write");
+        let mut c = Config::load(Some(&file), &env(&[])).expect("config");
+        c.data_dir = dir.path().to_owned();
+        let key = "ab".repeat(32);
+        let env_key = env(&[("LIVORA_MASTER_KEY", key.as_str())]);
+        let (_, fields) = c.encryption(&env_key).await.expect("ok").expect("on");
+        assert!(fields.properties.contains(&"shipping".to_owned()));
+        assert!(
+            fields.properties.contains(&"customer".to_owned()),
+            "built in"
+        );
+        c.privacy.pii_paths = vec!["shipping.recipient".into()];
+        c.privacy.encryption = false;
+        let e = c
+            .encryption(&env_key)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("shipping.recipient"), "{e}");
     }
 
     #[test]

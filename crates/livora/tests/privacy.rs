@@ -18,6 +18,26 @@ const ANN: [&str; 3] = [
     "Annabel Quux",
 ];
 const BOB: [&str; 3] = ["bob.hidden@example.org", "+1 202 555 0147", "Robertino Zed"];
+/// Nested personal data: `properties.customer.email` and `context.traits.email` (built in),
+/// `properties.shipping.recipient` (configured in `[privacy] pii_paths`).
+const ANN_NESTED: [&str; 3] = [
+    "ann.customer@example.com",
+    "ann.context@example.com",
+    "Annabel Shipto",
+];
+const BOB_NESTED: [&str; 3] = [
+    "bob.customer@example.org",
+    "bob.context@example.org",
+    "Robertino Shipto",
+];
+const CONFIG: &str = "[privacy]\npii_paths = [\"properties.shipping.recipient\"]\n";
+
+/// `livora serve` flags: the configuration file (written by [`config`]).
+fn config(dir: &Path) -> Vec<String> {
+    let path = dir.join("livora.toml");
+    std::fs::write(&path, CONFIG).expect("config");
+    vec!["--config".into(), path.display().to_string()]
+}
 const IP: &str = "198.51.100.23";
 
 fn env() -> Vec<(&'static str, &'static str)> {
@@ -29,7 +49,7 @@ fn env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn person_events(user: &str, anon: &str, pii: [&str; 3]) -> Vec<Value> {
+fn person_events(user: &str, anon: &str, pii: [&str; 3], nested: [&str; 3]) -> Vec<Value> {
     let ctx = json!({"ip": IP});
     let mut v = vec![
         json!({"type": "page", "anonymousId": anon, "name": "Home", "context": ctx}),
@@ -37,6 +57,10 @@ fn person_events(user: &str, anon: &str, pii: [&str; 3]) -> Vec<Value> {
                "traits": {"email": pii[0], "phone": pii[1], "name": pii[2], "plan": "pro"}}),
         json!({"type": "track", "userId": user, "event": "Order Completed", "context": ctx,
                "properties": {"revenue": 42.5, "email": pii[0], "name": "Blue T-shirt"}}),
+        json!({"type": "track", "userId": user, "event": "Checkout Started",
+               "context": {"ip": IP, "traits": {"email": nested[1], "plan": "pro"}},
+               "properties": {"customer": {"email": nested[0], "tier": "gold"},
+                              "shipping": {"recipient": nested[2], "city": "Leeds"}}}),
     ];
     for i in 0..10 {
         v.push(
@@ -101,10 +125,12 @@ async fn personal_data_is_encrypted_at_rest_exported_and_crypto_shredded() {
         ],
     );
     let admin_key = admin["secret"].as_str().expect("key").to_owned();
-    let server = Server::start_with(dir.path(), &[], &env());
+    let flags = config(dir.path());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Server::start_with(dir.path(), &flags, &env());
     let http = reqwest::Client::new();
-    let mut batch = person_events("u-ann", "a-ann", ANN);
-    batch.extend(person_events("u-bob", "a-bob", BOB));
+    let mut batch = person_events("u-ann", "a-ann", ANN, ANN_NESTED);
+    batch.extend(person_events("u-bob", "a-bob", BOB, BOB_NESTED));
     let resp = http
         .post(format!("{}/v1/batch", server.url))
         .basic_auth(&t.write_key, Some(""))
@@ -120,7 +146,13 @@ async fn personal_data_is_encrypted_at_rest_exported_and_crypto_shredded() {
     );
     // A caller with `pii.view` reads the fields decrypted.
     let text = events(&http, &server.url, &t.secret_key).await.to_string();
-    for n in ANN.iter().chain(&BOB).chain([&IP]) {
+    for n in ANN
+        .iter()
+        .chain(&BOB)
+        .chain(&ANN_NESTED)
+        .chain(&BOB_NESTED)
+        .chain([&IP])
+    {
         assert!(text.contains(n), "{n} readable through the API");
     }
     // Consent, then export: everything about Ann, decrypted, and nothing about Bob.
@@ -143,7 +175,7 @@ async fn personal_data_is_encrypted_at_rest_exported_and_crypto_shredded() {
         .expect("json");
     assert_eq!(
         export["events"].as_array().map(Vec::len),
-        Some(13),
+        Some(14),
         "{export}"
     );
     assert_eq!(export["consents"].as_array().map(Vec::len), Some(1));
@@ -156,7 +188,7 @@ async fn personal_data_is_encrypted_at_rest_exported_and_crypto_shredded() {
     ids.sort();
     assert_eq!(ids, ["a:a-ann", "u:u-ann"]);
     let text = export.to_string();
-    assert!(ANN.iter().all(|n| text.contains(n)) && !text.contains(BOB[0]));
+    assert!(ANN.iter().chain(&ANN_NESTED).all(|n| text.contains(n)) && !text.contains(BOB[0]));
     // A read key may not export or erase.
     let resp = http
         .delete(format!("{}/api/v1/people/u-ann", server.url))
@@ -178,20 +210,27 @@ async fn personal_data_is_encrypted_at_rest_exported_and_crypto_shredded() {
     assert_eq!(erased["consents_deleted"], 1, "{erased}");
     let check = |v: Value| {
         let text = v.to_string();
-        assert!(
-            ANN.iter().all(|n| !text.contains(n)),
-            "Ann's data still readable"
-        );
-        assert!(BOB.iter().all(|n| text.contains(n)), "Bob's data intact");
+        for n in ANN.iter().chain(&ANN_NESTED) {
+            assert!(!text.contains(n), "Ann's {n} still readable");
+        }
+        for n in BOB.iter().chain(&BOB_NESTED) {
+            assert!(text.contains(n), "Bob's {n} intact");
+        }
     };
     check(events(&http, &server.url, &t.secret_key).await);
     assert!(server.terminate().success());
     // Nothing personal in plaintext anywhere, Ann's or Bob's.
-    let mut needles: Vec<&str> = ANN.iter().chain(&BOB).copied().collect();
+    let mut needles: Vec<&str> = ANN
+        .iter()
+        .chain(&BOB)
+        .chain(&ANN_NESTED)
+        .chain(&BOB_NESTED)
+        .copied()
+        .collect();
     needles.push(IP);
     assert_nowhere(dir.path(), &needles);
     // After a restart (keys read from the database again), Ann's fields stay unreadable.
-    let server = Server::start_with(dir.path(), &[], &env());
+    let server = Server::start_with(dir.path(), &flags, &env());
     check(events(&http, &server.url, &t.secret_key).await);
     let export: Value = http
         .get(format!("{}/api/v1/people/u-ann/export", server.url))
@@ -203,7 +242,11 @@ async fn personal_data_is_encrypted_at_rest_exported_and_crypto_shredded() {
         .await
         .expect("json");
     assert_eq!(export["consents"].as_array().map(Vec::len), Some(0));
-    assert!(ANN.iter().all(|n| !export.to_string().contains(n)));
+    assert!(
+        ANN.iter()
+            .chain(&ANN_NESTED)
+            .all(|n| !export.to_string().contains(n))
+    );
     // The audit log has the export, the erasure and the consent, and its chain holds.
     let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).expect("audit");
     for a in [

@@ -235,50 +235,188 @@ impl SubjectKey {
     }
 }
 
-/// Which fields hold personal data.
+/// Which fields hold personal data: positions in an event, as dot paths from its root
+/// (`traits.email`, `properties.customer.email`, `context.traits.phone`, `context.ip`).
+///
+/// Names are compared case-insensitively. A path under `traits` also covers
+/// `context.traits` (where Segment's libraries copy traits). Arrays met on the way are
+/// entered: `properties.items.email` covers the `email` of every item. What a path names is
+/// encrypted whole (an object as one value), so `traits.address` hides street and city.
 #[derive(Debug, Clone)]
 pub struct PiiFields {
-    /// Keys of `traits` and `context.traits` (compared case-insensitively).
+    /// The top-level traits that hold personal data, at or below them (lowercase): what a
+    /// masked profile hides and what a condition needs `pii.view` to compare.
     pub traits: Vec<String>,
-    /// Keys of `properties`.
+    /// The top-level event properties that hold personal data, at or below them.
     pub properties: Vec<String>,
-    /// `context.ip`.
+    /// `context.ip` is personal.
     pub ip: bool,
+    /// Every personal position, from the event's root.
+    tree: PathTree,
+}
+
+/// The trait names personal by default (`traits.<name>` and `context.traits.<name>`).
+const DEFAULT_TRAITS: [&str; 9] = [
+    "email",
+    "phone",
+    "name",
+    "firstname",
+    "lastname",
+    "first_name",
+    "last_name",
+    "address",
+    "birthday",
+];
+
+/// The other paths personal by default: properties that name a person (`properties.name`
+/// is a product or page name in Segment's spec, so it is not one), the customer or user
+/// objects that commerce events and webhooks carry, and the client's address.
+pub const DEFAULT_PATHS: [&str; 24] = [
+    "properties.email",
+    "properties.phone",
+    "properties.address",
+    "properties.first_name",
+    "properties.last_name",
+    "properties.billing_address",
+    "properties.shipping_address",
+    "properties.customer.email",
+    "properties.customer.phone",
+    "properties.customer.name",
+    "properties.customer.first_name",
+    "properties.customer.last_name",
+    "properties.customer.firstname",
+    "properties.customer.lastname",
+    "properties.customer.address",
+    "properties.customer.birthday",
+    "properties.user.email",
+    "properties.user.phone",
+    "properties.user.name",
+    "properties.user.first_name",
+    "properties.user.last_name",
+    "properties.user.address",
+    "properties.user.birthday",
+    "context.ip",
+];
+
+/// A configured path that cannot name a field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "privacy path {path:?}: {reason} (a dot path under traits, properties or context, such as properties.customer.email)"
+)]
+pub struct BadPath {
+    pub path: String,
+    pub reason: &'static str,
+}
+
+/// Personal positions below one position: `leaf` when the value here is personal itself.
+#[derive(Debug, Clone, Default)]
+struct PathTree {
+    leaf: bool,
+    /// By lowercase name.
+    children: std::collections::BTreeMap<String, PathTree>,
+}
+
+impl PathTree {
+    fn insert(&mut self, path: &[String]) {
+        match path.split_first() {
+            None => self.leaf = true,
+            Some((first, rest)) => self.children.entry(first.clone()).or_default().insert(rest),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&PathTree> {
+        self.children
+            .get(name)
+            .or_else(|| self.children.get(&name.to_lowercase()))
+    }
+
+    fn at(&self, path: &[&str]) -> Option<&PathTree> {
+        path.iter().try_fold(self, |t, p| t.get(p))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.children.keys().cloned().collect()
+    }
 }
 
 impl Default for PiiFields {
     fn default() -> Self {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
-        Self {
-            traits: s(&[
-                "email",
-                "phone",
-                "name",
-                "firstname",
-                "lastname",
-                "first_name",
-                "last_name",
-                "address",
-                "birthday",
-            ]),
-            // `properties.name` is a product or page name in Segment's spec: not personal.
-            properties: s(&["email", "phone", "address"]),
-            ip: true,
-        }
+        Self::new(&[], &[]).unwrap_or_else(|_| Self {
+            traits: Vec::new(),
+            properties: Vec::new(),
+            ip: false,
+            tree: PathTree::default(),
+        })
     }
 }
 
 impl PiiFields {
-    /// The defaults plus configured trait names.
-    pub fn with_traits(extra: &[String]) -> Self {
-        let mut f = Self::default();
-        for e in extra {
-            let e = e.to_lowercase();
-            if !f.traits.contains(&e) {
-                f.traits.push(e);
+    /// The built-in fields, plus trait names (`traits`: a name covers `traits.<name>` and
+    /// `context.traits.<name>`) and dot paths (`paths`).
+    pub fn new(traits: &[String], paths: &[String]) -> Result<Self, BadPath> {
+        let mut tree = PathTree::default();
+        let mut add = |path: &str| -> Result<(), BadPath> {
+            let bad = |reason| BadPath {
+                path: path.to_owned(),
+                reason,
+            };
+            let parts: Vec<String> = path.split('.').map(|p| p.trim().to_lowercase()).collect();
+            if parts.iter().any(String::is_empty) {
+                return Err(bad("an empty name"));
+            }
+            if parts.len() < 2 {
+                return Err(bad("names no field"));
+            }
+            match parts[0].as_str() {
+                "traits" => {
+                    tree.insert(&parts);
+                    let mut in_context = vec!["context".to_owned()];
+                    in_context.extend(parts);
+                    tree.insert(&in_context);
+                }
+                "properties" | "context" => tree.insert(&parts),
+                _ => return Err(bad("starts elsewhere than traits, properties or context")),
+            }
+            Ok(())
+        };
+        for t in DEFAULT_TRAITS
+            .iter()
+            .map(|t| (*t).to_owned())
+            .chain(traits.iter().cloned())
+        {
+            if t.contains('.') || t.trim().is_empty() {
+                return Err(BadPath {
+                    path: t,
+                    reason: "a trait name (pii_traits) is one name; use pii_paths for nested ones",
+                });
+            }
+            add(&format!("traits.{t}"))?;
+        }
+        for p in DEFAULT_PATHS
+            .iter()
+            .copied()
+            .chain(paths.iter().map(String::as_str))
+        {
+            add(p)?;
+        }
+        let names = |path: &[&str]| tree.at(path).map(PathTree::names).unwrap_or_default();
+        let mut traits = names(&["traits"]);
+        for t in names(&["context", "traits"]) {
+            if !traits.contains(&t) {
+                traits.push(t);
             }
         }
-        f
+        Ok(Self {
+            traits,
+            properties: names(&["properties"]),
+            ip: tree.at(&["context", "ip"]).is_some_and(|t| t.leaf),
+            tree,
+        })
+    }
+
+    /// The defaults plus configured trait names.
+    pub fn with_traits(extra: &[String]) -> Self {
+        Self::new(extra, &[]).unwrap_or_default()
     }
 
     /// Whether the raw text of an object might hold one of `names` as a key (a fast
@@ -307,41 +445,46 @@ impl PiiFields {
         false
     }
 
-    fn encrypt_object(map: &mut Map<String, Value>, names: &[String], key: &SubjectKey) -> bool {
-        let mut changed = false;
-        for (k, v) in map.iter_mut() {
-            let hit = names.iter().any(|n| n.eq_ignore_ascii_case(k));
-            if hit && !v.is_null() {
-                *v = key.encrypt(v);
-                changed = true;
+    /// Encrypts, in the raw JSON text of a value at position `node`, what lies at the
+    /// personal positions below it; `None` when there is nothing to encrypt. The other
+    /// values keep their exact text.
+    fn seal_raw(raw: &str, node: &PathTree, key: &SubjectKey) -> Option<String> {
+        let text = raw.trim_start();
+        if text.starts_with('[') {
+            let mut items: Vec<Box<RawValue>> = serde_json::from_str(raw).ok()?;
+            let mut changed = false;
+            for item in &mut items {
+                if let Some(new) = Self::seal_raw(item.get(), node, key) {
+                    *item = RawValue::from_string(new).ok()?;
+                    changed = true;
+                }
             }
+            return if changed {
+                serde_json::to_string(&items).ok()
+            } else {
+                None
+            };
         }
-        changed
-    }
-
-    /// Encrypts the personal fields of an object held as raw JSON text; `None` when it has
-    /// none (the text is kept as is). The other values keep their exact text.
-    pub fn encrypt_raw(&self, raw: &str, properties: bool, key: &SubjectKey) -> Option<String> {
-        let names = if properties {
-            &self.properties
-        } else {
-            &self.traits
-        };
-        if !Self::might_hold(raw, names) {
+        if !text.starts_with('{') || !Self::might_hold(raw, &node.names()) {
             return None;
         }
         let mut map: std::collections::BTreeMap<String, Box<RawValue>> =
             serde_json::from_str(raw).ok()?;
         let mut changed = false;
         for (k, v) in map.iter_mut() {
-            let hit = names.iter().any(|n| n.eq_ignore_ascii_case(k));
-            // A value that merely looks encrypted is encrypted too: only our own envelopes
-            // may ever decrypt.
-            if hit && v.get() != "null" {
-                let text = v.get();
-                let value: Value = serde_json::from_str(text).ok()?;
-                let sealed = key.encrypt(&value).to_string();
-                *v = RawValue::from_string(sealed).ok()?;
+            let Some(child) = node.get(k) else {
+                continue;
+            };
+            if child.leaf {
+                // A value that merely looks encrypted is encrypted too: only our own
+                // envelopes may ever decrypt.
+                if v.get() != "null" {
+                    let value: Value = serde_json::from_str(v.get()).ok()?;
+                    *v = RawValue::from_string(key.encrypt(&value).to_string()).ok()?;
+                    changed = true;
+                }
+            } else if let Some(new) = Self::seal_raw(v.get(), child, key) {
+                *v = RawValue::from_string(new).ok()?;
                 changed = true;
             }
         }
@@ -352,16 +495,44 @@ impl PiiFields {
         }
     }
 
-    /// Encrypts `context.ip` and `context.traits`.
-    pub fn encrypt_context(&self, context: &mut Map<String, Value>, key: &SubjectKey) {
-        if self.ip
-            && let Some(ip) = context.get_mut("ip")
-            && ip.is_string()
-        {
-            *ip = key.encrypt(ip);
+    /// Encrypts what lies at the personal positions below `node` in a parsed value.
+    fn seal_value(value: &mut Value, node: &PathTree, key: &SubjectKey) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    match node.get(k) {
+                        Some(child) if child.leaf && !v.is_null() => *v = key.encrypt(v),
+                        Some(child) if !child.leaf => Self::seal_value(v, child, key),
+                        _ => {}
+                    }
+                }
+            }
+            Value::Array(items) => items
+                .iter_mut()
+                .for_each(|v| Self::seal_value(v, node, key)),
+            _ => {}
         }
-        if let Some(Value::Object(t)) = context.get_mut("traits") {
-            Self::encrypt_object(t, &self.traits, key);
+    }
+
+    /// Encrypts the personal fields of `traits` (or `properties`) held as raw JSON text;
+    /// `None` when it has none (the text is kept as is). The other values keep their exact
+    /// text.
+    pub fn encrypt_raw(&self, raw: &str, properties: bool, key: &SubjectKey) -> Option<String> {
+        let node = self
+            .tree
+            .get(if properties { "properties" } else { "traits" })?;
+        Self::seal_raw(raw, node, key)
+    }
+
+    /// Encrypts the personal fields of `context` (`context.ip`, `context.traits.*` and any
+    /// configured `context.…` path).
+    pub fn encrypt_context(&self, context: &mut Map<String, Value>, key: &SubjectKey) {
+        if let Some(node) = self.tree.get("context") {
+            let mut whole = Value::Object(std::mem::take(context));
+            Self::seal_value(&mut whole, node, key);
+            if let Value::Object(m) = whole {
+                *context = m;
+            }
         }
     }
 }
@@ -752,9 +923,9 @@ impl Keyring {
         Ok(())
     }
 
-    /// Decrypts the personal fields of a stored event's JSON text (the positions
-    /// [`PiiFields`] encrypts: values of `traits`, `properties`, `context.traits`, and
-    /// `context.ip`); a field whose key was erased becomes `null`. Everything else keeps its
+    /// Decrypts the personal fields of a stored event's JSON text (the envelopes under
+    /// `traits`, `properties` and `context`, at any depth: wherever [`PiiFields`] put them);
+    /// a field whose key was erased becomes `null`. Everything else keeps its
     /// exact text. Returns the text and how many fields were erased.
     pub async fn decrypt_text(
         &self,
@@ -912,9 +1083,10 @@ impl Keyring {
 
 type RawMap = std::collections::BTreeMap<String, Box<RawValue>>;
 
-/// Calls `f` with every envelope string found at the positions personal fields are encrypted
-/// at, and puts back what it returns (`None`: unchanged). Returns the new text if anything
-/// changed. Values elsewhere that merely look like envelopes are left alone.
+/// Calls `f` with every envelope string found under `traits`, `properties` and `context`,
+/// at any depth (wherever a configured path, today's or an earlier one, put it), and puts
+/// back what it returns (`None`: unchanged). Returns the new text if anything changed.
+/// Values elsewhere that merely look like envelopes are left alone.
 fn rewrite_fields(text: &str, f: &mut dyn FnMut(&str) -> Option<Box<RawValue>>) -> Option<String> {
     fn envelope(v: &RawValue) -> Option<String> {
         if !v.get().starts_with(&format!("\"{PREFIX}")) {
@@ -922,16 +1094,39 @@ fn rewrite_fields(text: &str, f: &mut dyn FnMut(&str) -> Option<Box<RawValue>>) 
         }
         serde_json::from_str::<String>(v.get()).ok()
     }
-    fn in_object(
+    fn in_value(
         raw: &RawValue,
         f: &mut dyn FnMut(&str) -> Option<Box<RawValue>>,
     ) -> Option<Box<RawValue>> {
-        let mut map: RawMap = serde_json::from_str(raw.get()).ok()?;
+        if let Some(e) = envelope(raw) {
+            return f(&e);
+        }
+        let text = raw.get();
+        if !text.contains(PREFIX) {
+            return None;
+        }
+        if text.trim_start().starts_with('[') {
+            let mut items: Vec<Box<RawValue>> = serde_json::from_str(text).ok()?;
+            let mut changed = false;
+            for v in &mut items {
+                if let Some(new) = in_value(v, f) {
+                    *v = new;
+                    changed = true;
+                }
+            }
+            return if changed {
+                serde_json::value::to_raw_value(&items).ok()
+            } else {
+                None
+            };
+        }
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        let mut map: RawMap = serde_json::from_str(text).ok()?;
         let mut changed = false;
         for v in map.values_mut() {
-            if let Some(e) = envelope(v)
-                && let Some(new) = f(&e)
-            {
+            if let Some(new) = in_value(v, f) {
                 *v = new;
                 changed = true;
             }
@@ -944,32 +1139,12 @@ fn rewrite_fields(text: &str, f: &mut dyn FnMut(&str) -> Option<Box<RawValue>>) 
     }
     let mut top: RawMap = serde_json::from_str(text).ok()?;
     let mut changed = false;
-    for key in ["traits", "properties"] {
+    for key in ["traits", "properties", "context"] {
         if let Some(v) = top.get_mut(key)
-            && let Some(new) = in_object(v, f)
+            && !v.get().trim_start().starts_with('"')
+            && let Some(new) = in_value(v, f)
         {
             *v = new;
-            changed = true;
-        }
-    }
-    if let Some(ctx) = top.get_mut("context") {
-        let mut c: RawMap = serde_json::from_str(ctx.get()).ok()?;
-        let mut c_changed = false;
-        if let Some(ip) = c.get_mut("ip")
-            && let Some(e) = envelope(ip)
-            && let Some(new) = f(&e)
-        {
-            *ip = new;
-            c_changed = true;
-        }
-        if let Some(t) = c.get_mut("traits")
-            && let Some(new) = in_object(t, f)
-        {
-            *t = new;
-            c_changed = true;
-        }
-        if c_changed {
-            *ctx = serde_json::value::to_raw_value(&c).ok()?;
             changed = true;
         }
     }
@@ -1095,6 +1270,8 @@ pub async fn rotate_tenant_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
     /// Audit targets sealed for a person read back until the person is erased, then never;
     /// the audit key is wrapped by the KMS, read back, and rewrapped.
     #[tokio::test]
@@ -1298,6 +1475,120 @@ mod tests {
             "{out}"
         );
         assert_eq!(erased, 2);
+    }
+
+    /// Nested personal data, by default and configured, is encrypted wherever it sits
+    /// (objects, arrays, `context`), decrypts back to the same values, and is unreadable once
+    /// the subject's key is destroyed.
+    #[tokio::test]
+    async fn nested_paths_encrypt_decrypt_and_shred() {
+        let store: Arc<dyn MetadataStore> =
+            Arc::new(crate::SqliteStore::in_memory().await.expect("store"));
+        let tenant = store
+            .create_tenant(crate::NewTenant {
+                name: "t".into(),
+                time_zone: "UTC".into(),
+                currency: livora_model::Currency::parse("USD").expect("usd"),
+            })
+            .await
+            .expect("tenant")
+            .id;
+        let kms: Arc<dyn Kms> = Arc::new(LocalKms::new(&[3u8; 32], &[]).expect("kms"));
+        let ring = Arc::new(Keyring::new(store, kms));
+        let key = ring
+            .subject_keys(tenant, &["u:1".to_owned()])
+            .await
+            .expect("key")["u:1"]
+            .clone();
+        let f = PiiFields::new(
+            &["Tax_Id".into()],
+            &[
+                "properties.shipping.Recipient".into(),
+                "properties.items.buyer_email".into(),
+                "context.device.advertisingId".into(),
+                "traits.company.ceo".into(),
+            ],
+        )
+        .expect("paths");
+        let secrets = [
+            "c.secret@example.com",
+            "+44 20 7946 0000",
+            "Carla Hidden",
+            "r.hidden@example.com",
+            "Rita Recipient",
+            "buyer1@example.com",
+            "buyer2@example.com",
+            "ctx.secret@example.com",
+            "AD-123-SECRET",
+            "TAX-999",
+            "Ceo Hidden",
+        ];
+        let properties = json!({
+            "revenue": 10.50,
+            "customer": {"Email": secrets[0], "phone": secrets[1], "name": secrets[2], "tier": "gold"},
+            "user": {"email": secrets[3]},
+            "shipping": {"recipient": secrets[4], "city": "Leeds"},
+            "items": [{"sku": "a", "buyer_email": secrets[5]}, {"sku": "b", "buyer_email": secrets[6]}],
+            "name": "Blue T-shirt",
+        })
+        .to_string();
+        let traits = json!({"tax_id": secrets[9], "company": {"ceo": secrets[10], "size": 4}, "plan": "pro"})
+            .to_string();
+        let mut context = json!({"ip": "198.51.100.7", "traits": {"email": secrets[7]},
+            "device": {"advertisingId": secrets[8], "model": "x"}})
+        .as_object()
+        .cloned()
+        .expect("object");
+        let sealed_p = f.encrypt_raw(&properties, true, &key).expect("encrypted");
+        let sealed_t = f.encrypt_raw(&traits, false, &key).expect("encrypted");
+        f.encrypt_context(&mut context, &key);
+        let event = format!(
+            r#"{{"type":"track","properties":{sealed_p},"traits":{sealed_t},"context":{}}}"#,
+            Value::Object(context)
+        );
+        for s in secrets.iter().chain(&["198.51.100.7"]) {
+            assert!(!event.contains(s), "{s} in plaintext: {event}");
+        }
+        for kept in [
+            "Blue T-shirt",
+            "Leeds",
+            "gold",
+            "\"sku\":\"a\"",
+            "10.5",
+            "\"model\":\"x\"",
+            "\"plan\":\"pro\"",
+        ] {
+            assert!(event.contains(kept), "{kept} kept: {event}");
+        }
+        let (plain, erased) = ring.decrypt_text(tenant, &event).await.expect("decrypt");
+        assert_eq!(erased, 0);
+        for s in secrets.iter().chain(&["198.51.100.7"]) {
+            assert!(plain.contains(s), "{s} decrypts: {plain}");
+        }
+        let v: Value = serde_json::from_str(&plain).expect("json");
+        assert_eq!(v["properties"]["customer"]["Email"], secrets[0]);
+        assert_eq!(v["properties"]["items"][1]["buyer_email"], secrets[6]);
+        assert_eq!(v["context"]["device"]["advertisingId"], secrets[8]);
+        ring.shred(tenant, &["u:1".into()]).await.expect("shred");
+        let (gone, erased) = ring.decrypt_text(tenant, &event).await.expect("decrypt");
+        assert_eq!(erased, 12, "{gone}");
+        for s in secrets.iter().chain(&["198.51.100.7"]) {
+            assert!(!gone.contains(s), "{s} after erasure: {gone}");
+        }
+        // What conditions and masks treat as personal: top-level names, nested or not.
+        assert!(
+            f.traits.contains(&"tax_id".to_owned()) && f.traits.contains(&"company".to_owned())
+        );
+        assert!(
+            f.properties.contains(&"customer".to_owned())
+                && f.properties.contains(&"shipping".to_owned())
+        );
+        assert!(!f.properties.contains(&"name".to_owned()));
+        // Paths that name nothing are refused.
+        for bad in ["email", "properties.", "events.email", "properties..email"] {
+            assert!(PiiFields::new(&[], &[bad.to_owned()]).is_err(), "{bad}");
+        }
+        assert!(PiiFields::new(&["a.b".into()], &[]).is_err());
     }
 
     #[test]

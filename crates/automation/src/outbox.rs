@@ -267,8 +267,9 @@ impl Sender {
         }
     }
 
-    /// Sends what is due now and waits for those calls; returns how many messages it
-    /// looked at. Each message is written as soon as its own call returns.
+    /// Sends what is due now and waits for those calls; returns how many messages it sent
+    /// or settled otherwise (held, blocked, dead), not those left for a free slot. Each
+    /// message is written as soon as its own call returns.
     ///
     /// The policy is checked one message after the other (so a frequency cap counts the
     /// messages allowed earlier in the same batch); the sending is concurrent, as many at
@@ -282,29 +283,29 @@ impl Sender {
     /// Takes what is due and has a free slot: checks the policy, writes what is decided
     /// without a call (held, blocked, dead, deferred) and the attempts about to be made, and
     /// returns the calls to run (each writes its own outcome) and how many messages it
-    /// looked at.
+    /// took (the calls, and those settled without one).
     async fn dispatch(
         self: &Arc<Self>,
     ) -> Result<(usize, Vec<futures::future::BoxFuture<'static, ()>>), livora_store::Error> {
         const PAGE: u32 = 2048;
-        let now = self.clock.now();
-        let due = self.store.due_messages(now, PAGE).await?;
-        let full = due.len() >= PAGE as usize;
+        // Taken before the read: a call leaves this set only after its outcome is written,
+        // so a message read as pending here is either still in this set or really due.
         let busy: HashSet<String> = self
             .in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let now = self.clock.now();
+        let due = self.store.due_messages(now, PAGE).await?;
+        let full = due.len() >= PAGE as usize;
         let mut done = Vec::new();
         let mut parsed = Vec::new();
         let mut waiting = Vec::new();
         let mut slots: HashMap<String, Vec<OwnedSemaphorePermit>> = HashMap::new();
-        let mut n = 0;
         for mut row in due {
             if busy.contains(&row.key) {
                 continue;
             }
-            n += 1;
             row.updated_at = now;
             match serde_json::from_str::<Message>(&row.message) {
                 Ok(m) => {
@@ -321,12 +322,13 @@ impl Sender {
                 Err(e) => done.push(dead(row, format!("unreadable message: {e}"))),
             }
         }
+        let mut deferred = Vec::new();
         if full {
             // A full page whose destinations are busy would hide the messages behind it
             // from every round: those wait a second at the back.
             for mut row in waiting {
                 row.due_at = now + chrono::Duration::seconds(1);
-                done.push(row);
+                deferred.push(row);
             }
         }
         let facts = match self.facts(&parsed, now).await {
@@ -349,7 +351,9 @@ impl Sender {
         }
         // The attempts are recorded before any call: a kill during a call leaves it
         // counted (and marked as cut short), and the message is sent again on restart.
+        let n = done.len() + ready.len();
         let mut write = done;
+        write.extend(deferred);
         write.extend(ready.iter().map(|c| c.row.clone()));
         self.store.update_messages(&write).await?;
         let mut calls = Vec::with_capacity(ready.len());
@@ -771,33 +775,48 @@ pub fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "livora_outbox_attempts_total",
-        "Calls made to message providers, by channel (each retry is one)"
+        "calls made to message providers, by channel (each retry is one)"
     );
     describe_counter!(
         "livora_outbox_sent_total",
-        "Messages a provider accepted, by channel"
+        "messages a provider accepted, by channel"
     );
     describe_counter!(
         "livora_outbox_failed_total",
-        "Calls to message providers that failed, by channel and kind (transient: retried)"
+        "calls to message providers that failed, by channel and kind (transient: retried)"
     );
     describe_counter!(
         "livora_outbox_dead_total",
-        "Messages given up on (moved to the dead letters), by channel"
+        "messages given up on (moved to the dead letters), by channel"
     );
     describe_gauge!(
         "livora_outbox_in_flight_messages",
-        "Calls to message providers under way"
+        "calls to message providers under way"
     );
     describe_gauge!(
         "livora_outbox_messages",
-        "Messages in the outbox, by status (pending, sent, blocked, dead)"
+        "messages in the outbox, by status (pending, sent, blocked, dead)"
     );
     describe_histogram!(
         "livora_outbox_send_duration_seconds",
         Unit::Seconds,
-        "How long one call to a message provider took, by channel"
+        "how long one call to a message provider took, by channel"
     );
+    // Every series from zero, so a rate or an alert sees the first failure.
+    for channel in livora_model::workflow::CHANNELS.iter().copied() {
+        for name in [
+            "livora_outbox_attempts_total",
+            "livora_outbox_sent_total",
+            "livora_outbox_dead_total",
+        ] {
+            metrics::counter!(name, "channel" => channel).increment(0);
+        }
+        for kind in ["transient", "permanent"] {
+            metrics::counter!("livora_outbox_failed_total", "channel" => channel, "kind" => kind)
+                .increment(0);
+        }
+    }
+    metrics::gauge!("livora_outbox_in_flight_messages").increment(0.0);
 }
 
 /// Sets the outbox's gauges of messages by status from the store.

@@ -2,7 +2,9 @@
 //! in flight to a slow local provider, and the real `livora serve` killed with SIGKILL again
 //! and again. After every restart and at the end, each expected message reached the
 //! provider, and the provider (which records idempotency keys, as real ones do) accepted
-//! each exactly once; no message went to anyone else.
+//! each exactly once; no message went to anyone else. The outbox, read a page at a time,
+//! shows every message sent, each with at least as many attempts as the provider got calls
+//! for it (an attempt is recorded before its call, so a re-send after a kill counts).
 
 mod common;
 
@@ -21,6 +23,8 @@ use serde_json::{Value, json};
 struct Seen {
     accepted: HashMap<String, String>,
     repeats: usize,
+    /// Calls by key, counted when they arrive (also those a kill cut short).
+    calls: HashMap<String, u32>,
 }
 
 async fn slow_provider() -> (String, Arc<Mutex<Seen>>) {
@@ -34,6 +38,12 @@ async fn slow_provider() -> (String, Arc<Mutex<Seen>>) {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned();
+            *keep
+                .lock()
+                .expect("lock")
+                .calls
+                .entry(key.clone())
+                .or_default() += 1;
             // Slow: messages are in flight when the node is killed.
             tokio::time::sleep(Duration::from_millis(150)).await;
             let mut s = keep.lock().expect("lock");
@@ -54,6 +64,15 @@ async fn slow_provider() -> (String, Arc<Mutex<Seen>>) {
         let _ = axum::serve(listener, app).await;
     });
     (format!("http://{addr}/deliver"), seen)
+}
+
+/// The server, allowed to call the local provider (an internal address).
+fn start(dir: &std::path::Path) -> Server {
+    Server::start_with(
+        dir,
+        &[],
+        &[("LIVORA__AUTOMATION__EGRESS_ALLOW", "127.0.0.1")],
+    )
 }
 
 async fn api(
@@ -102,7 +121,7 @@ async fn no_message_is_lost_or_sent_twice_across_sigkills() {
     let admin_key = admin["secret"].as_str().expect("admin key").to_owned();
     let (url, seen) = slow_provider().await;
     let http = reqwest::Client::new();
-    let mut server = Server::start(dir.path());
+    let mut server = start(dir.path());
 
     api(
         &http,
@@ -159,14 +178,14 @@ async fn no_message_is_lost_or_sent_twice_across_sigkills() {
         tokio::time::sleep(Duration::from_millis(1500 + 700 * chunk as u64)).await;
         server.kill9();
         kills += 1;
-        server = Server::start(dir.path());
+        server = start(dir.path());
     }
     // Two more kills while the last timers fire.
     for wait in [2500, 1800] {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         server.kill9();
         kills += 1;
-        server = Server::start(dir.path());
+        server = start(dir.path());
     }
 
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -184,9 +203,9 @@ async fn no_message_is_lost_or_sent_twice_across_sigkills() {
     }
     // Give a straggler time to show up twice, if one would.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (accepted, repeats) = {
+    let (accepted, repeats, calls) = {
         let s = seen.lock().expect("lock");
-        (s.accepted.clone(), s.repeats)
+        (s.accepted.clone(), s.repeats, s.calls.clone())
     };
     assert_eq!(
         accepted.len(),
@@ -209,20 +228,45 @@ async fn no_message_is_lost_or_sent_twice_across_sigkills() {
         "{PEOPLE} messages delivered once each across {kills} SIGKILLs ({} repeats dropped by idempotency key)",
         repeats
     );
-    // The outbox agrees: every message sent, none dead.
-    let out: Value = http
-        .get(format!(
-            "{}/api/v1/messages?status=sent&limit=1000",
-            server.url
-        ))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .expect("outbox")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(out["messages"].as_array().map(Vec::len), Some(1000));
+    // The outbox agrees: every message sent (read a page at a time), none dead, and each
+    // with at least as many attempts as calls arrived for it.
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    let mut cursor = String::new();
+    loop {
+        let out: Value = http
+            .get(format!(
+                "{}/api/v1/messages?status=sent&limit=1000&cursor={cursor}",
+                server.url
+            ))
+            .bearer_auth(&admin_key)
+            .send()
+            .await
+            .expect("outbox")
+            .json()
+            .await
+            .expect("json");
+        for m in out["messages"].as_array().expect("messages") {
+            sent.insert(
+                m["key"].as_str().expect("key").to_owned(),
+                m["attempts"].as_u64().expect("attempts"),
+            );
+        }
+        match out["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(sent.len(), PEOPLE, "every message in the outbox as sent");
+    let mut resent = 0;
+    for (key, n) in &calls {
+        let attempts = sent.get(key).copied().unwrap_or(0);
+        assert!(
+            attempts >= u64::from(*n),
+            "{key}: {n} calls arrived but the outbox shows {attempts} attempts"
+        );
+        resent += usize::from(*n > 1);
+    }
+    eprintln!("{resent} messages were called more than once, each counted as attempts");
     let dead: Value = http
         .get(format!("{}/api/v1/messages?status=dead", server.url))
         .bearer_auth(&admin_key)

@@ -111,8 +111,16 @@ pub struct AutomationOptions {
     pub quiet_hours: String,
     /// Attempts per provider before failing over (then the dead letters).
     pub retry_attempts: u32,
-    /// The first retry's delay; each next one doubles (with jitter).
+    /// The first retry's delay; each next one doubles (with jitter). Counted from the
+    /// failure (the provider's answer, or the send timeout).
     pub retry_base_secs: u64,
+    /// How long one call to a provider may take before it counts as a failed attempt.
+    pub send_timeout_secs: u64,
+    /// Calls to providers in flight at once on the node, over all tenants.
+    pub max_in_flight: usize,
+    /// Calls in flight at once to one destination (a tenant's webhook host, or a tenant's
+    /// other channel), so one slow endpoint takes only so many of the sending slots.
+    pub max_in_flight_per_destination: usize,
     /// Where persons and providers reach this node (`https://crm.shop.example`): links in
     /// emails (opens, clicks, unsubscribe) and providers' callbacks use it. Empty: the
     /// listening address.
@@ -132,6 +140,9 @@ impl Default for AutomationOptions {
             quiet_hours: "21-8".into(),
             retry_attempts: 4,
             retry_base_secs: 10,
+            send_timeout_secs: 30,
+            max_in_flight: 64,
+            max_in_flight_per_destination: 16,
             public_url: String::new(),
             egress_allow: Vec::new(),
         }
@@ -160,6 +171,15 @@ impl AutomationOptions {
             quiet_hours,
             opt_in: Vec::new(),
         })
+    }
+
+    /// How many calls to providers run at once, and how long one may take.
+    pub fn limits(&self) -> livora_automation::outbox::Limits {
+        livora_automation::outbox::Limits {
+            in_flight: self.max_in_flight.clamp(1, 10_000),
+            per_destination: self.max_in_flight_per_destination.clamp(1, 10_000),
+            send_timeout: std::time::Duration::from_secs(self.send_timeout_secs.clamp(1, 3_600)),
+        }
     }
 
     pub fn retry(&self) -> livora_automation::outbox::Retry {
@@ -349,6 +369,7 @@ impl AppState {
                         policy,
                         automation.retry(),
                     )
+                    .with_limits(automation.limits())
                     .with_tracker(tracker.clone()),
                 );
                 (Some(svc), Some(sender), Some(channels))

@@ -195,6 +195,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         }
         metrics::gauge!("livora_consumer_committed_offset", "consumer" => name).set(at as f64);
     }
+    // The outbox's messages by status (pending, sent, blocked, dead).
+    if state.sender.is_some()
+        && let Err(e) = livora_automation::outbox::observe(state.store.as_ref()).await
+    {
+        tracing::warn!(error = %e, "cannot count the outbox's messages");
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics_handle().render(),

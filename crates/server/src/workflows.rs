@@ -473,7 +473,30 @@ pub struct MessagesQuery {
     #[serde(default)]
     status: Option<String>,
     #[serde(default)]
+    workflow: Option<String>,
+    #[serde(default)]
     limit: Option<u32>,
+    /// The `next_cursor` of the page before.
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+/// A page's cursor: the last message's creation time (µs) and key, opaque to clients.
+fn message_cursor(r: &OutboxRow) -> String {
+    use base64::Engine;
+    let raw = format!("{}|{}", r.created_at.timestamp_micros(), r.key);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn parse_message_cursor(c: &str) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (at, key) = text.split_once('|')?;
+    let at = chrono::DateTime::from_timestamp_micros(at.parse().ok()?)?;
+    Some((at, key.to_owned()))
 }
 
 fn message_view(r: &OutboxRow) -> Value {
@@ -492,13 +515,15 @@ fn message_view(r: &OutboxRow) -> Value {
         "reason": r.reason,
         "provider": r.provider,
         "provider_id": r.provider_id,
+        "errors": r.errors,
         "to": m.get("to"),
         "content": m.get("content"),
     })
 }
 
-/// `GET /api/v1/messages?status=pending|sent|blocked|dead`: the outbox, newest first;
-/// `status=dead` is the dead-letter list, each with its reason.
+/// `GET /api/v1/messages?status=pending|sent|blocked|dead&workflow=…&limit=…&cursor=…`:
+/// the outbox, newest first, a page at a time (`next_cursor` while there is more);
+/// `status=dead` is the dead-letter list, each with its reason and every attempt's error.
 pub async fn messages(
     State(state): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
@@ -510,13 +535,34 @@ pub async fn messages(
             bad("status: one of pending, sent, blocked, dead").with("path", "status")
         })?),
     };
-    let rows = state
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(parse_message_cursor(c).ok_or_else(|| {
+            bad("cursor: the next_cursor of an earlier page").with("path", "cursor")
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let query = livora_store::automation::MessageQuery {
+        status,
+        workflow: q.workflow.filter(|w| !w.is_empty()),
+        after,
+    };
+    // One more than asked: whether there is a next page.
+    let mut rows = state
         .store
-        .messages(p.tenant, status, q.limit.unwrap_or(100).clamp(1, 1000))
+        .list_messages(p.tenant, &query, limit + 1)
         .await?;
-    Ok(Json(
-        json!({ "messages": rows.iter().map(message_view).collect::<Vec<_>>() }),
-    ))
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(message_cursor)
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "messages": rows.iter().map(message_view).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
 }
 
 /// Appends events written by workflows (traits they set) to the log, with personal fields

@@ -9,6 +9,7 @@ mod intel;
 mod internal_ids;
 mod limits;
 mod metrics;
+mod outbox;
 mod personal;
 mod profiles;
 mod query;

@@ -613,11 +613,19 @@ pub fn render_parts_checked(
 
 /// Checks a template's syntax (when a workflow is saved).
 pub fn check(text: &str) -> Result<(), String> {
-    check_constants(text).map_err(String::from)?;
+    check_sized(text).map_err(|e| match e {
+        RenderError::Invalid(m) => m,
+        too_large => too_large.to_string(),
+    })
+}
+
+/// [`check`], the error saying whether a limit refused the template.
+pub fn check_sized(text: &str) -> Result<(), RenderError> {
+    check_constants(text)?;
     let env = environment();
     env.template_from_str(text)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| RenderError::Invalid(e.to_string()))
 }
 
 /// Checks every template of a workflow; an error names the part (`steps[1].send.template.body`).

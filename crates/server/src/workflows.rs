@@ -929,9 +929,16 @@ async fn template_of(
         (Some(t), None, None) => {
             for (k, v) in t {
                 if let Some(text) = v.as_str() {
-                    livora_automation::template::check(text).map_err(|e| {
-                        ApiError::new(Code::InvalidDefinition, e)
-                            .with("path", format!("template.{k}"))
+                    livora_automation::template::check_sized(text).map_err(|e| {
+                        let code = match e {
+                            livora_automation::template::RenderError::TooLarge(_) => {
+                                Code::TemplateTooLarge
+                            }
+                            livora_automation::template::RenderError::Invalid(_) => {
+                                Code::InvalidDefinition
+                            }
+                        };
+                        ApiError::new(code, e.to_string()).with("path", format!("template.{k}"))
                     })?;
                 }
             }

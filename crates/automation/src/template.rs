@@ -59,6 +59,26 @@ thread_local! {
     static EMITTED: Cell<usize> = const { Cell::new(0) };
     /// Set when a limit stopped the render running on this thread.
     static OVER: Cell<bool> = const { Cell::new(false) };
+    /// Bytes of values the render running on this thread has built so far.
+    static BUILT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// At most this many bytes of values one render may build in all (what `+`, `*`, `~` and
+/// filters make, counted when made), so values kept alive at once (a macro's arguments down
+/// a recursion, say) stay bounded too.
+pub const MAX_BUILT: usize = 64 * MAX_VALUE;
+
+/// Counts `n` bytes built by the render running on this thread.
+fn charge(n: usize) -> Result<(), minijinja::Error> {
+    let total = BUILT.with(Cell::get).saturating_add(n);
+    BUILT.with(|b| b.set(total));
+    if total > MAX_BUILT {
+        Err(too_large(format!(
+            "it would build more than {MAX_BUILT} bytes of values, the most one render may"
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 fn too_large(what: String) -> minijinja::Error {
@@ -161,7 +181,9 @@ mod guard {
             let n = size(&a, MAX_VALUE + 1).saturating_add(size(&b, MAX_VALUE + 1));
             check_value("a + b", n)?;
         }
-        apply("a + b", a, b)
+        let out = apply("a + b", a, b)?;
+        charge(size(&out, MAX_VALUE + 1))?;
+        Ok(out)
     }
 
     pub fn mul(a: JValue, b: JValue) -> Result<JValue, minijinja::Error> {
@@ -171,12 +193,15 @@ mod guard {
         {
             check_value("a * b", size(s, MAX_VALUE + 1).saturating_mul(times))?;
         }
-        apply("a * b", a, b)
+        let out = apply("a * b", a, b)?;
+        charge(size(&out, MAX_VALUE + 1))?;
+        Ok(out)
     }
 
     pub fn concat(a: JValue, b: JValue) -> Result<JValue, minijinja::Error> {
         let n = printed(&a, MAX_VALUE + 1).saturating_add(printed(&b, MAX_VALUE + 1));
         check_value("a ~ b", n)?;
+        charge(n)?;
         Ok(JValue::from(format!("{a}{b}")))
     }
 }
@@ -316,7 +341,9 @@ fn guard_filters(env: &mut Environment<'static>) {
                 }
                 filter_precheck(name, &args)?;
                 let out = original.call(state, &args)?;
-                check_value(name, size(&out, MAX_VALUE + 1))?;
+                let n = size(&out, MAX_VALUE + 1);
+                check_value(name, n)?;
+                charge(n)?;
                 Ok(out)
             },
         );
@@ -363,7 +390,9 @@ fn check_constants(text: &str) -> Result<(), RenderError> {
             .map_err(|e| RenderError::Invalid(e.to_string()))?;
     let tree = serde_json::to_value(&ast).map_err(|e| RenderError::Invalid(e.to_string()))?;
     let mut total = 0usize;
+    BUILT.with(|b| b.set(0));
     let result = constant(&tree, &mut total);
+    BUILT.with(|b| b.set(0));
     OVER.with(|o| o.set(false));
     result
         .map(|_| ())
@@ -548,6 +577,7 @@ fn run(env: &Environment<'_>, name: &str, ctx: &Value) -> Result<String, RenderE
         .map(|(k, v)| (*k, guarded(v)))
         .collect();
     EMITTED.with(|e| e.set(0));
+    BUILT.with(|b| b.set(0));
     OVER.with(|o| o.set(false));
     let mut text = String::new();
     let result = minijinja::machinery::Vm::new(env).eval(
@@ -559,6 +589,7 @@ fn run(env: &Environment<'_>, name: &str, ctx: &Value) -> Result<String, RenderE
     );
     let result = result.map(|_| ()).map_err(fail);
     EMITTED.with(|e| e.set(0));
+    BUILT.with(|b| b.set(0));
     OVER.with(|o| o.set(false));
     result.map(|()| text)
 }
@@ -714,6 +745,11 @@ mod tests {
         if let (Some(a), Some(b)) = (before, peak_kib()) {
             assert!(b < a + 64 * 1024, "peak grew from {a} to {b} KiB");
         }
+        // (After the peak is read: this one builds its 64 MiB before it is refused.)
+        // Values kept alive at once down a recursion: what a render builds in all counts.
+        assert!(too_large(
+            r#"{% macro m(n, s) %}{% if n %}{{ m(n - 1, s ~ "x") }}{% endif %}{% endmacro %}{{ m(300, "x" * 1000000) }}"#
+        ));
         // Small constants fold as before.
         let ctx = context(&Person::default(), &json!({}));
         assert_eq!(

@@ -298,10 +298,36 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let kms = config.encryption(&env).await?.map(|(kms, _)| kms);
+    // The audit key's master key, never made here: a CLI run without the server's key
+    // settings must not make a `<data_dir>/master.key` (and an audit key under it that the
+    // server could not open); without one, a keyed log is refused as needing the key.
+    let local_key_missing = config.privacy.kms == "local"
+        && !env.contains_key("LIVORA_MASTER_KEY")
+        && config.privacy.master_key_file.is_none()
+        && !config.data_dir.join("master.key").exists();
+    let kms = if local_key_missing {
+        None
+    } else {
+        config.encryption(&env).await?.map(|(kms, _)| kms)
+    };
     if let AdminCommand::Audit { command } = command {
-        let audit = open_audit_log(config, kms.as_deref()).await?;
-        let (head, entries) = audit.read_verified().context("the audit log is broken")?;
+        // Read only: nothing is made (no log, no key) by reading.
+        let key_path = config.data_dir.join("audit.key");
+        let key = match (kms.as_deref(), key_path.exists()) {
+            (Some(kms), true) => Some(
+                livora_store::crypto::audit_key(kms, &key_path)
+                    .await
+                    .context("cannot read the audit key (<data_dir>/audit.key)")?
+                    .0,
+            ),
+            (None, true) => bail!(
+                "the audit log is keyed (<data_dir>/audit.key): run with the master key or KMS settings the server has"
+            ),
+            (_, false) => None,
+        };
+        let (head, entries) = audit::verify_with(&config.audit_path(), key.as_ref(), false)
+            .context("the audit log is broken")?;
+        let keyed = key.is_some();
         match command {
             AuditCommand::Verify {
                 json,
@@ -312,13 +338,13 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
                 }
                 print(
                     json,
-                    json!({"entries": head.entries, "head": head.hash, "keyed": audit.keyed(),
+                    json!({"entries": head.entries, "head": head.hash, "keyed": keyed,
                         "checked_head": exported.map(|h| h.to_string())}),
                     || {
                         format!(
                             "audit log ok: {} entries ({}), head {head}",
                             head.entries,
-                            if audit.keyed() { "keyed" } else { "unkeyed" }
+                            if keyed { "keyed" } else { "unkeyed" }
                         )
                     },
                 )

@@ -281,17 +281,21 @@ fn rehash_from(lines: &mut [String], from: usize) {
 #[test]
 fn a_keyed_audit_chain_finds_recomputed_edits_and_cut_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let t = create_tenant(dir.path());
+    // The operator's master key, outside the data directory.
+    let env = [("LIVORA_MASTER_KEY", "ab".repeat(32))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let t = common::create_tenant_env(dir.path(), &env);
     let admin = |args: &[&str]| {
         Command::new(BIN)
             .args(["admin", "--data-dir"])
             .arg(dir.path())
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .expect("run")
     };
     assert!(admin(&["key", "revoke", &t.write_key_id]).status.success());
-    let head = admin_json(dir.path(), &["audit", "verify"]);
+    let head = common::admin_json_env(dir.path(), &["audit", "verify"], &env);
     assert_eq!(
         (head["entries"].as_u64(), head["keyed"].as_bool()),
         (Some(4), Some(true)),
@@ -423,9 +427,11 @@ async fn the_first_owner_is_invited_from_the_cli_and_signs_in() {
     let users = admin_json(dir.path(), &["user", "list", "--tenant", &t.id]);
     assert_eq!(users[0]["role"], "owner");
     let head = admin_json(dir.path(), &["audit", "verify"]);
-    // tenant.create, 2 key.create, member.invite, member.join, auth.reset_issued,
-    // auth.password_reset, auth.login
-    assert_eq!(head["entries"], 8, "{head}");
+    // tenant.create, 2 key.create, member.invite (by the CLI before any master key: unkeyed),
+    // audit.keyed (the server's first start made the master key and the audit key),
+    // member.join, auth.reset_issued, auth.password_reset, auth.login
+    assert_eq!(head["entries"], 9, "{head}");
+    assert_eq!(head["keyed"], true, "{head}");
     let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).expect("audit");
     assert!(!text.contains("a long enough secret") && !text.contains(&token));
     let jwt_secret = dir.path().join("jwt.secret");

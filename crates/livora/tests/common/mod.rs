@@ -20,11 +20,18 @@ pub fn repo_root() -> PathBuf {
 
 /// Runs `livora admin --data-dir DIR ARGS… --json` and parses its output.
 pub fn admin_json(dir: &Path, args: &[&str]) -> Value {
+    admin_json_env(dir, args, &[])
+}
+
+/// [`admin_json`] with environment variables (the master key or KMS settings the server has:
+/// the CLI reads the audit key with them).
+pub fn admin_json_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
     let out = Command::new(BIN)
         .args(["admin", "--data-dir"])
         .arg(dir)
         .args(args)
         .arg("--json")
+        .envs(env.iter().copied())
         .output()
         .expect("run livora admin");
     assert!(
@@ -43,7 +50,12 @@ pub struct Tenant {
 }
 
 pub fn create_tenant(dir: &Path) -> Tenant {
-    let v = admin_json(dir, &["tenant", "create", "--name", "Test Shop"]);
+    create_tenant_env(dir, &[])
+}
+
+/// [`create_tenant`] with environment variables (see [`admin_json_env`]).
+pub fn create_tenant_env(dir: &Path, env: &[(&str, &str)]) -> Tenant {
+    let v = admin_json_env(dir, &["tenant", "create", "--name", "Test Shop"], env);
     Tenant {
         id: v["tenant"]["id"].as_str().expect("id").to_owned(),
         write_key: v["write_key"]["secret"].as_str().expect("write").to_owned(),
@@ -245,8 +257,9 @@ pub fn test_deps() -> PathBuf {
 /// plaintext; `livora admin encryption rotate-master` rewraps through KMS.
 pub async fn cloud_kms_round_trip(env: &[(&str, &str)], between_restarts: &dyn Fn()) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let t = create_tenant(dir.path());
     let http = reqwest::Client::new();
+    // The CLI has the server's KMS settings: it reads the audit key with them.
+    let t = create_tenant_env(dir.path(), env);
     for round in 0..2 {
         let server = Server::start_with(dir.path(), &[], env);
         if round == 0 {
@@ -297,5 +310,10 @@ pub async fn cloud_kms_round_trip(env: &[(&str, &str)], between_restarts: &dyn F
         String::from_utf8_lossy(&out.stderr)
     );
     // tenant.create, 2 key.create, 2 pii.view (the reads), encryption.rotate_master
-    assert_eq!(admin_json(dir.path(), &["audit", "verify"])["entries"], 6);
+    let head = admin_json_env(dir.path(), &["audit", "verify"], env);
+    assert_eq!(
+        (head["entries"].as_u64(), head["keyed"].as_bool()),
+        (Some(6), Some(true))
+    );
+    assert!(!dir.path().join("master.key").exists());
 }

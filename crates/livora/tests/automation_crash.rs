@@ -76,7 +76,7 @@ fn start(dir: &std::path::Path) -> Server {
 }
 
 async fn api(
-    http: &reqwest::Client,
+    http: &common::Http,
     server: &Server,
     key: &str,
     method: &str,
@@ -120,7 +120,7 @@ async fn no_message_is_lost_or_sent_twice_across_sigkills() {
     );
     let admin_key = admin["secret"].as_str().expect("admin key").to_owned();
     let (url, seen) = slow_provider().await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let mut server = start(dir.path());
 
     api(

@@ -378,7 +378,7 @@ async fn the_first_owner_is_invited_from_the_cli_and_signs_in() {
         .expect("token")
         .to_owned();
     let server = Server::start(dir.path());
-    let http = reqwest::Client::new();
+    let http = common::http();
     let post = |path: &str, body: serde_json::Value| {
         http.post(format!("{}{path}", server.url))
             .json(&body)
@@ -451,7 +451,7 @@ async fn revoked_key_is_refused_by_a_running_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = create_tenant(dir.path());
     let server = Server::start(dir.path());
-    let http = reqwest::Client::new();
+    let http = common::http();
     let send = || {
         http.post(format!("{}/v1/track", server.url))
             .basic_auth(&t.write_key, Some(""))
@@ -485,7 +485,7 @@ async fn config_file_then_environment_then_flags() {
         &["--config", file.to_str().expect("path")],
         &[("LIVORA__INGEST__MAX_BATCH_EVENTS", "5")],
     );
-    let http = reqwest::Client::new();
+    let http = common::http();
     let batch = |n: usize| {
         json!({"batch": (0..n).map(|i| json!({"type":"track","event":"e","userId":format!("u{i}")})).collect::<Vec<_>>()}).to_string()
     };
@@ -522,7 +522,7 @@ async fn sigterm_finishes_in_flight_batches_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = create_tenant(dir.path());
     let server = Server::start(dir.path());
-    let http = reqwest::Client::new();
+    let http = common::http();
     // Many concurrent batches; SIGTERM arrives while they are in flight.
     let mut sends = Vec::new();
     for b in 0..40 {
@@ -594,7 +594,7 @@ async fn demo_prints_keys_and_generates_events() {
         .split_whitespace()
         .collect();
     let (email, password) = (owner[1], owner[3]);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let events = loop {

@@ -37,10 +37,12 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         let (url, stop, acked) = (url.clone(), stop.clone(), acked.clone());
         let key = tenant.write_key.clone();
         clients.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("client");
+            let http = common::contract::client(
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .expect("client"),
+            );
             let mut seq = 0;
             while !stop.load(Ordering::Relaxed) {
                 let ids: Vec<String> = (0..EVENTS_PER_BATCH)
@@ -106,7 +108,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         "segments rolled: {report}"
     );
     let server = start();
-    let http = reqwest::Client::new();
+    let http = common::http();
     let stored = all_events(&http, &server.url, &tenant.secret_key).await;
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for e in &stored {

@@ -96,7 +96,7 @@ fn assert_nowhere(dir: &Path, needles: &[&str]) {
     }
 }
 
-async fn events(http: &reqwest::Client, url: &str, key: &str) -> Value {
+async fn events(http: &common::Http, url: &str, key: &str) -> Value {
     let resp = http
         .get(format!("{url}/api/v1/events?limit=1000"))
         .bearer_auth(key)
@@ -128,7 +128,7 @@ async fn personal_data_is_encrypted_at_rest_exported_and_crypto_shredded() {
     let flags = config(dir.path());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = Server::start_with(dir.path(), &flags, &env());
-    let http = reqwest::Client::new();
+    let http = common::http();
     let mut batch = person_events("u-ann", "a-ann", ANN, ANN_NESTED);
     batch.extend(person_events("u-bob", "a-bob", BOB, BOB_NESTED));
     let resp = http
@@ -275,7 +275,7 @@ async fn master_and_tenant_keys_rotate_while_data_stays_readable() {
     const NEW_KEY: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
     let dir = tempfile::tempdir().expect("tempdir");
     let t = create_tenant(dir.path());
-    let http = reqwest::Client::new();
+    let http = common::http();
     let send = |url: String, user: &'static str, email: &'static str| {
         let http = http.clone();
         let key = t.write_key.clone();

@@ -25,7 +25,7 @@ fn batch(days_ago: i64, n: usize, tag: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn count(http: &reqwest::Client, url: &str, key: &str) -> u64 {
+async fn count(http: &common::Http, url: &str, key: &str) -> u64 {
     let q = json!({
         "kind": "trends", "event": {"event": "Order Completed"}, "metric": {"kind": "count"},
         "interval": "month",
@@ -72,7 +72,7 @@ async fn retention_removes_older_events_everywhere_for_that_tenant_only() {
         ],
     );
     let server = Server::start_with(dir.path(), &[], &ENV);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let session: Value = http
         .post(format!("{}/api/v1/auth/accept-invitation", server.url))
         .json(&json!({"token": invite["invitation_token"], "password": "owner password 1"}))

@@ -72,7 +72,7 @@ async fn official_segment_sdks_are_read_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tenant = create_tenant(dir.path());
     let server = Server::start(dir.path());
-    let http = reqwest::Client::new();
+    let http = common::http();
 
     let (url, key) = (server.url.clone(), tenant.write_key.clone());
     let sent = tokio::task::spawn_blocking(move || {

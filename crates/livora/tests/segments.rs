@@ -30,7 +30,7 @@ fn events() -> Vec<Value> {
         .collect()
 }
 
-async fn send(http: &reqwest::Client, url: &str, write_key: &str, events: &[Value]) {
+async fn send(http: &common::Http, url: &str, write_key: &str, events: &[Value]) {
     let resp = http
         .post(format!("{url}/v1/batch"))
         .basic_auth(write_key, Some(""))
@@ -55,7 +55,7 @@ fn trends() -> Value {
     })
 }
 
-async fn query(http: &reqwest::Client, url: &str, secret: &str, body: &Value) -> Value {
+async fn query(http: &common::Http, url: &str, secret: &str, body: &Value) -> Value {
     let resp = http
         .post(format!("{url}/api/v1/query"))
         .bearer_auth(secret)
@@ -89,7 +89,7 @@ async fn sealed_segments_are_parquet_that_duckdb_reads_and_restarts_load_them() 
     let deps = test_deps();
     let dir = tempfile::tempdir().expect("tempdir");
     let tenant = create_tenant(dir.path());
-    let http = reqwest::Client::new();
+    let http = common::http();
     let server = Server::start_with(dir.path(), &[], &SEAL_FAST);
     let sent = events();
     send(&http, &server.url, &tenant.write_key, &sent).await;
@@ -265,7 +265,7 @@ async fn segments_go_to_s3_and_come_back_after_a_restart() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let tenant = create_tenant(dir.path());
-    let http = reqwest::Client::new();
+    let http = common::http();
     let mut env: Vec<(&str, &str)> = SEAL_FAST.to_vec();
     env.extend([
         (
@@ -390,7 +390,7 @@ async fn demo_generate_fills_a_tenant_and_writes_the_same_events_as_parquet() {
     assert_eq!(summary["tenant"], json!(tenant.id));
 
     // The server sees the generated orders and revenue.
-    let http = reqwest::Client::new();
+    let http = common::http();
     let server = Server::start(dir.path());
     let q = json!({"kind": "commerce", "from": summary["from"], "to": summary["to"], "interval": "month"});
     let deadline = Instant::now() + Duration::from_secs(30);

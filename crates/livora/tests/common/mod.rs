@@ -10,6 +10,17 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_livora");
 
+/// The server crate's contract check: every response is checked against the OpenAPI document.
+#[path = "../../../server/tests/api/contract.rs"]
+pub mod contract;
+
+pub use contract::Http;
+
+/// An HTTP client whose responses are checked against the OpenAPI document.
+pub fn http() -> Http {
+    contract::client(reqwest::Client::new())
+}
+
 /// The repository root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -184,7 +195,7 @@ mod probe {
 }
 
 /// Every stored event of the tenant (newest first), following cursors.
-pub async fn all_events(http: &reqwest::Client, url: &str, secret: &str) -> Vec<Value> {
+pub async fn all_events(http: &Http, url: &str, secret: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -257,7 +268,7 @@ pub fn test_deps() -> PathBuf {
 /// plaintext; `livora admin encryption rotate-master` rewraps through KMS.
 pub async fn cloud_kms_round_trip(env: &[(&str, &str)], between_restarts: &dyn Fn()) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let http = reqwest::Client::new();
+    let http = http();
     // The CLI has the server's KMS settings: it reads the audit key with them.
     let t = create_tenant_env(dir.path(), env);
     for round in 0..2 {

@@ -2,6 +2,7 @@
 
 mod access;
 mod contract;
+mod contract_tests;
 mod dashboard;
 mod helpers;
 mod ingest;

@@ -634,6 +634,10 @@ mod tests {
                 ),
                 ("LIVORA__PRIVACY__PII_TRAITS", "tax_id, passport ,"),
                 (
+                    "LIVORA__PRIVACY__PII_PATHS",
+                    r#"["properties.customer.tax_id"]"#,
+                ),
+                (
                     "LIVORA__PRIVACY__PREVIOUS_MASTER_KEY_FILES",
                     "/k/one,/k/two",
                 ),
@@ -646,6 +650,7 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert_eq!(c.privacy.pii_traits, ["tax_id", "passport"]);
+        assert_eq!(c.privacy.pii_paths, ["properties.customer.tax_id"]);
         assert_eq!(
             c.privacy.previous_master_key_files,
             [PathBuf::from("/k/one"), PathBuf::from("/k/two")]

@@ -268,9 +268,9 @@ pub fn test_deps() -> PathBuf {
 /// plaintext; `livora admin encryption rotate-master` rewraps through KMS.
 pub async fn cloud_kms_round_trip(env: &[(&str, &str)], between_restarts: &dyn Fn()) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let http = http();
     // The CLI has the server's KMS settings: it reads the audit key with them.
     let t = create_tenant_env(dir.path(), env);
+    let http = http();
     for round in 0..2 {
         let server = Server::start_with(dir.path(), &[], env);
         if round == 0 {

@@ -1199,7 +1199,7 @@ export interface paths {
         };
         /**
          * The outbox
-         * @description Messages decided by journeys, newest first; `status=dead` lists the dead letters, each with its reason.
+         * @description Messages decided by journeys, newest first, a page at a time: while there are more, `next_cursor` is set; pass it as `cursor` for the next page. `status=dead` lists the dead letters, each with its reason and every attempt's error; `workflow` keeps one workflow's messages.
          */
         get: operations["listMessages"];
         put?: never;
@@ -2480,6 +2480,7 @@ export interface components {
             category?: "marketing" | "transactional";
             /** @enum {string} */
             status?: "pending" | "sent" | "blocked" | "dead";
+            /** @description Calls made to providers (recorded before each call, so a call cut short by a stop of the node counts). */
             attempts?: number;
             /** Format: date-time */
             due_at?: string;
@@ -2492,6 +2493,19 @@ export interface components {
             provider?: string | null;
             /** @description The provider's id for the message; for a webhook, the origin it was delivered to (`https://backup.example`: the primary's, or a secondary's own `url`). */
             provider_id?: string | null;
+            /** @description Every attempt that did not get through, oldest first (a dead letter keeps them all). */
+            errors?: {
+                /** @description Which attempt (1 for the first call). */
+                attempt: number;
+                /** Format: date-time */
+                at: string;
+                provider: string;
+                /** @description Whether the channel's secondary provider was called. */
+                secondary: boolean;
+                /** @description Whether trying the same provider again could not help (a 4xx, a bad address). */
+                permanent: boolean;
+                error: string;
+            }[];
             to?: string | null;
             content?: Record<string, never> | null;
         };
@@ -6711,7 +6725,12 @@ export interface operations {
         parameters: {
             query?: {
                 status?: "pending" | "sent" | "blocked" | "dead";
+                /** @description Only this workflow's messages. */
+                workflow?: string;
+                /** @description Messages per page (default 100). */
                 limit?: number;
+                /** @description The `next_cursor` of the page before. */
+                cursor?: string;
             };
             header?: never;
             path?: never;
@@ -6726,7 +6745,9 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        messages?: components["schemas"]["OutboxMessage"][];
+                        messages: components["schemas"]["OutboxMessage"][];
+                        /** @description The cursor of the next page; null on the last page. */
+                        next_cursor: string | null;
                     };
                 };
             };

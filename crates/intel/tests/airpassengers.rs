@@ -3,6 +3,8 @@
 //! AutoETS trend, on the series and on its logarithm) and statsmodels' `ExponentialSmoothing`
 //! (installed from PyPI by `scripts/test-deps.sh`, run here in its Python).
 
+mod common;
+
 use livora_intel::forecast::{HoltWinters, Seasonality, mape, seasonal_naive};
 
 fn series() -> Vec<f64> {
@@ -67,25 +69,6 @@ fn mstl_mape(train: &[f64], test: &[f64], log: bool) -> f64 {
     mape(test, &p).expect("nonzero")
 }
 
-/// The Python of `scripts/test-deps.sh` (installed idempotently first).
-fn python() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let deps = std::env::var("LIVORA_TEST_DEPS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join(".cache/test-deps"));
-    let out = std::process::Command::new(root.join("scripts/test-deps.sh"))
-        .env("LIVORA_TEST_DEPS", &deps)
-        .output()
-        .expect("run scripts/test-deps.sh");
-    assert!(
-        out.status.success(),
-        "installing the test dependencies (statsmodels) failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    deps.join("venv/bin/python")
-}
-
 /// The same four forms fitted by statsmodels and by us, on the same 132 months. Least
 /// squares of the one-step errors within the same bounds is the objective of both: ours
 /// must reach an in-sample fit at least as good as statsmodels' (damped forms: within 5 %,
@@ -95,7 +78,7 @@ fn python() -> std::path::PathBuf {
 fn fits_at_least_as_well_as_statsmodels_holt_winters() {
     let y = series();
     let (train, test) = y.split_at(132);
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(common::python("statsmodels"))
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/statsmodels_holt_winters.py"

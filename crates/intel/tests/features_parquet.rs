@@ -4,28 +4,11 @@
 //! name (`p_alive` was both a churn feature and a score) is renamed by DuckDB and refused by
 //! pandas' own readers.
 
+mod common;
+
 use livora_intel::export::features_parquet;
 use livora_intel::history::{Histories, PersonHistory};
 use livora_intel::train::{self, Scores};
-
-/// The Python of `scripts/test-deps.sh` (installed idempotently first).
-fn python() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let deps = std::env::var("LIVORA_TEST_DEPS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join(".cache/test-deps"));
-    let out = std::process::Command::new(root.join("scripts/test-deps.sh"))
-        .env("LIVORA_TEST_DEPS", &deps)
-        .output()
-        .expect("run scripts/test-deps.sh");
-    assert!(
-        out.status.success(),
-        "installing the test dependencies (duckdb, pandas) failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    deps.join("venv/bin/python")
-}
 
 const READ: &str = r#"
 import json, sys, duckdb
@@ -76,7 +59,7 @@ fn duckdb_and_pandas_read_every_column_by_its_own_name() {
             .unwrap_or(0)
     ));
     std::fs::write(&path, &bytes).expect("write the file");
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(common::python("duckdb, pandas"))
         .arg("-c")
         .arg(READ)
         .arg(&path)

@@ -1272,10 +1272,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Audit targets sealed for a person read back until the person is erased, then never;
-    /// the audit key is wrapped by the KMS, read back, and rewrapped.
-    #[tokio::test]
-    async fn sealed_audit_targets_die_with_the_subject_and_the_audit_key_is_wrapped() {
+    /// An in-memory store with one tenant.
+    async fn store_with_tenant() -> (Arc<dyn MetadataStore>, TenantId) {
         let store: Arc<dyn MetadataStore> =
             Arc::new(crate::SqliteStore::in_memory().await.expect("store"));
         let tenant = store
@@ -1287,6 +1285,14 @@ mod tests {
             .await
             .expect("tenant")
             .id;
+        (store, tenant)
+    }
+
+    /// Audit targets sealed for a person read back until the person is erased, then never;
+    /// the audit key is wrapped by the KMS, read back, and rewrapped.
+    #[tokio::test]
+    async fn sealed_audit_targets_die_with_the_subject_and_the_audit_key_is_wrapped() {
+        let (store, tenant) = store_with_tenant().await;
         let kms: Arc<dyn Kms> = Arc::new(LocalKms::new(&[9u8; 32], &[]).expect("kms"));
         let ring = Arc::new(Keyring::new(store.clone(), kms.clone()));
         let subject = "u:ann@example.com";
@@ -1371,17 +1377,7 @@ mod tests {
     /// subject, and every key they return is durable: a fresh keyring (a restart) reads it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_new_subjects_get_one_durable_key_each() {
-        let store: Arc<dyn MetadataStore> =
-            Arc::new(crate::SqliteStore::in_memory().await.expect("store"));
-        let tenant = store
-            .create_tenant(crate::NewTenant {
-                name: "t".into(),
-                time_zone: "UTC".into(),
-                currency: livora_model::Currency::parse("USD").expect("usd"),
-            })
-            .await
-            .expect("tenant")
-            .id;
+        let (store, tenant) = store_with_tenant().await;
         let kms: Arc<dyn Kms> = Arc::new(LocalKms::new(&[9u8; 32], &[]).expect("kms"));
         let ring = Arc::new(Keyring::new(store.clone(), kms.clone()));
         let mut tasks = Vec::new();
@@ -1482,17 +1478,7 @@ mod tests {
     /// the subject's key is destroyed.
     #[tokio::test]
     async fn nested_paths_encrypt_decrypt_and_shred() {
-        let store: Arc<dyn MetadataStore> =
-            Arc::new(crate::SqliteStore::in_memory().await.expect("store"));
-        let tenant = store
-            .create_tenant(crate::NewTenant {
-                name: "t".into(),
-                time_zone: "UTC".into(),
-                currency: livora_model::Currency::parse("USD").expect("usd"),
-            })
-            .await
-            .expect("tenant")
-            .id;
+        let (store, tenant) = store_with_tenant().await;
         let kms: Arc<dyn Kms> = Arc::new(LocalKms::new(&[3u8; 32], &[]).expect("kms"));
         let ring = Arc::new(Keyring::new(store, kms));
         let key = ring

@@ -169,6 +169,20 @@ async fn tokens(
 }
 
 /// The lock after `failures` failed sign-ins in a row.
+/// Counts a failed sign-in against each of `accounts`, locking those past the limit.
+async fn count_failed_sign_in(
+    state: &AppState,
+    accounts: &[(User, String)],
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    for (u, _) in accounts {
+        let failures = state.store.bump_login_failures(&u.id).await?;
+        let lock = next_lock(state, failures, now);
+        state.store.set_login_lock(&u.id, &lock).await?;
+    }
+    Ok(())
+}
+
 fn next_lock(state: &AppState, failures: u32, now: DateTime<Utc>) -> LoginLock {
     let o = &state.auth;
     let locked_until = (failures >= o.lockout_after.max(1)).then(|| {
@@ -479,18 +493,18 @@ pub async fn accept_invitation(
         Some((user, _)) => user.clone(),
         // The inviting tenant's account of the address has its password already (a second
         // invitation from the same tenant): only that password joins it.
-        None if invited.active => return Err(bad_credentials()),
+        // A wrong password here is a failed sign-in of each account of the address: the
+        // token stays usable, so without it guesses would be free (a tenant that removed and
+        // re-invited an address it had accepted for itself could try the real owner's).
+        None if invited.active => {
+            count_failed_sign_in(&state, &existing, now).await?;
+            return Err(bad_credentials());
+        }
         None => {
             if let Err(weak) =
                 accounts::check_password_policy(&pw, &[&invited.email, &invited.name])
             {
-                // The token stays usable, so this refusal counts as a failed sign-in of the
-                // address's accounts: their password cannot be guessed here for free.
-                for (u, _) in &existing {
-                    let failures = state.store.bump_login_failures(&u.id).await?;
-                    let lock = next_lock(&state, failures, now);
-                    state.store.set_login_lock(&u.id, &lock).await?;
-                }
+                count_failed_sign_in(&state, &existing, now).await?;
                 return Err(weak.into());
             }
             invited.clone()

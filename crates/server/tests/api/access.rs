@@ -1139,6 +1139,50 @@ async fn an_invitation_elsewhere_cannot_claim_the_address() {
         2,
         "the squatter's and the real person's"
     );
+    // A's owner removes their own account of the address from A and invites it again: the
+    // invitation leads to that account, which has a password already, so accepting it is a
+    // sign-in of the address's accounts, and wrong guesses of the real person's password
+    // lock them as a sign-in would.
+    let squat_id = squat["user"]["id"].as_str().expect("id");
+    let path = format!("/api/v1/members/{squat_id}");
+    let (status, removed) = send(&app, "DELETE", &path, Some(&owner_a), None).await;
+    assert_eq!(status, 204, "{removed}");
+    let (status, inv_a2) = send(
+        &app,
+        "POST",
+        "/api/v1/members",
+        Some(&owner_a),
+        Some(json!({"email": "newhire@x.test", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{inv_a2}");
+    let limit = AuthOptions::default().lockout_after;
+    for i in 0..limit {
+        let guess = format!("guessed passphrase number {i}");
+        let (status, wrong) = send(
+            &app,
+            "POST",
+            "/api/v1/auth/accept-invitation",
+            None,
+            Some(accept(&inv_a2, &guess)),
+        )
+        .await;
+        assert_eq!(status, 401, "{wrong}");
+    }
+    let (status, locked) = send(
+        &app,
+        "POST",
+        "/api/v1/auth/accept-invitation",
+        None,
+        Some(accept(&inv_a2, REAL)),
+    )
+    .await;
+    assert_eq!(
+        (status, locked["code"].as_str()),
+        (429, Some("account_locked")),
+        "guessing through an invitation locks the accounts: {locked}"
+    );
+    assert_eq!(login(&app, "newhire@x.test", REAL, None).await.0, 429);
     app.stop().await;
 }
 

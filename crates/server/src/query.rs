@@ -11,6 +11,7 @@ use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use livora_analytics::QueryResult;
 use livora_columnar::Table;
+use livora_model::segment::ValueRef;
 use livora_store::Permission;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -60,6 +61,11 @@ pub async fn run(
     {
         *from = serde_json::Value::String(cutoff.to_rfc3339());
     }
+    // Breaking down by a personal trait or property shows its values, and comparing one
+    // (`email gt "m"`, …) rebuilds them from counts: both need `pii.view`, as in segments.
+    crate::privacy::guard_values(&state, &principal, "query", |visit| {
+        visit_properties(&value, "query", visit)
+    })?;
     let query: livora_analytics::Query = serde_json::from_value(value)
         .map_err(|e| ApiError::new(Code::InvalidQuery, format!("invalid query: {e}")))?;
     // Aggregates need `analytics.read` (the route's permission); naming persons is personal
@@ -87,6 +93,48 @@ pub async fn run(
     .map_err(|e| ApiError::internal(&e))?
     .map_err(|e| ApiError::new(Code::InvalidQuery, e.to_string()))?;
     Ok(Json(Answer { result, log_offset }))
+}
+
+/// Every property a query names (its filters and breakdowns: the objects with a `property`),
+/// as a trait (`"source": "person"`) or an event property, at its path; a dotted name is
+/// also given by its first part. Filters that only ask whether it is set are left out, as
+/// `exists` is in segments.
+fn visit_properties(v: &serde_json::Value, path: &str, f: &mut dyn FnMut(&str, ValueRef<'_>)) {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            let presence = matches!(
+                o.get("op").and_then(Value::as_str),
+                Some("is_set" | "is_not_set")
+            );
+            if let Some(name) = o.get("property").and_then(Value::as_str)
+                && !presence
+            {
+                let at = format!("{path}.property");
+                let person = o.get("source").and_then(Value::as_str) == Some("person");
+                let head = name.split_once('.').map(|(head, _)| head);
+                for n in std::iter::once(name).chain(head) {
+                    f(
+                        &at,
+                        if person {
+                            ValueRef::Trait(n)
+                        } else {
+                            ValueRef::Property(n)
+                        },
+                    );
+                }
+            }
+            for (k, child) in o {
+                visit_properties(child, &format!("{path}.{k}"), f);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                visit_properties(child, &format!("{path}[{i}]"), f);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[derive(Deserialize)]

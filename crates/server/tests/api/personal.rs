@@ -238,4 +238,72 @@ async fn an_analyst_cannot_compare_personal_traits() {
     )
     .await;
     assert_eq!((s, v["count"].as_u64()), (200, Some(1)), "{v}");
+
+    // Analytics queries: a breakdown by a personal trait shows its values and a comparison
+    // (`gt`, …) rebuilds them from counts, so both are refused; a non-personal breakdown
+    // and an `is_set` filter stay open.
+    let range = json!({"from": "2026-10-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"});
+    let trends = |event: Value, breakdown: Value| {
+        let mut q = json!({"kind": "trends", "interval": "day", "event": event,
+            "metric": {"kind": "count"}, "breakdown": breakdown});
+        q["from"] = range["from"].clone();
+        q["to"] = range["to"].clone();
+        q
+    };
+    let orders = json!({"event": "Order Completed"});
+    refused(
+        as_staff(
+            &app,
+            &analyst,
+            "POST",
+            "/api/v1/query",
+            trends(
+                orders.clone(),
+                json!({"property": "email", "source": "person"}),
+            ),
+        )
+        .await,
+        "email",
+        "query.breakdown.property",
+    );
+    let email_after_m = json!({"event": "Order Completed", "filters": [
+        {"property": "email", "op": "gt", "value": "m"}]});
+    refused(
+        as_staff(
+            &app,
+            &analyst,
+            "POST",
+            "/api/v1/query",
+            trends(
+                email_after_m,
+                json!({"property": "plan", "source": "person"}),
+            ),
+        )
+        .await,
+        "email",
+        "query.event.filters[0].property",
+    );
+    let email_set = json!({"event": "Order Completed", "filters": [
+        {"property": "email", "op": "is_set"}]});
+    let (s, v) = as_staff(
+        &app,
+        &analyst,
+        "POST",
+        "/api/v1/query",
+        trends(email_set, json!({"property": "plan", "source": "person"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // The admin key (pii.view) may break down by email.
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/query",
+        Some(trends(
+            orders,
+            json!({"property": "email", "source": "person"}),
+        )),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
 }

@@ -1087,7 +1087,7 @@ pub async fn predictions(
         .and_then(|i| models.scores.get(i))
         .cloned()
         .unwrap_or_default();
-    let mut e = entry(&principal, "pii.view", Some(id.clone()));
+    let mut e = entry(&principal, "pii.view", Some(person.to_string()));
     e.after = Some(json!({"route": "GET /api/v1/people/{id}/predictions"}));
     state.audit(e).await?;
     Ok(Json(json!({

@@ -132,7 +132,9 @@ fn public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xff00) == 0xff00 // multicast
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only
-        || (s[0] == 0x2001 && s[1] < 0x0200)) // IETF protocol assignments, Teredo
+        || (s[0] == 0x2001 && s[1] < 0x0200) // IETF protocol assignments, Teredo
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 (RFC 8215)
+        || (s[0..4] == [0; 4] && s[4] == 0xffff && s[5] == 0)) // IPv4-translated (RFC 2765)
 }
 
 #[cfg(test)]
@@ -169,6 +171,8 @@ mod tests {
             "fe80::1",
             "ff02::1",
             "2001:db8::1",
+            "64:ff9b:1::a9fe:a9fe",
+            "::ffff:0:7f00:1",
         ] {
             assert!(!is_public(ip(internal)), "{internal}");
             assert!(!Egress::default().allows_ip(ip(internal)), "{internal}");

@@ -44,6 +44,14 @@ impl reqwest::dns::Resolve for Guarded {
     }
 }
 
+/// The one HTTP client of every provider: no redirects, no proxy from the environment, and
+/// the guarded resolver.
+///
+/// # Panics
+///
+/// If reqwest cannot build it (its TLS backend failed to start). Falling back to a default
+/// client would drop the guards, so a broken TLS backend stops the provider's construction
+/// instead.
 pub(crate) fn client(egress: &Arc<Egress>) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
@@ -52,7 +60,7 @@ pub(crate) fn client(egress: &Arc<Egress>) -> reqwest::Client {
         .no_proxy()
         .dns_resolver(Arc::new(Guarded(egress.clone())))
         .build()
-        .unwrap_or_default()
+        .expect("reqwest builds a client with rustls; without it no guarded client exists")
 }
 
 /// Checks a URL before it is called: `http` or `https`, and an address in it (names are

@@ -165,6 +165,26 @@ pub struct Sender {
     tracker: Option<Arc<Tracker>>,
 }
 
+/// A message being sent: when its call ends, even by a panic in a provider, the message is
+/// no longer in flight (so a panic cannot keep it from being picked up again) and the
+/// sending loop is woken.
+struct Flying {
+    sender: Arc<Sender>,
+    key: String,
+}
+
+impl Drop for Flying {
+    fn drop(&mut self) {
+        metrics::gauge!("livora_outbox_in_flight_messages").decrement(1.0);
+        self.sender
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+        self.sender.freed.notify_one();
+    }
+}
+
 /// How long WhatsApp lets a business answer with free text after the person wrote.
 const WHATSAPP_SESSION: chrono::Duration = chrono::Duration::hours(24);
 
@@ -581,17 +601,15 @@ impl Sender {
 
     /// Makes one call (holding its slots) and writes its outcome at once.
     async fn call(self: Arc<Self>, c: Call, permits: Vec<OwnedSemaphorePermit>) {
-        let key = c.row.key.clone();
+        let flying = Flying {
+            sender: self.clone(),
+            key: c.row.key.clone(),
+        };
         metrics::gauge!("livora_outbox_in_flight_messages").increment(1.0);
         let row = self.attempt(c).await;
-        metrics::gauge!("livora_outbox_in_flight_messages").decrement(1.0);
         drop(permits);
         self.record(row).await;
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        self.freed.notify_one();
+        drop(flying);
     }
 
     /// Writes finished rows: this one, and any others that finished meanwhile (one

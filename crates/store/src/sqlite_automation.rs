@@ -563,7 +563,7 @@ impl AutomationStore for SqliteStore {
                 ") UPDATE outbox SET status = v.status, attempts = v.attempts, due_at = v.due_at,
                     updated_at = v.updated_at, reason = v.reason, provider = v.provider,
                     provider_id = v.provider_id, errors = v.errors
-                 FROM v WHERE outbox.key = v.key",
+                 FROM v WHERE outbox.key = v.key AND outbox.person <> 'erased'",
             );
             q.build().execute(&mut *tx).await?;
         }
@@ -791,7 +791,9 @@ impl AutomationStore for SqliteStore {
             let sql = format!(
                 "UPDATE outbox SET person = 'erased',
                     status = CASE status WHEN 'pending' THEN 'blocked' ELSE status END,
-                    reason = CASE status WHEN 'pending' THEN 'the person was erased' ELSE reason END,
+                    reason = CASE WHEN status = 'pending' OR reason IS NOT NULL
+                        THEN 'the person was erased' END,
+                    errors = '[]',
                     message = json_set(message, '$.person', 'erased', '$.to', NULL,
                         '$.content', json('{{}}'), '$.time_zone', NULL)
                  WHERE tenant_id = ? AND person IN ({marks})"
@@ -971,6 +973,58 @@ mod tests {
             .collect();
         assert_eq!(counts.get(&OutboxStatus::Dead), Some(&1));
         assert_eq!(counts.get(&OutboxStatus::Pending), Some(&5));
+    }
+
+    /// Erasure leaves no provider text that may quote the person (an SMTP 550 names the
+    /// address), and a send still in flight when the person was erased does not write the
+    /// row back.
+    #[tokio::test]
+    async fn erasure_clears_attempt_errors_and_outlives_sends_in_flight() {
+        let (store, t) = SqliteStore::with_tenant().await;
+        let now = Utc::now();
+        let mut dead = message(t, "dead", now);
+        dead.status = OutboxStatus::Dead;
+        dead.attempts = 1;
+        dead.reason = Some("550 no such user ada@example.com".into());
+        dead.errors = vec![AttemptError {
+            attempt: 1,
+            at: now,
+            provider: "smtp".into(),
+            secondary: false,
+            permanent: true,
+            error: "550 no such user ada@example.com".into(),
+        }];
+        let flying = message(t, "flying", now);
+        store
+            .commit(AutomationCommit {
+                messages: vec![dead, flying.clone()],
+                ..AutomationCommit::default()
+            })
+            .await
+            .expect("commit");
+        store
+            .erase_automation(t, &["u:ada".to_owned()])
+            .await
+            .expect("erase");
+        let back = store.message(t, "dead").await.expect("read").expect("row");
+        assert!(back.errors.is_empty(), "{:?}", back.errors);
+        assert_eq!(back.reason.as_deref(), Some("the person was erased"));
+        // The send that was in flight returns and marks its row: the erasure stands.
+        let mut sent = flying;
+        sent.status = OutboxStatus::Sent;
+        sent.attempts = 1;
+        sent.reason = Some("to ada@example.com".into());
+        store.update_messages(&[sent]).await.expect("update");
+        let back = store
+            .message(t, "flying")
+            .await
+            .expect("read")
+            .expect("row");
+        assert_eq!(
+            (back.status, back.person.as_str()),
+            (OutboxStatus::Blocked, "erased")
+        );
+        assert_eq!(back.reason.as_deref(), Some("the person was erased"));
     }
 
     #[tokio::test]

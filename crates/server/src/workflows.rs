@@ -965,7 +965,19 @@ async fn template_of(
     }
 }
 
-fn rendered(
+/// The template rendered for `person`, on a blocking thread: a render may take its whole fuel
+/// and size budget, which must not hold up the runtime's workers.
+async fn rendered(
+    template: serde_json::Map<String, Value>,
+    person: livora_automation::Person,
+    event: Option<Value>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    tokio::task::spawn_blocking(move || render_now(&template, &person, event.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+}
+
+fn render_now(
     template: &serde_json::Map<String, Value>,
     person: &livora_automation::Person,
     event: Option<&Value>,
@@ -993,8 +1005,9 @@ pub async fn preview(
     let b = body(b)?;
     let template = template_of(&state, &p, &b).await?;
     let person = person_for(&state, &p, &b.person)?;
-    let content = rendered(&template, &person, b.event.as_ref())?;
-    Ok(Json(json!({"person": person.key(), "content": content})))
+    let key = person.key().to_owned();
+    let content = rendered(template, person, b.event).await?;
+    Ok(Json(json!({"person": key, "content": content})))
 }
 
 #[derive(Deserialize)]
@@ -1023,7 +1036,7 @@ pub async fn test_send(
     }
     let template = template_of(&state, &p, &b.preview).await?;
     let person = person_for(&state, &p, &b.preview.person)?;
-    let mut content = rendered(&template, &person, b.preview.event.as_ref())?;
+    let mut content = rendered(template, person.clone(), b.preview.event.clone()).await?;
     // No tracking: a test is not a message of a workflow.
     for v in content.values_mut() {
         if let Value::String(s) = v {

@@ -146,7 +146,13 @@ fn no_unchecked_clients() {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("read");
-        for (at, _) in text.match_indices("reqwest::Client::") {
+        let uses = [
+            "reqwest::Client::",
+            "reqwest::ClientBuilder",
+            "reqwest::get(",
+        ];
+        let found = uses.iter().flat_map(|u| text.match_indices(u));
+        for (at, _) in found {
             let mut start = at.saturating_sub(120);
             while !text.is_char_boundary(start) {
                 start -= 1;

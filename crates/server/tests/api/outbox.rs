@@ -116,7 +116,10 @@ async fn messages_page_by_cursor_filter_by_workflow_and_metrics_describe_the_out
     assert_eq!((status, v["path"].as_str()), (400, Some("cursor")), "{v}");
 
     // The outbox on /metrics, described.
-    let text = reqwest::get(format!("{}/metrics", app.url))
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
         .await
         .expect("metrics")
         .text()

@@ -80,6 +80,15 @@ pub enum AuditCommand {
         #[arg(long, value_name = "SEQ:HASH", value_parser = parse_head)]
         head: Option<audit::Head>,
     },
+    /// Key an existing unkeyed log once (a log from before keying, or encryption at rest
+    /// turned on for an existing data directory): makes `<data_dir>/audit.key` under the
+    /// master key or KMS and appends an `audit.keyed` entry. The server keys an empty log by
+    /// itself, but never a non-empty one: a deleted key must not pass for an upgrade.
+    Key {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print every entry, as JSON lines or (`--csv`) as CSV for auditors.
     Export {
         /// CSV for auditors instead of JSON lines.
@@ -236,25 +245,82 @@ fn parse_head(s: &str) -> Result<audit::Head, String> {
 }
 
 /// Opens the audit log keyed as the server keys it: under the audit key wrapped by the
-/// master key or KMS (`<data_dir>/audit.key`, made on first use), or unkeyed when encryption
-/// at rest is off.
+/// master key or KMS (`<data_dir>/audit.key`), or unkeyed when encryption at rest is off.
+///
+/// A key is made here only for an empty log, or when `master_made` (the server has just made
+/// the local master key, so nothing was keyed before: a log written by the CLI before the first
+/// start is adopted). A non-empty log without a key is otherwise refused: it is either from
+/// before keying, which `livora admin audit key` adopts once on the operator's word, or its
+/// key was deleted and the log rewritten without it, which must not pass unnoticed.
 pub async fn open_audit_log(
     config: &Config,
     kms: Option<&dyn livora_store::crypto::Kms>,
+    master_made: bool,
 ) -> anyhow::Result<AuditLog> {
     let path = config.audit_path();
-    let (key, new_key) = match kms {
-        Some(kms) => {
-            let (key, new) =
-                livora_store::crypto::audit_key(kms, &config.data_dir.join("audit.key"))
-                    .await
-                    .context("cannot read or make the audit key (<data_dir>/audit.key)")?;
-            (Some(key), new)
-        }
-        None => (None, false),
+    let broken = "the audit log is broken; see `livora admin audit verify`";
+    let Some(kms) = kms else {
+        return AuditLog::open(&path).context(broken);
     };
-    AuditLog::open_keyed(&path, key, new_key)
-        .context("the audit log is broken; see `livora admin audit verify`")
+    let key_path = config.data_dir.join("audit.key");
+    if let Some(key) = livora_store::crypto::read_audit_key(kms, &key_path)
+        .await
+        .context("cannot read the audit key (<data_dir>/audit.key)")?
+    {
+        return AuditLog::open_keyed(&path, Some(key), false).context(broken);
+    }
+    let (head, _) = audit::verify(&path).context(
+        "the audit key (<data_dir>/audit.key) is missing and the audit log does not verify without it",
+    )?;
+    if head.entries > 0 && !master_made {
+        bail!(
+            "the audit log ({}) has {} unkeyed entries and there is no audit key \
+             (<data_dir>/audit.key). If the log was written before keying (an upgrade, or \
+             encryption at rest turned on for an existing data directory), run \
+             `livora admin audit key` once to key it from here on. If the key was deleted, \
+             the log may have been rewritten without it: keep a copy and compare it with a \
+             head kept elsewhere (`livora admin audit verify --head`).",
+            path.display(),
+            head.entries
+        );
+    }
+    let key = livora_store::crypto::make_audit_key(kms, &key_path)
+        .await
+        .context("cannot make the audit key (<data_dir>/audit.key)")?;
+    AuditLog::open_keyed(&path, Some(key), true).context(broken)
+}
+
+/// `livora admin audit key`: keys an unkeyed, non-empty log once, on the operator's word
+/// (an upgrade from before keying, or encryption at rest turned on later). The log must
+/// verify as unkeyed and there must be no key yet; the `audit.keyed` entry it appends records
+/// how many unkeyed entries came before and that the CLI keyed it.
+async fn key_audit_log(
+    config: &Config,
+    kms: Option<&dyn livora_store::crypto::Kms>,
+) -> anyhow::Result<serde_json::Value> {
+    let Some(kms) = kms else {
+        bail!(
+            "keying the audit log needs the master key or KMS the server has (encryption at rest on, and its `[privacy]` settings)"
+        );
+    };
+    let key_path = config.data_dir.join("audit.key");
+    if key_path.exists() {
+        bail!("the audit log is keyed already (<data_dir>/audit.key exists)");
+    }
+    let path = config.audit_path();
+    let (head, _) = audit::verify(&path)
+        .context("the audit log does not verify as an unkeyed log; it is not keyed")?;
+    let key = livora_store::crypto::make_audit_key(kms, &key_path)
+        .await
+        .context("cannot make the audit key (<data_dir>/audit.key)")?;
+    let log = AuditLog::open_keyed(&path, Some(key), true)
+        .context("the audit log is broken; see `livora admin audit verify`")?;
+    let (head_now, _) = log.read_verified()?;
+    Ok(json!({
+        "unkeyed_entries": head.entries,
+        "entries": head_now.entries,
+        "head": head_now.hash,
+    }))
 }
 
 fn tenant_id(s: &str) -> anyhow::Result<TenantId> {
@@ -301,25 +367,33 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
     // The audit key's master key, never made here: a CLI run without the server's key
     // settings must not make a `<data_dir>/master.key` (and an audit key under it that the
     // server could not open); without one, a keyed log is refused as needing the key.
-    let local_key_missing = config.privacy.kms == "local"
-        && !env.contains_key("LIVORA_MASTER_KEY")
-        && config.privacy.master_key_file.is_none()
-        && !config.data_dir.join("master.key").exists();
-    let kms = if local_key_missing {
+    let kms = if config.local_master_key_missing(&env) {
         None
     } else {
         config.encryption(&env).await?.map(|(kms, _)| kms)
     };
+    if let AdminCommand::Audit {
+        command: AuditCommand::Key { json },
+    } = command
+    {
+        let done = key_audit_log(config, kms.as_deref()).await?;
+        print(json, done.clone(), || {
+            format!(
+                "audit log keyed: {} unkeyed entries before, head {}:{}",
+                done["unkeyed_entries"],
+                done["entries"],
+                done["head"].as_str().unwrap_or("")
+            )
+        });
+        return Ok(());
+    }
     if let AdminCommand::Audit { command } = command {
         // Read only: nothing is made (no log, no key) by reading.
         let key_path = config.data_dir.join("audit.key");
         let key = match (kms.as_deref(), key_path.exists()) {
-            (Some(kms), true) => Some(
-                livora_store::crypto::audit_key(kms, &key_path)
-                    .await
-                    .context("cannot read the audit key (<data_dir>/audit.key)")?
-                    .0,
-            ),
+            (Some(kms), true) => livora_store::crypto::read_audit_key(kms, &key_path)
+                .await
+                .context("cannot read the audit key (<data_dir>/audit.key)")?,
             (None, true) => bail!(
                 "the audit log is keyed (<data_dir>/audit.key): run with the master key or KMS settings the server has"
             ),
@@ -357,11 +431,12 @@ pub async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
             AuditCommand::Export { csv: true } => {
                 audit::write_csv(std::io::stdout(), &entries)?;
             }
+            AuditCommand::Key { .. } => unreachable!("handled above"),
         }
         return Ok(());
     }
     let store = crate::open_store(config).await?;
-    let audit = open_audit_log(config, kms.as_deref()).await?;
+    let audit = open_audit_log(config, kms.as_deref(), false).await?;
     let actor = format!(
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())

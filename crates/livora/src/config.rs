@@ -224,6 +224,8 @@ pub struct LogConfig {
     pub segment_mb: u64,
     pub retention_hours: u64,
     pub dedupe_window_secs: u64,
+    /// Heap for the dedupe window's ids; older ids go to memory-mapped run files.
+    pub dedupe_memory_mb: u64,
     /// Never turn off in production: an acknowledged event could be lost in a power cut.
     pub fsync: bool,
 }
@@ -234,6 +236,7 @@ impl Default for LogConfig {
             segment_mb: 64,
             retention_hours: 7 * 24,
             dedupe_window_secs: 86_400,
+            dedupe_memory_mb: 64,
             fsync: true,
         }
     }
@@ -326,6 +329,8 @@ impl Config {
         o.segment_bytes = self.log.segment_mb.max(1) << 20;
         o.retention = Duration::from_secs(self.log.retention_hours * 3600);
         o.dedupe_window = Duration::from_secs(self.log.dedupe_window_secs);
+        o.dedupe_memory_bytes =
+            usize::try_from(self.log.dedupe_memory_mb.max(1) << 20).unwrap_or(usize::MAX);
         o.fsync = self.log.fsync;
         o
     }
@@ -373,6 +378,14 @@ impl Config {
             bail!("the JWT secret file holds fewer than 32 bytes");
         }
         Ok(text.into_bytes())
+    }
+    /// Whether the master key is the local one kept in `<data_dir>/master.key` and that file
+    /// does not exist yet (the server's [`Config::encryption`] makes it; the CLI never does).
+    pub fn local_master_key_missing(&self, env: &HashMap<String, String>) -> bool {
+        self.privacy.kms == "local"
+            && !env.contains_key("LIVORA_MASTER_KEY")
+            && self.privacy.master_key_file.is_none()
+            && !self.data_dir.join("master.key").exists()
     }
 
     /// The master key service and personal fields, or `None` with encryption off.

@@ -227,9 +227,14 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
         None
     };
     let env: HashMap<String, String> = std::env::vars().collect();
+    let master_made = config.privacy.encryption && config.local_master_key_missing(&env);
     let encryption = config.encryption(&env).await?;
-    let audit =
-        admin::open_audit_log(&config, encryption.as_ref().map(|(kms, _)| kms.as_ref())).await?;
+    let audit = admin::open_audit_log(
+        &config,
+        encryption.as_ref().map(|(kms, _)| kms.as_ref()),
+        master_made,
+    )
+    .await?;
     let security = livora_server::Security {
         auth: config.auth.clone(),
         jwt_secret: config.jwt_secret(&env)?,

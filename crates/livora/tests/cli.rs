@@ -353,6 +353,80 @@ fn a_keyed_audit_chain_finds_recomputed_edits_and_cut_ends() {
     assert!(!out.status.success());
 }
 
+/// Deleting the audit key and rewriting the log as unkeyed (version 1) entries is not taken
+/// for a log from before keying: the server and the CLI refuse to key it by themselves, and
+/// only `livora admin audit key`, on the operator's word, keys an unkeyed log.
+#[test]
+fn a_deleted_audit_key_is_not_taken_for_an_upgrade() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("LIVORA_MASTER_KEY", "cd".repeat(32))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let t = common::create_tenant_env(dir.path(), &env);
+    let admin = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["admin", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run")
+    };
+    let head = common::admin_json_env(dir.path(), &["audit", "verify"], &env);
+    assert_eq!(head["keyed"], true, "{head}");
+    // The attacker: no master key, but write access to the data directory.
+    let path = dir.path().join("audit.jsonl");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let mut lines: Vec<String> = text.lines().map(|l| l.replace(",\"v\":2", "")).collect();
+    lines[1] = lines[1].replace(&t.write_key_id, "key_someone_else");
+    rehash_from(&mut lines, 0);
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+    std::fs::remove_file(dir.path().join("audit.key")).expect("remove the key");
+
+    let serve = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .envs(env.iter().copied())
+        .output()
+        .expect("serve");
+    let err = String::from_utf8_lossy(&serve.stderr);
+    assert!(
+        !serve.status.success() && err.contains("livora admin audit key"),
+        "the server keyed a log whose key was deleted: {err}"
+    );
+    assert!(!dir.path().join("audit.key").exists(), "no key was made");
+    let out = admin(&["key", "revoke", &t.write_key_id]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("audit key"),
+        "the CLI appended to it"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        lines.join("\n") + "\n"
+    );
+
+    // The operator's explicit, one-time keying (an upgrade from before keying).
+    let keyed: serde_json::Value =
+        serde_json::from_slice(&admin(&["audit", "key", "--json"]).stdout).expect("json");
+    assert_eq!(keyed["unkeyed_entries"], lines.len(), "{keyed}");
+    let after = std::fs::read_to_string(&path).expect("read");
+    let last: serde_json::Value =
+        serde_json::from_str(after.lines().last().expect("entry")).expect("json");
+    assert_eq!(
+        (last["action"].as_str(), last["v"].as_u64()),
+        (Some("audit.keyed"), Some(2))
+    );
+    let out = admin(&["audit", "key"]);
+    assert!(!out.status.success(), "keyed once only");
+    assert!(admin(&["key", "revoke", &t.write_key_id]).status.success());
+    let head = common::admin_json_env(dir.path(), &["audit", "verify"], &env);
+    assert_eq!(
+        (head["entries"].as_u64(), head["keyed"].as_bool()),
+        (Some(lines.len() as u64 + 2), Some(true)),
+        "{head}"
+    );
+}
+
 /// The first owner of a tenant is invited from the CLI, joins over HTTP and signs in; the
 /// server and the CLI append to one audit chain; a reset token from the CLI sets a new
 /// password.

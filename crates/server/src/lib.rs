@@ -118,6 +118,9 @@ pub struct AutomationOptions {
     pub send_timeout_secs: u64,
     /// Calls to providers in flight at once on the node, over all tenants.
     pub max_in_flight: usize,
+    /// Calls to providers in flight at once for one tenant, over all its destinations, so
+    /// one tenant's hung endpoints leave the other tenants their slots.
+    pub max_in_flight_per_tenant: usize,
     /// Calls in flight at once to one destination (a tenant's webhook host, or a tenant's
     /// other channel), so one slow endpoint takes only so many of the sending slots.
     pub max_in_flight_per_destination: usize,
@@ -142,6 +145,7 @@ impl Default for AutomationOptions {
             retry_base_secs: 10,
             send_timeout_secs: 30,
             max_in_flight: 64,
+            max_in_flight_per_tenant: 32,
             max_in_flight_per_destination: 16,
             public_url: String::new(),
             egress_allow: Vec::new(),
@@ -177,6 +181,7 @@ impl AutomationOptions {
     pub fn limits(&self) -> livora_automation::outbox::Limits {
         livora_automation::outbox::Limits {
             in_flight: self.max_in_flight.clamp(1, 10_000),
+            per_tenant: self.max_in_flight_per_tenant.clamp(1, 10_000),
             per_destination: self.max_in_flight_per_destination.clamp(1, 10_000),
             send_timeout: std::time::Duration::from_secs(self.send_timeout_secs.clamp(1, 3_600)),
         }
@@ -269,6 +274,8 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     /// Encryption at rest of personal fields; `None` when `[privacy] encryption = false`.
     pub protection: Option<privacy::Protection>,
+    /// Names people in the audit log when there is no `protection` to seal the name.
+    pub subject_tags: livora_store::crypto::SubjectTagger,
     /// Profiles, identity and segments, fed from the log by [`serve`]; `None` on an
     /// ingest-only node.
     pub profiles: Option<Arc<livora_profiles::service::ProfileService>>,
@@ -386,6 +393,7 @@ impl AppState {
             tracker,
             sink,
             public_url,
+            subject_tags: livora_store::crypto::SubjectTagger::new(&security.jwt_secret),
             jwt: access::Jwt::new(&security.jwt_secret)?,
             auth: security.auth,
             sessions: access::SessionCache::new(ttl),

@@ -82,7 +82,8 @@ pub fn entry(p: &Principal, action: &str, target: Option<String>) -> NewEntry {
 /// How the audit log names a person (`subject`: `u:<userId>` or `a:<anonymousId>`): sealed
 /// under the person's own key (a `$lv1:` envelope), so that erasing the person leaves nothing
 /// readable in the log; `GET /api/v1/audit` opens it for callers with `pii.view` until then.
-/// With encryption at rest off, the id of the subject's key (a SHA-256 of tenant and subject).
+/// With encryption at rest off, a keyed hash of tenant and subject
+/// ([`livora_store::crypto::SubjectTagger`]): a guessed id cannot be confirmed from the log.
 pub(crate) async fn person_target(
     state: &AppState,
     tenant: TenantId,
@@ -90,10 +91,7 @@ pub(crate) async fn person_target(
 ) -> Result<String, ApiError> {
     match &state.protection {
         Some(p) => Ok(p.keyring.seal_for_subject(tenant, subject, subject).await?),
-        None => Ok(format!(
-            "subject:{}",
-            livora_store::crypto::kid(tenant, subject)
-        )),
+        None => Ok(state.subject_tags.tag(tenant, subject)),
     }
 }
 

@@ -185,6 +185,44 @@ impl Kms for LocalKms {
     }
 }
 
+/// How the audit log names a person where there is no per-person key to seal the name under
+/// (encryption at rest off): an HMAC-SHA256 of tenant and subject under a key derived from the
+/// node's signing secret. A plain hash would let whoever reads an audit export confirm a
+/// guessed user id or email by hashing it; this needs the secret.
+pub struct SubjectTagger([u8; 32]);
+
+impl SubjectTagger {
+    /// A tagger whose key is derived from `secret` (the node's signing secret).
+    pub fn new(secret: &[u8]) -> Self {
+        use hmac::Mac;
+        let mut m = <hmac::Hmac<Sha256> as Mac>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        m.update(b"livora audit subject v1");
+        Self(m.finalize().into_bytes().into())
+    }
+
+    /// `subject:<32 hex digits>`, the same for the same tenant and subject.
+    pub fn tag(&self, tenant: TenantId, subject: &str) -> String {
+        use hmac::Mac;
+        let mut m = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        m.update(tenant.0.as_bytes());
+        m.update(&[0]);
+        m.update(subject.as_bytes());
+        let hex: String = m.finalize().into_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("subject:{hex}")
+    }
+}
+
+impl std::fmt::Debug for SubjectTagger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectTagger(…)")
+    }
+}
+
 /// The id of a subject's key: a hash of tenant and subject (the subject is not recoverable
 /// from it without guessing).
 pub fn kid(tenant: TenantId, subject: &str) -> String {
@@ -1163,34 +1201,40 @@ fn crypt(e: CryptoError) -> Error {
 const AUDIT_KEY_AAD: &[u8] = b"livora-audit-key:1";
 
 /// The key of the audit log's chain ([`crate::audit::AuditKey`]): 256 random bits kept at
-/// `path` (`<data_dir>/audit.key`) wrapped by the master key or KMS, as base64, made (mode
-/// 0600) when missing. Returns it and whether it was just made. Whoever can write the data
-/// directory but has no master key can neither read it nor make a valid replacement.
-pub async fn audit_key(
+/// `path` (`<data_dir>/audit.key`) wrapped by the master key or KMS, as base64. `None` when
+/// there is no key file ([`make_audit_key`] makes one). Whoever can write the data directory
+/// but has no master key can neither read it nor make a valid replacement.
+pub async fn read_audit_key(
     kms: &dyn Kms,
     path: &std::path::Path,
-) -> Result<(crate::audit::AuditKey, bool), Error> {
-    let raw = match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let wrapped = B64
-                .decode(text.trim())
-                .map_err(|_| Error::Corrupt(format!("{} is not base64", path.display())))?;
-            let raw = kms.unwrap(&wrapped, AUDIT_KEY_AAD).await.map_err(crypt)?;
-            let raw: [u8; 32] = raw
-                .try_into()
-                .map_err(|_| Error::Corrupt(format!("{} is not a 256-bit key", path.display())))?;
-            return Ok((crate::audit::AuditKey::from_bytes(raw), false));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut raw = [0u8; 32];
-            rand::rng().fill_bytes(&mut raw);
-            raw
-        }
+) -> Result<Option<crate::audit::AuditKey>, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::Corrupt(format!("{}: {e}", path.display()))),
     };
+    let wrapped = B64
+        .decode(text.trim())
+        .map_err(|_| Error::Corrupt(format!("{} is not base64", path.display())))?;
+    let raw = kms.unwrap(&wrapped, AUDIT_KEY_AAD).await.map_err(crypt)?;
+    let raw: [u8; 32] = raw
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("{} is not a 256-bit key", path.display())))?;
+    Ok(Some(crate::audit::AuditKey::from_bytes(raw)))
+}
+
+/// Makes a new audit key at `path` (mode 0600, wrapped by the master key or KMS); refuses to
+/// replace one that exists. Whether a log may be keyed by a new key is the caller's decision
+/// (a non-empty log without a key is either from before keying or had its key deleted).
+pub async fn make_audit_key(
+    kms: &dyn Kms,
+    path: &std::path::Path,
+) -> Result<crate::audit::AuditKey, Error> {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
     let wrapped = kms.wrap(&raw, AUDIT_KEY_AAD).await.map_err(crypt)?;
     write_new_secret(path, &B64.encode(wrapped))?;
-    Ok((crate::audit::AuditKey::from_bytes(raw), true))
+    Ok(crate::audit::AuditKey::from_bytes(raw))
 }
 
 /// Rewraps the audit key at `path` under the KMS's current master key (after a master
@@ -1327,14 +1371,28 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("audit.key");
-        let (_, made) = audit_key(kms.as_ref(), &path).await.expect("made");
-        assert!(made);
+        assert!(
+            read_audit_key(kms.as_ref(), &path)
+                .await
+                .expect("none")
+                .is_none()
+        );
+        make_audit_key(kms.as_ref(), &path).await.expect("made");
         let text = std::fs::read_to_string(&path).expect("file");
-        let (_, made) = audit_key(kms.as_ref(), &path).await.expect("read");
-        assert!(!made);
+        assert!(
+            read_audit_key(kms.as_ref(), &path)
+                .await
+                .expect("read")
+                .is_some()
+        );
+        assert!(
+            make_audit_key(kms.as_ref(), &path).await.is_err(),
+            "never replaces a key"
+        );
+        assert_eq!(std::fs::read_to_string(&path).expect("file"), text);
         let other: Arc<dyn Kms> = Arc::new(LocalKms::new(&[1u8; 32], &[]).expect("kms"));
         assert!(
-            audit_key(other.as_ref(), &path).await.is_err(),
+            read_audit_key(other.as_ref(), &path).await.is_err(),
             "needs the master key"
         );
         let rotated: Arc<dyn Kms> =
@@ -1346,9 +1404,28 @@ mod tests {
         );
         assert_ne!(std::fs::read_to_string(&path).expect("file"), text);
         assert!(
-            audit_key(other.as_ref(), &path).await.is_ok(),
+            read_audit_key(other.as_ref(), &path)
+                .await
+                .is_ok_and(|k| k.is_some()),
             "under the new master"
         );
+    }
+
+    /// The audit's stand-in for a person is stable, differs by tenant and by secret, and is
+    /// not the plain hash anyone could compute from a guessed id.
+    #[test]
+    fn subject_tags_need_the_secret() {
+        let (a, b) = (TenantId::generate(), TenantId::generate());
+        let tagger = SubjectTagger::new(b"node secret");
+        let tag = tagger.tag(a, "u:ann@example.com");
+        assert_eq!(tag, tagger.tag(a, "u:ann@example.com"));
+        assert_ne!(tag, tagger.tag(b, "u:ann@example.com"));
+        assert_ne!(
+            tag,
+            SubjectTagger::new(b"other").tag(a, "u:ann@example.com")
+        );
+        assert_ne!(tag, format!("subject:{}", kid(a, "u:ann@example.com")));
+        assert!(tag.starts_with("subject:") && tag.len() == 8 + 32, "{tag}");
     }
 
     #[tokio::test]

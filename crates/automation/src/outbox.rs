@@ -115,6 +115,9 @@ impl Default for Retry {
 pub struct Limits {
     /// Calls in flight at once on the node, over all tenants.
     pub in_flight: usize,
+    /// Calls in flight at once for one tenant, over all its destinations: a tenant whose
+    /// many endpoints all hang leaves the other tenants their slots.
+    pub per_tenant: usize,
     /// Calls in flight at once to one destination: a tenant's webhook host, or a tenant's
     /// other channel (its provider account).
     pub per_destination: usize,
@@ -126,6 +129,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             in_flight: 64,
+            per_tenant: 32,
             per_destination: 16,
             send_timeout: Duration::from_secs(30),
         }
@@ -150,6 +154,8 @@ pub struct Sender {
     slots: Arc<Semaphore>,
     /// Each destination's slots, made when first needed.
     destinations: std::sync::Mutex<HashMap<Destination, Arc<Semaphore>>>,
+    /// Each tenant's slots, made when first needed.
+    tenants: std::sync::Mutex<HashMap<TenantId, Arc<Semaphore>>>,
     /// Keys of the messages being sent (not to be picked up again meanwhile).
     in_flight: std::sync::Mutex<HashSet<String>>,
     /// Rows whose call returned, waiting to be written (several at once under load).
@@ -213,6 +219,7 @@ impl Sender {
             slots: Arc::new(Semaphore::new(Limits::default().in_flight)),
             limits: Limits::default(),
             destinations: std::sync::Mutex::new(HashMap::new()),
+            tenants: std::sync::Mutex::new(HashMap::new()),
             in_flight: std::sync::Mutex::new(HashSet::new()),
             finished: std::sync::Mutex::new(Vec::new()),
             writer: tokio::sync::Mutex::new(()),
@@ -226,6 +233,7 @@ impl Sender {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         let limits = Limits {
             in_flight: limits.in_flight.max(1),
+            per_tenant: limits.per_tenant.max(1),
             per_destination: limits.per_destination.max(1),
             send_timeout: limits.send_timeout.max(Duration::from_millis(1)),
         };
@@ -234,7 +242,8 @@ impl Sender {
         self
     }
 
-    /// The node-wide and the destination's slot for one call, if both are free now.
+    /// The node's, the tenant's and the destination's slot for one call, if all three are
+    /// free now.
     fn take_slot(&self, destination: &Destination) -> Option<Vec<OwnedSemaphorePermit>> {
         let own = {
             let mut all = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
@@ -242,9 +251,16 @@ impl Sender {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_destination)))
                 .clone()
         };
+        let tenant = {
+            let mut all = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            all.entry(destination.0)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_tenant)))
+                .clone()
+        };
         let own = own.try_acquire_owned().ok()?;
+        let tenant = tenant.try_acquire_owned().ok()?;
         let node = self.slots.clone().try_acquire_owned().ok()?;
-        Some(vec![node, own])
+        Some(vec![node, tenant, own])
     }
 
     /// The delivery policy it checks.
@@ -586,10 +602,9 @@ impl Sender {
                 primary_permanent |= e.permanent;
             }
         }
-        // Rows from before errors were kept: their attempts were the primary's.
-        if row.errors.is_empty() {
-            primary = row.attempts as usize;
-        }
+        // Attempts made before errors were kept (rows older than the `errors` column) have
+        // no entry: they were the primary's, and still count after later attempts add some.
+        primary += (row.attempts as usize).saturating_sub(row.errors.len());
         if primary < limit && !primary_permanent {
             Turn::Primary
         } else if has_secondary && secondary < limit && !secondary_permanent {

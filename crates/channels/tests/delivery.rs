@@ -474,6 +474,7 @@ async fn a_hung_call_holds_up_no_other_message_and_one_destination_takes_few_slo
         )
         .with_limits(Limits {
             in_flight: 4,
+            per_tenant: 4,
             per_destination: 2,
             send_timeout: std::time::Duration::from_secs(30),
         }),
@@ -545,6 +546,223 @@ async fn a_hung_call_holds_up_no_other_message_and_one_destination_takes_few_slo
     assert_eq!(healthy.seen().len(), 1);
     // The hung destination holds two slots, not all four: the third message waits.
     assert_eq!(hung.seen().len(), 2, "at most 2 calls to one destination");
+    running.abort();
+}
+
+/// A message whose attempts were made before errors were kept (no entries for them) does
+/// not get its retries again once a new failure adds an entry: its last allowed attempt
+/// that fails makes it a dead letter.
+#[tokio::test]
+async fn attempts_from_before_errors_were_kept_still_count() {
+    let (store, tenant, _) = setup().await;
+    let provider = Provider::default();
+    provider.answer(500, "{}");
+    let url = provider.start().await;
+    let s = Arc::new(real_sender(
+        store.clone(),
+        plain_webhook_route(),
+        Retry {
+            attempts: 4,
+            base: Duration::seconds(10),
+        },
+    ));
+    let mut row = outbox_row(&message(
+        tenant,
+        "old/hook",
+        "webhook",
+        &format!("{url}/x"),
+        Utc::now(),
+    ));
+    row.attempts = 3;
+    store
+        .commit(AutomationCommit {
+            messages: vec![row],
+            ..AutomationCommit::default()
+        })
+        .await
+        .expect("commit");
+    s.send_due().await.expect("send");
+    let back = store
+        .message(tenant, "old/hook")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        (back.status, back.attempts),
+        (OutboxStatus::Dead, 4),
+        "{back:?}"
+    );
+    assert_eq!(provider.seen().len(), 1);
+}
+
+/// A provider that panics on its first call and accepts the later ones.
+struct PanicsOnce(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl livora_automation::outbox::Channel for PanicsOnce {
+    fn provider(&self) -> &str {
+        "flaky"
+    }
+
+    async fn send(
+        &self,
+        _: &livora_automation::outbox::Outgoing,
+    ) -> Result<Option<String>, livora_automation::outbox::SendError> {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            panic!("a provider bug");
+        }
+        Ok(Some("accepted".into()))
+    }
+}
+
+/// A provider that panics during a call does not keep the message in flight forever: the
+/// sender goes on, the attempt stays recorded as cut short, and the message is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_panics_does_not_keep_its_message_in_flight() {
+    let (store, tenant, _) = setup().await;
+    let provider = Arc::new(PanicsOnce(std::sync::atomic::AtomicUsize::new(0)));
+    let routes = HashMap::from([(
+        "webhook".to_owned(),
+        Route {
+            primary: provider.clone(),
+            secondary: None,
+            per_second: None,
+        },
+    )]);
+    let s = Arc::new(real_sender(store.clone(), routes, Retry::default()));
+    put(
+        &store,
+        &[message(
+            tenant,
+            "panic/hook",
+            "webhook",
+            "https://hooks.example/x",
+            Utc::now(),
+        )],
+    )
+    .await;
+    let running = tokio::spawn(s.clone().run(Arc::new(tokio::sync::Notify::new())));
+    let sent = eventually(std::time::Duration::from_secs(5), || {
+        let store = store.clone();
+        async move {
+            store
+                .message(tenant, "panic/hook")
+                .await
+                .expect("read")
+                .is_some_and(|r| r.status == OutboxStatus::Sent)
+        }
+    })
+    .await;
+    assert!(sent, "the message stayed in flight after the panic");
+    let row = store
+        .message(tenant, "panic/hook")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(row.attempts, 2, "{row:?}");
+    assert_eq!(provider.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(
+        row.errors
+            .first()
+            .is_some_and(|e| e.attempt == 1 && e.error.contains("node stopped")),
+        "the panicked attempt stays recorded as cut short: {:?}",
+        row.errors
+    );
+    assert!(!running.is_finished(), "the sender goes on");
+    running.abort();
+}
+
+/// A tenant whose endpoints all hang takes its own share of the node's slots, not all of
+/// them: another tenant's message still goes out at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_hung_endpoints_leave_other_tenants_their_slots() {
+    let (store, tenant, _) = setup().await;
+    let other = store
+        .create_tenant(NewTenant {
+            name: "Other shop".into(),
+            time_zone: "UTC".into(),
+            currency: livora_model::Currency::parse("EUR").expect("currency"),
+        })
+        .await
+        .expect("tenant")
+        .id;
+    // Three receivers (three destinations), each hanging for 20 s.
+    let mut hung = Vec::new();
+    let mut hooks = Vec::new();
+    for d in 0..3 {
+        let p = Provider::default();
+        p.answer_after(200, "{}", std::time::Duration::from_secs(20));
+        let url = p.start().await;
+        for i in 0..2 {
+            hooks.push(message(
+                tenant,
+                &format!("hang{d}-{i}/hook"),
+                "webhook",
+                &format!("{url}/hang"),
+                Utc::now(),
+            ));
+        }
+        hung.push(p);
+    }
+    let healthy = Provider::default();
+    let healthy_url = healthy.start().await;
+    // Without a tenant's limit the six hanging calls (two per destination) would fill the
+    // node's six slots.
+    let s = Arc::new(
+        real_sender(
+            store.clone(),
+            plain_webhook_route(),
+            Retry {
+                attempts: 3,
+                base: Duration::seconds(10),
+            },
+        )
+        .with_limits(Limits {
+            in_flight: 6,
+            per_tenant: 3,
+            per_destination: 2,
+            send_timeout: std::time::Duration::from_secs(30),
+        }),
+    );
+    put(&store, &hooks).await;
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let running = tokio::spawn(s.clone().run(changed.clone()));
+    let calls = || hung.iter().map(|p| p.seen().len()).sum::<usize>();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async { calls() >= 3 }).await,
+        "the hung receivers were called"
+    );
+    let started = std::time::Instant::now();
+    put(
+        &store,
+        &[message(
+            other,
+            "fine/hook",
+            "webhook",
+            &format!("{healthy_url}/ok"),
+            Utc::now(),
+        )],
+    )
+    .await;
+    changed.notify_one();
+    let sent = eventually(std::time::Duration::from_secs(5), || {
+        let store = store.clone();
+        async move {
+            store
+                .message(other, "fine/hook")
+                .await
+                .expect("read")
+                .is_some_and(|r| r.status == OutboxStatus::Sent)
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(sent, "the other tenant's message was not sent");
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "another tenant's message waited {took:?} behind hung calls"
+    );
+    assert_eq!(calls(), 3, "at most 3 calls in flight for one tenant");
     running.abort();
 }
 

@@ -475,6 +475,7 @@ async fn outbox_run(n: usize, http: bool) -> anyhow::Result<f64> {
         // One destination here: as many calls to it as the node allows.
         .with_limits(livora_automation::outbox::Limits {
             in_flight: 64,
+            per_tenant: 64,
             per_destination: 64,
             ..livora_automation::outbox::Limits::default()
         })

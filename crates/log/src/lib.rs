@@ -9,7 +9,10 @@
 //!   cut before the log refuses to open instead).
 //! - Records are deduplicated by (tenant, id) over a window: the writer keeps a compact index of
 //!   recent ids ([`dedupe`]) and rebuilds it from the log on open, so a retry after a crash or a
-//!   restart is still recognised.
+//!   restart is still recognised. Its memory is bounded ([`LogOptions::dedupe_memory_bytes`]):
+//!   the newest ids are in hash tables, older ones in sorted run files under `dedupe/` with a
+//!   Bloom filter in front, memory-mapped and merged in the background. Run files are scratch,
+//!   rebuilt from the log on open.
 //! - [`Consumer`]s are named readers with a committed offset, stored in `consumers/NAME.offset`;
 //!   they read files on their own and never slow the writer.
 //! - [`EventLog::enforce_retention`] deletes whole segments older than the retention once every
@@ -41,7 +44,7 @@ pub use uuid::Uuid;
 /// Settings of the embedded log.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
-    /// Directory holding `segments/` and `consumers/`.
+    /// Directory holding `segments/`, `consumers/` and `dedupe/`.
     pub dir: PathBuf,
     /// A segment is closed and a new one started once it is this large.
     pub segment_bytes: u64,
@@ -50,6 +53,11 @@ pub struct LogOptions {
     pub retention: Duration,
     /// Records whose (tenant, id) was appended within this window are dropped as duplicates.
     pub dedupe_window: Duration,
+    /// Heap the dedupe index may use for the ids of the window, whatever the ingest rate:
+    /// `dedupe_memory_bytes / 40` ids at most stay in memory (default 64 MiB: 1.6M ids), the
+    /// rest are in sorted, filtered run files under `dedupe/`, memory-mapped (see [`dedupe`]).
+    /// `usize::MAX` keeps every id in memory.
+    pub dedupe_memory_bytes: usize,
     /// `false` skips `fdatasync` (tests and benchmarks of the non-durable path only).
     pub fsync: bool,
     /// The most bytes the writer gathers into one group commit.
@@ -67,6 +75,7 @@ impl LogOptions {
             segment_bytes: 64 << 20,
             retention: Duration::from_secs(7 * 86_400),
             dedupe_window: Duration::from_secs(86_400),
+            dedupe_memory_bytes: 64 << 20,
             fsync: true,
             max_group_bytes: 16 << 20,
             max_torn_bytes: 16 << 20,

@@ -146,7 +146,7 @@ impl Writer {
         }
         let now = dedupe::now_us();
         let minute = dedupe::minute_of_us(now);
-        self.index.sweep(minute);
+        self.index.tick(minute);
         let started = Instant::now();
         let mut outcomes = Vec::with_capacity(group.len());
         let mut result: Result<(), std::io::Error> = Ok(());

@@ -1,7 +1,8 @@
 //! Named consumers: a reader plus a committed offset that survives restarts.
 //!
-//! The offset lives in `consumers/NAME.offset` as decimal text, replaced atomically (write a
-//! temporary file, sync, rename, sync the directory). A consumer that crashes before committing
+//! The offset lives in `consumers/NAME.offset` as decimal text (format version 1; a later
+//! version starts with `v<N>:` and is refused, see [`crate::format`]), replaced atomically
+//! (write a temporary file, sync, rename, sync the directory). A consumer that crashes before committing
 //! reads some records again, so consumers must be idempotent (ARCHITECTURE.md).
 
 use std::fs;
@@ -105,16 +106,38 @@ impl Consumer {
     }
 }
 
+/// The format version of offset files this build writes and reads.
+pub(crate) const OFFSET_VERSION: u32 = 1;
+
 fn read_offset(path: &Path) -> Result<Option<u64>, Error> {
     match fs::read_to_string(path) {
-        Ok(text) => text.trim().parse().map(Some).map_err(|_| Error::Corrupt {
-            path: path.to_owned(),
-            position: 0,
-            reason: format!("not an offset: {text:?}"),
-        }),
+        Ok(text) => parse_offset(path, &text).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path)(e)),
     }
+}
+
+/// Version 1 is the offset in decimal; a later version starts with `v<N>:`.
+fn parse_offset(path: &Path, text: &str) -> Result<u64, Error> {
+    let text = text.trim();
+    if let Some(version) = text
+        .strip_prefix('v')
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(v, _)| v.parse::<u32>().ok())
+        .filter(|v| *v != OFFSET_VERSION)
+    {
+        return Err(Error::UnsupportedFormat {
+            path: path.to_owned(),
+            what: "consumer offset",
+            found: version,
+            supported: OFFSET_VERSION,
+        });
+    }
+    text.parse().map_err(|_| Error::Corrupt {
+        path: path.to_owned(),
+        position: 0,
+        reason: format!("not an offset: {text:?}"),
+    })
 }
 
 /// Every committed consumer offset under `dir/consumers`.
@@ -133,4 +156,28 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(String, u64)>, Error> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_of_version_1_are_read_and_later_versions_refused() {
+        let p = Path::new("consumers/x.offset");
+        assert_eq!(parse_offset(p, "1234").expect("v1"), 1234);
+        assert_eq!(parse_offset(p, "7\n").expect("v1"), 7);
+        assert!(matches!(
+            parse_offset(p, "v2:{\"offset\":7}"),
+            Err(Error::UnsupportedFormat {
+                found: 2,
+                supported: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_offset(p, "seven"),
+            Err(Error::Corrupt { .. })
+        ));
+    }
 }

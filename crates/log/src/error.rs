@@ -16,6 +16,16 @@ pub enum Error {
         position: u64,
         reason: String,
     },
+    #[error(
+        "{path} is in format version {found} of the {what}, and this build reads version {supported}: use a newer Livora"
+    )]
+    UnsupportedFormat {
+        path: PathBuf,
+        /// What kind of file (`log segment`, `consumer offset`).
+        what: &'static str,
+        found: u32,
+        supported: u32,
+    },
     #[error("record too large: {0} bytes")]
     RecordTooLarge(usize),
     #[error("invalid consumer name {0:?}: use letters, digits, '-', '_' and '.'")]

@@ -10,12 +10,29 @@
 //!
 //! All integers are little-endian. `len` counts the bytes after the `len` field; the CRC-32C
 //! covers those same bytes plus `len` itself, so a torn length is caught too.
+//!
+//! # Formats and versions
+//!
+//! - Segment files: the magic's last byte is the format version, [`VERSION`] (1). A segment
+//!   of another version is refused with [`crate::Error::UnsupportedFormat`] (the log never
+//!   truncates or rewrites it as a torn header).
+//! - Consumer offsets (`consumers/NAME.offset`): version 1 is the offset as decimal text and
+//!   nothing else. A later version will start with `v<N>:`; such a file is refused with
+//!   [`crate::Error::UnsupportedFormat`].
+//!
+//! A log written by version 1, and what this build reads of it, is committed in
+//! `crates/log/tests/compat/v1/` and read by `tests/compat.rs`.
 
 use uuid::Uuid;
 
 use crate::Record;
 
+/// The segment format this build writes and reads.
+pub const VERSION: u8 = 1;
+/// The magic: [`MAGIC_PREFIX`] then [`VERSION`].
 pub const MAGIC: &[u8; 8] = b"LVLOG\0\0\x01";
+/// The bytes every version's magic starts with.
+pub const MAGIC_PREFIX: &[u8; 7] = b"LVLOG\0\0";
 pub const HEADER_LEN: usize = 16;
 /// crc + len
 pub const FRAME_LEN: usize = 8;
@@ -40,11 +57,28 @@ pub fn header(base: u64) -> [u8; HEADER_LEN] {
     h
 }
 
-pub fn parse_header(bytes: &[u8]) -> Option<u64> {
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
-        return None;
+/// Why a segment header is not one this build reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Not a segment header (short, or not the magic): a torn creation, or another file.
+    Invalid,
+    /// A segment header of another format version (0 is never written: a zeroed header is
+    /// [`HeaderError::Invalid`]).
+    Version(u8),
+}
+
+/// The base offset of a segment header.
+pub fn parse_header(bytes: &[u8]) -> Result<u64, HeaderError> {
+    if bytes.len() < HEADER_LEN || &bytes[..7] != MAGIC_PREFIX {
+        return Err(HeaderError::Invalid);
     }
-    Some(u64::from_le_bytes(bytes[8..16].try_into().ok()?))
+    match bytes[7] {
+        VERSION => {}
+        0 => return Err(HeaderError::Invalid),
+        v => return Err(HeaderError::Version(v)),
+    }
+    let base = bytes[8..16].try_into().map_err(|_| HeaderError::Invalid)?;
+    Ok(u64::from_le_bytes(base))
 }
 
 /// The encoded size of a record.
@@ -188,6 +222,12 @@ mod tests {
     fn segment_names_round_trip() {
         assert_eq!(parse_segment_name(&segment_name(1234)), Some(1234));
         assert_eq!(parse_segment_name("12.log"), None);
-        assert_eq!(parse_header(&header(99)), Some(99));
+        assert_eq!(parse_header(&header(99)), Ok(99));
+        assert_eq!(parse_header(&header(99)[..15]), Err(HeaderError::Invalid));
+        let mut newer = header(99);
+        newer[7] = 2;
+        assert_eq!(parse_header(&newer), Err(HeaderError::Version(2)));
+        newer[7] = 0;
+        assert_eq!(parse_header(&newer), Err(HeaderError::Invalid));
     }
 }

@@ -50,7 +50,10 @@ fn walk(
         position: position as u64,
         reason: reason.to_owned(),
     };
-    let base = format::parse_header(bytes).ok_or_else(|| corrupt(0, "bad segment header"))?;
+    let base = format::parse_header(bytes).map_err(|e| match e {
+        format::HeaderError::Invalid => corrupt(0, "bad segment header"),
+        format::HeaderError::Version(v) => unsupported_segment(path, v),
+    })?;
     let mut pos = format::HEADER_LEN;
     let mut next = base;
     while pos < bytes.len() && next < end {
@@ -66,6 +69,16 @@ fn walk(
         }
     }
     Ok(next)
+}
+
+/// A segment of another format version.
+pub(crate) fn unsupported_segment(path: &Path, found: u8) -> Error {
+    Error::UnsupportedFormat {
+        path: path.to_owned(),
+        what: "log segment",
+        found: found.into(),
+        supported: format::VERSION.into(),
+    }
 }
 
 pub(crate) fn scan_backwards(

@@ -144,7 +144,12 @@ fn recover_tail(base: u64, path: &Path, max_torn: u64) -> Result<Recovered, Erro
         .map_err(Error::io(path))?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).map_err(Error::io(path))?;
-    if format::parse_header(&bytes) != Some(base) {
+    let header = format::parse_header(&bytes);
+    if let Err(format::HeaderError::Version(v)) = header {
+        // A newer build's segment: never taken for a torn header and rewritten.
+        return Err(crate::reader::unsupported_segment(path, v));
+    }
+    if header != Ok(base) {
         // The crash came while the segment was being created: nothing was acknowledged in it.
         if bytes.len() > format::HEADER_LEN + max_torn as usize {
             return Err(Error::Corrupt {

@@ -10,6 +10,15 @@ pub enum Error {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("sealed segment: {0}")]
     Segment(String),
+    #[error(
+        "{what} is in Livora format version {found}, and this build reads version {supported}: use a newer Livora"
+    )]
+    UnsupportedFormat {
+        /// The file (`manifest.json`, `events file`, `persons file`).
+        what: String,
+        found: String,
+        supported: u32,
+    },
     #[error("segment storage URL {0}")]
     Url(String),
     #[error("event log: {0}")]

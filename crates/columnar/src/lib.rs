@@ -14,6 +14,7 @@
 pub mod by_person;
 mod dict;
 mod error;
+pub mod format;
 mod persons;
 pub mod segment;
 pub mod storage;

@@ -20,6 +20,11 @@
 //!
 //! A persons file holds every person id of the tenant at the time of the seal: `id`, `key`
 //! (`u:<userId>` or `a:<anonymousId>`) and `parent` (the identity-merge forest).
+//!
+//! Both kinds carry the Livora format version as the key-value metadata `livora:format`
+//! ([`crate::format`]; version 1, and a file without it is version 1); the decoders refuse
+//! another with [`Error::UnsupportedFormat`]. See "Formats and versions" in [`crate::storage`]
+//! for the fixtures.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -38,6 +43,7 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::WriterProperties;
 
 use crate::Error;
+use crate::format;
 use crate::persons::Persons;
 use crate::table::Table;
 
@@ -49,7 +55,8 @@ fn writer_properties(sorted: bool) -> Result<WriterProperties, Error> {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(1 << 20))
-        .set_created_by(format!("livora {}", env!("CARGO_PKG_VERSION")));
+        .set_created_by(format!("livora {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata(Some(vec![format::key_value()]));
     if sorted {
         // (person, ts): columns 1 and 0.
         b = b.set_sorting_columns(Some(vec![
@@ -250,9 +257,9 @@ fn write(schema: Schema, columns: Vec<ArrayRef>, sorted: bool) -> Result<Vec<u8>
 /// Appends the rows of an events file to `t`, whose persons must already hold every person
 /// the file names. Returns the number of rows appended.
 pub fn decode_events(bytes: Bytes, t: &mut Table) -> Result<usize, Error> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
-        .with_batch_size(64 * 1024)
-        .build()?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    format::check(builder.metadata(), "events file")?;
+    let reader = builder.with_batch_size(64 * 1024).build()?;
     let mut total = 0;
     for batch in reader {
         let batch = batch?;
@@ -375,7 +382,9 @@ pub fn encode_persons(p: &Persons) -> Result<Vec<u8>, Error> {
 }
 
 pub fn decode_persons(bytes: Bytes) -> Result<Persons, Error> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    format::check(builder.metadata(), "persons file")?;
+    let reader = builder.build()?;
     let (mut keys, mut parents) = (Vec::new(), Vec::new());
     for batch in reader {
         let batch = batch?;

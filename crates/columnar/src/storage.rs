@@ -14,6 +14,17 @@
 //! backend), so a crash leaves either the old manifest or the new one, never a manifest
 //! naming a file that is not there. Files no manifest names are left-overs of an
 //! interrupted seal.
+//!
+//! # Formats and versions
+//!
+//! | file | version | where it is |
+//! |---|---|---|
+//! | `manifest.json` | [`VERSION`] (1) | its `version` field |
+//! | events and persons Parquet files | [`crate::format::VERSION`] (1) | key-value metadata `livora:format` (absent: 1) |
+//!
+//! A file of an unknown version is refused with [`Error::UnsupportedFormat`]. A store written
+//! by version 1 is committed in `crates/columnar/tests/compat/v1/` and read back, row by row,
+//! by `tests/compat.rs` (see the README there).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,7 +73,8 @@ pub struct SegmentMeta {
 }
 
 pub const MANIFEST: &str = "manifest.json";
-const VERSION: u32 = 1;
+/// The manifest's format version (its `version` field).
+pub const VERSION: u32 = 1;
 
 /// An object store and the prefix Livora's files live under.
 #[derive(Clone)]
@@ -166,10 +178,11 @@ impl SegmentStore {
         let m: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Segment(format!("{MANIFEST}: {e}")))?;
         if m.version != VERSION {
-            return Err(Error::Segment(format!(
-                "{MANIFEST} has version {}, this build reads {VERSION}",
-                m.version
-            )));
+            return Err(Error::UnsupportedFormat {
+                what: MANIFEST.to_owned(),
+                found: m.version.to_string(),
+                supported: VERSION,
+            });
         }
         Ok(Some(m))
     }

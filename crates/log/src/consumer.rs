@@ -2,8 +2,8 @@
 //!
 //! The offset lives in `consumers/NAME.offset` as decimal text (format version 1; a later
 //! version starts with `v<N>:` and is refused, see [`crate::format`]), replaced atomically
-//! (write a temporary file, sync, rename, sync the directory). A consumer that crashes before committing
-//! reads some records again, so consumers must be idempotent (ARCHITECTURE.md).
+//! (write a temporary file, sync, rename, sync the directory). A consumer that crashes before
+//! committing reads some records again, so consumers must be idempotent (ARCHITECTURE.md).
 
 use std::fs;
 use std::io::Write;

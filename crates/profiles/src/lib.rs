@@ -13,6 +13,8 @@
 
 pub mod behaviour;
 pub mod compare;
+#[cfg(test)]
+mod compat_tests;
 pub mod computed;
 pub mod identity;
 pub mod profile;

@@ -15,6 +15,18 @@
 //!   the compressed body is sealed with AES-256-GCM under the tenant key, the tenant id and
 //!   a label authenticated with it: profiles hold decrypted traits, and they never reach the
 //!   disk in the clear.
+//!
+//! # Formats and versions
+//!
+//! - Tenant files: the format byte after `LVPS`, [`FORMAT`] (1). Another is refused with
+//!   [`SnapshotError::UnsupportedFormat`] (and the tenant is rebuilt from the log while the
+//!   log still holds everything, like any unreadable snapshot).
+//! - `MANIFEST`: JSON with a `version` field, [`MANIFEST_VERSION`] (1); a manifest without
+//!   it (written before the field existed) is version 1, another version is refused.
+//!
+//! A snapshot directory written by version 1 (unencrypted: an encrypted file's tenant key is
+//! random and kept wrapped in the metadata store, so it is not fixtured) is committed in
+//! `crates/profiles/tests/compat/v1/` and read back by the tests in `src/compat_tests.rs`.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -35,7 +47,10 @@ pub const CONSUMER: &str = "profiles";
 pub const LABEL: &str = "profiles-snapshot";
 
 const MAGIC: &[u8; 4] = b"LVPS";
-const FORMAT: u8 = 1;
+/// The tenant file format this build writes and reads.
+pub const FORMAT: u8 = 1;
+/// The `MANIFEST` format this build writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
 const ENCRYPTED: u8 = 1;
 
 /// How a node keeps profiles.
@@ -135,6 +150,16 @@ pub enum SnapshotError {
     Encode(TenantId, String),
     #[error("{0} is not a readable profiles snapshot: {1}")]
     Decode(PathBuf, String),
+    #[error(
+        "{path} is in format version {found} of the {what}, and this build reads version {supported}: use a newer Livora"
+    )]
+    UnsupportedFormat {
+        path: PathBuf,
+        /// `profiles snapshot` or `profiles snapshot manifest`.
+        what: &'static str,
+        found: u32,
+        supported: u32,
+    },
     #[error("{0} is encrypted, and encryption at rest is off: turn it back on to read it")]
     NeedsKey(PathBuf),
     #[error(transparent)]
@@ -212,10 +237,12 @@ pub(crate) fn unframe<'a>(path: &Path, bytes: &'a [u8]) -> Result<(&'a [u8], boo
     match bytes {
         [m0, m1, m2, m3, format, flags, body @ ..] if [*m0, *m1, *m2, *m3] == *MAGIC => {
             if *format != FORMAT {
-                return Err(SnapshotError::Decode(
-                    path.to_owned(),
-                    format!("format {format} is not known to this version"),
-                ));
+                return Err(SnapshotError::UnsupportedFormat {
+                    path: path.to_owned(),
+                    what: "profiles snapshot",
+                    found: (*format).into(),
+                    supported: FORMAT.into(),
+                });
             }
             Ok((body, flags & ENCRYPTED != 0))
         }
@@ -249,19 +276,53 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, SnapshotError> {
     Ok(out)
 }
 
+/// The `MANIFEST` as written: the manifest and its format version.
+#[derive(Serialize)]
+struct ManifestOut<'a> {
+    version: u32,
+    #[serde(flatten)]
+    manifest: &'a Manifest,
+}
+
+fn manifest_v1() -> u32 {
+    1
+}
+
 pub(crate) fn read_manifest(dir: &Path) -> Result<Option<Manifest>, SnapshotError> {
     let path = dir.join("MANIFEST");
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| SnapshotError::Decode(path, e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(SnapshotError::Io(path, e)),
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SnapshotError::Io(path, e)),
+    };
+    // The version first (a manifest without one is version 1), so that a newer manifest is
+    // named as such even when the rest of it is not what this build expects.
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default = "manifest_v1")]
+        version: u32,
     }
+    let Version { version } = serde_json::from_slice(&bytes)
+        .map_err(|e| SnapshotError::Decode(path.clone(), e.to_string()))?;
+    if version != MANIFEST_VERSION {
+        return Err(SnapshotError::UnsupportedFormat {
+            path,
+            what: "profiles snapshot manifest",
+            found: version,
+            supported: MANIFEST_VERSION,
+        });
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| SnapshotError::Decode(path, e.to_string()))
 }
 
 pub(crate) fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), SnapshotError> {
-    let text = serde_json::to_vec(m).unwrap_or_default();
+    let text = serde_json::to_vec(&ManifestOut {
+        version: MANIFEST_VERSION,
+        manifest: m,
+    })
+    .unwrap_or_default();
     write_atomic(&dir.join("MANIFEST"), &text)
 }
 

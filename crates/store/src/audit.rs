@@ -19,6 +19,10 @@
 //! Once a keyed entry is written, an unkeyed one after it, or a log that ends unkeyed while its
 //! key already existed, is refused: rewriting the chain without the key is detected.
 //!
+//! A file with both versions (under a fixed test key) is committed in
+//! `crates/store/tests/compat/v2/audit.jsonl` and verified by a test here; an entry of
+//! another version is refused by its line.
+//!
 //! Removing entries from the end leaves a valid shorter chain: keep the head (`seq:hash`)
 //! reported by `livora admin audit verify` elsewhere, and give it back with `--head`
 //! ([`check_head`]) to detect that.
@@ -667,5 +671,123 @@ mod tests {
         b.record(action(5)).expect("b");
         a.record(action(6)).expect("a");
         assert_eq!(verify(&path).expect("one chain").0.entries, 7);
+    }
+
+    /// The key the compat fixture's keyed entries are under.
+    const FIXTURE_KEY: [u8; 32] = [7; 32];
+
+    fn fixture_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat/v2/audit.jsonl")
+    }
+
+    /// The fixture's entries: two version 1 entries, then the `audit.keyed` entry a keyed
+    /// build appends to such a log, then a version 2 entry. Fixed times.
+    fn fixture_entries() -> Vec<(NewEntry, &'static str, bool)> {
+        vec![
+            (action(1), "2026-01-01T00:00:00.000000Z", false),
+            (
+                NewEntry {
+                    actor: "staff:ada@example.com".into(),
+                    action: "tenant.update".into(),
+                    tenant: Some("00000000-0000-0000-0000-00000000000e".into()),
+                    target: None,
+                    from: Some("127.0.0.1".into()),
+                    before: Some(serde_json::json!({"name": "Old"})),
+                    after: Some(serde_json::json!({"name": "New \u{e9}"})),
+                },
+                "2026-01-01T00:00:01.000000Z",
+                false,
+            ),
+            (
+                NewEntry {
+                    actor: "livora".into(),
+                    action: "audit.keyed".into(),
+                    after: Some(serde_json::json!({"unkeyed_entries": 2})),
+                    ..NewEntry::default()
+                },
+                "2026-01-01T00:00:02.000000Z",
+                true,
+            ),
+            (action(4), "2026-01-01T00:00:03.123456Z", true),
+        ]
+    }
+
+    /// Writes `tests/compat/v2/audit.jsonl`: entries hashed and serialised as
+    /// [`AuditLog::record`] does, at fixed times.
+    #[test]
+    #[ignore = "writes the fixture; set LIVORA_WRITE_FIXTURES=1"]
+    fn write_fixtures() {
+        if std::env::var("LIVORA_WRITE_FIXTURES").as_deref() != Ok("1") {
+            eprintln!("set LIVORA_WRITE_FIXTURES=1 to write the fixture");
+            return;
+        }
+        let key = AuditKey::from_bytes(FIXTURE_KEY);
+        let mut prev = GENESIS.to_owned();
+        let mut text = String::new();
+        for (i, (what, at, keyed)) in fixture_entries().into_iter().enumerate() {
+            let seq = i as u64 + 1;
+            let v = keyed.then_some(KEYED);
+            let k = keyed.then_some(&key);
+            let hash = hash_of(seq, at, &what, v, &prev, k);
+            let entry = Entry {
+                seq,
+                at: at.into(),
+                what,
+                v,
+                prev: prev.clone(),
+                hash: hash.clone(),
+            };
+            text += &serde_json::to_string(&entry).expect("json");
+            text.push('\n');
+            prev = hash;
+        }
+        let path = fixture_path();
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&path, text).expect("write");
+    }
+
+    #[test]
+    fn reads_the_compat_fixture_of_both_entry_versions() {
+        let path = fixture_path();
+        let key = AuditKey::from_bytes(FIXTURE_KEY);
+        let (head, entries) = verify_with(&path, Some(&key), false).expect("verifies");
+        assert_eq!(
+            head.to_string(),
+            "4:dbe34ac95df0fbfda8038a77ba669a54b571a6f6d20f90630e49f0fb165ca107"
+        );
+        let got: Vec<(NewEntry, &str, bool)> = entries
+            .iter()
+            .map(|e| (e.what.clone(), e.at.as_str(), e.v.is_some()))
+            .collect();
+        assert_eq!(got, fixture_entries());
+        let versions: Vec<Option<u8>> = entries.iter().map(|e| e.v).collect();
+        assert_eq!(versions, [None, None, Some(2), Some(2)]);
+        assert_eq!(entries[0].prev, GENESIS);
+        // Without the key the keyed entries cannot be checked; with another key they fail.
+        assert!(verify(&path).is_err());
+        let wrong = AuditKey::from_bytes([8; 32]);
+        assert!(matches!(
+            verify_with(&path, Some(&wrong), false),
+            Err(AuditError::Broken { line: 3, .. })
+        ));
+        // The version 1 part alone verifies without a key.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let dir = tempfile::tempdir().expect("tmp");
+        let v1 = dir.path().join("audit.jsonl");
+        let first: Vec<&str> = text.lines().take(2).collect();
+        std::fs::write(&v1, first.join("\n") + "\n").expect("write");
+        assert_eq!(verify(&v1).expect("v1 entries").0.entries, 2);
+        // An entry of an unknown version is refused by its line.
+        let newer = text.replacen("\"v\":2", "\"v\":3", 1);
+        std::fs::write(&v1, newer).expect("write");
+        match verify_with(&v1, Some(&key), false) {
+            Err(AuditError::Broken { line: 3, reason }) => {
+                assert!(
+                    reason.contains("unknown entry format version 3"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected line 3 refused, got {other:?}"),
+        }
     }
 }

@@ -26,3 +26,24 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
+
+impl Error {
+    /// This error, naming the file it came from (an unknown format version keeps its kind).
+    pub fn in_file(self, path: &str) -> Self {
+        match self {
+            Error::UnsupportedFormat {
+                what,
+                found,
+                supported,
+            } => Error::UnsupportedFormat {
+                what: format!("{what} {path}"),
+                found,
+                supported,
+            },
+            Error::Segment(m) => Error::Segment(format!("{path}: {m}")),
+            Error::Parquet(e) => Error::Segment(format!("{path}: parquet: {e}")),
+            Error::Arrow(e) => Error::Segment(format!("{path}: arrow: {e}")),
+            other => other,
+        }
+    }
+}

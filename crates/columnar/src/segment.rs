@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use arrow_array::builder::{Float64Builder, StringBuilder};
 use arrow_array::{
@@ -89,15 +89,19 @@ pub fn export_parquet<W: std::io::Write + Send>(t: &Table, out: W) -> Result<W, 
 /// Rows per record batch (and row group) when writing.
 const BATCH_ROWS: usize = 1 << 20;
 
-type StrCols<'a> = [(&'a str, &'a Vec<u32>)];
-type NumCols<'a> = [(&'a str, &'a Vec<f64>)];
+/// Rows copied per hold of the read lock by [`encode_events_shared`].
+const PIECE_ROWS: usize = 1 << 16;
 
-fn write_events<W: std::io::Write + Send>(
-    t: &Table,
-    rows: Range<usize>,
-    out: W,
-    sorted: bool,
-) -> Result<W, Error> {
+/// What an events file of a row range holds: its schema and the property columns it takes
+/// (by key id), in schema order.
+struct Plan {
+    schema: Arc<Schema>,
+    strings: Vec<u32>,
+    numbers: Vec<u32>,
+    lines: bool,
+}
+
+fn plan(t: &Table, rows: &Range<usize>) -> Plan {
     let mut fields = vec![
         Field::new(
             "ts",
@@ -111,24 +115,24 @@ fn write_events<W: std::io::Write + Send>(
     ];
     // Property columns with at least one value in range, in key order (stable files).
     let in_range = |len: usize| rows.start..len.min(rows.end);
-    let mut strings: Vec<(&str, &Vec<u32>)> = t
+    let mut strings: Vec<(&str, u32)> = t
         .strings
         .iter()
         .filter(|(_, c)| {
             c.get(in_range(c.len()))
                 .is_some_and(|s| s.iter().any(|v| *v != 0))
         })
-        .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
+        .filter_map(|(k, _)| Some((t.keys.value(*k)?, *k)))
         .collect();
     strings.sort_by_key(|(k, _)| *k);
-    let mut numbers: Vec<(&str, &Vec<f64>)> = t
+    let mut numbers: Vec<(&str, u32)> = t
         .numbers
         .iter()
         .filter(|(_, c)| {
             c.get(in_range(c.len()))
                 .is_some_and(|s| s.iter().any(|v| !v.is_nan()))
         })
-        .filter_map(|(k, c)| Some((t.keys.value(*k)?, c)))
+        .filter_map(|(k, _)| Some((t.keys.value(*k)?, *k)))
         .collect();
     numbers.sort_by_key(|(k, _)| *k);
     for (key, _) in &strings {
@@ -156,13 +160,27 @@ fn write_events<W: std::io::Write + Send>(
             "lines",
         ));
     }
-    let schema = Arc::new(Schema::new(fields));
-    let mut w = ArrowWriter::try_new(out, schema.clone(), Some(writer_properties(sorted)?))?;
+    Plan {
+        schema: Arc::new(Schema::new(fields)),
+        strings: strings.into_iter().map(|(_, k)| k).collect(),
+        numbers: numbers.into_iter().map(|(_, k)| k).collect(),
+        lines,
+    }
+}
+
+fn write_events<W: std::io::Write + Send>(
+    t: &Table,
+    rows: Range<usize>,
+    out: W,
+    sorted: bool,
+) -> Result<W, Error> {
+    let plan = plan(t, &rows);
+    let mut w = ArrowWriter::try_new(out, plan.schema.clone(), Some(writer_properties(sorted)?))?;
     let mut start = rows.start;
     loop {
         let chunk = start..(start + BATCH_ROWS).min(rows.end);
-        let columns = batch_columns(t, chunk.clone(), &strings, &numbers, lines);
-        w.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+        let columns = batch_columns(t, chunk.clone(), &plan);
+        w.write(&RecordBatch::try_new(plan.schema.clone(), columns)?)?;
         start = chunk.end;
         if start >= rows.end {
             break;
@@ -171,13 +189,30 @@ fn write_events<W: std::io::Write + Send>(
     Ok(w.into_inner()?)
 }
 
-fn batch_columns(
-    t: &Table,
-    rows: Range<usize>,
-    strings: &StrCols<'_>,
-    numbers: &NumCols<'_>,
-    lines: bool,
-) -> Vec<ArrayRef> {
+/// [`encode_events`] for a table that the follower appends to meanwhile: the schema, and then
+/// each piece of [`PIECE_ROWS`] rows, are copied under the read lock, and compressed outside
+/// it, so the appender waits milliseconds at a time rather than for the whole encoding.
+/// `rows` must not move meanwhile: rows are only appended past the end, and only the sealer
+/// reorders the hot part.
+pub fn encode_events_shared(t: &RwLock<Table>, rows: Range<usize>) -> Result<Vec<u8>, Error> {
+    let read = || t.read().unwrap_or_else(|e| e.into_inner());
+    let plan = plan(&read(), &rows);
+    let mut w = ArrowWriter::try_new(
+        Vec::new(),
+        plan.schema.clone(),
+        Some(writer_properties(true)?),
+    )?;
+    let mut start = rows.start;
+    while start < rows.end {
+        let piece = start..(start + PIECE_ROWS).min(rows.end);
+        let columns = batch_columns(&read(), piece.clone(), &plan);
+        w.write(&RecordBatch::try_new(plan.schema.clone(), columns)?)?;
+        start = piece.end;
+    }
+    Ok(w.into_inner()?)
+}
+
+fn batch_columns(t: &Table, rows: Range<usize>, plan: &Plan) -> Vec<ArrayRef> {
     let n = rows.len();
     let ts = TimestampMicrosecondArray::from(t.ts[rows.clone()].to_vec()).with_timezone("UTC");
     let person = UInt32Array::from(t.person[rows.clone()].to_vec());
@@ -207,7 +242,10 @@ fn batch_columns(
         Arc::new(anon.finish()),
         Arc::new(event.finish()),
     ];
-    for (_, col) in strings {
+    let empty_str: Vec<u32> = Vec::new();
+    let empty_num: Vec<f64> = Vec::new();
+    for k in &plan.strings {
+        let col = t.strings.get(k).unwrap_or(&empty_str);
         let mut b = StringBuilder::with_capacity(n, n * 8);
         for row in rows.clone() {
             match col.get(row).copied().unwrap_or(0) {
@@ -217,14 +255,15 @@ fn batch_columns(
         }
         columns.push(Arc::new(b.finish()));
     }
-    for (_, col) in numbers {
+    for k in &plan.numbers {
+        let col = t.numbers.get(k).unwrap_or(&empty_num);
         let mut b = Float64Builder::with_capacity(n);
         for row in rows.clone() {
             b.append_option(col.get(row).copied().filter(|v| !v.is_nan()));
         }
         columns.push(Arc::new(b.finish()));
     }
-    if lines {
+    if plan.lines {
         let mut b = StringBuilder::new();
         for row in rows {
             b.append_option(t.lines_json(row));
@@ -365,20 +404,33 @@ fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
 
 /// Encodes every person of `p` (id order).
 pub fn encode_persons(p: &Persons) -> Result<Vec<u8>, Error> {
-    let (keys, parents) = p.snapshot();
-    let schema = Schema::new(vec![
+    write(persons_schema(), persons_columns(p), false)
+}
+
+/// [`encode_persons`] of a table's persons, copied under the read lock and compressed
+/// outside it. Returns the file and how many persons it holds.
+pub fn encode_persons_shared(t: &RwLock<Table>) -> Result<(Vec<u8>, u64), Error> {
+    let (columns, count) = {
+        let t = t.read().unwrap_or_else(|e| e.into_inner());
+        (persons_columns(&t.persons), t.persons.len() as u64)
+    };
+    Ok((write(persons_schema(), columns, false)?, count))
+}
+
+fn persons_schema() -> Schema {
+    Schema::new(vec![
         Field::new("id", DataType::UInt32, false),
         Field::new("key", DataType::Utf8, false),
         Field::new("parent", DataType::UInt32, false),
-    ]);
+    ])
+}
+
+fn persons_columns(p: &Persons) -> Vec<ArrayRef> {
+    let (keys, parents) = p.snapshot();
     let ids = UInt32Array::from_iter_values(0..keys.len() as u32);
     let keys = StringArray::from_iter_values(keys.iter());
     let parents = UInt32Array::from(parents.to_vec());
-    write(
-        schema,
-        vec![Arc::new(ids), Arc::new(keys), Arc::new(parents)],
-        false,
-    )
+    vec![Arc::new(ids), Arc::new(keys), Arc::new(parents)]
 }
 
 pub fn decode_persons(bytes: Bytes) -> Result<Persons, Error> {

@@ -2,10 +2,15 @@
 //!
 //! Events land in each tenant's hot, in-memory part. When the hot part reaches
 //! [`ColumnOptions::seal_rows`] rows (all tenants together), or its oldest row has waited
-//! [`ColumnOptions::seal_interval`], the follower seals it: the hot rows are put in segment
-//! order (UTC day, person, time), written as one Parquet file per tenant and day plus a
-//! persons snapshot, then the manifest (with the log offset everything below is sealed),
-//! then the `columnar` consumer's offset is committed so the log may drop what is sealed.
+//! [`ColumnOptions::seal_interval`], the follower seals it: between two batches it puts the
+//! hot rows in segment order (UTC day, person, time) and notes the log offset they reach;
+//! then, on a task of its own while the follower goes on applying, they are written as one
+//! Parquet file per tenant and day plus a persons snapshot, then the manifest (with that
+//! offset), and marked sealed. When that task has finished, the follower commits the
+//! `columnar` consumer's offset so the log may drop what is sealed. One seal runs at a time;
+//! rows applied meanwhile stay hot for the next. Encoding copies the rows a piece at a time
+//! under the table's read lock and compresses outside it, so appends and queries wait
+//! milliseconds, not the whole seal.
 //!
 //! On start, the manifest's segments are loaded (not rebuilt from the log) and the follower
 //! resumes from the manifest's offset. Sealed rows stay in memory as the query cache: the
@@ -39,6 +44,9 @@ pub struct ColumnOptions {
     pub seal_rows: usize,
     /// Seal when the oldest hot row has waited this long.
     pub seal_interval: Duration,
+    /// After a seal, the files of one tenant's UTC day are merged into one once there are
+    /// this many (small seals and late events add files to a day).
+    pub compact_files: usize,
 }
 
 impl Default for ColumnOptions {
@@ -47,6 +55,7 @@ impl Default for ColumnOptions {
             segments: None,
             seal_rows: 1_000_000,
             seal_interval: Duration::from_secs(300),
+            compact_files: 8,
         }
     }
 }
@@ -302,28 +311,84 @@ impl ColumnStore {
     }
 
     /// Seals every tenant's hot rows (see the module doc) and commits `consumer` to the
-    /// sealed offset. Must not run concurrently with [`ColumnStore::apply`]: the follower
-    /// calls both. Returns the number of rows sealed.
+    /// sealed offset. Must not run concurrently with [`ColumnStore::apply`] or another seal:
+    /// the follower calls them. Returns the number of rows sealed.
     pub async fn seal(&self, consumer: Option<&mut Consumer>) -> Result<usize, Error> {
-        let Some(segments) = self.opts.segments.clone() else {
+        let Some(job) = self.begin_seal() else {
             return Ok(0);
         };
-        let started = Instant::now();
+        let (rows, offset) = self.write_seal(job).await?;
+        if let Some(c) = consumer {
+            c.commit(offset)?;
+        }
+        Ok(rows)
+    }
+
+    /// The first, quick part of a seal, on the follower between two batches: puts each
+    /// tenant's hot rows in segment order and notes the log offset they reach. `None` when
+    /// segments are not kept.
+    fn begin_seal(&self) -> Option<SealJob> {
+        self.opts.segments.as_ref()?;
         let offset = self.applied();
+        let seq = lock(&self.manifest).seq + 1;
+        let since = lock(&self.hot_since).take();
+        let mut tenants = Vec::new();
+        for (tenant, table) in self.all_tables() {
+            let mut t = table.write().unwrap_or_else(|e| e.into_inner());
+            if t.hot_len() == 0 {
+                continue;
+            }
+            let days = t.order_hot();
+            let late = t.late;
+            drop(t);
+            tenants.push(SealTenant {
+                tenant,
+                table,
+                days,
+                late,
+            });
+        }
+        Some(SealJob {
+            offset,
+            seq,
+            since,
+            tenants,
+        })
+    }
+
+    /// The rest of a seal: encodes and writes the files, then the manifest, marks the rows
+    /// sealed and extends the person-ordered projection. It can run beside the follower,
+    /// which goes on applying (rows it appends are past the ones sealed; encoding takes the
+    /// read lock a piece at a time). Returns the rows sealed and the offset to commit.
+    async fn write_seal(&self, job: SealJob) -> Result<(usize, u64), Error> {
+        let since = job.since;
+        let result = self.write_seal_inner(job).await;
+        if result.is_err() {
+            // The rows stay hot (and in the log): the next seal takes them again.
+            let mut hot = lock(&self.hot_since);
+            *hot = since.or(*hot).or_else(|| Some(Instant::now()));
+        }
+        result
+    }
+
+    async fn write_seal_inner(&self, job: SealJob) -> Result<(usize, u64), Error> {
+        let Some(segments) = self.opts.segments.clone() else {
+            return Ok((0, job.offset));
+        };
+        let started = Instant::now();
+        let seq = job.seq;
         let mut manifest = self.manifest();
-        let seq = manifest.seq + 1;
         let mut sealed_rows = 0;
         let mut staged = Vec::new();
         let mut old_persons = Vec::new();
-        for (tenant, table) in self.all_tables() {
-            if Self::read(&table).hot_len() == 0 {
-                continue;
-            }
-            let t2 = table.clone();
-            let encoded = tokio::task::spawn_blocking(move || encode_hot(&t2, tenant, seq))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-            let mut files = Vec::with_capacity(encoded.days.len());
+        for st in job.tenants {
+            let (table, days) = (st.table.clone(), st.days.clone());
+            let tenant = st.tenant;
+            let encoded =
+                tokio::task::spawn_blocking(move || encode_days(&table, tenant, seq, &days))
+                    .await
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+            let mut files = Vec::with_capacity(encoded.files.len());
             for (meta, bytes) in encoded.files {
                 segments.put(&meta.path, bytes).await?;
                 sealed_rows += meta.rows as usize;
@@ -337,11 +402,11 @@ impl ColumnStore {
             }
             tm.persons = persons_path;
             tm.person_count = encoded.person_count;
-            tm.late_events = encoded.late;
+            tm.late_events = st.late;
             tm.segments.extend(files);
-            staged.push((table, encoded.days));
+            staged.push((st.table, st.days));
         }
-        manifest.offset = offset;
+        manifest.offset = job.offset;
         manifest.seq = seq;
         segments.put_manifest(&manifest).await?;
         // Durable: now the rows count as sealed, and the log may let them go.
@@ -354,10 +419,6 @@ impl ColumnStore {
             sealed_tables.push(table);
         }
         *lock(&self.manifest) = manifest;
-        *lock(&self.hot_since) = None;
-        if let Some(c) = consumer {
-            c.commit(offset)?;
-        }
         // The person-ordered projection takes in the new rows: built beside queries, swapped in.
         for table in sealed_tables {
             tokio::task::spawn_blocking(move || extend_by_person(&table))
@@ -372,12 +433,118 @@ impl ColumnStore {
         metrics::counter!("livora_columnar_sealed_rows_total").increment(sealed_rows as u64);
         tracing::info!(
             rows = sealed_rows,
-            offset,
+            offset = job.offset,
             seq,
             ms = started.elapsed().as_millis() as u64,
             "sealed column segments"
         );
-        Ok(sealed_rows)
+        Ok((sealed_rows, job.offset))
+    }
+
+    /// Merges the files of one tenant's UTC day, once it has at least `min_files`, into one
+    /// file sorted by (person, time); returns how many files were merged (0: no day has
+    /// that many). Crash-safe as a seal is: the merged file is written first, then the
+    /// manifest naming it instead of the files it replaces (one atomic put), and only then
+    /// are those deleted. A crash before the manifest leaves an unnamed file; after it,
+    /// unnamed old files; neither is ever loaded, so no row is lost or doubled. The tables in
+    /// memory do not change (the same rows, already sealed). Must not run beside a seal or
+    /// an expiry: the follower's seal task runs it after its seal.
+    pub async fn compact(&self, min_files: usize) -> Result<usize, Error> {
+        const DAY: i64 = 86_400_000_000;
+        let Some(segments) = self.opts.segments.clone() else {
+            return Ok(0);
+        };
+        let mut manifest = self.manifest();
+        let pick = manifest.tenants.iter().find_map(|(tenant, tm)| {
+            let mut days: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+            for (i, m) in tm.segments.iter().enumerate() {
+                days.entry(m.min_ts.div_euclid(DAY)).or_default().push(i);
+            }
+            days.into_iter()
+                .find(|(_, files)| files.len() >= min_files.max(2))
+                .map(|(day, files)| (*tenant, day, files))
+        });
+        let Some((tenant, day, files)) = pick else {
+            return Ok(0);
+        };
+        let started = Instant::now();
+        let tm = &manifest.tenants[&tenant];
+        let persons = segments.get(&tm.persons).await?;
+        let mut parts = Vec::with_capacity(files.len());
+        for &i in &files {
+            let meta = tm.segments[i].clone();
+            parts.push((segments.get(&meta.path).await?, meta));
+        }
+        let seq = manifest.seq + 1;
+        let persons_path = tm.persons.clone();
+        let merged = tokio::task::spawn_blocking(move || -> Result<(SegmentMeta, Bytes), Error> {
+            let mut t = Table {
+                persons: segment::decode_persons(persons).map_err(|e| e.in_file(&persons_path))?,
+                ..Table::default()
+            };
+            for (bytes, meta) in parts {
+                let n = segment::decode_events(bytes, &mut t).map_err(|e| e.in_file(&meta.path))?;
+                if n as u64 != meta.rows {
+                    return Err(Error::Segment(format!(
+                        "{}: {n} rows, the manifest says {}",
+                        meta.path, meta.rows
+                    )));
+                }
+            }
+            let ranges = t.order_hot();
+            if ranges.len() != 1 {
+                return Err(Error::Segment(format!(
+                    "files of one day hold {} days",
+                    ranges.len()
+                )));
+            }
+            let bytes = segment::encode_events(&t, 0..t.len())?;
+            let (min_ts, max_ts) =
+                t.ts.iter()
+                    .fold((i64::MAX, i64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            let meta = SegmentMeta {
+                path: storage::events_path(tenant, day * DAY, seq, 0),
+                rows: t.len() as u64,
+                bytes: bytes.len() as u64,
+                min_ts,
+                max_ts,
+            };
+            Ok((meta, Bytes::from(bytes)))
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let (meta, bytes) = merged;
+        segments.put(&meta.path, bytes).await?;
+        let tm = manifest.tenants.entry(tenant).or_default();
+        let old: Vec<String> = files.iter().map(|&i| tm.segments[i].path.clone()).collect();
+        // The merged file takes the place of the first it replaces (the load order).
+        let first = files[0];
+        let mut kept = Vec::with_capacity(tm.segments.len() + 1 - files.len());
+        for (i, m) in std::mem::take(&mut tm.segments).into_iter().enumerate() {
+            if i == first {
+                kept.push(meta.clone());
+            } else if !files.contains(&i) {
+                kept.push(m);
+            }
+        }
+        tm.segments = kept;
+        manifest.seq = seq;
+        segments.put_manifest(&manifest).await?;
+        *lock(&self.manifest) = manifest;
+        for p in &old {
+            if let Err(e) = segments.delete(p).await {
+                tracing::warn!(path = %p, error = %e, "could not delete a compacted segment");
+            }
+        }
+        metrics::counter!("livora_columnar_compacted_files_total").increment(old.len() as u64);
+        tracing::info!(
+            files = old.len(),
+            rows = meta.rows,
+            path = %meta.path,
+            ms = started.elapsed().as_millis() as u64,
+            "compacted column segments"
+        );
+        Ok(old.len())
     }
 
     /// Follows the log until the task is dropped: from the sealed offset (holding log
@@ -414,6 +581,9 @@ impl ColumnStore {
         }
         let mut changes = log.subscribe();
         let mut last_expiry = Instant::now();
+        // The seal running beside the follower, if any, and when the next may start.
+        let mut sealing: Option<tokio::task::JoinHandle<Result<(usize, u64), Error>>> = None;
+        let mut next_seal = Instant::now();
         loop {
             let batch = match reader.next_batch(10_000) {
                 Ok(b) => b,
@@ -429,17 +599,44 @@ impl ColumnStore {
                 let store = self.clone();
                 let _ = tokio::task::spawn_blocking(move || store.apply(&batch)).await;
             }
-            if self.seal_due()
-                && let Err(e) = self.seal(consumer.as_mut()).await
+            if sealing.as_ref().is_some_and(|h| h.is_finished())
+                && let Some(done) = sealing.take()
+                && !sealed(done.await, consumer.as_mut())
             {
-                // The rows stay hot and the log keeps them; the next attempt retries.
-                tracing::error!(error = %e, "sealing column segments failed");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                next_seal = Instant::now() + Duration::from_secs(5);
+            }
+            if sealing.is_none()
+                && Instant::now() >= next_seal
+                && self.seal_due()
+                && let Some(job) = self.begin_seal()
+            {
+                let store = self.clone();
+                sealing = Some(tokio::spawn(async move {
+                    let sealed = store.write_seal(job).await?;
+                    // Compaction writes the manifest too: it runs here, after the seal and
+                    // before the next, so the manifest has one writer at a time.
+                    let min_files = store.opts.compact_files.max(2);
+                    loop {
+                        match store.compact(min_files).await {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "compacting column segments failed");
+                                break;
+                            }
+                        }
+                    }
+                    Ok(sealed)
+                }));
             }
             if self.expire_due.swap(false, Ordering::AcqRel)
                 || last_expiry.elapsed() >= Duration::from_secs(3600)
             {
                 last_expiry = Instant::now();
+                // Expiry seals and rewrites the manifest itself: the seal in flight ends first.
+                if let Some(done) = sealing.take() {
+                    sealed(done.await, consumer.as_mut());
+                }
                 if let Err(e) = self.expire(consumer.as_mut(), chrono::Utc::now()).await {
                     tracing::error!(error = %e, "expiring column segments failed");
                     self.expire_due.store(true, Ordering::Release);
@@ -454,22 +651,69 @@ impl ColumnStore {
     }
 }
 
-struct Encoded {
+/// A seal begun by [`ColumnStore::begin_seal`].
+struct SealJob {
+    /// Every log record below it is in the rows being sealed.
+    offset: u64,
+    seq: u64,
+    /// When the hot part got its first row, put back if the seal fails.
+    since: Option<Instant>,
+    tenants: Vec<SealTenant>,
+}
+
+struct SealTenant {
+    tenant: TenantId,
+    table: Arc<RwLock<Table>>,
+    /// The hot rows in segment order, one range per UTC day.
     days: Vec<std::ops::Range<usize>>,
-    files: Vec<(SegmentMeta, Bytes)>,
-    persons: Bytes,
-    person_count: u64,
+    /// Late events so far, as of the offset.
     late: u64,
 }
 
-/// Orders a tenant's hot rows and encodes them, one file per day, with a persons snapshot.
-fn encode_hot(table: &RwLock<Table>, tenant: TenantId, seq: u64) -> Result<Encoded, Error> {
-    let days = table.write().unwrap_or_else(|e| e.into_inner()).order_hot();
-    let t = ColumnStore::read(table);
+/// Commits a finished background seal's offset; false if it failed.
+fn sealed(
+    done: Result<Result<(usize, u64), Error>, tokio::task::JoinError>,
+    consumer: Option<&mut Consumer>,
+) -> bool {
+    match done {
+        Ok(Ok((_, offset))) => {
+            if let Some(c) = consumer
+                && let Err(e) = c.commit(offset)
+            {
+                tracing::error!(error = %e, "committing the sealed offset failed");
+            }
+            true
+        }
+        Ok(Err(e)) => {
+            // The rows stay hot and the log keeps them; the next attempt retries.
+            tracing::error!(error = %e, "sealing column segments failed");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the sealing task failed");
+            false
+        }
+    }
+}
+
+struct Encoded {
+    files: Vec<(SegmentMeta, Bytes)>,
+    persons: Bytes,
+    person_count: u64,
+}
+
+/// Encodes a tenant's ordered hot rows, one file per day, with a persons snapshot; reads the
+/// table a piece at a time, so the follower appending to it is not held up.
+fn encode_days(
+    table: &RwLock<Table>,
+    tenant: TenantId,
+    seq: u64,
+    days: &[std::ops::Range<usize>],
+) -> Result<Encoded, Error> {
     let mut files = Vec::with_capacity(days.len());
     for (n, r) in days.iter().enumerate() {
-        let bytes = segment::encode_events(&t, r.clone())?;
-        let (min_ts, max_ts) = t.ts[r.clone()]
+        let bytes = segment::encode_events_shared(table, r.clone())?;
+        let (min_ts, max_ts) = ColumnStore::read(table).ts[r.clone()]
             .iter()
             .fold((i64::MAX, i64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
         let day_start = min_ts.div_euclid(86_400_000_000) * 86_400_000_000;
@@ -482,12 +726,11 @@ fn encode_hot(table: &RwLock<Table>, tenant: TenantId, seq: u64) -> Result<Encod
         };
         files.push((meta, Bytes::from(bytes)));
     }
+    let (persons, person_count) = segment::encode_persons_shared(table)?;
     Ok(Encoded {
         files,
-        persons: Bytes::from(segment::encode_persons(&t.persons)?),
-        person_count: t.persons.len() as u64,
-        late: t.late,
-        days,
+        persons: Bytes::from(persons),
+        person_count,
     })
 }
 
@@ -504,7 +747,7 @@ fn extend_by_person(table: &RwLock<Table>) {
 async fn load_tenant(segments: &SegmentStore, tm: &TenantManifest) -> Result<Table, Error> {
     let persons = segments.get(&tm.persons).await?;
     let mut table = Table {
-        persons: segment::decode_persons(persons)?,
+        persons: segment::decode_persons(persons).map_err(|e| e.in_file(&tm.persons))?,
         late: tm.late_events,
         ..Table::default()
     };
@@ -516,7 +759,8 @@ async fn load_tenant(segments: &SegmentStore, tm: &TenantManifest) -> Result<Tab
             Ok(table)
         })
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .map_err(|e| e.in_file(&seg.path))?;
         let rows = table.len() - start;
         if rows as u64 != seg.rows {
             return Err(Error::Segment(format!(
@@ -741,6 +985,160 @@ mod tests {
         assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), 1);
     }
 
+    /// A seal runs beside the follower: rows applied after it began (new persons, merges and
+    /// late events among them) stay hot, queries see every row throughout, the manifest
+    /// reaches only the offset the seal began at, and the next seal takes the rest.
+    #[tokio::test]
+    async fn rows_applied_during_a_seal_stay_hot_for_the_next() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let tenant = Uuid::from_u128(11);
+        let day = 86_400;
+        let store = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("open");
+        let first: Vec<_> = (0..50)
+            .map(|i| {
+                let user = format!("u{}", i % 7);
+                record(
+                    i,
+                    tenant,
+                    &ev(Some(&user), None, "Viewed", 3 * day + i as i64 * 600),
+                )
+            })
+            .collect();
+        store.apply(&first);
+        let job = store.begin_seal().expect("a job");
+        assert_eq!(job.offset, 50);
+        // Applied while the seal is written: a new person, a merge, a late event.
+        let mut during = vec![
+            record(
+                50,
+                tenant,
+                &ev(Some("new"), Some("anon-9"), "Signed Up", 4 * day),
+            ),
+            record(51, tenant, &ev(None, Some("anon-9"), "Viewed", 2 * day)),
+        ];
+        let mut alias = record(52, tenant, &ev(Some("u1"), None, "$alias", 4 * day + 5));
+        alias.payload = serde_json::to_vec(&serde_json::json!({
+            "type": "alias", "previousId": "u2", "userId": "u1",
+            "timestamp": "1970-01-05T00:00:05Z", "receivedAt": "1970-01-05T00:00:05Z"
+        }))
+        .expect("json");
+        during.push(alias);
+        store.apply(&during);
+        let table = store.table(TenantId(tenant)).expect("table");
+        let all = rows(&ColumnStore::read(&table));
+        let (n, offset) = store.write_seal(job).await.expect("seal");
+        assert_eq!((n, offset), (50, 50));
+        {
+            let t = ColumnStore::read(&table);
+            assert_eq!((t.sealed, t.len()), (50, 53), "the new rows stay hot");
+            assert_eq!(rows(&t), all, "queries see every row");
+            check_segment_order(&t);
+        }
+        assert_eq!(store.manifest().offset, 50);
+        assert_eq!(store.hot_rows(), 3);
+        assert_eq!(store.seal(None).await.expect("seal"), 3);
+        assert_eq!(store.manifest().offset, 53);
+        let again = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("reopen");
+        let t2 = again.table(TenantId(tenant)).expect("table");
+        let t2 = ColumnStore::read(&t2);
+        assert_eq!(rows(&t2), all);
+        let r = t2.persons.redirects();
+        let (u1, u2) = (
+            t2.persons.get(true, "u1").expect("u1"),
+            t2.persons.get(true, "u2").expect("u2"),
+        );
+        assert_eq!(r[u1 as usize], r[u2 as usize], "the merge survives");
+    }
+
+    /// A damaged events file is an error that names it, not a panic or a shorter table.
+    #[tokio::test]
+    async fn a_damaged_segment_is_named_in_the_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let tenant = Uuid::from_u128(12);
+        let store = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("open");
+        store.apply(&[record(0, tenant, &ev(Some("u"), None, "A", 100))]);
+        store.seal(None).await.expect("seal");
+        let path = store.manifest().tenants[&tenant].segments[0].path.clone();
+        std::fs::write(dir.path().join(&path), b"not parquet").expect("write");
+        let err = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(&path), "{err}");
+    }
+
+    /// A compaction cut short before its manifest (the merged file written, not named) or
+    /// after it (the old files not yet deleted) loses and doubles nothing on reload.
+    #[tokio::test]
+    async fn a_compaction_cut_short_loses_and_doubles_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let tenant = Uuid::from_u128(13);
+        let day = 86_400;
+        let store = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("open");
+        for i in 0..4u64 {
+            let user = format!("u{}", i % 2);
+            store.apply(&[record(
+                i,
+                tenant,
+                &ev(Some(&user), None, "A", 5 * day + i as i64),
+            )]);
+            store.seal(None).await.expect("seal");
+        }
+        let table = store.table(TenantId(tenant)).expect("table");
+        let all = rows(&ColumnStore::read(&table));
+        let before = store.manifest();
+        assert_eq!(before.tenants[&tenant].segments.len(), 4);
+        let copy = |from: &std::path::Path, to: &std::path::Path| {
+            for m in &before.tenants[&tenant].segments {
+                let (a, b) = (from.join(&m.path), to.join(&m.path));
+                std::fs::create_dir_all(b.parent().expect("dir")).expect("mkdir");
+                std::fs::copy(a, b).expect("copy");
+            }
+            std::fs::copy(from.join(storage::MANIFEST), to.join("old-manifest.json"))
+                .expect("copy");
+        };
+        let saved = tempfile::tempdir().expect("tmp");
+        copy(dir.path(), saved.path());
+        assert_eq!(store.compact(4).await.expect("compact"), 4);
+        assert_eq!(store.compact(4).await.expect("compact"), 0, "nothing left");
+        let after = store.manifest();
+        assert_eq!(after.tenants[&tenant].segments.len(), 1);
+        assert_eq!(rows(&ColumnStore::read(&table)), all);
+        let reload = || async {
+            let again = ColumnStore::open(sealed_store(dir.path()))
+                .await
+                .expect("reopen");
+            let t = again.table(TenantId(tenant)).expect("table");
+            let t = ColumnStore::read(&t);
+            check_segment_order(&t);
+            rows(&t)
+        };
+        assert_eq!(reload().await, all, "compacted");
+        // Killed after the manifest, before the deletes: the old files are back, unnamed.
+        for m in &before.tenants[&tenant].segments {
+            let to = dir.path().join(&m.path);
+            std::fs::create_dir_all(to.parent().expect("dir")).expect("mkdir");
+            std::fs::copy(saved.path().join(&m.path), to).expect("copy");
+        }
+        assert_eq!(reload().await, all, "old files left over");
+        // Killed before the manifest: the merged file exists, the old manifest names the rest.
+        std::fs::copy(
+            saved.path().join("old-manifest.json"),
+            dir.path().join(storage::MANIFEST),
+        )
+        .expect("copy");
+        assert_eq!(reload().await, all, "merged file left over");
+    }
+
     #[tokio::test]
     async fn a_seal_interrupted_before_its_manifest_leaves_the_old_state() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -831,11 +1229,26 @@ mod tests {
                 store.seal(None).await.expect("seal");
                 check_segment_order(&ColumnStore::read(&table));
                 let again = ColumnStore::open(sealed_store(dir.path())).await.expect("reopen");
-                let t2 = again.table(TenantId(tenant)).expect("table");
-                let t2 = ColumnStore::read(&t2);
-                assert_eq!(rows(&t2), live);
-                assert_eq!(t2.late, late);
-                assert_eq!(t2.persons.redirects(), ColumnStore::read(&table).persons.redirects());
+                {
+                    let t2 = again.table(TenantId(tenant)).expect("table");
+                    let t2 = ColumnStore::read(&t2);
+                    assert_eq!(rows(&t2), live);
+                    assert_eq!(t2.late, late);
+                    assert_eq!(t2.persons.redirects(), ColumnStore::read(&table).persons.redirects());
+                }
+                // Compaction down to one file a day changes no row, in memory or reloaded.
+                while store.compact(2).await.expect("compact") > 0 {}
+                let files = store.manifest().tenants[&tenant].segments.clone();
+                let mut days: Vec<i64> = files.iter().map(|m| m.min_ts.div_euclid(86_400_000_000)).collect();
+                days.dedup();
+                assert_eq!(days.len(), files.len(), "one file a day");
+                assert_eq!(rows(&ColumnStore::read(&table)), live);
+                let again = ColumnStore::open(sealed_store(dir.path())).await.expect("reopen");
+                let t3 = again.table(TenantId(tenant)).expect("table");
+                let t3 = ColumnStore::read(&t3);
+                assert_eq!(rows(&t3), live);
+                check_segment_order(&t3);
+                assert_eq!(t3.late, late);
             });
         }
     }

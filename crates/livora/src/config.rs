@@ -162,6 +162,8 @@ pub struct AnalyticsConfig {
     pub seal_rows: usize,
     /// …or when its oldest event has waited this long.
     pub seal_interval_secs: u64,
+    /// Merge a tenant's UTC day into one file once it has this many (at least 2).
+    pub compact_files: usize,
 }
 
 impl Default for AnalyticsConfig {
@@ -174,6 +176,7 @@ impl Default for AnalyticsConfig {
             segments_options: BTreeMap::new(),
             seal_rows: 1_000_000,
             seal_interval_secs: 300,
+            compact_files: 8,
         }
     }
 }
@@ -321,6 +324,7 @@ impl Config {
             segments: Some(segments),
             seal_rows: a.seal_rows.max(1),
             seal_interval: Duration::from_secs(a.seal_interval_secs.max(1)),
+            compact_files: a.compact_files.max(2),
         })
     }
 

@@ -247,15 +247,17 @@ fn parse_head(s: &str) -> Result<audit::Head, String> {
 /// Opens the audit log keyed as the server keys it: under the audit key wrapped by the
 /// master key or KMS (`<data_dir>/audit.key`), or unkeyed when encryption at rest is off.
 ///
-/// A key is made here only for an empty log, or when `master_made` (the server has just made
-/// the local master key, so nothing was keyed before: a log written by the CLI before the first
-/// start is adopted). A non-empty log without a key is otherwise refused: it is either from
-/// before keying, which `livora admin audit key` adopts once on the operator's word, or its
-/// key was deleted and the log rewritten without it, which must not pass unnoticed.
+/// A key is made here only for an empty log, or at a first start with encryption: `fresh`,
+/// when the server has just made the local master key or nothing is wrapped by a master key
+/// yet ([`livora_store::crypto::master_key_used`]); a log the CLI wrote before then, without
+/// the server's key settings, is adopted. A non-empty log without a key is otherwise
+/// refused: it is either from before keying, which `livora admin audit key` adopts once on
+/// the operator's word, or its key was deleted and the log rewritten without it, which must
+/// not pass unnoticed.
 pub async fn open_audit_log(
     config: &Config,
     kms: Option<&dyn livora_store::crypto::Kms>,
-    master_made: bool,
+    fresh: bool,
 ) -> anyhow::Result<AuditLog> {
     let path = config.audit_path();
     let broken = "the audit log is broken; see `livora admin audit verify`";
@@ -272,7 +274,7 @@ pub async fn open_audit_log(
     let (head, _) = audit::verify(&path).context(
         "the audit key (<data_dir>/audit.key) is missing and the audit log does not verify without it",
     )?;
-    if head.entries > 0 && !master_made {
+    if head.entries > 0 && !fresh {
         bail!(
             "the audit log ({}) has {} unkeyed entries and there is no audit key \
              (<data_dir>/audit.key). If the log was written before keying (an upgrade, or \

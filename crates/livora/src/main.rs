@@ -229,10 +229,17 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
     let env: HashMap<String, String> = std::env::vars().collect();
     let master_made = config.privacy.encryption && config.local_master_key_missing(&env);
     let encryption = config.encryption(&env).await?;
+    // A first start with encryption at rest: the audit key may be made for a log the CLI
+    // wrote before (see `open_audit_log`).
+    let fresh = master_made
+        || (encryption.is_some()
+            && !livora_store::crypto::master_key_used(store.as_ref())
+                .await
+                .context("cannot read the tenant keys")?);
     let audit = admin::open_audit_log(
         &config,
         encryption.as_ref().map(|(kms, _)| kms.as_ref()),
-        master_made,
+        fresh,
     )
     .await?;
     let security = livora_server::Security {

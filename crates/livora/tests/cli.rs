@@ -356,12 +356,23 @@ fn a_keyed_audit_chain_finds_recomputed_edits_and_cut_ends() {
 /// Deleting the audit key and rewriting the log as unkeyed (version 1) entries is not taken
 /// for a log from before keying: the server and the CLI refuse to key it by themselves, and
 /// only `livora admin audit key`, on the operator's word, keys an unkeyed log.
-#[test]
-fn a_deleted_audit_key_is_not_taken_for_an_upgrade() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_audit_key_is_not_taken_for_an_upgrade() {
     let dir = tempfile::tempdir().expect("tempdir");
     let env = [("LIVORA_MASTER_KEY", "cd".repeat(32))];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let t = common::create_tenant_env(dir.path(), &env);
+    // The node ran and sealed a personal field (the tenant's key is wrapped by the master).
+    let server = Server::start_with(dir.path(), &[], &env);
+    let resp = common::http()
+        .post(format!("{}/v1/identify", server.url))
+        .basic_auth(&t.write_key, Some(""))
+        .json(&json!({"userId": "u1", "traits": {"email": "person@example.com"}}))
+        .send()
+        .await
+        .expect("identify");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(server.terminate().success());
     let admin = |args: &[&str]| {
         Command::new(BIN)
             .args(["admin", "--data-dir"])

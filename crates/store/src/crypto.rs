@@ -1271,6 +1271,19 @@ fn write_new_secret(path: &std::path::Path, text: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether anything is wrapped by a master key yet: any tenant's key. Nothing is until the
+/// first personal field is sealed, so a node that never ran with encryption at rest has none.
+/// Deleting them would make every sealed value unreadable, so unlike a file in the data
+/// directory, their presence is not something an intruder can quietly undo.
+pub async fn master_key_used(store: &dyn MetadataStore) -> Result<bool, Error> {
+    for t in store.tenants().await? {
+        if !store.tenant_keys(t.id).await?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Rewraps every tenant key under the KMS's current master key (after a master rotation;
 /// the previous master must still be configured). Returns how many keys were rewrapped.
 pub async fn rewrap_tenant_keys(store: &dyn MetadataStore, kms: &dyn Kms) -> Result<u64, Error> {

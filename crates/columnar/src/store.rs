@@ -571,6 +571,13 @@ impl ColumnStore {
                 log.end_offset()
             )));
         }
+        // A seal's offset is committed by the follower after the seal ends: a stop in between
+        // leaves the consumer behind the manifest, which is durable; catch up now.
+        if let Some(c) = consumer.as_mut()
+            && c.committed() < start
+        {
+            c.commit(start)?;
+        }
         let mut reader = log.reader(start)?;
         if reader.position() > start {
             tracing::warn!(
@@ -594,7 +601,25 @@ impl ColumnStore {
                 }
             };
             if batch.is_empty() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+                // Idle: wait for new records, or for the seal in flight to end (its offset is
+                // committed at once).
+                let wait = tokio::time::timeout(Duration::from_secs(1), changes.changed());
+                let ended = match sealing.as_mut() {
+                    Some(running) => tokio::select! {
+                        done = running => Some(done),
+                        _ = wait => None,
+                    },
+                    None => {
+                        let _ = wait.await;
+                        None
+                    }
+                };
+                if let Some(done) = ended {
+                    sealing = None;
+                    if !sealed(done, consumer.as_mut()) {
+                        next_seal = Instant::now() + Duration::from_secs(5);
+                    }
+                }
             } else {
                 let store = self.clone();
                 let _ = tokio::task::spawn_blocking(move || store.apply(&batch)).await;

@@ -47,7 +47,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 /// `_total`, and one thing is counted once (log writes and duplicates by the log, events by
 /// the gateway that accepted or refused them).
 fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "livora_events_accepted_total",
         "events accepted by the ingestion API and durable in the log (duplicates excluded)"
@@ -108,6 +108,27 @@ fn describe_metrics() {
     describe_counter!(
         "livora_columnar_late_events_total",
         "events older than what the column store had already sealed, placed in their own day's partition"
+    );
+    describe_counter!(
+        "livora_columnar_compacted_files_total",
+        "segment files the column store merged into one file per tenant and day"
+    );
+    describe_gauge!(
+        "livora_log_dedupe_runs",
+        "dedupe index runs on disk (frozen ids beyond the memory cap)"
+    );
+    describe_counter!(
+        "livora_log_dedupe_freeze_waits_total",
+        "times the log writer waited for the previous dedupe freeze to finish"
+    );
+    describe_histogram!(
+        "livora_log_dedupe_freeze_wait_seconds",
+        Unit::Seconds,
+        "time the log writer waited for the previous dedupe freeze to finish"
+    );
+    describe_counter!(
+        "livora_log_dedupe_run_errors_total",
+        "dedupe runs that could not be written or merged (their ids stay in memory or in the input runs)"
     );
 }
 

@@ -169,8 +169,9 @@ pub fn commerce(
         line_key("quantity"),
     );
     let amount = |row: usize| -> f64 {
-        let get =
-            |c: Option<&Vec<f64>>| c.and_then(|c| c.get(row)).copied().filter(|x| !x.is_nan());
+        let get = |c: Option<&livora_columnar::NumColumn>| {
+            c.and_then(|c| c.get(row)).copied().filter(|x| !x.is_nan())
+        };
         get(revenue_col).or_else(|| get(total_col)).unwrap_or(0.0)
     };
     // Lifetime value reads all history before `to`; the rest reads `[from, to)`.

@@ -16,6 +16,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::column::Column;
 use crate::table::Table;
 
 /// The sealed rows `0..covered` as a few runs, each ordered by person. Each seal adds a run of
@@ -34,10 +35,10 @@ pub struct Run {
     pub rows: Range<usize>,
     /// The entries of person `p` (and of the ids merged into it when this was built) are
     /// `start[p]..start[p + 1]`; persons past the end, and ids merged into another, have none.
-    pub start: Vec<u32>,
-    pub row: Vec<u32>,
-    pub ts: Vec<i64>,
-    pub name: Vec<u32>,
+    pub start: Column<u32>,
+    pub row: Column<u32>,
+    pub ts: Column<i64>,
+    pub name: Column<u32>,
 }
 
 impl ByPerson {
@@ -48,6 +49,24 @@ impl ByPerson {
 
     pub fn heap_bytes(&self) -> usize {
         self.runs.iter().map(|r| r.heap_bytes()).sum()
+    }
+
+    /// Bytes of spill file the runs map.
+    pub fn mapped_bytes(&self) -> usize {
+        self.runs
+            .iter()
+            .map(|r| r.columns().map(|c| c.0).sum::<usize>())
+            .sum()
+    }
+
+    /// Drops the runs' resident pages (see [`Column::evict`]).
+    pub fn evict(&self) {
+        for r in &self.runs {
+            r.start.evict();
+            r.row.evict();
+            r.ts.evict();
+            r.name.evict();
+        }
     }
 
     /// This projection extended to every sealed row of `t`: a run of the rows sealed since,
@@ -94,10 +113,18 @@ impl Run {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.start.capacity() * 4
-            + self.row.capacity() * 4
-            + self.ts.capacity() * 8
-            + self.name.capacity() * 4
+        self.columns().map(|c| c.1).sum()
+    }
+
+    /// (mapped, heap) bytes of each column.
+    fn columns(&self) -> impl Iterator<Item = (usize, usize)> {
+        [
+            (self.start.mapped_bytes(), self.start.heap_bytes()),
+            (self.row.mapped_bytes(), self.row.heap_bytes()),
+            (self.ts.mapped_bytes(), self.ts.heap_bytes()),
+            (self.name.mapped_bytes(), self.name.heap_bytes()),
+        ]
+        .into_iter()
     }
 
     /// The groups of this run whose person has been merged into another since it was built
@@ -145,8 +172,7 @@ impl Run {
             .reduce(|a, b| a.start.min(b.start)..a.end.max(b.end))
             .unwrap_or(0..0);
         let total = sources.iter().map(|s| s.len()).sum::<usize>() + new_rows.len();
-        let mut out = Run {
-            rows,
+        let mut out = Built {
             start: Vec::with_capacity(persons + 1),
             row: Vec::with_capacity(total),
             ts: Vec::with_capacity(total),
@@ -180,8 +206,23 @@ impl Run {
             }
             out.start.push(out.row.len() as u32);
         }
-        out
+        let spill = || t.spill.clone();
+        Run {
+            rows,
+            start: Column::from_vec(out.start, spill()),
+            row: Column::from_vec(out.row, spill()),
+            ts: Column::from_vec(out.ts, spill()),
+            name: Column::from_vec(out.name, spill()),
+        }
     }
+}
+
+/// A run's columns while [`Run::build`] fills them.
+struct Built {
+    start: Vec<u32>,
+    row: Vec<u32>,
+    ts: Vec<i64>,
+    name: Vec<u32>,
 }
 
 /// A run's groups merged into other persons since it was built ([`Run::merged_since`]).

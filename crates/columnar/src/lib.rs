@@ -4,6 +4,8 @@
 //!   merges (`identify`, `alias`) as a redirect array applied at query time.
 //! - [`Table`] holds a tenant's events as columns (person, time, event name, one column per
 //!   property key and type), with [`Dictionary`]-encoded strings.
+//! - [`Column`] is the column type: on the heap while small, in a memory-mapped scratch file
+//!   once large ([`Spill`]), so history lives in the page cache rather than on the heap.
 //! - [`ByPerson`] is a person-ordered projection of the sealed rows, for per-person kernels.
 //! - [`ColumnStore`] is a named consumer of the event log (`columnar`) that appends every
 //!   event to its tenant's table.
@@ -12,6 +14,7 @@
 //!   time), one file per tenant and UTC day, in the data directory or in object storage.
 
 pub mod by_person;
+pub mod column;
 mod dict;
 mod error;
 pub mod format;
@@ -22,6 +25,7 @@ mod store;
 mod table;
 
 pub use by_person::ByPerson;
+pub use column::{Column, Spill};
 pub use dict::Dictionary;
 pub use error::Error;
 pub use persons::{PersonId, Persons};

@@ -43,6 +43,7 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::WriterProperties;
 
 use crate::Error;
+use crate::column::Column;
 use crate::format;
 use crate::persons::Persons;
 use crate::table::Table;
@@ -242,10 +243,8 @@ fn batch_columns(t: &Table, rows: Range<usize>, plan: &Plan) -> Vec<ArrayRef> {
         Arc::new(anon.finish()),
         Arc::new(event.finish()),
     ];
-    let empty_str: Vec<u32> = Vec::new();
-    let empty_num: Vec<f64> = Vec::new();
     for k in &plan.strings {
-        let col = t.strings.get(k).unwrap_or(&empty_str);
+        let col: &[u32] = t.strings.get(k).map_or(&[], |c| c);
         let mut b = StringBuilder::with_capacity(n, n * 8);
         for row in rows.clone() {
             match col.get(row).copied().unwrap_or(0) {
@@ -256,7 +255,7 @@ fn batch_columns(t: &Table, rows: Range<usize>, plan: &Plan) -> Vec<ArrayRef> {
         columns.push(Arc::new(b.finish()));
     }
     for k in &plan.numbers {
-        let col = t.numbers.get(k).unwrap_or(&empty_num);
+        let col: &[f64] = t.numbers.get(k).map_or(&[], |c| c);
         let mut b = Float64Builder::with_capacity(n);
         for row in rows.clone() {
             b.append_option(col.get(row).copied().filter(|v| !v.is_nan()));
@@ -370,7 +369,10 @@ fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
                         }
                     });
                 }
-                let col = t.strings.entry(k).or_default();
+                let col = t
+                    .strings
+                    .entry(k)
+                    .or_insert_with(|| Column::new(t.spill.clone()));
                 col.resize(base, 0);
                 col.extend_from_slice(&ids);
             }
@@ -379,7 +381,10 @@ fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
                     .as_any()
                     .downcast_ref::<Float64Array>()
                     .ok_or_else(|| Error::Segment(format!("{key:?} is not a number column")))?;
-                let col = t.numbers.entry(k).or_default();
+                let col = t
+                    .numbers
+                    .entry(k)
+                    .or_insert_with(|| Column::new(t.spill.clone()));
                 col.resize(base, f64::NAN);
                 col.extend(a.iter().map(|v| v.unwrap_or(f64::NAN)));
             }
@@ -530,7 +535,7 @@ mod tests {
             ..Table::default()
         };
         assert_eq!(decode_events(bytes, &mut back).expect("decode"), 3);
-        assert_eq!(back.lines.row, vec![1, 1]);
+        assert_eq!(&back.lines.row[..], &[1, 1]);
         assert_eq!(back.lines_json(1), t.lines_json(1));
         assert_eq!(
             back.lines_json(1).as_deref(),

@@ -27,6 +27,7 @@ use livora_log::{Consumer, EventLog, Record};
 use livora_model::TenantId;
 
 use crate::Error;
+use crate::column::Spill;
 use crate::segment;
 use crate::storage::{self, Manifest, SegmentMeta, SegmentStore, TenantManifest};
 use crate::table::Table;
@@ -47,6 +48,14 @@ pub struct ColumnOptions {
     /// After a seal, the files of one tenant's UTC day are merged into one once there are
     /// this many (small seals and late events add files to a day).
     pub compact_files: usize,
+    /// Where large columns go (memory-mapped scratch files; see [`Spill`]); `None` keeps
+    /// every column on the heap.
+    pub spill: Option<Arc<Spill>>,
+    /// The process's resident size the store keeps under by dropping the pages of its
+    /// spilled columns (they stay in the page cache and on disk; queries read them back).
+    /// `None`: no limit. The heap part (hot columns under the spill threshold, dictionaries,
+    /// persons) is not evictable: a limit below it only logs a warning.
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for ColumnOptions {
@@ -56,6 +65,8 @@ impl Default for ColumnOptions {
             seal_rows: 1_000_000,
             seal_interval: Duration::from_secs(300),
             compact_files: 8,
+            spill: None,
+            memory_limit: None,
         }
     }
 }
@@ -74,6 +85,8 @@ pub struct ColumnStore {
     retention: Mutex<HashMap<TenantId, u32>>,
     /// A retention changed: expire at the follower's next turn.
     expire_due: std::sync::atomic::AtomicBool,
+    /// When [`ColumnStore::trim`] last warned that eviction was not enough.
+    over_budget_warned: Mutex<Option<Instant>>,
 }
 
 impl Default for ColumnStore {
@@ -101,6 +114,7 @@ impl ColumnStore {
             hot_since: Mutex::default(),
             retention: Mutex::default(),
             expire_due: std::sync::atomic::AtomicBool::new(false),
+            over_budget_warned: Mutex::default(),
         }
     }
 
@@ -166,7 +180,9 @@ impl ColumnStore {
         segments.put_manifest(&manifest).await?;
         *lock(&self.manifest) = manifest;
         for (tenant, tm) in reload {
-            let table = Arc::new(RwLock::new(load_tenant(&segments, &tm).await?));
+            let table = Arc::new(RwLock::new(
+                load_tenant(&segments, &tm, self.opts.spill.clone()).await?,
+            ));
             let t2 = table.clone();
             tokio::task::spawn_blocking(move || extend_by_person(&t2))
                 .await
@@ -200,7 +216,7 @@ impl ColumnStore {
         let started = Instant::now();
         let mut rows = 0;
         for (tenant, tm) in &manifest.tenants {
-            let table = load_tenant(&segments, tm).await?;
+            let table = load_tenant(&segments, tm, store.opts.spill.clone()).await?;
             rows += table.len();
             store
                 .tables
@@ -232,7 +248,9 @@ impl ColumnStore {
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .entry(tenant)
-                    .or_default()
+                    .or_insert_with(|| {
+                        Arc::new(RwLock::new(Table::with_spill(self.opts.spill.clone())))
+                    })
                     .clone()
             });
             let mut t = table.write().unwrap_or_else(|e| e.into_inner());
@@ -477,10 +495,11 @@ impl ColumnStore {
         }
         let seq = manifest.seq + 1;
         let persons_path = tm.persons.clone();
+        let spill = self.opts.spill.clone();
         let merged = tokio::task::spawn_blocking(move || -> Result<(SegmentMeta, Bytes), Error> {
             let mut t = Table {
                 persons: segment::decode_persons(persons).map_err(|e| e.in_file(&persons_path))?,
-                ..Table::default()
+                ..Table::with_spill(spill)
             };
             for (bytes, meta) in parts {
                 let n = segment::decode_events(bytes, &mut t).map_err(|e| e.in_file(&meta.path))?;
@@ -588,6 +607,7 @@ impl ColumnStore {
         }
         let mut changes = log.subscribe();
         let mut last_expiry = Instant::now();
+        let mut last_trim = Instant::now();
         // The seal running beside the follower, if any, and when the next may start.
         let mut sealing: Option<tokio::task::JoinHandle<Result<(usize, u64), Error>>> = None;
         let mut next_seal = Instant::now();
@@ -654,6 +674,10 @@ impl ColumnStore {
                     Ok(sealed)
                 }));
             }
+            if last_trim.elapsed() >= Duration::from_millis(250) {
+                last_trim = Instant::now();
+                self.trim();
+            }
             if self.expire_due.swap(false, Ordering::AcqRel)
                 || last_expiry.elapsed() >= Duration::from_secs(3600)
             {
@@ -668,6 +692,51 @@ impl ColumnStore {
                 }
             }
         }
+    }
+
+    /// Keeps the process under [`ColumnOptions::memory_limit`]: when its resident size is
+    /// over, drops the resident pages of every spilled column (all tenants; the next query
+    /// faults back what it reads, from the page cache while the kernel keeps it). Returns
+    /// whether it evicted. The follower calls it every quarter second.
+    pub fn trim(&self) -> bool {
+        let Some(spill) = &self.opts.spill else {
+            return false;
+        };
+        metrics::gauge!("livora_columnar_mapped_bytes").set(spill.mapped_bytes() as f64);
+        let Some(limit) = self.opts.memory_limit else {
+            return false;
+        };
+        let Some(before) = resident_bytes() else {
+            return false;
+        };
+        if before <= limit {
+            return false;
+        }
+        for (_, table) in self.all_tables() {
+            Self::read(&table).evict();
+        }
+        let after = resident_bytes().unwrap_or(before);
+        metrics::counter!("livora_columnar_evictions_total").increment(1);
+        if after > limit {
+            let mut warned = lock(&self.over_budget_warned);
+            if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(600)) {
+                *warned = Some(Instant::now());
+                tracing::warn!(
+                    limit_mb = limit >> 20,
+                    resident_mb = after >> 20,
+                    "the process stays over [analytics] memory_limit with every spilled column \
+                     evicted: what is left is heap (hot rows, dictionaries, persons, other \
+                     services); raise the limit"
+                );
+            }
+        } else {
+            tracing::debug!(
+                before_mb = before >> 20,
+                after_mb = after >> 20,
+                "evicted spilled columns to stay under memory_limit"
+            );
+        }
+        true
     }
 
     /// Read access to a tenant's table (for tests and kernels).
@@ -761,6 +830,14 @@ fn encode_days(
 
 /// Extends the table's person-ordered projection to its sealed rows, reading under the read
 /// lock and swapping under the write lock.
+/// The process's resident set in bytes (Linux `/proc/self/status`, `VmRSS`), if readable.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn extend_by_person(table: &RwLock<Table>) {
     let extended = {
         let t = ColumnStore::read(table);
@@ -769,12 +846,16 @@ fn extend_by_person(table: &RwLock<Table>) {
     table.write().unwrap_or_else(|e| e.into_inner()).by_person = extended;
 }
 
-async fn load_tenant(segments: &SegmentStore, tm: &TenantManifest) -> Result<Table, Error> {
+async fn load_tenant(
+    segments: &SegmentStore,
+    tm: &TenantManifest,
+    spill: Option<Arc<Spill>>,
+) -> Result<Table, Error> {
     let persons = segments.get(&tm.persons).await?;
     let mut table = Table {
         persons: segment::decode_persons(persons).map_err(|e| e.in_file(&tm.persons))?,
         late: tm.late_events,
-        ..Table::default()
+        ..Table::with_spill(spill)
     };
     for seg in &tm.segments {
         let bytes = segments.get(&seg.path).await?;
@@ -895,9 +976,12 @@ mod tests {
         out
     }
 
+    /// A store sealing into `dir`, whose columns past 256 bytes live in spill files (so the
+    /// tests below run the mapped path through seals, compaction and reloads).
     fn sealed_store(dir: &std::path::Path) -> ColumnOptions {
         ColumnOptions {
             segments: Some(SegmentStore::local(dir).expect("store")),
+            spill: Some(Spill::new(dir.join("scratch"), 256).expect("spill")),
             ..ColumnOptions::default()
         }
     }
@@ -934,6 +1018,51 @@ mod tests {
                 ("price".into(), serde_json::json!(secs as f64 / 7.0)),
             ],
         )
+    }
+
+    #[tokio::test]
+    async fn a_store_over_its_memory_limit_evicts_spilled_columns_and_reads_them_back() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let tenant = Uuid::from_u128(9);
+        let records: Vec<_> = (0..5_000u64)
+            .map(|i| {
+                let who = format!("p{}", i % 97);
+                let e = ev(
+                    Some(&who),
+                    None,
+                    "Viewed",
+                    86_400 * (i as i64 % 5) + i as i64,
+                );
+                record(i, tenant, &e)
+            })
+            .collect();
+        let open = |limit: Option<u64>| {
+            let mut opts = sealed_store(dir.path());
+            opts.memory_limit = limit;
+            ColumnStore::with_options(opts)
+        };
+        let store = open(Some(1));
+        store.apply(&records[..3_000]);
+        store.seal(None).await.expect("seal");
+        store.apply(&records[3_000..]);
+        let table = store.table(TenantId(tenant)).expect("table");
+        let before = rows(&ColumnStore::read(&table));
+        assert!(
+            ColumnStore::read(&table).mapped_bytes() > 0,
+            "columns spilled"
+        );
+        assert!(store.trim(), "a 1-byte limit is always exceeded: evict");
+        assert_eq!(
+            rows(&ColumnStore::read(&table)),
+            before,
+            "evicted columns read back the same, sealed and hot"
+        );
+        store.apply(&[record(5_000, tenant, &ev(Some("late"), None, "Viewed", 3))]);
+        store.seal(None).await.expect("seal after eviction");
+        assert_eq!(ColumnStore::read(&table).len(), 5_001);
+        // No limit, or one far above the process: nothing to do.
+        assert!(!open(None).trim());
+        assert!(!open(Some(u64::MAX)).trim());
     }
 
     #[tokio::test]

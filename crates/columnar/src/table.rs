@@ -22,20 +22,23 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
 use crate::by_person::ByPerson;
+use crate::column::{Column, Plain, Spill};
 use crate::dict::Dictionary;
 use crate::persons::{PersonId, Persons};
 
 /// A string column: `0` = absent, else value id + 1.
-pub type StrColumn = Vec<u32>;
+pub type StrColumn = Column<u32>;
 /// A number column: `NaN` = absent.
-pub type NumColumn = Vec<f64>;
+pub type NumColumn = Column<f64>;
 
 #[derive(Debug)]
 pub struct Table {
-    pub person: Vec<PersonId>,
-    pub ts: Vec<i64>,
-    pub name: Vec<u32>,
+    pub person: Column<PersonId>,
+    pub ts: Column<i64>,
+    pub name: Column<u32>,
     pub names: Dictionary,
     pub keys: Dictionary,
     pub values: Dictionary,
@@ -59,6 +62,9 @@ pub struct Table {
     pub by_person: ByPerson,
     /// Line items of the events' `products` arrays.
     pub lines: Lines,
+    /// Where columns go once large (`None`: they stay on the heap). Set before the first
+    /// row ([`Table::with_spill`]).
+    pub spill: Option<Arc<Spill>>,
 }
 
 /// How much an event name is used (see [`Table::names_within`]).
@@ -76,7 +82,7 @@ pub struct NameUse {
 #[derive(Debug, Default)]
 pub struct Lines {
     /// The event row of each line, ascending.
-    pub row: Vec<u32>,
+    pub row: Column<u32>,
     pub strings: HashMap<u32, StrColumn>,
     pub numbers: HashMap<u32, NumColumn>,
 }
@@ -112,17 +118,9 @@ impl Lines {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.row.capacity() * 4
-            + self
-                .strings
-                .values()
-                .map(|c| c.capacity() * 4)
-                .sum::<usize>()
-            + self
-                .numbers
-                .values()
-                .map(|c| c.capacity() * 8)
-                .sum::<usize>()
+        self.row.heap_bytes()
+            + self.strings.values().map(Column::heap_bytes).sum::<usize>()
+            + self.numbers.values().map(Column::heap_bytes).sum::<usize>()
     }
 }
 
@@ -137,9 +135,9 @@ pub struct Chunk {
 impl Default for Table {
     fn default() -> Self {
         Self {
-            person: Vec::new(),
-            ts: Vec::new(),
-            name: Vec::new(),
+            person: Column::default(),
+            ts: Column::default(),
+            name: Column::default(),
             names: Dictionary::default(),
             keys: Dictionary::default(),
             values: Dictionary::default(),
@@ -153,11 +151,56 @@ impl Default for Table {
             late: 0,
             by_person: ByPerson::default(),
             lines: Lines::default(),
+            spill: None,
         }
     }
 }
 
 impl Table {
+    /// An empty table whose columns move to `spill` once large.
+    pub fn with_spill(spill: Option<Arc<Spill>>) -> Self {
+        Self {
+            person: Column::new(spill.clone()),
+            ts: Column::new(spill.clone()),
+            name: Column::new(spill.clone()),
+            lines: Lines {
+                row: Column::new(spill.clone()),
+                ..Lines::default()
+            },
+            spill,
+            ..Self::default()
+        }
+    }
+
+    /// Drops the resident pages of every column in a spill file (see [`Column::evict`]):
+    /// the next query reads them back from the page cache or the disk.
+    pub fn evict(&self) {
+        self.person.evict();
+        self.ts.evict();
+        self.name.evict();
+        self.lines.row.evict();
+        for c in self.strings.values().chain(self.lines.strings.values()) {
+            c.evict();
+        }
+        for c in self.numbers.values().chain(self.lines.numbers.values()) {
+            c.evict();
+        }
+        self.by_person.evict();
+    }
+
+    /// Bytes of spill file mapped by this table's columns.
+    pub fn mapped_bytes(&self) -> usize {
+        let strs = self.strings.values().chain(self.lines.strings.values());
+        let nums = self.numbers.values().chain(self.lines.numbers.values());
+        self.person.mapped_bytes()
+            + self.ts.mapped_bytes()
+            + self.name.mapped_bytes()
+            + self.lines.row.mapped_bytes()
+            + strs.map(|c| c.mapped_bytes()).sum::<usize>()
+            + nums.map(|c| c.mapped_bytes()).sum::<usize>()
+            + self.by_person.mapped_bytes()
+    }
+
     pub fn len(&self) -> usize {
         self.ts.len()
     }
@@ -253,13 +296,13 @@ impl Table {
             match v {
                 Scalar::Str(s) => {
                     let v = self.values.intern(&s) + 1;
-                    put(&mut self.lines.strings, key, line, v, 0);
+                    put(&mut self.lines.strings, &self.spill, key, line, v, 0);
                 }
                 Scalar::Bool(b) => {
                     let v = self.values.intern(if b { "true" } else { "false" }) + 1;
-                    put(&mut self.lines.strings, key, line, v, 0);
+                    put(&mut self.lines.strings, &self.spill, key, line, v, 0);
                 }
-                Scalar::Num(n) => put(&mut self.lines.numbers, key, line, n, f64::NAN),
+                Scalar::Num(n) => put(&mut self.lines.numbers, &self.spill, key, line, n, f64::NAN),
                 Scalar::Items(_) | Scalar::Object(_) | Scalar::Other => {}
             }
         }
@@ -309,28 +352,37 @@ impl Table {
     /// Approximate heap bytes held by the columns, dictionaries and persons (capacities, not
     /// lengths; hash-map overhead estimated): what "memory per event" is measured with.
     pub fn heap_bytes(&self) -> usize {
+        self.heap_breakdown().iter().map(|(_, b)| b).sum()
+    }
+
+    /// [`Table::heap_bytes`] part by part, for reports.
+    pub fn heap_breakdown(&self) -> Vec<(&'static str, usize)> {
         let vec = |cap: usize, size: usize| cap * size;
-        let dict = |d: &Dictionary| d.heap_bytes();
-        vec(self.person.capacity(), 4)
-            + vec(self.ts.capacity(), 8)
-            + vec(self.name.capacity(), 4)
-            + dict(&self.names)
-            + dict(&self.keys)
-            + dict(&self.values)
-            + self
-                .strings
-                .values()
-                .map(|c| vec(c.capacity(), 4))
-                .sum::<usize>()
-            + self
-                .numbers
-                .values()
-                .map(|c| vec(c.capacity(), 8))
-                .sum::<usize>()
-            + self.persons.heap_bytes()
-            + vec(self.chunks.capacity(), std::mem::size_of::<Chunk>())
-            + self.by_person.heap_bytes()
-            + self.lines.heap_bytes()
+        vec![
+            (
+                "fixed columns",
+                self.person.heap_bytes() + self.ts.heap_bytes() + self.name.heap_bytes(),
+            ),
+            (
+                "string columns",
+                self.strings.values().map(Column::heap_bytes).sum(),
+            ),
+            (
+                "number columns",
+                self.numbers.values().map(Column::heap_bytes).sum(),
+            ),
+            (
+                "dictionaries",
+                self.names.heap_bytes() + self.keys.heap_bytes() + self.values.heap_bytes(),
+            ),
+            ("persons", self.persons.heap_bytes()),
+            (
+                "chunks",
+                vec(self.chunks.capacity(), std::mem::size_of::<Chunk>()),
+            ),
+            ("by person", self.by_person.heap_bytes()),
+            ("lines", self.lines.heap_bytes()),
+        ]
     }
 
     /// Rows not yet sealed.
@@ -504,18 +556,27 @@ impl Table {
     fn set_str(&mut self, row: usize, key: &str, value: &str) {
         let k = self.keys.intern(key);
         let v = self.values.intern(value) + 1;
-        put(&mut self.strings, k, row, v, 0);
+        put(&mut self.strings, &self.spill, k, row, v, 0);
     }
 
     fn set_num(&mut self, row: usize, key: &str, value: f64) {
         let k = self.keys.intern(key);
-        put(&mut self.numbers, k, row, value, f64::NAN);
+        put(&mut self.numbers, &self.spill, k, row, value, f64::NAN);
     }
 }
 
 /// Sets `cols[key][at] = value`, padding the column with `absent` up to `at`.
-fn put<T: Copy>(cols: &mut HashMap<u32, Vec<T>>, key: u32, at: usize, value: T, absent: T) {
-    let col = cols.entry(key).or_default();
+fn put<T: Plain>(
+    cols: &mut HashMap<u32, Column<T>>,
+    spill: &Option<Arc<Spill>>,
+    key: u32,
+    at: usize,
+    value: T,
+    absent: T,
+) {
+    let col = cols
+        .entry(key)
+        .or_insert_with(|| Column::new(spill.clone()));
     col.resize(at, absent);
     col.push(value);
 }

@@ -35,6 +35,14 @@ pub struct AnalyticsBench {
     /// Write the events as Parquet (person: merged id, ts: µs, event, category, revenue).
     #[arg(long)]
     parquet: Option<PathBuf>,
+    /// Columns past this many KiB live in memory-mapped spill files (in a temporary
+    /// directory), as `[analytics] spill_min_kb` does in the server; 0: all on the heap.
+    #[arg(long, default_value_t = 1024)]
+    spill_min_kb: usize,
+    /// Drop the spilled columns' pages before every timed run (as `memory_limit_mb` does
+    /// when the process is over it): queries fault them back from the page cache.
+    #[arg(long)]
+    evict: bool,
 }
 
 pub const STEPS: [&str; 4] = [
@@ -50,7 +58,12 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     let days = 90;
     let persons = b.persons.unwrap_or(b.events as u64 / 10).max(1);
     let mut shop = Shop::with_population(11, persons);
-    let mut table = Table::default();
+    let scratch = tempfile::tempdir().context("spill directory")?;
+    let spill = match b.spill_min_kb {
+        0 => None,
+        kb => Some(livora_columnar::Spill::new(scratch.path(), kb << 10)?),
+    };
+    let mut table = Table::with_spill(spill);
     let started = Instant::now();
     let mut log_bytes = 0usize;
     while table.len() < b.events {
@@ -110,6 +123,9 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     let mut times = Vec::new();
     let mut result = None;
     for _ in 0..b.runs.max(1) {
+        if b.evict {
+            table.evict();
+        }
         let t = Instant::now();
         let redirects = table.persons.redirects();
         let r = funnel(&table, &redirects, &query)?;
@@ -141,6 +157,9 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     let mut rtimes = Vec::new();
     let mut matrix = Vec::new();
     for _ in 0..b.runs.max(1) {
+        if b.evict {
+            table.evict();
+        }
         let t = Instant::now();
         let redirects = table.persons.redirects();
         let r = retention(&table, &redirects, &rq, chrono_tz::UTC)?;
@@ -175,6 +194,9 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     let mut ttimes = Vec::new();
     let mut series = serde_json::Map::new();
     for _ in 0..b.runs.max(1) {
+        if b.evict {
+            table.evict();
+        }
         let t = Instant::now();
         let redirects = table.persons.redirects();
         let r = trends(&table, &redirects, &tq, chrono_tz::UTC)?;
@@ -210,6 +232,14 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
             "seal_seconds": seal_s,
             "projection_seconds": projection_s,
             "memory_bytes_per_event": table.heap_bytes() as f64 / table.len() as f64,
+            "mapped_bytes_per_event": table.mapped_bytes() as f64 / table.len() as f64,
+            "spill_min_kb": b.spill_min_kb,
+            "evict": b.evict,
+            "memory_breakdown_bytes_per_event": table
+                .heap_breakdown()
+                .into_iter()
+                .map(|(part, b)| (part.to_owned(), json!(b as f64 / table.len() as f64)))
+                .collect::<serde_json::Map<_, _>>(),
             // The whole process's resident set (generator leftovers included; capacity never
             // written is not resident, so it can be below `memory_bytes_per_event`).
             "rss_bytes_per_event": crate::bench::rss_mb(std::process::id(), "VmRSS:") * 1_048_576.0

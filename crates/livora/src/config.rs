@@ -164,6 +164,13 @@ pub struct AnalyticsConfig {
     pub seal_interval_secs: u64,
     /// Merge a tenant's UTC day into one file once it has this many (at least 2).
     pub compact_files: usize,
+    /// Columns larger than this (KiB) move from the heap to memory-mapped scratch files in
+    /// `<data_dir>/columns-scratch`, whose pages the kernel can reclaim. 0: every column
+    /// stays on the heap.
+    pub spill_min_kb: u64,
+    /// Keep the process's resident size under this (MiB) by dropping the pages of spilled
+    /// columns (queries read them back from the page cache or the disk). 0: no limit.
+    pub memory_limit_mb: u64,
 }
 
 impl Default for AnalyticsConfig {
@@ -177,6 +184,8 @@ impl Default for AnalyticsConfig {
             seal_rows: 1_000_000,
             seal_interval_secs: 300,
             compact_files: 8,
+            spill_min_kb: 1024,
+            memory_limit_mb: 0,
         }
     }
 }
@@ -325,6 +334,17 @@ impl Config {
             seal_rows: a.seal_rows.max(1),
             seal_interval: Duration::from_secs(a.seal_interval_secs.max(1)),
             compact_files: a.compact_files.max(2),
+            spill: match a.spill_min_kb {
+                0 => None,
+                kb => Some(
+                    livora_columnar::Spill::new(
+                        self.data_dir.join("columns-scratch"),
+                        usize::try_from(kb << 10).unwrap_or(usize::MAX),
+                    )
+                    .context("cannot create <data_dir>/columns-scratch")?,
+                ),
+            },
+            memory_limit: (a.memory_limit_mb > 0).then_some(a.memory_limit_mb << 20),
         })
     }
 

@@ -114,6 +114,15 @@ fn describe_metrics() {
         "segment files the column store merged into one file per tenant and day"
     );
     describe_gauge!(
+        "livora_columnar_mapped_bytes",
+        Unit::Bytes,
+        "bytes of memory-mapped spill files holding the column store's large columns"
+    );
+    describe_counter!(
+        "livora_columnar_evictions_total",
+        "times the column store dropped its spilled columns' pages to stay under [analytics] memory_limit_mb"
+    );
+    describe_gauge!(
         "livora_log_dedupe_runs",
         "dedupe index runs on disk (frozen ids beyond the memory cap)"
     );

@@ -37,6 +37,9 @@ pub enum BenchCommand {
     /// Models: lifetime-value fit time and scoring throughput, churn training, and every
     /// quality measure beside its baseline (CDNOW, AirPassengers, a generated shop).
     Intel(crate::bench_intel::IntelBench),
+    /// History against a memory budget on a real server: catch-up from the log, restart,
+    /// every query kind, resident memory.
+    Memory(crate::bench_memory::MemoryBench),
 }
 
 #[derive(clap::Args, Clone)]
@@ -75,6 +78,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || crate::bench_analytics::run(&b)).await?
         }
         BenchCommand::Profiles(b) => crate::bench_profiles::run(b).await,
+        BenchCommand::Memory(b) => crate::bench_memory::run(b).await,
         BenchCommand::Automation(b) => crate::bench_automation::run(b).await,
         BenchCommand::Intel(b) => {
             tokio::task::spawn_blocking(move || crate::bench_intel::run(&b)).await?
@@ -282,12 +286,31 @@ async fn start_server(
     ingest_only: bool,
     profiles: bool,
 ) -> anyhow::Result<(Server, std::net::SocketAddr, String, String)> {
-    let exe = std::env::current_exe().context("cannot find the livora binary")?;
     let dir = work.join(format!("livora-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
+    let (_, key, secret) = create_tenant(&dir)?;
+    let envs = [
+        (
+            "LIVORA__ANALYTICS__ENABLED",
+            if ingest_only { "false" } else { "true" },
+        ),
+        (
+            "LIVORA__ANALYTICS__PROFILES",
+            if profiles { "true" } else { "false" },
+        ),
+    ];
+    let (child, addr) = spawn_serve(&dir, &envs)?;
+    let server = Server { child, dir };
+    wait_healthy(addr, &key, Duration::from_secs(5)).await?;
+    Ok((server, addr, key, secret))
+}
+
+/// Creates a tenant in `dir` with `livora admin`: its id, write key and secret key.
+pub(crate) fn create_tenant(dir: &Path) -> anyhow::Result<(String, String, String)> {
+    let exe = std::env::current_exe().context("cannot find the livora binary")?;
     let out = Command::new(&exe)
         .args(["admin", "--data-dir"])
-        .arg(&dir)
+        .arg(dir)
         .args(["tenant", "create", "--name", "bench", "--json"])
         .output()
         .context("cannot run livora admin")?;
@@ -298,48 +321,64 @@ async fn start_server(
         );
     }
     let created: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let key = created["write_key"]["secret"]
-        .as_str()
-        .context("no write key in admin output")?
-        .to_owned();
-    let secret = created["secret_key"]["secret"]
-        .as_str()
-        .context("no secret key in admin output")?
-        .to_owned();
+    let text = |v: &serde_json::Value, what: &str| {
+        v.as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no {what} in admin output"))
+    };
+    Ok((
+        text(&created["tenant"]["id"], "tenant id")?,
+        text(&created["write_key"]["secret"], "write key")?,
+        text(&created["secret_key"]["secret"], "secret key")?,
+    ))
+}
+
+/// Starts `livora serve` over `dir` on a free loopback port, with `envs` set (its log in
+/// `dir/server.log`).
+pub(crate) fn spawn_serve(
+    dir: &Path,
+    envs: &[(&str, &str)],
+) -> anyhow::Result<(Child, std::net::SocketAddr)> {
+    let exe = std::env::current_exe().context("cannot find the livora binary")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let log = std::fs::File::create(dir.join("server.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))?;
     let child = Command::new(&exe)
         .args(["serve", "--data-dir"])
-        .arg(&dir)
+        .arg(dir)
         .args(["--listen", &addr.to_string()])
         .env("RUST_LOG", "warn")
-        .env(
-            "LIVORA__ANALYTICS__ENABLED",
-            if ingest_only { "false" } else { "true" },
-        )
-        .env(
-            "LIVORA__ANALYTICS__PROFILES",
-            if profiles { "true" } else { "false" },
-        )
+        .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .context("cannot start livora serve")?;
-    let server = Server { child, dir };
-    let client = Client::new(addr, &key);
-    for _ in 0..100 {
+    Ok((child, addr))
+}
+
+/// Waits up to `timeout` for `/healthz` to answer 200.
+pub(crate) async fn wait_healthy(
+    addr: std::net::SocketAddr,
+    key: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client = Client::new(addr, key);
+    let started = Instant::now();
+    while started.elapsed() < timeout {
         if matches!(client.get("/healthz").await, Ok((200, _))) {
-            return Ok((server, addr, key, secret));
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the server did not become healthy; see its log")
 }
 
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -7,6 +7,7 @@ mod bench;
 mod bench_analytics;
 mod bench_automation;
 mod bench_intel;
+mod bench_memory;
 mod bench_profiles;
 mod client;
 mod config;

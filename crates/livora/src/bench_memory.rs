@@ -1,0 +1,241 @@
+//! `livora bench memory`: history against a memory budget, on a real server. Writes
+//! `--events` of generated shop traffic into a fresh data directory's log (`livora demo
+//! generate`), starts `livora serve` with `[analytics] memory_limit_mb` and times the column
+//! store's catch-up (events applied per second, from the start of the process to the whole
+//! log applied); then stops it, starts it again (sealed segments loaded from Parquet, the
+//! rest of the log applied), runs every query kind through `POST /api/v1/query`, and reports
+//! the server's resident memory (VmRSS after the queries, VmHWM over the run), the spilled
+//! columns' bytes, and each query's time. Profiles, automation and model training are off:
+//! this measures the column store.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::bench::{create_tenant, metric, rss_mb, spawn_serve, wait_healthy};
+use crate::client::Client;
+
+#[derive(clap::Args, Clone)]
+pub struct MemoryBench {
+    /// Events to generate (about).
+    #[arg(long, default_value_t = 5_000_000)]
+    events: usize,
+    /// Size of the visitor population (default: a tenth of the events).
+    #[arg(long)]
+    persons: Option<u64>,
+    /// Days of history.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// `[analytics] memory_limit_mb` of the server (0: none).
+    #[arg(long, default_value_t = 1024)]
+    memory_limit_mb: u64,
+    /// Where to put the data directory (default: the system temp dir); removed after.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+/// The end of the generated history (fixed, so runs are comparable).
+const END: &str = "2026-11-30T00:00:00Z";
+
+pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
+    let work = b.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = work.join(format!("livora-memory-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let (tenant, key, secret) = create_tenant(&dir)?;
+    let exe = std::env::current_exe().context("cannot find the livora binary")?;
+    let persons = b.persons.unwrap_or(b.events as u64 / 10).max(1);
+    let generated = Instant::now();
+    let out = Command::new(&exe)
+        .args(["demo", "generate", "--data-dir"])
+        .arg(&dir)
+        .args(["--tenant", &tenant, "--end", END])
+        .args(["--events", &b.events.to_string()])
+        .args(["--persons", &persons.to_string()])
+        .args(["--days", &b.days.to_string()])
+        .output()
+        .context("cannot run livora demo generate")?;
+    if !out.status.success() {
+        bail!(
+            "demo generate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!(
+        "generated {} events in {:.0} s",
+        b.events,
+        generated.elapsed().as_secs_f64()
+    );
+    let limit = b.memory_limit_mb.to_string();
+    let envs = [
+        ("LIVORA__ANALYTICS__PROFILES", "false"),
+        ("LIVORA__AUTOMATION__ENABLED", "false"),
+        ("LIVORA__INTEL__RETRAIN_HOURS", "0"),
+        ("LIVORA__ANALYTICS__MEMORY_LIMIT_MB", limit.as_str()),
+    ];
+
+    // 1. Catch-up from the log.
+    let started = Instant::now();
+    let (mut child, addr) = spawn_serve(&dir, &envs)?;
+    let pid = child.id();
+    wait_healthy(addr, &key, Duration::from_secs(600)).await?;
+    let end = caught_up(addr, &key, Duration::from_secs(3600)).await?;
+    let catch_up_s = started.elapsed().as_secs_f64();
+    let catch_up_hwm_mb = rss_mb(pid, "VmHWM:");
+    stop(&mut child);
+
+    // 2. Restart: sealed segments from Parquet, then the log's unsealed tail.
+    let restarted = Instant::now();
+    let (mut child, addr) = spawn_serve(&dir, &envs)?;
+    let pid = child.id();
+    wait_healthy(addr, &key, Duration::from_secs(600)).await?;
+    caught_up(addr, &key, Duration::from_secs(3600)).await?;
+    let restart_s = restarted.elapsed().as_secs_f64();
+    let loaded_rss_mb = rss_mb(pid, "VmRSS:");
+    let api = Client::new(addr, &key).with_bearer(&secret);
+    let mut times = serde_json::Map::new();
+    for (name, q) in queries(b.days) {
+        let t = Instant::now();
+        let (status, body) = api
+            .post("/api/v1/query", Bytes::from(q.to_string()))
+            .await?;
+        if status != 200 {
+            bail!("{name}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        times.insert(name.into(), json!(t.elapsed().as_secs_f64() * 1000.0));
+    }
+    // The store checks its budget every quarter second.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let rss_after_mb = rss_mb(pid, "VmRSS:");
+    let hwm_mb = rss_mb(pid, "VmHWM:");
+    let metrics = Client::new(addr, &key).get("/metrics").await?.1;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let mapped = metric(&metrics, "livora_columnar_mapped_bytes");
+    let evictions = metric(&metrics, "livora_columnar_evictions_total");
+    stop(&mut child);
+    let columns_bytes = dir_bytes(&dir.join("columns"));
+    let summary = json!({
+        "events": end,
+        "persons": persons,
+        "memory_limit_mb": b.memory_limit_mb,
+        "catch_up_seconds": catch_up_s,
+        "catch_up_events_per_second": end as f64 / catch_up_s,
+        "catch_up_peak_rss_mb": catch_up_hwm_mb,
+        "restart_seconds": restart_s,
+        "rss_after_restart_mb": loaded_rss_mb,
+        "rss_after_queries_mb": rss_after_mb,
+        "peak_rss_mb": hwm_mb,
+        "mapped_bytes_per_event": mapped / end as f64,
+        "segment_bytes_per_event": columns_bytes as f64 / end as f64,
+        "evictions": evictions,
+        "query_ms": times,
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+/// Waits until the column store has applied the whole log; returns the log's end offset.
+async fn caught_up(
+    addr: std::net::SocketAddr,
+    key: &str,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
+    let client = Client::new(addr, key);
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        let text = client.get("/metrics").await?.1;
+        let text = String::from_utf8_lossy(&text);
+        let end = metric(&text, "livora_log_end_offset");
+        let applied = metric(
+            &text,
+            "livora_consumer_applied_offset{consumer=\"columnar\"}",
+        );
+        if end > 0.0 && applied >= end {
+            return Ok(end as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("the column store did not catch up with the log")
+}
+
+/// Every query kind over the whole generated range.
+fn queries(days: u32) -> Vec<(&'static str, Value)> {
+    let to: chrono::DateTime<chrono::Utc> = END.parse().unwrap_or_default();
+    let from = to - chrono::Duration::days(i64::from(days));
+    let range = json!({"from": from.to_rfc3339(), "to": to.to_rfc3339()});
+    let with = |q: Value| {
+        let mut q = q;
+        if let (Some(o), Some(r)) = (q.as_object_mut(), range.as_object()) {
+            o.extend(r.clone());
+        }
+        q
+    };
+    let steps = crate::bench_analytics::STEPS;
+    vec![
+        (
+            "funnel",
+            with(json!({"kind": "funnel", "window_seconds": 7 * 86_400,
+                "steps": steps.iter().map(|s| json!({"event": s})).collect::<Vec<_>>()})),
+        ),
+        (
+            "retention",
+            json!({"kind": "retention", "period": "week", "periods": 8,
+                "from": (to - chrono::Duration::weeks(8)).to_rfc3339(),
+                "start_event": {"event": steps[0]}, "return_event": {"event": steps[3]}}),
+        ),
+        (
+            "trends",
+            with(
+                json!({"kind": "trends", "event": {"event": steps[3]}, "interval": "day",
+                "metric": {"kind": "sum", "property": "revenue"},
+                "breakdown": {"property": "category"}}),
+            ),
+        ),
+        (
+            "paths",
+            with(json!({"kind": "paths", "event": {"event": steps[1]}, "depth": 3})),
+        ),
+        (
+            "stickiness",
+            with(json!({"kind": "stickiness", "interval": "week", "event": {"event": steps[0]}})),
+        ),
+        (
+            "lifecycle",
+            with(json!({"kind": "lifecycle", "interval": "week", "event": {"event": steps[0]}})),
+        ),
+        ("commerce", with(json!({"kind": "commerce"}))),
+    ]
+}
+
+fn stop(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -168,6 +168,26 @@ impl SegmentStore {
         }
     }
 
+    /// Every object under `dir` (a relative folder such as `events`), as paths relative to
+    /// this store.
+    pub async fn list(&self, dir: &str) -> Result<Vec<String>, Error> {
+        use futures::TryStreamExt;
+        let root = self.path(dir);
+        let prefix = self.prefix.as_ref();
+        let objects: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&root)).try_collect().await?;
+        Ok(objects
+            .into_iter()
+            .map(|o| {
+                let full = o.location.as_ref();
+                full.strip_prefix(prefix)
+                    .map(|r| r.trim_start_matches('/'))
+                    .unwrap_or(full)
+                    .to_owned()
+            })
+            .collect())
+    }
+
     /// The manifest, or `None` if nothing was ever sealed here.
     pub async fn manifest(&self) -> Result<Option<Manifest>, Error> {
         let bytes = match self.store.get(&self.path(MANIFEST)).await {

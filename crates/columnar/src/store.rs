@@ -85,8 +85,16 @@ pub struct ColumnStore {
     retention: Mutex<HashMap<TenantId, u32>>,
     /// A retention changed: expire at the follower's next turn.
     expire_due: std::sync::atomic::AtomicBool,
-    /// When [`ColumnStore::trim`] last warned that eviction was not enough.
-    over_budget_warned: Mutex<Option<Instant>>,
+    /// What [`ColumnStore::trim`] remembers between calls.
+    trim_state: Mutex<TrimState>,
+}
+
+/// [`ColumnStore::trim`]'s memory: when it last warned, and when it may evict again after an
+/// eviction that could not bring the process under the limit.
+#[derive(Debug, Default)]
+struct TrimState {
+    warned: Option<Instant>,
+    backoff_until: Option<Instant>,
 }
 
 impl Default for ColumnStore {
@@ -114,7 +122,7 @@ impl ColumnStore {
             hot_since: Mutex::default(),
             retention: Mutex::default(),
             expire_due: std::sync::atomic::AtomicBool::new(false),
-            over_budget_warned: Mutex::default(),
+            trim_state: Mutex::default(),
         }
     }
 
@@ -224,6 +232,7 @@ impl ColumnStore {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(TenantId(*tenant), Arc::new(RwLock::new(table)));
         }
+        store.remove_orphans(&segments, &manifest).await;
         tracing::info!(
             segments = %format!("{segments:?}"),
             offset = manifest.offset,
@@ -235,6 +244,46 @@ impl ColumnStore {
         store.applied.store(manifest.offset, Ordering::Release);
         *lock(&store.manifest) = manifest;
         Ok(Arc::new(store))
+    }
+
+    /// Deletes the segment and persons files the manifest does not name: what a seal or a
+    /// compaction cut short (by a crash) wrote before its manifest, and deletions that failed.
+    /// Other engines read the `events/` tree directly, so a leftover file would count its
+    /// events twice there. Runs at open, before anything is sealed: this node is the only
+    /// writer of its segment store. Failures are logged, not fatal.
+    async fn remove_orphans(&self, segments: &SegmentStore, manifest: &Manifest) {
+        let named: std::collections::HashSet<&str> = manifest
+            .tenants
+            .values()
+            .flat_map(|tm| {
+                tm.segments
+                    .iter()
+                    .map(|s| s.path.as_str())
+                    .chain(std::iter::once(tm.persons.as_str()))
+            })
+            .collect();
+        let mut removed = 0usize;
+        for dir in ["events", "persons"] {
+            let listed = match segments.list(dir).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, dir, "cannot list column segments to tidy");
+                    continue;
+                }
+            };
+            for path in listed.iter().filter(|p| !named.contains(p.as_str())) {
+                match segments.delete(path).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => tracing::warn!(error = %e, path, "cannot delete an orphan segment"),
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "removed column segment files the manifest does not name (left by a crash)"
+            );
+        }
     }
 
     /// Applies records read from the log (in offset order), taking each tenant's lock once
@@ -698,6 +747,10 @@ impl ColumnStore {
     /// over, drops the resident pages of every spilled column (all tenants; the next query
     /// faults back what it reads, from the page cache while the kernel keeps it). Returns
     /// whether it evicted. The follower calls it every quarter second.
+    ///
+    /// When an eviction leaves the process over the limit (the heap alone is over it), the
+    /// next waits five seconds: evicting again at once would only make queries read their
+    /// pages back over and over.
     pub fn trim(&self) -> bool {
         let Some(spill) = &self.opts.spill else {
             return false;
@@ -709,7 +762,8 @@ impl ColumnStore {
         let Some(before) = resident_bytes() else {
             return false;
         };
-        if before <= limit {
+        let mut state = lock(&self.trim_state);
+        if before <= limit || state.backoff_until.is_some_and(|t| Instant::now() < t) {
             return false;
         }
         for (_, table) in self.all_tables() {
@@ -718,18 +772,28 @@ impl ColumnStore {
         let after = resident_bytes().unwrap_or(before);
         metrics::counter!("livora_columnar_evictions_total").increment(1);
         if after > limit {
-            let mut warned = lock(&self.over_budget_warned);
-            if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(600)) {
-                *warned = Some(Instant::now());
+            state.backoff_until = Some(Instant::now() + Duration::from_secs(5));
+            if state
+                .warned
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(600))
+            {
+                state.warned = Some(Instant::now());
+                let heap: usize = self
+                    .all_tables()
+                    .iter()
+                    .map(|(_, t)| Self::read(t).heap_bytes())
+                    .sum();
                 tracing::warn!(
                     limit_mb = limit >> 20,
                     resident_mb = after >> 20,
-                    "the process stays over [analytics] memory_limit with every spilled column \
-                     evicted: what is left is heap (hot rows, dictionaries, persons, other \
-                     services); raise the limit"
+                    column_store_heap_mb = heap >> 20,
+                    "the process stays over [analytics] memory_limit_mb with every spilled \
+                     column evicted: the rest is heap (the column store's dictionaries, \
+                     persons and hot rows, and the other services); raise the limit"
                 );
             }
         } else {
+            state.backoff_until = None;
             tracing::debug!(
                 before_mb = before >> 20,
                 after_mb = after >> 20,
@@ -1277,20 +1341,34 @@ mod tests {
             rows(&t)
         };
         assert_eq!(reload().await, all, "compacted");
+        let put_back_old_files = || {
+            for m in &before.tenants[&tenant].segments {
+                let to = dir.path().join(&m.path);
+                std::fs::create_dir_all(to.parent().expect("dir")).expect("mkdir");
+                std::fs::copy(saved.path().join(&m.path), to).expect("copy");
+            }
+        };
+        let exists = |m: &SegmentMeta| dir.path().join(&m.path).exists();
         // Killed after the manifest, before the deletes: the old files are back, unnamed.
-        for m in &before.tenants[&tenant].segments {
-            let to = dir.path().join(&m.path);
-            std::fs::create_dir_all(to.parent().expect("dir")).expect("mkdir");
-            std::fs::copy(saved.path().join(&m.path), to).expect("copy");
-        }
+        put_back_old_files();
         assert_eq!(reload().await, all, "old files left over");
+        assert!(
+            !before.tenants[&tenant].segments.iter().any(exists),
+            "files the manifest does not name are removed at open (other engines read the tree)"
+        );
         // Killed before the manifest: the merged file exists, the old manifest names the rest.
+        put_back_old_files();
         std::fs::copy(
             saved.path().join("old-manifest.json"),
             dir.path().join(storage::MANIFEST),
         )
         .expect("copy");
         assert_eq!(reload().await, all, "merged file left over");
+        assert!(
+            !exists(&after.tenants[&tenant].segments[0]),
+            "merged file removed"
+        );
+        assert!(before.tenants[&tenant].segments.iter().all(exists));
     }
 
     #[tokio::test]

@@ -96,6 +96,7 @@ pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
     caught_up(addr, &key, Duration::from_secs(3600)).await?;
     let restart_s = restarted.elapsed().as_secs_f64();
     let loaded_rss_mb = rss_mb(pid, "VmRSS:");
+    let loaded_anon_mb = rss_mb(pid, "RssAnon:");
     let api = Client::new(addr, &key).with_bearer(&secret);
     let mut times = serde_json::Map::new();
     for (name, q) in queries(b.days) {
@@ -111,6 +112,8 @@ pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
     // The store checks its budget every quarter second.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let rss_after_mb = rss_mb(pid, "VmRSS:");
+    let anon_after_mb = rss_mb(pid, "RssAnon:");
+    let file_after_mb = rss_mb(pid, "RssFile:");
     let hwm_mb = rss_mb(pid, "VmHWM:");
     let metrics = Client::new(addr, &key).get("/metrics").await?.1;
     let metrics = String::from_utf8_lossy(&metrics);
@@ -127,7 +130,11 @@ pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
         "catch_up_peak_rss_mb": catch_up_hwm_mb,
         "restart_seconds": restart_s,
         "rss_after_restart_mb": loaded_rss_mb,
+        // Heap (anonymous) part of it: what eviction cannot drop.
+        "rss_anon_after_restart_mb": loaded_anon_mb,
         "rss_after_queries_mb": rss_after_mb,
+        "rss_anon_after_queries_mb": anon_after_mb,
+        "rss_file_after_queries_mb": file_after_mb,
         "peak_rss_mb": hwm_mb,
         "mapped_bytes_per_event": mapped / end as f64,
         "segment_bytes_per_event": columns_bytes as f64 / end as f64,

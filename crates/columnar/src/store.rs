@@ -291,17 +291,7 @@ impl ColumnStore {
     pub fn apply(&self, records: &[Record]) {
         let mut late = 0;
         for run in records.chunk_by(|a, b| a.tenant == b.tenant) {
-            let tenant = TenantId(run[0].tenant);
-            let table = self.table(tenant).unwrap_or_else(|| {
-                self.tables
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(tenant)
-                    .or_insert_with(|| {
-                        Arc::new(RwLock::new(Table::with_spill(self.opts.spill.clone())))
-                    })
-                    .clone()
-            });
+            let table = self.table_or_new(TenantId(run[0].tenant));
             let mut t = table.write().unwrap_or_else(|e| e.into_inner());
             let late_before = t.late;
             for r in run {
@@ -321,6 +311,34 @@ impl ColumnStore {
         if !records.is_empty() {
             lock(&self.hot_since).get_or_insert_with(Instant::now);
         }
+    }
+
+    /// Adds events that are not in the log (stored events' JSON) to `tenant`'s hot rows,
+    /// for `livora demo generate --sealed`, which writes histories too large for the log
+    /// straight into sealed segments. The applied offset does not move, so a seal records
+    /// the same log offset as before: the log's records after it are still applied.
+    pub fn import(&self, tenant: TenantId, events: &[Vec<u8>]) -> Result<(), Error> {
+        let table = self.table_or_new(tenant);
+        let mut t = table.write().unwrap_or_else(|e| e.into_inner());
+        for (i, json) in events.iter().enumerate() {
+            t.push_json(json)
+                .map_err(|e| Error::Segment(format!("imported event {i}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The tenant's table, made (empty) if it has none yet.
+    fn table_or_new(&self, tenant: TenantId) -> Arc<RwLock<Table>> {
+        self.table(tenant).unwrap_or_else(|| {
+            self.tables
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(tenant)
+                .or_insert_with(|| {
+                    Arc::new(RwLock::new(Table::with_spill(self.opts.spill.clone())))
+                })
+                .clone()
+        })
     }
 
     /// One past the last log offset applied: a query sees every event below it.
@@ -746,12 +764,19 @@ impl ColumnStore {
     /// Keeps the process under [`ColumnOptions::memory_limit`]: when its resident size is
     /// over, drops the resident pages of every spilled column (all tenants; the next query
     /// faults back what it reads, from the page cache while the kernel keeps it). Returns
-    /// whether it evicted. The follower calls it every quarter second.
+    /// whether it evicted. The follower calls it every quarter second (it also sets the
+    /// `livora_columnar_rows` and `livora_columnar_mapped_bytes` gauges).
     ///
     /// When an eviction leaves the process over the limit (the heap alone is over it), the
     /// next waits five seconds: evicting again at once would only make queries read their
     /// pages back over and over.
     pub fn trim(&self) -> bool {
+        let rows: usize = self
+            .all_tables()
+            .iter()
+            .map(|(_, t)| Self::read(t).len())
+            .sum();
+        metrics::gauge!("livora_columnar_rows").set(rows as f64);
         let Some(spill) = &self.opts.spill else {
             return false;
         };

@@ -49,7 +49,17 @@ pub struct GenerateArgs {
     /// Only write the Parquet file, not the log.
     #[arg(long, requires = "parquet")]
     pub no_log: bool,
+    /// Write the events straight into the column store's sealed segments (the data
+    /// directory's `columns/`, or `[analytics] segments_url`) instead of the log: for
+    /// histories larger than the disk holds as a log. Queries see them; profiles and
+    /// automation, which follow the log, do not.
+    #[arg(long, conflicts_with = "no_log")]
+    pub sealed: bool,
 }
+
+/// With `--sealed`, the hot rows are sealed every this many events: bigger seals write fewer
+/// files per day (a seal writes one per day it holds) and leave less to compact.
+const SEAL_EVERY: usize = 10_000_000;
 
 pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
@@ -73,6 +83,19 @@ pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_j
         )
     };
     let first_offset = log.as_ref().map(EventLog::end_offset);
+    // The log stays open with `--sealed` too: it holds the data directory's lock.
+    let columns = if args.sealed {
+        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        let opts = config.column_options(&env)?;
+        Some(
+            livora_columnar::ColumnStore::open(opts)
+                .await
+                .context("cannot open the column store")?,
+        )
+    } else {
+        None
+    };
+    let mut imported: Vec<Vec<u8>> = Vec::new();
     let mut shop = Shop::with_population(args.seed, args.persons);
     let mut table = args.parquet.as_ref().map(|_| Table::default());
     let (mut events, mut sessions, mut orders, mut revenue) = (0usize, 0u64, 0u64, 0.0f64);
@@ -103,7 +126,9 @@ pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_j
             if let Some(t) = table.as_mut() {
                 t.push_json(&payload)?;
             }
-            if log.is_some() {
+            if columns.is_some() {
+                imported.push(payload);
+            } else if log.is_some() {
                 records.push(NewRecord {
                     tenant: tenant.0,
                     id: event.message_id.clone(),
@@ -116,6 +141,15 @@ pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_j
             && let Some(log) = &log
         {
             log.append(std::mem::take(&mut records)).await?;
+        }
+        if let Some(c) = &columns
+            && (imported.len() >= 10_000 || events >= args.events)
+        {
+            c.import(tenant, &std::mem::take(&mut imported))?;
+            if c.hot_rows() >= SEAL_EVERY || events >= args.events {
+                c.seal(None).await?;
+                while c.compact(config.analytics.compact_files.max(2)).await? > 0 {}
+            }
         }
     }
     if let Some(log) = &log {
@@ -143,7 +177,10 @@ pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_j
         "revenue": (revenue * 100.0).round() / 100.0,
         "from": start.to_rfc3339(),
         "to": end.to_rfc3339(),
-        "log_offsets": first_offset.map(|f| json!([f, f + events as u64])),
+        "log_offsets": first_offset
+            .filter(|_| !args.sealed)
+            .map(|f| json!([f, f + events as u64])),
+        "sealed": args.sealed,
         "parquet": args.parquet.as_ref().map(|p| p.display().to_string()),
         "parquet_bytes": parquet_bytes,
         "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,

@@ -114,6 +114,10 @@ fn describe_metrics() {
         "segment files the column store merged into one file per tenant and day"
     );
     describe_gauge!(
+        "livora_columnar_rows",
+        "events in the column store's tables, sealed and hot, all tenants"
+    );
+    describe_gauge!(
         "livora_columnar_mapped_bytes",
         Unit::Bytes,
         "bytes of memory-mapped spill files holding the column store's large columns"

@@ -62,21 +62,7 @@ async fn sigkill_during_seals_and_compactions_loses_and_doubles_nothing() {
                     "properties": {"client": c, "batch": seq}
                 })).collect::<Vec<_>>()})
                 .to_string();
-                // The same batch until it is acknowledged, as an SDK retries.
-                loop {
-                    let target = url.lock().expect("lock").clone();
-                    let resp = http
-                        .post(format!("{target}/v1/batch"))
-                        .basic_auth(&key, Some(""))
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    if matches!(&resp, Ok(r) if r.status().as_u16() == 200) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                common::send_until_acked(&http, &url, &key, &body).await;
                 seq += 1;
             }
         }));
@@ -89,14 +75,7 @@ async fn sigkill_during_seals_and_compactions_loses_and_doubles_nothing() {
         server = start();
         *url.lock().expect("lock") = server.url.clone();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        tokio::time::timeout(Duration::from_secs(60), c)
-            .await
-            .expect("clients finish")
-            .expect("client task");
-    }
+    common::finish_clients(&stop, clients).await;
     assert!(server.terminate().success(), "clean exit on SIGTERM");
     let records = admin_json(dir.path(), &["log", "verify"])["records"]
         .as_u64()
@@ -151,16 +130,7 @@ async fn counts_by_day(http: &common::Http, url: &str, secret: &str) -> BTreeMap
     let q = json!({"kind": "trends", "event": {"event": "Crash Test"}, "interval": "day",
         "metric": {"kind": "count"},
         "from": "2026-03-01T00:00:00Z", "to": "2026-03-05T00:00:00Z"});
-    let resp = http
-        .post(format!("{url}/api/v1/query"))
-        .bearer_auth(secret)
-        .json(&q)
-        .send()
-        .await
-        .expect("query");
-    let status = resp.status();
-    let v: Value = resp.json().await.expect("query JSON");
-    assert_eq!(status, 200, "{v}");
+    let v = common::query(http, url, secret, &q).await;
     let buckets = v["buckets"].as_array().expect("buckets");
     let values = v["series"][0]["values"].as_array().expect("values");
     buckets

@@ -53,26 +53,8 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
                     "messageId": id, "properties": {"client": c, "batch": seq}
                 })).collect::<Vec<_>>()})
                 .to_string();
-                // Retry the same batch until it is acknowledged, like an SDK does.
-                loop {
-                    let target = url.lock().expect("lock").clone();
-                    let resp = http
-                        .post(format!("{target}/v1/batch"))
-                        .basic_auth(&key, Some(""))
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    if matches!(&resp, Ok(r) if r.status().as_u16() == 200) {
-                        acked.lock().expect("lock").extend(ids.iter().cloned());
-                        break;
-                    }
-                    if let Ok(r) = resp {
-                        let status = r.status().as_u16();
-                        assert!(status >= 500 || status == 429, "unexpected status {status}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                common::send_until_acked(&http, &url, &key, &body).await;
+                acked.lock().expect("lock").extend(ids.iter().cloned());
                 seq += 1;
             }
         }));
@@ -88,15 +70,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         server = start();
         *url.lock().expect("lock") = server.url.clone();
     }
-    // Let the clients finish their pending batches on the last server.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        tokio::time::timeout(Duration::from_secs(60), c)
-            .await
-            .expect("clients finish")
-            .expect("client task");
-    }
+    common::finish_clients(&stop, clients).await;
     let status = server.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, create_tenant, free_port, test_deps, wait_sealed};
+use common::{BIN, Server, create_tenant, free_port, query, test_deps, wait_sealed};
 use serde_json::{Value, json};
 
 /// 90 events of 10 people over three days, with a string and a number property.
@@ -53,20 +53,6 @@ fn trends() -> Value {
         "metric": {"kind": "sum", "property": "price"},
         "breakdown": {"property": "sku"}
     })
-}
-
-async fn query(http: &common::Http, url: &str, secret: &str, body: &Value) -> Value {
-    let resp = http
-        .post(format!("{url}/api/v1/query"))
-        .bearer_auth(secret)
-        .json(body)
-        .send()
-        .await
-        .expect("query");
-    let status = resp.status();
-    let v: Value = resp.json().await.expect("query JSON");
-    assert_eq!(status, 200, "{v}");
-    v
 }
 
 /// The answer without the fields that say when it was computed.
@@ -356,35 +342,13 @@ async fn demo_generate_fills_a_tenant_and_writes_the_same_events_as_parquet() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tenant = create_tenant(dir.path());
     let parquet = dir.path().join("events.parquet");
-    let out = Command::new(BIN)
-        .args([
-            "demo",
-            "generate",
-            "--events",
-            "5000",
-            "--persons",
-            "400",
-            "--days",
-            "60",
-        ])
-        .args([
-            "--end",
-            "2026-01-01T00:00:00Z",
-            "--tenant",
-            &tenant.id,
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .arg("--parquet")
-        .arg(&parquet)
-        .output()
-        .expect("run livora demo generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let parquet_arg = parquet.to_string_lossy().into_owned();
+    let summary = demo_generate(
+        dir.path(),
+        &tenant.id,
+        &["--events", "5000", "--persons", "400", "--days", "60"],
+        &["--parquet", &parquet_arg],
     );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
     let events = summary["events"].as_u64().expect("events");
     assert!(events >= 5000, "{summary}");
     assert_eq!(summary["tenant"], json!(tenant.id));
@@ -402,9 +366,7 @@ async fn demo_generate_fills_a_tenant_and_writes_the_same_events_as_parquet() {
         assert!(Instant::now() < deadline, "never caught up: {a}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(answer["totals"]["orders"], summary["orders"], "{answer}");
-    let revenue = answer["totals"]["revenue"].as_f64().expect("revenue");
-    assert!((revenue - summary["revenue"].as_f64().expect("revenue")).abs() < 0.01);
+    same_orders_and_revenue(&answer, &summary);
     assert!(
         answer["totals"]["refunds"].as_f64() > Some(0.0),
         "some orders are refunded"
@@ -446,20 +408,12 @@ print(json.dumps(duckdb.sql(f"""
 async fn demo_generate_sealed_writes_segments_that_queries_read_without_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tenant = create_tenant(dir.path());
-    let out = Command::new(BIN)
-        .args(["demo", "generate", "--sealed", "--events", "4000"])
-        .args(["--persons", "300", "--days", "30"])
-        .args(["--end", "2026-01-01T00:00:00Z", "--tenant", &tenant.id])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .expect("run livora demo generate --sealed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let summary = demo_generate(
+        dir.path(),
+        &tenant.id,
+        &["--events", "4000", "--persons", "300", "--days", "30"],
+        &["--sealed"],
     );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
     let events = summary["events"].as_u64().expect("events");
     assert_eq!(summary["sealed"], json!(true));
     // Straight into segments: the manifest holds every event, the log none.
@@ -483,7 +437,37 @@ async fn demo_generate_sealed_writes_segments_that_queries_read_without_the_log(
     let server = Server::start(dir.path());
     let q = json!({"kind": "commerce", "from": summary["from"], "to": summary["to"], "interval": "month"});
     let answer = query(&http, &server.url, &tenant.secret_key, &q).await;
+    same_orders_and_revenue(&answer, &summary);
+}
+
+/// A commerce answer counts the orders and revenue `demo generate` reported.
+fn same_orders_and_revenue(answer: &Value, summary: &Value) {
     assert_eq!(answer["totals"]["orders"], summary["orders"], "{answer}");
     let revenue = answer["totals"]["revenue"].as_f64().expect("revenue");
     assert!((revenue - summary["revenue"].as_f64().expect("revenue")).abs() < 0.01);
+}
+
+/// Runs `livora demo generate` into `tenant` of `dir` (history ending 2026-01-01) with `size`
+/// and `extra` arguments; returns its summary.
+fn demo_generate(dir: &Path, tenant: &str, size: &[&str], extra: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .args(["demo", "generate"])
+        .args(size)
+        .args([
+            "--end",
+            "2026-01-01T00:00:00Z",
+            "--tenant",
+            tenant,
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("run livora demo generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("summary JSON")
 }

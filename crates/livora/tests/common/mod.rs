@@ -328,3 +328,63 @@ pub async fn cloud_kms_round_trip(env: &[(&str, &str)], between_restarts: &dyn F
     );
     assert!(!dir.path().join("master.key").exists());
 }
+
+/// `POST /api/v1/query` with a secret key; asserts a 200 and returns the answer.
+pub async fn query(http: &Http, url: &str, secret: &str, body: &Value) -> Value {
+    let resp = http
+        .post(format!("{url}/api/v1/query"))
+        .bearer_auth(secret)
+        .json(body)
+        .send()
+        .await
+        .expect("query");
+    let status = resp.status();
+    let v: Value = resp.json().await.expect("query JSON");
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Posts `body` to `/v1/batch` on the server `url` names (it changes when a test restarts the
+/// server) until it is answered 200, as an SDK retries. Anything else must be a 5xx, a 429 or
+/// a failed connection.
+pub async fn send_until_acked(
+    http: &Http,
+    url: &std::sync::Mutex<String>,
+    write_key: &str,
+    body: &str,
+) {
+    loop {
+        let target = url.lock().expect("lock").clone();
+        let resp = http
+            .post(format!("{target}/v1/batch"))
+            .basic_auth(write_key, Some(""))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await;
+        if matches!(&resp, Ok(r) if r.status().as_u16() == 200) {
+            return;
+        }
+        if let Ok(r) = resp {
+            let status = r.status().as_u16();
+            assert!(status >= 500 || status == 429, "unexpected status {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Lets client tasks finish their pending batches on the last server (half a second), then
+/// stops them and waits for each (at most a minute).
+pub async fn finish_clients(
+    stop: &std::sync::atomic::AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .expect("clients finish")
+            .expect("client task");
+    }
+}

@@ -13,9 +13,11 @@
 //! milliseconds, not the whole seal.
 //!
 //! On start, the manifest's segments are loaded (not rebuilt from the log) and the follower
-//! resumes from the manifest's offset. Sealed rows stay in memory as the query cache: the
-//! kernels read one set of columns whether a row is hot or sealed, and skip sealed chunks
-//! outside a query's time range by their statistics.
+//! resumes from the manifest's offset. The Parquet segments are the source of truth; the
+//! query cache is built from them at start: the kernels read one set of columns whether a row
+//! is hot or sealed, and skip sealed chunks outside a query's time range by their statistics.
+//! Large columns live in memory-mapped spill files ([`ColumnOptions::spill`]), whose pages
+//! [`ColumnStore::trim`] drops to keep the process under [`ColumnOptions::memory_limit`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

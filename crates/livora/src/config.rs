@@ -339,12 +339,13 @@ impl Config {
                 kb => Some(
                     livora_columnar::Spill::new(
                         self.data_dir.join("columns-scratch"),
-                        usize::try_from(kb << 10).unwrap_or(usize::MAX),
+                        usize::try_from(kb.saturating_mul(1 << 10)).unwrap_or(usize::MAX),
                     )
                     .context("cannot create <data_dir>/columns-scratch")?,
                 ),
             },
-            memory_limit: (a.memory_limit_mb > 0).then_some(a.memory_limit_mb << 20),
+            memory_limit: (a.memory_limit_mb > 0)
+                .then_some(a.memory_limit_mb.saturating_mul(1 << 20)),
         })
     }
 
@@ -582,6 +583,34 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn huge_spill_and_memory_limits_saturate_instead_of_overflowing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let max = i64::MAX.to_string();
+        let c = Config::load(
+            None,
+            &env(&[
+                ("LIVORA__DATA_DIR", dir.path().to_str().expect("utf-8")),
+                ("LIVORA__ANALYTICS__SPILL_MIN_KB", &max),
+                ("LIVORA__ANALYTICS__MEMORY_LIMIT_MB", &max),
+            ]),
+        )
+        .expect("loads");
+        let o = c.column_options(&env(&[])).expect("options");
+        assert_eq!(o.memory_limit, Some(u64::MAX));
+        assert_eq!(o.spill.expect("spill").min_bytes, usize::MAX);
+        let off = Config::load(
+            None,
+            &env(&[
+                ("LIVORA__DATA_DIR", dir.path().to_str().expect("utf-8")),
+                ("LIVORA__ANALYTICS__SPILL_MIN_KB", "0"),
+            ]),
+        )
+        .expect("loads");
+        let o = off.column_options(&env(&[])).expect("options");
+        assert!(o.spill.is_none() && o.memory_limit.is_none());
     }
 
     #[test]

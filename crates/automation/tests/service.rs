@@ -164,7 +164,17 @@ async fn the_abandoned_cart_across_a_restart() {
     })
     .await;
 
-    // A crash: the service goes away with ada's timer pending.
+    // A crash: the service goes away with ada's timer pending, after its state reached the
+    // store (the runtime drops bob's timer before the commit that says so is written; a crash
+    // in between is the replay case below, not this one).
+    until("bob's order is committed", async || {
+        store
+            .automation_offset(livora_automation::service::CONSUMER)
+            .await
+            .expect("offset")
+            == Some(log.end_offset())
+    })
+    .await;
     follower.abort();
     let _ = follower.await;
     drop(svc);

@@ -58,7 +58,7 @@ impl People for ProfileService {
                 .members(s, false)
                 .map(|m| m.iter().copied().collect())
                 .unwrap_or_default(),
-            None => st.engine.profiles().people().map(|(id, _)| id).collect(),
+            None => st.engine.profiles().persons().collect(),
         };
         ids.into_iter()
             .filter_map(|id| person(&st.engine, id, now))

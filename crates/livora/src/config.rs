@@ -171,6 +171,10 @@ pub struct AnalyticsConfig {
     /// Keep the process's resident size under this (MiB) by dropping the pages of spilled
     /// columns (queries read them back from the page cache or the disk). 0: no limit.
     pub memory_limit_mb: u64,
+    /// Memory (MiB) the decoded profiles of all tenants may take: past it, the least
+    /// recently used go cold (compact encodings in `<data_dir>/profiles-scratch`, read back
+    /// when needed). 0: every profile stays decoded.
+    pub profiles_memory_limit_mb: u64,
 }
 
 impl Default for AnalyticsConfig {
@@ -186,6 +190,7 @@ impl Default for AnalyticsConfig {
             compact_files: 8,
             spill_min_kb: 1024,
             memory_limit_mb: 0,
+            profiles_memory_limit_mb: 0,
         }
     }
 }
@@ -361,19 +366,29 @@ impl Config {
     }
 
     /// How profiles are kept; `None` when they are off (or analytics are).
-    pub fn profiles_options(&self) -> Option<livora_profiles::snapshot::Options> {
-        (self.analytics.enabled && self.analytics.profiles).then(|| {
-            livora_profiles::snapshot::Options {
-                snapshots: (self.analytics.profiles_snapshot_secs > 0).then(|| {
-                    livora_profiles::snapshot::Snapshots {
-                        dir: self.data_dir.join("profiles"),
-                        every: std::time::Duration::from_secs(
-                            self.analytics.profiles_snapshot_secs,
-                        ),
-                    }
-                }),
-            }
-        })
+    pub fn profiles_options(&self) -> anyhow::Result<Option<livora_profiles::snapshot::Options>> {
+        if !(self.analytics.enabled && self.analytics.profiles) {
+            return Ok(None);
+        }
+        let budget = match self.analytics.profiles_memory_limit_mb {
+            0 => None,
+            mb => Some(
+                livora_profiles::people::Budget::new(
+                    usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+                    self.data_dir.join("profiles-scratch"),
+                )
+                .context("cannot create <data_dir>/profiles-scratch")?,
+            ),
+        };
+        Ok(Some(livora_profiles::snapshot::Options {
+            budget,
+            snapshots: (self.analytics.profiles_snapshot_secs > 0).then(|| {
+                livora_profiles::snapshot::Snapshots {
+                    dir: self.data_dir.join("profiles"),
+                    every: std::time::Duration::from_secs(self.analytics.profiles_snapshot_secs),
+                }
+            }),
+        }))
     }
 
     pub fn store_path(&self) -> PathBuf {

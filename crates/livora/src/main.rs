@@ -254,7 +254,7 @@ async fn serve(config: Config, demo: Option<demo::DemoOptions>) -> anyhow::Resul
             _ => anyhow::bail!("set both server.tls_cert and server.tls_key, or neither"),
         },
     };
-    let profiles = config.profiles_options();
+    let profiles = config.profiles_options()?;
     if profiles.as_ref().is_none_or(|p| p.snapshots.is_none())
         && log.remove_consumer(livora_profiles::snapshot::CONSUMER)?
     {

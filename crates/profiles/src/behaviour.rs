@@ -75,9 +75,11 @@ impl Hits {
         }
     }
 
-    /// Forgets the hits of selectors no definition uses any more.
-    pub fn retain(&mut self, keep: impl Fn(u32) -> bool) {
+    /// Forgets the hits of selectors no definition uses any more; `true` if any went.
+    pub fn retain(&mut self, keep: impl Fn(u32) -> bool) -> bool {
+        let before = self.0.len();
         self.0.retain(|s, _| keep(*s));
+        self.0.len() != before
     }
 
     pub fn heap_bytes(&self) -> usize {

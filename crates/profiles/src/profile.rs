@@ -4,8 +4,8 @@
 //! [`Profiles::apply`] takes events in log order. Personal fields must arrive decrypted
 //! (the caller holds the keys): emails and phone numbers are identifiers, compared by value.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
@@ -19,6 +19,7 @@ use crate::identity::{
     ANONYMOUS_ID, Cause, EMAIL, Identifier, IdentityGraph, MergeRules, Observation, PHONE,
     PersonId, USER_ID, UnmergeError,
 };
+use crate::people::{Budget, People, Stored};
 use crate::traits::{Stamp, Traits};
 
 /// One person's profile.
@@ -94,27 +95,13 @@ pub struct Touched {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profiles {
     graph: IdentityGraph,
-    /// Shared with a [frozen](Profiles::frozen) copy until changed.
-    #[serde(serialize_with = "in_memory_order")]
-    people: crate::Table<PersonId, Arc<Profile>>,
+    /// Hot ones shared with a [frozen](Profiles::frozen) copy until changed; cold ones
+    /// encoded (see [`People`]).
+    people: People,
     groups: HashMap<String, Group>,
     /// What behavioural conditions select, by index (`None`: no longer used).
     #[serde(with = "crate::snapshot::as_json")]
     selectors: Vec<Option<Selector>>,
-}
-
-/// A snapshot writes the profiles as [`Profiles::in_memory_order`] lists them.
-fn in_memory_order<S: serde::Serializer>(
-    people: &crate::Table<PersonId, Arc<Profile>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_map(by_address(people))
-}
-
-fn by_address(people: &crate::Table<PersonId, Arc<Profile>>) -> Vec<(PersonId, &Profile)> {
-    let mut all: Vec<(PersonId, &Profile)> = people.iter().map(|(p, b)| (*p, &**b)).collect();
-    all.sort_unstable_by_key(|&(_, profile)| std::ptr::from_ref(profile) as usize);
-    all
 }
 
 fn object(raw: Option<&serde_json::value::RawValue>) -> Map<String, Value> {
@@ -243,7 +230,7 @@ impl Profiles {
     pub fn new(rules: MergeRules) -> Self {
         Self {
             graph: IdentityGraph::new(rules),
-            people: crate::Table::new(),
+            people: People::default(),
             groups: HashMap::new(),
             selectors: Vec::new(),
         }
@@ -279,9 +266,8 @@ impl Profiles {
                 *s = None;
             }
         }
-        for p in self.people.values_mut() {
-            Arc::make_mut(p).hits.retain(|s| used.contains(&s));
-        }
+        self.people
+            .for_each_mut(|p| p.hits.retain(|s| used.contains(&s)));
     }
 
     /// Records the hits of `selectors` (new ones) from past events, in log order.
@@ -299,9 +285,7 @@ impl Profiles {
                     .get(i as usize)
                     .and_then(|s| s.as_ref()?.select(name, &props, at))
                 {
-                    Arc::make_mut(self.people.entry(person).or_default())
-                        .hits
-                        .add(i, hit);
+                    self.people.entry(person).hits.add(i, hit);
                 }
             }
         }
@@ -317,7 +301,7 @@ impl Profiles {
     pub(crate) fn frozen(&self) -> Self {
         Self {
             graph: self.graph.frozen(),
-            people: self.people.clone(),
+            people: self.people.frozen(),
             groups: self.groups.clone(),
             selectors: self.selectors.clone(),
         }
@@ -327,21 +311,37 @@ impl Profiles {
         &self.graph
     }
 
-    /// A person's profile, following merges (`id` may name a person merged away since).
-    pub fn get(&self, id: PersonId) -> Option<(PersonId, &Profile)> {
+    /// A person's profile, following merges (`id` may name a person merged away since);
+    /// decoded if it is cold.
+    pub fn get(&self, id: PersonId) -> Option<(PersonId, Cow<'_, Profile>)> {
         let p = self.graph.resolve(id)?;
         Some((p, self.people.get(&p)?))
     }
 
-    pub fn people(&self) -> impl Iterator<Item = (PersonId, &Profile)> {
-        self.people.iter().map(|(p, prof)| (*p, &**prof))
+    /// Every profile (cold ones decoded one at a time as the walk reaches them).
+    pub fn people(&self) -> impl Iterator<Item = (PersonId, Cow<'_, Profile>)> {
+        self.people.iter().map(|(p, s)| (p, s.load()))
     }
 
-    /// Every profile, in the order they sit in memory rather than the table's (hash) order:
-    /// a walk over all of them (a recompute, a snapshot) waits on memory, and profiles
-    /// allocated one after another sit side by side.
-    pub fn in_memory_order(&self) -> Vec<(PersonId, &Profile)> {
-        by_address(&self.people)
+    /// Every person with a profile.
+    pub fn persons(&self) -> impl Iterator<Item = PersonId> + '_ {
+        self.people.ids()
+    }
+
+    /// Every profile as stored, in the order they sit in memory rather than the table's
+    /// (hash) order (see [`People::in_memory_order`]).
+    pub fn in_memory_order(&self) -> Vec<(PersonId, Stored<'_>)> {
+        self.people.in_memory_order()
+    }
+
+    /// Puts the profiles under a memory budget (`None`: all decoded).
+    pub fn set_budget(&mut self, budget: Option<std::sync::Arc<Budget>>) {
+        self.people.set_budget(budget);
+    }
+
+    /// Decoded profiles held.
+    pub fn hot(&self) -> usize {
+        self.people.hot()
     }
 
     pub fn len(&self) -> usize {
@@ -387,13 +387,12 @@ impl Profiles {
                         group.members.insert(person);
                     }
                 }
-                Arc::make_mut(self.people.entry(person).or_default())
-                    .merge(Arc::unwrap_or_clone(old));
+                self.people.entry(person).merge(old);
             }
         }
         // A person without a profile yet (new, or split off by an un-merge) is evaluated
         // whole.
-        let fresh = !self.people.contains_key(&person);
+        let fresh = !self.people.contains(&person);
         let mut touched = self.record(person, e, parsed);
         touched.everything = fresh || outcome.created || !outcome.absorbed.is_empty();
         touched.identifiers = outcome.new_identifier;
@@ -432,7 +431,7 @@ impl Profiles {
             ..Touched::default()
         };
         // Copied first only if a snapshot still holds it.
-        let profile = Arc::make_mut(self.people.entry(person).or_default());
+        let profile = self.people.entry(person);
         profile.computed.record(name, e.timestamp, amount);
         let at = e.timestamp.timestamp();
         for (i, s) in self.selectors.iter().enumerate() {
@@ -545,9 +544,11 @@ impl Profiles {
         person: PersonId,
         values: std::collections::BTreeMap<String, f64>,
     ) -> bool {
-        match self.people.get_mut(&person) {
+        match self.people.get(&person) {
             Some(p) if p.predictions != values => {
-                Arc::make_mut(p).predictions = values;
+                if let Some(p) = self.people.get_mut(person) {
+                    p.predictions = values;
+                }
                 true
             }
             _ => false,
@@ -561,14 +562,14 @@ impl Profiles {
         use crate::identity::{ANONYMOUS_ID, USER_ID};
         self.graph
             .erase(person, |i| i.kind == USER_ID || i.kind == ANONYMOUS_ID);
-        if let Some(p) = self.people.get_mut(&person) {
-            Arc::make_mut(p).traits = Traits::default();
+        if let Some(p) = self.people.get_mut(person) {
+            p.traits = Traits::default();
         }
     }
 
     /// Approximate heap bytes of the profiles (not the identity graph).
     pub fn heap_bytes(&self) -> usize {
-        self.people.values().map(|p| p.heap_bytes() + 64).sum()
+        self.people.heap_bytes()
     }
 
     /// RFM scores of every person with an order.
@@ -584,8 +585,8 @@ impl Profiles {
         };
         let (r, f, m) = key(&self.people.get(&person)?.computed)?;
         let (mut n, mut below) = (0usize, [0usize; 3]);
-        for p in self.people.values() {
-            let Some((pr, pf, pm)) = key(&p.computed) else {
+        for (_, p) in self.people.iter() {
+            let Some((pr, pf, pm)) = key(&p.load().computed) else {
                 continue;
             };
             n += 1;
@@ -608,8 +609,9 @@ impl Profiles {
             .people
             .iter()
             .filter_map(|(p, prof)| {
+                let prof = prof.load();
                 let c = &prof.computed;
-                Some((*p, c.last_order_at?, c.orders, c.revenue - c.refunds))
+                Some((p, c.last_order_at?, c.orders, c.revenue - c.refunds))
             })
             .collect();
         let input: Vec<_> = customers.iter().map(|c| (c.1, c.2, c.3)).collect();
@@ -641,7 +643,7 @@ mod tests {
     fn recomputed(p: &Profiles, events: &[Event]) -> Vec<(PersonId, Profile)> {
         let mut fresh = Profiles {
             graph: p.graph.clone(),
-            people: crate::Table::new(),
+            people: People::default(),
             groups: HashMap::new(),
             selectors: p.selectors.clone(),
         };
@@ -654,7 +656,8 @@ mod tests {
     }
 
     fn sorted(p: &Profiles) -> Vec<(PersonId, Profile)> {
-        let mut v: Vec<(PersonId, Profile)> = p.people().map(|(i, x)| (i, x.clone())).collect();
+        let mut v: Vec<(PersonId, Profile)> =
+            p.people().map(|(i, x)| (i, x.into_owned())).collect();
         v.sort_by_key(|x| x.0);
         for (_, prof) in &mut v {
             // Float sums in another order differ in the last bits.

@@ -855,7 +855,7 @@ impl Engine {
         self.timers.clear();
         self.state_of.clear();
         self.reindex();
-        let people: Vec<PersonId> = self.profiles.people().map(|(p, _)| p).collect();
+        let people: Vec<PersonId> = self.profiles.persons().collect();
         for p in people {
             let (_, next) = self.evaluate(p, t);
             self.schedule(p, next);
@@ -948,7 +948,7 @@ impl Engine {
             results.resize(self.compiled.len(), false);
             return (results, None);
         };
-        let next = self.evaluate_profile(person, profile, t, touched, &mut results);
+        let next = self.evaluate_profile(person, &profile, t, touched, &mut results);
         (results, next)
     }
 
@@ -1160,9 +1160,9 @@ impl Engine {
             .map(|chunk| {
                 let mut out = vec![Vec::new(); n];
                 let mut results = Vec::with_capacity(n);
-                for &(p, profile) in chunk {
+                for &(p, stored) in chunk {
                     results.clear();
-                    self.evaluate_profile(p, profile, t, None, &mut results);
+                    self.evaluate_profile(p, &stored.load(), t, None, &mut results);
                     for (i, &v) in results.iter().enumerate() {
                         if v {
                             out[i].push(p);
@@ -1228,7 +1228,7 @@ impl Engine {
             let mut results = Vec::with_capacity(pos + 1);
             for c in &compiled[..=pos] {
                 let ctx = Ctx {
-                    profile,
+                    profile: &profile,
                     graph: self.profiles.graph(),
                     person: p,
                     t,
@@ -1253,6 +1253,12 @@ impl Engine {
         self.timers
             .first()
             .and_then(|(t, _)| DateTime::from_timestamp(*t, 0))
+    }
+
+    /// Puts the profiles under a memory budget (`None`: all decoded); see
+    /// [`crate::people`].
+    pub fn set_budget(&mut self, budget: Option<std::sync::Arc<crate::people::Budget>>) {
+        self.profiles.set_budget(budget);
     }
 
     /// Approximate heap bytes: profiles, memberships and timers.
@@ -1415,7 +1421,7 @@ mod tests {
     /// engine goes on from there.
     #[test]
     fn an_engine_read_back_from_a_snapshot_goes_on_the_same() {
-        use crate::snapshot::{BodyRef, decode, encode};
+        use crate::snapshot::decode;
         let mut e = Engine::new(MergeRules::default());
         let cart = json!({"not_followed_by": {"event": "Product Added", "key": "cart_id",
             "not_followed_by": "Order Completed", "within_minutes": 60}});
@@ -1465,7 +1471,7 @@ mod tests {
             at(25),
         );
         let tenant = livora_model::TenantId::generate();
-        let packed = encode(&BodyRef {
+        let packed = crate::snapshot::encode(&crate::snapshot::BodyRef {
             tenant,
             applied: 3,
             history_from: 0,
@@ -1488,8 +1494,11 @@ mod tests {
         );
         assert_eq!(back.profiles().graph().log(), e.profiles().graph().log());
         let people = |x: &Engine| {
-            let mut v: Vec<(PersonId, Profile)> =
-                x.profiles().people().map(|(p, q)| (p, q.clone())).collect();
+            let mut v: Vec<(PersonId, Profile)> = x
+                .profiles()
+                .people()
+                .map(|(p, q)| (p, q.into_owned()))
+                .collect();
             v.sort_by_key(|(p, _)| *p);
             v
         };
@@ -1809,6 +1818,63 @@ mod tests {
         prop::collection::vec((0u8..8, 0u8..4, 0u8..3, 0u8..3, 0u32..200_000), 1..60)
     }
 
+    /// The event of a step (`None`: the clock jumps).
+    fn step_event(
+        n: u32,
+        (kind, user, anon, cart, dt): (u8, u8, u8, u8, u32),
+        clock: i64,
+    ) -> Option<Event> {
+        let u = format!("u{user}");
+        let a = format!("a{anon}");
+        // Events may be late (up to a day behind the clock).
+        let when = clock - i64::from(dt % 86_400);
+        match kind {
+            0 => Some(track(
+                &u,
+                "Order Completed",
+                json!({"cart": format!("c{cart}"), "revenue": 10}),
+                n,
+                when,
+            )),
+            1 => Some(event(
+                json!({"type": "track", "anonymousId": a, "event": "Viewed"}),
+                n,
+                when,
+            )),
+            2 => Some(event(
+                json!({"type": "track", "anonymousId": a, "event": "Product Added",
+                "properties": {"cart": format!("c{cart}")}}),
+                n,
+                when,
+            )),
+            3 => Some(event(
+                json!({"type": "identify", "userId": u, "anonymousId": a,
+                "traits": {"plan": if cart == 0 { "pro" } else { "free" },
+                           "signup": at(when).to_rfc3339()}}),
+                n,
+                when,
+            )),
+            4 => Some(track(
+                &u,
+                "Plan Changed",
+                json!({"$set": {"plan": if cart == 0 { "free" } else { "pro" }}}),
+                n,
+                when,
+            )),
+            _ => None,
+        }
+    }
+
+    fn sorted_people(x: &Engine) -> Vec<(PersonId, Profile)> {
+        let mut v: Vec<(PersonId, Profile)> = x
+            .profiles()
+            .people()
+            .map(|(p, q)| (p, q.into_owned()))
+            .collect();
+        v.sort_by_key(|(p, _)| *p);
+        v
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
@@ -1818,24 +1884,10 @@ mod tests {
                 e.upsert(s, [], at(0)).expect("saved");
             }
             let mut clock = 0i64;
-            for (n, &(kind, user, anon, cart, dt)) in steps.iter().enumerate() {
+            for (n, &step) in steps.iter().enumerate() {
                 let n = n as u32;
-                let u = format!("u{user}");
-                let a = format!("a{anon}");
-                // Events may be late (up to a day behind the clock).
-                let when = clock - i64::from(dt % 86_400);
-                let ev = match kind {
-                    0 => Some(track(&u, "Order Completed", json!({"cart": format!("c{cart}"), "revenue": 10}), n, when)),
-                    1 => Some(event(json!({"type": "track", "anonymousId": a, "event": "Viewed"}), n, when)),
-                    2 => Some(event(json!({"type": "track", "anonymousId": a, "event": "Product Added",
-                        "properties": {"cart": format!("c{cart}")}}), n, when)),
-                    3 => Some(event(json!({"type": "identify", "userId": u, "anonymousId": a,
-                        "traits": {"plan": if cart == 0 { "pro" } else { "free" },
-                                   "signup": at(when).to_rfc3339()}}), n, when)),
-                    4 => Some(track(&u, "Plan Changed",
-                        json!({"$set": {"plan": if cart == 0 { "free" } else { "pro" }}}), n, when)),
-                    _ => None,
-                };
+                let ev = step_event(n, step, clock);
+                let dt = step.4;
                 match ev {
                     Some(ev) => {
                         e.apply(&ev, at(clock));
@@ -1850,6 +1902,65 @@ mod tests {
                 prop_assert_eq!(inc, full, "step {}", n);
                 e.check_state();
             }
+        }
+
+        /// An engine whose profiles go cold under a memory budget (all but the one in use
+        /// at a zero budget, some at a small one) answers as one with every profile decoded:
+        /// the same transitions, members, profiles and recomputation, across snapshots
+        /// read back under the budget and a segment saved late (a backfill over cold
+        /// profiles).
+        #[test]
+        fn a_memory_budget_changes_no_answer(steps in steps(), limit in prop_oneof![Just(0usize), Just(3000)]) {
+            let budget = crate::people::Budget::new(limit, std::env::temp_dir().join("livora-engine-tests"))
+                .expect("budget");
+            let mut plain = Engine::new(MergeRules::default());
+            let mut tight = Engine::new(MergeRules::default());
+            tight.set_budget(Some(budget.clone()));
+            let defs = definitions();
+            let (early, late) = defs.split_at(defs.len() / 2);
+            for s in early {
+                plain.upsert(s.clone(), [], at(0)).expect("saved");
+                tight.upsert(s.clone(), [], at(0)).expect("saved");
+            }
+            let mut clock = 0i64;
+            let mut past: Vec<Event> = Vec::new();
+            for (n, &step) in steps.iter().enumerate() {
+                let n = n as u32;
+                match step_event(n, step, clock) {
+                    Some(ev) => {
+                        prop_assert_eq!(plain.apply(&ev, at(clock)), tight.apply(&ev, at(clock)), "step {}", n);
+                        past.push(ev);
+                    }
+                    None => {
+                        clock += i64::from(step.4) * 7;
+                        prop_assert_eq!(plain.advance(at(clock)), tight.advance(at(clock)));
+                    }
+                }
+                if n % 7 == 3 {
+                    let packed = crate::snapshot::encode(&crate::snapshot::BodyRef {
+                        tenant: livora_model::TenantId::generate(),
+                        applied: 0,
+                        history_from: 0,
+                        engine: &tight.frozen(),
+                        announced: &HashMap::new(),
+                    }).expect("encodes");
+                    tight = crate::people::reading_with(Some(budget.clone()), || {
+                        crate::snapshot::decode(std::path::Path::new("t.snap"), &packed).expect("decodes")
+                    }).engine;
+                }
+                if n == 10 {
+                    for s in late {
+                        plain.upsert(s.clone(), &past, at(clock)).expect("saved");
+                        tight.upsert(s.clone(), &past, at(clock)).expect("saved");
+                    }
+                }
+                prop_assert_eq!(plain.membership(), tight.membership(), "step {}", n);
+                prop_assert_eq!(sorted_people(&plain), sorted_people(&tight), "step {}", n);
+                if limit == 0 {
+                    prop_assert!(tight.profiles().hot() <= 1, "{} decoded", tight.profiles().hot());
+                }
+            }
+            prop_assert_eq!(plain.recompute(at(clock)), tight.recompute(at(clock)));
         }
     }
 }

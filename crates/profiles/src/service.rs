@@ -33,6 +33,7 @@ use livora_store::profiles::{RulesChange, SegmentRecord, Unmerge};
 use serde_json::{Value, json};
 
 use crate::identity::{ANONYMOUS_ID, Identifier, PersonId, USER_ID};
+use crate::people::Budget;
 use crate::profile::Parsed;
 use crate::segments::{Engine, Rule, Spec, Transition};
 use crate::snapshot::{self, Announced, Snapshots};
@@ -129,6 +130,8 @@ pub struct ProfileService {
     durable: tokio::sync::watch::Sender<u64>,
     /// Why the follower stopped, if it stopped on an error (it then does not start again).
     failure: Mutex<Option<String>>,
+    /// The memory every tenant's profiles share (unset: all decoded).
+    budget: std::sync::OnceLock<Arc<Budget>>,
 }
 
 /// The decoder's threads, at the priority of the thread that starts them: the follower
@@ -231,7 +234,25 @@ impl ProfileService {
             submitted: AtomicU64::new(0),
             durable: tokio::sync::watch::Sender::new(0),
             failure: Mutex::new(None),
+            budget: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Puts every tenant's profiles under `budget` (see [`crate::people`]); set before the
+    /// service starts (a second call is ignored).
+    pub fn set_budget(&self, budget: Arc<Budget>) {
+        let _ = self.budget.set(budget);
+    }
+
+    /// The profiles' memory budget, if any.
+    pub fn budget(&self) -> Option<Arc<Budget>> {
+        self.budget.get().cloned()
+    }
+
+    fn new_engine(&self, rules: MergeRules) -> Engine {
+        let mut engine = Engine::new(rules);
+        engine.set_budget(self.budget());
+        engine
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -287,7 +308,7 @@ impl ProfileService {
         all.entry(tenant)
             .or_insert_with(|| {
                 Arc::new(Mutex::new(TenantState {
-                    engine: Engine::new(self.rules.clone()),
+                    engine: self.new_engine(self.rules.clone()),
                     applied: 0,
                     announced: HashMap::new(),
                     // First seen after catching up: every event of it is still to come.
@@ -540,14 +561,15 @@ impl ProfileService {
         let path = snapshot::tenant_path(dir, tenant);
         let bytes = snapshot::read(&path)?;
         let (body, encrypted) = snapshot::unframe(&path, &bytes)?;
+        let budget = self.budget();
         if !encrypted {
-            return snapshot::decode(&path, body);
+            return crate::people::reading_with(budget, || snapshot::decode(&path, body));
         }
         let Some(k) = &self.keyring else {
             return Err(snapshot::SnapshotError::NeedsKey(path));
         };
         let plain = k.open_blob(tenant, snapshot::LABEL, body).await?;
-        snapshot::decode(&path, &plain)
+        crate::people::reading_with(budget, || snapshot::decode(&path, &plain))
     }
 
     /// Takes the state of every tenant changed since its last snapshot (the part of a
@@ -930,6 +952,7 @@ impl ProfileService {
             .filter_map(|c| Some((c.log_offset, parse_rules(&c.rules).ok()?)))
             .collect();
         let rules = self.rules.clone();
+        let budget = self.budget();
         let (before, after) = self
             .with_events(log, tenant, |state, records, upto| {
                 // Checked again here: retention may have run while the events were read.
@@ -937,6 +960,7 @@ impl ProfileService {
                     return Err(ServiceError::HistoryGone(log.start_offset()));
                 }
                 let mut engine = Engine::new(rules.clone());
+                engine.set_budget(budget.clone());
                 install_all(&mut engine, state.engine.specs().to_vec(), now);
                 let mut pending = unmerges.iter().filter(|u| u.log_offset <= upto).peekable();
                 let mut rule_changes = changes.iter().peekable();

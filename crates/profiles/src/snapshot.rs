@@ -58,6 +58,8 @@ const ENCRYPTED: u8 = 1;
 pub struct Options {
     /// `None`: no snapshots; every start reads the whole log again.
     pub snapshots: Option<Snapshots>,
+    /// The memory the profiles may take (`None`: all decoded); see [`crate::people`].
+    pub budget: Option<std::sync::Arc<crate::people::Budget>>,
 }
 
 /// Where and how often snapshots are written.

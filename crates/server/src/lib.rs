@@ -323,13 +323,17 @@ impl AppState {
                 fields,
             });
         let profiles = profiles.filter(|_| columns.is_some()).map(|opts| {
-            livora_profiles::service::ProfileService::new(
+            let svc = livora_profiles::service::ProfileService::new(
                 store.clone(),
                 protection.as_ref().map(|p| p.keyring.clone()),
                 Arc::new(livora_profiles::service::SystemClock),
                 livora_profiles::MergeRules::default(),
                 opts.snapshots,
-            )
+            );
+            if let Some(budget) = opts.budget {
+                svc.set_budget(budget);
+            }
+            svc
         });
         let keyring = protection.as_ref().map(|p| p.keyring.clone());
         let public_url = Some(

@@ -127,6 +127,20 @@ fn describe_metrics() {
         "times the column store dropped its spilled columns' pages to stay under [analytics] memory_limit_mb"
     );
     describe_gauge!(
+        "livora_profiles_decoded_bytes",
+        Unit::Bytes,
+        "estimated heap bytes of the decoded (hot) profiles, all tenants, under [analytics] profiles_memory_limit_mb"
+    );
+    describe_gauge!(
+        "livora_profiles_encoded_bytes",
+        Unit::Bytes,
+        "bytes of the compact encodings of cold profiles (in memory-mapped scratch files), all tenants"
+    );
+    describe_counter!(
+        "livora_profiles_evictions_total",
+        "profiles moved from decoded to encoded to stay under [analytics] profiles_memory_limit_mb"
+    );
+    describe_gauge!(
         "livora_log_dedupe_runs",
         "dedupe index runs on disk (frozen ids beyond the memory cap)"
     );
@@ -228,6 +242,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
                 .set(end.saturating_sub(at) as f64);
         }
         metrics::gauge!("livora_consumer_committed_offset", "consumer" => name).set(at as f64);
+    }
+    if let Some(b) = state.profiles.as_ref().and_then(|p| p.budget()) {
+        metrics::gauge!("livora_profiles_decoded_bytes").set(b.hot_bytes() as f64);
+        metrics::gauge!("livora_profiles_encoded_bytes").set(b.cold_bytes() as f64);
+        metrics::counter!("livora_profiles_evictions_total").absolute(b.evictions());
     }
     // The outbox's messages by status (pending, sent, blocked, dead).
     if state.sender.is_some()

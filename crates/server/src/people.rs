@@ -191,16 +191,17 @@ pub async fn list(
     let page = {
         let st = lock(&t);
         let engine = &st.engine;
-        let mut rows: Vec<(f64, PersonId, &Profile)> = engine
+        // Keys and ids only: a cold profile is decoded for its key, and again for the page.
+        let mut rows: Vec<(f64, PersonId)> = engine
             .profiles()
             .people()
             .filter(|(id, p)| {
                 q.q.as_deref()
                     .is_none_or(|s| matches_search(engine, *id, p, s.trim()))
             })
-            .map(|(id, p)| (sort_key(p, sort, now), id, p))
+            .map(|(id, p)| (sort_key(&p, sort, now), id))
             .collect();
-        let order = |a: &(f64, PersonId, &Profile), b: &(f64, PersonId, &Profile)| {
+        let order = |a: &(f64, PersonId), b: &(f64, PersonId)| {
             let o = if sort == "id" {
                 a.1.cmp(&b.1)
             } else {
@@ -220,7 +221,10 @@ pub async fn list(
             .iter()
             .skip(offset)
             .take(limit)
-            .map(|(_, id, p)| summary(engine, *id, p, now, mask.as_deref()))
+            .filter_map(|(_, id)| {
+                let (_, p) = engine.profiles().get(*id)?;
+                Some(summary(engine, *id, &p, now, mask.as_deref()))
+            })
             .collect();
         let next = (offset + people.len() < total).then_some(offset + people.len());
         json!({"people": people, "total": total, "next_offset": next})
@@ -297,7 +301,7 @@ fn person_json(
     mask: Option<&[String]>,
 ) -> Option<Value> {
     let (_, p) = engine.profiles().get(person)?;
-    let mut v = summary(engine, person, p, now, mask);
+    let mut v = summary(engine, person, &p, now, mask);
     let groups: Map<String, Value> = p
         .groups
         .iter()
@@ -687,7 +691,7 @@ pub async fn group(
             .iter()
             .filter_map(|&p| {
                 let (_, profile) = engine.profiles().get(p)?;
-                Some(summary(engine, p, profile, now, None))
+                Some(summary(engine, p, &profile, now, None))
             })
             .collect();
         let total = g.members.len();

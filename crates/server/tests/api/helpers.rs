@@ -120,6 +120,7 @@ pub async fn spawn_app_inner(
                 dir: dir.join("profiles"),
                 every: Duration::from_secs(300),
             }),
+            budget: None,
         }),
         &livora_server::AutomationOptions {
             public_url: format!("{scheme}://{addr}"),

@@ -1,0 +1,730 @@
+//! The profiles of one tenant by person: decoded while hot, encoded while cold, so that the
+//! memory profiles take is set by `[profiles] memory_limit_mb` rather than by the number of
+//! persons.
+//!
+//! - A **hot** profile is a decoded [`Profile`] behind an `Arc` (shared with a snapshot's
+//!   [frozen](People::frozen) copy until changed), about 1.3 KB at the bench's shop.
+//! - A **cold** profile is its compact MessagePack encoding (the snapshot's encoding of one
+//!   profile) in an append-only arena: chunks of [`CHUNK`] bytes; a full chunk is written to
+//!   an unnamed scratch file (`O_TMPFILE` in the budget's directory: nothing is left behind
+//!   by a crash) and mapped read-only, so its pages are the kernel's to reclaim. The table
+//!   then holds 12 bytes of location per cold person.
+//! - Without a [`Budget`] every profile stays hot (as before this module). With one, every
+//!   profile that is promoted (read for a change, or created) may first push others out: the
+//!   oldest hot profile not used since it was last passed over (a clock, "second chance")
+//!   goes cold. A profile that was not changed since it went cold keeps its encoding, so
+//!   going cold again costs nothing. Reads under `&self` decode a cold profile without
+//!   promoting it.
+//! - The arena's garbage (encodings of profiles changed or removed since) is compacted away
+//!   when it outgrows the live part.
+//!
+//! The scratch files are a cache, not a store: snapshots write every profile decoded, in the
+//! format they always had. Encoding and the clock are hand-written here: a profile table
+//! with a cold tier is the job of this module, and no crate does it over our types.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use memmap2::Mmap;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::identity::PersonId;
+use crate::profile::Profile;
+
+/// Bytes of encodings gathered before they go to a scratch file of their own.
+pub const CHUNK: usize = 4 << 20;
+
+/// A first guess of a decoded profile's heap size, before any was measured.
+const FIRST_GUESS: usize = 1536;
+
+/// The memory profiles may take on a node, shared by every tenant's [`People`].
+#[derive(Debug)]
+pub struct Budget {
+    dir: PathBuf,
+    limit: usize,
+    /// Estimated heap bytes of hot profiles, every tenant.
+    hot: AtomicUsize,
+    /// Bytes of cold encodings (on the heap or mapped), every tenant.
+    cold: AtomicUsize,
+    evictions: AtomicU64,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes, with scratch files in `dir` (created if missing; the files
+    /// are unnamed, so nothing in it is removed or left behind).
+    pub fn new(limit: usize, dir: impl AsRef<Path>) -> std::io::Result<Arc<Self>> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Arc::new(Self {
+            dir,
+            limit,
+            hot: AtomicUsize::new(0),
+            cold: AtomicUsize::new(0),
+            evictions: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Estimated heap bytes of the decoded profiles.
+    pub fn hot_bytes(&self) -> usize {
+        self.hot.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of encoded profiles (resident or not).
+    pub fn cold_bytes(&self) -> usize {
+        self.cold.load(Ordering::Relaxed)
+    }
+
+    /// Profiles moved from hot to cold since the start.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.hot_bytes() > self.limit
+    }
+}
+
+thread_local! {
+    /// The budget a [`People`] read back on this thread takes (see [`reading_with`]).
+    static READING: RefCell<Option<Arc<Budget>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (which reads a snapshot back) so that the profiles it reads go cold as they come
+/// in, under `budget`, instead of all being decoded first: a snapshot of ten million
+/// profiles is larger than the budget it is read under.
+pub fn reading_with<R>(budget: Option<Arc<Budget>>, f: impl FnOnce() -> R) -> R {
+    let before = READING.with(|r| r.replace(budget));
+    let out = f();
+    READING.with(|r| *r.borrow_mut() = before);
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    chunk: u32,
+    off: u32,
+    len: u32,
+}
+
+#[derive(Clone)]
+enum Slot {
+    Hot {
+        profile: Arc<Profile>,
+        /// Where its encoding still holds (it did not change since it was cold).
+        encoded: Option<Loc>,
+        /// Used since the clock last passed it.
+        used: bool,
+    },
+    Cold(Loc),
+}
+
+/// A full chunk: an unnamed scratch file mapped read-only, or (when the file could not be
+/// made) the bytes on the heap.
+enum Chunk {
+    Mapped(Mmap),
+    Heap(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Mapped(m) => m,
+            Chunk::Heap(v) => v,
+        }
+    }
+
+    fn seal(bytes: Vec<u8>, dir: Option<&Path>) -> Chunk {
+        let Some(dir) = dir else {
+            return Chunk::Heap(bytes);
+        };
+        let mapped = tempfile::tempfile_in(dir).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            #[allow(unsafe_code)]
+            // SAFETY: the file is unnamed and this process's alone, and is never written
+            // again: the mapping's bytes cannot change under the slices read from it.
+            unsafe {
+                Mmap::map(&f)
+            }
+        });
+        match mapped {
+            Ok(m) => Chunk::Mapped(m),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(),
+                    "cannot write cold profiles to a scratch file; they stay on the heap");
+                Chunk::Heap(bytes)
+            }
+        }
+    }
+
+    fn evict(&self) {
+        if let Chunk::Mapped(m) = self {
+            // SAFETY: a read-only mapping of a file: dropped pages are read back from it.
+            #[allow(unsafe_code)]
+            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+}
+
+/// Encodings, append-only.
+#[derive(Clone, Default)]
+struct Arena {
+    full: Vec<Arc<Chunk>>,
+    open: Vec<u8>,
+    /// Bytes still referenced by a slot.
+    live: usize,
+    /// Bytes written.
+    written: usize,
+}
+
+impl Arena {
+    fn put(&mut self, bytes: &[u8], dir: Option<&Path>) -> Option<Loc> {
+        let len = u32::try_from(bytes.len()).ok()?;
+        if !self.open.is_empty() && self.open.len() + bytes.len() > CHUNK {
+            let open = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK));
+            self.full.push(Arc::new(Chunk::seal(open, dir)));
+        }
+        let loc = Loc {
+            chunk: u32::try_from(self.full.len()).ok()?,
+            off: u32::try_from(self.open.len()).ok()?,
+            len,
+        };
+        self.open.extend_from_slice(bytes);
+        self.live += bytes.len();
+        self.written += bytes.len();
+        Some(loc)
+    }
+
+    fn get(&self, loc: Loc) -> &[u8] {
+        let chunk = match self.full.get(loc.chunk as usize) {
+            Some(c) => c.bytes(),
+            None => &self.open,
+        };
+        let (off, len) = (loc.off as usize, loc.len as usize);
+        chunk.get(off..off + len).unwrap_or_default()
+    }
+
+    fn evict(&self) {
+        for c in &self.full {
+            c.evict();
+        }
+    }
+}
+
+fn encode(p: &Profile) -> Option<Vec<u8>> {
+    rmp_serde::to_vec(p).ok()
+}
+
+fn decode(bytes: &[u8]) -> Profile {
+    rmp_serde::from_slice(bytes).unwrap_or_else(|e| {
+        // Bytes this process wrote: only a failing disk under the scratch file gets here.
+        tracing::error!(error = %e, "a cold profile cannot be read back; it reads as empty");
+        Profile::default()
+    })
+}
+
+/// A profile as stored: decoded, or encoded (decode with [`Stored::load`]).
+#[derive(Clone, Copy)]
+pub enum Stored<'a> {
+    Hot(&'a Profile),
+    Cold(&'a [u8]),
+}
+
+impl<'a> Stored<'a> {
+    pub fn load(self) -> Cow<'a, Profile> {
+        match self {
+            Stored::Hot(p) => Cow::Borrowed(p),
+            Stored::Cold(b) => Cow::Owned(decode(b)),
+        }
+    }
+}
+
+impl Serialize for Stored<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.load().serialize(s)
+    }
+}
+
+/// The profiles of one tenant (see the module doc).
+pub struct People {
+    table: crate::Table<PersonId, Slot>,
+    arena: Arena,
+    budget: Option<Arc<Budget>>,
+    /// Hot persons in the order the clock visits them (entries of persons gone cold or
+    /// removed since are skipped when met).
+    clock: VecDeque<PersonId>,
+    hot: usize,
+    /// Estimated heap bytes of one hot profile (a moving average of those that went cold).
+    each: usize,
+    /// What this table counts in the budget: `(hot bytes, cold bytes)`.
+    charged: (usize, usize),
+    last_page_eviction: Option<Instant>,
+}
+
+impl Default for People {
+    fn default() -> Self {
+        Self {
+            table: crate::Table::new(),
+            arena: Arena::default(),
+            budget: None,
+            clock: VecDeque::new(),
+            hot: 0,
+            each: FIRST_GUESS,
+            charged: (0, 0),
+            last_page_eviction: None,
+        }
+    }
+}
+
+impl Drop for People {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.hot.fetch_sub(self.charged.0, Ordering::Relaxed);
+            b.cold.fetch_sub(self.charged.1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Clone for People {
+    /// A copy outside any budget (see [`People::frozen`]).
+    fn clone(&self) -> Self {
+        self.frozen()
+    }
+}
+
+impl fmt::Debug for People {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("People")
+            .field("len", &self.table.len())
+            .field("hot", &self.hot)
+            .field("cold_bytes", &self.arena.live)
+            .finish()
+    }
+}
+
+impl People {
+    /// Puts the table under `budget` (`None`: every profile hot), going cold at once as far
+    /// as the budget asks.
+    pub fn set_budget(&mut self, budget: Option<Arc<Budget>>) {
+        if let Some(old) = &self.budget {
+            old.hot.fetch_sub(self.charged.0, Ordering::Relaxed);
+            old.cold.fetch_sub(self.charged.1, Ordering::Relaxed);
+        }
+        self.charged = (0, 0);
+        self.budget = budget;
+        self.clock.clear();
+        if self.budget.is_some() {
+            let hot: Vec<PersonId> = self
+                .table
+                .iter()
+                .filter(|(_, s)| matches!(s, Slot::Hot { .. }))
+                .map(|(p, _)| *p)
+                .collect();
+            self.clock.extend(hot);
+        }
+        self.recharge();
+        self.enforce();
+    }
+
+    /// A copy for a snapshot to write, taken in a fraction of the time writing takes: hot
+    /// profiles and full chunks are shared; outside any budget.
+    pub fn frozen(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+            arena: self.arena.clone(),
+            budget: None,
+            clock: VecDeque::new(),
+            hot: self.hot,
+            each: self.each,
+            charged: (0, 0),
+            last_page_eviction: None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Decoded profiles held.
+    pub fn hot(&self) -> usize {
+        self.hot
+    }
+
+    pub fn contains(&self, p: &PersonId) -> bool {
+        self.table.contains_key(p)
+    }
+
+    fn stored<'a>(&'a self, slot: &'a Slot) -> Stored<'a> {
+        match slot {
+            Slot::Hot { profile, .. } => Stored::Hot(profile),
+            Slot::Cold(loc) => Stored::Cold(self.arena.get(*loc)),
+        }
+    }
+
+    /// A profile, decoded if cold (without making it hot).
+    pub fn get(&self, p: &PersonId) -> Option<Cow<'_, Profile>> {
+        self.table.get(p).map(|s| self.stored(s).load())
+    }
+
+    /// Every profile, in the table's order.
+    pub fn iter(&self) -> impl Iterator<Item = (PersonId, Stored<'_>)> {
+        self.table.iter().map(|(p, s)| (*p, self.stored(s)))
+    }
+
+    /// Every person.
+    pub fn ids(&self) -> impl Iterator<Item = PersonId> + '_ {
+        self.table.keys().copied()
+    }
+
+    /// Every profile, hot ones in the order they sit in memory, then cold ones in the order
+    /// of their encodings: a walk over all of them (a recompute, a snapshot) waits on
+    /// memory, and neighbours in memory then come one after another.
+    pub fn in_memory_order(&self) -> Vec<(PersonId, Stored<'_>)> {
+        let mut all: Vec<(PersonId, &Slot)> = self.table.iter().map(|(p, s)| (*p, s)).collect();
+        all.sort_unstable_by_key(|&(_, s)| match s {
+            Slot::Hot { profile, .. } => (0, Arc::as_ptr(profile) as usize, 0),
+            Slot::Cold(l) => (1, l.chunk as usize, l.off),
+        });
+        all.into_iter().map(|(p, s)| (p, self.stored(s))).collect()
+    }
+
+    /// A profile to change (`None`: no such person), made hot.
+    pub fn get_mut(&mut self, p: PersonId) -> Option<&mut Profile> {
+        if !self.table.contains_key(&p) {
+            return None;
+        }
+        Some(self.promote(p))
+    }
+
+    /// A profile to change, made hot, created empty if missing.
+    pub fn entry(&mut self, p: PersonId) -> &mut Profile {
+        if !self.table.contains_key(&p) {
+            self.enforce();
+            self.table.insert(
+                p,
+                Slot::Hot {
+                    profile: Arc::default(),
+                    encoded: None,
+                    used: true,
+                },
+            );
+            self.became_hot(p);
+        }
+        self.promote(p)
+    }
+
+    /// Takes a person's profile out.
+    pub fn remove(&mut self, p: &PersonId) -> Option<Profile> {
+        let out = match self.table.remove(p)? {
+            Slot::Hot {
+                profile, encoded, ..
+            } => {
+                self.hot -= 1;
+                if let Some(l) = encoded {
+                    self.arena.live -= l.len as usize;
+                }
+                Arc::unwrap_or_clone(profile)
+            }
+            Slot::Cold(l) => {
+                let profile = decode(self.arena.get(l));
+                self.arena.live -= l.len as usize;
+                profile
+            }
+        };
+        self.recharge();
+        Some(out)
+    }
+
+    /// Applies `f` to every profile; `f` answers whether it changed it. Cold profiles are
+    /// changed where they are (encoded again), without making them hot.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut Profile) -> bool) {
+        let dir = self.budget.as_ref().map(|b| b.dir.clone());
+        let mut changed_cold: Vec<(PersonId, Loc, Vec<u8>)> = Vec::new();
+        for (p, slot) in self.table.iter_mut() {
+            match slot {
+                Slot::Hot {
+                    profile, encoded, ..
+                } => {
+                    // Copied first only if a snapshot still holds it.
+                    if f(Arc::make_mut(profile))
+                        && let Some(l) = encoded.take()
+                    {
+                        self.arena.live -= l.len as usize;
+                    }
+                }
+                Slot::Cold(l) => {
+                    let mut profile = decode(self.arena.get(*l));
+                    if f(&mut profile)
+                        && let Some(bytes) = encode(&profile)
+                    {
+                        changed_cold.push((*p, *l, bytes));
+                    }
+                }
+            }
+        }
+        for (p, old, bytes) in changed_cold {
+            self.arena.live -= old.len as usize;
+            match self.arena.put(&bytes, dir.as_deref()) {
+                Some(loc) => {
+                    self.table.insert(p, Slot::Cold(loc));
+                }
+                None => {
+                    self.table.insert(
+                        p,
+                        Slot::Hot {
+                            profile: Arc::new(decode(&bytes)),
+                            encoded: None,
+                            used: true,
+                        },
+                    );
+                    self.became_hot(p);
+                }
+            }
+        }
+        self.compact_if_wasteful();
+        self.recharge();
+    }
+
+    /// Estimated heap bytes: hot profiles as measured, cold ones as their encodings.
+    pub fn heap_bytes(&self) -> usize {
+        self.table
+            .values()
+            .map(|s| match s {
+                Slot::Hot { profile, .. } => profile.heap_bytes() + 64,
+                Slot::Cold(l) => l.len as usize + 16,
+            })
+            .sum()
+    }
+
+    /// Bytes of live encodings.
+    pub fn cold_bytes(&self) -> usize {
+        self.arena.live
+    }
+
+    /// Makes `p` (present) hot and answers it for a change.
+    fn promote(&mut self, p: PersonId) -> &mut Profile {
+        if let Some(Slot::Cold(_)) = self.table.get(&p) {
+            self.enforce();
+            let Some(Slot::Cold(loc)) = self.table.get(&p).cloned() else {
+                unreachable!("checked above; enforcing moves hot profiles only")
+            };
+            let profile = decode(self.arena.get(loc));
+            self.table.insert(
+                p,
+                Slot::Hot {
+                    profile: Arc::new(profile),
+                    encoded: Some(loc),
+                    used: true,
+                },
+            );
+            self.became_hot(p);
+        }
+        let mut dropped = false;
+        if let Some(Slot::Hot { encoded, used, .. }) = self.table.get_mut(&p) {
+            *used = true;
+            // Changed from here on: its encoding no longer holds.
+            if let Some(l) = encoded.take() {
+                self.arena.live -= l.len as usize;
+                dropped = true;
+            }
+        }
+        if dropped {
+            self.recharge();
+        }
+        match self.table.get_mut(&p) {
+            Some(Slot::Hot { profile, .. }) => Arc::make_mut(profile),
+            _ => unreachable!("made hot above"),
+        }
+    }
+
+    fn became_hot(&mut self, p: PersonId) {
+        self.hot += 1;
+        if self.budget.is_some() {
+            self.clock.push_back(p);
+        }
+        self.recharge();
+    }
+
+    /// Tells the budget what this table holds now.
+    fn recharge(&mut self) {
+        let Some(b) = &self.budget else {
+            return;
+        };
+        let now = (self.hot * self.each, self.arena.live);
+        if now.0 >= self.charged.0 {
+            b.hot.fetch_add(now.0 - self.charged.0, Ordering::Relaxed);
+        } else {
+            b.hot.fetch_sub(self.charged.0 - now.0, Ordering::Relaxed);
+        }
+        if now.1 >= self.charged.1 {
+            b.cold.fetch_add(now.1 - self.charged.1, Ordering::Relaxed);
+        } else {
+            b.cold.fetch_sub(self.charged.1 - now.1, Ordering::Relaxed);
+        }
+        self.charged = now;
+    }
+
+    /// Moves hot profiles to cold while the budget is over and this table has any; drops
+    /// the pages of the cold chunks (at most once a second) while hot and cold together are
+    /// over it.
+    pub fn enforce(&mut self) {
+        let Some(budget) = self.budget.clone() else {
+            return;
+        };
+        if budget.hot_bytes() + budget.cold_bytes() > budget.limit
+            && self
+                .last_page_eviction
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.arena.evict();
+            self.last_page_eviction = Some(Instant::now());
+        }
+        if !budget.over() {
+            return;
+        }
+        // Under the limit by a margin, so the next promotions do not each evict one.
+        let target = budget.limit - budget.limit / 16;
+        let mut passes = self.clock.len() * 2;
+        let mut gone = 0u64;
+        while budget.hot_bytes() > target && passes > 0 {
+            passes -= 1;
+            let Some(p) = self.clock.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.table.get_mut(&p) else {
+                continue;
+            };
+            let Slot::Hot {
+                profile,
+                encoded,
+                used,
+            } = slot
+            else {
+                continue;
+            };
+            if *used {
+                *used = false;
+                self.clock.push_back(p);
+                continue;
+            }
+            let size = profile.heap_bytes() + 64;
+            let loc = match *encoded {
+                Some(l) => Some(l),
+                None => encode(profile).and_then(|bytes| self.arena.put(&bytes, Some(&budget.dir))),
+            };
+            let Some(loc) = loc else {
+                // Cannot be encoded (larger than 4 GiB): stays hot.
+                continue;
+            };
+            *slot = Slot::Cold(loc);
+            self.hot -= 1;
+            self.each = (self.each * 15 + size) / 16;
+            gone += 1;
+            self.recharge();
+        }
+        budget.evictions.fetch_add(gone, Ordering::Relaxed);
+        self.compact_if_wasteful();
+    }
+
+    /// Writes the live encodings into fresh chunks once the garbage outweighs them (and a
+    /// few chunks' worth): profiles changed or removed after going cold leave theirs behind.
+    fn compact_if_wasteful(&mut self) {
+        let garbage = self.arena.written - self.arena.live;
+        if garbage <= self.arena.live.max(4 * CHUNK) {
+            return;
+        }
+        let dir = self.budget.as_ref().map(|b| b.dir.clone());
+        let old = std::mem::take(&mut self.arena);
+        for slot in self.table.values_mut() {
+            let loc = match slot {
+                Slot::Cold(l) => l,
+                Slot::Hot {
+                    encoded: Some(l), ..
+                } => l,
+                Slot::Hot { encoded: None, .. } => continue,
+            };
+            let bytes = old.get(*loc);
+            match self.arena.put(bytes, dir.as_deref()) {
+                Some(new) => *loc = new,
+                None => unreachable!("it fitted before"),
+            }
+        }
+        self.recharge();
+    }
+}
+
+#[cfg(test)]
+impl People {
+    /// The bytes the slots reference, counted from the table.
+    fn live_from_slots(&self) -> usize {
+        self.table
+            .values()
+            .map(|s| match s {
+                Slot::Cold(l)
+                | Slot::Hot {
+                    encoded: Some(l), ..
+                } => l.len as usize,
+                Slot::Hot { encoded: None, .. } => 0,
+            })
+            .sum()
+    }
+}
+
+impl Serialize for People {
+    /// Every profile decoded, as a map by person, in [`People::in_memory_order`].
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.in_memory_order())
+    }
+}
+
+impl<'de> Deserialize<'de> for People {
+    /// As written, under the budget of [`reading_with`] if any.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Each;
+        impl<'de> Visitor<'de> for Each {
+            type Value = People;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("profiles by person")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<People, A::Error> {
+                let mut people = People::default();
+                people.set_budget(READING.with(|r| r.borrow().clone()));
+                while let Some((p, profile)) = m.next_entry::<PersonId, Profile>()? {
+                    people.enforce();
+                    people.table.insert(
+                        p,
+                        Slot::Hot {
+                            profile: Arc::new(profile),
+                            encoded: None,
+                            used: false,
+                        },
+                    );
+                    people.became_hot(p);
+                }
+                people.enforce();
+                Ok(people)
+            }
+        }
+        d.deserialize_map(Each)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,9 @@
 //!    country, product views, a cart, and for most an order, over 90 days) applied to one
 //!    tenant's engine with the 20 segments installed: profile updates per second (one
 //!    thread, as the service runs), the time to recompute all 20 segments over every profile
-//!    from scratch, and memory per profile (the engine's own estimate and the process RSS).
+//!    from scratch, and memory per profile (the engine's own estimate and the process RSS),
+//!    all decoded or under `--memory-limit-mb` (cold profiles encoded, see
+//!    [`livora_profiles::people`]).
 //! 2. **Lag**: a real event log and the profiles service following it, while a writer
 //!    appends events at each of `--rates` per second (batches of 100, each durable before
 //!    the next is due): product views of `--background` profiles already in their segments,
@@ -19,6 +21,7 @@ use chrono::{DateTime, Utc};
 use livora_log::{EventLog, LogOptions, NewRecord};
 use livora_model::Event;
 use livora_profiles::MergeRules;
+use livora_profiles::people::Budget;
 use livora_profiles::segments::{Engine, Rule, Spec};
 use livora_store::profiles::SegmentRecord;
 use serde_json::{Value, json};
@@ -49,6 +52,14 @@ pub struct ProfilesBench {
     /// the lag includes them (a node's default is 300 s).
     #[arg(long, default_value_t = 5)]
     snapshot_secs: u64,
+    /// Memory (MiB) the engine phase's profiles may take decoded, as
+    /// `[analytics] profiles_memory_limit_mb` (0: all decoded).
+    #[arg(long, default_value_t = 0)]
+    memory_limit_mb: usize,
+    /// Where the cold profiles' scratch files go (default: the system's temporary
+    /// directory).
+    #[arg(long)]
+    work_dir: Option<std::path::PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -260,13 +271,17 @@ struct EngineRun {
     /// The full recompute again, on the engine read back (laid out in memory as after a
     /// restart, not as built event by event).
     recompute_restored_secs: f64,
+    /// Profiles decoded at the end of the build, and bytes of the cold ones' encodings.
+    hot: usize,
+    encoded_bytes_per_profile: f64,
 }
 
-fn engine_run(n: usize) -> EngineRun {
+fn engine_run(n: usize, budget: Option<Arc<Budget>>) -> EngineRun {
     let now_secs = T0 + 100 * 86_400;
     let now = DateTime::<Utc>::from_timestamp(now_secs, 0).unwrap_or_default();
     let rss_before = crate::bench::rss_mb(std::process::id(), "VmRSS:");
     let mut engine = Engine::new(MergeRules::default());
+    engine.set_budget(budget.clone());
     for s in segments() {
         engine
             .upsert(s, [], now)
@@ -290,6 +305,8 @@ fn engine_run(n: usize) -> EngineRun {
     std::hint::black_box(engine.recompute(now));
     let recompute_secs = t.elapsed().as_secs_f64();
     let rss_after = crate::bench::rss_mb(std::process::id(), "VmRSS:");
+    let hot = engine.profiles().hot();
+    let encoded = budget.as_ref().map_or(0, |b| b.cold_bytes());
     // Existing profiles get their events again: once with no snapshot being written, once
     // while one is.
     let again = |engine: &mut Engine, from: usize| {
@@ -324,8 +341,10 @@ fn engine_run(n: usize) -> EngineRun {
         .join()
         .unwrap_or_else(|_| panic!("the snapshot writer panicked"));
     let t = Instant::now();
-    let back = livora_profiles::snapshot::decode(std::path::Path::new("bench"), &packed)
-        .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let back = livora_profiles::people::reading_with(budget, || {
+        livora_profiles::snapshot::decode(std::path::Path::new("bench"), &packed)
+    })
+    .unwrap_or_else(|e| panic!("snapshot: {e}"));
     let restore_secs = t.elapsed().as_secs_f64();
     assert_eq!(back.engine.profiles().len(), engine.profiles().len());
     let t = Instant::now();
@@ -357,6 +376,8 @@ fn engine_run(n: usize) -> EngineRun {
         snapshot_bytes: packed.len(),
         restore_secs,
         recompute_restored_secs,
+        hot,
+        encoded_bytes_per_profile: encoded as f64 / people,
     }
 }
 
@@ -538,12 +559,25 @@ async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::
 
 pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
     let mut runs = Vec::new();
+    let budget = match b.memory_limit_mb {
+        0 => None,
+        mb => Some(Budget::new(
+            mb << 20,
+            b.work_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("livora-bench-profiles-scratch"),
+        )?),
+    };
     for i in 0..b.runs.max(1) {
         let n = b.profiles;
-        let r = tokio::task::spawn_blocking(move || engine_run(n)).await?;
+        let budget = budget.clone();
+        let r = tokio::task::spawn_blocking(move || engine_run(n, budget)).await?;
         eprintln!(
-            "run {}: {} events, {:.0} profile updates/s, recompute {:.3} s ({:.3} s read back), {:.0} B/profile (heap estimate), {:.0} B/profile (RSS), snapshot: pause {:.3} s, written in {:.2} s ({:.0} MB) while updates ran at {:.0}/s ({:.0}/s without), read back {:.2} s",
+            "run {}: {} decoded, {:.0} B/profile encoded; {} events, {:.0} profile updates/s, recompute {:.3} s ({:.3} s read back), {:.0} B/profile (heap estimate), {:.0} B/profile (RSS), snapshot: pause {:.3} s, written in {:.2} s ({:.0} MB) while updates ran at {:.0}/s ({:.0}/s without), read back {:.2} s",
             i + 1,
+            r.hot,
+            r.encoded_bytes_per_profile,
             r.events,
             r.updates_per_sec,
             r.recompute_secs,
@@ -581,7 +615,11 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         .iter()
         .map(|r| r.updates_during_snapshot_per_sec)
         .collect();
+    let mut encoded: Vec<f64> = runs.iter().map(|r| r.encoded_bytes_per_profile).collect();
     let out = json!({
+        "memory_limit_mb": b.memory_limit_mb,
+        "decoded_profiles": runs.first().map(|r| r.hot),
+        "encoded_bytes_per_profile": median(&mut encoded),
         "snapshot_pause_secs": median(&mut freeze),
         "snapshot_secs": median(&mut snap),
         "updates_idle_per_sec": median(&mut idle),
@@ -641,7 +679,7 @@ mod tests {
 
     #[test]
     fn the_benchmark_segments_are_valid_and_the_data_reaches_them() {
-        let r = engine_run(2_000);
+        let r = engine_run(2_000, None);
         assert_eq!(r.members.len(), 20);
         for (id, n) in &r.members {
             assert!(

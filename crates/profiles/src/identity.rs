@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
@@ -40,10 +41,15 @@ pub const PHONE: &str = "phone";
 pub const ERASED: &str = "(erased)";
 
 /// One identifier: a kind and a normalised value.
+///
+/// Both are inline strings (`compact_str`: up to 24 bytes without an allocation, as an
+/// email or a device id usually is): the identity graph holds every identifier three times
+/// (its owner index, its person's set, the creators), and two heap strings per copy were most
+/// of a person's memory once profiles could go cold. They serialize as strings, as before.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Identifier {
-    pub kind: String,
-    pub value: String,
+    pub kind: CompactString,
+    pub value: CompactString,
 }
 
 impl Identifier {
@@ -64,8 +70,8 @@ impl Identifier {
             return None;
         }
         Some(Self {
-            kind: kind.to_owned(),
-            value,
+            kind: kind.into(),
+            value: value.into(),
         })
     }
 }
@@ -660,7 +666,7 @@ impl IdentityGraph {
         }
         let redact = |i: &mut Identifier| {
             if gone.contains(i) {
-                i.value = ERASED.to_owned();
+                i.value = ERASED.into();
             }
         };
         let names = |r: &MergeRecord| match r {

@@ -1686,7 +1686,7 @@ fn addressee(ids: Option<&BTreeSet<Identifier>>, tr: &Transition) -> Addressee {
         ids.into_iter()
             .flatten()
             .find(|i| i.kind == kind)
-            .map(|i| i.value.clone())
+            .map(|i| i.value.to_string())
     };
     match first(USER_ID) {
         Some(user) => (Some(user), None),

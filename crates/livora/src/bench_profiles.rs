@@ -274,6 +274,9 @@ struct EngineRun {
     /// Profiles decoded at the end of the build, and bytes of the cold ones' encodings.
     hot: usize,
     encoded_bytes_per_profile: f64,
+    /// RSS growth with the read-back engine alone, over the process before the build (an
+    /// upper bound: the allocator may still hold some of the dropped engine).
+    rss_restored_bytes_per_profile: f64,
 }
 
 fn engine_run(n: usize, budget: Option<Arc<Budget>>) -> EngineRun {
@@ -340,21 +343,8 @@ fn engine_run(n: usize, budget: Option<Arc<Budget>>) -> EngineRun {
     let (packed, snapshot_secs) = writer
         .join()
         .unwrap_or_else(|_| panic!("the snapshot writer panicked"));
-    let t = Instant::now();
-    let back = livora_profiles::people::reading_with(budget, || {
-        livora_profiles::snapshot::decode(std::path::Path::new("bench"), &packed)
-    })
-    .unwrap_or_else(|e| panic!("snapshot: {e}"));
-    let restore_secs = t.elapsed().as_secs_f64();
-    assert_eq!(back.engine.profiles().len(), engine.profiles().len());
-    let t = Instant::now();
-    let again = back.engine.recompute(now);
-    let recompute_restored_secs = t.elapsed().as_secs_f64();
-    assert!(
-        again == members,
-        "the read-back engine recomputes other members"
-    );
-    drop(back);
+    // What the read-back engine is checked against; the engine then goes, so that the
+    // process holds the read-back engine alone, as after a restart.
     let people = engine.profiles().len().max(1) as f64;
     let names: Vec<(String, usize)> = engine
         .membership()
@@ -362,12 +352,32 @@ fn engine_run(n: usize, budget: Option<Arc<Budget>>) -> EngineRun {
         .zip(&members)
         .map(|(((id, _), _), m)| (id, m.len()))
         .collect();
+    let heap_bytes_per_profile = engine.heap_bytes() as f64 / people;
+    let len = engine.profiles().len();
+    drop(engine);
+    let t = Instant::now();
+    let back = livora_profiles::people::reading_with(budget, || {
+        livora_profiles::snapshot::decode(std::path::Path::new("bench"), &packed)
+    })
+    .unwrap_or_else(|e| panic!("snapshot: {e}"));
+    let restore_secs = t.elapsed().as_secs_f64();
+    assert_eq!(back.engine.profiles().len(), len);
+    let t = Instant::now();
+    let again = back.engine.recompute(now);
+    let recompute_restored_secs = t.elapsed().as_secs_f64();
+    assert!(
+        again == members,
+        "the read-back engine recomputes other members"
+    );
+    let rss_restored = crate::bench::rss_mb(std::process::id(), "VmRSS:");
+    drop(back);
     EngineRun {
         events: applied,
         updates_per_sec: applied as f64 / busy.as_secs_f64().max(1e-9),
         recompute_secs,
-        heap_bytes_per_profile: engine.heap_bytes() as f64 / people,
+        heap_bytes_per_profile,
         rss_bytes_per_profile: (rss_after - rss_before).max(0.0) * 1_048_576.0 / people,
+        rss_restored_bytes_per_profile: (rss_restored - rss_before).max(0.0) * 1_048_576.0 / people,
         members: names,
         freeze_secs,
         snapshot_secs,
@@ -574,10 +584,11 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         let budget = budget.clone();
         let r = tokio::task::spawn_blocking(move || engine_run(n, budget)).await?;
         eprintln!(
-            "run {}: {} decoded, {:.0} B/profile encoded; {} events, {:.0} profile updates/s, recompute {:.3} s ({:.3} s read back), {:.0} B/profile (heap estimate), {:.0} B/profile (RSS), snapshot: pause {:.3} s, written in {:.2} s ({:.0} MB) while updates ran at {:.0}/s ({:.0}/s without), read back {:.2} s",
+            "run {}: {} decoded, {:.0} B/profile encoded, {:.0} B/profile RSS read back; {} events, {:.0} profile updates/s, recompute {:.3} s ({:.3} s read back), {:.0} B/profile (heap estimate), {:.0} B/profile (RSS), snapshot: pause {:.3} s, written in {:.2} s ({:.0} MB) while updates ran at {:.0}/s ({:.0}/s without), read back {:.2} s",
             i + 1,
             r.hot,
             r.encoded_bytes_per_profile,
+            r.rss_restored_bytes_per_profile,
             r.events,
             r.updates_per_sec,
             r.recompute_secs,
@@ -616,10 +627,15 @@ pub async fn run(b: ProfilesBench) -> anyhow::Result<()> {
         .map(|r| r.updates_during_snapshot_per_sec)
         .collect();
     let mut encoded: Vec<f64> = runs.iter().map(|r| r.encoded_bytes_per_profile).collect();
+    let mut rss_back: Vec<f64> = runs
+        .iter()
+        .map(|r| r.rss_restored_bytes_per_profile)
+        .collect();
     let out = json!({
         "memory_limit_mb": b.memory_limit_mb,
         "decoded_profiles": runs.first().map(|r| r.hot),
         "encoded_bytes_per_profile": median(&mut encoded),
+        "rss_restored_bytes_per_profile": median(&mut rss_back),
         "snapshot_pause_secs": median(&mut freeze),
         "snapshot_secs": median(&mut snap),
         "updates_idle_per_sec": median(&mut idle),

@@ -260,6 +260,87 @@ pub struct Outcome {
     pub new_identifier: bool,
 }
 
+/// A person's identifiers: a sorted, deduplicated list. A person holds one to a few, and a
+/// `BTreeSet`'s first node alone takes room for eleven (over 500 bytes); this takes what it
+/// holds. Reads as a slice; serialized as the `BTreeSet` it replaces was (a sorted sequence).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct IdSet(Vec<Identifier>);
+
+impl IdSet {
+    pub fn one(id: Identifier) -> Self {
+        Self(vec![id])
+    }
+
+    /// Adds `id`; `false` if it was there.
+    pub fn insert(&mut self, id: Identifier) -> bool {
+        match self.0.binary_search(&id) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, id);
+                true
+            }
+        }
+    }
+
+    pub fn contains(&self, id: &Identifier) -> bool {
+        self.0.binary_search(id).is_ok()
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&Identifier) -> bool) {
+        self.0.retain(keep);
+    }
+}
+
+impl std::ops::Deref for IdSet {
+    type Target = [Identifier];
+
+    fn deref(&self) -> &[Identifier] {
+        &self.0
+    }
+}
+
+impl FromIterator<Identifier> for IdSet {
+    fn from_iter<I: IntoIterator<Item = Identifier>>(iter: I) -> Self {
+        let mut v: Vec<Identifier> = iter.into_iter().collect();
+        v.sort_unstable();
+        v.dedup();
+        v.shrink_to_fit();
+        Self(v)
+    }
+}
+
+impl Extend<Identifier> for IdSet {
+    fn extend<I: IntoIterator<Item = Identifier>>(&mut self, iter: I) {
+        self.0.extend(iter);
+        self.0.sort_unstable();
+        self.0.dedup();
+    }
+}
+
+impl IntoIterator for IdSet {
+    type Item = Identifier;
+    type IntoIter = std::vec::IntoIter<Identifier>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a IdSet {
+    type Item = &'a Identifier;
+    type IntoIter = std::slice::Iter<'a, Identifier>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<'de> Deserialize<'de> for IdSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<Identifier>::deserialize(d).map(IdSet::from_iter)
+    }
+}
+
 /// The identity graph of one tenant.
 ///
 /// What grows with the persons is shared rather than copied by [`IdentityGraph::frozen`]
@@ -270,7 +351,7 @@ pub struct Outcome {
 pub struct IdentityGraph {
     rules: MergeRules,
     owner: crate::Table<Identifier, PersonId>,
-    members: crate::Table<PersonId, Arc<BTreeSet<Identifier>>>,
+    members: crate::Table<PersonId, Arc<IdSet>>,
     redirect: crate::Table<PersonId, PersonId>,
     next: PersonId,
     next_merge: u64,
@@ -309,7 +390,7 @@ impl Serialize for IdentityGraph {
 }
 
 /// Identifier → person, from person → identifiers.
-struct OwnerOf<'a>(&'a crate::Table<PersonId, Arc<BTreeSet<Identifier>>>);
+struct OwnerOf<'a>(&'a crate::Table<PersonId, Arc<IdSet>>);
 
 impl Serialize for OwnerOf<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -381,12 +462,12 @@ impl IdentityGraph {
     }
 
     /// The identifiers of a person.
-    pub fn identifiers(&self, person: PersonId) -> Option<&BTreeSet<Identifier>> {
+    pub fn identifiers(&self, person: PersonId) -> Option<&IdSet> {
         self.members.get(&person).map(|ids| &**ids)
     }
 
     /// Every current person and its identifiers.
-    pub fn persons(&self) -> impl Iterator<Item = (PersonId, &BTreeSet<Identifier>)> {
+    pub fn persons(&self) -> impl Iterator<Item = (PersonId, &IdSet)> {
         self.members.iter().map(|(p, ids)| (*p, &**ids))
     }
 
@@ -480,7 +561,7 @@ impl IdentityGraph {
     }
 
     /// The rule that forbids joining `ids` to `person`, if any.
-    fn refusal(&self, person: PersonId, ids: &BTreeSet<Identifier>) -> Option<String> {
+    fn refusal(&self, person: PersonId, ids: &[Identifier]) -> Option<String> {
         let mut kinds: BTreeMap<&str, u32> = BTreeMap::new();
         for i in ids {
             *kinds.entry(i.kind.as_str()).or_default() += 1;
@@ -524,7 +605,7 @@ impl IdentityGraph {
                             }
                         };
                         self.owner.insert(id.clone(), p);
-                        self.members.insert(p, Arc::new(BTreeSet::from([id])));
+                        self.members.insert(p, Arc::new(IdSet::one(id)));
                         out.person = Some(p);
                         out.created = true;
                     }
@@ -537,7 +618,7 @@ impl IdentityGraph {
                     let theirs = self
                         .members
                         .get(&other)
-                        .map(|ids| BTreeSet::clone(ids))
+                        .map(|ids| IdSet::clone(ids))
                         .unwrap_or_default();
                     if let Some(rule) = self.refusal(current, &theirs) {
                         self.refuse(current, id, rule, &obs);
@@ -551,7 +632,7 @@ impl IdentityGraph {
                 }
                 None => {
                     out.new_identifier = true;
-                    let one = BTreeSet::from([id.clone()]);
+                    let one = [id.clone()];
                     if let Some(rule) = self.refusal(current, &one) {
                         self.refuse(current, id, rule, &obs);
                     } else {
@@ -1057,18 +1138,18 @@ mod tests {
         fn unmerge_is_the_inverse_of_merge(seen in conflict_free(), left in 0usize..40, right in 0usize..40) {
             let order: Vec<usize> = (0..seen.len()).collect();
             let mut g = build(&seen, &order);
-            let before: Vec<(PersonId, BTreeSet<Identifier>)> = {
+            let before: Vec<(PersonId, IdSet)> = {
                 let mut v: Vec<_> = g.persons().map(|(p, s)| (p, s.clone())).collect();
                 v.sort();
                 v
             };
-            let people: Vec<&(PersonId, BTreeSet<Identifier>)> = before.iter().collect();
+            let people: Vec<&(PersonId, IdSet)> = before.iter().collect();
             let (l, r) = (people[left % people.len()], people[right % people.len()]);
-            let has_user = |s: &BTreeSet<Identifier>| s.iter().any(|i| i.kind == USER_ID);
+            let has_user = |s: &IdSet| s.iter().any(|i| i.kind == USER_ID);
             prop_assume!(l.0 != r.0 && !(has_user(&l.1) && has_user(&r.1)));
             // Link a non-user identifier of one with any identifier of the other (two
             // persons with a user id each would be refused, not merged).
-            let pick = |s: &BTreeSet<Identifier>| s.iter().find(|i| i.kind != USER_ID).cloned();
+            let pick = |s: &IdSet| s.iter().find(|i| i.kind != USER_ID).cloned();
             let (Some(a), Some(b)) = (pick(&l.1), r.1.iter().next().cloned()) else {
                 return Ok(());
             };

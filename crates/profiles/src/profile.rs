@@ -493,7 +493,7 @@ impl Profiles {
         merge_id: u64,
         events: &[Event],
     ) -> Result<Vec<PersonId>, UnmergeError> {
-        let before: HashMap<PersonId, BTreeSet<Identifier>> = self
+        let before: HashMap<PersonId, crate::identity::IdSet> = self
             .graph
             .persons()
             .map(|(p, ids)| (p, ids.clone()))

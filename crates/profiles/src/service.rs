@@ -1681,7 +1681,7 @@ fn with_parsed(e: Event) -> (Event, Parsed) {
 type Addressee = (Option<String>, Option<String>);
 
 /// The person's user id, else its anonymous id (else one made of the person's id).
-fn addressee(ids: Option<&BTreeSet<Identifier>>, tr: &Transition) -> Addressee {
+fn addressee(ids: Option<&crate::identity::IdSet>, tr: &Transition) -> Addressee {
     let first = |kind: &str| {
         ids.into_iter()
             .flatten()

@@ -7,7 +7,9 @@
 //! - A **cold** profile is its compact MessagePack encoding (the snapshot's encoding of one
 //!   profile) in an append-only arena: chunks of [`CHUNK`] bytes; a full chunk is written to
 //!   an unnamed scratch file (`O_TMPFILE` in the budget's directory: nothing is left behind
-//!   by a crash) and mapped read-only, so its pages are the kernel's to reclaim. The table
+//!   by a crash), encrypted under a key held in this process's memory only (profiles hold
+//!   decrypted traits; see [`Scratch`]), and mapped read-only, so its pages are the kernel's
+//!   to reclaim. The table
 //!   then holds 12 bytes of location per cold person.
 //! - Without a [`Budget`] every profile stays hot (as before this module). With one, every
 //!   profile that is promoted (read for a change, or created) may first push others out: the
@@ -48,7 +50,7 @@ const FIRST_GUESS: usize = 1536;
 /// The memory profiles may take on a node, shared by every tenant's [`People`].
 #[derive(Debug)]
 pub struct Budget {
-    dir: PathBuf,
+    scratch: Arc<Scratch>,
     limit: usize,
     /// Estimated heap bytes of hot profiles, every tenant.
     hot: AtomicUsize,
@@ -64,7 +66,11 @@ impl Budget {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
         Ok(Arc::new(Self {
-            dir,
+            scratch: Arc::new(Scratch {
+                dir,
+                key: rand::random(),
+                chunks: AtomicU64::new(0),
+            }),
             limit,
             hot: AtomicUsize::new(0),
             cold: AtomicUsize::new(0),
@@ -130,26 +136,97 @@ enum Slot {
     Cold(Loc),
 }
 
-/// A full chunk: an unnamed scratch file mapped read-only, or (when the file could not be
-/// made) the bytes on the heap.
+/// Where full chunks go, and the key they are written under.
+///
+/// Profiles hold decrypted traits (emails, names, phone numbers), and with encryption at
+/// rest they must never reach the disk in the clear. A chunk is written encrypted with
+/// AES-256 in counter mode under a key made at random when the budget is made and kept in
+/// this process's memory alone, so what a scratch file leaves on the disk is unreadable
+/// once the process is gone. Counter mode lets one profile be decrypted where it lies
+/// (seek to its offset) without the rest of the chunk; each chunk has its own nonce (its
+/// number). Integrity is not the point: the file is this process's own, unnamed.
+struct Scratch {
+    dir: PathBuf,
+    key: [u8; 32],
+    /// Chunks written so far: the next one's nonce.
+    chunks: AtomicU64,
+}
+
+impl fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scratch").field("dir", &self.dir).finish()
+    }
+}
+
+impl Scratch {
+    /// Encrypts or decrypts `data`, found at `offset` of chunk `nonce`.
+    fn apply(&self, nonce: u64, offset: u64, data: &mut [u8]) {
+        use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+        let mut iv = [0u8; 16];
+        iv[..8].copy_from_slice(&nonce.to_be_bytes());
+        let mut c = ctr::Ctr64BE::<aes::Aes256>::new(&self.key.into(), &iv.into());
+        c.seek(offset);
+        c.apply_keystream(data);
+    }
+}
+
+/// A full chunk: an unnamed scratch file, encrypted, mapped read-only; or (when the file
+/// could not be made) the bytes on the heap.
 enum Chunk {
-    Mapped(Mmap),
+    Mapped {
+        map: Mmap,
+        nonce: u64,
+        scratch: Arc<Scratch>,
+    },
     Heap(Vec<u8>),
 }
 
+/// The stored bytes of a cold profile (still encrypted if in a scratch file).
+#[derive(Clone, Copy)]
+pub struct Cold<'a> {
+    bytes: &'a [u8],
+    sealed: Option<(&'a Scratch, u64, u64)>,
+}
+
+impl<'a> Cold<'a> {
+    /// The encoding in the clear.
+    fn plain(self) -> Cow<'a, [u8]> {
+        match self.sealed {
+            None => Cow::Borrowed(self.bytes),
+            Some((scratch, nonce, offset)) => {
+                let mut out = self.bytes.to_vec();
+                scratch.apply(nonce, offset, &mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+}
+
 impl Chunk {
-    fn bytes(&self) -> &[u8] {
+    fn cold(&self, off: usize, len: usize) -> Cold<'_> {
         match self {
-            Chunk::Mapped(m) => m,
-            Chunk::Heap(v) => v,
+            Chunk::Mapped {
+                map,
+                nonce,
+                scratch,
+            } => Cold {
+                bytes: map.get(off..off + len).unwrap_or_default(),
+                sealed: Some((scratch, *nonce, off as u64)),
+            },
+            Chunk::Heap(v) => Cold {
+                bytes: v.get(off..off + len).unwrap_or_default(),
+                sealed: None,
+            },
         }
     }
 
-    fn seal(bytes: Vec<u8>, dir: Option<&Path>) -> Chunk {
-        let Some(dir) = dir else {
+    fn seal(mut bytes: Vec<u8>, scratch: Option<&Arc<Scratch>>) -> Chunk {
+        let Some(scratch) = scratch else {
             return Chunk::Heap(bytes);
         };
-        let mapped = tempfile::tempfile_in(dir).and_then(|mut f| {
+        let nonce = scratch.chunks.fetch_add(1, Ordering::Relaxed);
+        scratch.apply(nonce, 0, &mut bytes);
+        let mapped = tempfile::tempfile_in(&scratch.dir).and_then(|mut f| {
             f.write_all(&bytes)?;
             #[allow(unsafe_code)]
             // SAFETY: the file is unnamed and this process's alone, and is never written
@@ -159,17 +236,22 @@ impl Chunk {
             }
         });
         match mapped {
-            Ok(m) => Chunk::Mapped(m),
+            Ok(map) => Chunk::Mapped {
+                map,
+                nonce,
+                scratch: scratch.clone(),
+            },
             Err(e) => {
-                tracing::warn!(error = %e, dir = %dir.display(),
+                tracing::warn!(error = %e, dir = %scratch.dir.display(),
                     "cannot write cold profiles to a scratch file; they stay on the heap");
+                scratch.apply(nonce, 0, &mut bytes);
                 Chunk::Heap(bytes)
             }
         }
     }
 
     fn evict(&self) {
-        if let Chunk::Mapped(m) = self {
+        if let Chunk::Mapped { map: m, .. } = self {
             // SAFETY: a read-only mapping of a file: dropped pages are read back from it.
             #[allow(unsafe_code)]
             let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
@@ -189,11 +271,11 @@ struct Arena {
 }
 
 impl Arena {
-    fn put(&mut self, bytes: &[u8], dir: Option<&Path>) -> Option<Loc> {
+    fn put(&mut self, bytes: &[u8], scratch: Option<&Arc<Scratch>>) -> Option<Loc> {
         let len = u32::try_from(bytes.len()).ok()?;
         if !self.open.is_empty() && self.open.len() + bytes.len() > CHUNK {
             let open = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK));
-            self.full.push(Arc::new(Chunk::seal(open, dir)));
+            self.full.push(Arc::new(Chunk::seal(open, scratch)));
         }
         let loc = Loc {
             chunk: u32::try_from(self.full.len()).ok()?,
@@ -206,13 +288,15 @@ impl Arena {
         Some(loc)
     }
 
-    fn get(&self, loc: Loc) -> &[u8] {
-        let chunk = match self.full.get(loc.chunk as usize) {
-            Some(c) => c.bytes(),
-            None => &self.open,
-        };
+    fn get(&self, loc: Loc) -> Cold<'_> {
         let (off, len) = (loc.off as usize, loc.len as usize);
-        chunk.get(off..off + len).unwrap_or_default()
+        match self.full.get(loc.chunk as usize) {
+            Some(c) => c.cold(off, len),
+            None => Cold {
+                bytes: self.open.get(off..off + len).unwrap_or_default(),
+                sealed: None,
+            },
+        }
     }
 
     fn evict(&self) {
@@ -238,14 +322,14 @@ fn decode(bytes: &[u8]) -> Profile {
 #[derive(Clone, Copy)]
 pub enum Stored<'a> {
     Hot(&'a Profile),
-    Cold(&'a [u8]),
+    Cold(Cold<'a>),
 }
 
 impl<'a> Stored<'a> {
     pub fn load(self) -> Cow<'a, Profile> {
         match self {
             Stored::Hot(p) => Cow::Borrowed(p),
-            Stored::Cold(b) => Cow::Owned(decode(b)),
+            Stored::Cold(c) => Cow::Owned(decode(&c.plain())),
         }
     }
 }
@@ -441,7 +525,7 @@ impl People {
                 Arc::unwrap_or_clone(profile)
             }
             Slot::Cold(l) => {
-                let profile = decode(self.arena.get(l));
+                let profile = decode(&self.arena.get(l).plain());
                 self.arena.live -= l.len as usize;
                 profile
             }
@@ -453,7 +537,7 @@ impl People {
     /// Applies `f` to every profile; `f` answers whether it changed it. Cold profiles are
     /// changed where they are (encoded again), without making them hot.
     pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut Profile) -> bool) {
-        let dir = self.budget.as_ref().map(|b| b.dir.clone());
+        let scratch = self.budget.as_ref().map(|b| b.scratch.clone());
         let mut changed_cold: Vec<(PersonId, Loc, Vec<u8>)> = Vec::new();
         for (p, slot) in self.table.iter_mut() {
             match slot {
@@ -468,7 +552,7 @@ impl People {
                     }
                 }
                 Slot::Cold(l) => {
-                    let mut profile = decode(self.arena.get(*l));
+                    let mut profile = decode(&self.arena.get(*l).plain());
                     if f(&mut profile)
                         && let Some(bytes) = encode(&profile)
                     {
@@ -479,7 +563,7 @@ impl People {
         }
         for (p, old, bytes) in changed_cold {
             self.arena.live -= old.len as usize;
-            match self.arena.put(&bytes, dir.as_deref()) {
+            match self.arena.put(&bytes, scratch.as_ref()) {
                 Some(loc) => {
                     self.table.insert(p, Slot::Cold(loc));
                 }
@@ -523,7 +607,7 @@ impl People {
             let Some(Slot::Cold(loc)) = self.table.get(&p).cloned() else {
                 unreachable!("checked above; enforcing moves hot profiles only")
             };
-            let profile = decode(self.arena.get(loc));
+            let profile = decode(&self.arena.get(loc).plain());
             self.table.insert(
                 p,
                 Slot::Hot {
@@ -625,7 +709,9 @@ impl People {
             let size = profile.heap_bytes() + 64;
             let loc = match *encoded {
                 Some(l) => Some(l),
-                None => encode(profile).and_then(|bytes| self.arena.put(&bytes, Some(&budget.dir))),
+                None => {
+                    encode(profile).and_then(|bytes| self.arena.put(&bytes, Some(&budget.scratch)))
+                }
             };
             let Some(loc) = loc else {
                 // Cannot be encoded (larger than 4 GiB): stays hot.
@@ -648,7 +734,7 @@ impl People {
         if garbage <= self.arena.live.max(4 * CHUNK) {
             return;
         }
-        let dir = self.budget.as_ref().map(|b| b.dir.clone());
+        let scratch = self.budget.as_ref().map(|b| b.scratch.clone());
         let old = std::mem::take(&mut self.arena);
         for slot in self.table.values_mut() {
             let loc = match slot {
@@ -658,8 +744,8 @@ impl People {
                 } => l,
                 Slot::Hot { encoded: None, .. } => continue,
             };
-            let bytes = old.get(*loc);
-            match self.arena.put(bytes, dir.as_deref()) {
+            let bytes = old.get(*loc).plain();
+            match self.arena.put(&bytes, scratch.as_ref()) {
                 Some(new) => *loc = new,
                 None => unreachable!("it fitted before"),
             }

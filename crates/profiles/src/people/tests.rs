@@ -1,3 +1,6 @@
+//! Tests of the profile table: against a plain map under budgets from none to zero, and at a
+//! size where most profiles are cold in (encrypted) scratch files.
+
 use std::collections::BTreeMap;
 
 use chrono::DateTime;
@@ -130,9 +133,18 @@ fn most_profiles_go_cold_into_scratch_files() {
             .arena
             .full
             .iter()
-            .any(|c| matches!(**c, Chunk::Mapped(_))),
+            .all(|c| matches!(**c, Chunk::Mapped { .. })),
         "full chunks are mapped files"
     );
+    // What reaches the disk is encrypted: the event names every profile counts are in the
+    // heap's open chunk in the clear, and in no scratch file.
+    let clear = |bytes: &[u8]| bytes.windows(6).any(|w| w == b"event ");
+    assert!(clear(&people.arena.open));
+    for c in &people.arena.full {
+        if let Chunk::Mapped { map, .. } = &**c {
+            assert!(!clear(map), "a scratch file holds a profile in the clear");
+        }
+    }
     for p in (0..n).step_by(997) {
         let mut want = Profile::default();
         for k in 0..5 {

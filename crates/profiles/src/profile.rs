@@ -339,6 +339,11 @@ impl Profiles {
         self.people.set_budget(budget);
     }
 
+    /// Moves decoded profiles to cold while the memory budget is over.
+    pub fn trim(&mut self) {
+        self.people.enforce();
+    }
+
     /// Decoded profiles held.
     pub fn hot(&self) -> usize {
         self.people.hot()

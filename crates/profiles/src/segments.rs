@@ -1261,6 +1261,12 @@ impl Engine {
         self.profiles.set_budget(budget);
     }
 
+    /// Moves decoded profiles to cold while the memory budget is over (see
+    /// [`crate::people::People::enforce`]).
+    pub fn trim_profiles(&mut self) {
+        self.profiles.trim();
+    }
+
     /// Approximate heap bytes: profiles, memberships and timers.
     pub fn heap_bytes(&self) -> usize {
         self.profiles.heap_bytes()
@@ -1493,15 +1499,7 @@ mod tests {
             e.profiles().graph().partition()
         );
         assert_eq!(back.profiles().graph().log(), e.profiles().graph().log());
-        let people = |x: &Engine| {
-            let mut v: Vec<(PersonId, Profile)> = x
-                .profiles()
-                .people()
-                .map(|(p, q)| (p, q.into_owned()))
-                .collect();
-            v.sort_by_key(|(p, _)| *p);
-            v
-        };
+        let people = sorted_people;
         assert_eq!(people(&back), people(&e));
         // The same future on both: an alias merging u2 into u1, a timer, an order.
         let later = [

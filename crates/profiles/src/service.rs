@@ -249,6 +249,31 @@ impl ProfileService {
         self.budget.get().cloned()
     }
 
+    /// Brings the profiles of every tenant under the budget when it is over: a tenant
+    /// evicts its own profiles as it promotes others, so one that went quiet holding many
+    /// decoded profiles would otherwise keep them while the busy ones evict all of theirs.
+    fn trim_profiles(&self) {
+        let Some(budget) = self.budget.get() else {
+            return;
+        };
+        if budget.hot_bytes() <= budget.limit() {
+            return;
+        }
+        let tenants: Vec<Arc<Mutex<TenantState>>> = self
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in tenants {
+            if budget.hot_bytes() <= budget.limit() {
+                break;
+            }
+            lock(&t).engine.trim_profiles();
+        }
+    }
+
     fn new_engine(&self, rules: MergeRules) -> Engine {
         let mut engine = Engine::new(rules);
         engine.set_budget(self.budget());
@@ -1349,6 +1374,7 @@ impl ProfileService {
                 out.extend(self.apply(record, event.as_ref(), self.caught_up()));
                 self.applied.store(record.offset + 1, Ordering::Release);
             }
+            self.trim_profiles();
             // Freed on the decoder's threads: a batch is many small allocations.
             match self.decoder.get() {
                 Some(Some(pool)) => pool.spawn(move || drop((events, batch))),

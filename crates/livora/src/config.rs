@@ -610,12 +610,15 @@ mod tests {
                 ("LIVORA__DATA_DIR", dir.path().to_str().expect("utf-8")),
                 ("LIVORA__ANALYTICS__SPILL_MIN_KB", &max),
                 ("LIVORA__ANALYTICS__MEMORY_LIMIT_MB", &max),
+                ("LIVORA__ANALYTICS__PROFILES_MEMORY_LIMIT_MB", &max),
             ]),
         )
         .expect("loads");
         let o = c.column_options(&env(&[])).expect("options");
         assert_eq!(o.memory_limit, Some(u64::MAX));
         assert_eq!(o.spill.expect("spill").min_bytes, usize::MAX);
+        let p = c.profiles_options().expect("options").expect("profiles on");
+        assert_eq!(p.budget.expect("a budget").limit(), usize::MAX);
         let off = Config::load(
             None,
             &env(&[
@@ -626,6 +629,11 @@ mod tests {
         .expect("loads");
         let o = off.column_options(&env(&[])).expect("options");
         assert!(o.spill.is_none() && o.memory_limit.is_none());
+        let p = off
+            .profiles_options()
+            .expect("options")
+            .expect("profiles on");
+        assert!(p.budget.is_none(), "no profiles budget unless asked for");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! (December and Black Friday week peak, June dips). Every message goes through the same
 //! normalisation as the HTTP API, so what is stored is what an SDK would have produced.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -52,14 +54,19 @@ pub struct GenerateArgs {
     /// Write the events straight into the column store's sealed segments (the data
     /// directory's `columns/`, or `[analytics] segments_url`) instead of the log: for
     /// histories larger than the disk holds as a log. Queries see them; profiles and
-    /// automation, which follow the log, do not.
+    /// automation, which follow the log, do not. Sessions are generated in time order, as
+    /// a shop receives them, so each day is written once; how many is estimated from a
+    /// sample of sessions, so the count of events is close to `--events`, not exact.
     #[arg(long, conflicts_with = "no_log")]
     pub sealed: bool,
+    /// With `--sealed`, seal at the first day boundary after this many events: bigger seals
+    /// write the persons file less often.
+    #[arg(long, default_value_t = 10_000_000, requires = "sealed")]
+    pub seal_every: usize,
 }
 
-/// With `--sealed`, the hot rows are sealed every this many events: bigger seals write fewer
-/// files per day (a seal writes one per day it holds) and leave less to compact.
-const SEAL_EVERY: usize = 10_000_000;
+/// Sessions sampled to estimate the events of a session (`--sealed`).
+const PILOT_SESSIONS: usize = 20_000;
 
 pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
@@ -95,14 +102,36 @@ pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_j
     } else {
         None
     };
-    let mut imported: Vec<Vec<u8>> = Vec::new();
     let mut shop = Shop::with_population(args.seed, args.persons);
     let mut table = args.parquet.as_ref().map(|_| Table::default());
     let (mut events, mut sessions, mut orders, mut revenue) = (0usize, 0u64, 0u64, 0.0f64);
     let mut records = Vec::with_capacity(20_000);
     let mut message = 0u64;
-    while events < args.events {
-        let at = shop.seasonal_start(start, end);
+    // With `--sealed`, sessions start in time order and their events reach the column store
+    // in time order, so that each seal holds whole days and each day is written once.
+    let mut planned = match &columns {
+        Some(c) => {
+            let sessions = planned_sessions(args, start, end);
+            let mut starts: Vec<DateTime<Utc>> = (0..sessions)
+                .map(|_| shop.seasonal_start(start, end))
+                .collect();
+            starts.sort_unstable();
+            Some((
+                starts.into_iter(),
+                InTimeOrder::new(c, tenant, args.seal_every.max(1)),
+            ))
+        }
+        None => None,
+    };
+    loop {
+        let at = match &mut planned {
+            Some((starts, _)) => match starts.next() {
+                Some(at) => at,
+                None => break,
+            },
+            None if events < args.events => shop.seasonal_start(start, end),
+            None => break,
+        };
         sessions += 1;
         for m in before(shop.session(at), end) {
             message += 1;
@@ -126,8 +155,8 @@ pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_j
             if let Some(t) = table.as_mut() {
                 t.push_json(&payload)?;
             }
-            if columns.is_some() {
-                imported.push(payload);
+            if let Some((_, ordered)) = &mut planned {
+                ordered.push(event.timestamp.timestamp_micros(), payload);
             } else if log.is_some() {
                 records.push(NewRecord {
                     tenant: tenant.0,
@@ -142,14 +171,16 @@ pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_j
         {
             log.append(std::mem::take(&mut records)).await?;
         }
-        if let Some(c) = &columns
-            && (imported.len() >= 10_000 || events >= args.events)
-        {
-            c.import(tenant, &std::mem::take(&mut imported))?;
-            if c.hot_rows() >= SEAL_EVERY || events >= args.events {
-                c.seal(None).await?;
-                while c.compact(config.analytics.compact_files.max(2)).await? > 0 {}
-            }
+        if let Some((_, ordered)) = &mut planned {
+            // Later sessions start at `at` or after: every event before it is final.
+            ordered.release(at.timestamp_micros()).await?;
+        }
+    }
+    if let Some((_, ordered)) = &mut planned {
+        ordered.release(i64::MAX).await?;
+        ordered.seal().await?;
+        if let Some(c) = &columns {
+            while c.compact(config.analytics.compact_files.max(2)).await? > 0 {}
         }
     }
     if let Some(log) = &log {
@@ -185,6 +216,93 @@ pub async fn run(config: &Config, args: &GenerateArgs) -> anyhow::Result<serde_j
         "parquet_bytes": parquet_bytes,
         "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     }))
+}
+
+/// How many sessions make about `args.events` events: the mean of a sample of sessions from
+/// another shop of the same population (same range, another seed).
+fn planned_sessions(args: &GenerateArgs, start: DateTime<Utc>, end: DateTime<Utc>) -> usize {
+    let mut pilot = Shop::with_population(args.seed.wrapping_add(0x9e37_79b9), args.persons);
+    let events: usize = (0..PILOT_SESSIONS)
+        .map(|_| {
+            let at = pilot.seasonal_start(start, end);
+            before(pilot.session(at), end).count()
+        })
+        .sum();
+    let per_session = (events.max(1) as f64) / PILOT_SESSIONS as f64;
+    ((args.events as f64 / per_session).round() as usize).max(1)
+}
+
+/// Events on their way to the column store in time order (`--sealed`): held until every
+/// event before them is known, imported in batches, and sealed at day boundaries.
+struct InTimeOrder<'a> {
+    columns: &'a livora_columnar::ColumnStore,
+    tenant: TenantId,
+    /// Held events by (time µs, arrival).
+    held: BinaryHeap<Reverse<(i64, u64, Vec<u8>)>>,
+    arrivals: u64,
+    batch: Vec<Vec<u8>>,
+    /// The UTC day (days since the epoch) of the last event released.
+    day: i64,
+    /// Events imported since the last seal.
+    unsealed: usize,
+    seal_every: usize,
+}
+
+impl<'a> InTimeOrder<'a> {
+    fn new(columns: &'a livora_columnar::ColumnStore, tenant: TenantId, seal_every: usize) -> Self {
+        Self {
+            columns,
+            tenant,
+            held: BinaryHeap::new(),
+            arrivals: 0,
+            batch: Vec::with_capacity(10_000),
+            day: i64::MIN,
+            unsealed: 0,
+            seal_every,
+        }
+    }
+
+    fn push(&mut self, ts_us: i64, payload: Vec<u8>) {
+        self.arrivals += 1;
+        self.held.push(Reverse((ts_us, self.arrivals, payload)));
+    }
+
+    /// Passes on every held event older than `before_us`, oldest first, sealing at the
+    /// first day boundary after `seal_every` events.
+    async fn release(&mut self, before_us: i64) -> anyhow::Result<()> {
+        const DAY: i64 = 86_400_000_000;
+        while self.held.peek().is_some_and(|Reverse(e)| e.0 < before_us) {
+            let Some(Reverse((ts, _, payload))) = self.held.pop() else {
+                break;
+            };
+            let day = ts.div_euclid(DAY);
+            if day != self.day {
+                if self.unsealed >= self.seal_every {
+                    self.seal().await?;
+                }
+                self.day = day;
+            }
+            self.batch.push(payload);
+            self.unsealed += 1;
+            if self.batch.len() >= 10_000 {
+                self.import()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn import(&mut self) -> anyhow::Result<()> {
+        self.columns
+            .import(self.tenant, &std::mem::take(&mut self.batch))?;
+        Ok(())
+    }
+
+    async fn seal(&mut self) -> anyhow::Result<()> {
+        self.import()?;
+        self.columns.seal(None).await?;
+        self.unsealed = 0;
+        Ok(())
+    }
 }
 
 async fn resolve_tenant(config: &Config, tenant: Option<&str>) -> anyhow::Result<TenantId> {

@@ -412,10 +412,12 @@ async fn demo_generate_sealed_writes_segments_that_queries_read_without_the_log(
         dir.path(),
         &tenant.id,
         &["--events", "4000", "--persons", "300", "--days", "30"],
-        &["--sealed"],
+        &["--sealed", "--seal-every", "400"],
     );
     let events = summary["events"].as_u64().expect("events");
     assert_eq!(summary["sealed"], json!(true));
+    // The number of sessions is estimated: about the events asked for.
+    assert!((3400..=4600).contains(&events), "{summary}");
     // Straight into segments: the manifest holds every event, the log none.
     let m: Value = serde_json::from_slice(
         &std::fs::read(dir.path().join("columns/manifest.json")).expect("manifest"),
@@ -429,6 +431,32 @@ async fn demo_generate_sealed_writes_segments_that_queries_read_without_the_log(
         .filter_map(|s| s["rows"].as_u64())
         .sum();
     assert_eq!(rows, events);
+    // Generated in time order and sealed at day boundaries (about ten seals here): each
+    // day is written once, so there is nothing to compact.
+    const DAY: i64 = 86_400_000_000;
+    let mut days: Vec<(i64, i64)> = m["tenants"][&tenant.id]["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|s| {
+            let (lo, hi) = (s["min_ts"].as_i64(), s["max_ts"].as_i64());
+            (lo.expect("min_ts"), hi.expect("max_ts"))
+        })
+        .collect();
+    days.sort_unstable();
+    assert!(days.len() >= 28, "a file a day: {days:?}");
+    for w in days.windows(2) {
+        assert!(w[0].1 < w[1].0, "days overlap: {w:?}");
+        assert!(
+            w[0].0.div_euclid(DAY) < w[1].0.div_euclid(DAY),
+            "a day twice: {w:?}"
+        );
+    }
+    assert!(
+        m["seq"].as_u64() > Some(5),
+        "sealed more than once: {}",
+        m["seq"]
+    );
     assert_eq!(
         common::admin_json(dir.path(), &["log", "verify"])["records"],
         json!(0)

@@ -9,20 +9,18 @@
 //! The canonical id of a merged group is its smallest id (stable, and independent of the
 //! order in which merges arrive). Union-find with path halving keeps merges near O(1).
 
-use hashbrown::HashMap;
+use crate::dict::Dictionary;
 
 /// A dense person id within one tenant.
 pub type PersonId = u32;
 
 #[derive(Debug, Default, Clone)]
 pub struct Persons {
-    /// `u:<userId>` or `a:<anonymousId>` -> id. The prefix keeps a user id and an anonymous
-    /// id with the same text apart.
-    ids: HashMap<String, PersonId>,
+    /// `u:<userId>` or `a:<anonymousId>` <-> id, each key stored once. The prefix keeps a
+    /// user id and an anonymous id with the same text apart.
+    keys: Dictionary,
     /// Union-find parents.
     parent: Vec<PersonId>,
-    /// `id -> key` (the reverse of `ids`), to name persons in answers.
-    keys: Vec<String>,
     /// Reused to build lookup keys without allocating per event.
     scratch: String,
 }
@@ -39,10 +37,9 @@ impl Persons {
         Self::default()
     }
 
-    /// Approximate heap bytes: every key twice (the list and the map), parents, map slots.
+    /// Heap bytes: the keys and the parents.
     pub fn heap_bytes(&self) -> usize {
-        let keys: usize = self.keys.iter().map(|k| k.capacity() + 24).sum();
-        2 * keys + self.parent.capacity() * 4 + self.ids.capacity() * 4
+        self.keys.heap_bytes() + self.parent.capacity() * 4
     }
 
     /// Number of ids handed out (merged or not).
@@ -58,13 +55,10 @@ impl Persons {
         self.scratch.clear();
         self.scratch.push_str(if user { "u:" } else { "a:" });
         self.scratch.push_str(raw);
-        if let Some(&id) = self.ids.get(self.scratch.as_str()) {
-            return id;
+        let id = self.keys.intern(&self.scratch);
+        if id as usize == self.parent.len() {
+            self.parent.push(id);
         }
-        let id = self.parent.len() as PersonId;
-        self.parent.push(id);
-        self.keys.push(self.scratch.clone());
-        self.ids.insert(self.scratch.clone(), id);
         id
     }
 
@@ -95,7 +89,7 @@ impl Persons {
         // register it as anonymous if it was never seen.
         let mut merged = false;
         for user in [true, false] {
-            if let Some(&p) = self.ids.get(&key(user, previous_id)) {
+            if let Some(p) = self.keys.get(&key(user, previous_id)) {
                 self.union(u, p);
                 merged = true;
             }
@@ -109,7 +103,7 @@ impl Persons {
 
     /// What `id` was created for: `(true, userId)` or `(false, anonymousId)`.
     pub fn describe(&self, id: PersonId) -> Option<(bool, &str)> {
-        let k = self.keys.get(id as usize)?;
+        let k = self.keys.value(id)?;
         Some((k.starts_with("u:"), k.get(2..).unwrap_or("")))
     }
 
@@ -117,7 +111,7 @@ impl Persons {
     /// (itself included); empty if the key was never seen. O(persons): for rare operations
     /// (export, erasure), not queries.
     pub fn identities(&self, key: &str) -> Vec<String> {
-        let Some(&id) = self.ids.get(key) else {
+        let Some(id) = self.keys.get(key) else {
             return Vec::new();
         };
         let root = |mut x: PersonId| {
@@ -129,13 +123,13 @@ impl Persons {
         let r = root(id);
         (0..self.parent.len() as PersonId)
             .filter(|&p| root(p) == r)
-            .map(|p| self.keys[p as usize].clone())
+            .filter_map(|p| self.keys.value(p).map(str::to_owned))
             .collect()
     }
 
     /// Looks up an id without creating it.
     pub fn get(&self, user: bool, id: &str) -> Option<PersonId> {
-        self.ids.get(&key(user, id)).copied()
+        self.keys.get(&key(user, id))
     }
 
     fn find(&mut self, mut x: PersonId) -> PersonId {
@@ -164,35 +158,39 @@ impl Persons {
 
     /// Every id's key (`u:<userId>` / `a:<anonymousId>`) and union-find parent, in id order:
     /// what a sealed snapshot stores.
-    pub fn snapshot(&self) -> (&[String], &[PersonId]) {
-        (&self.keys, &self.parent)
+    pub fn snapshot(&self) -> (impl ExactSizeIterator<Item = &str> + '_, &[PersonId]) {
+        (self.keys.values(), &self.parent)
     }
 
     /// Rebuilds persons from a [`Persons::snapshot`]. Refuses a snapshot whose parents are
     /// out of range or not smaller ids (the invariant [`Persons::redirects`] relies on), or
     /// whose keys repeat or lack the `u:`/`a:` prefix.
-    pub fn restore(keys: Vec<String>, parent: Vec<PersonId>) -> Result<Self, String> {
+    pub fn restore<K: AsRef<str>>(keys: &[K], parent: &[PersonId]) -> Result<Self, String> {
         if keys.len() != parent.len() {
             return Err(format!("{} keys but {} parents", keys.len(), parent.len()));
         }
-        let mut ids = HashMap::with_capacity(keys.len());
-        for (i, (k, &p)) in keys.iter().zip(&parent).enumerate() {
-            if p as usize > i {
-                return Err(format!("person {i} has parent {p}, not a smaller id"));
-            }
-            if !(k.starts_with("u:") || k.starts_with("a:")) {
-                return Err(format!("person {i} has a key without a kind prefix"));
-            }
-            if ids.insert(k.clone(), i as PersonId).is_some() {
-                return Err(format!("person key {k:?} appears twice"));
-            }
+        let mut p = Self::new();
+        for (k, &parent) in keys.iter().zip(parent) {
+            p.restore_next(k.as_ref(), parent)?;
         }
-        Ok(Self {
-            ids,
-            parent,
-            keys,
-            scratch: String::new(),
-        })
+        Ok(p)
+    }
+
+    /// Appends the next id of a snapshot being read back, with the checks of
+    /// [`Persons::restore`]; returns its id.
+    pub fn restore_next(&mut self, key: &str, parent: PersonId) -> Result<PersonId, String> {
+        let i = self.parent.len();
+        if parent as usize > i {
+            return Err(format!("person {i} has parent {parent}, not a smaller id"));
+        }
+        if !(key.starts_with("u:") || key.starts_with("a:")) {
+            return Err(format!("person {i} has a key without a kind prefix"));
+        }
+        if self.keys.intern(key) as usize != i {
+            return Err(format!("person key {key:?} appears twice"));
+        }
+        self.parent.push(parent);
+        Ok(i as PersonId)
     }
 
     /// `id -> canonical id` for every id, for queries to apply at read time. Read-only, so

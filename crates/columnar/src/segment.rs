@@ -433,7 +433,7 @@ fn persons_schema() -> Schema {
 fn persons_columns(p: &Persons) -> Vec<ArrayRef> {
     let (keys, parents) = p.snapshot();
     let ids = UInt32Array::from_iter_values(0..keys.len() as u32);
-    let keys = StringArray::from_iter_values(keys.iter());
+    let keys = StringArray::from_iter_values(keys);
     let parents = UInt32Array::from(parents.to_vec());
     vec![Arc::new(ids), Arc::new(keys), Arc::new(parents)]
 }
@@ -442,24 +442,25 @@ pub fn decode_persons(bytes: Bytes) -> Result<Persons, Error> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
     format::check(builder.metadata(), "persons file")?;
     let reader = builder.build()?;
-    let (mut keys, mut parents) = (Vec::new(), Vec::new());
+    let mut persons = Persons::new();
     for batch in reader {
         let batch = batch?;
         let id: &UInt32Array = column(&batch, "id")?;
         let key: &StringArray = column(&batch, "key")?;
         let parent: &UInt32Array = column(&batch, "parent")?;
         for (i, &id) in id.values().iter().enumerate() {
-            if id as usize != keys.len() {
+            if id as usize != persons.len() {
                 return Err(Error::Segment(format!("persons out of order at id {id}")));
             }
             if key.is_null(i) {
                 return Err(Error::Segment(format!("person {id} has no key")));
             }
-            keys.push(key.value(i).to_owned());
-            parents.push(parent.value(i));
+            persons
+                .restore_next(key.value(i), parent.value(i))
+                .map_err(Error::Segment)?;
         }
     }
-    Persons::restore(keys, parents).map_err(Error::Segment)
+    Ok(persons)
 }
 
 #[cfg(test)]

@@ -230,7 +230,7 @@ async fn reads_the_v1_store() {
     assert_eq!((t.sealed, t.hot_len(), t.late), (8, 0, 1));
     let (keys, parents) = t.persons.snapshot();
     assert_eq!(
-        keys,
+        keys.collect::<Vec<_>>(),
         ["a:anon-1", "u:alice", "u:bob", "a:anon-2", "u:carol"]
     );
     assert_eq!(t.persons.redirects(), [0, 0, 0, 3, 4]);

@@ -65,7 +65,7 @@ pub struct LifecycleResult {
 fn active_pairs(t: &Table, redirects: &[u32], m: &Matcher, periods: &Periods) -> Vec<(u32, u32)> {
     let (lo, hi) = (periods.bounds[0], periods.bounds[periods.len()]);
     let mut pairs: Vec<(u32, u32)> =
-        crate::parallel::ranges_over(&t.ranges_within(lo, hi.saturating_sub(1)))
+        crate::parallel::ranges_over(&t.ranges_with(lo, hi.saturating_sub(1), Some(m.names())))
             .into_par_iter()
             .map(|range| {
                 let mut out = Vec::new();

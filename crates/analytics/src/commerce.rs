@@ -371,7 +371,7 @@ fn buyers_before(
     ordered: Option<u32>,
     to: i64,
 ) -> hashbrown::HashSet<u32> {
-    crate::parallel::ranges_over(&t.ranges_within(i64::MIN, to - 1))
+    crate::parallel::ranges_over(&t.ranges_with(i64::MIN, to - 1, Some(ordered.as_slice())))
         .into_par_iter()
         .map(|range| {
             let mut s = hashbrown::HashSet::new();

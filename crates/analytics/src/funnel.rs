@@ -275,6 +275,12 @@ impl Matcher {
         }
     }
 
+    /// The event names this step can match (none if its event was never seen): the sealed
+    /// chunks without them hold no row for it ([`Table::ranges_with`]).
+    pub(crate) fn names(&self) -> &[u32] {
+        self.name.as_slice()
+    }
+
     pub(crate) fn matches(&self, t: &Table, row: usize) -> bool {
         self.matches_named(t, row, t.name[row])
     }

@@ -220,7 +220,11 @@ fn run(
         periods.bounds.first().copied().unwrap_or(0),
         periods.bounds.last().copied().unwrap_or(0),
     );
-    let parts: Vec<Result<Part, Error>> = crate::parallel::ranges_over(&t.ranges_within(first, last - 1))
+    let parts: Vec<Result<Part, Error>> = crate::parallel::ranges_over(&t.ranges_with(
+        first,
+        last - 1,
+        Some(matcher.names()),
+    ))
         .into_par_iter()
         .map(|range| {
             let mut part = Part::default();

@@ -130,6 +130,16 @@ pub struct Chunk {
     pub rows: Range<usize>,
     pub min_ts: i64,
     pub max_ts: i64,
+    /// The event names (ids) of its rows, sorted: what lets a query for some events skip
+    /// the chunks without them.
+    pub names: Vec<u32>,
+}
+
+impl Chunk {
+    /// Whether any row of the chunk has one of `names`.
+    pub fn has_any(&self, names: &[u32]) -> bool {
+        names.iter().any(|n| self.names.binary_search(n).is_ok())
+    }
 }
 
 impl Default for Table {
@@ -378,7 +388,12 @@ impl Table {
             ("persons", self.persons.heap_bytes()),
             (
                 "chunks",
-                vec(self.chunks.capacity(), std::mem::size_of::<Chunk>()),
+                vec(self.chunks.capacity(), std::mem::size_of::<Chunk>())
+                    + self
+                        .chunks
+                        .iter()
+                        .map(|c| c.names.capacity() * 4)
+                        .sum::<usize>(),
             ),
             ("by person", self.by_person.heap_bytes()),
             ("lines", self.lines.heap_bytes()),
@@ -393,12 +408,19 @@ impl Table {
     /// The row ranges that may hold events with `from <= ts <= to`: the sealed chunks whose
     /// time span overlaps, and the hot part. Adjacent ranges are joined.
     pub fn ranges_within(&self, from: i64, to: i64) -> Vec<Range<usize>> {
+        self.ranges_with(from, to, None)
+    }
+
+    /// As [`Table::ranges_within`], skipping also the sealed chunks without any of `names`
+    /// (event name ids; `None`: any name). The hot rows are always included.
+    pub fn ranges_with(&self, from: i64, to: i64, names: Option<&[u32]>) -> Vec<Range<usize>> {
         let mut out: Vec<Range<usize>> = Vec::new();
         let hot = self.sealed..self.len();
         let overlapping = self
             .chunks
             .iter()
             .filter(|c| c.max_ts >= from && c.min_ts <= to)
+            .filter(|c| names.is_none_or(|n| c.has_any(n)))
             .map(|c| c.rows.clone());
         for r in overlapping.chain(std::iter::once(hot)) {
             if r.is_empty() {
@@ -481,10 +503,20 @@ impl Table {
                 .iter()
                 .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
             self.watermark = self.watermark.max(max_ts);
+            let mut seen = vec![false; self.names.len()];
+            for &n in &self.name[r.clone()] {
+                if let Some(s) = seen.get_mut(n as usize) {
+                    *s = true;
+                }
+            }
+            let names = (0..seen.len() as u32)
+                .filter(|&n| seen[n as usize])
+                .collect();
             self.chunks.push(Chunk {
                 rows: r.clone(),
                 min_ts,
                 max_ts,
+                names,
             });
             self.sealed = self.sealed.max(r.end);
         }
@@ -830,6 +862,17 @@ mod tests {
             "most used first, ties by name; `Old` and the first `View` fall before the range"
         );
         assert!(t.names_within(us(4, 0), us(5, 0)).is_empty());
+        // Chunk statistics: day 2 has only `View`, so a query for `Buy` skips it (and
+        // `Old`, never in day 2 either); the hot rows are always read.
+        let id = |n: &str| t.names.get(n).expect("name");
+        let rows = |names: Option<&[u32]>| t.ranges_with(i64::MIN, i64::MAX, names);
+        let (day1, day2) = (days[0].clone(), days[1].clone());
+        let hot = t.sealed..t.len();
+        assert_eq!(rows(None), vec![day1.start..hot.end]);
+        assert_eq!(rows(Some(&[id("Buy")])), vec![day1.clone(), hot.clone()]);
+        assert_eq!(rows(Some(&[id("View")])), vec![day1.start..hot.end]);
+        assert_eq!(rows(Some(&[id("Hot")])), vec![hot.clone()]);
+        assert_eq!(rows(Some(&[])), vec![hot]);
         assert_eq!(
             t.property_keys(),
             vec![("plan", true, false), ("price", false, true)]

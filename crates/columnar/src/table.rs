@@ -867,6 +867,7 @@ mod tests {
         let id = |n: &str| t.names.get(n).expect("name");
         let rows = |names: Option<&[u32]>| t.ranges_with(i64::MIN, i64::MAX, names);
         let (day1, day2) = (days[0].clone(), days[1].clone());
+        assert_eq!(day1.end, day2.start);
         let hot = t.sealed..t.len();
         assert_eq!(rows(None), vec![day1.start..hot.end]);
         assert_eq!(rows(Some(&[id("Buy")])), vec![day1.clone(), hot.clone()]);

@@ -101,8 +101,9 @@ pub struct AutomationService {
     /// Wakes the follower (a workflow was saved, enabled or triggered).
     poke: tokio::sync::Notify,
     /// For each message an event caused: the event's log offset and when the message was
-    /// committed to the outbox (µs since the Unix epoch).
-    lags: Mutex<Vec<(u64, i64)>>,
+    /// committed to the outbox (µs since the Unix epoch). `None` until
+    /// [`AutomationService::take_lags`] is first called: a server that never asks keeps none.
+    lags: Mutex<Option<Vec<(u64, i64)>>>,
     failure: Mutex<Option<String>>,
     /// When an offset alone was last written.
     offset_written: Mutex<std::time::Instant>,
@@ -190,7 +191,7 @@ impl AutomationService {
             applied: AtomicU64::new(0),
             outbox_changed: Arc::new(tokio::sync::Notify::new()),
             poke: tokio::sync::Notify::new(),
-            lags: Mutex::new(Vec::new()),
+            lags: Mutex::new(None),
             failure: Mutex::new(None),
             offset_written: Mutex::new(std::time::Instant::now()),
         })
@@ -225,8 +226,11 @@ impl AutomationService {
         lock(&self.failure).clone()
     }
 
+    /// `(log offset of the causing event, outbox commit time in µs)` of the messages
+    /// committed since the last call. The first call starts the recording (and returns
+    /// nothing).
     pub fn take_lags(&self) -> Vec<(u64, i64)> {
-        std::mem::take(&mut *lock(&self.lags))
+        lock(&self.lags).replace(Vec::new()).unwrap_or_default()
     }
 
     /// Runs `f` on the runtime (read access for the API).
@@ -384,11 +388,11 @@ impl AutomationService {
             .await?;
         if any_message {
             let at = Utc::now().timestamp_micros();
-            let mut lags = lock(&self.lags);
-            for (o, n) in causes {
-                lags.extend(std::iter::repeat_n((*o, at), *n));
+            if let Some(lags) = lock(&self.lags).as_mut() {
+                for (o, n) in causes {
+                    lags.extend(std::iter::repeat_n((*o, at), *n));
+                }
             }
-            drop(lags);
             self.outbox_changed.notify_one();
         }
         Ok(())

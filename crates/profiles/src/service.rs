@@ -101,8 +101,9 @@ pub struct ProfileService {
     /// Set once the log has been read up to where it ended at start.
     caught_up: AtomicBool,
     /// For each announced transition an event caused: the event's log offset, and when the
-    /// announcement was made (µs since the Unix epoch).
-    lags: Mutex<Vec<(u64, i64)>>,
+    /// announcement was made (µs since the Unix epoch). `None` until [`ProfileService::take_lags`]
+    /// is first called: a server that never asks keeps none (they would grow for ever).
+    lags: Mutex<Option<Vec<(u64, i64)>>>,
     snapshots: Option<Snapshots>,
     /// `history_from` of tenants first seen by this process.
     history_from: AtomicU64,
@@ -221,7 +222,7 @@ impl ProfileService {
             tenants: RwLock::new(HashMap::new()),
             applied: AtomicU64::new(0),
             caught_up: AtomicBool::new(false),
-            lags: Mutex::new(Vec::new()),
+            lags: Mutex::new(None),
             snapshots,
             history_from: AtomicU64::new(0),
             snapshot_soon: AtomicBool::new(false),
@@ -314,9 +315,11 @@ impl ProfileService {
     }
 
     /// `(log offset of the causing event, announcement time in µs)` of the transitions
-    /// announced since the last call.
+    /// announced since the last call. The first call starts the recording (and returns
+    /// nothing).
     pub fn take_lags(&self) -> Vec<(u64, i64)> {
-        std::mem::take(&mut *self.lags.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
+        lags.replace(Vec::new()).unwrap_or_default()
     }
 
     /// A tenant's state (created empty on first use).
@@ -1194,12 +1197,13 @@ impl ProfileService {
             Some(pool) if todo.len() > 16 => pool.install(|| todo.par_iter().map(build).collect()),
             _ => todo.iter().map(build).collect(),
         };
-        let mut lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
-        let at = now.timestamp_micros();
-        lags.extend(
-            todo.iter()
-                .filter_map(|(_, _, _, cause)| cause.map(|o| (o, at))),
-        );
+        if let Some(lags) = self.lags.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let at = now.timestamp_micros();
+            lags.extend(
+                todo.iter()
+                    .filter_map(|(_, _, _, cause)| cause.map(|o| (o, at))),
+            );
+        }
         records
     }
 

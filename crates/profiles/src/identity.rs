@@ -276,6 +276,9 @@ impl IdSet {
         match self.0.binary_search(&id) {
             Ok(_) => false,
             Err(at) => {
+                // Grown by one, not doubled: a person gains an identifier once in a while,
+                // and a million spare slots of 48 bytes are 48 MB.
+                self.0.reserve_exact(1);
                 self.0.insert(at, id);
                 true
             }
@@ -314,6 +317,7 @@ impl Extend<Identifier> for IdSet {
         self.0.extend(iter);
         self.0.sort_unstable();
         self.0.dedup();
+        self.0.shrink_to_fit();
     }
 }
 
@@ -350,7 +354,7 @@ impl<'de> Deserialize<'de> for IdSet {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct IdentityGraph {
     rules: MergeRules,
-    owner: crate::Table<Identifier, PersonId>,
+    owner: crate::owners::Owners,
     members: crate::Table<PersonId, Arc<IdSet>>,
     redirect: crate::Table<PersonId, PersonId>,
     next: PersonId,
@@ -433,7 +437,7 @@ impl IdentityGraph {
     pub(crate) fn frozen(&self) -> Self {
         Self {
             rules: self.rules.clone(),
-            owner: crate::Table::default(),
+            owner: crate::owners::Owners::default(),
             members: self.members.clone(),
             redirect: self.redirect.clone(),
             next: self.next,
@@ -458,7 +462,7 @@ impl IdentityGraph {
     /// The person holding `identifier`.
     pub fn person_of(&self, identifier: &Identifier) -> Option<PersonId> {
         debug_assert!(!self.frozen, "a frozen graph has no identifier index");
-        self.owner.get(identifier).copied()
+        self.owner.get(identifier, &self.members)
     }
 
     /// The identifiers of a person.
@@ -591,8 +595,8 @@ impl IdentityGraph {
         let mut out = Outcome::default();
         for id in ids {
             let Some(current) = out.person else {
-                match self.owner.get(&id) {
-                    Some(&p) => out.person = Some(p),
+                match self.owner.get(&id, &self.members) {
+                    Some(p) => out.person = Some(p),
                     None => {
                         out.new_identifier = true;
                         // A person keeps the id it was first given, also across rebuilds.
@@ -604,7 +608,7 @@ impl IdentityGraph {
                                 self.next - 1
                             }
                         };
-                        self.owner.insert(id.clone(), p);
+                        self.owner.add(&id, p);
                         self.members.insert(p, Arc::new(IdSet::one(id)));
                         out.person = Some(p);
                         out.created = true;
@@ -612,7 +616,7 @@ impl IdentityGraph {
                 }
                 continue;
             };
-            match self.owner.get(&id).copied() {
+            match self.owner.get(&id, &self.members) {
                 Some(p) if p == current => {}
                 Some(other) => {
                     let theirs = self
@@ -636,7 +640,7 @@ impl IdentityGraph {
                     if let Some(rule) = self.refusal(current, &one) {
                         self.refuse(current, id, rule, &obs);
                     } else {
-                        self.owner.insert(id.clone(), current);
+                        self.owner.add(&id, current);
                         Arc::make_mut(self.members.entry(current).or_default()).insert(id);
                     }
                 }
@@ -668,7 +672,7 @@ impl IdentityGraph {
             .map(Arc::unwrap_or_clone)
             .unwrap_or_default();
         for i in &moved {
-            self.owner.insert(i.clone(), into);
+            self.owner.set(i, into);
         }
         let target = Arc::make_mut(self.members.entry(into).or_default());
         let kept: Vec<Identifier> = target.iter().cloned().collect();

@@ -17,6 +17,7 @@ pub mod compare;
 mod compat_tests;
 pub mod computed;
 pub mod identity;
+mod owners;
 pub mod people;
 pub mod profile;
 pub mod segments;

@@ -56,7 +56,7 @@ impl People for ProfileService {
             Some(s) => st
                 .engine
                 .members(s, false)
-                .map(|m| m.iter().copied().collect())
+                .map(|m| m.iter().collect())
                 .unwrap_or_default(),
             None => st.engine.profiles().persons().collect(),
         };

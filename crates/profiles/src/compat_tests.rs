@@ -161,7 +161,7 @@ fn reads_the_v1_snapshots() {
     let specs: Vec<(&str, bool)> = e.specs().iter().map(|s| (s.id.as_str(), s.tag)).collect();
     assert_eq!(specs, [("abandoned", false), ("pro", false), ("vip", true)]);
     let members = |id: &str, tag: bool| -> Vec<crate::PersonId> {
-        let mut v: Vec<_> = e.members(id, tag).expect("saved").iter().copied().collect();
+        let mut v: Vec<_> = e.members(id, tag).expect("saved").iter().collect();
         v.sort();
         v
     };

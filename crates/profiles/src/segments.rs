@@ -198,7 +198,11 @@ impl Deps {
 }
 
 /// One tenant's profiles, segments and memberships.
-#[derive(Serialize, Deserialize)]
+///
+/// Who is in a segment is held once, as a bit in each person's [`PersonState`]; the engine
+/// keeps only each segment's count. A snapshot still writes each segment's members (see
+/// [`Engine`]'s `Serialize`), which [`Engine::reindex`] turns back into bits.
+#[derive(Deserialize)]
 pub struct Engine {
     profiles: Profiles,
     #[serde(with = "crate::snapshot::as_json")]
@@ -206,13 +210,13 @@ pub struct Engine {
     /// In evaluation order (dependencies first).
     #[serde(with = "crate::snapshot::as_json")]
     compiled: Vec<Compiled>,
-    members: Vec<PersonSet>,
+    members: Members,
     /// Daily sizes, aligned with `compiled`.
     sizes: Vec<Vec<(i64, u64)>>,
     timers: BTreeSet<(i64, PersonId)>,
-    /// Per person: its timer, and the segments it is in (a copy of `members`, so that an
-    /// event looks at one entry instead of one set per segment). A snapshot holds only the
-    /// timers (as a map to the instant); [`Engine::reindex`] rebuilds the rest.
+    /// Per person: its timer, and the segments it is in (the only record of who is in a
+    /// segment). A snapshot holds the timers here (as a map to the instant) and the
+    /// memberships in `members`; [`Engine::reindex`] puts them back together.
     #[serde(with = "timers_only")]
     state_of: Table<PersonId, PersonState>,
     /// Selectors whose hits hold every past event.
@@ -257,6 +261,126 @@ impl PersonState {
 
 /// `Engine::state_of` as snapshots hold it: each person's timer, as the person → instant
 /// map it always was.
+/// Each segment's member count, aligned with `Engine::compiled` (who is in is in the
+/// persons' [`PersonState`]). Read from a snapshot as the member sets it holds, kept in
+/// `loaded` until [`Engine::reindex`] turns them into bits.
+#[derive(Default)]
+struct Members {
+    counts: Vec<u64>,
+    loaded: Vec<PersonSet>,
+}
+
+impl Members {
+    /// Sets to turn into bits by [`Engine::reindex`].
+    fn loaded(sets: Vec<PersonSet>) -> Self {
+        Self {
+            counts: Vec::new(),
+            loaded: sets,
+        }
+    }
+
+    fn count(&mut self, i: usize, entered: bool) {
+        if let Some(n) = self.counts.get_mut(i) {
+            *n = if entered { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<PersonSet>::deserialize(d).map(Members::loaded)
+    }
+}
+
+/// The members of one segment: the persons whose state has its bit. Counting is O(1);
+/// going through them visits every person with a membership or a timer.
+#[derive(Clone, Copy)]
+pub struct SegmentMembers<'a> {
+    state_of: &'a Table<PersonId, PersonState>,
+    i: usize,
+    len: usize,
+}
+
+impl<'a> SegmentMembers<'a> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, person: PersonId) -> bool {
+        self.state_of
+            .get(&person)
+            .is_some_and(|st| st.is_in(self.i))
+    }
+
+    /// The members, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = PersonId> + 'a {
+        let i = self.i;
+        self.state_of
+            .iter()
+            .filter(move |(_, st)| st.is_in(i))
+            .map(|(&p, _)| p)
+    }
+}
+
+/// Written as the derived form would be, with `members` as each segment's member set (read
+/// from the persons' bits), so snapshots keep their format.
+impl Serialize for Engine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Sets<'a>(&'a Engine);
+        impl Serialize for Sets<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq((0..self.0.compiled.len()).map(|i| Set(self.0.members_at(i))))
+            }
+        }
+        struct Set<'a>(SegmentMembers<'a>);
+        impl Serialize for Set<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                // The count is known: MessagePack writes it before the members.
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for p in self.0.iter() {
+                    seq.serialize_element(&p)?;
+                }
+                seq.end()
+            }
+        }
+        struct Specs<'a>(&'a [Spec]);
+        impl Serialize for Specs<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                crate::snapshot::as_json::serialize(&self.0, s)
+            }
+        }
+        struct CompiledOf<'a>(&'a [Compiled]);
+        impl Serialize for CompiledOf<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                crate::snapshot::as_json::serialize(&self.0, s)
+            }
+        }
+        struct Timers<'a>(&'a Table<PersonId, PersonState>);
+        impl Serialize for Timers<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                timers_only::serialize(self.0, s)
+            }
+        }
+        let mut st = s.serialize_struct("Engine", 9)?;
+        st.serialize_field("profiles", &self.profiles)?;
+        st.serialize_field("specs", &Specs(&self.specs))?;
+        st.serialize_field("compiled", &CompiledOf(&self.compiled))?;
+        st.serialize_field("members", &Sets(self))?;
+        st.serialize_field("sizes", &self.sizes)?;
+        st.serialize_field("timers", &self.timers)?;
+        st.serialize_field("state_of", &Timers(&self.state_of))?;
+        st.serialize_field("backfilled", &self.backfilled)?;
+        st.serialize_field("now", &self.now)?;
+        st.end()
+    }
+}
+
 mod timers_only {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -530,7 +654,7 @@ impl Engine {
             profiles: Profiles::new(rules),
             specs: Vec::new(),
             compiled: Vec::new(),
-            members: Vec::new(),
+            members: Members::default(),
             sizes: Vec::new(),
             timers: BTreeSet::new(),
             state_of: Table::new(),
@@ -564,15 +688,24 @@ impl Engine {
     }
 
     /// The members of a segment (or tag).
-    pub fn members(&self, id: &str, tag: bool) -> Option<&PersonSet> {
-        self.position(id, tag).map(|i| &self.members[i])
+    pub fn members(&self, id: &str, tag: bool) -> Option<SegmentMembers<'_>> {
+        self.position(id, tag).map(|i| self.members_at(i))
+    }
+
+    fn members_at(&self, i: usize) -> SegmentMembers<'_> {
+        SegmentMembers {
+            state_of: &self.state_of,
+            i,
+            len: self.members.counts.get(i).copied().unwrap_or(0) as usize,
+        }
     }
 
     /// The segments and the tags a person is in.
     pub fn memberships(&self, person: PersonId) -> (Vec<&str>, Vec<&str>) {
         let (mut segments, mut tags) = (Vec::new(), Vec::new());
-        for (c, m) in self.compiled.iter().zip(&self.members) {
-            if m.contains(&person) {
+        let st = self.state_of.get(&person);
+        for (i, c) in self.compiled.iter().enumerate() {
+            if st.is_some_and(|st| st.is_in(i)) {
                 if c.spec.tag {
                     tags.push(c.spec.id.as_str());
                 } else {
@@ -598,7 +731,7 @@ impl Engine {
     }
 
     fn note_size(&mut self, i: usize, t: i64) {
-        let n = self.members[i].len() as u64;
+        let n = self.members.counts.get(i).copied().unwrap_or(0);
         let Some(list) = self.sizes.get_mut(i) else {
             return;
         };
@@ -847,14 +980,15 @@ impl Engine {
             .collect();
         self.specs = specs;
         self.compiled = compiled;
-        self.members = self.recompute(DateTime::from_timestamp(t, 0).unwrap_or_default());
-        for i in 0..self.compiled.len() {
-            self.note_size(i, t);
-        }
+        self.members =
+            Members::loaded(self.recompute(DateTime::from_timestamp(t, 0).unwrap_or_default()));
         // Timers for everyone, as conditions changed; memberships by their new positions.
         self.timers.clear();
         self.state_of.clear();
         self.reindex();
+        for i in 0..self.compiled.len() {
+            self.note_size(i, t);
+        }
         let people: Vec<PersonId> = self.profiles.persons().collect();
         for p in people {
             let (_, next) = self.evaluate(p, t);
@@ -864,8 +998,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Rebuilds each person's copy of its memberships from `members` (after the segments'
-    /// order changed, or a snapshot was read back: it holds only the timers).
+    /// Sets each person's memberships from the member sets `members` holds (after a
+    /// recompute, or once a snapshot was read back), then drops the sets.
     /// A copy to write as a snapshot, taken in a fraction of the time writing takes (the
     /// profiles and identity sets are shared, see [`Profiles::frozen`]), so that the writing
     /// happens while the engine goes on. It serializes as this engine does, and is good for
@@ -875,7 +1009,10 @@ impl Engine {
             profiles: self.profiles.frozen(),
             specs: self.specs.clone(),
             compiled: self.compiled.clone(),
-            members: self.members.clone(),
+            members: Members {
+                counts: self.members.counts.clone(),
+                loaded: Vec::new(),
+            },
             sizes: self.sizes.clone(),
             timers: self.timers.clone(),
             state_of: self.state_of.clone(),
@@ -885,11 +1022,13 @@ impl Engine {
     }
 
     pub fn reindex(&mut self) {
+        let loaded = std::mem::take(&mut self.members.loaded);
         for st in self.state_of.values_mut() {
             st.bits.clear();
         }
-        for (i, m) in self.members.iter().enumerate() {
-            for &p in m {
+        self.members.counts = loaded.iter().map(|m| m.len() as u64).collect();
+        for (i, m) in loaded.into_iter().enumerate() {
+            for p in m {
                 self.state_of.entry(p).or_default().set(i, true);
             }
         }
@@ -1013,11 +1152,7 @@ impl Engine {
                 continue;
             }
             now.set(i, now_in);
-            if now_in {
-                self.members[i].insert(person);
-            } else {
-                self.members[i].remove(&person);
-            }
+            self.members.count(i, now_in);
             self.note_size(i, t);
             let spec = &self.compiled[i].spec;
             out.push(Transition {
@@ -1094,14 +1229,16 @@ impl Engine {
     /// Drops a person that no longer exists (merged away) from every segment, silently: the
     /// person that absorbed it carries on.
     fn forget(&mut self, person: PersonId) {
-        for i in 0..self.members.len() {
-            if self.members[i].remove(&person) {
+        let Some(st) = self.state_of.remove(&person) else {
+            return;
+        };
+        for i in 0..self.compiled.len() {
+            if st.is_in(i) {
+                self.members.count(i, false);
                 self.note_size(i, self.now);
             }
         }
-        if let Some(st) = self.state_of.remove(&person)
-            && let Some(t) = st.timer
-        {
+        if let Some(t) = st.timer {
             self.timers.remove(&(t, person));
         }
     }
@@ -1200,8 +1337,11 @@ impl Engine {
     pub fn membership(&self) -> Vec<((String, bool), PersonSet)> {
         self.compiled
             .iter()
-            .zip(&self.members)
-            .map(|(c, m)| ((c.spec.id.clone(), c.spec.tag), m.clone()))
+            .enumerate()
+            .map(|(i, c)| {
+                let set = self.members_at(i).iter().collect();
+                ((c.spec.id.clone(), c.spec.tag), set)
+            })
             .collect()
     }
 
@@ -1270,11 +1410,7 @@ impl Engine {
     /// Approximate heap bytes: profiles, memberships and timers.
     pub fn heap_bytes(&self) -> usize {
         self.profiles.heap_bytes()
-            + self
-                .members
-                .iter()
-                .map(|m| m.capacity() * 12)
-                .sum::<usize>()
+            + self.members.counts.capacity() * 8
             + self.timers.len() * 40
             + self.state_of.capacity() * (8 + std::mem::size_of::<PersonState>())
     }
@@ -1290,19 +1426,14 @@ mod tests {
     impl Engine {
         /// Each person's state agrees with the members and the timers.
         fn check_state(&self) {
-            for (i, m) in self.members.iter().enumerate() {
-                for p in m {
-                    assert!(
-                        self.state_of.get(p).is_some_and(|st| st.is_in(i)),
-                        "{p} in {i}"
-                    );
-                }
+            assert!(self.members.loaded.is_empty(), "member sets reindexed");
+            assert_eq!(self.members.counts.len(), self.compiled.len());
+            for (i, &n) in self.members.counts.iter().enumerate() {
+                let held = self.state_of.values().filter(|st| st.is_in(i)).count();
+                assert_eq!(held as u64, n, "the count of segment {i}");
             }
             for (p, st) in self.state_of.iter() {
                 assert!(!st.is_empty(), "{p} kept empty");
-                for i in 0..self.members.len() {
-                    assert_eq!(st.is_in(i), self.members[i].contains(p), "{p} in {i}");
-                }
                 if let Some(t) = st.timer {
                     assert!(self.timers.contains(&(t, *p)), "{p}'s timer");
                 }
@@ -1584,7 +1715,7 @@ mod tests {
                 .iter()
                 .all(|t| t.person != 2 || t.segment != "abandoned")
         );
-        assert_eq!(e.members("abandoned", false).map(PersonSet::len), Some(0));
+        assert_eq!(e.members("abandoned", false).map(|m| m.len()), Some(0));
     }
 
     #[test]
@@ -1741,7 +1872,7 @@ mod tests {
         assert_eq!((count, sample.len()), (3, 2));
         assert!(e.specs().is_empty(), "a preview saves nothing");
         e.upsert(s, &events, at(400)).expect("saved");
-        assert_eq!(e.members("viewers", false).map(PersonSet::len), Some(3));
+        assert_eq!(e.members("viewers", false).map(|m| m.len()), Some(3));
         let bad = spec("x", json!({"in_segment": "nope"}));
         assert!(matches!(
             e.preview(bad, &events, at(400), 1),

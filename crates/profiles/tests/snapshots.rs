@@ -242,7 +242,7 @@ async fn profiles_outlive_the_log_through_snapshots() {
             st.engine
                 .members("buyers", false)
                 .expect("the segment survived")
-                .contains(&person)
+                .contains(person)
         );
         assert!(
             !st.engine.profiles().graph().log().is_empty(),

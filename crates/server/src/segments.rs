@@ -577,7 +577,6 @@ fn member_ids(
         .members(id, false)
         .ok_or_else(|| ApiError::new(Code::NotFound, format!("no segment {id:?}")))?
         .iter()
-        .copied()
         .collect();
     ids.sort_unstable();
     Ok((t, ids))

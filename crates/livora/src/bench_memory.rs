@@ -40,23 +40,53 @@ pub struct MemoryBench {
     /// log, for histories the disk cannot hold as a log; there is no catch-up to time.
     #[arg(long)]
     sealed: bool,
+    /// Keep the data directory (its path is printed) instead of removing it.
+    #[arg(long)]
+    keep: bool,
+    /// Measure the restart and the queries over this data directory, kept from an earlier
+    /// run (`--keep`), instead of generating one: its tenant named `bench` gets new keys.
+    #[arg(long, conflicts_with_all = ["work_dir", "keep"])]
+    reuse: Option<PathBuf>,
 }
 
 /// The end of the generated history (fixed, so runs are comparable).
 const END: &str = "2026-11-30T00:00:00Z";
 
 pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
-    let work = b.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = work.join(format!("livora-memory-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = RemoveOnDrop(dir.clone());
-    let (tenant, key, secret) = create_tenant(&dir)?;
-    let exe = std::env::current_exe().context("cannot find the livora binary")?;
     let persons = b.persons.unwrap_or(b.events as u64 / 10).max(1);
+    let (dir, key, secret) = match &b.reuse {
+        Some(dir) => {
+            let (key, secret) = new_keys(dir)?;
+            (dir.clone(), key, secret)
+        }
+        None => {
+            let work = b.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let dir = work.join(format!("livora-memory-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir)?;
+            let (key, secret) = generate(&b, &dir, persons)?;
+            (dir, key, secret)
+        }
+    };
+    let _cleanup = (b.reuse.is_none() && !b.keep).then(|| RemoveOnDrop(dir.clone()));
+    if b.keep {
+        eprintln!("data directory kept: {}", dir.display());
+    }
+    let sealed = b.sealed || b.reuse.is_some();
+    measure(&b, &dir, &key, &secret, persons, sealed).await
+}
+
+/// A tenant in `dir` and its history from `demo generate`; returns the write and secret keys.
+fn generate(
+    b: &MemoryBench,
+    dir: &std::path::Path,
+    persons: u64,
+) -> anyhow::Result<(String, String)> {
+    let (tenant, key, secret) = create_tenant(dir)?;
+    let exe = std::env::current_exe().context("cannot find the livora binary")?;
     let generated = Instant::now();
     let out = Command::new(&exe)
         .args(["demo", "generate", "--data-dir"])
-        .arg(&dir)
+        .arg(dir)
         .args(["--tenant", &tenant, "--end", END])
         .args(["--events", &b.events.to_string()])
         .args(["--persons", &persons.to_string()])
@@ -75,6 +105,51 @@ pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
         b.events,
         generated.elapsed().as_secs_f64()
     );
+    Ok((key, secret))
+}
+
+/// New write and secret keys for the tenant named `bench` in `dir`.
+fn new_keys(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let admin = |args: &[&str]| -> anyhow::Result<Value> {
+        let exe = std::env::current_exe().context("cannot find the livora binary")?;
+        let out = Command::new(&exe)
+            .args(["admin", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .output()
+            .context("cannot run livora admin")?;
+        if !out.status.success() {
+            bail!("livora admin: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let tenants = admin(&["tenant", "list", "--json"])?;
+    let tenant = tenants
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == "bench"))
+        .and_then(|t| t["id"].as_str())
+        .with_context(|| format!("no tenant named bench in {}", dir.display()))?
+        .to_owned();
+    let key = |kind: &str| -> anyhow::Result<String> {
+        let k = admin(&[
+            "key", "create", "--tenant", &tenant, "--kind", kind, "--json",
+        ])?;
+        k["secret"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no secret in the admin output")
+    };
+    Ok((key("write")?, key("secret")?))
+}
+
+async fn measure(
+    b: &MemoryBench,
+    dir: &std::path::Path,
+    key: &str,
+    secret: &str,
+    persons: u64,
+    sealed: bool,
+) -> anyhow::Result<()> {
     let limit = b.memory_limit_mb.to_string();
     let envs = [
         ("LIVORA__ANALYTICS__PROFILES", "false"),
@@ -85,12 +160,12 @@ pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
 
     // 1. Catch-up from the log (none with `--sealed`).
     let (mut catch_up_s, mut catch_up_hwm_mb) = (None, None);
-    if !b.sealed {
+    if !sealed {
         let started = Instant::now();
-        let (mut child, addr) = spawn_serve(&dir, &envs)?;
+        let (mut child, addr) = spawn_serve(dir, &envs)?;
         let pid = child.id();
-        wait_healthy(addr, &key, Duration::from_secs(600)).await?;
-        caught_up(addr, &key, Duration::from_secs(3600)).await?;
+        wait_healthy(addr, key, Duration::from_secs(600)).await?;
+        caught_up(addr, key, Duration::from_secs(3600)).await?;
         catch_up_s = Some(started.elapsed().as_secs_f64());
         catch_up_hwm_mb = Some(rss_mb(pid, "VmHWM:"));
         stop(&mut child);
@@ -98,15 +173,15 @@ pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
 
     // 2. Restart: sealed segments from Parquet, then the log's unsealed tail.
     let restarted = Instant::now();
-    let (mut child, addr) = spawn_serve(&dir, &envs)?;
+    let (mut child, addr) = spawn_serve(dir, &envs)?;
     let pid = child.id();
-    wait_healthy(addr, &key, Duration::from_secs(600)).await?;
-    caught_up(addr, &key, Duration::from_secs(3600)).await?;
+    wait_healthy(addr, key, Duration::from_secs(600)).await?;
+    caught_up(addr, key, Duration::from_secs(3600)).await?;
     let restart_s = restarted.elapsed().as_secs_f64();
 
     let loaded_rss_mb = rss_mb(pid, "VmRSS:");
     let loaded_anon_mb = rss_mb(pid, "RssAnon:");
-    let api = Client::new(addr, &key).with_bearer(&secret);
+    let api = Client::new(addr, key).with_bearer(secret);
     // Each kind twice: the first run after the restart, and again at once (warm).
     let mut times = serde_json::Map::new();
     for (name, q) in queries(b.days) {
@@ -129,7 +204,7 @@ pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
     let anon_after_mb = rss_mb(pid, "RssAnon:");
     let file_after_mb = rss_mb(pid, "RssFile:");
     let hwm_mb = rss_mb(pid, "VmHWM:");
-    let metrics = Client::new(addr, &key).get("/metrics").await?.1;
+    let metrics = Client::new(addr, key).get("/metrics").await?.1;
     let metrics = String::from_utf8_lossy(&metrics);
     let end = metric(&metrics, "livora_columnar_rows").max(1.0) as u64;
     let mapped = metric(&metrics, "livora_columnar_mapped_bytes");

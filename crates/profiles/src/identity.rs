@@ -368,6 +368,11 @@ pub struct IdentityGraph {
     /// During a rebuild: the ids of the merges being replayed, by (message id, via).
     #[serde(skip)]
     reuse: HashMap<(String, Identifier), u64>,
+    /// The refusals in `log`, by (person, identifier, rule): a refusal is logged once, not at
+    /// every event that repeats it (a device shared by two users would otherwise add one
+    /// to the log per event). Built from `log` when first needed (`None` until then).
+    #[serde(skip)]
+    refused: Option<hashbrown::HashSet<(PersonId, Identifier, String)>>,
     /// Set on a copy made by [`IdentityGraph::frozen`]: its `owner` is left empty.
     #[serde(skip)]
     frozen: bool,
@@ -447,6 +452,7 @@ impl IdentityGraph {
             undone: self.undone.clone(),
             creators: self.creators.clone(),
             reuse: HashMap::new(),
+            refused: None,
             frozen: true,
         }
     }
@@ -656,6 +662,23 @@ impl IdentityGraph {
         rule: String,
         obs: &Observation,
     ) {
+        let log = &self.log;
+        let refused = self.refused.get_or_insert_with(|| {
+            log.iter()
+                .filter_map(|r| match &**r {
+                    MergeRecord::Refused {
+                        person,
+                        identifier,
+                        rule,
+                        ..
+                    } => Some((*person, identifier.clone(), rule.clone())),
+                    MergeRecord::Merged { .. } => None,
+                })
+                .collect()
+        });
+        if !refused.insert((person, identifier.clone(), rule.clone())) {
+            return;
+        }
         self.log.push(Arc::new(MergeRecord::Refused {
             person,
             identifier,
@@ -745,6 +768,8 @@ impl IdentityGraph {
             return 0;
         }
         Arc::make_mut(ids).retain(|i| !gone.contains(i));
+        // Rebuilt from the redacted log when next needed.
+        self.refused = None;
         for i in &gone {
             self.owner.remove(i);
             self.creators.remove(i);
@@ -970,6 +995,18 @@ mod tests {
             g.observe(obs(&[id(ANONYMOUS_ID, "device")], 3)).person,
             ann.person
         );
+        // Bob goes on using the device: the refusal is logged once, also after the graph
+        // is read back from a snapshot, and again once the identifier was erased.
+        for n in 4..20 {
+            let again = g.observe(obs(&[id(USER_ID, "bob"), id(ANONYMOUS_ID, "device")], n));
+            assert_eq!(again.person, bob.person);
+        }
+        assert_eq!(g.log().len(), 1, "{:?}", g.log());
+        let bytes = rmp_serde::to_vec(&g).expect("encode");
+        let mut back: IdentityGraph = rmp_serde::from_slice(&bytes).expect("decode");
+        back.observe(obs(&[id(USER_ID, "bob"), id(ANONYMOUS_ID, "device")], 21));
+        assert_eq!(back.log().len(), 1);
+
         // A looser limit lets them merge.
         let mut rules = MergeRules::default();
         rules.limits.insert(USER_ID.into(), 2);

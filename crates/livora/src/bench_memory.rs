@@ -72,6 +72,8 @@ pub async fn run(b: MemoryBench) -> anyhow::Result<()> {
         eprintln!("data directory kept: {}", dir.display());
     }
     let sealed = b.sealed || b.reuse.is_some();
+    // A reused directory's population is what generated it: unknown here unless given.
+    let persons = (b.reuse.is_none() || b.persons.is_some()).then_some(persons);
     measure(&b, &dir, &key, &secret, persons, sealed).await
 }
 
@@ -147,7 +149,7 @@ async fn measure(
     dir: &std::path::Path,
     key: &str,
     secret: &str,
-    persons: u64,
+    persons: Option<u64>,
     sealed: bool,
 ) -> anyhow::Result<()> {
     let limit = b.memory_limit_mb.to_string();

@@ -14,8 +14,8 @@ use livora_model::{Event, TenantId};
 use serde_json::{Value, json};
 
 use crate::segments::{Engine, Rule, Spec};
-use crate::snapshot::{self, Announced, SnapshotError};
-use crate::{MergeRules, PersonSet};
+use crate::snapshot::{self, Announced, AnnouncedSet, SnapshotError};
+use crate::MergeRules;
 
 const TENANT_ID: &str = "00000000-0000-0000-0000-00000000000d";
 
@@ -112,7 +112,7 @@ fn v1_engine() -> (Engine, Announced) {
         .map(|(p, _)| p)
         .expect("u1");
     let mut announced = Announced::new();
-    announced.insert(("pro".into(), false), PersonSet::from_iter([u1]));
+    announced.insert(("pro".into(), false), AnnouncedSet::from_iter([u1]));
     (e, announced)
 }
 
@@ -171,10 +171,7 @@ fn reads_the_v1_snapshots() {
     // The open cart's timer: 60 minutes after the Product Added at 00:00:10.
     assert_eq!(e.next_timer(), Some(at(3600 + 10)));
     assert_eq!(b.announced.len(), 1);
-    let pro: Vec<_> = b.announced[&("pro".to_owned(), false)]
-        .iter()
-        .copied()
-        .collect();
+    let pro: Vec<_> = b.announced[&("pro".to_owned(), false)].iter().collect();
     assert_eq!(pro, [1]);
     // It goes on as an engine: the timer fires and the cart is abandoned.
     let mut e = b.engine;

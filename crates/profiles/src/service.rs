@@ -36,7 +36,7 @@ use crate::identity::{ANONYMOUS_ID, Identifier, PersonId, USER_ID};
 use crate::people::Budget;
 use crate::profile::Parsed;
 use crate::segments::{Engine, Rule, Spec, Transition};
-use crate::snapshot::{self, Announced, Snapshots};
+use crate::snapshot::{self, Announced, AnnouncedSet, Snapshots};
 use crate::{MergeRules, PersonSet};
 
 /// Where the time comes from (tests inject their own).
@@ -1113,7 +1113,7 @@ impl ProfileService {
         // Persons merged away no longer exist: nothing more is announced for them.
         for gone in &applied.absorbed {
             for set in state.announced.values_mut() {
-                set.remove(gone);
+                set.remove(*gone);
             }
         }
         drop(state);
@@ -1179,7 +1179,7 @@ impl ProfileService {
             if tr.entered {
                 set.insert(tr.person);
             } else {
-                set.remove(&tr.person);
+                set.remove(tr.person);
             }
             let to = addressee(state.engine.profiles().graph().identifiers(tr.person), &tr);
             drop(state);
@@ -1216,16 +1216,13 @@ impl ProfileService {
             let mut state = lock(&t);
             let membership = state.engine.membership();
             let mut seen = HashSet::new();
+            let none = AnnouncedSet::default();
             for ((id, tag), members) in membership {
-                let said = state
-                    .announced
-                    .get(&(id.clone(), tag))
-                    .cloned()
-                    .unwrap_or_default();
-                for &p in members.difference(&said) {
+                let said = state.announced.get(&(id.clone(), tag)).unwrap_or(&none);
+                for &p in members.iter().filter(|p| !said.contains(**p)) {
                     out.push((tenant, transition(&id, tag, p, true, now), None));
                 }
-                for &p in said.difference(&members) {
+                for p in said.iter().filter(|p| !members.contains(p)) {
                     out.push((tenant, transition(&id, tag, p, false, now), None));
                 }
                 seen.insert((id, tag));
@@ -1233,7 +1230,7 @@ impl ProfileService {
             // Segments deleted since: their members left.
             for ((id, tag), said) in &state.announced {
                 if !seen.contains(&(id.clone(), *tag)) {
-                    for &p in said {
+                    for p in said.iter() {
                         out.push((tenant, transition(id, *tag, p, false, now), None));
                     }
                 }
@@ -1667,7 +1664,7 @@ fn note_announcement(state: &mut TenantState, e: &Event) {
     if entered {
         set.insert(person);
     } else {
-        set.remove(&person);
+        set.remove(person);
     }
 }
 

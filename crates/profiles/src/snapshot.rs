@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use livora_model::TenantId;
 
+use crate::identity::PersonId;
 use crate::segments::Engine;
 
 /// The log consumer whose committed offset is the newest complete round.
@@ -72,7 +73,79 @@ pub struct Snapshots {
 }
 
 /// Memberships the log has announced, per (segment or tag id, is a tag).
-pub type Announced = HashMap<(String, bool), crate::PersonSet>;
+pub type Announced = HashMap<(String, bool), AnnouncedSet>;
+
+/// The persons the log has announced as members of one segment or tag, as a compressed
+/// bitmap: person ids are given in order, so a set of them costs a few bits a member where a
+/// hash set took 9 bytes and more (this is a second copy of every membership, held for as
+/// long as the service runs). Serialized as the sequence of ids the hash set was, so
+/// snapshots keep their format.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AnnouncedSet(roaring::RoaringTreemap);
+
+impl AnnouncedSet {
+    /// Adds `p`; whether it was not there.
+    pub fn insert(&mut self, p: PersonId) -> bool {
+        self.0.insert(p)
+    }
+
+    /// Removes `p`; whether it was there.
+    pub fn remove(&mut self, p: PersonId) -> bool {
+        self.0.remove(p)
+    }
+
+    pub fn contains(&self, p: PersonId) -> bool {
+        self.0.contains(p)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The members in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = PersonId> + '_ {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<PersonId> for AnnouncedSet {
+    fn from_iter<I: IntoIterator<Item = PersonId>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl Serialize for AnnouncedSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for AnnouncedSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Ids;
+        impl<'de> serde::de::Visitor<'de> for Ids {
+            type Value = AnnouncedSet;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence of person ids")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut set = AnnouncedSet::default();
+                while let Some(p) = seq.next_element::<PersonId>()? {
+                    set.insert(p);
+                }
+                Ok(set)
+            }
+        }
+        d.deserialize_seq(Ids)
+    }
+}
 
 /// A tenant's state to write.
 #[derive(Serialize)]
@@ -342,6 +415,43 @@ pub(crate) fn remove_others(dir: &Path, keep: &[TenantId]) {
             && let Err(err) = fs::remove_file(e.path())
         {
             tracing::warn!(error = %err, "cannot delete an old profiles snapshot");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PersonSet;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// An announced set answers as the hash set it replaced, after any inserts and
+        /// removals (ids spread over several bitmap containers), and each reads what the
+        /// other wrote: snapshots keep their format.
+        #[test]
+        fn an_announced_set_is_the_hash_set_it_replaced(
+            ops in prop::collection::vec((any::<bool>(), 0u64..200_000), 0..400)
+        ) {
+            let (mut set, mut reference) = (AnnouncedSet::default(), PersonSet::default());
+            for (insert, p) in ops {
+                if insert {
+                    prop_assert_eq!(set.insert(p), reference.insert(p));
+                } else {
+                    prop_assert_eq!(set.remove(p), reference.remove(&p));
+                }
+            }
+            let mut expected: Vec<PersonId> = reference.iter().copied().collect();
+            expected.sort_unstable();
+            prop_assert_eq!(set.iter().collect::<Vec<_>>(), expected.clone());
+            prop_assert_eq!(set.len(), expected.len() as u64);
+            prop_assert!(expected.iter().all(|p| set.contains(*p)));
+            let from_old: AnnouncedSet =
+                rmp_serde::from_slice(&rmp_serde::to_vec(&reference).expect("encode")).expect("decode");
+            prop_assert_eq!(&from_old, &set);
+            let back: PersonSet =
+                rmp_serde::from_slice(&rmp_serde::to_vec(&set).expect("encode")).expect("decode");
+            prop_assert_eq!(back, reference);
         }
     }
 }

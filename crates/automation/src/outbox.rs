@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use livora_model::TenantId;
-use livora_profiles::service::Clock;
+use livora_model::clock::Clock;
 use livora_store::MetadataStore;
 use livora_store::automation::{AttemptError, OutboxRow, OutboxStatus};
 use serde_json::{Map, Value};

@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use livora_model::segment::Condition;
-use livora_model::{Event, TenantId};
+use livora_model::{Event, PersonKey, TenantId};
 use livora_profiles::compare;
 use serde_json::{Map, Value};
 
@@ -129,14 +129,7 @@ pub trait People: Send + Sync {
 
 /// The keys of an event's sender: `u:<userId>`, `a:<anonymousId>`.
 pub fn event_keys(e: &Event) -> Vec<String> {
-    let mut keys = Vec::new();
-    if let Some(u) = e.user_id.as_deref().filter(|s| !s.is_empty()) {
-        keys.push(format!("u:{u}"));
-    }
-    if let Some(a) = e.anonymous_id.as_deref().filter(|s| !s.is_empty()) {
-        keys.push(format!("a:{a}"));
-    }
-    keys
+    PersonKey::all_of(e).into_iter().map(String::from).collect()
 }
 
 /// Persons held in memory, joined by shared keys: for tests, backtests and benchmarks.
@@ -161,7 +154,7 @@ impl Directory {
                         keys.push(k.clone());
                     }
                 }
-                keys.sort_by_key(|k| !k.starts_with("u:"));
+                keys.sort_by_key(|k| !PersonKey::is_user_key(k));
                 self.people[i] = Person { keys, ..person };
                 i
             }

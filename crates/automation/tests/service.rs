@@ -3,7 +3,7 @@
 //! across a restart of the service (journeys, timers and the log offset read back from the
 //! store), with nothing sent twice.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -11,18 +11,10 @@ use livora_automation::people::{Directory, Person};
 use livora_automation::service::{AutomationService, PlainSink};
 use livora_log::{EventLog, LogOptions, NewRecord};
 use livora_model::TenantId;
-use livora_profiles::service::Clock;
+use livora_model::clock::ManualClock;
 use livora_store::automation::{AutomationStore, OutboxStatus};
 use livora_store::{MetadataStore, NewTenant, SqliteStore};
 use serde_json::{Value, json};
-
-struct ManualClock(Mutex<DateTime<Utc>>);
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().expect("clock")
-    }
-}
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 3, 10, 0, 0)
@@ -95,7 +87,7 @@ async fn the_abandoned_cart_across_a_restart() {
         .id;
     let log_dir = dir.path().join("log");
     let log = EventLog::open(LogOptions::new(log_dir)).expect("log");
-    let clock = Arc::new(ManualClock(Mutex::new(t0())));
+    let clock = Arc::new(ManualClock::new(t0()));
     let mut dir_people = Directory::default();
     for u in ["ada", "bob"] {
         dir_people.put(tenant, person(u));
@@ -185,7 +177,7 @@ async fn the_abandoned_cart_across_a_restart() {
         "the timer is read back"
     );
     // Nothing yet: 59 minutes.
-    *clock.0.lock().expect("clock") = t0() + chrono::Duration::minutes(59);
+    clock.set(t0() + chrono::Duration::minutes(59));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         store
@@ -194,7 +186,7 @@ async fn the_abandoned_cart_across_a_restart() {
             .expect("outbox")
             .is_empty()
     );
-    *clock.0.lock().expect("clock") = t0() + chrono::Duration::minutes(61);
+    clock.set(t0() + chrono::Duration::minutes(61));
     until("the reminder is in the outbox", async || {
         !store
             .messages(tenant, None, 10)
@@ -224,7 +216,7 @@ async fn the_abandoned_cart_across_a_restart() {
         .expect("rewind");
     let (svc, follower) = start(store.clone(), &log, clock.clone(), people.clone()).await;
     until("read again", async || svc.applied() == log.end_offset()).await;
-    *clock.0.lock().expect("clock") = t0() + chrono::Duration::hours(5);
+    clock.set(t0() + chrono::Duration::hours(5));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         store

@@ -15,27 +15,13 @@ use livora_automation::runtime::Message;
 use livora_automation::service::outbox_row;
 use livora_channels::webhook::Webhook;
 use livora_model::TenantId;
+use livora_model::clock::{Clock, ManualClock};
 use livora_model::workflow::Category;
-use livora_profiles::service::Clock;
 use livora_store::automation::{AutomationCommit, AutomationStore, OutboxStatus};
 use livora_store::{Consent, MetadataStore, NewTenant, PrivacyStore, SqliteStore};
 use serde_json::{Map, json};
 
 use local::Provider;
-
-struct ManualClock(Mutex<DateTime<Utc>>);
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().expect("clock")
-    }
-}
-
-impl ManualClock {
-    fn set(&self, t: DateTime<Utc>) {
-        *self.0.lock().expect("clock") = t;
-    }
-}
 
 /// Noon in Paris, 2026-06-03.
 fn noon() -> DateTime<Utc> {
@@ -55,7 +41,7 @@ async fn setup() -> (Arc<SqliteStore>, TenantId, Arc<ManualClock>) {
         .await
         .expect("tenant")
         .id;
-    (store, tenant, Arc::new(ManualClock(Mutex::new(noon()))))
+    (store, tenant, Arc::new(ManualClock::new(noon())))
 }
 
 fn message(tenant: TenantId, key: &str, channel: &str, to: &str, at: DateTime<Utc>) -> Message {
@@ -359,7 +345,7 @@ fn real_sender(store: Arc<SqliteStore>, routes: HashMap<String, Route>, retry: R
     let store: Arc<dyn MetadataStore> = store;
     Sender::new(
         store,
-        Arc::new(livora_profiles::service::SystemClock),
+        Arc::new(livora_model::clock::SystemClock),
         Arc::new(FixedRoutes(routes)),
         Policy::default(),
         retry,

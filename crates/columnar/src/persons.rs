@@ -9,6 +9,8 @@
 //! The canonical id of a merged group is its smallest id (stable, and independent of the
 //! order in which merges arrive). Union-find with path halving keeps merges near O(1).
 
+use livora_model::{KeyKind, PersonKey};
+
 use crate::dict::Dictionary;
 
 /// A dense person id within one tenant.
@@ -25,11 +27,16 @@ pub struct Persons {
     scratch: String,
 }
 
+fn kind(user: bool) -> KeyKind {
+    if user {
+        KeyKind::User
+    } else {
+        KeyKind::Anonymous
+    }
+}
+
 fn key(user: bool, id: &str) -> String {
-    let mut k = String::with_capacity(id.len() + 2);
-    k.push_str(if user { "u:" } else { "a:" });
-    k.push_str(id);
-    k
+    PersonKey::new(kind(user), id).into_string()
 }
 
 impl Persons {
@@ -52,9 +59,7 @@ impl Persons {
     }
 
     fn intern(&mut self, user: bool, raw: &str) -> PersonId {
-        self.scratch.clear();
-        self.scratch.push_str(if user { "u:" } else { "a:" });
-        self.scratch.push_str(raw);
+        PersonKey::write(&mut self.scratch, kind(user), raw);
         let id = self.keys.intern(&self.scratch);
         if id as usize == self.parent.len() {
             self.parent.push(id);
@@ -103,8 +108,8 @@ impl Persons {
 
     /// What `id` was created for: `(true, userId)` or `(false, anonymousId)`.
     pub fn describe(&self, id: PersonId) -> Option<(bool, &str)> {
-        let k = self.keys.value(id)?;
-        Some((k.starts_with("u:"), k.get(2..).unwrap_or("")))
+        let (kind, id) = PersonKey::split(self.keys.value(id)?)?;
+        Some((kind == KeyKind::User, id))
     }
 
     /// Every identity (`u:<userId>` / `a:<anonymousId>`) merged into the person of `key`
@@ -183,7 +188,7 @@ impl Persons {
         if parent as usize > i {
             return Err(format!("person {i} has parent {parent}, not a smaller id"));
         }
-        if !(key.starts_with("u:") || key.starts_with("a:")) {
+        if PersonKey::split(key).is_none() {
             return Err(format!("person {i} has a key without a kind prefix"));
         }
         if self.keys.intern(key) as usize != i {

@@ -1008,6 +1008,7 @@ async fn load_tenant(
 mod tests {
     use super::*;
     use livora_log::Uuid;
+    use livora_model::PersonKey;
     use proptest::prelude::*;
 
     /// One event as the tests describe it: (user, anonymous, event, time in s, props).
@@ -1059,10 +1060,11 @@ mod tests {
         let mut members: HashMap<u32, Vec<String>> = HashMap::new();
         for (id, root) in redirects.iter().enumerate() {
             let (user, key) = t.persons.describe(id as u32).expect("person");
-            members
-                .entry(*root)
-                .or_default()
-                .push(format!("{}{key}", if user { "u:" } else { "a:" }));
+            members.entry(*root).or_default().push(if user {
+                PersonKey::user(key).into_string()
+            } else {
+                PersonKey::anonymous(key).into_string()
+            });
         }
         for m in members.values_mut() {
             m.sort();

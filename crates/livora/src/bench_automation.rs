@@ -216,7 +216,7 @@ async fn latency_run(b: &AutomationBench) -> anyhow::Result<LatencyRun> {
     let profiles = livora_profiles::service::ProfileService::new(
         dyn_store.clone(),
         None,
-        Arc::new(livora_profiles::service::SystemClock),
+        Arc::new(livora_model::clock::SystemClock),
         livora_profiles::MergeRules::default(),
         None,
     );
@@ -265,7 +265,7 @@ async fn latency_run(b: &AutomationBench) -> anyhow::Result<LatencyRun> {
     let svc = AutomationService::new(
         dyn_store,
         None,
-        Arc::new(livora_profiles::service::SystemClock),
+        Arc::new(livora_model::clock::SystemClock),
         profiles.clone(),
         Arc::new(PlainSink(log.clone())),
     );
@@ -464,7 +464,7 @@ async fn outbox_run(n: usize, http: bool) -> anyhow::Result<f64> {
     let sender = Arc::new(
         Sender::new(
             dyn_store,
-            Arc::new(livora_profiles::service::SystemClock),
+            Arc::new(livora_model::clock::SystemClock),
             Arc::new(FixedRoutes(routes)),
             Policy {
                 quiet_hours: None,

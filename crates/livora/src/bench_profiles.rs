@@ -455,7 +455,7 @@ async fn lag_in(b: &ProfilesBench, rate: u64, dir: &std::path::Path) -> anyhow::
     let service = livora_profiles::service::ProfileService::new(
         store.clone(),
         None,
-        Arc::new(livora_profiles::service::SystemClock),
+        Arc::new(livora_model::clock::SystemClock),
         MergeRules::default(),
         snapshots,
     );

@@ -7,10 +7,14 @@
 //!   `messageId` generation, clock-skew correction, future-timestamp clamping and the merge of
 //!   batch-level `context` and `integrations` into each item. Errors are [`ItemError`]s with a
 //!   machine-readable [`ItemErrorCode`].
+//! - [`clock`]: where services get the time ([`clock::ManualClock`] for tests).
+//! - [`PersonKey`] is the key a person is known by outside the profiles (`u:…`, `a:…`).
 
+pub mod clock;
 mod error;
 mod event;
 pub mod ingest;
+mod person_key;
 pub mod segment;
 mod tenant;
 pub mod time;
@@ -43,4 +47,5 @@ pub fn internal_id(id: &str) -> String {
 }
 
 pub use event::{Event, EventType};
+pub use person_key::{KeyKind, PersonKey};
 pub use tenant::{Currency, TenantId};

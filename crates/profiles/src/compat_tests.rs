@@ -13,9 +13,9 @@ use livora_model::segment::Definition;
 use livora_model::{Event, TenantId};
 use serde_json::{Value, json};
 
+use crate::MergeRules;
 use crate::segments::{Engine, Rule, Spec};
 use crate::snapshot::{self, Announced, AnnouncedSet, SnapshotError};
-use crate::MergeRules;
 
 const TENANT_ID: &str = "00000000-0000-0000-0000-00000000000d";
 

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
 use hashbrown::HashMap;
+use livora_model::PersonKey;
 use serde::{Deserialize, Serialize};
 
 /// A person, unique within a tenant. Ids are handed out in order and never reused; a
@@ -489,14 +490,14 @@ impl IdentityGraph {
             .map(|ids| {
                 ids.iter()
                     .filter_map(|i| match i.kind.as_str() {
-                        USER_ID => Some(format!("u:{}", i.value)),
-                        ANONYMOUS_ID => Some(format!("a:{}", i.value)),
+                        USER_ID => Some(PersonKey::user(&i.value).into_string()),
+                        ANONYMOUS_ID => Some(PersonKey::anonymous(&i.value).into_string()),
                         _ => None,
                     })
                     .collect()
             })
             .unwrap_or_default();
-        keys.sort_by_key(|k| !k.starts_with("u:"));
+        keys.sort_by_key(|k| !PersonKey::is_user_key(k));
         keys
     }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use hashbrown::HashMap;
 use livora_log::{Consumer, EventLog, NewRecord, Record};
+use livora_model::clock::Clock;
 use livora_model::{Event, EventType, TenantId};
 use livora_store::MetadataStore;
 use livora_store::crypto::{Keyring, PREFIX};
@@ -38,19 +39,6 @@ use crate::profile::Parsed;
 use crate::segments::{Engine, Rule, Spec, Transition};
 use crate::snapshot::{self, Announced, AnnouncedSet, Snapshots};
 use crate::{MergeRules, PersonSet};
-
-/// Where the time comes from (tests inject their own).
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

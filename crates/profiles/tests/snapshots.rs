@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use livora_log::{EventLog, LogOptions, NewRecord};
+use livora_model::clock::SystemClock;
 use livora_model::{Currency, TenantId};
 use livora_profiles::MergeRules;
 use livora_profiles::identity::{EMAIL, Identifier, USER_ID};
-use livora_profiles::service::{ProfileService, ServiceError, SystemClock, spec_of};
+use livora_profiles::service::{ProfileService, ServiceError, spec_of};
 use livora_profiles::snapshot::{CONSUMER, Snapshots};
 use livora_store::crypto::{Keyring, LocalKms};
 use livora_store::profiles::SegmentRecord;

@@ -326,7 +326,7 @@ impl AppState {
             let svc = livora_profiles::service::ProfileService::new(
                 store.clone(),
                 protection.as_ref().map(|p| p.keyring.clone()),
-                Arc::new(livora_profiles::service::SystemClock),
+                Arc::new(livora_model::clock::SystemClock),
                 livora_profiles::MergeRules::default(),
                 opts.snapshots,
             );
@@ -358,7 +358,7 @@ impl AppState {
                 let svc = livora_automation::service::AutomationService::new(
                     store.clone(),
                     keyring.clone(),
-                    Arc::new(livora_profiles::service::SystemClock),
+                    Arc::new(livora_model::clock::SystemClock),
                     Arc::new(intel::WithModels {
                         profiles: people.clone(),
                         intel: intel.clone(),
@@ -375,7 +375,7 @@ impl AppState {
                 let sender = Arc::new(
                     livora_automation::outbox::Sender::new(
                         store.clone(),
-                        Arc::new(livora_profiles::service::SystemClock),
+                        Arc::new(livora_model::clock::SystemClock),
                         channels.clone(),
                         policy,
                         automation.retry(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use chrono::{DateTime, Utc};
-use livora_model::TenantId;
+use livora_model::{PersonKey, TenantId};
 use livora_profiles::MergeRules;
 use livora_profiles::identity::{ANONYMOUS_ID, EMAIL, Identifier, PHONE, PersonId, USER_ID};
 use livora_profiles::profile::Profile;
@@ -385,12 +385,12 @@ pub async fn timeline(
     };
     // An anonymous id shared with someone else (a device two users signed in on) stays with
     // one person: the other's events on it are theirs, by their user id.
-    let is_key = |k: String| keys.contains(&k);
+    let is_key = |k: PersonKey| keys.iter().any(|x| x == k.as_str());
     let mine = |e: &Value| match e["userId"].as_str() {
-        Some(u) => is_key(format!("u:{}", u.trim())),
+        Some(u) => is_key(PersonKey::user(u.trim())),
         None => e["anonymousId"]
             .as_str()
-            .is_some_and(|a| is_key(format!("a:{}", a.trim()))),
+            .is_some_and(|a| is_key(PersonKey::anonymous(a.trim()))),
     };
     let texts = crate::privacy::events_of(&state, principal.tenant, &keys).await?;
     let skip = texts.len().saturating_sub(limit);

@@ -14,7 +14,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
 use chrono::Utc;
 use livora_model::segment::ValueRef;
-use livora_model::{Event, TenantId};
+use livora_model::{Event, PersonKey, TenantId};
 use livora_store::Consent;
 use livora_store::crypto::{Keyring, PiiFields};
 use serde::Deserialize;
@@ -32,22 +32,17 @@ pub struct Protection {
     pub fields: PiiFields,
 }
 
-/// The key subject of an event: its `userId`, else its `anonymousId`.
-pub fn subject(e: &Event) -> Option<String> {
-    match (&e.user_id, &e.anonymous_id) {
-        (Some(u), _) => Some(format!("u:{u}")),
-        (None, Some(a)) => Some(format!("a:{a}")),
-        (None, None) => None,
-    }
-}
-
 /// Encrypts the personal fields of `events` (all of one tenant) under their subjects' keys.
 pub async fn protect(
     p: &Protection,
     tenant: TenantId,
     events: &mut [Event],
 ) -> Result<(), ApiError> {
-    let of_event: Vec<Option<String>> = events.iter().map(subject).collect();
+    // The key subject of an event: its `userId`, else its `anonymousId`.
+    let of_event: Vec<Option<String>> = events
+        .iter()
+        .map(|e| PersonKey::subject(e).map(String::from))
+        .collect();
     let mut subjects: Vec<String> = of_event.iter().flatten().cloned().collect();
     subjects.sort_unstable();
     subjects.dedup();
@@ -227,14 +222,12 @@ pub(crate) async fn events_of(
             if let Ok(w) = serde_json::from_str::<Who>(text)
                 && cutoff.is_none_or(|c| w.timestamp >= c)
             {
-                let hit = w
-                    .user_id
-                    .is_some_and(|u| wanted.contains(&format!("u:{u}")))
+                let has = |k: PersonKey| wanted.contains(k.as_str());
+                let hit = w.user_id.is_some_and(|u| has(PersonKey::user(&u)))
                     || w.anonymous_id
-                        .is_some_and(|a| wanted.contains(&format!("a:{a}")))
-                    || w.previous_id.is_some_and(|p| {
-                        wanted.contains(&format!("u:{p}")) || wanted.contains(&format!("a:{p}"))
-                    });
+                        .is_some_and(|a| has(PersonKey::anonymous(&a)))
+                    || w.previous_id
+                        .is_some_and(|p| has(PersonKey::user(&p)) || has(PersonKey::anonymous(&p)));
                 if hit && let Ok(raw) = RawValue::from_string(text.to_owned()) {
                     found.push(raw);
                 }

@@ -9,6 +9,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use livora_automation::runtime::Version;
 use livora_automation::service::AutomationService;
+use livora_model::PersonKey;
 use livora_model::segment::DefinitionError;
 use livora_model::workflow::Workflow;
 use livora_store::automation::{OutboxRow, OutboxStatus, WorkflowRecord};
@@ -389,8 +390,8 @@ pub async fn trigger(
         return Err(ApiError::new(Code::Conflict, "the workflow is paused"));
     }
     let key = match (&b.user_id, &b.anonymous_id) {
-        (Some(u), _) if !u.is_empty() => format!("u:{u}"),
-        (_, Some(a)) if !a.is_empty() => format!("a:{a}"),
+        (Some(u), _) if !u.is_empty() => PersonKey::user(u).into_string(),
+        (_, Some(a)) if !a.is_empty() => PersonKey::anonymous(a).into_string(),
         _ => return Err(bad("give user_id or anonymous_id").with("path", "user_id")),
     };
     if b.idempotency_key.is_empty() || b.idempotency_key.len() > 200 {
@@ -887,16 +888,13 @@ fn person_for(
         .profiles
         .as_ref()
         .ok_or_else(|| ApiError::new(Code::AnalyticsDisabled, "profiles are off on this node"))?;
-    let key = if id.starts_with("u:") || id.starts_with("a:") {
-        id.to_owned()
-    } else {
-        format!("u:{id}")
-    };
+    // A bare id is a user id.
+    let key = PersonKey::parse(id).unwrap_or_else(|| PersonKey::user(id));
     let people = crate::intel::WithModels {
         profiles: profiles.clone(),
         intel: state.intel.clone(),
     };
-    people.by_key(p.tenant, &key).ok_or_else(|| {
+    people.by_key(p.tenant, key.as_str()).ok_or_else(|| {
         ApiError::new(Code::NotFound, format!("no person {id:?}")).with("path", "person")
     })
 }

@@ -214,6 +214,18 @@ impl Computed {
     }
 }
 
+impl Computed {
+    /// What RFM ranks a customer by: the last order's time (Unix seconds), the orders and the
+    /// net revenue; `None` for a person without an order.
+    pub fn rfm_key(&self) -> Option<[f64; 3]> {
+        Some([
+            self.last_order_at?.timestamp() as f64,
+            self.orders as f64,
+            self.revenue - self.refunds,
+        ])
+    }
+}
+
 /// RFM scores, 1-5 each (5 best), from quintiles among the persons with an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rfm {

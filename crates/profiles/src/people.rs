@@ -30,8 +30,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use memmap2::Mmap;
@@ -354,6 +354,19 @@ pub struct People {
     /// What this table counts in the budget: `(hot bytes, cold bytes)`.
     charged: (usize, usize),
     last_page_eviction: Option<Instant>,
+    /// Each customer's RFM key, once asked for (see [`People::with_rfm_keys`]).
+    rfm: Mutex<RfmKeys>,
+}
+
+/// Each customer's [`crate::computed::Computed::rfm_key`], so that one person's RFM scores
+/// need no pass over every profile (which decodes the cold ones). Built at the first
+/// question; from then on, the persons changed since the last question are read again
+/// (`dirty`, filled by [`People::promote`] and [`People::remove`]).
+#[derive(Debug, Default)]
+struct RfmKeys {
+    built: bool,
+    keys: hashbrown::HashMap<PersonId, [f64; 3]>,
+    dirty: hashbrown::HashSet<PersonId>,
 }
 
 impl Default for People {
@@ -367,6 +380,7 @@ impl Default for People {
             each: FIRST_GUESS,
             charged: (0, 0),
             last_page_eviction: None,
+            rfm: Mutex::default(),
         }
     }
 }
@@ -433,6 +447,46 @@ impl People {
             each: self.each,
             charged: (0, 0),
             last_page_eviction: None,
+            rfm: Mutex::default(),
+        }
+    }
+
+    /// Calls `f` with every customer's RFM key (persons without an order have none),
+    /// brought up to date first: built with one pass over every profile at the first call,
+    /// then by reading again only the persons changed since the call before.
+    pub fn with_rfm_keys<R>(
+        &self,
+        f: impl FnOnce(&hashbrown::HashMap<PersonId, [f64; 3]>) -> R,
+    ) -> R {
+        let mut r = self.rfm.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = &mut *r;
+        let key = |p: &PersonId| self.get(p).and_then(|prof| prof.computed.rfm_key());
+        if !r.built || r.dirty.len() > self.table.len() / 4 {
+            r.keys.clear();
+            for (p, stored) in self.iter() {
+                if let Some(k) = stored.load().computed.rfm_key() {
+                    r.keys.insert(p, k);
+                }
+            }
+            r.keys.shrink_to_fit();
+            r.built = true;
+        } else {
+            for p in r.dirty.iter() {
+                match key(p) {
+                    Some(k) => r.keys.insert(*p, k),
+                    None => r.keys.remove(p),
+                };
+            }
+        }
+        r.dirty = hashbrown::HashSet::new();
+        f(&r.keys)
+    }
+
+    /// `p`'s profile may change: its RFM key is read again at the next question.
+    fn touched(&mut self, p: PersonId) {
+        let r = self.rfm.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if r.built {
+            r.dirty.insert(p);
         }
     }
 
@@ -514,6 +568,7 @@ impl People {
 
     /// Takes a person's profile out.
     pub fn remove(&mut self, p: &PersonId) -> Option<Profile> {
+        self.touched(*p);
         let out = match self.table.remove(p)? {
             Slot::Hot {
                 profile, encoded, ..
@@ -537,6 +592,8 @@ impl People {
     /// Applies `f` to every profile; `f` answers whether it changed it. Cold profiles are
     /// changed where they are (encoded again), without making them hot.
     pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut Profile) -> bool) {
+        // Any profile may change: the RFM keys are built again at the next question.
+        *self.rfm.get_mut().unwrap_or_else(PoisonError::into_inner) = RfmKeys::default();
         let scratch = self.budget.as_ref().map(|b| b.scratch.clone());
         let mut changed_cold: Vec<(PersonId, Loc, Vec<u8>)> = Vec::new();
         for (p, slot) in self.table.iter_mut() {
@@ -602,6 +659,7 @@ impl People {
 
     /// Makes `p` (present) hot and answers it for a change.
     fn promote(&mut self, p: PersonId) -> &mut Profile {
+        self.touched(p);
         if let Some(Slot::Cold(_)) = self.table.get(&p) {
             self.enforce();
             let Some(Slot::Cold(loc)) = self.table.get(&p).cloned() else {

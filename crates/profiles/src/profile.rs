@@ -577,30 +577,22 @@ impl Profiles {
         self.people.heap_bytes()
     }
 
-    /// RFM scores of every person with an order.
-    /// One person's RFM scores, as [`Profiles::rfm`] gives them, in one pass without
-    /// sorting (the API asks for one person at a time, under the tenant's lock).
+    /// One person's RFM scores, as [`Profiles::rfm`] gives them, without sorting and
+    /// without reading every profile: from the customers' RFM keys the profile table keeps
+    /// once asked (the API asks for one person at a time, under the tenant's lock).
     pub fn rfm_of(&self, person: PersonId) -> Option<crate::computed::Rfm> {
-        let key = |c: &crate::computed::Computed| {
-            Some((
-                c.last_order_at?.timestamp() as f64,
-                c.orders as f64,
-                c.revenue - c.refunds,
-            ))
-        };
-        let (r, f, m) = key(&self.people.get(&person)?.computed)?;
-        let (mut n, mut below) = (0usize, [0usize; 3]);
-        for (_, p) in self.people.iter() {
-            let Some((pr, pf, pm)) = key(&p.load().computed) else {
-                continue;
-            };
-            n += 1;
-            for (b, (x, mine)) in below.iter_mut().zip([(pr, r), (pf, f), (pm, m)]) {
-                if x.total_cmp(&mine).is_lt() {
-                    *b += 1;
+        let mine = self.people.get(&person)?.computed.rfm_key()?;
+        let (n, below) = self.people.with_rfm_keys(|keys| {
+            let mut below = [0usize; 3];
+            for k in keys.values() {
+                for ((b, x), m) in below.iter_mut().zip(k).zip(&mine) {
+                    if x.total_cmp(m).is_lt() {
+                        *b += 1;
+                    }
                 }
             }
-        }
+            (keys.len(), below)
+        });
         let score = |b: usize| 1 + ((b * 5) / n.max(1)).min(4) as u8;
         Some(crate::computed::Rfm {
             recency: score(below[0]),
@@ -609,6 +601,7 @@ impl Profiles {
         })
     }
 
+    /// RFM scores of every person with an order.
     pub fn rfm(&self) -> HashMap<PersonId, crate::computed::Rfm> {
         let customers: Vec<(PersonId, DateTime<Utc>, u64, f64)> = self
             .people
@@ -852,6 +845,45 @@ mod tests {
     }
 
     proptest! {
+        /// One person's RFM scores, asked between events (the keys kept since the first
+        /// question, read again for the persons changed since), with merges, an un-merge
+        /// and profiles gone cold under a budget, are always the tenant-wide scores.
+        #[test]
+        fn rfm_of_follows_every_change(
+            events in events(),
+            asks in prop::collection::vec(any::<bool>(), 50),
+            pick in any::<prop::sample::Index>(),
+            limit in prop_oneof![Just(None), Just(Some(0usize)), Just(Some(2000))],
+        ) {
+            let mut p = Profiles::new(MergeRules::default());
+            if let Some(limit) = limit {
+                let dir = std::env::temp_dir().join("livora-profile-tests");
+                p.set_budget(Some(crate::people::Budget::new(limit, dir).expect("budget")));
+            }
+            let check = |p: &Profiles| -> Result<(), TestCaseError> {
+                let all = p.rfm();
+                for id in p.persons() {
+                    prop_assert_eq!(p.rfm_of(id), all.get(&id).copied(), "person {}", id);
+                }
+                Ok(())
+            };
+            for (e, ask) in events.iter().zip(asks.iter().cycle()) {
+                p.apply(e);
+                if *ask {
+                    check(&p)?;
+                }
+            }
+            check(&p)?;
+            let merged: Vec<u64> = p.graph().log().iter().filter_map(|r| match &**r {
+                crate::identity::MergeRecord::Merged { id, .. } => Some(*id),
+                crate::identity::MergeRecord::Refused { .. } => None,
+            }).collect();
+            if !merged.is_empty() {
+                p.unmerge(merged[pick.index(merged.len())], &events).expect("unmerge");
+                check(&p)?;
+            }
+        }
+
         /// Incremental profiles, with merges as they come and an un-merge, always equal a
         /// recomputation from the final identity graph.
         #[test]

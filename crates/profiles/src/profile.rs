@@ -818,6 +818,18 @@ mod tests {
         assert_eq!(p.len(), 2);
     }
 
+    /// The ids of the merges made so far (what an un-merge names).
+    fn merges(p: &Profiles) -> Vec<u64> {
+        p.graph()
+            .log()
+            .iter()
+            .filter_map(|r| match &**r {
+                crate::identity::MergeRecord::Merged { id, .. } => Some(*id),
+                crate::identity::MergeRecord::Refused { .. } => None,
+            })
+            .collect()
+    }
+
     /// Random events over a few users, devices and emails.
     fn events() -> impl Strategy<Value = Vec<Event>> {
         prop::collection::vec((0u8..6, 0u8..4, 0u8..4, 0u8..3, 0u32..50), 1..50).prop_map(|raw| {
@@ -874,10 +886,7 @@ mod tests {
                 }
             }
             check(&p)?;
-            let merged: Vec<u64> = p.graph().log().iter().filter_map(|r| match &**r {
-                crate::identity::MergeRecord::Merged { id, .. } => Some(*id),
-                crate::identity::MergeRecord::Refused { .. } => None,
-            }).collect();
+            let merged = merges(&p);
             if !merged.is_empty() {
                 p.unmerge(merged[pick.index(merged.len())], &events).expect("unmerge");
                 check(&p)?;
@@ -893,12 +902,9 @@ mod tests {
                 p.apply(e);
             }
             prop_assert_eq!(sorted(&p), recomputed(&p, &events));
-            let merges: Vec<u64> = p.graph().log().iter().filter_map(|r| match &**r {
-                crate::identity::MergeRecord::Merged { id, .. } => Some(*id),
-                crate::identity::MergeRecord::Refused { .. } => None,
-            }).collect();
-            if !merges.is_empty() {
-                p.unmerge(merges[pick.index(merges.len())], &events).expect("unmerge");
+            let merged = merges(&p);
+            if !merged.is_empty() {
+                p.unmerge(merged[pick.index(merged.len())], &events).expect("unmerge");
                 prop_assert_eq!(sorted(&p), recomputed(&p, &events));
                 // Group members are the persons whose profile names the group.
                 for (gid, g) in p.groups() {

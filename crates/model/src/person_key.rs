@@ -99,15 +99,6 @@ impl PersonKey {
             .collect()
     }
 
-    pub fn kind(&self) -> KeyKind {
-        Self::split(&self.0).map_or(KeyKind::User, |(k, _)| k)
-    }
-
-    /// The id without its prefix.
-    pub fn id(&self) -> &str {
-        Self::split(&self.0).map_or(&self.0, |(_, id)| id)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -120,12 +111,6 @@ impl PersonKey {
 impl fmt::Display for PersonKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-impl AsRef<str> for PersonKey {
-    fn as_ref(&self) -> &str {
-        &self.0
     }
 }
 
@@ -146,8 +131,6 @@ mod tests {
             let kind = if user { KeyKind::User } else { KeyKind::Anonymous };
             let k = PersonKey::new(kind, &id);
             prop_assert_eq!(PersonKey::split(k.as_str()), Some((kind, id.as_str())));
-            prop_assert_eq!(k.kind(), kind);
-            prop_assert_eq!(k.id(), id.as_str());
             prop_assert_eq!(PersonKey::is_user_key(k.as_str()), user);
             prop_assert_eq!(PersonKey::parse(k.as_str()), Some(k.clone()));
         }

@@ -460,7 +460,6 @@ impl People {
     ) -> R {
         let mut r = self.rfm.lock().unwrap_or_else(PoisonError::into_inner);
         let r = &mut *r;
-        let key = |p: &PersonId| self.get(p).and_then(|prof| prof.computed.rfm_key());
         if !r.built || r.dirty.len() > self.table.len() / 4 {
             r.keys.clear();
             for (p, stored) in self.iter() {
@@ -472,7 +471,7 @@ impl People {
             r.built = true;
         } else {
             for p in r.dirty.iter() {
-                match key(p) {
+                match self.get(p).and_then(|prof| prof.computed.rfm_key()) {
                     Some(k) => r.keys.insert(*p, k),
                     None => r.keys.remove(p),
                 };
@@ -641,15 +640,22 @@ impl People {
         self.recharge();
     }
 
-    /// Estimated heap bytes: hot profiles as measured, cold ones as their encodings.
+    /// Estimated heap bytes: hot profiles as measured, cold ones as their encodings, and the
+    /// RFM keys once asked for (a slot of id, key and control byte each).
     pub fn heap_bytes(&self) -> usize {
-        self.table
+        let rfm = {
+            let r = self.rfm.lock().unwrap_or_else(PoisonError::into_inner);
+            r.keys.capacity() * (size_of::<(PersonId, [f64; 3])>() + 1)
+                + r.dirty.capacity() * (size_of::<PersonId>() + 1)
+        };
+        rfm + self
+            .table
             .values()
             .map(|s| match s {
                 Slot::Hot { profile, .. } => profile.heap_bytes() + 64,
                 Slot::Cold(l) => l.len as usize + 16,
             })
-            .sum()
+            .sum::<usize>()
     }
 
     /// Bytes of live encodings.

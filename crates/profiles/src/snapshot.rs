@@ -98,14 +98,6 @@ impl AnnouncedSet {
         self.0.contains(p)
     }
 
-    pub fn len(&self) -> u64 {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The members in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = PersonId> + '_ {
         self.0.iter()
@@ -444,7 +436,7 @@ mod tests {
             let mut expected: Vec<PersonId> = reference.iter().copied().collect();
             expected.sort_unstable();
             prop_assert_eq!(set.iter().collect::<Vec<_>>(), expected.clone());
-            prop_assert_eq!(set.len(), expected.len() as u64);
+            prop_assert_eq!(set.iter().count(), expected.len());
             prop_assert!(expected.iter().all(|p| set.contains(*p)));
             let from_old: AnnouncedSet =
                 rmp_serde::from_slice(&rmp_serde::to_vec(&reference).expect("encode")).expect("decode");

@@ -214,13 +214,25 @@ impl Run {
             }
             out.start.push(out.row.len() as u32);
         }
-        Run {
+        let mut run = Run {
             rows,
             start: out.start,
             row: out.row,
             ts: out.ts,
             name: out.name,
+        };
+        // In a named spill directory every column of a run gets its file now: the run is
+        // shared (`Arc`) once built, and an image can only name a column with a file.
+        let persisted = [
+            run.start.persist(),
+            run.row.persist(),
+            run.ts.persist(),
+            run.name.persist(),
+        ];
+        if let Some(Err(e)) = persisted.into_iter().find(|r| r.is_err()) {
+            tracing::warn!(error = %e, "could not give a projection run its files; it stays out of the image");
         }
+        run
     }
 }
 

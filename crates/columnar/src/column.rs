@@ -8,8 +8,10 @@
 //! (`O_TMPFILE`: nothing is left behind by a crash), mapped shared and read and written in
 //! place, and grows by doubling the file and mapping it again.
 //!
-//! The scratch files are a cache, not a store: sealed rows are rebuilt from the Parquet
-//! segments at start (the source of truth, see ARCHITECTURE.md). What they buy is that a
+//! With [`Spill::named`] the files have names (`<id>.col`, kept until the column is dropped
+//! and no image names them), so the column store can keep its sealed rows across a restart
+//! (see [`crate::image`]); they remain a cache of the Parquet segments, which are the
+//! source of truth (see ARCHITECTURE.md). What the files buy at run time is that a
 //! mapped column's pages are the kernel's to reclaim: [`Column::evict`] drops a column's
 //! pages from the process (`MADV_DONTNEED` on a shared file mapping: the data stays in the
 //! file and the page cache, and the next read faults it back), which is how the store keeps
@@ -23,8 +25,10 @@ use std::fs::File;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hashbrown::{HashMap, HashSet};
 
 use memmap2::{MmapMut, MmapOptions, UncheckedAdvice};
 
@@ -52,6 +56,43 @@ pub struct Spill {
     mapped: AtomicUsize,
     /// Files made so far.
     files: AtomicU64,
+    /// Named files (`None`: unnamed, gone with their column).
+    names: Option<Names>,
+}
+
+/// The named files of a [`Spill::named`] directory: which are open, and which an image
+/// still names (a file is deleted once neither).
+#[derive(Debug, Default)]
+struct Names {
+    next: AtomicU64,
+    state: Mutex<NameState>,
+}
+
+#[derive(Debug, Default)]
+struct NameState {
+    live: HashSet<u64>,
+    pinned: HashMap<String, HashSet<u64>>,
+}
+
+impl NameState {
+    fn pinned(&self, id: u64) -> bool {
+        self.pinned.values().any(|ids| ids.contains(&id))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The file of named column `id` in `dir`.
+fn file_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.col"))
+}
+
+/// The id of a named column file, from its file name.
+fn file_id(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".col")?;
+    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
 }
 
 impl Spill {
@@ -65,7 +106,148 @@ impl Spill {
             min_bytes,
             mapped: AtomicUsize::new(0),
             files: AtomicU64::new(0),
+            names: None,
         }))
+    }
+
+    /// A spill directory whose files have names (`<id>.col`), so that what a column holds
+    /// can outlive the process: a file is deleted when its column is dropped unless an
+    /// image still names it ([`Spill::pin`]), then when no image does. Files an earlier
+    /// process left are kept until [`Spill::sweep`].
+    pub fn named(dir: impl AsRef<Path>, min_bytes: usize) -> std::io::Result<Arc<Self>> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let mut next = 0;
+        for entry in std::fs::read_dir(&dir)? {
+            if let Some(id) = entry?.file_name().to_str().and_then(file_id) {
+                next = next.max(id + 1);
+            }
+        }
+        let names = Names {
+            next: AtomicU64::new(next),
+            state: Mutex::default(),
+        };
+        Ok(Arc::new(Self {
+            dir,
+            min_bytes,
+            mapped: AtomicUsize::new(0),
+            files: AtomicU64::new(0),
+            names: Some(names),
+        }))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether columns' files have names ([`Spill::named`]).
+    pub fn is_named(&self) -> bool {
+        self.names.is_some()
+    }
+
+    /// Records that the image `owner` names the files `ids` (instead of those it named
+    /// before), and deletes the files no image names any more and no column holds.
+    pub fn pin(&self, owner: &str, ids: HashSet<u64>) {
+        let Some(names) = &self.names else {
+            return;
+        };
+        let mut st = lock(&names.state);
+        let before = st.pinned.insert(owner.to_owned(), ids).unwrap_or_default();
+        let gone: Vec<u64> = before
+            .into_iter()
+            .filter(|id| !st.live.contains(id) && !st.pinned(*id))
+            .collect();
+        drop(st);
+        for id in gone {
+            self.remove(id);
+        }
+    }
+
+    /// Deletes the named files in the directory that no column holds and no image names:
+    /// what an earlier process left behind. Call once every image has been read.
+    pub fn sweep(&self) -> std::io::Result<usize> {
+        let Some(names) = &self.names else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let Some(id) = entry?.file_name().to_str().and_then(file_id) else {
+                continue;
+            };
+            let st = lock(&names.state);
+            if !st.live.contains(&id) && !st.pinned(id) {
+                drop(st);
+                self.remove(id);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn remove(&self, id: u64) {
+        let path = file_path(&self.dir, id);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete a column file");
+        }
+    }
+
+    /// A new file for a column: unnamed, or named and live.
+    fn create(&self) -> std::io::Result<(File, Option<u64>)> {
+        self.files.fetch_add(1, Ordering::Relaxed);
+        let Some(names) = &self.names else {
+            return Ok((tempfile::tempfile_in(&self.dir)?, None));
+        };
+        let id = names.next.fetch_add(1, Ordering::Relaxed);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(file_path(&self.dir, id))?;
+        lock(&names.state).live.insert(id);
+        Ok((file, Some(id)))
+    }
+
+    /// Opens named file `id` for a column.
+    fn open(&self, id: u64) -> std::io::Result<File> {
+        let Some(names) = &self.names else {
+            return Err(std::io::Error::other(
+                "the spill directory's files have no names",
+            ));
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file_path(&self.dir, id))?;
+        if !lock(&names.state).live.insert(id) {
+            return Err(std::io::Error::other(format!(
+                "column file {id:016x} is open twice"
+            )));
+        }
+        Ok(file)
+    }
+
+    /// A column that failed to open named file `id` lets it go, without deleting it.
+    fn retire_open(&self, id: u64) {
+        if let Some(names) = &self.names {
+            lock(&names.state).live.remove(&id);
+        }
+    }
+
+    /// A column let its named file `id` go: deleted unless an image names it.
+    fn retire(&self, id: u64) {
+        let Some(names) = &self.names else {
+            return;
+        };
+        let mut st = lock(&names.state);
+        st.live.remove(&id);
+        let keep = st.pinned(id);
+        drop(st);
+        if !keep {
+            self.remove(id);
+        }
     }
 
     /// Bytes of file currently mapped by columns (capacity, resident or not).
@@ -101,6 +283,8 @@ unsafe impl<T: Plain> Sync for Column<T> {}
 struct Mapped {
     map: MmapMut,
     file: File,
+    /// The file's id when it is named ([`Spill::named`]).
+    id: Option<u64>,
     /// Capacity in elements.
     cap: usize,
 }
@@ -149,6 +333,62 @@ impl<T: Plain> Column<T> {
             tracing::warn!(error = %e, "could not move a column to a spill file; kept on the heap");
         }
         c
+    }
+
+    /// Named file `id` of `spill` ([`Spill::named`]) as a column of its first `len`
+    /// elements: what [`Column::file_id`] named when an earlier process wrote it. The file
+    /// stays as large as it is (its capacity); rows appended go after `len`.
+    pub fn open(spill: &Arc<Spill>, id: u64, len: usize) -> std::io::Result<Self> {
+        let file = spill.open(id)?;
+        let bytes = match file.metadata() {
+            Ok(m) => m.len() as usize,
+            Err(e) => {
+                spill.retire_open(id);
+                return Err(e);
+            }
+        };
+        let cap = bytes / size_of::<T>();
+        if cap < len.max(1) {
+            spill.retire_open(id);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("column file {id:016x} holds {cap} values, {len} expected"),
+            ));
+        }
+        let mut m = match map_file::<T>(file, cap, Some(id)) {
+            Ok(m) => m,
+            Err(e) => {
+                spill.retire_open(id);
+                return Err(e);
+            }
+        };
+        spill.mapped.fetch_add(m.map.len(), Ordering::Relaxed);
+        Ok(Self {
+            ptr: ptr_of(&mut m),
+            len,
+            heap: Vec::new(),
+            mapped: Some(m),
+            spill: Some(spill.clone()),
+        })
+    }
+
+    /// Moves the column to a named file if it is not in a file yet and its spill directory
+    /// names its files (else nothing): what an image needs before it can name the column.
+    pub fn persist(&mut self) -> std::io::Result<()> {
+        if self.mapped.is_some() || !self.spill.as_ref().is_some_and(|s| s.is_named()) {
+            return Ok(());
+        }
+        self.move_to_file(self.len.max(1))
+    }
+
+    /// The id of the column's named file, if it has one.
+    pub fn file_id(&self) -> Option<u64> {
+        self.mapped.as_ref().and_then(|m| m.id)
+    }
+
+    /// A handle on the column's file (to sync it without holding the column).
+    pub fn file(&self) -> Option<std::io::Result<File>> {
+        self.mapped.as_ref().map(|m| m.file.try_clone())
     }
 
     /// Whether the column lives in a file.
@@ -268,9 +508,24 @@ impl<T: Plain> Column<T> {
         if self.mapped.is_some() || cap * size_of::<T>() < spill.min_bytes.max(1) {
             return Ok(());
         }
-        let file = tempfile::tempfile_in(&spill.dir)?;
-        spill.files.fetch_add(1, Ordering::Relaxed);
-        let mut m = map_file::<T>(file, cap)?;
+        self.move_to_file(cap)
+    }
+
+    /// Moves a heap column to a new file with room for `cap` elements.
+    fn move_to_file(&mut self, cap: usize) -> std::io::Result<()> {
+        let Some(spill) = &self.spill else {
+            return Ok(());
+        };
+        let (file, id) = spill.create()?;
+        let mut m = match map_file::<T>(file, cap.max(self.len), id) {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(id) = id {
+                    spill.retire(id);
+                }
+                return Err(e);
+            }
+        };
         spill.mapped.fetch_add(m.map.len(), Ordering::Relaxed);
         let bytes = std::mem::size_of_val(self.heap.as_slice());
         // SAFETY: the mapping holds at least `cap >= len` elements' bytes; `heap` holds
@@ -295,7 +550,7 @@ impl<T: Plain> Column<T> {
             return Ok(());
         };
         let old = m.map.len();
-        let mut grown = map_file::<T>(m.file.try_clone()?, cap)?;
+        let mut grown = map_file::<T>(m.file.try_clone()?, cap, m.id)?;
         if let Some(spill) = &self.spill {
             spill.mapped.fetch_add(grown.map.len(), Ordering::Relaxed);
             spill.mapped.fetch_sub(old, Ordering::Relaxed);
@@ -313,6 +568,9 @@ impl<T: Plain> Column<T> {
         self.heap = self.deref().to_vec();
         if let (Some(m), Some(spill)) = (self.mapped.take(), &self.spill) {
             spill.mapped.fetch_sub(m.map.len(), Ordering::Relaxed);
+            if let Some(id) = m.id {
+                spill.retire(id);
+            }
         }
         self.spill = None;
         self.heap_changed();
@@ -331,16 +589,18 @@ fn ptr_of<T: Plain>(m: &mut Mapped) -> NonNull<T> {
 }
 
 /// Sets `file` to `cap` elements of `T` and maps all of it, shared.
-fn map_file<T: Plain>(file: File, cap: usize) -> std::io::Result<Mapped> {
+fn map_file<T: Plain>(file: File, cap: usize, id: Option<u64>) -> std::io::Result<Mapped> {
     let bytes = cap.max(1) * size_of::<T>();
     file.set_len(bytes as u64)?;
-    // SAFETY: the file is unnamed (`O_TMPFILE`) and owned by this column alone: nothing
-    // else can truncate or write it while it is mapped.
+    // SAFETY: the file is unnamed (`O_TMPFILE`), or named in a directory this process owns
+    // (the data directory) and opened by this column alone ([`Spill::open`] refuses a second
+    // opening): nothing else truncates or writes it while it is mapped.
     #[allow(unsafe_code)]
     let map = unsafe { MmapOptions::new().len(bytes).map_mut(&file)? };
     Ok(Mapped {
         map,
         file,
+        id,
         cap: cap.max(1),
     })
 }
@@ -373,8 +633,12 @@ impl<T: Plain> DerefMut for Column<T> {
 
 impl<T: Plain> Drop for Column<T> {
     fn drop(&mut self) {
-        if let (Some(m), Some(spill)) = (&self.mapped, &self.spill) {
+        if let (Some(m), Some(spill)) = (self.mapped.take(), &self.spill) {
             spill.mapped.fetch_sub(m.map.len(), Ordering::Relaxed);
+            if let Some(id) = m.id {
+                drop(m);
+                spill.retire(id);
+            }
         }
     }
 }

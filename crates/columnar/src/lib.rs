@@ -18,6 +18,7 @@ pub mod column;
 mod dict;
 mod error;
 pub mod format;
+pub mod image;
 mod persons;
 pub mod segment;
 pub mod storage;

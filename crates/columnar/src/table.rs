@@ -27,6 +27,7 @@ use std::sync::Arc;
 use crate::by_person::ByPerson;
 use crate::column::{Column, Plain, Spill};
 use crate::dict::Dictionary;
+use crate::image::{Source, Written};
 use crate::persons::{PersonId, Persons};
 
 /// A string column: `0` = absent, else value id + 1.
@@ -65,6 +66,11 @@ pub struct Table {
     /// Where columns go once large (`None`: they stay on the heap). Set before the first
     /// row ([`Table::with_spill`]).
     pub spill: Option<Arc<Spill>>,
+    /// The segments the sealed rows came from, in row order (what an image of the table
+    /// holds, see [`crate::image`]).
+    pub sources: Vec<Source>,
+    /// How much of the dictionaries the table's image files hold.
+    pub image: Written,
 }
 
 /// How much an event name is used (see [`Table::names_within`]).
@@ -162,6 +168,8 @@ impl Default for Table {
             by_person: ByPerson::default(),
             lines: Lines::default(),
             spill: None,
+            sources: Vec::new(),
+            image: Written::default(),
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use livora_columnar::storage::{self, SegmentStore};
-use livora_columnar::{ColumnOptions, ColumnStore, Error, Table, format};
+use livora_columnar::{ColumnOptions, ColumnStore, Error, Spill, Table, format, image};
 use livora_log::{Record, Uuid};
 use livora_model::TenantId;
 
@@ -101,6 +101,30 @@ fn options(dir: &Path) -> ColumnOptions {
         segments: Some(SegmentStore::local(dir).expect("store")),
         ..ColumnOptions::default()
     }
+}
+
+/// As [`options`], with the column image in `<dir>/columns-cache` (as the server keeps it).
+fn image_options(dir: &Path) -> ColumnOptions {
+    ColumnOptions {
+        spill: Some(Spill::named(dir.join("columns-cache"), usize::MAX).expect("spill")),
+        ..options(dir)
+    }
+}
+
+/// The image fixture of image version `version`, over the v1 segment store.
+fn image_fixture_dir(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/compat/image-v{version}"))
+}
+
+/// The v1 segment store with the image fixture of `version` beside it, in a new directory.
+fn v1_with_image(version: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tmp");
+    copy_dir(&fixture_dir(1), dir.path());
+    copy_dir(
+        &image_fixture_dir(version),
+        &dir.path().join("columns-cache"),
+    );
+    dir
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -280,6 +304,82 @@ async fn a_newer_manifest_version_is_refused() {
         Err(e) => panic!("expected a format error, got {e}"),
         Ok(_) => panic!("expected a format error, the store opened"),
     }
+}
+
+/// The v1 image (`tests/compat/image-v1/`, written by the seals of `rounds()` over the v1
+/// store's segments) is read instead of the segments, and holds the same rows; its
+/// person-ordered projection is read too, not rebuilt.
+#[tokio::test]
+async fn reads_the_v1_image() {
+    let dir = v1_with_image(1);
+    let store = ColumnStore::open(image_options(dir.path()))
+        .await
+        .expect("open the v1 store with its image");
+    assert_eq!(store.rows_from_image(), 8, "every row from the image");
+    let table = store.table(TenantId(TENANT)).expect("the tenant's table");
+    let t = ColumnStore::read(&table);
+    assert_eq!(dump(&t), V1_ROWS);
+    assert_eq!((t.sealed, t.hot_len(), t.late), (8, 0, 1));
+    let runs: Vec<_> = t.by_person.runs.iter().map(|r| r.rows.clone()).collect();
+    assert_eq!(runs, vec![0..8_usize], "the runs the seals built, merged");
+    // alice and bob merged into anon-1 after round 1: their rows are one group now.
+    let mut entries: Vec<(u32, i64)> = Vec::new();
+    for run in &t.by_person.runs {
+        for g in 0..run.groups() {
+            for i in run.entries(g) {
+                entries.push((t.persons.redirects()[g], run.ts[i]));
+            }
+        }
+    }
+    let anon1: Vec<i64> = entries.iter().filter(|e| e.0 == 0).map(|e| e.1).collect();
+    assert_eq!(anon1.len(), 6);
+    assert!(anon1.is_sorted(), "{anon1:?}");
+}
+
+/// An image of a version this build does not know is not read: the segments are, and a
+/// new image replaces it.
+#[tokio::test]
+async fn a_newer_image_version_is_not_read() {
+    let dir = v1_with_image(1);
+    let meta = dir
+        .path()
+        .join("columns-cache")
+        .join(format!("{TENANT}.image.json"));
+    let text = std::fs::read_to_string(&meta).expect("read");
+    let newer = text.replacen("\"version\":1,", "\"version\":2,", 1);
+    assert_ne!(newer, text);
+    std::fs::write(&meta, newer).expect("write");
+    let store = ColumnStore::open(image_options(dir.path()))
+        .await
+        .expect("open");
+    assert_eq!(store.rows_from_image(), 0);
+    let table = store.table(TenantId(TENANT)).expect("the tenant's table");
+    assert_eq!(dump(&ColumnStore::read(&table)), V1_ROWS);
+    let rewritten = std::fs::read_to_string(&meta).expect("a new image");
+    assert!(rewritten.contains(&format!("\"version\":{}", image::VERSION)));
+}
+
+/// Writes `tests/compat/image-v<image::VERSION>/`: the image the seals of `rounds()` leave,
+/// over segments equal (paths, rows) to the v1 store's.
+#[tokio::test]
+#[ignore = "writes the fixture; set LIVORA_WRITE_FIXTURES=1"]
+async fn write_image_fixture() {
+    if std::env::var("LIVORA_WRITE_FIXTURES").as_deref() != Ok("1") {
+        eprintln!("set LIVORA_WRITE_FIXTURES=1 to write the fixture");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = ColumnStore::open(image_options(dir.path()))
+        .await
+        .expect("open");
+    for round in rounds() {
+        store.apply(&round);
+        store.seal(None).await.expect("seal");
+    }
+    drop(store);
+    let out = image_fixture_dir(image::VERSION);
+    let _ = std::fs::remove_dir_all(&out);
+    copy_dir(&dir.path().join("columns-cache"), &out);
 }
 
 /// Writes `tests/compat/v<VERSION>/` with the column store's own sealing.

@@ -164,9 +164,10 @@ pub struct AnalyticsConfig {
     pub seal_interval_secs: u64,
     /// Merge a tenant's UTC day into one file once it has this many (at least 2).
     pub compact_files: usize,
-    /// Columns larger than this (KiB) move from the heap to memory-mapped scratch files in
-    /// `<data_dir>/columns-scratch`, whose pages the kernel can reclaim. 0: every column
-    /// stays on the heap.
+    /// Columns larger than this (KiB) move from the heap to memory-mapped files in
+    /// `<data_dir>/columns-cache`, whose pages the kernel can reclaim; after each seal the
+    /// sealed rows' columns are kept there as the tables' image, which a restart maps instead
+    /// of decoding the segments. 0: every column stays on the heap (and no image).
     pub spill_min_kb: u64,
     /// Keep the process's resident size under this (MiB) by dropping the pages of spilled
     /// columns (queries read them back from the page cache or the disk). 0: no limit.
@@ -342,11 +343,11 @@ impl Config {
             spill: match a.spill_min_kb {
                 0 => None,
                 kb => Some(
-                    livora_columnar::Spill::new(
-                        self.data_dir.join("columns-scratch"),
+                    livora_columnar::Spill::named(
+                        self.data_dir.join("columns-cache"),
                         usize::try_from(kb.saturating_mul(1 << 10)).unwrap_or(usize::MAX),
                     )
-                    .context("cannot create <data_dir>/columns-scratch")?,
+                    .context("cannot open <data_dir>/columns-cache")?,
                 ),
             },
             memory_limit: (a.memory_limit_mb > 0)

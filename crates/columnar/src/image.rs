@@ -1,0 +1,590 @@
+//! The column store's image: a tenant's sealed rows as the query kernels read them (the
+//! table's columns, dictionaries, chunks and the person-ordered projection), kept on the
+//! local disk across restarts, so that a start maps them instead of decoding every Parquet
+//! segment and rebuilding the projection (86 s and a peak far above the memory limit at
+//! 100 M events before this).
+//!
+//! # Format, version 1
+//!
+//! In the named spill directory ([`Spill::named`], `<data_dir>/columns-cache`):
+//!
+//! - `<id>.col`: one column: its values (`u32`, `i64` or `f64`, native byte order) one after
+//!   the other from offset 0. The file may be longer than the column: its capacity, and rows
+//!   not sealed yet. These are the live columns' own files (see [`crate::column`]): a seal
+//!   writes nothing twice, it syncs them.
+//! - `<tenant>.names.dict`, `<tenant>.keys.dict`, `<tenant>.values.dict`: a dictionary's values
+//!   in id order, each a little-endian `u32` byte length and the UTF-8 bytes. Append-only.
+//! - `<tenant>.image.json`: the [`Meta`]: format name and version, byte order, the segments
+//!   (path and rows, in row order) whose rows the image holds, the rows it claims, each
+//!   column's file and length, the chunks, the dictionaries' lengths and the projection's
+//!   runs. Replaced atomically (written beside, synced, renamed) after every file it names
+//!   is synced, so it never names bytes that are not on the disk.
+//!
+//! An image claims rows `0..rows` only. Rows past them in a file are not read, and the
+//! process writes past them only: sealed rows never change in place.
+//!
+//! # Validity
+//!
+//! The Parquet segments stay the source of truth (what other engines read, what object
+//! storage holds); the image is a cache of them in the kernels' own layout. At a load it is
+//! used for the longest prefix of the manifest's segments it holds in the same order; a
+//! compaction or an expiry changes that list, and the rows past the prefix are decoded from
+//! Parquet again (into the same files, after the image is withdrawn). An image that is
+//! missing, unreadable, of another version or byte order, or inconsistent is dropped with a
+//! warning and the tenant is loaded from Parquet, then a new image is written. Persons are
+//! not in the image: their ids are stable and the segments' persons file holds them.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hashbrown::{HashMap, HashSet};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::by_person::{ByPerson, Run};
+use crate::column::{Column, Plain, Spill};
+use crate::dict::Dictionary;
+use crate::storage::SegmentMeta;
+use crate::table::{Chunk, Table};
+
+/// The `format` field of every image.
+pub const FORMAT: &str = "livora-column-image";
+/// The image version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// A segment whose rows a table holds: its path and row count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub path: String,
+    pub rows: u64,
+}
+
+impl From<&SegmentMeta> for Source {
+    fn from(m: &SegmentMeta) -> Self {
+        Self {
+            path: m.path.clone(),
+            rows: m.rows,
+        }
+    }
+}
+
+/// How much of a table's dictionaries its image files hold.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    names: DictMeta,
+    keys: DictMeta,
+    values: DictMeta,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct DictMeta {
+    /// Values written.
+    values: usize,
+    /// Bytes of file they take.
+    bytes: u64,
+}
+
+/// A column in an image: its file id and its length in values.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct ColMeta {
+    file: u64,
+    len: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ChunkMeta {
+    rows: (usize, usize),
+    min_ts: i64,
+    max_ts: i64,
+    names: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RunMeta {
+    rows: (usize, usize),
+    start: ColMeta,
+    row: ColMeta,
+    ts: ColMeta,
+    name: ColMeta,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LinesMeta {
+    /// Lines of the claimed rows.
+    lines: usize,
+    row: ColMeta,
+    strings: Vec<(u32, ColMeta)>,
+    numbers: Vec<(u32, ColMeta)>,
+}
+
+/// An image's description (`<tenant>.image.json`; see the module doc).
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    format: String,
+    version: u32,
+    little_endian: bool,
+    segments: Vec<Source>,
+    rows: usize,
+    skipped: u64,
+    chunks: Vec<ChunkMeta>,
+    dicts: Written,
+    person: ColMeta,
+    ts: ColMeta,
+    name: ColMeta,
+    strings: Vec<(u32, ColMeta)>,
+    numbers: Vec<(u32, ColMeta)>,
+    lines: LinesMeta,
+    runs: Vec<RunMeta>,
+}
+
+/// Why an image could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn meta_path(dir: &Path, tenant: Uuid) -> PathBuf {
+    dir.join(format!("{tenant}.image.json"))
+}
+
+fn dict_path(dir: &Path, tenant: Uuid, which: &str) -> PathBuf {
+    dir.join(format!("{tenant}.{which}.dict"))
+}
+
+/// The owner name under which a tenant's image pins its files ([`Spill::pin`]).
+fn owner(tenant: Uuid) -> String {
+    tenant.to_string()
+}
+
+/// What [`collect`] took from a table under its lock, for [`finish`] to write without it.
+pub(crate) struct Pending {
+    tenant: Uuid,
+    meta: Meta,
+    files: Vec<File>,
+    ids: HashSet<u64>,
+    dicts: [(Vec<u8>, DictMeta); 3],
+}
+
+/// The image of `t` as it stands, taken under the caller's lock: gives every claimed column
+/// a file, notes each file and length, and copies the dictionary values not yet written.
+pub(crate) fn collect(t: &mut Table, tenant: Uuid) -> Result<Pending, ImageError> {
+    let rows = t.sealed;
+    let from_sources: u64 = t.sources.iter().map(|s| s.rows).sum();
+    if from_sources != rows as u64 {
+        return Err(ImageError::Invalid(format!(
+            "{rows} sealed rows, their segments hold {from_sources}"
+        )));
+    }
+    let mut files = Vec::new();
+    let mut ids = HashSet::new();
+    let mut col = |c: &mut dyn Persisted, len: usize| -> Result<ColMeta, ImageError> {
+        c.persist_file()?;
+        let (file, handle) = c
+            .named()
+            .ok_or_else(|| ImageError::Invalid("a column has no named file".into()))?;
+        files.push(handle?);
+        ids.insert(file);
+        Ok(ColMeta {
+            file,
+            len: c.length().min(len),
+        })
+    };
+    let lines = t.lines.row.partition_point(|r| (*r as usize) < rows);
+    let person = col(&mut t.person, rows)?;
+    let ts = col(&mut t.ts, rows)?;
+    let name = col(&mut t.name, rows)?;
+    let mut strings = Vec::with_capacity(t.strings.len());
+    for (k, c) in t.strings.iter_mut() {
+        strings.push((*k, col(c, rows)?));
+    }
+    let mut numbers = Vec::with_capacity(t.numbers.len());
+    for (k, c) in t.numbers.iter_mut() {
+        numbers.push((*k, col(c, rows)?));
+    }
+    let line_row = col(&mut t.lines.row, lines)?;
+    let mut line_strings = Vec::with_capacity(t.lines.strings.len());
+    for (k, c) in t.lines.strings.iter_mut() {
+        line_strings.push((*k, col(c, lines)?));
+    }
+    let mut line_numbers = Vec::with_capacity(t.lines.numbers.len());
+    for (k, c) in t.lines.numbers.iter_mut() {
+        line_numbers.push((*k, col(c, lines)?));
+    }
+    // The runs in order; the image holds the ones with files (all, unless a file could
+    // not be made: then the rest are rebuilt at the next start).
+    let mut runs = Vec::with_capacity(t.by_person.runs.len());
+    for r in &t.by_person.runs {
+        if r.rows.end > rows {
+            break;
+        }
+        let named = [
+            r.start.file_id(),
+            r.row.file_id(),
+            r.ts.file_id(),
+            r.name.file_id(),
+        ];
+        let [Some(start), Some(row), Some(ts), Some(name)] = named else {
+            break;
+        };
+        for c in [r.start.file(), r.row.file(), r.name.file(), r.ts.file()]
+            .into_iter()
+            .flatten()
+        {
+            files.push(c?);
+        }
+        ids.extend([start, row, ts, name]);
+        runs.push(RunMeta {
+            rows: (r.rows.start, r.rows.end),
+            start: ColMeta {
+                file: start,
+                len: r.start.len(),
+            },
+            row: ColMeta {
+                file: row,
+                len: r.row.len(),
+            },
+            ts: ColMeta {
+                file: ts,
+                len: r.ts.len(),
+            },
+            name: ColMeta {
+                file: name,
+                len: r.name.len(),
+            },
+        });
+    }
+    let chunks = t
+        .chunks
+        .iter()
+        .map(|c| ChunkMeta {
+            rows: (c.rows.start, c.rows.end),
+            min_ts: c.min_ts,
+            max_ts: c.max_ts,
+            names: c.names.clone(),
+        })
+        .collect();
+    let w = t.image;
+    let dicts = [
+        appended(&t.names, w.names),
+        appended(&t.keys, w.keys),
+        appended(&t.values, w.values),
+    ];
+    let meta = Meta {
+        format: FORMAT.to_owned(),
+        version: VERSION,
+        little_endian: cfg!(target_endian = "little"),
+        segments: t.sources.clone(),
+        rows,
+        skipped: t.skipped,
+        chunks,
+        dicts: Written {
+            names: dicts[0].1,
+            keys: dicts[1].1,
+            values: dicts[2].1,
+        },
+        person,
+        ts,
+        name,
+        strings,
+        numbers,
+        lines: LinesMeta {
+            lines,
+            row: line_row,
+            strings: line_strings,
+            numbers: line_numbers,
+        },
+        runs,
+    };
+    Ok(Pending {
+        tenant,
+        meta,
+        files,
+        ids,
+        dicts,
+    })
+}
+
+/// The dictionary values past `w` as records, and what the file holds once they are written.
+fn appended(d: &Dictionary, w: DictMeta) -> (Vec<u8>, DictMeta) {
+    let mut buf = Vec::new();
+    for v in d.values().skip(w.values) {
+        buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let next = DictMeta {
+        values: d.len(),
+        bytes: w.bytes + buf.len() as u64,
+    };
+    (buf, next)
+}
+
+/// Writes what [`collect`] took: syncs the column files, appends to the dictionaries, then
+/// replaces the description. Returns what the dictionary files now hold (for the table).
+pub(crate) fn finish(p: Pending, spill: &Spill) -> Result<Written, ImageError> {
+    let dir = spill.dir();
+    for f in &p.files {
+        f.sync_data()?;
+    }
+    for (which, (buf, next)) in ["names", "keys", "values"].into_iter().zip(&p.dicts) {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(dict_path(dir, p.tenant, which))?;
+        f.write_all_at(buf, next.bytes - buf.len() as u64)?;
+        f.sync_data()?;
+    }
+    let path = meta_path(dir, p.tenant);
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(&p.meta)?)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
+    spill.pin(&owner(p.tenant), p.ids);
+    Ok(p.meta.dicts)
+}
+
+/// Withdraws a tenant's image: its description goes first (so nothing names the files),
+/// then its files are unpinned (deleted unless a live column holds them).
+pub(crate) fn remove(spill: &Spill, tenant: Uuid) {
+    let path = meta_path(spill.dir(), tenant);
+    if let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove a column image");
+    }
+    spill.pin(&owner(tenant), HashSet::new());
+}
+
+/// Loads into `t` (an empty table with its persons) the rows of the image of `tenant` that
+/// come from the longest prefix of `segments` it holds; returns how many segments that is
+/// (0 with no image). An image that cannot be used is withdrawn with a warning.
+pub(crate) fn load(
+    spill: &Arc<Spill>,
+    tenant: Uuid,
+    segments: &[SegmentMeta],
+    t: &mut Table,
+) -> usize {
+    match try_load(spill, tenant, segments, t) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(%tenant, error = %e, "column image not used; loading the segments");
+            remove(spill, tenant);
+            0
+        }
+    }
+}
+
+fn try_load(
+    spill: &Arc<Spill>,
+    tenant: Uuid,
+    segments: &[SegmentMeta],
+    t: &mut Table,
+) -> Result<usize, ImageError> {
+    let dir = spill.dir();
+    let bytes = match std::fs::read(meta_path(dir, tenant)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let meta: Meta = serde_json::from_slice(&bytes)?;
+    if meta.format != FORMAT || meta.version != VERSION {
+        return Err(ImageError::Invalid(format!(
+            "format {} version {}; this build reads {FORMAT} version {VERSION}",
+            meta.format, meta.version
+        )));
+    }
+    if meta.little_endian != cfg!(target_endian = "little") {
+        return Err(ImageError::Invalid(
+            "written on a machine of another byte order".into(),
+        ));
+    }
+    let held = meta
+        .segments
+        .iter()
+        .zip(segments)
+        .take_while(|(a, b)| a.path == b.path && a.rows == b.rows)
+        .count();
+    let rows: usize = meta.segments[..held].iter().map(|s| s.rows as usize).sum();
+    let claimed: u64 = meta.segments.iter().map(|s| s.rows).sum();
+    if claimed != meta.rows as u64 || meta.ts.len < meta.rows {
+        return Err(ImageError::Invalid(format!(
+            "claims {} rows, its segments hold {claimed}",
+            meta.rows
+        )));
+    }
+    if held == 0 {
+        remove(spill, tenant);
+        return Ok(0);
+    }
+    let open_u32 = |c: ColMeta, len: usize| open::<u32>(spill, c, len);
+    let person = open_u32(meta.person, rows)?;
+    let ts = open::<i64>(spill, meta.ts, rows)?;
+    let name = open_u32(meta.name, rows)?;
+    let mut strings = HashMap::with_capacity(meta.strings.len());
+    for (k, c) in &meta.strings {
+        strings.insert(*k, open_u32(*c, rows)?);
+    }
+    let mut numbers = HashMap::with_capacity(meta.numbers.len());
+    for (k, c) in &meta.numbers {
+        numbers.insert(*k, open::<f64>(spill, *c, rows)?);
+    }
+    let mut line_row = open_u32(meta.lines.row, meta.lines.lines)?;
+    let lines = line_row.partition_point(|r| (*r as usize) < rows);
+    line_row.truncate(lines);
+    let mut line_strings = HashMap::with_capacity(meta.lines.strings.len());
+    for (k, c) in &meta.lines.strings {
+        line_strings.insert(*k, open_u32(*c, lines)?);
+    }
+    let mut line_numbers = HashMap::with_capacity(meta.lines.numbers.len());
+    for (k, c) in &meta.lines.numbers {
+        line_numbers.insert(*k, open::<f64>(spill, *c, lines)?);
+    }
+    let mut runs = Vec::new();
+    for r in meta.runs.iter().take_while(|r| r.rows.1 <= rows) {
+        runs.push(Arc::new(Run {
+            rows: r.rows.0..r.rows.1,
+            start: open_u32(r.start, r.start.len)?,
+            row: open_u32(r.row, r.row.len)?,
+            ts: open::<i64>(spill, r.ts, r.ts.len)?,
+            name: open_u32(r.name, r.name.len)?,
+        }));
+    }
+    if runs.windows(2).any(|w| w[0].rows.end != w[1].rows.start)
+        || runs.first().is_some_and(|r| r.rows.start != 0)
+    {
+        return Err(ImageError::Invalid(
+            "the projection's runs are not contiguous".into(),
+        ));
+    }
+    let chunks: Vec<Chunk> = meta
+        .chunks
+        .iter()
+        .filter(|c| c.rows.1 <= rows)
+        .map(|c| Chunk {
+            rows: c.rows.0..c.rows.1,
+            min_ts: c.min_ts,
+            max_ts: c.max_ts,
+            names: c.names.clone(),
+        })
+        .collect();
+    let names = read_dict(&dict_path(dir, tenant, "names"), meta.dicts.names)?;
+    let keys = read_dict(&dict_path(dir, tenant, "keys"), meta.dicts.keys)?;
+    let values = read_dict(&dict_path(dir, tenant, "values"), meta.dicts.values)?;
+    if held < meta.segments.len() {
+        // Rows past the prefix are about to be written again: nothing may name them.
+        std::fs::remove_file(meta_path(dir, tenant))?;
+    }
+    spill.pin(&owner(tenant), all_files(&meta));
+    t.person = person;
+    t.ts = ts;
+    t.name = name;
+    t.strings = strings;
+    t.numbers = numbers;
+    t.lines.row = line_row;
+    t.lines.strings = line_strings;
+    t.lines.numbers = line_numbers;
+    t.names = names;
+    t.keys = keys;
+    t.values = values;
+    t.watermark = chunks.iter().map(|c| c.max_ts).max().unwrap_or(i64::MIN);
+    t.chunks = chunks;
+    t.sealed = rows;
+    t.skipped = meta.skipped;
+    t.by_person = ByPerson { runs };
+    t.sources = meta.segments[..held].to_vec();
+    t.image = meta.dicts;
+    Ok(held)
+}
+
+/// The files the image of `tenant` in `dir` names (`None`: no readable image).
+pub fn files_named(dir: &Path, tenant: Uuid) -> Option<HashSet<u64>> {
+    let meta: Meta = serde_json::from_slice(&std::fs::read(meta_path(dir, tenant)).ok()?).ok()?;
+    Some(all_files(&meta))
+}
+
+/// Every file an image names.
+fn all_files(meta: &Meta) -> HashSet<u64> {
+    let mut ids: HashSet<u64> = [meta.person, meta.ts, meta.name, meta.lines.row]
+        .iter()
+        .map(|c| c.file)
+        .collect();
+    let keyed = [
+        &meta.strings,
+        &meta.numbers,
+        &meta.lines.strings,
+        &meta.lines.numbers,
+    ];
+    ids.extend(keyed.into_iter().flatten().map(|(_, c)| c.file));
+    for r in &meta.runs {
+        ids.extend([r.start.file, r.row.file, r.ts.file, r.name.file]);
+    }
+    ids
+}
+
+/// Column `c` of an image, its first `len` values (at most its claimed length).
+fn open<T: Plain>(spill: &Arc<Spill>, c: ColMeta, len: usize) -> Result<Column<T>, ImageError> {
+    Ok(Column::open(spill, c.file, c.len.min(len))?)
+}
+
+/// A dictionary file's first `m.values` values, as a dictionary with the same ids.
+fn read_dict(path: &Path, m: DictMeta) -> Result<Dictionary, ImageError> {
+    let mut d = Dictionary::default();
+    if m.values == 0 {
+        return Ok(d);
+    }
+    let bytes = std::fs::read(path)?;
+    let bad = || ImageError::Invalid(format!("{} is shorter than its image says", path.display()));
+    let mut rest = bytes.get(..m.bytes as usize).ok_or_else(bad)?;
+    for id in 0..m.values {
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (v, tail) = tail.split_at_checked(len).ok_or_else(bad)?;
+        let v = std::str::from_utf8(v).map_err(|_| {
+            ImageError::Invalid(format!(
+                "{} holds a value that is not UTF-8",
+                path.display()
+            ))
+        })?;
+        if d.intern(v) as usize != id {
+            return Err(ImageError::Invalid(format!(
+                "{} repeats a value",
+                path.display()
+            )));
+        }
+        rest = tail;
+    }
+    Ok(d)
+}
+
+/// A column of any value type, as [`collect`] needs it.
+trait Persisted {
+    fn persist_file(&mut self) -> std::io::Result<()>;
+    /// The file id and a handle on the file.
+    fn named(&self) -> Option<(u64, std::io::Result<File>)>;
+    fn length(&self) -> usize;
+}
+
+impl<T: Plain> Persisted for Column<T> {
+    fn persist_file(&mut self) -> std::io::Result<()> {
+        self.persist()
+    }
+
+    fn named(&self) -> Option<(u64, std::io::Result<File>)> {
+        Some((self.file_id()?, self.file()?))
+    }
+
+    fn length(&self) -> usize {
+        self.len()
+    }
+}

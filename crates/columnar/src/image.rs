@@ -26,10 +26,13 @@
 //! # Validity
 //!
 //! The Parquet segments stay the source of truth (what other engines read, what object
-//! storage holds); the image is a cache of them in the kernels' own layout. At a load it is
-//! used for the longest prefix of the manifest's segments it holds in the same order; a
-//! compaction or an expiry changes that list, and the rows past the prefix are decoded from
-//! Parquet again (into the same files, after the image is withdrawn). An image that is
+//! storage holds); the image is a cache of them in the kernels' own layout, its rows in the
+//! order they were sealed (not the manifest's). At a load it serves the longest prefix of its
+//! sources that are all segments of the manifest, each with all its rows; the manifest's
+//! other segments (sealed after the image was written) are decoded from Parquet and appended.
+//! A compaction renames its parts' sources to the merged file, so it keeps them served; an
+//! expiry reloads the tenant from Parquet. Rows past the prefix are decoded again (into the
+//! same files, after the image is withdrawn). An image that is
 //! missing, unreadable, of another version or byte order, or inconsistent is dropped with a
 //! warning and the tenant is loaded from Parquet, then a new image is written. Persons are
 //! not in the image: their ids are stable and the segments' persons file holds them.
@@ -366,21 +369,50 @@ pub(crate) fn remove(spill: &Spill, tenant: Uuid) {
     spill.pin(&owner(tenant), HashSet::new());
 }
 
-/// Loads into `t` (an empty table with its persons) the rows of the image of `tenant` that
-/// come from the longest prefix of `segments` it holds; returns how many segments that is
-/// (0 with no image). An image that cannot be used is withdrawn with a warning.
+/// Deletes the images (descriptions and dictionaries) of tenants other than `keep`: those
+/// whose segments are gone. Their column files go with [`Spill::sweep`].
+pub(crate) fn remove_others(spill: &Spill, keep: &HashSet<Uuid>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(spill.dir())? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let ours = [
+            ".image.json",
+            ".image.json.tmp",
+            ".names.dict",
+            ".keys.dict",
+            ".values.dict",
+        ]
+        .iter()
+        .any(|ext| name.ends_with(ext));
+        let tenant = name.split('.').next().and_then(|t| Uuid::parse_str(t).ok());
+        if let (true, Some(tenant)) = (ours, tenant)
+            && !keep.contains(&tenant)
+        {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads into `t` (an empty table with its persons) the rows of the image of `tenant` for
+/// the segments of the manifest (`segments`) it holds (see [`held`]); returns, for each of
+/// `segments`, whether its rows are in `t` now (empty: none are). An image that cannot be
+/// used is withdrawn with a warning.
 pub(crate) fn load(
     spill: &Arc<Spill>,
     tenant: Uuid,
     segments: &[SegmentMeta],
     t: &mut Table,
-) -> usize {
+) -> Vec<bool> {
     match try_load(spill, tenant, segments, t) {
-        Ok(n) => n,
+        Ok(held) => held,
         Err(e) => {
             tracing::warn!(%tenant, error = %e, "column image not used; loading the segments");
             remove(spill, tenant);
-            0
+            Vec::new()
         }
     }
 }
@@ -390,11 +422,11 @@ fn try_load(
     tenant: Uuid,
     segments: &[SegmentMeta],
     t: &mut Table,
-) -> Result<usize, ImageError> {
+) -> Result<Vec<bool>, ImageError> {
     let dir = spill.dir();
     let bytes = match std::fs::read(meta_path(dir, tenant)) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
     let meta: Meta = serde_json::from_slice(&bytes)?;
@@ -409,12 +441,7 @@ fn try_load(
             "written on a machine of another byte order".into(),
         ));
     }
-    let held = meta
-        .segments
-        .iter()
-        .zip(segments)
-        .take_while(|(a, b)| a.path == b.path && a.rows == b.rows)
-        .count();
+    let held = held(&meta.segments, segments);
     let rows: usize = meta.segments[..held].iter().map(|s| s.rows as usize).sum();
     let claimed: u64 = meta.segments.iter().map(|s| s.rows).sum();
     if claimed != meta.rows as u64 || meta.ts.len < meta.rows {
@@ -425,7 +452,7 @@ fn try_load(
     }
     if held == 0 {
         remove(spill, tenant);
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let open_u32 = |c: ColMeta, len: usize| open::<u32>(spill, c, len);
     let person = open_u32(meta.person, rows)?;
@@ -504,7 +531,42 @@ fn try_load(
     t.by_person = ByPerson { runs };
     t.sources = meta.segments[..held].to_vec();
     t.image = meta.dicts;
-    Ok(held)
+    let paths: HashSet<&str> = t.sources.iter().map(|s| s.path.as_str()).collect();
+    Ok(segments
+        .iter()
+        .map(|s| paths.contains(s.path.as_str()))
+        .collect())
+}
+
+/// How many of an image's sources (from the first) it can serve: the longest prefix in
+/// which every segment is one the manifest names, with all its rows. A compacted segment
+/// appears once per file it replaced (its rows in the image are where those were), so a
+/// prefix that holds only some of its parts does not count.
+fn held(sources: &[Source], segments: &[SegmentMeta]) -> usize {
+    let want: HashMap<&str, u64> = segments.iter().map(|s| (s.path.as_str(), s.rows)).collect();
+    let mut got: HashMap<&str, u64> = HashMap::new();
+    let mut incomplete = 0usize;
+    let mut best = 0;
+    for (k, s) in sources.iter().enumerate() {
+        let Some(&total) = want.get(s.path.as_str()) else {
+            break;
+        };
+        let n = got.entry(s.path.as_str()).or_default();
+        if *n == 0 {
+            incomplete += 1;
+        }
+        *n += s.rows;
+        if *n > total {
+            break;
+        }
+        if *n == total {
+            incomplete -= 1;
+        }
+        if incomplete == 0 {
+            best = k + 1;
+        }
+    }
+    best
 }
 
 /// The files the image of `tenant` in `dir` names (`None`: no readable image).
@@ -586,5 +648,45 @@ impl<T: Plain> Persisted for Column<T> {
 
     fn length(&self) -> usize {
         self.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(path: &str, rows: u64) -> Source {
+        Source {
+            path: path.to_owned(),
+            rows,
+        }
+    }
+
+    fn seg(path: &str, rows: u64) -> SegmentMeta {
+        SegmentMeta {
+            path: path.to_owned(),
+            rows,
+            bytes: 0,
+            min_ts: 0,
+            max_ts: 0,
+        }
+    }
+
+    /// An image serves the longest prefix of its sources in which every segment is whole
+    /// and named by the manifest, whatever the manifest's order.
+    #[test]
+    fn an_image_serves_the_whole_segments_the_manifest_names() {
+        let m = [seg("b", 3), seg("m", 3)];
+        // `m` merged `a` (2 rows, first) and `c` (1 row, third): its parts are both held.
+        assert_eq!(held(&[src("m", 2), src("b", 3), src("m", 1)], &m), 3);
+        // A source the manifest no longer names (expired, or merged before the image knew)
+        // ends the prefix; a segment of which only a part is before it does not count.
+        assert_eq!(held(&[src("b", 3), src("a", 2), src("m", 1)], &m), 1);
+        assert_eq!(held(&[src("m", 2), src("x", 3), src("m", 1)], &m), 0);
+        // More rows than the manifest says: not the same file.
+        assert_eq!(held(&[src("b", 4)], &m), 0);
+        // Segments sealed after the image are simply not held.
+        assert_eq!(held(&[src("b", 3)], &[seg("b", 3), seg("n", 9)]), 1);
+        assert_eq!(held(&[], &m), 0);
     }
 }

@@ -2,10 +2,11 @@
 //! `--events` of generated shop traffic into a fresh data directory's log (`livora demo
 //! generate`), starts `livora serve` with `[analytics] memory_limit_mb` and times the column
 //! store's catch-up (events applied per second, from the start of the process to the whole
-//! log applied); then stops it, starts it again (sealed segments loaded from Parquet, the
-//! rest of the log applied), runs every query kind through `POST /api/v1/query`, and reports
-//! the server's resident memory (VmRSS after the queries, VmHWM over the run), the spilled
-//! columns' bytes, and each query's time. Profiles, automation and model training are off:
+//! log applied); then stops it, starts it again (sealed rows mapped from the column image,
+//! or decoded from Parquet where there is none, then the rest of the log applied), runs every
+//! query kind through `POST /api/v1/query`, and reports the server's resident memory (VmRSS
+//! after the restart and after the queries, VmHWM after the restart and over the run), the
+//! spilled columns' bytes, and each query's time. Profiles, automation and model training are off:
 //! this measures the column store.
 
 use std::path::PathBuf;
@@ -183,6 +184,7 @@ async fn measure(
 
     let loaded_rss_mb = rss_mb(pid, "VmRSS:");
     let loaded_anon_mb = rss_mb(pid, "RssAnon:");
+    let restart_hwm_mb = rss_mb(pid, "VmHWM:");
     let api = Client::new(addr, key).with_bearer(secret);
     // Each kind twice: the first run after the restart, and again at once (warm).
     let mut times = serde_json::Map::new();
@@ -228,6 +230,7 @@ async fn measure(
         "rss_anon_after_queries_mb": anon_after_mb,
         "rss_file_after_queries_mb": file_after_mb,
         "peak_rss_mb": hwm_mb,
+        "restart_peak_rss_mb": restart_hwm_mb,
         "mapped_bytes_per_event": mapped / end as f64,
         "segment_bytes_per_event": columns_bytes as f64 / end as f64,
         "evictions": evictions,

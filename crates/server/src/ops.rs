@@ -122,6 +122,10 @@ fn describe_metrics() {
         Unit::Bytes,
         "bytes of memory-mapped spill files holding the column store's large columns"
     );
+    describe_gauge!(
+        "livora_columnar_image_rows",
+        "sealed rows the column store mapped from its image at start instead of decoding Parquet, all tenants"
+    );
     describe_counter!(
         "livora_columnar_evictions_total",
         "times the column store dropped its spilled columns' pages to stay under [analytics] memory_limit_mb"
@@ -214,6 +218,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut applied: Vec<(&'static str, u64)> = Vec::new();
     if let Some(columns) = &state.columns {
         applied.push((livora_columnar::CONSUMER, columns.applied()));
+        metrics::gauge!("livora_columnar_image_rows").set(columns.rows_from_image() as f64);
     }
     if let Some(p) = &state.profiles {
         applied.push((livora_profiles::snapshot::CONSUMER, p.applied()));

@@ -168,7 +168,7 @@ fn owner(tenant: Uuid) -> String {
 }
 
 /// What [`collect`] took from a table under its lock, for [`finish`] to write without it.
-pub(crate) struct Pending {
+pub struct Pending {
     tenant: Uuid,
     meta: Meta,
     files: Vec<File>,
@@ -178,7 +178,7 @@ pub(crate) struct Pending {
 
 /// The image of `t` as it stands, taken under the caller's lock: gives every claimed column
 /// a file, notes each file and length, and copies the dictionary values not yet written.
-pub(crate) fn collect(t: &mut Table, tenant: Uuid) -> Result<Pending, ImageError> {
+pub fn collect(t: &mut Table, tenant: Uuid) -> Result<Pending, ImageError> {
     let rows = t.sealed;
     let from_sources: u64 = t.sources.iter().map(|s| s.rows).sum();
     if from_sources != rows as u64 {
@@ -331,7 +331,7 @@ fn appended(d: &Dictionary, w: DictMeta) -> (Vec<u8>, DictMeta) {
 
 /// Writes what [`collect`] took: syncs the column files, appends to the dictionaries, then
 /// replaces the description. Returns what the dictionary files now hold (for the table).
-pub(crate) fn finish(p: Pending, spill: &Spill) -> Result<Written, ImageError> {
+pub fn finish(p: Pending, spill: &Spill) -> Result<Written, ImageError> {
     let dir = spill.dir();
     for f in &p.files {
         f.sync_data()?;
@@ -401,7 +401,7 @@ pub(crate) fn remove_others(spill: &Spill, keep: &HashSet<Uuid>) -> std::io::Res
 /// the segments of the manifest (`segments`) it holds (see [`held`]); returns, for each of
 /// `segments`, whether its rows are in `t` now (empty: none are). An image that cannot be
 /// used is withdrawn with a warning.
-pub(crate) fn load(
+pub fn load(
     spill: &Arc<Spill>,
     tenant: Uuid,
     segments: &[SegmentMeta],

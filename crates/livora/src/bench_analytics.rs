@@ -43,6 +43,160 @@ pub struct AnalyticsBench {
     /// when the process is over it): queries fault them back from the page cache.
     #[arg(long)]
     evict: bool,
+    /// Keep the sealed table in DIR as the server keeps it (its column image, and the
+    /// persons), for a later `--cold DIR`.
+    #[arg(long, value_name = "DIR", conflicts_with = "cold")]
+    image: Option<PathBuf>,
+    /// Instead of generating: map the image an earlier `--image DIR` kept, as a restarted
+    /// server does, and run each query once (after the page cache is dropped, the cold
+    /// figures: `bench/analytics.sh` drops it first).
+    #[arg(long, value_name = "DIR")]
+    cold: Option<PathBuf>,
+}
+
+/// The tenant and the segment name the bench's image is kept under.
+const IMAGE_TENANT: uuid::Uuid = uuid::Uuid::from_u128(0xbe4c);
+const IMAGE_SOURCE: &str = "bench-analytics";
+
+/// The three timed queries over the generated history that ends at `end`.
+fn queries(end: DateTime<Utc>) -> anyhow::Result<(FunnelQuery, RetentionQuery, TrendsQuery)> {
+    let days = 90;
+    let funnel = FunnelQuery {
+        exclusions: Vec::new(),
+        steps: STEPS
+            .iter()
+            .map(|e| Step {
+                event: (*e).into(),
+                filters: vec![],
+            })
+            .collect(),
+        window_seconds: WINDOW_SECONDS,
+        order: Order::Ordered,
+        from: end - chrono::Duration::days(days + 1),
+        to: end + chrono::Duration::days(1),
+        persons: None,
+        breakdown: None,
+    };
+    // Weekly retention, 8 weeks from the first Monday 8 weeks before the end: cohorts by
+    // first product view, returning with an order.
+    let first_monday: DateTime<Utc> = "2025-11-03T00:00:00Z".parse().context("monday")?;
+    let retention = RetentionQuery {
+        start_event: Step {
+            event: STEPS[0].into(),
+            filters: vec![],
+        },
+        return_event: Step {
+            event: STEPS[3].into(),
+            filters: vec![],
+        },
+        period: Period::Week,
+        periods: 8,
+        from: first_monday,
+        cohort: Cohort::First,
+    };
+    // Daily revenue by category over the last 90 days.
+    let trends = TrendsQuery {
+        event: Step {
+            event: STEPS[3].into(),
+            filters: vec![],
+        },
+        metric: Metric::Sum {
+            property: "revenue".into(),
+        },
+        interval: Period::Day,
+        from: end - chrono::Duration::days(days),
+        to: end,
+        breakdown: Some(Breakdown {
+            source: Source::Event,
+            property: "category".into(),
+            limit: 100,
+        }),
+        compare_previous: false,
+    };
+    Ok((funnel, retention, trends))
+}
+
+/// Persons reaching each step.
+fn funnel_counts(t: &Table, q: &FunnelQuery) -> anyhow::Result<Vec<u64>> {
+    let r = funnel(t, &t.persons.redirects(), q)?;
+    Ok(r.steps.iter().map(|s| s.count).collect())
+}
+
+/// Each cohort's counts by period.
+fn retention_matrix(t: &Table, q: &RetentionQuery) -> anyhow::Result<Vec<Vec<u64>>> {
+    let r = retention(t, &t.persons.redirects(), q, chrono_tz::UTC)?;
+    Ok(r.cohorts.iter().map(|c| c.counts.clone()).collect())
+}
+
+/// Each category's daily values.
+fn trend_series(
+    t: &Table,
+    q: &TrendsQuery,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let r = trends(t, &t.persons.redirects(), q, chrono_tz::UTC)?;
+    Ok(r.series
+        .iter()
+        .map(|s| {
+            let values: Vec<f64> = s.values.iter().map(|v| v.unwrap_or(0.0)).collect();
+            (s.breakdown.clone().unwrap_or_default(), json!(values))
+        })
+        .collect())
+}
+
+/// `--cold DIR`: maps the kept image and runs each query once, timing each.
+fn run_cold(dir: &std::path::Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let spill = livora_columnar::Spill::named(dir, usize::MAX)?;
+    let rows: u64 = std::fs::read_to_string(dir.join("rows"))
+        .context("the image's row count (run with --image first)")?
+        .trim()
+        .parse()
+        .context("the image's row count")?;
+    let persons = std::fs::read(dir.join("persons.parquet")).context("the image's persons")?;
+    let mut table = Table {
+        persons: livora_columnar::segment::decode_persons(persons.into())?,
+        ..Table::with_spill(Some(spill.clone()))
+    };
+    let source = livora_columnar::storage::SegmentMeta {
+        path: IMAGE_SOURCE.into(),
+        rows,
+        bytes: 0,
+        min_ts: 0,
+        max_ts: 0,
+    };
+    let held = livora_columnar::image::load(&spill, IMAGE_TENANT, &[source], &mut table);
+    anyhow::ensure!(
+        held == [true],
+        "the image in {} could not be read",
+        dir.display()
+    );
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let end: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().context("end time")?;
+    let (fq, rq, tq) = queries(end)?;
+    let t = Instant::now();
+    let counts = funnel_counts(&table, &fq)?;
+    let funnel_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let matrix = retention_matrix(&table, &rq)?;
+    let retention_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let series = trend_series(&table, &tq)?;
+    let trends_ms = t.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "{}",
+        json!({
+            "events": table.len(),
+            "load_ms": load_ms,
+            "funnel_ms": funnel_ms,
+            "retention_ms": retention_ms,
+            "trends_ms": trends_ms,
+            "counts": counts,
+            "matrix": matrix,
+            "series": series,
+            "rss_mb": crate::bench::rss_mb(std::process::id(), "VmRSS:"),
+        })
+    );
+    Ok(())
 }
 
 pub const STEPS: [&str; 4] = [
@@ -54,14 +208,25 @@ pub const STEPS: [&str; 4] = [
 pub const WINDOW_SECONDS: i64 = 7 * 86_400;
 
 pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
+    if let Some(dir) = &b.cold {
+        return run_cold(dir);
+    }
     let end: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().context("end time")?;
     let days = 90;
     let persons = b.persons.unwrap_or(b.events as u64 / 10).max(1);
     let mut shop = Shop::with_population(11, persons);
     let scratch = tempfile::tempdir().context("spill directory")?;
-    let spill = match b.spill_min_kb {
-        0 => None,
-        kb => Some(livora_columnar::Spill::new(scratch.path(), kb << 10)?),
+    let spill = match (b.spill_min_kb, &b.image) {
+        (_, Some(dir)) => {
+            // A fresh directory: an image left there is of another run.
+            let _ = std::fs::remove_dir_all(dir);
+            Some(livora_columnar::Spill::named(
+                dir,
+                b.spill_min_kb.max(1) << 10,
+            )?)
+        }
+        (0, None) => None,
+        (kb, None) => Some(livora_columnar::Spill::new(scratch.path(), kb << 10)?),
     };
     let mut table = Table::with_spill(spill);
     let started = Instant::now();
@@ -103,121 +268,45 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     if let Some(path) = &b.parquet {
         write_parquet(&table, &redirects, path)?;
     }
+    if let (Some(dir), Some(spill)) = (&b.image, &table.spill.clone()) {
+        // As a server's seal leaves it: one source for every sealed row.
+        table.sources = vec![livora_columnar::image::Source {
+            path: IMAGE_SOURCE.into(),
+            rows: table.sealed as u64,
+        }];
+        let pending = livora_columnar::image::collect(&mut table, IMAGE_TENANT)?;
+        table.image = livora_columnar::image::finish(pending, spill)?;
+        std::fs::write(
+            dir.join("persons.parquet"),
+            livora_columnar::segment::encode_persons(&table.persons)?,
+        )?;
+        std::fs::write(dir.join("rows"), table.sealed.to_string())?;
+    }
     let from = end - chrono::Duration::days(days + 1);
-    let query = FunnelQuery {
-        exclusions: Vec::new(),
-        steps: STEPS
-            .iter()
-            .map(|e| Step {
-                event: (*e).into(),
-                filters: vec![],
-            })
-            .collect(),
-        window_seconds: WINDOW_SECONDS,
-        order: Order::Ordered,
-        from,
-        to: end + chrono::Duration::days(1),
-        persons: None,
-        breakdown: None,
-    };
-    let mut times = Vec::new();
-    let mut result = None;
-    for _ in 0..b.runs.max(1) {
-        if b.evict {
-            table.evict();
+    let (query, rq, tq) = queries(end)?;
+    /// Each run's time (sorted) and the last run's answer.
+    fn timed<R>(
+        b: &AnalyticsBench,
+        table: &Table,
+        mut f: impl FnMut() -> anyhow::Result<R>,
+    ) -> anyhow::Result<(Vec<f64>, R)> {
+        let mut times = Vec::new();
+        let mut last = None;
+        for _ in 0..b.runs.max(1) {
+            if b.evict {
+                table.evict();
+            }
+            let t = Instant::now();
+            last = Some(f()?);
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        let t = Instant::now();
-        let redirects = table.persons.redirects();
-        let r = funnel(&table, &redirects, &query)?;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-        result = Some(r);
+        times.sort_by(f64::total_cmp);
+        Ok((times, last.context("no run")?))
     }
-    times.sort_by(f64::total_cmp);
-    let counts: Vec<u64> = result
-        .map(|r| r.steps.iter().map(|s| s.count).collect())
-        .unwrap_or_default();
-
-    // Weekly retention, 8 weeks from the first Monday 8 weeks before the end: cohorts by first
-    // product view, returning with an order.
-    let first_monday: DateTime<Utc> = "2025-11-03T00:00:00Z".parse().context("monday")?;
-    let rq = RetentionQuery {
-        start_event: Step {
-            event: STEPS[0].into(),
-            filters: vec![],
-        },
-        return_event: Step {
-            event: STEPS[3].into(),
-            filters: vec![],
-        },
-        period: Period::Week,
-        periods: 8,
-        from: first_monday,
-        cohort: Cohort::First,
-    };
-    let mut rtimes = Vec::new();
-    let mut matrix = Vec::new();
-    for _ in 0..b.runs.max(1) {
-        if b.evict {
-            table.evict();
-        }
-        let t = Instant::now();
-        let redirects = table.persons.redirects();
-        let r = retention(&table, &redirects, &rq, chrono_tz::UTC)?;
-        rtimes.push(t.elapsed().as_secs_f64() * 1000.0);
-        matrix = r
-            .cohorts
-            .iter()
-            .map(|c| c.counts.clone())
-            .collect::<Vec<_>>();
-    }
-    rtimes.sort_by(f64::total_cmp);
-
-    // Daily revenue by category over the last 90 days.
-    let tq = TrendsQuery {
-        event: Step {
-            event: STEPS[3].into(),
-            filters: vec![],
-        },
-        metric: Metric::Sum {
-            property: "revenue".into(),
-        },
-        interval: Period::Day,
-        from: end - chrono::Duration::days(90),
-        to: end,
-        breakdown: Some(Breakdown {
-            source: Source::Event,
-            property: "category".into(),
-            limit: 100,
-        }),
-        compare_previous: false,
-    };
-    let mut ttimes = Vec::new();
-    let mut series = serde_json::Map::new();
-    for _ in 0..b.runs.max(1) {
-        if b.evict {
-            table.evict();
-        }
-        let t = Instant::now();
-        let redirects = table.persons.redirects();
-        let r = trends(&table, &redirects, &tq, chrono_tz::UTC)?;
-        ttimes.push(t.elapsed().as_secs_f64() * 1000.0);
-        series = r
-            .series
-            .iter()
-            .map(|s| {
-                (
-                    s.breakdown.clone().unwrap_or_default(),
-                    json!(
-                        s.values
-                            .iter()
-                            .map(|v| v.unwrap_or(0.0))
-                            .collect::<Vec<_>>()
-                    ),
-                )
-            })
-            .collect();
-    }
-    ttimes.sort_by(f64::total_cmp);
+    let (times, counts) = timed(b, &table, || funnel_counts(&table, &query))?;
+    let (rtimes, matrix) = timed(b, &table, || retention_matrix(&table, &rq))?;
+    let first_monday = rq.from;
+    let (ttimes, series) = timed(b, &table, || trend_series(&table, &tq))?;
     let persons = redirects
         .iter()
         .enumerate()

@@ -48,6 +48,11 @@ pub struct MemoryBench {
     /// run (`--keep`), instead of generating one: its tenant named `bench` gets new keys.
     #[arg(long, conflicts_with_all = ["work_dir", "keep"])]
     reuse: Option<PathBuf>,
+    /// Before the restart, write back and drop the kernel's page cache
+    /// (`/proc/sys/vm/drop_caches`, which needs root), so that the restart and each query's
+    /// first run read from the disk: the cold figures.
+    #[arg(long)]
+    drop_caches: bool,
 }
 
 /// The end of the generated history (fixed, so runs are comparable).
@@ -174,7 +179,10 @@ async fn measure(
         stop(&mut child);
     }
 
-    // 2. Restart: sealed segments from Parquet, then the log's unsealed tail.
+    // 2. Restart: sealed rows from the column image (or Parquet), then the log's unsealed tail.
+    if b.drop_caches {
+        drop_page_cache()?;
+    }
     let restarted = Instant::now();
     let (mut child, addr) = spawn_serve(dir, &envs)?;
     let pid = child.id();
@@ -213,8 +221,10 @@ async fn measure(
     let end = metric(&metrics, "livora_columnar_rows").max(1.0) as u64;
     let mapped = metric(&metrics, "livora_columnar_mapped_bytes");
     let evictions = metric(&metrics, "livora_columnar_evictions_total");
+    let image_rows = metric(&metrics, "livora_columnar_image_rows");
     stop(&mut child);
     let columns_bytes = dir_bytes(&dir.join("columns"));
+    let cache_disk = disk_bytes(&dir.join("columns-cache"));
     let summary = json!({
         "events": end,
         "persons": persons,
@@ -233,6 +243,11 @@ async fn measure(
         "restart_peak_rss_mb": restart_hwm_mb,
         "mapped_bytes_per_event": mapped / end as f64,
         "segment_bytes_per_event": columns_bytes as f64 / end as f64,
+        // The column image (the columns' files as allocated on the disk, dictionaries and
+        // descriptions), and the rows the restart took from it.
+        "image_disk_bytes_per_event": cache_disk as f64 / end as f64,
+        "rows_from_image": image_rows,
+        "cold": b.drop_caches,
         "evictions": evictions,
         "query_ms": times,
     });
@@ -329,6 +344,34 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Bytes the files under `dir` take on the disk (allocated blocks: the column files are
+/// sparse past their rows).
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Writes dirty pages back and drops the page cache, dentries and inodes.
+fn drop_page_cache() -> anyhow::Result<()> {
+    let synced = Command::new("sync").status().context("running sync")?;
+    if !synced.success() {
+        bail!("sync failed: {synced}");
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "3").context(
+        "--drop-caches writes /proc/sys/vm/drop_caches, which needs root (and a writable /proc/sys)",
+    )
 }
 
 struct RemoveOnDrop(PathBuf);

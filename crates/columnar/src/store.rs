@@ -1165,6 +1165,23 @@ mod tests {
 
     /// Every row as (canonical person's sorted keys, ts, name, sorted properties): what must
     /// survive sealing, reordering and reloading.
+    /// Row `row`'s properties as `key=value`, sorted (strings quoted).
+    fn props(t: &Table, row: usize) -> Vec<String> {
+        let mut props: Vec<String> = Vec::new();
+        for k in t.strings.keys() {
+            if let Some(v) = t.str_at(*k, row) {
+                props.push(format!("{}={v:?}", t.keys.value(*k).expect("key")));
+            }
+        }
+        for k in t.numbers.keys() {
+            if let Some(v) = t.num_at(*k, row) {
+                props.push(format!("{}={v}", t.keys.value(*k).expect("key")));
+            }
+        }
+        props.sort();
+        props
+    }
+
     fn rows(t: &Table) -> Vec<(Vec<String>, i64, String, Vec<String>)> {
         let redirects = t.persons.redirects();
         let mut members: HashMap<u32, Vec<String>> = HashMap::new();
@@ -1181,18 +1198,7 @@ mod tests {
         }
         let mut out: Vec<_> = (0..t.len())
             .map(|row| {
-                let mut props: Vec<String> = Vec::new();
-                for (k, _) in t.strings.iter() {
-                    if let Some(v) = t.str_at(*k, row) {
-                        props.push(format!("{}={v:?}", t.keys.value(*k).expect("key")));
-                    }
-                }
-                for (k, _) in t.numbers.iter() {
-                    if let Some(v) = t.num_at(*k, row) {
-                        props.push(format!("{}={v}", t.keys.value(*k).expect("key")));
-                    }
-                }
-                props.sort();
+                let props = props(t, row);
                 let root = redirects[t.person[row] as usize];
                 (
                     members[&root].clone(),
@@ -1682,24 +1688,12 @@ mod tests {
         let name = |n: u32| t.names.value(n).expect("name").to_owned();
         let mut rows: Vec<String> = (0..t.len())
             .map(|row| {
-                let mut props: Vec<String> = Vec::new();
-                for k in t.strings.keys() {
-                    if let Some(v) = t.str_at(*k, row) {
-                        props.push(format!("{}={v:?}", t.keys.value(*k).expect("key")));
-                    }
-                }
-                for k in t.numbers.keys() {
-                    if let Some(v) = t.num_at(*k, row) {
-                        props.push(format!("{}={v}", t.keys.value(*k).expect("key")));
-                    }
-                }
-                props.sort();
                 format!(
                     "{} | {} | {} | {} | {}",
                     key(t.person[row]),
                     t.ts[row],
                     name(t.name[row]),
-                    props.join(" "),
+                    props(t, row).join(" "),
                     t.lines_json(row).unwrap_or_default()
                 )
             })

@@ -223,8 +223,8 @@ async fn measure(
     let evictions = metric(&metrics, "livora_columnar_evictions_total");
     let image_rows = metric(&metrics, "livora_columnar_image_rows");
     stop(&mut child);
-    let columns_bytes = dir_bytes(&dir.join("columns"));
-    let cache_disk = disk_bytes(&dir.join("columns-cache"));
+    let columns_bytes = dir_bytes(&dir.join("columns"), false);
+    let cache_disk = dir_bytes(&dir.join("columns-cache"), true);
     let summary = json!({
         "events": end,
         "persons": persons,
@@ -332,23 +332,9 @@ fn stop(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-/// Bytes the files under `dir` take on the disk (allocated blocks: the column files are
-/// sparse past their rows).
-fn disk_bytes(dir: &std::path::Path) -> u64 {
+/// Bytes of the files under `dir`: their lengths, or with `allocated` the blocks they take
+/// on the disk (the column files are sparse past their rows).
+fn dir_bytes(dir: &std::path::Path, allocated: bool) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -356,8 +342,9 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
     entries
         .flatten()
         .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
-            Ok(m) => m.blocks() * 512,
+            Ok(m) if m.is_dir() => dir_bytes(&e.path(), allocated),
+            Ok(m) if allocated => m.blocks() * 512,
+            Ok(m) => m.len(),
             Err(_) => 0,
         })
         .sum()

@@ -340,22 +340,17 @@ impl<T: Plain> Column<T> {
     /// stays as large as it is (its capacity); rows appended go after `len`.
     pub fn open(spill: &Arc<Spill>, id: u64, len: usize) -> std::io::Result<Self> {
         let file = spill.open(id)?;
-        let bytes = match file.metadata() {
-            Ok(m) => m.len() as usize,
-            Err(e) => {
-                spill.retire_open(id);
-                return Err(e);
+        let mapped = file.metadata().and_then(|m| {
+            let cap = m.len() as usize / size_of::<T>();
+            if cap < len.max(1) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("column file {id:016x} holds {cap} values, {len} expected"),
+                ));
             }
-        };
-        let cap = bytes / size_of::<T>();
-        if cap < len.max(1) {
-            spill.retire_open(id);
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("column file {id:016x} holds {cap} values, {len} expected"),
-            ));
-        }
-        let mut m = match map_file::<T>(file, cap, Some(id)) {
+            map_file::<T>(file, cap, Some(id))
+        });
+        let mut m = match mapped {
             Ok(m) => m,
             Err(e) => {
                 spill.retire_open(id);

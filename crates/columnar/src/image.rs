@@ -186,82 +186,47 @@ pub fn collect(t: &mut Table, tenant: Uuid) -> Result<Pending, ImageError> {
             "{rows} sealed rows, their segments hold {from_sources}"
         )));
     }
-    let mut files = Vec::new();
-    let mut ids = HashSet::new();
-    let mut col = |c: &mut dyn Persisted, len: usize| -> Result<ColMeta, ImageError> {
-        c.persist_file()?;
-        let (file, handle) = c
-            .named()
-            .ok_or_else(|| ImageError::Invalid("a column has no named file".into()))?;
-        files.push(handle?);
-        ids.insert(file);
-        Ok(ColMeta {
-            file,
-            len: c.length().min(len),
-        })
-    };
+    let mut named = Named::default();
     let lines = t.lines.row.partition_point(|r| (*r as usize) < rows);
-    let person = col(&mut t.person, rows)?;
-    let ts = col(&mut t.ts, rows)?;
-    let name = col(&mut t.name, rows)?;
+    let person = named.persisted(&mut t.person, rows)?;
+    let ts = named.persisted(&mut t.ts, rows)?;
+    let name = named.persisted(&mut t.name, rows)?;
     let mut strings = Vec::with_capacity(t.strings.len());
     for (k, c) in t.strings.iter_mut() {
-        strings.push((*k, col(c, rows)?));
+        strings.push((*k, named.persisted(c, rows)?));
     }
     let mut numbers = Vec::with_capacity(t.numbers.len());
     for (k, c) in t.numbers.iter_mut() {
-        numbers.push((*k, col(c, rows)?));
+        numbers.push((*k, named.persisted(c, rows)?));
     }
-    let line_row = col(&mut t.lines.row, lines)?;
+    let line_row = named.persisted(&mut t.lines.row, lines)?;
     let mut line_strings = Vec::with_capacity(t.lines.strings.len());
     for (k, c) in t.lines.strings.iter_mut() {
-        line_strings.push((*k, col(c, lines)?));
+        line_strings.push((*k, named.persisted(c, lines)?));
     }
     let mut line_numbers = Vec::with_capacity(t.lines.numbers.len());
     for (k, c) in t.lines.numbers.iter_mut() {
-        line_numbers.push((*k, col(c, lines)?));
+        line_numbers.push((*k, named.persisted(c, lines)?));
     }
     // The runs in order; the image holds the ones with files (all, unless a file could
     // not be made: then the rest are rebuilt at the next start).
     let mut runs = Vec::with_capacity(t.by_person.runs.len());
     for r in &t.by_person.runs {
-        if r.rows.end > rows {
-            break;
-        }
-        let named = [
+        let ids = [
             r.start.file_id(),
             r.row.file_id(),
             r.ts.file_id(),
             r.name.file_id(),
         ];
-        let [Some(start), Some(row), Some(ts), Some(name)] = named else {
+        if r.rows.end > rows || ids.contains(&None) {
             break;
-        };
-        for c in [r.start.file(), r.row.file(), r.name.file(), r.ts.file()]
-            .into_iter()
-            .flatten()
-        {
-            files.push(c?);
         }
-        ids.extend([start, row, ts, name]);
         runs.push(RunMeta {
             rows: (r.rows.start, r.rows.end),
-            start: ColMeta {
-                file: start,
-                len: r.start.len(),
-            },
-            row: ColMeta {
-                file: row,
-                len: r.row.len(),
-            },
-            ts: ColMeta {
-                file: ts,
-                len: r.ts.len(),
-            },
-            name: ColMeta {
-                file: name,
-                len: r.name.len(),
-            },
+            start: named.entry(&r.start, usize::MAX)?,
+            row: named.entry(&r.row, usize::MAX)?,
+            ts: named.entry(&r.ts, usize::MAX)?,
+            name: named.entry(&r.name, usize::MAX)?,
         });
     }
     let chunks = t
@@ -309,8 +274,8 @@ pub fn collect(t: &mut Table, tenant: Uuid) -> Result<Pending, ImageError> {
     Ok(Pending {
         tenant,
         meta,
-        files,
-        ids,
+        files: named.files,
+        ids: named.ids,
         dicts,
     })
 }
@@ -444,11 +409,24 @@ fn try_load(
     let held = held(&meta.segments, segments);
     let rows: usize = meta.segments[..held].iter().map(|s| s.rows as usize).sum();
     let claimed: u64 = meta.segments.iter().map(|s| s.rows).sum();
-    if claimed != meta.rows as u64 || meta.ts.len < meta.rows {
+    if claimed != meta.rows as u64 {
         return Err(ImageError::Invalid(format!(
             "claims {} rows, its segments hold {claimed}",
             meta.rows
         )));
+    }
+    // The kernels index these three by every row, and a run's columns by every entry.
+    if [meta.person, meta.ts, meta.name]
+        .iter()
+        .any(|c| c.len < meta.rows)
+        || meta
+            .runs
+            .iter()
+            .any(|r| r.start.len == 0 || r.row.len != r.ts.len || r.row.len != r.name.len)
+    {
+        return Err(ImageError::Invalid(
+            "a column is shorter than the rows it claims".into(),
+        ));
     }
     if held == 0 {
         remove(spill, tenant);
@@ -489,9 +467,14 @@ fn try_load(
     }
     if runs.windows(2).any(|w| w[0].rows.end != w[1].rows.start)
         || runs.first().is_some_and(|r| r.rows.start != 0)
+        || runs.iter().any(|r| {
+            r.start
+                .last()
+                .is_none_or(|&end| end as usize != r.row.len())
+        })
     {
         return Err(ImageError::Invalid(
-            "the projection's runs are not contiguous".into(),
+            "the projection's runs are not contiguous, or a run's groups do not end with it".into(),
         ));
     }
     let chunks: Vec<Chunk> = meta
@@ -505,6 +488,14 @@ fn try_load(
             names: c.names.clone(),
         })
         .collect();
+    let contiguous = chunks
+        .iter()
+        .try_fold(0, |at, c| (c.rows.start == at).then_some(c.rows.end));
+    if contiguous != Some(rows) {
+        return Err(ImageError::Invalid(
+            "the chunks do not cover the rows it serves".into(),
+        ));
+    }
     let names = read_dict(&dict_path(dir, tenant, "names"), meta.dicts.names)?;
     let keys = read_dict(&dict_path(dir, tenant, "keys"), meta.dicts.keys)?;
     let values = read_dict(&dict_path(dir, tenant, "values"), meta.dicts.values)?;
@@ -629,25 +620,35 @@ fn read_dict(path: &Path, m: DictMeta) -> Result<Dictionary, ImageError> {
     Ok(d)
 }
 
-/// A column of any value type, as [`collect`] needs it.
-trait Persisted {
-    fn persist_file(&mut self) -> std::io::Result<()>;
-    /// The file id and a handle on the file.
-    fn named(&self) -> Option<(u64, std::io::Result<File>)>;
-    fn length(&self) -> usize;
+/// The files an image being written names: to sync, then to pin.
+#[derive(Default)]
+struct Named {
+    files: Vec<File>,
+    ids: HashSet<u64>,
 }
 
-impl<T: Plain> Persisted for Column<T> {
-    fn persist_file(&mut self) -> std::io::Result<()> {
-        self.persist()
+impl Named {
+    /// Column `c` as an image entry of at most `len` values, its file noted.
+    fn entry<T: Plain>(&mut self, c: &Column<T>, len: usize) -> Result<ColMeta, ImageError> {
+        let (Some(file), Some(handle)) = (c.file_id(), c.file()) else {
+            return Err(ImageError::Invalid("a column has no named file".into()));
+        };
+        self.files.push(handle?);
+        self.ids.insert(file);
+        Ok(ColMeta {
+            file,
+            len: c.len().min(len),
+        })
     }
 
-    fn named(&self) -> Option<(u64, std::io::Result<File>)> {
-        Some((self.file_id()?, self.file()?))
-    }
-
-    fn length(&self) -> usize {
-        self.len()
+    /// As [`Named::entry`], after giving the column its file if it has none.
+    fn persisted<T: Plain>(
+        &mut self,
+        c: &mut Column<T>,
+        len: usize,
+    ) -> Result<ColMeta, ImageError> {
+        c.persist()?;
+        self.entry(c, len)
     }
 }
 

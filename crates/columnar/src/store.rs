@@ -1038,33 +1038,47 @@ fn extend_by_person(table: &RwLock<Table>) {
     table.write().unwrap_or_else(|e| e.into_inner()).by_person = extended;
 }
 
-/// Writes the table's image (see [`image`]) when its spill directory names its files. A
-/// failure withdraws the image (the next start decodes the segments) and is logged: the
-/// image is a cache, the segments are already durable.
+/// Writes the table's image (see [`image`]) when its spill directory names its files: taken
+/// under the write lock, written without it.
 async fn write_image(table: Arc<RwLock<Table>>, tenant: TenantId, spill: Option<Arc<Spill>>) {
     let Some(spill) = spill.filter(|s| s.is_named()) else {
         return;
     };
-    let started = Instant::now();
     let done = tokio::task::spawn_blocking(move || {
         let pending = image::collect(
             &mut table.write().unwrap_or_else(|e| e.into_inner()),
             tenant.0,
         );
-        let written = pending.and_then(|p| image::finish(p, &spill));
-        match written {
-            Ok(w) => table.write().unwrap_or_else(|e| e.into_inner()).image = w,
-            Err(e) => {
-                tracing::warn!(tenant = %tenant.0, error = %e, "could not write the column image");
-                image::remove(&spill, tenant.0);
-            }
+        if let Some(w) = finish_image(pending, &spill, tenant) {
+            table.write().unwrap_or_else(|e| e.into_inner()).image = w;
         }
     })
     .await;
     if let Err(e) = done {
         tracing::error!(error = %e, "the column image task failed");
     }
-    tracing::debug!(tenant = %tenant.0, ms = started.elapsed().as_millis() as u64, "wrote the column image");
+}
+
+/// Writes what [`image::collect`] took and returns what the dictionary files now hold. A
+/// failure withdraws the image (the next start decodes the segments) and is logged: the
+/// image is a cache, the segments are already durable.
+fn finish_image(
+    pending: Result<image::Pending, image::ImageError>,
+    spill: &Spill,
+    tenant: TenantId,
+) -> Option<image::Written> {
+    let started = Instant::now();
+    match pending.and_then(|p| image::finish(p, spill)) {
+        Ok(w) => {
+            tracing::debug!(tenant = %tenant.0, ms = started.elapsed().as_millis() as u64, "wrote the column image");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(tenant = %tenant.0, error = %e, "could not write the column image");
+            image::remove(spill, tenant.0);
+            None
+        }
+    }
 }
 
 /// Loads a tenant's sealed segments into a table: from its image (see [`image`]) for the
@@ -1135,16 +1149,17 @@ async fn load_tenant(
     }
     let table = tokio::task::spawn_blocking(move || {
         table.by_person = table.by_person.extended(&table);
+        if let Some(spill) = &named {
+            let pending = image::collect(&mut table, tenant.0);
+            if let Some(w) = finish_image(pending, spill, tenant) {
+                table.image = w;
+            }
+        }
         table
     })
     .await
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     trim(&table);
-    let table = Arc::new(RwLock::new(table));
-    write_image(table.clone(), tenant, named).await;
-    let table = Arc::try_unwrap(table)
-        .map(|t| t.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .map_err(|_| Error::Io(std::io::Error::other("the column image kept the table")))?;
     Ok((table, from_image))
 }
 
@@ -1717,7 +1732,11 @@ mod tests {
         let redirects = t.persons.redirects();
         let key = |p: u32| {
             let (user, id) = t.persons.describe(redirects[p as usize]).expect("person");
-            format!("{}{id}", if user { "u:" } else { "a:" })
+            if user {
+                PersonKey::user(id).into_string()
+            } else {
+                PersonKey::anonymous(id).into_string()
+            }
         };
         let name = |n: u32| t.names.value(n).expect("name").to_owned();
         let mut rows: Vec<String> = (0..t.len())
@@ -1878,8 +1897,8 @@ mod tests {
             .collect()
     }
 
-    /// A damaged image (its description cut short, or a column file gone) is dropped with a
-    /// warning and the tenant is read from its segments; the image written then serves the
+    /// A damaged image (its description cut short, a column file gone, a column shorter than
+    /// its rows, chunks missing) is dropped with a warning and the tenant is read from its segments; the image written then serves the
     /// next start. Files no image names do not pile up across restarts.
     #[tokio::test]
     async fn a_damaged_image_is_dropped_and_the_segments_read() {
@@ -1943,6 +1962,25 @@ mod tests {
             live
         );
         drop(b);
+
+        // Columns shorter than the rows the description claims (the kernels would index
+        // past them), or chunks that leave rows out: not used.
+        for field in ["person", "chunks"] {
+            let mut m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&meta).expect("meta")).expect("json");
+            if field == "person" {
+                m["person"]["len"] = 1.into();
+            } else {
+                m["chunks"].as_array_mut().expect("chunks").remove(0);
+            }
+            std::fs::write(&meta, serde_json::to_vec(&m).expect("json")).expect("write");
+            let d = ColumnStore::open(sealed_store(dir.path()))
+                .await
+                .expect("reopen");
+            assert_eq!(d.rows_from_image(), 0, "{field}");
+            let t = d.table(TenantId(tenant)).expect("t");
+            assert_eq!(view(&ColumnStore::read(&t)), live);
+        }
 
         let c = ColumnStore::open(sealed_store(dir.path()))
             .await

@@ -58,9 +58,16 @@ pub struct AnalyticsBench {
 const IMAGE_TENANT: uuid::Uuid = uuid::Uuid::from_u128(0xbe4c);
 const IMAGE_SOURCE: &str = "bench-analytics";
 
+/// The end of the generated history, and its length in days.
+const END: &str = "2026-01-01T00:00:00Z";
+const DAYS: i64 = 90;
+
+fn end() -> anyhow::Result<DateTime<Utc>> {
+    END.parse().context("end time")
+}
+
 /// The three timed queries over the generated history that ends at `end`.
 fn queries(end: DateTime<Utc>) -> anyhow::Result<(FunnelQuery, RetentionQuery, TrendsQuery)> {
-    let days = 90;
     let funnel = FunnelQuery {
         exclusions: Vec::new(),
         steps: STEPS
@@ -72,7 +79,7 @@ fn queries(end: DateTime<Utc>) -> anyhow::Result<(FunnelQuery, RetentionQuery, T
             .collect(),
         window_seconds: WINDOW_SECONDS,
         order: Order::Ordered,
-        from: end - chrono::Duration::days(days + 1),
+        from: end - chrono::Duration::days(DAYS + 1),
         to: end + chrono::Duration::days(1),
         persons: None,
         breakdown: None,
@@ -104,7 +111,7 @@ fn queries(end: DateTime<Utc>) -> anyhow::Result<(FunnelQuery, RetentionQuery, T
             property: "revenue".into(),
         },
         interval: Period::Day,
-        from: end - chrono::Duration::days(days),
+        from: end - chrono::Duration::days(DAYS),
         to: end,
         breakdown: Some(Breakdown {
             source: Source::Event,
@@ -143,6 +150,37 @@ fn trend_series(
         .collect())
 }
 
+/// Empties `--image DIR` of what an earlier `--image` left there (an image left there is of
+/// another run); a directory holding anything else is refused, not emptied.
+fn clear_image_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let ours = |name: &str| {
+        name == "rows"
+            || name == "persons.parquet"
+            || [".col", ".dict", ".image.json", ".image.json.tmp"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        anyhow::ensure!(
+            entry.file_type()?.is_file() && ours(&name),
+            "--image {}: the directory holds {name}, which is not from an earlier --image; \
+             give an empty or new directory",
+            dir.display()
+        );
+        files.push(entry.path());
+    }
+    for f in files {
+        std::fs::remove_file(&f).with_context(|| format!("remove {}", f.display()))?;
+    }
+    Ok(())
+}
+
 /// `--cold DIR`: maps the kept image and runs each query once, timing each.
 fn run_cold(dir: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -171,8 +209,7 @@ fn run_cold(dir: &std::path::Path) -> anyhow::Result<()> {
         dir.display()
     );
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let end: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().context("end time")?;
-    let (fq, rq, tq) = queries(end)?;
+    let (fq, rq, tq) = queries(end()?)?;
     let t = Instant::now();
     let counts = funnel_counts(&table, &fq)?;
     let funnel_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -211,15 +248,13 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     if let Some(dir) = &b.cold {
         return run_cold(dir);
     }
-    let end: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().context("end time")?;
-    let days = 90;
+    let end = end()?;
     let persons = b.persons.unwrap_or(b.events as u64 / 10).max(1);
     let mut shop = Shop::with_population(11, persons);
     let scratch = tempfile::tempdir().context("spill directory")?;
     let spill = match (b.spill_min_kb, &b.image) {
         (_, Some(dir)) => {
-            // A fresh directory: an image left there is of another run.
-            let _ = std::fs::remove_dir_all(dir);
+            clear_image_dir(dir)?;
             Some(livora_columnar::Spill::named(
                 dir,
                 b.spill_min_kb.max(1) << 10,
@@ -232,7 +267,7 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut log_bytes = 0usize;
     while table.len() < b.events {
-        let at = shop.seasonal_start(end - chrono::Duration::days(days), end);
+        let at = shop.seasonal_start(end - chrono::Duration::days(DAYS), end);
         for m in crate::demo::before(shop.session(at), end) {
             let env = Envelope {
                 received_at: end,
@@ -282,8 +317,8 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
         )?;
         std::fs::write(dir.join("rows"), table.sealed.to_string())?;
     }
-    let from = end - chrono::Duration::days(days + 1);
     let (query, rq, tq) = queries(end)?;
+    let from = query.from;
     /// Each run's time (sorted) and the last run's answer.
     fn timed<R>(
         b: &AnalyticsBench,
@@ -353,8 +388,8 @@ pub fn run(b: &AnalyticsBench) -> anyhow::Result<()> {
             },
             "trends": {
                 "event": STEPS[3],
-                "from_us": (end - chrono::Duration::days(90)).timestamp_micros(),
-                "days": 90,
+                "from_us": (end - chrono::Duration::days(DAYS)).timestamp_micros(),
+                "days": DAYS,
                 "series": series,
                 "median_ms": ttimes[ttimes.len() / 2],
             },

@@ -722,3 +722,57 @@ async fn demo_prints_keys_and_generates_events() {
     }
     assert!(events.iter().any(|e| e["type"] == "identify"));
 }
+
+/// `bench analytics --image DIR` keeps the sealed table as a column image and `--cold DIR`
+/// maps it in a new process with the same answers; a directory holding anything else is
+/// refused, not emptied.
+#[test]
+fn bench_analytics_keeps_an_image_that_a_cold_run_reads_alike() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("image");
+    let image_arg = image.to_str().expect("utf-8 path");
+    let warm = livora(&[
+        "bench",
+        "analytics",
+        "--events",
+        "20000",
+        "--runs",
+        "1",
+        "--image",
+        image_arg,
+    ]);
+    assert!(
+        warm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&warm.stderr)
+    );
+    let warm: serde_json::Value = serde_json::from_slice(&warm.stdout).expect("json");
+    let cold = livora(&["bench", "analytics", "--cold", image_arg]);
+    assert!(
+        cold.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cold.stderr)
+    );
+    let cold: serde_json::Value = serde_json::from_slice(&cold.stdout).expect("json");
+    assert_eq!(cold["events"], warm["events"]);
+    assert_eq!(cold["counts"], warm["counts"]);
+    assert_eq!(cold["matrix"], warm["retention"]["matrix"]);
+    assert_eq!(cold["series"], warm["trends"]["series"]);
+
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    std::fs::write(other.join("notes.txt"), "mine").expect("write");
+    let refused = livora(&[
+        "bench",
+        "analytics",
+        "--events",
+        "1000",
+        "--runs",
+        "1",
+        "--image",
+        other.to_str().expect("utf-8 path"),
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("notes.txt"));
+    assert!(other.join("notes.txt").exists(), "nothing of it deleted");
+}

@@ -36,12 +36,14 @@ use memmap2::{MmapMut, MmapOptions, UncheckedAdvice};
 pub trait Plain: Copy + Send + Sync + fmt::Debug + 'static + private::Sealed {}
 
 impl Plain for u32 {}
+impl Plain for u64 {}
 impl Plain for i64 {}
 impl Plain for f64 {}
 
 mod private {
     pub trait Sealed {}
     impl Sealed for u32 {}
+    impl Sealed for u64 {}
     impl Sealed for i64 {}
     impl Sealed for f64 {}
 }

@@ -4,14 +4,17 @@
 //! segment and rebuilding the projection (86 s and a peak far above the memory limit at
 //! 100 M events before this).
 //!
-//! # Format, version 1
+//! # Format, version 2
 //!
 //! In the named spill directory ([`Spill::named`], `<data_dir>/columns-cache`):
 //!
-//! - `<id>.col`: one column: its values (`u32`, `i64` or `f64`, native byte order) one after
-//!   the other from offset 0. The file may be longer than the column: its capacity, and rows
-//!   not sealed yet. These are the live columns' own files (see [`crate::column`]): a seal
-//!   writes nothing twice, it syncs them.
+//! - `<id>.col`: one column: its values (`u32`, `u64`, `i64` or `f64`, native byte order) one
+//!   after the other from offset 0. The file may be longer than the column: its capacity, and
+//!   rows not sealed yet. These are the live columns' own files (see [`crate::column`]): a
+//!   seal writes nothing twice, it syncs them. A property column ([`Sparse`]) is three files:
+//!   its presence words (`u64`), its rank directory (`u32`) and its values; its entry gives
+//!   the rows it covers. The presence word holding the last claimed row may have bits set
+//!   past it (rows sealed later, or hot): they are cleared when the image is read.
 //! - `<tenant>.names.dict`, `<tenant>.keys.dict`, `<tenant>.values.dict`: a dictionary's values
 //!   in id order, each a little-endian `u32` byte length and the UTF-8 bytes. Append-only.
 //! - `<tenant>.image.json`: the [`Meta`]: format name and version, byte order, the segments
@@ -36,6 +39,10 @@
 //! missing, unreadable, of another version or byte order, or inconsistent is dropped with a
 //! warning and the tenant is loaded from Parquet, then a new image is written. Persons are
 //! not in the image: their ids are stable and the segments' persons file holds them.
+//!
+//! Version 1 stored a property column as one file with a value for every row (`0` or `NaN`
+//! for none); it is still read (converted to sparse columns at the load, after which a
+//! version 2 image replaces it).
 
 use std::fs::File;
 use std::io::Write;
@@ -50,13 +57,16 @@ use uuid::Uuid;
 use crate::by_person::{ByPerson, Run};
 use crate::column::{Column, Plain, Spill};
 use crate::dict::Dictionary;
+use crate::sparse::{self, Sparse};
 use crate::storage::SegmentMeta;
 use crate::table::{Chunk, Table};
 
 /// The `format` field of every image.
 pub const FORMAT: &str = "livora-column-image";
 /// The image version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest image version this build reads.
+pub const OLDEST: u32 = 1;
 
 /// A segment whose rows a table holds: its path and row count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +107,35 @@ struct ColMeta {
     len: usize,
 }
 
+/// A property column in an image.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(untagged)]
+enum PropMeta {
+    /// Version 2: a [`Sparse`] column covering `rows` rows.
+    Sparse {
+        rows: usize,
+        bits: ColMeta,
+        ranks: ColMeta,
+        values: ColMeta,
+    },
+    /// Version 1: a value for every row, `0` or `NaN` for none.
+    Dense(ColMeta),
+}
+
+impl PropMeta {
+    fn files(&self) -> Vec<u64> {
+        match self {
+            Self::Sparse {
+                bits,
+                ranks,
+                values,
+                ..
+            } => vec![bits.file, ranks.file, values.file],
+            Self::Dense(c) => vec![c.file],
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct ChunkMeta {
     rows: (usize, usize),
@@ -119,8 +158,8 @@ struct LinesMeta {
     /// Lines of the claimed rows.
     lines: usize,
     row: ColMeta,
-    strings: Vec<(u32, ColMeta)>,
-    numbers: Vec<(u32, ColMeta)>,
+    strings: Vec<(u32, PropMeta)>,
+    numbers: Vec<(u32, PropMeta)>,
 }
 
 /// An image's description (`<tenant>.image.json`; see the module doc).
@@ -137,8 +176,8 @@ struct Meta {
     person: ColMeta,
     ts: ColMeta,
     name: ColMeta,
-    strings: Vec<(u32, ColMeta)>,
-    numbers: Vec<(u32, ColMeta)>,
+    strings: Vec<(u32, PropMeta)>,
+    numbers: Vec<(u32, PropMeta)>,
     lines: LinesMeta,
     runs: Vec<RunMeta>,
 }
@@ -193,20 +232,20 @@ pub fn collect(t: &mut Table, tenant: Uuid) -> Result<Pending, ImageError> {
     let name = named.persisted(&mut t.name, rows)?;
     let mut strings = Vec::with_capacity(t.strings.len());
     for (k, c) in t.strings.iter_mut() {
-        strings.push((*k, named.persisted(c, rows)?));
+        strings.push((*k, named.sparse(c, rows)?));
     }
     let mut numbers = Vec::with_capacity(t.numbers.len());
     for (k, c) in t.numbers.iter_mut() {
-        numbers.push((*k, named.persisted(c, rows)?));
+        numbers.push((*k, named.sparse(c, rows)?));
     }
     let line_row = named.persisted(&mut t.lines.row, lines)?;
     let mut line_strings = Vec::with_capacity(t.lines.strings.len());
     for (k, c) in t.lines.strings.iter_mut() {
-        line_strings.push((*k, named.persisted(c, lines)?));
+        line_strings.push((*k, named.sparse(c, lines)?));
     }
     let mut line_numbers = Vec::with_capacity(t.lines.numbers.len());
     for (k, c) in t.lines.numbers.iter_mut() {
-        line_numbers.push((*k, named.persisted(c, lines)?));
+        line_numbers.push((*k, named.sparse(c, lines)?));
     }
     // The runs in order; the image holds the ones with files (all, unless a file could
     // not be made: then the rest are rebuilt at the next start).
@@ -395,9 +434,9 @@ fn try_load(
         Err(e) => return Err(e.into()),
     };
     let meta: Meta = serde_json::from_slice(&bytes)?;
-    if meta.format != FORMAT || meta.version != VERSION {
+    if meta.format != FORMAT || !(OLDEST..=VERSION).contains(&meta.version) {
         return Err(ImageError::Invalid(format!(
-            "format {} version {}; this build reads {FORMAT} version {VERSION}",
+            "format {} version {}; this build reads {FORMAT} versions {OLDEST} to {VERSION}",
             meta.format, meta.version
         )));
     }
@@ -438,22 +477,22 @@ fn try_load(
     let name = open_u32(meta.name, rows)?;
     let mut strings = HashMap::with_capacity(meta.strings.len());
     for (k, c) in &meta.strings {
-        strings.insert(*k, open_u32(*c, rows)?);
+        strings.insert(*k, open_prop(spill, *c, rows, |v: &u32| *v != 0)?);
     }
     let mut numbers = HashMap::with_capacity(meta.numbers.len());
     for (k, c) in &meta.numbers {
-        numbers.insert(*k, open::<f64>(spill, *c, rows)?);
+        numbers.insert(*k, open_prop(spill, *c, rows, |v: &f64| !v.is_nan())?);
     }
     let mut line_row = open_u32(meta.lines.row, meta.lines.lines)?;
     let lines = line_row.partition_point(|r| (*r as usize) < rows);
     line_row.truncate(lines);
     let mut line_strings = HashMap::with_capacity(meta.lines.strings.len());
     for (k, c) in &meta.lines.strings {
-        line_strings.insert(*k, open_u32(*c, lines)?);
+        line_strings.insert(*k, open_prop(spill, *c, lines, |v: &u32| *v != 0)?);
     }
     let mut line_numbers = HashMap::with_capacity(meta.lines.numbers.len());
     for (k, c) in &meta.lines.numbers {
-        line_numbers.insert(*k, open::<f64>(spill, *c, lines)?);
+        line_numbers.insert(*k, open_prop(spill, *c, lines, |v: &f64| !v.is_nan())?);
     }
     let mut runs = Vec::new();
     for r in meta.runs.iter().take_while(|r| r.rows.1 <= rows) {
@@ -578,7 +617,7 @@ fn all_files(meta: &Meta) -> HashSet<u64> {
         &meta.lines.strings,
         &meta.lines.numbers,
     ];
-    ids.extend(keyed.into_iter().flatten().map(|(_, c)| c.file));
+    ids.extend(keyed.into_iter().flatten().flat_map(|(_, c)| c.files()));
     for r in &meta.runs {
         ids.extend([r.start.file, r.row.file, r.ts.file, r.name.file]);
     }
@@ -588,6 +627,42 @@ fn all_files(meta: &Meta) -> HashSet<u64> {
 /// Column `c` of an image, its first `len` values (at most its claimed length).
 fn open<T: Plain>(spill: &Arc<Spill>, c: ColMeta, len: usize) -> Result<Column<T>, ImageError> {
     Ok(Column::open(spill, c.file, c.len.min(len))?)
+}
+
+/// Property column `c` of an image, its first `rows` rows at most, as a sparse column
+/// (a version 1 column is converted: `present` tells its values from its blanks).
+fn open_prop<T: Plain>(
+    spill: &Arc<Spill>,
+    c: PropMeta,
+    rows: usize,
+    present: impl Fn(&T) -> bool,
+) -> Result<Sparse<T>, ImageError> {
+    match c {
+        PropMeta::Sparse {
+            rows: covered,
+            bits,
+            ranks,
+            values,
+        } => {
+            let rows = covered.min(rows);
+            let words = rows.div_ceil(64);
+            let parts = (
+                open::<u64>(spill, bits, words)?,
+                open::<u32>(spill, ranks, words.div_ceil(sparse::BLOCK_WORDS))?,
+                open::<T>(spill, values, values.len)?,
+            );
+            Sparse::from_parts(rows, parts.0, parts.1, parts.2)
+                .map_err(|e| ImageError::Invalid(e.to_string()))
+        }
+        PropMeta::Dense(c) => {
+            let dense = open::<T>(spill, c, rows)?;
+            let mut s = Sparse::new(Some(spill.clone()));
+            for (row, v) in dense.iter().enumerate().filter(|(_, v)| present(v)) {
+                s.set(row, *v);
+            }
+            Ok(s)
+        }
+    }
 }
 
 /// A dictionary file's first `m.values` values, as a dictionary with the same ids.
@@ -638,6 +713,19 @@ impl Named {
         Ok(ColMeta {
             file,
             len: c.len().min(len),
+        })
+    }
+
+    /// A property column's three parts as an image entry for its rows below `rows`.
+    fn sparse<T: Plain>(&mut self, c: &mut Sparse<T>, rows: usize) -> Result<PropMeta, ImageError> {
+        let covered = rows.min(c.len());
+        let (words, ranks, values) = c.lengths(covered);
+        let parts = c.parts_mut();
+        Ok(PropMeta::Sparse {
+            rows: covered,
+            bits: self.persisted(parts.0, words)?,
+            ranks: self.persisted(parts.1, ranks)?,
+            values: self.persisted(parts.2, values)?,
         })
     }
 

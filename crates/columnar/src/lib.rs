@@ -6,6 +6,8 @@
 //!   property key and type), with [`Dictionary`]-encoded strings.
 //! - [`Column`] is the column type: on the heap while small, in a memory-mapped scratch file
 //!   once large ([`Spill`]), so history lives in the page cache rather than on the heap.
+//! - [`Sparse`] is the property column type: the values rows have, a presence bitmap and a
+//!   rank directory, so a property most events lack costs them about 1/7 byte each.
 //! - [`ByPerson`] is a person-ordered projection of the sealed rows, for per-person kernels.
 //! - [`ColumnStore`] is a named consumer of the event log (`columnar`) that appends every
 //!   event to its tenant's table.
@@ -21,6 +23,7 @@ pub mod format;
 pub mod image;
 mod persons;
 pub mod segment;
+pub mod sparse;
 pub mod storage;
 mod store;
 mod table;
@@ -31,6 +34,7 @@ pub use dict::Dictionary;
 pub use error::Error;
 pub use persons::{PersonId, Persons};
 pub use segment::export_parquet;
+pub use sparse::Sparse;
 pub use storage::SegmentStore;
 pub use store::{CONSUMER, ColumnOptions, ColumnStore};
 pub use table::{Chunk, Lines, NameUse, NumColumn, StrColumn, Table};

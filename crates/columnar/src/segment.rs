@@ -43,9 +43,9 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::WriterProperties;
 
 use crate::Error;
-use crate::column::Column;
 use crate::format;
 use crate::persons::Persons;
+use crate::sparse::Sparse;
 use crate::table::Table;
 
 const KEY: &str = "livora:key";
@@ -115,24 +115,17 @@ fn plan(t: &Table, rows: &Range<usize>) -> Plan {
         Field::new("event", DataType::Utf8, false),
     ];
     // Property columns with at least one value in range, in key order (stable files).
-    let in_range = |len: usize| rows.start..len.min(rows.end);
     let mut strings: Vec<(&str, u32)> = t
         .strings
         .iter()
-        .filter(|(_, c)| {
-            c.get(in_range(c.len()))
-                .is_some_and(|s| s.iter().any(|v| *v != 0))
-        })
+        .filter(|(_, c)| c.any_in(rows.clone()))
         .filter_map(|(k, _)| Some((t.keys.value(*k)?, *k)))
         .collect();
     strings.sort_by_key(|(k, _)| *k);
     let mut numbers: Vec<(&str, u32)> = t
         .numbers
         .iter()
-        .filter(|(_, c)| {
-            c.get(in_range(c.len()))
-                .is_some_and(|s| s.iter().any(|v| !v.is_nan()))
-        })
+        .filter(|(_, c)| c.any_in(rows.clone()))
         .filter_map(|(k, _)| Some((t.keys.value(*k)?, *k)))
         .collect();
     numbers.sort_by_key(|(k, _)| *k);
@@ -244,22 +237,16 @@ fn batch_columns(t: &Table, rows: Range<usize>, plan: &Plan) -> Vec<ArrayRef> {
         Arc::new(event.finish()),
     ];
     for k in &plan.strings {
-        let col: &[u32] = t.strings.get(k).map_or(&[], |c| c);
         let mut b = StringBuilder::with_capacity(n, n * 8);
-        for row in rows.clone() {
-            match col.get(row).copied().unwrap_or(0) {
-                0 => b.append_null(),
-                v => b.append_option(t.values.value(v - 1)),
-            }
-        }
+        for_each_row(t.strings.get(k), rows.clone(), |v| match v {
+            Some(v) => b.append_option(t.values.value(v.saturating_sub(1))),
+            None => b.append_null(),
+        });
         columns.push(Arc::new(b.finish()));
     }
     for k in &plan.numbers {
-        let col: &[f64] = t.numbers.get(k).map_or(&[], |c| c);
         let mut b = Float64Builder::with_capacity(n);
-        for row in rows.clone() {
-            b.append_option(col.get(row).copied().filter(|v| !v.is_nan()));
-        }
+        for_each_row(t.numbers.get(k), rows.clone(), |v| b.append_option(v));
         columns.push(Arc::new(b.finish()));
     }
     if plan.lines {
@@ -282,6 +269,25 @@ fn property_field(name: String, key: &str, kind: &str) -> Field {
         (KEY.to_owned(), key.to_owned()),
         (TYPE.to_owned(), kind.to_owned()),
     ]))
+}
+
+/// Calls `f` with the value (or none) of each row of `rows` in `col`, in order.
+fn for_each_row<T: crate::column::Plain>(
+    col: Option<&Sparse<T>>,
+    rows: Range<usize>,
+    mut f: impl FnMut(Option<T>),
+) {
+    let start = rows.start;
+    let mut values = col
+        .into_iter()
+        .flat_map(move |c| c.iter_from(start))
+        .peekable();
+    for row in rows {
+        match values.next_if(|(r, _)| *r == row) {
+            Some((_, v)) => f(Some(v)),
+            None => f(None),
+        }
+    }
 }
 
 fn write(schema: Schema, columns: Vec<ArrayRef>, sorted: bool) -> Result<Vec<u8>, Error> {
@@ -356,25 +362,23 @@ fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
                     .as_any()
                     .downcast_ref::<StringArray>()
                     .ok_or_else(|| Error::Segment(format!("{key:?} is not a string column")))?;
-                let mut ids = Vec::with_capacity(n);
+                let col = t
+                    .strings
+                    .entry(k)
+                    .or_insert_with(|| Sparse::new(t.spill.clone()));
                 let mut last: Option<(&str, u32)> = None;
-                for v in a.iter() {
-                    ids.push(match (v, last) {
-                        (None, _) => 0,
+                for (i, v) in a.iter().enumerate() {
+                    let id = match (v, last) {
+                        (None, _) => continue,
                         (Some(v), Some((s, id))) if s == v => id,
                         (Some(v), _) => {
                             let id = t.values.intern(v) + 1;
                             last = Some((v, id));
                             id
                         }
-                    });
+                    };
+                    col.set(base + i, id);
                 }
-                let col = t
-                    .strings
-                    .entry(k)
-                    .or_insert_with(|| Column::new(t.spill.clone()));
-                col.resize(base, 0);
-                col.extend_from_slice(&ids);
             }
             "number" => {
                 let a = array
@@ -384,9 +388,12 @@ fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
                 let col = t
                     .numbers
                     .entry(k)
-                    .or_insert_with(|| Column::new(t.spill.clone()));
-                col.resize(base, f64::NAN);
-                col.extend(a.iter().map(|v| v.unwrap_or(f64::NAN)));
+                    .or_insert_with(|| Sparse::new(t.spill.clone()));
+                for (i, v) in a.iter().enumerate() {
+                    if let Some(v) = v {
+                        col.set(base + i, v);
+                    }
+                }
             }
             "lines" => {
                 let a = array

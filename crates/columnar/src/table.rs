@@ -29,11 +29,12 @@ use crate::column::{Column, Plain, Spill};
 use crate::dict::Dictionary;
 use crate::image::{Source, Written};
 use crate::persons::{PersonId, Persons};
+use crate::sparse::Sparse;
 
-/// A string column: `0` = absent, else value id + 1.
-pub type StrColumn = Column<u32>;
-/// A number column: `NaN` = absent.
-pub type NumColumn = Column<f64>;
+/// A string property column: value id + 1 for the rows that have one.
+pub type StrColumn = Sparse<u32>;
+/// A number property column.
+pub type NumColumn = Sparse<f64>;
 
 #[derive(Debug)]
 pub struct Table {
@@ -125,8 +126,8 @@ impl Lines {
 
     fn heap_bytes(&self) -> usize {
         self.row.heap_bytes()
-            + self.strings.values().map(Column::heap_bytes).sum::<usize>()
-            + self.numbers.values().map(Column::heap_bytes).sum::<usize>()
+            + self.strings.values().map(Sparse::heap_bytes).sum::<usize>()
+            + self.numbers.values().map(Sparse::heap_bytes).sum::<usize>()
     }
 }
 
@@ -314,13 +315,13 @@ impl Table {
             match v {
                 Scalar::Str(s) => {
                     let v = self.values.intern(&s) + 1;
-                    put(&mut self.lines.strings, &self.spill, key, line, v, 0);
+                    put(&mut self.lines.strings, &self.spill, key, line, v);
                 }
                 Scalar::Bool(b) => {
                     let v = self.values.intern(if b { "true" } else { "false" }) + 1;
-                    put(&mut self.lines.strings, &self.spill, key, line, v, 0);
+                    put(&mut self.lines.strings, &self.spill, key, line, v);
                 }
-                Scalar::Num(n) => put(&mut self.lines.numbers, &self.spill, key, line, n, f64::NAN),
+                Scalar::Num(n) => put(&mut self.lines.numbers, &self.spill, key, line, n),
                 Scalar::Items(_) | Scalar::Object(_) | Scalar::Other => {}
             }
         }
@@ -383,11 +384,11 @@ impl Table {
             ),
             (
                 "string columns",
-                self.strings.values().map(Column::heap_bytes).sum(),
+                self.strings.values().map(Sparse::heap_bytes).sum(),
             ),
             (
                 "number columns",
-                self.numbers.values().map(Column::heap_bytes).sum(),
+                self.numbers.values().map(Sparse::heap_bytes).sum(),
             ),
             (
                 "dictionaries",
@@ -459,7 +460,7 @@ impl Table {
             permute(&mut self.ts, start, &order);
             permute(&mut self.person, start, &order);
             permute(&mut self.name, start, &order);
-            permute_columns(&mut self.strings, &mut self.numbers, start, len, &order);
+            permute_columns(&mut self.strings, &mut self.numbers, start, &order);
             self.move_lines(start, &order);
         }
         let mut days: Vec<Range<usize>> = Vec::new();
@@ -495,13 +496,7 @@ impl Table {
             .row
             .extend(by_row.iter().map(|i| rows[*i as usize]));
         let lines = &mut self.lines;
-        permute_columns(
-            &mut lines.strings,
-            &mut lines.numbers,
-            first,
-            total,
-            &by_row,
-        );
+        permute_columns(&mut lines.strings, &mut lines.numbers, first, &by_row);
     }
 
     /// Marks the given ranges (the hot rows, as [`Table::order_hot`] returned them) sealed.
@@ -580,11 +575,7 @@ impl Table {
     /// The string value of property `key` at `row`.
     pub fn str_at(&self, key: u32, row: usize) -> Option<&str> {
         let v = *self.strings.get(&key)?.get(row)?;
-        if v == 0 {
-            None
-        } else {
-            self.values.value(v - 1)
-        }
+        self.values.value(v.checked_sub(1)?)
     }
 
     /// The number value of property `key` at `row`.
@@ -596,46 +587,40 @@ impl Table {
     fn set_str(&mut self, row: usize, key: &str, value: &str) {
         let k = self.keys.intern(key);
         let v = self.values.intern(value) + 1;
-        put(&mut self.strings, &self.spill, k, row, v, 0);
+        put(&mut self.strings, &self.spill, k, row, v);
     }
 
     fn set_num(&mut self, row: usize, key: &str, value: f64) {
         let k = self.keys.intern(key);
-        put(&mut self.numbers, &self.spill, k, row, value, f64::NAN);
+        put(&mut self.numbers, &self.spill, k, row, value);
     }
 }
 
-/// Sets `cols[key][at] = value`, padding the column with `absent` up to `at`.
+/// Sets `cols[key][at] = value`.
 fn put<T: Plain>(
-    cols: &mut HashMap<u32, Column<T>>,
+    cols: &mut HashMap<u32, Sparse<T>>,
     spill: &Option<Arc<Spill>>,
     key: u32,
     at: usize,
     value: T,
-    absent: T,
 ) {
-    let col = cols
-        .entry(key)
-        .or_insert_with(|| Column::new(spill.clone()));
-    col.resize(at, absent);
-    col.push(value);
+    cols.entry(key)
+        .or_insert_with(|| Sparse::new(spill.clone()))
+        .set(at, value);
 }
 
-/// Applies [`permute`] from `start` to every column that reaches past it (padded to `len`).
+/// Applies [`Sparse::permute_from`] from `start` to every column that reaches past it.
 fn permute_columns(
     strings: &mut HashMap<u32, StrColumn>,
     numbers: &mut HashMap<u32, NumColumn>,
     start: usize,
-    len: usize,
     order: &[u32],
 ) {
-    for col in strings.values_mut().filter(|c| c.len() > start) {
-        col.resize(len, 0);
-        permute(col, start, order);
+    for col in strings.values_mut() {
+        col.permute_from(start, order);
     }
-    for col in numbers.values_mut().filter(|c| c.len() > start) {
-        col.resize(len, f64::NAN);
-        permute(col, start, order);
+    for col in numbers.values_mut() {
+        col.permute_from(start, order);
     }
 }
 

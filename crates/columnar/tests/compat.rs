@@ -306,12 +306,11 @@ async fn a_newer_manifest_version_is_refused() {
     }
 }
 
-/// The v1 image (`tests/compat/image-v1/`, written by the seals of `rounds()` over the v1
-/// store's segments) is read instead of the segments, and holds the same rows; its
+/// Image `version` (`tests/compat/image-v<N>/`, written by the seals of `rounds()` over the
+/// v1 store's segments) is read instead of the segments, and holds the same rows; its
 /// person-ordered projection is read too, not rebuilt.
-#[tokio::test]
-async fn reads_the_v1_image() {
-    let dir = v1_with_image(1);
+async fn reads_image(version: u32) {
+    let dir = v1_with_image(version);
     let store = ColumnStore::open(image_options(dir.path()))
         .await
         .expect("open the v1 store with its image");
@@ -336,17 +335,33 @@ async fn reads_the_v1_image() {
     assert!(anon1.is_sorted(), "{anon1:?}");
 }
 
+/// Version 1: property columns with a value for every row, converted at the load.
+#[tokio::test]
+async fn reads_the_v1_image() {
+    reads_image(1).await;
+}
+
+/// Version 2: sparse property columns.
+#[tokio::test]
+async fn reads_the_v2_image() {
+    reads_image(2).await;
+}
+
 /// An image of a version this build does not know is not read: the segments are, and a
 /// new image replaces it.
 #[tokio::test]
 async fn a_newer_image_version_is_not_read() {
-    let dir = v1_with_image(1);
+    let dir = v1_with_image(image::VERSION);
     let meta = dir
         .path()
         .join("columns-cache")
         .join(format!("{TENANT}.image.json"));
     let text = std::fs::read_to_string(&meta).expect("read");
-    let newer = text.replacen("\"version\":1,", "\"version\":2,", 1);
+    let newer = text.replacen(
+        &format!("\"version\":{},", image::VERSION),
+        &format!("\"version\":{},", image::VERSION + 1),
+        1,
+    );
     assert_ne!(newer, text);
     std::fs::write(&meta, newer).expect("write");
     let store = ColumnStore::open(image_options(dir.path()))

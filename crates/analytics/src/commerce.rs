@@ -170,7 +170,7 @@ pub fn commerce(
     );
     let amount = |row: usize| -> f64 {
         let get = |c: Option<&livora_columnar::NumColumn>| {
-            c.and_then(|c| c.get(row)).copied().filter(|x| !x.is_nan())
+            c.and_then(|c| c.get(row)).filter(|x| !x.is_nan())
         };
         get(revenue_col).or_else(|| get(total_col)).unwrap_or(0.0)
     };
@@ -207,7 +207,7 @@ pub fn commerce(
                     continue;
                 };
                 p.visitors.push(person);
-                let product = || product_col.and_then(|c| c.get(row)).copied().unwrap_or(0);
+                let product = || product_col.and_then(|c| c.get(row)).unwrap_or(0);
                 if is_order {
                     let x = amount(row);
                     p.revenue[b] += x;

@@ -576,7 +576,7 @@ pub fn funnel(t: &Table, redirects: &[u32], q: &FunnelQuery) -> Result<FunnelRes
                 let person = redirects.get(p).copied().unwrap_or(p as u32);
                 col.strs.get(person as usize).copied().unwrap_or(0)
             }
-            None => breakdown_col.and_then(|c| c.get(row)).copied().unwrap_or(0),
+            None => breakdown_col.and_then(|c| c.get(row)).unwrap_or(0),
         };
         (mask, value)
     };

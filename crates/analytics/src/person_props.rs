@@ -34,15 +34,12 @@ impl PersonColumn {
             let p = t.person[row] as usize;
             let c = redirects.get(p).copied().unwrap_or(p as u32) as usize;
             let ts = t.ts[row];
-            if let Some(v) = scol.and_then(|c| c.get(row)).copied().filter(|v| *v != 0)
+            if let Some(v) = scol.and_then(|c| c.get(row)).filter(|v| *v != 0)
                 && ts >= at_s[c]
             {
                 (strs[c], at_s[c]) = (v, ts);
             }
-            if let Some(x) = ncol
-                .and_then(|c| c.get(row))
-                .copied()
-                .filter(|x| !x.is_nan())
+            if let Some(x) = ncol.and_then(|c| c.get(row)).filter(|x| !x.is_nan())
                 && ts >= at_n[c]
             {
                 (nums[c], at_n[c]) = (x, ts);

@@ -238,7 +238,7 @@ fn run(
                         let c = redirects.get(p).copied().unwrap_or(p as u32) as usize;
                         col.strs.get(c).copied()
                     }
-                    None => breakdown_col.and_then(|c| c.get(row)).copied(),
+                    None => breakdown_col.and_then(|c| c.get(row)),
                 }
                 .filter(|v| *v != 0);
                 // Key 0 is "no value"; a value is its id + 1, as in the string column.
@@ -261,7 +261,6 @@ fn run(
                 cell.events += 1;
                 if let Some(x) = number_col
                     .and_then(|c| c.get(row))
-                    .copied()
                     .filter(|x| !x.is_nan())
                 {
                     cell.n += 1;

@@ -32,20 +32,34 @@ use hashbrown::{HashMap, HashSet};
 
 use memmap2::{MmapMut, MmapOptions, UncheckedAdvice};
 
-/// A value a column holds: plain old data of 4 or 8 bytes, any bit pattern valid.
-pub trait Plain: Copy + Send + Sync + fmt::Debug + 'static + private::Sealed {}
+/// A value a column holds: plain old data of 1, 2, 4 or 8 bytes, any bit pattern valid.
+pub trait Plain: Copy + Send + Sync + fmt::Debug + 'static + private::Sealed {
+    /// The value's bits, as a key that tells values apart (`f64`: by bit pattern).
+    fn key(self) -> u64;
+}
 
-impl Plain for u32 {}
-impl Plain for u64 {}
-impl Plain for i64 {}
-impl Plain for f64 {}
+macro_rules! plain_int {
+    ($($t:ty),*) => {$(
+        impl Plain for $t {
+            fn key(self) -> u64 {
+                self as u64
+            }
+        }
+        impl private::Sealed for $t {}
+    )*};
+}
+
+plain_int!(u8, u16, u32, u64, i64);
+
+impl Plain for f64 {
+    fn key(self) -> u64 {
+        self.to_bits()
+    }
+}
+impl private::Sealed for f64 {}
 
 mod private {
     pub trait Sealed {}
-    impl Sealed for u32 {}
-    impl Sealed for u64 {}
-    impl Sealed for i64 {}
-    impl Sealed for f64 {}
 }
 
 /// Where large columns go, shared by every column of a store.

@@ -55,6 +55,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::by_person::{ByPerson, Run};
+use crate::coded::{Coded, Codes};
 use crate::column::{Column, Plain, Spill};
 use crate::dict::Dictionary;
 use crate::sparse::{self, Sparse};
@@ -111,12 +112,15 @@ struct ColMeta {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(untagged)]
 enum PropMeta {
-    /// Version 2: a [`Sparse`] column covering `rows` rows.
+    /// Version 2: a [`Coded`] column covering `rows` rows: its [`Sparse`] parts, its
+    /// values `width` bytes each (1 or 2: codes into `dict`; else the values themselves).
     Sparse {
         rows: usize,
+        width: usize,
         bits: ColMeta,
         ranks: ColMeta,
         values: ColMeta,
+        dict: Option<ColMeta>,
     },
     /// Version 1: a value for every row, `0` or `NaN` for none.
     Dense(ColMeta),
@@ -129,8 +133,13 @@ impl PropMeta {
                 bits,
                 ranks,
                 values,
+                dict,
                 ..
-            } => vec![bits.file, ranks.file, values.file],
+            } => [bits, ranks, values]
+                .into_iter()
+                .chain(dict)
+                .map(|c| c.file)
+                .collect(),
             Self::Dense(c) => vec![c.file],
         }
     }
@@ -232,20 +241,20 @@ pub fn collect(t: &mut Table, tenant: Uuid) -> Result<Pending, ImageError> {
     let name = named.persisted(&mut t.name, rows)?;
     let mut strings = Vec::with_capacity(t.strings.len());
     for (k, c) in t.strings.iter_mut() {
-        strings.push((*k, named.sparse(c, rows)?));
+        strings.push((*k, named.coded(c, rows)?));
     }
     let mut numbers = Vec::with_capacity(t.numbers.len());
     for (k, c) in t.numbers.iter_mut() {
-        numbers.push((*k, named.sparse(c, rows)?));
+        numbers.push((*k, named.coded(c, rows)?));
     }
     let line_row = named.persisted(&mut t.lines.row, lines)?;
     let mut line_strings = Vec::with_capacity(t.lines.strings.len());
     for (k, c) in t.lines.strings.iter_mut() {
-        line_strings.push((*k, named.sparse(c, lines)?));
+        line_strings.push((*k, named.coded(c, lines)?));
     }
     let mut line_numbers = Vec::with_capacity(t.lines.numbers.len());
     for (k, c) in t.lines.numbers.iter_mut() {
-        line_numbers.push((*k, named.sparse(c, lines)?));
+        line_numbers.push((*k, named.coded(c, lines)?));
     }
     // The runs in order; the image holds the ones with files (all, unless a file could
     // not be made: then the rest are rebuilt at the next start).
@@ -629,34 +638,61 @@ fn open<T: Plain>(spill: &Arc<Spill>, c: ColMeta, len: usize) -> Result<Column<T
     Ok(Column::open(spill, c.file, c.len.min(len))?)
 }
 
-/// Property column `c` of an image, its first `rows` rows at most, as a sparse column
-/// (a version 1 column is converted: `present` tells its values from its blanks).
+/// Property column `c` of an image, its first `rows` rows at most (a version 1 column is
+/// converted: `present` tells its values from its blanks).
 fn open_prop<T: Plain>(
     spill: &Arc<Spill>,
     c: PropMeta,
     rows: usize,
     present: impl Fn(&T) -> bool,
-) -> Result<Sparse<T>, ImageError> {
+) -> Result<Coded<T>, ImageError> {
     match c {
         PropMeta::Sparse {
             rows: covered,
+            width,
             bits,
             ranks,
             values,
+            dict,
         } => {
             let rows = covered.min(rows);
             let words = rows.div_ceil(64);
-            let parts = (
-                open::<u64>(spill, bits, words)?,
-                open::<u32>(spill, ranks, words.div_ceil(sparse::BLOCK_WORDS))?,
-                open::<T>(spill, values, values.len)?,
-            );
-            Sparse::from_parts(rows, parts.0, parts.1, parts.2)
-                .map_err(|e| ImageError::Invalid(e.to_string()))
+            let bits = open::<u64>(spill, bits, words)?;
+            let ranks = open::<u32>(spill, ranks, words.div_ceil(sparse::BLOCK_WORDS))?;
+            let bad = |e: sparse::Inconsistent| ImageError::Invalid(e.to_string());
+            let codes = match width {
+                1 => Codes::U8(
+                    Sparse::from_parts(rows, bits, ranks, open(spill, values, values.len)?)
+                        .map_err(bad)?,
+                ),
+                2 => Codes::U16(
+                    Sparse::from_parts(rows, bits, ranks, open(spill, values, values.len)?)
+                        .map_err(bad)?,
+                ),
+                w if w == size_of::<T>() => Codes::Plain(
+                    Sparse::from_parts(rows, bits, ranks, open(spill, values, values.len)?)
+                        .map_err(bad)?,
+                ),
+                w => {
+                    return Err(ImageError::Invalid(format!(
+                        "a property column of {w}-byte values"
+                    )));
+                }
+            };
+            let dict = match (width, dict) {
+                (1 | 2, Some(d)) => open::<T>(spill, d, d.len)?,
+                (1 | 2, None) => {
+                    return Err(ImageError::Invalid(
+                        "a property column of codes without its values".into(),
+                    ));
+                }
+                _ => Column::new(Some(spill.clone())),
+            };
+            Ok(Coded::from_parts(codes, dict, Some(spill.clone())))
         }
         PropMeta::Dense(c) => {
             let dense = open::<T>(spill, c, rows)?;
-            let mut s = Sparse::new(Some(spill.clone()));
+            let mut s = Coded::new(Some(spill.clone()));
             for (row, v) in dense.iter().enumerate().filter(|(_, v)| present(v)) {
                 s.set(row, *v);
             }
@@ -716,17 +752,45 @@ impl Named {
         })
     }
 
-    /// A property column's three parts as an image entry for its rows below `rows`.
-    fn sparse<T: Plain>(&mut self, c: &mut Sparse<T>, rows: usize) -> Result<PropMeta, ImageError> {
-        let covered = rows.min(c.len());
-        let (words, ranks, values) = c.lengths(covered);
-        let parts = c.parts_mut();
+    /// A property column's parts as an image entry for its rows below `rows`.
+    fn coded<T: Plain>(&mut self, c: &mut Coded<T>, rows: usize) -> Result<PropMeta, ImageError> {
+        let (codes, dict) = c.parts_mut();
+        let (rows, width, [bits, ranks, values]) = match codes {
+            Codes::U8(s) => self.sparse(s, rows)?,
+            Codes::U16(s) => self.sparse(s, rows)?,
+            Codes::Plain(s) => self.sparse(s, rows)?,
+        };
+        let dict = if width <= 2 {
+            Some(self.persisted(dict, usize::MAX)?)
+        } else {
+            None
+        };
         Ok(PropMeta::Sparse {
-            rows: covered,
-            bits: self.persisted(parts.0, words)?,
-            ranks: self.persisted(parts.1, ranks)?,
-            values: self.persisted(parts.2, values)?,
+            rows,
+            width,
+            bits,
+            ranks,
+            values,
+            dict,
         })
+    }
+
+    /// A sparse column's three parts for its rows below `rows`: rows covered, value width,
+    /// and the entries of its presence words, ranks and values.
+    fn sparse<U: Plain>(
+        &mut self,
+        s: &mut Sparse<U>,
+        rows: usize,
+    ) -> Result<(usize, usize, [ColMeta; 3]), ImageError> {
+        let covered = rows.min(s.len());
+        let (words, ranks, values) = s.lengths(covered);
+        let parts = s.parts_mut();
+        let entries = [
+            self.persisted(parts.0, words)?,
+            self.persisted(parts.1, ranks)?,
+            self.persisted(parts.2, values)?,
+        ];
+        Ok((covered, size_of::<U>(), entries))
     }
 
     /// As [`Named::entry`], after giving the column its file if it has none.

@@ -6,8 +6,9 @@
 //!   property key and type), with [`Dictionary`]-encoded strings.
 //! - [`Column`] is the column type: on the heap while small, in a memory-mapped scratch file
 //!   once large ([`Spill`]), so history lives in the page cache rather than on the heap.
-//! - [`Sparse`] is the property column type: the values rows have, a presence bitmap and a
-//!   rank directory, so a property most events lack costs them about 1/7 byte each.
+//! - [`Coded`] is the property column type: a [`Sparse`] column (the values rows have, a
+//!   presence bitmap and a rank directory, so a property most events lack costs them about
+//!   1/7 byte each) of 1- or 2-byte codes into the column's distinct values while it has few.
 //! - [`ByPerson`] is a person-ordered projection of the sealed rows, for per-person kernels.
 //! - [`ColumnStore`] is a named consumer of the event log (`columnar`) that appends every
 //!   event to its tenant's table.
@@ -16,6 +17,7 @@
 //!   time), one file per tenant and UTC day, in the data directory or in object storage.
 
 pub mod by_person;
+pub mod coded;
 pub mod column;
 mod dict;
 mod error;
@@ -29,6 +31,7 @@ mod store;
 mod table;
 
 pub use by_person::ByPerson;
+pub use coded::Coded;
 pub use column::{Column, Spill};
 pub use dict::Dictionary;
 pub use error::Error;

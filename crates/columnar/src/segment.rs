@@ -43,9 +43,9 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::WriterProperties;
 
 use crate::Error;
+use crate::coded::Coded;
 use crate::format;
 use crate::persons::Persons;
-use crate::sparse::Sparse;
 use crate::table::Table;
 
 const KEY: &str = "livora:key";
@@ -273,7 +273,7 @@ fn property_field(name: String, key: &str, kind: &str) -> Field {
 
 /// Calls `f` with the value (or none) of each row of `rows` in `col`, in order.
 fn for_each_row<T: crate::column::Plain>(
-    col: Option<&Sparse<T>>,
+    col: Option<&Coded<T>>,
     rows: Range<usize>,
     mut f: impl FnMut(Option<T>),
 ) {
@@ -365,7 +365,7 @@ fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
                 let col = t
                     .strings
                     .entry(k)
-                    .or_insert_with(|| Sparse::new(t.spill.clone()));
+                    .or_insert_with(|| Coded::new(t.spill.clone()));
                 let mut last: Option<(&str, u32)> = None;
                 for (i, v) in a.iter().enumerate() {
                     let id = match (v, last) {
@@ -388,7 +388,7 @@ fn append_batch(b: &RecordBatch, t: &mut Table) -> Result<usize, Error> {
                 let col = t
                     .numbers
                     .entry(k)
-                    .or_insert_with(|| Sparse::new(t.spill.clone()));
+                    .or_insert_with(|| Coded::new(t.spill.clone()));
                 for (i, v) in a.iter().enumerate() {
                     if let Some(v) = v {
                         col.set(base + i, v);

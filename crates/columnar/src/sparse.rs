@@ -277,6 +277,20 @@ impl<T: Plain> Sparse<T> {
 }
 
 impl<T: Plain> Sparse<T> {
+    /// The same rows with each value mapped by `f` (the presence bits and ranks are kept;
+    /// the values move to a new column).
+    pub fn map_values<U: Plain>(self, spill: Option<Arc<Spill>>, f: impl Fn(T) -> U) -> Sparse<U> {
+        let mut values = Column::new(spill);
+        values.reserve(self.values.len());
+        values.extend(self.values.iter().map(|v| f(*v)));
+        Sparse {
+            rows: self.rows,
+            bits: self.bits,
+            ranks: self.ranks,
+            values,
+        }
+    }
+
     /// Reorders rows `start..start + order.len()` so that row `start + i` holds what row
     /// `start + order[i]` held; rows past `start` only are rewritten.
     pub fn permute_from(&mut self, start: usize, order: &[u32]) {

@@ -1816,6 +1816,61 @@ mod tests {
         (user, anon, format!("E{name}"), secs, props)
     }
 
+    /// Property columns of every width (1-byte codes, 2-byte codes, plain values, some
+    /// widened after a seal wrote them to the image) read back from the image as they were.
+    #[tokio::test]
+    async fn an_image_holds_property_columns_of_every_width() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let tenant = Uuid::from_u128(1);
+        let store = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("open");
+        let event = |i: usize| -> Ev {
+            let props = vec![
+                ("few".to_owned(), serde_json::json!(format!("f{}", i % 3))),
+                ("some".to_owned(), serde_json::json!(i % 1000)),
+                ("all".to_owned(), serde_json::json!(format!("v{i}"))),
+            ];
+            (
+                Some(format!("u{}", i % 50)),
+                None,
+                "E".to_owned(),
+                i as i64,
+                props,
+            )
+        };
+        // Sealed while "some" and "all" still have 1-byte codes, then widened past the seal.
+        for i in 0..200 {
+            store.apply(&[record(i as u64, tenant, &event(i))]);
+        }
+        store.seal(None).await.expect("seal");
+        for i in 200..70_000 {
+            store.apply(&[record(i as u64, tenant, &event(i))]);
+        }
+        store.seal(None).await.expect("seal");
+        let live = {
+            let t = store.table(TenantId(tenant)).expect("table");
+            let t = ColumnStore::read(&t);
+            let width = |k: &str| {
+                t.strings
+                    .get(&t.keys.get(k).expect("key"))
+                    .map(|c| c.width())
+            };
+            assert_eq!(width("few"), Some(1));
+            assert_eq!(width("all"), Some(4));
+            let some = t.keys.get("some").expect("key");
+            assert_eq!(t.numbers.get(&some).map(|c| c.width()), Some(2));
+            view(&t)
+        };
+        drop(store);
+        let a = ColumnStore::open(sealed_store(dir.path()))
+            .await
+            .expect("reopen");
+        assert_eq!(a.rows_from_image(), 70_000, "every row from the image");
+        let t = a.table(TenantId(tenant)).expect("table");
+        assert_eq!(view(&ColumnStore::read(&t)), live);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
         /// A restart maps the image its store wrote instead of decoding the segments, and

@@ -25,16 +25,16 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 
 use crate::by_person::ByPerson;
+use crate::coded::Coded;
 use crate::column::{Column, Plain, Spill};
 use crate::dict::Dictionary;
 use crate::image::{Source, Written};
 use crate::persons::{PersonId, Persons};
-use crate::sparse::Sparse;
 
 /// A string property column: value id + 1 for the rows that have one.
-pub type StrColumn = Sparse<u32>;
+pub type StrColumn = Coded<u32>;
 /// A number property column.
-pub type NumColumn = Sparse<f64>;
+pub type NumColumn = Coded<f64>;
 
 #[derive(Debug)]
 pub struct Table {
@@ -111,8 +111,7 @@ impl Lines {
 
     /// The number value of field `key` on line `line`.
     pub fn num_at(&self, key: u32, line: usize) -> Option<f64> {
-        let v = *self.numbers.get(&key)?.get(line)?;
-        (!v.is_nan()).then_some(v)
+        self.numbers.get(&key)?.get(line)
     }
 
     /// The string value id + 1 of field `key` on line `line` (`0`: none).
@@ -120,14 +119,13 @@ impl Lines {
         self.strings
             .get(&key)
             .and_then(|c| c.get(line))
-            .copied()
             .unwrap_or(0)
     }
 
     fn heap_bytes(&self) -> usize {
         self.row.heap_bytes()
-            + self.strings.values().map(Sparse::heap_bytes).sum::<usize>()
-            + self.numbers.values().map(Sparse::heap_bytes).sum::<usize>()
+            + self.strings.values().map(Coded::heap_bytes).sum::<usize>()
+            + self.numbers.values().map(Coded::heap_bytes).sum::<usize>()
     }
 }
 
@@ -384,11 +382,11 @@ impl Table {
             ),
             (
                 "string columns",
-                self.strings.values().map(Sparse::heap_bytes).sum(),
+                self.strings.values().map(Coded::heap_bytes).sum(),
             ),
             (
                 "number columns",
-                self.numbers.values().map(Sparse::heap_bytes).sum(),
+                self.numbers.values().map(Coded::heap_bytes).sum(),
             ),
             (
                 "dictionaries",
@@ -574,14 +572,13 @@ impl Table {
 
     /// The string value of property `key` at `row`.
     pub fn str_at(&self, key: u32, row: usize) -> Option<&str> {
-        let v = *self.strings.get(&key)?.get(row)?;
+        let v = self.strings.get(&key)?.get(row)?;
         self.values.value(v.checked_sub(1)?)
     }
 
     /// The number value of property `key` at `row`.
     pub fn num_at(&self, key: u32, row: usize) -> Option<f64> {
-        let v = *self.numbers.get(&key)?.get(row)?;
-        (!v.is_nan()).then_some(v)
+        self.numbers.get(&key)?.get(row)
     }
 
     fn set_str(&mut self, row: usize, key: &str, value: &str) {
@@ -598,18 +595,18 @@ impl Table {
 
 /// Sets `cols[key][at] = value`.
 fn put<T: Plain>(
-    cols: &mut HashMap<u32, Sparse<T>>,
+    cols: &mut HashMap<u32, Coded<T>>,
     spill: &Option<Arc<Spill>>,
     key: u32,
     at: usize,
     value: T,
 ) {
     cols.entry(key)
-        .or_insert_with(|| Sparse::new(spill.clone()))
+        .or_insert_with(|| Coded::new(spill.clone()))
         .set(at, value);
 }
 
-/// Applies [`Sparse::permute_from`] from `start` to every column that reaches past it.
+/// Applies [`Coded::permute_from`] from `start` to every column that reaches past it.
 fn permute_columns(
     strings: &mut HashMap<u32, StrColumn>,
     numbers: &mut HashMap<u32, NumColumn>,

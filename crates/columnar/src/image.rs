@@ -11,10 +11,13 @@
 //! - `<id>.col`: one column: its values (`u32`, `u64`, `i64` or `f64`, native byte order) one
 //!   after the other from offset 0. The file may be longer than the column: its capacity, and
 //!   rows not sealed yet. These are the live columns' own files (see [`crate::column`]): a
-//!   seal writes nothing twice, it syncs them. A property column ([`Sparse`]) is three files:
-//!   its presence words (`u64`), its rank directory (`u32`) and its values; its entry gives
-//!   the rows it covers. The presence word holding the last claimed row may have bits set
-//!   past it (rows sealed later, or hot): they are cleared when the image is read.
+//!   seal writes nothing twice, it syncs them. A property column ([`Coded`] over [`Sparse`])
+//!   is its presence words (`u64`), its rank directory (`u32`) and its values, `width` bytes
+//!   each: 1- or 2-byte codes into a fourth file holding its distinct values (`u32` value ids
+//!   or `f64`) by code, or the values themselves; its entry gives the rows it covers. The
+//!   presence word holding the last claimed row may have bits set past it (rows sealed
+//!   later, or hot): they are cleared when the image is read. A code past the value list
+//!   reads as no value.
 //! - `<tenant>.names.dict`, `<tenant>.keys.dict`, `<tenant>.values.dict`: a dictionary's values
 //!   in id order, each a little-endian `u32` byte length and the UTF-8 bytes. Append-only.
 //! - `<tenant>.image.json`: the [`Meta`]: format name and version, byte order, the segments

@@ -1768,7 +1768,10 @@ mod tests {
             t.sealed,
             "the projection covers them"
         );
-        let mut by: std::collections::BTreeMap<String, Vec<(i64, u32, String)>> =
+        // Each person's (time, name) pairs: the order of rows with the same time depends on the
+        // order the segments were loaded in (sealed order from an image, the manifest's from
+        // Parquet), so ties are compared by name.
+        let mut by: std::collections::BTreeMap<String, Vec<(i64, String, u32)>> =
             Default::default();
         for run in &t.by_person.runs {
             for g in 0..run.groups() {
@@ -1779,8 +1782,8 @@ mod tests {
                     assert_eq!(key(g as u32), key(t.person[row]));
                     by.entry(key(g as u32)).or_default().push((
                         run.ts[i],
-                        run.row[i],
                         name(run.name[i]),
+                        run.row[i],
                     ));
                 }
             }
@@ -1789,7 +1792,7 @@ mod tests {
             .into_iter()
             .map(|(k, mut v)| {
                 v.sort();
-                (k, v.into_iter().map(|(ts, _, n)| (ts, n)).collect())
+                (k, v.into_iter().map(|(ts, n, _)| (ts, n)).collect())
             })
             .collect();
         (rows, by)

@@ -14,7 +14,8 @@
 //!   seal writes nothing twice, it syncs them. A property column ([`Coded`] over [`Sparse`])
 //!   is its presence words (`u64`), its rank directory (`u32`) and its values, `width` bytes
 //!   each: 1- or 2-byte codes into a fourth file holding its distinct values (`u32` value ids
-//!   or `f64`) by code, or the values themselves; its entry gives the rows it covers. The
+//!   or `f64`) by code, or the values themselves; its entry gives the rows it covers and the
+//!   word (64 rows) its presence words start at (the word of its first value). The
 //!   presence word holding the last claimed row may have bits set past it (rows sealed
 //!   later, or hot): they are cleared when the image is read. A code past the value list
 //!   reads as no value.
@@ -119,6 +120,8 @@ enum PropMeta {
     /// values `width` bytes each (1 or 2: codes into `dict`; else the values themselves).
     Sparse {
         rows: usize,
+        /// The word (64 rows) of the first presence word.
+        first: usize,
         width: usize,
         bits: ColMeta,
         ranks: ColMeta,
@@ -652,6 +655,7 @@ fn open_prop<T: Plain>(
     match c {
         PropMeta::Sparse {
             rows: covered,
+            first,
             width,
             bits,
             ranks,
@@ -659,21 +663,21 @@ fn open_prop<T: Plain>(
             dict,
         } => {
             let rows = covered.min(rows);
-            let words = rows.div_ceil(64);
+            let words = rows.div_ceil(64).saturating_sub(first);
             let bits = open::<u64>(spill, bits, words)?;
             let ranks = open::<u32>(spill, ranks, words.div_ceil(sparse::BLOCK_WORDS))?;
             let bad = |e: sparse::Inconsistent| ImageError::Invalid(e.to_string());
             let codes = match width {
                 1 => Codes::U8(
-                    Sparse::from_parts(rows, bits, ranks, open(spill, values, values.len)?)
+                    Sparse::from_parts(rows, first, bits, ranks, open(spill, values, values.len)?)
                         .map_err(bad)?,
                 ),
                 2 => Codes::U16(
-                    Sparse::from_parts(rows, bits, ranks, open(spill, values, values.len)?)
+                    Sparse::from_parts(rows, first, bits, ranks, open(spill, values, values.len)?)
                         .map_err(bad)?,
                 ),
                 w if w == size_of::<T>() => Codes::Plain(
-                    Sparse::from_parts(rows, bits, ranks, open(spill, values, values.len)?)
+                    Sparse::from_parts(rows, first, bits, ranks, open(spill, values, values.len)?)
                         .map_err(bad)?,
                 ),
                 w => {
@@ -758,7 +762,7 @@ impl Named {
     /// A property column's parts as an image entry for its rows below `rows`.
     fn coded<T: Plain>(&mut self, c: &mut Coded<T>, rows: usize) -> Result<PropMeta, ImageError> {
         let (codes, dict) = c.parts_mut();
-        let (rows, width, [bits, ranks, values]) = match codes {
+        let (rows, first, width, [bits, ranks, values]) = match codes {
             Codes::U8(s) => self.sparse(s, rows)?,
             Codes::U16(s) => self.sparse(s, rows)?,
             Codes::Plain(s) => self.sparse(s, rows)?,
@@ -770,6 +774,7 @@ impl Named {
         };
         Ok(PropMeta::Sparse {
             rows,
+            first,
             width,
             bits,
             ranks,
@@ -778,13 +783,13 @@ impl Named {
         })
     }
 
-    /// A sparse column's three parts for its rows below `rows`: rows covered, value width,
-    /// and the entries of its presence words, ranks and values.
+    /// A sparse column's three parts for its rows below `rows`: rows covered, first word,
+    /// value width, and the entries of its presence words, ranks and values.
     fn sparse<U: Plain>(
         &mut self,
         s: &mut Sparse<U>,
         rows: usize,
-    ) -> Result<(usize, usize, [ColMeta; 3]), ImageError> {
+    ) -> Result<(usize, usize, usize, [ColMeta; 3]), ImageError> {
         let covered = rows.min(s.len());
         let (words, ranks, values) = s.lengths(covered);
         let parts = s.parts_mut();
@@ -793,7 +798,7 @@ impl Named {
             self.persisted(parts.1, ranks)?,
             self.persisted(parts.2, values)?,
         ];
-        Ok((covered, size_of::<U>(), entries))
+        Ok((covered, s.first(), size_of::<U>(), entries))
     }
 
     /// As [`Named::entry`], after giving the column its file if it has none.

@@ -6,7 +6,9 @@
 //! holds the values that exist, in row order, and a presence bitmap with a rank directory to
 //! find a row's value in constant time:
 //!
-//! - `bits`: bit `r % 64` of word `r / 64` is set when row `r` has a value;
+//! - `bits`: bit `r % 64` of word `r / 64 - first` is set when row `r` has a value, where
+//!   `first` is the word of the column's first value (a key that appears late in a history
+//!   costs nothing before it);
 //! - `ranks`: for every block of [`BLOCK_WORDS`] words, the number of values before it;
 //! - `values`: the values, in row order.
 //!
@@ -31,6 +33,8 @@ pub const BLOCK_WORDS: usize = 8;
 pub struct Sparse<T: Plain> {
     /// Rows covered: rows at or past it have no value.
     rows: usize,
+    /// The word (64 rows) `bits[0]` is for: rows before it have no value.
+    first: usize,
     bits: Column<u64>,
     ranks: Column<u32>,
     values: Column<T>,
@@ -52,6 +56,7 @@ impl<T: Plain> Sparse<T> {
     pub fn new(spill: Option<Arc<Spill>>) -> Self {
         Self {
             rows: 0,
+            first: 0,
             bits: Column::new(spill.clone()),
             ranks: Column::new(spill.clone()),
             values: Column::new(spill),
@@ -75,7 +80,7 @@ impl<T: Plain> Sparse<T> {
     /// The value of `row`, if it has one.
     #[inline]
     pub fn get(&self, row: usize) -> Option<&T> {
-        let w = row / 64;
+        let w = (row / 64).checked_sub(self.first)?;
         let word = *self.bits.get(w)?;
         let bit = 1u64 << (row % 64);
         if word & bit == 0 {
@@ -84,7 +89,7 @@ impl<T: Plain> Sparse<T> {
         self.values.get(self.rank_in(w, word & (bit - 1)))
     }
 
-    /// The number of values before word `w`, plus the set bits of `below` (part of word `w`).
+    /// The number of values before `bits[w]`, plus the set bits of `below` (part of it).
     #[inline]
     fn rank_in(&self, w: usize, below: u64) -> usize {
         let b = w / BLOCK_WORDS;
@@ -96,7 +101,9 @@ impl<T: Plain> Sparse<T> {
 
     /// The number of values of rows before `row`.
     pub fn rank(&self, row: usize) -> usize {
-        let w = row / 64;
+        let Some(w) = (row / 64).checked_sub(self.first) else {
+            return 0;
+        };
         match self.bits.get(w) {
             Some(word) if row < self.rows => self.rank_in(w, word & ((1u64 << (row % 64)) - 1)),
             _ => self.values.len(),
@@ -111,12 +118,15 @@ impl<T: Plain> Sparse<T> {
 
     /// The rows with a value and their values, in row order, from `from` on.
     pub fn iter_from(&self, from: usize) -> impl Iterator<Item = (usize, T)> + '_ {
-        let first = self.rank(from);
-        let start_word = from / 64;
-        let mut words = self.bits.get(start_word..).unwrap_or(&[]).iter();
-        let mut w = start_word;
-        let mut word = words.next().map_or(0, |x| x & (u64::MAX << (from % 64)));
-        let mut values = self.values.get(first..).unwrap_or(&[]).iter();
+        let rank = self.rank(from);
+        let (start, mask) = match (from / 64).checked_sub(self.first) {
+            Some(w) => (w, u64::MAX << (from % 64)),
+            None => (0, u64::MAX),
+        };
+        let mut words = self.bits.get(start..).unwrap_or(&[]).iter();
+        let mut w = self.first + start;
+        let mut word = words.next().map_or(0, |x| x & mask);
+        let mut values = self.values.get(rank..).unwrap_or(&[]).iter();
         std::iter::from_fn(move || {
             while word == 0 {
                 word = *words.next()?;
@@ -143,9 +153,10 @@ impl<T: Plain> Sparse<T> {
             self.pad(rows);
             return;
         }
-        let w = row / 64;
         let bit = 1u64 << (row % 64);
-        if let Some(word) = self.bits.get(w)
+        if let Some(word) = (row / 64)
+            .checked_sub(self.first)
+            .and_then(|w| self.bits.get(w))
             && word & bit != 0
         {
             // The last row has a value already: replace it.
@@ -158,7 +169,10 @@ impl<T: Plain> Sparse<T> {
 
     /// Appends a value for `row`, which is past every row with a value.
     fn push(&mut self, row: usize, v: T) {
-        let w = row / 64;
+        if self.bits.is_empty() {
+            self.first = row / 64;
+        }
+        let w = row / 64 - self.first;
         while self.bits.len() <= w {
             if self.bits.len().is_multiple_of(BLOCK_WORDS) {
                 self.ranks.push(self.values.len() as u32);
@@ -182,9 +196,10 @@ impl<T: Plain> Sparse<T> {
         }
         let keep = self.rank(rows);
         self.values.truncate(keep);
-        let words = rows.div_ceil(64);
+        let words = rows.div_ceil(64).saturating_sub(self.first);
         self.bits.truncate(words);
         if let Some(last) = self.bits.get_mut(words.wrapping_sub(1))
+            && self.first + words == rows.div_ceil(64)
             && !rows.is_multiple_of(64)
         {
             *last &= (1u64 << (rows % 64)) - 1;
@@ -215,10 +230,18 @@ impl<T: Plain> Sparse<T> {
         (&mut self.bits, &mut self.ranks, &mut self.values)
     }
 
+    /// The word the presence bits start at (see [`Sparse::from_parts`]).
+    pub(crate) fn first(&self) -> usize {
+        self.first
+    }
+
     /// The lengths of the parts that hold rows `0..rows`: (words, rank entries, values).
     pub(crate) fn lengths(&self, rows: usize) -> (usize, usize, usize) {
         let rows = rows.min(self.rows);
-        let words = rows.div_ceil(64).min(self.bits.len());
+        let words = rows
+            .div_ceil(64)
+            .saturating_sub(self.first)
+            .min(self.bits.len());
         (words, words.div_ceil(BLOCK_WORDS), self.rank(rows))
     }
 
@@ -227,12 +250,14 @@ impl<T: Plain> Sparse<T> {
     /// column can go out of bounds.
     pub(crate) fn from_parts(
         rows: usize,
+        first: usize,
         mut bits: Column<u64>,
         mut ranks: Column<u32>,
         mut values: Column<T>,
     ) -> Result<Self, Inconsistent> {
         // Rows past the last word have no value (the column was padded past it).
-        let words = rows.div_ceil(64).min(bits.len());
+        let needed = rows.div_ceil(64).saturating_sub(first);
+        let words = needed.min(bits.len());
         if ranks.len() < words.div_ceil(BLOCK_WORDS) {
             return Err(Inconsistent(format!(
                 "{words} presence words need {} ranks, {} stored",
@@ -243,7 +268,7 @@ impl<T: Plain> Sparse<T> {
         bits.truncate(words);
         ranks.truncate(words.div_ceil(BLOCK_WORDS));
         // Bits past the rows are rows sealed later, or hot: not the image's.
-        if words == rows.div_ceil(64) && !rows.is_multiple_of(64) {
+        if words > 0 && words == needed && !rows.is_multiple_of(64) {
             let mask = (1u64 << (rows % 64)) - 1;
             if bits[words - 1] & !mask != 0 {
                 bits[words - 1] &= mask;
@@ -269,6 +294,7 @@ impl<T: Plain> Sparse<T> {
         values.truncate(seen);
         Ok(Self {
             rows,
+            first,
             bits,
             ranks,
             values,
@@ -285,6 +311,7 @@ impl<T: Plain> Sparse<T> {
         values.extend(self.values.iter().map(|v| f(*v)));
         Sparse {
             rows: self.rows,
+            first: self.first,
             bits: self.bits,
             ranks: self.ranks,
             values,
@@ -423,6 +450,7 @@ mod tests {
             for (w, k) in [(w, k), (c.bits.len(), c.ranks.len())] {
                 let back = Sparse::from_parts(
                     rows,
+                    c.first,
                     Column::from(c.bits[..w].to_vec()),
                     Column::from(c.ranks[..k].to_vec()),
                     Column::from(c.values.to_vec()),
@@ -432,6 +460,38 @@ mod tests {
                 check(&back, &r[..rows]);
             }
         }
+    }
+
+    /// A column whose first value is late in the rows holds no presence words before it.
+    #[test]
+    fn a_late_column_costs_nothing_before_its_first_value() {
+        let mut c = Sparse::<u32>::new(None);
+        c.set(1_000_003, 7);
+        c.set(1_000_100, 8);
+        assert_eq!((c.first, c.bits.len(), c.ranks.len()), (15_625, 2, 1));
+        assert_eq!(c.get(1_000_002), None);
+        assert_eq!(c.get(5), None);
+        assert_eq!(c.get(1_000_003), Some(&7));
+        assert_eq!(c.get(1_000_100), Some(&8));
+        assert_eq!((c.rank(0), c.rank(1_000_004), c.rank(2_000_000)), (0, 1, 2));
+        assert_eq!(
+            c.iter_from(3).collect::<Vec<_>>(),
+            [(1_000_003, 7), (1_000_100, 8)]
+        );
+        assert!(!c.any_in(0..1_000_003) && c.any_in(0..1_000_004));
+        // A value before the first word moves the start back.
+        c.set(70, 1);
+        assert_eq!(c.first, 1);
+        assert_eq!(c.iter_from(0).count(), 3);
+        c.truncate(1_000_050);
+        assert_eq!(
+            c.iter_from(0).collect::<Vec<_>>(),
+            [(70, 1), (1_000_003, 7)]
+        );
+        c.truncate(60);
+        assert_eq!((c.len(), c.count(), c.bits.len()), (60, 0, 0));
+        c.set(500, 2);
+        assert_eq!((c.first, c.get(500)), (7, Some(&2)));
     }
 
     #[test]
@@ -448,15 +508,15 @@ mod tests {
             )
         };
         let (b, k, v) = parts(&c);
-        assert!(Sparse::from_parts(2000, b, k, v).is_ok());
+        assert!(Sparse::from_parts(2000, c.first, b, k, v).is_ok());
         let (b, mut k, v) = parts(&c);
         k[1] += 1;
-        assert!(Sparse::from_parts(2000, b, k, v).is_err());
+        assert!(Sparse::from_parts(2000, c.first, b, k, v).is_err());
         let (b, k, mut v) = parts(&c);
         v.truncate(10);
-        assert!(Sparse::from_parts(2000, b, k, v).is_err());
+        assert!(Sparse::from_parts(2000, c.first, b, k, v).is_err());
         let (b, mut k, v) = parts(&c);
         k.truncate(1);
-        assert!(Sparse::from_parts(2000, b, k, v).is_err());
+        assert!(Sparse::from_parts(2000, c.first, b, k, v).is_err());
     }
 }

@@ -1820,7 +1820,8 @@ mod tests {
     }
 
     /// Property columns of every width (1-byte codes, 2-byte codes, plain values, some
-    /// widened after a seal wrote them to the image) read back from the image as they were.
+    /// widened after a seal wrote them to the image), and one that starts late, read back
+    /// from the image as they were.
     #[tokio::test]
     async fn an_image_holds_property_columns_of_every_width() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -1829,11 +1830,15 @@ mod tests {
             .await
             .expect("open");
         let event = |i: usize| -> Ev {
-            let props = vec![
+            let mut props = vec![
                 ("few".to_owned(), serde_json::json!(format!("f{}", i % 3))),
                 ("some".to_owned(), serde_json::json!(i % 1000)),
                 ("all".to_owned(), serde_json::json!(format!("v{i}"))),
             ];
+            // A key that appears late: its presence words start at its first value.
+            if i >= 60_000 && i.is_multiple_of(3) {
+                props.push(("late".to_owned(), serde_json::json!(i % 5)));
+            }
             (
                 Some(format!("u{}", i % 50)),
                 None,

@@ -620,6 +620,68 @@ pub fn files_named(dir: &Path, tenant: Uuid) -> Option<HashSet<u64>> {
     Some(all_files(&meta))
 }
 
+/// The bytes the images in `dir` claim (what their rows need, not the files' capacity),
+/// summed over tenants, by part: the time, person and name of every row, the person-ordered
+/// projection, property values (with their value lists), property presence (bits and
+/// ranks), and line items. Unreadable images are skipped. For reports (`bench memory`).
+pub fn breakdown(dir: &Path) -> std::io::Result<Vec<(&'static str, u64)>> {
+    let mut fixed = 0u64;
+    let mut projection = 0u64;
+    let mut values = 0u64;
+    let mut presence = 0u64;
+    let mut lines = 0u64;
+    let prop = |p: &PropMeta, size: usize| -> (u64, u64) {
+        match p {
+            PropMeta::Sparse {
+                width,
+                bits,
+                ranks,
+                values,
+                dict,
+                ..
+            } => (
+                (values.len * width + dict.map_or(0, |d| d.len * size)) as u64,
+                (bits.len * 8 + ranks.len * 4) as u64,
+            ),
+            PropMeta::Dense(c) => ((c.len * size) as u64, 0),
+        }
+    };
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path.to_string_lossy().ends_with(".image.json") {
+            continue;
+        }
+        let Ok(meta) = serde_json::from_slice::<Meta>(&std::fs::read(&path)?) else {
+            continue;
+        };
+        fixed += (meta.person.len * 4 + meta.ts.len * 8 + meta.name.len * 4) as u64;
+        for r in &meta.runs {
+            projection += (r.start.len * 4 + r.row.len * 4 + r.ts.len * 8 + r.name.len * 4) as u64;
+        }
+        for (cols, size) in [(&meta.strings, 4), (&meta.numbers, 8)] {
+            for (_, p) in cols {
+                let (v, b) = prop(p, size);
+                values += v;
+                presence += b;
+            }
+        }
+        lines += (meta.lines.row.len * 4) as u64;
+        for (cols, size) in [(&meta.lines.strings, 4), (&meta.lines.numbers, 8)] {
+            for (_, p) in cols {
+                let (v, b) = prop(p, size);
+                lines += v + b;
+            }
+        }
+    }
+    Ok(vec![
+        ("time, person, name", fixed),
+        ("projection", projection),
+        ("property values", values),
+        ("property presence", presence),
+        ("line items", lines),
+    ])
+}
+
 /// Every file an image names.
 fn all_files(meta: &Meta) -> HashSet<u64> {
     let mut ids: HashSet<u64> = [meta.person, meta.ts, meta.name, meta.lines.row]

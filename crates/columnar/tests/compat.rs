@@ -335,6 +335,20 @@ async fn reads_image(version: u32) {
     assert!(anon1.is_sorted(), "{anon1:?}");
 }
 
+/// The bytes an image claims, by part: 8 rows of time, person and name, and every part
+/// something (the v2 fixture has properties, line items and one projection run).
+#[test]
+fn an_image_says_what_its_parts_take() {
+    let parts = image::breakdown(&image_fixture_dir(2)).expect("read the fixture");
+    let part = |name: &str| parts.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+    assert_eq!(part("time, person, name"), Some(8 * 16));
+    // One run: 8 entries of 16 bytes, and a group start per person (5 persons, plus one).
+    assert!(part("projection").is_some_and(|b| b >= 8 * 16));
+    for name in ["property values", "property presence", "line items"] {
+        assert!(part(name).is_some_and(|b| b > 0), "{name}: {parts:?}");
+    }
+}
+
 /// Version 1: property columns with a value for every row, converted at the load.
 #[tokio::test]
 async fn reads_the_v1_image() {

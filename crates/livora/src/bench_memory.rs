@@ -225,6 +225,12 @@ async fn measure(
     stop(&mut child);
     let columns_bytes = dir_bytes(&dir.join("columns"), false);
     let cache_disk = dir_bytes(&dir.join("columns-cache"), true);
+    let by_part: serde_json::Map<String, serde_json::Value> =
+        livora_columnar::image::breakdown(&dir.join("columns-cache"))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(part, bytes)| (part.to_owned(), json!(bytes as f64 / end as f64)))
+            .collect();
     let summary = json!({
         "events": end,
         "persons": persons,
@@ -246,6 +252,8 @@ async fn measure(
         // The column image (the columns' files as allocated on the disk, dictionaries and
         // descriptions), and the rows the restart took from it.
         "image_disk_bytes_per_event": cache_disk as f64 / end as f64,
+        // What the image's rows take, by part (see `livora_columnar::image::breakdown`).
+        "image_bytes_per_event_by_part": by_part,
         "rows_from_image": image_rows,
         "cold": b.drop_caches,
         "evictions": evictions,

@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::by_person::{ByPerson, Run};
-use crate::coded::{Coded, Codes};
+use crate::coded::{Coded, Codes, MAX_CODED};
 use crate::column::{Column, Plain, Spill};
 use crate::dict::Dictionary;
 use crate::sparse::{self, Sparse};
@@ -749,7 +749,13 @@ fn open_prop<T: Plain>(
                 }
             };
             let dict = match (width, dict) {
-                (1 | 2, Some(d)) => open::<T>(spill, d, d.len)?,
+                (1 | 2, Some(d)) if d.len <= MAX_CODED => open::<T>(spill, d, d.len)?,
+                (1 | 2, Some(d)) => {
+                    return Err(ImageError::Invalid(format!(
+                        "a property column of codes lists {} values, at most {MAX_CODED} are coded",
+                        d.len
+                    )));
+                }
                 (1 | 2, None) => {
                     return Err(ImageError::Invalid(
                         "a property column of codes without its values".into(),

@@ -238,9 +238,9 @@ fn batch_columns(t: &Table, rows: Range<usize>, plan: &Plan) -> Vec<ArrayRef> {
     ];
     for k in &plan.strings {
         let mut b = StringBuilder::with_capacity(n, n * 8);
-        for_each_row(t.strings.get(k), rows.clone(), |v| match v {
-            Some(v) => b.append_option(t.values.value(v.saturating_sub(1))),
-            None => b.append_null(),
+        // Values are id + 1; a 0 (never written) reads as no value, as before.
+        for_each_row(t.strings.get(k), rows.clone(), |v| {
+            b.append_option(v.and_then(|v| t.values.value(v.checked_sub(1)?)))
         });
         columns.push(Arc::new(b.finish()));
     }

@@ -1212,8 +1212,6 @@ mod tests {
         }
     }
 
-    /// Every row as (canonical person's sorted keys, ts, name, sorted properties): what must
-    /// survive sealing, reordering and reloading.
     /// Row `row`'s properties as `key=value`, sorted (strings quoted).
     fn props(t: &Table, row: usize) -> Vec<String> {
         let mut props: Vec<String> = Vec::new();
@@ -1231,6 +1229,8 @@ mod tests {
         props
     }
 
+    /// Every row as (canonical person's sorted keys, ts, name, sorted properties): what must
+    /// survive sealing, reordering and reloading.
     fn rows(t: &Table) -> Vec<(Vec<String>, i64, String, Vec<String>)> {
         let redirects = t.persons.redirects();
         let mut members: HashMap<u32, Vec<String>> = HashMap::new();

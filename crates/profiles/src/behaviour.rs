@@ -5,7 +5,7 @@
 //! Hits are kept sorted, so they merge when persons merge, and a person's hits are the same
 //! whatever order the events arrived in.
 
-use std::collections::BTreeMap;
+use litemap::LiteMap;
 
 use livora_model::segment::PropertyFilter;
 use serde::{Deserialize, Serialize};
@@ -54,7 +54,7 @@ pub struct Hit {
 
 /// A person's hits, per selector index.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Hits(BTreeMap<u32, Vec<Hit>>);
+pub struct Hits(LiteMap<u32, Vec<Hit>>);
 
 impl Hits {
     pub fn add(&mut self, selector: u32, hit: Hit) {
@@ -82,16 +82,19 @@ impl Hits {
         self.0.len() != before
     }
 
+    /// Estimated heap bytes (see [`crate::heap`]).
     pub fn heap_bytes(&self) -> usize {
-        self.0
-            .values()
-            .map(|l| {
-                48 + l.capacity() * 32
-                    + l.iter()
-                        .filter_map(|h| h.key.as_ref())
-                        .map(String::len)
-                        .sum::<usize>()
-            })
-            .sum()
+        crate::heap::vec::<(u32, Vec<Hit>)>(self.0.len())
+            + self
+                .0
+                .values()
+                .map(|l| {
+                    l.capacity() * size_of::<Hit>()
+                        + l.iter()
+                            .filter_map(|h| h.key.as_ref())
+                            .map(String::capacity)
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
     }
 }

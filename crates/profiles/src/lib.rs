@@ -16,6 +16,7 @@ pub mod compare;
 #[cfg(test)]
 mod compat_tests;
 pub mod computed;
+mod heap;
 pub mod identity;
 mod owners;
 pub mod people;

@@ -34,7 +34,7 @@ pub struct Profile {
     /// The models' latest predictions ([`livora_model::segment::PREDICTIONS`]), set by
     /// training rather than by events; last, so that older snapshots read as none.
     #[serde(default)]
-    pub predictions: std::collections::BTreeMap<String, f64>,
+    pub predictions: litemap::LiteMap<String, f64>,
 }
 
 impl Profile {
@@ -49,12 +49,15 @@ impl Profile {
         }
     }
 
+    /// Estimated heap bytes it holds (see [`crate::heap`]), not counting itself.
     pub fn heap_bytes(&self) -> usize {
         self.traits.heap_bytes()
             + self.computed.heap_bytes()
-            + self.groups.iter().map(|g| g.len() + 32).sum::<usize>()
+            + crate::heap::btree::<String, ()>(self.groups.len())
+            + self.groups.iter().map(String::capacity).sum::<usize>()
             + self.hits.heap_bytes()
-            + self.predictions.keys().map(|k| k.len() + 40).sum::<usize>()
+            + crate::heap::vec::<(String, f64)>(self.predictions.len())
+            + self.predictions.keys().map(String::capacity).sum::<usize>()
     }
 }
 
@@ -549,6 +552,7 @@ impl Profiles {
         person: PersonId,
         values: std::collections::BTreeMap<String, f64>,
     ) -> bool {
+        let values: litemap::LiteMap<String, f64> = values.into_iter().collect();
         match self.people.get(&person) {
             Some(p) if p.predictions != values => {
                 if let Some(p) = self.people.get_mut(person) {
@@ -717,7 +721,7 @@ mod tests {
         assert_eq!((c.events, c.orders), (7, 2));
         assert_eq!(c.revenue, 60.5);
         assert_eq!(c.average_order_value(), Some(30.25));
-        assert_eq!(c.event_counts["page"], 1);
+        assert_eq!(c.event_counts.get("page"), Some(&1));
         assert_eq!(prof.groups, BTreeSet::from(["acme".to_owned()]));
         let acme = p.group("acme").expect("group");
         assert_eq!(acme.members, BTreeSet::from([id]));

@@ -7,7 +7,7 @@
 //! newer one, and replaying the log in any order gives the same traits.
 //! `$set_once` keeps the *earliest* `$set_once` value, and yields to any `$set`.
 
-use std::collections::BTreeMap;
+use litemap::LiteMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,7 @@ mod opt_value {
 /// The traits of a person (or of a group).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Traits {
-    slots: BTreeMap<String, Slot>,
+    slots: LiteMap<String, Slot>,
 }
 
 impl Traits {
@@ -188,23 +188,14 @@ impl Traits {
         }
     }
 
+    /// Estimated heap bytes (see [`crate::heap`]).
     pub fn heap_bytes(&self) -> usize {
-        self.slots
-            .iter()
-            .map(|(k, s)| k.len() + 80 + value_bytes(s.value.as_ref()))
-            .sum()
-    }
-}
-
-fn value_bytes(v: Option<&Value>) -> usize {
-    match v {
-        Some(Value::String(s)) => s.len(),
-        Some(Value::Array(a)) => a.iter().map(|v| 32 + value_bytes(Some(v))).sum(),
-        Some(Value::Object(o)) => o
-            .iter()
-            .map(|(k, v)| 48 + k.len() + value_bytes(Some(v)))
-            .sum(),
-        _ => 0,
+        crate::heap::vec::<(String, Slot)>(self.slots.len())
+            + self
+                .slots
+                .iter()
+                .map(|(k, s)| k.capacity() + s.value.as_ref().map_or(0, crate::heap::json))
+                .sum::<usize>()
     }
 }
 

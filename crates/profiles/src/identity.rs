@@ -43,19 +43,21 @@ pub const ERASED: &str = "(erased)";
 
 /// One identifier: a kind and a normalised value.
 ///
-/// Both are inline strings (`compact_str`: up to 24 bytes without an allocation, as an
-/// email or a device id usually is): the identity graph holds every identifier three times
-/// (its owner index, its person's set, the creators), and two heap strings per copy were most
-/// of a person's memory once profiles could go cold. They serialize as strings, as before.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// Held as one inline string, `kind`, a NUL, then `value` (`compact_str`: up to 24 bytes
+/// without an allocation, as `user_id` with a short id is): the identity graph holds every
+/// identifier of every person, cold profile or not, and two strings of 24 bytes each were
+/// half of what stays in memory of a person. A kind never holds a NUL (one that does is
+/// not an identifier), so the bytes order as (kind, value) did. Serialized as the pair of
+/// strings it was.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identifier {
-    pub kind: CompactString,
-    pub value: CompactString,
+    repr: CompactString,
 }
 
 impl Identifier {
     /// The identifier, normalised for its kind (emails lower-cased, phone numbers reduced to
-    /// digits and a leading `+`), or `None` when the value is blocked.
+    /// digits and a leading `+`), or `None` when the value is blocked (or the kind holds a
+    /// NUL).
     pub fn new(kind: &str, value: &str, rules: &MergeRules) -> Option<Self> {
         let trimmed = value.trim();
         let value = match kind {
@@ -70,16 +72,83 @@ impl Identifier {
         if rules.blocked(&value) || (kind == PHONE && value.trim_start_matches('+').is_empty()) {
             return None;
         }
-        Some(Self {
-            kind: kind.into(),
-            value: value.into(),
-        })
+        Self::raw(kind, &value)
+    }
+
+    /// The identifier as given, not normalised; `None` if `kind` holds a NUL.
+    pub fn raw(kind: &str, value: &str) -> Option<Self> {
+        if kind.contains('\0') {
+            return None;
+        }
+        let mut repr = CompactString::with_capacity(kind.len() + 1 + value.len());
+        repr.push_str(kind);
+        repr.push('\0');
+        repr.push_str(value);
+        Some(Self { repr })
+    }
+
+    fn split(&self) -> (&str, &str) {
+        self.repr.split_once('\0').unwrap_or((&self.repr, ""))
+    }
+
+    pub fn kind(&self) -> &str {
+        self.split().0
+    }
+
+    pub fn value(&self) -> &str {
+        self.split().1
+    }
+
+    /// Heap bytes it holds (none when inline).
+    pub fn heap_bytes(&self) -> usize {
+        if self.repr.is_heap_allocated() {
+            self.repr.capacity()
+        } else {
+            0
+        }
+    }
+
+    /// The same kind with `value`.
+    fn with_value(&self, value: &str) -> Self {
+        Self::raw(self.kind(), value).unwrap_or_else(|| self.clone())
+    }
+}
+
+impl std::fmt::Debug for Identifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identifier")
+            .field("kind", &self.kind())
+            .field("value", &self.value())
+            .finish()
+    }
+}
+
+/// As the struct of two strings it was.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Identifier")]
+struct Pair<S> {
+    kind: S,
+    value: S,
+}
+
+impl Serialize for Identifier {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (kind, value) = self.split();
+        Pair { kind, value }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Identifier {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = Pair::<std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::raw(&p.kind, &p.value)
+            .ok_or_else(|| serde::de::Error::custom("an identifier kind holds a NUL"))
     }
 }
 
 impl std::fmt::Display for Identifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.kind, self.value)
+        write!(f, "{}:{}", self.kind(), self.value())
     }
 }
 
@@ -489,9 +558,9 @@ impl IdentityGraph {
             .identifiers(person)
             .map(|ids| {
                 ids.iter()
-                    .filter_map(|i| match i.kind.as_str() {
-                        USER_ID => Some(PersonKey::user(&i.value).into_string()),
-                        ANONYMOUS_ID => Some(PersonKey::anonymous(&i.value).into_string()),
+                    .filter_map(|i| match i.kind() {
+                        USER_ID => Some(PersonKey::user(i.value()).into_string()),
+                        ANONYMOUS_ID => Some(PersonKey::anonymous(i.value()).into_string()),
                         _ => None,
                     })
                     .collect()
@@ -554,7 +623,7 @@ impl IdentityGraph {
 
     fn count_of(&self, person: PersonId, kind: &str) -> u32 {
         self.members.get(&person).map_or(0, |ids| {
-            ids.iter().filter(|i| i.kind == kind).count() as u32
+            ids.iter().filter(|i| i.kind() == kind).count() as u32
         })
     }
 
@@ -575,7 +644,7 @@ impl IdentityGraph {
     fn refusal(&self, person: PersonId, ids: &[Identifier]) -> Option<String> {
         let mut kinds: BTreeMap<&str, u32> = BTreeMap::new();
         for i in ids {
-            *kinds.entry(i.kind.as_str()).or_default() += 1;
+            *kinds.entry(i.kind()).or_default() += 1;
         }
         for (kind, n) in kinds {
             let limit = self.rules.limit(kind);
@@ -591,13 +660,7 @@ impl IdentityGraph {
     /// Applies the identifiers of one event; see the module doc for the rules.
     pub fn observe(&mut self, mut obs: Observation) -> Outcome {
         let mut ids = std::mem::take(&mut obs.identifiers);
-        ids.sort_by(|a, b| {
-            (self.rules.rank(&a.kind), &a.kind, &a.value).cmp(&(
-                self.rules.rank(&b.kind),
-                &b.kind,
-                &b.value,
-            ))
-        });
+        ids.sort_by(|a, b| (self.rules.rank(a.kind()), a).cmp(&(self.rules.rank(b.kind()), b)));
         ids.dedup();
         let mut out = Outcome::default();
         for id in ids {
@@ -777,7 +840,7 @@ impl IdentityGraph {
         }
         let redact = |i: &mut Identifier| {
             if gone.contains(i) {
-                i.value = ERASED.into();
+                *i = i.with_value(ERASED);
             }
         };
         let names = |r: &MergeRecord| match r {
@@ -883,10 +946,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn id(kind: &str, value: &str) -> Identifier {
-        Identifier {
-            kind: kind.into(),
-            value: value.into(),
-        }
+        Identifier::raw(kind, value).unwrap_or_else(|| panic!("test identifier {kind:?}"))
     }
 
     fn obs(ids: &[Identifier], n: u32) -> Observation {
@@ -1146,7 +1206,62 @@ mod tests {
         )
     }
 
+    /// The form snapshots and the API had when an identifier was two strings.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct TwoStrings {
+        kind: String,
+        value: String,
+    }
+
+    #[test]
+    fn an_identifier_is_written_and_read_as_its_two_strings() {
+        let i = id(EMAIL, "a-rather-long-address@example.com");
+        assert_eq!(
+            (i.kind(), i.value()),
+            (EMAIL, "a-rather-long-address@example.com")
+        );
+        let old = TwoStrings {
+            kind: EMAIL.into(),
+            value: "a-rather-long-address@example.com".into(),
+        };
+        let packed = rmp_serde::to_vec(&i).expect("encode");
+        assert_eq!(packed, rmp_serde::to_vec(&old).expect("encode"));
+        assert_eq!(
+            rmp_serde::from_slice::<Identifier>(&packed).expect("decode"),
+            i
+        );
+        let json = serde_json::to_value(&i).expect("json");
+        assert_eq!(json, serde_json::to_value(&old).expect("json"));
+        assert_eq!(serde_json::from_value::<Identifier>(json).expect("json"), i);
+        // A value may hold anything, a kind no NUL.
+        assert_eq!(id("custom", "a\0b").value(), "a\0b");
+        assert_eq!(Identifier::raw("bad\0kind", "x"), None);
+        assert_eq!(
+            Identifier::new("bad\0kind", "x", &MergeRules::default()),
+            None
+        );
+        let bad = TwoStrings {
+            kind: "bad\0kind".into(),
+            value: "x".into(),
+        };
+        assert!(
+            serde_json::from_value::<Identifier>(serde_json::to_value(&bad).expect("json"))
+                .is_err()
+        );
+    }
+
     proptest! {
+        /// Identifiers order as their (kind, value) pairs, as they did when they were one.
+        #[test]
+        fn identifiers_order_as_their_pairs(
+            a in ("[a-z_]{0,3}", "[a-z\\x00-\\x02]{0,3}"),
+            b in ("[a-z_]{0,3}", "[a-z\\x00-\\x02]{0,3}"),
+        ) {
+            let (x, y) = (id(&a.0, &a.1), id(&b.0, &b.1));
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            prop_assert_eq!(x == y, a == b);
+        }
+
         #[test]
         fn without_conflicts_the_order_does_not_matter(obs in conflict_free(), seed in any::<u64>()) {
             let forward: Vec<usize> = (0..obs.len()).collect();
@@ -1170,7 +1285,7 @@ mod tests {
             prop_assert_eq!(ids(&a), ids(&b));
             prop_assert_eq!(a.log(), b.log());
             for (_, set) in a.persons() {
-                prop_assert!(set.iter().filter(|i| i.kind == USER_ID).count() <= 1);
+                prop_assert!(set.iter().filter(|i| i.kind() == USER_ID).count() <= 1);
             }
         }
 
@@ -1187,11 +1302,11 @@ mod tests {
             };
             let people: Vec<&(PersonId, IdSet)> = before.iter().collect();
             let (l, r) = (people[left % people.len()], people[right % people.len()]);
-            let has_user = |s: &IdSet| s.iter().any(|i| i.kind == USER_ID);
+            let has_user = |s: &IdSet| s.iter().any(|i| i.kind() == USER_ID);
             prop_assume!(l.0 != r.0 && !(has_user(&l.1) && has_user(&r.1)));
             // Link a non-user identifier of one with any identifier of the other (two
             // persons with a user id each would be refused, not merged).
-            let pick = |s: &IdSet| s.iter().find(|i| i.kind != USER_ID).cloned();
+            let pick = |s: &IdSet| s.iter().find(|i| i.kind() != USER_ID).cloned();
             let (Some(a), Some(b)) = (pick(&l.1), r.1.iter().next().cloned()) else {
                 return Ok(());
             };

@@ -145,15 +145,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn id(kind: &str, value: &str) -> Identifier {
-        Identifier {
-            kind: kind.into(),
-            value: value.into(),
-        }
+        Identifier::raw(kind, value).unwrap_or_else(|| panic!("test identifier {kind:?}"))
     }
 
     /// A hash with collisions everywhere: the value's length.
     fn weak_hash(id: &Identifier) -> u64 {
-        id.value.len() as u64
+        id.value().len() as u64
     }
 
     #[derive(Debug, Clone)]

@@ -479,17 +479,14 @@ impl Profiles {
     fn attribute(&self, e: &Event) -> Option<PersonId> {
         let mut ids = identifiers(e, self.graph.rules());
         let rules = self.graph.rules();
-        ids.sort_by_key(|i| {
-            (
-                rules
-                    .priority
-                    .iter()
-                    .position(|k| *k == i.kind)
-                    .unwrap_or(rules.priority.len()),
-                i.kind.clone(),
-                i.value.clone(),
-            )
-        });
+        let rank = |i: &Identifier| {
+            rules
+                .priority
+                .iter()
+                .position(|k| k == i.kind())
+                .unwrap_or(rules.priority.len())
+        };
+        ids.sort_by(|a, b| (rank(a), a).cmp(&(rank(b), b)));
         ids.iter().find_map(|i| self.graph.person_of(i))
     }
 
@@ -570,7 +567,7 @@ impl Profiles {
     pub fn erase_personal(&mut self, person: PersonId) {
         use crate::identity::{ANONYMOUS_ID, USER_ID};
         self.graph
-            .erase(person, |i| i.kind == USER_ID || i.kind == ANONYMOUS_ID);
+            .erase(person, |i| i.kind() == USER_ID || i.kind() == ANONYMOUS_ID);
         if let Some(p) = self.people.get_mut(person) {
             p.traits = Traits::default();
         }

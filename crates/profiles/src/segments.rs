@@ -1760,10 +1760,11 @@ mod tests {
             Spec {
                 id: "listed".into(),
                 tag: false,
-                rule: Rule::Manual(BTreeSet::from([Identifier {
-                    kind: "email".into(),
-                    value: "bob@example.com".into(),
-                }])),
+                rule: Rule::Manual(BTreeSet::from([Identifier::raw(
+                    "email",
+                    "bob@example.com",
+                )
+                .unwrap_or_else(|| panic!("test identifier"))])),
             },
             [],
             at(0),

@@ -1700,8 +1700,8 @@ fn addressee(ids: Option<&crate::identity::IdSet>, tr: &Transition) -> Addressee
     let first = |kind: &str| {
         ids.into_iter()
             .flatten()
-            .find(|i| i.kind == kind)
-            .map(|i| i.value.to_string())
+            .find(|i| i.kind() == kind)
+            .map(|i| i.value().to_owned())
     };
     match first(USER_ID) {
         Some(user) => (Some(user), None),

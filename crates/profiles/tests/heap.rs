@@ -117,6 +117,7 @@ fn live() -> isize {
 #[test]
 fn the_estimate_of_a_decoded_profile_is_what_the_allocator_gives() {
     let now = DateTime::<Utc>::from_timestamp(T0 + 100 * 86_400, 0).unwrap_or_default();
+    let start = live();
     let mut engine = Engine::new(MergeRules::default());
     // Segments whose conditions keep hits (matching events) in the profiles.
     for s in [
@@ -170,6 +171,10 @@ fn the_estimate_of_a_decoded_profile_is_what_the_allocator_gives() {
     );
     let freed = (before - after) as f64 + livora_profiles::people::CHUNK as f64;
     let ratio = estimated / freed;
+    eprintln!(
+        "what stays of a person with its profile cold: {:.0} B",
+        (after - start) as f64 / persons as f64
+    );
     eprintln!(
         "decoded profiles: {:.0} B each estimated, {:.0} B each freed ({ratio:.2})",
         estimated / persons as f64,

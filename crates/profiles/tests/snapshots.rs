@@ -357,7 +357,7 @@ async fn merge_rule_changes_replay_at_their_offset() {
             .profiles()
             .graph()
             .identifiers(person)
-            .map_or(0, |ids| ids.iter().filter(|i| i.kind == USER_ID).count())
+            .map_or(0, |ids| ids.iter().filter(|i| i.kind() == USER_ID).count())
     };
     let node = start();
     log.append(vec![identify(1, "u1", "dev-a"), identify(2, "u2", "dev-a")])

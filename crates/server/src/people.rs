@@ -47,7 +47,7 @@ pub(crate) fn identifiers_json(engine: &Engine, person: PersonId) -> Value {
     let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     if let Some(ids) = engine.profiles().graph().identifiers(person) {
         for i in ids {
-            by_kind.entry(&i.kind).or_default().push(&i.value);
+            by_kind.entry(i.kind()).or_default().push(i.value());
         }
     }
     json!(by_kind)
@@ -150,7 +150,7 @@ fn matches_search(engine: &Engine, person: PersonId, p: &Profile, q: &str) -> bo
         .profiles()
         .graph()
         .identifiers(person)
-        .is_some_and(|ids| ids.iter().any(|i| i.value == q || i.value == lower));
+        .is_some_and(|ids| ids.iter().any(|i| i.value() == q || i.value() == lower));
     by_id
         || p.traits.iter().any(|(_, v)| match v {
             Value::String(s) => s.to_lowercase().contains(&lower),

@@ -632,8 +632,8 @@ pub async fn members_csv(
                 let vals: Vec<&str> = all
                     .map(|s| {
                         s.iter()
-                            .filter(|i| i.kind == k)
-                            .map(|i| i.value.as_str())
+                            .filter(|i| i.kind() == k)
+                            .map(|i| i.value())
                             .collect()
                     })
                     .unwrap_or_default();

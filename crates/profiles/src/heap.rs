@@ -41,6 +41,16 @@ pub(crate) fn btree<K, V>(len: usize) -> usize {
     leaves * leaf + internal * (leaf + (NODE + 1) * size_of::<usize>())
 }
 
+/// Bytes of a hash table (`hashbrown`, `griddle`) with room for `capacity` entries: its
+/// buckets (a power of two, at most 7/8 full) of an entry and a control byte each.
+pub(crate) fn table<K, V>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (capacity * 8 / 7).next_power_of_two().max(4);
+    buckets * (size_of::<(K, V)>() + 1) + 16
+}
+
 /// Heap bytes a JSON value holds (not the value itself).
 pub(crate) fn json(v: &Value) -> usize {
     match v {

@@ -580,6 +580,67 @@ impl IdentityGraph {
         self.person_of(&Identifier::new(kind, value, &self.rules)?)
     }
 
+    /// Estimated heap bytes (see [`crate::heap`]); what a snapshot's frozen copy shares is
+    /// counted here.
+    pub fn heap_bytes(&self) -> usize {
+        use crate::heap;
+        use std::mem::size_of;
+        let ids = |ids: &[Identifier]| ids.iter().map(Identifier::heap_bytes).sum::<usize>();
+        let arc = 2 * size_of::<usize>();
+        let members = self
+            .members
+            .values()
+            .map(|s| arc + size_of::<IdSet>() + s.0.capacity() * size_of::<Identifier>() + ids(s))
+            .sum::<usize>();
+        let creators = self
+            .creators
+            .keys()
+            .map(|i| arc + size_of::<Identifier>() + i.heap_bytes())
+            .sum::<usize>();
+        let log = self
+            .log
+            .iter()
+            .map(|r| {
+                arc + size_of::<MergeRecord>()
+                    + match &**r {
+                        MergeRecord::Merged {
+                            kept,
+                            moved,
+                            via,
+                            cause,
+                            ..
+                        } => {
+                            (kept.capacity() + moved.capacity()) * size_of::<Identifier>()
+                                + ids(kept)
+                                + ids(moved)
+                                + via.heap_bytes()
+                                + cause.call.capacity()
+                                + cause.message_id.capacity()
+                        }
+                        MergeRecord::Refused {
+                            identifier,
+                            rule,
+                            cause,
+                            ..
+                        } => {
+                            identifier.heap_bytes()
+                                + rule.capacity()
+                                + cause.call.capacity()
+                                + cause.message_id.capacity()
+                        }
+                    }
+            })
+            .sum::<usize>();
+        self.owner.heap_bytes()
+            + heap::table::<PersonId, Arc<IdSet>>(self.members.capacity())
+            + members
+            + heap::table::<PersonId, PersonId>(self.redirect.capacity())
+            + heap::table::<Arc<Identifier>, PersonId>(self.creators.capacity())
+            + creators
+            + self.log.capacity() * size_of::<usize>()
+            + log
+    }
+
     pub fn person_count(&self) -> usize {
         self.members.len()
     }

@@ -65,6 +65,17 @@ impl Owners {
         }
     }
 
+    /// Estimated heap bytes (see [`crate::heap`]).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        crate::heap::table::<u64, PersonId>(self.by_hash.capacity())
+            + crate::heap::table::<Identifier, PersonId>(self.collided.capacity())
+            + self
+                .collided
+                .keys()
+                .map(Identifier::heap_bytes)
+                .sum::<usize>()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_hash.len() + self.collided.len()
     }

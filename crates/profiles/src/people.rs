@@ -647,22 +647,43 @@ impl People {
         self.recharge();
     }
 
-    /// Estimated heap bytes: hot profiles as measured, cold ones as their encodings, and the
-    /// RFM keys once asked for (a slot of id, key and control byte each).
+    /// Estimated heap bytes (see [`crate::heap`]): the table, the hot profiles, the cold
+    /// encodings not yet in a scratch file (those in one are the page cache's), the clock
+    /// and the RFM keys once asked for.
     pub fn heap_bytes(&self) -> usize {
+        use crate::heap;
         let rfm = {
             let r = self.rfm.lock().unwrap_or_else(PoisonError::into_inner);
-            r.keys.capacity() * (size_of::<(PersonId, [f64; 3])>() + 1)
-                + r.dirty.capacity() * (size_of::<PersonId>() + 1)
+            heap::table::<PersonId, [f64; 3]>(r.keys.capacity())
+                + heap::table::<PersonId, ()>(r.dirty.capacity())
         };
-        rfm + self
+        let hot = self
             .table
             .values()
             .map(|s| match s {
                 Slot::Hot { profile, .. } => hot_size(profile),
-                Slot::Cold(l) => l.len as usize + 16,
+                Slot::Cold(_) => 0,
             })
-            .sum::<usize>()
+            .sum::<usize>();
+        let chunks = self
+            .arena
+            .full
+            .iter()
+            .map(|c| {
+                2 * size_of::<usize>()
+                    + size_of::<Chunk>()
+                    + match &**c {
+                        Chunk::Heap(b) => b.capacity(),
+                        Chunk::Mapped { .. } => 0,
+                    }
+            })
+            .sum::<usize>();
+        rfm + hot
+            + chunks
+            + heap::table::<PersonId, Slot>(self.table.capacity())
+            + self.arena.open.capacity()
+            + self.arena.full.capacity() * size_of::<usize>()
+            + self.clock.capacity() * size_of::<PersonId>()
     }
 
     /// Bytes of live encodings.

@@ -573,9 +573,9 @@ impl Profiles {
         }
     }
 
-    /// Approximate heap bytes of the profiles (not the identity graph).
+    /// Estimated heap bytes of the profiles and the identity graph (see [`crate::heap`]).
     pub fn heap_bytes(&self) -> usize {
-        self.people.heap_bytes()
+        self.people.heap_bytes() + self.graph.heap_bytes()
     }
 
     /// One person's RFM scores, as [`Profiles::rfm`] gives them, without sorting and

@@ -1407,12 +1407,20 @@ impl Engine {
         self.profiles.trim();
     }
 
-    /// Approximate heap bytes: profiles, memberships and timers.
+    /// Estimated heap bytes (see [`crate::heap`]): profiles, identity graph, memberships
+    /// and timers. `tests/heap.rs` checks it against the allocator.
     pub fn heap_bytes(&self) -> usize {
+        use crate::heap;
         self.profiles.heap_bytes()
             + self.members.counts.capacity() * 8
-            + self.timers.len() * 40
-            + self.state_of.capacity() * (8 + std::mem::size_of::<PersonState>())
+            + heap::btree::<(i64, PersonId), ()>(self.timers.len())
+            + heap::table::<PersonId, PersonState>(self.state_of.capacity())
+            + self
+                .state_of
+                .values()
+                .filter(|s| s.bits.spilled())
+                .map(|s| s.bits.capacity() * 8)
+                .sum::<usize>()
     }
 }
 

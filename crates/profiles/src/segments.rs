@@ -224,38 +224,89 @@ pub struct Engine {
     now: i64,
 }
 
-/// What the engine keeps about one person besides the profile (see `Engine::state_of`).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What the engine keeps about one person besides the profile (see `Engine::state_of`):
+/// 24 bytes, as every person with a membership or a timer has one.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PersonState {
-    /// Bit `i`: in `compiled[i]`.
-    bits: smallvec::SmallVec<[u64; 1]>,
-    timer: Option<i64>,
+    /// Bit `i`: in `compiled[i]`, for the first 64.
+    low: u64,
+    /// The bits past the first 64 (an engine with more segments), word by word (a thin
+    /// pointer: most engines have fewer).
+    #[allow(clippy::box_collection)]
+    high: Option<Box<Vec<u64>>>,
+    /// The timer's instant, [`NO_TIMER`] for none.
+    timer: i64,
+}
+
+/// [`PersonState::timer`] of a person without a timer (an instant this early is kept as
+/// one later, which is as due at any time).
+const NO_TIMER: i64 = i64::MIN;
+
+impl Default for PersonState {
+    fn default() -> Self {
+        Self {
+            low: 0,
+            high: None,
+            timer: NO_TIMER,
+        }
+    }
 }
 
 impl PersonState {
     fn is_in(&self, i: usize) -> bool {
-        self.bits
-            .get(i / 64)
-            .is_some_and(|w| (w >> (i % 64)) & 1 == 1)
+        let w = match i / 64 {
+            0 => Some(self.low),
+            n => self.high.as_ref().and_then(|h| h.get(n - 1).copied()),
+        };
+        w.is_some_and(|w| (w >> (i % 64)) & 1 == 1)
     }
 
     fn set(&mut self, i: usize, on: bool) {
         let (word, bit) = (i / 64, 1u64 << (i % 64));
-        if self.bits.len() <= word {
-            if !on {
+        let w = if word == 0 {
+            &mut self.low
+        } else {
+            if !on && self.high.as_ref().is_none_or(|h| h.len() < word) {
                 return;
             }
-            self.bits.resize(word + 1, 0);
-        }
+            let high = self.high.get_or_insert_with(Default::default);
+            if high.len() < word {
+                high.resize(word, 0);
+            }
+            &mut high[word - 1]
+        };
         if on {
-            self.bits[word] |= bit;
+            *w |= bit;
         } else {
-            self.bits[word] &= !bit;
+            *w &= !bit;
         }
     }
 
+    /// Forgets every membership.
+    fn clear_bits(&mut self) {
+        self.low = 0;
+        self.high = None;
+    }
+
+    fn timer(&self) -> Option<i64> {
+        (self.timer != NO_TIMER).then_some(self.timer)
+    }
+
+    fn set_timer(&mut self, t: Option<i64>) {
+        self.timer = t.map_or(NO_TIMER, |t| t.max(NO_TIMER + 1));
+    }
+
     fn is_empty(&self) -> bool {
-        self.timer.is_none() && self.bits.iter().all(|&w| w == 0)
+        self.timer().is_none()
+            && self.low == 0
+            && self.high.as_ref().is_none_or(|h| h.iter().all(|&w| w == 0))
+    }
+
+    /// Heap bytes past the struct itself.
+    fn heap_bytes(&self) -> usize {
+        self.high
+            .as_ref()
+            .map_or(0, |h| size_of::<Vec<u64>>() + h.capacity() * 8)
     }
 }
 
@@ -394,7 +445,7 @@ mod timers_only {
         // Collected first: MessagePack writes a map's length before its entries.
         let timers: Vec<(PersonId, i64)> = state
             .iter()
-            .filter_map(|(&p, st)| st.timer.map(|t| (p, t)))
+            .filter_map(|(&p, st)| st.timer().map(|t| (p, t)))
             .collect();
         s.collect_map(timers)
     }
@@ -406,13 +457,9 @@ mod timers_only {
         Ok(timers
             .into_iter()
             .map(|(p, t)| {
-                (
-                    p,
-                    PersonState {
-                        bits: Default::default(),
-                        timer: Some(t),
-                    },
-                )
+                let mut st = PersonState::default();
+                st.set_timer(Some(t));
+                (p, st)
             })
             .collect())
     }
@@ -1024,7 +1071,7 @@ impl Engine {
     pub fn reindex(&mut self) {
         let loaded = std::mem::take(&mut self.members.loaded);
         for st in self.state_of.values_mut() {
-            st.bits.clear();
+            st.clear_bits();
         }
         self.members.counts = loaded.iter().map(|m| m.len() as u64).collect();
         for (i, m) in loaded.into_iter().enumerate() {
@@ -1036,10 +1083,8 @@ impl Engine {
 
     fn schedule(&mut self, person: PersonId, next: Option<i64>) {
         let was = self.state_of.get(&person).cloned().unwrap_or_default();
-        let now = PersonState {
-            timer: next,
-            ..was.clone()
-        };
+        let mut now = was.clone();
+        now.set_timer(next);
         self.replace_state(person, &was, now);
     }
 
@@ -1050,10 +1095,10 @@ impl Engine {
             return;
         }
         if was.timer != now.timer {
-            if let Some(old) = was.timer {
+            if let Some(old) = was.timer() {
                 self.timers.remove(&(old, person));
             }
-            if let Some(n) = now.timer {
+            if let Some(n) = now.timer() {
                 self.timers.insert((n, person));
             }
         }
@@ -1104,7 +1149,7 @@ impl Engine {
         let n = self.compiled.len();
         let graph = self.profiles.graph();
         let mut changed = Vec::with_capacity(touched.map_or(0, |_| n));
-        let mut next = touched.and_then(|(_, st)| st.timer);
+        let mut next = touched.and_then(|(_, st)| st.timer());
         for (i, c) in self.compiled.iter().enumerate() {
             // Only an event's re-evaluation compares with the current members (a whole
             // evaluation, as in a recompute, has no use for them).
@@ -1163,7 +1208,7 @@ impl Engine {
                 at,
             });
         }
-        now.timer = next;
+        now.set_timer(next);
         self.replace_state(person, &was, now);
     }
 
@@ -1238,7 +1283,7 @@ impl Engine {
                 self.note_size(i, self.now);
             }
         }
-        if let Some(t) = st.timer {
+        if let Some(t) = st.timer() {
             self.timers.remove(&(t, person));
         }
     }
@@ -1418,8 +1463,7 @@ impl Engine {
             + self
                 .state_of
                 .values()
-                .filter(|s| s.bits.spilled())
-                .map(|s| s.bits.capacity() * 8)
+                .map(PersonState::heap_bytes)
                 .sum::<usize>()
     }
 }
@@ -1430,6 +1474,43 @@ mod tests {
     use proptest::prelude::*;
 
     const T0: i64 = 1_700_000_000;
+
+    #[test]
+    fn a_person_state_holds_any_number_of_segments_and_a_timer() {
+        assert_eq!(std::mem::size_of::<PersonState>(), 24);
+        let mut st = PersonState::default();
+        assert!(st.is_empty());
+        for i in [3, 63, 64, 130] {
+            st.set(i, true);
+        }
+        st.set(200, false);
+        let mut none = PersonState::default();
+        none.set(70, false);
+        assert_eq!(none, PersonState::default(), "nothing kept to clear a bit");
+        assert_eq!(
+            st.high.as_ref().map(|h| h.len()),
+            Some(2),
+            "not grown to clear a bit"
+        );
+        let on: Vec<usize> = (0..256).filter(|&i| st.is_in(i)).collect();
+        assert_eq!(on, [3, 63, 64, 130]);
+        for i in [3, 63, 64, 130] {
+            st.set(i, false);
+        }
+        assert!(st.is_empty());
+        st.set_timer(Some(i64::MIN));
+        assert_eq!(
+            st.timer(),
+            Some(i64::MIN + 1),
+            "the earliest instant stays a timer"
+        );
+        assert!(!st.is_empty());
+        st.set_timer(None);
+        assert!(st.is_empty());
+        st.set(1, true);
+        st.clear_bits();
+        assert!(st.is_empty());
+    }
 
     impl Engine {
         /// Each person's state agrees with the members and the timers.
@@ -1442,14 +1523,14 @@ mod tests {
             }
             for (p, st) in self.state_of.iter() {
                 assert!(!st.is_empty(), "{p} kept empty");
-                if let Some(t) = st.timer {
+                if let Some(t) = st.timer() {
                     assert!(self.timers.contains(&(t, *p)), "{p}'s timer");
                 }
             }
             let timed = self
                 .state_of
                 .values()
-                .filter(|st| st.timer.is_some())
+                .filter(|st| st.timer().is_some())
                 .count();
             assert_eq!(timed, self.timers.len(), "one timer per person");
         }

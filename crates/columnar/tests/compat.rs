@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use livora_columnar::storage::{self, SegmentStore};
 use livora_columnar::{ColumnOptions, ColumnStore, Error, Spill, Table, format, image};
 use livora_log::{Record, Uuid};
-use livora_model::TenantId;
+use livora_model::{PersonKey, TenantId};
 
 const TENANT: Uuid = Uuid::from_u128(0x0c);
 /// 2026-01-10T00:00:00Z in seconds.
@@ -146,7 +146,11 @@ fn dump(t: &Table) -> Vec<String> {
     let redirects = t.persons.redirects();
     let key = |p: u32| {
         let (user, id) = t.persons.describe(p).expect("person");
-        format!("{}{id}", if user { "u:" } else { "a:" })
+        if user {
+            PersonKey::user(&id).into_string()
+        } else {
+            PersonKey::anonymous(&id).into_string()
+        }
     };
     (0..t.len())
         .map(|row| {

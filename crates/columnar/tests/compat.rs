@@ -147,9 +147,9 @@ fn dump(t: &Table) -> Vec<String> {
     let key = |p: u32| {
         let (user, id) = t.persons.describe(p).expect("person");
         if user {
-            PersonKey::user(&id).into_string()
+            PersonKey::user(id).into_string()
         } else {
-            PersonKey::anonymous(&id).into_string()
+            PersonKey::anonymous(id).into_string()
         }
     };
     (0..t.len())

@@ -5,7 +5,7 @@
 //! Hits are kept sorted, so they merge when persons merge, and a person's hits are the same
 //! whatever order the events arrived in.
 
-use litemap::LiteMap;
+use crate::sorted_map::SortedMap;
 
 use livora_model::segment::PropertyFilter;
 use serde::{Deserialize, Serialize};
@@ -54,7 +54,7 @@ pub struct Hit {
 
 /// A person's hits, per selector index.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Hits(LiteMap<u32, Vec<Hit>>);
+pub struct Hits(SortedMap<u32, Vec<Hit>>);
 
 impl Hits {
     pub fn add(&mut self, selector: u32, hit: Hit) {

@@ -20,7 +20,7 @@
 //! Someone active every day scores 100; someone last seen two weeks ago, on 3 days of the
 //! last 30, scores 25 + 20 = 45; someone gone for good decays to 0.
 
-use litemap::LiteMap;
+use crate::sorted_map::SortedMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -38,7 +38,7 @@ pub struct Computed {
     pub last_seen: Option<DateTime<Utc>>,
     pub events: u64,
     /// Events per name (`track` event names; `page`, `screen`, `identify`… for the others).
-    pub event_counts: LiteMap<String, u64>,
+    pub event_counts: SortedMap<String, u64>,
     /// Session intervals `(start, end)` in Unix seconds, sorted and at least a gap apart.
     sessions: Vec<(i64, i64)>,
     pub orders: u64,

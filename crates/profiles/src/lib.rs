@@ -24,6 +24,7 @@ pub mod profile;
 pub mod segments;
 pub mod service;
 pub mod snapshot;
+pub mod sorted_map;
 pub mod traits;
 
 pub use identity::{Identifier, IdentityGraph, MergeRules, PersonId};

@@ -34,7 +34,7 @@ pub struct Profile {
     /// The models' latest predictions ([`livora_model::segment::PREDICTIONS`]), set by
     /// training rather than by events; last, so that older snapshots read as none.
     #[serde(default)]
-    pub predictions: litemap::LiteMap<String, f64>,
+    pub predictions: crate::sorted_map::SortedMap<String, f64>,
 }
 
 impl Profile {
@@ -549,7 +549,7 @@ impl Profiles {
         person: PersonId,
         values: std::collections::BTreeMap<String, f64>,
     ) -> bool {
-        let values: litemap::LiteMap<String, f64> = values.into_iter().collect();
+        let values: crate::sorted_map::SortedMap<String, f64> = values.into_iter().collect();
         match self.people.get(&person) {
             Some(p) if p.predictions != values => {
                 if let Some(p) = self.people.get_mut(person) {

@@ -7,7 +7,7 @@
 //! newer one, and replaying the log in any order gives the same traits.
 //! `$set_once` keeps the *earliest* `$set_once` value, and yields to any `$set`.
 
-use litemap::LiteMap;
+use crate::sorted_map::SortedMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,7 @@ mod opt_value {
 /// The traits of a person (or of a group).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Traits {
-    slots: LiteMap<String, Slot>,
+    slots: SortedMap<String, Slot>,
 }
 
 impl Traits {

@@ -573,9 +573,21 @@ impl Profiles {
         }
     }
 
-    /// Estimated heap bytes of the profiles and the identity graph (see [`crate::heap`]).
+    /// Estimated heap bytes of the profiles, the identity graph and the groups (see
+    /// [`crate::heap`]).
     pub fn heap_bytes(&self) -> usize {
-        self.people.heap_bytes() + self.graph.heap_bytes()
+        use crate::heap;
+        let groups = heap::table::<String, Group>(self.groups.capacity())
+            + self
+                .groups
+                .iter()
+                .map(|(id, g)| {
+                    id.capacity()
+                        + g.traits.heap_bytes()
+                        + heap::btree::<PersonId, ()>(g.members.len())
+                })
+                .sum::<usize>();
+        self.people.heap_bytes() + self.graph.heap_bytes() + groups
     }
 
     /// One person's RFM scores, as [`Profiles::rfm`] gives them, without sorting and

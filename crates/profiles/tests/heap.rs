@@ -89,6 +89,15 @@ fn person(i: u64) -> Vec<Event> {
         "messageId": format!("{i}-a"), "timestamp": at(t + 120),
         "properties": {"cart_id": format!("c{i}"), "price": 20 + i % 200}}),
     ));
+    if i % 4 == 0 {
+        // A B2B buyer: an account (a group) with traits.
+        let group = format!("acct-{}", i % 50);
+        out.push(event(
+            json!({"type": "group", "userId": user, "groupId": group,
+            "messageId": format!("{i}-g"), "timestamp": at(t + 30),
+            "traits": {"name": "Acme", "industry": "retail"}}),
+        ));
+    }
     for k in 0..(i % 3) {
         out.push(event(
             json!({"type": "track", "userId": user, "event": "Order Completed",
@@ -149,6 +158,18 @@ fn the_estimate_of_a_decoded_profile_is_what_the_allocator_gives() {
             engine.apply(&e, now);
         }
     }
+    // The models' predictions, as training sets them.
+    let ids: Vec<u64> = engine.profiles().people().map(|(p, _)| p).collect();
+    engine.set_predictions(
+        ids.into_iter().map(|p| {
+            let values = [("churn_risk", 0.2), ("clv", 120.0), ("p_alive", 0.9)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            (p, values)
+        }),
+        now,
+    );
     assert_eq!(engine.profiles().len(), persons as usize);
     assert_eq!(engine.profiles().hot(), persons as usize);
     let hot = engine.heap_bytes() as f64;

@@ -89,7 +89,7 @@ fn person(i: u64) -> Vec<Event> {
         "messageId": format!("{i}-a"), "timestamp": at(t + 120),
         "properties": {"cart_id": format!("c{i}"), "price": 20 + i % 200}}),
     ));
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         // A B2B buyer: an account (a group) with traits.
         let group = format!("acct-{}", i % 50);
         out.push(event(

@@ -1,5 +1,6 @@
-//! What a decoded profile takes on the heap: the estimates the profiles' memory budget
-//! counts ([`crate::people::Budget`]).
+//! What the profiles engine takes on the heap: the estimates the profiles' memory budget
+//! counts for a decoded profile ([`crate::people::Budget`]), and `Engine::heap_bytes` for
+//! the rest (identity graph, tables, memberships).
 //!
 //! Counted as allocations request them (the allocator's own rounding and slack are not
 //! here): a vector by its capacity, a string by its capacity, a `BTreeMap` by its nodes
@@ -29,14 +30,19 @@ pub(crate) fn vec<T>(len: usize) -> usize {
     grown(len) * size_of::<T>()
 }
 
-/// Bytes of the nodes of a `BTreeMap<K, V>` (or set, `V = ()`) of `len` entries: leaves of
-/// eleven entries at least half full, and the internal nodes above them.
+/// Bytes of the nodes of a `BTreeMap<K, V>` (or set, `V = ()`) of `len` entries: one leaf
+/// while it fits, then leaves counted half full (a leaf split by keys added in ascending
+/// order, as person ids are, keeps six of its eleven), and the internal nodes above them.
 pub(crate) fn btree<K, V>(len: usize) -> usize {
     if len == 0 {
         return 0;
     }
     let leaf = 16 + NODE * (size_of::<K>() + size_of::<V>());
-    let leaves = len.div_ceil(NODE);
+    let leaves = if len <= NODE {
+        1
+    } else {
+        len.div_ceil(NODE / 2 + 1)
+    };
     let internal = if leaves > 1 { leaves.div_ceil(6) } else { 0 };
     leaves * leaf + internal * (leaf + (NODE + 1) * size_of::<usize>())
 }

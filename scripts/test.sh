@@ -6,6 +6,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/livora-target}"
 
+# A target dir shared between checkouts keeps every checkout's test binaries (each path gets
+# its own hashes) and incremental state; a full disk fails the build halfway. Below 20 GB free,
+# drop the incremental state and workspace executables not touched in the last hour (cargo
+# rebuilds whatever it still needs), and say so.
+mkdir -p "$CARGO_TARGET_DIR"
+free_gb=$(df -Pk "$CARGO_TARGET_DIR" | awk 'NR==2 { print int($4 / 1048576) }')
+if [ "$free_gb" -lt 20 ]; then
+  echo "test.sh: only ${free_gb} GB free under $CARGO_TARGET_DIR; pruning old build artifacts"
+  rm -rf "$CARGO_TARGET_DIR/debug/incremental"
+  if [ -d "$CARGO_TARGET_DIR/debug/deps" ]; then
+    find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -mmin +60 \
+      \( ! -name '*.*' -o -name 'liblivora_*' -o -name 'livora_*' \) -delete
+  fi
+  free_gb=$(df -Pk "$CARGO_TARGET_DIR" | awk 'NR==2 { print int($4 / 1048576) }')
+  echo "test.sh: ${free_gb} GB free after pruning"
+fi
+
 ./scripts/test-deps.sh
 # The dashboard: its committed build and API types are what web/ gives; its component tests.
 ./scripts/web.sh check

@@ -18,6 +18,7 @@
 pub mod activity;
 pub mod commerce;
 mod error;
+mod estimate;
 pub mod funnel;
 mod grouped;
 mod parallel;

@@ -39,5 +39,5 @@ pub use persons::{PersonId, Persons};
 pub use segment::export_parquet;
 pub use sparse::Sparse;
 pub use storage::SegmentStore;
-pub use store::{CONSUMER, ColumnOptions, ColumnStore};
+pub use store::{CONSUMER, ColumnOptions, ColumnStore, Reservation};
 pub use table::{Chunk, Lines, NameUse, NumColumn, StrColumn, Table};

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,6 +37,9 @@ use crate::table::Table;
 
 /// How often [`ColumnStore::watch_memory`] checks the process's resident size.
 pub const WATCH_EVERY: Duration = Duration::from_millis(50);
+/// How often while a query holds a [`Reservation`]: a scan faults in file pages at 1-2 GB/s
+/// here, so 50 ms between checks let a query take the process ~60 MB over the limit.
+pub const WATCH_QUERIES_EVERY: Duration = Duration::from_millis(10);
 
 /// The log consumer name whose committed offset holds log retention back until sealed.
 pub const CONSUMER: &str = "columnar";
@@ -98,11 +101,46 @@ pub struct ColumnStore {
 }
 
 /// [`ColumnStore::trim`]'s memory: when it last warned, and when it may evict again after an
-/// eviction that could not bring the process under the limit.
+/// eviction that could not bring the process under the limit; and the heap the running
+/// queries reserved ([`ColumnStore::reserve`]).
 #[derive(Debug, Default)]
 struct TrimState {
     warned: Option<Instant>,
     backoff_until: Option<Instant>,
+    /// Evictions so far.
+    evictions: u64,
+    /// Bytes of heap the running queries said they would take, and how many hold some.
+    reserved: u64,
+    queries: usize,
+    /// The process's anonymous resident bytes when the first of them started: what they
+    /// have taken so far is the growth since, and only the rest still needs room.
+    anon_at_start: u64,
+}
+
+impl TrimState {
+    /// The reserved heap not allocated yet, with the process's anonymous resident bytes now.
+    fn headroom(&self, anon: u64) -> u64 {
+        self.reserved
+            .saturating_sub(anon.saturating_sub(self.anon_at_start))
+    }
+}
+
+/// Room made for a query's heap under the memory limit ([`ColumnStore::reserve`]), given back
+/// when dropped.
+#[must_use = "the room is given back when this is dropped"]
+pub struct Reservation {
+    store: Weak<ColumnStore>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.upgrade() {
+            let mut state = lock(&store.trim_state);
+            state.reserved = state.reserved.saturating_sub(self.bytes);
+            state.queries = state.queries.saturating_sub(1);
+        }
+    }
 }
 
 impl Default for ColumnStore {
@@ -835,7 +873,7 @@ impl ColumnStore {
     }
 
     /// With a memory limit, starts a thread that calls [`ColumnStore::trim`] every
-    /// [`WATCH_EVERY`], so the pages a long query reads are given back while it runs rather
+    /// [`WATCH_EVERY`] (every [`WATCH_QUERIES_EVERY`] while a query runs), so the pages a long query reads are given back while it runs rather
     /// than at the follower's next turn (which waits for a batch to apply, or up to a second
     /// when idle): at 100 M events a query peaked 1.3-2.6 GB over a 2.5 GB limit without it.
     /// The thread ends once the store is dropped. `None` without a limit.
@@ -846,12 +884,18 @@ impl ColumnStore {
         let spawned = std::thread::Builder::new()
             .name("livora-columns-trim".into())
             .spawn(move || {
+                let mut every = WATCH_EVERY;
                 loop {
-                    std::thread::sleep(WATCH_EVERY);
+                    std::thread::sleep(every);
                     let Some(store) = store.upgrade() else {
                         return;
                     };
                     store.trim();
+                    every = if lock(&store.trim_state).queries > 0 {
+                        WATCH_QUERIES_EVERY
+                    } else {
+                        WATCH_EVERY
+                    };
                 }
             });
         match spawned {
@@ -873,6 +917,34 @@ impl ColumnStore {
     /// When an eviction leaves the process over the limit (the heap alone is over it), the
     /// next waits five seconds: evicting again at once would only make queries read their
     /// pages back over and over.
+    /// Makes room under [`ColumnOptions::memory_limit`] for `bytes` of heap a query is about
+    /// to take (its per-person state and partial results, which no eviction can reach; see
+    /// `livora_analytics::Query::heap_estimate`): evicts now if the process plus what the
+    /// query will allocate is over the limit, and until the returned reservation is dropped
+    /// [`ColumnStore::trim`] keeps the part not allocated yet free. Without a limit it does
+    /// nothing. At 100 M events the queries' heap took the process 140-280 MB over a
+    /// 2.5 GB limit before this: the watch can only evict after the fact, 50 ms late.
+    ///
+    /// Call it holding no table's lock: an eviction read-locks every table.
+    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Reservation {
+        let store = Arc::downgrade(self);
+        if self.opts.memory_limit.is_none() || self.opts.spill.is_none() || bytes == 0 {
+            return Reservation { store, bytes: 0 };
+        }
+        {
+            let mut state = lock(&self.trim_state);
+            if state.queries == 0 {
+                state.reserved = 0;
+                state.anon_at_start = resident().map_or(0, |r| r.anon);
+            }
+            state.queries += 1;
+            state.reserved += bytes;
+        }
+        let reservation = Reservation { store, bytes };
+        self.trim();
+        reservation
+    }
+
     pub fn trim(&self) -> bool {
         let rows: usize = self
             .all_tables()
@@ -887,18 +959,25 @@ impl ColumnStore {
         let Some(limit) = self.opts.memory_limit else {
             return false;
         };
-        let Some(before) = resident_bytes() else {
+        let Some(now) = resident() else {
             return false;
         };
         let mut state = lock(&self.trim_state);
+        // While a query runs, also the pages it may fault in before the next check
+        // ([`WATCH_QUERIES_EVERY`]): a 32nd of the limit.
+        let faulting = if state.queries > 0 { limit / 32 } else { 0 };
+        let before = now.total + state.headroom(now.anon) + faulting;
         if before <= limit || state.backoff_until.is_some_and(|t| Instant::now() < t) {
             return false;
         }
         for (_, table) in self.all_tables() {
             Self::read(&table).evict();
         }
-        let after = resident_bytes().unwrap_or(before);
+        state.evictions += 1;
         metrics::counter!("livora_columnar_evictions_total").increment(1);
+        // Over with every spilled column evicted: the heap alone is over the limit. (Over
+        // only with what queries reserved, the next checks evict what they read meanwhile.)
+        let after = resident().map_or(now.total, |r| r.total);
         if after > limit {
             state.backoff_until = Some(Instant::now() + Duration::from_secs(5));
             if state
@@ -1024,10 +1103,28 @@ fn encode_days(
 /// lock and swapping under the write lock.
 /// The process's resident set in bytes (Linux `/proc/self/status`, `VmRSS`), if readable.
 pub fn resident_bytes() -> Option<u64> {
+    resident().map(|r| r.total)
+}
+
+/// The process's resident bytes: all of them, and the anonymous part (the heap, as opposed
+/// to mapped files).
+#[derive(Debug, Clone, Copy)]
+struct Resident {
+    total: u64,
+    anon: u64,
+}
+
+/// Linux `/proc/self/status` (`VmRSS`, `RssAnon`), if readable.
+fn resident() -> Option<Resident> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let kb = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    };
+    Some(Resident {
+        total: kb("VmRSS:")? * 1024,
+        anon: kb("RssAnon:").unwrap_or(0) * 1024,
+    })
 }
 
 fn extend_by_person(table: &RwLock<Table>) {
@@ -1361,6 +1458,72 @@ mod tests {
         // No limit, or one far above the process: nothing to do.
         assert!(!open(None).trim());
         assert!(!open(Some(u64::MAX)).trim());
+    }
+
+    #[tokio::test]
+    async fn a_query_reserving_more_than_the_limit_leaves_evicts_before_it_runs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let tenant = Uuid::from_u128(10);
+        let records: Vec<_> = (0..3_000u64)
+            .map(|i| {
+                let who = format!("p{}", i % 97);
+                record(i, tenant, &ev(Some(&who), None, "Viewed", i as i64))
+            })
+            .collect();
+        let resident = resident_bytes().expect("/proc/self/status");
+        let mut opts = sealed_store(dir.path());
+        // Far above the process: only a reservation can bring it over.
+        opts.memory_limit = Some(resident + (1 << 30));
+        let store = Arc::new(ColumnStore::with_options(opts));
+        store.apply(&records);
+        store.seal(None).await.expect("seal");
+        assert!(!store.trim(), "under the limit: nothing to evict");
+        let small = store.reserve(1 << 20);
+        assert!(!store.trim(), "a small query fits under the limit");
+        assert_eq!(lock(&store.trim_state).reserved, 1 << 20);
+        assert_eq!(lock(&store.trim_state).evictions, 0);
+        let large = store.reserve(2 << 30);
+        let state = lock(&store.trim_state);
+        assert_eq!(
+            state.evictions, 1,
+            "2 GB reserved under a limit 1 GB above the process: evicted at once"
+        );
+        assert!(
+            state.backoff_until.is_none(),
+            "the process itself is under the limit: the next checks evict again"
+        );
+        drop(state);
+        assert!(
+            store.trim(),
+            "the query's pages are evicted as it reads them"
+        );
+        drop((small, large));
+        let state = lock(&store.trim_state);
+        assert_eq!((state.reserved, state.queries), (0, 0), "given back");
+        drop(state);
+        // Without a limit a reservation is nothing.
+        let unlimited = Arc::new(ColumnStore::with_options(sealed_store(dir.path())));
+        let r = unlimited.reserve(u64::MAX);
+        assert_eq!(lock(&unlimited.trim_state).reserved, 0);
+        drop(r);
+    }
+
+    #[test]
+    fn what_a_query_allocated_is_taken_off_its_reservation() {
+        let state = TrimState {
+            reserved: 100,
+            queries: 1,
+            anon_at_start: 1_000,
+            ..TrimState::default()
+        };
+        assert_eq!(state.headroom(1_000), 100);
+        assert_eq!(state.headroom(1_060), 40);
+        assert_eq!(state.headroom(1_200), 0);
+        assert_eq!(
+            state.headroom(900),
+            100,
+            "the heap shrank meanwhile: all of it"
+        );
     }
 
     #[tokio::test]

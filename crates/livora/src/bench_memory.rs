@@ -198,6 +198,7 @@ async fn measure(
     let mut times = serde_json::Map::new();
     for (name, q) in queries(b.days) {
         let mut runs = Vec::new();
+        let sampler = Sampler::start(pid);
         for _ in 0..2 {
             let t = Instant::now();
             let (status, body) = api
@@ -208,7 +209,16 @@ async fn measure(
             }
             runs.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        times.insert(name.into(), json!({"first": runs[0], "warm": runs[1]}));
+        // The process's peak so far (which kind raised it), and the largest resident size
+        // seen while this kind ran, with its heap and file parts.
+        let peak_mb = rss_mb(pid, "VmHWM:");
+        let seen = sampler.stop();
+        times.insert(
+            name.into(),
+            json!({"first": runs[0], "warm": runs[1], "peak_rss_mb": peak_mb,
+                "sampled_max_rss_mb": seen.total, "its_anon_mb": seen.anon,
+                "its_file_mb": seen.file}),
+        );
     }
     // The store checks its budget every quarter second.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -331,6 +341,54 @@ fn queries(days: u32) -> Vec<(&'static str, Value)> {
         ),
         ("commerce", with(json!({"kind": "commerce"}))),
     ]
+}
+
+/// The largest resident size seen, and its anonymous (heap) and file parts, in MB.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    total: f64,
+    anon: f64,
+    file: f64,
+}
+
+/// Reads a process's resident size every 2 ms on a thread, keeping the largest.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Seen>>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("rss-sampler".into())
+            .spawn(move || {
+                let mut seen = Seen::default();
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (anon, file) = (rss_mb(pid, "RssAnon:"), rss_mb(pid, "RssFile:"));
+                    if anon + file > seen.total {
+                        seen = Seen {
+                            total: anon + file,
+                            anon,
+                            file,
+                        };
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                seen
+            })
+            .ok();
+        Self { stop, handle }
+    }
+
+    fn stop(mut self) -> Seen {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
 }
 
 fn stop(child: &mut std::process::Child) {

@@ -85,8 +85,16 @@ pub async fn run(
     let tz: chrono_tz::Tz = tenant.time_zone.parse().unwrap_or(chrono_tz::UTC);
     let table = columns.table(principal.tenant);
     let log_offset = columns.applied();
+    let columns = columns.clone();
     let result = tokio::task::spawn_blocking(move || match table {
-        Some(t) => livora_analytics::run(&livora_columnar::ColumnStore::read(&t), &query, tz),
+        Some(t) => {
+            // The kernel's own heap is not the store's to evict: room for it first. Reserved
+            // with the table unlocked: the eviction takes every table's read lock, and a
+            // second read lock on one this thread holds can wait forever behind a writer.
+            let heap = query.heap_estimate(&livora_columnar::ColumnStore::read(&t));
+            let _room = columns.reserve(heap as u64);
+            livora_analytics::run(&livora_columnar::ColumnStore::read(&t), &query, tz)
+        }
         None => livora_analytics::run(&Table::default(), &query, tz),
     })
     .await

@@ -135,6 +135,10 @@ pub struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        // An empty reservation (no limit, or nothing asked for) was never counted.
+        if self.bytes == 0 {
+            return;
+        }
         if let Some(store) = self.store.upgrade() {
             let mut state = lock(&store.trim_state);
             state.reserved = state.reserved.saturating_sub(self.bytes);
@@ -873,9 +877,9 @@ impl ColumnStore {
     }
 
     /// With a memory limit, starts a thread that calls [`ColumnStore::trim`] every
-    /// [`WATCH_EVERY`] (every [`WATCH_QUERIES_EVERY`] while a query runs), so the pages a long query reads are given back while it runs rather
-    /// than at the follower's next turn (which waits for a batch to apply, or up to a second
-    /// when idle): at 100 M events a query peaked 1.3-2.6 GB over a 2.5 GB limit without it.
+    /// [`WATCH_EVERY`] (every [`WATCH_QUERIES_EVERY`] while a query runs), so the pages a long
+    /// query reads are given back while it runs rather than at the follower's next turn
+    /// (which waits for a batch to apply, or up to a second when idle): at 100 M events a query peaked 1.3-2.6 GB over a 2.5 GB limit without it.
     /// The thread ends once the store is dropped. `None` without a limit.
     pub fn watch_memory(self: &Arc<Self>) -> Option<std::thread::JoinHandle<()>> {
         self.opts.memory_limit?;
@@ -907,16 +911,6 @@ impl ColumnStore {
         }
     }
 
-    /// Keeps the process under [`ColumnOptions::memory_limit`]: when its resident size is
-    /// over, drops the resident pages of every spilled column (all tenants; the next query
-    /// faults back what it reads, from the page cache while the kernel keeps it). Returns
-    /// whether it evicted. [`ColumnStore::watch_memory`] calls it every 50 ms and the
-    /// follower every quarter second (which also sets the `livora_columnar_rows` and
-    /// `livora_columnar_mapped_bytes` gauges).
-    ///
-    /// When an eviction leaves the process over the limit (the heap alone is over it), the
-    /// next waits five seconds: evicting again at once would only make queries read their
-    /// pages back over and over.
     /// Makes room under [`ColumnOptions::memory_limit`] for `bytes` of heap a query is about
     /// to take (its per-person state and partial results, which no eviction can reach; see
     /// `livora_analytics::Query::heap_estimate`): evicts now if the process plus what the
@@ -945,6 +939,18 @@ impl ColumnStore {
         reservation
     }
 
+    /// Keeps the process under [`ColumnOptions::memory_limit`]: when its resident size is
+    /// over, drops the resident pages of every spilled column (all tenants; the next query
+    /// faults back what it reads, from the page cache while the kernel keeps it). Returns
+    /// whether it evicted. [`ColumnStore::watch_memory`] calls it every 50 ms (10 while a
+    /// query runs) and the follower every quarter second (which also sets the
+    /// `livora_columnar_rows` and `livora_columnar_mapped_bytes` gauges). While queries hold
+    /// [reservations](ColumnStore::reserve), "over" counts the part of them not allocated yet
+    /// and a 32nd of the limit for the pages a query faults in before the next check.
+    ///
+    /// When an eviction leaves the process over the limit (the heap alone is over it), the
+    /// next waits five seconds: evicting again at once would only make queries read their
+    /// pages back over and over.
     pub fn trim(&self) -> bool {
         let rows: usize = self
             .all_tables()
@@ -1481,6 +1487,12 @@ mod tests {
         let small = store.reserve(1 << 20);
         assert!(!store.trim(), "a small query fits under the limit");
         assert_eq!(lock(&store.trim_state).reserved, 1 << 20);
+        drop(store.reserve(0));
+        assert_eq!(
+            lock(&store.trim_state).queries,
+            1,
+            "an empty reservation was never counted, and is not taken off when dropped"
+        );
         assert_eq!(lock(&store.trim_state).evictions, 0);
         let large = store.reserve(2 << 30);
         let state = lock(&store.trim_state);

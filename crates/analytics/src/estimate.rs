@@ -2,7 +2,8 @@
 //! its partial results, which no eviction can reach. With `[analytics] memory_limit_mb`, the
 //! column store makes room for this before the kernel runs (`ColumnStore::reserve`), instead
 //! of finding the process over its limit halfway through (at 100 M events and 10 M persons a
-//! lifecycle query's per-person arrays alone are 240 MB, and paths group every row: 400 MB).
+//! lifecycle query's per-person arrays alone are 240 MB, and paths over the whole history group
+//! every row: 400 MB).
 //!
 //! The figures follow each kernel's data structures (bytes per element, times the growth of
 //! vectors filled by pushing: up to twice their length, and a merged copy beside the parts),
@@ -202,8 +203,15 @@ impl Query {
                 };
                 per_row + breakdown + s.person_filters(&[&q.event])
             }
-            // Every row of the table grouped by person, and two per-person offsets.
-            Query::Paths(q) => 4 * table.len() as u64 + 8 * p + s.person_filters(&[&q.event]),
+            // The rows a walk can reach grouped by person, and two per-person offsets.
+            Query::Paths(q) => {
+                let (from, to) = (q.from.timestamp_micros(), q.to.timestamp_micros());
+                let rows: u64 = crate::paths::reachable(table, q.direction, from, to)
+                    .iter()
+                    .map(|(r, _)| r.len() as u64)
+                    .sum();
+                4 * rows + 8 * p + s.person_filters(&[&q.event])
+            }
             Query::Stickiness(q) => {
                 let (from, to) = (q.from.timestamp_micros(), q.to.timestamp_micros());
                 // (person, period) pairs: in parts filled by pushing, then collected.

@@ -94,19 +94,7 @@ impl<'a> Sizes<'a> {
     /// all of the span when the projection is not used; every row of the span with
     /// `unmatched` (strict funnels keep the rows that match no step).
     fn unprojected(&self, steps: &[&Step], from: i64, to: i64, unmatched: bool) -> u64 {
-        let covered = self.t.by_person.covered().min(self.t.sealed);
-        let projected: u64 = self
-            .t
-            .chunks
-            .iter()
-            .filter(|c| c.rows.end <= covered && c.max_ts >= from && c.min_ts <= to)
-            .map(|c| c.rows.len() as u64)
-            .sum();
-        let scan_from = if covered > 0 && projected * 4 >= covered as u64 {
-            covered
-        } else {
-            0
-        };
+        let scan_from = crate::grouped::scan_from(self.t, from, to);
         let ranges: Vec<Range<usize>> = self
             .t
             .ranges_within(from, to)

@@ -36,6 +36,24 @@ pub(crate) struct Span {
     pub ordered: bool,
 }
 
+/// The first row [`per_person`] scans for `from..=to` instead of taking it from the
+/// projection: the rows the projection covers when the span holds at least a quarter of
+/// them (a narrow range scans its rows instead, skipping whole days: 0).
+pub(crate) fn scan_from(t: &Table, from: i64, to: i64) -> usize {
+    let covered = t.by_person.covered().min(t.sealed);
+    let projected: usize = t
+        .chunks
+        .iter()
+        .filter(|c| c.rows.end <= covered && c.max_ts >= from && c.min_ts <= to)
+        .map(|c| c.rows.len())
+        .sum();
+    if covered > 0 && projected * 4 >= covered {
+        covered
+    } else {
+        0
+    }
+}
+
 /// Runs `visit(state, person, events)` for every canonical person with selected events, split
 /// across cores by person range; returns one state per part. `select(row, name)` gives an
 /// event's step mask and value (the name is passed so that projected entries need not read
@@ -56,16 +74,8 @@ where
 {
     let persons = redirects.len().max(t.persons.len());
     let runs = &t.by_person.runs;
-    let covered = t.by_person.covered().min(t.sealed);
-    let in_projection = |r: &Range<usize>| r.end <= covered;
-    let projected: usize = t
-        .chunks
-        .iter()
-        .filter(|c| in_projection(&c.rows) && c.max_ts >= span.from && c.min_ts <= span.to)
-        .map(|c| c.rows.len())
-        .sum();
-    let use_projection = covered > 0 && projected * 4 >= covered;
-    let scan_from = if use_projection { covered } else { 0 };
+    let scan_from = scan_from(t, span.from, span.to);
+    let use_projection = scan_from > 0;
     let ranges: Vec<Range<usize>> = t
         .ranges_within(span.from, span.to)
         .into_iter()

@@ -366,7 +366,15 @@ impl Sampler {
             .spawn(move || {
                 let mut seen = Seen::default();
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (anon, file) = (rss_mb(pid, "RssAnon:"), rss_mb(pid, "RssFile:"));
+                    let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+                    let mb = |key: &str| {
+                        status.as_deref().ok().and_then(|s| {
+                            let line = s.lines().find(|l| l.starts_with(key))?;
+                            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+                        })
+                    };
+                    let kb_to_mb = |kb: Option<f64>| kb.unwrap_or(0.0) / 1024.0;
+                    let (anon, file) = (kb_to_mb(mb("RssAnon:")), kb_to_mb(mb("RssFile:")));
                     if anon + file > seen.total {
                         seen = Seen {
                             total: anon + file,
